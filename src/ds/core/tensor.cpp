@@ -1,0 +1,121 @@
+// Tensor construction, views and dtype-converting copies (CPU). Conversions use the kernels' RNE routines.
+#include "ds/core/tensor.h"
+
+#include <cstring>
+
+#include "ds/kernels/cpu/kernels.h"
+
+namespace ds {
+
+Shape::Shape(std::initializer_list<int64_t> dims) {
+  for (int64_t d : dims) push_back(d);
+}
+
+int64_t Shape::numel() const {
+  int64_t n = 1;
+  for (int i = 0; i < ndim_; ++i) n *= dims_[i];
+  return n;
+}
+
+void Shape::push_back(int64_t d) {
+  DS_CHECK_AS(ShapeError, ndim_ < kMaxDims, "[tensor] at most {} dimensions are supported", kMaxDims);
+  DS_CHECK_AS(ShapeError, d >= 0, "[tensor] dimension sizes must be >= 0, found {}", d);
+  dims_[ndim_++] = d;
+}
+
+bool Shape::operator==(const Shape& o) const {
+  if (ndim_ != o.ndim_) return false;
+  for (int i = 0; i < ndim_; ++i)
+    if (dims_[i] != o.dims_[i]) return false;
+  return true;
+}
+
+std::string Shape::str() const {
+  std::string s = "[";
+  for (int i = 0; i < ndim_; ++i) s += (i ? ", " : "") + std::to_string(dims_[i]);
+  return s + "]";
+}
+
+Tensor Tensor::empty(const Shape& shape, DType dtype, Category cat, Tier tier, Device device) {
+  auto storage = allocate_storage(shape.numel() * static_cast<int64_t>(dtype_size(dtype)), cat, tier, device);
+  return from_storage(std::move(storage), 0, shape, dtype);
+}
+
+Tensor Tensor::zeros(const Shape& shape, DType dtype, Category cat, Tier tier, Device device) {
+  Tensor t = empty(shape, dtype, cat, tier, device);
+  t.zero_();
+  return t;
+}
+
+Tensor Tensor::from_storage(std::shared_ptr<Storage> storage, int64_t offset_bytes, const Shape& shape,
+                            DType dtype) {
+  DS_ASSERT(storage != nullptr);
+  DS_ASSERT(offset_bytes >= 0 && offset_bytes + shape.numel() * static_cast<int64_t>(dtype_size(dtype)) <=
+                                     storage->bytes(),
+            "view of {} bytes at offset {} exceeds a storage of {} bytes",
+            shape.numel() * static_cast<int64_t>(dtype_size(dtype)), offset_bytes, storage->bytes());
+  Tensor t;
+  t.storage_ = std::move(storage);
+  t.offset_ = offset_bytes;
+  t.shape_ = shape;
+  t.dtype_ = dtype;
+  return t;
+}
+
+Tensor Tensor::view(const Shape& shape) const {
+  DS_CHECK_AS(ShapeError, shape.numel() == numel(), "[tensor] cannot view {} as {}: element counts differ", str(),
+              shape.str());
+  return from_storage(storage_, offset_, shape, dtype_);
+}
+
+Tensor Tensor::narrow(int64_t start, int64_t len) const {
+  DS_CHECK_AS(ShapeError, ndim() >= 1 && start >= 0 && len >= 0 && start + len <= size(0),
+              "[tensor] rows [{}, {}) are out of range for {}", start, start + len, str());
+  Shape s;
+  s.push_back(len);
+  for (int i = 1; i < ndim(); ++i) s.push_back(shape_[i]);
+  const int64_t row = len == 0 ? 0 : s.numel() / len;
+  return from_storage(storage_, offset_ + start * row * static_cast<int64_t>(dtype_size(dtype_)), s, dtype_);
+}
+
+Tensor Tensor::slice_flat(int64_t offset, const Shape& shape) const {
+  DS_CHECK_AS(ShapeError, offset >= 0 && offset + shape.numel() <= numel(),
+              "[tensor] flat slice [{}, {}) is out of range for {}", offset, offset + shape.numel(), str());
+  return from_storage(storage_, offset_ + offset * static_cast<int64_t>(dtype_size(dtype_)), shape, dtype_);
+}
+
+void Tensor::zero_() {
+  DS_CHECK_AS(DeviceError, device().is_cpu(), "[tensor] zero_ on {} is not supported yet", device().str());
+  std::memset(raw(), 0, static_cast<size_t>(nbytes()));
+}
+
+void Tensor::fill_(float value) {
+  float* p = data<float>();
+  const int64_t n = numel();
+  for (int64_t i = 0; i < n; ++i) p[i] = value;
+}
+
+void Tensor::copy_from(const Tensor& src) {
+  DS_CHECK_AS(ShapeError, src.numel() == numel(), "[tensor] copy from {} into {}: element counts differ", src.str(),
+              str());
+  DS_CHECK_AS(DeviceError, device().is_cpu() && src.device().is_cpu(), "[tensor] copies off the CPU are not "
+              "supported yet ({} -> {})", src.device().str(), device().str());
+  const size_t n = static_cast<size_t>(numel());
+  if (src.dtype() == dtype_) {
+    std::memmove(raw(), src.raw(), static_cast<size_t>(nbytes()));
+    return;
+  }
+  auto* dst16 = static_cast<uint16_t*>(raw());
+  auto* src16 = static_cast<const uint16_t*>(src.raw());
+  if (src.dtype() == DType::f32 && dtype_ == DType::bf16) return cpu::f32_to_bf16(dst16, src.data<float>(), n);
+  if (src.dtype() == DType::f32 && dtype_ == DType::f16) return cpu::f32_to_f16(dst16, src.data<float>(), n);
+  if (src.dtype() == DType::bf16 && dtype_ == DType::f32) return cpu::bf16_to_f32(data<float>(), src16, n);
+  if (src.dtype() == DType::f16 && dtype_ == DType::f32) return cpu::f16_to_f32(data<float>(), src16, n);
+  DS_THROW(ShapeError, "[tensor] no conversion from {} to {}", dtype_name(src.dtype()), dtype_name(dtype_));
+}
+
+std::string Tensor::str() const {
+  return fmt::format("{}{} on {}", dtype_name(dtype_), shape_.str(), device().str());
+}
+
+}  // namespace ds

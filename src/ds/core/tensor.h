@@ -1,0 +1,91 @@
+// Tensor: a typed, shaped, contiguous view into a Storage. Views (view, slice, narrow) share the storage.
+// Only contiguous row-major layouts exist: every kernel here works on flat buffers (llm.c style), and ZeRO
+// partitions flat buffers, so strides would add cost without a user.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <string>
+
+#include "ds/core/device.h"
+#include "ds/core/dtype.h"
+#include "ds/core/error.h"
+#include "ds/core/memory.h"
+
+namespace ds {
+
+class Shape {
+ public:
+  static constexpr int kMaxDims = 6;
+  Shape() = default;
+  Shape(std::initializer_list<int64_t> dims);
+  template <typename It>
+  Shape(It begin, It end) {
+    for (auto it = begin; it != end; ++it) push_back(static_cast<int64_t>(*it));
+  }
+  int ndim() const { return ndim_; }
+  int64_t operator[](int i) const { return dims_[i < 0 ? i + ndim_ : i]; }
+  int64_t numel() const;
+  void push_back(int64_t d);
+  const int64_t* begin() const { return dims_.data(); }
+  const int64_t* end() const { return dims_.data() + ndim_; }
+  bool operator==(const Shape& o) const;
+  std::string str() const;  // "[2, 3]"
+
+ private:
+  std::array<int64_t, kMaxDims> dims_{};
+  int ndim_ = 0;
+};
+
+class Tensor {
+ public:
+  Tensor() = default;
+  static Tensor empty(const Shape& shape, DType dtype = DType::f32, Category cat = Category::workspace,
+                      Tier tier = Tier::device, Device device = Device::cpu());
+  static Tensor zeros(const Shape& shape, DType dtype = DType::f32, Category cat = Category::workspace,
+                      Tier tier = Tier::device, Device device = Device::cpu());
+  // A view of `shape` starting `offset_bytes` into `storage`.
+  static Tensor from_storage(std::shared_ptr<Storage> storage, int64_t offset_bytes, const Shape& shape,
+                             DType dtype);
+
+  bool defined() const { return storage_ != nullptr; }
+  const Shape& shape() const { return shape_; }
+  int ndim() const { return shape_.ndim(); }
+  int64_t size(int d) const { return shape_[d]; }
+  int64_t numel() const { return shape_.numel(); }
+  int64_t nbytes() const { return numel() * static_cast<int64_t>(dtype_size(dtype_)); }
+  DType dtype() const { return dtype_; }
+  Device device() const { return storage_ ? storage_->device() : Device::cpu(); }
+  const std::shared_ptr<Storage>& storage() const { return storage_; }
+
+  void* raw() const { return static_cast<char*>(storage_->data()) + offset_; }
+  template <typename T>
+  T* data() const {
+    DS_ASSERT(defined(), "data() on an undefined tensor");
+    DS_ASSERT(DTypeOf<T>::value == dtype_, "typed access as {} to a {} tensor", dtype_name(DTypeOf<T>::value),
+              dtype_name(dtype_));
+    return static_cast<T*>(raw());
+  }
+
+  // Same elements, another shape (numel must match).
+  Tensor view(const Shape& shape) const;
+  // Rows [start, start+len) along dimension 0.
+  Tensor narrow(int64_t start, int64_t len) const;
+  // `shape` worth of elements starting at flat element `offset`.
+  Tensor slice_flat(int64_t offset, const Shape& shape) const;
+
+  void zero_();
+  void fill_(float value);                 // f32 only
+  void copy_from(const Tensor& src);       // same numel; converts between f32/bf16/f16
+  std::string str() const;                 // "f32[2, 3] on cpu"
+
+ private:
+  std::shared_ptr<Storage> storage_;
+  int64_t offset_ = 0;  // bytes
+  Shape shape_;
+  DType dtype_ = DType::f32;
+};
+
+}  // namespace ds

@@ -1,0 +1,95 @@
+// CPU reference-and-fast kernels for the GPT family, forward and backward, on raw fp32 pointers (llm.c style).
+// Gradient convention: parameter grads are accumulated (+=), activation grads are written (=), unless a
+// function says otherwise. Dimension letters: B batch, T time, C channels, NH heads, HS head size, V vocab,
+// N = rows (usually B*T). Weights of linear layers use the Hugging Face GPT-2 Conv1D layout [in, out], so a
+// forward is out = inp @ weight (+ bias). Loops are parallel over OpenMP; GEMMs go to OpenBLAS cblas_sgemm.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace ds::cpu {
+
+// ---- embeddings ----
+// out[B,T,C] = wte[inp[b,t]] + wpe[t]
+void encoder_forward(float* out, const int32_t* inp, const float* wte, const float* wpe, int B, int T, int C);
+// dwte[V,C] += scatter(dout), dwpe[T,C] += sum over batch. Deterministic (no atomics).
+void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t* inp, int B, int T, int C);
+
+// ---- layer norm (eps 1e-5, biased variance, as torch.nn.LayerNorm) ----
+// mean[N], rstd[N] are saved for backward.
+void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                       const float* bias, int N, int C);
+// dinp = ..., dweight += ..., dbias += ...
+void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                        const float* weight, const float* mean, const float* rstd, int N, int C);
+
+// ---- linear ----
+// out[N,OC] = inp[N,IC] @ weight[IC,OC] + bias[OC] (bias may be null)
+void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int IC, int OC);
+// dinp[N,IC] = dout @ weight^T (skipped if dinp is null); dweight[IC,OC] += inp^T @ dout; dbias[OC] += sum(dout)
+// (dbias may be null).
+void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                     const float* weight, int N, int IC, int OC);
+
+// ---- GELU, tanh approximation (as GPT-2 and torch GELU(approximate='tanh')) ----
+void gelu_forward(float* out, const float* inp, size_t n);
+// dinp = gelu'(inp) * dout
+void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n);
+
+// ---- causal multi-head self-attention ----
+// qkv[B,T,3C] holds q, k, v concatenated along channels (head h uses channels h*HS..h*HS+HS-1 of each).
+// out[B,T,C] is the attention output before the projection; att[B,NH,T,T] receives the softmax probabilities
+// (entries above the diagonal are written as 0) and is saved for backward. Scale 1/sqrt(HS).
+void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH);
+// dqkv[B,T,3C] = ... (written, not accumulated). scratch must hold at least
+// attention_backward_scratch_floats(B,T,C,NH) floats.
+size_t attention_backward_scratch_floats(int B, int T, int C, int NH);
+void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att, float* scratch,
+                        int B, int T, int C, int NH);
+
+// ---- element-wise ----
+void add(float* out, const float* a, const float* b, size_t n);      // out = a + b (out may alias a or b)
+void add_inplace(float* y, const float* x, size_t n);                // y += x
+void scale_inplace(float* y, float s, size_t n);                     // y *= s
+double sum_squares(const float* x, size_t n);                        // sum of x^2 in double precision
+
+// ---- fused classifier: tied LM head + softmax + cross-entropy ----
+// For rows i < N: logits_i = x_i @ wte^T (wte is [V,C]), loss_i = logsumexp(logits_i) - logits_i[target_i].
+// Returns the sum of loss_i over rows whose target is >= 0 (a target of -1 is ignored).
+// If dx is not null: dx[N,C] = grad_scale * dL/dx (written) and dwte[V,C] += grad_scale * dL/dwte, where
+// L = sum of loss_i. The logits are never materialised for all rows at once: rows are processed in chunks
+// through scratch, which must hold classifier_scratch_floats(N, V) floats. losses[N] (optional) gets loss_i.
+size_t classifier_scratch_floats(int N, int V);
+double classifier_forward_backward(float* dx, float* dwte, float* losses, const float* x, const float* wte,
+                                   const int32_t* targets, float grad_scale, float* scratch, int N, int C, int V);
+// logits[N,V] = x @ wte^T (for inference and evaluation of full distributions)
+void logits_forward(float* logits, const float* x, const float* wte, int N, int C, int V);
+
+// ---- optimizer ----
+struct AdamParams {
+  float lr = 1e-3f;
+  float beta1 = 0.9f;
+  float beta2 = 0.999f;
+  float eps = 1e-8f;
+  float weight_decay = 0.0f;
+  bool adam_w_mode = true;       // true: decoupled decay (AdamW); false: L2 added to the gradient (Adam)
+  bool bias_correction = true;
+  int64_t step = 1;              // 1-based step number, used for bias correction
+};
+// One Adam/AdamW step over n elements, DeepSpeed CPU-Adam semantics:
+//   g = grad * grad_scale (+ weight_decay * param when !adam_w_mode)
+//   m = b1*m + (1-b1)*g ; v = b2*v + (1-b2)*g*g
+//   bc1 = 1 - b1^step ; bc2 = 1 - b2^step (both 1 without bias_correction)
+//   param -= lr * weight_decay * param (adam_w_mode) ; param -= (lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps)
+// AVX2 body with a scalar tail; parallel over OpenMP.
+void adamw_step(float* param, const float* grad, float* m, float* v, size_t n, const AdamParams& p,
+                float grad_scale = 1.0f);
+
+// ---- 16-bit storage conversion (round to nearest even; NaN stays NaN, inf stays inf) ----
+void f32_to_bf16(uint16_t* out, const float* in, size_t n);
+void bf16_to_f32(float* out, const uint16_t* in, size_t n);
+void f32_to_f16(uint16_t* out, const float* in, size_t n);
+void f16_to_f32(float* out, const uint16_t* in, size_t n);
+
+}  // namespace ds::cpu

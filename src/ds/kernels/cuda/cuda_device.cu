@@ -1,0 +1,33 @@
+// CUDA device memory and availability for the CUDA backend (built with DS_CUDA=ON).
+// cudaGetDeviceCount fails with cudaErrorInsufficientDriver on machines without a GPU: that means "not available".
+#include <cuda_runtime.h>
+
+#include "ds/core/device.h"
+#include "ds/core/error.h"
+
+#define DS_CUDA_CHECK(expr)                                                                          \
+  do {                                                                                               \
+    cudaError_t err_ = (expr);                                                                       \
+    DS_CHECK_AS(::ds::DeviceError, err_ == cudaSuccess, "[cuda] {} failed: {}", #expr,               \
+                cudaGetErrorString(err_));                                                           \
+  } while (0)
+
+namespace ds::cuda {
+
+bool available() {
+  int count = 0;
+  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+}
+
+void* malloc_device(size_t bytes) {
+  DS_CHECK_AS(DeviceError, available(), "[cuda] no usable GPU (cudaGetDeviceCount found none); run on the CPU");
+  void* p = nullptr;
+  DS_CUDA_CHECK(cudaMalloc(&p, bytes));
+  return p;
+}
+
+void free_device(void* p) noexcept {
+  if (p) cudaFree(p);
+}
+
+}  // namespace ds::cuda

@@ -1,0 +1,18 @@
+// Linked when the build has no CUDA backend (DS_CUDA=OFF): every CUDA entry point reports that clearly.
+#include "ds/core/device.h"
+#include "ds/core/error.h"
+
+namespace ds::cuda {
+
+bool available() { return false; }
+
+void* malloc_device(size_t bytes) {
+  DS_THROW(DeviceError,
+           "[cuda] asked for {} bytes of GPU memory, but this deepspeed.cpp was built without CUDA; rebuild with "
+           "-DDS_CUDA=ON on a machine with the CUDA toolkit, or run on the CPU",
+           bytes);
+}
+
+void free_device(void*) noexcept {}
+
+}  // namespace ds::cuda

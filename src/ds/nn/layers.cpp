@@ -1,0 +1,177 @@
+// Forward/backward glue from modules to the CPU kernels. Activations are [rows, C] fp32 tensors.
+#include "ds/nn/layers.h"
+
+#include "ds/kernels/cpu/kernels.h"
+
+namespace ds {
+namespace {
+int rows_of(const Tensor& x, int cols, const char* who) {
+  DS_CHECK_AS(ShapeError, x.ndim() >= 1 && x.numel() % cols == 0, "[{}] expected activations with {} columns, got {}",
+              who, cols, x.str());
+  return static_cast<int>(x.numel() / cols);
+}
+}  // namespace
+
+// ---- Linear ----
+Linear::Linear(ParameterStore& store, const std::string& name, int in, int out, bool bias)
+    : Module(name), in_(in), out_(out) {
+  weight_ = store.add(name + ".weight", {in, out});
+  if (bias) bias_ = store.add(name + ".bias", {out});
+}
+
+Tensor Linear::forward(Ctx& ctx, const Tensor& x) {
+  const int N = rows_of(x, in_, "linear");
+  Tensor y = ctx.act().alloc({N, out_});
+  cpu::matmul_forward(y.data<float>(), x.data<float>(), weight_->data.data<float>(),
+                      bias_ ? bias_->data.data<float>() : nullptr, N, in_, out_);
+  if (ctx.training) ctx.saved(this) = {x};
+  return y;
+}
+
+Tensor Linear::backward(Ctx& ctx, const Tensor& dy) {
+  const Tensor& x = ctx.saved(this).at(0);
+  const int N = rows_of(dy, out_, "linear");
+  Tensor dx = ctx.scratch().alloc({N, in_});
+  cpu::matmul_backward(dx.data<float>(), weight_->grad.data<float>(), bias_ ? bias_->grad.data<float>() : nullptr,
+                       dy.data<float>(), x.data<float>(), weight_->data.data<float>(), N, in_, out_);
+  return dx;
+}
+
+void Linear::collect_parameters(std::vector<Parameter*>& out) const {
+  out.push_back(weight_);
+  if (bias_) out.push_back(bias_);
+}
+
+// ---- LayerNorm ----
+LayerNorm::LayerNorm(ParameterStore& store, const std::string& name, int C) : Module(name), C_(C) {
+  weight_ = store.add(name + ".weight", {C});
+  bias_ = store.add(name + ".bias", {C});
+}
+
+Tensor LayerNorm::forward(Ctx& ctx, const Tensor& x) {
+  const int N = rows_of(x, C_, "layernorm");
+  Tensor y = ctx.act().alloc({N, C_});
+  Tensor stats = ctx.act().alloc({2, N});
+  cpu::layernorm_forward(y.data<float>(), stats.data<float>(), stats.data<float>() + N, x.data<float>(),
+                         weight_->data.data<float>(), bias_->data.data<float>(), N, C_);
+  if (ctx.training) ctx.saved(this) = {x, stats};
+  return y;
+}
+
+Tensor LayerNorm::backward(Ctx& ctx, const Tensor& dy) {
+  auto& s = ctx.saved(this);
+  const Tensor& x = s.at(0);
+  const Tensor& stats = s.at(1);
+  const int N = rows_of(dy, C_, "layernorm");
+  Tensor dx = ctx.scratch().alloc({N, C_});
+  cpu::layernorm_backward(dx.data<float>(), weight_->grad.data<float>(), bias_->grad.data<float>(), dy.data<float>(),
+                          x.data<float>(), weight_->data.data<float>(), stats.data<float>(),
+                          stats.data<float>() + N, N, C_);
+  return dx;
+}
+
+void LayerNorm::collect_parameters(std::vector<Parameter*>& out) const {
+  out.push_back(weight_);
+  out.push_back(bias_);
+}
+
+// ---- CausalSelfAttention ----
+CausalSelfAttention::CausalSelfAttention(ParameterStore& store, const std::string& name, int C, int n_head)
+    : Module(name),
+      C_(C),
+      NH_(n_head),
+      c_attn_(store, name + ".c_attn", C, 3 * C),
+      c_proj_(store, name + ".c_proj", C, C) {
+  DS_CHECK_AS(ConfigError, n_head > 0 && C % n_head == 0,
+              "[model] n_embd ({}) must be divisible by n_head ({})", C, n_head);
+}
+
+Tensor CausalSelfAttention::forward(Ctx& ctx, const Tensor& x, int B, int T) {
+  Tensor qkv = c_attn_.forward(ctx, x);
+  Tensor y = ctx.act().alloc({B * T, C_});
+  Tensor att = ctx.act().alloc({B, NH_, T, T});
+  cpu::attention_forward(y.data<float>(), att.data<float>(), qkv.data<float>(), B, T, C_, NH_);
+  if (ctx.training) ctx.saved(this) = {qkv, att};
+  return c_proj_.forward(ctx, y);
+}
+
+Tensor CausalSelfAttention::backward(Ctx& ctx, const Tensor& dy, int B, int T) {
+  Tensor dyatt = c_proj_.backward(ctx, dy);
+  auto& s = ctx.saved(this);
+  Tensor dqkv = ctx.scratch().alloc({B * T, 3 * C_});
+  Tensor scratch = ctx.scratch().alloc({static_cast<int64_t>(cpu::attention_backward_scratch_floats(B, T, C_, NH_))});
+  cpu::attention_backward(dqkv.data<float>(), dyatt.data<float>(), s.at(0).data<float>(), s.at(1).data<float>(),
+                          scratch.data<float>(), B, T, C_, NH_);
+  return c_attn_.backward(ctx, dqkv);
+}
+
+void CausalSelfAttention::collect_parameters(std::vector<Parameter*>& out) const {
+  c_attn_.collect_parameters(out);
+  c_proj_.collect_parameters(out);
+}
+
+// ---- Mlp ----
+Mlp::Mlp(ParameterStore& store, const std::string& name, int C)
+    : Module(name), c_fc_(store, name + ".c_fc", C, 4 * C), c_proj_(store, name + ".c_proj", 4 * C, C) {}
+
+Tensor Mlp::forward(Ctx& ctx, const Tensor& x) {
+  Tensor h = c_fc_.forward(ctx, x);
+  Tensor g = ctx.act().alloc(h.shape());
+  cpu::gelu_forward(g.data<float>(), h.data<float>(), static_cast<size_t>(h.numel()));
+  if (ctx.training) ctx.saved(this) = {h};
+  return c_proj_.forward(ctx, g);
+}
+
+Tensor Mlp::backward(Ctx& ctx, const Tensor& dy) {
+  Tensor dg = c_proj_.backward(ctx, dy);
+  const Tensor& h = ctx.saved(this).at(0);
+  cpu::gelu_backward(dg.data<float>(), h.data<float>(), dg.data<float>(), static_cast<size_t>(h.numel()));
+  return c_fc_.backward(ctx, dg);
+}
+
+void Mlp::collect_parameters(std::vector<Parameter*>& out) const {
+  c_fc_.collect_parameters(out);
+  c_proj_.collect_parameters(out);
+}
+
+// ---- TransformerBlock ----
+TransformerBlock::TransformerBlock(ParameterStore& store, const std::string& name, int C, int n_head)
+    : Module(name),
+      ln_1_(store, name + ".ln_1", C),
+      attn_(store, name + ".attn", C, n_head),
+      ln_2_(store, name + ".ln_2", C),
+      mlp_(store, name + ".mlp", C) {}
+
+Tensor TransformerBlock::forward(Ctx& ctx, const Tensor& x, int B, int T) {
+  Tensor a = attn_.forward(ctx, ln_1_.forward(ctx, x), B, T);
+  Tensor r1 = ctx.act().alloc(x.shape());
+  cpu::add(r1.data<float>(), x.data<float>(), a.data<float>(), static_cast<size_t>(x.numel()));
+  Tensor m = mlp_.forward(ctx, ln_2_.forward(ctx, r1));
+  Tensor out = ctx.act().alloc(x.shape());
+  cpu::add(out.data<float>(), r1.data<float>(), m.data<float>(), static_cast<size_t>(x.numel()));
+  return out;
+}
+
+Tensor TransformerBlock::backward(Ctx& ctx, const Tensor& dy, int B, int T) {
+  // dx is allocated below the mark so it survives; every temporary above it is released on return.
+  Tensor dx = ctx.scratch().alloc(dy.shape());
+  const size_t mark = ctx.scratch().mark();
+  const size_t n = static_cast<size_t>(dy.numel());
+  // out = r1 + mlp(ln_2(r1))  =>  dr1 = dy + ln_2'(mlp'(dy))
+  Tensor dr1 = ln_2_.backward(ctx, mlp_.backward(ctx, dy));
+  cpu::add_inplace(dr1.data<float>(), dy.data<float>(), n);
+  // r1 = x + attn(ln_1(x))  =>  dx = dr1 + ln_1'(attn'(dr1))
+  Tensor dxa = ln_1_.backward(ctx, attn_.backward(ctx, dr1, B, T));
+  cpu::add(dx.data<float>(), dr1.data<float>(), dxa.data<float>(), n);
+  ctx.scratch().release(mark);
+  return dx;
+}
+
+void TransformerBlock::collect_parameters(std::vector<Parameter*>& out) const {
+  ln_1_.collect_parameters(out);
+  attn_.collect_parameters(out);
+  ln_2_.collect_parameters(out);
+  mlp_.collect_parameters(out);
+}
+
+}  // namespace ds

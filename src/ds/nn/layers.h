@@ -1,0 +1,82 @@
+// The GPT-2 building blocks: Linear (HF Conv1D layout [in, out]), LayerNorm, Gelu, CausalSelfAttention and Mlp.
+// Each forward takes [rows, C] activations (rows = B*T) from the Ctx's activation arena and saves what its
+// backward needs; each backward returns the input gradient (written) and accumulates parameter gradients.
+// Backward results are allocated in the Ctx's scratch arena; the caller manages marks.
+#pragma once
+
+#include "ds/nn/module.h"
+
+namespace ds {
+
+class Linear : public Module {
+ public:
+  Linear(ParameterStore& store, const std::string& name, int in, int out, bool bias = true);
+  Tensor forward(Ctx& ctx, const Tensor& x);               // x [N, in] -> [N, out]
+  Tensor backward(Ctx& ctx, const Tensor& dy);             // dy [N, out] -> dx [N, in]
+  void collect_parameters(std::vector<Parameter*>& out) const override;
+  Parameter* weight() const { return weight_; }
+  Parameter* bias() const { return bias_; }
+  int in_features() const { return in_; }
+  int out_features() const { return out_; }
+
+ private:
+  int in_, out_;
+  Parameter* weight_;
+  Parameter* bias_ = nullptr;
+};
+
+class LayerNorm : public Module {
+ public:
+  LayerNorm(ParameterStore& store, const std::string& name, int C);
+  Tensor forward(Ctx& ctx, const Tensor& x);
+  Tensor backward(Ctx& ctx, const Tensor& dy);
+  void collect_parameters(std::vector<Parameter*>& out) const override;
+
+ private:
+  int C_;
+  Parameter* weight_;
+  Parameter* bias_;
+};
+
+class CausalSelfAttention : public Module {
+ public:
+  CausalSelfAttention(ParameterStore& store, const std::string& name, int C, int n_head);
+  // x [B*T, C]; B and T are needed to split rows into sequences.
+  Tensor forward(Ctx& ctx, const Tensor& x, int B, int T);
+  Tensor backward(Ctx& ctx, const Tensor& dy, int B, int T);
+  void collect_parameters(std::vector<Parameter*>& out) const override;
+
+ private:
+  int C_, NH_;
+  Linear c_attn_;
+  Linear c_proj_;
+};
+
+class Mlp : public Module {
+ public:
+  Mlp(ParameterStore& store, const std::string& name, int C);
+  Tensor forward(Ctx& ctx, const Tensor& x);
+  Tensor backward(Ctx& ctx, const Tensor& dy);
+  void collect_parameters(std::vector<Parameter*>& out) const override;
+
+ private:
+  Linear c_fc_;
+  Linear c_proj_;
+};
+
+// Pre-LN transformer block: x + attn(ln_1(x)), then + mlp(ln_2(.)).
+class TransformerBlock : public Module {
+ public:
+  TransformerBlock(ParameterStore& store, const std::string& name, int C, int n_head);
+  Tensor forward(Ctx& ctx, const Tensor& x, int B, int T);
+  Tensor backward(Ctx& ctx, const Tensor& dy, int B, int T);
+  void collect_parameters(std::vector<Parameter*>& out) const override;
+
+ private:
+  LayerNorm ln_1_;
+  CausalSelfAttention attn_;
+  LayerNorm ln_2_;
+  Mlp mlp_;
+};
+
+}  // namespace ds

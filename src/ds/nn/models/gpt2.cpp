@@ -1,0 +1,226 @@
+// GPT-2 model assembly, initialisation, and the training/eval/logits passes.
+#include "ds/nn/models/gpt2.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "ds/core/rng.h"
+#include "ds/kernels/cpu/kernels.h"
+
+namespace ds {
+
+// ---- config ----
+Gpt2Config Gpt2Config::preset(const std::string& name) {
+  Gpt2Config c;
+  c.name = name;
+  if (name == "gpt2-tiny") {
+    c.n_layer = 4, c.n_head = 4, c.n_embd = 128, c.block_size = 256;
+  } else if (name == "gpt2-mini") {
+    c.n_layer = 6, c.n_head = 6, c.n_embd = 384, c.block_size = 512;
+  } else if (name == "gpt2") {
+    c.n_layer = 12, c.n_head = 12, c.n_embd = 768, c.block_size = 1024;
+  } else {
+    std::string names;
+    for (const auto& n : preset_names()) names += (names.empty() ? "" : ", ") + n;
+    DS_THROW(ConfigError, "[model] unknown model preset '{}'; choose one of {} or give a model JSON file", name,
+             names);
+  }
+  return c;
+}
+
+std::vector<std::string> Gpt2Config::preset_names() { return {"gpt2-tiny", "gpt2-mini", "gpt2"}; }
+
+Gpt2Config Gpt2Config::from_spec(const std::string& spec) {
+  const bool is_file = spec.size() > 5 && spec.substr(spec.size() - 5) == ".json";
+  if (!is_file) return preset(spec);
+  std::ifstream in(spec);
+  DS_CHECK_AS(IoError, in.good(), "[model] cannot open model config '{}'; give an existing JSON file or a preset",
+              spec);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(ss.str(), nullptr, true, true);
+  } catch (const nlohmann::json::parse_error& e) {
+    DS_THROW(ConfigError, "[model] '{}' is not valid JSON: {}", spec, e.what());
+  }
+  DS_CHECK_AS(ConfigError, j.is_object(), "[model] '{}' must hold a JSON object", spec);
+  Gpt2Config c;
+  c.name = spec;
+  if (j.contains("preset")) {
+    DS_CHECK_AS(ConfigError, j["preset"].is_string(), "[model] '{}': 'preset' must be a string", spec);
+    c = preset(j["preset"].get<std::string>());
+    c.name = spec;
+  }
+  static const char* kKeys[] = {"preset", "n_layer", "n_head", "n_embd", "vocab_size", "block_size", "model_type"};
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    bool known = false;
+    for (const char* k : kKeys) known |= it.key() == k;
+    DS_CHECK_AS(ConfigError, known,
+                "[model] unknown key '{}' in '{}'; known keys: n_layer, n_head, n_embd, vocab_size, block_size, "
+                "preset",
+                it.key(), spec);
+  }
+  auto get_int = [&](const char* key, int& dst) {
+    if (!j.contains(key)) return;
+    DS_CHECK_AS(ConfigError, j[key].is_number_integer(), "[model] '{}': '{}' must be an integer, found {}", spec, key,
+                j[key].dump());
+    dst = j[key].get<int>();
+  };
+  get_int("n_layer", c.n_layer);
+  get_int("n_head", c.n_head);
+  get_int("n_embd", c.n_embd);
+  get_int("vocab_size", c.vocab_size);
+  get_int("block_size", c.block_size);
+  c.validate();
+  return c;
+}
+
+void Gpt2Config::validate() const {
+  DS_CHECK_AS(ConfigError, n_layer > 0 && n_head > 0 && n_embd > 0 && vocab_size > 0 && block_size > 0,
+              "[model] n_layer, n_head, n_embd, vocab_size and block_size must all be positive (found {}, {}, {}, "
+              "{}, {})",
+              n_layer, n_head, n_embd, vocab_size, block_size);
+  DS_CHECK_AS(ConfigError, n_embd % n_head == 0, "[model] n_embd ({}) must be divisible by n_head ({})", n_embd,
+              n_head);
+}
+
+int64_t Gpt2Config::num_params() const {
+  const int64_t C = n_embd;
+  const int64_t per_block = 2 * C + (C * 3 * C + 3 * C) + (C * C + C) + 2 * C + (C * 4 * C + 4 * C) + (4 * C * C + C);
+  return int64_t(vocab_size) * C + int64_t(block_size) * C + n_layer * per_block + 2 * C;
+}
+
+std::string Gpt2Config::str() const {
+  return fmt::format("{} (n_layer {}, n_head {}, n_embd {}, vocab {}, block {}; {:.2f}M parameters)", name, n_layer,
+                     n_head, n_embd, vocab_size, block_size, num_params() / 1e6);
+}
+
+// ---- model ----
+Gpt2::Gpt2(const Gpt2Config& config) : Module("transformer"), config_(config) {
+  config_.validate();
+  const int C = config_.n_embd;
+  wte_ = store_.add("transformer.wte.weight", {config_.vocab_size, C});
+  wpe_ = store_.add("transformer.wpe.weight", {config_.block_size, C});
+  for (int i = 0; i < config_.n_layer; ++i)
+    blocks_.push_back(std::make_unique<TransformerBlock>(store_, fmt::format("transformer.h.{}", i), C,
+                                                         config_.n_head));
+  ln_f_ = std::make_unique<LayerNorm>(store_, "transformer.ln_f", C);
+  store_.materialize();
+}
+
+void Gpt2::collect_parameters(std::vector<Parameter*>& out) const {
+  out.push_back(wte_);
+  out.push_back(wpe_);
+  for (const auto& b : blocks_) b->collect_parameters(out);
+  ln_f_->collect_parameters(out);
+}
+
+void Gpt2::init_weights(uint64_t seed) {
+  Rng rng(seed);
+  const float proj_std = 0.02f / std::sqrt(2.0f * config_.n_layer);
+  for (Parameter& p : store_.all()) {
+    float* d = p.data.data<float>();
+    const int64_t n = p.numel();
+    const bool is_ln = p.name.find(".ln_") != std::string::npos;
+    const bool is_bias = p.name.size() > 5 && p.name.substr(p.name.size() - 5) == ".bias";
+    if (is_ln && !is_bias) {
+      for (int64_t i = 0; i < n; ++i) d[i] = 1.0f;
+    } else if (is_bias) {
+      for (int64_t i = 0; i < n; ++i) d[i] = 0.0f;
+    } else {
+      const bool is_proj = p.name.find(".c_proj.weight") != std::string::npos;
+      const float stdv = is_proj ? proj_std : 0.02f;
+      for (int64_t i = 0; i < n; ++i) d[i] = stdv * rng.normal();
+    }
+  }
+}
+
+void Gpt2::check_tokens(const int32_t* tokens, int B, int T, const char* what) const {
+  DS_CHECK_AS(ShapeError, B > 0 && T > 0, "[model] batch {} x sequence {} is empty", B, T);
+  DS_CHECK_AS(ShapeError, T <= config_.block_size,
+              "[model] sequence length {} exceeds the model's block_size {}; use a shorter sequence or a model "
+              "with a larger block_size",
+              T, config_.block_size);
+  const int64_t n = int64_t(B) * T;
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t t = tokens[i];
+    const bool ok = (t >= 0 && t < config_.vocab_size) || (t == -1 && what[0] == 't');
+    DS_CHECK_AS(ShapeError, ok, "[model] {} id {} at position {} is outside the vocabulary [0, {})", what, t, i,
+                config_.vocab_size);
+  }
+}
+
+Tensor Gpt2::forward_hidden(Ctx& ctx, const int32_t* inputs, int B, int T) {
+  check_tokens(inputs, B, T, "input");
+  const int C = config_.n_embd;
+  if (hooks_) hooks_->pre_forward(*this);
+  Tensor x = ctx.act().alloc({int64_t(B) * T, C});
+  cpu::encoder_forward(x.data<float>(), inputs, wte_->data.data<float>(), wpe_->data.data<float>(), B, T, C);
+  if (ctx.training) inputs_saved_.assign(inputs, inputs + int64_t(B) * T);
+  for (auto& block : blocks_) {
+    if (hooks_) hooks_->pre_forward(*block);
+    x = block->forward(ctx, x, B, T);
+    if (hooks_) hooks_->post_forward(*block);
+  }
+  return ln_f_->forward(ctx, x);
+}
+
+float Gpt2::forward_backward(Ctx& ctx, const int32_t* inputs, const int32_t* targets, int B, int T,
+                             float grad_scale) {
+  ctx.training = true;
+  check_tokens(targets, B, T, "target");
+  const int C = config_.n_embd, V = config_.vocab_size;
+  const int N = B * T;
+  Tensor h = forward_hidden(ctx, inputs, B, T);
+  int64_t count = 0;
+  for (int i = 0; i < N; ++i) count += targets[i] >= 0;
+  DS_CHECK_AS(ShapeError, count > 0, "[model] every target in the batch is ignored (-1); nothing to learn from");
+
+  // Fused head + loss + head backward.
+  Tensor dh = ctx.scratch().alloc({N, C});
+  const size_t mark = ctx.scratch().mark();
+  Tensor scratch = ctx.scratch().alloc({static_cast<int64_t>(cpu::classifier_scratch_floats(N, V))});
+  const double loss_sum =
+      cpu::classifier_forward_backward(dh.data<float>(), wte_->grad.data<float>(), nullptr, h.data<float>(),
+                                       wte_->data.data<float>(), targets, grad_scale / static_cast<float>(count),
+                                       scratch.data<float>(), N, C, V);
+  ctx.scratch().release(mark);  // keep dh; the classifier's scratch is reused by the blocks' backward
+  Tensor dx = ln_f_->backward(ctx, dh);
+  for (int i = static_cast<int>(blocks_.size()) - 1; i >= 0; --i) {
+    if (hooks_) hooks_->pre_backward(*blocks_[i]);
+    dx = blocks_[i]->backward(ctx, dx, B, T);
+    if (hooks_) hooks_->post_backward(*blocks_[i]);
+  }
+  cpu::encoder_backward(wte_->grad.data<float>(), wpe_->grad.data<float>(), dx.data<float>(),
+                        inputs_saved_.data(), B, T, C);
+  if (hooks_) hooks_->post_backward(*this);
+  return static_cast<float>(loss_sum / static_cast<double>(count));
+}
+
+float Gpt2::forward_loss(Ctx& ctx, const int32_t* inputs, const int32_t* targets, int B, int T) {
+  ctx.training = false;
+  check_tokens(targets, B, T, "target");
+  const int C = config_.n_embd, V = config_.vocab_size;
+  const int N = B * T;
+  Tensor h = forward_hidden(ctx, inputs, B, T);
+  int64_t count = 0;
+  for (int i = 0; i < N; ++i) count += targets[i] >= 0;
+  DS_CHECK_AS(ShapeError, count > 0, "[model] every target in the batch is ignored (-1)");
+  Tensor scratch = ctx.scratch().alloc({static_cast<int64_t>(cpu::classifier_scratch_floats(N, V))});
+  const double loss_sum = cpu::classifier_forward_backward(nullptr, nullptr, nullptr, h.data<float>(),
+                                                           wte_->data.data<float>(), targets, 1.0f,
+                                                           scratch.data<float>(), N, C, V);
+  return static_cast<float>(loss_sum / static_cast<double>(count));
+}
+
+void Gpt2::forward_logits(Ctx& ctx, const int32_t* inputs, int B, int T, float* logits) {
+  ctx.training = false;
+  Tensor h = forward_hidden(ctx, inputs, B, T);
+  cpu::logits_forward(logits, h.data<float>(), wte_->data.data<float>(), B * T, config_.n_embd, config_.vocab_size);
+}
+
+}  // namespace ds

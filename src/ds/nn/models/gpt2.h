@@ -1,0 +1,69 @@
+// GPT-2: learned token and position embeddings, pre-LN transformer blocks, final LayerNorm, and a language-model
+// head tied to the token embedding. Parameter names and layouts are Hugging Face GPT-2's (Conv1D weights
+// [in, out]), so checkpoints map one to one. The head and the cross-entropy are fused and chunked
+// (kernels.h: classifier_forward_backward): the [B*T, V] logits are never materialised during training.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ds/nn/layers.h"
+
+namespace ds {
+
+struct Gpt2Config {
+  std::string name = "custom";
+  int n_layer = 4;
+  int n_head = 4;
+  int n_embd = 128;
+  int vocab_size = 50257;
+  int block_size = 256;
+
+  // "gpt2-tiny" (L4 H4 C128), "gpt2-mini" (L6 H6 C384), "gpt2" (124M, L12 H12 C768, block 1024).
+  static Gpt2Config preset(const std::string& name);
+  static std::vector<std::string> preset_names();
+  // A preset name, or a JSON file {"n_layer":..,"n_head":..,"n_embd":..,"vocab_size":..,"block_size":..}
+  // (keys may also be given on top of a preset with "preset": "gpt2-tiny").
+  static Gpt2Config from_spec(const std::string& preset_or_path);
+  void validate() const;
+  int64_t num_params() const;
+  std::string str() const;
+};
+
+class Gpt2 : public Module {
+ public:
+  explicit Gpt2(const Gpt2Config& config);
+  const Gpt2Config& config() const { return config_; }
+  ParameterStore& params() { return store_; }
+  void collect_parameters(std::vector<Parameter*>& out) const override;
+
+  // GPT-2 initialisation: weights N(0, 0.02), residual projections N(0, 0.02/sqrt(2 n_layer)), biases 0,
+  // LayerNorm weights 1.
+  void init_weights(uint64_t seed);
+  void set_hooks(ModuleHooks* hooks) { hooks_ = hooks; }
+
+  // One micro-batch of training: forward, fused loss, backward. Parameter gradients are accumulated
+  // (+=) scaled by grad_scale / (number of target tokens), i.e. the gradient of grad_scale * mean loss.
+  // Returns the mean loss.
+  float forward_backward(Ctx& ctx, const int32_t* inputs, const int32_t* targets, int B, int T, float grad_scale);
+  // Mean loss without gradients.
+  float forward_loss(Ctx& ctx, const int32_t* inputs, const int32_t* targets, int B, int T);
+  // Full logits [B, T, V] (inference, tests).
+  void forward_logits(Ctx& ctx, const int32_t* inputs, int B, int T, float* logits);
+
+ private:
+  Tensor forward_hidden(Ctx& ctx, const int32_t* inputs, int B, int T);  // after ln_f: [B*T, C]
+  void check_tokens(const int32_t* tokens, int B, int T, const char* what) const;
+
+  Gpt2Config config_;
+  ParameterStore store_;
+  Parameter* wte_;
+  Parameter* wpe_;
+  std::vector<std::unique_ptr<TransformerBlock>> blocks_;
+  std::unique_ptr<LayerNorm> ln_f_;
+  ModuleHooks* hooks_ = nullptr;
+  std::vector<int32_t> inputs_saved_;
+};
+
+}  // namespace ds

@@ -1,0 +1,64 @@
+// Arena and Ctx.
+#include "ds/nn/module.h"
+
+#include <algorithm>
+
+namespace ds {
+namespace {
+constexpr int64_t kAlign = 64;
+constexpr int64_t kMinChunk = int64_t(16) << 20;
+int64_t align_up(int64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+}  // namespace
+
+Tensor Arena::alloc(const Shape& shape, DType dtype) {
+  const int64_t bytes = align_up(std::max<int64_t>(shape.numel() * static_cast<int64_t>(dtype_size(dtype)), 1));
+  if (chunks_.empty() || chunks_.back().used + bytes > chunks_.back().storage->bytes()) {
+    const int64_t want = std::max<int64_t>({bytes, kMinChunk, static_cast<int64_t>(high_water_) - capacity()});
+    chunks_.push_back({allocate_storage(want, category_), 0});
+  }
+  Chunk& c = chunks_.back();
+  Tensor t = Tensor::from_storage(c.storage, c.used, shape, dtype);
+  c.used += bytes;
+  used_total_ += static_cast<size_t>(bytes);
+  high_water_ = std::max(high_water_, used_total_);
+  return t;
+}
+
+void Arena::release(size_t mark) {
+  DS_ASSERT(mark <= used_total_);
+  size_t to_free = used_total_ - mark;
+  while (to_free > 0) {
+    DS_ASSERT(!chunks_.empty());
+    Chunk& c = chunks_.back();
+    const int64_t n = std::min<int64_t>(c.used, static_cast<int64_t>(to_free));
+    c.used -= n;
+    to_free -= static_cast<size_t>(n);
+    if (c.used == 0 && chunks_.size() > 1 && to_free > 0) chunks_.pop_back();
+    else if (to_free > 0 && c.used == 0) break;
+  }
+  used_total_ = mark;
+}
+
+void Arena::reset() {
+  if (chunks_.size() > 1) {
+    chunks_.clear();  // tensors still holding a chunk keep it alive; we just stop handing it out
+    chunks_.push_back({allocate_storage(static_cast<int64_t>(high_water_), category_), 0});
+  } else if (!chunks_.empty()) {
+    chunks_.back().used = 0;
+  }
+  used_total_ = 0;
+}
+
+int64_t Arena::capacity() const {
+  int64_t total = 0;
+  for (const Chunk& c : chunks_) total += c.storage->bytes();
+  return total;
+}
+
+void Ctx::reset() {
+  saved_.clear();
+  act_.reset();
+  scratch_.reset();
+}
+
+}  // namespace ds

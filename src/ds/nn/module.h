@@ -1,0 +1,82 @@
+// Modules with explicit backward (DESIGN decision 5). A Ctx is one micro-batch's activation stash: forward
+// saves what backward needs under the module's key, in an arena that is reused from step to step (page faults
+// are expensive here, so activation memory is allocated once and recycled). Backward temporaries come from a
+// second, stack-like arena: a module takes a mark, allocates, and releases back to the mark when done.
+// ModuleHooks are called around each gather unit; that is where ZeRO-3 will gather and release parameters.
+#pragma once
+
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "ds/core/tensor.h"
+#include "ds/nn/parameter.h"
+
+namespace ds {
+
+class Module;
+
+// Bump allocator over one or more memory chunks. After a pass that needed several chunks, reset() replaces
+// them with a single chunk of the high-water size, so steady-state steps never allocate.
+class Arena {
+ public:
+  explicit Arena(Category cat) : category_(cat) {}
+  Tensor alloc(const Shape& shape, DType dtype = DType::f32);
+  size_t mark() const { return used_total_; }
+  // Releases everything allocated after `mark` (only valid while no chunk was added after the mark).
+  void release(size_t mark);
+  void reset();
+  int64_t capacity() const;
+
+ private:
+  struct Chunk {
+    std::shared_ptr<Storage> storage;
+    int64_t used = 0;
+  };
+  Category category_;
+  std::vector<Chunk> chunks_;
+  size_t used_total_ = 0;   // bytes handed out since reset, including alignment
+  size_t high_water_ = 0;
+};
+
+class Ctx {
+ public:
+  Ctx() : act_(Category::activation), scratch_(Category::workspace) {}
+  Arena& act() { return act_; }
+  Arena& scratch() { return scratch_; }
+  std::vector<Tensor>& saved(const Module* m) { return saved_[m]; }
+  // Called at the start of each micro-batch: forgets the stash and recycles both arenas.
+  void reset();
+  bool training = true;
+
+ private:
+  Arena act_;
+  Arena scratch_;
+  std::unordered_map<const Module*, std::vector<Tensor>> saved_;
+};
+
+class ModuleHooks {
+ public:
+  virtual ~ModuleHooks() = default;
+  virtual void pre_forward(Module&) {}
+  virtual void post_forward(Module&) {}
+  virtual void pre_backward(Module&) {}
+  virtual void post_backward(Module&) {}
+};
+
+class Module {
+ public:
+  explicit Module(std::string name) : name_(std::move(name)) {}
+  virtual ~Module() = default;
+  Module(const Module&) = delete;
+  Module& operator=(const Module&) = delete;
+
+  const std::string& name() const { return name_; }
+  // Parameters owned directly or by children, in declaration order.
+  virtual void collect_parameters(std::vector<Parameter*>& out) const = 0;
+
+ private:
+  std::string name_;
+};
+
+}  // namespace ds
