@@ -1,0 +1,458 @@
+// Safetensors reader (mmap + full header validation) and atomic writer. Validation is as strict as the reference
+// Rust implementation: sorted by offset, tensors must tile the data section exactly (no overlap, no gap, no
+// trailing bytes), so a truncated or spliced file is caught at open() rather than as garbage weights later.
+// The writer streams each entry straight from the caller's buffer (no staging copy of a multi-GB shard) and
+// names its temp file "<path>.tmp.<pid>.<seq>": the sequence number keeps two threads of one process (local
+// backend ranks) from sharing a temp file.
+#include "ds/ckpt/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <cerrno>
+#include <cstring>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <utility>
+
+#include "ds/core/error.h"
+
+namespace ds {
+
+static_assert(std::endian::native == std::endian::little, "safetensors is little-endian; big-endian hosts unsupported");
+
+namespace {
+
+using json = nlohmann::json;
+using ordered_json = nlohmann::ordered_json;
+
+// The reference implementation refuses headers above 100 MB; a larger length is a corrupt file, not a header.
+constexpr uint64_t kMaxHeaderSize = 100'000'000;
+
+std::string errno_text(int err) { return std::strerror(err); }
+
+// Number of elements, or false on a negative dimension or overflow.
+bool checked_numel(const std::vector<int64_t>& shape, uint64_t* out) {
+  uint64_t n = 1;
+  for (int64_t d : shape) {
+    if (d < 0) return false;
+    if (__builtin_mul_overflow(n, static_cast<uint64_t>(d), &n)) return false;
+  }
+  *out = n;
+  return true;
+}
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+size_t edit_distance(std::string_view a, std::string_view b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+float bf16_to_f32(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
+
+float f16_to_f32(uint16_t h) {
+  uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu;
+  uint32_t mant = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0x1f) {  // inf / nan, payload kept
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else if (exp != 0) {  // normal: rebias 15 -> 127
+    bits = sign | ((exp + 112) << 23) | (mant << 13);
+  } else if (mant == 0) {  // signed zero
+    bits = sign;
+  } else {  // subnormal: normalise the mantissa
+    int e = -1;
+    do {
+      mant <<= 1;
+      ++e;
+    } while ((mant & 0x400u) == 0);
+    bits = sign | static_cast<uint32_t>(112 - e) << 23 | ((mant & 0x3ffu) << 13);
+  }
+  return std::bit_cast<float>(bits);
+}
+
+// Closes an fd on scope exit; the destructor never throws.
+struct Fd {
+  int fd = -1;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+// Parses one tensor entry of the header; `where` prefixes every message.
+SafetensorsView parse_entry(const std::string& where, const std::string& name, const json& info,
+                            uint64_t* begin, uint64_t* end) {
+  DS_CHECK_AS(IoError, info.is_object(),
+              "{}: entry '{}' should be an object {{\"dtype\", \"shape\", \"data_offsets\"}}, found {}. The file "
+              "is corrupt or not safetensors; re-save it.",
+              where, name, info.dump());
+  for (const char* key : {"dtype", "shape", "data_offsets"}) {
+    DS_CHECK_AS(IoError, info.contains(key), "{}: entry '{}' has no \"{}\" field (found {}). The file is corrupt; "
+                "re-save it.", where, name, key, info.dump());
+  }
+  SafetensorsView view;
+  const json& dtype = info["dtype"];
+  DS_CHECK_AS(IoError, dtype.is_string() && safetensors_dtype_size(dtype.get<std::string>()) != 0,
+              "{}: tensor '{}' has dtype {}, expected one of F64, F32, F16, BF16, F8_E4M3, F8_E5M2, I64, I32, I16, "
+              "I8, U64, U32, U16, U8, BOOL. Convert the tensor to a supported dtype before saving.",
+              where, name, dtype.dump());
+  view.dtype = dtype.get<std::string>();
+
+  const json& shape = info["shape"];
+  DS_CHECK_AS(IoError, shape.is_array(), "{}: tensor '{}' has shape {}, expected an array of non-negative "
+              "integers. The file is corrupt; re-save it.", where, name, shape.dump());
+  for (const json& d : shape) {
+    DS_CHECK_AS(IoError, d.is_number_unsigned() && d.get<uint64_t>() <= uint64_t{std::numeric_limits<int64_t>::max()},
+                "{}: tensor '{}' has shape {}, expected non-negative integer dimensions. The file is corrupt; "
+                "re-save it.", where, name, shape.dump());
+    view.shape.push_back(static_cast<int64_t>(d.get<uint64_t>()));
+  }
+
+  const json& offs = info["data_offsets"];
+  DS_CHECK_AS(IoError, offs.is_array() && offs.size() == 2 && offs[0].is_number_unsigned() &&
+                           offs[1].is_number_unsigned(),
+              "{}: tensor '{}' has data_offsets {}, expected [begin, end] as non-negative integers. The file is "
+              "corrupt; re-save it.", where, name, offs.dump());
+  *begin = offs[0].get<uint64_t>();
+  *end = offs[1].get<uint64_t>();
+  DS_CHECK_AS(IoError, *begin <= *end, "{}: tensor '{}' has data_offsets [{}, {}] with begin after end. The file "
+              "is corrupt; re-save it.", where, name, *begin, *end);
+
+  uint64_t numel = 0;
+  uint64_t nbytes = 0;
+  bool ok = checked_numel(view.shape, &numel) &&
+            !__builtin_mul_overflow(numel, uint64_t{safetensors_dtype_size(view.dtype)}, &nbytes);
+  DS_CHECK_AS(IoError, ok && nbytes == *end - *begin,
+              "{}: tensor '{}' ({} {}) should occupy {} bytes but data_offsets [{}, {}] span {} bytes. The file "
+              "is corrupt; re-save it.", where, name, view.dtype, shape_str(view.shape),
+              ok ? std::to_string(nbytes) : std::string("an overflowing number of"), *begin, *end, *end - *begin);
+  view.nbytes = static_cast<size_t>(nbytes);
+  return view;
+}
+
+void write_all(int fd, const void* data, size_t n, const std::string& tmp) {
+  const char* p = static_cast<const char*>(data);
+  while (n > 0) {
+    size_t chunk = std::min<size_t>(n, size_t{1} << 30);
+    ssize_t w = ::write(fd, p, chunk);
+    if (w < 0 && errno == EINTR) continue;
+    DS_CHECK_AS(IoError, w > 0, "[safetensors] writing '{}' failed: {}. Check free disk space and quotas.", tmp,
+                w < 0 ? errno_text(errno) : std::string("write returned 0"));
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+}
+
+std::string parent_dir(const std::string& path) {
+  size_t slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+}  // namespace
+
+size_t safetensors_dtype_size(std::string_view dtype) {
+  static const std::map<std::string_view, size_t> kSizes = {
+      {"F64", 8}, {"F32", 4}, {"F16", 2}, {"BF16", 2}, {"F8_E4M3", 1}, {"F8_E5M2", 1},
+      {"I64", 8}, {"I32", 4}, {"I16", 2}, {"I8", 1},   {"U64", 8},     {"U32", 4},
+      {"U16", 2}, {"U8", 1},  {"BOOL", 1}};
+  auto it = kSizes.find(dtype);
+  return it == kSizes.end() ? 0 : it->second;
+}
+
+int64_t SafetensorsView::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+// ---------------------------------------------------------------------------------------------------- reader
+
+SafetensorsFile SafetensorsFile::open(const std::string& path) {
+  const std::string where = fmt::format("[safetensors] '{}'", path);
+  Fd fd;
+  fd.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  DS_CHECK_AS(IoError, fd.fd >= 0, "{}: cannot open: {}. Check the path and its permissions.", where,
+              errno_text(errno));
+  struct stat st {};
+  DS_CHECK_AS(IoError, ::fstat(fd.fd, &st) == 0, "{}: cannot stat: {}.", where, errno_text(errno));
+  DS_CHECK_AS(IoError, S_ISREG(st.st_mode), "{}: is not a regular file. Pass the path of a .safetensors file.",
+              where);
+  const auto file_size = static_cast<uint64_t>(st.st_size);
+  DS_CHECK_AS(IoError, file_size >= 8,
+              "{}: file is {} bytes, too short for the 8-byte header length. The file is truncated; re-save it.",
+              where, file_size);
+
+  SafetensorsFile f;
+  f.path_ = path;
+  void* map = ::mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, fd.fd, 0);
+  DS_CHECK_AS(IoError, map != MAP_FAILED, "{}: mmap of {} bytes failed: {}.", where, file_size, errno_text(errno));
+  f.map_ = map;  // owned by f from here: any throw below unmaps
+  f.map_size_ = file_size;
+  const auto* bytes = static_cast<const unsigned char*>(map);
+
+  uint64_t header_len = 0;
+  std::memcpy(&header_len, bytes, 8);
+  DS_CHECK_AS(IoError, header_len <= file_size - 8 && header_len <= kMaxHeaderSize,
+              "{}: header length {} exceeds the {} bytes after the length field{}. The file is truncated or not "
+              "safetensors; re-save it.", where, header_len, file_size - 8,
+              header_len > kMaxHeaderSize ? " (and the 100 MB header limit)" : "");
+
+  const char* hbegin = reinterpret_cast<const char*>(bytes + 8);
+  json header;
+  try {
+    header = json::parse(hbegin, hbegin + header_len);
+  } catch (const json::exception& e) {
+    DS_THROW(IoError, "{}: header ({} bytes) is not valid JSON: {}. The file is corrupt or not safetensors; "
+             "re-save it.", where, header_len, e.what());
+  }
+  DS_CHECK_AS(IoError, header.is_object(), "{}: header should be a JSON object, found {}. The file is corrupt; "
+              "re-save it.", where, header.type_name());
+
+  struct Span {
+    uint64_t begin, end;
+    const std::string* name;
+  };
+  std::vector<Span> spans;
+  for (auto it = header.begin(); it != header.end(); ++it) {
+    if (it.key() == "__metadata__") {
+      const json& meta = it.value();
+      if (meta.is_null()) continue;
+      DS_CHECK_AS(IoError, meta.is_object(), "{}: __metadata__ should be an object of strings, found {}. The file "
+                  "is corrupt; re-save it.", where, meta.type_name());
+      for (auto m = meta.begin(); m != meta.end(); ++m) {
+        DS_CHECK_AS(IoError, m.value().is_string(), "{}: __metadata__ value for '{}' should be a string, found {}. "
+                    "Store metadata values as strings.", where, m.key(), m.value().dump());
+        f.metadata_[m.key()] = m.value().get<std::string>();
+      }
+      continue;
+    }
+    uint64_t begin = 0, end = 0;
+    SafetensorsView view = parse_entry(where, it.key(), it.value(), &begin, &end);
+    auto [slot, inserted] = f.tensors_.emplace(it.key(), std::move(view));
+    spans.push_back({begin, end, &slot->first});
+  }
+
+  // Tensors must tile [0, data_size) exactly, as the reference reader requires.
+  const uint64_t data_size = file_size - 8 - header_len;
+  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
+  uint64_t expect = 0;
+  for (const Span& s : spans) {
+    DS_CHECK_AS(IoError, s.end <= data_size,
+                "{}: tensor '{}' has data_offsets [{}, {}] beyond the {}-byte data section. The file is truncated; "
+                "re-save it.", where, *s.name, s.begin, s.end, data_size);
+    DS_CHECK_AS(IoError, s.begin >= expect, "{}: tensor '{}' at data_offsets [{}, {}] overlaps the previous tensor, "
+                "which ends at {}. The file is corrupt; re-save it.", where, *s.name, s.begin, s.end, expect);
+    DS_CHECK_AS(IoError, s.begin == expect, "{}: tensor '{}' starts at offset {} but the previous tensor ends at {} "
+                "(a gap of unaccounted bytes). The file is corrupt; re-save it.", where, *s.name, s.begin, expect);
+    expect = s.end;
+  }
+  DS_CHECK_AS(IoError, expect == data_size, "{}: the tensors cover {} bytes but the data section holds {} (file {} "
+              "bytes, header {}). The file has trailing bytes or is corrupt; re-save it.", where, expect, data_size,
+              file_size, header_len);
+
+  const unsigned char* data = bytes + 8 + header_len;
+  for (const Span& s : spans) f.tensors_.at(*s.name).data = data + s.begin;
+  return f;
+}
+
+SafetensorsFile::SafetensorsFile(SafetensorsFile&& other) noexcept { *this = std::move(other); }
+
+SafetensorsFile& SafetensorsFile::operator=(SafetensorsFile&& other) noexcept {
+  if (this != &other) {
+    release();
+    path_ = std::move(other.path_);
+    map_ = std::exchange(other.map_, nullptr);
+    map_size_ = std::exchange(other.map_size_, 0);
+    tensors_ = std::move(other.tensors_);
+    metadata_ = std::move(other.metadata_);
+  }
+  return *this;
+}
+
+SafetensorsFile::~SafetensorsFile() { release(); }
+
+void SafetensorsFile::release() noexcept {
+  if (map_ != nullptr) ::munmap(map_, map_size_);
+  map_ = nullptr;
+  map_size_ = 0;
+}
+
+std::vector<std::string> SafetensorsFile::names() const {
+  std::vector<std::string> out;
+  out.reserve(tensors_.size());
+  for (const auto& [name, view] : tensors_) out.push_back(name);
+  return out;
+}
+
+bool SafetensorsFile::contains(const std::string& name) const { return tensors_.count(name) != 0; }
+
+const SafetensorsView& SafetensorsFile::get(const std::string& name) const {
+  auto it = tensors_.find(name);
+  if (it != tensors_.end()) return it->second;
+  std::vector<std::pair<size_t, const std::string*>> near;
+  for (const auto& [other, view] : tensors_) near.push_back({edit_distance(name, other), &other});
+  size_t k = std::min<size_t>(3, near.size());
+  std::partial_sort(near.begin(), near.begin() + k, near.end(),
+                    [](const auto& a, const auto& b) { return a.first != b.first ? a.first < b.first : *a.second < *b.second; });
+  std::string closest;
+  for (size_t i = 0; i < k; ++i) closest += (i ? ", '" : "'") + *near[i].second + "'";
+  DS_THROW(IoError, "[safetensors] '{}': no tensor named '{}' among its {} tensors{}{}. Check the name or the "
+           "checkpoint's model.", path_, name, tensors_.size(), k ? "; closest: " : "", closest);
+}
+
+// ---------------------------------------------------------------------------------------------------- writer
+
+void write_safetensors(const std::string& path, const std::vector<SafetensorsEntry>& entries,
+                       const std::map<std::string, std::string>& metadata) {
+  // Validate everything before touching the disk, so a bad call never disturbs an existing file.
+  std::set<std::string_view> seen;
+  for (const SafetensorsEntry& e : entries) {
+    DS_CHECK_AS(IoError, !e.name.empty() && e.name != "__metadata__",
+                "[safetensors] writing '{}': tensor name '{}' is reserved or empty. Rename the tensor.", path, e.name);
+    DS_CHECK_AS(IoError, seen.insert(e.name).second,
+                "[safetensors] writing '{}': tensor '{}' appears twice. Each name must be unique.", path, e.name);
+    size_t esize = safetensors_dtype_size(e.dtype);
+    DS_CHECK_AS(IoError, esize != 0, "[safetensors] writing '{}': tensor '{}' has unknown dtype '{}', expected F64, "
+                "F32, F16, BF16, F8_E4M3, F8_E5M2, I64, I32, I16, I8, U64, U32, U16, U8 or BOOL.", path, e.name,
+                e.dtype);
+    uint64_t numel = 0, nbytes = 0;
+    bool ok = checked_numel(e.shape, &numel) && !__builtin_mul_overflow(numel, uint64_t{esize}, &nbytes);
+    DS_CHECK_AS(IoError, ok && nbytes == e.nbytes, "[safetensors] writing '{}': tensor '{}' ({} {}) should hold "
+                "{} bytes but {} were given. Pass nbytes = numel * dtype size.", path, e.name, e.dtype,
+                shape_str(e.shape), ok ? std::to_string(nbytes) : std::string("an invalid number of"), e.nbytes);
+    DS_CHECK_AS(IoError, e.nbytes == 0 || e.data != nullptr,
+                "[safetensors] writing '{}': tensor '{}' has {} bytes but a null data pointer.", path, e.name, e.nbytes);
+  }
+
+  // Largest element size first, then by name: keeps every tensor aligned to its element size.
+  std::vector<const SafetensorsEntry*> order;
+  for (const SafetensorsEntry& e : entries) order.push_back(&e);
+  std::sort(order.begin(), order.end(), [](const SafetensorsEntry* a, const SafetensorsEntry* b) {
+    size_t sa = safetensors_dtype_size(a->dtype), sb = safetensors_dtype_size(b->dtype);
+    return sa != sb ? sa > sb : a->name < b->name;
+  });
+
+  ordered_json header = ordered_json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  uint64_t offset = 0;
+  for (const SafetensorsEntry* e : order) {
+    header[e->name] = {{"dtype", e->dtype}, {"shape", e->shape}, {"data_offsets", {offset, offset + e->nbytes}}};
+    offset += e->nbytes;
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');
+  const uint64_t header_len = text.size();
+
+  static std::atomic<uint64_t> seq{0};
+  const std::string tmp = fmt::format("{}.tmp.{}.{}", path, ::getpid(), seq.fetch_add(1));
+  Fd fd;
+  fd.fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  DS_CHECK_AS(IoError, fd.fd >= 0, "[safetensors] cannot create temporary file '{}' for '{}': {}. Check that the "
+              "directory exists and is writable.", tmp, path, errno_text(errno));
+  try {
+    write_all(fd.fd, &header_len, 8, tmp);
+    write_all(fd.fd, text.data(), text.size(), tmp);
+    for (const SafetensorsEntry* e : order) write_all(fd.fd, e->data, e->nbytes, tmp);
+    DS_CHECK_AS(IoError, ::fsync(fd.fd) == 0, "[safetensors] fsync of '{}' failed: {}.", tmp, errno_text(errno));
+    int rc = ::close(std::exchange(fd.fd, -1));
+    DS_CHECK_AS(IoError, rc == 0, "[safetensors] closing '{}' failed: {}.", tmp, errno_text(errno));
+    DS_CHECK_AS(IoError, ::rename(tmp.c_str(), path.c_str()) == 0,
+                "[safetensors] renaming '{}' to '{}' failed: {}. The previous file (if any) is untouched.", tmp, path,
+                errno_text(errno));
+  } catch (...) {
+    ::unlink(tmp.c_str());
+    throw;
+  }
+
+  const std::string dir = parent_dir(path);
+  Fd dfd;
+  dfd.fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  DS_CHECK_AS(IoError, dfd.fd >= 0 && ::fsync(dfd.fd) == 0,
+              "[safetensors] '{}' was written but fsync of its directory '{}' failed: {}. The rename may not survive "
+              "a crash; do not mark this checkpoint as latest.", path, dir, errno_text(errno));
+}
+
+// ---------------------------------------------------------------------------------------------------- conversion
+
+namespace {
+
+std::vector<float> to_f32(const SafetensorsView& v, const std::string& where) {
+  const size_t n = static_cast<size_t>(v.numel());
+  std::vector<float> out(n);
+  const auto* src = static_cast<const unsigned char*>(v.data);
+  if (v.dtype == "F32") {
+    if (n) std::memcpy(out.data(), src, n * 4);
+  } else if (v.dtype == "BF16" || v.dtype == "F16") {
+    const bool bf = v.dtype == "BF16";
+    for (size_t i = 0; i < n; ++i) {
+      uint16_t h;
+      std::memcpy(&h, src + 2 * i, 2);
+      out[i] = bf ? bf16_to_f32(h) : f16_to_f32(h);
+    }
+  } else {
+    DS_THROW(IoError, "{}: dtype {} cannot be read as f32; expected F32, BF16 or F16. Read it with the matching "
+             "integer helper or convert the checkpoint.", where, v.dtype);
+  }
+  return out;
+}
+
+std::vector<int32_t> to_i32(const SafetensorsView& v, const std::string& where) {
+  const size_t n = static_cast<size_t>(v.numel());
+  std::vector<int32_t> out(n);
+  const auto* src = static_cast<const unsigned char*>(v.data);
+  if (v.dtype == "I32") {
+    if (n) std::memcpy(out.data(), src, n * 4);
+  } else if (v.dtype == "I64") {
+    for (size_t i = 0; i < n; ++i) {
+      int64_t x;
+      std::memcpy(&x, src + 8 * i, 8);
+      DS_CHECK_AS(IoError, x >= std::numeric_limits<int32_t>::min() && x <= std::numeric_limits<int32_t>::max(),
+                  "{}: I64 value {} at index {} does not fit in i32.", where, x, i);
+      out[i] = static_cast<int32_t>(x);
+    }
+  } else {
+    DS_THROW(IoError, "{}: dtype {} cannot be read as i32; expected I32 or I64.", where, v.dtype);
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<float> safetensors_to_f32(const SafetensorsView& view) { return to_f32(view, "[safetensors]"); }
+std::vector<int32_t> safetensors_to_i32(const SafetensorsView& view) { return to_i32(view, "[safetensors]"); }
+
+std::vector<float> read_safetensors_f32(const SafetensorsFile& file, const std::string& name) {
+  return to_f32(file.get(name), fmt::format("[safetensors] '{}' tensor '{}'", file.path(), name));
+}
+
+std::vector<int32_t> read_safetensors_i32(const SafetensorsFile& file, const std::string& name) {
+  return to_i32(file.get(name), fmt::format("[safetensors] '{}' tensor '{}'", file.path(), name));
+}
+
+}  // namespace ds

@@ -1,0 +1,91 @@
+// Reader and writer of the safetensors format (DESIGN decision 10), independent of any tensor class: the reader
+// maps the file read-only and hands out byte views; the writer takes byte views. Views may be unaligned (other
+// writers need not align tensors), so consumers copy with memcpy or use the *_to_* helpers below. Our writer
+// orders tensors by element size (largest first), then name, as the reference writer does, so every tensor it
+// writes is aligned to its element size. Writes are atomic (temp file, fsync, rename, fsync of the directory).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ds {
+
+// Bytes per element of a safetensors dtype string ("F32", "BF16", "I64", ...); 0 if the dtype is unknown.
+size_t safetensors_dtype_size(std::string_view dtype);
+
+// One tensor inside a mapped file. `data` points into the mapping (valid while the SafetensorsFile lives) and
+// may be unaligned for its dtype.
+struct SafetensorsView {
+  std::string dtype;           // "F32", "BF16", "F16", "F64", "I8".."I64", "U8".."U64", "BOOL", "F8_E4M3", "F8_E5M2"
+  std::vector<int64_t> shape;  // empty for a scalar
+  const void* data = nullptr;
+  size_t nbytes = 0;
+
+  int64_t numel() const;
+};
+
+// A safetensors file mapped read-only. Move-only; the mapping is released by the destructor.
+class SafetensorsFile {
+ public:
+  // Maps and validates the whole header: throws IoError on a missing file, a file shorter than 8 bytes, a header
+  // length beyond the file, malformed JSON, an unknown dtype, nbytes != numel * dtype size, offsets out of range,
+  // overlapping or leaving gaps, or a file size that does not match the last offset.
+  static SafetensorsFile open(const std::string& path);
+
+  SafetensorsFile(SafetensorsFile&& other) noexcept;
+  SafetensorsFile& operator=(SafetensorsFile&& other) noexcept;
+  SafetensorsFile(const SafetensorsFile&) = delete;
+  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
+  ~SafetensorsFile();
+
+  const std::string& path() const { return path_; }
+  size_t size() const { return tensors_.size(); }
+  std::vector<std::string> names() const;  // sorted by name
+  bool contains(const std::string& name) const;
+  // Throws IoError naming the file and the missing tensor, with the closest names the file does hold.
+  const SafetensorsView& get(const std::string& name) const;
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+
+ private:
+  SafetensorsFile() = default;
+  void release() noexcept;
+
+  std::string path_;
+  void* map_ = nullptr;
+  size_t map_size_ = 0;
+  std::map<std::string, SafetensorsView> tensors_;
+  std::map<std::string, std::string> metadata_;
+};
+
+// One tensor to write. `data` may be null when nbytes is 0.
+struct SafetensorsEntry {
+  std::string name;
+  std::string dtype;
+  std::vector<int64_t> shape;
+  const void* data = nullptr;
+  size_t nbytes = 0;
+};
+
+// Writes `entries` atomically to `path`: validates every entry first (known dtype, unique non-empty names other
+// than "__metadata__", non-negative dims, nbytes == numel * dtype size), then writes "<path>.tmp.<pid>.<seq>",
+// fsyncs it, renames it over `path` and fsyncs the directory. On any failure it throws IoError, removes the temp
+// file and leaves an existing file at `path` untouched. The header is compact JSON padded with spaces to a
+// multiple of 8 bytes; "__metadata__" comes first when `metadata` is non-empty.
+void write_safetensors(const std::string& path, const std::vector<SafetensorsEntry>& entries,
+                       const std::map<std::string, std::string>& metadata = {});
+
+// Copies a floating-point tensor into f32: F32 bit-exact, BF16 and F16 widened exactly. Any other dtype throws
+// IoError (say what to convert instead).
+std::vector<float> safetensors_to_f32(const SafetensorsView& view);
+// Copies an integer tensor into i32: I32 as is, I64 when every value fits (else IoError).
+std::vector<int32_t> safetensors_to_i32(const SafetensorsView& view);
+
+// Convenience: file.get(name) then the conversion; errors name the file and the tensor.
+std::vector<float> read_safetensors_f32(const SafetensorsFile& file, const std::string& name);
+std::vector<int32_t> read_safetensors_i32(const SafetensorsFile& file, const std::string& name);
+
+}  // namespace ds
