@@ -1,0 +1,52 @@
+// Token shards in llm.c's .bin layout: 256 little-endian int32 header (magic 20240520, version 1, token count,
+// rest zero) followed by the tokens as uint16. Writes are atomic (temp file, fsync, rename, fsync directory);
+// reads memory-map the file and validate the header and the size against the token count before exposing tokens.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace ds::data {
+
+inline constexpr int32_t kTokenShardMagic = 20240520;
+inline constexpr int32_t kTokenShardVersion = 1;
+inline constexpr size_t kTokenShardHeaderInts = 256;
+inline constexpr size_t kTokenShardHeaderBytes = kTokenShardHeaderInts * sizeof(int32_t);
+
+// Writes tokens to path atomically. int32 tokens must lie in [0, 65535] (ConfigError otherwise);
+// I/O failures throw IoError naming the file.
+void write_token_shard(const std::string& path, std::span<const uint16_t> tokens);
+void write_token_shard(const std::string& path, std::span<const int32_t> tokens);
+
+// Reads a whole shard into memory. IoError if the file is missing, has a wrong magic or version, or its size does
+// not match the token count in the header.
+std::vector<uint16_t> read_token_shard(const std::string& path);
+
+// A read-only memory-mapped shard, validated on open. Move-only; unmaps in the destructor.
+class TokenShard {
+ public:
+  explicit TokenShard(const std::string& path);
+  TokenShard(TokenShard&& other) noexcept;
+  TokenShard& operator=(TokenShard&& other) noexcept;
+  TokenShard(const TokenShard&) = delete;
+  TokenShard& operator=(const TokenShard&) = delete;
+  ~TokenShard();
+
+  std::span<const uint16_t> tokens() const { return {tokens_, size_}; }
+  size_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  void release() noexcept;
+
+  std::string path_;
+  void* map_ = nullptr;
+  size_t map_bytes_ = 0;
+  const uint16_t* tokens_ = nullptr;
+  size_t size_ = 0;
+};
+
+}  // namespace ds::data
