@@ -1,0 +1,113 @@
+// DeepSpeed's learning-rate schedules evaluated in closed form; the formulas and the step convention are in
+// Note [LR schedule step convention] (lr_schedule.h). Arithmetic is in double, as in Python, so the values match
+// DeepSpeed's to the last bit or two; the caller narrows to float when it hands the rate to the optimizer kernel.
+#include "ds/optim/lr_schedule.h"
+
+#include "ds/core/error.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numbers>
+
+namespace ds {
+
+LrSchedule::LrSchedule(double lr) : base_lr_(lr) {}
+
+LrSchedule LrSchedule::constant(double lr) { return LrSchedule(lr); }
+
+LrSchedule::LrSchedule(const SchedulerConfig& config, double base_lr)
+    : config_(config), base_lr_(base_lr), warmup_(std::max<int64_t>(2, config.warmup_num_steps)) {
+  DS_CHECK_AS(ConfigError, config.last_batch_iteration >= -1,
+              "[lr_schedule] last_batch_iteration must be -1 (fresh start) or a batch index; found {}",
+              config.last_batch_iteration);
+  if (config.type == SchedulerType::warmup_decay_lr || config.type == SchedulerType::warmup_cosine_lr) {
+    DS_CHECK_AS(ConfigError, config.total_num_steps >= 1,
+                "[lr_schedule] {} needs total_num_steps >= 1; found {}", scheduler_type_name(config.type),
+                config.total_num_steps);
+  }
+  if (config.type == SchedulerType::warmup_cosine_lr) {
+    DS_CHECK_AS(ConfigError, config.total_num_steps > warmup_,
+                "[lr_schedule] WarmupCosineLR needs total_num_steps ({}) > warmup_num_steps ({})",
+                config.total_num_steps, warmup_);
+  }
+}
+
+double LrSchedule::warmup_gamma(int64_t t) const {
+  if (config_.warmup_type == WarmupType::linear) return static_cast<double>(t) / static_cast<double>(warmup_);
+  // DeepSpeed stores inverse_log_warm_up = 1 / ln(N) and multiplies; keep the same operation order.
+  const double inverse_log_warm_up = 1.0 / std::log(static_cast<double>(warmup_));
+  return inverse_log_warm_up * std::log(static_cast<double>(t + 1));
+}
+
+double LrSchedule::lr_at_iteration(int64_t t) const {
+  DS_ASSERT(t >= 0, "lr_at_iteration needs an iteration >= 0, got {}", t);
+  const double min_lr = config_.warmup_min_lr;
+  const double delta = config_.warmup_max_lr - config_.warmup_min_lr;
+  switch (config_.type) {
+    case SchedulerType::none:
+      return base_lr_;
+    case SchedulerType::warmup_lr: {
+      const double gamma = t < warmup_ ? warmup_gamma(t) : 1.0;
+      return min_lr + delta * gamma;
+    }
+    case SchedulerType::warmup_decay_lr: {
+      double gamma;
+      if (t < warmup_) {
+        gamma = warmup_gamma(t);
+      } else {
+        const double T = static_cast<double>(config_.total_num_steps);
+        gamma = std::max(0.0, (T - static_cast<double>(t)) / std::max(1.0, T - static_cast<double>(warmup_)));
+      }
+      return min_lr + delta * gamma;
+    }
+    case SchedulerType::warmup_cosine_lr: {
+      double ratio;
+      if (t < warmup_) {
+        ratio = config_.warmup_min_ratio + warmup_gamma(t) * (1.0 - config_.warmup_min_ratio);
+      } else {
+        const double real_last_step = static_cast<double>(t - warmup_ + 1);
+        const double real_total_steps = static_cast<double>(config_.total_num_steps - warmup_);
+        const double c = config_.cos_min_ratio;
+        const double cosine = (1.0 + std::cos(std::numbers::pi * real_last_step / real_total_steps)) / 2.0;
+        ratio = std::max(0.0, c + (1.0 - c) * cosine);
+      }
+      return base_lr_ * ratio;
+    }
+  }
+  return base_lr_;
+}
+
+double LrSchedule::initial_lr() const {
+  if (config_.type == SchedulerType::none || config_.last_batch_iteration != -1) return base_lr_;
+  if (config_.type == SchedulerType::warmup_cosine_lr) return 0.0;  // its get_lr() before the start
+  return config_.warmup_min_lr;                                      // WarmupLR's get_lr() before the start
+}
+
+double LrSchedule::lr(int64_t steps_taken) const {
+  DS_ASSERT(steps_taken >= 0, "lr() needs steps_taken >= 0, got {}", steps_taken);
+  if (steps_taken == 0) return initial_lr();
+  return lr_at_iteration(config_.last_batch_iteration + steps_taken);
+}
+
+std::string LrSchedule::describe() const {
+  const char* warm = config_.warmup_type == WarmupType::log ? "log" : "linear";
+  switch (config_.type) {
+    case SchedulerType::none:
+      return fmt::format("constant lr {}", base_lr_);
+    case SchedulerType::warmup_lr:
+      return fmt::format("WarmupLR {} -> {} over {} steps ({} warmup)", config_.warmup_min_lr, config_.warmup_max_lr,
+                         warmup_, warm);
+    case SchedulerType::warmup_decay_lr:
+      return fmt::format("WarmupDecayLR {} -> {} over {} steps ({} warmup), then linear to 0 at step {}",
+                         config_.warmup_min_lr, config_.warmup_max_lr, warmup_, warm, config_.total_num_steps);
+    case SchedulerType::warmup_cosine_lr:
+      return fmt::format("WarmupCosineLR lr {} x ratio {} -> 1 over {} steps ({} warmup), cosine to {} at step {}",
+                         base_lr_, config_.warmup_min_ratio, warmup_, warm, config_.cos_min_ratio,
+                         config_.total_num_steps);
+  }
+  return "?";
+}
+
+}  // namespace ds

@@ -1,0 +1,316 @@
+// Entry points of the ds_config.json parser: JSON text -> DeepSpeedConfig. Owns the JSON syntax layer (comments,
+// duplicate keys, line/column of syntax errors), the top-level keys, DeepSpeed's batch-size arithmetic
+// (config.py::_set_batch_related_parameters, integer division, brief §1.2) and the cross-block checks.
+// Batch errors explain which value could not be derived and why, rather than DeepSpeed's bare "64 != 4 * 8 * 1".
+#include "ds/runtime/config.h"
+
+#include "ds/core/error.h"
+#include "ds/core/log.h"
+#include "ds/runtime/config_blocks.h"
+#include "ds/runtime/config_reader.h"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+namespace ds {
+
+using config_detail::BlockReader;
+using config_detail::ParseContext;
+using config_detail::Support;
+using nlohmann::json;
+
+std::string_view scheduler_type_name(SchedulerType t) {
+  switch (t) {
+    case SchedulerType::none: return "none";
+    case SchedulerType::warmup_lr: return "WarmupLR";
+    case SchedulerType::warmup_decay_lr: return "WarmupDecayLR";
+    case SchedulerType::warmup_cosine_lr: return "WarmupCosineLR";
+  }
+  return "?";
+}
+
+std::string_view offload_device_name(OffloadDevice d) {
+  switch (d) {
+    case OffloadDevice::none: return "none";
+    case OffloadDevice::cpu: return "cpu";
+    case OffloadDevice::nvme: return "nvme";
+  }
+  return "?";
+}
+
+namespace {
+
+// ---- JSON syntax ------------------------------------------------------------------------------------------------
+
+// Duplicate keys are found with the SAX-style parser callback: one set of seen keys per open object.
+struct DuplicateFinder {
+  struct Frame {
+    std::string path;
+    std::vector<std::string> keys;
+    std::string last_key;
+  };
+  std::vector<Frame> stack;
+  std::string duplicate;  // full path of the first duplicate, empty if none
+
+  std::string child_path() const {
+    if (stack.empty()) return "";
+    const Frame& top = stack.back();
+    if (top.last_key.empty()) return top.path;  // inside an array
+    return config_detail::join_key(top.path, top.last_key);
+  }
+
+  bool operator()(int /*depth*/, json::parse_event_t event, json& parsed) {
+    switch (event) {
+      case json::parse_event_t::object_start:
+      case json::parse_event_t::array_start: {
+        Frame f{child_path(), {}, {}};
+        if (event == json::parse_event_t::array_start) f.path += "[]";
+        stack.push_back(std::move(f));
+        break;
+      }
+      case json::parse_event_t::object_end:
+      case json::parse_event_t::array_end:
+        if (!stack.empty()) stack.pop_back();
+        break;
+      case json::parse_event_t::key: {
+        Frame& top = stack.back();
+        const std::string key = parsed.get<std::string>();
+        if (duplicate.empty() && std::find(top.keys.begin(), top.keys.end(), key) != top.keys.end()) {
+          duplicate = config_detail::join_key(top.path, key);
+        }
+        top.keys.push_back(key);
+        top.last_key = key;
+        break;
+      }
+      case json::parse_event_t::value:
+        break;
+    }
+    return true;
+  }
+};
+
+json parse_json_text(const std::string& text, const std::string& source) {
+  DuplicateFinder finder;
+  json root;
+  try {
+    root = json::parse(text, std::ref(finder), /*allow_exceptions=*/true, /*ignore_comments=*/true);
+  } catch (const json::parse_error& e) {
+    // e.byte is the 1-based offset of the character that failed; turn it into line and column ourselves.
+    const size_t byte = std::min<size_t>(e.byte == 0 ? 0 : e.byte - 1, text.size());
+    size_t line = 1, column = 1;
+    for (size_t i = 0; i < byte; ++i) {
+      if (text[i] == '\n') {
+        ++line;
+        column = 1;
+      } else {
+        ++column;
+      }
+    }
+    std::string detail = e.what();
+    const size_t syntax = detail.find("syntax error");
+    if (syntax != std::string::npos) detail = detail.substr(syntax);
+    DS_THROW(ConfigError, "[config] {} is not valid JSON: line {}, column {}: {}; fix the syntax there (comments are "
+             "allowed; trailing commas, single quotes and unquoted keys are not)", source, line, column, detail);
+  }
+  DS_CHECK_AS(ConfigError, finder.duplicate.empty(),
+              "[config] duplicate key '{}' in {}; DeepSpeed rejects duplicate keys too: keep one of them",
+              finder.duplicate, source);
+  DS_CHECK_AS(ConfigError, root.is_object(), "[config] {} must hold a JSON object ({{ ... }}) at the top; found {}",
+              source, config_detail::render(root));
+  return root;
+}
+
+// ---- batch arithmetic -------------------------------------------------------------------------------------------
+
+void resolve_batch(std::optional<int64_t> train, std::optional<int64_t> micro, std::optional<int64_t> gas, int world,
+                   const std::string& src, DeepSpeedConfig& c) {
+  const int64_t W = world;
+  if (train && micro && gas) {
+    DS_CHECK_AS(ConfigError, *train == *micro * *gas * W,
+                "[config] train_batch_size ({}) must equal train_micro_batch_size_per_gpu ({}) × "
+                "gradient_accumulation_steps ({}) × data-parallel world size ({}) = {} in {}; fix one of the three or "
+                "drop train_batch_size to have it derived", *train, *micro, *gas, W, *micro * *gas * W, src);
+  } else if (train && micro) {
+    gas = *train / *micro / W;
+    DS_CHECK_AS(ConfigError, *gas > 0 && *train == *micro * *gas * W,
+                "[config] cannot derive gradient_accumulation_steps in {}: train_batch_size ({}) must be a positive "
+                "multiple of train_micro_batch_size_per_gpu ({}) × data-parallel world size ({}) = {}; change one of "
+                "them or set gradient_accumulation_steps explicitly", src, *train, *micro, W, *micro * W);
+  } else if (train && gas) {
+    micro = *train / W / *gas;
+    DS_CHECK_AS(ConfigError, *micro > 0 && *train == *micro * *gas * W,
+                "[config] cannot derive train_micro_batch_size_per_gpu in {}: train_batch_size ({}) must be a positive "
+                "multiple of gradient_accumulation_steps ({}) × data-parallel world size ({}) = {}; change one of them "
+                "or set train_micro_batch_size_per_gpu explicitly", src, *train, *gas, W, *gas * W);
+  } else if (micro && gas) {
+    train = *micro * *gas * W;
+  } else if (train) {
+    gas = 1;
+    micro = *train / W;
+    DS_CHECK_AS(ConfigError, *micro > 0 && *train == *micro * W,
+                "[config] cannot derive train_micro_batch_size_per_gpu in {}: train_batch_size ({}) must be a positive "
+                "multiple of the data-parallel world size ({}) when gradient_accumulation_steps is not given; change "
+                "train_batch_size or set train_micro_batch_size_per_gpu", src, *train, W);
+  } else if (micro) {
+    train = *micro * W;
+    gas = 1;
+  } else {
+    DS_THROW(ConfigError, "[config] {} sets neither train_batch_size nor train_micro_batch_size_per_gpu; add at least "
+             "one of them, e.g. \"train_micro_batch_size_per_gpu\": 8 (gradient_accumulation_steps alone is not "
+             "enough)", src);
+  }
+  c.train_batch_size = *train;
+  c.train_micro_batch_size_per_gpu = *micro;
+  c.gradient_accumulation_steps = *gas;
+}
+
+// Real DeepSpeed top-level settings that deepspeed.cpp does not model: accepted, with a warning when switched on.
+constexpr std::string_view kUnmodelledTopLevel[] = {
+    "amp", "torch_autocast", "compression_training", "autotuning", "eigenvalue", "progressive_layer_drop",
+    "curriculum_learning", "data_efficiency", "elasticity", "nebula", "weight_quantization", "compile", "timers",
+    "tensor_parallel", "hybrid_engine", "sparse_attention", "comet", "graph_harvesting",
+    "use_data_before_expert_parallel_", "disable_allgather", "vocabulary_size"};
+
+}  // namespace
+
+// ---- top level --------------------------------------------------------------------------------------------------
+
+DeepSpeedConfig parse_config(const std::string& json_text, int dp_world_size, const std::string& source_name) {
+  DS_CHECK_AS(ConfigError, dp_world_size >= 1, "[config] data-parallel world size must be at least 1; found {}",
+              dp_world_size);
+  const json root = parse_json_text(json_text, source_name);
+  ParseContext ctx{source_name, {}};
+  DeepSpeedConfig c;
+  c.source = source_name;
+  c.dp_world_size = dp_world_size;
+
+  BlockReader top(&root, "", ctx);
+  std::optional<int64_t> train, micro, gas;
+  top.read("train_batch_size", train, Support::implemented, 1);
+  top.read("train_micro_batch_size_per_gpu", micro, Support::implemented, 1);
+  top.read("gradient_accumulation_steps", gas, Support::implemented, 1);
+
+  config_detail::parse_optimizer(top.child("optimizer"), c.optimizer);
+  config_detail::parse_scheduler(top.child("scheduler"), c.scheduler);
+  top.read("zero_allow_untested_optimizer", c.zero_allow_untested_optimizer);
+  top.read("zero_force_ds_cpu_optimizer", c.zero_force_ds_cpu_optimizer);
+
+  top.read("gradient_clipping", c.gradient_clipping, Support::implemented, 0.0);
+  top.read("steps_per_print", c.steps_per_print, Support::implemented, 0);
+  top.read("wall_clock_breakdown", c.wall_clock_breakdown, Support::not_yet);
+  top.read("memory_breakdown", c.memory_breakdown, Support::not_yet);
+  top.read("dump_state", c.dump_state, Support::not_yet);
+  top.read("prescale_gradients", c.prescale_gradients, Support::not_yet);
+  top.read("gradient_predivide_factor", c.gradient_predivide_factor, Support::not_yet, 0.0);
+  top.read("sparse_gradients", c.sparse_gradients, Support::not_yet);
+  top.read("dataloader_drop_last", c.dataloader_drop_last, Support::not_yet);
+  if (config_detail::read_dtype(top, "communication_data_type", c.communication_data_type) &&
+      *c.communication_data_type != DType::f32) {
+    ctx.warn(fmt::format("[config] 'communication_data_type' = '{}' in {} is not implemented yet; gradients are "
+                         "communicated in fp32", dtype_name(*c.communication_data_type), source_name));
+  }
+  std::optional<DType> seq_dtype;
+  if (config_detail::read_dtype(top, "seq_parallel_communication_data_type", seq_dtype)) {
+    c.seq_parallel_communication_data_type = *seq_dtype;
+    if (*seq_dtype != DType::f32) {
+      ctx.warn(fmt::format("[config] 'seq_parallel_communication_data_type' in {} is not implemented yet; it is "
+                           "ignored", source_name));
+    }
+  }
+
+  config_detail::parse_fp16(top.child("fp16"), c.fp16);
+  DS_CHECK_AS(ConfigError, !(top.has("bf16") && top.has("bfloat16")),
+              "[config] both 'bf16' and its legacy name 'bfloat16' are set in {}; keep only 'bf16'", source_name);
+  config_detail::parse_bf16(top.child("bf16"), c.bf16);
+  if (top.has("bfloat16")) {
+    config_detail::parse_bf16(top.child("bfloat16"), c.bf16);
+  } else {
+    top.raw("bfloat16");
+  }
+  config_detail::parse_zero(top.child("zero_optimization"), c.zero);
+  config_detail::parse_aio(top.child("aio"), c.aio);
+  config_detail::parse_activation_checkpointing(top.child("activation_checkpointing"), c.activation_checkpointing);
+  config_detail::parse_pipeline(top.child("pipeline"), c.pipeline);
+  config_detail::parse_checkpoint(top.child("checkpoint"), c.checkpoint);
+  config_detail::parse_flops_profiler(top.child("flops_profiler"), c.flops_profiler);
+  config_detail::parse_monitor(top.child("tensorboard"), c.tensorboard);
+  config_detail::parse_monitor(top.child("csv_monitor"), c.csv_monitor);
+  config_detail::parse_wandb(top.child("wandb"), c.wandb);
+  config_detail::parse_comms_logger(top.child("comms_logger"), c.comms_logger);
+  config_detail::parse_data_types(top.child("data_types"), c.grad_accum_dtype);
+  for (std::string_view key : kUnmodelledTopLevel) top.accept_unmodelled(key);
+  top.finish();
+
+  resolve_batch(train, micro, gas, dp_world_size, source_name, c);
+
+  // ---- cross-block checks (config.py::_do_error_check and friends) ----
+  DS_CHECK_AS(ConfigError, !(c.fp16.enabled && c.bf16.enabled),
+              "[config] fp16.enabled and bf16.enabled are both true in {}; DeepSpeed allows only one of them: disable "
+              "one", source_name);
+  DS_CHECK_AS(ConfigError, !(c.fp16.enabled && c.fp16.fp16_master_weights_and_grads) || c.zero.stage == 2,
+              "[config] 'fp16.fp16_master_weights_and_grads' in {} needs zero_optimization.stage 2, found stage {} "
+              "(as in DeepSpeed); set \"stage\": 2 or remove it", source_name, c.zero.stage);
+
+  c.warnings = std::move(ctx.warnings);
+  for (const auto& w : c.warnings) log_warning("{}", w);
+  return c;
+}
+
+DeepSpeedConfig load_config_file(const std::string& path, int dp_world_size) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    DS_THROW(IoError, "[config] cannot open DeepSpeed config file '{}': {}; check the path", path,
+             std::strerror(errno));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  DS_CHECK_AS(IoError, !in.bad(), "[config] failed while reading DeepSpeed config file '{}'", path);
+  return parse_config(text.str(), dp_world_size, path);
+}
+
+// ---- summary ----------------------------------------------------------------------------------------------------
+
+std::string DeepSpeedConfig::summary() const {
+  std::string s = fmt::format("DeepSpeed config {} (data-parallel world size {}):\n", source, dp_world_size);
+  s += fmt::format("  batch: train_batch_size {} = micro batch {} x gradient accumulation {} x dp {}\n",
+                   train_batch_size, train_micro_batch_size_per_gpu, gradient_accumulation_steps, dp_world_size);
+  const OptimizerConfig& o = optimizer;
+  s += fmt::format("  optimizer: {}{} ({}) lr {} betas ({}, {}) eps {} weight_decay {} bias_correction {}\n",
+                   o.type == "adamw" ? "AdamW" : "Adam", o.from_config ? "" : " [default, no optimizer block]",
+                   o.adam_w_mode ? "decoupled weight decay" : "L2 weight decay", o.lr, o.beta1, o.beta2, o.eps,
+                   o.weight_decay, o.bias_correction ? "on" : "off");
+  const SchedulerConfig& sc = scheduler;
+  const char* warm = sc.warmup_type == WarmupType::log ? "log" : "linear";
+  switch (sc.type) {
+    case SchedulerType::none:
+      s += "  scheduler: none (constant learning rate)\n";
+      break;
+    case SchedulerType::warmup_lr:
+      s += fmt::format("  scheduler: WarmupLR {} -> {} over {} steps ({})\n", sc.warmup_min_lr, sc.warmup_max_lr,
+                       sc.warmup_num_steps, warm);
+      break;
+    case SchedulerType::warmup_decay_lr:
+      s += fmt::format("  scheduler: WarmupDecayLR {} -> {} over {} steps ({}), linear decay to 0 at step {}\n",
+                       sc.warmup_min_lr, sc.warmup_max_lr, sc.warmup_num_steps, warm, sc.total_num_steps);
+      break;
+    case SchedulerType::warmup_cosine_lr:
+      s += fmt::format("  scheduler: WarmupCosineLR ratio {} -> 1 over {} steps ({}), cosine to {} at step {}\n",
+                       sc.warmup_min_ratio, sc.warmup_num_steps, warm, sc.cos_min_ratio, sc.total_num_steps);
+      break;
+  }
+  std::string precision = fp16.enabled ? "fp16 (not implemented yet: fp32)"
+                          : bf16.enabled ? "bf16 (not implemented yet: fp32)"
+                                         : "fp32";
+  s += fmt::format("  gradient_clipping {}, steps_per_print {}, ZeRO stage {}, precision {}",
+                   gradient_clipping, steps_per_print == 0 ? std::string("never") : std::to_string(steps_per_print),
+                   zero.stage, precision);
+  if (!warnings.empty()) s += fmt::format("\n  {} warning(s) at load", warnings.size());
+  return s;
+}
+
+}  // namespace ds

@@ -1,0 +1,272 @@
+// DeepSpeedConfig: a DeepSpeed ds_config.json read into plain structs with DeepSpeed's *code* defaults
+// (deepspeed-brief §1; where the docs disagree, the code wins, §1.8) and its batch-size arithmetic.
+// Non-obvious decisions: we are stricter than DeepSpeed on purpose — an unknown key at any level we model is a
+// ConfigError with a "did you mean" suggestion, and so is a wrong JSON type; a DeepSpeed key that deepspeed.cpp
+// does not implement yet is accepted and recorded in `warnings` (and logged once). "auto" and null mean "default".
+// Parsing lives in config.cpp (top level, batch), config_blocks.cpp, config_zero.cpp and config_reader.{h,cpp}.
+#pragma once
+
+#include "ds/core/dtype.h"
+
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace ds {
+
+// ---- optimizer --------------------------------------------------------------------------------------------------
+// Only Adam/AdamW exist so far. DeepSpeed builds FusedAdam (or DeepSpeedCPUAdam under offload) with these defaults.
+struct OptimizerConfig {
+  bool from_config = false;  // false: ds_config.json had no "optimizer" block and the defaults below apply
+  std::string type = "adamw";  // lower-cased DeepSpeed name: "adam" or "adamw"
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.0;  // FusedAdam/DeepSpeedCPUAdam default (torch's AdamW would use 0.01)
+  bool adam_w_mode = true;    // effective mode: "AdamW" forces it; "Adam" is AdamW unless adam_w_mode is false
+  bool bias_correction = true;
+  bool torch_adam = false;  // accepted for compatibility; has no effect here
+};
+
+// ---- scheduler (runtime/lr_schedules.py) ------------------------------------------------------------------------
+enum class SchedulerType { none, warmup_lr, warmup_decay_lr, warmup_cosine_lr };
+enum class WarmupType { log, linear };
+
+struct SchedulerConfig {
+  SchedulerType type = SchedulerType::none;
+  std::string name;  // DeepSpeed class name as written ("WarmupLR", ...); empty when none
+  // WarmupLR / WarmupDecayLR (absolute learning rates)
+  double warmup_min_lr = 0.0;
+  double warmup_max_lr = 1e-3;
+  // all three; the schedule uses max(2, warmup_num_steps) as DeepSpeed does
+  int64_t warmup_num_steps = 1000;
+  WarmupType warmup_type = WarmupType::log;  // unknown names warn and fall back to log
+  // WarmupDecayLR / WarmupCosineLR (required there)
+  int64_t total_num_steps = 0;
+  // WarmupCosineLR (ratios of the optimizer's lr)
+  double warmup_min_ratio = 0.0;
+  double cos_min_ratio = 1e-4;
+  // DeepSpeed constructor argument: the index of the last batch already seen (-1: fresh start)
+  int64_t last_batch_iteration = -1;
+};
+
+// ---- precision (runtime/constants.py, fp16/loss_scaler.py) ------------------------------------------------------
+struct Fp16Config {
+  bool enabled = false;
+  bool auto_cast = false;
+  double loss_scale = 0.0;  // 0 means dynamic loss scaling
+  int initial_scale_power = 16;
+  int64_t loss_scale_window = 1000;
+  int hysteresis = 2;
+  bool consecutive_hysteresis = false;
+  double min_loss_scale = 1.0;
+  bool fp16_master_weights_and_grads = false;
+  // DeepSpeed builds dynamic_loss_args only when one of initial_scale_power, loss_scale_window, min_loss_scale,
+  // hysteresis or consecutive_hysteresis appears in the block; without them the ZeRO optimizers start at
+  // 2^32 with hysteresis 1 (and FP16_Optimizer at 2^16). See brief §1.4.
+  bool has_dynamic_loss_args = false;
+};
+
+struct Bf16Config {
+  bool enabled = false;
+  bool immediate_grad_update = false;
+};
+
+// ---- zero_optimization (runtime/zero/config.py, offload_config.py) ---------------------------------------------
+enum class OffloadDevice { none, cpu, nvme };
+
+struct OffloadParamConfig {
+  OffloadDevice device = OffloadDevice::none;
+  std::string nvme_path;
+  int64_t buffer_count = 5;
+  int64_t buffer_size = 100000000;  // elements
+  int64_t max_in_cpu = 1000000000;
+  bool pin_memory = false;
+};
+
+struct OffloadOptimizerConfig {
+  OffloadDevice device = OffloadDevice::none;
+  std::string nvme_path;
+  int64_t buffer_count = 4;
+  bool pin_memory = false;
+  bool pipeline_read = false;
+  bool pipeline_write = false;
+  bool fast_init = false;
+  double ratio = 1.0;  // share of sub-groups stepped on CPU; < 1 needs stage 3
+};
+
+struct ZeroConfig {
+  int stage = 0;
+  bool contiguous_gradients = true;
+  bool reduce_scatter = true;
+  int64_t reduce_bucket_size = 500000000;
+  bool use_multi_rank_bucket_allreduce = true;
+  bool allgather_partitions = true;
+  int64_t allgather_bucket_size = 500000000;
+  bool overlap_comm = false;  // resolved: DeepSpeed's default None becomes (stage == 3)
+  bool load_from_fp32_weights = true;
+  bool elastic_checkpoint = false;
+  std::optional<OffloadParamConfig> offload_param;  // absent block (or cpu_offload_param false) = nullopt
+  std::optional<OffloadOptimizerConfig> offload_optimizer;
+  int64_t sub_group_size = 1000000000;
+  // stage-3 knobs; DeepSpeed also accepts each without its "stage3_" prefix
+  int64_t stage3_prefetch_bucket_size = 50000000;
+  int64_t stage3_param_persistence_threshold = 100000;
+  int64_t stage3_model_persistence_threshold = std::numeric_limits<int64_t>::max();  // sys.maxsize
+  int64_t stage3_max_live_parameters = 1000000000;
+  int64_t stage3_max_reuse_distance = 1000000000;
+  bool stage3_gather_16bit_weights_on_model_save = false;
+  int64_t stage3_module_granularity_threshold = 0;
+  bool stage3_use_all_reduce_for_fetch_params = false;
+  bool ignore_unused_parameters = true;
+  bool round_robin_gradients = false;
+  // ZeRO++ and MiCS
+  int64_t zero_hpz_partition_size = 1;
+  bool zero_quantized_weights = false;
+  bool zero_quantized_nontrainable_weights = false;
+  bool zero_quantized_gradients = false;
+  int64_t mics_shard_size = -1;
+  bool mics_hierarchical_params_gather = false;
+  // PyTorch-specific knobs, accepted and without effect here
+  bool memory_efficient_linear = true;
+  bool pipeline_loading_checkpoint = false;
+  bool override_module_apply = true;
+  bool log_trace_cache_warnings = false;
+
+  bool offload_param_active() const { return offload_param && offload_param->device != OffloadDevice::none; }
+  bool offload_optimizer_active() const {
+    return offload_optimizer && offload_optimizer->device != OffloadDevice::none;
+  }
+};
+
+// ---- other blocks -----------------------------------------------------------------------------------------------
+struct AioConfig {  // runtime/swap_tensor/constants.py
+  int64_t block_size = 1048576;
+  int64_t queue_depth = 8;
+  int64_t intra_op_parallelism = 1;  // "thread_count" is its deprecated name
+  bool single_submit = false;
+  bool overlap_events = true;
+  bool use_gds = false;
+};
+
+struct ActivationCheckpointingConfig {
+  bool partition_activations = false;
+  bool contiguous_memory_optimization = false;
+  bool cpu_checkpointing = false;
+  std::optional<int64_t> number_checkpoints;
+  bool synchronize_checkpoint_boundary = false;
+  bool profile = false;
+};
+
+struct PipelineConfig {
+  std::optional<int64_t> stages;  // nullopt = "auto"
+  std::string partition = "best";
+  bool seed_layers = false;
+  int64_t activation_checkpoint_interval = 0;
+  bool pipe_partitioned = true;
+  bool grad_partitioned = true;
+  bool use_reentrant = true;
+};
+
+enum class TagValidation { warn, ignore, fail };
+
+struct CheckpointConfig {
+  TagValidation tag_validation = TagValidation::warn;
+  bool load_universal = false;
+  bool use_node_local_storage = false;
+  bool parallel_write_pipeline_stage = false;  // "parallel_write": {"pipeline_stage": ...}
+};
+
+struct FlopsProfilerConfig {
+  bool enabled = false;
+  double recompute_fwd_factor = 0.0;
+  int64_t profile_step = 1;
+  int64_t module_depth = -1;
+  int64_t top_modules = 1;
+  bool detailed = true;
+  std::string output_file;  // empty = stdout
+};
+
+struct MonitorConfig {  // tensorboard and csv_monitor
+  bool enabled = false;
+  std::string output_path;
+  std::string job_name = "DeepSpeedJobName";
+};
+
+struct WandbConfig {
+  bool enabled = false;
+  std::string group;
+  std::string team;
+  std::string project = "deepspeed";
+};
+
+struct CommsLoggerConfig {
+  bool enabled = false;
+  bool verbose = false;
+  bool prof_all = true;
+  bool debug = false;
+  std::vector<std::string> prof_ops;
+};
+
+// ---- the whole config -------------------------------------------------------------------------------------------
+struct DeepSpeedConfig {
+  std::string source;     // file path or the name given to parse_config, used in messages
+  int dp_world_size = 1;  // data-parallel world size the batch triple was resolved for
+
+  // Batch triple, always filled and consistent: train = micro * gas * dp_world_size.
+  int64_t train_batch_size = 0;
+  int64_t train_micro_batch_size_per_gpu = 0;
+  int64_t gradient_accumulation_steps = 0;
+
+  OptimizerConfig optimizer;
+  SchedulerConfig scheduler;
+
+  double gradient_clipping = 0.0;  // code default (docs say 1.0); 0 disables clipping
+  int64_t steps_per_print = 0;     // 0 = never (code default None; docs say 10)
+  bool wall_clock_breakdown = false;
+  bool memory_breakdown = false;
+  bool dump_state = false;
+  bool prescale_gradients = false;
+  double gradient_predivide_factor = 1.0;
+  std::optional<DType> communication_data_type;  // nullopt = the model's dtype
+  DType seq_parallel_communication_data_type = DType::f32;
+  bool sparse_gradients = false;
+  bool dataloader_drop_last = false;
+  bool zero_allow_untested_optimizer = false;
+  bool zero_force_ds_cpu_optimizer = true;
+
+  Fp16Config fp16;
+  Bf16Config bf16;
+  ZeroConfig zero;
+  AioConfig aio;
+  ActivationCheckpointingConfig activation_checkpointing;
+  PipelineConfig pipeline;
+  CheckpointConfig checkpoint;
+  FlopsProfilerConfig flops_profiler;
+  MonitorConfig tensorboard;
+  MonitorConfig csv_monitor;
+  WandbConfig wandb;
+  CommsLoggerConfig comms_logger;
+  std::optional<DType> grad_accum_dtype;  // data_types.grad_accum_dtype; nullopt = DeepSpeed's rule (brief §1.4)
+
+  // Settings that were accepted but are not implemented (yet), deprecated names, and similar notes.
+  // Each was also logged once with ds::log_warning when the config was loaded.
+  std::vector<std::string> warnings;
+
+  // The effective batch triple, optimizer, scheduler and main switches, several lines.
+  std::string summary() const;
+};
+
+// Reads a ds_config.json file. Throws IoError when it cannot be read, ConfigError when it is invalid.
+DeepSpeedConfig load_config_file(const std::string& path, int dp_world_size);
+// Parses JSON text (comments allowed); source_name names it in messages (e.g. "ds_config.json").
+DeepSpeedConfig parse_config(const std::string& json_text, int dp_world_size,
+                             const std::string& source_name = "ds_config.json");
+
+std::string_view scheduler_type_name(SchedulerType t);
+std::string_view offload_device_name(OffloadDevice d);
+
+}  // namespace ds

@@ -1,0 +1,376 @@
+// Parsers for the optimizer, scheduler, precision and auxiliary blocks of ds_config.json (brief §1.3–§1.7).
+// Optimizer weight_decay defaults to 0: DeepSpeed passes optimizer.params straight to FusedAdam / DeepSpeedCPUAdam,
+// whose default is 0 for both "Adam" and "AdamW" (only torch_adam=true would reach torch.optim.AdamW's 0.01).
+// Scheduler params are strict: DeepSpeed passes them as constructor kwargs, so it rejects unknown ones as well.
+#include "ds/runtime/config_blocks.h"
+
+#include "ds/core/error.h"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+
+namespace ds::config_detail {
+
+namespace {
+
+std::string to_lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  return s;
+}
+
+std::string suggestion(std::string_view value, const std::vector<std::string>& names) {
+  const std::string guess = did_you_mean(value, names);
+  return guess.empty() ? std::string() : fmt::format("; did you mean '{}'?", guess);
+}
+
+// The learning-rate arguments of DeepSpeed's schedulers may be per-parameter-group lists; we have one group.
+void reject_lr_list(BlockReader& p, std::string_view key) {
+  if (!p.has(key)) return;
+  const nlohmann::json* v = p.raw(key);
+  if (v != nullptr && v->is_array()) {
+    DS_THROW(ConfigError,
+             "[config] '{}' in {} is a per-parameter-group list {}; deepspeed.cpp has one parameter group, so give a "
+             "single number",
+             p.key_name(key), p.ctx().source, render(*v));
+  }
+}
+
+}  // namespace
+
+bool read_dtype(BlockReader& r, std::string_view key, std::optional<DType>& out) {
+  std::string text;
+  if (!r.has(key)) {
+    r.raw(key);  // marks it known
+    return false;
+  }
+  r.read(key, text);
+  const std::string lower = to_lower(text);
+  if (lower == "fp32") {
+    out = DType::f32;
+  } else if (lower == "fp16") {
+    out = DType::f16;
+  } else if (lower == "bf16") {
+    out = DType::bf16;
+  } else {
+    DS_THROW(ConfigError, "[config] '{}' in {} must be one of 'fp32', 'fp16', 'bf16'; found '{}'{}", r.key_name(key),
+             r.ctx().source, text, suggestion(lower, {"fp32", "fp16", "bf16"}));
+  }
+  return true;
+}
+
+// ---- optimizer --------------------------------------------------------------------------------------------------
+
+void parse_optimizer(BlockReader r, OptimizerConfig& out) {
+  if (!r.present()) return;  // DeepSpeed would use the client's optimizer; we keep FusedAdam's defaults
+  out.from_config = true;
+  std::string type;
+  if (!r.read("type", type)) {
+    DS_THROW(ConfigError, "[config] 'optimizer' in {} has no \"type\"; add e.g. \"type\": \"AdamW\" (supported: Adam, "
+             "AdamW)", r.ctx().source);
+  }
+  bool legacy_fusion = false;
+  r.read("legacy_fusion", legacy_fusion, Support::not_yet);
+  BlockReader p = r.child("params");
+  r.finish();
+
+  // DeepSpeed lower-cases the names of its own optimizers; anything else would be looked up in torch.optim.
+  static const std::vector<std::string> kDeepSpeedNames = {"Adam", "AdamW", "Lamb", "OneBitAdam", "ZeroOneAdam",
+                                                           "OneBitLamb", "Lion", "Adagrad", "MuAdam", "MuAdamW",
+                                                           "MuSGD"};
+  const std::string lower = to_lower(type);
+  if (lower != "adam" && lower != "adamw") {
+    for (const auto& n : kDeepSpeedNames) {
+      if (to_lower(n) == lower) {
+        DS_THROW(ConfigError, "[config] optimizer.type '{}' in {} is a DeepSpeed optimizer that deepspeed.cpp does "
+                 "not implement yet; supported: Adam, AdamW", type, r.ctx().source);
+      }
+    }
+    DS_THROW(ConfigError, "[config] unknown optimizer.type '{}' in {} (deepspeed.cpp supports Adam and AdamW; "
+             "torch.optim optimizers are not available){}", type, r.ctx().source, suggestion(type, kDeepSpeedNames));
+  }
+  out.type = lower;
+
+  if (p.contains("max_grad_norm")) {  // engine.py raises for the key whatever its value
+    DS_THROW(ConfigError, "[config] 'optimizer.params.max_grad_norm' in {} is not supported (DeepSpeed rejects it "
+             "too); use the top-level \"gradient_clipping\" instead", r.ctx().source);
+  }
+  p.read("lr", out.lr, Support::implemented, 0.0);
+  if (p.read_pair("betas", out.beta1, out.beta2)) {
+    for (double b : {out.beta1, out.beta2}) {
+      DS_CHECK_AS(ConfigError, b >= 0.0 && b < 1.0,
+                  "[config] 'optimizer.params.betas' in {} must hold two numbers in [0, 1); found [{}, {}]",
+                  r.ctx().source, out.beta1, out.beta2);
+    }
+  }
+  p.read("eps", out.eps, Support::implemented, 0.0);
+  const bool wd_given = p.read("weight_decay", out.weight_decay, Support::implemented, 0.0);
+  p.read("bias_correction", out.bias_correction);
+  bool adam_w_mode = true;
+  const bool mode_given = p.read("adam_w_mode", adam_w_mode);
+  out.adam_w_mode = (lower == "adamw") || adam_w_mode;  // engine.py: name == adamw or adam_w_mode
+  if (lower == "adamw" && mode_given && !adam_w_mode) {
+    r.ctx().warn(fmt::format("[config] 'optimizer.params.adam_w_mode' = false in {} is ignored: type \"AdamW\" "
+                             "always uses decoupled weight decay (as in DeepSpeed); use type \"Adam\" for L2 decay",
+                             r.ctx().source));
+  }
+  if (p.read("torch_adam", out.torch_adam) && out.torch_adam) {
+    r.ctx().warn(fmt::format(
+        "[config] 'optimizer.params.torch_adam' = true in {} is ignored: deepspeed.cpp always runs its own "
+        "Adam/AdamW (same update rule){}",
+        r.ctx().source,
+        (!wd_given && out.adam_w_mode) ? "; note that torch's AdamW would default weight_decay to 0.01, here it is 0"
+                                       : ""));
+  }
+  bool amsgrad = false;
+  p.read("amsgrad", amsgrad);
+  DS_CHECK_AS(ConfigError, !amsgrad,
+              "[config] 'optimizer.params.amsgrad' = true in {} is not supported (DeepSpeed's FusedAdam rejects it "
+              "too); remove it", r.ctx().source);
+  bool set_grad_none = true;  // FusedAdam argument; gradients are buffers we own, so it has no meaning here
+  p.read("set_grad_none", set_grad_none);
+  bool fp32_optimizer_states = true;  // DeepSpeedCPUAdam argument
+  p.read("fp32_optimizer_states", fp32_optimizer_states, Support::not_yet);
+  p.finish();
+}
+
+// ---- scheduler --------------------------------------------------------------------------------------------------
+
+void parse_scheduler(BlockReader r, SchedulerConfig& out) {
+  if (!r.present()) return;
+  std::string type;
+  if (!r.read("type", type)) {
+    DS_THROW(ConfigError, "[config] 'scheduler' in {} has no \"type\"; add e.g. \"type\": \"WarmupLR\" (supported: "
+             "WarmupLR, WarmupDecayLR, WarmupCosineLR)", r.ctx().source);
+  }
+  BlockReader p = r.child("params");
+  r.finish();
+
+  // DeepSpeed looks the class up with getattr, so the name is case-sensitive.
+  static const std::vector<std::string> kNames = {"WarmupLR", "WarmupDecayLR", "WarmupCosineLR", "LRRangeTest",
+                                                  "OneCycle"};
+  if (type == "WarmupLR") {
+    out.type = SchedulerType::warmup_lr;
+  } else if (type == "WarmupDecayLR") {
+    out.type = SchedulerType::warmup_decay_lr;
+  } else if (type == "WarmupCosineLR") {
+    out.type = SchedulerType::warmup_cosine_lr;
+  } else if (type == "LRRangeTest" || type == "OneCycle") {
+    DS_THROW(ConfigError, "[config] scheduler.type '{}' in {} is a DeepSpeed scheduler that deepspeed.cpp does not "
+             "implement yet; supported: WarmupLR, WarmupDecayLR, WarmupCosineLR", type, r.ctx().source);
+  } else {
+    DS_THROW(ConfigError, "[config] unknown scheduler.type '{}' in {} (supported: WarmupLR, WarmupDecayLR, "
+             "WarmupCosineLR; names are case-sensitive, as in DeepSpeed){}", type, r.ctx().source,
+             suggestion(type, kNames));
+  }
+  out.name = type;
+
+  const bool cosine = out.type == SchedulerType::warmup_cosine_lr;
+  if (!cosine) {
+    reject_lr_list(p, "warmup_min_lr");
+    reject_lr_list(p, "warmup_max_lr");
+    p.read("warmup_min_lr", out.warmup_min_lr, Support::implemented, 0.0);
+    p.read("warmup_max_lr", out.warmup_max_lr, Support::implemented, 0.0);
+  } else {
+    p.read("warmup_min_ratio", out.warmup_min_ratio, Support::implemented, 0.0);
+    p.read("cos_min_ratio", out.cos_min_ratio, Support::implemented, 0.0);
+  }
+  p.read("warmup_num_steps", out.warmup_num_steps, Support::implemented, 0);
+  std::string warmup_type = "log";
+  if (p.read("warmup_type", warmup_type)) {
+    if (warmup_type == "log") {
+      out.warmup_type = WarmupType::log;
+    } else if (warmup_type == "linear") {
+      out.warmup_type = WarmupType::linear;
+    } else {
+      // DeepSpeed's WarmupLR logs a warning and falls back to log (its WarmupCosineLR would crash instead).
+      out.warmup_type = WarmupType::log;
+      r.ctx().warn(fmt::format("[config] 'scheduler.params.warmup_type' = '{}' in {} is unknown; using 'log' as "
+                               "DeepSpeed does (valid: 'log', 'linear'){}",
+                               warmup_type, r.ctx().source, suggestion(warmup_type, {"log", "linear"})));
+    }
+  }
+  p.read("last_batch_iteration", out.last_batch_iteration, Support::implemented, -1);
+  if (out.type != SchedulerType::warmup_lr) {
+    if (!p.read("total_num_steps", out.total_num_steps, Support::implemented, 1)) {
+      DS_THROW(ConfigError, "[config] scheduler '{}' in {} needs 'scheduler.params.total_num_steps' (the number of "
+               "optimizer steps of the whole run); add it", type, r.ctx().source);
+    }
+  }
+  p.finish();
+
+  const int64_t warmup = std::max<int64_t>(2, out.warmup_num_steps);  // DeepSpeed: max(2, warmup_num_steps)
+  if (out.type == SchedulerType::warmup_decay_lr && out.total_num_steps < warmup) {
+    r.ctx().warn(fmt::format("[config] 'scheduler.params.total_num_steps' ({}) in {} is less than warmup_num_steps "
+                             "({}); the learning rate decays to 0 right after warmup",
+                             out.total_num_steps, r.ctx().source, warmup));
+  }
+  DS_CHECK_AS(ConfigError, !cosine || out.total_num_steps > warmup,
+              "[config] 'scheduler.params.total_num_steps' ({}) in {} must be greater than warmup_num_steps ({}) for "
+              "WarmupCosineLR, whose cosine phase divides by their difference; raise total_num_steps or lower "
+              "warmup_num_steps", out.total_num_steps, r.ctx().source, warmup);
+}
+
+// ---- precision --------------------------------------------------------------------------------------------------
+
+void parse_fp16(BlockReader r, Fp16Config& out) {
+  if (!r.present()) return;
+  r.read("enabled", out.enabled);
+  r.read("auto_cast", out.auto_cast);
+  r.read("loss_scale", out.loss_scale, Support::implemented, 0.0);
+  bool dynamic_args = false;
+  dynamic_args |= r.read("initial_scale_power", out.initial_scale_power, Support::implemented, 0, 127);
+  dynamic_args |= r.read("loss_scale_window", out.loss_scale_window, Support::implemented, 1);
+  dynamic_args |= r.read("hysteresis", out.hysteresis, Support::implemented, 1);
+  dynamic_args |= r.read("consecutive_hysteresis", out.consecutive_hysteresis);
+  dynamic_args |= r.read("min_loss_scale", out.min_loss_scale, Support::implemented, 0.0);
+  r.read("fp16_master_weights_and_grads", out.fp16_master_weights_and_grads);
+  r.finish();
+  // runtime/config.py builds dynamic_loss_args only for an enabled fp16 block that names one of these keys.
+  out.has_dynamic_loss_args = out.enabled && dynamic_args;
+  if (out.enabled) {
+    r.ctx().warn(fmt::format("[config] 'fp16.enabled' in {} is not implemented yet; training runs in fp32",
+                             r.ctx().source));
+  }
+}
+
+void parse_bf16(BlockReader r, Bf16Config& out) {
+  if (!r.present()) return;
+  r.read("enabled", out.enabled);
+  r.read("immediate_grad_update", out.immediate_grad_update);
+  r.finish();
+  if (out.enabled) {
+    r.ctx().warn(fmt::format("[config] '{}.enabled' in {} is not implemented yet; training runs in fp32", r.path(),
+                             r.ctx().source));
+  }
+}
+
+// ---- aio and friends: accepted, not implemented yet -------------------------------------------------------------
+
+void parse_aio(BlockReader r, AioConfig& out) {
+  if (!r.present()) return;
+  r.read("block_size", out.block_size, Support::not_yet, 1);
+  r.read("queue_depth", out.queue_depth, Support::not_yet, 1);
+  const bool old_given = r.has("thread_count");
+  const bool new_given = r.has("intra_op_parallelism");
+  DS_CHECK_AS(ConfigError, !(old_given && new_given),
+              "[config] 'aio.thread_count' and 'aio.intra_op_parallelism' are both set in {}; thread_count is the "
+              "deprecated name of intra_op_parallelism: keep only intra_op_parallelism", r.ctx().source);
+  r.read("intra_op_parallelism", out.intra_op_parallelism, Support::not_yet, 1);
+  if (r.read("thread_count", out.intra_op_parallelism, Support::not_yet, 1)) {
+    r.ctx().warn(fmt::format("[config] 'aio.thread_count' in {} is deprecated; use 'aio.intra_op_parallelism'",
+                             r.ctx().source));
+  }
+  r.read("single_submit", out.single_submit, Support::not_yet);
+  r.read("overlap_events", out.overlap_events, Support::not_yet);
+  r.read("use_gds", out.use_gds, Support::not_yet);
+  r.finish();
+}
+
+void parse_activation_checkpointing(BlockReader r, ActivationCheckpointingConfig& out) {
+  if (!r.present()) return;
+  r.read("partition_activations", out.partition_activations, Support::not_yet);
+  r.read("contiguous_memory_optimization", out.contiguous_memory_optimization, Support::not_yet);
+  r.read("cpu_checkpointing", out.cpu_checkpointing, Support::not_yet);
+  r.read("number_checkpoints", out.number_checkpoints, Support::not_yet, 1);
+  r.read("synchronize_checkpoint_boundary", out.synchronize_checkpoint_boundary, Support::not_yet);
+  r.read("profile", out.profile, Support::not_yet);
+  r.finish();
+}
+
+void parse_pipeline(BlockReader r, PipelineConfig& out) {
+  if (!r.present()) return;
+  r.read("stages", out.stages, Support::not_yet, 1);  // "auto" is the default
+  r.read("partition", out.partition, Support::not_yet);
+  r.read("seed_layers", out.seed_layers, Support::not_yet);
+  r.read("activation_checkpoint_interval", out.activation_checkpoint_interval, Support::not_yet, 0);
+  r.read("pipe_partitioned", out.pipe_partitioned, Support::not_yet);
+  r.read("grad_partitioned", out.grad_partitioned, Support::not_yet);
+  r.read("use_reentrant", out.use_reentrant, Support::not_yet);
+  r.finish();
+}
+
+void parse_checkpoint(BlockReader r, CheckpointConfig& out) {
+  if (!r.present()) return;
+  std::string mode;
+  if (r.read("tag_validation", mode)) {  // DeepSpeed upper-cases the value before comparing
+    std::string upper = mode;
+    std::transform(upper.begin(), upper.end(), upper.begin(), [](unsigned char ch) { return std::toupper(ch); });
+    if (upper == "WARN") {
+      out.tag_validation = TagValidation::warn;
+    } else if (upper == "IGNORE") {
+      out.tag_validation = TagValidation::ignore;
+    } else if (upper == "FAIL") {
+      out.tag_validation = TagValidation::fail;
+    } else {
+      DS_THROW(ConfigError, "[config] 'checkpoint.tag_validation' in {} must be one of 'Warn', 'Ignore', 'Fail'; "
+               "found '{}'{}", r.ctx().source, mode, suggestion(mode, {"Warn", "Ignore", "Fail"}));
+    }
+    if (out.tag_validation != TagValidation::warn) {
+      r.ctx().warn(fmt::format("[config] 'checkpoint.tag_validation' = '{}' in {} is not implemented yet in "
+                               "deepspeed.cpp; it is ignored", mode, r.ctx().source));
+    }
+  }
+  r.read("load_universal", out.load_universal, Support::not_yet);
+  r.read("use_node_local_storage", out.use_node_local_storage, Support::not_yet);
+  BlockReader pw = r.child("parallel_write");
+  pw.read("pipeline_stage", out.parallel_write_pipeline_stage, Support::not_yet);
+  pw.finish();
+  r.finish();
+}
+
+// Blocks with an "enabled" switch warn once, on the switch, rather than on every key they hold.
+void parse_flops_profiler(BlockReader r, FlopsProfilerConfig& out) {
+  if (!r.present()) return;
+  r.read("enabled", out.enabled, Support::not_yet);
+  r.read("recompute_fwd_factor", out.recompute_fwd_factor, Support::implemented, 0.0);
+  r.read("profile_step", out.profile_step, Support::implemented, 1);
+  r.read("module_depth", out.module_depth, Support::implemented, -1);
+  r.read("top_modules", out.top_modules, Support::implemented, 1);
+  r.read("detailed", out.detailed);
+  r.read("output_file", out.output_file);
+  r.finish();
+}
+
+void parse_monitor(BlockReader r, MonitorConfig& out) {
+  if (!r.present()) return;
+  r.read("enabled", out.enabled, Support::not_yet);
+  r.read("output_path", out.output_path);
+  r.read("job_name", out.job_name);
+  r.finish();
+}
+
+void parse_wandb(BlockReader r, WandbConfig& out) {
+  if (!r.present()) return;
+  r.read("enabled", out.enabled, Support::not_yet);
+  r.read("group", out.group);
+  r.read("team", out.team);
+  r.read("project", out.project);
+  r.finish();
+}
+
+void parse_comms_logger(BlockReader r, CommsLoggerConfig& out) {
+  if (!r.present()) return;
+  r.read("enabled", out.enabled, Support::not_yet);
+  r.read("verbose", out.verbose);
+  r.read("prof_all", out.prof_all);
+  r.read("debug", out.debug);
+  r.read("prof_ops", out.prof_ops);
+  r.finish();
+}
+
+void parse_data_types(BlockReader r, std::optional<DType>& grad_accum_dtype) {
+  if (!r.present()) return;
+  read_dtype(r, "grad_accum_dtype", grad_accum_dtype);
+  r.finish();
+  if (grad_accum_dtype && *grad_accum_dtype != DType::f32) {
+    r.ctx().warn(fmt::format("[config] 'data_types.grad_accum_dtype' = '{}' in {} is not implemented yet; gradients "
+                             "accumulate in fp32", *grad_accum_dtype == DType::f16 ? "fp16" : "bf16",
+                             r.ctx().source));
+  }
+}
+
+}  // namespace ds::config_detail

@@ -1,0 +1,213 @@
+// Tests of LrSchedule against (a) hand-computed values with their arithmetic written out and (b) the formulas of
+// brief §1.3 restated independently here, at every step around the warmup and decay boundaries; plus DeepSpeed's
+// step convention (Note [LR schedule step convention]): the constructor's value first, then f(L0 + k).
+#include "ds/optim/lr_schedule.h"
+
+#include "ds/core/error.h"
+#include "ds/core/log.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace ds {
+namespace {
+
+constexpr double kPi = 3.14159265358979323846;
+
+SchedulerConfig warmup_lr(double min_lr, double max_lr, int64_t n, WarmupType wt) {
+  SchedulerConfig s;
+  s.type = SchedulerType::warmup_lr;
+  s.name = "WarmupLR";
+  s.warmup_min_lr = min_lr;
+  s.warmup_max_lr = max_lr;
+  s.warmup_num_steps = n;
+  s.warmup_type = wt;
+  return s;
+}
+
+SchedulerConfig warmup_decay(double min_lr, double max_lr, int64_t n, int64_t total, WarmupType wt) {
+  SchedulerConfig s = warmup_lr(min_lr, max_lr, n, wt);
+  s.type = SchedulerType::warmup_decay_lr;
+  s.name = "WarmupDecayLR";
+  s.total_num_steps = total;
+  return s;
+}
+
+SchedulerConfig warmup_cosine(int64_t n, int64_t total, double min_ratio, double cos_min, WarmupType wt) {
+  SchedulerConfig s;
+  s.type = SchedulerType::warmup_cosine_lr;
+  s.name = "WarmupCosineLR";
+  s.warmup_num_steps = n;
+  s.total_num_steps = total;
+  s.warmup_min_ratio = min_ratio;
+  s.cos_min_ratio = cos_min;
+  s.warmup_type = wt;
+  return s;
+}
+
+// Independent restatement of brief §1.3 (DeepSpeed's get_lr at last_batch_iteration t).
+double ref_warmup(int64_t t, int64_t n_raw, WarmupType wt) {
+  const double n = static_cast<double>(std::max<int64_t>(2, n_raw));
+  if (static_cast<double>(t) >= n) return 1.0;
+  return wt == WarmupType::log ? std::log(t + 1.0) / std::log(n) : t / n;
+}
+double ref_warmup_lr(int64_t t, double mn, double mx, int64_t n, WarmupType wt) {
+  return mn + (mx - mn) * ref_warmup(t, n, wt);
+}
+double ref_decay(int64_t t, double mn, double mx, int64_t n_raw, int64_t total, WarmupType wt) {
+  const int64_t n = std::max<int64_t>(2, n_raw);
+  if (t < n) return mn + (mx - mn) * ref_warmup(t, n, wt);
+  const double gamma = std::max(0.0, double(total - t) / std::max(1.0, double(total - n)));
+  return mn + (mx - mn) * gamma;
+}
+double ref_cosine(int64_t t, double base, int64_t n_raw, int64_t total, double r0, double c, WarmupType wt) {
+  const int64_t n = std::max<int64_t>(2, n_raw);
+  if (t < n) return base * (r0 + ref_warmup(t, n, wt) * (1 - r0));
+  const double x = double(t - n + 1) / double(total - n);
+  return base * std::max(0.0, c + (1 - c) * 0.5 * (1 + std::cos(kPi * x)));
+}
+
+// ---- hand-computed values ---------------------------------------------------------------------------------------
+
+TEST(LrSchedule, WarmupLrLogHandValues) {
+  const LrSchedule s(warmup_lr(0.0, 1e-3, 10, WarmupType::log), 1e-3);
+  EXPECT_DOUBLE_EQ(s.lr_at_iteration(0), 0.0);                     // ln(1) = 0
+  EXPECT_NEAR(s.lr_at_iteration(1), 3.010299956639812e-4, 1e-18);  // 1e-3 * ln2/ln10 = 1e-3 * log10(2)
+  EXPECT_NEAR(s.lr_at_iteration(4), 6.989700043360188e-4, 1e-18);  // 1e-3 * log10(5)
+  EXPECT_NEAR(s.lr_at_iteration(9), 1e-3, 1e-18);                  // ln(10)/ln(10) = 1, one step before N
+  EXPECT_DOUBLE_EQ(s.lr_at_iteration(10), 1e-3);                   // constant after warmup
+  EXPECT_DOUBLE_EQ(s.lr_at_iteration(100000), 1e-3);
+}
+
+TEST(LrSchedule, WarmupLrLinearHandValues) {
+  const LrSchedule s(warmup_lr(1e-4, 1e-3, 10, WarmupType::linear), 5.0);  // base lr unused after the start
+  EXPECT_DOUBLE_EQ(s.lr_at_iteration(0), 1e-4);
+  EXPECT_NEAR(s.lr_at_iteration(3), 3.7e-4, 1e-18);  // 1e-4 + 9e-4 * 3/10
+  EXPECT_NEAR(s.lr_at_iteration(9), 9.1e-4, 1e-18);  // 1e-4 + 9e-4 * 9/10: linear never reaches max inside
+  EXPECT_DOUBLE_EQ(s.lr_at_iteration(10), 1e-3);
+}
+
+TEST(LrSchedule, WarmupStepsAreAtLeastTwo) {
+  // warmup_num_steps 0 -> N = 2: ln(t+1)/ln(2) gives 0, 1 at t = 0, 1.
+  const LrSchedule s(warmup_lr(0.0, 2e-3, 0, WarmupType::log), 1e-3);
+  EXPECT_EQ(s.warmup_num_steps(), 2);
+  EXPECT_DOUBLE_EQ(s.lr_at_iteration(0), 0.0);
+  EXPECT_DOUBLE_EQ(s.lr_at_iteration(1), 2e-3);
+  EXPECT_DOUBLE_EQ(s.lr_at_iteration(2), 2e-3);
+}
+
+TEST(LrSchedule, WarmupDecayHandValues) {
+  // N = 10, T = 110: after warmup gamma = (110 - t) / 100.
+  const LrSchedule s(warmup_decay(0.0, 1e-3, 10, 110, WarmupType::linear), 1e-3);
+  EXPECT_NEAR(s.lr_at_iteration(5), 5e-4, 1e-18);    // linear warmup 5/10
+  EXPECT_DOUBLE_EQ(s.lr_at_iteration(10), 1e-3);     // (110-10)/100 = 1
+  EXPECT_NEAR(s.lr_at_iteration(60), 5e-4, 1e-18);   // 50/100
+  EXPECT_NEAR(s.lr_at_iteration(109), 1e-5, 1e-18);  // 1/100
+  EXPECT_DOUBLE_EQ(s.lr_at_iteration(110), 0.0);
+  EXPECT_DOUBLE_EQ(s.lr_at_iteration(500), 0.0);  // clamped at 0
+}
+
+TEST(LrSchedule, WarmupDecayTotalBelowWarmup) {
+  // T = 5 < N = 10: max(1, T - N) = 1, so gamma = max(0, 5 - t) = 0 for every t >= 10.
+  const LrSchedule s(warmup_decay(0.0, 1e-3, 10, 5, WarmupType::linear), 1e-3);
+  EXPECT_DOUBLE_EQ(s.lr_at_iteration(10), 0.0);
+  EXPECT_NEAR(s.lr_at_iteration(4), 4e-4, 1e-18);
+}
+
+TEST(LrSchedule, WarmupCosineHandValues) {
+  // base 1e-3, N = 10, T = 20, warmup ratio 0 -> 1 linear, cos_min_ratio 0.1.
+  const LrSchedule s(warmup_cosine(10, 20, 0.0, 0.1, WarmupType::linear), 1e-3);
+  EXPECT_DOUBLE_EQ(s.lr_at_iteration(0), 0.0);
+  EXPECT_NEAR(s.lr_at_iteration(5), 5e-4, 1e-18);  // ratio 5/10
+  // t = 10: x = (10-10+1)/(20-10) = 0.1; (1 + cos(0.1 pi))/2 = (1 + 0.9510565162951535)/2 = 0.9755282581475768;
+  // ratio = 0.1 + 0.9 * 0.9755282581475768 = 0.9779754323328191
+  EXPECT_NEAR(s.lr_at_iteration(10), 9.779754323328191e-4, 1e-17);
+  EXPECT_NEAR(s.lr_at_iteration(14), 5.5e-4, 1e-17);  // x = 0.5: cos = 0, ratio 0.1 + 0.9 * 0.5 = 0.55
+  EXPECT_NEAR(s.lr_at_iteration(19), 1e-4, 1e-17);    // x = 1: cos = -1, ratio = cos_min_ratio
+  EXPECT_NEAR(s.lr_at_iteration(24), 5.5e-4, 1e-17);  // x = 1.5: not clamped, rises again as in DeepSpeed
+}
+
+TEST(LrSchedule, WarmupCosineMinRatioLogWarmup) {
+  // warmup_min_ratio 0.2, log warmup over N = 100: t = 9 -> ln(10)/ln(100) = 0.5 -> ratio 0.2 + 0.5 * 0.8 = 0.6
+  const LrSchedule s(warmup_cosine(100, 1000, 0.2, 1e-4, WarmupType::log), 2e-3);
+  EXPECT_NEAR(s.lr_at_iteration(9), 1.2e-3, 1e-17);
+  EXPECT_NEAR(s.lr_at_iteration(0), 4e-4, 1e-18);  // ratio = warmup_min_ratio
+}
+
+// ---- the formulas at every step around the boundaries -----------------------------------------------------------
+
+TEST(LrSchedule, MatchesFormulasAcrossBoundaries) {
+  for (WarmupType wt : {WarmupType::log, WarmupType::linear}) {
+    const LrSchedule a(warmup_lr(1e-5, 3e-4, 50, wt), 1e-3);
+    const LrSchedule b(warmup_decay(1e-5, 3e-4, 50, 400, wt), 1e-3);
+    const LrSchedule c(warmup_cosine(50, 400, 0.05, 0.01, wt), 6e-4);
+    for (int64_t t = 0; t < 460; ++t) {
+      EXPECT_NEAR(a.lr_at_iteration(t), ref_warmup_lr(t, 1e-5, 3e-4, 50, wt), 1e-15) << t;
+      EXPECT_NEAR(b.lr_at_iteration(t), ref_decay(t, 1e-5, 3e-4, 50, 400, wt), 1e-15) << t;
+      EXPECT_NEAR(c.lr_at_iteration(t), ref_cosine(t, 6e-4, 50, 400, 0.05, 0.01, wt), 1e-15) << t;
+    }
+  }
+}
+
+// ---- step convention --------------------------------------------------------------------------------------------
+
+TEST(LrSchedule, StepConventionWarmupLr) {
+  const LrSchedule s(warmup_lr(1e-4, 1e-3, 10, WarmupType::linear), 7e-3);
+  EXPECT_DOUBLE_EQ(s.lr(0), 1e-4);                     // constructor sets warmup_min_lr, not the optimizer's lr
+  EXPECT_DOUBLE_EQ(s.lr(1), 1e-4);                     // f(0)
+  EXPECT_NEAR(s.lr(2), 1.9e-4, 1e-18);                 // f(1) = 1e-4 + 9e-4 * 0.1
+  EXPECT_DOUBLE_EQ(s.lr(11), 1e-3);                    // f(10)
+  EXPECT_DOUBLE_EQ(s.lr(6), s.lr_at_iteration(5));
+}
+
+TEST(LrSchedule, StepConventionCosineStartsAtZero) {
+  const LrSchedule s(warmup_cosine(10, 20, 0.3, 0.1, WarmupType::linear), 1e-3);
+  EXPECT_DOUBLE_EQ(s.lr(0), 0.0);             // WarmupCosineLR.get_lr() before the start
+  EXPECT_NEAR(s.lr(1), 3e-4, 1e-18);          // f(0) = 1e-3 * warmup_min_ratio
+}
+
+TEST(LrSchedule, StepConventionResumedIteration) {
+  SchedulerConfig cfg = warmup_lr(0.0, 1e-3, 10, WarmupType::linear);
+  cfg.last_batch_iteration = 4;
+  const LrSchedule s(cfg, 5e-4);
+  EXPECT_DOUBLE_EQ(s.lr(0), 5e-4);            // no constructor update: the optimizer's lr
+  EXPECT_NEAR(s.lr(1), 5e-4, 1e-18);          // f(5) = 1e-3 * 5/10
+  EXPECT_NEAR(s.lr(3), 7e-4, 1e-18);          // f(7)
+}
+
+TEST(LrSchedule, ConstantAndNone) {
+  const LrSchedule c = LrSchedule::constant(3e-4);
+  const LrSchedule n(SchedulerConfig{}, 3e-4);
+  for (int64_t k : {int64_t{0}, int64_t{1}, int64_t{2}, int64_t{1000}}) {
+    EXPECT_DOUBLE_EQ(c.lr(k), 3e-4);
+    EXPECT_DOUBLE_EQ(n.lr(k), 3e-4);
+  }
+  EXPECT_EQ(n.type(), SchedulerType::none);
+}
+
+TEST(LrSchedule, BuiltFromParsedConfig) {
+  set_log_level(LogLevel::error);
+  const DeepSpeedConfig cfg = load_config_file(std::string(DS_SOURCE_DIR) + "/examples/ds_config_gpt2_tiny.json", 1);
+  set_log_level(LogLevel::info);
+  const LrSchedule s(cfg.scheduler, cfg.optimizer.lr);
+  EXPECT_EQ(s.type(), SchedulerType::warmup_cosine_lr);
+  EXPECT_DOUBLE_EQ(s.lr(0), 0.0);
+  const auto& sc = cfg.scheduler;
+  for (int64_t k : {int64_t{1}, int64_t{2}, int64_t{50}, int64_t{100}, int64_t{101}, int64_t{102}, int64_t{2500},
+                    sc.total_num_steps - 1, sc.total_num_steps}) {
+    EXPECT_NEAR(s.lr(k), ref_cosine(k - 1, cfg.optimizer.lr, sc.warmup_num_steps, sc.total_num_steps,
+                                    sc.warmup_min_ratio, sc.cos_min_ratio, sc.warmup_type), 1e-15) << k;
+  }
+  // last step of the run (t = T - 1) lands exactly on cos_min_ratio * lr
+  EXPECT_NEAR(s.lr(sc.total_num_steps), sc.cos_min_ratio * cfg.optimizer.lr, 1e-15);
+  EXPECT_FALSE(s.describe().empty());
+}
+
+TEST(LrSchedule, RejectsIllFormedCosine) {
+  EXPECT_THROW(LrSchedule(warmup_cosine(10, 10, 0.0, 0.1, WarmupType::log), 1e-3), ConfigError);
+}
+
+}  // namespace
+}  // namespace ds
