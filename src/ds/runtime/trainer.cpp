@@ -1,0 +1,223 @@
+// The `dspeed train` job. Validation uses whole held-out documents (val.bin) read in order, so the figure is
+// comparable between runs; the periodic passes use the first eval_batches batches, the final pass all of them.
+#include "ds/runtime/trainer.h"
+
+#include <omp.h>
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+
+#include "ds/core/log.h"
+#include "ds/data/data_loader.h"
+#include "ds/data/prepare.h"
+#include "ds/runtime/engine.h"
+#include "ds/runtime/progress.h"
+
+namespace ds {
+
+const char* const kDefaultTrainConfig = R"({
+  "train_micro_batch_size_per_gpu": 8,
+  "gradient_accumulation_steps": 1,
+  "optimizer": {
+    "type": "AdamW",
+    "params": {"lr": 2e-3, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1}
+  },
+  "scheduler": {
+    "type": "WarmupCosineLR",
+    "params": {"total_num_steps": 1000, "warmup_num_steps": 50, "warmup_type": "linear", "cos_min_ratio": 0.1}
+  },
+  "gradient_clipping": 1.0,
+  "steps_per_print": 50
+})";
+
+int64_t parse_byte_size(const std::string& text) {
+  static const std::regex re(R"(^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([KMGT]i?B?|B)?\s*$)",
+                             std::regex::icase);
+  std::smatch m;
+  DS_CHECK_AS(ConfigError, std::regex_match(text, m, re),
+              "[train] cannot read '{}' as a memory size; write e.g. 2GiB, 512MiB or 1e9", text);
+  double v = std::stod(m[1].str());
+  std::string unit = m[2].str();
+  if (!unit.empty()) {
+    const char u = static_cast<char>(std::toupper(static_cast<unsigned char>(unit[0])));
+    const double base = unit.find_first_of("iI") != std::string::npos ? 1024.0 : 1000.0;
+    const int power = u == 'K' ? 1 : u == 'M' ? 2 : u == 'G' ? 3 : u == 'T' ? 4 : 0;
+    v *= std::pow(base, power);
+  }
+  return static_cast<int64_t>(v);
+}
+
+namespace {
+
+namespace fs = std::filesystem;
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+void ensure_data(const TrainOptions& o) {
+  const fs::path dir(o.data_dir);
+  if (fs::exists(dir / "train.bin") && fs::exists(dir / "val.bin")) return;
+  DS_CHECK_AS(IoError, fs::exists(o.corpus_dir),
+              "[train] no token shards in '{}' (train.bin, val.bin) and no corpus at '{}' to prepare them from; run "
+              "`dspeed data prepare --input DIR --out {}` first, or pass --data with a prepared folder",
+              o.data_dir, o.corpus_dir, o.data_dir);
+  log_info("preparing token shards in {} from {} (first run only)", o.data_dir, o.corpus_dir);
+  data::PrepareOptions p;
+  p.inputs = {o.corpus_dir};
+  p.out_dir = o.data_dir;
+  p.tokenizer_dir = o.tokenizer_dir;
+  p.val_pattern = o.val_pattern;
+  const data::PrepareSummary s = data::prepare_dataset(p);
+  log_info("prepared {} training documents ({} tokens) and {} validation documents ({} tokens) in {:.1f} s",
+           s.train_documents, s.train_tokens, s.val_documents, s.val_tokens, s.seconds);
+}
+
+double peak_rss_mib() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_maxrss) / 1024.0;
+}
+
+class MetricsCsv {
+ public:
+  explicit MetricsCsv(const std::string& path) : out_(path) {
+    DS_CHECK_AS(IoError, out_.good(), "[train] cannot write metrics file '{}'; check --out", path);
+    out_ << "step,loss,val_loss,lr,grad_norm,tokens_per_s,peak_param_mib,peak_grad_mib,peak_optimizer_mib,"
+            "peak_activation_mib,peak_workspace_mib,peak_device_mib,peak_rss_mib\n";
+  }
+  void row(int64_t step, double loss, double val_loss, double lr, double gnorm, double tps) {
+    const MemoryTracker& t = current_tracker();
+    auto mib = [&](Category c) { return static_cast<double>(t.peak(Tier::device, c)) / (1 << 20); };
+    out_ << fmt::format("{},{:.6f},{},{:.6e},{:.6f},{:.1f},{:.1f},{:.1f},{:.1f},{:.1f},{:.1f},{:.1f},{:.1f}\n", step,
+                        loss, std::isnan(val_loss) ? std::string() : fmt::format("{:.6f}", val_loss), lr, gnorm, tps,
+                        mib(Category::param), mib(Category::grad), mib(Category::optimizer),
+                        mib(Category::activation), mib(Category::workspace),
+                        static_cast<double>(t.peak(Tier::device)) / (1 << 20), peak_rss_mib());
+    out_.flush();
+  }
+
+ private:
+  std::ofstream out_;
+};
+
+}  // namespace
+
+TrainSummary run_training(const TrainOptions& o) {
+  const auto t_start = std::chrono::steady_clock::now();
+  if (o.threads > 0) omp_set_num_threads(o.threads);
+  if (o.device_memory_limit) current_tracker().set_limit(Tier::device, *o.device_memory_limit);
+
+  DeepSpeedConfig config = o.config_path.empty() ? parse_config(kDefaultTrainConfig, 1, "built-in default config")
+                                                 : load_config_file(o.config_path, 1);
+  const Gpt2Config model_config = Gpt2Config::from_spec(o.model);
+  DS_CHECK_AS(ConfigError, o.seq_len > 0 && o.seq_len <= model_config.block_size,
+              "[train] --seq-len {} must be between 1 and the model's block_size {}", o.seq_len,
+              model_config.block_size);
+  int64_t steps = o.steps;
+  if (steps <= 0) steps = config.scheduler.total_num_steps > 0 ? config.scheduler.total_num_steps : 1000;
+  ensure_data(o);
+
+  const int B = static_cast<int>(config.train_micro_batch_size_per_gpu);
+  const int T = o.seq_len;
+  const fs::path dir(o.data_dir);
+  data::DataLoader train_loader({(dir / "train.bin").string()}, B, T, 0, 1, o.seed, true);
+  data::DataLoader val_loader({(dir / "val.bin").string()}, B, T, 0, 1, o.seed, false);
+  DS_CHECK_AS(ConfigError, model_config.vocab_size >= 50257,
+              "[train] the GPT-2 tokenizer produces ids up to 50256, but the model's vocab_size is {}; use "
+              "vocab_size >= 50257",
+              model_config.vocab_size);
+
+  Gpt2 model(model_config);
+  model.init_weights(o.seed);
+  Engine engine(model, config, T);
+
+  fs::create_directories(o.out_dir);
+  const std::string metrics_path = (fs::path(o.out_dir) / "metrics.csv").string();
+  MetricsCsv metrics(metrics_path);
+
+  const int64_t print_every = config.steps_per_print > 0 ? config.steps_per_print : 50;
+  if (!o.quiet) {
+    fmt::print(stderr, "model   {}\n", model_config.str());
+    fmt::print(stderr, "config  {}\n", config.source);
+    fmt::print(stderr, "{}\n", config.summary());
+    fmt::print(stderr, "data    {} train tokens, {} validation tokens ({}); sequence length {}\n",
+               format_count(static_cast<double>(train_loader.num_tokens())),
+               format_count(static_cast<double>(val_loader.num_tokens())), o.data_dir, T);
+    fmt::print(stderr, "run     {} steps x {} tokens, {} threads, metrics in {}\n", steps,
+               config.train_batch_size * T, o.threads > 0 ? o.threads : omp_get_max_threads(), metrics_path);
+  }
+
+  auto train_next = [&](int32_t* in, int32_t* tg) { train_loader.next_batch(in, tg); };
+  auto val_next = [&](int32_t* in, int32_t* tg) { val_loader.next_batch(in, tg); };
+  auto validate = [&](int64_t batches) {
+    val_loader.reset();
+    return engine.eval_loss(val_next, std::min(batches, val_loader.num_batches()), B);
+  };
+
+  TrainSummary sum;
+  sum.metrics_path = metrics_path;
+  sum.initial_val_loss = validate(o.eval_batches);
+  if (!o.quiet) fmt::print(stderr, "initial validation loss {:.4f} (first {} batches)\n", sum.initial_val_loss,
+                           std::min(o.eval_batches, val_loader.num_batches()));
+
+  ProgressBar bar(steps, print_every);
+  const auto t_train = std::chrono::steady_clock::now();
+  double train_seconds = 0;
+  std::vector<double> recent;
+  double tps = 0;
+  int64_t step = 0;
+  double last_val = std::nan("");
+  for (step = 1; step <= steps; ++step) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const StepResult r = engine.train_batch(train_next);
+    const double dt = seconds_since(t0);
+    train_seconds += dt;
+    sum.tokens += r.tokens;
+    tps = static_cast<double>(sum.tokens) / train_seconds;
+    DS_CHECK_AS(Error, std::isfinite(r.loss),
+                "[train] the loss became {} at step {}; lower the learning rate or enable gradient_clipping", r.loss,
+                step);
+    recent.push_back(r.loss);
+    if (recent.size() > 20) recent.erase(recent.begin());
+    double val = std::nan("");
+    const bool last = step == steps || (o.time_limit_s > 0 && seconds_since(t_train) >= o.time_limit_s);
+    if (!last && o.eval_interval > 0 && step % o.eval_interval == 0) {
+      val = validate(o.eval_batches);
+      last_val = val;
+      if (!o.quiet) bar.message(fmt::format("step {}: validation loss {:.4f}", step, val));
+    }
+    metrics.row(step, r.loss, val, r.lr, r.grad_norm, tps);
+    if (!o.quiet)
+      bar.update(step, fmt::format("loss {:.4f} | lr {:.2e} | {} tok/s{}", r.loss, r.lr, format_count(tps),
+                                   std::isnan(last_val) ? "" : fmt::format(" | val {:.3f}", last_val)));
+    if (last) break;
+  }
+  if (!o.quiet) bar.finish();
+  sum.steps = std::min(step, steps);
+  sum.seconds = train_seconds;
+  sum.tokens_per_s = tps;
+  double acc = 0;
+  for (double l : recent) acc += l;
+  sum.final_train_loss = recent.empty() ? 0.0 : acc / static_cast<double>(recent.size());
+  sum.final_val_loss = validate(val_loader.num_batches());
+  metrics.row(sum.steps, sum.final_train_loss, sum.final_val_loss, engine.current_lr(), 0.0, tps);
+
+  if (!o.quiet) {
+    fmt::print(stderr, "\ntrained {} steps ({} tokens) in {} at {} tokens/s (wall time {})\n", sum.steps,
+               format_count(static_cast<double>(sum.tokens)), format_duration(train_seconds), format_count(tps),
+               format_duration(seconds_since(t_start)));
+    fmt::print(stderr, "train loss (last {} steps) {:.4f}\n", recent.size(), sum.final_train_loss);
+    fmt::print(stderr, "validation loss {:.4f} -> {:.4f} nats/token over all {} validation batches\n",
+               sum.initial_val_loss, sum.final_val_loss, val_loader.num_batches());
+    fmt::print(stderr, "memory  {}peak RSS {:.0f} MiB\n", current_tracker().report(), peak_rss_mib());
+    fmt::print(stderr, "metrics {}\n", metrics_path);
+  }
+  return sum;
+}
+
+}  // namespace ds

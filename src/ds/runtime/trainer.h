@@ -1,0 +1,51 @@
+// The training job behind `dspeed train`: resolves data (preparing token shards from the bundled corpus when
+// they are missing), builds model, config and engine, runs the loop with a progress bar, periodic validation,
+// a metrics CSV and a closing summary. The command-line tool only fills TrainOptions.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace ds {
+
+struct TrainOptions {
+  std::string config_path;                 // ds_config.json; empty = the built-in default config
+  std::string model = "gpt2-tiny";         // preset name or model JSON file
+  std::string data_dir = "data/tokens/sotu";     // holds train.bin and val.bin
+  std::string corpus_dir = "data/corpus/sotu";   // used to prepare data_dir when it is missing
+  std::string tokenizer_dir = "data/tokenizer/gpt2";
+  std::string val_pattern = "^20(1[0-9]|2[01])_";  // held-out documents when preparing (SOTU 2010-2021)
+  std::string out_dir = "runs/latest";     // metrics.csv goes here
+  int seq_len = 128;
+  int64_t steps = 0;                       // 0: the scheduler's total_num_steps, else 1000
+  int64_t eval_interval = 200;             // steps between validation passes (0: only at the end)
+  int64_t eval_batches = 16;               // batches per periodic validation (the final pass uses all)
+  uint64_t seed = 1234;
+  int threads = 0;                         // 0: all cores
+  double time_limit_s = 0;                 // stop after this many seconds of training (0: no limit)
+  std::optional<int64_t> device_memory_limit;  // bytes
+  bool quiet = false;                      // no progress bar (summary still printed)
+};
+
+struct TrainSummary {
+  int64_t steps = 0;
+  int64_t tokens = 0;
+  double seconds = 0;
+  double tokens_per_s = 0;
+  double final_train_loss = 0;  // mean of the last 20 steps
+  double initial_val_loss = 0;
+  double final_val_loss = 0;    // over the whole validation set
+  std::string metrics_path;
+};
+
+TrainSummary run_training(const TrainOptions& options);
+
+// The config used when none is given: micro-batch 8, AdamW (lr 1e-3, betas 0.9/0.95, weight decay 0.1),
+// WarmupCosineLR, gradient clipping 1.0. Also in examples/ds_config_gpt2_tiny.json.
+extern const char* const kDefaultTrainConfig;
+
+// "2GiB", "512MiB", "1e9" -> bytes
+int64_t parse_byte_size(const std::string& text);
+
+}  // namespace ds

@@ -1,0 +1,43 @@
+// `dspeed train`: parses arguments into TrainOptions and runs the training job.
+#include <CLI/CLI.hpp>
+
+#include "commands.h"
+#include "ds/runtime/trainer.h"
+
+namespace ds::tool {
+
+void add_train_command(CLI::App& root) {
+  auto opts = std::make_shared<TrainOptions>();
+  auto memory_limit = std::make_shared<std::string>();
+  CLI::App* cmd = root.add_subcommand(
+      "train", "Train a GPT-2 model from a DeepSpeed config (with no options: gpt2-tiny on the bundled corpus)");
+  cmd->add_option("-c,--config", opts->config_path, "DeepSpeed ds_config.json (default: built-in config)");
+  cmd->add_option("-m,--model", opts->model, "model preset (gpt2-tiny, gpt2-mini, gpt2) or model JSON file")
+      ->capture_default_str();
+  cmd->add_option("--data", opts->data_dir, "folder with train.bin and val.bin token shards")->capture_default_str();
+  cmd->add_option("--corpus", opts->corpus_dir, "text corpus to prepare --data from when it is missing")
+      ->capture_default_str();
+  cmd->add_option("--tokenizer", opts->tokenizer_dir, "folder with encoder.json and vocab.bpe")
+      ->capture_default_str();
+  cmd->add_option("--val-pattern", opts->val_pattern, "regex on file names that selects validation documents")
+      ->capture_default_str();
+  cmd->add_option("--seq-len", opts->seq_len, "tokens per sequence")->capture_default_str();
+  cmd->add_option("--steps", opts->steps, "optimizer steps (default: the scheduler's total_num_steps)");
+  cmd->add_option("--eval-interval", opts->eval_interval, "steps between validation passes")->capture_default_str();
+  cmd->add_option("--eval-batches", opts->eval_batches, "batches per periodic validation pass")
+      ->capture_default_str();
+  cmd->add_option("--out", opts->out_dir, "folder for metrics.csv")->capture_default_str();
+  cmd->add_option("--seed", opts->seed, "seed for initialisation and data order")->capture_default_str();
+  cmd->add_option("--threads", opts->threads, "CPU threads (default: all cores)");
+  cmd->add_option("--time-limit", opts->time_limit_s, "stop training after this many seconds");
+  cmd->add_option("--device-memory-limit", *memory_limit,
+                  "fail clearly if the model needs more than this (e.g. 512MiB), as on a smaller accelerator");
+  cmd->add_flag("-q,--quiet", opts->quiet, "no progress bar");
+  cmd->callback([opts, memory_limit] {
+    TrainOptions o = *opts;
+    if (!memory_limit->empty()) o.device_memory_limit = parse_byte_size(*memory_limit);
+    run_training(o);
+  });
+}
+
+}  // namespace ds::tool
