@@ -1,0 +1,181 @@
+// Training-step benchmark against PyTorch. Children print one "RESULT {json}" line, as torch_gpt.py does.
+#include "ds/runtime/train_bench.h"
+
+#include <cblas.h>
+#include <omp.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <vector>
+
+#include "ds/core/rng.h"
+#include "ds/nn/models/gpt2.h"
+#include "ds/optim/adamw.h"
+
+namespace ds {
+namespace {
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Runs a command and returns the JSON of its last "RESULT " line.
+nlohmann::json run_child(const std::string& cmd) {
+  std::FILE* p = popen((cmd + " 2>/dev/null").c_str(), "r");
+  DS_CHECK_AS(IoError, p != nullptr, "[bench] cannot run '{}'", cmd);
+  std::string line, result;
+  std::array<char, 4096> buf{};
+  while (std::fgets(buf.data(), buf.size(), p)) {
+    line += buf.data();
+    if (!line.empty() && line.back() == '\n') {
+      if (line.rfind("RESULT ", 0) == 0) result = line.substr(7);
+      line.clear();
+    }
+  }
+  const int rc = pclose(p);
+  DS_CHECK_AS(IoError, rc == 0 && !result.empty(),
+              "[bench] '{}' failed (status {}) or printed no RESULT line; run it by hand to see why", cmd, rc);
+  return nlohmann::json::parse(result);
+}
+
+}  // namespace
+
+TrainBenchShape TrainBenchShape::from_preset(const std::string& name) {
+  TrainBenchShape s;
+  s.preset = name;
+  if (name == "tiny") {
+    s.n_layer = 4, s.n_head = 4, s.n_embd = 128, s.vocab = 512, s.seq_len = 128, s.batch = 8;
+  } else if (name == "small") {
+    s.n_layer = 6, s.n_head = 6, s.n_embd = 384, s.vocab = 50304, s.seq_len = 256, s.batch = 4;
+  } else if (name == "gpt2") {
+    s.n_layer = 12, s.n_head = 12, s.n_embd = 768, s.vocab = 50257, s.seq_len = 256, s.batch = 4;
+  } else {
+    DS_THROW(ConfigError, "[bench] unknown benchmark shape '{}'; choose tiny, small or gpt2", name);
+  }
+  return s;
+}
+
+double TrainBenchShape::step_flops() const {
+  const double tokens = double(batch) * seq_len, C = n_embd;
+  const double matmul = 2.0 * tokens * (n_layer * 12.0 * C * C + C * vocab);
+  const double attention = n_layer * 2.0 * 2.0 * batch * (seq_len * (seq_len + 1) / 2.0) * C;
+  return 3.0 * (matmul + attention);
+}
+
+double measure_sgemm_gflops(int M, int N, int K, int reps) {
+  std::vector<float> a(size_t(M) * K, 0.5f), b(size_t(K) * N, 0.25f), c(size_t(M) * N);
+  std::vector<double> times;
+  for (int r = 0; r < reps + 1; ++r) {
+    const double t0 = now_s();
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, a.data(), K, b.data(), N, 0.0f, c.data(),
+                N);
+    if (r > 0) times.push_back(now_s() - t0);
+  }
+  return 2.0 * M * N * K / median(times) * 1e-9;
+}
+
+TrainBenchOnceResult run_train_bench_once(const TrainBenchShape& s, int steps, int warmup, int threads) {
+  if (threads > 0) omp_set_num_threads(threads);
+  Gpt2Config mc;
+  mc.name = s.preset;
+  mc.n_layer = s.n_layer, mc.n_head = s.n_head, mc.n_embd = s.n_embd, mc.vocab_size = s.vocab;
+  mc.block_size = s.seq_len;
+  Gpt2 model(mc);
+  model.init_weights(1337);
+  cpu::AdamParams hyper;
+  hyper.beta1 = 0.9f, hyper.beta2 = 0.95f, hyper.eps = 1e-8f, hyper.weight_decay = 0.1f;
+  AdamW opt(model.params().flat_params(), model.params().flat_grads(), hyper);
+  Ctx ctx;
+  const int B = s.batch, T = s.seq_len;
+  std::vector<int32_t> buf(size_t(B) * (T + 1)), in(size_t(B) * T), tg(size_t(B) * T);
+  std::vector<double> times;
+  TrainBenchOnceResult r;
+  for (int step = 0; step < steps; ++step) {
+    Rng rng(1337 + 1000003ull * step);
+    for (auto& t : buf) t = static_cast<int32_t>(rng.next_u64() % static_cast<uint64_t>(s.vocab));
+    for (int b = 0; b < B; ++b)
+      for (int t = 0; t < T; ++t) {
+        in[size_t(b) * T + t] = buf[size_t(b) * (T + 1) + t];
+        tg[size_t(b) * T + t] = buf[size_t(b) * (T + 1) + t + 1];
+      }
+    const double t0 = now_s();
+    model.params().zero_grad();
+    ctx.reset();
+    const float loss = model.forward_backward(ctx, in.data(), tg.data(), B, T, 1.0f);
+    opt.step(3e-4f);
+    const double dt = now_s() - t0;
+    if (step >= warmup) times.push_back(dt);
+    if (step == 0) r.loss_first = loss;
+    r.loss_last = loss;
+  }
+  r.median_step_ms = median(times) * 1e3;
+  r.tokens_per_s = double(B) * T / median(times);
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  r.peak_rss_mb = static_cast<double>(ru.ru_maxrss) / 1024.0;
+  return r;
+}
+
+std::string run_train_bench_compare(const TrainBenchOptions& o) {
+  const TrainBenchShape shape = TrainBenchShape::from_preset(o.preset);
+  omp_set_num_threads(o.threads);
+  const std::string ours_cmd =
+      fmt::format("OMP_NUM_THREADS={} '{}' bench train-once --preset {} --steps {} --warmup {} --threads {}",
+                  o.threads, o.self_exe, o.preset, o.steps, o.warmup, o.threads);
+  const std::string torch_cmd = fmt::format("'{}' '{}' --config {} --steps {} --warmup {} --threads {}", o.python,
+                                            o.torch_script, o.preset, o.steps, o.warmup, o.threads);
+  std::vector<double> ours_tps, torch_tps, ours_rss, torch_rss, sgemm;
+  for (int rep = 0; rep < o.reps; ++rep) {
+    // The sgemm reference uses the GPT-2 MLP shape (1024 tokens, 768 -> 3072).
+    sgemm.push_back(measure_sgemm_gflops(1024, 3072, 768, 5));
+    nlohmann::json ours = run_child(ours_cmd);
+    ours_tps.push_back(ours["tokens_per_s"].get<double>());
+    ours_rss.push_back(ours["peak_rss_mb"].get<double>());
+    if (!o.skip_torch) {
+      nlohmann::json theirs = run_child(torch_cmd);
+      torch_tps.push_back(theirs["tokens_per_s"].get<double>());
+      torch_rss.push_back(theirs["peak_rss_mb"].get<double>());
+    }
+    fmt::print(stderr, "rep {}/{}: ours {:.0f} tok/s{}\n", rep + 1, o.reps, ours_tps.back(),
+               o.skip_torch ? std::string() : fmt::format(", pytorch {:.0f} tok/s", torch_tps.back()));
+  }
+  const double tps = median(ours_tps), ttps = median(torch_tps);
+  const double flops = shape.step_flops() * tps / (double(shape.batch) * shape.seq_len) * 1e-9;
+  const double sg = median(sgemm);
+  nlohmann::json j = {{"preset", o.preset},           {"threads", o.threads},
+                      {"steps", o.steps},             {"reps", o.reps},
+                      {"ours_tokens_per_s", tps},     {"torch_tokens_per_s", ttps},
+                      {"speedup", ttps > 0 ? tps / ttps : 0.0},
+                      {"ours_peak_rss_mb", median(ours_rss)}, {"torch_peak_rss_mb", median(torch_rss)},
+                      {"ours_gflops", flops},         {"sgemm_gflops", sg},
+                      {"fraction_of_sgemm", flops / sg}};
+  fmt::print("{:<28}{:>14}{:>14}{:>10}\n", fmt::format("{} (threads {})", o.preset, o.threads), "deepspeed.cpp",
+             "pytorch", "ratio");
+  fmt::print("{:<28}{:>14.0f}{:>14.0f}{:>10.2f}\n", "tokens/s (median)", tps, ttps, ttps > 0 ? tps / ttps : 0.0);
+  fmt::print("{:<28}{:>14.0f}{:>14.0f}{:>10.2f}\n", "peak RSS MB (median)", median(ours_rss), median(torch_rss),
+             median(torch_rss) > 0 ? median(ours_rss) / median(torch_rss) : 0.0);
+  fmt::print("{:<28}{:>14.1f}{:>14}{:>10.2f}\n", "achieved GFLOP/s vs sgemm", flops, fmt::format("{:.1f}", sg),
+             flops / sg);
+  const std::string line = j.dump();
+  fmt::print("RESULT {}\n", line);
+  if (!o.json_out.empty()) {
+    std::FILE* f = std::fopen(o.json_out.c_str(), "a");
+    DS_CHECK_AS(IoError, f != nullptr, "[bench] cannot append to '{}'", o.json_out);
+    std::fprintf(f, "%s\n", line.c_str());
+    std::fclose(f);
+  }
+  return line;
+}
+
+}  // namespace ds
