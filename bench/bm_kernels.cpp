@@ -1,0 +1,375 @@
+// CPU kernel benchmark: one JSON line per kernel and thread count. GEMM-like kernels report GFLOP/s beside the
+// cblas_sgemm rate (GPT-2 124M QKV shape, 1024x768x2304) measured just before that group, and their ratio to
+// it: these machines are shared, so the reference is re-measured next to what it is compared with. Memory-bound
+// kernels report GB/s. Figures are medians of --reps timed runs after one warm-up. The first line says which
+// OpenBLAS was loaded (a pthread build at run time would fight our OpenMP threads).
+// --explore adds the design measurements quoted in the kernels' header comments (attention on AVX2 and via
+// per-head sgemm, classifier row-chunk sizes). Usage: bm_kernels [--threads 1,2] [--reps 5] [--quick] [--explore]
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "ds/kernels/cpu/kernels.h"
+
+// OpenBLAS's own queries, declared here too in case the cblas.h found is not OpenBLAS's.
+extern "C" char* openblas_get_config(void);
+extern "C" char* openblas_get_corename(void);
+extern "C" int openblas_get_parallel(void);
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+int g_reps = 5;
+
+// Median wall time in milliseconds of g_reps runs of fn, after one warm-up run.
+double time_ms(const std::function<void()>& fn, int reps = -1) {
+  if (reps < 0) reps = g_reps;
+  fn();
+  std::vector<double> t(reps);
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = Clock::now();
+    fn();
+    t[r] = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  }
+  std::sort(t.begin(), t.end());
+  return t[reps / 2];
+}
+
+std::vector<float> randn(size_t n, uint64_t seed, float scale = 1.0f) {
+  std::mt19937_64 gen(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(gen);
+  return v;
+}
+
+double g_sgemm_gflops = 0.0;
+int g_threads = 1;
+
+void emit_flops(const char* kernel, const std::string& shape, double ms, double flop) {
+  const double gf = flop / ms * 1e-6;
+  std::printf(
+      "{\"kernel\":\"%s\",\"shape\":\"%s\",\"threads\":%d,\"ms\":%.3f,\"gflops\":%.1f,\"sgemm_gflops\":%.1f,"
+      "\"ratio_to_sgemm\":%.2f}\n",
+      kernel, shape.c_str(), g_threads, ms, gf, g_sgemm_gflops, gf / g_sgemm_gflops);
+  std::fflush(stdout);
+}
+
+void emit_bytes(const char* kernel, const std::string& shape, double ms, double bytes) {
+  std::printf("{\"kernel\":\"%s\",\"shape\":\"%s\",\"threads\":%d,\"ms\":%.3f,\"gbps\":%.2f}\n", kernel,
+              shape.c_str(), g_threads, ms, bytes / ms * 1e-6);
+  std::fflush(stdout);
+}
+
+std::string fmt_shape(const char* f, int a, int b = 0, int c = 0, int d = 0) {
+  char buf[128];
+  std::snprintf(buf, sizeof buf, f, a, b, c, d);
+  return buf;
+}
+
+// Measures the reference sgemm rate into g_sgemm_gflops; prints it when print is set.
+void bench_sgemm_reference(bool print = false) {
+  const int M = 1024, K = 768, N = 2304;
+  static const auto a = randn(size_t(M) * K, 1), b = randn(size_t(K) * N, 2);
+  static std::vector<float> c(size_t(M) * N);
+  const double ms = time_ms([&] {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, a.data(), K, b.data(), N, 0.0f, c.data(), N);
+  });
+  g_sgemm_gflops = 2.0 * M * N * K / ms * 1e-6;
+  if (print) emit_flops("sgemm_reference", "1024x768x2304", ms, 2.0 * M * N * K);
+}
+
+void bench_matmul(int N, int IC, int OC) {
+  bench_sgemm_reference();
+  const auto inp = randn(size_t(N) * IC, 3), w = randn(size_t(IC) * OC, 4, 0.02f), bias = randn(OC, 5);
+  const auto dout = randn(size_t(N) * OC, 6);
+  std::vector<float> out(size_t(N) * OC), dinp(size_t(N) * IC), dw(w.size()), db(OC);
+  const double flop = 2.0 * N * IC * OC;
+  const std::string shape = fmt_shape("N%d %d->%d", N, IC, OC);
+  emit_flops("matmul_fwd", shape,
+             time_ms([&] { ds::cpu::matmul_forward(out.data(), inp.data(), w.data(), bias.data(), N, IC, OC); }), flop);
+  emit_flops("matmul_bwd", shape, time_ms([&] {
+               ds::cpu::matmul_backward(dinp.data(), dw.data(), db.data(), dout.data(), inp.data(), w.data(), N, IC,
+                                        OC);
+             }),
+             2 * flop);
+}
+
+// Causal attention flops: QK^T and att·V over the lower triangle (T(T+1)/2 pairs), 2 flops per MAC.
+double attention_fwd_flop(int B, int T, int C) { return 2.0 * 2.0 * B * C * (double(T) * (T + 1) / 2); }
+
+void bench_attention(int B, int T, int C, int NH, const char* suffix = "") {
+  bench_sgemm_reference();
+  const auto qkv = randn(size_t(B) * T * 3 * C, 7), dout = randn(size_t(B) * T * C, 8);
+  std::vector<float> out(size_t(B) * T * C), att(size_t(B) * NH * T * T), dqkv(qkv.size());
+  std::vector<float> scratch(ds::cpu::attention_backward_scratch_floats(B, T, C, NH));
+  const std::string shape = fmt_shape("B%d T%d C%d NH%d", B, T, C, NH);
+  const double flop = attention_fwd_flop(B, T, C);
+  emit_flops((std::string("attention_fwd") + suffix).c_str(), shape,
+             time_ms([&] { ds::cpu::attention_forward(out.data(), att.data(), qkv.data(), B, T, C, NH); }), flop);
+  emit_flops((std::string("attention_bwd") + suffix).c_str(), shape, time_ms([&] {
+               ds::cpu::attention_backward(dqkv.data(), dout.data(), qkv.data(), att.data(), scratch.data(), B, T,
+                                           C, NH);
+             }),
+             2 * flop);
+}
+
+// The alternative design, measured for attention.cpp's header: per-(b,h) cblas_sgemm on the full T x T (twice the
+// causal work) with the softmax in a separate parallel pass; sgemm called outside any OpenMP region.
+void bench_attention_sgemm_variant(int B, int T, int C, int NH) {
+  bench_sgemm_reference();
+  const int HS = C / NH;
+  const float scale = 1.0f / std::sqrt(float(HS));
+  const auto qkv = randn(size_t(B) * T * 3 * C, 7), dout = randn(size_t(B) * T * C, 8);
+  std::vector<float> out(size_t(B) * T * C), att(size_t(B) * NH * T * T), datt(att.size()), dqkv(qkv.size());
+  auto head = [&](int bh, size_t off) { return (size_t(bh / NH) * T * 3 * C) + size_t(bh % NH) * HS + off; };
+  auto softmax_rows = [&] {
+#pragma omp parallel for schedule(static)
+    for (int row = 0; row < B * NH * T; ++row) {
+      const int t = row % T;
+      float* a = att.data() + size_t(row) * T;
+      float mx = a[0];
+      for (int j = 1; j <= t; ++j) mx = std::max(mx, a[j]);
+      float s = 0;
+      for (int j = 0; j <= t; ++j) s += (a[j] = std::exp(a[j] - mx));
+      for (int j = 0; j <= t; ++j) a[j] /= s;
+      for (int j = t + 1; j < T; ++j) a[j] = 0.0f;
+    }
+  };
+  auto forward = [&] {
+    for (int bh = 0; bh < B * NH; ++bh) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, HS, scale, qkv.data() + head(bh, 0), 3 * C,
+                  qkv.data() + head(bh, C), 3 * C, 0.0f, att.data() + size_t(bh) * T * T, T);
+    }
+    softmax_rows();
+    for (int bh = 0; bh < B * NH; ++bh) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HS, T, 1.0f, att.data() + size_t(bh) * T * T, T,
+                  qkv.data() + head(bh, 2 * C), 3 * C, 0.0f,
+                  out.data() + size_t(bh / NH) * T * C + size_t(bh % NH) * HS, C);
+    }
+  };
+  auto backward = [&] {
+    for (int bh = 0; bh < B * NH; ++bh) {
+      const float* g = dout.data() + size_t(bh / NH) * T * C + size_t(bh % NH) * HS;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, HS, 1.0f, g, C, qkv.data() + head(bh, 2 * C),
+                  3 * C, 0.0f, datt.data() + size_t(bh) * T * T, T);
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, HS, T, 1.0f, att.data() + size_t(bh) * T * T, T, g, C,
+                  0.0f, dqkv.data() + head(bh, 2 * C), 3 * C);
+    }
+#pragma omp parallel for schedule(static)
+    for (int row = 0; row < B * NH * T; ++row) {
+      const int t = row % T;
+      const float* a = att.data() + size_t(row) * T;
+      float* d = datt.data() + size_t(row) * T;
+      float s = 0;
+      for (int j = 0; j <= t; ++j) s += a[j] * d[j];
+      for (int j = 0; j <= t; ++j) d[j] = scale * a[j] * (d[j] - s);
+      for (int j = t + 1; j < T; ++j) d[j] = 0.0f;
+    }
+    for (int bh = 0; bh < B * NH; ++bh) {
+      const float* dp = datt.data() + size_t(bh) * T * T;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HS, T, 1.0f, dp, T, qkv.data() + head(bh, C), 3 * C,
+                  0.0f, dqkv.data() + head(bh, 0), 3 * C);
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, HS, T, 1.0f, dp, T, qkv.data() + head(bh, 0), 3 * C,
+                  0.0f, dqkv.data() + head(bh, C), 3 * C);
+    }
+  };
+  const std::string shape = fmt_shape("B%d T%d C%d NH%d", B, T, C, NH);
+  const double flop = attention_fwd_flop(B, T, C);  // useful (causal) flops, for a like-for-like rate
+  emit_flops("attention_fwd_sgemm_variant", shape, time_ms(forward), flop);
+  emit_flops("attention_bwd_sgemm_variant", shape, time_ms(backward), 2 * flop);
+}
+
+void bench_classifier(int N, int C, int V, int reps) {
+  bench_sgemm_reference();
+  const auto x = randn(size_t(N) * C, 9), wte = randn(size_t(V) * C, 10, 0.02f);
+  std::vector<int32_t> tgt(N);
+  for (int i = 0; i < N; ++i) tgt[i] = (i * 7919) % V;
+  std::vector<float> dx(x.size()), dwte(wte.size()), scratch(ds::cpu::classifier_scratch_floats(N, V));
+  const std::string shape = fmt_shape("N%d C%d V%d", N, C, V);
+  emit_flops("classifier_fwd_bwd", shape, time_ms([&] {
+               ds::cpu::classifier_forward_backward(dx.data(), dwte.data(), nullptr, x.data(), wte.data(),
+                                                    tgt.data(), 1.0f / N, scratch.data(), N, C, V);
+             }, reps),
+             6.0 * N * C * V);
+  emit_flops("classifier_fwd", shape, time_ms([&] {
+               ds::cpu::classifier_forward_backward(nullptr, nullptr, nullptr, x.data(), wte.data(), tgt.data(), 1.0f,
+                                                    scratch.data(), N, C, V);
+             }, reps),
+             2.0 * N * C * V);
+}
+
+// The three GEMMs of the classifier for one row-chunk size R (the softmax between them is omitted).
+void bench_classifier_chunk_gemms(int N, int C, int V, int R) {
+  bench_sgemm_reference();
+  const auto x = randn(size_t(N) * C, 9), wte = randn(size_t(V) * C, 10, 0.02f);
+  std::vector<float> dx(x.size()), dwte(wte.size()), scratch(size_t(R) * V);
+  const double ms = time_ms(
+      [&] {
+        for (int n0 = 0; n0 < N; n0 += R) {
+          const int rows = std::min(R, N - n0);
+          const float* xc = x.data() + size_t(n0) * C;
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, V, C, 1.0f, xc, C, wte.data(), C, 0.0f,
+                      scratch.data(), V);
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, C, V, 1.0f, scratch.data(), V, wte.data(), C,
+                      0.0f, dx.data() + size_t(n0) * C, C);
+          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, C, rows, 1.0f, scratch.data(), V, xc, C, 1.0f,
+                      dwte.data(), C);
+        }
+      },
+      3);
+  emit_flops("classifier_gemms_chunk", fmt_shape("N%d C%d V%d R%d", N, C, V, R), ms, 6.0 * N * C * V);
+}
+
+void bench_layernorm(int N, int C) {
+  const auto x = randn(size_t(N) * C, 11), w = randn(C, 12), b = randn(C, 13), dout = randn(size_t(N) * C, 14);
+  std::vector<float> out(x.size()), mean(N), rstd(N), dx(x.size()), dw(C), db(C);
+  const std::string shape = fmt_shape("N%d C%d", N, C);
+  const double bytes = 4.0 * N * C;
+  emit_bytes("layernorm_fwd", shape, time_ms([&] {
+               ds::cpu::layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C);
+             }),
+             2 * bytes);
+  emit_bytes("layernorm_bwd", shape, time_ms([&] {
+               ds::cpu::layernorm_backward(dx.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(),
+                                           mean.data(), rstd.data(), N, C);
+             }),
+             3 * bytes);
+}
+
+void bench_elementwise(size_t n) {
+  const auto a = randn(n, 15), b = randn(n, 16);
+  std::vector<float> out(n), g(n);
+  const std::string shape = fmt_shape("n%d", int(n));
+  emit_bytes("gelu_fwd", shape, time_ms([&] { ds::cpu::gelu_forward(out.data(), a.data(), n); }), 8.0 * n);
+  emit_bytes("gelu_bwd", shape, time_ms([&] { ds::cpu::gelu_backward(g.data(), a.data(), b.data(), n); }), 12.0 * n);
+  emit_bytes("add", shape, time_ms([&] { ds::cpu::add(out.data(), a.data(), b.data(), n); }), 12.0 * n);
+  volatile double sink = 0;
+  emit_bytes("sum_squares", shape, time_ms([&] { sink = sink + ds::cpu::sum_squares(a.data(), n); }), 4.0 * n);
+}
+
+void bench_encoder(int B, int T, int C, int V) {
+  std::vector<int32_t> inp(size_t(B) * T);
+  for (size_t i = 0; i < inp.size(); ++i) inp[i] = int32_t((i * 7919) % V);
+  const auto wte = randn(size_t(V) * C, 17, 0.02f), wpe = randn(size_t(T) * C, 18, 0.02f);
+  const auto dout = randn(size_t(B) * T * C, 19);
+  std::vector<float> out(dout.size()), dwte(wte.size()), dwpe(wpe.size());
+  const std::string shape = fmt_shape("B%d T%d C%d V%d", B, T, C, V);
+  const double bytes = 4.0 * B * T * C;
+  emit_bytes("encoder_fwd", shape,
+             time_ms([&] { ds::cpu::encoder_forward(out.data(), inp.data(), wte.data(), wpe.data(), B, T, C); }),
+             3 * bytes);
+  emit_bytes("encoder_bwd", shape, time_ms([&] {
+               ds::cpu::encoder_backward(dwte.data(), dwpe.data(), dout.data(), inp.data(), B, T, C);
+             }),
+             5 * bytes);
+}
+
+void bench_adamw_and_convert(size_t n) {
+  auto p = randn(n, 20), g = randn(n, 21);
+  std::vector<float> m(n, 0.0f), v(n, 0.0f), back(n);
+  std::vector<uint16_t> h(n);
+  ds::cpu::AdamParams hp;
+  hp.weight_decay = 0.1f;
+  const std::string shape = fmt_shape("n%d", int(n));
+  emit_bytes("adamw_step", shape,
+             time_ms([&] { ds::cpu::adamw_step(p.data(), g.data(), m.data(), v.data(), n, hp, 1.0f); }), 28.0 * n);
+  emit_bytes("f32_to_bf16", shape, time_ms([&] { ds::cpu::f32_to_bf16(h.data(), g.data(), n); }), 6.0 * n);
+  emit_bytes("bf16_to_f32", shape, time_ms([&] { ds::cpu::bf16_to_f32(back.data(), h.data(), n); }), 6.0 * n);
+  emit_bytes("f32_to_f16", shape, time_ms([&] { ds::cpu::f32_to_f16(h.data(), g.data(), n); }), 6.0 * n);
+  emit_bytes("f16_to_f32", shape, time_ms([&] { ds::cpu::f16_to_f32(back.data(), h.data(), n); }), 6.0 * n);
+}
+
+bool ds_avx512_active() {
+  const char* isa = std::getenv("DS_CPU_ISA");
+  return __builtin_cpu_supports("avx512f") && !(isa && std::strcmp(isa, "avx2") == 0);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<int> threads = {1, 2};
+  bool quick = false, explore = false;
+  std::string only;  // run only the groups whose name contains this
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) {
+      threads.clear();
+      for (char* tok = std::strtok(argv[++i], ","); tok; tok = std::strtok(nullptr, ",")) {
+        threads.push_back(std::atoi(tok));
+      }
+    } else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) {
+      g_reps = std::max(1, std::atoi(argv[++i]));
+    } else if (!std::strcmp(argv[i], "--quick")) {
+      quick = true;
+    } else if (!std::strcmp(argv[i], "--explore")) {
+      explore = true;
+    } else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) {
+      only = argv[++i];
+    } else {
+      std::fprintf(stderr,
+                   "usage: %s [--threads 1,2] [--reps 5] [--quick] [--explore] [--only matmul|attention|layernorm|"
+                   "elementwise|encoder|adamw|classifier]\n",
+                   argv[0]);
+      return 2;
+    }
+  }
+  std::printf("{\"openblas\":\"%s\",\"core\":\"%s\",\"parallel\":\"%s\",\"avx512_kernels\":%s}\n",
+              openblas_get_config(), openblas_get_corename(),
+              openblas_get_parallel() == 2 ? "openmp" : openblas_get_parallel() == 1 ? "pthread" : "sequential",
+              ds_avx512_active() ? "true" : "false");
+  for (int nt : threads) {
+    omp_set_num_threads(nt);
+    g_threads = nt;
+    bench_sgemm_reference(true);
+    auto want = [&](const char* group) { return only.empty() || std::string(group).find(only) != std::string::npos; };
+    if (want("matmul")) {
+      for (auto [IC, OC] : {std::pair{768, 2304}, {768, 768}, {768, 3072}, {3072, 768}, {128, 384}, {512, 128}}) {
+        bench_matmul(1024, IC, OC);  // GPT-2 124M (B4 T256), then tiny GPT (L4 C128 T128 B8 V512)
+      }
+    }
+    if (want("attention")) {
+      bench_attention(4, 256, 768, 12);
+      bench_attention(8, 128, 128, 4);
+      if (explore) {
+        setenv("DS_CPU_ISA", "avx2", 1);
+        bench_attention(4, 256, 768, 12, "_avx2");
+        bench_attention(8, 128, 128, 4, "_avx2");
+        unsetenv("DS_CPU_ISA");
+        bench_attention_sgemm_variant(4, 256, 768, 12);
+        bench_attention_sgemm_variant(8, 128, 128, 4);
+      }
+    }
+    if (want("layernorm")) {
+      bench_layernorm(1024, 768);
+      bench_layernorm(1024, 128);
+    }
+    if (want("elementwise")) {
+      bench_elementwise(size_t(1024) * 3072);
+      bench_elementwise(size_t(1024) * 512);
+    }
+    if (want("encoder")) bench_encoder(4, 256, 768, 50257);
+    if (want("adamw")) bench_adamw_and_convert(size_t(1) << 24);
+    if (want("classifier")) {
+      bench_classifier(1024, 128, 512, g_reps);
+      if (!quick) {
+        bench_classifier(1024, 768, 50257, 3);
+        if (explore) {
+          for (int R : {128, 256, 512}) bench_classifier_chunk_gemms(1024, 768, 50257, R);
+        }
+      }
+    }
+    bench_sgemm_reference(true);  // again at the end: the machine is shared, so bracket the run
+  }
+  return 0;
+}

@@ -1,0 +1,165 @@
+// Fused classifier vs a double reference (log-softmax cross-entropy of x·wte^T): loss and per-row losses, the
+// ignore index -1, N not a multiple of the row chunk, grad_scale, dx/dwte against central differences of the
+// reference, dwte +=, the forward-only path (dx null), out-of-range targets, and logits_forward.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "ds/core/error.h"
+#include "ds/kernels/cpu/kernels.h"
+
+namespace {
+
+std::vector<float> randn(size_t n, uint64_t seed, float scale = 1.0f) {
+  std::mt19937_64 gen(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(gen);
+  return v;
+}
+
+std::vector<int32_t> targets(int N, int V, uint64_t seed) {
+  std::mt19937_64 gen(seed);
+  std::uniform_int_distribution<int32_t> dist(0, V - 1);
+  std::vector<int32_t> t(N);
+  for (auto& x : t) x = dist(gen);
+  return t;
+}
+
+// Per-row losses (0 for ignored rows) of log-softmax cross-entropy, and optionally the analytic gradients
+// (softmax - onehot) propagated to x and wte, all in double.
+template <class Real>
+std::vector<double> ref_losses(const Real* x, const Real* wte, const int32_t* tgt, int N, int C, int V,
+                               std::vector<double>* dx = nullptr, std::vector<double>* dwte = nullptr) {
+  std::vector<double> losses(N, 0.0), logits(V);
+  if (dx) dx->assign(size_t(N) * C, 0.0);
+  if (dwte) dwte->assign(size_t(V) * C, 0.0);
+  for (int i = 0; i < N; ++i) {
+    if (tgt[i] < 0) continue;
+    double mx = -1e300;
+    for (int v = 0; v < V; ++v) {
+      double s = 0;
+      for (int c = 0; c < C; ++c) s += double(x[size_t(i) * C + c]) * double(wte[size_t(v) * C + c]);
+      logits[v] = s;
+      mx = std::max(mx, s);
+    }
+    double sum = 0;
+    for (int v = 0; v < V; ++v) sum += std::exp(logits[v] - mx);
+    losses[i] = std::log(sum) + mx - logits[tgt[i]];
+    if (dx) {
+      for (int v = 0; v < V; ++v) {
+        const double g = std::exp(logits[v] - mx) / sum - (v == tgt[i] ? 1.0 : 0.0);
+        for (int c = 0; c < C; ++c) {
+          (*dx)[size_t(i) * C + c] += g * double(wte[size_t(v) * C + c]);
+          (*dwte)[size_t(v) * C + c] += g * double(x[size_t(i) * C + c]);
+        }
+      }
+    }
+  }
+  return losses;
+}
+
+TEST(Classifier, BackwardMatchesFiniteDifferencesOfReference) {
+  const int N = 10, C = 8, V = 11;
+  const float gs = 0.3f;
+  const auto x = randn(size_t(N) * C, 1), wte = randn(size_t(V) * C, 2, 0.5f);
+  auto tgt = targets(N, V, 3);
+  tgt[4] = -1;
+  std::vector<float> dx(x.size(), 9.0f), dwte(wte.size(), 1.0f), losses(N, -5.0f);
+  std::vector<float> scratch(ds::cpu::classifier_scratch_floats(N, V));
+  const double loss = ds::cpu::classifier_forward_backward(dx.data(), dwte.data(), losses.data(), x.data(),
+                                                           wte.data(), tgt.data(), gs, scratch.data(), N, C, V);
+  std::vector<double> xd(x.begin(), x.end()), wd(wte.begin(), wte.end());
+  auto total = [&]() {
+    double s = 0;
+    for (double l : ref_losses(xd.data(), wd.data(), tgt.data(), N, C, V)) s += l;
+    return s;
+  };
+  const auto rl = ref_losses(xd.data(), wd.data(), tgt.data(), N, C, V);
+  EXPECT_NEAR(loss, total(), 1e-5);
+  for (int i = 0; i < N; ++i) EXPECT_NEAR(losses[i], rl[i], 1e-5) << i;
+  EXPECT_EQ(losses[4], 0.0f);
+  auto fd = [&](std::vector<double>& p, size_t i) {
+    const double eps = 1e-5, p0 = p[i];
+    p[i] = p0 + eps;
+    const double lp = total();
+    p[i] = p0 - eps;
+    const double lm = total();
+    p[i] = p0;
+    return (lp - lm) / (2 * eps);
+  };
+  for (size_t i = 0; i < xd.size(); ++i) ASSERT_NEAR(dx[i], gs * fd(xd, i), 1e-5) << "dx " << i;
+  for (int c = 0; c < C; ++c) ASSERT_EQ(dx[4 * C + c], 0.0f);  // ignored row
+  for (size_t i = 0; i < wd.size(); ++i) ASSERT_NEAR(dwte[i] - 1.0f, gs * fd(wd, i), 1e-5) << "dwte " << i;
+}
+
+TEST(Classifier, ManyChunksAndIgnoredRows) {
+  const int N = 600, C = 24, V = 203;  // N spans several row chunks with a partial last one; V % 8 != 0
+  const float gs = 1.0f / 590;
+  const auto x = randn(size_t(N) * C, 4), wte = randn(size_t(V) * C, 5, 0.4f);
+  auto tgt = targets(N, V, 6);
+  for (int i = 0; i < N; i += 61) tgt[i] = -1;
+  std::vector<float> dx(x.size()), dwte(wte.size(), 0.0f), losses(N);
+  std::vector<float> scratch(ds::cpu::classifier_scratch_floats(N, V));
+  const double loss = ds::cpu::classifier_forward_backward(dx.data(), dwte.data(), losses.data(), x.data(),
+                                                           wte.data(), tgt.data(), gs, scratch.data(), N, C, V);
+  std::vector<double> rdx, rdw;
+  const auto rl = ref_losses(x.data(), wte.data(), tgt.data(), N, C, V, &rdx, &rdw);
+  double rtotal = 0;
+  for (double l : rl) rtotal += l;
+  EXPECT_NEAR(loss, rtotal, 1e-6 * rtotal);
+  for (int i = 0; i < N; ++i) ASSERT_NEAR(losses[i], rl[i], 1e-5 * (1 + rl[i])) << i;
+  for (size_t i = 0; i < dx.size(); ++i) ASSERT_NEAR(dx[i], gs * rdx[i], 1e-6) << i;
+  for (size_t i = 0; i < dwte.size(); ++i) ASSERT_NEAR(dwte[i], gs * rdw[i], 1e-6) << i;
+
+  // Forward only: same losses, dwte untouched.
+  std::vector<float> losses2(N);
+  auto dw_before = dwte;
+  const double loss2 = ds::cpu::classifier_forward_backward(nullptr, dwte.data(), losses2.data(), x.data(),
+                                                            wte.data(), tgt.data(), gs, scratch.data(), N, C, V);
+  EXPECT_EQ(loss2, loss);
+  EXPECT_EQ(losses2, losses);
+  EXPECT_EQ(dwte, dw_before);
+}
+
+TEST(Classifier, LargeLogitsStayFinite) {
+  const int N = 3, C = 4, V = 9;
+  auto x = randn(size_t(N) * C, 7, 30.0f), wte = randn(size_t(V) * C, 8, 30.0f);
+  const std::vector<int32_t> tgt = {0, 5, 8};
+  std::vector<float> dx(x.size()), dwte(wte.size(), 0.0f);
+  std::vector<float> scratch(ds::cpu::classifier_scratch_floats(N, V));
+  const double loss = ds::cpu::classifier_forward_backward(dx.data(), dwte.data(), nullptr, x.data(), wte.data(),
+                                                           tgt.data(), 1.0f, scratch.data(), N, C, V);
+  const auto rl = ref_losses(x.data(), wte.data(), tgt.data(), N, C, V);
+  EXPECT_NEAR(loss, rl[0] + rl[1] + rl[2], 1e-3 * (1 + loss));
+  for (float g : dx) ASSERT_TRUE(std::isfinite(g));
+}
+
+TEST(Classifier, RejectsOutOfRangeTargets) {
+  const int N = 2, C = 4, V = 5;
+  std::vector<float> x(N * C, 0.1f), wte(V * C, 0.1f), scratch(ds::cpu::classifier_scratch_floats(N, V));
+  const std::vector<int32_t> bad1 = {0, 5}, bad2 = {-2, 0};
+  EXPECT_THROW(ds::cpu::classifier_forward_backward(nullptr, nullptr, nullptr, x.data(), wte.data(), bad1.data(),
+                                                    1.0f, scratch.data(), N, C, V),
+               ds::Error);
+  EXPECT_THROW(ds::cpu::classifier_forward_backward(nullptr, nullptr, nullptr, x.data(), wte.data(), bad2.data(),
+                                                    1.0f, scratch.data(), N, C, V),
+               ds::Error);
+}
+
+TEST(Classifier, LogitsForward) {
+  const int N = 5, C = 7, V = 13;
+  const auto x = randn(size_t(N) * C, 9), wte = randn(size_t(V) * C, 10);
+  std::vector<float> logits(size_t(N) * V);
+  ds::cpu::logits_forward(logits.data(), x.data(), wte.data(), N, C, V);
+  for (int i = 0; i < N; ++i)
+    for (int v = 0; v < V; ++v) {
+      double s = 0;
+      for (int c = 0; c < C; ++c) s += double(x[size_t(i) * C + c]) * wte[size_t(v) * C + c];
+      ASSERT_NEAR(logits[size_t(i) * V + v], s, 1e-5 * (1 + std::abs(s)));
+    }
+}
+
+}  // namespace
