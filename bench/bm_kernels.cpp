@@ -4,7 +4,8 @@
 // kernels report GB/s. Figures are medians of --reps timed runs after one warm-up. The first line says which
 // OpenBLAS was loaded (a pthread build at run time would fight our OpenMP threads).
 // --explore adds the design measurements quoted in the kernels' header comments (attention on AVX2 and via
-// per-head sgemm, classifier row-chunk sizes). Usage: bm_kernels [--threads 1,2] [--reps 5] [--quick] [--explore]
+// per-head sgemm, classifier row-chunk sizes); --quick skips the 124M classifier; --only runs one group.
+// Usage: bm_kernels [--threads 1,2] [--reps 5] [--quick] [--explore] [--only matmul|attention|classifier|...]
 #include <cblas.h>
 #include <omp.h>
 

@@ -1,12 +1,12 @@
 // Causal multi-head self-attention, forward and backward, on our own register-tiled kernels (AVX-512 when the
-// CPU has it, AVX2 otherwise), parallel over (b, h) with no BLAS inside the OpenMP region.
-// Only the causal triangle is computed, each head's operands are packed once (k^T, v; then v^T, q, k, dout) and
-// the softmax runs on a row tile while it is in L1. Per-(b,h) cblas_sgemm on the full T x T was measured and
-// loses (bm_kernels --explore, 1 thread, ms fwd/bwd):
-//   B4 T256 C768 NH12: tiles 2.6/4.7 (AVX-512) 4.5/8.4 (AVX2), sgemm 9.9/10.3; PyTorch 1.13 11.1/15.1
-//   B8 T128 C128 NH4:  tiles 0.28/0.40 (AVX-512) 0.45/0.66 (AVX2), sgemm 1.3/1.0; PyTorch 1.13 1.5/1.8
-// Napkin: forward 2*T^2*HS flops per head (half of the full T x T), backward twice that; B4 T256 C768 is 0.4 +
-// 0.8 GFLOP a layer, the att stash 12.6 MB. Bound: FMA rate (~140 GFLOP/s a core at AVX-512 here, ~60% of peak).
+// CPU has it, AVX2 otherwise), parallel over (b, h), no BLAS inside the OpenMP region. Only the causal triangle
+// is computed; each head's operands are packed once and the softmax runs on a row tile while it is in L1.
+// Per-(b,h) cblas_sgemm on the full T x T loses (bm_kernels --explore; ms fwd/bwd, 1 thread | 2 threads):
+//   B4 T256 C768 NH12: AVX-512 2.8/5.2 | 1.5/2.4, AVX2 4.6/8.6 | 2.3/4.1, sgemm 12.7/16.8 | 10.5/13.4
+//   B8 T128 C128 NH4:  AVX-512 0.28/0.39 | 0.18/0.22, AVX2 0.47/0.65 | 0.25/0.37, sgemm 1.5/1.3 | 1.9/2.5
+// (PyTorch 1.13's q@k^T, mask, softmax, @v on this machine: 11-16/15-19 and 1.5-2.2/1.8-3.0 ms.)
+// Napkin: 2*T^2*HS flops per head forward (half the full T x T), twice that backward: 0.4 + 0.8 GFLOP a layer
+// at B4 T256 C768, att stash 12.6 MB. Bound: the FMA rate; AVX-512 reaches ~1.1x the (AVX2) sgemm reference.
 #include <omp.h>
 
 #include <algorithm>

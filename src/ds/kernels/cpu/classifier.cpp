@@ -1,11 +1,12 @@
 // Fused tied LM head + softmax + cross-entropy, forward and backward, in row chunks through scratch.
 // Per chunk of R rows: logits = x·wte^T (sgemm), a row-parallel softmax/loss that turns the logits into
 // dlogits in place, then dx = dlogits·wte and dwte += dlogits^T·x (sgemm, beta = 1). sgemm calls stay outside
-// our OpenMP regions. R = 256 (51 MB of scratch at V = 50257): the dwte GEMM has K = R and streams all of dwte
-// (154 MB) per chunk, so R sets its arithmetic intensity. The three GEMMs alone, one core, N=1024 C=768:
-// R=128 0.84, R=256 0.94, R=512 0.93 of the sgemm reference (bm_kernels --explore --only classifier).
+// our OpenMP regions. R = 512 (103 MB of scratch at V = 50257): the dwte GEMM has K = R and streams all of
+// dwte (154 MB) per chunk, so R sets its arithmetic intensity. The three GEMMs alone, N=1024 C=768, as a ratio
+// to the sgemm reference (bm_kernels --explore --only classifier): R=128/256/512 give 0.82/0.94/0.97 on one
+// core and 0.86/0.88/0.96 on two.
 // Napkin (N=1024, C=768, V=50257): 3 GEMMs x 2NCV = 237 GFLOP, ~1.9 s on one core at 130 GFLOP/s (measured
-// 0.90 of sgemm end to end); the softmax is 51 M exps, ~25 ms.
+// 0.97 of sgemm end to end, 1.0 s on two cores); the softmax is 51 M exps, ~25 ms.
 #include <cblas.h>
 
 #include <algorithm>
@@ -19,7 +20,7 @@
 namespace ds::cpu {
 namespace {
 
-constexpr int kChunkRows = 256;
+constexpr int kChunkRows = 512;
 
 using simd::hmax;
 using simd::hsum;
