@@ -125,3 +125,18 @@ TEST(Tensor, CopyConvertsThroughBf16AndF16) {
   EXPECT_EQ(back.data<float>()[1], -2.5f);
   EXPECT_NEAR(back.data<float>()[3], 0.333333f, 2e-3);
 }
+
+#ifndef DS_WITH_CUDA
+TEST(Device, CudaTensorsInACpuBuildFailClearlyAndRecordNothing) {
+  MemoryTracker tr;
+  TrackerScope scope(tr);
+  EXPECT_FALSE(cuda::available());
+  try {
+    Tensor::empty({16}, DType::f32, Category::param, Tier::device, Device::cuda(0));
+    FAIL() << "expected DeviceError";
+  } catch (const DeviceError& e) {
+    EXPECT_NE(std::string(e.what()).find("built without CUDA"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(tr.current(Tier::device), 0);
+}
+#endif
