@@ -2,11 +2,29 @@
 #include "ds/runtime/progress.h"
 
 #include <fmt/core.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 
 namespace ds {
+namespace {
+
+int terminal_columns(std::FILE* out) {
+  winsize ws{};
+  if (ioctl(fileno(out), TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0) return ws.ws_col;
+  return 80;
+}
+
+// Code points, which is what the terminal shows for this text (no wide characters are used).
+size_t display_width(const std::string& s) {
+  size_t n = 0;
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  return n;
+}
+
+}  // namespace
 
 std::string format_duration(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) return "--:--";
@@ -43,12 +61,20 @@ void ProgressBar::update(int64_t step, const std::string& fields) {
   const double eta = done > 0 ? elapsed / done * static_cast<double>(total_ - step) : -1.0;
   const double frac = total_ > 0 ? static_cast<double>(step) / static_cast<double>(total_) : 1.0;
   if (tty_) {
-    constexpr int kWidth = 24;
-    const int filled = static_cast<int>(frac * kWidth);
+    // The line must never wrap, or "\r" would redraw only its last row: the bar takes what the text leaves.
+    const std::string head = fmt::format("step {}/{} ", step, total_);
+    const std::string tail = fmt::format(" {:3.0f}% | {} | ETA {}", frac * 100, fields, format_duration(eta));
+    const int cols = terminal_columns(out_) - 1;
+    const int room = cols - static_cast<int>(display_width(head) + display_width(tail));
+    const int width = std::min(30, room);
     std::string bar;
-    for (int i = 0; i < kWidth; ++i) bar += i < filled ? "█" : "░";
-    fmt::print(out_, "\r\033[Kstep {}/{} {} {:3.0f}% | {} | ETA {}", step, total_, bar, frac * 100, fields,
-               format_duration(eta));
+    if (width >= 5) {
+      const int filled = static_cast<int>(frac * width);
+      for (int i = 0; i < width; ++i) bar += i < filled ? "█" : "░";
+    }
+    std::string line = head + bar + tail;
+    if (static_cast<int>(display_width(line)) > cols) line = (head + tail).substr(0, static_cast<size_t>(cols));
+    fmt::print(out_, "\r\033[K{}", line);
     std::fflush(out_);
     drawn_ = true;
   } else if (step % log_every_ == 0 || step == total_) {
