@@ -140,3 +140,18 @@ TEST(Device, CudaTensorsInACpuBuildFailClearlyAndRecordNothing) {
   EXPECT_EQ(tr.current(Tier::device), 0);
 }
 #endif
+
+TEST(Arena, ReleaseAcrossANewChunkRestoresTheMark) {
+  MemoryTracker tr;
+  TrackerScope scope(tr);
+  Arena arena(Category::workspace);
+  Tensor keep = arena.alloc({1024});
+  const size_t mark = arena.mark();
+  Tensor big = arena.alloc({int64_t(5) << 20});  // 20 MiB: does not fit the first 16 MiB chunk
+  Tensor big2 = arena.alloc({int64_t(1) << 20});
+  EXPECT_GT(arena.capacity(), int64_t(16) << 20);
+  arena.release(mark);
+  EXPECT_EQ(arena.mark(), mark);
+  Tensor again = arena.alloc({1024});
+  EXPECT_EQ(static_cast<char*>(again.raw()), static_cast<char*>(keep.raw()) + 4096);
+}

@@ -546,13 +546,13 @@ TEST_F(ConfigTest, ExampleConfigLoads) {
   const auto c = load_config_file(std::string(DS_SOURCE_DIR) + "/examples/ds_config_gpt2_tiny.json", 2);
   expect_batch(c, 16, 8, 1);
   EXPECT_EQ(c.optimizer.type, "adamw");
-  EXPECT_DOUBLE_EQ(c.optimizer.lr, 1e-3);
+  EXPECT_DOUBLE_EQ(c.optimizer.lr, 2e-3);
   EXPECT_DOUBLE_EQ(c.optimizer.beta2, 0.95);
   EXPECT_DOUBLE_EQ(c.optimizer.weight_decay, 0.1);
   EXPECT_EQ(c.scheduler.type, SchedulerType::warmup_cosine_lr);
-  EXPECT_EQ(c.scheduler.warmup_num_steps, 100);
+  EXPECT_EQ(c.scheduler.warmup_num_steps, 50);
   EXPECT_DOUBLE_EQ(c.gradient_clipping, 1.0);
-  EXPECT_EQ(c.steps_per_print, 10);
+  EXPECT_EQ(c.steps_per_print, 50);
   EXPECT_TRUE(c.warnings.empty());
   const std::string s = c.summary();
   EXPECT_NE(s.find("train_batch_size 16 = micro batch 8 x gradient accumulation 1 x dp 2"), std::string::npos) << s;

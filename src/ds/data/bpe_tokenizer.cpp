@@ -397,6 +397,7 @@ void BpeTokenizer::bpe(std::string_view piece, std::vector<int32_t>& out) const 
   DS_CHECK(piece.size() < static_cast<size_t>(INT32_MAX),
            "[tokenizer] a single pre-token of {} bytes is too long for BPE (limit 2^31); split the text", piece.size());
   const int32_t n = static_cast<int32_t>(piece.size());
+  if (n == 0) return;
   std::vector<Symbol> symbols(static_cast<size_t>(n));
   for (int32_t i = 0; i < n; ++i) {
     symbols[i] = Symbol{tables_->byte_id[static_cast<unsigned char>(piece[i])], i - 1, i + 1 < n ? i + 1 : -1};
@@ -404,8 +405,9 @@ void BpeTokenizer::bpe(std::string_view piece, std::vector<int32_t>& out) const 
   std::vector<Candidate> heap;
   heap.reserve(static_cast<size_t>(n));
   const auto push = [&](int32_t pos) {
+    if (pos < 0) return;
     const int32_t next = symbols[pos].next;
-    if (pos < 0 || next < 0) return;
+    if (next < 0) return;
     if (const auto* v = tables_->ranks.find(symbols[pos].id, symbols[next].id)) {
       heap.push_back(Candidate{v->rank, pos, symbols[pos].id, symbols[next].id, v->merged});
       std::push_heap(heap.begin(), heap.end(), worse);

@@ -81,7 +81,8 @@ void DataLoader::start_epoch() {
   }
   permutation_.resize(static_cast<size_t>(num_windows_));
   for (size_t i = 0; i < permutation_.size(); ++i) permutation_[i] = static_cast<uint32_t>(i);
-  uint64_t state = seed_ + static_cast<uint64_t>(epoch_);
+  // Mix seed and epoch (not seed + epoch, which would make seed s+1 replay seed s one epoch later).
+  uint64_t state = seed_ * 0x9E3779B97F4A7C15ull ^ (static_cast<uint64_t>(epoch_) + 0xD1B54A32D192ED03ull) * 0xBF58476D1CE4E5B9ull;
   for (size_t i = permutation_.size() - 1; i > 0; --i) {
     const auto j = static_cast<size_t>(bounded(state, i + 1));
     std::swap(permutation_[i], permutation_[j]);

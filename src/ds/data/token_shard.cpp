@@ -3,6 +3,7 @@
 // little-endian, which is what llm.c's Python writers produce, so the files are interchangeable with llm.c's.
 #include "ds/data/token_shard.h"
 
+#include <atomic>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -49,9 +50,11 @@ void write_shard(const std::string& path, size_t count, Fill&& fill) {
               "several shards", path, count);
   const std::filesystem::path target(path);
   const std::filesystem::path dir = target.has_parent_path() ? target.parent_path() : std::filesystem::path(".");
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  // pid plus a process-wide sequence number: two threads (local-backend ranks) never share a temp file.
+  static std::atomic<uint64_t> sequence{0};
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(sequence++);
   Fd file;
-  file.fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  file.fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   DS_CHECK_AS(IoError, file.fd >= 0, "[token_shard] cannot create '{}': {}; check that directory '{}' exists and "
               "is writable", tmp, errno_text(), dir.string());
   try {

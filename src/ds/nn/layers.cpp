@@ -152,9 +152,8 @@ Tensor TransformerBlock::forward(Ctx& ctx, const Tensor& x, int B, int T) {
   return out;
 }
 
-Tensor TransformerBlock::backward(Ctx& ctx, const Tensor& dy, int B, int T) {
-  // dx is allocated below the mark so it survives; every temporary above it is released on return.
-  Tensor dx = ctx.scratch().alloc(dy.shape());
+Tensor TransformerBlock::backward(Ctx& ctx, const Tensor& dy, int B, int T, Tensor dx) {
+  DS_ASSERT(dx.numel() == dy.numel() && dx.raw() != dy.raw());
   const size_t mark = ctx.scratch().mark();
   const size_t n = static_cast<size_t>(dy.numel());
   // out = r1 + mlp(ln_2(r1))  =>  dr1 = dy + ln_2'(mlp'(dy))

@@ -69,7 +69,9 @@ class TransformerBlock : public Module {
  public:
   TransformerBlock(ParameterStore& store, const std::string& name, int C, int n_head);
   Tensor forward(Ctx& ctx, const Tensor& x, int B, int T);
-  Tensor backward(Ctx& ctx, const Tensor& dy, int B, int T);
+  // Writes the input gradient into `dx` (allocated by the caller, distinct from dy) and returns it; every
+  // temporary of the block's backward is released before returning, so callers can ping-pong two buffers.
+  Tensor backward(Ctx& ctx, const Tensor& dy, int B, int T, Tensor dx);
   void collect_parameters(std::vector<Parameter*>& out) const override;
 
  private:

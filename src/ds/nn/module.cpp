@@ -1,4 +1,5 @@
-// Arena and Ctx.
+// Arena and Ctx. Chunks are only added while a pass grows past the previous high-water mark; reset() then
+// folds them into one chunk, so steady-state passes allocate nothing.
 #include "ds/nn/module.h"
 
 #include <algorithm>
@@ -25,16 +26,21 @@ Tensor Arena::alloc(const Shape& shape, DType dtype) {
 }
 
 void Arena::release(size_t mark) {
-  DS_ASSERT(mark <= used_total_);
+  DS_ASSERT(mark <= used_total_, "arena release to {} beyond the {} bytes in use", mark, used_total_);
+  // used_total_ counts exactly the bytes handed out from each chunk (a chunk's unused tail is never counted), so
+  // walking back from the newest chunk frees exactly used_total_ - mark bytes, dropping chunks that empty.
   size_t to_free = used_total_ - mark;
   while (to_free > 0) {
-    DS_ASSERT(!chunks_.empty());
+    DS_ASSERT(!chunks_.empty(), "arena bookkeeping lost {} bytes", to_free);
     Chunk& c = chunks_.back();
     const int64_t n = std::min<int64_t>(c.used, static_cast<int64_t>(to_free));
     c.used -= n;
     to_free -= static_cast<size_t>(n);
-    if (c.used == 0 && chunks_.size() > 1 && to_free > 0) chunks_.pop_back();
-    else if (to_free > 0 && c.used == 0) break;
+    if (c.used == 0 && chunks_.size() > 1) {
+      chunks_.pop_back();  // later allocations continue in the previous chunk, right after the mark
+    } else {
+      DS_ASSERT(to_free == 0, "arena bookkeeping lost {} bytes", to_free);
+    }
   }
   used_total_ = mark;
 }

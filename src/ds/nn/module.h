@@ -23,7 +23,7 @@ class Arena {
   explicit Arena(Category cat) : category_(cat) {}
   Tensor alloc(const Shape& shape, DType dtype = DType::f32);
   size_t mark() const { return used_total_; }
-  // Releases everything allocated after `mark` (only valid while no chunk was added after the mark).
+  // Releases everything allocated after `mark` (also when chunks were added after the mark).
   void release(size_t mark);
   void reset();
   int64_t capacity() const;

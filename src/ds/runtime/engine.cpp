@@ -1,17 +1,24 @@
 // Engine: accumulation, clipping, schedule and optimizer step.
 #include "ds/runtime/engine.h"
 
+#include <algorithm>
+#include <climits>
+
 namespace ds {
 
 Engine::Engine(Gpt2& model, const DeepSpeedConfig& config, int seq_len)
     : model_(model),
       config_(config),
-      micro_(static_cast<int>(config.train_micro_batch_size_per_gpu)),
+      micro_(static_cast<int>(std::min<int64_t>(config.train_micro_batch_size_per_gpu, INT32_MAX))),
       seq_len_(seq_len),
       schedule_(config.scheduler, config.optimizer.lr) {
   DS_CHECK_AS(ConfigError, seq_len > 0 && seq_len <= model.config().block_size,
               "[engine] sequence length {} must be between 1 and the model's block_size {}", seq_len,
               model.config().block_size);
+  DS_CHECK_AS(ConfigError, config.train_micro_batch_size_per_gpu * seq_len <= (int64_t(1) << 24),
+              "[engine] a micro-batch of {} sequences x {} tokens is too large for one pass (limit 2^24 tokens); "
+              "lower train_micro_batch_size_per_gpu and raise gradient_accumulation_steps",
+              config.train_micro_batch_size_per_gpu, seq_len);
   cpu::AdamParams hyper;
   hyper.lr = static_cast<float>(config.optimizer.lr);
   hyper.beta1 = static_cast<float>(config.optimizer.beta1);
@@ -50,6 +57,7 @@ StepResult Engine::train_batch(const BatchFn& next_micro_batch) {
 }
 
 double Engine::eval_loss(const BatchFn& next, int64_t num_batches, int batch_size) {
+  DS_CHECK_AS(ConfigError, num_batches > 0, "[engine] evaluation needs at least one batch, got {}", num_batches);
   std::vector<int32_t> in(size_t(batch_size) * seq_len_), tg(size_t(batch_size) * seq_len_);
   double sum = 0;
   for (int64_t i = 0; i < num_batches; ++i) {

@@ -86,6 +86,8 @@ double measure_sgemm_gflops(int M, int N, int K, int reps) {
 }
 
 TrainBenchOnceResult run_train_bench_once(const TrainBenchShape& s, int steps, int warmup, int threads) {
+  DS_CHECK_AS(ConfigError, warmup >= 0 && steps > warmup,
+              "[bench] --steps ({}) must exceed --warmup ({}) so that at least one step is timed", steps, warmup);
   if (threads > 0) omp_set_num_threads(threads);
   Gpt2Config mc;
   mc.name = s.preset;
@@ -128,6 +130,9 @@ TrainBenchOnceResult run_train_bench_once(const TrainBenchShape& s, int steps, i
 }
 
 std::string run_train_bench_compare(const TrainBenchOptions& o) {
+  DS_CHECK_AS(ConfigError, o.warmup >= 0 && o.steps > o.warmup && o.reps > 0 && o.threads > 0,
+              "[bench] need --steps > --warmup >= 0, --reps > 0 and --threads > 0 (got {}, {}, {}, {})", o.steps,
+              o.warmup, o.reps, o.threads);
   const TrainBenchShape shape = TrainBenchShape::from_preset(o.preset);
   omp_set_num_threads(o.threads);
   const std::string ours_cmd =

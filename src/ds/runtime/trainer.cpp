@@ -48,6 +48,8 @@ int64_t parse_byte_size(const std::string& text) {
     const int power = u == 'K' ? 1 : u == 'M' ? 2 : u == 'G' ? 3 : u == 'T' ? 4 : 0;
     v *= std::pow(base, power);
   }
+  DS_CHECK_AS(ConfigError, v >= 1.0 && v < 9.2e18, "[train] memory size '{}' is out of range; give a positive size "
+              "below 8 EiB, e.g. 2GiB", text);
   return static_cast<int64_t>(v);
 }
 
@@ -118,6 +120,9 @@ TrainSummary run_training(const TrainOptions& o) {
   DS_CHECK_AS(ConfigError, o.seq_len > 0 && o.seq_len <= model_config.block_size,
               "[train] --seq-len {} must be between 1 and the model's block_size {}", o.seq_len,
               model_config.block_size);
+  DS_CHECK_AS(ConfigError, o.eval_batches > 0 && o.eval_interval >= 0 && o.steps >= 0,
+              "[train] need --eval-batches > 0, --eval-interval >= 0 and --steps >= 0 (got {}, {}, {})",
+              o.eval_batches, o.eval_interval, o.steps);
   int64_t steps = o.steps;
   if (steps <= 0) steps = config.scheduler.total_num_steps > 0 ? config.scheduler.total_num_steps : 1000;
   ensure_data(o);

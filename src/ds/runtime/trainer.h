@@ -41,8 +41,9 @@ struct TrainSummary {
 
 TrainSummary run_training(const TrainOptions& options);
 
-// The config used when none is given: micro-batch 8, AdamW (lr 1e-3, betas 0.9/0.95, weight decay 0.1),
-// WarmupCosineLR, gradient clipping 1.0. Also in examples/ds_config_gpt2_tiny.json.
+// The config used when none is given: micro-batch 8, AdamW (lr 2e-3, betas 0.9/0.95, weight decay 0.1),
+// WarmupCosineLR (50 linear warmup steps, 1000 in all, down to 0.1 x lr), gradient clipping 1.0. The same
+// settings are in examples/ds_config_gpt2_tiny.json (a test keeps the two equal).
 extern const char* const kDefaultTrainConfig;
 
 // "2GiB", "512MiB", "1e9" -> bytes

@@ -3,6 +3,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <climits>
 #include <cmath>
 #include <fstream>
 #include <sstream>
@@ -139,88 +141,127 @@ void Gpt2::init_weights(uint64_t seed) {
   }
 }
 
-void Gpt2::check_tokens(const int32_t* tokens, int B, int T, const char* what) const {
-  DS_CHECK_AS(ShapeError, B > 0 && T > 0, "[model] batch {} x sequence {} is empty", B, T);
+void Gpt2::check_tokens(const int32_t* tokens, int B, int T, bool are_targets) const {
+  DS_CHECK_AS(ShapeError, B > 0 && T > 0, "[model] batch {} x sequence {} is empty; both must be positive", B, T);
   DS_CHECK_AS(ShapeError, T <= config_.block_size,
               "[model] sequence length {} exceeds the model's block_size {}; use a shorter sequence or a model "
               "with a larger block_size",
               T, config_.block_size);
+  DS_CHECK_AS(ShapeError, int64_t(B) * T <= INT32_MAX / std::max(config_.n_embd * 4, 1),
+              "[model] a micro-batch of {} x {} tokens is too large for one pass; use a smaller micro-batch", B, T);
   const int64_t n = int64_t(B) * T;
   for (int64_t i = 0; i < n; ++i) {
     const int32_t t = tokens[i];
-    const bool ok = (t >= 0 && t < config_.vocab_size) || (t == -1 && what[0] == 't');
-    DS_CHECK_AS(ShapeError, ok, "[model] {} id {} at position {} is outside the vocabulary [0, {})", what, t, i,
-                config_.vocab_size);
+    const bool ok = (t >= 0 && t < config_.vocab_size) || (are_targets && t == -1);
+    DS_CHECK_AS(ShapeError, ok,
+                "[model] {} id {} at position {} is outside the vocabulary [0, {}); the data was probably made "
+                "with another tokenizer: prepare it again with this model's tokenizer, or raise vocab_size",
+                are_targets ? "target" : "input", t, i, config_.vocab_size);
   }
 }
 
+// Note [Gather units]
+// Parameters are grouped into units that ZeRO gathers, releases and reduces as one: the embedding unit
+// (wte, wpe; owned by the model itself), each transformer block, and ln_f. Hooks come in pairs. The tied head
+// needs wte after the blocks, so the embedding unit is fetched a second time for the head and stays until the
+// embedding's backward has accumulated its share of wte's gradient: pre_backward(model) ... post_backward(model)
+// brackets the whole backward pass, and the embedding unit's gradient is complete only at its end.
 Tensor Gpt2::forward_hidden(Ctx& ctx, const int32_t* inputs, int B, int T) {
-  check_tokens(inputs, B, T, "input");
+  check_tokens(inputs, B, T, false);
   const int C = config_.n_embd;
+  const int64_t N = int64_t(B) * T;
   if (hooks_) hooks_->pre_forward(*this);
-  Tensor x = ctx.act().alloc({int64_t(B) * T, C});
+  Tensor x = ctx.act().alloc({N, C});
   cpu::encoder_forward(x.data<float>(), inputs, wte_->data.data<float>(), wpe_->data.data<float>(), B, T, C);
-  if (ctx.training) inputs_saved_.assign(inputs, inputs + int64_t(B) * T);
+  if (hooks_) hooks_->post_forward(*this);
+  if (ctx.training) {
+    Tensor saved = ctx.act().alloc({N}, DType::i32);
+    std::copy(inputs, inputs + N, saved.data<int32_t>());
+    ctx.saved(this) = {saved};
+  }
   for (auto& block : blocks_) {
     if (hooks_) hooks_->pre_forward(*block);
     x = block->forward(ctx, x, B, T);
     if (hooks_) hooks_->post_forward(*block);
   }
-  return ln_f_->forward(ctx, x);
+  if (hooks_) hooks_->pre_forward(*ln_f_);
+  Tensor h = ln_f_->forward(ctx, x);
+  if (hooks_) hooks_->post_forward(*ln_f_);
+  return h;
 }
+
+double Gpt2::classifier(Ctx& ctx, const Tensor& h, const int32_t* targets, Tensor* dh, float grad_scale) {
+  const int C = config_.n_embd, V = config_.vocab_size;
+  const int N = static_cast<int>(h.numel() / C);
+  const size_t mark = ctx.scratch().mark();
+  Tensor scratch = ctx.scratch().alloc({static_cast<int64_t>(cpu::classifier_scratch_floats(N, V))});
+  const double loss_sum = cpu::classifier_forward_backward(
+      dh ? dh->data<float>() : nullptr, dh ? wte_->grad.data<float>() : nullptr, nullptr, h.data<float>(),
+      wte_->data.data<float>(), targets, grad_scale, scratch.data<float>(), N, C, V);
+  ctx.scratch().release(mark);
+  return loss_sum;
+}
+
+namespace {
+int64_t count_targets(const int32_t* targets, int64_t n) {
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; ++i) count += targets[i] >= 0;
+  DS_CHECK_AS(ShapeError, count > 0,
+              "[model] every target in the batch is -1 (ignored), so there is nothing to learn from; check the data");
+  return count;
+}
+}  // namespace
 
 float Gpt2::forward_backward(Ctx& ctx, const int32_t* inputs, const int32_t* targets, int B, int T,
                              float grad_scale) {
   ctx.training = true;
-  check_tokens(targets, B, T, "target");
-  const int C = config_.n_embd, V = config_.vocab_size;
-  const int N = B * T;
+  check_tokens(targets, B, T, true);
+  const int C = config_.n_embd;
+  const int64_t N = int64_t(B) * T;
+  const int64_t count = count_targets(targets, N);
   Tensor h = forward_hidden(ctx, inputs, B, T);
-  int64_t count = 0;
-  for (int i = 0; i < N; ++i) count += targets[i] >= 0;
-  DS_CHECK_AS(ShapeError, count > 0, "[model] every target in the batch is ignored (-1); nothing to learn from");
 
-  // Fused head + loss + head backward.
+  // Backward buffers: dh from the head, then two [N, C] buffers the blocks alternate between.
   Tensor dh = ctx.scratch().alloc({N, C});
+  Tensor ping = ctx.scratch().alloc({N, C});
+  Tensor pong = ctx.scratch().alloc({N, C});
+  if (hooks_) hooks_->pre_backward(*this);
+  const double loss_sum = classifier(ctx, h, targets, &dh, grad_scale / static_cast<float>(count));
+  if (hooks_) hooks_->pre_backward(*ln_f_);
   const size_t mark = ctx.scratch().mark();
-  Tensor scratch = ctx.scratch().alloc({static_cast<int64_t>(cpu::classifier_scratch_floats(N, V))});
-  const double loss_sum =
-      cpu::classifier_forward_backward(dh.data<float>(), wte_->grad.data<float>(), nullptr, h.data<float>(),
-                                       wte_->data.data<float>(), targets, grad_scale / static_cast<float>(count),
-                                       scratch.data<float>(), N, C, V);
-  ctx.scratch().release(mark);  // keep dh; the classifier's scratch is reused by the blocks' backward
-  Tensor dx = ln_f_->backward(ctx, dh);
+  ping.copy_from(ln_f_->backward(ctx, dh));
+  ctx.scratch().release(mark);
+  if (hooks_) hooks_->post_backward(*ln_f_);
+  Tensor dy = ping, dx = pong;
   for (int i = static_cast<int>(blocks_.size()) - 1; i >= 0; --i) {
     if (hooks_) hooks_->pre_backward(*blocks_[i]);
-    dx = blocks_[i]->backward(ctx, dx, B, T);
+    blocks_[i]->backward(ctx, dy, B, T, dx);
     if (hooks_) hooks_->post_backward(*blocks_[i]);
+    std::swap(dy, dx);
   }
-  cpu::encoder_backward(wte_->grad.data<float>(), wpe_->grad.data<float>(), dx.data<float>(),
-                        inputs_saved_.data(), B, T, C);
+  cpu::encoder_backward(wte_->grad.data<float>(), wpe_->grad.data<float>(), dy.data<float>(),
+                        ctx.saved(this).at(0).data<int32_t>(), B, T, C);
   if (hooks_) hooks_->post_backward(*this);
   return static_cast<float>(loss_sum / static_cast<double>(count));
 }
 
 float Gpt2::forward_loss(Ctx& ctx, const int32_t* inputs, const int32_t* targets, int B, int T) {
   ctx.training = false;
-  check_tokens(targets, B, T, "target");
-  const int C = config_.n_embd, V = config_.vocab_size;
-  const int N = B * T;
+  check_tokens(targets, B, T, true);
+  const int64_t count = count_targets(targets, int64_t(B) * T);
   Tensor h = forward_hidden(ctx, inputs, B, T);
-  int64_t count = 0;
-  for (int i = 0; i < N; ++i) count += targets[i] >= 0;
-  DS_CHECK_AS(ShapeError, count > 0, "[model] every target in the batch is ignored (-1)");
-  Tensor scratch = ctx.scratch().alloc({static_cast<int64_t>(cpu::classifier_scratch_floats(N, V))});
-  const double loss_sum = cpu::classifier_forward_backward(nullptr, nullptr, nullptr, h.data<float>(),
-                                                           wte_->data.data<float>(), targets, 1.0f,
-                                                           scratch.data<float>(), N, C, V);
+  if (hooks_) hooks_->pre_forward(*this);
+  const double loss_sum = classifier(ctx, h, targets, nullptr, 1.0f);
+  if (hooks_) hooks_->post_forward(*this);
   return static_cast<float>(loss_sum / static_cast<double>(count));
 }
 
 void Gpt2::forward_logits(Ctx& ctx, const int32_t* inputs, int B, int T, float* logits) {
   ctx.training = false;
   Tensor h = forward_hidden(ctx, inputs, B, T);
+  if (hooks_) hooks_->pre_forward(*this);
   cpu::logits_forward(logits, h.data<float>(), wte_->data.data<float>(), B * T, config_.n_embd, config_.vocab_size);
+  if (hooks_) hooks_->post_forward(*this);
 }
 
 }  // namespace ds

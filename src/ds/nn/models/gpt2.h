@@ -41,7 +41,12 @@ class Gpt2 : public Module {
   // GPT-2 initialisation: weights N(0, 0.02), residual projections N(0, 0.02/sqrt(2 n_layer)), biases 0,
   // LayerNorm weights 1.
   void init_weights(uint64_t seed);
+  // Hooks are called in pairs around each gather unit: the embedding unit is the model itself (wte, wpe: its
+  // forward covers the token embedding, its backward spans from the tied head's backward to the embedding's),
+  // then each block, then ln_f. See Note [Gather units] in gpt2.cpp.
   void set_hooks(ModuleHooks* hooks) { hooks_ = hooks; }
+  const LayerNorm& ln_f() const { return *ln_f_; }
+  const std::vector<std::unique_ptr<TransformerBlock>>& blocks() const { return blocks_; }
 
   // One micro-batch of training: forward, fused loss, backward. Parameter gradients are accumulated
   // (+=) scaled by grad_scale / (number of target tokens), i.e. the gradient of grad_scale * mean loss.
@@ -54,7 +59,9 @@ class Gpt2 : public Module {
 
  private:
   Tensor forward_hidden(Ctx& ctx, const int32_t* inputs, int B, int T);  // after ln_f: [B*T, C]
-  void check_tokens(const int32_t* tokens, int B, int T, const char* what) const;
+  void check_tokens(const int32_t* tokens, int B, int T, bool are_targets) const;
+  // Runs the tied head on ln_f's output; with dh, also its backward (see forward_backward).
+  double classifier(Ctx& ctx, const Tensor& h, const int32_t* targets, Tensor* dh, float grad_scale);
 
   Gpt2Config config_;
   ParameterStore store_;
@@ -63,7 +70,6 @@ class Gpt2 : public Module {
   std::vector<std::unique_ptr<TransformerBlock>> blocks_;
   std::unique_ptr<LayerNorm> ln_f_;
   ModuleHooks* hooks_ = nullptr;
-  std::vector<int32_t> inputs_saved_;
 };
 
 }  // namespace ds
