@@ -10,7 +10,9 @@
 //   all_gather from n/W bytes per rank to n bytes: n * (W-1)/W
 //   broadcast of n bytes: n (root) / 0 (others) ; all_to_all(v): the bytes sent to other ranks ; send: n.
 // With this convention an all_reduce of a Ψ-element gradient counts 2Ψ(W-1)/W elements, which is what the ZeRO
-// paper calls 2Ψ (its W-1/W factor rounded to 1). Stats keep both the raw payload and this ring count.
+// paper calls 2Ψ (its W-1/W factor rounded to 1). Stats keep both the raw payload (the caller's buffer: n for
+// all_reduce, broadcast, send and recv; the n-byte input of reduce_scatter and output of all_gather; everything
+// an all_to_all(v) sends, its own block included) and this ring count. Fractions round down (integer bytes).
 #pragma once
 
 #include <cstddef>
@@ -40,9 +42,13 @@ std::string_view collective_name(Collective c);
 
 struct CommStats {
   int64_t calls[kCollectiveCount] = {};
-  int64_t bytes[kCollectiveCount] = {};  // ring-convention bytes sent by this rank (Note [Traffic accounting])
+  int64_t bytes[kCollectiveCount] = {};    // ring-convention bytes sent by this rank (Note [Traffic accounting])
+  int64_t payload[kCollectiveCount] = {};  // raw payload: the bytes of the caller's buffer the call names
   int64_t total_bytes() const;
+  int64_t total_payload() const;
   void reset();
+  // Backends record each call once, when it is issued (so an async call counts before it completes).
+  void record(Collective c, int64_t ring_bytes, int64_t payload_bytes);
 };
 
 // Completion handle of an asynchronous collective. wait() rethrows the collective's error, if any.
@@ -74,7 +80,8 @@ class Communicator {
   virtual WorkPtr send_async(const void* data, size_t count, DType dtype, int peer, int tag) = 0;
   virtual WorkPtr recv_async(void* data, size_t count, DType dtype, int peer, int tag) = 0;
   virtual void barrier() = 0;
-  // Ranks with the same color form a new communicator, ordered by key then by old rank.
+  // Ranks with the same color form a new communicator, ordered by key then by old rank. Collective over this
+  // communicator. A negative color (MPI_UNDEFINED) joins no group and gets nullptr.
   virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
   // Ends the job on every rank as fast as possible (no collective may hang after one rank aborts).
   virtual void abort(const std::string& reason) noexcept = 0;

@@ -1,0 +1,560 @@
+// MPI backend: collectives map onto MPI_Allreduce, MPI_Reduce_scatter_block, MPI_Allgather, MPI_Bcast,
+// MPI_Alltoallv and MPI_Isend/Irecv, on a private duplicate of MPI_COMM_WORLD (or of a split of it).
+// Decision: one process-wide "MPI thread" makes every MPI call, MPI_Init_thread and MPI_Finalize included. Async
+// forms queue a task on it (FIFO across all communicators, like one NCCL stream) and point-to-point requests are
+// polled there with MPI_Testsome, so the design needs only MPI_THREAD_FUNNELED; we still ask for MULTIPLE so that
+// abort() may call MPI_Abort from whatever thread fails while the MPI thread sits in a collective.
+#include "ds/comm/mpi/mpi_comm.h"
+
+// The C API only: OpenMPI's deprecated C++ bindings add nothing and warn under -Wextra.
+#define OMPI_SKIP_MPICXX 1
+#define MPICH_SKIP_MPICXX 1
+#include <mpi.h>
+
+#include <algorithm>
+#include <chrono>
+#include <climits>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "ds/core/error.h"
+#include "ds/core/log.h"
+#include "ds/core/memory.h"
+
+namespace ds {
+namespace {
+
+[[noreturn]] void throw_mpi_error(const char* call, int code) {
+  char text[MPI_MAX_ERROR_STRING] = {};
+  int len = 0;
+  if (MPI_Error_string(code, text, &len) != MPI_SUCCESS) std::snprintf(text, sizeof(text), "error code %d", code);
+  DS_THROW(CommError, "[comm] {} failed: {}", call, text);
+}
+
+// The one check for MPI calls: a failure becomes a CommError naming the call and MPI's own message.
+#define DS_MPI_CHECK(call)                                            \
+  do {                                                                \
+    const int ds_mpi_rc_ = (call);                                    \
+    if (ds_mpi_rc_ != MPI_SUCCESS) throw_mpi_error(#call, ds_mpi_rc_); \
+  } while (0)
+
+class Completion final : public Work {
+ public:
+  void finish(std::exception_ptr error) {
+    std::lock_guard<std::mutex> lock(mu_);
+    done_ = true;
+    error_ = std::move(error);
+    cv_.notify_all();
+  }
+  void wait() override {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return done_; });
+    if (error_) std::rethrow_exception(error_);
+  }
+  bool test() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return done_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::exception_ptr error_;
+};
+
+// The process-wide MPI thread. Created on first use; at process exit it drains its queue, calls MPI_Finalize
+// (only if it called MPI_Init itself) and is deleted. If it is stuck in a collective whose peers died without
+// MPI_Abort, exit goes on without MPI_Finalize and the engine is leaked rather than destroyed under its thread.
+class MpiEngine {
+ public:
+  static MpiEngine& instance() {
+    struct Holder {
+      MpiEngine* engine = new MpiEngine;
+      ~Holder() {
+        if (engine->shutdown()) delete engine;
+      }
+    };
+    static Holder holder;
+    DS_CHECK_AS(CommError, holder.engine->init_error_.empty(), "{}", holder.engine->init_error_);
+    return *holder.engine;
+  }
+
+  // Tasks run under the memory tracker of the submitting thread, so staging buffers count for the right rank.
+  WorkPtr submit(std::function<void()> task) {
+    MemoryTracker* tracker = &current_tracker();
+    return enqueue({[tracker, task = std::move(task)] {
+                      TrackerScope scope(*tracker);
+                      task();
+                    },
+                    nullptr, nullptr});
+  }
+  // Runs `post` (an MPI_Isend/MPI_Irecv) on the MPI thread; the Work completes when its request does.
+  WorkPtr submit_request(std::function<void(MPI_Request*)> post) { return enqueue({nullptr, nullptr, std::move(post)}); }
+  void run(std::function<void()> task) { submit(std::move(task))->wait(); }
+
+  bool stopped() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return stopping_;
+  }
+  int world_rank() const { return world_rank_; }
+  int world_size() const { return world_size_; }
+
+ private:
+  struct Task {
+    std::function<void()> fn;
+    std::shared_ptr<Completion> work;
+    std::function<void(MPI_Request*)> post;  // set instead of fn for point-to-point
+  };
+
+  MpiEngine() {
+    std::unique_lock<std::mutex> lock(mu_);
+    thread_ = std::thread([this] { loop(); });
+    cv_.wait(lock, [&] { return started_; });
+  }
+
+  WorkPtr enqueue(Task task) {
+    task.work = std::make_shared<Completion>();
+    WorkPtr work = task.work;
+    std::lock_guard<std::mutex> lock(mu_);
+    DS_CHECK_AS(CommError, !stopping_, "[comm] MPI call during process exit (after MPI_Finalize began)");
+    tasks_.push_back(std::move(task));
+    cv_.notify_all();
+    return work;
+  }
+
+  // True once the thread has finished (and finalised); false if it is still busy after half a minute.
+  bool shutdown() {
+    std::unique_lock<std::mutex> lock(mu_);
+    stopping_ = true;
+    cv_.notify_all();
+    if (!cv_.wait_for(lock, std::chrono::seconds(30), [&] { return exited_; })) {
+      std::fprintf(stderr, "error: [comm] MPI thread still busy at exit; leaving without MPI_Finalize\n");
+      thread_.detach();
+      return false;
+    }
+    lock.unlock();
+    thread_.join();
+    return true;
+  }
+
+  void initialize() {
+    int already = 0;
+    MPI_Initialized(&already);
+    if (already) {
+      int provided = MPI_THREAD_SINGLE;
+      MPI_Query_thread(&provided);
+      if (provided < MPI_THREAD_SERIALIZED) {
+        init_error_ =
+            "[comm] MPI was initialised by someone else with a thread level below MPI_THREAD_SERIALIZED; "
+            "initialise it with MPI_Init_thread(..., MPI_THREAD_MULTIPLE, ...) or let deepspeed.cpp do it";
+        return;
+      }
+    } else {
+      int provided = MPI_THREAD_SINGLE;
+      const int rc = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided);
+      if (rc != MPI_SUCCESS) {
+        init_error_ = fmt::format("[comm] MPI_Init_thread failed (code {}); check the MPI installation", rc);
+        return;
+      }
+      we_initialized_ = true;
+      if (provided < MPI_THREAD_MULTIPLE) {
+        log_warning("[comm] MPI provides thread level {} (not MULTIPLE); MPI_Abort from other threads is then "
+                    "outside the MPI standard",
+                    provided);
+      }
+    }
+    MPI_Comm_rank(MPI_COMM_WORLD, &world_rank_);
+    MPI_Comm_size(MPI_COMM_WORLD, &world_size_);
+  }
+
+  void loop() {
+    initialize();
+    if (world_size_ > 1) set_log_rank(world_rank_, world_size_);
+    std::unique_lock<std::mutex> lock(mu_);
+    started_ = true;
+    cv_.notify_all();
+    int idle_polls = 0;
+    auto stop_deadline = std::chrono::steady_clock::time_point::max();
+    while (true) {
+      if (!tasks_.empty()) {
+        Task task = std::move(tasks_.front());
+        tasks_.pop_front();
+        lock.unlock();
+        run_task(task);
+        if (!pending_.empty()) poll_requests();
+        lock.lock();
+        idle_polls = 0;
+        continue;
+      }
+      if (pending_.empty()) {
+        if (stopping_) break;
+        cv_.wait(lock, [&] { return stopping_ || !tasks_.empty(); });
+        continue;
+      }
+      // Only point-to-point requests in flight: poll them, backing off to 1 ms between polls.
+      if (stopping_) {
+        const auto now = std::chrono::steady_clock::now();
+        if (stop_deadline == std::chrono::steady_clock::time_point::max()) stop_deadline = now + std::chrono::seconds(10);
+        if (now > stop_deadline) break;
+      }
+      lock.unlock();
+      const bool progressed = poll_requests();
+      lock.lock();
+      idle_polls = progressed ? 0 : idle_polls + 1;
+      if (idle_polls > 64) {
+        const auto pause = std::chrono::microseconds(std::min(1000, 16 << std::min(idle_polls - 64, 6)));
+        cv_.wait_for(lock, pause, [&] { return !tasks_.empty(); });
+      }
+    }
+    lock.unlock();
+    finalize();
+    lock.lock();
+    exited_ = true;
+    cv_.notify_all();
+  }
+
+  void finalize() {
+    if (!we_initialized_) return;
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (finalized) return;
+    if (!pending_.empty()) {
+      std::fprintf(stderr, "error: [comm] %zu MPI send/recv never completed; leaving without MPI_Finalize\n",
+                   pending_.size());
+      return;
+    }
+    MPI_Finalize();
+  }
+
+  void run_task(Task& task) {
+    try {
+      if (task.fn) {
+        task.fn();
+        task.work->finish(nullptr);
+      } else {
+        MPI_Request request = MPI_REQUEST_NULL;
+        task.post(&request);
+        pending_.push_back(request);
+        pending_work_.push_back(task.work);
+      }
+    } catch (...) {
+      task.work->finish(std::current_exception());
+    }
+  }
+
+  // Completes the finished point-to-point requests; true if any finished.
+  bool poll_requests() {
+    int done = 0;
+    indices_.resize(pending_.size());
+    statuses_.resize(pending_.size());
+    const int rc = MPI_Testsome(static_cast<int>(pending_.size()), pending_.data(), &done, indices_.data(),
+                                statuses_.data());
+    if (rc != MPI_SUCCESS && rc != MPI_ERR_IN_STATUS) {
+      // Every request in the set is suspect: fail them all rather than poll forever.
+      for (auto& w : pending_work_) {
+        try {
+          throw_mpi_error("MPI_Testsome", rc);
+        } catch (...) {
+          w->finish(std::current_exception());
+        }
+      }
+      pending_.clear();
+      pending_work_.clear();
+      return true;
+    }
+    if (done == MPI_UNDEFINED || done == 0) return false;
+    for (int i = 0; i < done; ++i) {
+      const int k = indices_[i];
+      std::exception_ptr error;
+      if (rc == MPI_ERR_IN_STATUS && statuses_[i].MPI_ERROR != MPI_SUCCESS) {
+        try {
+          throw_mpi_error("MPI_Isend/MPI_Irecv", statuses_[i].MPI_ERROR);
+        } catch (...) {
+          error = std::current_exception();
+        }
+      }
+      pending_work_[k]->finish(error);
+      pending_work_[k].reset();
+    }
+    // MPI set the completed requests to MPI_REQUEST_NULL: compact both lists together.
+    size_t out = 0;
+    for (size_t k = 0; k < pending_.size(); ++k) {
+      if (pending_work_[k]) {
+        pending_[out] = pending_[k];
+        pending_work_[out] = std::move(pending_work_[k]);
+        ++out;
+      }
+    }
+    pending_.resize(out);
+    pending_work_.resize(out);
+    return true;
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Task> tasks_;
+  bool started_ = false, stopping_ = false, exited_ = false;
+  std::thread thread_;
+  // Owned by the MPI thread.
+  std::string init_error_;
+  bool we_initialized_ = false;
+  int world_rank_ = 0, world_size_ = 1;
+  std::vector<MPI_Request> pending_;
+  std::vector<std::shared_ptr<Completion>> pending_work_;
+  std::vector<int> indices_;
+  std::vector<MPI_Status> statuses_;
+};
+
+MPI_Datatype mpi_type(DType t) {
+  switch (t) {
+    case DType::f32: return MPI_FLOAT;
+    case DType::i32: return MPI_INT32_T;
+    case DType::bf16:
+    case DType::f16: return MPI_UINT16_T;  // moved, never reduced
+  }
+  return MPI_BYTE;
+}
+
+MPI_Op mpi_op(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::sum: return MPI_SUM;
+    case ReduceOp::max: return MPI_MAX;
+    case ReduceOp::min: return MPI_MIN;
+  }
+  return MPI_SUM;
+}
+
+// A grow-only buffer for staging copies, allocated through the memory tracker (host tier, comm_buffer).
+class GrowBuffer {
+ public:
+  std::byte* reserve(size_t bytes) {
+    if (bytes == 0) return storage_ ? static_cast<std::byte*>(storage_->data()) : nullptr;
+    if (!storage_ || storage_->bytes() < static_cast<int64_t>(bytes)) {
+      storage_.reset();  // release first: the peak is the new size, not old + new
+      storage_ = allocate_storage(static_cast<int64_t>(bytes), Category::comm_buffer, Tier::host);
+    }
+    return static_cast<std::byte*>(storage_->data());
+  }
+
+ private:
+  std::shared_ptr<Storage> storage_;
+};
+
+bool overlaps(const void* a, size_t a_bytes, const void* b, size_t b_bytes) {
+  const auto pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
+  return a_bytes > 0 && b_bytes > 0 && pa < pb + b_bytes && pb < pa + a_bytes;
+}
+
+int64_t ring_share(int64_t n, int world) { return n * (world - 1) / world; }
+
+// MPI counts are int; in-place collectives on contiguous buffers are cut into pieces of at most this many.
+constexpr size_t kMaxPiece = size_t{1} << 30;
+
+class MpiCommunicator final : public Communicator {
+ public:
+  MpiCommunicator(MpiEngine& engine, MPI_Comm comm) : engine_(engine), comm_(comm) {
+    engine_.run([&] {
+      DS_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
+      DS_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
+      DS_MPI_CHECK(MPI_Comm_size(comm_, &size_));
+    });
+  }
+  ~MpiCommunicator() override {
+    // Queued after this communicator's pending work, which may still use staging_: wait for it.
+    if (engine_.stopped()) return;
+    try {
+      engine_.run([this] { MPI_Comm_free(&comm_); });
+    } catch (...) {
+    }
+  }
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string backend() const override { return "mpi"; }
+
+  WorkPtr all_reduce_async(void* data, size_t count, DType dtype, ReduceOp op) override {
+    check_reducible("all_reduce", dtype);
+    const int64_t n = bytes_of(count, dtype);
+    stats_.record(Collective::all_reduce, ring_share(2 * n, size_), n);
+    return engine_.submit([=, this] {
+      auto* p = static_cast<std::byte*>(data);
+      const size_t es = dtype_size(dtype);
+      for (size_t done = 0; done < count;) {
+        const size_t piece = std::min(kMaxPiece, count - done);
+        DS_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, p + done * es, static_cast<int>(piece), mpi_type(dtype),
+                                   mpi_op(op), comm_));
+        done += piece;
+      }
+    });
+  }
+
+  WorkPtr reduce_scatter_async(const void* send, void* recv, size_t count, DType dtype, ReduceOp op) override {
+    check_reducible("reduce_scatter", dtype);
+    check_count("reduce_scatter", count);
+    const int64_t n = bytes_of(count * size_, dtype);
+    stats_.record(Collective::reduce_scatter, ring_share(n, size_), n);
+    return engine_.submit([=, this] {
+      const size_t block = count * dtype_size(dtype);
+      const void* src = send;
+      if (overlaps(send, block * size_, recv, block)) src = stage(send, block * size_);
+      DS_MPI_CHECK(MPI_Reduce_scatter_block(src, recv, static_cast<int>(count), mpi_type(dtype), mpi_op(op), comm_));
+    });
+  }
+
+  WorkPtr all_gather_async(const void* send, void* recv, size_t count, DType dtype) override {
+    check_count("all_gather", count);
+    const int64_t n = bytes_of(count * size_, dtype);
+    stats_.record(Collective::all_gather, ring_share(n, size_), n);
+    return engine_.submit([=, this] {
+      const size_t block = count * dtype_size(dtype);
+      auto* out = static_cast<std::byte*>(recv);
+      const void* src = send;
+      if (send == out + rank_ * block) {
+        src = MPI_IN_PLACE;
+      } else if (overlaps(send, block, recv, block * size_)) {
+        src = stage(send, block);
+      }
+      DS_MPI_CHECK(MPI_Allgather(src, static_cast<int>(count), mpi_type(dtype), recv, static_cast<int>(count),
+                                 mpi_type(dtype), comm_));
+    });
+  }
+
+  WorkPtr broadcast_async(void* data, size_t count, DType dtype, int root) override {
+    DS_CHECK_AS(CommError, root >= 0 && root < size_, "[comm] broadcast root {} is outside the world (ranks 0..{})",
+                root, size_ - 1);
+    const int64_t n = bytes_of(count, dtype);
+    stats_.record(Collective::broadcast, rank_ == root ? n : 0, n);
+    return engine_.submit([=, this] {
+      auto* p = static_cast<std::byte*>(data);
+      const size_t es = dtype_size(dtype);
+      for (size_t done = 0; done < count;) {
+        const size_t piece = std::min(kMaxPiece, count - done);
+        DS_MPI_CHECK(MPI_Bcast(p + done * es, static_cast<int>(piece), mpi_type(dtype), root, comm_));
+        done += piece;
+      }
+    });
+  }
+
+  WorkPtr all_to_all_v_async(const void* send, const std::vector<size_t>& send_counts, void* recv,
+                             const std::vector<size_t>& recv_counts, DType dtype) override {
+    DS_CHECK_AS(CommError, static_cast<int>(send_counts.size()) == size_ && static_cast<int>(recv_counts.size()) == size_,
+                "[comm] all_to_all_v needs one count per rank ({}), got {} send and {} recv counts", size_,
+                send_counts.size(), recv_counts.size());
+    size_t send_total = 0, recv_total = 0;
+    int64_t sent = 0;
+    for (int r = 0; r < size_; ++r) {
+      send_total += send_counts[r];
+      recv_total += recv_counts[r];
+      if (r != rank_) sent += bytes_of(send_counts[r], dtype);
+    }
+    check_count("all_to_all_v (total sent)", send_total);
+    check_count("all_to_all_v (total received)", recv_total);
+    stats_.record(Collective::all_to_all, sent, bytes_of(send_total, dtype));
+    return engine_.submit([=, this] {
+      // Counts and displacements live in grow-only members; only the MPI thread touches them.
+      counts_.resize(4 * size_);
+      int* sc = counts_.data();
+      int* sd = sc + size_;
+      int* rc = sd + size_;
+      int* rd = rc + size_;
+      int s_off = 0, r_off = 0;
+      for (int r = 0; r < size_; ++r) {
+        sc[r] = static_cast<int>(send_counts[r]);
+        sd[r] = s_off;
+        s_off += sc[r];
+        rc[r] = static_cast<int>(recv_counts[r]);
+        rd[r] = r_off;
+        r_off += rc[r];
+      }
+      const size_t es = dtype_size(dtype);
+      const void* src = send;
+      if (overlaps(send, send_total * es, recv, recv_total * es)) src = stage(send, send_total * es);
+      DS_MPI_CHECK(MPI_Alltoallv(src, sc, sd, mpi_type(dtype), recv, rc, rd, mpi_type(dtype), comm_));
+    });
+  }
+
+  WorkPtr send_async(const void* data, size_t count, DType dtype, int peer, int tag) override {
+    check_peer("send to", peer, tag);
+    check_count("send", count);
+    stats_.record(Collective::send, bytes_of(count, dtype), bytes_of(count, dtype));
+    return engine_.submit_request([=, this](MPI_Request* request) {
+      DS_MPI_CHECK(MPI_Isend(data, static_cast<int>(count), mpi_type(dtype), peer, tag, comm_, request));
+    });
+  }
+
+  WorkPtr recv_async(void* data, size_t count, DType dtype, int peer, int tag) override {
+    check_peer("recv from", peer, tag);
+    check_count("recv", count);
+    stats_.record(Collective::recv, 0, bytes_of(count, dtype));
+    return engine_.submit_request([=, this](MPI_Request* request) {
+      DS_MPI_CHECK(MPI_Irecv(data, static_cast<int>(count), mpi_type(dtype), peer, tag, comm_, request));
+    });
+  }
+
+  void barrier() override {
+    stats_.record(Collective::barrier, 0, 0);
+    engine_.run([this] { DS_MPI_CHECK(MPI_Barrier(comm_)); });
+  }
+
+  std::unique_ptr<Communicator> split(int color, int key) override {
+    MPI_Comm sub = MPI_COMM_NULL;
+    engine_.run([&, this] { DS_MPI_CHECK(MPI_Comm_split(comm_, color < 0 ? MPI_UNDEFINED : color, key, &sub)); });
+    if (sub == MPI_COMM_NULL) return nullptr;
+    return std::make_unique<MpiCommunicator>(engine_, sub);
+  }
+
+  void abort(const std::string& reason) noexcept override {
+    // Straight from the calling thread: the MPI thread may be inside a collective that will never complete.
+    std::fprintf(stderr, "error: [comm] rank %d/%d aborting the MPI job: %s\n", engine_.world_rank(),
+                 engine_.world_size(), reason.c_str());
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, 1);  // does not return: the launcher kills every rank
+  }
+
+ private:
+  static int64_t bytes_of(size_t count, DType dtype) { return static_cast<int64_t>(count * dtype_size(dtype)); }
+  static void check_reducible(const char* what, DType dtype) {
+    DS_CHECK_AS(CommError, dtype == DType::f32 || dtype == DType::i32,
+                "[comm] {} supports f32 and i32, got {}; convert to f32 first", what, dtype_name(dtype));
+  }
+  static void check_count(const char* what, size_t count) {
+    DS_CHECK_AS(CommError, count <= static_cast<size_t>(INT_MAX),
+                "[comm] {} of {} elements exceeds MPI's limit of {} per rank; split the buffer", what, count,
+                INT_MAX);
+  }
+  void check_peer(const char* what, int peer, int tag) const {
+    DS_CHECK_AS(CommError, peer >= 0 && peer < size_, "[comm] {} rank {}: no such rank in a world of {}", what, peer,
+                size_);
+    DS_CHECK_AS(CommError, tag >= 0, "[comm] {} rank {}: tag must be >= 0, got {}", what, peer, tag);
+  }
+  // A copy of a send buffer that overlaps its recv buffer, in this communicator's grow-only staging buffer.
+  const void* stage(const void* send, size_t bytes) {
+    std::byte* copy = staging_.reserve(bytes);
+    std::memcpy(copy, send, bytes);
+    return copy;
+  }
+
+  MpiEngine& engine_;
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  int rank_ = 0, size_ = 1;
+  GrowBuffer staging_;              // MPI thread only
+  std::vector<int> counts_;         // MPI thread only
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_mpi_world() {
+  MpiEngine& engine = MpiEngine::instance();
+  MPI_Comm comm = MPI_COMM_NULL;
+  engine.run([&] { DS_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &comm)); });
+  return std::make_unique<MpiCommunicator>(engine, comm);
+}
+
+}  // namespace ds
