@@ -11,5 +11,6 @@ namespace ds::tool {
 void add_train_command(CLI::App& root);
 void add_data_command(CLI::App& root);
 void add_bench_command(CLI::App& root);
+void add_launch_command(CLI::App& root);
 
 }  // namespace ds::tool
