@@ -52,9 +52,8 @@ TEST(Engine, GradientAccumulationMatchesOneLargeMicroBatch) {
         "gradient_accumulation_steps": {}, "optimizer": {{"type": "AdamW", "params": {{"lr": 0.01}}}}}})",
                                                    micro, gas),
                                        1, "test");
-    Gpt2 model(small_model());
-    model.init_weights(3);
-    Engine engine(model, cfg, T);
+    Engine engine(small_model(), cfg, T, nullptr, 3);
+    Gpt2& model = engine.model();
     int next_row = 0;
     std::vector<double> losses;
     for (int step = 0; step < 3; ++step) {
@@ -93,10 +92,9 @@ TEST(Engine, ClippingScalesGradientsByDeepSpeedsFactorAndLrFollowsTheSchedule) {
                         1, "test");
   };
   auto one_step = [&](double clip, StepResult* out) {
-    Gpt2 model(small_model());
-    model.init_weights(5);
+    Engine engine(small_model(), make_cfg(clip), T, nullptr, 5);
+    Gpt2& model = engine.model();
     const std::vector<float> before = params_of(model);
-    Engine engine(model, make_cfg(clip), T);
     *out = engine.train_batch([&](int32_t* in, int32_t* tg) { rows.fill(0, 2, in, tg); });
     std::vector<float> after = params_of(model);
     for (size_t i = 0; i < after.size(); ++i) after[i] -= before[i];

@@ -28,14 +28,42 @@ struct Parameter {
   int64_t numel() const { return shape.numel(); }
 };
 
+class Module;
+
+// A gather unit: parameters that ZeRO gathers, releases and reduces together (a transformer block, the
+// embeddings, the final norm). Units are contiguous in the flat buffers; each starts and ends on a multiple of the
+// alignment given to materialize(), so a unit splits into equal per-rank chunks with no parameter-level logic.
+struct ParamUnit {
+  const Module* owner = nullptr;
+  std::string name;
+  int64_t offset = 0;         // first element in the flat buffers
+  int64_t numel = 0;          // elements of its parameters
+  int64_t padded_numel = 0;   // numel rounded up to the alignment (padding elements stay zero)
+  std::vector<Parameter*> params;
+};
+
 class ParameterStore {
  public:
+  // Starts a new gather unit; parameters added afterwards belong to it. Parameters added before any unit was
+  // started form an unnamed unit of their own.
+  size_t begin_unit(const std::string& name, const Module* owner = nullptr);
+  // For units whose module is constructed after its parameters were declared.
+  void set_unit_owner(size_t unit, const Module* owner) { units_.at(unit).owner = owner; }
   // Declares a parameter; the returned pointer stays valid for the store's life.
   Parameter* add(const std::string& name, const Shape& shape);
-  // Allocates the flat parameter and gradient buffers (zeroed) and binds every parameter to its slice.
-  void materialize();
+  // Allocates the flat parameter and gradient buffers (zeroed) and binds every parameter to its slice. Each unit
+  // is padded to a multiple of `unit_alignment` elements (ZeRO passes a multiple of the data-parallel size).
+  // Without gradients (ZeRO-2/3 keep no full gradient buffer) Parameter::grad stays undefined until bound.
+  // ZeRO-3 materializes the full parameters as `workspace` (a staging copy for initialisation), keeps its own
+  // partition, then calls release_flat_params(); Parameter::data is bound per unit while gathered.
+  void materialize(int64_t unit_alignment = 1, bool with_grads = true, Category param_category = Category::param);
+  void release_flat_params();
+  const std::vector<ParamUnit>& units() const { return units_; }
+  const ParamUnit* unit_of(const Module* owner) const;
+  // Elements in the flat buffers, padding included (numel() excludes it).
+  int64_t padded_numel() const { return padded_numel_; }
 
-  bool materialized() const { return flat_params_.defined(); }
+  bool materialized() const { return materialized_; }
   int64_t numel() const { return numel_; }
   const std::deque<Parameter>& all() const { return params_; }
   std::deque<Parameter>& all() { return params_; }
@@ -48,7 +76,10 @@ class ParameterStore {
 
  private:
   std::deque<Parameter> params_;
+  std::vector<ParamUnit> units_;
   int64_t numel_ = 0;
+  int64_t padded_numel_ = 0;
+  bool materialized_ = false;
   Tensor flat_params_;
   Tensor flat_grads_;
 };

@@ -129,13 +129,17 @@ void parse_zero(BlockReader r, ZeroConfig& out) {
                              "effect; set pin_memory inside offload_param / offload_optimizer", r.ctx().source));
   }
 
-  read_either(r, "stage3_prefetch_bucket_size", "prefetch_bucket_size", out.stage3_prefetch_bucket_size);
+  // Stage 3 gathers each unit on demand; trace-based prefetch and its limits are not implemented yet.
+  read_either(r, "stage3_prefetch_bucket_size", "prefetch_bucket_size", out.stage3_prefetch_bucket_size,
+              Support::not_yet);
   read_either(r, "stage3_param_persistence_threshold", "param_persistence_threshold",
               out.stage3_param_persistence_threshold);
   read_either(r, "stage3_model_persistence_threshold", "model_persistence_threshold",
-              out.stage3_model_persistence_threshold);
-  read_either(r, "stage3_max_live_parameters", "max_live_parameters", out.stage3_max_live_parameters);
-  read_either(r, "stage3_max_reuse_distance", "max_reuse_distance", out.stage3_max_reuse_distance);
+              out.stage3_model_persistence_threshold, Support::not_yet);
+  read_either(r, "stage3_max_live_parameters", "max_live_parameters", out.stage3_max_live_parameters,
+              Support::not_yet);
+  read_either(r, "stage3_max_reuse_distance", "max_reuse_distance", out.stage3_max_reuse_distance,
+              Support::not_yet);
   check_not_both(r, "stage3_gather_fp16_weights_on_model_save", "stage3_gather_16bit_weights_on_model_save");
   check_not_both(r, "stage3_gather_fp16_weights_on_model_save", "gather_16bit_weights_on_model_save");
   read_either(r, "stage3_gather_16bit_weights_on_model_save", "gather_16bit_weights_on_model_save",
@@ -202,10 +206,6 @@ void parse_zero(BlockReader r, ZeroConfig& out) {
     DS_CHECK_AS(ConfigError, out.allgather_bucket_size % 2 == 0,
                 "[config] 'zero_optimization.allgather_bucket_size' ({}) in {} must be a multiple of 2 for stages 1 "
                 "and 2 (NCCL start alignment)", out.allgather_bucket_size, src);
-  }
-  if (out.stage > 0) {
-    r.ctx().warn(fmt::format("[config] 'zero_optimization.stage' = {} in {} is not implemented yet; training runs "
-                             "without ZeRO partitioning (stage 0)", out.stage, src));
   }
   if (out.offload_param_active()) {
     r.ctx().warn(fmt::format("[config] 'zero_optimization.offload_param' (device '{}') in {} is not implemented yet; "

@@ -1,24 +1,41 @@
-// Engine: accumulation, clipping, schedule and optimizer step.
+// Engine: model layout for the ZeRO stage, accumulation, clipping, schedule and the step.
+// Micro-batch gradients are scaled by 1/gas in the model's backward; the 1/N average over ranks is applied by
+// ZeroOptimizer, so the global gradient is the mean over all micro-batches of all ranks.
 #include "ds/runtime/engine.h"
 
 #include <algorithm>
 #include <climits>
 
+#include "ds/optim/adamw.h"
+
 namespace ds {
 
-Engine::Engine(Gpt2& model, const DeepSpeedConfig& config, int seq_len)
-    : model_(model),
-      config_(config),
+Engine::Engine(const Gpt2Config& model_config, const DeepSpeedConfig& config, int seq_len, Communicator* comm,
+               uint64_t seed)
+    : config_(config),
+      own_comm_(comm ? nullptr : make_self_communicator()),
+      comm_(comm ? comm : own_comm_.get()),
       micro_(static_cast<int>(std::min<int64_t>(config.train_micro_batch_size_per_gpu, INT32_MAX))),
       seq_len_(seq_len),
       schedule_(config.scheduler, config.optimizer.lr) {
-  DS_CHECK_AS(ConfigError, seq_len > 0 && seq_len <= model.config().block_size,
+  DS_CHECK_AS(ConfigError, config.dp_world_size == comm_->size(),
+              "[engine] the config's batch sizes were resolved for {} data-parallel ranks but the job has {}; "
+              "load the config with the job's world size",
+              config.dp_world_size, comm_->size());
+  DS_CHECK_AS(ConfigError, seq_len > 0 && seq_len <= model_config.block_size,
               "[engine] sequence length {} must be between 1 and the model's block_size {}", seq_len,
-              model.config().block_size);
+              model_config.block_size);
   DS_CHECK_AS(ConfigError, config.train_micro_batch_size_per_gpu * seq_len <= (int64_t(1) << 24),
               "[engine] a micro-batch of {} sequences x {} tokens is too large for one pass (limit 2^24 tokens); "
               "lower train_micro_batch_size_per_gpu and raise gradient_accumulation_steps",
               config.train_micro_batch_size_per_gpu, seq_len);
+  const int stage = config.zero.stage;
+  DS_CHECK_AS(ConfigError, stage >= 0 && stage <= 3, "[engine] zero_optimization.stage must be 0-3, found {}",
+              stage);
+  model_ = std::make_unique<Gpt2>(model_config, ZeroOptimizer::alignment(comm_->size()),
+                                  ZeroOptimizer::keeps_full_gradients(stage),
+                                  ZeroOptimizer::full_params_category(stage));
+  model_->init_weights(seed);  // the same seed on every rank gives identical replicas
   cpu::AdamParams hyper;
   hyper.lr = static_cast<float>(config.optimizer.lr);
   hyper.beta1 = static_cast<float>(config.optimizer.beta1);
@@ -27,32 +44,45 @@ Engine::Engine(Gpt2& model, const DeepSpeedConfig& config, int seq_len)
   hyper.weight_decay = static_cast<float>(config.optimizer.weight_decay);
   hyper.adam_w_mode = config.optimizer.adam_w_mode;
   hyper.bias_correction = config.optimizer.bias_correction;
-  optimizer_ = std::make_unique<AdamW>(model.params().flat_params(), model.params().flat_grads(), hyper);
+  optimizer_ = std::make_unique<ZeroOptimizer>(model_->params(), *comm_, config.zero, hyper);
+  model_->set_hooks(optimizer_.get());
   inputs_.resize(size_t(micro_) * seq_len_);
   targets_.resize(size_t(micro_) * seq_len_);
 }
 
+Engine::~Engine() {
+  if (model_) model_->set_hooks(nullptr);
+}
+
 double Engine::current_lr() const { return schedule_.lr(global_steps_); }
+
+double Engine::average_over_ranks(double value) {
+  if (comm_->size() == 1) return value;
+  float v = static_cast<float>(value);
+  comm_->all_reduce(&v, 1, DType::f32);
+  return static_cast<double>(v) / comm_->size();
+}
 
 StepResult Engine::train_batch(const BatchFn& next_micro_batch) {
   StepResult r;
   const int64_t gas = config_.gradient_accumulation_steps;
-  model_.params().zero_grad();
+  optimizer_->begin_batch();
   double loss_sum = 0;
   for (int64_t m = 0; m < gas; ++m) {
     next_micro_batch(inputs_.data(), targets_.data());
     ctx_.reset();
-    loss_sum += model_.forward_backward(ctx_, inputs_.data(), targets_.data(), micro_, seq_len_,
-                                        1.0f / static_cast<float>(gas));
+    loss_sum += model_->forward_backward(ctx_, inputs_.data(), targets_.data(), micro_, seq_len_,
+                                         1.0f / static_cast<float>(gas));
+    optimizer_->end_micro_batch(m + 1 == gas);
   }
-  r.loss = loss_sum / static_cast<double>(gas);
-  r.grad_norm = grad_norm(model_.params().flat_grads());
+  r.loss = average_over_ranks(loss_sum / static_cast<double>(gas));
+  r.grad_norm = optimizer_->grad_norm();
   const float factor = clip_factor(r.grad_norm, config_.gradient_clipping);
   r.clipped = factor < 1.0f;
   r.lr = schedule_.lr(global_steps_);
   optimizer_->step(static_cast<float>(r.lr), factor);
   ++global_steps_;
-  r.tokens = gas * micro_ * static_cast<int64_t>(seq_len_);
+  r.tokens = config_.train_batch_size * static_cast<int64_t>(seq_len_);
   return r;
 }
 
@@ -63,9 +93,9 @@ double Engine::eval_loss(const BatchFn& next, int64_t num_batches, int batch_siz
   for (int64_t i = 0; i < num_batches; ++i) {
     next(in.data(), tg.data());
     eval_ctx_.reset();
-    sum += model_.forward_loss(eval_ctx_, in.data(), tg.data(), batch_size, seq_len_);
+    sum += model_->forward_loss(eval_ctx_, in.data(), tg.data(), batch_size, seq_len_);
   }
-  return num_batches > 0 ? sum / static_cast<double>(num_batches) : 0.0;
+  return average_over_ranks(sum / static_cast<double>(num_batches));
 }
 
 }  // namespace ds

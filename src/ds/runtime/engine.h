@@ -1,25 +1,27 @@
-// ds::Engine: one model + one DeepSpeed config -> train_batch / eval. It owns the optimizer (flat AdamW),
-// the learning-rate schedule, gradient accumulation over gradient_accumulation_steps micro-batches, gradient
-// clipping (DeepSpeed's formula, fused into the optimizer step as a gradient scale) and the activation stash.
-// Single process for now; the data-parallel/ZeRO paths attach here later.
+// ds::Engine: a model + a DeepSpeed config + a communicator -> train_batch / eval_loss (DESIGN decision 9).
+// It builds the model with the parameter layout its ZeRO stage needs (units aligned to the data-parallel size;
+// no full gradient buffer from stage 2 on), runs gradient accumulation over gradient_accumulation_steps
+// micro-batches, hands reductions and the optimizer step to ZeroOptimizer, and applies DeepSpeed's gradient
+// clipping and learning-rate schedule. Every rank calls train_batch with its own micro-batches.
 #pragma once
 
 #include <functional>
 #include <memory>
 
+#include "ds/comm/communicator.h"
 #include "ds/nn/models/gpt2.h"
-#include "ds/optim/adamw.h"
 #include "ds/optim/lr_schedule.h"
 #include "ds/runtime/config.h"
+#include "ds/runtime/zero/zero_optimizer.h"
 
 namespace ds {
 
 struct StepResult {
-  double loss = 0;       // mean over the batch's micro-batches
-  double grad_norm = 0;  // before clipping
+  double loss = 0;       // mean over the batch's micro-batches and ranks
+  double grad_norm = 0;  // of the averaged gradient, before clipping
   double lr = 0;         // the learning rate this step used
   bool clipped = false;
-  int64_t tokens = 0;
+  int64_t tokens = 0;    // tokens of the global batch
 };
 
 class Engine {
@@ -27,26 +29,34 @@ class Engine {
   // Fills one micro-batch: inputs and targets, each train_micro_batch_size_per_gpu x seq_len int32.
   using BatchFn = std::function<void(int32_t* inputs, int32_t* targets)>;
 
-  Engine(Gpt2& model, const DeepSpeedConfig& config, int seq_len);
+  // comm may be null for a single process. The config's batch triple must have been resolved for comm's size.
+  Engine(const Gpt2Config& model_config, const DeepSpeedConfig& config, int seq_len, Communicator* comm = nullptr,
+         uint64_t seed = 1234);
+  ~Engine();
 
   StepResult train_batch(const BatchFn& next_micro_batch);
-  // Mean loss over `num_batches` micro-batches drawn from `next`, without gradients.
+  // Mean loss over `num_batches` batches of `batch_size` sequences from `next` on every rank, averaged over ranks.
   double eval_loss(const BatchFn& next, int64_t num_batches, int batch_size);
 
   int64_t global_steps() const { return global_steps_; }
   double current_lr() const;
-  Gpt2& model() { return model_; }
+  Gpt2& model() { return *model_; }
+  Communicator& comm() { return *comm_; }
+  ZeroOptimizer& optimizer() { return *optimizer_; }
   const DeepSpeedConfig& config() const { return config_; }
   int micro_batch_size() const { return micro_; }
   int seq_len() const { return seq_len_; }
-  AdamW& optimizer() { return *optimizer_; }
 
  private:
-  Gpt2& model_;
+  double average_over_ranks(double value);
+
   DeepSpeedConfig config_;
+  std::unique_ptr<Communicator> own_comm_;
+  Communicator* comm_;
   int micro_;
   int seq_len_;
-  std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<Gpt2> model_;
+  std::unique_ptr<ZeroOptimizer> optimizer_;
   LrSchedule schedule_;
   Ctx ctx_;
   Ctx eval_ctx_;

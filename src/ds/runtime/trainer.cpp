@@ -3,7 +3,6 @@
 #include "ds/runtime/trainer.h"
 
 #include <omp.h>
-#include <sys/resource.h>
 
 #include <chrono>
 #include <cmath>
@@ -12,6 +11,7 @@
 #include <regex>
 
 #include "ds/core/log.h"
+#include "ds/core/stats.h"
 #include "ds/data/data_loader.h"
 #include "ds/data/prepare.h"
 #include "ds/runtime/engine.h"
@@ -57,10 +57,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
 void ensure_data(const TrainOptions& o) {
   const fs::path dir(o.data_dir);
   if (fs::exists(dir / "train.bin") && fs::exists(dir / "val.bin")) return;
@@ -77,12 +73,6 @@ void ensure_data(const TrainOptions& o) {
   const data::PrepareSummary s = data::prepare_dataset(p);
   log_info("prepared {} training documents ({} tokens) and {} validation documents ({} tokens) in {:.1f} s",
            s.train_documents, s.train_tokens, s.val_documents, s.val_tokens, s.seconds);
-}
-
-double peak_rss_mib() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  return static_cast<double>(ru.ru_maxrss) / 1024.0;
 }
 
 class MetricsCsv {
@@ -137,9 +127,7 @@ TrainSummary run_training(const TrainOptions& o) {
               "vocab_size >= 50257",
               model_config.vocab_size);
 
-  Gpt2 model(model_config);
-  model.init_weights(o.seed);
-  Engine engine(model, config, T);
+  Engine engine(model_config, config, T, nullptr, o.seed);
 
   fs::create_directories(o.out_dir);
   const std::string metrics_path = (fs::path(o.out_dir) / "metrics.csv").string();

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "ds/core/rng.h"
+#include "ds/core/strings.h"
 #include "ds/kernels/cpu/kernels.h"
 
 namespace ds {
@@ -57,14 +58,16 @@ Gpt2Config Gpt2Config::from_spec(const std::string& spec) {
     c = preset(j["preset"].get<std::string>());
     c.name = spec;
   }
-  static const char* kKeys[] = {"preset", "n_layer", "n_head", "n_embd", "vocab_size", "block_size", "model_type"};
+  static const std::vector<std::string> kKeys = {"preset",     "n_layer",    "n_head",    "n_embd",
+                                                  "vocab_size", "block_size", "model_type"};
   for (auto it = j.begin(); it != j.end(); ++it) {
-    bool known = false;
-    for (const char* k : kKeys) known |= it.key() == k;
-    DS_CHECK_AS(ConfigError, known,
-                "[model] unknown key '{}' in '{}'; known keys: n_layer, n_head, n_embd, vocab_size, block_size, "
-                "preset",
-                it.key(), spec);
+    if (std::find(kKeys.begin(), kKeys.end(), it.key()) != kKeys.end()) continue;
+    const std::vector<std::string> guess = closest_names(it.key(), kKeys, 1, typo_distance_limit(it.key()));
+    std::string known;
+    for (const std::string& k : kKeys) known += (known.empty() ? "" : ", ") + k;
+    DS_THROW(ConfigError, "[model] unknown key '{}' in '{}'; the known keys are {}. {}", it.key(), spec, known,
+             guess.empty() ? std::string("Remove the key or fix its spelling.")
+                           : fmt::format("Did you mean '{}'?", guess[0]));
   }
   auto get_int = [&](const char* key, int& dst) {
     if (!j.contains(key)) return;
@@ -102,16 +105,23 @@ std::string Gpt2Config::str() const {
 }
 
 // ---- model ----
-Gpt2::Gpt2(const Gpt2Config& config) : Module("transformer"), config_(config) {
+Gpt2::Gpt2(const Gpt2Config& config, int64_t unit_alignment, bool with_grads, Category param_category)
+    : Module("transformer"), config_(config) {
   config_.validate();
   const int C = config_.n_embd;
+  store_.begin_unit("transformer.embed", this);
   wte_ = store_.add("transformer.wte.weight", {config_.vocab_size, C});
   wpe_ = store_.add("transformer.wpe.weight", {config_.block_size, C});
-  for (int i = 0; i < config_.n_layer; ++i)
-    blocks_.push_back(std::make_unique<TransformerBlock>(store_, fmt::format("transformer.h.{}", i), C,
-                                                         config_.n_head));
+  for (int i = 0; i < config_.n_layer; ++i) {
+    const std::string name = fmt::format("transformer.h.{}", i);
+    const size_t unit = store_.begin_unit(name);
+    blocks_.push_back(std::make_unique<TransformerBlock>(store_, name, C, config_.n_head));
+    store_.set_unit_owner(unit, blocks_.back().get());
+  }
+  const size_t unit = store_.begin_unit("transformer.ln_f");
   ln_f_ = std::make_unique<LayerNorm>(store_, "transformer.ln_f", C);
-  store_.materialize();
+  store_.set_unit_owner(unit, ln_f_.get());
+  store_.materialize(unit_alignment, with_grads, param_category);
 }
 
 void Gpt2::collect_parameters(std::vector<Parameter*>& out) const {

@@ -33,7 +33,9 @@ struct Gpt2Config {
 
 class Gpt2 : public Module {
  public:
-  explicit Gpt2(const Gpt2Config& config);
+  // unit_alignment and with_grads are passed to ParameterStore::materialize (ZeRO sets them).
+  explicit Gpt2(const Gpt2Config& config, int64_t unit_alignment = 1, bool with_grads = true,
+                Category param_category = Category::param);
   const Gpt2Config& config() const { return config_; }
   ParameterStore& params() { return store_; }
   void collect_parameters(std::vector<Parameter*>& out) const override;

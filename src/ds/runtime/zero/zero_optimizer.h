@@ -1,0 +1,111 @@
+// ZeRO stages 0-2 over gather units (DESIGN decision 6). Every unit of the flat buffers is padded to a multiple of
+// the data-parallel size N and split into N equal chunks; rank r owns chunk r of every unit. So a unit's
+// gradients reduce-scatter with one equal-count collective and its updated parameters all-gather with another,
+// and the optimizer state of a rank is the concatenation of its chunks (Ψ/N elements, padding included).
+//   stage 0: gradients all-reduced (2Ψ), optimizer over everything (16Ψ per rank in fp32).
+//   stage 1: full gradients, reduce-scattered per unit at the accumulation boundary (Ψ), optimizer state and
+//            step on the owned chunks, updated chunks all-gathered (Ψ): 4Ψ + 4Ψ + 8Ψ/N.
+//   stage 2: no full gradient buffer: each unit's gradients land in a bucket during its backward and are
+//            reduce-scattered into the owned partition right after it (Ψ per micro-batch): 4Ψ + 12Ψ/N.
+//   stage 3: parameters partitioned too: a unit is all-gathered into a pooled buffer before its forward and again
+//            before its backward and released after each (units of at most stage3_param_persistence_threshold
+//            elements stay gathered until the next step); gradients as stage 2. Traffic 3Ψ, memory 16Ψ/N.
+// Buckets and receive buffers are `comm_buffer` memory, reported apart from the model states.
+#pragma once
+
+#include <deque>
+#include <memory>
+#include <vector>
+
+#include "ds/comm/communicator.h"
+#include "ds/kernels/cpu/kernels.h"
+#include "ds/nn/module.h"
+#include "ds/runtime/config.h"
+
+namespace ds {
+
+class ZeroOptimizer : public ModuleHooks {
+ public:
+  // The store must be materialized with unit alignment ZeroOptimizer::alignment(N), without gradients from stage 2
+  // on, and for stage 3 with its parameters as `workspace` (an initialisation copy this class partitions and frees).
+  ZeroOptimizer(ParameterStore& store, Communicator& comm, const ZeroConfig& zero, const cpu::AdamParams& hyper);
+  ~ZeroOptimizer() override;
+  static int64_t alignment(int world) { return int64_t(16) * world; }  // chunks stay 64-byte aligned
+  static bool keeps_full_gradients(int stage) { return stage < 2; }
+  static Category full_params_category(int stage) { return stage == 3 ? Category::workspace : Category::param; }
+
+  int stage() const { return stage_; }
+  // Before the first micro-batch of a batch: clears the gradients.
+  void begin_batch();
+  // After each micro-batch's backward; `last` marks the accumulation boundary, where stages 0-1 reduce.
+  void end_micro_batch(bool last);
+  // Global L2 norm of the averaged gradient (valid after the boundary).
+  double grad_norm();
+  // Adam step on this rank's share with gradients multiplied by grad_scale (on top of the 1/N averaging), then
+  // the updated parameters are all-gathered.
+  void step(float lr, float grad_scale);
+  int64_t step_count() const { return step_; }
+
+  // Stage 3: gather a unit's parameters before its forward, release them after.
+  void pre_forward(Module& m) override;
+  void post_forward(Module& m) override;
+  // Stages 2-3: bind a unit's gradients to a bucket before its backward (stage 3: gather it), reduce-scatter the
+  // bucket after (stage 3: release the parameters).
+  void pre_backward(Module& m) override;
+  void post_backward(Module& m) override;
+
+  // All parameters, unpadded, in declaration order (a collective at stage 3: every rank must call it).
+  std::vector<float> full_parameters();
+  // Elements of the owned partition (sum of chunk sizes).
+  int64_t partition_numel() const { return partition_numel_; }
+  Tensor& exp_avg() { return m_; }
+  Tensor& exp_avg_sq() { return v_; }
+
+ private:
+  struct UnitState {
+    const ParamUnit* unit;
+    int64_t chunk;        // padded_numel / N
+    int64_t part_offset;  // where this unit's chunk starts in the partition buffers
+  };
+  struct Pending {
+    size_t unit;
+    WorkPtr work;
+    int bucket;
+  };
+  const UnitState& state_of(const Module& m) const;
+  float* owned_params(const UnitState& u) const;
+  float* owned_grads(const UnitState& u);
+  void reduce_unit_full_grads(const UnitState& u);
+  void drain(size_t keep_in_flight);
+  int free_bucket();
+  void gather(size_t unit);
+  void release(size_t unit, bool even_persistent);
+
+  ParameterStore& store_;
+  Communicator& comm_;
+  int stage_;
+  bool overlap_;
+  int rank_, world_;
+  cpu::AdamParams hyper_;
+  int64_t step_ = 0;
+  std::vector<UnitState> units_;
+  int64_t partition_numel_ = 0;
+  Tensor m_, v_;
+  Tensor part_grads_;                 // stage 2: the owned gradient partition
+  Tensor recv_;                       // receive buffers for reduce-scatter (one per bucket)
+  Tensor gather_send_;                // the owned chunk, staged for all-gather
+  Tensor root_bucket_;                // stage 2: the embedding unit's gradients (live through all of backward)
+  Tensor buckets_;                    // stage 2: two buckets for the other units (double-buffered with overlap)
+  int64_t bucket_numel_ = 0;
+  int64_t max_chunk_ = 0;
+  bool bucket_busy_[2] = {false, false};
+  std::vector<int> unit_bucket_;
+  // stage 3
+  Tensor own_params_;                 // the owned parameter partition (model-state `param` memory)
+  std::vector<Tensor> gathered_;      // per unit: its gathered parameters while available
+  std::vector<bool> persistent_;
+  std::vector<std::vector<Tensor>> pool_;  // released gather buffers by unit, reused (allocated once)      // stage 2: bucket bound to each unit (0, 1, or 2 for the root bucket)
+  std::deque<Pending> pending_;
+};
+
+}  // namespace ds
