@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "ds/core/stats.h"
 #include "ds/kernels/cpu/kernels.h"
 
 // OpenBLAS's own queries, declared here too in case the cblas.h found is not OpenBLAS's.
@@ -41,10 +42,9 @@ double time_ms(const std::function<void()>& fn, int reps = -1) {
   for (int r = 0; r < reps; ++r) {
     const auto t0 = Clock::now();
     fn();
-    t[r] = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+    t[r] = ds::seconds_since(t0) * 1e3;
   }
-  std::sort(t.begin(), t.end());
-  return t[reps / 2];
+  return ds::median(std::move(t));
 }
 
 std::vector<float> randn(size_t n, uint64_t seed, float scale = 1.0f) {

@@ -13,18 +13,10 @@
 #include <vector>
 
 #include "ds/core/error.h"
+#include "ds/core/stats.h"
 #include "ds/data/bpe_tokenizer.h"
 
 namespace {
-
-double seconds_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
 std::string join(const std::vector<double>& v) {
   std::string s;
@@ -67,7 +59,7 @@ int main(int argc, char** argv) {
       ids.clear();
       auto start = std::chrono::steady_clock::now();
       for (const auto& d : docs) tok.encode_into(d, ids);
-      const double t_encode = seconds_since(start);
+      const double t_encode = ds::seconds_since(start);
       tokens = ids.size();
       encode_mb_s.push_back(static_cast<double>(bytes) / 1e6 / t_encode);
       tokens_s.push_back(static_cast<double>(tokens) / t_encode);
@@ -79,18 +71,18 @@ int main(int argc, char** argv) {
         tok.pretokenize(d, pieces);
         n_pieces += pieces.size();
       }
-      const double t_pretok = seconds_since(start);
+      const double t_pretok = ds::seconds_since(start);
       pretok_mb_s.push_back(static_cast<double>(bytes) / 1e6 / t_pretok);
       if (n_pieces == 0) return 1;
     }
-    const double enc = median(encode_mb_s);
-    const double ref = median(pretok_mb_s);
+    const double enc = ds::median(encode_mb_s);
+    const double ref = ds::median(pretok_mb_s);
     fmt::print(
         "{{\"bench\":\"tokenizer_encode\",\"corpus\":\"{}\",\"documents\":{},\"bytes\":{},\"tokens\":{},"
         "\"threads\":1,\"runs\":{},\"encode_mb_s\":[{}],\"median_encode_mb_s\":{:.2f},"
         "\"median_tokens_s\":{:.0f},\"median_pretokenize_mb_s\":{:.2f},\"encode_over_pretokenize\":{:.3f},"
         "\"target_mb_s\":5.0}}\n",
-        corpus_dir, docs.size(), bytes, tokens, kRuns, join(encode_mb_s), enc, median(tokens_s), ref, enc / ref);
+        corpus_dir, docs.size(), bytes, tokens, kRuns, join(encode_mb_s), enc, ds::median(tokens_s), ref, enc / ref);
     return 0;
   } catch (const ds::Error& e) {
     fmt::print(stderr, "{}\n", e.what());

@@ -6,55 +6,29 @@
 
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <stdlib.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <bit>
 #include <cmath>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
-#include <iterator>
 
+#include "common/scratch_dir.h"
 #include "ds/core/error.h"
 
 namespace ds {
 namespace {
 
-namespace fs = std::filesystem;
-
 std::string fixture(const std::string& name) { return std::string(DS_SOURCE_DIR) + "/tests/fixtures/" + name; }
 
-class SafetensorsTest : public ::testing::Test {
+class SafetensorsTest : public test::ScratchDirTest {
  protected:
-  void SetUp() override {
-    std::string tmpl = (fs::temp_directory_path() / "ds_safetensors_XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-
-  static std::string read_bytes(const std::string& p) {
-    std::ifstream in(p, std::ios::binary);
-    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-  }
-  static void write_bytes(const std::string& p, const std::string& bytes) {
-    std::ofstream(p, std::ios::binary | std::ios::trunc).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  }
   // A raw file: 8-byte length (given, or the header's size), header text, then the data bytes.
   static std::string raw(const std::string& header, const std::string& data, int64_t len = -1) {
     uint64_t n = len < 0 ? header.size() : static_cast<uint64_t>(len);
     std::string out(8, '\0');
     std::memcpy(out.data(), &n, 8);
     return out + header + data;
-  }
-  std::vector<std::string> dir_entries() const {
-    std::vector<std::string> out;
-    for (const auto& e : fs::directory_iterator(dir_)) out.push_back(e.path().filename().string());
-    std::sort(out.begin(), out.end());
-    return out;
   }
   void expect_io_error(const std::string& bytes, const std::string& needle) {
     const std::string p = path("bad.safetensors");
@@ -68,8 +42,6 @@ class SafetensorsTest : public ::testing::Test {
       EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << "message should name the file: " << e.what();
     }
   }
-
-  fs::path dir_;
 };
 
 template <typename T>

@@ -1,27 +1,20 @@
 // Safetensors reader (mmap + full header validation) and atomic writer. Validation is as strict as the reference
 // Rust implementation: sorted by offset, tensors must tile the data section exactly (no overlap, no gap, no
 // trailing bytes), so a truncated or spliced file is caught at open() rather than as garbage weights later.
-// The writer streams each entry straight from the caller's buffer (no staging copy of a multi-GB shard) and
-// names its temp file "<path>.tmp.<pid>.<seq>": the sequence number keeps two threads of one process (local
-// backend ranks) from sharing a temp file.
+// The writer streams each entry straight from the caller's buffer (no staging copy of a multi-GB shard) through
+// an AtomicFileWriter (ds/core/file_io.h), which owns the temp file, fsync, rename and directory fsync.
 #include "ds/ckpt/safetensors.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <atomic>
 #include <bit>
-#include <cerrno>
 #include <cstring>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <utility>
 
 #include "ds/core/error.h"
+#include "ds/core/strings.h"
+#include "ds/kernels/cpu/kernels.h"
 
 namespace ds {
 
@@ -34,8 +27,6 @@ using ordered_json = nlohmann::ordered_json;
 
 // The reference implementation refuses headers above 100 MB; a larger length is a corrupt file, not a header.
 constexpr uint64_t kMaxHeaderSize = 100'000'000;
-
-std::string errno_text(int err) { return std::strerror(err); }
 
 // Number of elements, or false on a negative dimension or overflow.
 bool checked_numel(const std::vector<int64_t>& shape, uint64_t* out) {
@@ -53,53 +44,6 @@ std::string shape_str(const std::vector<int64_t>& shape) {
   for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
   return s + "]";
 }
-
-size_t edit_distance(std::string_view a, std::string_view b) {
-  std::vector<size_t> row(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    size_t diag = row[0];
-    row[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      size_t up = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
-      diag = up;
-    }
-  }
-  return row[b.size()];
-}
-
-float bf16_to_f32(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
-
-float f16_to_f32(uint16_t h) {
-  uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  uint32_t exp = (h >> 10) & 0x1fu;
-  uint32_t mant = h & 0x3ffu;
-  uint32_t bits;
-  if (exp == 0x1f) {  // inf / nan, payload kept
-    bits = sign | 0x7f800000u | (mant << 13);
-  } else if (exp != 0) {  // normal: rebias 15 -> 127
-    bits = sign | ((exp + 112) << 23) | (mant << 13);
-  } else if (mant == 0) {  // signed zero
-    bits = sign;
-  } else {  // subnormal: normalise the mantissa
-    int e = -1;
-    do {
-      mant <<= 1;
-      ++e;
-    } while ((mant & 0x400u) == 0);
-    bits = sign | static_cast<uint32_t>(112 - e) << 23 | ((mant & 0x3ffu) << 13);
-  }
-  return std::bit_cast<float>(bits);
-}
-
-// Closes an fd on scope exit; the destructor never throws.
-struct Fd {
-  int fd = -1;
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-};
 
 // Parses one tensor entry of the header; `where` prefixes every message.
 SafetensorsView parse_entry(const std::string& where, const std::string& name, const json& info,
@@ -152,26 +96,6 @@ SafetensorsView parse_entry(const std::string& where, const std::string& name, c
   return view;
 }
 
-void write_all(int fd, const void* data, size_t n, const std::string& tmp) {
-  const char* p = static_cast<const char*>(data);
-  while (n > 0) {
-    size_t chunk = std::min<size_t>(n, size_t{1} << 30);
-    ssize_t w = ::write(fd, p, chunk);
-    if (w < 0 && errno == EINTR) continue;
-    DS_CHECK_AS(IoError, w > 0, "[safetensors] writing '{}' failed: {}. Check free disk space and quotas.", tmp,
-                w < 0 ? errno_text(errno) : std::string("write returned 0"));
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
-}
-
-std::string parent_dir(const std::string& path) {
-  size_t slash = path.find_last_of('/');
-  if (slash == std::string::npos) return ".";
-  if (slash == 0) return "/";
-  return path.substr(0, slash);
-}
-
 }  // namespace
 
 size_t safetensors_dtype_size(std::string_view dtype) {
@@ -193,26 +117,13 @@ int64_t SafetensorsView::numel() const {
 
 SafetensorsFile SafetensorsFile::open(const std::string& path) {
   const std::string where = fmt::format("[safetensors] '{}'", path);
-  Fd fd;
-  fd.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  DS_CHECK_AS(IoError, fd.fd >= 0, "{}: cannot open: {}. Check the path and its permissions.", where,
-              errno_text(errno));
-  struct stat st {};
-  DS_CHECK_AS(IoError, ::fstat(fd.fd, &st) == 0, "{}: cannot stat: {}.", where, errno_text(errno));
-  DS_CHECK_AS(IoError, S_ISREG(st.st_mode), "{}: is not a regular file. Pass the path of a .safetensors file.",
-              where);
-  const auto file_size = static_cast<uint64_t>(st.st_size);
+  SafetensorsFile f;
+  f.file_ = MappedFile::open(path, "safetensors", "a .safetensors file");  // any throw below unmaps
+  const uint64_t file_size = f.file_.size();
   DS_CHECK_AS(IoError, file_size >= 8,
               "{}: file is {} bytes, too short for the 8-byte header length. The file is truncated; re-save it.",
               where, file_size);
-
-  SafetensorsFile f;
-  f.path_ = path;
-  void* map = ::mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, fd.fd, 0);
-  DS_CHECK_AS(IoError, map != MAP_FAILED, "{}: mmap of {} bytes failed: {}.", where, file_size, errno_text(errno));
-  f.map_ = map;  // owned by f from here: any throw below unmaps
-  f.map_size_ = file_size;
-  const auto* bytes = static_cast<const unsigned char*>(map);
+  const unsigned char* bytes = f.file_.data();
 
   uint64_t header_len = 0;
   std::memcpy(&header_len, bytes, 8);
@@ -281,28 +192,6 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   return f;
 }
 
-SafetensorsFile::SafetensorsFile(SafetensorsFile&& other) noexcept { *this = std::move(other); }
-
-SafetensorsFile& SafetensorsFile::operator=(SafetensorsFile&& other) noexcept {
-  if (this != &other) {
-    release();
-    path_ = std::move(other.path_);
-    map_ = std::exchange(other.map_, nullptr);
-    map_size_ = std::exchange(other.map_size_, 0);
-    tensors_ = std::move(other.tensors_);
-    metadata_ = std::move(other.metadata_);
-  }
-  return *this;
-}
-
-SafetensorsFile::~SafetensorsFile() { release(); }
-
-void SafetensorsFile::release() noexcept {
-  if (map_ != nullptr) ::munmap(map_, map_size_);
-  map_ = nullptr;
-  map_size_ = 0;
-}
-
 std::vector<std::string> SafetensorsFile::names() const {
   std::vector<std::string> out;
   out.reserve(tensors_.size());
@@ -315,15 +204,10 @@ bool SafetensorsFile::contains(const std::string& name) const { return tensors_.
 const SafetensorsView& SafetensorsFile::get(const std::string& name) const {
   auto it = tensors_.find(name);
   if (it != tensors_.end()) return it->second;
-  std::vector<std::pair<size_t, const std::string*>> near;
-  for (const auto& [other, view] : tensors_) near.push_back({edit_distance(name, other), &other});
-  size_t k = std::min<size_t>(3, near.size());
-  std::partial_sort(near.begin(), near.begin() + k, near.end(),
-                    [](const auto& a, const auto& b) { return a.first != b.first ? a.first < b.first : *a.second < *b.second; });
-  std::string closest;
-  for (size_t i = 0; i < k; ++i) closest += (i ? ", '" : "'") + *near[i].second + "'";
+  const std::vector<std::string> closest = closest_names(name, names(), 3);
   DS_THROW(IoError, "[safetensors] '{}': no tensor named '{}' among its {} tensors{}{}. Check the name or the "
-           "checkpoint's model.", path_, name, tensors_.size(), k ? "; closest: " : "", closest);
+           "checkpoint's model.", path(), name, tensors_.size(), closest.empty() ? "" : "; closest: ",
+           quoted_list(closest));
 }
 
 // ---------------------------------------------------------------------------------------------------- writer
@@ -369,33 +253,11 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorsEnt
   text.append((8 - text.size() % 8) % 8, ' ');
   const uint64_t header_len = text.size();
 
-  static std::atomic<uint64_t> seq{0};
-  const std::string tmp = fmt::format("{}.tmp.{}.{}", path, ::getpid(), seq.fetch_add(1));
-  Fd fd;
-  fd.fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  DS_CHECK_AS(IoError, fd.fd >= 0, "[safetensors] cannot create temporary file '{}' for '{}': {}. Check that the "
-              "directory exists and is writable.", tmp, path, errno_text(errno));
-  try {
-    write_all(fd.fd, &header_len, 8, tmp);
-    write_all(fd.fd, text.data(), text.size(), tmp);
-    for (const SafetensorsEntry* e : order) write_all(fd.fd, e->data, e->nbytes, tmp);
-    DS_CHECK_AS(IoError, ::fsync(fd.fd) == 0, "[safetensors] fsync of '{}' failed: {}.", tmp, errno_text(errno));
-    int rc = ::close(std::exchange(fd.fd, -1));
-    DS_CHECK_AS(IoError, rc == 0, "[safetensors] closing '{}' failed: {}.", tmp, errno_text(errno));
-    DS_CHECK_AS(IoError, ::rename(tmp.c_str(), path.c_str()) == 0,
-                "[safetensors] renaming '{}' to '{}' failed: {}. The previous file (if any) is untouched.", tmp, path,
-                errno_text(errno));
-  } catch (...) {
-    ::unlink(tmp.c_str());
-    throw;
-  }
-
-  const std::string dir = parent_dir(path);
-  Fd dfd;
-  dfd.fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  DS_CHECK_AS(IoError, dfd.fd >= 0 && ::fsync(dfd.fd) == 0,
-              "[safetensors] '{}' was written but fsync of its directory '{}' failed: {}. The rename may not survive "
-              "a crash; do not mark this checkpoint as latest.", path, dir, errno_text(errno));
+  AtomicFileWriter out(path, "safetensors");
+  out.write(&header_len, 8);
+  out.write(text.data(), text.size());
+  for (const SafetensorsEntry* e : order) out.write(e->data, e->nbytes);
+  out.commit();
 }
 
 // ---------------------------------------------------------------------------------------------------- conversion
@@ -409,11 +271,18 @@ std::vector<float> to_f32(const SafetensorsView& v, const std::string& where) {
   if (v.dtype == "F32") {
     if (n) std::memcpy(out.data(), src, n * 4);
   } else if (v.dtype == "BF16" || v.dtype == "F16") {
-    const bool bf = v.dtype == "BF16";
-    for (size_t i = 0; i < n; ++i) {
-      uint16_t h;
-      std::memcpy(&h, src + 2 * i, 2);
-      out[i] = bf ? bf16_to_f32(h) : f16_to_f32(h);
+    // The kernels take uint16_t*; other writers need not align tensors, so an odd address gets a staging copy.
+    std::vector<uint16_t> staged;
+    const auto* halves = reinterpret_cast<const uint16_t*>(src);
+    if (reinterpret_cast<uintptr_t>(src) % alignof(uint16_t) != 0) {
+      staged.resize(n);
+      if (n) std::memcpy(staged.data(), src, n * 2);
+      halves = staged.data();
+    }
+    if (v.dtype == "BF16") {
+      cpu::bf16_to_f32(out.data(), halves, n);
+    } else {
+      cpu::f16_to_f32(out.data(), halves, n);
     }
   } else {
     DS_THROW(IoError, "{}: dtype {} cannot be read as f32; expected F32, BF16 or F16. Read it with the matching "

@@ -12,6 +12,8 @@
 #include <string_view>
 #include <vector>
 
+#include "ds/core/file_io.h"
+
 namespace ds {
 
 // Bytes per element of a safetensors dtype string ("F32", "BF16", "I64", ...); 0 if the dtype is unknown.
@@ -36,13 +38,13 @@ class SafetensorsFile {
   // overlapping or leaving gaps, or a file size that does not match the last offset.
   static SafetensorsFile open(const std::string& path);
 
-  SafetensorsFile(SafetensorsFile&& other) noexcept;
-  SafetensorsFile& operator=(SafetensorsFile&& other) noexcept;
+  SafetensorsFile(SafetensorsFile&& other) noexcept = default;
+  SafetensorsFile& operator=(SafetensorsFile&& other) noexcept = default;
   SafetensorsFile(const SafetensorsFile&) = delete;
   SafetensorsFile& operator=(const SafetensorsFile&) = delete;
-  ~SafetensorsFile();
+  ~SafetensorsFile() = default;
 
-  const std::string& path() const { return path_; }
+  const std::string& path() const { return file_.path(); }
   size_t size() const { return tensors_.size(); }
   std::vector<std::string> names() const;  // sorted by name
   bool contains(const std::string& name) const;
@@ -52,11 +54,8 @@ class SafetensorsFile {
 
  private:
   SafetensorsFile() = default;
-  void release() noexcept;
 
-  std::string path_;
-  void* map_ = nullptr;
-  size_t map_size_ = 0;
+  MappedFile file_;  // the views in tensors_ point into it; a move keeps the mapping where it is
   std::map<std::string, SafetensorsView> tensors_;
   std::map<std::string, std::string> metadata_;
 };

@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "ds/core/error.h"
+#include "ds/core/stats.h"
 #include "ds/data/bpe_tokenizer.h"
 #include "ds/data/token_shard.h"
 
@@ -126,7 +127,7 @@ PrepareSummary prepare_dataset(const PrepareOptions& options) {
   summary.val_documents = n_val;
   summary.train_tokens = static_cast<int64_t>(train.size());
   summary.val_tokens = static_cast<int64_t>(val.size());
-  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  summary.seconds = seconds_since(start);
   return summary;
 }
 

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "ds/core/file_io.h"
+
 namespace ds::data {
 
 inline constexpr int32_t kTokenShardMagic = 20240520;
@@ -29,24 +31,20 @@ std::vector<uint16_t> read_token_shard(const std::string& path);
 class TokenShard {
  public:
   explicit TokenShard(const std::string& path);
-  TokenShard(TokenShard&& other) noexcept;
-  TokenShard& operator=(TokenShard&& other) noexcept;
-  TokenShard(const TokenShard&) = delete;
-  TokenShard& operator=(const TokenShard&) = delete;
-  ~TokenShard();
 
-  std::span<const uint16_t> tokens() const { return {tokens_, size_}; }
-  size_t size() const { return size_; }
-  const std::string& path() const { return path_; }
+  // The tokens follow the header; the constructor checked that the file holds exactly as many as the header says.
+  // A moved-from shard maps nothing and holds no tokens.
+  std::span<const uint16_t> tokens() const {
+    if (file_.data() == nullptr) return {};
+    return {reinterpret_cast<const uint16_t*>(file_.data() + kTokenShardHeaderBytes), size()};
+  }
+  size_t size() const {
+    return file_.data() == nullptr ? 0 : (file_.size() - kTokenShardHeaderBytes) / sizeof(uint16_t);
+  }
+  const std::string& path() const { return file_.path(); }
 
  private:
-  void release() noexcept;
-
-  std::string path_;
-  void* map_ = nullptr;
-  size_t map_bytes_ = 0;
-  const uint16_t* tokens_ = nullptr;
-  size_t size_ = 0;
+  MappedFile file_;  // move-only, so TokenShard is too
 };
 
 }  // namespace ds::data

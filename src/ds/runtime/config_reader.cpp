@@ -4,6 +4,7 @@
 #include "ds/runtime/config_reader.h"
 
 #include "ds/core/error.h"
+#include "ds/core/strings.h"
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -21,21 +22,6 @@ void ParseContext::warn(std::string message) { warnings.push_back(std::move(mess
 std::string join_key(std::string_view path, std::string_view key) {
   if (path.empty()) return std::string(key);
   return fmt::format("{}.{}", path, key);
-}
-
-size_t edit_distance(std::string_view a, std::string_view b) {
-  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    cur[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      const bool same = std::tolower(static_cast<unsigned char>(a[i - 1])) ==
-                        std::tolower(static_cast<unsigned char>(b[j - 1]));
-      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (same ? 0 : 1)});
-    }
-    std::swap(prev, cur);
-  }
-  return prev[b.size()];
 }
 
 namespace {
@@ -65,12 +51,12 @@ size_t shared_tokens(const std::vector<std::string>& a, const std::vector<std::s
 // Among candidates within the distance limit, more shared '_'-separated words wins, then the smaller distance:
 // "warmup_steps" should suggest "warmup_num_steps" (distance 4, two shared words), not "warmup_type" (distance 3).
 std::string did_you_mean(std::string_view key, const std::vector<std::string>& candidates) {
-  const size_t limit = std::max<size_t>(2, key.size() / 3);
+  const size_t limit = typo_distance_limit(key);
   const auto key_tokens = lower_tokens(key);
   std::string best;
   size_t best_shared = 0, best_d = limit + 1;
   for (const auto& c : candidates) {
-    const size_t d = edit_distance(key, c);
+    const size_t d = edit_distance(key, c, Case::insensitive);
     if (d > limit) continue;
     const size_t shared = shared_tokens(key_tokens, lower_tokens(c));
     if (best.empty() || shared > best_shared || (shared == best_shared && d < best_d)) {
@@ -239,8 +225,7 @@ bool BlockReader::read_choice(std::string_view key, size_t& index, std::initiali
   const json* v = lookup(key);
   if (v == nullptr) return false;
   std::vector<std::string> names(choices.begin(), choices.end());
-  std::string listing;
-  for (const auto& n : names) listing += fmt::format("{}'{}'", listing.empty() ? "" : ", ", n);
+  const std::string listing = quoted_list(names);
   if (!v->is_string()) type_error(key, fmt::format("one of {}", listing), *v);
   const std::string value = v->get<std::string>();
   auto it = std::find(names.begin(), names.end(), value);

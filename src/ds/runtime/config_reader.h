@@ -28,8 +28,6 @@ struct ParseContext {
 
 // "a.b" joined path; an empty prefix gives just the key.
 std::string join_key(std::string_view path, std::string_view key);
-// Case-insensitive Levenshtein distance.
-size_t edit_distance(std::string_view a, std::string_view b);
 // The best candidate within edit distance max(2, len(key)/3) (more shared words first, then closer), else empty.
 std::string did_you_mean(std::string_view key, const std::vector<std::string>& candidates);
 // Short rendering of a JSON value for messages (strings quoted, long values cut).

@@ -3,9 +3,7 @@
 
 #include <cblas.h>
 #include <omp.h>
-#include <sys/resource.h>
 
-#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstdio>
@@ -13,22 +11,12 @@
 #include <vector>
 
 #include "ds/core/rng.h"
+#include "ds/core/stats.h"
 #include "ds/nn/models/gpt2.h"
 #include "ds/optim/adamw.h"
 
 namespace ds {
 namespace {
-
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 // Runs a command and returns the JSON of its last "RESULT " line.
 nlohmann::json run_child(const std::string& cmd) {
@@ -77,10 +65,10 @@ double measure_sgemm_gflops(int M, int N, int K, int reps) {
   std::vector<float> a(size_t(M) * K, 0.5f), b(size_t(K) * N, 0.25f), c(size_t(M) * N);
   std::vector<double> times;
   for (int r = 0; r < reps + 1; ++r) {
-    const double t0 = now_s();
+    const auto t0 = std::chrono::steady_clock::now();
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, a.data(), K, b.data(), N, 0.0f, c.data(),
                 N);
-    if (r > 0) times.push_back(now_s() - t0);
+    if (r > 0) times.push_back(seconds_since(t0));
   }
   return 2.0 * M * N * K / median(times) * 1e-9;
 }
@@ -111,21 +99,19 @@ TrainBenchOnceResult run_train_bench_once(const TrainBenchShape& s, int steps, i
         in[size_t(b) * T + t] = buf[size_t(b) * (T + 1) + t];
         tg[size_t(b) * T + t] = buf[size_t(b) * (T + 1) + t + 1];
       }
-    const double t0 = now_s();
+    const auto t0 = std::chrono::steady_clock::now();
     model.params().zero_grad();
     ctx.reset();
     const float loss = model.forward_backward(ctx, in.data(), tg.data(), B, T, 1.0f);
     opt.step(3e-4f);
-    const double dt = now_s() - t0;
+    const double dt = seconds_since(t0);
     if (step >= warmup) times.push_back(dt);
     if (step == 0) r.loss_first = loss;
     r.loss_last = loss;
   }
   r.median_step_ms = median(times) * 1e3;
   r.tokens_per_s = double(B) * T / median(times);
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  r.peak_rss_mb = static_cast<double>(ru.ru_maxrss) / 1024.0;
+  r.peak_rss_mb = peak_rss_mib();
   return r;
 }
 
@@ -155,21 +141,23 @@ std::string run_train_bench_compare(const TrainBenchOptions& o) {
     fmt::print(stderr, "rep {}/{}: ours {:.0f} tok/s{}\n", rep + 1, o.reps, ours_tps.back(),
                o.skip_torch ? std::string() : fmt::format(", pytorch {:.0f} tok/s", torch_tps.back()));
   }
-  const double tps = median(ours_tps), ttps = median(torch_tps);
+  // Without PyTorch runs its figures are 0 (not NaN), as the table and the RESULT line have always shown.
+  const double tps = median(ours_tps), ttps = o.skip_torch ? 0.0 : median(torch_tps);
+  const double ours_rss_mb = median(ours_rss), torch_rss_mb = o.skip_torch ? 0.0 : median(torch_rss);
   const double flops = shape.step_flops() * tps / (double(shape.batch) * shape.seq_len) * 1e-9;
   const double sg = median(sgemm);
   nlohmann::json j = {{"preset", o.preset},           {"threads", o.threads},
                       {"steps", o.steps},             {"reps", o.reps},
                       {"ours_tokens_per_s", tps},     {"torch_tokens_per_s", ttps},
                       {"speedup", ttps > 0 ? tps / ttps : 0.0},
-                      {"ours_peak_rss_mb", median(ours_rss)}, {"torch_peak_rss_mb", median(torch_rss)},
+                      {"ours_peak_rss_mb", ours_rss_mb},   {"torch_peak_rss_mb", torch_rss_mb},
                       {"ours_gflops", flops},         {"sgemm_gflops", sg},
                       {"fraction_of_sgemm", flops / sg}};
   fmt::print("{:<28}{:>14}{:>14}{:>10}\n", fmt::format("{} (threads {})", o.preset, o.threads), "deepspeed.cpp",
              "pytorch", "ratio");
   fmt::print("{:<28}{:>14.0f}{:>14.0f}{:>10.2f}\n", "tokens/s (median)", tps, ttps, ttps > 0 ? tps / ttps : 0.0);
-  fmt::print("{:<28}{:>14.0f}{:>14.0f}{:>10.2f}\n", "peak RSS MB (median)", median(ours_rss), median(torch_rss),
-             median(torch_rss) > 0 ? median(ours_rss) / median(torch_rss) : 0.0);
+  fmt::print("{:<28}{:>14.0f}{:>14.0f}{:>10.2f}\n", "peak RSS MB (median)", ours_rss_mb, torch_rss_mb,
+             torch_rss_mb > 0 ? ours_rss_mb / torch_rss_mb : 0.0);
   fmt::print("{:<28}{:>14.1f}{:>14}{:>10.2f}\n", "achieved GFLOP/s vs sgemm", flops, fmt::format("{:.1f}", sg),
              flops / sg);
   const std::string line = j.dump();
