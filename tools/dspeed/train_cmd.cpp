@@ -33,6 +33,9 @@ void add_train_command(CLI::App& root) {
   cmd->add_option("--device-memory-limit", *memory_limit,
                   "fail clearly if the model needs more than this (e.g. 512MiB), as on a smaller accelerator");
   cmd->add_flag("-q,--quiet", opts->quiet, "no progress bar");
+  cmd->add_option("--backend", opts->backend,
+                  "communicator: auto (MPI when started by mpirun/srun/dspeed launch), mpi, self")
+      ->capture_default_str();
   cmd->callback([opts, memory_limit] {
     TrainOptions o = *opts;
     if (!memory_limit->empty()) o.device_memory_limit = parse_byte_size(*memory_limit);

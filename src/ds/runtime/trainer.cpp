@@ -8,8 +8,10 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <regex>
 
+#include "ds/comm/comm_factory.h"
 #include "ds/core/log.h"
 #include "ds/core/stats.h"
 #include "ds/data/data_loader.h"
@@ -99,13 +101,85 @@ class MetricsCsv {
 
 }  // namespace
 
+namespace {
+
+// Per-rank ZeRO report: measured model-state peaks and traffic beside the paper's formulas (fp32 Adam).
+void print_zero_report(Communicator& comm, const Engine& engine, const CommStats& per_step, int64_t psi) {
+  const MemoryTracker& t = current_tracker();
+  auto mib = [](double b) { return b / (1 << 20); };
+  constexpr int kFields = 6;
+  std::vector<float> mine = {static_cast<float>(mib(t.peak(Tier::device, Category::param))),
+                             static_cast<float>(mib(t.peak(Tier::device, Category::grad))),
+                             static_cast<float>(mib(t.peak(Tier::device, Category::optimizer))),
+                             static_cast<float>(mib(t.peak(Tier::device, Category::comm_buffer) +
+                                                    t.peak(Tier::host, Category::comm_buffer))),
+                             static_cast<float>(mib(static_cast<double>(per_step.total_bytes()))),
+                             static_cast<float>(peak_rss_mib())};
+  const int world = comm.size();
+  std::vector<float> all(static_cast<size_t>(kFields * world));
+  comm.all_gather(mine.data(), all.data(), kFields, DType::f32);
+  if (comm.rank() != 0) return;
+  const int stage = engine.config().zero.stage;
+  const double n = world, P = static_cast<double>(psi);
+  const double formula = stage == 0   ? 16 * P
+                         : stage == 1 ? 8 * P + 8 * P / n
+                         : stage == 2 ? 4 * P + 12 * P / n
+                                      : 16 * P / n;
+  const double traffic = (stage == 3 ? 3.0 : 2.0) * P * 4;
+  fmt::print(stderr, "ZeRO stage {} over {} rank(s), Ψ = {} parameters (fp32 Adam):\n", stage, world,
+             format_count(P));
+  fmt::print(stderr, "  rank  params MiB  grads MiB  optim MiB  states MiB  formula MiB  ratio  buckets MiB  "
+                     "sent/step MiB  ring formula MiB  RSS MiB\n");
+  for (int r = 0; r < world; ++r) {
+    const float* f = all.data() + r * kFields;
+    const double states = double(f[0]) + f[1] + f[2];
+    fmt::print(stderr, "  {:>4}  {:>10.1f} {:>10.1f} {:>10.1f} {:>11.1f} {:>12.1f} {:>6.3f} {:>12.1f} {:>14.1f} "
+               "{:>17.1f} {:>8.0f}\n",
+               r, f[0], f[1], f[2], states, mib(formula), states / mib(formula), f[3], f[4],
+               mib(traffic * (n - 1) / n), f[5]);
+  }
+  fmt::print(stderr, "  (formula: {}; traffic per step {}Ψ, counted as sent by a ring: x (N-1)/N)\n",
+             stage == 0 ? "16Ψ" : stage == 1 ? "4Ψ + 4Ψ + 8Ψ/N" : stage == 2 ? "4Ψ + 12Ψ/N" : "16Ψ/N",
+             stage == 3 ? 3 : 2);
+  fmt::print(stderr, "  traffic by collective per step (rank 0):");
+  for (int c = 0; c < kCollectiveCount; ++c)
+    if (per_step.bytes[c] > 0)
+      fmt::print(stderr, " {} {:.1f} MiB", collective_name(static_cast<Collective>(c)), mib(double(per_step.bytes[c])));
+  fmt::print(stderr, "\n");
+}
+
+TrainSummary run_training_on(const TrainOptions& o, Communicator& comm);
+
+}  // namespace
+
 TrainSummary run_training(const TrainOptions& o) {
+  std::unique_ptr<Communicator> comm = make_world_communicator(o.backend);
+  if (comm->size() > 1) set_log_rank(comm->rank(), comm->size());
+  try {
+    return run_training_on(o, *comm);
+  } catch (const std::exception& e) {
+    if (comm->size() > 1) {
+      // Say it once, with the rank, then end every rank: a peer blocked in a collective must not hang.
+      log_message(LogLevel::error, e.what());
+      comm->abort(e.what());
+    }
+    throw;
+  }
+}
+
+namespace {
+
+TrainSummary run_training_on(const TrainOptions& o, Communicator& comm) {
   const auto t_start = std::chrono::steady_clock::now();
+  const int rank = comm.rank(), world = comm.size();
+  const bool lead = rank == 0;
+  const bool show = lead && !o.quiet;
   if (o.threads > 0) omp_set_num_threads(o.threads);
   if (o.device_memory_limit) current_tracker().set_limit(Tier::device, *o.device_memory_limit);
 
-  DeepSpeedConfig config = o.config_path.empty() ? parse_config(kDefaultTrainConfig, 1, "built-in default config")
-                                                 : load_config_file(o.config_path, 1);
+  DeepSpeedConfig config = o.config_path.empty()
+                               ? parse_config(kDefaultTrainConfig, world, "built-in default config")
+                               : load_config_file(o.config_path, world);
   const Gpt2Config model_config = Gpt2Config::from_spec(o.model);
   DS_CHECK_AS(ConfigError, o.seq_len > 0 && o.seq_len <= model_config.block_size,
               "[train] --seq-len {} must be between 1 and the model's block_size {}", o.seq_len,
@@ -115,34 +189,39 @@ TrainSummary run_training(const TrainOptions& o) {
               o.eval_batches, o.eval_interval, o.steps);
   int64_t steps = o.steps;
   if (steps <= 0) steps = config.scheduler.total_num_steps > 0 ? config.scheduler.total_num_steps : 1000;
-  ensure_data(o);
+  if (lead) ensure_data(o);
+  comm.barrier();  // the other ranks read the shards rank 0 may just have written
 
   const int B = static_cast<int>(config.train_micro_batch_size_per_gpu);
   const int T = o.seq_len;
   const fs::path dir(o.data_dir);
-  data::DataLoader train_loader({(dir / "train.bin").string()}, B, T, 0, 1, o.seed, true);
-  data::DataLoader val_loader({(dir / "val.bin").string()}, B, T, 0, 1, o.seed, false);
+  data::DataLoader train_loader({(dir / "train.bin").string()}, B, T, rank, world, o.seed, true);
+  data::DataLoader val_loader({(dir / "val.bin").string()}, B, T, rank, world, o.seed, false);
   DS_CHECK_AS(ConfigError, model_config.vocab_size >= 50257,
               "[train] the GPT-2 tokenizer produces ids up to 50256, but the model's vocab_size is {}; use "
               "vocab_size >= 50257",
               model_config.vocab_size);
 
-  Engine engine(model_config, config, T, nullptr, o.seed);
+  Engine engine(model_config, config, T, &comm, o.seed);
 
-  fs::create_directories(o.out_dir);
   const std::string metrics_path = (fs::path(o.out_dir) / "metrics.csv").string();
-  MetricsCsv metrics(metrics_path);
+  std::optional<MetricsCsv> metrics;
+  if (lead) {
+    fs::create_directories(o.out_dir);
+    metrics.emplace(metrics_path);
+  }
 
   const int64_t print_every = config.steps_per_print > 0 ? config.steps_per_print : 50;
-  if (!o.quiet) {
+  if (show) {
     fmt::print(stderr, "model   {}\n", model_config.str());
     fmt::print(stderr, "config  {}\n", config.source);
     fmt::print(stderr, "{}\n", config.summary());
     fmt::print(stderr, "data    {} train tokens, {} validation tokens ({}); sequence length {}\n",
                format_count(static_cast<double>(train_loader.num_tokens())),
                format_count(static_cast<double>(val_loader.num_tokens())), o.data_dir, T);
-    fmt::print(stderr, "run     {} steps x {} tokens, {} threads, metrics in {}\n", steps,
-               config.train_batch_size * T, o.threads > 0 ? o.threads : omp_get_max_threads(), metrics_path);
+    fmt::print(stderr, "run     {} steps x {} tokens, {} rank(s) ({}) x {} threads, metrics in {}\n", steps,
+               config.train_batch_size * T, world, comm.backend(),
+               o.threads > 0 ? o.threads : omp_get_max_threads(), metrics_path);
   }
 
   auto train_next = [&](int32_t* in, int32_t* tg) { train_loader.next_batch(in, tg); };
@@ -155,7 +234,7 @@ TrainSummary run_training(const TrainOptions& o) {
   TrainSummary sum;
   sum.metrics_path = metrics_path;
   sum.initial_val_loss = validate(o.eval_batches);
-  if (!o.quiet) fmt::print(stderr, "initial validation loss {:.4f} (first {} batches)\n", sum.initial_val_loss,
+  if (show) fmt::print(stderr, "initial validation loss {:.4f} (first {} batches)\n", sum.initial_val_loss,
                            std::min(o.eval_batches, val_loader.num_batches()));
 
   ProgressBar bar(steps, print_every);
@@ -165,6 +244,7 @@ TrainSummary run_training(const TrainOptions& o) {
   double tps = 0;
   int64_t step = 0;
   double last_val = std::nan("");
+  CommStats stats_after_first;
   for (step = 1; step <= steps; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
     const StepResult r = engine.train_batch(train_next);
@@ -178,29 +258,37 @@ TrainSummary run_training(const TrainOptions& o) {
     recent.push_back(r.loss);
     if (recent.size() > 20) recent.erase(recent.begin());
     double val = std::nan("");
-    const bool last = step == steps || (o.time_limit_s > 0 && seconds_since(t_train) >= o.time_limit_s);
+    if (step == 1) stats_after_first = comm.stats();
+    int32_t out_of_time = o.time_limit_s > 0 && seconds_since(t_train) >= o.time_limit_s;
+    if (o.time_limit_s > 0 && world > 1) comm.broadcast(&out_of_time, 1, DType::i32, 0);  // rank 0 decides
+    const bool last = step == steps || out_of_time;
     if (!last && o.eval_interval > 0 && step % o.eval_interval == 0) {
       val = validate(o.eval_batches);
       last_val = val;
-      if (!o.quiet) bar.message(fmt::format("step {}: validation loss {:.4f}", step, val));
+      if (show) bar.message(fmt::format("step {}: validation loss {:.4f}", step, val));
     }
-    metrics.row(step, r.loss, val, r.lr, r.grad_norm, tps);
-    if (!o.quiet)
+    if (metrics) metrics->row(step, r.loss, val, r.lr, r.grad_norm, tps);
+    if (show)
       bar.update(step, fmt::format("loss {:.4f} | lr {:.2e} | {} tok/s{}", r.loss, r.lr, format_count(tps),
                                    std::isnan(last_val) ? "" : fmt::format(" | val {:.3f}", last_val)));
     if (last) break;
   }
-  if (!o.quiet) bar.finish();
+  if (show) bar.finish();
   sum.steps = std::min(step, steps);
+  CommStats per_step;
+  if (sum.steps > 1) {
+    for (int c = 0; c < kCollectiveCount; ++c)
+      per_step.bytes[c] = (comm.stats().bytes[c] - stats_after_first.bytes[c]) / (sum.steps - 1);
+  }
   sum.seconds = train_seconds;
   sum.tokens_per_s = tps;
   double acc = 0;
   for (double l : recent) acc += l;
   sum.final_train_loss = recent.empty() ? 0.0 : acc / static_cast<double>(recent.size());
   sum.final_val_loss = validate(val_loader.num_batches());
-  metrics.row(sum.steps, sum.final_train_loss, sum.final_val_loss, engine.current_lr(), 0.0, tps);
+  if (metrics) metrics->row(sum.steps, sum.final_train_loss, sum.final_val_loss, engine.current_lr(), 0.0, tps);
 
-  if (!o.quiet) {
+  if (show) {
     fmt::print(stderr, "\ntrained {} steps ({} tokens) in {} at {} tokens/s (wall time {})\n", sum.steps,
                format_count(static_cast<double>(sum.tokens)), format_duration(train_seconds), format_count(tps),
                format_duration(seconds_since(t_start)));
@@ -210,7 +298,10 @@ TrainSummary run_training(const TrainOptions& o) {
     fmt::print(stderr, "memory  {}peak RSS {:.0f} MiB\n", current_tracker().report(), peak_rss_mib());
     fmt::print(stderr, "metrics {}\n", metrics_path);
   }
+  if (world > 1 || config.zero.stage > 0) print_zero_report(comm, engine, per_step, model_config.num_params());
   return sum;
 }
+
+}  // namespace
 
 }  // namespace ds

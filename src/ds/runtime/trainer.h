@@ -26,6 +26,7 @@ struct TrainOptions {
   double time_limit_s = 0;                 // stop after this many seconds of training (0: no limit)
   std::optional<int64_t> device_memory_limit;  // bytes
   bool quiet = false;                      // no progress bar (summary still printed)
+  std::string backend = "auto";            // communicator: auto (MPI when launched by mpirun/srun), mpi, self
 };
 
 struct TrainSummary {
@@ -39,6 +40,7 @@ struct TrainSummary {
   std::string metrics_path;
 };
 
+// Every rank of the job calls this; rank 0 prints, writes the metrics and the per-rank ZeRO report.
 TrainSummary run_training(const TrainOptions& options);
 
 // The config used when none is given: micro-batch 8, AdamW (lr 2e-3, betas 0.9/0.95, weight decay 0.1),
