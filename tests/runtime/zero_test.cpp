@@ -166,8 +166,8 @@ TEST(Zero, GradientAccumulationAndOverlapKeepTheTrajectory) {
     const auto acc = run_world(2, stage, 2);
     expect_same_trajectory(acc[0], fmt::format("stage {} world 2 gas 2", stage));
   }
-  for (int stage : {2, 3}) {
-    const auto overlapped = run_world(2, stage, 1, true);
+  for (int stage : {0, 1, 2, 3}) {
+    const auto overlapped = run_world(2, stage, 2, true);
     expect_same_trajectory(overlapped[1], fmt::format("stage {} world 2 overlap_comm", stage));
   }
 }

@@ -71,6 +71,7 @@ StepResult Engine::train_batch(const BatchFn& next_micro_batch) {
   for (int64_t m = 0; m < gas; ++m) {
     next_micro_batch(inputs_.data(), targets_.data());
     ctx_.reset();
+    optimizer_->begin_micro_batch(m + 1 == gas);
     loss_sum += model_->forward_backward(ctx_, inputs_.data(), targets_.data(), micro_, seq_len_,
                                          1.0f / static_cast<float>(gas));
     optimizer_->end_micro_batch(m + 1 == gas);

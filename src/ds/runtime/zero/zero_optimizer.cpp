@@ -105,7 +105,7 @@ void ZeroOptimizer::reduce_unit_full_grads(const UnitState& u) {
 }
 
 void ZeroOptimizer::end_micro_batch(bool last) {
-  if (stage_ >= 2) {
+  if (stage_ >= 2 || (overlap_ && last)) {  // overlapped stage 0-1 reductions were issued by post_backward
     drain(0);
     return;
   }
@@ -131,9 +131,13 @@ void ZeroOptimizer::drain(size_t keep_in_flight) {
     pending_.pop_front();
     p.work->wait();
     const UnitState& u = units_[p.unit];
-    cpu::add_inplace(part_grads_.data<float>() + u.part_offset, recv_.data<float>() + (p.bucket & 1) * max_chunk_,
-                     static_cast<size_t>(u.chunk));
-    if (p.bucket >= 0 && p.bucket < 2) bucket_busy_[p.bucket] = false;
+    const float* recv = recv_.defined() ? recv_.data<float>() + (p.bucket & 1) * max_chunk_ : nullptr;
+    if (p.finish == Finish::accumulate) {
+      cpu::add_inplace(part_grads_.data<float>() + u.part_offset, recv, static_cast<size_t>(u.chunk));
+      if (p.bucket >= 0 && p.bucket < 2) bucket_busy_[p.bucket] = false;
+    } else if (p.finish == Finish::copy_owned) {
+      std::memcpy(owned_grads(u), recv, static_cast<size_t>(u.chunk) * sizeof(float));
+    }
   }
 }
 
@@ -189,7 +193,27 @@ void ZeroOptimizer::pre_backward(Module& m) {
 }
 
 void ZeroOptimizer::post_backward(Module& m) {
-  if (stage_ < 2) return;
+  if (stage_ < 2) {
+    if (!overlap_ || !last_micro_) return;
+    // The unit's full gradients are final: reduce them now, while backward continues with the next unit.
+    const UnitState& u = state_of(m);
+    const size_t index = static_cast<size_t>(&u - units_.data());
+    float* unit_grads = store_.flat_grads().data<float>() + u.unit->offset;
+    if (stage_ == 0) {
+      pending_.push_back({index, comm_.all_reduce_async(unit_grads, static_cast<size_t>(u.unit->padded_numel),
+                                                        DType::f32, ReduceOp::sum),
+                          -1, Finish::none});
+    } else {
+      drain(1);  // two receive slots: at most one other reduction may still be in flight
+      const int slot = next_slot_;
+      next_slot_ ^= 1;
+      pending_.push_back({index,
+                          comm_.reduce_scatter_async(unit_grads, recv_.data<float>() + slot * max_chunk_,
+                                                     static_cast<size_t>(u.chunk), DType::f32, ReduceOp::sum),
+                          slot, Finish::copy_owned});
+    }
+    return;
+  }
   const UnitState& u = state_of(m);
   const size_t index = static_cast<size_t>(&u - units_.data());
   const int b = unit_bucket_[index];
@@ -198,7 +222,7 @@ void ZeroOptimizer::post_backward(Module& m) {
   if (b == 2) drain(0);
   WorkPtr w = comm_.reduce_scatter_async(bucket, recv_.data<float>() + (b & 1) * max_chunk_,
                                          static_cast<size_t>(u.chunk), DType::f32, ReduceOp::sum);
-  pending_.push_back({index, w, b});
+  pending_.push_back({index, w, b, Finish::accumulate});
   drain(overlap_ ? 1 : 0);
   if (stage_ == 3) release(index, false);
 }

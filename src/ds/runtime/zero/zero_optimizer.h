@@ -37,7 +37,10 @@ class ZeroOptimizer : public ModuleHooks {
   int stage() const { return stage_; }
   // Before the first micro-batch of a batch: clears the gradients.
   void begin_batch();
-  // After each micro-batch's backward; `last` marks the accumulation boundary, where stages 0-1 reduce.
+  // Around each micro-batch's forward and backward; `last` marks the accumulation boundary, where stages 0-1
+  // reduce: with overlap_comm during the last backward, unit by unit as each unit's gradients complete (the
+  // collectives run on the communicator's worker thread while backward goes on), otherwise after it.
+  void begin_micro_batch(bool last) { last_micro_ = last; }
   void end_micro_batch(bool last);
   // Global L2 norm of the averaged gradient (valid after the boundary).
   double grad_norm();
@@ -67,10 +70,12 @@ class ZeroOptimizer : public ModuleHooks {
     int64_t chunk;        // padded_numel / N
     int64_t part_offset;  // where this unit's chunk starts in the partition buffers
   };
+  enum class Finish : uint8_t { accumulate, none, copy_owned };  // what completing a reduction needs
   struct Pending {
     size_t unit;
     WorkPtr work;
-    int bucket;
+    int bucket;  // stage 2-3: bucket (receive slot = bucket & 1); stage 1: receive slot
+    Finish finish;
   };
   const UnitState& state_of(const Module& m) const;
   float* owned_params(const UnitState& u) const;
@@ -106,6 +111,8 @@ class ZeroOptimizer : public ModuleHooks {
   std::vector<bool> persistent_;
   std::vector<std::vector<Tensor>> pool_;  // released gather buffers by unit, reused (allocated once)      // stage 2: bucket bound to each unit (0, 1, or 2 for the root bucket)
   std::deque<Pending> pending_;
+  bool last_micro_ = true;
+  int next_slot_ = 0;
 };
 
 }  // namespace ds
