@@ -47,28 +47,35 @@ struct RunResult {
   std::vector<float> params;  // unpadded, in parameter order
   int64_t peak_param = 0, peak_grad = 0, peak_optimizer = 0;
   int64_t bytes_per_step = 0;
+  int64_t prefetches = 0, prefetch_hits = 0, peak_comm_buffer = 0;
 };
 
 // eps is 1e-3, not 1e-8: with a 50,257-token vocabulary most embedding rows get gradients near 1e-8 from the
 // softmax alone, where Adam's m/sqrt(v) turns the rounding of a different summation order (per-rank partial sums)
 // into full-size updates. A larger eps keeps the comparison about the partitioning, not Adam's conditioning.
-std::string config_json(int stage, int micro, int gas, bool overlap) {
+// stage3_max_reuse_distance 0 releases every unit after use, so stage 3 moves the paper's 3Ψ (the default keeps
+// units gathered when the trace reuses them soon, which saves traffic; tested separately below).
+std::string config_json(int stage, int micro, int gas, bool overlap, const std::string& extra = "") {
   return fmt::format(R"({{"train_micro_batch_size_per_gpu": {}, "gradient_accumulation_steps": {},
       "optimizer": {{"type": "AdamW", "params": {{"lr": 3e-3, "betas": [0.9, 0.95], "eps": 1e-3,
                                                  "weight_decay": 0.1}}}},
       "gradient_clipping": 1.0,
-      "zero_optimization": {{"stage": {}, "overlap_comm": {}}}}})",
-                     micro, gas, stage, overlap ? "true" : "false");
+      "zero_optimization": {{"stage": {}, "overlap_comm": {} {}}}}})",
+                     micro, gas, stage, overlap ? "true" : "false",
+                     extra.find("stage3_max_reuse_distance") == std::string::npos
+                         ? ", \"stage3_max_reuse_distance\": 0" + extra
+                         : extra);
 }
 
 // One rank's run: rows of global step s are [4s, 4s+4); rank r's micro-step k reads rows
 // 4s + r*micro*gas + k*micro.
 // The tracker outlives the rank's thread: the communicator's own buffers report to it until the world is gone.
-RunResult run_rank(Communicator& comm, MemoryTracker& tracker, int stage, int micro, int gas, bool overlap) {
+RunResult run_rank(Communicator& comm, MemoryTracker& tracker, int stage, int micro, int gas, bool overlap,
+                   const std::string& extra) {
   RunResult out;
   omp_set_num_threads(std::max(1, omp_get_num_procs() / comm.size()));  // ranks are threads: share the cores
   TrackerScope scope(tracker);
-  DeepSpeedConfig cfg = parse_config(config_json(stage, micro, gas, overlap), comm.size(), "zero_test");
+  DeepSpeedConfig cfg = parse_config(config_json(stage, micro, gas, overlap, extra), comm.size(), "zero_test");
   Engine engine(tiny(), cfg, kT, &comm, 42);
   int step = 0, k = 0;
   auto next = [&](int32_t* in, int32_t* tg) {
@@ -82,19 +89,22 @@ RunResult run_rank(Communicator& comm, MemoryTracker& tracker, int stage, int mi
   }
   out.bytes_per_step = (comm.stats().total_bytes() - bytes_before) / (kSteps - 1);
   out.params = engine.optimizer().full_parameters();
+  out.prefetches = engine.optimizer().prefetches_issued();
+  out.prefetch_hits = engine.optimizer().prefetch_hits();
+  out.peak_comm_buffer = tracker.peak(Tier::device, Category::comm_buffer);
   out.peak_param = tracker.peak(Tier::device, Category::param);
   out.peak_grad = tracker.peak(Tier::device, Category::grad);
   out.peak_optimizer = tracker.peak(Tier::device, Category::optimizer);
   return out;
 }
 
-std::vector<RunResult> run_world(int world, int stage, int gas, bool overlap = false) {
+std::vector<RunResult> run_world(int world, int stage, int gas, bool overlap = false, const std::string& extra = "") {
   const int micro = kGlobalRows / world / gas;
   std::vector<RunResult> results(static_cast<size_t>(world));
   std::vector<MemoryTracker> trackers(static_cast<size_t>(world));
   run_local_world(world, [&](Communicator& comm) {
     const size_t r = static_cast<size_t>(comm.rank());
-    results[r] = run_rank(comm, trackers[r], stage, micro, gas, overlap);
+    results[r] = run_rank(comm, trackers[r], stage, micro, gas, overlap, extra);
   });
   return results;
 }
@@ -170,4 +180,20 @@ TEST(Zero, GradientAccumulationAndOverlapKeepTheTrajectory) {
     const auto overlapped = run_world(2, stage, 2, true);
     expect_same_trajectory(overlapped[1], fmt::format("stage {} world 2 overlap_comm", stage));
   }
+}
+
+TEST(Zero, Stage3PrefetchAndReuseFollowTheTraceAndKeepTheTrajectory) {
+  const double psi = static_cast<double>(tiny().num_params());
+  // DeepSpeed's defaults: prefetch bucket 5e7, max live 1e9, reuse distance 1e9 (the whole tiny model).
+  const auto defaults = run_world(2, 3, 1, true, R"(, "stage3_max_reuse_distance": 1000000000)");
+  expect_same_trajectory(defaults[0], "stage 3 with default prefetch and reuse");
+  EXPECT_LT(static_cast<double>(defaults[0].bytes_per_step), 3.0 * psi * 4 * 0.5);  // reuse saves re-gathers
+  // A prefetch window of one block at a time: prefetches are issued along the trace and used.
+  const int64_t block = 12 * 128 * 128 + 13 * 128;
+  const auto windowed = run_world(2, 3, 1, true,
+                                  fmt::format(R"(, "stage3_prefetch_bucket_size": {}, "stage3_max_live_parameters": {})",
+                                              2 * block, 8 * 1000000));
+  expect_same_trajectory(windowed[1], "stage 3 with a small prefetch window");
+  EXPECT_GT(windowed[1].prefetches, 0);
+  EXPECT_EQ(windowed[1].prefetch_hits, windowed[1].prefetches);
 }

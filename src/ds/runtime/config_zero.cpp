@@ -129,17 +129,13 @@ void parse_zero(BlockReader r, ZeroConfig& out) {
                              "effect; set pin_memory inside offload_param / offload_optimizer", r.ctx().source));
   }
 
-  // Stage 3 gathers each unit on demand; trace-based prefetch and its limits are not implemented yet.
-  read_either(r, "stage3_prefetch_bucket_size", "prefetch_bucket_size", out.stage3_prefetch_bucket_size,
-              Support::not_yet);
+  read_either(r, "stage3_prefetch_bucket_size", "prefetch_bucket_size", out.stage3_prefetch_bucket_size);
   read_either(r, "stage3_param_persistence_threshold", "param_persistence_threshold",
               out.stage3_param_persistence_threshold);
   read_either(r, "stage3_model_persistence_threshold", "model_persistence_threshold",
               out.stage3_model_persistence_threshold, Support::not_yet);
-  read_either(r, "stage3_max_live_parameters", "max_live_parameters", out.stage3_max_live_parameters,
-              Support::not_yet);
-  read_either(r, "stage3_max_reuse_distance", "max_reuse_distance", out.stage3_max_reuse_distance,
-              Support::not_yet);
+  read_either(r, "stage3_max_live_parameters", "max_live_parameters", out.stage3_max_live_parameters);
+  read_either(r, "stage3_max_reuse_distance", "max_reuse_distance", out.stage3_max_reuse_distance);
   check_not_both(r, "stage3_gather_fp16_weights_on_model_save", "stage3_gather_16bit_weights_on_model_save");
   check_not_both(r, "stage3_gather_fp16_weights_on_model_save", "gather_16bit_weights_on_model_save");
   read_either(r, "stage3_gather_16bit_weights_on_model_save", "gather_16bit_weights_on_model_save",

@@ -6,6 +6,8 @@
 #include <cmath>
 #include <cstring>
 
+#include "ds/core/log.h"
+
 namespace ds {
 
 ZeroOptimizer::ZeroOptimizer(ParameterStore& store, Communicator& comm, const ZeroConfig& zero,
@@ -46,6 +48,11 @@ ZeroOptimizer::ZeroOptimizer(ParameterStore& store, Communicator& comm, const Ze
     store_.release_flat_params();
     gathered_.resize(units_.size());
     pool_.resize(units_.size());
+    inflight_buf_.resize(units_.size());
+    inflight_.resize(units_.size());
+    prefetch_limit_ = zero.stage3_prefetch_bucket_size;
+    max_live_ = zero.stage3_max_live_parameters;
+    max_reuse_ = zero.stage3_max_reuse_distance;
     for (const UnitState& u : units_)
       persistent_.push_back(u.unit->numel <= zero.stage3_param_persistence_threshold);
   }
@@ -90,6 +97,13 @@ float* ZeroOptimizer::owned_grads(const UnitState& u) {
 
 void ZeroOptimizer::begin_batch() {
   drain(0);
+  if (stage_ == 3) {
+    if (recording_ && !trace_.empty()) trace_complete_ = true;  // the previous step recorded a whole trace
+    recording_ = !trace_complete_;
+    if (recording_) trace_.clear();
+    trace_pos_ = 0;
+    in_step_ = true;
+  }
   if (stage_ >= 2) {
     part_grads_.zero_();
   } else {
@@ -141,31 +155,96 @@ void ZeroOptimizer::drain(size_t keep_in_flight) {
   }
 }
 
+// Note [Stage-3 trace]
+// During the first training step the units are fetched in some order (embeddings, blocks, ln_f, then the head
+// and the blocks in reverse); that order is the trace. From the next step on, each fetch walks the trace ahead and
+// starts all-gathers for upcoming units on the communicator's thread while the current unit computes, as long as
+// the elements in flight stay within stage3_prefetch_bucket_size and everything gathered or in flight within
+// stage3_max_live_parameters. A unit about to be released stays gathered if the trace uses it again within
+// stage3_max_reuse_distance elements of other units. A fetch that differs from the trace drops it (recorded again
+// next step). Evaluation passes between steps fetch plainly, outside the trace.
+Tensor ZeroOptimizer::take_buffer(size_t index) {
+  if (!pool_[index].empty()) {
+    Tensor buf = pool_[index].back();
+    pool_[index].pop_back();
+    return buf;
+  }
+  return Tensor::empty({units_[index].unit->padded_numel}, DType::f32, Category::comm_buffer);
+}
+
 void ZeroOptimizer::gather(size_t index) {
   if (gathered_[index].defined()) return;
   const UnitState& u = units_[index];
   Tensor buf;
-  if (!pool_[index].empty()) {
-    buf = pool_[index].back();
-    pool_[index].pop_back();
+  if (inflight_[index]) {
+    inflight_[index]->wait();
+    inflight_[index].reset();
+    buf = inflight_buf_[index];
+    inflight_buf_[index] = Tensor();
+    ++prefetch_hits_;
   } else {
-    buf = Tensor::empty({u.unit->padded_numel}, DType::f32, Category::comm_buffer);
+    buf = take_buffer(index);
+    comm_.all_gather(owned_params(u), buf.data<float>(), static_cast<size_t>(u.chunk), DType::f32);
+    live_numel_ += u.unit->padded_numel;
   }
-  std::memcpy(gather_send_.data<float>(), owned_params(u), static_cast<size_t>(u.chunk) * sizeof(float));
-  comm_.all_gather(gather_send_.data<float>(), buf.data<float>(), static_cast<size_t>(u.chunk), DType::f32);
   for (Parameter* p : u.unit->params) p->data = buf.slice_flat(p->offset - u.unit->offset, p->shape);
   gathered_[index] = buf;
 }
 
+void ZeroOptimizer::prefetch() {
+  int64_t in_flight = 0;
+  for (size_t i = 0; i < units_.size(); ++i)
+    if (inflight_[i]) in_flight += units_[i].unit->padded_numel;
+  for (size_t pos = trace_pos_; pos < trace_.size(); ++pos) {
+    const size_t k = trace_[pos];
+    if (gathered_[k].defined() || inflight_[k]) continue;
+    const int64_t n = units_[k].unit->padded_numel;
+    if (in_flight + n > prefetch_limit_ || live_numel_ + n > max_live_) break;
+    inflight_buf_[k] = take_buffer(k);
+    inflight_[k] = comm_.all_gather_async(owned_params(units_[k]), inflight_buf_[k].data<float>(),
+                                          static_cast<size_t>(units_[k].chunk), DType::f32);
+    in_flight += n;
+    live_numel_ += n;
+    ++prefetches_issued_;
+  }
+}
+
+void ZeroOptimizer::fetch(size_t index) {
+  if (in_step_) {
+    if (recording_) {
+      trace_.push_back(index);
+    } else if (trace_complete_) {
+      if (trace_pos_ < trace_.size() && trace_[trace_pos_] == index) {
+        ++trace_pos_;
+      } else {
+        log_debug("[zero] stage-3 trace invalidated at fetch {}: expected unit {}, got {}", trace_pos_,
+                  trace_pos_ < trace_.size() ? units_[trace_[trace_pos_]].unit->name : std::string("(end)"),
+                  units_[index].unit->name);
+        trace_complete_ = false;
+      }
+    }
+  }
+  gather(index);
+  if (in_step_ && trace_complete_) prefetch();
+}
+
 void ZeroOptimizer::release(size_t index, bool even_persistent) {
   if (!gathered_[index].defined() || (persistent_[index] && !even_persistent)) return;
+  if (!even_persistent && in_step_ && trace_complete_) {
+    int64_t distance = 0;
+    for (size_t pos = trace_pos_; pos < trace_.size() && distance <= max_reuse_; ++pos) {
+      if (trace_[pos] == index) return;  // used again soon: keep it
+      distance += units_[trace_[pos]].unit->padded_numel;
+    }
+  }
   for (Parameter* p : units_[index].unit->params) p->data = Tensor();
   pool_[index].push_back(gathered_[index]);
   gathered_[index] = Tensor();
+  live_numel_ -= units_[index].unit->padded_numel;
 }
 
 void ZeroOptimizer::pre_forward(Module& m) {
-  if (stage_ == 3) gather(static_cast<size_t>(&state_of(m) - units_.data()));
+  if (stage_ == 3) fetch(static_cast<size_t>(&state_of(m) - units_.data()));
 }
 
 void ZeroOptimizer::post_forward(Module& m) {
@@ -176,7 +255,7 @@ void ZeroOptimizer::pre_backward(Module& m) {
   if (stage_ < 2) return;
   const UnitState& u = state_of(m);
   const size_t index = static_cast<size_t>(&u - units_.data());
-  if (stage_ == 3) gather(index);
+  if (stage_ == 3) fetch(index);
   const int64_t n = u.unit->padded_numel;
   Tensor bucket;
   if (index == 0) {
@@ -267,8 +346,13 @@ void ZeroOptimizer::step(float lr, float grad_scale) {
   }
   if (stage_ == 0) return;
   if (stage_ == 3) {
-    // The owned partitions are the parameters; gathered copies (persistent units) are now stale.
-    for (size_t i = 0; i < units_.size(); ++i) release(i, true);
+    // The owned partitions are the parameters; gathered copies are now stale. Nothing is in flight: prefetch
+    // only runs ahead within the step's trace, whose units have all been used.
+    in_step_ = false;
+    for (size_t i = 0; i < units_.size(); ++i) {
+      if (inflight_[i]) gather(i);
+      release(i, true);
+    }
     return;
   }
   for (const UnitState& u : units_) {

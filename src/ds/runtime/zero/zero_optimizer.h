@@ -10,6 +10,7 @@
 //   stage 3: parameters partitioned too: a unit is all-gathered into a pooled buffer before its forward and again
 //            before its backward and released after each (units of at most stage3_param_persistence_threshold
 //            elements stay gathered until the next step); gradients as stage 2. Traffic 3Ψ, memory 16Ψ/N.
+//            See Note [Stage-3 trace] in the .cpp for prefetching and the reuse distance.
 // Buckets and receive buffers are `comm_buffer` memory, reported apart from the model states.
 #pragma once
 
@@ -37,6 +38,9 @@ class ZeroOptimizer : public ModuleHooks {
   int stage() const { return stage_; }
   // Before the first micro-batch of a batch: clears the gradients.
   void begin_batch();
+  // Stage 3 statistics: all-gathers issued ahead of use, and those found already complete or in flight when used.
+  int64_t prefetches_issued() const { return prefetches_issued_; }
+  int64_t prefetch_hits() const { return prefetch_hits_; }
   // Around each micro-batch's forward and backward; `last` marks the accumulation boundary, where stages 0-1
   // reduce: with overlap_comm during the last backward, unit by unit as each unit's gradients complete (the
   // collectives run on the communicator's worker thread while backward goes on), otherwise after it.
@@ -83,8 +87,11 @@ class ZeroOptimizer : public ModuleHooks {
   void reduce_unit_full_grads(const UnitState& u);
   void drain(size_t keep_in_flight);
   int free_bucket();
+  void fetch(size_t unit);    // gather with trace bookkeeping and prefetch
   void gather(size_t unit);
   void release(size_t unit, bool even_persistent);
+  void prefetch();
+  Tensor take_buffer(size_t unit);
 
   ParameterStore& store_;
   Communicator& comm_;
@@ -109,7 +116,15 @@ class ZeroOptimizer : public ModuleHooks {
   Tensor own_params_;                 // the owned parameter partition (model-state `param` memory)
   std::vector<Tensor> gathered_;      // per unit: its gathered parameters while available
   std::vector<bool> persistent_;
-  std::vector<std::vector<Tensor>> pool_;  // released gather buffers by unit, reused (allocated once)      // stage 2: bucket bound to each unit (0, 1, or 2 for the root bucket)
+  std::vector<std::vector<Tensor>> pool_;  // released gather buffers by unit, reused (allocated once)
+  std::vector<Tensor> inflight_buf_;  // per unit: the buffer an in-flight prefetch fills
+  std::vector<WorkPtr> inflight_;     // per unit: that prefetch
+  std::vector<size_t> trace_;         // unit fetch order of one training step
+  bool in_step_ = false, recording_ = true, trace_complete_ = false;
+  size_t trace_pos_ = 0;
+  int64_t live_numel_ = 0;            // gathered + in flight
+  int64_t prefetch_limit_ = 0, max_live_ = 0, max_reuse_ = 0;
+  int64_t prefetches_issued_ = 0, prefetch_hits_ = 0;      // stage 2: bucket bound to each unit (0, 1, or 2 for the root bucket)
   std::deque<Pending> pending_;
   bool last_micro_ = true;
   int next_slot_ = 0;
