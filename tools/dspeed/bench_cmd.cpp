@@ -1,5 +1,7 @@
 // `dspeed bench train`: our training step beside PyTorch's on the same shapes (see docs/performance.md).
 // `dspeed bench train-once` is the child process it runs for each of our measurements.
+// `dspeed bench zero`: ZeRO stages 0-3 at several world sizes against the paper's memory and traffic formulas;
+// `dspeed bench zero-once` (hidden) is one rank of one of its child jobs.
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 #include <unistd.h>
@@ -8,6 +10,7 @@
 
 #include "commands.h"
 #include "ds/runtime/train_bench.h"
+#include "ds/runtime/zero_bench.h"
 
 namespace ds::tool {
 namespace {
@@ -54,6 +57,55 @@ void add_bench_command(CLI::App& root) {
                         {"tokens_per_s", r.tokens_per_s}, {"peak_rss_mb", r.peak_rss_mb},
                         {"loss_first", r.loss_first}, {"loss_last", r.loss_last}};
     std::printf("RESULT %s\n", j.dump().c_str());
+  });
+
+  auto z = std::make_shared<ZeroBenchOptions>();
+  CLI::App* zero = cmd->add_subcommand("zero", "ZeRO stages x world sizes: memory and traffic vs the ZeRO formulas");
+  zero->add_option("--model", z->model, "model preset or model JSON file")->capture_default_str();
+  zero->add_option("--worlds", z->worlds, "world sizes, comma-separated (default 1,2,4; 1 runs without mpirun)")
+      ->delimiter(',')
+      ->expected(1, 64);
+  zero->add_option("--stages", z->stages, "ZeRO stages, comma-separated (default 0,1,2,3)")
+      ->delimiter(',')
+      ->expected(1, 64);
+  zero->add_option("--steps", z->steps, "training steps per run")->capture_default_str();
+  zero->add_option("--warmup", z->warmup, "steps not timed")->capture_default_str();
+  zero->add_option("--seq-len", z->seq_len, "tokens per sequence")->capture_default_str();
+  zero->add_option("--micro", z->micro, "train_micro_batch_size_per_gpu")->capture_default_str();
+  zero->add_option("--reps", z->reps, "interleaved repetitions of the grid (medians are shown)")
+      ->capture_default_str();
+  zero->add_option("--threads", z->threads, "OpenMP threads per rank (default: cores / world size)");
+  zero->add_option("--overlap-comm", z->overlap_comm, "zero_optimization.overlap_comm: default, true or false")
+      ->capture_default_str();
+  zero->add_option("--zero-extra", z->zero_extra,
+                   "JSON object of more zero_optimization keys, e.g. '{\"stage3_max_reuse_distance\": 0}'");
+  zero->add_option("--mpirun", z->mpirun, "mpirun to launch worlds above 1")->capture_default_str();
+  zero->add_option("--child-timeout", z->child_timeout_s, "seconds allowed per run")->capture_default_str();
+  zero->add_option("--json", z->json_out, "append the result as a JSON line");
+  zero->callback([z] {
+    ZeroBenchOptions opts = *z;
+    opts.self_exe = self_exe();
+    run_zero_bench(opts);
+  });
+
+  auto zo = std::make_shared<ZeroBenchOnceOptions>();
+  CLI::App* zone = cmd->add_subcommand("zero-once", "one rank of a `bench zero` run (prints RESULT json)");
+  zone->group("");  // hidden: started by `bench zero`
+  zone->add_option("--model", zo->model);
+  zone->add_option("--stage", zo->stage);
+  zone->add_option("--steps", zo->steps);
+  zone->add_option("--warmup", zo->warmup);
+  zone->add_option("--seq-len", zo->seq_len);
+  zone->add_option("--micro", zo->micro);
+  zone->add_option("--threads", zo->threads);
+  zone->add_option("--overlap-comm", zo->overlap_comm);
+  zone->add_option("--zero-extra", zo->zero_extra);
+  zone->add_option("--backend", zo->backend);
+  zone->add_option("--seed", zo->seed);
+  zone->callback([zo] {
+    const ZeroBenchRankResult r = run_zero_bench_once(*zo);
+    std::printf("RESULT %s\n", r.to_json().c_str());
+    std::fflush(stdout);
   });
 }
 
