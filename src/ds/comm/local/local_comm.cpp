@@ -4,6 +4,7 @@
 // keeps every buffer alive until all readers are done. all_reduce folds ranks in order 0, 1, ..., W-1 per element,
 // each rank folding its 1/W share into its own grow-only buffer (reported as host comm_buffer memory), which all
 // then copy from, so the bits never depend on timing. Aborts, timeouts and departed ranks wake every waiter.
+#include "ds/comm/backend_util.h"
 #include "ds/comm/local/local_comm.h"
 
 #include <fmt/format.h>
@@ -27,51 +28,15 @@
 namespace ds {
 namespace {
 
+using comm_detail::Completion;
+using comm_detail::GrowBuffer;
+
 using Clock = std::chrono::steady_clock;
 
 // ----------------------------------------------------------------------------------------------------------------
 // Completion handles and the per-communicator FIFO worker.
 
-class Completion final : public Work {
- public:
-  void finish(std::exception_ptr error) {
-    std::lock_guard<std::mutex> lock(mu_);
-    done_ = true;
-    error_ = std::move(error);
-    cv_.notify_all();
-  }
-  void wait() override {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return done_; });
-    if (error_) std::rethrow_exception(error_);
-  }
-  bool test() override {
-    std::lock_guard<std::mutex> lock(mu_);
-    return done_;
-  }
 
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  std::exception_ptr error_;
-};
-
-// A grow-only buffer for staging copies, allocated through the memory tracker (host tier, comm_buffer).
-class GrowBuffer {
- public:
-  std::byte* reserve(size_t bytes) {
-    if (bytes == 0) return storage_ ? static_cast<std::byte*>(storage_->data()) : nullptr;
-    if (!storage_ || storage_->bytes() < static_cast<int64_t>(bytes)) {
-      storage_.reset();  // release first: the peak is the new size, not old + new
-      storage_ = allocate_storage(static_cast<int64_t>(bytes), Category::comm_buffer, Tier::host);
-    }
-    return static_cast<std::byte*>(storage_->data());
-  }
-
- private:
-  std::shared_ptr<Storage> storage_;
-};
 
 // Runs tasks one at a time in submission order on a thread started at the first submit. Each task runs under
 // the memory tracker of the thread that submitted it, so a rank's communication buffers count for that rank.

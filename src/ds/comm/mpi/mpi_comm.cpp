@@ -4,6 +4,7 @@
 // forms queue a task on it (FIFO across all communicators, like one NCCL stream) and point-to-point requests are
 // polled there with MPI_Testsome, so the design needs only MPI_THREAD_FUNNELED; we still ask for MULTIPLE so that
 // abort() may call MPI_Abort from whatever thread fails while the MPI thread sits in a collective.
+#include "ds/comm/backend_util.h"
 #include "ds/comm/mpi/mpi_comm.h"
 
 // The C API only: OpenMPI's deprecated C++ bindings add nothing and warn under -Wextra.
@@ -30,6 +31,9 @@
 namespace ds {
 namespace {
 
+using comm_detail::Completion;
+using comm_detail::GrowBuffer;
+
 [[noreturn]] void throw_mpi_error(const char* call, int code) {
   char text[MPI_MAX_ERROR_STRING] = {};
   int len = 0;
@@ -44,30 +48,6 @@ namespace {
     if (ds_mpi_rc_ != MPI_SUCCESS) throw_mpi_error(#call, ds_mpi_rc_); \
   } while (0)
 
-class Completion final : public Work {
- public:
-  void finish(std::exception_ptr error) {
-    std::lock_guard<std::mutex> lock(mu_);
-    done_ = true;
-    error_ = std::move(error);
-    cv_.notify_all();
-  }
-  void wait() override {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return done_; });
-    if (error_) std::rethrow_exception(error_);
-  }
-  bool test() override {
-    std::lock_guard<std::mutex> lock(mu_);
-    return done_;
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  std::exception_ptr error_;
-};
 
 // The process-wide MPI thread. Created on first use; at process exit it drains its queue, calls MPI_Finalize
 // (only if it called MPI_Init itself) and is deleted. If it is stuck in a collective whose peers died without
@@ -331,21 +311,6 @@ MPI_Op mpi_op(ReduceOp op) {
   return MPI_SUM;
 }
 
-// A grow-only buffer for staging copies, allocated through the memory tracker (host tier, comm_buffer).
-class GrowBuffer {
- public:
-  std::byte* reserve(size_t bytes) {
-    if (bytes == 0) return storage_ ? static_cast<std::byte*>(storage_->data()) : nullptr;
-    if (!storage_ || storage_->bytes() < static_cast<int64_t>(bytes)) {
-      storage_.reset();  // release first: the peak is the new size, not old + new
-      storage_ = allocate_storage(static_cast<int64_t>(bytes), Category::comm_buffer, Tier::host);
-    }
-    return static_cast<std::byte*>(storage_->data());
-  }
-
- private:
-  std::shared_ptr<Storage> storage_;
-};
 
 bool overlaps(const void* a, size_t a_bytes, const void* b, size_t b_bytes) {
   const auto pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
