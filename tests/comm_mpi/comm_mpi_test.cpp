@@ -74,6 +74,10 @@ TEST_F(CommMpi, ReduceScatter) {
       test::check_reduce_scatter<int32_t>(c, op, 3, in_place);
     }
   }
+  // Blocks longer than one ring segment (2^20 elements) go around the ring in several pieces; 0 is a no-op.
+  test::check_reduce_scatter<float>(c, ReduceOp::sum, (size_t{1} << 20) * 2 + 7, false);
+  test::check_reduce_scatter<int32_t>(c, ReduceOp::max, (size_t{1} << 20) + 1, true);
+  test::check_reduce_scatter<float>(c, ReduceOp::sum, 0, false);
 }
 
 TEST_F(CommMpi, AllGather) {

@@ -1,5 +1,6 @@
-// MPI backend: collectives map onto MPI_Allreduce, MPI_Reduce_scatter_block, MPI_Allgather, MPI_Bcast,
-// MPI_Alltoallv and MPI_Isend/Irecv, on a private duplicate of MPI_COMM_WORLD (or of a split of it).
+// MPI backend: collectives map onto MPI_Allreduce, MPI_Allgather, MPI_Bcast, MPI_Alltoallv and MPI_Isend/Irecv,
+// on a private duplicate of MPI_COMM_WORLD (or of a split of it); reduce-scatter is our own ring (Note [Ring
+// reduce-scatter]) on a second duplicate.
 // Decision: one process-wide "MPI thread" makes every MPI call, MPI_Init_thread and MPI_Finalize included. Async
 // forms queue a task on it (FIFO across all communicators, like one NCCL stream) and point-to-point requests are
 // polled there with MPI_Testsome, so the design needs only MPI_THREAD_FUNNELED; we still ask for MULTIPLE so that
@@ -22,6 +23,7 @@
 #include <functional>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "ds/core/error.h"
@@ -319,6 +321,32 @@ bool overlaps(const void* a, size_t a_bytes, const void* b, size_t b_bytes) {
 
 int64_t ring_share(int64_t n, int world) { return n * (world - 1) / world; }
 
+// Note [Ring reduce-scatter]
+// OpenMPI's MPI_Reduce_scatter_block for large blocks reduces everything to one rank and scatters (basic linear),
+// with temporaries of the whole send buffer (two of them: 300 MB for a 150 MB send), and it is not
+// bandwidth-optimal. Ours is the ring: in N-1 steps rank r sends the running partial sum of block
+// (r - k - 1) mod N to rank r+1 and adds its own contribution of block (r - k - 2) mod N to what it receives from
+// r-1; after the last step it holds block r summed over all ranks. Blocks go in segments of kRingSegment elements,
+// so the only temporaries are two segments in the staging buffer. Every rank sends (N-1)/N of its send buffer,
+// which is the ring count of Note [Traffic accounting]. Partial sums travel from rank r-1 to r, so the order of
+// addition is fixed by the ranks, and the result is the same on every run.
+constexpr size_t kRingSegment = size_t{1} << 20;
+
+template <typename T>
+void combine(T* acc, const T* x, size_t n, ReduceOp op) {
+  switch (op) {
+    case ReduceOp::sum:
+      for (size_t i = 0; i < n; ++i) acc[i] += x[i];
+      return;
+    case ReduceOp::max:
+      for (size_t i = 0; i < n; ++i) acc[i] = std::max(acc[i], x[i]);
+      return;
+    case ReduceOp::min:
+      for (size_t i = 0; i < n; ++i) acc[i] = std::min(acc[i], x[i]);
+      return;
+  }
+}
+
 // MPI counts are int; in-place collectives on contiguous buffers are cut into pieces of at most this many.
 constexpr size_t kMaxPiece = size_t{1} << 30;
 
@@ -329,13 +357,17 @@ class MpiCommunicator final : public Communicator {
       DS_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
       DS_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
       DS_MPI_CHECK(MPI_Comm_size(comm_, &size_));
+      DS_MPI_CHECK(MPI_Comm_dup(comm_, &ring_comm_));
     });
   }
   ~MpiCommunicator() override {
     // Queued after this communicator's pending work, which may still use staging_: wait for it.
     if (engine_.stopped()) return;
     try {
-      engine_.run([this] { MPI_Comm_free(&comm_); });
+      engine_.run([this] {
+        MPI_Comm_free(&ring_comm_);
+        MPI_Comm_free(&comm_);
+      });
     } catch (...) {
     }
   }
@@ -368,8 +400,14 @@ class MpiCommunicator final : public Communicator {
     return engine_.submit([=, this] {
       const size_t block = count * dtype_size(dtype);
       const void* src = send;
-      if (overlaps(send, block * size_, recv, block)) src = stage(send, block * size_);
-      DS_MPI_CHECK(MPI_Reduce_scatter_block(src, recv, static_cast<int>(count), mpi_type(dtype), mpi_op(op), comm_));
+      // The ring reads every block of send until the end; recv may only alias send's own block.
+      const bool own_block = recv == static_cast<const std::byte*>(send) + rank_ * block;
+      if (!own_block && overlaps(send, block * size_, recv, block)) src = stage(send, block * size_);
+      if (dtype == DType::f32) {
+        ring_reduce_scatter(static_cast<const float*>(src), static_cast<float*>(recv), count, op);
+      } else {
+        ring_reduce_scatter(static_cast<const int32_t*>(src), static_cast<int32_t*>(recv), count, op);
+      }
     });
   }
 
@@ -499,6 +537,33 @@ class MpiCommunicator final : public Communicator {
                 size_);
     DS_CHECK_AS(CommError, tag >= 0, "[comm] {} rank {}: tag must be >= 0, got {}", what, peer, tag);
   }
+  // Note [Ring reduce-scatter]; runs on the MPI thread.
+  template <typename T>
+  void ring_reduce_scatter(const T* send, T* recv, size_t count, ReduceOp op) {
+    if (size_ == 1) {
+      if (recv != send) std::memcpy(recv, send, count * sizeof(T));
+      return;
+    }
+    const int next = (rank_ + 1) % size_, prev = (rank_ + size_ - 1) % size_;
+    const size_t seg_max = std::min(count, kRingSegment);
+    T* out = reinterpret_cast<T*>(ring_staging_.reserve(2 * seg_max * sizeof(T)));
+    T* in = out + seg_max;
+    const MPI_Datatype type = std::is_same_v<T, float> ? MPI_FLOAT : MPI_INT32_T;
+    auto block = [&](int b) { return send + static_cast<size_t>((b % size_ + size_) % size_) * count; };
+    for (size_t s0 = 0; s0 < count; s0 += seg_max) {
+      const size_t seg = std::min(seg_max, count - s0);
+      std::memcpy(out, block(rank_ - 1) + s0, seg * sizeof(T));
+      for (int k = 0; k < size_ - 1; ++k) {
+        DS_MPI_CHECK(MPI_Sendrecv(out, static_cast<int>(seg), type, next, 0, in, static_cast<int>(seg), type, prev,
+                                  0, ring_comm_, MPI_STATUS_IGNORE));
+        // `in` is the partial sum of block (rank - k - 2): add our contribution (the last one is our own block).
+        combine(in, block(rank_ - k - 2) + s0, seg, op);
+        std::swap(in, out);
+      }
+      std::memcpy(recv + s0, out, seg * sizeof(T));
+    }
+  }
+
   // A copy of a send buffer that overlaps its recv buffer, in this communicator's grow-only staging buffer.
   const void* stage(const void* send, size_t bytes) {
     std::byte* copy = staging_.reserve(bytes);
@@ -509,7 +574,9 @@ class MpiCommunicator final : public Communicator {
   MpiEngine& engine_;
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1;
+  MPI_Comm ring_comm_ = MPI_COMM_NULL;  // point-to-point steps of our own collectives (no clash with user tags)
   GrowBuffer staging_;              // MPI thread only
+  GrowBuffer ring_staging_;         // MPI thread only: two ring segments
   std::vector<int> counts_;         // MPI thread only
 };
 
