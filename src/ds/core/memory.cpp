@@ -3,6 +3,7 @@
 
 #include <sys/mman.h>
 
+#include <cstdint>
 #include <cstdlib>
 
 #include "ds/core/error.h"
@@ -126,9 +127,36 @@ TrackerScope::~TrackerScope() { t_tracker = previous_; }
 Storage::Storage(void* data, int64_t bytes, Device device, Tier tier, Category cat, MemoryTracker* tracker)
     : data_(data), bytes_(bytes), device_(device), tier_(tier), category_(cat), tracker_(tracker) {}
 
+namespace {
+// Note [Large host blocks]
+// Blocks of 2 MiB or more are mapped directly (2 MiB aligned, transparent huge pages) rather than taken from
+// malloc: freeing one returns its pages to the system at once, so a process's resident size follows what it
+// holds (an arena folding its first-pass chunks into one, a released gather buffer) instead of the high-water
+// mark of a fragmented heap, and malloc settings (MALLOC_MMAP_MAX_=0, which MPI jobs use) do not change it.
+int64_t mapped_bytes(int64_t bytes) { return (bytes + kHugePage - 1) / kHugePage * kHugePage; }
+
+void* map_block(int64_t bytes) {
+  const auto size = static_cast<size_t>(mapped_bytes(bytes));
+  const size_t over = size + static_cast<size_t>(kHugePage);
+  void* raw = mmap(nullptr, over, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) return nullptr;
+  const auto start = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t aligned = (start + static_cast<uintptr_t>(kHugePage) - 1) & ~(static_cast<uintptr_t>(kHugePage) - 1);
+  if (aligned > start) munmap(raw, aligned - start);
+  const uintptr_t end = start + over, used_end = aligned + size;
+  if (end > used_end) munmap(reinterpret_cast<void*>(used_end), end - used_end);
+  madvise(reinterpret_cast<void*>(aligned), size, MADV_HUGEPAGE);
+  return reinterpret_cast<void*>(aligned);
+}
+}  // namespace
+
 Storage::~Storage() {
   if (device_.is_cpu()) {
-    std::free(data_);
+    if (bytes_ >= kHugePage) {
+      munmap(data_, static_cast<size_t>(mapped_bytes(bytes_)));
+    } else {
+      std::free(data_);
+    }
   } else {
     cuda::free_device(data_);
   }
@@ -141,15 +169,17 @@ std::shared_ptr<Storage> allocate_storage(int64_t bytes, Category cat, Tier tier
   tracker.on_alloc(tier, cat, bytes);  // throws before anything is allocated
   void* p = nullptr;
   if (device.is_cpu()) {
-    const size_t align = bytes >= kHugePage ? static_cast<size_t>(kHugePage) : 64;
-    const size_t rounded = (static_cast<size_t>(bytes) + align - 1) / align * align;
-    p = std::aligned_alloc(align, rounded == 0 ? align : rounded);
+    if (bytes >= kHugePage) {
+      p = map_block(bytes);  // Note [Large host blocks]
+    } else {
+      const size_t rounded = (static_cast<size_t>(bytes) + 63) / 64 * 64;
+      p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+    }
     if (!p) {
       tracker.on_free(tier, cat, bytes);
       throw OutOfMemory(fmt::format("[memory] the system refused a {} allocation of {} ({} tier)",
                                     category_name(cat), format_bytes(bytes), tier_name(tier)));
     }
-    if (bytes >= kHugePage) madvise(p, rounded, MADV_HUGEPAGE);
   } else {
     try {
       p = cuda::malloc_device(static_cast<size_t>(bytes));

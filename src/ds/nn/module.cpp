@@ -1,5 +1,5 @@
-// Arena and Ctx. Chunks are only added while a pass grows past the previous high-water mark; reset() then
-// folds them into one chunk, so steady-state passes allocate nothing.
+// Arena and Ctx, and the default ModuleHooks. Chunks are only added while a pass grows past the previous high-water
+// mark; reset() then folds them into one chunk, so steady-state passes allocate nothing.
 #include "ds/nn/module.h"
 
 #include <algorithm>
@@ -59,6 +59,24 @@ int64_t Arena::capacity() const {
   int64_t total = 0;
   for (const Chunk& c : chunks_) total += c.storage->bytes();
   return total;
+}
+
+const float* ModuleHooks::slice_data(const Module& slice) {
+  DS_ASSERT(false, "{}: these hooks keep every parameter resident", slice.name());
+  return nullptr;
+}
+
+float* ModuleHooks::slice_grads(const Module& slice) {
+  DS_ASSERT(false, "{}: these hooks keep every gradient resident", slice.name());
+  return nullptr;
+}
+
+void ModuleHooks::lookup_rows(const Parameter& p, const int32_t*, int64_t, float*) {
+  DS_ASSERT(false, "{}: these hooks keep every parameter resident", p.name);
+}
+
+void ModuleHooks::accumulate_row_grads(const Parameter& p, const int32_t*, const float*, int64_t) {
+  DS_ASSERT(false, "{}: these hooks keep every gradient resident", p.name);
 }
 
 void Ctx::reset() {

@@ -62,6 +62,15 @@ class ModuleHooks {
   virtual void post_forward(Module&) {}
   virtual void pre_backward(Module&) {}
   virtual void post_backward(Module&) {}
+  // For a parameter sliced into units (ParameterStore::add_sliced) whose Parameter::data or ::grad is not bound
+  // (ZeRO-3, ZeRO-2): the rows of the slice unit owned by `slice` while it is gathered (between its pre_ and
+  // post_ hooks), and where its gradients go between pre_backward and post_backward.
+  virtual const float* slice_data(const Module& slice);
+  virtual float* slice_grads(const Module& slice);
+  // Collectives (every rank calls them with the same n) for a row-sliced [rows, C] parameter: out[i] = row
+  // ids[i] when its data is partitioned, and gradient row ids[i] += rows[i] when its gradient is.
+  virtual void lookup_rows(const Parameter& p, const int32_t* ids, int64_t n, float* out);
+  virtual void accumulate_row_grads(const Parameter& p, const int32_t* ids, const float* rows, int64_t n);
 };
 
 class Module {

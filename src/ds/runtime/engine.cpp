@@ -34,8 +34,7 @@ Engine::Engine(const Gpt2Config& model_config, const DeepSpeedConfig& config, in
               stage);
   model_ = std::make_unique<Gpt2>(model_config, ZeroOptimizer::alignment(comm_->size()),
                                   ZeroOptimizer::keeps_full_gradients(stage),
-                                  ZeroOptimizer::full_params_category(stage));
-  model_->init_weights(seed);  // the same seed on every rank gives identical replicas
+                                  ZeroOptimizer::keeps_full_parameters(stage));
   cpu::AdamParams hyper;
   hyper.lr = static_cast<float>(config.optimizer.lr);
   hyper.beta1 = static_cast<float>(config.optimizer.beta1);
@@ -45,6 +44,10 @@ Engine::Engine(const Gpt2Config& model_config, const DeepSpeedConfig& config, in
   hyper.adam_w_mode = config.optimizer.adam_w_mode;
   hyper.bias_correction = config.optimizer.bias_correction;
   optimizer_ = std::make_unique<ZeroOptimizer>(model_->params(), *comm_, config.zero, hyper);
+  // The same seed on every rank gives identical replicas (at stage 3, each rank keeps its partition of them).
+  model_->init_weights(seed, [this](int64_t offset, const float* values, int64_t n) {
+    optimizer_->set_parameters(offset, values, n);
+  });
   model_->set_hooks(optimizer_.get());
   inputs_.resize(size_t(micro_) * seq_len_);
   targets_.resize(size_t(micro_) * seq_len_);

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "ds/core/error.h"
 #include "ds/kernels/cpu/kernels.h"
@@ -118,6 +119,48 @@ double classifier_forward_backward(float* dx, float* dwte, float* losses, const 
 
 void logits_forward(float* logits, const float* x, const float* wte, int N, int C, int V) {
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, V, C, 1.0f, x, C, wte, C, 0.0f, logits, V);
+}
+
+void logits_rows_forward(float* logits, const float* x, const float* w, int N, int C, int V, int row_begin,
+                         int rows) {
+  DS_CHECK(row_begin >= 0 && rows >= 0 && row_begin + rows <= V, "[kernels] logits_rows_forward: rows [{}, {}) "
+           "are outside the vocabulary [0, {})", row_begin, row_begin + rows, V);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, rows, C, 1.0f, x, C, w, C, 0.0f, logits + row_begin, V);
+}
+
+double softmax_xent_rows(float* logits, float* losses, const int32_t* targets, bool want_grad, float grad_scale,
+                         int N, int V) {
+  for (int i = 0; i < N; ++i) {
+    DS_CHECK(targets[i] >= -1 && targets[i] < V,
+             "[kernels] softmax_xent_rows: target {} at row {} is outside [0, {}) and is not the ignore index -1",
+             targets[i], i, V);
+  }
+  std::vector<float> row_loss(static_cast<size_t>(N));
+#pragma omp parallel for schedule(dynamic, 4) if (size_t(N) * V >= (size_t{1} << 15))
+  for (int r = 0; r < N; ++r) {
+    float* row = logits + size_t(r) * V;
+    if (targets[r] < 0) {
+      row_loss[r] = 0.0f;
+      if (want_grad) std::memset(row, 0, sizeof(float) * size_t(V));
+    } else {
+      row_loss[r] = softmax_xent_row(row, V, targets[r], want_grad, grad_scale);
+    }
+  }
+  double total = 0.0;
+  for (int r = 0; r < N; ++r) {
+    if (targets[r] >= 0) total += row_loss[r];
+    if (losses) losses[r] = row_loss[r];
+  }
+  return total;
+}
+
+void classifier_rows_backward(float* dx, float* dw, const float* dlogits, const float* x, const float* w, int N,
+                              int C, int V, int row_begin, int rows) {
+  DS_CHECK(row_begin >= 0 && rows >= 0 && row_begin + rows <= V, "[kernels] classifier_rows_backward: rows [{}, {}) "
+           "are outside the vocabulary [0, {})", row_begin, row_begin + rows, V);
+  const float* d = dlogits + row_begin;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, rows, 1.0f, d, V, w, C, 1.0f, dx, C);
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, C, N, 1.0f, d, V, x, C, 1.0f, dw, C);
 }
 
 }  // namespace ds::cpu

@@ -30,6 +30,18 @@ void encoder_forward(float* out, const int32_t* inp, const float* wte, const flo
   }
 }
 
+void encoder_forward_rows(float* out, const float* rows, const float* wpe, int B, int T, int C) {
+  const int N = B * T;
+#pragma omp parallel for schedule(static) if (size_t(N) * C >= kParallelMin)
+  for (int i = 0; i < N; ++i) {
+    const float* e = rows + size_t(i) * C;
+    const float* p = wpe + size_t(i % T) * C;
+    float* o = out + size_t(i) * C;
+#pragma omp simd
+    for (int c = 0; c < C; ++c) o[c] = e[c] + p[c];
+  }
+}
+
 void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t* inp, int B, int T, int C) {
   const int N = B * T;
   const bool parallel = size_t(N) * C >= kParallelMin;

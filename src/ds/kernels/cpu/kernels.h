@@ -13,7 +13,9 @@ namespace ds::cpu {
 // ---- embeddings ----
 // out[B,T,C] = wte[inp[b,t]] + wpe[t]
 void encoder_forward(float* out, const int32_t* inp, const float* wte, const float* wpe, int B, int T, int C);
-// dwte[V,C] += scatter(dout), dwpe[T,C] += sum over batch. Deterministic (no atomics).
+// out[B,T,C] = rows[B,T,C] + wpe[t] (the token rows already looked up; same rounding as encoder_forward)
+void encoder_forward_rows(float* out, const float* rows, const float* wpe, int B, int T, int C);
+// dwte[V,C] += scatter(dout), dwpe[T,C] += sum over batch. Deterministic (no atomics); either may be null.
 void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t* inp, int B, int T, int C);
 
 // ---- layer norm (eps 1e-5, biased variance, as torch.nn.LayerNorm) ----
@@ -65,6 +67,16 @@ double classifier_forward_backward(float* dx, float* dwte, float* losses, const 
                                    const int32_t* targets, float grad_scale, float* scratch, int N, int C, int V);
 // logits[N,V] = x @ wte^T (for inference and evaluation of full distributions)
 void logits_forward(float* logits, const float* x, const float* wte, int N, int C, int V);
+// The same head a slice of wte at a time (for weights that are never whole: Note [Sliced head] in gpt2.cpp).
+// w holds rows [row_begin, row_begin + rows) of wte. logits_rows_forward writes those columns of logits[N,V];
+// softmax_xent_rows then returns the loss sum as classifier_forward_backward does and, with want_grad, turns the
+// logits into grad_scale * (softmax - onehot) in place (rows with target -1 become 0); classifier_rows_backward
+// adds the slice's share: dx[N,C] += dlogits[:, slice] @ w and dw[rows,C] += dlogits[:, slice]^T @ x.
+void logits_rows_forward(float* logits, const float* x, const float* w, int N, int C, int V, int row_begin, int rows);
+double softmax_xent_rows(float* logits, float* losses, const int32_t* targets, bool want_grad, float grad_scale,
+                         int N, int V);
+void classifier_rows_backward(float* dx, float* dw, const float* dlogits, const float* x, const float* w, int N,
+                              int C, int V, int row_begin, int rows);
 
 // ---- optimizer ----
 struct AdamParams {

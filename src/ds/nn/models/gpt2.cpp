@@ -105,12 +105,19 @@ std::string Gpt2Config::str() const {
 }
 
 // ---- model ----
-Gpt2::Gpt2(const Gpt2Config& config, int64_t unit_alignment, bool with_grads, Category param_category)
+Gpt2::Gpt2(const Gpt2Config& config, int64_t unit_alignment, bool with_grads, bool with_params)
     : Module("transformer"), config_(config) {
   config_.validate();
   const int C = config_.n_embd;
-  store_.begin_unit("transformer.embed", this);
-  wte_ = store_.add("transformer.wte.weight", {config_.vocab_size, C});
+  // wte is gathered by the head a slice at a time: slices of about a transformer block's size (12 C^2).
+  const int64_t rows = ParameterStore::slice_rows(config_.vocab_size, C, int64_t(12) * C * C, unit_alignment);
+  wte_ = store_.add_sliced("transformer.wte.weight", {config_.vocab_size, C}, rows);
+  for (size_t u = 0; u < store_.units().size(); ++u) {
+    const ParamUnit& unit = store_.units()[u];
+    wte_slices_.push_back(std::make_unique<RowSlice>(unit.name, unit.row_begin, unit.row_end));
+    store_.set_unit_owner(u, wte_slices_.back().get());
+  }
+  store_.begin_unit("transformer.wpe", this);
   wpe_ = store_.add("transformer.wpe.weight", {config_.block_size, C});
   for (int i = 0; i < config_.n_layer; ++i) {
     const std::string name = fmt::format("transformer.h.{}", i);
@@ -121,7 +128,7 @@ Gpt2::Gpt2(const Gpt2Config& config, int64_t unit_alignment, bool with_grads, Ca
   const size_t unit = store_.begin_unit("transformer.ln_f");
   ln_f_ = std::make_unique<LayerNorm>(store_, "transformer.ln_f", C);
   store_.set_unit_owner(unit, ln_f_.get());
-  store_.materialize(unit_alignment, with_grads, param_category);
+  store_.materialize(unit_alignment, with_grads, with_params);
 }
 
 void Gpt2::collect_parameters(std::vector<Parameter*>& out) const {
@@ -132,21 +139,27 @@ void Gpt2::collect_parameters(std::vector<Parameter*>& out) const {
 }
 
 void Gpt2::init_weights(uint64_t seed) {
+  Tensor& flat = store_.flat_params();
+  DS_ASSERT(flat.defined(), "init_weights(seed) needs resident parameters; pass a sink");
+  init_weights(seed, [&](int64_t offset, const float* values, int64_t n) {
+    std::copy(values, values + n, flat.data<float>() + offset);
+  });
+}
+
+void Gpt2::init_weights(uint64_t seed, const ParamSink& sink) {
   Rng rng(seed);
   const float proj_std = 0.02f / std::sqrt(2.0f * config_.n_layer);
-  for (Parameter& p : store_.all()) {
-    float* d = p.data.data<float>();
-    const int64_t n = p.numel();
+  std::vector<float> piece(size_t{1} << 16);
+  for (const Parameter& p : store_.all()) {
     const bool is_ln = p.name.find(".ln_") != std::string::npos;
     const bool is_bias = p.name.size() > 5 && p.name.substr(p.name.size() - 5) == ".bias";
-    if (is_ln && !is_bias) {
-      for (int64_t i = 0; i < n; ++i) d[i] = 1.0f;
-    } else if (is_bias) {
-      for (int64_t i = 0; i < n; ++i) d[i] = 0.0f;
-    } else {
-      const bool is_proj = p.name.find(".c_proj.weight") != std::string::npos;
-      const float stdv = is_proj ? proj_std : 0.02f;
-      for (int64_t i = 0; i < n; ++i) d[i] = stdv * rng.normal();
+    const bool is_proj = p.name.find(".c_proj.weight") != std::string::npos;
+    const float stdv = is_proj ? proj_std : 0.02f;
+    for (int64_t first = 0; first < p.numel();) {
+      const int64_t n = std::min<int64_t>(static_cast<int64_t>(piece.size()), p.numel() - first);
+      for (int64_t i = 0; i < n; ++i) piece[i] = is_ln && !is_bias ? 1.0f : is_bias ? 0.0f : stdv * rng.normal();
+      sink(p.offset + first, piece.data(), n);
+      first += n;
     }
   }
 }
@@ -171,19 +184,31 @@ void Gpt2::check_tokens(const int32_t* tokens, int B, int T, bool are_targets) c
 }
 
 // Note [Gather units]
-// Parameters are grouped into units that ZeRO gathers, releases and reduces as one: the embedding unit
-// (wte, wpe; owned by the model itself), each transformer block, and ln_f. Hooks come in pairs. The tied head
-// needs wte after the blocks, so the embedding unit is fetched a second time for the head and stays until the
-// embedding's backward has accumulated its share of wte's gradient: pre_backward(model) ... post_backward(model)
-// brackets the whole backward pass, and the embedding unit's gradient is complete only at its end.
+// Parameters are grouped into units that ZeRO gathers, releases and reduces as one: the slices of wte (RowSlice
+// owners), the position embedding (owned by the model itself), each transformer block, and ln_f. Hooks come in
+// pairs. Where wte's data and gradient are resident (no ZeRO, stages 0-1), the head and the embedding use wte
+// whole: the wte slices' pre_backward comes before the head and their post_backward after the embedding's
+// backward, where their gradient is complete. Where they are not (Note [Sliced head]), the head visits the slices
+// itself, and the embedding reaches wte's rows through ModuleHooks::lookup_rows and accumulate_row_grads.
 Tensor Gpt2::forward_hidden(Ctx& ctx, const int32_t* inputs, int B, int T) {
   check_tokens(inputs, B, T, false);
   const int C = config_.n_embd;
   const int64_t N = int64_t(B) * T;
-  if (hooks_) hooks_->pre_forward(*this);
   Tensor x = ctx.act().alloc({N, C});
-  cpu::encoder_forward(x.data<float>(), inputs, wte_->data.data<float>(), wpe_->data.data<float>(), B, T, C);
-  if (hooks_) hooks_->post_forward(*this);
+  if (wte_->data.defined()) {
+    if (hooks_) hooks_->pre_forward(*this);
+    cpu::encoder_forward(x.data<float>(), inputs, wte_->data.data<float>(), wpe_->data.data<float>(), B, T, C);
+    if (hooks_) hooks_->post_forward(*this);
+  } else {
+    DS_ASSERT(hooks_, "wte is not resident but no hooks are set");
+    const size_t mark = ctx.scratch().mark();
+    Tensor rows = ctx.scratch().alloc({N, C});
+    hooks_->lookup_rows(*wte_, inputs, N, rows.data<float>());
+    hooks_->pre_forward(*this);
+    cpu::encoder_forward_rows(x.data<float>(), rows.data<float>(), wpe_->data.data<float>(), B, T, C);
+    hooks_->post_forward(*this);
+    ctx.scratch().release(mark);
+  }
   if (ctx.training) {
     Tensor saved = ctx.act().alloc({N}, DType::i32);
     std::copy(inputs, inputs + N, saved.data<int32_t>());
@@ -201,6 +226,7 @@ Tensor Gpt2::forward_hidden(Ctx& ctx, const int32_t* inputs, int B, int T) {
 }
 
 double Gpt2::classifier(Ctx& ctx, const Tensor& h, const int32_t* targets, Tensor* dh, float grad_scale) {
+  if (!wte_->data.defined() || (dh && !wte_->grad.defined())) return classifier_sliced(ctx, h, targets, dh, grad_scale);
   const int C = config_.n_embd, V = config_.vocab_size;
   const int N = static_cast<int>(h.numel() / C);
   const size_t mark = ctx.scratch().mark();
@@ -208,6 +234,49 @@ double Gpt2::classifier(Ctx& ctx, const Tensor& h, const int32_t* targets, Tenso
   const double loss_sum = cpu::classifier_forward_backward(
       dh ? dh->data<float>() : nullptr, dh ? wte_->grad.data<float>() : nullptr, nullptr, h.data<float>(),
       wte_->data.data<float>(), targets, grad_scale, scratch.data<float>(), N, C, V);
+  ctx.scratch().release(mark);
+  return loss_sum;
+}
+
+const float* Gpt2::slice_data(const RowSlice& s) const {
+  if (wte_->data.defined()) return wte_->data.data<float>() + s.row_begin * config_.n_embd;
+  return hooks_->slice_data(s);
+}
+
+// Note [Sliced head]
+// Under ZeRO-3 wte is never whole on a rank, and under ZeRO-2 its gradient is not: the head then works a slice
+// of rows at a time. Forward: each slice is gathered (pre_forward), fills its columns of the logits, and is
+// released. The softmax and loss then turn the logits of all N rows into dlogits in place. Backward visits the
+// slices in reverse: each is gathered again with a gradient bucket (pre_backward), adds its share to dh and
+// writes its own gradient, which post_backward reduce-scatters at once. So wte is gathered twice per step, like
+// every other unit (3Ψ traffic), and no full wte or wte gradient ever exists; the price is the [N, V] logits,
+// kept for the whole head instead of in chunks of 512 rows. The embedding's share of wte's gradient, which
+// arrives only at the end of backward, goes through accumulate_row_grads: a few rows, not another full reduce.
+double Gpt2::classifier_sliced(Ctx& ctx, const Tensor& h, const int32_t* targets, Tensor* dh, float grad_scale) {
+  DS_ASSERT(hooks_, "the sliced head needs ZeRO hooks");
+  const int C = config_.n_embd, V = config_.vocab_size;
+  const int N = static_cast<int>(h.numel() / C);
+  const size_t mark = ctx.scratch().mark();
+  Tensor logits = ctx.scratch().alloc({int64_t(N), int64_t(V)});
+  for (const auto& s : wte_slices_) {
+    hooks_->pre_forward(*s);
+    cpu::logits_rows_forward(logits.data<float>(), h.data<float>(), slice_data(*s), N, C, V,
+                             static_cast<int>(s->row_begin), static_cast<int>(s->row_end - s->row_begin));
+    hooks_->post_forward(*s);
+  }
+  const double loss_sum = cpu::softmax_xent_rows(logits.data<float>(), nullptr, targets, dh != nullptr, grad_scale,
+                                                 N, V);
+  if (dh) {
+    dh->zero_();
+    for (auto it = wte_slices_.rbegin(); it != wte_slices_.rend(); ++it) {
+      const RowSlice& s = **it;
+      hooks_->pre_backward(**it);
+      cpu::classifier_rows_backward(dh->data<float>(), hooks_->slice_grads(s), logits.data<float>(), h.data<float>(),
+                                    slice_data(s), N, C, V, static_cast<int>(s.row_begin),
+                                    static_cast<int>(s.row_end - s.row_begin));
+      hooks_->post_backward(**it);
+    }
+  }
   ctx.scratch().release(mark);
   return loss_sum;
 }
@@ -235,7 +304,9 @@ float Gpt2::forward_backward(Ctx& ctx, const int32_t* inputs, const int32_t* tar
   Tensor dh = ctx.scratch().alloc({N, C});
   Tensor ping = ctx.scratch().alloc({N, C});
   Tensor pong = ctx.scratch().alloc({N, C});
-  if (hooks_) hooks_->pre_backward(*this);
+  const bool whole_wte = wte_->data.defined() && wte_->grad.defined();  // Note [Gather units]
+  if (hooks_ && whole_wte)
+    for (auto& s : wte_slices_) hooks_->pre_backward(*s);
   const double loss_sum = classifier(ctx, h, targets, &dh, grad_scale / static_cast<float>(count));
   if (hooks_) hooks_->pre_backward(*ln_f_);
   const size_t mark = ctx.scratch().mark();
@@ -249,9 +320,14 @@ float Gpt2::forward_backward(Ctx& ctx, const int32_t* inputs, const int32_t* tar
     if (hooks_) hooks_->post_backward(*blocks_[i]);
     std::swap(dy, dx);
   }
-  cpu::encoder_backward(wte_->grad.data<float>(), wpe_->grad.data<float>(), dy.data<float>(),
-                        ctx.saved(this).at(0).data<int32_t>(), B, T, C);
+  const int32_t* ids = ctx.saved(this).at(0).data<int32_t>();
+  if (hooks_) hooks_->pre_backward(*this);
+  cpu::encoder_backward(whole_wte ? wte_->grad.data<float>() : nullptr, wpe_->grad.data<float>(), dy.data<float>(),
+                        ids, B, T, C);
+  if (!whole_wte) hooks_->accumulate_row_grads(*wte_, ids, dy.data<float>(), N);
   if (hooks_) hooks_->post_backward(*this);
+  if (hooks_ && whole_wte)
+    for (auto& s : wte_slices_) hooks_->post_backward(*s);
   return static_cast<float>(loss_sum / static_cast<double>(count));
 }
 
@@ -260,18 +336,24 @@ float Gpt2::forward_loss(Ctx& ctx, const int32_t* inputs, const int32_t* targets
   check_tokens(targets, B, T, true);
   const int64_t count = count_targets(targets, int64_t(B) * T);
   Tensor h = forward_hidden(ctx, inputs, B, T);
-  if (hooks_) hooks_->pre_forward(*this);
   const double loss_sum = classifier(ctx, h, targets, nullptr, 1.0f);
-  if (hooks_) hooks_->post_forward(*this);
   return static_cast<float>(loss_sum / static_cast<double>(count));
 }
 
 void Gpt2::forward_logits(Ctx& ctx, const int32_t* inputs, int B, int T, float* logits) {
   ctx.training = false;
   Tensor h = forward_hidden(ctx, inputs, B, T);
-  if (hooks_) hooks_->pre_forward(*this);
-  cpu::logits_forward(logits, h.data<float>(), wte_->data.data<float>(), B * T, config_.n_embd, config_.vocab_size);
-  if (hooks_) hooks_->post_forward(*this);
+  const int C = config_.n_embd, V = config_.vocab_size;
+  if (wte_->data.defined()) {
+    cpu::logits_forward(logits, h.data<float>(), wte_->data.data<float>(), B * T, C, V);
+    return;
+  }
+  for (const auto& s : wte_slices_) {
+    hooks_->pre_forward(*s);
+    cpu::logits_rows_forward(logits, h.data<float>(), slice_data(*s), B * T, C, V, static_cast<int>(s->row_begin),
+                             static_cast<int>(s->row_end - s->row_begin));
+    hooks_->post_forward(*s);
+  }
 }
 
 }  // namespace ds

@@ -3,6 +3,7 @@
 // ranks with micro-batch B follows the single-process run with micro-batch N*B up to rounding.
 #include "ds/runtime/zero/zero_optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -22,7 +23,8 @@ ZeroOptimizer::ZeroOptimizer(ParameterStore& store, Communicator& comm, const Ze
   DS_CHECK_AS(ConfigError, stage_ >= 0 && stage_ <= 3,
               "[zero] zero_optimization.stage must be 0, 1, 2 or 3, found {}", stage_);
   DS_ASSERT(store.materialized());
-  DS_ASSERT(store.flat_params().storage()->category() == full_params_category(stage_));
+  DS_ASSERT(keeps_full_parameters(stage_) == store.flat_params().defined(),
+            "stage {} needs a store materialized {} parameters", stage_, keeps_full_parameters(stage_) ? "with" : "without");
   DS_ASSERT(keeps_full_gradients(stage_) == store.flat_grads().defined(),
             "stage {} needs a store materialized {} gradients", stage_, keeps_full_gradients(stage_) ? "with" : "without");
   for (const ParamUnit& u : store.units()) {
@@ -35,19 +37,12 @@ ZeroOptimizer::ZeroOptimizer(ParameterStore& store, Communicator& comm, const Ze
   }
   m_ = Tensor::zeros({partition_numel_}, DType::f32, Category::optimizer);
   v_ = Tensor::zeros({partition_numel_}, DType::f32, Category::optimizer);
-  if (stage_ >= 1) {
-    recv_ = Tensor::zeros({2 * max_chunk_}, DType::f32, Category::comm_buffer);
-    gather_send_ = Tensor::zeros({max_chunk_}, DType::f32, Category::comm_buffer);
-  }
+  if (stage_ >= 1) recv_ = Tensor::zeros({2 * max_chunk_}, DType::f32, Category::comm_buffer);
+  if (stage_ == 1 || stage_ == 2) gather_send_ = Tensor::zeros({max_chunk_}, DType::f32, Category::comm_buffer);
   if (stage_ == 3) {
-    own_params_ = Tensor::empty({partition_numel_}, DType::f32, Category::param);
-    for (const UnitState& u : units_)
-      std::memcpy(own_params_.data<float>() + u.part_offset,
-                  store_.flat_params().data<float>() + u.unit->offset + rank_ * u.chunk,
-                  static_cast<size_t>(u.chunk) * sizeof(float));
-    store_.release_flat_params();
+    own_params_ = Tensor::zeros({partition_numel_}, DType::f32, Category::param);
     gathered_.resize(units_.size());
-    pool_.resize(units_.size());
+    for (const UnitState& u : units_) large_numel_ = std::max(large_numel_, u.unit->padded_numel);
     inflight_buf_.resize(units_.size());
     inflight_.resize(units_.size());
     prefetch_limit_ = zero.stage3_prefetch_bucket_size;
@@ -58,10 +53,7 @@ ZeroOptimizer::ZeroOptimizer(ParameterStore& store, Communicator& comm, const Ze
   }
   if (stage_ >= 2) {
     part_grads_ = Tensor::zeros({partition_numel_}, DType::f32, Category::grad);
-    // The first unit (the embeddings, whose tied weight also serves the head) keeps its own bucket for the whole
-    // backward; the other units share two buckets, used alternately.
-    root_bucket_ = Tensor::zeros({units_.front().unit->padded_numel}, DType::f32, Category::comm_buffer);
-    for (size_t i = 1; i < units_.size(); ++i) bucket_numel_ = std::max(bucket_numel_, units_[i].unit->padded_numel);
+    for (const UnitState& u : units_) bucket_numel_ = std::max(bucket_numel_, u.unit->padded_numel);
     buckets_ = Tensor::zeros({std::max<int64_t>(2 * bucket_numel_, 1)}, DType::f32, Category::comm_buffer);
     unit_bucket_.assign(units_.size(), -1);
   }
@@ -93,6 +85,31 @@ float* ZeroOptimizer::owned_grads(const UnitState& u) {
   if (stage_ >= 2) return part_grads_.data<float>() + u.part_offset;
   const int64_t start = u.unit->offset + (stage_ == 0 ? 0 : rank_ * u.chunk);
   return store_.flat_grads().data<float>() + start;
+}
+
+template <typename F>
+void ZeroOptimizer::for_owned(int64_t begin, int64_t end, F&& f) const {
+  // The first unit that ends after `begin` (units are in flat-buffer order).
+  auto it = std::upper_bound(units_.begin(), units_.end(), begin, [](int64_t x, const UnitState& u) {
+    return x < u.unit->offset + u.unit->padded_numel;
+  });
+  for (; it != units_.end() && it->unit->offset < end; ++it) {
+    const int64_t own = it->unit->offset + (stage_ == 0 ? 0 : rank_ * it->chunk);
+    const int64_t lo = std::max(begin, own), hi = std::min(end, own + it->chunk);
+    if (lo < hi) f(lo, it->part_offset + (lo - own), hi - lo);
+  }
+}
+
+void ZeroOptimizer::set_parameters(int64_t flat_offset, const float* values, int64_t n) {
+  DS_ASSERT(flat_offset >= 0 && n >= 0 && flat_offset + n <= store_.padded_numel());
+  if (stage_ < 3) {
+    std::memcpy(store_.flat_params().data<float>() + flat_offset, values, static_cast<size_t>(n) * sizeof(float));
+    return;
+  }
+  for (const auto& g : gathered_) DS_ASSERT(!g.defined(), "set_parameters while a unit is gathered");
+  for_owned(flat_offset, flat_offset + n, [&](int64_t flat, int64_t part, int64_t count) {
+    std::memcpy(own_params_.data<float>() + part, values + (flat - flat_offset), static_cast<size_t>(count) * sizeof(float));
+  });
 }
 
 void ZeroOptimizer::begin_batch() {
@@ -163,14 +180,23 @@ void ZeroOptimizer::drain(size_t keep_in_flight) {
 // stage3_max_live_parameters. A unit about to be released stays gathered if the trace uses it again within
 // stage3_max_reuse_distance elements of other units. A fetch that differs from the trace drops it (recorded again
 // next step). Evaluation passes between steps fetch plainly, outside the trace.
+// Gather buffers are pooled: a released unit's buffer goes back to the pool and the next gather takes it, so the
+// pool holds as many buffers as units were ever gathered or in flight at once (which stage3_max_live_parameters
+// and the reuse distance bound). Every unit of at least a quarter of the largest unit's size gets a buffer of
+// the largest size, so blocks and wte slices of slightly different sizes share buffers.
 Tensor ZeroOptimizer::take_buffer(size_t index) {
-  if (!pool_[index].empty()) {
-    Tensor buf = pool_[index].back();
-    pool_[index].pop_back();
+  const int64_t n = units_[index].unit->padded_numel;
+  const int64_t size = 4 * n >= large_numel_ ? large_numel_ : n;
+  for (size_t i = 0; i < free_buffers_.size(); ++i) {
+    if (free_buffers_[i].numel() != size) continue;
+    Tensor buf = free_buffers_[i];
+    free_buffers_.erase(free_buffers_.begin() + static_cast<std::ptrdiff_t>(i));
     return buf;
   }
-  return Tensor::empty({units_[index].unit->padded_numel}, DType::f32, Category::comm_buffer);
+  return Tensor::empty({size}, DType::f32, Category::comm_buffer);
 }
+
+void ZeroOptimizer::return_buffer(Tensor buf) { free_buffers_.push_back(std::move(buf)); }
 
 void ZeroOptimizer::gather(size_t index) {
   if (gathered_[index].defined()) return;
@@ -238,45 +264,38 @@ void ZeroOptimizer::release(size_t index, bool even_persistent) {
     }
   }
   for (Parameter* p : units_[index].unit->params) p->data = Tensor();
-  pool_[index].push_back(gathered_[index]);
+  return_buffer(gathered_[index]);
   gathered_[index] = Tensor();
   live_numel_ -= units_[index].unit->padded_numel;
 }
 
 void ZeroOptimizer::pre_forward(Module& m) {
-  if (stage_ == 3) fetch(static_cast<size_t>(&state_of(m) - units_.data()));
+  if (stage_ == 3) fetch(index_of(m));
 }
 
 void ZeroOptimizer::post_forward(Module& m) {
-  if (stage_ == 3) release(static_cast<size_t>(&state_of(m) - units_.data()), false);
+  if (stage_ == 3) release(index_of(m), false);
 }
 
 void ZeroOptimizer::pre_backward(Module& m) {
   if (stage_ < 2) return;
-  const UnitState& u = state_of(m);
-  const size_t index = static_cast<size_t>(&u - units_.data());
+  const size_t index = index_of(m);
+  const UnitState& u = units_[index];
   if (stage_ == 3) fetch(index);
-  const int64_t n = u.unit->padded_numel;
-  Tensor bucket;
-  if (index == 0) {
-    bucket = root_bucket_.slice_flat(0, {n});
-    unit_bucket_[index] = 2;
-  } else {
-    const int b = free_bucket();
-    bucket_busy_[b] = true;
-    bucket = buckets_.slice_flat(b * bucket_numel_, {n});
-    unit_bucket_[index] = b;
-  }
+  const int b = free_bucket();
+  bucket_busy_[b] = true;
+  unit_bucket_[index] = b;
+  Tensor bucket = buckets_.slice_flat(b * bucket_numel_, {u.unit->padded_numel});
   bucket.zero_();
   for (Parameter* p : u.unit->params) p->grad = bucket.slice_flat(p->offset - u.unit->offset, p->shape);
 }
 
 void ZeroOptimizer::post_backward(Module& m) {
+  const size_t index = index_of(m);
+  const UnitState& u = units_[index];
   if (stage_ < 2) {
     if (!overlap_ || !last_micro_) return;
     // The unit's full gradients are final: reduce them now, while backward continues with the next unit.
-    const UnitState& u = state_of(m);
-    const size_t index = static_cast<size_t>(&u - units_.data());
     float* unit_grads = store_.flat_grads().data<float>() + u.unit->offset;
     if (stage_ == 0) {
       pending_.push_back({index, comm_.all_reduce_async(unit_grads, static_cast<size_t>(u.unit->padded_numel),
@@ -293,17 +312,83 @@ void ZeroOptimizer::post_backward(Module& m) {
     }
     return;
   }
-  const UnitState& u = state_of(m);
-  const size_t index = static_cast<size_t>(&u - units_.data());
   const int b = unit_bucket_[index];
-  const float* bucket = b == 2 ? root_bucket_.data<float>() : buckets_.data<float>() + b * bucket_numel_;
-  // Receive slot b & 1: bucket 0 and 1 have their own; the root bucket (2) reuses slot 0 once all else is done.
-  if (b == 2) drain(0);
-  WorkPtr w = comm_.reduce_scatter_async(bucket, recv_.data<float>() + (b & 1) * max_chunk_,
-                                         static_cast<size_t>(u.chunk), DType::f32, ReduceOp::sum);
+  for (Parameter* p : u.unit->params) p->grad = Tensor();
+  // Bucket b reduces into receive slot b; the bucket is busy until drain() has accumulated the slot.
+  WorkPtr w = comm_.reduce_scatter_async(buckets_.data<float>() + b * bucket_numel_,
+                                         recv_.data<float>() + b * max_chunk_, static_cast<size_t>(u.chunk),
+                                         DType::f32, ReduceOp::sum);
   pending_.push_back({index, w, b, Finish::accumulate});
   drain(overlap_ ? 1 : 0);
   if (stage_ == 3) release(index, false);
+}
+
+const float* ZeroOptimizer::slice_data(const Module& slice) {
+  const size_t index = index_of(slice);
+  if (stage_ < 3) return store_.flat_params().data<float>() + units_[index].unit->offset;
+  DS_ASSERT(gathered_[index].defined(), "{} is used while not gathered", slice.name());
+  return gathered_[index].data<float>();
+}
+
+float* ZeroOptimizer::slice_grads(const Module& slice) {
+  const size_t index = index_of(slice);
+  if (stage_ < 2) return store_.flat_grads().data<float>() + units_[index].unit->offset;
+  DS_ASSERT(unit_bucket_[index] >= 0, "{} has no gradient bucket outside its backward", slice.name());
+  return buckets_.data<float>() + unit_bucket_[index] * bucket_numel_;
+}
+
+const int32_t* ZeroOptimizer::gather_ids(const int32_t* ids, int64_t n) {
+  int32_t count = static_cast<int32_t>(n);
+  std::vector<int32_t> counts(static_cast<size_t>(world_));
+  comm_.all_gather(&count, counts.data(), 1, DType::i32);
+  for (int r = 0; r < world_; ++r) {
+    DS_CHECK_AS(ShapeError, counts[r] == count,
+                "[zero] rank {} passed {} rows to a row collective but rank {} passed {}; every rank must run the "
+                "same micro-batch shape", r, counts[r], rank_, count);
+  }
+  if (row_ids_.numel() < world_ * n) row_ids_ = Tensor::empty({world_ * n}, DType::i32, Category::comm_buffer);
+  comm_.all_gather(ids, row_ids_.data<int32_t>(), static_cast<size_t>(n), DType::i32);
+  return row_ids_.data<int32_t>();
+}
+
+// Each rank fills the elements it owns of every requested row, zeros elsewhere; a reduce-scatter then hands each
+// rank the sum for its own rows, which is the row itself (x + 0 = x exactly).
+void ZeroOptimizer::lookup_rows(const Parameter& p, const int32_t* ids, int64_t n, float* out) {
+  const int64_t C = p.shape[1];
+  if (stage_ < 3) {
+    for (int64_t i = 0; i < n; ++i) std::memcpy(out + i * C, p.data.data<float>() + ids[i] * C, C * sizeof(float));
+    return;
+  }
+  const int32_t* all = gather_ids(ids, n);
+  if (row_data_.numel() < world_ * n * C) row_data_ = Tensor::empty({world_ * n * C}, DType::f32, Category::comm_buffer);
+  float* contrib = row_data_.data<float>();
+  std::memset(contrib, 0, static_cast<size_t>(world_ * n * C) * sizeof(float));
+  for (int64_t j = 0; j < world_ * n; ++j) {
+    const int64_t begin = p.offset + int64_t(all[j]) * C;
+    for_owned(begin, begin + C, [&](int64_t flat, int64_t part, int64_t count) {
+      std::memcpy(contrib + j * C + (flat - begin), own_params_.data<float>() + part,
+                  static_cast<size_t>(count) * sizeof(float));
+    });
+  }
+  comm_.reduce_scatter(contrib, out, static_cast<size_t>(n * C), DType::f32);
+}
+
+// Every rank receives all ranks' rows and adds those elements it owns to its gradient partition, in rank order,
+// so the result does not depend on timing.
+void ZeroOptimizer::accumulate_row_grads(const Parameter& p, const int32_t* ids, const float* rows, int64_t n) {
+  DS_ASSERT(stage_ >= 2, "row gradients are only partitioned from stage 2 on");
+  const int64_t C = p.shape[1];
+  drain(0);
+  const int32_t* all = gather_ids(ids, n);
+  if (row_data_.numel() < world_ * n * C) row_data_ = Tensor::empty({world_ * n * C}, DType::f32, Category::comm_buffer);
+  float* all_rows = row_data_.data<float>();
+  comm_.all_gather(rows, all_rows, static_cast<size_t>(n * C), DType::f32);
+  for (int64_t j = 0; j < world_ * n; ++j) {
+    const int64_t begin = p.offset + int64_t(all[j]) * C;
+    for_owned(begin, begin + C, [&](int64_t flat, int64_t part, int64_t count) {
+      cpu::add_inplace(part_grads_.data<float>() + part, all_rows + j * C + (flat - begin), static_cast<size_t>(count));
+    });
+  }
 }
 
 std::vector<float> ZeroOptimizer::full_parameters() {
@@ -311,10 +396,12 @@ std::vector<float> ZeroOptimizer::full_parameters() {
   std::vector<float> out;
   out.reserve(static_cast<size_t>(store_.numel()));
   for (size_t i = 0; i < units_.size(); ++i) {
+    const ParamUnit& u = *units_[i].unit;
     const bool was_gathered = stage_ != 3 || gathered_[i].defined();
     if (!was_gathered) gather(i);
-    for (const Parameter* p : units_[i].unit->params)
-      out.insert(out.end(), p->data.data<float>(), p->data.data<float>() + p->numel());
+    // A unit's elements before its padding are its parameters (or rows) in declaration order.
+    const float* data = stage_ == 3 ? gathered_[i].data<float>() : store_.flat_params().data<float>() + u.offset;
+    out.insert(out.end(), data, data + u.numel);
     if (!was_gathered) release(i, true);
   }
   return out;

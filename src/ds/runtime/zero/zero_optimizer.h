@@ -10,7 +10,10 @@
 //   stage 3: parameters partitioned too: a unit is all-gathered into a pooled buffer before its forward and again
 //            before its backward and released after each (units of at most stage3_param_persistence_threshold
 //            elements stay gathered until the next step); gradients as stage 2. Traffic 3Ψ, memory 16Ψ/N.
-//            See Note [Stage-3 trace] in the .cpp for prefetching and the reuse distance.
+//            The full parameters never exist on a rank: initial values arrive through set_parameters().
+//            See Note [Stage-3 trace] in the .cpp for prefetching, the reuse distance and the buffer pool.
+// A parameter sliced into units (the token embedding) is reached row by row through lookup_rows and
+// accumulate_row_grads where it is not resident (Note [Sliced head] in gpt2.cpp).
 // Buckets and receive buffers are `comm_buffer` memory, reported apart from the model states.
 #pragma once
 
@@ -28,12 +31,16 @@ namespace ds {
 class ZeroOptimizer : public ModuleHooks {
  public:
   // The store must be materialized with unit alignment ZeroOptimizer::alignment(N), without gradients from stage 2
-  // on, and for stage 3 with its parameters as `workspace` (an initialisation copy this class partitions and frees).
+  // on and without parameters at stage 3.
   ZeroOptimizer(ParameterStore& store, Communicator& comm, const ZeroConfig& zero, const cpu::AdamParams& hyper);
   ~ZeroOptimizer() override;
   static int64_t alignment(int world) { return int64_t(16) * world; }  // chunks stay 64-byte aligned
   static bool keeps_full_gradients(int stage) { return stage < 2; }
-  static Category full_params_category(int stage) { return stage == 3 ? Category::workspace : Category::param; }
+  static bool keeps_full_parameters(int stage) { return stage < 3; }
+
+  // Sets elements [flat_offset, flat_offset + n) of the parameters (stage 3: the part this rank owns). Every rank
+  // gets the same values, so no communication is needed. Not while a unit is gathered.
+  void set_parameters(int64_t flat_offset, const float* values, int64_t n);
 
   int stage() const { return stage_; }
   // Before the first micro-batch of a batch: clears the gradients.
@@ -60,6 +67,10 @@ class ZeroOptimizer : public ModuleHooks {
   // bucket after (stage 3: release the parameters).
   void pre_backward(Module& m) override;
   void post_backward(Module& m) override;
+  const float* slice_data(const Module& slice) override;
+  float* slice_grads(const Module& slice) override;
+  void lookup_rows(const Parameter& p, const int32_t* ids, int64_t n, float* out) override;
+  void accumulate_row_grads(const Parameter& p, const int32_t* ids, const float* rows, int64_t n) override;
 
   // All parameters, unpadded, in declaration order (a collective at stage 3: every rank must call it).
   std::vector<float> full_parameters();
@@ -82,6 +93,12 @@ class ZeroOptimizer : public ModuleHooks {
     Finish finish;
   };
   const UnitState& state_of(const Module& m) const;
+  size_t index_of(const Module& m) const { return static_cast<size_t>(&state_of(m) - units_.data()); }
+  // Calls f(flat_offset, partition_offset, count) for each piece of [begin, end) this rank owns.
+  template <typename F>
+  void for_owned(int64_t begin, int64_t end, F&& f) const;
+  // All ranks' ids for a row collective (checks that every rank passed the same n).
+  const int32_t* gather_ids(const int32_t* ids, int64_t n);
   float* owned_params(const UnitState& u) const;
   float* owned_grads(const UnitState& u);
   void reduce_unit_full_grads(const UnitState& u);
@@ -92,6 +109,7 @@ class ZeroOptimizer : public ModuleHooks {
   void release(size_t unit, bool even_persistent);
   void prefetch();
   Tensor take_buffer(size_t unit);
+  void return_buffer(Tensor buf);
 
   ParameterStore& store_;
   Communicator& comm_;
@@ -105,18 +123,19 @@ class ZeroOptimizer : public ModuleHooks {
   Tensor m_, v_;
   Tensor part_grads_;                 // stage 2: the owned gradient partition
   Tensor recv_;                       // receive buffers for reduce-scatter (one per bucket)
-  Tensor gather_send_;                // the owned chunk, staged for all-gather
-  Tensor root_bucket_;                // stage 2: the embedding unit's gradients (live through all of backward)
-  Tensor buckets_;                    // stage 2: two buckets for the other units (double-buffered with overlap)
+  Tensor gather_send_;                // stage 1-2: the owned chunk, staged for all-gather
+  Tensor buckets_;                    // stage 2-3: two gradient buckets (used alternately, for overlap)
   int64_t bucket_numel_ = 0;
+  Tensor row_ids_, row_data_;         // lookup_rows / accumulate_row_grads staging (grown on demand)
   int64_t max_chunk_ = 0;
   bool bucket_busy_[2] = {false, false};
-  std::vector<int> unit_bucket_;
+  std::vector<int> unit_bucket_;      // stage 2-3: the bucket bound to each unit in backward (0 or 1)
   // stage 3
   Tensor own_params_;                 // the owned parameter partition (model-state `param` memory)
   std::vector<Tensor> gathered_;      // per unit: its gathered parameters while available
   std::vector<bool> persistent_;
-  std::vector<std::vector<Tensor>> pool_;  // released gather buffers by unit, reused (allocated once)
+  std::vector<Tensor> free_buffers_;  // released gather buffers, reused (Note [Stage-3 trace])
+  int64_t large_numel_ = 0;           // gather buffer size for every unit of at least a quarter of it
   std::vector<Tensor> inflight_buf_;  // per unit: the buffer an in-flight prefetch fills
   std::vector<WorkPtr> inflight_;     // per unit: that prefetch
   std::vector<size_t> trace_;         // unit fetch order of one training step
@@ -124,7 +143,7 @@ class ZeroOptimizer : public ModuleHooks {
   size_t trace_pos_ = 0;
   int64_t live_numel_ = 0;            // gathered + in flight
   int64_t prefetch_limit_ = 0, max_live_ = 0, max_reuse_ = 0;
-  int64_t prefetches_issued_ = 0, prefetch_hits_ = 0;      // stage 2: bucket bound to each unit (0, 1, or 2 for the root bucket)
+  int64_t prefetches_issued_ = 0, prefetch_hits_ = 0;
   std::deque<Pending> pending_;
   bool last_micro_ = true;
   int next_slot_ = 0;
