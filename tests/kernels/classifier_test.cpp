@@ -1,6 +1,7 @@
 // Fused classifier vs a double reference (log-softmax cross-entropy of x·wte^T): loss and per-row losses, the
 // ignore index -1, N not a multiple of the row chunk, grad_scale, dx/dwte against central differences of the
-// reference, dwte +=, the forward-only path (dx null), out-of-range targets, and logits_forward.
+// reference, dwte +=, the forward-only path (dx null), out-of-range targets, logits_forward, and the sliced form
+// (logits_rows_forward, softmax_xent_rows, classifier_rows_backward) against the same double reference.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -160,6 +161,39 @@ TEST(Classifier, LogitsForward) {
       for (int c = 0; c < C; ++c) s += double(x[size_t(i) * C + c]) * wte[size_t(v) * C + c];
       ASSERT_NEAR(logits[size_t(i) * V + v], s, 1e-5 * (1 + std::abs(s)));
     }
+}
+
+// The head a slice of wte rows at a time (slices of 7 rows, the last one short), with ignored rows: the same losses
+// and gradients as the double reference; dx and dw accumulate (+=) into what they held.
+TEST(Classifier, SlicedRowsMatchReference) {
+  const int N = 37, C = 12, V = 47, R = 7;
+  const float gs = 0.25f;
+  const auto x = randn(size_t(N) * C, 11), wte = randn(size_t(V) * C, 12, 0.4f);
+  auto tgt = targets(N, V, 13);
+  tgt[3] = tgt[30] = -1;
+  std::vector<float> logits(size_t(N) * V, 123.0f), losses(N);
+  for (int a = 0; a < V; a += R)
+    ds::cpu::logits_rows_forward(logits.data(), x.data(), wte.data() + size_t(a) * C, N, C, V, a, std::min(R, V - a));
+  const double loss = ds::cpu::softmax_xent_rows(logits.data(), losses.data(), tgt.data(), true, gs, N, V);
+  std::vector<float> dx(x.size(), 2.0f), dwte(wte.size(), -1.0f);
+  for (int a = 0; a < V; a += R)
+    ds::cpu::classifier_rows_backward(dx.data(), dwte.data() + size_t(a) * C, logits.data(), x.data(),
+                                      wte.data() + size_t(a) * C, N, C, V, a, std::min(R, V - a));
+  std::vector<double> rdx, rdw;
+  const auto rl = ref_losses(x.data(), wte.data(), tgt.data(), N, C, V, &rdx, &rdw);
+  double rtotal = 0;
+  for (double l : rl) rtotal += l;
+  EXPECT_NEAR(loss, rtotal, 1e-6 * rtotal);
+  for (int i = 0; i < N; ++i) ASSERT_NEAR(losses[i], rl[i], 1e-5 * (1 + rl[i])) << i;
+  for (size_t i = 0; i < dx.size(); ++i) ASSERT_NEAR(dx[i] - 2.0f, gs * rdx[i], 1e-6) << i;
+  for (size_t i = 0; i < dwte.size(); ++i) ASSERT_NEAR(dwte[i] + 1.0f, gs * rdw[i], 1e-6) << i;
+  for (int c = 0; c < C; ++c) ASSERT_EQ(dx[3 * C + c], 2.0f);  // ignored row: no gradient
+
+  // Forward only: the logits stay logits, the losses are the same.
+  for (int a = 0; a < V; a += R)
+    ds::cpu::logits_rows_forward(logits.data(), x.data(), wte.data() + size_t(a) * C, N, C, V, a, std::min(R, V - a));
+  EXPECT_EQ(ds::cpu::softmax_xent_rows(logits.data(), nullptr, tgt.data(), false, gs, N, V), loss);
+  EXPECT_THROW(ds::cpu::logits_rows_forward(logits.data(), x.data(), wte.data(), N, C, V, V - 3, 7), ds::Error);
 }
 
 }  // namespace

@@ -1,8 +1,10 @@
 // Embedding forward vs a plain reference; backward against central differences of the reference with repeated
-// tokens, the += convention, bit-identical results for one and two threads, and a negative token id rejected.
+// tokens, the += convention, bit-identical results for one and two threads, a negative token id rejected, and the
+// forward from rows already looked up (ZeRO-3) bit-identical to the forward from wte.
 #include <gtest/gtest.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <random>
 #include <vector>
 
@@ -45,6 +47,18 @@ TEST(Encoder, ForwardMatchesReference) {
   ds::cpu::encoder_forward(out.data(), inp.data(), wte.data(), wpe.data(), B, T, C);
   const auto ref = ref_forward(inp.data(), wte.data(), wpe.data(), B, T, C);
   for (size_t i = 0; i < out.size(); ++i) ASSERT_FLOAT_EQ(out[i], float(ref[i]));
+}
+
+TEST(Encoder, ForwardFromLookedUpRowsIsBitIdentical) {
+  const int B = 2, T = 9, C = 13, V = 6;
+  const auto inp = tokens(B * T, V, 4);
+  const auto wte = randn(size_t(V) * C, 5), wpe = randn(size_t(T) * C, 6);
+  std::vector<float> rows(size_t(B) * T * C), a(rows.size()), b(rows.size());
+  for (int i = 0; i < B * T; ++i)
+    std::copy_n(wte.begin() + size_t(inp[i]) * C, C, rows.begin() + size_t(i) * C);
+  ds::cpu::encoder_forward(a.data(), inp.data(), wte.data(), wpe.data(), B, T, C);
+  ds::cpu::encoder_forward_rows(b.data(), rows.data(), wpe.data(), B, T, C);
+  EXPECT_EQ(a, b);
 }
 
 TEST(Encoder, BackwardMatchesFiniteDifferencesOfReference) {
