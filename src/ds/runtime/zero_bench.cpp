@@ -428,6 +428,11 @@ std::string run_zero_bench(const ZeroBenchOptions& o) {
     fmt::print("\nstage 3 peak RSS at N=4 / stage 0 peak RSS at N=4: {:.0f} / {:.0f} MiB = {:.3f} (target <= {:.2f}) "
                "{}\n",
                s3n4->max_rss_mib, s0n4->max_rss_mib, ratio, kRssTarget, ratio <= kRssTarget ? "MET" : "NOT MET");
+    if (ratio > kRssTarget && o.zero_extra.find("stage3_max_reuse_distance") == std::string::npos) {
+      fmt::print("  (DeepSpeed's default stage3_max_reuse_distance of 1e9 elements keeps every unit of a smaller model "
+                 "gathered from forward to backward; add --zero-extra "
+                 "'{{\"stage3_max_reuse_distance\":0,\"stage3_max_live_parameters\":1.5e7}}' to release them)\n");
+    }
     targets["rss_stage3_over_stage0_n4"] = ratio;
   } else {
     fmt::print("\nstage 3 peak RSS at N=4 / stage 0 peak RSS at N=4: n/a (needs world 4 with stages 0 and 3)\n");
