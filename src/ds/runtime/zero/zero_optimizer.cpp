@@ -35,6 +35,13 @@ ZeroOptimizer::ZeroOptimizer(ParameterStore& store, Communicator& comm, const Ze
     partition_numel_ += chunk;
     max_chunk_ = std::max(max_chunk_, chunk);
   }
+  int64_t largest = 0;
+  for (const UnitState& u : units_) largest = std::max(largest, u.unit->padded_numel);
+  if (stage_ >= 1 && rank_ == 0 && zero.reduce_bucket_size < largest) {
+    log_info("[zero] reduce_bucket_size {} is smaller than the largest gather unit ({} elements); gradients are "
+             "reduced one whole unit at a time, so a bucket holds up to {} elements",
+             zero.reduce_bucket_size, largest, largest);
+  }
   m_ = Tensor::zeros({partition_numel_}, DType::f32, Category::optimizer);
   v_ = Tensor::zeros({partition_numel_}, DType::f32, Category::optimizer);
   if (stage_ >= 1) recv_ = Tensor::zeros({2 * max_chunk_}, DType::f32, Category::comm_buffer);

@@ -14,7 +14,10 @@
 //            See Note [Stage-3 trace] in the .cpp for prefetching, the reuse distance and the buffer pool.
 // A parameter sliced into units (the token embedding) is reached row by row through lookup_rows and
 // accumulate_row_grads where it is not resident (Note [Sliced head] in gpt2.cpp).
-// Buckets and receive buffers are `comm_buffer` memory, reported apart from the model states.
+// Buckets and receive buffers are `comm_buffer` memory, reported apart from the model states. A bucket is one gather
+// unit (about a transformer block): DeepSpeed's reduce_bucket_size would make stage-2 buckets of its default 5e8
+// elements (2 GB); units give the same overlap with bounded memory, and a reduce_bucket_size below the largest
+// unit is reported at start-up rather than silently honoured in part.
 #pragma once
 
 #include <deque>
