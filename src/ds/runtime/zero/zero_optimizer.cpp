@@ -24,9 +24,11 @@ ZeroOptimizer::ZeroOptimizer(ParameterStore& store, Communicator& comm, const Ze
               "[zero] zero_optimization.stage must be 0, 1, 2 or 3, found {}", stage_);
   DS_ASSERT(store.materialized());
   DS_ASSERT(keeps_full_parameters(stage_) == store.flat_params().defined(),
-            "stage {} needs a store materialized {} parameters", stage_, keeps_full_parameters(stage_) ? "with" : "without");
+            "stage {} needs a store materialized {} parameters", stage_,
+            keeps_full_parameters(stage_) ? "with" : "without");
   DS_ASSERT(keeps_full_gradients(stage_) == store.flat_grads().defined(),
-            "stage {} needs a store materialized {} gradients", stage_, keeps_full_gradients(stage_) ? "with" : "without");
+            "stage {} needs a store materialized {} gradients", stage_,
+            keeps_full_gradients(stage_) ? "with" : "without");
   for (const ParamUnit& u : store.units()) {
     DS_ASSERT(u.padded_numel % world_ == 0, "unit {} of {} elements is not aligned to {} ranks", u.name,
               u.padded_numel, world_);
@@ -115,7 +117,8 @@ void ZeroOptimizer::set_parameters(int64_t flat_offset, const float* values, int
   }
   for (const auto& g : gathered_) DS_ASSERT(!g.defined(), "set_parameters while a unit is gathered");
   for_owned(flat_offset, flat_offset + n, [&](int64_t flat, int64_t part, int64_t count) {
-    std::memcpy(own_params_.data<float>() + part, values + (flat - flat_offset), static_cast<size_t>(count) * sizeof(float));
+    std::memcpy(own_params_.data<float>() + part, values + (flat - flat_offset),
+                static_cast<size_t>(count) * sizeof(float));
   });
 }
 
@@ -367,7 +370,8 @@ void ZeroOptimizer::lookup_rows(const Parameter& p, const int32_t* ids, int64_t 
     return;
   }
   const int32_t* all = gather_ids(ids, n);
-  if (row_data_.numel() < world_ * n * C) row_data_ = Tensor::empty({world_ * n * C}, DType::f32, Category::comm_buffer);
+  if (row_data_.numel() < world_ * n * C)
+    row_data_ = Tensor::empty({world_ * n * C}, DType::f32, Category::comm_buffer);
   float* contrib = row_data_.data<float>();
   std::memset(contrib, 0, static_cast<size_t>(world_ * n * C) * sizeof(float));
   for (int64_t j = 0; j < world_ * n; ++j) {
@@ -387,7 +391,8 @@ void ZeroOptimizer::accumulate_row_grads(const Parameter& p, const int32_t* ids,
   const int64_t C = p.shape[1];
   drain(0);
   const int32_t* all = gather_ids(ids, n);
-  if (row_data_.numel() < world_ * n * C) row_data_ = Tensor::empty({world_ * n * C}, DType::f32, Category::comm_buffer);
+  if (row_data_.numel() < world_ * n * C)
+    row_data_ = Tensor::empty({world_ * n * C}, DType::f32, Category::comm_buffer);
   float* all_rows = row_data_.data<float>();
   comm_.all_gather(rows, all_rows, static_cast<size_t>(n * C), DType::f32);
   for (int64_t j = 0; j < world_ * n; ++j) {
