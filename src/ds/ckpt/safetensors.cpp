@@ -212,9 +212,9 @@ const SafetensorsView& SafetensorsFile::get(const std::string& name) const {
 
 // ---------------------------------------------------------------------------------------------------- writer
 
-void write_safetensors(const std::string& path, const std::vector<SafetensorsEntry>& entries,
-                       const std::map<std::string, std::string>& metadata) {
-  // Validate everything before touching the disk, so a bad call never disturbs an existing file.
+namespace {
+
+void validate_entries(const std::string& path, const std::vector<SafetensorsEntry>& entries, bool need_data) {
   std::set<std::string_view> seen;
   for (const SafetensorsEntry& e : entries) {
     DS_CHECK_AS(IoError, !e.name.empty() && e.name != "__metadata__",
@@ -230,33 +230,56 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorsEnt
     DS_CHECK_AS(IoError, ok && nbytes == e.nbytes, "[safetensors] writing '{}': tensor '{}' ({} {}) should hold "
                 "{} bytes but {} were given. Pass nbytes = numel * dtype size.", path, e.name, e.dtype,
                 shape_str(e.shape), ok ? std::to_string(nbytes) : std::string("an invalid number of"), e.nbytes);
-    DS_CHECK_AS(IoError, e.nbytes == 0 || e.data != nullptr,
+    DS_CHECK_AS(IoError, !need_data || e.nbytes == 0 || e.data != nullptr,
                 "[safetensors] writing '{}': tensor '{}' has {} bytes but a null data pointer.", path, e.name, e.nbytes);
   }
+}
 
-  // Largest element size first, then by name: keeps every tensor aligned to its element size.
-  std::vector<const SafetensorsEntry*> order;
-  for (const SafetensorsEntry& e : entries) order.push_back(&e);
-  std::sort(order.begin(), order.end(), [](const SafetensorsEntry* a, const SafetensorsEntry* b) {
-    size_t sa = safetensors_dtype_size(a->dtype), sb = safetensors_dtype_size(b->dtype);
-    return sa != sb ? sa > sb : a->name < b->name;
-  });
+}  // namespace
 
+SafetensorsWriter::SafetensorsWriter(const std::string& path, const std::vector<SafetensorsEntry>& entries,
+                                     const std::map<std::string, std::string>& metadata) {
+  validate_entries(path, entries, false);  // before touching the disk: a bad call never disturbs an existing file
   ordered_json header = ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
-  uint64_t offset = 0;
-  for (const SafetensorsEntry* e : order) {
-    header[e->name] = {{"dtype", e->dtype}, {"shape", e->shape}, {"data_offsets", {offset, offset + e->nbytes}}};
-    offset += e->nbytes;
+  for (const SafetensorsEntry& e : entries) {
+    header[e.name] = {{"dtype", e.dtype}, {"shape", e.shape}, {"data_offsets", {total_, total_ + e.nbytes}}};
+    total_ += e.nbytes;
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');
   const uint64_t header_len = text.size();
+  out_ = std::make_unique<AtomicFileWriter>(path, "safetensors");
+  out_->write(&header_len, 8);
+  out_->write(text.data(), text.size());
+}
 
-  AtomicFileWriter out(path, "safetensors");
-  out.write(&header_len, 8);
-  out.write(text.data(), text.size());
-  for (const SafetensorsEntry* e : order) out.write(e->data, e->nbytes);
+SafetensorsWriter::~SafetensorsWriter() = default;
+
+void SafetensorsWriter::write(const void* data, size_t nbytes) {
+  DS_CHECK_AS(IoError, written_ + nbytes <= total_, "[safetensors] writing '{}': {} bytes more than the {} the "
+              "header announced", out_->path(), written_ + nbytes - total_, total_);
+  out_->write(data, nbytes);
+  written_ += nbytes;
+}
+
+void SafetensorsWriter::commit() {
+  DS_CHECK_AS(IoError, written_ == total_, "[safetensors] writing '{}': {} of the {} data bytes were written; the "
+              "file is incomplete and was not published", out_->path(), written_, total_);
+  out_->commit();
+}
+
+void write_safetensors(const std::string& path, const std::vector<SafetensorsEntry>& entries,
+                       const std::map<std::string, std::string>& metadata) {
+  validate_entries(path, entries, true);
+  // Largest element size first, then by name: keeps every tensor aligned to its element size.
+  std::vector<SafetensorsEntry> order = entries;
+  std::stable_sort(order.begin(), order.end(), [](const SafetensorsEntry& a, const SafetensorsEntry& b) {
+    size_t sa = safetensors_dtype_size(a.dtype), sb = safetensors_dtype_size(b.dtype);
+    return sa != sb ? sa > sb : a.name < b.name;
+  });
+  SafetensorsWriter out(path, order, metadata);
+  for (const SafetensorsEntry& e : order) out.write(e.data, e.nbytes);
   out.commit();
 }
 

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -76,6 +77,24 @@ struct SafetensorsEntry {
 // multiple of 8 bytes; "__metadata__" comes first when `metadata` is non-empty.
 void write_safetensors(const std::string& path, const std::vector<SafetensorsEntry>& entries,
                        const std::map<std::string, std::string>& metadata = {});
+
+// The same format streamed, for files larger than one wants in memory at once: the header is written from the
+// entries (their data pointers are not used), in the order given (give tensors of larger elements first to keep
+// them aligned), then write() takes the data bytes in that order, in pieces of any size, and commit() publishes
+// the file atomically once exactly the announced bytes were written. Destroyed without commit(), it leaves no
+// file behind and an existing file at `path` untouched.
+class SafetensorsWriter {
+ public:
+  SafetensorsWriter(const std::string& path, const std::vector<SafetensorsEntry>& entries,
+                    const std::map<std::string, std::string>& metadata = {});
+  ~SafetensorsWriter();
+  void write(const void* data, size_t nbytes);
+  void commit();
+
+ private:
+  std::unique_ptr<AtomicFileWriter> out_;
+  uint64_t total_ = 0, written_ = 0;
+};
 
 // Copies a floating-point tensor into f32: F32 bit-exact, BF16 and F16 widened exactly. Any other dtype throws
 // IoError (say what to convert instead).

@@ -6,7 +6,11 @@
 #include <algorithm>
 #include <climits>
 
+#include <fmt/ranges.h>
+
+#include "ds/ckpt/safetensors.h"
 #include "ds/optim/adamw.h"
+#include "ds/runtime/checkpoint.h"
 
 namespace ds {
 
@@ -100,6 +104,39 @@ double Engine::eval_loss(const BatchFn& next, int64_t num_batches, int batch_siz
     sum += model_->forward_loss(eval_ctx_, in.data(), tg.data(), batch_size, seq_len_);
   }
   return average_over_ranks(sum / static_cast<double>(num_batches));
+}
+
+std::string Engine::save_checkpoint(const std::string& dir, const std::string& tag, const nlohmann::json& client_state) {
+  const std::string t = tag.empty() ? fmt::format("global_step{}", global_steps_) : tag;
+  CheckpointManifest meta;
+  meta.global_steps = global_steps_;
+  meta.global_samples = global_steps_ * config_.train_batch_size;
+  const Gpt2Config& mc = model_->config();
+  meta.model = {{"n_layer", mc.n_layer}, {"n_head", mc.n_head}, {"n_embd", mc.n_embd}, {"vocab_size", mc.vocab_size},
+                {"block_size", mc.block_size}};
+  meta.client_state = client_state;
+  write_checkpoint(*comm_, dir, t, model_->params(), *optimizer_, std::move(meta));
+  return t;
+}
+
+nlohmann::json Engine::load_checkpoint(const std::string& dir, const std::string& tag) {
+  const CheckpointManifest m = ds::load_checkpoint(dir, tag, model_->params(), *optimizer_);
+  global_steps_ = m.global_steps;
+  return m.client_state;
+}
+
+void Engine::load_weights(const std::string& path) {
+  const SafetensorsFile file = SafetensorsFile::open(path);
+  for (const Parameter& p : model_->params().all()) {
+    DS_CHECK_AS(IoError, file.contains(p.name), "[engine] '{}' has no tensor '{}'; give a file with every parameter "
+                "of this model under its Hugging Face GPT-2 name (dspeed ckpt consolidate writes one)", path, p.name);
+    const SafetensorsView& v = file.get(p.name);
+    DS_CHECK_AS(IoError, v.shape == std::vector<int64_t>(p.shape.begin(), p.shape.end()),
+                "[engine] '{}': tensor '{}' has shape [{}] but the model's is [{}]; check --model", path, p.name,
+                fmt::join(v.shape, ", "), fmt::join(p.shape.begin(), p.shape.end(), ", "));
+    const std::vector<float> values = safetensors_to_f32(v);
+    optimizer_->set_parameters(p.offset, values.data(), p.numel());
+  }
 }
 
 }  // namespace ds

@@ -7,6 +7,7 @@
 
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 
 #include "ds/comm/communicator.h"
 #include "ds/nn/models/gpt2.h"
@@ -39,6 +40,16 @@ class Engine {
   double eval_loss(const BatchFn& next, int64_t num_batches, int batch_size);
 
   int64_t global_steps() const { return global_steps_; }
+
+  // Checkpoints (Note [Checkpoint layout] in checkpoint.h). Collectives: every rank calls them. save returns the
+  // tag (default "global_step<N>"); load takes the tag in DIR/latest when `tag` is empty, works at any world size
+  // and stage, and returns the client state saved with it.
+  std::string save_checkpoint(const std::string& dir, const std::string& tag = "",
+                              const nlohmann::json& client_state = nlohmann::json::object());
+  nlohmann::json load_checkpoint(const std::string& dir, const std::string& tag = "");
+  // Replaces the parameters (not the optimizer state) with those of a safetensors file holding every parameter
+  // under its Hugging Face GPT-2 name, as `dspeed ckpt consolidate` writes; F32, BF16 or F16.
+  void load_weights(const std::string& path);
   double current_lr() const;
   Gpt2& model() { return *model_; }
   Communicator& comm() { return *comm_; }

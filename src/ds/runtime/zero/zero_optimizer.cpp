@@ -109,17 +109,23 @@ void ZeroOptimizer::for_owned(int64_t begin, int64_t end, F&& f) const {
   }
 }
 
-void ZeroOptimizer::set_parameters(int64_t flat_offset, const float* values, int64_t n) {
+void ZeroOptimizer::set_state(State which, int64_t flat_offset, const float* values, int64_t n) {
   DS_ASSERT(flat_offset >= 0 && n >= 0 && flat_offset + n <= store_.padded_numel());
-  if (stage_ < 3) {
+  if (which == State::param && stage_ < 3) {
     std::memcpy(store_.flat_params().data<float>() + flat_offset, values, static_cast<size_t>(n) * sizeof(float));
     return;
   }
-  for (const auto& g : gathered_) DS_ASSERT(!g.defined(), "set_parameters while a unit is gathered");
+  for (const auto& g : gathered_) DS_ASSERT(!g.defined(), "set_state while a unit is gathered");
+  float* dst = which == State::param ? own_params_.data<float>() : which == State::exp_avg ? m_.data<float>()
+                                                                                          : v_.data<float>();
   for_owned(flat_offset, flat_offset + n, [&](int64_t flat, int64_t part, int64_t count) {
-    std::memcpy(own_params_.data<float>() + part, values + (flat - flat_offset),
-                static_cast<size_t>(count) * sizeof(float));
+    std::memcpy(dst + part, values + (flat - flat_offset), static_cast<size_t>(count) * sizeof(float));
   });
+}
+
+void ZeroOptimizer::copy_owned_params(float* out) const {
+  for (const UnitState& u : units_)
+    std::memcpy(out + u.part_offset, owned_params(u), static_cast<size_t>(u.chunk) * sizeof(float));
 }
 
 void ZeroOptimizer::begin_batch() {

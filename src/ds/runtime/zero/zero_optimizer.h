@@ -41,11 +41,21 @@ class ZeroOptimizer : public ModuleHooks {
   static bool keeps_full_gradients(int stage) { return stage < 2; }
   static bool keeps_full_parameters(int stage) { return stage < 3; }
 
-  // Sets elements [flat_offset, flat_offset + n) of the parameters (stage 3: the part this rank owns). Every rank
-  // gets the same values, so no communication is needed. Not while a unit is gathered.
-  void set_parameters(int64_t flat_offset, const float* values, int64_t n);
+  // Sets elements [flat_offset, flat_offset + n) of the parameters (stage 3: the part this rank owns), or of the
+  // Adam moments (the part this rank owns). Every rank gets the same values, so no communication is needed. Not
+  // while a unit is gathered. Checkpoints load through these, at any world size and stage.
+  enum class State : uint8_t { param, exp_avg, exp_avg_sq };
+  void set_state(State which, int64_t flat_offset, const float* values, int64_t n);
+  void set_parameters(int64_t flat_offset, const float* values, int64_t n) {
+    set_state(State::param, flat_offset, values, n);
+  }
+  // This rank's partition of the parameters (partition_numel() elements, unit chunks in order, as the moments).
+  void copy_owned_params(float* out) const;
+  void set_step_count(int64_t step) { step_ = step; }
 
   int stage() const { return stage_; }
+  int world() const { return world_; }
+  int rank() const { return rank_; }
   // Before the first micro-batch of a batch: clears the gradients.
   void begin_batch();
   // Stage 3 statistics: all-gathers issued ahead of use, and those found already complete or in flight when used.
@@ -81,6 +91,8 @@ class ZeroOptimizer : public ModuleHooks {
   int64_t partition_numel() const { return partition_numel_; }
   Tensor& exp_avg() { return m_; }
   Tensor& exp_avg_sq() { return v_; }
+  const Tensor& exp_avg() const { return m_; }
+  const Tensor& exp_avg_sq() const { return v_; }
 
  private:
   struct UnitState {
