@@ -12,5 +12,6 @@ void add_train_command(CLI::App& root);
 void add_data_command(CLI::App& root);
 void add_bench_command(CLI::App& root);
 void add_launch_command(CLI::App& root);
+void add_ckpt_command(CLI::App& root);
 
 }  // namespace ds::tool

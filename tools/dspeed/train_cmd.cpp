@@ -36,6 +36,12 @@ void add_train_command(CLI::App& root) {
   cmd->add_option("--backend", opts->backend,
                   "communicator: auto (MPI when started by mpirun/srun/dspeed launch), mpi, self")
       ->capture_default_str();
+  cmd->add_option("--save", opts->save_dir, "save checkpoints in this folder (DIR/<tag>, DIR/latest)");
+  cmd->add_option("--save-interval", opts->save_interval, "steps between checkpoints (default: only at the end)");
+  cmd->add_option("--load", opts->load_dir, "resume from the latest checkpoint in this folder");
+  cmd->add_option("--load-tag", opts->load_tag, "resume from this tag instead of the latest");
+  cmd->add_option("--init-from", opts->init_from,
+                  "start from the weights of a .safetensors file (Hugging Face GPT-2 names, as consolidate writes)");
   cmd->callback([opts, memory_limit] {
     TrainOptions o = *opts;
     if (!memory_limit->empty()) o.device_memory_limit = parse_byte_size(*memory_limit);

@@ -203,6 +203,23 @@ TrainSummary run_training_on(const TrainOptions& o, Communicator& comm) {
               model_config.vocab_size);
 
   Engine engine(model_config, config, T, &comm, o.seed);
+  DS_CHECK_AS(ConfigError, o.load_dir.empty() || o.init_from.empty(),
+              "[train] --load resumes a checkpoint (weights, optimizer, step, data position) and --init-from starts "
+              "fresh from weights; give one of them");
+  DS_CHECK_AS(ConfigError, o.save_interval >= 0, "[train] --save-interval must be >= 0, got {}", o.save_interval);
+  if (!o.init_from.empty()) engine.load_weights(o.init_from);
+  int64_t first_step = 1;
+  if (!o.load_dir.empty()) {
+    const nlohmann::json client = engine.load_checkpoint(o.load_dir, o.load_tag);
+    DS_CHECK_AS(IoError, client.contains("train_loader"), "[train] the checkpoint in '{}' has no data position "
+                "(train_loader); it was not written by dspeed train", o.load_dir);
+    data::LoaderState state;
+    from_json(client.at("train_loader"), state);
+    train_loader.restore(state);
+    first_step = engine.global_steps() + 1;
+    DS_CHECK_AS(ConfigError, first_step <= steps, "[train] the checkpoint is at step {} and --steps is {}: nothing "
+                "is left to train; raise --steps", engine.global_steps(), steps);
+  }
 
   const std::string metrics_path = (fs::path(o.out_dir) / "metrics.csv").string();
   std::optional<MetricsCsv> metrics;
@@ -245,7 +262,12 @@ TrainSummary run_training_on(const TrainOptions& o, Communicator& comm) {
   int64_t step = 0;
   double last_val = std::nan("");
   CommStats stats_after_first;
-  for (step = 1; step <= steps; ++step) {
+  if (show && first_step > 1) fmt::print(stderr, "resumed at step {} from '{}'\n", first_step - 1, o.load_dir);
+  auto save = [&] {
+    const std::string tag = engine.save_checkpoint(o.save_dir, "", {{"train_loader", train_loader.state()}});
+    if (show) bar.message(fmt::format("step {}: checkpoint {}/{}", engine.global_steps(), o.save_dir, tag));
+  };
+  for (step = first_step; step <= steps; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
     const StepResult r = engine.train_batch(train_next);
     const double dt = seconds_since(t0);
@@ -258,7 +280,7 @@ TrainSummary run_training_on(const TrainOptions& o, Communicator& comm) {
     recent.push_back(r.loss);
     if (recent.size() > 20) recent.erase(recent.begin());
     double val = std::nan("");
-    if (step == 1) stats_after_first = comm.stats();
+    if (step == first_step) stats_after_first = comm.stats();
     int32_t out_of_time = o.time_limit_s > 0 && seconds_since(t_train) >= o.time_limit_s;
     if (o.time_limit_s > 0 && world > 1) comm.broadcast(&out_of_time, 1, DType::i32, 0);  // rank 0 decides
     const bool last = step == steps || out_of_time;
@@ -268,13 +290,14 @@ TrainSummary run_training_on(const TrainOptions& o, Communicator& comm) {
       if (show) bar.message(fmt::format("step {}: validation loss {:.4f}", step, val));
     }
     if (metrics) metrics->row(step, r.loss, val, r.lr, r.grad_norm, tps);
+    if (!o.save_dir.empty() && (last || (o.save_interval > 0 && step % o.save_interval == 0))) save();
     if (show)
       bar.update(step, fmt::format("loss {:.4f} | lr {:.2e} | {} tok/s{}", r.loss, r.lr, format_count(tps),
                                    std::isnan(last_val) ? "" : fmt::format(" | val {:.3f}", last_val)));
     if (last) break;
   }
   if (show) bar.finish();
-  sum.steps = std::min(step, steps);
+  sum.steps = std::min(step, steps) - first_step + 1;
   CommStats per_step;
   if (sum.steps > 1) {
     for (int c = 0; c < kCollectiveCount; ++c)
@@ -286,7 +309,8 @@ TrainSummary run_training_on(const TrainOptions& o, Communicator& comm) {
   for (double l : recent) acc += l;
   sum.final_train_loss = recent.empty() ? 0.0 : acc / static_cast<double>(recent.size());
   sum.final_val_loss = validate(val_loader.num_batches());
-  if (metrics) metrics->row(sum.steps, sum.final_train_loss, sum.final_val_loss, engine.current_lr(), 0.0, tps);
+  if (metrics)
+    metrics->row(engine.global_steps(), sum.final_train_loss, sum.final_val_loss, engine.current_lr(), 0.0, tps);
 
   if (show) {
     fmt::print(stderr, "\ntrained {} steps ({} tokens) in {} at {} tokens/s (wall time {})\n", sum.steps,

@@ -27,6 +27,11 @@ struct TrainOptions {
   std::optional<int64_t> device_memory_limit;  // bytes
   bool quiet = false;                      // no progress bar (summary still printed)
   std::string backend = "auto";            // communicator: auto (MPI when launched by mpirun/srun), mpi, self
+  std::string save_dir;                    // checkpoints go here (Note [Checkpoint layout]); empty: none
+  int64_t save_interval = 0;               // steps between checkpoints (0: only at the end)
+  std::string load_dir;                    // resume from the checkpoint in DIR/latest (or load_tag)
+  std::string load_tag;
+  std::string init_from;                   // start from these weights (a consolidated .safetensors file)
 };
 
 struct TrainSummary {
