@@ -4,10 +4,14 @@
 // - moving between layouts: saved at (world 4, stage 3), loaded at (world 2, stage 1) and (world 1, stage 0), the
 //   run continues on the uninterrupted single-process curve within 1e-5;
 // - damaged checkpoints (a truncated, a corrupted and a missing shard, another model, no `latest`) are refused with
-//   the file and the problem named; consolidation gives every parameter under its name.
+//   the file and the problem named; consolidation gives every parameter under its name, and PyTorch reading the
+//   consolidated file computes our logits (scripts/check_consolidated.py; skipped where PyTorch is missing).
 #include <gtest/gtest.h>
 #include <omp.h>
 
+#include <sys/wait.h>
+
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
@@ -226,6 +230,40 @@ TEST(Checkpoint, ConsolidatedFileHoldsEveryParameterAndLoadsBack) {
   EXPECT_TRUE(concatenated == saved);
   engine.load_weights(out);
   EXPECT_TRUE(engine.optimizer().full_parameters() == saved);
+}
+
+}  // namespace
+
+namespace {
+
+// The consolidated file read by PyTorch: scripts/check_consolidated.py loads it with a plain safetensors reader into
+// the op-by-op GPT-2 of scripts/gen_fixtures.py and compares its logits with ours (skipped without PyTorch).
+TEST(Checkpoint, ConsolidatedFileGivesOurLogitsInPyTorch) {
+  TempDir dir;
+  on_world(2, [&](Communicator& comm) {
+    Segment s;
+    Engine engine(tiny(), config_for(3, 2), kT, &comm, 42);
+    train_steps(engine, comm, 0, 3, s);
+    engine.save_checkpoint(dir.str(), "t");
+  });
+  const std::string model = (dir.path() / "model.safetensors").string();
+  consolidate_checkpoint(CheckpointReader(dir.str(), "t"), model, "fp32");
+  Engine engine(tiny(), config_for(0, 1), kT, nullptr, 7);
+  engine.load_weights(model);
+  const int B = 2, V = tiny().vocab_size;
+  std::vector<int32_t> tokens(size_t(B) * kT), targets(tokens.size());
+  table().fill(0, B, tokens.data(), targets.data());
+  std::vector<float> logits(tokens.size() * V);
+  Ctx ctx;
+  engine.model().forward_logits(ctx, tokens.data(), B, kT, logits.data());
+  const std::string expected = (dir.path() / "expected.safetensors").string();
+  write_safetensors(expected, {{"tokens", "I32", {B, kT}, tokens.data(), tokens.size() * 4},
+                               {"logits", "F32", {B, kT, V}, logits.data(), logits.size() * 4}});
+  const std::string cmd = fmt::format("/usr/bin/python3 {}/scripts/check_consolidated.py {} {} {} {} 1e-4",
+                                      DS_SOURCE_DIR, model, expected, tiny().n_layer, tiny().n_head);
+  const int rc = std::system(cmd.c_str());
+  if (WIFEXITED(rc) && WEXITSTATUS(rc) == 77) GTEST_SKIP() << "PyTorch is not installed";
+  EXPECT_TRUE(WIFEXITED(rc) && WEXITSTATUS(rc) == 0) << cmd;
 }
 
 }  // namespace
