@@ -14,6 +14,7 @@
 
 #include "ds/comm/communicator.h"
 #include "ds/core/error.h"
+#include "ds/kernels/cpu/kernels.h"
 
 namespace ds::test {
 
@@ -273,6 +274,55 @@ inline std::vector<float> check_repeatable_all_reduce(Communicator& c, size_t n)
   return first;
 }
 
+// 16-bit floats (f16, bf16): all-reduce (counts that split over the ranks and counts that do not) and
+// reduce-scatter of small integers, which are exact in 16 bits, so any order of addition gives the same bits.
+inline void check_half_collectives(Communicator& c, DType dtype) {
+  const int W = c.size(), r = c.rank();
+  auto to16 = [&](const std::vector<float>& f) {
+    std::vector<uint16_t> h(f.size());
+    if (dtype == DType::bf16) {
+      cpu::f32_to_bf16(h.data(), f.data(), f.size());
+    } else {
+      cpu::f32_to_f16(h.data(), f.data(), f.size());
+    }
+    return h;
+  };
+  auto to32 = [&](const std::vector<uint16_t>& h) {
+    std::vector<float> f(h.size());
+    if (dtype == DType::bf16) {
+      cpu::bf16_to_f32(f.data(), h.data(), h.size());
+    } else {
+      cpu::f16_to_f32(f.data(), h.data(), h.size());
+    }
+    return f;
+  };
+  for (ReduceOp op : {ReduceOp::sum, ReduceOp::max}) {
+    for (size_t n : {size_t(W) * 1000, size_t(W) * 3 + 1}) {
+      std::vector<float> mine(n), expected(n);
+      for (size_t i = 0; i < n; ++i) {
+        mine[i] = input_value<float>(r, i, 4);
+        float acc = input_value<float>(0, i, 4);
+        for (int s = 1; s < W; ++s) acc = apply(op, acc, input_value<float>(s, i, 4));
+        expected[i] = acc;
+      }
+      std::vector<uint16_t> data = to16(mine);
+      c.all_reduce(data.data(), n, dtype, op);
+      expect_same(to32(data), expected, where(c, n % W == 0 ? "16-bit all_reduce" : "16-bit all_reduce (uneven)"));
+    }
+  }
+  const size_t count = 2500;
+  std::vector<float> send(count * W), expected(count);
+  for (size_t j = 0; j < send.size(); ++j) send[j] = input_value<float>(r, j, 5);
+  for (size_t i = 0; i < count; ++i) {
+    float acc = 0;
+    for (int s = 0; s < W; ++s) acc += input_value<float>(s, r * count + i, 5);
+    expected[i] = acc;
+  }
+  std::vector<uint16_t> send16 = to16(send), recv16(count);
+  c.reduce_scatter(send16.data(), recv16.data(), count, dtype);
+  expect_same(to32(recv16), expected, where(c, "16-bit reduce_scatter"));
+}
+
 // Every check above, in one fixed order (every rank must call collectives in the same order).
 inline void check_everything(Communicator& c) {
   for (ReduceOp op : {ReduceOp::sum, ReduceOp::max, ReduceOp::min}) {
@@ -293,6 +343,8 @@ inline void check_everything(Communicator& c) {
   check_async_order(c);
   check_stats(c);
   check_split(c);
+  check_half_collectives(c, DType::bf16);
+  check_half_collectives(c, DType::f16);
 }
 
 }  // namespace ds::test

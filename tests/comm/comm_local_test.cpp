@@ -157,6 +157,13 @@ TEST_P(CommLocalWorld, ReduceScatter) {
   });
 }
 
+TEST_P(CommLocalWorld, HalfPrecisionReductions) {
+  run_world(GetParam(), [](Communicator& c) {
+    test::check_half_collectives(c, DType::bf16);
+    test::check_half_collectives(c, DType::f16);
+  });
+}
+
 TEST_P(CommLocalWorld, AllGather) {
   run_world(GetParam(), [](Communicator& c) {
     for (bool in_place : {false, true}) {

@@ -80,6 +80,11 @@ TEST_F(CommMpi, ReduceScatter) {
   test::check_reduce_scatter<float>(c, ReduceOp::sum, 0, false);
 }
 
+TEST_F(CommMpi, HalfPrecisionReductions) {
+  test::check_half_collectives(world(), DType::bf16);
+  test::check_half_collectives(world(), DType::f16);
+}
+
 TEST_F(CommMpi, AllGather) {
   Communicator& c = world();
   for (bool in_place : {false, true}) {

@@ -67,7 +67,9 @@ class Communicator {
   virtual int size() const = 0;
   virtual std::string backend() const = 0;
 
-  // In-place all-reduce of `count` elements of `dtype` (f32 and i32; sum/max/min).
+  // In-place all-reduce of `count` elements of `dtype` (f32, i32, f16 and bf16; sum/max/min). 16-bit floats are
+  // combined in fp32 and rounded to 16 bits: once at the end by the local backend, at every hop of the ring by the
+  // MPI backend (as NCCL does), so the two may differ in the last bit.
   virtual WorkPtr all_reduce_async(void* data, size_t count, DType dtype, ReduceOp op) = 0;
   // `send` holds size()*count elements; rank r receives the reduction of block r into `recv` (count elements).
   virtual WorkPtr reduce_scatter_async(const void* send, void* recv, size_t count, DType dtype, ReduceOp op) = 0;

@@ -24,6 +24,7 @@
 #include "ds/core/error.h"
 #include "ds/core/log.h"
 #include "ds/core/memory.h"
+#include "ds/kernels/cpu/kernels.h"
 
 namespace ds {
 namespace {
@@ -429,13 +430,49 @@ void fold_typed(std::byte* out, const std::vector<const std::byte*>& srcs, size_
   }
 }
 
+// 16-bit floats (f16, bf16): folded in fp32 in rank order, rounded once (round to nearest even).
+void fold_half(std::byte* out_bytes, const std::vector<const std::byte*>& srcs, size_t src_offset, size_t begin,
+               size_t end, DType dtype, ReduceOp op) {
+  constexpr size_t kTile = 2048;
+  alignas(64) float acc[kTile], x[kTile];
+  alignas(64) uint16_t half[kTile];
+  auto widen = [&](const std::byte* src, size_t b, size_t len, float* dst) {
+    std::memcpy(half, src + (src_offset + b) * 2, len * 2);
+    if (dtype == DType::bf16) {
+      cpu::bf16_to_f32(dst, half, len);
+    } else {
+      cpu::f16_to_f32(dst, half, len);
+    }
+  };
+  auto* out = reinterpret_cast<uint16_t*>(out_bytes);
+  for (size_t b = begin; b < end; b += kTile) {
+    const size_t len = std::min(kTile, end - b);
+    widen(srcs[0], b, len, acc);
+    for (size_t s = 1; s < srcs.size(); ++s) {
+      widen(srcs[s], b, len, x);
+      for (size_t i = 0; i < len; ++i) {
+        acc[i] = op == ReduceOp::sum ? acc[i] + x[i] : op == ReduceOp::max ? std::max(acc[i], x[i])
+                                                                          : std::min(acc[i], x[i]);
+      }
+    }
+    if (dtype == DType::bf16) {
+      cpu::f32_to_bf16(half, acc, len);
+    } else {
+      cpu::f32_to_f16(half, acc, len);
+    }
+    std::memcpy(out + b, half, len * 2);
+  }
+}
+
 // Reduces elements [begin, end) of every source (each offset by src_offset elements) into out[begin, end).
 void fold(std::byte* out, const std::vector<const std::byte*>& srcs, size_t src_offset, size_t begin, size_t end,
           DType dtype, ReduceOp op) {
   if (dtype == DType::f32) {
     fold_typed<float>(out, srcs, src_offset, begin, end, op);
-  } else {
+  } else if (dtype == DType::i32) {
     fold_typed<int32_t>(out, srcs, src_offset, begin, end, op);
+  } else {
+    fold_half(out, srcs, src_offset, begin, end, dtype, op);
   }
 }
 
@@ -555,8 +592,8 @@ class LocalCommunicator final : public Communicator {
   static int64_t bytes_of(size_t count, DType dtype) { return static_cast<int64_t>(count * dtype_size(dtype)); }
 
   void check_reducible(const char* what, DType dtype) const {
-    DS_CHECK_AS(CommError, dtype == DType::f32 || dtype == DType::i32,
-                "[comm] {} supports f32 and i32, got {}; convert to f32 first", what, dtype_name(dtype));
+    DS_CHECK_AS(CommError, dtype == DType::f32 || dtype == DType::i32 || dtype == DType::f16 || dtype == DType::bf16,
+                "[comm] {} supports f32, i32, f16 and bf16, got {}", what, dtype_name(dtype));
   }
   void check_peer(const char* what, int peer, int tag) const {
     DS_CHECK_AS(CommError, peer >= 0 && peer < size(), "[comm] {} rank {}: no such rank in a world of {}", what, peer,

@@ -29,6 +29,7 @@
 #include "ds/core/error.h"
 #include "ds/core/log.h"
 #include "ds/core/memory.h"
+#include "ds/kernels/cpu/kernels.h"
 
 namespace ds {
 namespace {
@@ -299,7 +300,7 @@ MPI_Datatype mpi_type(DType t) {
     case DType::f32: return MPI_FLOAT;
     case DType::i32: return MPI_INT32_T;
     case DType::bf16:
-    case DType::f16: return MPI_UINT16_T;  // moved, never reduced
+    case DType::f16: return MPI_UINT16_T;  // moved as bits; sums go through our ring (combine_half)
   }
   return MPI_BYTE;
 }
@@ -331,6 +332,29 @@ int64_t ring_share(int64_t n, int world) { return n * (world - 1) / world; }
 // which is the ring count of Note [Traffic accounting]. Partial sums travel from rank r-1 to r, so the order of
 // addition is fixed by the ranks, and the result is the same on every run.
 constexpr size_t kRingSegment = size_t{1} << 20;
+
+// 16-bit floats (f16 or bf16 bits) are combined through fp32 and rounded back.
+void combine_half(uint16_t* acc, const uint16_t* x, size_t n, ReduceOp op, DType dtype) {
+  constexpr size_t kTile = 2048;
+  float a[kTile], b[kTile];
+  for (size_t i0 = 0; i0 < n; i0 += kTile) {
+    const size_t len = std::min(kTile, n - i0);
+    if (dtype == DType::bf16) {
+      cpu::bf16_to_f32(a, acc + i0, len);
+      cpu::bf16_to_f32(b, x + i0, len);
+    } else {
+      cpu::f16_to_f32(a, acc + i0, len);
+      cpu::f16_to_f32(b, x + i0, len);
+    }
+    for (size_t i = 0; i < len; ++i)
+      a[i] = op == ReduceOp::sum ? a[i] + b[i] : op == ReduceOp::max ? std::max(a[i], b[i]) : std::min(a[i], b[i]);
+    if (dtype == DType::bf16) {
+      cpu::f32_to_bf16(acc + i0, a, len);
+    } else {
+      cpu::f32_to_f16(acc + i0, a, len);
+    }
+  }
+}
 
 template <typename T>
 void combine(T* acc, const T* x, size_t n, ReduceOp op) {
@@ -380,6 +404,10 @@ class MpiCommunicator final : public Communicator {
     check_reducible("all_reduce", dtype);
     const int64_t n = bytes_of(count, dtype);
     stats_.record(Collective::all_reduce, ring_share(2 * n, size_), n);
+    if (dtype == DType::f16 || dtype == DType::bf16) {
+      check_count("all_reduce (16-bit)", count);
+      return engine_.submit([=, this] { all_reduce_half(data, count, dtype, op); });
+    }
     return engine_.submit([=, this] {
       auto* p = static_cast<std::byte*>(data);
       const size_t es = dtype_size(dtype);
@@ -403,11 +431,7 @@ class MpiCommunicator final : public Communicator {
       // The ring reads every block of send until the end; recv may only alias send's own block.
       const bool own_block = recv == static_cast<const std::byte*>(send) + rank_ * block;
       if (!own_block && overlaps(send, block * size_, recv, block)) src = stage(send, block * size_);
-      if (dtype == DType::f32) {
-        ring_reduce_scatter(static_cast<const float*>(src), static_cast<float*>(recv), count, op);
-      } else {
-        ring_reduce_scatter(static_cast<const int32_t*>(src), static_cast<int32_t*>(recv), count, op);
-      }
+      ring_reduce_scatter_bytes(src, recv, count, op, dtype);
     });
   }
 
@@ -524,8 +548,8 @@ class MpiCommunicator final : public Communicator {
  private:
   static int64_t bytes_of(size_t count, DType dtype) { return static_cast<int64_t>(count * dtype_size(dtype)); }
   static void check_reducible(const char* what, DType dtype) {
-    DS_CHECK_AS(CommError, dtype == DType::f32 || dtype == DType::i32,
-                "[comm] {} supports f32 and i32, got {}; convert to f32 first", what, dtype_name(dtype));
+    DS_CHECK_AS(CommError, dtype == DType::f32 || dtype == DType::i32 || dtype == DType::f16 || dtype == DType::bf16,
+                "[comm] {} supports f32, i32, f16 and bf16, got {}", what, dtype_name(dtype));
   }
   static void check_count(const char* what, size_t count) {
     DS_CHECK_AS(CommError, count <= static_cast<size_t>(INT_MAX),
@@ -537,9 +561,9 @@ class MpiCommunicator final : public Communicator {
                 size_);
     DS_CHECK_AS(CommError, tag >= 0, "[comm] {} rank {}: tag must be >= 0, got {}", what, peer, tag);
   }
-  // Note [Ring reduce-scatter]; runs on the MPI thread.
+  // Note [Ring reduce-scatter]; runs on the MPI thread. T is float, int32_t or uint16_t (f16/bf16 bits).
   template <typename T>
-  void ring_reduce_scatter(const T* send, T* recv, size_t count, ReduceOp op) {
+  void ring_reduce_scatter(const T* send, T* recv, size_t count, ReduceOp op, DType dtype) {
     if (size_ == 1) {
       if (recv != send) std::memcpy(recv, send, count * sizeof(T));
       return;
@@ -548,19 +572,56 @@ class MpiCommunicator final : public Communicator {
     const size_t seg_max = std::min(count, kRingSegment);
     T* out = reinterpret_cast<T*>(ring_staging_.reserve(2 * seg_max * sizeof(T)));
     T* in = out + seg_max;
-    const MPI_Datatype type = std::is_same_v<T, float> ? MPI_FLOAT : MPI_INT32_T;
     auto block = [&](int b) { return send + static_cast<size_t>((b % size_ + size_) % size_) * count; };
     for (size_t s0 = 0; s0 < count; s0 += seg_max) {
       const size_t seg = std::min(seg_max, count - s0);
       std::memcpy(out, block(rank_ - 1) + s0, seg * sizeof(T));
       for (int k = 0; k < size_ - 1; ++k) {
-        DS_MPI_CHECK(MPI_Sendrecv(out, static_cast<int>(seg), type, next, 0, in, static_cast<int>(seg), type, prev,
-                                  0, ring_comm_, MPI_STATUS_IGNORE));
+        DS_MPI_CHECK(MPI_Sendrecv(out, static_cast<int>(seg), mpi_type(dtype), next, 0, in, static_cast<int>(seg),
+                                  mpi_type(dtype), prev, 0, ring_comm_, MPI_STATUS_IGNORE));
         // `in` is the partial sum of block (rank - k - 2): add our contribution (the last one is our own block).
-        combine(in, block(rank_ - k - 2) + s0, seg, op);
+        if constexpr (std::is_same_v<T, uint16_t>) {
+          combine_half(in, block(rank_ - k - 2) + s0, seg, op, dtype);
+        } else {
+          combine(in, block(rank_ - k - 2) + s0, seg, op);
+        }
         std::swap(in, out);
       }
       std::memcpy(recv + s0, out, seg * sizeof(T));
+    }
+  }
+
+  void ring_reduce_scatter_bytes(const void* send, void* recv, size_t count, ReduceOp op, DType dtype) {
+    if (dtype == DType::f32) {
+      ring_reduce_scatter(static_cast<const float*>(send), static_cast<float*>(recv), count, op, dtype);
+    } else if (dtype == DType::i32) {
+      ring_reduce_scatter(static_cast<const int32_t*>(send), static_cast<int32_t*>(recv), count, op, dtype);
+    } else {
+      ring_reduce_scatter(static_cast<const uint16_t*>(send), static_cast<uint16_t*>(recv), count, op, dtype);
+    }
+  }
+
+  // 16-bit all-reduce: our ring reduce-scatter, then MPI_Allgather, when the count splits over the ranks; else
+  // through fp32 (MPI has no 16-bit float sum).
+  void all_reduce_half(void* data, size_t count, DType dtype, ReduceOp op) {
+    auto* p = static_cast<uint16_t*>(data);
+    if (count % static_cast<size_t>(size_) == 0) {
+      const size_t block = count / static_cast<size_t>(size_);
+      ring_reduce_scatter(p, p + rank_ * block, block, op, dtype);
+      DS_MPI_CHECK(MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, p, static_cast<int>(block), MPI_UINT16_T, comm_));
+      return;
+    }
+    float* wide = reinterpret_cast<float*>(staging_.reserve(count * sizeof(float)));
+    if (dtype == DType::bf16) {
+      cpu::bf16_to_f32(wide, p, count);
+    } else {
+      cpu::f16_to_f32(wide, p, count);
+    }
+    DS_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, wide, static_cast<int>(count), MPI_FLOAT, mpi_op(op), comm_));
+    if (dtype == DType::bf16) {
+      cpu::f32_to_bf16(p, wide, count);
+    } else {
+      cpu::f32_to_f16(p, wide, count);
     }
   }
 
