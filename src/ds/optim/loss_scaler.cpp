@@ -1,0 +1,70 @@
+// Loss scaling (see loss_scaler.h).
+#include "ds/optim/loss_scaler.h"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+
+#include "ds/core/error.h"
+
+namespace ds {
+
+LossScaler::LossScaler(const LossScalerParams& p) : p_(p), scale_(p.mode == LossScalerParams::Mode::none ? 1.0 : p.scale),
+                                                    hysteresis_left_(p.hysteresis) {
+  DS_CHECK_AS(ConfigError, scale_ > 0 && p.window >= 1 && p.hysteresis >= 1 && p.min_scale > 0,
+              "[fp16] loss scaling needs a positive scale, window >= 1, hysteresis >= 1 and min_loss_scale > 0 "
+              "(got {}, {}, {}, {})", scale_, p.window, p.hysteresis, p.min_scale);
+}
+
+bool LossScaler::update(bool overflow, std::string& message) {
+  message.clear();
+  if (p_.mode == LossScalerParams::Mode::none) return false;
+  if (p_.mode == LossScalerParams::Mode::fixed) {
+    if (overflow) message = fmt::format("[fp16] OVERFLOW! Skipping step. Static loss scale: {:g}", scale_);
+    ++iter_;
+    return overflow;
+  }
+  if (overflow) {
+    if (hysteresis_left_ == 1) {
+      DS_CHECK_AS(Error, scale_ > p_.min_scale,
+                  "[fp16] Current loss scale already at minimum ({:g}) - cannot decrease scale anymore; the gradients "
+                  "overflow even unscaled. Stopping the run: lower the learning rate, enable gradient_clipping, or "
+                  "train in bf16", scale_);
+      const double next = std::max(scale_ / 2, p_.min_scale);
+      message = fmt::format("[fp16] OVERFLOW! Skipping step. Attempted loss scale: {:g}, reducing to {:g}", scale_,
+                            next);
+      scale_ = next;
+    } else {
+      message = fmt::format("[fp16] OVERFLOW! Skipping step. Attempted loss scale: {:g}, but hysteresis is {}. "
+                            "Reducing hysteresis to {}", scale_, hysteresis_left_, hysteresis_left_ - 1);
+      --hysteresis_left_;
+    }
+    last_overflow_iter_ = iter_;
+  } else {
+    if (p_.consecutive_hysteresis) hysteresis_left_ = p_.hysteresis;
+    if ((iter_ - last_overflow_iter_) % p_.window == 0) {
+      if (!p_.consecutive_hysteresis) hysteresis_left_ = p_.hysteresis;
+      scale_ *= 2;
+    }
+  }
+  ++iter_;
+  return overflow;
+}
+
+nlohmann::json LossScaler::state() const {
+  return {{"scale", scale_}, {"hysteresis_left", hysteresis_left_}, {"iter", iter_},
+          {"last_overflow_iter", last_overflow_iter_}};
+}
+
+void LossScaler::restore(const nlohmann::json& s) {
+  try {
+    scale_ = s.at("scale").get<double>();
+    hysteresis_left_ = s.at("hysteresis_left").get<int>();
+    iter_ = s.at("iter").get<int64_t>();
+    last_overflow_iter_ = s.at("last_overflow_iter").get<int64_t>();
+  } catch (const nlohmann::json::exception& e) {
+    DS_THROW(IoError, "[fp16] the saved loss-scaler state {} is incomplete ({})", s.dump(), e.what());
+  }
+}
+
+}  // namespace ds
