@@ -57,7 +57,8 @@ int64_t ParameterStore::slice_rows(int64_t rows, int64_t cols, int64_t target_nu
   return std::min(rows, std::max(step, want / step * step));
 }
 
-void ParameterStore::materialize(int64_t unit_alignment, bool with_grads, bool with_params) {
+void ParameterStore::materialize(int64_t unit_alignment, bool with_grads, bool with_params, DType param_dtype,
+                                 DType grad_dtype) {
   DS_ASSERT(!materialized());
   DS_ASSERT(unit_alignment >= 1);
   int64_t offset = 0;
@@ -79,11 +80,11 @@ void ParameterStore::materialize(int64_t unit_alignment, bool with_grads, bool w
   }
   padded_numel_ = offset;
   materialized_ = true;
-  if (with_params) flat_params_ = Tensor::zeros({padded_numel_}, DType::f32, Category::param);
-  if (with_grads) flat_grads_ = Tensor::zeros({padded_numel_}, DType::f32, Category::grad);
+  if (with_params) flat_params_ = Tensor::zeros({padded_numel_}, param_dtype, Category::param);
+  if (with_grads) flat_grads_ = Tensor::zeros({padded_numel_}, grad_dtype, Category::grad);
   for (Parameter& p : params_) {
-    if (with_params) p.data = flat_params_.slice_flat(p.offset, p.shape);
-    if (with_grads) p.grad = flat_grads_.slice_flat(p.offset, p.shape);
+    if (with_params && param_dtype == DType::f32) p.data = flat_params_.slice_flat(p.offset, p.shape);
+    if (with_grads && grad_dtype == DType::f32) p.grad = flat_grads_.slice_flat(p.offset, p.shape);
   }
 }
 

@@ -66,8 +66,10 @@ class ParameterStore {
   // data-parallel size), allocates the flat parameter and gradient buffers (zeroed) and binds every parameter to
   // its slice. Without gradients (ZeRO-2/3 keep no full gradient buffer) Parameter::grad stays undefined until
   // bound; without parameters (ZeRO-3) Parameter::data too: each rank then holds only its partition, and
-  // Parameter::data is bound per unit while gathered.
-  void materialize(int64_t unit_alignment = 1, bool with_grads = true, bool with_params = true);
+  // Parameter::data is bound per unit while gathered. Buffers in a 16-bit dtype (mixed precision) are not bound
+  // either: the model computes in fp32 from copies ZeRO makes per unit.
+  void materialize(int64_t unit_alignment = 1, bool with_grads = true, bool with_params = true,
+                   DType param_dtype = DType::f32, DType grad_dtype = DType::f32);
   const std::vector<ParamUnit>& units() const { return units_; }
   const ParamUnit* unit_of(const Module* owner) const;
   // Elements in the flat buffers, padding included (numel() excludes it).

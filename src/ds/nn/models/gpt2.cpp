@@ -105,7 +105,8 @@ std::string Gpt2Config::str() const {
 }
 
 // ---- model ----
-Gpt2::Gpt2(const Gpt2Config& config, int64_t unit_alignment, bool with_grads, bool with_params)
+Gpt2::Gpt2(const Gpt2Config& config, int64_t unit_alignment, bool with_grads, bool with_params, DType param_dtype,
+           DType grad_dtype)
     : Module("transformer"), config_(config) {
   config_.validate();
   const int C = config_.n_embd;
@@ -128,7 +129,7 @@ Gpt2::Gpt2(const Gpt2Config& config, int64_t unit_alignment, bool with_grads, bo
   const size_t unit = store_.begin_unit("transformer.ln_f");
   ln_f_ = std::make_unique<LayerNorm>(store_, "transformer.ln_f", C);
   store_.set_unit_owner(unit, ln_f_.get());
-  store_.materialize(unit_alignment, with_grads, with_params);
+  store_.materialize(unit_alignment, with_grads, with_params, param_dtype, grad_dtype);
 }
 
 void Gpt2::collect_parameters(std::vector<Parameter*>& out) const {

@@ -47,9 +47,10 @@ using ParamSink = std::function<void(int64_t flat_offset, const float* values, i
 
 class Gpt2 : public Module {
  public:
-  // unit_alignment, with_grads and with_params are passed to ParameterStore::materialize (ZeRO sets them).
+  // unit_alignment, with_grads, with_params and the dtypes are passed to ParameterStore::materialize (ZeRO sets
+  // them).
   explicit Gpt2(const Gpt2Config& config, int64_t unit_alignment = 1, bool with_grads = true,
-                bool with_params = true);
+                bool with_params = true, DType param_dtype = DType::f32, DType grad_dtype = DType::f32);
   const Gpt2Config& config() const { return config_; }
   ParameterStore& params() { return store_; }
   void collect_parameters(std::vector<Parameter*>& out) const override;

@@ -1,6 +1,18 @@
-// ZeRO stages 0-2: reductions, owned-chunk Adam, all-gather. See the header for the layout.
+// ZeRO stages 0-3: reductions, owned-chunk Adam, all-gather, stage-3 gathering. See the header for the layout.
 // Gradients are summed over ranks by the collectives and divided by N in the step (and the norm), so a run at N
 // ranks with micro-batch B follows the single-process run with micro-batch N*B up to rounding.
+//
+// Note [Mixed precision]
+// With fp16 or bf16 the store holds 16-bit parameters (stages 0-2: all of them; stage 3: the owned chunks) and
+// gradients in the accumulation dtype; the model never sees either. Every unit is therefore fetched like a stage-3
+// unit: before its forward and backward its 16-bit parameters (all-gathered first at stage 3) are widened into a
+// pooled fp32 buffer the model computes with, released after use. Its gradients land in an fp32 bucket, are
+// rounded to the accumulation dtype when the unit's backward ends, and are added to the full gradients (stages
+// 0-1) or reduce-scattered in that dtype into the owned partition (stages 2-3). The step widens each owned
+// gradient chunk to fp32, updates the fp32 master chunk with Adam and rounds it back into the 16-bit parameters,
+// which stages 1-2 then all-gather in 16 bits. A loss-scaled gradient that overflows shows as an inf or NaN norm,
+// and the engine skips the step. Activations stay in fp32: on the CPU the kernels compute in fp32 from 16-bit
+// weights, so the rounding of weights and gradients is mixed precision's, the arithmetic is not.
 #include "ds/runtime/zero/zero_optimizer.h"
 
 #include <algorithm>
@@ -11,12 +23,85 @@
 
 namespace ds {
 
+namespace {
+
+constexpr size_t kTile = 4096;
+
+// dst[0, n) = src[0, n) as fp32 (src in dtype).
+void widen(const void* src, DType dtype, float* dst, size_t n) {
+  if (dtype == DType::f32) {
+    std::memcpy(dst, src, n * sizeof(float));
+  } else if (dtype == DType::bf16) {
+    cpu::bf16_to_f32(dst, static_cast<const uint16_t*>(src), n);
+  } else {
+    cpu::f16_to_f32(dst, static_cast<const uint16_t*>(src), n);
+  }
+}
+
+// dst (dtype) = src rounded to dtype.
+void narrow(const float* src, void* dst, DType dtype, size_t n) {
+  if (dtype == DType::f32) {
+    std::memcpy(dst, src, n * sizeof(float));
+  } else if (dtype == DType::bf16) {
+    cpu::f32_to_bf16(static_cast<uint16_t*>(dst), src, n);
+  } else {
+    cpu::f32_to_f16(static_cast<uint16_t*>(dst), src, n);
+  }
+}
+
+// dst (dtype) += src (fp32), rounded once to dtype.
+void add_f32_into(void* dst, DType dtype, const float* src, size_t n) {
+  if (dtype == DType::f32) {
+    cpu::add_inplace(static_cast<float*>(dst), src, n);
+    return;
+  }
+  float acc[kTile];
+  auto* d = static_cast<uint16_t*>(dst);
+  for (size_t i = 0; i < n; i += kTile) {
+    const size_t len = std::min(kTile, n - i);
+    widen(d + i, dtype, acc, len);
+    cpu::add_inplace(acc, src + i, len);
+    narrow(acc, d + i, dtype, len);
+  }
+}
+
+// dst += src, both in dtype.
+void add_same(void* dst, const void* src, DType dtype, size_t n) {
+  if (dtype == DType::f32) {
+    cpu::add_inplace(static_cast<float*>(dst), static_cast<const float*>(src), n);
+    return;
+  }
+  float x[kTile];
+  for (size_t i = 0; i < n; i += kTile) {
+    const size_t len = std::min(kTile, n - i);
+    widen(static_cast<const uint16_t*>(src) + i, dtype, x, len);
+    add_f32_into(static_cast<uint16_t*>(dst) + i, dtype, x, len);
+  }
+}
+
+double sum_squares_of(const void* src, DType dtype, size_t n) {
+  if (dtype == DType::f32) return cpu::sum_squares(static_cast<const float*>(src), n);
+  float x[kTile];
+  double total = 0;
+  for (size_t i = 0; i < n; i += kTile) {
+    const size_t len = std::min(kTile, n - i);
+    widen(static_cast<const uint16_t*>(src) + i, dtype, x, len);
+    total += cpu::sum_squares(x, len);
+  }
+  return total;
+}
+
+}  // namespace
+
 ZeroOptimizer::ZeroOptimizer(ParameterStore& store, Communicator& comm, const ZeroConfig& zero,
-                             const cpu::AdamParams& hyper)
+                             const cpu::AdamParams& hyper, const ZeroPrecision& precision)
     : store_(store),
       comm_(comm),
       stage_(zero.stage),
       overlap_(zero.overlap_comm),
+      precision_(precision),
+      resident_(!precision.mixed() && zero.stage < 3),
+      buckets_on_(zero.stage >= 2 || precision.mixed()),
       rank_(comm.rank()),
       world_(comm.size()),
       hyper_(hyper) {
@@ -29,6 +114,9 @@ ZeroOptimizer::ZeroOptimizer(ParameterStore& store, Communicator& comm, const Ze
   DS_ASSERT(keeps_full_gradients(stage_) == store.flat_grads().defined(),
             "stage {} needs a store materialized {} gradients", stage_,
             keeps_full_gradients(stage_) ? "with" : "without");
+  DS_ASSERT(!store.flat_params().defined() || store.flat_params().dtype() == precision_.params);
+  DS_ASSERT(!store.flat_grads().defined() || store.flat_grads().dtype() == precision_.grads);
+  DS_ASSERT(precision_.mixed() || precision_.grads == DType::f32, "fp32 parameters need fp32 gradients");
   for (const ParamUnit& u : store.units()) {
     DS_ASSERT(u.padded_numel % world_ == 0, "unit {} of {} elements is not aligned to {} ranks", u.name,
               u.padded_numel, world_);
@@ -44,26 +132,33 @@ ZeroOptimizer::ZeroOptimizer(ParameterStore& store, Communicator& comm, const Ze
              "reduced one whole unit at a time, so a bucket holds up to {} elements",
              zero.reduce_bucket_size, largest, largest);
   }
+  const DType pd = precision_.params, gd = precision_.grads;
   m_ = Tensor::zeros({partition_numel_}, DType::f32, Category::optimizer);
   v_ = Tensor::zeros({partition_numel_}, DType::f32, Category::optimizer);
-  if (stage_ >= 1) recv_ = Tensor::zeros({2 * max_chunk_}, DType::f32, Category::comm_buffer);
-  if (stage_ == 1 || stage_ == 2) gather_send_ = Tensor::zeros({max_chunk_}, DType::f32, Category::comm_buffer);
-  if (stage_ == 3) {
-    own_params_ = Tensor::zeros({partition_numel_}, DType::f32, Category::param);
+  if (precision_.mixed()) {
+    master_ = Tensor::zeros({partition_numel_}, DType::f32, Category::optimizer);
+    step_grads_ = Tensor::zeros({max_chunk_}, DType::f32, Category::comm_buffer);
+  }
+  if (stage_ >= 1) recv_ = Tensor::zeros({2 * max_chunk_}, gd, Category::comm_buffer);
+  if (stage_ == 1 || stage_ == 2) gather_send_ = Tensor::zeros({max_chunk_}, pd, Category::comm_buffer);
+  if (stage_ == 3) own_params_ = Tensor::zeros({partition_numel_}, pd, Category::param);
+  if (!resident_) {
     gathered_.resize(units_.size());
-    for (const UnitState& u : units_) large_numel_ = std::max(large_numel_, u.unit->padded_numel);
+    large_numel_ = largest;
     inflight_buf_.resize(units_.size());
     inflight_.resize(units_.size());
-    prefetch_limit_ = zero.stage3_prefetch_bucket_size;
-    max_live_ = zero.stage3_max_live_parameters;
-    max_reuse_ = zero.stage3_max_reuse_distance;
+    const bool gathers = stage_ == 3;  // prefetch, reuse and persistence are stage-3 knobs
+    prefetch_limit_ = gathers ? zero.stage3_prefetch_bucket_size : 0;
+    max_live_ = gathers ? zero.stage3_max_live_parameters : 0;
+    max_reuse_ = gathers ? zero.stage3_max_reuse_distance : 0;
     for (const UnitState& u : units_)
-      persistent_.push_back(u.unit->numel <= zero.stage3_param_persistence_threshold);
+      persistent_.push_back(gathers && u.unit->numel <= zero.stage3_param_persistence_threshold);
   }
-  if (stage_ >= 2) {
-    part_grads_ = Tensor::zeros({partition_numel_}, DType::f32, Category::grad);
-    for (const UnitState& u : units_) bucket_numel_ = std::max(bucket_numel_, u.unit->padded_numel);
+  if (stage_ >= 2) part_grads_ = Tensor::zeros({partition_numel_}, gd, Category::grad);
+  if (buckets_on_) {
+    bucket_numel_ = largest;
     buckets_ = Tensor::zeros({std::max<int64_t>(2 * bucket_numel_, 1)}, DType::f32, Category::comm_buffer);
+    if (stage_ >= 2 && gd != DType::f32) bucket_out_ = Tensor::zeros({2 * bucket_numel_}, gd, Category::comm_buffer);
     unit_bucket_.assign(units_.size(), -1);
   }
 }
@@ -84,16 +179,21 @@ const ZeroOptimizer::UnitState& ZeroOptimizer::state_of(const Module& m) const {
   return units_.front();
 }
 
-float* ZeroOptimizer::owned_params(const UnitState& u) const {
-  if (stage_ == 3) return own_params_.data<float>() + u.part_offset;
+std::byte* ZeroOptimizer::owned_params(const UnitState& u) const {
+  const size_t es = dtype_size(precision_.params);
+  if (stage_ == 3) return static_cast<std::byte*>(own_params_.raw()) + u.part_offset * es;
   const int64_t start = u.unit->offset + (stage_ == 0 ? 0 : rank_ * u.chunk);
-  return store_.flat_params().data<float>() + start;
+  return static_cast<std::byte*>(store_.flat_params().raw()) + start * es;
 }
 
-float* ZeroOptimizer::owned_grads(const UnitState& u) {
-  if (stage_ >= 2) return part_grads_.data<float>() + u.part_offset;
-  const int64_t start = u.unit->offset + (stage_ == 0 ? 0 : rank_ * u.chunk);
-  return store_.flat_grads().data<float>() + start;
+std::byte* ZeroOptimizer::owned_grads(const UnitState& u) {
+  const size_t es = dtype_size(precision_.grads);
+  if (stage_ >= 2) return static_cast<std::byte*>(part_grads_.raw()) + u.part_offset * es;
+  return flat_grads_at(u.unit->offset + (stage_ == 0 ? 0 : rank_ * u.chunk));
+}
+
+std::byte* ZeroOptimizer::flat_grads_at(int64_t offset) {
+  return static_cast<std::byte*>(store_.flat_grads().raw()) + offset * dtype_size(precision_.grads);
 }
 
 template <typename F>
@@ -111,19 +211,32 @@ void ZeroOptimizer::for_owned(int64_t begin, int64_t end, F&& f) const {
 
 void ZeroOptimizer::set_state(State which, int64_t flat_offset, const float* values, int64_t n) {
   DS_ASSERT(flat_offset >= 0 && n >= 0 && flat_offset + n <= store_.padded_numel());
-  if (which == State::param && stage_ < 3) {
-    std::memcpy(store_.flat_params().data<float>() + flat_offset, values, static_cast<size_t>(n) * sizeof(float));
-    return;
-  }
   for (const auto& g : gathered_) DS_ASSERT(!g.defined(), "set_state while a unit is gathered");
-  float* dst = which == State::param ? own_params_.data<float>() : which == State::exp_avg ? m_.data<float>()
-                                                                                          : v_.data<float>();
+  const DType pd = precision_.params;
+  if (which == State::param && stage_ < 3) {  // every rank holds all parameters
+    narrow(values, static_cast<std::byte*>(store_.flat_params().raw()) + flat_offset * dtype_size(pd), pd,
+           static_cast<size_t>(n));
+    if (!precision_.mixed()) return;
+  }
   for_owned(flat_offset, flat_offset + n, [&](int64_t flat, int64_t part, int64_t count) {
-    std::memcpy(dst + part, values + (flat - flat_offset), static_cast<size_t>(count) * sizeof(float));
+    const float* src = values + (flat - flat_offset);
+    const auto len = static_cast<size_t>(count);
+    if (which == State::exp_avg) {
+      std::memcpy(m_.data<float>() + part, src, len * sizeof(float));
+    } else if (which == State::exp_avg_sq) {
+      std::memcpy(v_.data<float>() + part, src, len * sizeof(float));
+    } else {
+      if (precision_.mixed()) std::memcpy(master_.data<float>() + part, src, len * sizeof(float));
+      if (stage_ == 3) narrow(src, static_cast<std::byte*>(own_params_.raw()) + part * dtype_size(pd), pd, len);
+    }
   });
 }
 
 void ZeroOptimizer::copy_owned_params(float* out) const {
+  if (precision_.mixed()) {  // the master weights are the parameters
+    std::memcpy(out, master_.data<float>(), static_cast<size_t>(partition_numel_) * sizeof(float));
+    return;
+  }
   for (const UnitState& u : units_)
     std::memcpy(out + u.part_offset, owned_params(u), static_cast<size_t>(u.chunk) * sizeof(float));
 }
@@ -145,20 +258,55 @@ void ZeroOptimizer::begin_batch() {
 }
 
 void ZeroOptimizer::reduce_unit_full_grads(const UnitState& u) {
-  float* unit_grads = store_.flat_grads().data<float>() + u.unit->offset;
-  float* recv = recv_.data<float>();
-  comm_.reduce_scatter(unit_grads, recv, static_cast<size_t>(u.chunk), DType::f32);
-  std::memcpy(unit_grads + rank_ * u.chunk, recv, static_cast<size_t>(u.chunk) * sizeof(float));
+  const DType gd = precision_.grads;
+  const size_t es = dtype_size(gd);
+  std::byte* unit_grads = flat_grads_at(u.unit->offset);
+  comm_.reduce_scatter(unit_grads, recv_.raw(), static_cast<size_t>(u.chunk), gd);
+  std::memcpy(unit_grads + rank_ * u.chunk * es, recv_.raw(), static_cast<size_t>(u.chunk) * es);
+}
+
+// Stages 0-1 with overlap_comm, on the last micro-batch: a unit's full gradients are final when its backward
+// ends, so they are reduced right away on the communicator's thread while backward goes on. Slices of a sliced
+// parameter are the exception: the embedding adds to their gradients at the very end (reduce_deferred()).
+void ZeroOptimizer::issue_full_grad_reduction(size_t index) {
+  const UnitState& u = units_[index];
+  const DType gd = precision_.grads;
+  std::byte* unit_grads = flat_grads_at(u.unit->offset);
+  if (stage_ == 0) {
+    pending_.push_back({index, comm_.all_reduce_async(unit_grads, static_cast<size_t>(u.unit->padded_numel), gd,
+                                                      ReduceOp::sum),
+                        -1, Finish::none});
+  } else {
+    drain(1);  // two receive slots: at most one other reduction may still be in flight
+    const int slot = next_slot_;
+    next_slot_ ^= 1;
+    pending_.push_back({index,
+                        comm_.reduce_scatter_async(unit_grads,
+                                                   static_cast<std::byte*>(recv_.raw()) +
+                                                       slot * max_chunk_ * dtype_size(gd),
+                                                   static_cast<size_t>(u.chunk), gd, ReduceOp::sum),
+                        slot, Finish::copy_owned});
+  }
+}
+
+void ZeroOptimizer::reduce_deferred() {
+  for (size_t index : deferred_) issue_full_grad_reduction(index);
+  deferred_.clear();
 }
 
 void ZeroOptimizer::end_micro_batch(bool last) {
-  if (stage_ >= 2 || (overlap_ && last)) {  // overlapped stage 0-1 reductions were issued by post_backward
+  if (stage_ >= 2) {
     drain(0);
     return;
   }
   if (!last) return;
+  if (overlap_) {  // the other units' reductions were issued by post_backward
+    reduce_deferred();
+    drain(0);
+    return;
+  }
   if (stage_ == 0) {
-    comm_.all_reduce(store_.flat_grads().data<float>(), static_cast<size_t>(store_.padded_numel()), DType::f32);
+    comm_.all_reduce(store_.flat_grads().raw(), static_cast<size_t>(store_.padded_numel()), precision_.grads);
   } else {
     for (const UnitState& u : units_) reduce_unit_full_grads(u);
   }
@@ -173,17 +321,20 @@ int ZeroOptimizer::free_bucket() {
 }
 
 void ZeroOptimizer::drain(size_t keep_in_flight) {
+  const DType gd = precision_.grads;
+  const size_t es = dtype_size(gd);
   while (pending_.size() > keep_in_flight) {
     Pending p = pending_.front();
     pending_.pop_front();
     p.work->wait();
     const UnitState& u = units_[p.unit];
-    const float* recv = recv_.defined() ? recv_.data<float>() + (p.bucket & 1) * max_chunk_ : nullptr;
+    const std::byte* recv = recv_.defined() ? static_cast<const std::byte*>(recv_.raw()) + (p.bucket & 1) * max_chunk_ * es
+                                            : nullptr;
     if (p.finish == Finish::accumulate) {
-      cpu::add_inplace(part_grads_.data<float>() + u.part_offset, recv, static_cast<size_t>(u.chunk));
+      add_same(owned_grads(u), recv, gd, static_cast<size_t>(u.chunk));
       if (p.bucket >= 0 && p.bucket < 2) bucket_busy_[p.bucket] = false;
     } else if (p.finish == Finish::copy_owned) {
-      std::memcpy(owned_grads(u), recv, static_cast<size_t>(u.chunk) * sizeof(float));
+      std::memcpy(owned_grads(u), recv, static_cast<size_t>(u.chunk) * es);
     }
   }
 }
@@ -199,17 +350,18 @@ void ZeroOptimizer::drain(size_t keep_in_flight) {
 // Gather buffers are pooled: a released unit's buffer goes back to the pool and the next gather takes it, so the
 // pool holds as many buffers as units were ever gathered or in flight at once (which stage3_max_live_parameters
 // and the reuse distance bound). Every unit of at least a quarter of the largest unit's size gets a buffer of
-// the largest size, so blocks and wte slices of slightly different sizes share buffers.
-Tensor ZeroOptimizer::take_buffer(size_t index) {
+// the largest size, so blocks and wte slices of slightly different sizes share buffers. In mixed precision the
+// all-gather fills a 16-bit buffer from the same pool, widened into the fp32 one when the unit is used.
+Tensor ZeroOptimizer::take_buffer(size_t index, DType dtype) {
   const int64_t n = units_[index].unit->padded_numel;
   const int64_t size = 4 * n >= large_numel_ ? large_numel_ : n;
   for (size_t i = 0; i < free_buffers_.size(); ++i) {
-    if (free_buffers_[i].numel() != size) continue;
+    if (free_buffers_[i].numel() != size || free_buffers_[i].dtype() != dtype) continue;
     Tensor buf = free_buffers_[i];
     free_buffers_.erase(free_buffers_.begin() + static_cast<std::ptrdiff_t>(i));
     return buf;
   }
-  return Tensor::empty({size}, DType::f32, Category::comm_buffer);
+  return Tensor::empty({size}, dtype, Category::comm_buffer);
 }
 
 void ZeroOptimizer::return_buffer(Tensor buf) { free_buffers_.push_back(std::move(buf)); }
@@ -217,17 +369,30 @@ void ZeroOptimizer::return_buffer(Tensor buf) { free_buffers_.push_back(std::mov
 void ZeroOptimizer::gather(size_t index) {
   if (gathered_[index].defined()) return;
   const UnitState& u = units_[index];
-  Tensor buf;
+  const DType pd = precision_.params;
+  const auto n = static_cast<size_t>(u.unit->padded_numel);
+  Tensor full;  // the unit's parameters in the params dtype
   if (inflight_[index]) {
     inflight_[index]->wait();
     inflight_[index].reset();
-    buf = inflight_buf_[index];
+    full = inflight_buf_[index];
     inflight_buf_[index] = Tensor();
     ++prefetch_hits_;
-  } else {
-    buf = take_buffer(index);
-    comm_.all_gather(owned_params(u), buf.data<float>(), static_cast<size_t>(u.chunk), DType::f32);
+  } else if (stage_ == 3) {
+    full = take_buffer(index, pd);
+    comm_.all_gather(owned_params(u), full.raw(), static_cast<size_t>(u.chunk), pd);
     live_numel_ += u.unit->padded_numel;
+  } else {
+    live_numel_ += u.unit->padded_numel;
+  }
+  Tensor buf = full;
+  if (precision_.mixed()) {
+    buf = take_buffer(index, DType::f32);
+    const void* src = full.defined() ? full.raw()  // stages 0-2: the resident 16-bit copy
+                                     : static_cast<const std::byte*>(store_.flat_params().raw()) +
+                                           u.unit->offset * dtype_size(pd);
+    widen(src, pd, buf.data<float>(), n);
+    if (full.defined()) return_buffer(full);
   }
   for (Parameter* p : u.unit->params) p->data = buf.slice_flat(p->offset - u.unit->offset, p->shape);
   gathered_[index] = buf;
@@ -242,9 +407,9 @@ void ZeroOptimizer::prefetch() {
     if (gathered_[k].defined() || inflight_[k]) continue;
     const int64_t n = units_[k].unit->padded_numel;
     if (in_flight + n > prefetch_limit_ || live_numel_ + n > max_live_) break;
-    inflight_buf_[k] = take_buffer(k);
-    inflight_[k] = comm_.all_gather_async(owned_params(units_[k]), inflight_buf_[k].data<float>(),
-                                          static_cast<size_t>(units_[k].chunk), DType::f32);
+    inflight_buf_[k] = take_buffer(k, precision_.params);
+    inflight_[k] = comm_.all_gather_async(owned_params(units_[k]), inflight_buf_[k].raw(),
+                                          static_cast<size_t>(units_[k].chunk), precision_.params);
     in_flight += n;
     live_numel_ += n;
     ++prefetches_issued_;
@@ -286,18 +451,18 @@ void ZeroOptimizer::release(size_t index, bool even_persistent) {
 }
 
 void ZeroOptimizer::pre_forward(Module& m) {
-  if (stage_ == 3) fetch(index_of(m));
+  if (!resident_) fetch(index_of(m));
 }
 
 void ZeroOptimizer::post_forward(Module& m) {
-  if (stage_ == 3) release(index_of(m), false);
+  if (!resident_) release(index_of(m), false);
 }
 
 void ZeroOptimizer::pre_backward(Module& m) {
-  if (stage_ < 2) return;
+  if (!buckets_on_) return;
   const size_t index = index_of(m);
   const UnitState& u = units_[index];
-  if (stage_ == 3) fetch(index);
+  if (!resident_) fetch(index);
   const int b = free_bucket();
   bucket_busy_[b] = true;
   unit_bucket_[index] = b;
@@ -309,46 +474,52 @@ void ZeroOptimizer::pre_backward(Module& m) {
 void ZeroOptimizer::post_backward(Module& m) {
   const size_t index = index_of(m);
   const UnitState& u = units_[index];
+  const DType gd = precision_.grads;
   if (stage_ < 2) {
+    if (buckets_on_) {  // mixed precision: the unit's fp32 bucket is added to its full gradients, rounded once
+      const int b = unit_bucket_[index];
+      for (Parameter* p : u.unit->params) p->grad = Tensor();
+      add_f32_into(flat_grads_at(u.unit->offset), gd, buckets_.data<float>() + b * bucket_numel_,
+                   static_cast<size_t>(u.unit->padded_numel));
+      bucket_busy_[b] = false;
+      unit_bucket_[index] = -1;
+      release(index, false);
+    }
     if (!overlap_ || !last_micro_) return;
-    // The unit's full gradients are final: reduce them now, while backward continues with the next unit.
-    float* unit_grads = store_.flat_grads().data<float>() + u.unit->offset;
-    if (stage_ == 0) {
-      pending_.push_back({index, comm_.all_reduce_async(unit_grads, static_cast<size_t>(u.unit->padded_numel),
-                                                        DType::f32, ReduceOp::sum),
-                          -1, Finish::none});
+    if (u.unit->sliced) {
+      deferred_.push_back(index);
     } else {
-      drain(1);  // two receive slots: at most one other reduction may still be in flight
-      const int slot = next_slot_;
-      next_slot_ ^= 1;
-      pending_.push_back({index,
-                          comm_.reduce_scatter_async(unit_grads, recv_.data<float>() + slot * max_chunk_,
-                                                     static_cast<size_t>(u.chunk), DType::f32, ReduceOp::sum),
-                          slot, Finish::copy_owned});
+      issue_full_grad_reduction(index);
     }
     return;
   }
   const int b = unit_bucket_[index];
   for (Parameter* p : u.unit->params) p->grad = Tensor();
   // Bucket b reduces into receive slot b; the bucket is busy until drain() has accumulated the slot.
-  WorkPtr w = comm_.reduce_scatter_async(buckets_.data<float>() + b * bucket_numel_,
-                                         recv_.data<float>() + b * max_chunk_, static_cast<size_t>(u.chunk),
-                                         DType::f32, ReduceOp::sum);
+  const void* send = buckets_.data<float>() + b * bucket_numel_;
+  if (gd != DType::f32) {
+    std::byte* out = static_cast<std::byte*>(bucket_out_.raw()) + b * bucket_numel_ * dtype_size(gd);
+    narrow(buckets_.data<float>() + b * bucket_numel_, out, gd, static_cast<size_t>(u.unit->padded_numel));
+    send = out;
+  }
+  WorkPtr w = comm_.reduce_scatter_async(send, static_cast<std::byte*>(recv_.raw()) + b * max_chunk_ * dtype_size(gd),
+                                         static_cast<size_t>(u.chunk), gd, ReduceOp::sum);
   pending_.push_back({index, w, b, Finish::accumulate});
+  unit_bucket_[index] = -1;
   drain(overlap_ ? 1 : 0);
-  if (stage_ == 3) release(index, false);
+  if (!resident_) release(index, false);
 }
 
 const float* ZeroOptimizer::slice_data(const Module& slice) {
   const size_t index = index_of(slice);
-  if (stage_ < 3) return store_.flat_params().data<float>() + units_[index].unit->offset;
+  if (resident_) return store_.flat_params().data<float>() + units_[index].unit->offset;
   DS_ASSERT(gathered_[index].defined(), "{} is used while not gathered", slice.name());
   return gathered_[index].data<float>();
 }
 
 float* ZeroOptimizer::slice_grads(const Module& slice) {
   const size_t index = index_of(slice);
-  if (stage_ < 2) return store_.flat_grads().data<float>() + units_[index].unit->offset;
+  if (!buckets_on_) return store_.flat_grads().data<float>() + units_[index].unit->offset;
   DS_ASSERT(unit_bucket_[index] >= 0, "{} has no gradient bucket outside its backward", slice.name());
   return buckets_.data<float>() + unit_bucket_[index] * bucket_numel_;
 }
@@ -367,12 +538,17 @@ const int32_t* ZeroOptimizer::gather_ids(const int32_t* ids, int64_t n) {
   return row_ids_.data<int32_t>();
 }
 
-// Each rank fills the elements it owns of every requested row, zeros elsewhere; a reduce-scatter then hands each
-// rank the sum for its own rows, which is the row itself (x + 0 = x exactly).
+// Stage 3: each rank fills the elements it owns of every requested row, zeros elsewhere; a reduce-scatter then
+// hands each rank the sum for its own rows, which is the row itself (x + 0 = x exactly). Stages 0-2 hold every
+// row: a plain lookup (widened from 16 bits in mixed precision).
 void ZeroOptimizer::lookup_rows(const Parameter& p, const int32_t* ids, int64_t n, float* out) {
   const int64_t C = p.shape[1];
+  const DType pd = precision_.params;
+  const size_t es = dtype_size(pd);
   if (stage_ < 3) {
-    for (int64_t i = 0; i < n; ++i) std::memcpy(out + i * C, p.data.data<float>() + ids[i] * C, C * sizeof(float));
+    const auto* flat = static_cast<const std::byte*>(store_.flat_params().raw());
+    for (int64_t i = 0; i < n; ++i)
+      widen(flat + (p.offset + int64_t(ids[i]) * C) * es, pd, out + i * C, static_cast<size_t>(C));
     return;
   }
   const int32_t* all = gather_ids(ids, n);
@@ -383,18 +559,26 @@ void ZeroOptimizer::lookup_rows(const Parameter& p, const int32_t* ids, int64_t 
   for (int64_t j = 0; j < world_ * n; ++j) {
     const int64_t begin = p.offset + int64_t(all[j]) * C;
     for_owned(begin, begin + C, [&](int64_t flat, int64_t part, int64_t count) {
-      std::memcpy(contrib + j * C + (flat - begin), own_params_.data<float>() + part,
-                  static_cast<size_t>(count) * sizeof(float));
+      widen(static_cast<const std::byte*>(own_params_.raw()) + part * es, pd, contrib + j * C + (flat - begin),
+            static_cast<size_t>(count));
     });
   }
   comm_.reduce_scatter(contrib, out, static_cast<size_t>(n * C), DType::f32);
 }
 
-// Every rank receives all ranks' rows and adds those elements it owns to its gradient partition, in rank order,
-// so the result does not depend on timing.
+// Stages 2-3: every rank receives all ranks' rows and adds those elements it owns to its gradient partition, in
+// rank order, so the result does not depend on timing. Stages 0-1 (mixed precision): the rows are added to this
+// rank's full gradients, which the end of the micro-batch reduces.
 void ZeroOptimizer::accumulate_row_grads(const Parameter& p, const int32_t* ids, const float* rows, int64_t n) {
-  DS_ASSERT(stage_ >= 2, "row gradients are only partitioned from stage 2 on");
+  DS_ASSERT(buckets_on_, "row gradients go through the hooks only where gradients are not resident");
   const int64_t C = p.shape[1];
+  const DType gd = precision_.grads;
+  const size_t es = dtype_size(gd);
+  if (stage_ < 2) {
+    for (int64_t i = 0; i < n; ++i)
+      add_f32_into(flat_grads_at(p.offset + int64_t(ids[i]) * C), gd, rows + i * C, static_cast<size_t>(C));
+    return;
+  }
   drain(0);
   const int32_t* all = gather_ids(ids, n);
   if (row_data_.numel() < world_ * n * C)
@@ -404,7 +588,8 @@ void ZeroOptimizer::accumulate_row_grads(const Parameter& p, const int32_t* ids,
   for (int64_t j = 0; j < world_ * n; ++j) {
     const int64_t begin = p.offset + int64_t(all[j]) * C;
     for_owned(begin, begin + C, [&](int64_t flat, int64_t part, int64_t count) {
-      cpu::add_inplace(part_grads_.data<float>() + part, all_rows + j * C + (flat - begin), static_cast<size_t>(count));
+      add_f32_into(static_cast<std::byte*>(part_grads_.raw()) + part * es, gd, all_rows + j * C + (flat - begin),
+                   static_cast<size_t>(count));
     });
   }
 }
@@ -413,12 +598,25 @@ std::vector<float> ZeroOptimizer::full_parameters() {
   drain(0);
   std::vector<float> out;
   out.reserve(static_cast<size_t>(store_.numel()));
+  std::vector<float> unit;
   for (size_t i = 0; i < units_.size(); ++i) {
-    const ParamUnit& u = *units_[i].unit;
-    const bool was_gathered = stage_ != 3 || gathered_[i].defined();
-    if (!was_gathered) gather(i);
+    const UnitState& us = units_[i];
+    const ParamUnit& u = *us.unit;
     // A unit's elements before its padding are its parameters (or rows) in declaration order.
-    const float* data = stage_ == 3 ? gathered_[i].data<float>() : store_.flat_params().data<float>() + u.offset;
+    if (precision_.mixed()) {  // the fp32 master weights, gathered from their partitions
+      unit.resize(static_cast<size_t>(u.padded_numel));
+      const float* own = master_.data<float>() + us.part_offset;
+      if (stage_ == 0) {
+        std::copy(own, own + us.chunk, unit.begin());
+      } else {
+        comm_.all_gather(own, unit.data(), static_cast<size_t>(us.chunk), DType::f32);
+      }
+      out.insert(out.end(), unit.begin(), unit.begin() + u.numel);
+      continue;
+    }
+    const bool was_gathered = resident_ || gathered_[i].defined();
+    if (!was_gathered) gather(i);
+    const float* data = resident_ ? store_.flat_params().data<float>() + u.offset : gathered_[i].data<float>();
     out.insert(out.end(), data, data + u.numel);
     if (!was_gathered) release(i, true);
   }
@@ -427,15 +625,27 @@ std::vector<float> ZeroOptimizer::full_parameters() {
 
 double ZeroOptimizer::grad_norm() {
   drain(0);
+  const DType gd = precision_.grads;
   double local = 0;
   if (stage_ == 0) {
-    local = cpu::sum_squares(store_.flat_grads().data<float>(), static_cast<size_t>(store_.padded_numel()));
+    local = sum_squares_of(store_.flat_grads().raw(), gd, static_cast<size_t>(store_.padded_numel()));
     return std::sqrt(local) / world_;
   }
-  for (const UnitState& u : units_) local += cpu::sum_squares(owned_grads(u), static_cast<size_t>(u.chunk));
+  for (const UnitState& u : units_) local += sum_squares_of(owned_grads(u), gd, static_cast<size_t>(u.chunk));
   float total = static_cast<float>(local);
   comm_.all_reduce(&total, 1, DType::f32);
   return std::sqrt(static_cast<double>(total)) / world_;
+}
+
+void ZeroOptimizer::skip_step() {
+  drain(0);
+  if (!resident_) {
+    in_step_ = false;
+    for (size_t i = 0; i < units_.size(); ++i) {
+      if (inflight_[i]) gather(i);
+      release(i, true);
+    }
+  }
 }
 
 void ZeroOptimizer::step(float lr, float grad_scale) {
@@ -445,25 +655,36 @@ void ZeroOptimizer::step(float lr, float grad_scale) {
   p.lr = lr;
   p.step = step_;
   const float scale = grad_scale / static_cast<float>(world_);
+  const DType pd = precision_.params, gd = precision_.grads;
   for (const UnitState& u : units_) {
-    cpu::adamw_step(owned_params(u), owned_grads(u), m_.data<float>() + u.part_offset,
-                    v_.data<float>() + u.part_offset, static_cast<size_t>(u.chunk), p, scale);
+    const auto n = static_cast<size_t>(u.chunk);
+    float* m = m_.data<float>() + u.part_offset;
+    float* v = v_.data<float>() + u.part_offset;
+    if (!precision_.mixed()) {
+      cpu::adamw_step(reinterpret_cast<float*>(owned_params(u)), reinterpret_cast<float*>(owned_grads(u)), m, v, n, p,
+                      scale);
+      continue;
+    }
+    float* master = master_.data<float>() + u.part_offset;
+    widen(owned_grads(u), gd, step_grads_.data<float>(), n);
+    cpu::adamw_step(master, step_grads_.data<float>(), m, v, n, p, scale);
+    narrow(master, owned_params(u), pd, n);
   }
-  if (stage_ == 0) return;
-  if (stage_ == 3) {
-    // The owned partitions are the parameters; gathered copies are now stale. Nothing is in flight: prefetch
-    // only runs ahead within the step's trace, whose units have all been used.
+  if (!resident_) {
+    // Gathered copies are now stale. Nothing is in flight: prefetch only runs ahead within the step's trace,
+    // whose units have all been used.
     in_step_ = false;
     for (size_t i = 0; i < units_.size(); ++i) {
       if (inflight_[i]) gather(i);
       release(i, true);
     }
-    return;
   }
+  if (stage_ == 0 || stage_ == 3) return;
+  const size_t es = dtype_size(pd);
   for (const UnitState& u : units_) {
-    std::memcpy(gather_send_.data<float>(), owned_params(u), static_cast<size_t>(u.chunk) * sizeof(float));
-    comm_.all_gather(gather_send_.data<float>(), store_.flat_params().data<float>() + u.unit->offset,
-                     static_cast<size_t>(u.chunk), DType::f32);
+    std::memcpy(gather_send_.raw(), owned_params(u), static_cast<size_t>(u.chunk) * es);
+    comm_.all_gather(gather_send_.raw(), static_cast<std::byte*>(store_.flat_params().raw()) + u.unit->offset * es,
+                     static_cast<size_t>(u.chunk), pd);
   }
 }
 

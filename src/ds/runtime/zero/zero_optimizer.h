@@ -14,6 +14,9 @@
 //            See Note [Stage-3 trace] in the .cpp for prefetching, the reuse distance and the buffer pool.
 // A parameter sliced into units (the token embedding) is reached row by row through lookup_rows and
 // accumulate_row_grads where it is not resident (Note [Sliced head] in gpt2.cpp).
+// Mixed precision (Note [Mixed precision] in the .cpp): parameters are stored in 16 bits (2 bytes, partitioned
+// from stage 3), gradients in the accumulation dtype (2 bytes by default, partitioned from stage 2), and the
+// optimizer keeps fp32 master weights with the moments (12 bytes, partitioned from stage 1): 2 + 2 + 12.
 // Buckets and receive buffers are `comm_buffer` memory, reported apart from the model states. A bucket is one gather
 // unit (about a transformer block): DeepSpeed's reduce_bucket_size would make stage-2 buckets of its default 5e8
 // elements (2 GB); units give the same overlap with bounded memory, and a reduce_bucket_size below the largest
@@ -31,11 +34,20 @@
 
 namespace ds {
 
+// Storage dtypes: f32 for both in fp32 training; with fp16/bf16, params is the 16-bit type and grads the
+// gradient accumulation type (16-bit or f32). Gradients are communicated in the grads dtype.
+struct ZeroPrecision {
+  DType params = DType::f32;
+  DType grads = DType::f32;
+  bool mixed() const { return params != DType::f32; }
+};
+
 class ZeroOptimizer : public ModuleHooks {
  public:
   // The store must be materialized with unit alignment ZeroOptimizer::alignment(N), without gradients from stage 2
-  // on and without parameters at stage 3.
-  ZeroOptimizer(ParameterStore& store, Communicator& comm, const ZeroConfig& zero, const cpu::AdamParams& hyper);
+  // on and without parameters at stage 3, in the precision's dtypes.
+  ZeroOptimizer(ParameterStore& store, Communicator& comm, const ZeroConfig& zero, const cpu::AdamParams& hyper,
+                const ZeroPrecision& precision = {});
   ~ZeroOptimizer() override;
   static int64_t alignment(int world) { return int64_t(16) * world; }  // chunks stay 64-byte aligned
   static bool keeps_full_gradients(int stage) { return stage < 2; }
@@ -66,11 +78,14 @@ class ZeroOptimizer : public ModuleHooks {
   // collectives run on the communicator's worker thread while backward goes on), otherwise after it.
   void begin_micro_batch(bool last) { last_micro_ = last; }
   void end_micro_batch(bool last);
-  // Global L2 norm of the averaged gradient (valid after the boundary).
+  // Global L2 norm of the averaged gradient (valid after the boundary); inf or NaN when a gradient overflowed.
   double grad_norm();
   // Adam step on this rank's share with gradients multiplied by grad_scale (on top of the 1/N averaging), then
   // the updated parameters are all-gathered.
   void step(float lr, float grad_scale);
+  // Ends a step whose update is skipped (a loss-scale overflow): the gradients are dropped.
+  void skip_step();
+  const ZeroPrecision& precision() const { return precision_; }
   int64_t step_count() const { return step_; }
 
   // Stage 3: gather a unit's parameters before its forward, release them after.
@@ -85,7 +100,8 @@ class ZeroOptimizer : public ModuleHooks {
   void lookup_rows(const Parameter& p, const int32_t* ids, int64_t n, float* out) override;
   void accumulate_row_grads(const Parameter& p, const int32_t* ids, const float* rows, int64_t n) override;
 
-  // All parameters, unpadded, in declaration order (a collective at stage 3: every rank must call it).
+  // All parameters, unpadded, in declaration order (a collective from stage 3, or from stage 1 in mixed
+  // precision, where they are the fp32 master weights: every rank must call it).
   std::vector<float> full_parameters();
   // Elements of the owned partition (sum of chunk sizes).
   int64_t partition_numel() const { return partition_numel_; }
@@ -114,8 +130,10 @@ class ZeroOptimizer : public ModuleHooks {
   void for_owned(int64_t begin, int64_t end, F&& f) const;
   // All ranks' ids for a row collective (checks that every rank passed the same n).
   const int32_t* gather_ids(const int32_t* ids, int64_t n);
-  float* owned_params(const UnitState& u) const;
-  float* owned_grads(const UnitState& u);
+  std::byte* owned_params(const UnitState& u) const;  // params dtype
+  std::byte* owned_grads(const UnitState& u);         // grads dtype
+  std::byte* flat_grads_at(int64_t offset);
+  void reduce_deferred();
   void reduce_unit_full_grads(const UnitState& u);
   void drain(size_t keep_in_flight);
   int free_bucket();
@@ -123,13 +141,21 @@ class ZeroOptimizer : public ModuleHooks {
   void gather(size_t unit);
   void release(size_t unit, bool even_persistent);
   void prefetch();
-  Tensor take_buffer(size_t unit);
+  Tensor take_buffer(size_t unit, DType dtype);
   void return_buffer(Tensor buf);
+  void issue_full_grad_reduction(size_t unit);
 
   ParameterStore& store_;
   Communicator& comm_;
   int stage_;
   bool overlap_;
+  ZeroPrecision precision_;
+  bool resident_;    // fp32 parameters live in the store, bound to the model (fp32 at stages 0-2)
+  bool buckets_on_;  // gradients go through fp32 buckets in backward (stages 2-3, and mixed precision)
+  Tensor master_;    // mixed precision: the fp32 master partition (optimizer memory)
+  Tensor step_grads_;  // mixed precision: one unit chunk of gradients widened to fp32 for Adam
+  Tensor bucket_out_;  // grads dtype != f32, stages 2-3: the bucket narrowed for its reduce-scatter (two slots)
+  std::vector<size_t> deferred_;  // stages 0-1 with overlap: sliced units reduced after backward
   int rank_, world_;
   cpu::AdamParams hyper_;
   int64_t step_ = 0;
@@ -149,9 +175,9 @@ class ZeroOptimizer : public ModuleHooks {
   Tensor own_params_;                 // the owned parameter partition (model-state `param` memory)
   std::vector<Tensor> gathered_;      // per unit: its gathered parameters while available
   std::vector<bool> persistent_;
-  std::vector<Tensor> free_buffers_;  // released gather buffers, reused (Note [Stage-3 trace])
+  std::vector<Tensor> free_buffers_;  // released gather buffers (fp32, and 16-bit staging), reused
   int64_t large_numel_ = 0;           // gather buffer size for every unit of at least a quarter of it
-  std::vector<Tensor> inflight_buf_;  // per unit: the buffer an in-flight prefetch fills
+  std::vector<Tensor> inflight_buf_;  // per unit: the buffer an in-flight prefetch fills (params dtype)
   std::vector<WorkPtr> inflight_;     // per unit: that prefetch
   std::vector<size_t> trace_;         // unit fetch order of one training step
   bool in_step_ = false, recording_ = true, trace_complete_ = false;
