@@ -60,17 +60,20 @@ class SelfCommunicator final : public Communicator {
   int size() const override { return 1; }
   std::string backend() const override { return "self"; }
 
+  static void check_reducible(const char* what, DType dtype) {
+    DS_CHECK_AS(CommError, dtype == DType::f32 || dtype == DType::i32 || dtype == DType::f16 || dtype == DType::bf16,
+                "[comm] {} supports f32, i32, f16 and bf16, got {}", what, dtype_name(dtype));
+  }
+
   WorkPtr all_reduce_async(void* data, size_t count, DType dtype, ReduceOp op) override {
     check_usable("all_reduce");
-    DS_CHECK_AS(CommError, dtype == DType::f32 || dtype == DType::i32,
-                "[comm] all_reduce supports f32 and i32, got {}; convert to f32 first", dtype_name(dtype));
+    check_reducible("all_reduce", dtype);
     stats_.record(Collective::all_reduce, 0, bytes_of(count, dtype));
     return done();
   }
   WorkPtr reduce_scatter_async(const void* send, void* recv, size_t count, DType dtype, ReduceOp op) override {
     check_usable("reduce_scatter");
-    DS_CHECK_AS(CommError, dtype == DType::f32 || dtype == DType::i32,
-                "[comm] reduce_scatter supports f32 and i32, got {}; convert to f32 first", dtype_name(dtype));
+    check_reducible("reduce_scatter", dtype);
     copy(recv, send, bytes_of(count, dtype));
     stats_.record(Collective::reduce_scatter, 0, bytes_of(count, dtype));
     return done();

@@ -20,22 +20,22 @@ bool LossScaler::update(bool overflow, std::string& message) {
   message.clear();
   if (p_.mode == LossScalerParams::Mode::none) return false;
   if (p_.mode == LossScalerParams::Mode::fixed) {
-    if (overflow) message = fmt::format("[fp16] OVERFLOW! Skipping step. Static loss scale: {:g}", scale_);
+    if (overflow) message = fmt::format("[fp16] OVERFLOW! Skipping step. Static loss scale: {}", scale_);
     ++iter_;
     return overflow;
   }
   if (overflow) {
     if (hysteresis_left_ == 1) {
       DS_CHECK_AS(Error, scale_ > p_.min_scale,
-                  "[fp16] Current loss scale already at minimum ({:g}) - cannot decrease scale anymore; the gradients "
+                  "[fp16] Current loss scale already at minimum ({}) - cannot decrease scale anymore; the gradients "
                   "overflow even unscaled. Stopping the run: lower the learning rate, enable gradient_clipping, or "
                   "train in bf16", scale_);
       const double next = std::max(scale_ / 2, p_.min_scale);
-      message = fmt::format("[fp16] OVERFLOW! Skipping step. Attempted loss scale: {:g}, reducing to {:g}", scale_,
+      message = fmt::format("[fp16] OVERFLOW! Skipping step. Attempted loss scale: {}, reducing to {}", scale_,
                             next);
       scale_ = next;
     } else {
-      message = fmt::format("[fp16] OVERFLOW! Skipping step. Attempted loss scale: {:g}, but hysteresis is {}. "
+      message = fmt::format("[fp16] OVERFLOW! Skipping step. Attempted loss scale: {}, but hysteresis is {}. "
                             "Reducing hysteresis to {}", scale_, hysteresis_left_, hysteresis_left_ - 1);
       --hysteresis_left_;
     }

@@ -5,8 +5,9 @@
 //                              (units with offsets and padding, parameters with shapes and offsets), one entry
 //                              per shard with its size and CRC-32, and the client state (the data position)
 //   DIR/<tag>/rank_NNNNN.safetensors
-//                              rank N's partition: "fp32" (the master parameters), "exp_avg", "exp_avg_sq", each
-//                              the rank's chunk of every unit in order (stage 0: rank 0 alone, everything)
+//                              rank N's partition: "fp32" (the parameters; in mixed precision the fp32 master
+//                              weights), "exp_avg", "exp_avg_sq", each the rank's chunk of every unit in order
+//                              (stage 0: rank 0 alone, everything). So a checkpoint loads at any precision too.
 // A checkpoint is written into DIR/.<tag>.saving, every file atomically (temp, fsync, rename); rank 0 then writes
 // the manifest, swaps the directory into place (renameat2 RENAME_EXCHANGE when the tag exists, so a complete
 // checkpoint is always at DIR/<tag>) and updates `latest`. A run killed at any point leaves the previous
@@ -60,6 +61,7 @@ struct CheckpointManifest {
   std::vector<CheckpointUnit> units;
   std::vector<CheckpointParam> params;
   std::vector<CheckpointShard> shards;
+  nlohmann::json engine_state = nlohmann::json::object();  // skipped steps, loss scaler, dtypes
   nlohmann::json client_state = nlohmann::json::object();
 
   nlohmann::json to_json() const;

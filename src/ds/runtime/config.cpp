@@ -209,10 +209,10 @@ DeepSpeedConfig parse_config(const std::string& json_text, int dp_world_size, co
   top.read("gradient_predivide_factor", c.gradient_predivide_factor, Support::not_yet, 0.0);
   top.read("sparse_gradients", c.sparse_gradients, Support::not_yet);
   top.read("dataloader_drop_last", c.dataloader_drop_last, Support::not_yet);
-  if (config_detail::read_dtype(top, "communication_data_type", c.communication_data_type) &&
-      *c.communication_data_type != DType::f32) {
+  if (config_detail::read_dtype(top, "communication_data_type", c.communication_data_type)) {
     ctx.warn(fmt::format("[config] 'communication_data_type' = '{}' in {} is not implemented yet; gradients are "
-                         "communicated in fp32", dtype_name(*c.communication_data_type), source_name));
+                         "communicated in their accumulation dtype (data_types.grad_accum_dtype)",
+                         dtype_name(*c.communication_data_type), source_name));
   }
   std::optional<DType> seq_dtype;
   if (config_detail::read_dtype(top, "seq_parallel_communication_data_type", seq_dtype)) {

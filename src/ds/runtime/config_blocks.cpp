@@ -227,14 +227,10 @@ void parse_fp16(BlockReader r, Fp16Config& out) {
   dynamic_args |= r.read("hysteresis", out.hysteresis, Support::implemented, 1);
   dynamic_args |= r.read("consecutive_hysteresis", out.consecutive_hysteresis);
   dynamic_args |= r.read("min_loss_scale", out.min_loss_scale, Support::implemented, 0.0);
-  r.read("fp16_master_weights_and_grads", out.fp16_master_weights_and_grads);
+  r.read("fp16_master_weights_and_grads", out.fp16_master_weights_and_grads, Support::not_yet);
   r.finish();
   // runtime/config.py builds dynamic_loss_args only for an enabled fp16 block that names one of these keys.
   out.has_dynamic_loss_args = out.enabled && dynamic_args;
-  if (out.enabled) {
-    r.ctx().warn(fmt::format("[config] 'fp16.enabled' in {} is not implemented yet; training runs in fp32",
-                             r.ctx().source));
-  }
 }
 
 void parse_bf16(BlockReader r, Bf16Config& out) {
@@ -242,10 +238,6 @@ void parse_bf16(BlockReader r, Bf16Config& out) {
   r.read("enabled", out.enabled);
   r.read("immediate_grad_update", out.immediate_grad_update);
   r.finish();
-  if (out.enabled) {
-    r.ctx().warn(fmt::format("[config] '{}.enabled' in {} is not implemented yet; training runs in fp32", r.path(),
-                             r.ctx().source));
-  }
 }
 
 // ---- aio and friends: accepted, not implemented yet -------------------------------------------------------------
@@ -366,11 +358,6 @@ void parse_data_types(BlockReader r, std::optional<DType>& grad_accum_dtype) {
   if (!r.present()) return;
   read_dtype(r, "grad_accum_dtype", grad_accum_dtype);
   r.finish();
-  if (grad_accum_dtype && *grad_accum_dtype != DType::f32) {
-    r.ctx().warn(fmt::format("[config] 'data_types.grad_accum_dtype' = '{}' in {} is not implemented yet; gradients "
-                             "accumulate in fp32", *grad_accum_dtype == DType::f16 ? "fp16" : "bf16",
-                             r.ctx().source));
-  }
 }
 
 }  // namespace ds::config_detail

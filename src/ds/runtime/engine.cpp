@@ -5,10 +5,12 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
 
 #include <fmt/ranges.h>
 
 #include "ds/ckpt/safetensors.h"
+#include "ds/core/log.h"
 #include "ds/optim/adamw.h"
 #include "ds/runtime/checkpoint.h"
 
@@ -36,9 +38,10 @@ Engine::Engine(const Gpt2Config& model_config, const DeepSpeedConfig& config, in
   const int stage = config.zero.stage;
   DS_CHECK_AS(ConfigError, stage >= 0 && stage <= 3, "[engine] zero_optimization.stage must be 0-3, found {}",
               stage);
+  const ZeroPrecision precision = precision_for(config);
   model_ = std::make_unique<Gpt2>(model_config, ZeroOptimizer::alignment(comm_->size()),
                                   ZeroOptimizer::keeps_full_gradients(stage),
-                                  ZeroOptimizer::keeps_full_parameters(stage));
+                                  ZeroOptimizer::keeps_full_parameters(stage), precision.params, precision.grads);
   cpu::AdamParams hyper;
   hyper.lr = static_cast<float>(config.optimizer.lr);
   hyper.beta1 = static_cast<float>(config.optimizer.beta1);
@@ -47,7 +50,29 @@ Engine::Engine(const Gpt2Config& model_config, const DeepSpeedConfig& config, in
   hyper.weight_decay = static_cast<float>(config.optimizer.weight_decay);
   hyper.adam_w_mode = config.optimizer.adam_w_mode;
   hyper.bias_correction = config.optimizer.bias_correction;
-  optimizer_ = std::make_unique<ZeroOptimizer>(model_->params(), *comm_, config.zero, hyper);
+  optimizer_ = std::make_unique<ZeroOptimizer>(model_->params(), *comm_, config.zero, hyper, precision);
+  if (config.fp16.enabled) {
+    const Fp16Config& f = config.fp16;
+    LossScalerParams p;
+    if (f.loss_scale > 0) {
+      p.mode = LossScalerParams::Mode::fixed;
+      p.scale = f.loss_scale;
+    } else if (f.has_dynamic_loss_args) {
+      p.mode = LossScalerParams::Mode::dynamic;
+      p.scale = std::ldexp(1.0, f.initial_scale_power);
+      p.window = f.loss_scale_window;
+      p.hysteresis = f.hysteresis;
+      p.consecutive_hysteresis = f.consecutive_hysteresis;
+      p.min_scale = f.min_loss_scale;
+    } else {  // DeepSpeed's ZeRO optimizers without dynamic_loss_args (brief §1.4)
+      p.mode = LossScalerParams::Mode::dynamic;
+      p.scale = std::ldexp(1.0, 32);
+      p.window = 1000;
+      p.hysteresis = 1;
+      p.min_scale = 1.0;
+    }
+    scaler_ = LossScaler(p);
+  }
   // The same seed on every rank gives identical replicas (at stage 3, each rank keeps its partition of them).
   model_->init_weights(seed, [this](int64_t offset, const float* values, int64_t n) {
     optimizer_->set_parameters(offset, values, n);
@@ -61,7 +86,7 @@ Engine::~Engine() {
   if (model_) model_->set_hooks(nullptr);
 }
 
-double Engine::current_lr() const { return schedule_.lr(global_steps_); }
+double Engine::current_lr() const { return schedule_.lr(global_steps_ - skipped_steps_); }
 
 double Engine::average_over_ranks(double value) {
   if (comm_->size() == 1) return value;
@@ -70,9 +95,30 @@ double Engine::average_over_ranks(double value) {
   return static_cast<double>(v) / comm_->size();
 }
 
+ZeroPrecision Engine::precision_for(const DeepSpeedConfig& c) {
+  DS_CHECK_AS(ConfigError, !(c.fp16.enabled && c.bf16.enabled),
+              "[engine] both fp16.enabled and bf16.enabled are true in {}; enable one of them", c.source);
+  ZeroPrecision p;
+  if (c.fp16.enabled) p.params = DType::f16;
+  if (c.bf16.enabled) p.params = DType::bf16;
+  if (!p.mixed()) {
+    DS_CHECK_AS(ConfigError, !c.grad_accum_dtype || *c.grad_accum_dtype == DType::f32,
+                "[engine] data_types.grad_accum_dtype = {} in {} needs fp16 or bf16 training; remove it or enable "
+                "fp16/bf16", dtype_name(*c.grad_accum_dtype), c.source);
+    return p;
+  }
+  p.grads = c.grad_accum_dtype.value_or(c.bf16.enabled && c.zero.stage == 0 ? DType::f32 : p.params);
+  DS_CHECK_AS(ConfigError, p.grads == DType::f32 || p.grads == p.params,
+              "[engine] data_types.grad_accum_dtype = {} in {} does not go with {} parameters; use fp32 or {}",
+              dtype_name(p.grads), c.source, dtype_name(p.params), dtype_name(p.params));
+  return p;
+}
+
 StepResult Engine::train_batch(const BatchFn& next_micro_batch) {
   StepResult r;
   const int64_t gas = config_.gradient_accumulation_steps;
+  const double scale = scaler_.scale();
+  r.loss_scale = scale;
   optimizer_->begin_batch();
   double loss_sum = 0;
   for (int64_t m = 0; m < gas; ++m) {
@@ -80,15 +126,26 @@ StepResult Engine::train_batch(const BatchFn& next_micro_batch) {
     ctx_.reset();
     optimizer_->begin_micro_batch(m + 1 == gas);
     loss_sum += model_->forward_backward(ctx_, inputs_.data(), targets_.data(), micro_, seq_len_,
-                                         1.0f / static_cast<float>(gas));
+                                         static_cast<float>(scale / static_cast<double>(gas)));
     optimizer_->end_micro_batch(m + 1 == gas);
   }
   r.loss = average_over_ranks(loss_sum / static_cast<double>(gas));
-  r.grad_norm = optimizer_->grad_norm();
-  const float factor = clip_factor(r.grad_norm, config_.gradient_clipping);
-  r.clipped = factor < 1.0f;
-  r.lr = schedule_.lr(global_steps_);
-  optimizer_->step(static_cast<float>(r.lr), factor);
+  const double scaled_norm = optimizer_->grad_norm();
+  std::string message;
+  r.skipped = scaler_.update(!std::isfinite(scaled_norm), message);  // throws at the minimum scale
+  if (!message.empty() && comm_->rank() == 0) log_warning("{} (step {})", message, global_steps_ + 1);
+  r.lr = schedule_.lr(global_steps_ - skipped_steps_);
+  if (r.skipped) {
+    optimizer_->skip_step();
+    ++skipped_steps_;
+    r.grad_norm = scaled_norm;
+  } else {
+    r.grad_norm = scaled_norm / scale;
+    const float factor = clip_factor(r.grad_norm, config_.gradient_clipping);
+    r.clipped = factor < 1.0f;
+    // Unscales and clips in one pass over the owned gradients (DeepSpeed's unscale_and_clip_grads).
+    optimizer_->step(static_cast<float>(r.lr), static_cast<float>(factor / scale));
+  }
   ++global_steps_;
   r.tokens = config_.train_batch_size * static_cast<int64_t>(seq_len_);
   return r;
@@ -114,6 +171,10 @@ std::string Engine::save_checkpoint(const std::string& dir, const std::string& t
   const Gpt2Config& mc = model_->config();
   meta.model = {{"n_layer", mc.n_layer}, {"n_head", mc.n_head}, {"n_embd", mc.n_embd}, {"vocab_size", mc.vocab_size},
                 {"block_size", mc.block_size}};
+  meta.engine_state = {{"skipped_steps", skipped_steps_},
+                       {"loss_scaler", scaler_.state()},
+                       {"params_dtype", dtype_name(optimizer_->precision().params)},
+                       {"grads_dtype", dtype_name(optimizer_->precision().grads)}};
   meta.client_state = client_state;
   write_checkpoint(*comm_, dir, t, model_->params(), *optimizer_, std::move(meta));
   return t;
@@ -122,6 +183,13 @@ std::string Engine::save_checkpoint(const std::string& dir, const std::string& t
 nlohmann::json Engine::load_checkpoint(const std::string& dir, const std::string& tag) {
   const CheckpointManifest m = ds::load_checkpoint(dir, tag, model_->params(), *optimizer_);
   global_steps_ = m.global_steps;
+  skipped_steps_ = m.engine_state.value("skipped_steps", int64_t{0});
+  // The scaler goes on where it was when both runs scale the loss; a run that did not (bf16, fp32) starts fp16
+  // from the configured initial scale.
+  if (scaler_.active() && m.engine_state.contains("loss_scaler") &&
+      m.engine_state.value("params_dtype", std::string()) == "f16") {
+    scaler_.restore(m.engine_state.at("loss_scaler"));
+  }
   return m.client_state;
 }
 

@@ -2,7 +2,9 @@
 // It builds the model with the parameter layout its ZeRO stage needs (units aligned to the data-parallel size;
 // no full gradient buffer from stage 2 on), runs gradient accumulation over gradient_accumulation_steps
 // micro-batches, hands reductions and the optimizer step to ZeroOptimizer, and applies DeepSpeed's gradient
-// clipping and learning-rate schedule. Every rank calls train_batch with its own micro-batches.
+// clipping and learning-rate schedule. Every rank calls train_batch with its own micro-batches. With fp16 or bf16
+// it trains in mixed precision (Note [Mixed precision] in zero_optimizer.cpp) and, for fp16, scales the loss:
+// a step whose gradients overflow is skipped, logged, and does not advance the learning-rate schedule.
 #pragma once
 
 #include <functional>
@@ -11,6 +13,7 @@
 
 #include "ds/comm/communicator.h"
 #include "ds/nn/models/gpt2.h"
+#include "ds/optim/loss_scaler.h"
 #include "ds/optim/lr_schedule.h"
 #include "ds/runtime/config.h"
 #include "ds/runtime/zero/zero_optimizer.h"
@@ -22,6 +25,8 @@ struct StepResult {
   double grad_norm = 0;  // of the averaged gradient, before clipping
   double lr = 0;         // the learning rate this step used
   bool clipped = false;
+  bool skipped = false;  // fp16: the gradients overflowed and the update was skipped
+  double loss_scale = 1;  // the scale this step's backward used
   int64_t tokens = 0;    // tokens of the global batch
 };
 
@@ -40,6 +45,11 @@ class Engine {
   double eval_loss(const BatchFn& next, int64_t num_batches, int batch_size);
 
   int64_t global_steps() const { return global_steps_; }
+  int64_t skipped_steps() const { return skipped_steps_; }
+  double loss_scale() const { return scaler_.scale(); }
+  // The storage dtypes the config asks for: fp16/bf16 parameters, and gradients in data_types.grad_accum_dtype
+  // (DeepSpeed's default: fp32 for bf16 at stage 0, else the parameters' dtype).
+  static ZeroPrecision precision_for(const DeepSpeedConfig& config);
 
   // Checkpoints (Note [Checkpoint layout] in checkpoint.h). Collectives: every rank calls them. save returns the
   // tag (default "global_step<N>"); load takes the tag in DIR/latest when `tag` is empty, works at any world size
@@ -73,6 +83,8 @@ class Engine {
   Ctx eval_ctx_;
   std::vector<int32_t> inputs_, targets_;
   int64_t global_steps_ = 0;
+  int64_t skipped_steps_ = 0;  // fp16 overflows: counted in global_steps_, not in the LR schedule
+  LossScaler scaler_;
 };
 
 }  // namespace ds
