@@ -1,6 +1,6 @@
 // Checkpoints on the thread backend with the ZeRO equivalence case (tests/common/zero_case.h):
 // - exact resume: 10 steps, save, a new engine loads, 10 more steps = 20 steps straight, bit for bit (losses and
-//   parameters), for stages 0-3 at world 2;
+//   parameters), for stages 0-3 at world 2, in fp32 and bf16;
 // - moving between layouts: saved at (world 4, stage 3), loaded at (world 2, stage 1) and (world 1, stage 0), the
 //   run continues on the uninterrupted single-process curve within 1e-5;
 // - damaged checkpoints (a truncated, a corrupted and a missing shard, another model, no `latest`) are refused with
@@ -39,8 +39,10 @@ void train_steps(Engine& engine, Communicator& comm, int first, int last, Segmen
   for (step = first; step < last; ++step) out.losses.push_back(engine.train_batch(next).loss);
 }
 
-DeepSpeedConfig config_for(int stage, int world) {
-  return parse_config(config_json(stage, kGlobalRows / world, 1, false), world, "checkpoint_test");
+DeepSpeedConfig config_for(int stage, int world, bool bf16 = false) {
+  std::string text = config_json(stage, kGlobalRows / world, 1, false);
+  if (bf16) text.insert(text.find('{') + 1, R"("bf16": {"enabled": true}, )");
+  return parse_config(text, world, "checkpoint_test");
 }
 
 // Runs `fn(comm)` on every rank of a thread world, each with its own tracker and a share of the cores.
@@ -70,25 +72,26 @@ class TempDir {
 };
 
 // Straight for 20 steps, and 10 + save + load in a new engine + 10, at one stage and world.
-void expect_exact_resume(int stage, int world) {
+void expect_exact_resume(int stage, int world, bool bf16 = false) {
   TempDir dir;
   Segment straight, resumed;
   on_world(world, [&](Communicator& comm) {
     Segment s;
-    Engine engine(tiny(), config_for(stage, world), kT, &comm, 42);
+    Engine engine(tiny(), config_for(stage, world, bf16), kT, &comm, 42);
+    EXPECT_EQ(engine.optimizer().precision().params, bf16 ? DType::bf16 : DType::f32);
     train_steps(engine, comm, 0, kSteps, s);
     s.params = engine.optimizer().full_parameters();
     if (comm.rank() == 0) straight = s;
   });
   on_world(world, [&](Communicator& comm) {
     Segment first;
-    Engine engine(tiny(), config_for(stage, world), kT, &comm, 42);
+    Engine engine(tiny(), config_for(stage, world, bf16), kT, &comm, 42);
     train_steps(engine, comm, 0, kSteps / 2, first);
     EXPECT_EQ(engine.save_checkpoint(dir.str(), "", {{"note", "half way"}}), "global_step10");
   });
   on_world(world, [&](Communicator& comm) {
     Segment second;
-    Engine engine(tiny(), config_for(stage, world), kT, &comm, 7);  // another seed: everything comes from the file
+    Engine engine(tiny(), config_for(stage, world, bf16), kT, &comm, 7);  // another seed: all comes from the file
     const nlohmann::json client = engine.load_checkpoint(dir.str());
     EXPECT_EQ(client.value("note", ""), "half way");
     EXPECT_EQ(engine.global_steps(), kSteps / 2);
@@ -96,7 +99,7 @@ void expect_exact_resume(int stage, int world) {
     second.params = engine.optimizer().full_parameters();
     if (comm.rank() == 0) resumed = second;
   });
-  const std::string what = fmt::format("stage {} world {}", stage, world);
+  const std::string what = fmt::format("stage {} world {}{}", stage, world, bf16 ? " bf16" : "");
   ASSERT_EQ(resumed.losses.size(), size_t(kSteps / 2)) << what;
   for (int i = 0; i < kSteps / 2; ++i) EXPECT_EQ(resumed.losses[i], straight.losses[kSteps / 2 + i]) << what << i;
   ASSERT_EQ(resumed.params.size(), straight.params.size()) << what;
@@ -105,6 +108,10 @@ void expect_exact_resume(int stage, int world) {
 
 TEST(Checkpoint, ResumeIsBitIdenticalForEveryStage) {
   for (int stage : {0, 1, 2, 3}) expect_exact_resume(stage, 2);
+}
+
+TEST(Checkpoint, Bf16ResumeIsBitIdenticalForEveryStage) {
+  for (int stage : {0, 1, 2, 3}) expect_exact_resume(stage, 2, true);
 }
 
 TEST(Checkpoint, LoadsAtAnotherWorldSizeAndStageOnTheSameCurve) {
