@@ -64,6 +64,7 @@ class Engine {
   Gpt2& model() { return *model_; }
   Communicator& comm() { return *comm_; }
   ZeroOptimizer& optimizer() { return *optimizer_; }
+  const ZeroOptimizer& optimizer_const() const { return *optimizer_; }
   const DeepSpeedConfig& config() const { return config_; }
   int micro_batch_size() const { return micro_; }
   int seq_len() const { return seq_len_; }

@@ -103,7 +103,9 @@ class MetricsCsv {
 
 namespace {
 
-// Per-rank ZeRO report: measured model-state peaks and traffic beside the paper's formulas (fp32 Adam).
+// Per-rank ZeRO report: measured model-state peaks and traffic beside the paper's formulas, with p bytes per
+// parameter, g per gradient and k of optimizer state (fp32 Adam: 4 + 4 + 8; mixed precision: 2 + 2 + 12, or
+// 2 + 4 + 12 with fp32 gradient accumulation).
 void print_zero_report(Communicator& comm, const Engine& engine, const CommStats& per_step, int64_t psi) {
   const MemoryTracker& t = current_tracker();
   auto mib = [](double b) { return b / (1 << 20); };
@@ -121,13 +123,18 @@ void print_zero_report(Communicator& comm, const Engine& engine, const CommStats
   if (comm.rank() != 0) return;
   const int stage = engine.config().zero.stage;
   const double n = world, P = static_cast<double>(psi);
-  const double formula = stage == 0   ? 16 * P
-                         : stage == 1 ? 8 * P + 8 * P / n
-                         : stage == 2 ? 4 * P + 12 * P / n
-                                      : 16 * P / n;
-  const double traffic = (stage == 3 ? 3.0 : 2.0) * P * 4;
-  fmt::print(stderr, "ZeRO stage {} over {} rank(s), Ψ = {} parameters (fp32 Adam):\n", stage, world,
-             format_count(P));
+  const ZeroPrecision& prec = engine.optimizer_const().precision();
+  const double pb = double(dtype_size(prec.params)), gb = double(dtype_size(prec.grads)), kb = prec.mixed() ? 12 : 8;
+  const double formula = stage == 0   ? (pb + gb + kb) * P
+                         : stage == 1 ? (pb + gb) * P + kb * P / n
+                         : stage == 2 ? pb * P + (gb + kb) * P / n
+                                      : (pb + gb + kb) * P / n;
+  // Gradients reduced once (all-reduce: twice), parameters all-gathered once (stage 3: twice), in their dtypes.
+  const double traffic = stage == 0 ? 2 * gb * P : stage < 3 ? (gb + pb) * P : (gb + 2 * pb) * P;
+  fmt::print(stderr, "ZeRO stage {} over {} rank(s), Ψ = {} parameters ({}):\n", stage, world, format_count(P),
+             prec.mixed() ? fmt::format("{} parameters, {} gradients, fp32 master + Adam", dtype_name(prec.params),
+                                        dtype_name(prec.grads))
+                          : std::string("fp32 Adam"));
   fmt::print(stderr, "  rank  params MiB  grads MiB  optim MiB  states MiB  formula MiB  ratio  buckets MiB  "
                      "sent/step MiB  ring formula MiB  RSS MiB\n");
   for (int r = 0; r < world; ++r) {
@@ -138,8 +145,11 @@ void print_zero_report(Communicator& comm, const Engine& engine, const CommStats
                r, f[0], f[1], f[2], states, mib(formula), states / mib(formula), f[3], f[4],
                mib(traffic * (n - 1) / n), f[5]);
   }
-  fmt::print(stderr, "  (formula: {}; traffic per step {}Ψ, counted as sent by a ring: x (N-1)/N)\n",
-             stage == 0 ? "16Ψ" : stage == 1 ? "4Ψ + 4Ψ + 8Ψ/N" : stage == 2 ? "4Ψ + 12Ψ/N" : "16Ψ/N",
+  fmt::print(stderr, "  (formula in bytes: {}; traffic per step {}Ψ elements, counted as sent by a ring: x (N-1)/N)\n",
+             stage == 0   ? fmt::format("{}Ψ", pb + gb + kb)
+             : stage == 1 ? fmt::format("{}Ψ + {}Ψ + {}Ψ/N", pb, gb, kb)
+             : stage == 2 ? fmt::format("{}Ψ + {}Ψ/N", pb, gb + kb)
+                          : fmt::format("{}Ψ/N", pb + gb + kb),
              stage == 3 ? 3 : 2);
   fmt::print(stderr, "  traffic by collective per step (rank 0):");
   for (int c = 0; c < kCollectiveCount; ++c)
@@ -292,7 +302,8 @@ TrainSummary run_training_on(const TrainOptions& o, Communicator& comm) {
     if (metrics) metrics->row(step, r.loss, val, r.lr, r.grad_norm, tps);
     if (!o.save_dir.empty() && (last || (o.save_interval > 0 && step % o.save_interval == 0))) save();
     if (show)
-      bar.update(step, fmt::format("loss {:.4f} | lr {:.2e} | {} tok/s{}", r.loss, r.lr, format_count(tps),
+      bar.update(step, fmt::format("loss {:.4f} | lr {:.2e} | {} tok/s{}{}", r.loss, r.lr, format_count(tps),
+                                   config.fp16.enabled ? fmt::format(" | scale {}", r.loss_scale) : "",
                                    std::isnan(last_val) ? "" : fmt::format(" | val {:.3f}", last_val)));
     if (last) break;
   }
@@ -317,6 +328,9 @@ TrainSummary run_training_on(const TrainOptions& o, Communicator& comm) {
                format_count(static_cast<double>(sum.tokens)), format_duration(train_seconds), format_count(tps),
                format_duration(seconds_since(t_start)));
     fmt::print(stderr, "train loss (last {} steps) {:.4f}\n", recent.size(), sum.final_train_loss);
+    if (engine.skipped_steps() > 0)
+      fmt::print(stderr, "fp16: {} of {} steps skipped for overflowing gradients; loss scale now {}\n",
+                 engine.skipped_steps(), engine.global_steps(), engine.loss_scale());
     fmt::print(stderr, "validation loss {:.4f} -> {:.4f} nats/token over all {} validation batches\n",
                sum.initial_val_loss, sum.final_val_loss, val_loader.num_batches());
     fmt::print(stderr, "memory  {}peak RSS {:.0f} MiB\n", current_tracker().report(), peak_rss_mib());
