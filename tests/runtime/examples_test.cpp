@@ -1,7 +1,8 @@
 // The shipped examples/ds_config_zero{0,1,2,3}.json: each loads without warnings (every key it sets is one
 // deepspeed.cpp implements), selects its stage with the bucket and overlap settings written in the file, keeps the
 // rest of examples/ds_config_gpt2_tiny.json, and trains a step of gpt2-tiny as it is. Expected values are the
-// literals of the files, not the parser's defaults.
+// literals of the files, not the parser's defaults. The mixed-precision examples (ds_config_bf16_zero2.json,
+// ds_config_fp16.json) load without warnings in their precision and train steps as they are.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -87,6 +88,42 @@ INSTANTIATE_TEST_SUITE_P(Stages, ZeroExamples, ::testing::Values(0, 1, 2, 3),
                          [](const ::testing::TestParamInfo<int>& info) {
                            return "Stage" + std::to_string(info.param);
                          });
+
+TEST(MixedPrecisionExamples, LoadWithoutWarningsAndTrain) {
+  set_log_level(LogLevel::error);  // fp16's first steps may overflow and log
+  struct Case {
+    const char* file;
+    DType params, grads;
+    int stage;
+  };
+  for (const Case& k : {Case{"ds_config_bf16_zero2.json", DType::bf16, DType::bf16, 2},
+                        Case{"ds_config_fp16.json", DType::f16, DType::f16, 1}}) {
+    const DeepSpeedConfig c = load_config_file(example(k.file), 1);
+    EXPECT_TRUE(c.warnings.empty()) << k.file << ": " << (c.warnings.empty() ? "" : c.warnings.front());
+    EXPECT_EQ(c.zero.stage, k.stage) << k.file;
+    const ZeroPrecision p = Engine::precision_for(c);
+    EXPECT_EQ(p.params, k.params) << k.file;
+    EXPECT_EQ(p.grads, k.grads) << k.file;
+    constexpr int kT = 16;
+    Engine engine(Gpt2Config::preset("gpt2-tiny"), c, kT, nullptr, 7);
+    Rng rng(3);
+    const int rows = engine.micro_batch_size();
+    auto next = [&](int32_t* in, int32_t* tg) {
+      for (int i = 0; i < rows * kT; ++i) {
+        in[i] = static_cast<int32_t>(rng.next_u64() % 50257);
+        tg[i] = static_cast<int32_t>(rng.next_u64() % 50257);
+      }
+    };
+    int applied = 0;
+    for (int step = 0; step < 4; ++step) {
+      const StepResult r = engine.train_batch(next);
+      EXPECT_TRUE(std::isfinite(r.loss)) << k.file;
+      applied += !r.skipped;
+    }
+    EXPECT_GT(applied, 0) << k.file;
+  }
+  set_log_level(LogLevel::info);
+}
 
 }  // namespace
 }  // namespace ds
