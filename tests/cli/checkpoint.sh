@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End to end, through real process restarts: `dspeed train --save` then `--load` continues exactly as one run
-# (every metrics row of the resumed steps identical, single process at stage 0 and under mpirun -np 2 at
-# stage 3); a process killed while saving (DSPEED_TEST_KILL_DURING_SAVE) leaves the previous checkpoint and
+# (every metrics row of the resumed steps identical: single process at stage 0 in fp32 and at stage 1 in bf16,
+# and under mpirun -np 2 at stage 3); a process killed while saving (DSPEED_TEST_KILL_DURING_SAVE) leaves the previous checkpoint and
 # `latest` intact, including when it was re-saving an existing tag; `dspeed ckpt inspect` verifies; `dspeed ckpt
 # consolidate` + `train --init-from` gives the checkpoint's weights; a corrupted shard is refused by name.
 # Usage: checkpoint.sh PATH/TO/dspeed
@@ -37,6 +37,17 @@ if [ "$(cat "$tmp/ck/latest" 2>/dev/null)" != "global_step6" ]; then fail "lates
 elif [ -z "$(rows "$tmp/straight/metrics.csv" 7 12)" ]; then fail "no rows in the straight run"
 elif [ "$(rows "$tmp/straight/metrics.csv" 7 12)" != "$(rows "$tmp/second/metrics.csv" 7 12)" ]; then
   fail "resumed rows differ:"; diff <(rows "$tmp/straight/metrics.csv" 7 12) <(rows "$tmp/second/metrics.csv" 7 12)
+else ok; fi
+
+# 1b. The same in bf16 at stage 1 (fp32 master weights, bf16 parameters and gradients).
+printf '{"train_micro_batch_size_per_gpu": 2, "bf16": {"enabled": true}, "zero_optimization": {"stage": 1}, "scheduler": {"type": "WarmupCosineLR", "params": {"total_num_steps": 12, "warmup_num_steps": 3}}}' > "$tmp/b.json"
+timeout 120 "$dspeed" train --config "$tmp/b.json" "${common[@]}" --steps 12 --out "$tmp/bs" > /dev/null 2>&1 || fail "bf16 straight"
+timeout 120 "$dspeed" train --config "$tmp/b.json" "${common[@]}" --steps 6 --save "$tmp/bck" --out "$tmp/b1" > /dev/null 2>&1 ||
+  fail "bf16 first half"
+timeout 120 "$dspeed" train --config "$tmp/b.json" "${common[@]}" --steps 12 --load "$tmp/bck" --out "$tmp/b2" > /dev/null 2>&1 ||
+  fail "bf16 resume"
+if [ -z "$(rows "$tmp/bs/metrics.csv" 7 12)" ] || [ "$(rows "$tmp/bs/metrics.csv" 7 12)" != "$(rows "$tmp/b2/metrics.csv" 7 12)" ]; then
+  fail "bf16 resumed rows differ"; diff <(rows "$tmp/bs/metrics.csv" 7 12) <(rows "$tmp/b2/metrics.csv" 7 12)
 else ok; fi
 
 # 2. Killed while saving a new tag (step 9, after the shards, before the manifest): step 6 stays the latest and

@@ -96,6 +96,7 @@ nlohmann::json CheckpointManifest::to_json() const {
   for (const auto& s : shards)
     j["shards"].push_back({{"file", s.file}, {"rank", s.rank}, {"partition_numel", s.partition_numel},
                            {"bytes", s.bytes}, {"crc32", s.crc32}});
+  j["config"] = config;
   j["engine_state"] = engine_state;
   j["client_state"] = client_state;
   return j;
@@ -125,6 +126,7 @@ CheckpointManifest CheckpointManifest::from_json(const nlohmann::json& j, const 
     m.shards.push_back({get_field<std::string>(s, "file", where), get_field<int>(s, "rank", where),
                         get_field<int64_t>(s, "partition_numel", where), get_field<int64_t>(s, "bytes", where),
                         get_field<uint32_t>(s, "crc32", where)});
+  m.config = j.value("config", nlohmann::json::object());
   m.engine_state = j.value("engine_state", nlohmann::json::object());
   m.client_state = j.value("client_state", nlohmann::json::object());
   DS_CHECK_AS(IoError, m.world >= 1 && m.zero_stage >= 0 && m.zero_stage <= 3 && !m.units.empty(),

@@ -61,7 +61,8 @@ struct CheckpointManifest {
   std::vector<CheckpointUnit> units;
   std::vector<CheckpointParam> params;
   std::vector<CheckpointShard> shards;
-  nlohmann::json engine_state = nlohmann::json::object();  // skipped steps, loss scaler, dtypes
+  nlohmann::json config = nlohmann::json::object();        // the DeepSpeed config the run was given
+  nlohmann::json engine_state = nlohmann::json::object();  // skipped steps, loss scaler, dtypes, seed
   nlohmann::json client_state = nlohmann::json::object();
 
   nlohmann::json to_json() const;

@@ -187,6 +187,7 @@ DeepSpeedConfig parse_config(const std::string& json_text, int dp_world_size, co
   ParseContext ctx{source_name, {}};
   DeepSpeedConfig c;
   c.source = source_name;
+  c.json = root;
   c.dp_world_size = dp_world_size;
 
   BlockReader top(&root, "", ctx);

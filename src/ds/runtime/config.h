@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -214,6 +215,7 @@ struct CommsLoggerConfig {
 // ---- the whole config -------------------------------------------------------------------------------------------
 struct DeepSpeedConfig {
   std::string source;     // file path or the name given to parse_config, used in messages
+  nlohmann::json json;    // the config as given (checkpoints record it)
   int dp_world_size = 1;  // data-parallel world size the batch triple was resolved for
 
   // Batch triple, always filled and consistent: train = micro * gas * dp_world_size.

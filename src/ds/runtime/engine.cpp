@@ -23,7 +23,8 @@ Engine::Engine(const Gpt2Config& model_config, const DeepSpeedConfig& config, in
       comm_(comm ? comm : own_comm_.get()),
       micro_(static_cast<int>(std::min<int64_t>(config.train_micro_batch_size_per_gpu, INT32_MAX))),
       seq_len_(seq_len),
-      schedule_(config.scheduler, config.optimizer.lr) {
+      schedule_(config.scheduler, config.optimizer.lr),
+      seed_(seed) {
   DS_CHECK_AS(ConfigError, config.dp_world_size == comm_->size(),
               "[engine] the config's batch sizes were resolved for {} data-parallel ranks but the job has {}; "
               "load the config with the job's world size",
@@ -171,7 +172,11 @@ std::string Engine::save_checkpoint(const std::string& dir, const std::string& t
   const Gpt2Config& mc = model_->config();
   meta.model = {{"n_layer", mc.n_layer}, {"n_head", mc.n_head}, {"n_embd", mc.n_embd}, {"vocab_size", mc.vocab_size},
                 {"block_size", mc.block_size}};
-  meta.engine_state = {{"skipped_steps", skipped_steps_},
+  meta.config = config_.json;
+  // No random numbers are drawn while training (no dropout): the seed made the initial weights, and the data
+  // order is the client's loader state.
+  meta.engine_state = {{"seed", seed_},
+                       {"skipped_steps", skipped_steps_},
                        {"loss_scaler", scaler_.state()},
                        {"params_dtype", dtype_name(optimizer_->precision().params)},
                        {"grads_dtype", dtype_name(optimizer_->precision().grads)}};

@@ -80,6 +80,7 @@ class Engine {
   std::unique_ptr<Gpt2> model_;
   std::unique_ptr<ZeroOptimizer> optimizer_;
   LrSchedule schedule_;
+  uint64_t seed_;
   Ctx ctx_;
   Ctx eval_ctx_;
   std::vector<int32_t> inputs_, targets_;
