@@ -7,32 +7,26 @@
 # Usage: checkpoint.sh PATH/TO/dspeed
 set -u
 dspeed="$1"
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-failures=0
-passed=0
-fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
-ok() { passed=$((passed + 1)); }
-
-mkdir -p "$tmp/corpus"
-for i in 1 2 3 4 5 6; do
-  for j in $(seq 1 60); do printf 'Document %s line %s: the union is strong, and the people are many.\n' "$i" "$j"; done > "$tmp/corpus/doc$i.txt"
-done
-"$dspeed" data prepare --input "$tmp/corpus" --out "$tmp/tokens" --val-pattern 'doc6' > /dev/null 2>&1 || {
-  echo "FAIL: data prepare"; exit 1; }
+source "$(dirname "$0")/lib.sh"
+prepare_tokens 60
 common=(--data "$tmp/tokens" --model gpt2-tiny --seq-len 16 --eval-interval 0 --eval-batches 1 -q)
 printf '{"train_micro_batch_size_per_gpu": 2, "scheduler": {"type": "WarmupCosineLR", "params": {"total_num_steps": 12, "warmup_num_steps": 3}}}' > "$tmp/c.json"
 
 # The training rows (step, loss, lr, grad_norm) of steps FROM..TO in a metrics file.
 rows() { awk -F, -v a="$2" -v b="$3" 'NR > 1 && $1 >= a && $1 <= b && $3 == "" { print $1, $2, $4, $5 }' "$1"; }
 
-# 1. 12 steps straight = 6 steps, save, a new process loads, 6 more.
-timeout 120 "$dspeed" train --config "$tmp/c.json" "${common[@]}" --steps 12 --out "$tmp/straight" > /dev/null 2>&1 ||
-  fail "straight run"
+# 1. 12 steps straight = 6 steps, save, a new process loads, 6 more: the same rows, and the same final parameters
+#    (both runs save at the end; their consolidated files are compared byte for byte).
+timeout 120 "$dspeed" train --config "$tmp/c.json" "${common[@]}" --steps 12 --out "$tmp/straight" \
+  --save "$tmp/end_straight" > /dev/null 2>&1 || fail "straight run"
 timeout 120 "$dspeed" train --config "$tmp/c.json" "${common[@]}" --steps 6 --save "$tmp/ck" --save-interval 3 \
   --out "$tmp/first" > /dev/null 2>&1 || fail "first half"
-out=$(timeout 120 "$dspeed" train --config "$tmp/c.json" "${common[@]}" --steps 12 --load "$tmp/ck" --out "$tmp/second" 2>&1)
+out=$(timeout 120 "$dspeed" train --config "$tmp/c.json" "${common[@]}" --steps 12 --load "$tmp/ck" --out "$tmp/second" \
+      --save "$tmp/end_resumed" 2>&1)
 [ $? -eq 0 ] || fail "resume: $out"
+"$dspeed" ckpt consolidate "$tmp/end_straight" "$tmp/straight.safetensors" > /dev/null 2>&1 || fail "consolidate straight"
+"$dspeed" ckpt consolidate "$tmp/end_resumed" "$tmp/resumed.safetensors" > /dev/null 2>&1 || fail "consolidate resumed"
+if cmp -s "$tmp/straight.safetensors" "$tmp/resumed.safetensors"; then ok; else fail "final parameters differ"; fi
 if [ "$(cat "$tmp/ck/latest" 2>/dev/null)" != "global_step6" ]; then fail "latest is '$(cat "$tmp/ck/latest")'"
 elif [ -z "$(rows "$tmp/straight/metrics.csv" 7 12)" ]; then fail "no rows in the straight run"
 elif [ "$(rows "$tmp/straight/metrics.csv" 7 12)" != "$(rows "$tmp/second/metrics.csv" 7 12)" ]; then
@@ -105,5 +99,4 @@ else
   echo "mpirun not found; the stage-3 part is skipped"
 fi
 
-echo "$passed passed, $failures failed"
-[ "$failures" -eq 0 ]
+finish

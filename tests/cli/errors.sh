@@ -3,10 +3,7 @@
 # starts with "error:" and contains the expected words. Usage: errors.sh PATH/TO/dspeed
 set -u
 dspeed="$1"
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-failures=0
-passed=0
+source "$(dirname "$0")/lib.sh"
 
 # Tiny prepared data so that cases that get past data loading do not need the corpus.
 mkdir -p "$tmp/corpus"

@@ -5,18 +5,8 @@
 set -u
 dspeed="$1"
 command -v mpirun > /dev/null || { echo "mpirun not found; skipping"; exit 77; }
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-failures=0
-passed=0
-fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
-
-mkdir -p "$tmp/corpus"
-for i in 1 2 3 4 5 6; do
-  for j in $(seq 1 40); do printf 'Document %s line %s: the union is strong, and the people are many.\n' "$i" "$j"; done > "$tmp/corpus/doc$i.txt"
-done
-"$dspeed" data prepare --input "$tmp/corpus" --out "$tmp/tokens" --val-pattern 'doc6' > /dev/null 2>&1 || {
-  echo "FAIL: data prepare"; exit 1; }
+source "$(dirname "$0")/lib.sh"
+prepare_tokens 40
 
 for stage in 1 2 3; do
   printf '{"train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": %s}}' "$stage" > "$tmp/z$stage.json"
@@ -47,5 +37,4 @@ else
 fi
 echo "indivisible batch failed in $(( $(date +%s) - start )) s"
 
-echo "$passed passed, $failures failed"
-[ "$failures" -eq 0 ]
+finish

@@ -18,6 +18,16 @@ namespace {
 
 std::string example(const std::string& name) { return std::string(DS_SOURCE_DIR) + "/examples/" + name; }
 
+// Micro-batches of uniformly random GPT-2 token ids.
+Engine::BatchFn random_tokens(Rng& rng, int rows, int T) {
+  return [&rng, rows, T](int32_t* in, int32_t* tg) {
+    for (int i = 0; i < rows * T; ++i) {
+      in[i] = static_cast<int32_t>(rng.next_u64() % 50257);
+      tg[i] = static_cast<int32_t>(rng.next_u64() % 50257);
+    }
+  };
+}
+
 class ZeroExamples : public ::testing::TestWithParam<int> {
  protected:
   void SetUp() override { set_log_level(LogLevel::error); }  // warnings are checked through cfg.warnings
@@ -71,14 +81,7 @@ TEST_P(ZeroExamples, TrainsAStepOfGpt2Tiny) {
   constexpr int kT = 16;
   Engine engine(Gpt2Config::preset("gpt2-tiny"), c, kT, nullptr, 7);
   Rng rng(3);
-  const int rows = engine.micro_batch_size();
-  auto next = [&](int32_t* in, int32_t* tg) {
-    for (int i = 0; i < rows * kT; ++i) {
-      in[i] = static_cast<int32_t>(rng.next_u64() % 50257);
-      tg[i] = static_cast<int32_t>(rng.next_u64() % 50257);
-    }
-  };
-  const StepResult r = engine.train_batch(next);
+  const StepResult r = engine.train_batch(random_tokens(rng, engine.micro_batch_size(), kT));
   EXPECT_TRUE(std::isfinite(r.loss));
   EXPECT_NEAR(r.loss, std::log(50257.0), 1.0);  // near-uniform predictions at initialisation
   EXPECT_EQ(engine.optimizer().stage(), GetParam());
@@ -107,13 +110,7 @@ TEST(MixedPrecisionExamples, LoadWithoutWarningsAndTrain) {
     constexpr int kT = 16;
     Engine engine(Gpt2Config::preset("gpt2-tiny"), c, kT, nullptr, 7);
     Rng rng(3);
-    const int rows = engine.micro_batch_size();
-    auto next = [&](int32_t* in, int32_t* tg) {
-      for (int i = 0; i < rows * kT; ++i) {
-        in[i] = static_cast<int32_t>(rng.next_u64() % 50257);
-        tg[i] = static_cast<int32_t>(rng.next_u64() % 50257);
-      }
-    };
+    const Engine::BatchFn next = random_tokens(rng, engine.micro_batch_size(), kT);
     int applied = 0;
     for (int step = 0; step < 4; ++step) {
       const StepResult r = engine.train_batch(next);
