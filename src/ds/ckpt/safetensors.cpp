@@ -231,7 +231,8 @@ void validate_entries(const std::string& path, const std::vector<SafetensorsEntr
                 "{} bytes but {} were given. Pass nbytes = numel * dtype size.", path, e.name, e.dtype,
                 shape_str(e.shape), ok ? std::to_string(nbytes) : std::string("an invalid number of"), e.nbytes);
     DS_CHECK_AS(IoError, !need_data || e.nbytes == 0 || e.data != nullptr,
-                "[safetensors] writing '{}': tensor '{}' has {} bytes but a null data pointer.", path, e.name, e.nbytes);
+                "[safetensors] writing '{}': tensor '{}' has {} bytes but a null data pointer.", path, e.name,
+                e.nbytes);
   }
 }
 

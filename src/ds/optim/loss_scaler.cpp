@@ -9,8 +9,8 @@
 
 namespace ds {
 
-LossScaler::LossScaler(const LossScalerParams& p) : p_(p), scale_(p.mode == LossScalerParams::Mode::none ? 1.0 : p.scale),
-                                                    hysteresis_left_(p.hysteresis) {
+LossScaler::LossScaler(const LossScalerParams& p)
+    : p_(p), scale_(p.mode == LossScalerParams::Mode::none ? 1.0 : p.scale), hysteresis_left_(p.hysteresis) {
   DS_CHECK_AS(ConfigError, scale_ > 0 && p.window >= 1 && p.hysteresis >= 1 && p.min_scale > 0,
               "[fp16] loss scaling needs a positive scale, window >= 1, hysteresis >= 1 and min_loss_scale > 0 "
               "(got {}, {}, {}, {})", scale_, p.window, p.hysteresis, p.min_scale);

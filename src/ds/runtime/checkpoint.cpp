@@ -91,7 +91,8 @@ nlohmann::json CheckpointManifest::to_json() const {
   j["zero_stage"] = zero_stage;
   j["world"] = world;
   for (const auto& u : units)
-    j["units"].push_back({{"name", u.name}, {"offset", u.offset}, {"numel", u.numel}, {"padded_numel", u.padded_numel}});
+    j["units"].push_back(
+        {{"name", u.name}, {"offset", u.offset}, {"numel", u.numel}, {"padded_numel", u.padded_numel}});
   for (const auto& p : params) j["params"].push_back({{"name", p.name}, {"shape", p.shape}, {"offset", p.offset}});
   for (const auto& s : shards)
     j["shards"].push_back({{"file", s.file}, {"rank", s.rank}, {"partition_numel", s.partition_numel},

@@ -328,8 +328,8 @@ void ZeroOptimizer::drain(size_t keep_in_flight) {
     pending_.pop_front();
     p.work->wait();
     const UnitState& u = units_[p.unit];
-    const std::byte* recv = recv_.defined() ? static_cast<const std::byte*>(recv_.raw()) + (p.bucket & 1) * max_chunk_ * es
-                                            : nullptr;
+    const std::byte* recv =
+        recv_.defined() ? static_cast<const std::byte*>(recv_.raw()) + (p.bucket & 1) * max_chunk_ * es : nullptr;
     if (p.finish == Finish::accumulate) {
       add_same(owned_grads(u), recv, gd, static_cast<size_t>(u.chunk));
       if (p.bucket >= 0 && p.bucket < 2) bucket_busy_[p.bucket] = false;
