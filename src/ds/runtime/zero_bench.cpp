@@ -415,7 +415,7 @@ std::string run_zero_bench(const ZeroBenchOptions& o) {
              "(ring convention) vs 2Ψ(N-1)/N x 4 bytes (3Ψ(N-1)/N for stage 3).\n",
              o.reps > 1 ? fmt::format(" (RSS and step: medians over {} repetitions)", o.reps) : std::string());
 
-  // ---- the targets ----
+  // ---- the targets ----
   auto find = [&](int world, int stage) -> const Cell* {
     for (const Cell& c : cells)
       if (c.world == world && c.stage == stage && c.ok) return &c;

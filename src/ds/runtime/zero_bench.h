@@ -2,7 +2,8 @@
 // stage, a child job (`mpirun -np N dspeed bench zero-once`, or one plain process for N = 1) trains random tokens
 // on an Engine and every rank prints one RESULT line: tracked model-state peaks, comm buffers, peak RSS, median step
 // time and bytes sent per step. The parent prints measured beside formula (memory 16Ψ, 8Ψ+8Ψ/N, 4Ψ+12Ψ/N, 16Ψ/N
-// bytes for fp32 Adam; traffic 2Ψ(N-1)/N or 3Ψ(N-1)/N elements) and the two targets of the ZeRO issue.
+// bytes for fp32 Adam; traffic 2Ψ(N-1)/N or 3Ψ(N-1)/N elements) and the two targets: stage-3 peak RSS and
+// stage 1-2 step time, each against stage 0.
 #pragma once
 
 #include <cstdint>
