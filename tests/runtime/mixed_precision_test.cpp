@@ -11,6 +11,7 @@
 
 #include "common/zero_case.h"
 #include "ds/comm/local/local_comm.h"
+#include "ds/runtime/zero/zero_optimizer.h"
 
 using namespace ds;
 using namespace ds::zero_case;
@@ -134,6 +135,30 @@ TEST(MixedPrecision, OverflowAtTheMinimumScaleStopsTheRun) {
     FAIL() << "expected the run to stop";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("already at minimum"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// A token seen 512 times adds 512 rows of ones to one embedding row. Summed in fp32 first, the bf16 gradient is
+// exactly 512; added to the bf16 store one row at a time it would stall at 256 (bf16 keeps 8 significant bits).
+TEST(MixedPrecision, RepeatedTokensAreSummedBeforeRoundingTo16Bits) {
+  for (int stage : {1, 2}) {
+    ParameterStore store;
+    store.add_sliced("w", {4, 8}, 4);
+    store.materialize(16, ZeroOptimizer::keeps_full_gradients(stage), true, DType::bf16, DType::bf16);
+    auto comm = make_self_communicator();
+    ZeroConfig zero;
+    zero.stage = stage;
+    ZeroOptimizer opt(store, *comm, zero, cpu::AdamParams{}, ZeroPrecision{DType::bf16, DType::bf16});
+    opt.begin_batch();
+    const std::vector<int32_t> ids(512, 1);
+    const std::vector<float> rows(512 * 8, 1.0f);
+    opt.accumulate_row_grads(*store.find("w"), ids.data(), rows.data(), 512);
+    opt.end_micro_batch(true);
+    EXPECT_DOUBLE_EQ(opt.grad_norm(), 512.0 * std::sqrt(8.0)) << "stage " << stage;
   }
 }
 

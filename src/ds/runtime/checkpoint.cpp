@@ -8,6 +8,7 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -245,6 +246,35 @@ const CheckpointParam& CheckpointReader::param(const std::string& name) const {
 
 // ------------------------------------------------------------------------------------------------------ writing
 
+namespace {
+
+// Moves the complete directory `saving` to `final_dir`. When a checkpoint of that tag exists, the two are exchanged
+// in one step (renameat2 RENAME_EXCHANGE), so a complete checkpoint is always at final_dir; file systems without
+// the exchange (NFS, some network file systems) get the old one renamed aside first, which leaves a moment with no
+// checkpoint at final_dir but never a partial one. `latest` still names the previous tag until the caller updates it.
+void publish(const fs::path& saving, const fs::path& final_dir, const std::string& dir) {
+  std::error_code ec;
+  if (!fs::exists(final_dir)) {
+    DS_CHECK_AS(IoError, ::rename(saving.c_str(), final_dir.c_str()) == 0, "[checkpoint] cannot rename '{}' to '{}': "
+                "{}", saving.string(), final_dir.string(), std::strerror(errno));
+  } else if (::renameat2(AT_FDCWD, saving.c_str(), AT_FDCWD, final_dir.c_str(), RENAME_EXCHANGE) == 0) {
+    fs::remove_all(saving, ec);  // now the old checkpoint
+  } else {
+    DS_CHECK_AS(IoError, errno == EINVAL || errno == ENOSYS || errno == ENOTSUP, "[checkpoint] cannot replace '{}' "
+                "with the new checkpoint: {}", final_dir.string(), std::strerror(errno));
+    const fs::path old = final_dir.parent_path() / ("." + final_dir.filename().string() + ".old");
+    fs::remove_all(old, ec);
+    const bool moved =
+        ::rename(final_dir.c_str(), old.c_str()) == 0 && ::rename(saving.c_str(), final_dir.c_str()) == 0;
+    DS_CHECK_AS(IoError, moved, "[checkpoint] cannot replace '{}' with the new checkpoint: {}", final_dir.string(),
+                std::strerror(errno));
+    fs::remove_all(old, ec);
+  }
+  fsync_dir(dir);
+}
+
+}  // namespace
+
 void write_checkpoint(Communicator& comm, const std::string& dir, const std::string& tag, const ParameterStore& store,
                       const ZeroOptimizer& optimizer, CheckpointManifest meta) {
   const int rank = comm.rank(), world = comm.size();
@@ -264,8 +294,9 @@ void write_checkpoint(Communicator& comm, const std::string& dir, const std::str
 
   const int stage = optimizer.stage();
   const bool writes = stage > 0 || rank == 0;  // stage 0: every rank holds the same state
-  int32_t info[5] = {0, 0, 0, 0, 0};          // bytes (lo, hi), crc, written
-  if (writes) {
+  int32_t info[5] = {0, 0, 0, 0, 1};          // bytes (lo, hi), crc, written, ok
+  std::string failure;                        // this rank's error, raised once every rank knows
+  if (writes) try {
     const int64_t n = optimizer.partition_numel();
     std::vector<float> params(static_cast<size_t>(n));
     optimizer.copy_owned_params(params.data());
@@ -281,12 +312,22 @@ void write_checkpoint(Communicator& comm, const std::string& dir, const std::str
     info[1] = static_cast<int32_t>(size >> 32);
     info[2] = static_cast<int32_t>(crc_of(raw.data(), raw.size()));
     info[3] = 1;
+  } catch (const std::exception& e) {
+    failure = e.what();
+    info[4] = 0;
   }
   std::vector<int32_t> all(static_cast<size_t>(5 * world));
   comm.all_gather(info, all.data(), 5, DType::i32);
+  if (!failure.empty()) throw IoError(failure);
+  for (int r = 0; r < world; ++r) {
+    DS_CHECK_AS(IoError, all[static_cast<size_t>(5 * r + 4)] == 1, "[checkpoint] rank {} could not write its shard "
+                "of '{}' (its error is in its log); the previous checkpoint and 'latest' are unchanged", r,
+                final_dir.string());
+  }
   maybe_die_mid_save(rank);
 
-  if (rank == 0) {
+  int32_t published = 1;
+  if (rank == 0) try {
     meta.tag = tag;
     meta.zero_stage = stage;
     meta.world = world;
@@ -305,21 +346,16 @@ void write_checkpoint(Communicator& comm, const std::string& dir, const std::str
                              static_cast<uint32_t>(x[2])});
     }
     write_text_atomically((saving / "manifest.json").string(), meta.to_json().dump(1) + "\n");
-    // Publish: the complete directory takes the tag's place in one step.
-    if (fs::exists(final_dir)) {
-      DS_CHECK_AS(IoError, ::renameat2(AT_FDCWD, saving.c_str(), AT_FDCWD, final_dir.c_str(), RENAME_EXCHANGE) == 0,
-                  "[checkpoint] cannot replace '{}' with the new checkpoint: {}", final_dir.string(),
-                  std::strerror(errno));
-      std::error_code ec;
-      fs::remove_all(saving, ec);  // now the old checkpoint
-    } else {
-      DS_CHECK_AS(IoError, ::rename(saving.c_str(), final_dir.c_str()) == 0, "[checkpoint] cannot rename '{}' to "
-                  "'{}': {}", saving.string(), final_dir.string(), std::strerror(errno));
-    }
-    fsync_dir(dir);
+    publish(saving, final_dir, dir);
     write_text_atomically((fs::path(dir) / "latest").string(), tag + "\n");
+  } catch (const std::exception& e) {
+    failure = e.what();
+    published = 0;
   }
-  comm.barrier();
+  comm.broadcast(&published, 1, DType::i32, 0);  // every rank fails together, none waits for a rank that left
+  if (!failure.empty()) throw IoError(failure);
+  DS_CHECK_AS(IoError, published == 1, "[checkpoint] rank 0 could not publish '{}' (its error is in its log)",
+              final_dir.string());
 }
 
 // ------------------------------------------------------------------------------------------------------ loading

@@ -325,7 +325,10 @@ float Gpt2::forward_backward(Ctx& ctx, const int32_t* inputs, const int32_t* tar
   if (hooks_) hooks_->pre_backward(*this);
   cpu::encoder_backward(whole_wte ? wte_->grad.data<float>() : nullptr, wpe_->grad.data<float>(), dy.data<float>(),
                         ids, B, T, C);
-  if (!whole_wte) hooks_->accumulate_row_grads(*wte_, ids, dy.data<float>(), N);
+  if (!whole_wte) {
+    DS_ASSERT(hooks_, "wte's gradient is not resident but no hooks are set");
+    hooks_->accumulate_row_grads(*wte_, ids, dy.data<float>(), N);
+  }
   if (hooks_) hooks_->post_backward(*this);
   if (hooks_ && whole_wte)
     for (auto& s : wte_slices_) hooks_->post_backward(*s);

@@ -211,7 +211,11 @@ void ZeroOptimizer::for_owned(int64_t begin, int64_t end, F&& f) const {
 
 void ZeroOptimizer::set_state(State which, int64_t flat_offset, const float* values, int64_t n) {
   DS_ASSERT(flat_offset >= 0 && n >= 0 && flat_offset + n <= store_.padded_numel());
-  for (const auto& g : gathered_) DS_ASSERT(!g.defined(), "set_state while a unit is gathered");
+  // Gathered copies (persistent units, or anything an evaluation left) would go stale: release them.
+  for (size_t i = 0; i < gathered_.size(); ++i) {
+    if (inflight_[i]) gather(i);
+    release(i, true);
+  }
   const DType pd = precision_.params;
   if (which == State::param && stage_ < 3) {  // every rank holds all parameters
     narrow(values, static_cast<std::byte*>(store_.flat_params().raw()) + flat_offset * dtype_size(pd), pd,
@@ -316,6 +320,7 @@ int ZeroOptimizer::free_bucket() {
   for (;;) {
     for (int b = 0; b < 2; ++b)
       if (!bucket_busy_[b]) return b;
+    DS_ASSERT(!pending_.empty(), "both gradient buckets are bound with no reduction in flight");
     drain(pending_.size() - 1);  // wait for the oldest reduction, which frees its bucket
   }
 }
@@ -566,17 +571,40 @@ void ZeroOptimizer::lookup_rows(const Parameter& p, const int32_t* ids, int64_t 
   comm_.reduce_scatter(contrib, out, static_cast<size_t>(n * C), DType::f32);
 }
 
-// Stages 2-3: every rank receives all ranks' rows and adds those elements it owns to its gradient partition, in
-// rank order, so the result does not depend on timing. Stages 0-1 (mixed precision): the rows are added to this
-// rank's full gradients, which the end of the micro-batch reduces.
+namespace {
+
+// Calls f(id, sum) once per distinct id with the fp32 sum of its rows, taken in row order, so that a gradient
+// stored in 16 bits is rounded once per row of the parameter, not once per occurrence of the token.
+template <typename F>
+void for_each_row_sum(const int32_t* ids, const float* rows, int64_t n, int64_t C, F&& f) {
+  std::vector<int64_t> order(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) order[static_cast<size_t>(i)] = i;
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return ids[a] < ids[b]; });
+  std::vector<float> sum(static_cast<size_t>(C));
+  for (size_t k = 0; k < order.size();) {
+    const int32_t id = ids[order[k]];
+    std::copy(rows + order[k] * C, rows + (order[k] + 1) * C, sum.begin());
+    for (++k; k < order.size() && ids[order[k]] == id; ++k)
+      cpu::add_inplace(sum.data(), rows + order[k] * C, static_cast<size_t>(C));
+    f(id, sum.data());
+  }
+}
+
+}  // namespace
+
+// Stages 2-3: every rank receives all ranks' rows and adds those elements it owns to its gradient partition; the
+// rows of one token are summed first, in rank order then position order, so the result does not depend on timing.
+// Stages 0-1 (mixed precision): the rows are added to this rank's full gradients, which the end of the micro-batch
+// reduces.
 void ZeroOptimizer::accumulate_row_grads(const Parameter& p, const int32_t* ids, const float* rows, int64_t n) {
   DS_ASSERT(buckets_on_, "row gradients go through the hooks only where gradients are not resident");
   const int64_t C = p.shape[1];
   const DType gd = precision_.grads;
   const size_t es = dtype_size(gd);
   if (stage_ < 2) {
-    for (int64_t i = 0; i < n; ++i)
-      add_f32_into(flat_grads_at(p.offset + int64_t(ids[i]) * C), gd, rows + i * C, static_cast<size_t>(C));
+    for_each_row_sum(ids, rows, n, C, [&](int32_t id, const float* sum) {
+      add_f32_into(flat_grads_at(p.offset + int64_t(id) * C), gd, sum, static_cast<size_t>(C));
+    });
     return;
   }
   drain(0);
@@ -585,13 +613,13 @@ void ZeroOptimizer::accumulate_row_grads(const Parameter& p, const int32_t* ids,
     row_data_ = Tensor::empty({world_ * n * C}, DType::f32, Category::comm_buffer);
   float* all_rows = row_data_.data<float>();
   comm_.all_gather(rows, all_rows, static_cast<size_t>(n * C), DType::f32);
-  for (int64_t j = 0; j < world_ * n; ++j) {
-    const int64_t begin = p.offset + int64_t(all[j]) * C;
+  for_each_row_sum(all, all_rows, world_ * n, C, [&](int32_t id, const float* sum) {
+    const int64_t begin = p.offset + int64_t(id) * C;
     for_owned(begin, begin + C, [&](int64_t flat, int64_t part, int64_t count) {
-      add_f32_into(static_cast<std::byte*>(part_grads_.raw()) + part * es, gd, all_rows + j * C + (flat - begin),
+      add_f32_into(static_cast<std::byte*>(part_grads_.raw()) + part * es, gd, sum + (flat - begin),
                    static_cast<size_t>(count));
     });
-  }
+  });
 }
 
 std::vector<float> ZeroOptimizer::full_parameters() {
