@@ -280,20 +280,12 @@ inline void check_half_collectives(Communicator& c, DType dtype) {
   const int W = c.size(), r = c.rank();
   auto to16 = [&](const std::vector<float>& f) {
     std::vector<uint16_t> h(f.size());
-    if (dtype == DType::bf16) {
-      cpu::f32_to_bf16(h.data(), f.data(), f.size());
-    } else {
-      cpu::f32_to_f16(h.data(), f.data(), f.size());
-    }
+    cpu::from_f32(h.data(), f.data(), dtype, f.size());
     return h;
   };
   auto to32 = [&](const std::vector<uint16_t>& h) {
     std::vector<float> f(h.size());
-    if (dtype == DType::bf16) {
-      cpu::bf16_to_f32(f.data(), h.data(), h.size());
-    } else {
-      cpu::f16_to_f32(f.data(), h.data(), h.size());
-    }
+    cpu::to_f32(f.data(), h.data(), dtype, h.size());
     return f;
   };
   for (ReduceOp op : {ReduceOp::sum, ReduceOp::max}) {

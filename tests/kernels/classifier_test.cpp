@@ -62,6 +62,22 @@ std::vector<double> ref_losses(const Real* x, const Real* wte, const int32_t* tg
   return losses;
 }
 
+// The loss, per-row losses and gradients of a classifier run against the double reference; dx and dwte started at
+// dx0 and dwte0 (the kernels accumulate into dwte, and the sliced ones into dx too).
+void expect_matches_reference(const std::vector<float>& x, const std::vector<float>& wte,
+                              const std::vector<int32_t>& tgt, int N, int C, int V, float gs, double loss,
+                              const std::vector<float>& losses, const std::vector<float>& dx, float dx0,
+                              const std::vector<float>& dwte, float dwte0) {
+  std::vector<double> rdx, rdw;
+  const auto rl = ref_losses(x.data(), wte.data(), tgt.data(), N, C, V, &rdx, &rdw);
+  double rtotal = 0;
+  for (double l : rl) rtotal += l;
+  EXPECT_NEAR(loss, rtotal, 1e-6 * rtotal);
+  for (int i = 0; i < N; ++i) ASSERT_NEAR(losses[i], rl[i], 1e-5 * (1 + rl[i])) << i;
+  for (size_t i = 0; i < dx.size(); ++i) ASSERT_NEAR(dx[i] - dx0, gs * rdx[i], 1e-6) << i;
+  for (size_t i = 0; i < dwte.size(); ++i) ASSERT_NEAR(dwte[i] - dwte0, gs * rdw[i], 1e-6) << i;
+}
+
 TEST(Classifier, BackwardMatchesFiniteDifferencesOfReference) {
   const int N = 10, C = 8, V = 11;
   const float gs = 0.3f;
@@ -106,14 +122,7 @@ TEST(Classifier, ManyChunksAndIgnoredRows) {
   std::vector<float> scratch(ds::cpu::classifier_scratch_floats(N, V));
   const double loss = ds::cpu::classifier_forward_backward(dx.data(), dwte.data(), losses.data(), x.data(),
                                                            wte.data(), tgt.data(), gs, scratch.data(), N, C, V);
-  std::vector<double> rdx, rdw;
-  const auto rl = ref_losses(x.data(), wte.data(), tgt.data(), N, C, V, &rdx, &rdw);
-  double rtotal = 0;
-  for (double l : rl) rtotal += l;
-  EXPECT_NEAR(loss, rtotal, 1e-6 * rtotal);
-  for (int i = 0; i < N; ++i) ASSERT_NEAR(losses[i], rl[i], 1e-5 * (1 + rl[i])) << i;
-  for (size_t i = 0; i < dx.size(); ++i) ASSERT_NEAR(dx[i], gs * rdx[i], 1e-6) << i;
-  for (size_t i = 0; i < dwte.size(); ++i) ASSERT_NEAR(dwte[i], gs * rdw[i], 1e-6) << i;
+  expect_matches_reference(x, wte, tgt, N, C, V, gs, loss, losses, dx, 0.0f, dwte, 0.0f);
 
   // Forward only: same losses, dwte untouched.
   std::vector<float> losses2(N);
@@ -179,14 +188,7 @@ TEST(Classifier, SlicedRowsMatchReference) {
   for (int a = 0; a < V; a += R)
     ds::cpu::classifier_rows_backward(dx.data(), dwte.data() + size_t(a) * C, logits.data(), x.data(),
                                       wte.data() + size_t(a) * C, N, C, V, a, std::min(R, V - a));
-  std::vector<double> rdx, rdw;
-  const auto rl = ref_losses(x.data(), wte.data(), tgt.data(), N, C, V, &rdx, &rdw);
-  double rtotal = 0;
-  for (double l : rl) rtotal += l;
-  EXPECT_NEAR(loss, rtotal, 1e-6 * rtotal);
-  for (int i = 0; i < N; ++i) ASSERT_NEAR(losses[i], rl[i], 1e-5 * (1 + rl[i])) << i;
-  for (size_t i = 0; i < dx.size(); ++i) ASSERT_NEAR(dx[i] - 2.0f, gs * rdx[i], 1e-6) << i;
-  for (size_t i = 0; i < dwte.size(); ++i) ASSERT_NEAR(dwte[i] + 1.0f, gs * rdw[i], 1e-6) << i;
+  expect_matches_reference(x, wte, tgt, N, C, V, gs, loss, losses, dx, 2.0f, dwte, -1.0f);
   for (int c = 0; c < C; ++c) ASSERT_EQ(dx[3 * C + c], 2.0f);  // ignored row: no gradient
 
   // Forward only: the logits stay logits, the losses are the same.

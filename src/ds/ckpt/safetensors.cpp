@@ -303,11 +303,7 @@ std::vector<float> to_f32(const SafetensorsView& v, const std::string& where) {
       if (n) std::memcpy(staged.data(), src, n * 2);
       halves = staged.data();
     }
-    if (v.dtype == "BF16") {
-      cpu::bf16_to_f32(out.data(), halves, n);
-    } else {
-      cpu::f16_to_f32(out.data(), halves, n);
-    }
+    cpu::to_f32(out.data(), halves, v.dtype == "BF16" ? DType::bf16 : DType::f16, n);
   } else {
     DS_THROW(IoError, "{}: dtype {} cannot be read as f32; expected F32, BF16 or F16. Read it with the matching "
              "integer helper or convert the checkpoint.", where, v.dtype);

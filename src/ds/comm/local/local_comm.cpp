@@ -438,11 +438,7 @@ void fold_half(std::byte* out_bytes, const std::vector<const std::byte*>& srcs, 
   alignas(64) uint16_t half[kTile];
   auto widen = [&](const std::byte* src, size_t b, size_t len, float* dst) {
     std::memcpy(half, src + (src_offset + b) * 2, len * 2);
-    if (dtype == DType::bf16) {
-      cpu::bf16_to_f32(dst, half, len);
-    } else {
-      cpu::f16_to_f32(dst, half, len);
-    }
+    cpu::to_f32(dst, half, dtype, len);
   };
   auto* out = reinterpret_cast<uint16_t*>(out_bytes);
   for (size_t b = begin; b < end; b += kTile) {
@@ -455,11 +451,7 @@ void fold_half(std::byte* out_bytes, const std::vector<const std::byte*>& srcs, 
                                                                           : std::min(acc[i], x[i]);
       }
     }
-    if (dtype == DType::bf16) {
-      cpu::f32_to_bf16(half, acc, len);
-    } else {
-      cpu::f32_to_f16(half, acc, len);
-    }
+    cpu::from_f32(half, acc, dtype, len);
     std::memcpy(out + b, half, len * 2);
   }
 }

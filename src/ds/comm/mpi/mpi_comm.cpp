@@ -339,20 +339,11 @@ void combine_half(uint16_t* acc, const uint16_t* x, size_t n, ReduceOp op, DType
   float a[kTile], b[kTile];
   for (size_t i0 = 0; i0 < n; i0 += kTile) {
     const size_t len = std::min(kTile, n - i0);
-    if (dtype == DType::bf16) {
-      cpu::bf16_to_f32(a, acc + i0, len);
-      cpu::bf16_to_f32(b, x + i0, len);
-    } else {
-      cpu::f16_to_f32(a, acc + i0, len);
-      cpu::f16_to_f32(b, x + i0, len);
-    }
+    cpu::to_f32(a, acc + i0, dtype, len);
+    cpu::to_f32(b, x + i0, dtype, len);
     for (size_t i = 0; i < len; ++i)
       a[i] = op == ReduceOp::sum ? a[i] + b[i] : op == ReduceOp::max ? std::max(a[i], b[i]) : std::min(a[i], b[i]);
-    if (dtype == DType::bf16) {
-      cpu::f32_to_bf16(acc + i0, a, len);
-    } else {
-      cpu::f32_to_f16(acc + i0, a, len);
-    }
+    cpu::from_f32(acc + i0, a, dtype, len);
   }
 }
 
@@ -612,17 +603,9 @@ class MpiCommunicator final : public Communicator {
       return;
     }
     float* wide = reinterpret_cast<float*>(staging_.reserve(count * sizeof(float)));
-    if (dtype == DType::bf16) {
-      cpu::bf16_to_f32(wide, p, count);
-    } else {
-      cpu::f16_to_f32(wide, p, count);
-    }
+    cpu::to_f32(wide, p, dtype, count);
     DS_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, wide, static_cast<int>(count), MPI_FLOAT, mpi_op(op), comm_));
-    if (dtype == DType::bf16) {
-      cpu::f32_to_bf16(p, wide, count);
-    } else {
-      cpu::f32_to_f16(p, wide, count);
-    }
+    cpu::from_f32(p, wide, dtype, count);
   }
 
   // A copy of a send buffer that overlaps its recv buffer, in this communicator's grow-only staging buffer.

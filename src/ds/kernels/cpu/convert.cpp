@@ -8,6 +8,7 @@
 
 #include <cstring>
 
+#include "ds/core/error.h"
 #include "ds/kernels/cpu/kernels.h"
 
 namespace ds::cpu {
@@ -102,6 +103,24 @@ void f16_to_f32(float* out, const uint16_t* in, size_t n) {
         f16_to_f32_8(dst, src);
         std::memcpy(out + i0, dst, (n - i0) * sizeof(float));
       });
+}
+
+void to_f32(float* out, const void* in, DType dtype, size_t n) {
+  switch (dtype) {
+    case DType::f32: std::memcpy(out, in, n * sizeof(float)); return;
+    case DType::bf16: bf16_to_f32(out, static_cast<const uint16_t*>(in), n); return;
+    case DType::f16: f16_to_f32(out, static_cast<const uint16_t*>(in), n); return;
+    default: DS_ASSERT(false, "to_f32 from {}", dtype_name(dtype));
+  }
+}
+
+void from_f32(void* out, const float* in, DType dtype, size_t n) {
+  switch (dtype) {
+    case DType::f32: std::memcpy(out, in, n * sizeof(float)); return;
+    case DType::bf16: f32_to_bf16(static_cast<uint16_t*>(out), in, n); return;
+    case DType::f16: f32_to_f16(static_cast<uint16_t*>(out), in, n); return;
+    default: DS_ASSERT(false, "from_f32 to {}", dtype_name(dtype));
+  }
 }
 
 }  // namespace ds::cpu

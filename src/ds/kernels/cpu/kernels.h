@@ -8,6 +8,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "ds/core/dtype.h"
+
 namespace ds::cpu {
 
 // ---- embeddings ----
@@ -103,5 +105,8 @@ void f32_to_bf16(uint16_t* out, const float* in, size_t n);
 void bf16_to_f32(float* out, const uint16_t* in, size_t n);
 void f32_to_f16(uint16_t* out, const float* in, size_t n);
 void f16_to_f32(float* out, const uint16_t* in, size_t n);
+// The same chosen by storage dtype: f32 is a copy, bf16 and f16 convert (any other dtype is an internal error).
+void to_f32(float* out, const void* in, DType dtype, size_t n);
+void from_f32(void* out, const float* in, DType dtype, size_t n);
 
 }  // namespace ds::cpu

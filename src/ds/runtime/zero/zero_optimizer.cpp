@@ -27,28 +27,6 @@ namespace {
 
 constexpr size_t kTile = 4096;
 
-// dst[0, n) = src[0, n) as fp32 (src in dtype).
-void widen(const void* src, DType dtype, float* dst, size_t n) {
-  if (dtype == DType::f32) {
-    std::memcpy(dst, src, n * sizeof(float));
-  } else if (dtype == DType::bf16) {
-    cpu::bf16_to_f32(dst, static_cast<const uint16_t*>(src), n);
-  } else {
-    cpu::f16_to_f32(dst, static_cast<const uint16_t*>(src), n);
-  }
-}
-
-// dst (dtype) = src rounded to dtype.
-void narrow(const float* src, void* dst, DType dtype, size_t n) {
-  if (dtype == DType::f32) {
-    std::memcpy(dst, src, n * sizeof(float));
-  } else if (dtype == DType::bf16) {
-    cpu::f32_to_bf16(static_cast<uint16_t*>(dst), src, n);
-  } else {
-    cpu::f32_to_f16(static_cast<uint16_t*>(dst), src, n);
-  }
-}
-
 // dst (dtype) += src (fp32), rounded once to dtype.
 void add_f32_into(void* dst, DType dtype, const float* src, size_t n) {
   if (dtype == DType::f32) {
@@ -59,9 +37,9 @@ void add_f32_into(void* dst, DType dtype, const float* src, size_t n) {
   auto* d = static_cast<uint16_t*>(dst);
   for (size_t i = 0; i < n; i += kTile) {
     const size_t len = std::min(kTile, n - i);
-    widen(d + i, dtype, acc, len);
+    cpu::to_f32(acc, d + i, dtype, len);
     cpu::add_inplace(acc, src + i, len);
-    narrow(acc, d + i, dtype, len);
+    cpu::from_f32(d + i, acc, dtype, len);
   }
 }
 
@@ -74,7 +52,7 @@ void add_same(void* dst, const void* src, DType dtype, size_t n) {
   float x[kTile];
   for (size_t i = 0; i < n; i += kTile) {
     const size_t len = std::min(kTile, n - i);
-    widen(static_cast<const uint16_t*>(src) + i, dtype, x, len);
+    cpu::to_f32(x, static_cast<const uint16_t*>(src) + i, dtype, len);
     add_f32_into(static_cast<uint16_t*>(dst) + i, dtype, x, len);
   }
 }
@@ -85,7 +63,7 @@ double sum_squares_of(const void* src, DType dtype, size_t n) {
   double total = 0;
   for (size_t i = 0; i < n; i += kTile) {
     const size_t len = std::min(kTile, n - i);
-    widen(static_cast<const uint16_t*>(src) + i, dtype, x, len);
+    cpu::to_f32(x, static_cast<const uint16_t*>(src) + i, dtype, len);
     total += cpu::sum_squares(x, len);
   }
   return total;
@@ -218,7 +196,7 @@ void ZeroOptimizer::set_state(State which, int64_t flat_offset, const float* val
   }
   const DType pd = precision_.params;
   if (which == State::param && stage_ < 3) {  // every rank holds all parameters
-    narrow(values, static_cast<std::byte*>(store_.flat_params().raw()) + flat_offset * dtype_size(pd), pd,
+    cpu::from_f32(static_cast<std::byte*>(store_.flat_params().raw()) + flat_offset * dtype_size(pd), values, pd,
            static_cast<size_t>(n));
     if (!precision_.mixed()) return;
   }
@@ -231,7 +209,7 @@ void ZeroOptimizer::set_state(State which, int64_t flat_offset, const float* val
       std::memcpy(v_.data<float>() + part, src, len * sizeof(float));
     } else {
       if (precision_.mixed()) std::memcpy(master_.data<float>() + part, src, len * sizeof(float));
-      if (stage_ == 3) narrow(src, static_cast<std::byte*>(own_params_.raw()) + part * dtype_size(pd), pd, len);
+      if (stage_ == 3) cpu::from_f32(static_cast<std::byte*>(own_params_.raw()) + part * dtype_size(pd), src, pd, len);
     }
   });
 }
@@ -396,7 +374,7 @@ void ZeroOptimizer::gather(size_t index) {
     const void* src = full.defined() ? full.raw()  // stages 0-2: the resident 16-bit copy
                                      : static_cast<const std::byte*>(store_.flat_params().raw()) +
                                            u.unit->offset * dtype_size(pd);
-    widen(src, pd, buf.data<float>(), n);
+    cpu::to_f32(buf.data<float>(), src, pd, n);
     if (full.defined()) return_buffer(full);
   }
   for (Parameter* p : u.unit->params) p->data = buf.slice_flat(p->offset - u.unit->offset, p->shape);
@@ -504,7 +482,7 @@ void ZeroOptimizer::post_backward(Module& m) {
   const void* send = buckets_.data<float>() + b * bucket_numel_;
   if (gd != DType::f32) {
     std::byte* out = static_cast<std::byte*>(bucket_out_.raw()) + b * bucket_numel_ * dtype_size(gd);
-    narrow(buckets_.data<float>() + b * bucket_numel_, out, gd, static_cast<size_t>(u.unit->padded_numel));
+    cpu::from_f32(out, buckets_.data<float>() + b * bucket_numel_, gd, static_cast<size_t>(u.unit->padded_numel));
     send = out;
   }
   WorkPtr w = comm_.reduce_scatter_async(send, static_cast<std::byte*>(recv_.raw()) + b * max_chunk_ * dtype_size(gd),
@@ -553,7 +531,7 @@ void ZeroOptimizer::lookup_rows(const Parameter& p, const int32_t* ids, int64_t 
   if (stage_ < 3) {
     const auto* flat = static_cast<const std::byte*>(store_.flat_params().raw());
     for (int64_t i = 0; i < n; ++i)
-      widen(flat + (p.offset + int64_t(ids[i]) * C) * es, pd, out + i * C, static_cast<size_t>(C));
+      cpu::to_f32(out + i * C, flat + (p.offset + int64_t(ids[i]) * C) * es, pd, static_cast<size_t>(C));
     return;
   }
   const int32_t* all = gather_ids(ids, n);
@@ -564,8 +542,8 @@ void ZeroOptimizer::lookup_rows(const Parameter& p, const int32_t* ids, int64_t 
   for (int64_t j = 0; j < world_ * n; ++j) {
     const int64_t begin = p.offset + int64_t(all[j]) * C;
     for_owned(begin, begin + C, [&](int64_t flat, int64_t part, int64_t count) {
-      widen(static_cast<const std::byte*>(own_params_.raw()) + part * es, pd, contrib + j * C + (flat - begin),
-            static_cast<size_t>(count));
+      cpu::to_f32(contrib + j * C + (flat - begin), static_cast<const std::byte*>(own_params_.raw()) + part * es, pd,
+                  static_cast<size_t>(count));
     });
   }
   comm_.reduce_scatter(contrib, out, static_cast<size_t>(n * C), DType::f32);
@@ -694,9 +672,9 @@ void ZeroOptimizer::step(float lr, float grad_scale) {
       continue;
     }
     float* master = master_.data<float>() + u.part_offset;
-    widen(owned_grads(u), gd, step_grads_.data<float>(), n);
+    cpu::to_f32(step_grads_.data<float>(), owned_grads(u), gd, n);
     cpu::adamw_step(master, step_grads_.data<float>(), m, v, n, p, scale);
-    narrow(master, owned_params(u), pd, n);
+    cpu::from_f32(owned_params(u), master, pd, n);
   }
   if (!resident_) {
     // Gathered copies are now stale. Nothing is in flight: prefetch only runs ahead within the step's trace,
