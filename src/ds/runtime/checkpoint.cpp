@@ -410,7 +410,9 @@ void consolidate_checkpoint(const CheckpointReader& reader, const std::string& o
     entries.push_back({p.name, bf16 ? "BF16" : "F32", p.shape, nullptr,
                        static_cast<size_t>(p.numel()) * (bf16 ? 2 : 4)});
   }
-  SafetensorsWriter out(out_path, entries, {{"format", "pt"}, {"source", "dspeed ckpt consolidate"}});
+  // "ds_model" carries the shape that tensor shapes alone do not give (n_head), so the file serves as it is.
+  SafetensorsWriter out(out_path, entries, {{"format", "pt"}, {"source", "dspeed ckpt consolidate"},
+                                            {"ds_model", reader.manifest().model.dump()}});
   std::vector<uint16_t> half;
   for (const CheckpointParam& p : reader.manifest().params) {
     const std::vector<float> values = reader.read_param(p, "fp32");

@@ -169,9 +169,7 @@ std::string Engine::save_checkpoint(const std::string& dir, const std::string& t
   CheckpointManifest meta;
   meta.global_steps = global_steps_;
   meta.global_samples = global_steps_ * config_.train_batch_size;
-  const Gpt2Config& mc = model_->config();
-  meta.model = {{"n_layer", mc.n_layer}, {"n_head", mc.n_head}, {"n_embd", mc.n_embd}, {"vocab_size", mc.vocab_size},
-                {"block_size", mc.block_size}};
+  meta.model = model_->config().to_json();
   meta.config = config_.json;
   // No random numbers are drawn while training (no dropout): the seed made the initial weights, and the data
   // order is the client's loader state.

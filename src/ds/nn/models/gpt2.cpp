@@ -50,6 +50,10 @@ Gpt2Config Gpt2Config::from_spec(const std::string& spec) {
   } catch (const nlohmann::json::parse_error& e) {
     DS_THROW(ConfigError, "[model] '{}' is not valid JSON: {}", spec, e.what());
   }
+  return from_json(j, spec);
+}
+
+Gpt2Config Gpt2Config::from_json(const nlohmann::json& j, const std::string& spec) {
   DS_CHECK_AS(ConfigError, j.is_object(), "[model] '{}' must hold a JSON object", spec);
   Gpt2Config c;
   c.name = spec;
@@ -82,6 +86,11 @@ Gpt2Config Gpt2Config::from_spec(const std::string& spec) {
   get_int("block_size", c.block_size);
   c.validate();
   return c;
+}
+
+nlohmann::json Gpt2Config::to_json() const {
+  return {{"n_layer", n_layer}, {"n_head", n_head}, {"n_embd", n_embd}, {"vocab_size", vocab_size},
+          {"block_size", block_size}};
 }
 
 void Gpt2Config::validate() const {

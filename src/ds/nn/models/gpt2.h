@@ -7,6 +7,7 @@
 
 #include <functional>
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,9 @@ struct Gpt2Config {
   // A preset name, or a JSON file {"n_layer":..,"n_head":..,"n_embd":..,"vocab_size":..,"block_size":..}
   // (keys may also be given on top of a preset with "preset": "gpt2-tiny").
   static Gpt2Config from_spec(const std::string& preset_or_path);
+  // The keys of a model JSON file as an object (`where` names its source in errors), and back.
+  static Gpt2Config from_json(const nlohmann::json& j, const std::string& where);
+  nlohmann::json to_json() const;
   void validate() const;
   int64_t num_params() const;
   std::string str() const;

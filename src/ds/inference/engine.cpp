@@ -1,0 +1,91 @@
+#include "ds/inference/engine.h"
+
+#include <unordered_set>
+
+#include "ds/core/error.h"
+
+namespace ds::inference {
+
+const char* schedule_status_name(ScheduleStatus s) {
+  switch (s) {
+    case ScheduleStatus::ok: return "ok";
+    case ScheduleStatus::batch_sequence_limit: return "batch sequence limit exceeded";
+    case ScheduleStatus::kv_cache_limit: return "KV cache limit exceeded";
+    case ScheduleStatus::engine_sequence_limit: return "engine sequence limit exceeded";
+    case ScheduleStatus::batch_token_limit: return "batch token limit exceeded";
+  }
+  return "?";
+}
+
+static int32_t kv_blocks(const Gpt2Config& m, const EngineConfig& c) {
+  DS_CHECK_AS(ConfigError, c.kv_block_size > 0, "[engine] kv_block_size must be positive, got {}", c.kv_block_size);
+  if (c.kv_block_count > 0) return c.kv_block_count;
+  DS_CHECK_AS(ConfigError, c.kv_memory_bytes > 0, "[engine] give a KV block count or a positive KV memory budget");
+  return KvCache::blocks_for_budget(c.kv_memory_bytes, m.n_layer, m.n_head, m.n_embd / m.n_head, c.kv_block_size);
+}
+
+InferenceEngine::InferenceEngine(std::shared_ptr<const InferenceModel> model, const EngineConfig& config)
+    : model_(std::move(model)),
+      config_(config),
+      cache_(model_->config().n_layer, model_->config().n_head, model_->config().n_embd / model_->config().n_head,
+             kv_blocks(model_->config(), config), config.kv_block_size),
+      kv_(cache_.kv_block_count(), config.kv_block_size, config.max_tracked_sequences, model_->config().block_size) {
+  DS_CHECK_AS(ConfigError, config.max_ragged_batch_size > 0 && config.max_ragged_sequence_count > 0 &&
+              config.max_ragged_sequence_count <= config.max_ragged_batch_size &&
+              config.max_ragged_sequence_count <= config.max_tracked_sequences,
+              "[engine] need 0 < max_ragged_sequence_count ({}) <= max_ragged_batch_size ({}) and <= "
+              "max_tracked_sequences ({})", config.max_ragged_sequence_count, config.max_ragged_batch_size,
+              config.max_tracked_sequences);
+}
+
+int32_t InferenceEngine::vocab_size() const { return model_->config().vocab_size; }
+
+ScheduleStatus InferenceEngine::can_schedule(std::span<const uint64_t> uids, std::span<const int32_t> lengths) const {
+  DS_ASSERT(uids.size() == lengths.size(), "uids and lengths differ in size");
+  if (static_cast<int64_t>(uids.size()) > config_.max_ragged_sequence_count) return ScheduleStatus::batch_sequence_limit;
+  int32_t free = kv_.free_blocks();
+  int32_t new_seqs = 0;
+  int64_t tokens = 0;
+  for (size_t i = 0; i < uids.size(); ++i) {
+    const KvQuery q = kv_.query(uids[i], lengths[i], free);
+    if (q.tokens < lengths[i]) return ScheduleStatus::kv_cache_limit;
+    free -= q.blocks;
+    if (!kv_.find(uids[i])) ++new_seqs;
+    tokens += lengths[i];
+  }
+  if (kv_.tracked_sequences() + new_seqs > config_.max_tracked_sequences) return ScheduleStatus::engine_sequence_limit;
+  if (tokens > config_.max_ragged_batch_size) return ScheduleStatus::batch_token_limit;
+  return ScheduleStatus::ok;
+}
+
+std::span<const float> InferenceEngine::put(std::span<const uint64_t> uids,
+                                            std::span<const std::span<const int32_t>> tokens) {
+  DS_CHECK(!uids.empty() && uids.size() == tokens.size(), "[engine] put needs one token list per uid ({} uids, {} "
+           "lists) and at least one uid", uids.size(), tokens.size());
+  std::vector<int32_t> lengths(uids.size());
+  std::unordered_set<uint64_t> seen;
+  for (size_t i = 0; i < uids.size(); ++i) {
+    DS_CHECK(!tokens[i].empty(), "[engine] sequence {} has no new tokens", uids[i]);
+    DS_CHECK(seen.insert(uids[i]).second, "[engine] sequence {} appears twice in one batch", uids[i]);
+    for (const int32_t t : tokens[i])
+      DS_CHECK(t >= 0 && t < vocab_size(), "[engine] token id {} of sequence {} is outside the vocabulary [0, {})", t,
+               uids[i], vocab_size());
+    lengths[i] = static_cast<int32_t>(tokens[i].size());
+  }
+  const ScheduleStatus st = can_schedule(uids, lengths);
+  DS_CHECK(st == ScheduleStatus::ok, "[engine] cannot run this batch: {} ({} sequences, {} free KV blocks, limits: {} "
+           "tokens, {} sequences per batch)", schedule_status_name(st), uids.size(), kv_.free_blocks(),
+           config_.max_ragged_batch_size, config_.max_ragged_sequence_count);
+
+  batch_.clear();
+  for (size_t i = 0; i < uids.size(); ++i) {
+    const SequenceKv& s = kv_.reserve(uids[i], lengths[i]);
+    batch_.add(tokens[i], s.seen_tokens, s.blocks);
+  }
+  logits_.resize(uids.size() * static_cast<size_t>(vocab_size()));
+  model_->forward(batch_, cache_, scratch_, logits_.data());
+  for (size_t i = 0; i < uids.size(); ++i) kv_.advance(uids[i], lengths[i]);
+  return logits_;
+}
+
+}  // namespace ds::inference

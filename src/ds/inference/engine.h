@@ -1,0 +1,69 @@
+// The inference engine (DeepSpeed's InferenceEngineV2): a model, a blocked KV cache and the state of the tracked
+// sequences. put() runs one forward over a ragged batch and returns one logit row per sequence (its last new
+// token); query/can_schedule say beforehand what would fit, with DeepSpeed's checks in DeepSpeed's order; flush
+// forgets a sequence and frees its blocks. Single-threaded: the serving loop owns it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "ds/inference/kv_cache.h"
+#include "ds/inference/model_runner.h"
+#include "ds/inference/ragged_batch.h"
+
+namespace ds::inference {
+
+struct EngineConfig {
+  int32_t kv_block_size = 16;
+  int32_t kv_block_count = 0;                // 0: as many as kv_memory_bytes holds
+  int64_t kv_memory_bytes = int64_t(256) << 20;
+  int32_t max_tracked_sequences = 2048;
+  int32_t max_ragged_batch_size = 768;       // tokens per put
+  int32_t max_ragged_sequence_count = 512;   // sequences per put
+};
+
+enum class ScheduleStatus {
+  ok,
+  batch_sequence_limit,   // more sequences than max_ragged_sequence_count
+  kv_cache_limit,         // a sequence's tokens do not fit in the free blocks
+  engine_sequence_limit,  // tracked + new sequences > max_tracked_sequences
+  batch_token_limit,      // more tokens than max_ragged_batch_size
+};
+const char* schedule_status_name(ScheduleStatus s);
+
+class InferenceEngine {
+ public:
+  InferenceEngine(std::shared_ptr<const InferenceModel> model, const EngineConfig& config);
+
+  // One forward: tokens[i] are the new tokens of uids[i] (uids distinct, each at least one token). Returns
+  // [uids.size(), vocab] logits, row i for the last token of uids[i], valid until the next put. Throws ds::Error
+  // naming the limit when can_schedule would not return ok.
+  std::span<const float> put(std::span<const uint64_t> uids, std::span<const std::span<const int32_t>> tokens);
+  KvQuery query(uint64_t uid, int32_t max_tokens, int32_t max_blocks) const { return kv_.query(uid, max_tokens, max_blocks); }
+  ScheduleStatus can_schedule(std::span<const uint64_t> uids, std::span<const int32_t> lengths) const;
+  // Frees uid's blocks; false for an untracked uid.
+  bool flush(uint64_t uid) { return kv_.flush(uid); }
+  int32_t free_blocks() const { return kv_.free_blocks(); }
+  int32_t remaining_block_capacity(uint64_t uid) const { return kv_.remaining_block_capacity(uid); }
+
+  const KvStateManager& kv_state() const { return kv_; }
+  const KvCache& kv_cache() const { return cache_; }
+  const EngineConfig& config() const { return config_; }
+  const InferenceModel& model() const { return *model_; }
+  int32_t vocab_size() const;
+  int32_t max_context() const { return kv_.max_context(); }
+
+ private:
+  std::shared_ptr<const InferenceModel> model_;
+  EngineConfig config_;
+  KvCache cache_;
+  KvStateManager kv_;
+  RaggedBatch batch_;
+  InferenceModel::Scratch scratch_;
+  std::vector<float> logits_;
+};
+
+}  // namespace ds::inference

@@ -1,0 +1,129 @@
+#include "ds/inference/kv_cache.h"
+
+#include <algorithm>
+
+#include "ds/core/error.h"
+
+namespace ds::inference {
+
+// ---- BlockedAllocator ----
+BlockedAllocator::BlockedAllocator(int32_t num_blocks) : next_(static_cast<size_t>(std::max(num_blocks, 0))) {
+  DS_CHECK_AS(ConfigError, num_blocks > 0, "[kv] the KV cache needs at least one block, got {}; raise the KV memory "
+              "budget or the block count", num_blocks);
+  for (int32_t i = 0; i < num_blocks; ++i) next_[static_cast<size_t>(i)] = i + 1;
+  head_ = 0;
+  free_ = num_blocks;
+}
+
+void BlockedAllocator::allocate(int32_t n, std::vector<int32_t>& out) {
+  DS_CHECK(n >= 0 && n <= free_, "[kv] asked for {} KV blocks but {} are free", n, free_);
+  for (int32_t i = 0; i < n; ++i) {
+    const int32_t b = head_;
+    head_ = next_[static_cast<size_t>(b)];
+    next_[static_cast<size_t>(b)] = kUsed;
+    out.push_back(b);
+  }
+  free_ -= n;
+}
+
+void BlockedAllocator::free(std::span<const int32_t> blocks) {
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    const int32_t b = blocks[i];
+    DS_CHECK(b >= 0 && b < num_blocks(), "[kv] freeing KV block {} but the cache has blocks 0..{}", b,
+             num_blocks() - 1);
+    DS_CHECK(next_[static_cast<size_t>(b)] == kUsed, "[kv] KV block {} is freed twice", b);
+    for (size_t j = 0; j < i; ++j)
+      DS_CHECK(blocks[j] != b, "[kv] KV block {} appears twice in one free", b);
+  }
+  for (const int32_t b : blocks) {
+    next_[static_cast<size_t>(b)] = head_;
+    head_ = b;
+  }
+  free_ += static_cast<int32_t>(blocks.size());
+}
+
+// ---- KvStateManager ----
+KvStateManager::KvStateManager(int32_t kv_block_count, int32_t kv_block_size, int32_t max_tracked_sequences,
+                               int32_t max_context)
+    : block_size_(kv_block_size), max_tracked_(max_tracked_sequences), max_context_(max_context),
+      allocator_(kv_block_count) {
+  DS_CHECK_AS(ConfigError, kv_block_size > 0, "[kv] kv_block_size must be positive, got {}", kv_block_size);
+  DS_CHECK_AS(ConfigError, max_tracked_sequences > 0, "[kv] max_tracked_sequences must be positive, got {}",
+              max_tracked_sequences);
+  DS_CHECK_AS(ConfigError, max_context > 0, "[kv] max_context must be positive, got {}", max_context);
+}
+
+const SequenceKv* KvStateManager::find(uint64_t uid) const {
+  const auto it = seqs_.find(uid);
+  return it == seqs_.end() ? nullptr : &it->second;
+}
+
+static int32_t ceil_div(int64_t a, int64_t b) { return static_cast<int32_t>((a + b - 1) / b); }
+
+KvQuery KvStateManager::query(uint64_t uid, int32_t max_tokens, int32_t max_blocks) const {
+  const SequenceKv* s = find(uid);
+  const int32_t seen = s ? s->seen_tokens : 0;
+  const int32_t allocated = s ? static_cast<int32_t>(s->blocks.size()) : 0;
+  int32_t tokens = std::max(0, std::min(max_tokens, max_context_ - seen));
+  const int32_t req = std::max(0, ceil_div(int64_t(seen) + tokens, block_size_) - allocated);
+  if (req <= max_blocks) return {tokens, req};
+  tokens = std::max(0, std::min(tokens, (max_blocks + allocated) * block_size_ - seen));
+  return {tokens, std::max(0, ceil_div(int64_t(seen) + tokens, block_size_) - allocated)};
+}
+
+int32_t KvStateManager::remaining_block_capacity(uint64_t uid) const {
+  const SequenceKv* s = find(uid);
+  return s ? static_cast<int32_t>(s->blocks.size()) * block_size_ - s->seen_tokens : 0;
+}
+
+const SequenceKv& KvStateManager::reserve(uint64_t uid, int32_t n_tokens) {
+  auto it = seqs_.find(uid);
+  if (it == seqs_.end()) {
+    DS_CHECK(tracked_sequences() < max_tracked_, "[kv] cannot track sequence {}: {} sequences are tracked, the limit "
+             "is {}", uid, tracked_sequences(), max_tracked_);
+    it = seqs_.emplace(uid, SequenceKv{}).first;
+  }
+  SequenceKv& s = it->second;
+  DS_CHECK(n_tokens >= 0 && s.seen_tokens + n_tokens <= max_context_, "[kv] sequence {} would reach {} tokens; the "
+           "model's context is {}", uid, s.seen_tokens + n_tokens, max_context_);
+  const int32_t need = ceil_div(int64_t(s.seen_tokens) + n_tokens, block_size_) - static_cast<int32_t>(s.blocks.size());
+  if (need > 0) allocator_.allocate(need, s.blocks);
+  return s;
+}
+
+void KvStateManager::advance(uint64_t uid, int32_t n_tokens) {
+  const auto it = seqs_.find(uid);
+  DS_ASSERT(it != seqs_.end(), "advance of untracked sequence {}", uid);
+  SequenceKv& s = it->second;
+  DS_ASSERT(s.seen_tokens + n_tokens <= static_cast<int32_t>(s.blocks.size()) * block_size_,
+            "sequence {} advanced past its blocks", uid);
+  s.seen_tokens += n_tokens;
+}
+
+bool KvStateManager::flush(uint64_t uid) {
+  const auto it = seqs_.find(uid);
+  if (it == seqs_.end()) return false;
+  allocator_.free(it->second.blocks);
+  seqs_.erase(it);
+  return true;
+}
+
+// ---- KvCache ----
+int64_t KvCache::bytes_per_block(int n_layer, int NH, int HS, int32_t kv_block_size) {
+  return int64_t(kv_block_size) * n_layer * 2 * NH * HS * int64_t(sizeof(float));
+}
+
+int32_t KvCache::blocks_for_budget(int64_t bytes, int n_layer, int NH, int HS, int32_t kv_block_size) {
+  const int64_t per = bytes_per_block(n_layer, NH, HS, kv_block_size);
+  return static_cast<int32_t>(std::clamp<int64_t>(bytes / per, 1, int64_t(1) << 30));
+}
+
+KvCache::KvCache(int n_layer, int NH, int HS, int32_t kv_block_count, int32_t kv_block_size)
+    : n_layer_(n_layer), block_count_(kv_block_count), block_size_(kv_block_size), slot_floats_(int64_t(2) * NH * HS) {
+  DS_CHECK_AS(ConfigError, kv_block_count > 0 && kv_block_size > 0, "[kv] the KV cache needs a positive block count "
+              "and block size, got {} and {}", kv_block_count, kv_block_size);
+  storage_ = Tensor::zeros({int64_t(n_layer) * kv_block_count * kv_block_size * slot_floats_}, DType::f32,
+                           Category::kv_cache);
+}
+
+}  // namespace ds::inference

@@ -1,0 +1,204 @@
+// Napkin math for one pass of N new tokens in S sequences (C channels, L layers, V vocabulary, context P):
+// GEMMs 24 L N C^2 FLOPs (qkv 6, proj 2, MLP 16), attention about 4 L N P C, head 2 S V C. For gpt2-tiny
+// (L4, C128, V 50257) the head dominates a decode pass (12.9 MFLOP per sequence against 1.6 in the layers), which
+// is why only the last token of each sequence reaches it; a single decode is bound by reading wte (25.7 MB fp32).
+#include "ds/inference/model_runner.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+
+#include "ds/ckpt/safetensors.h"
+#include "ds/core/error.h"
+#include "ds/kernels/cpu/kernels.h"
+#include "ds/runtime/checkpoint.h"
+
+namespace ds::inference {
+
+namespace fs = std::filesystem;
+
+InferenceModel::InferenceModel(Gpt2& model) : model_(&model) { bind(); }
+
+void InferenceModel::bind() {
+  ParameterStore& ps = model_->params();
+  DS_ASSERT(ps.flat_params().numel() > 0, "inference needs the model's parameters resident");
+  auto w = [&](const std::string& name) -> const float* {
+    const Parameter& p = ps.get(name);
+    DS_ASSERT(p.data.dtype() == DType::f32, "inference weights must be fp32 ({})", name);
+    return p.data.data<float>();
+  };
+  wte_ = w("transformer.wte.weight");
+  wpe_ = w("transformer.wpe.weight");
+  lnf_w_ = w("transformer.ln_f.weight");
+  lnf_b_ = w("transformer.ln_f.bias");
+  layers_.clear();
+  for (int l = 0; l < config().n_layer; ++l) {
+    const std::string p = "transformer.h." + std::to_string(l) + ".";
+    layers_.push_back({w(p + "ln_1.weight"), w(p + "ln_1.bias"), w(p + "attn.c_attn.weight"), w(p + "attn.c_attn.bias"),
+                       w(p + "attn.c_proj.weight"), w(p + "attn.c_proj.bias"), w(p + "ln_2.weight"),
+                       w(p + "ln_2.bias"), w(p + "mlp.c_fc.weight"), w(p + "mlp.c_fc.bias"), w(p + "mlp.c_proj.weight"),
+                       w(p + "mlp.c_proj.bias")});
+  }
+}
+
+std::shared_ptr<InferenceModel> InferenceModel::load(const std::string& path, const std::string& arch) {
+  DS_CHECK_AS(IoError, fs::exists(path), "[serve] model '{}' does not exist; give a checkpoint directory (dspeed "
+              "train --save DIR) or a safetensors file (dspeed ckpt consolidate)", path);
+  std::shared_ptr<InferenceModel> m(new InferenceModel());
+  if (fs::is_directory(path)) {
+    const CheckpointReader reader(path);
+    const Gpt2Config config = arch.empty() ? Gpt2Config::from_json(reader.manifest().model, reader.tag_dir())
+                                           : Gpt2Config::from_spec(arch);
+    m->owned_ = std::make_unique<Gpt2>(config, 1, /*with_grads=*/false);
+    for (Parameter& p : m->owned_->params().all()) {
+      const std::vector<float> values = reader.read_param(reader.param(p.name), "fp32");
+      DS_CHECK_AS(IoError, static_cast<int64_t>(values.size()) == p.numel(), "[serve] '{}': '{}' has {} values but "
+                  "the model needs {}; check --arch", reader.tag_dir(), p.name, values.size(), p.numel());
+      std::memcpy(p.data.data<float>(), values.data(), values.size() * sizeof(float));
+    }
+  } else {
+    const SafetensorsFile file = SafetensorsFile::open(path);
+    Gpt2Config config;
+    if (!arch.empty()) {
+      config = Gpt2Config::from_spec(arch);
+    } else {
+      const auto it = file.metadata().find("ds_model");
+      DS_CHECK_AS(ConfigError, it != file.metadata().end(), "[serve] '{}' does not say the model's shape (no "
+                  "\"ds_model\" metadata); give it with --arch (a preset such as gpt2-tiny, or a model JSON file)",
+                  path);
+      nlohmann::json j;
+      try {
+        j = nlohmann::json::parse(it->second);
+      } catch (const nlohmann::json::parse_error& e) {
+        DS_THROW(IoError, "[serve] '{}': its \"ds_model\" metadata is not JSON ({}); give --arch", path, e.what());
+      }
+      config = Gpt2Config::from_json(j, path + " (ds_model metadata)");
+    }
+    m->owned_ = std::make_unique<Gpt2>(config, 1, /*with_grads=*/false);
+    for (Parameter& p : m->owned_->params().all()) {
+      DS_CHECK_AS(IoError, file.contains(p.name), "[serve] '{}' has no tensor '{}'; give a file with every parameter "
+                  "under its Hugging Face GPT-2 name (dspeed ckpt consolidate writes one) or fix --arch", path, p.name);
+      const SafetensorsView& v = file.get(p.name);
+      DS_CHECK_AS(IoError, v.shape == std::vector<int64_t>(p.shape.begin(), p.shape.end()),
+                  "[serve] '{}': tensor '{}' has {} elements in shape [{}] but the model's is [{}]; check --arch",
+                  path, p.name, v.numel(), fmt::join(v.shape, ", "), fmt::join(p.shape.begin(), p.shape.end(), ", "));
+      const std::vector<float> values = safetensors_to_f32(v);
+      std::memcpy(p.data.data<float>(), values.data(), values.size() * sizeof(float));
+    }
+  }
+  m->model_ = m->owned_.get();
+  m->bind();
+  return m;
+}
+
+// Causal attention of every new token over its sequence's cached keys and values (the batch's own K and V are
+// already in the cache). out[N, C]; scores: one row of the context per thread.
+static void paged_attention(float* out, const float* qkv, const RaggedBatch& batch, const KvCache& cache, int layer,
+                            int C, int NH, std::vector<float>& scores) {
+  const int HS = C / NH;
+  const int N = batch.n_tokens();
+  const int32_t bs = cache.kv_block_size();
+  int32_t max_pos = 1;
+  for (const RaggedSequence& s : batch.seqs) max_pos = std::max(max_pos, s.seen_tokens + s.n_tokens);
+  const int threads = omp_get_max_threads();
+  scores.resize(static_cast<size_t>(threads) * max_pos);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
+#pragma omp parallel for collapse(2) schedule(dynamic, 4)
+  for (int i = 0; i < N; ++i) {
+    for (int h = 0; h < NH; ++h) {
+      const RaggedSequence& s = batch.seqs[static_cast<size_t>(batch.token_to_seq[static_cast<size_t>(i)])];
+      const int32_t pos = s.seen_tokens + (i - s.start);  // attends to positions 0..pos
+      float* sc = scores.data() + static_cast<size_t>(omp_get_thread_num()) * max_pos;
+      const float* q = qkv + static_cast<int64_t>(i) * 3 * C + h * HS;
+      float maxv = -INFINITY;
+      for (int32_t t = 0; t <= pos; ++t) {
+        const float* k = cache.slot(layer, s.block_table[t / bs], t % bs) + h * HS;
+        float dot = 0;
+        for (int c = 0; c < HS; ++c) dot += q[c] * k[c];
+        sc[t] = dot * scale;
+        maxv = std::max(maxv, sc[t]);
+      }
+      float sum = 0;
+      for (int32_t t = 0; t <= pos; ++t) {
+        sc[t] = std::exp(sc[t] - maxv);
+        sum += sc[t];
+      }
+      const float inv = 1.0f / sum;
+      float* o = out + static_cast<int64_t>(i) * C + h * HS;
+      std::fill(o, o + HS, 0.0f);
+      for (int32_t t = 0; t <= pos; ++t) {
+        const float* v = cache.slot(layer, s.block_table[t / bs], t % bs) + C + h * HS;
+        const float p = sc[t] * inv;
+        for (int c = 0; c < HS; ++c) o[c] += p * v[c];
+      }
+    }
+  }
+}
+
+void InferenceModel::forward(const RaggedBatch& batch, KvCache& cache, Scratch& scratch, float* logits) const {
+  const Gpt2Config& cfg = config();
+  const int C = cfg.n_embd, NH = cfg.n_head, V = cfg.vocab_size;
+  const int N = batch.n_tokens(), S = batch.n_seqs();
+  DS_ASSERT(N > 0 && S > 0, "empty ragged batch");
+  const int32_t bs = cache.kv_block_size();
+  auto grow = [](std::vector<float>& v, int64_t n) {
+    if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+    return v.data();
+  };
+  float* x = grow(scratch.x, int64_t(N) * C);
+  float* h = grow(scratch.h, int64_t(N) * C + 2 * int64_t(N));  // LN output, then mean and rstd
+  float* mean = h + int64_t(N) * C;
+  float* rstd = mean + N;
+  float* qkv = grow(scratch.qkv, int64_t(N) * 3 * C);
+  float* mlp = grow(scratch.mlp, int64_t(N) * 4 * C);
+  float* att = grow(scratch.att, int64_t(N) * C);
+
+  // Embeddings at each token's own position.
+  for (int i = 0; i < N; ++i) {
+    const RaggedSequence& s = batch.seqs[static_cast<size_t>(batch.token_to_seq[static_cast<size_t>(i)])];
+    const int32_t pos = s.seen_tokens + (i - s.start);
+    DS_ASSERT(pos < cfg.block_size, "position {} beyond the model's context {}", pos, cfg.block_size);
+    const int32_t id = batch.input_ids[static_cast<size_t>(i)];
+    DS_ASSERT(id >= 0 && id < V, "token id {} outside the vocabulary", id);
+    const float* te = wte_ + int64_t(id) * C;
+    const float* pe = wpe_ + int64_t(pos) * C;
+    float* xi = x + int64_t(i) * C;
+    for (int c = 0; c < C; ++c) xi[c] = te[c] + pe[c];
+  }
+
+  for (int l = 0; l < cfg.n_layer; ++l) {
+    const Layer& w = layers_[static_cast<size_t>(l)];
+    cpu::layernorm_forward(h, mean, rstd, x, w.ln1_w, w.ln1_b, N, C);
+    cpu::matmul_forward(qkv, h, w.qkv_w, w.qkv_b, N, C, 3 * C);
+    for (int i = 0; i < N; ++i) {  // K and V of the new tokens into their slots
+      const RaggedSequence& s = batch.seqs[static_cast<size_t>(batch.token_to_seq[static_cast<size_t>(i)])];
+      const int32_t pos = s.seen_tokens + (i - s.start);
+      float* slot = cache.slot(l, s.block_table[pos / bs], pos % bs);
+      std::memcpy(slot, qkv + int64_t(i) * 3 * C + C, sizeof(float) * 2 * static_cast<size_t>(C));
+    }
+    paged_attention(att, qkv, batch, cache, l, C, NH, scratch.scores);
+    cpu::matmul_forward(h, att, w.proj_w, w.proj_b, N, C, C);
+    cpu::add_inplace(x, h, static_cast<size_t>(N) * C);
+    cpu::layernorm_forward(h, mean, rstd, x, w.ln2_w, w.ln2_b, N, C);
+    cpu::matmul_forward(mlp, h, w.fc_w, w.fc_b, N, C, 4 * C);
+    cpu::gelu_forward(mlp, mlp, static_cast<size_t>(N) * 4 * C);
+    cpu::matmul_forward(h, mlp, w.fc2_w, w.fc2_b, N, 4 * C, C);
+    cpu::add_inplace(x, h, static_cast<size_t>(N) * C);
+  }
+
+  // The head on each sequence's last new token only.
+  float* last = att;  // [S, C]: the attention buffer is free again
+  for (int s = 0; s < S; ++s) {
+    const RaggedSequence& q = batch.seqs[static_cast<size_t>(s)];
+    std::memcpy(last + int64_t(s) * C, x + int64_t(q.start + q.n_tokens - 1) * C, sizeof(float) * C);
+  }
+  cpu::layernorm_forward(h, mean, rstd, last, lnf_w_, lnf_b_, S, C);
+  cpu::logits_forward(logits, h, wte_, S, C, V);
+}
+
+}  // namespace ds::inference

@@ -1,0 +1,54 @@
+// GPT-2 over a ragged batch and a blocked KV cache: the inference forward. All new tokens of all sequences go
+// through each layer's GEMMs together ([n_tokens, C] rows, whatever sequence they belong to); each token's K and V
+// are written to its slot in the cache, and attention reads a sequence's keys and values through its block table
+// (positions 0 .. seen + j for its new token j: causal by construction, mixed prefill chunks and decodes alike).
+// Only the last new token of each sequence goes through ln_f and the tied head, so a pass costs one [n_seqs, V]
+// logits GEMM, not [n_tokens, V]. Weights are fp32 (16-bit files are converted on load).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ds/inference/kv_cache.h"
+#include "ds/inference/ragged_batch.h"
+#include "ds/nn/models/gpt2.h"
+
+namespace ds::inference {
+
+class InferenceModel {
+ public:
+  // Takes the parameters of a trained (or initialised) model.
+  explicit InferenceModel(Gpt2& model);
+  // A checkpoint directory (DIR/latest or DIR/<tag>, written by dspeed train --save) or a safetensors file of
+  // every parameter under its Hugging Face GPT-2 name (dspeed ckpt consolidate). The model's shape comes from the
+  // checkpoint manifest or the file's "ds_model" metadata; `arch` (a preset or model JSON, as dspeed train
+  // --model) overrides it and is needed for files without that metadata. Throws IoError/ConfigError that name
+  // the file and what is missing.
+  static std::shared_ptr<InferenceModel> load(const std::string& path, const std::string& arch = "");
+
+  const Gpt2Config& config() const { return model_->config(); }
+
+  // Activations of one pass, kept between passes so steady-state serving allocates nothing.
+  struct Scratch {
+    std::vector<float> x, h, qkv, att, mlp, scores;
+  };
+  // logits[n_seqs, V]: the distribution after each sequence's last new token. Writes the batch's K and V into
+  // cache (its blocks must have been reserved). The model is read-only: engines may share it.
+  void forward(const RaggedBatch& batch, KvCache& cache, Scratch& scratch, float* logits) const;
+
+ private:
+  InferenceModel() = default;
+  struct Layer {
+    const float *ln1_w, *ln1_b, *qkv_w, *qkv_b, *proj_w, *proj_b, *ln2_w, *ln2_b, *fc_w, *fc_b, *fc2_w, *fc2_b;
+  };
+  void bind();
+
+  std::unique_ptr<Gpt2> owned_;
+  Gpt2* model_ = nullptr;
+  const float *wte_ = nullptr, *wpe_ = nullptr, *lnf_w_ = nullptr, *lnf_b_ = nullptr;
+  std::vector<Layer> layers_;
+};
+
+}  // namespace ds::inference

@@ -1,0 +1,323 @@
+#include "ds/inference/serving_loop.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "ds/core/error.h"
+#include "ds/core/log.h"
+#include "ds/data/bpe_tokenizer.h"
+
+namespace ds::inference {
+
+using Clock = std::chrono::steady_clock;
+
+const char* finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::none: return "";
+    case FinishReason::stop: return "stop";
+    case FinishReason::length: return "length";
+    case FinishReason::cancelled: return "cancelled";
+    case FinishReason::error: return "error";
+  }
+  return "";
+}
+
+struct ServingLoop::Active {
+  Active(uint64_t uid, GenerationRequest r, uint64_t seed, const data::BpeTokenizer* tok)
+      : uid(uid), prompt(std::move(r.prompt)), pending(prompt), sampling(std::move(r.sampling)),
+        sampler(sampling, seed), text(tok, sampling.stop), sink(std::move(r.sink)), arrival(Clock::now()) {}
+  uint64_t uid;
+  std::vector<int32_t> prompt;
+  std::vector<int32_t> generated;
+  std::vector<int32_t> pending;  // to run next: the (rest of the) prompt, or the last sampled token
+  bool decoding = false;
+  SamplingParams sampling;
+  Sampler sampler;
+  TextStream text;
+  EventSink sink;
+  Clock::time_point arrival, last_token;
+};
+
+ServingLoop::ServingLoop(InferenceEngine& engine, std::unique_ptr<Scheduler> scheduler,
+                         const data::BpeTokenizer* tokenizer, LoopOptions options)
+    : engine_(engine), scheduler_(std::move(scheduler)), tokenizer_(tokenizer), options_(options) {
+  DS_CHECK_AS(ConfigError, options_.max_pending > 0, "[serve] max_pending must be positive, got {}",
+              options_.max_pending);
+  stats_.kv_blocks_free = engine_.free_blocks();
+}
+
+ServingLoop::~ServingLoop() { stop(); }
+
+SubmitResult ServingLoop::submit(GenerationRequest request) {
+  SubmitResult res;
+  auto invalid = [&](std::string why) {
+    res.status = SubmitStatus::invalid;
+    res.error = std::move(why);
+    const std::lock_guard<std::mutex> lock(mu_);
+    ++stats_.requests_rejected;
+    return res;
+  };
+  const int32_t vocab = engine_.vocab_size();
+  const auto P = static_cast<int64_t>(request.prompt.size());
+  if (P == 0) return invalid("[request] the prompt is empty; give at least one token");
+  for (const int32_t t : request.prompt)
+    if (t < 0 || t >= vocab)
+      return invalid(fmt::format("[request] prompt token id {} is outside the vocabulary [0, {})", t, vocab));
+  try {
+    request.sampling.validate(vocab);
+  } catch (const Error& e) {
+    return invalid(e.what());
+  }
+  if (!tokenizer_ && !request.sampling.stop.empty())
+    return invalid("[request] stop strings need a tokenizer, and this server has none; use stop token ids");
+  const int64_t total = P + request.sampling.max_tokens;
+  if (total > engine_.max_context())
+    return invalid(fmt::format("[request] the prompt has {} tokens and max_tokens is {}: {} in all, more than the "
+                               "model's context of {} tokens; shorten the prompt or lower max_tokens",
+                               P, request.sampling.max_tokens, total, engine_.max_context()));
+  const int64_t bs = engine_.kv_state().kv_block_size();
+  const int64_t blocks = (total + bs - 1) / bs;
+  if (blocks > engine_.kv_state().kv_block_count())
+    return invalid(fmt::format("[request] the prompt and max_tokens need {} tokens ({} KV blocks) but the whole KV "
+                               "cache holds {} blocks of {} tokens; lower max_tokens or give the server more KV "
+                               "memory", total, blocks, engine_.kv_state().kv_block_count(), bs));
+  {
+    const std::lock_guard<std::mutex> lock(mu_);
+    if (pending_count_ >= options_.max_pending) {
+      ++stats_.requests_rejected;
+      res.status = SubmitStatus::queue_full;
+      res.error = fmt::format("[serve] the server is at its limit of {} queued and running requests; retry later",
+                              options_.max_pending);
+      return res;
+    }
+    res.uid = next_uid_++;
+    const uint64_t seed = options_.seed ^ (res.uid * 0x9E3779B97F4A7C15ull);
+    incoming_.push_back(std::make_unique<Active>(res.uid, std::move(request), seed, tokenizer_));
+    ++pending_count_;
+    ++stats_.requests_accepted;
+    ++stats_.waiting;
+    stats_.prompt_tokens += P;
+  }
+  res.status = SubmitStatus::accepted;
+  wake_.notify_one();
+  return res;
+}
+
+void ServingLoop::cancel(uint64_t uid) {
+  {
+    const std::lock_guard<std::mutex> lock(mu_);
+    cancels_.insert(uid);
+  }
+  wake_.notify_one();
+}
+
+void ServingLoop::admit_new() {
+  std::unordered_set<uint64_t> cancels;
+  {
+    const std::lock_guard<std::mutex> lock(mu_);
+    while (!incoming_.empty()) {
+      active_.push_back(std::move(incoming_.front()));
+      incoming_.pop_front();
+    }
+    cancels.swap(cancels_);
+  }
+  if (cancels.empty()) return;
+  for (auto& a : active_) {
+    if (!cancels.contains(a->uid)) continue;
+    GenerationEvent ev;
+    finish(*a, FinishReason::cancelled, ev);
+  }
+  std::erase_if(active_, [](const std::unique_ptr<Active>& a) { return !a; });
+  const std::lock_guard<std::mutex> lock(mu_);
+  stats_.kv_blocks_used = engine_.kv_state().used_blocks();
+  stats_.kv_blocks_free = engine_.free_blocks();
+}
+
+// Ends a request: frees its KV, tells its sink, and releases the entry (active_ is compacted by the caller).
+void ServingLoop::finish(Active& a, FinishReason reason, GenerationEvent& ev) {
+  engine_.flush(a.uid);
+  ev.uid = a.uid;
+  ev.finish = reason;
+  ev.prompt_tokens = static_cast<int32_t>(a.prompt.size());
+  ev.completion_tokens = static_cast<int32_t>(a.generated.size());
+  if (reason == FinishReason::length) ev.text += a.text.finish();
+  {
+    const std::lock_guard<std::mutex> lock(mu_);
+    --pending_count_;
+    if (a.generated.empty()) --stats_.waiting; else --stats_.running;
+    if (reason == FinishReason::cancelled) ++stats_.requests_cancelled;
+    else ++stats_.requests_finished;
+  }
+  if (a.sink) a.sink(ev);
+  for (auto& p : active_)
+    if (p.get() == &a) p.reset();
+}
+
+void ServingLoop::preempt(uint64_t uid) {
+  for (auto& a : active_) {
+    if (a->uid != uid) continue;
+    engine_.flush(uid);
+    a->pending = a->prompt;
+    a->pending.insert(a->pending.end(), a->generated.begin(), a->generated.end());
+    a->decoding = false;
+    const std::lock_guard<std::mutex> lock(mu_);
+    ++stats_.preemptions;
+    return;
+  }
+  DS_ASSERT(false, "the scheduler preempted unknown request {}", uid);
+}
+
+bool ServingLoop::step() {
+  admit_new();
+  if (active_.empty()) return false;
+
+  queue_view_.clear();
+  for (const auto& a : active_)
+    queue_view_.push_back({a->uid, static_cast<int32_t>(a->pending.size()), a->decoding,
+                           a->sampling.max_tokens - static_cast<int32_t>(a->generated.size())});
+  const Plan plan = scheduler_->plan(queue_view_, engine_.kv_state());
+  if (plan.preempt) {
+    preempt(*plan.preempt);
+    return true;
+  }
+  if (plan.chunks.empty()) {
+    // Nothing fits and nothing holds KV that could be released: the oldest request can never run (submit checks
+    // the cache's capacity, so this is a policy's limit, e.g. the static policy's budget).
+    log_warning("[serve] the {} scheduler placed nothing with {} requests waiting; ending request {} with an error",
+             policy_name(scheduler_->policy()), active_.size(), active_.front()->uid);
+    GenerationEvent ev;
+    ev.error = "[serve] this request could not be scheduled with the server's limits";
+    finish(*active_.front(), FinishReason::error, ev);
+    std::erase_if(active_, [](const std::unique_ptr<Active>& a) { return !a; });
+    return true;
+  }
+
+  std::vector<Active*> chosen;
+  std::vector<uint64_t> uids;
+  std::vector<std::span<const int32_t>> tokens;
+  int64_t pass_tokens = 0;
+  for (const Chunk& c : plan.chunks) {
+    const auto it = std::find_if(active_.begin(), active_.end(), [&](const auto& a) { return a->uid == c.uid; });
+    DS_ASSERT(it != active_.end() && c.tokens > 0 && c.tokens <= static_cast<int32_t>((*it)->pending.size()),
+              "the scheduler planned {} tokens of request {}", c.tokens, c.uid);
+    chosen.push_back(it->get());
+    uids.push_back(c.uid);
+    tokens.emplace_back((*it)->pending.data(), static_cast<size_t>(c.tokens));
+    pass_tokens += c.tokens;
+  }
+  const std::span<const float> logits = engine_.put(uids, tokens);
+  const auto now = Clock::now();
+  const auto V = static_cast<size_t>(engine_.vocab_size());
+
+  int64_t new_tokens = 0;
+  for (size_t i = 0; i < chosen.size(); ++i) {
+    Active& a = *chosen[i];
+    a.pending.erase(a.pending.begin(), a.pending.begin() + plan.chunks[i].tokens);
+    if (!a.pending.empty()) continue;  // a split prompt: nothing to sample yet
+    const int32_t t = a.sampler.sample(logits.subspan(i * V, V));
+    const bool first = a.generated.empty();
+    a.generated.push_back(t);
+    a.pending.assign(1, t);
+    a.decoding = true;
+    ++new_tokens;
+    {
+      const std::lock_guard<std::mutex> lock(mu_);
+      if (first) {
+        stats_.time_to_first_token_s.observe(std::chrono::duration<double>(now - a.arrival).count());
+        --stats_.waiting;
+        ++stats_.running;
+      } else {
+        stats_.time_per_output_token_s.observe(std::chrono::duration<double>(now - a.last_token).count());
+      }
+    }
+    a.last_token = now;
+
+    GenerationEvent ev;
+    ev.uid = a.uid;
+    ev.tokens.push_back(t);
+    ev.prompt_tokens = static_cast<int32_t>(a.prompt.size());
+    ev.completion_tokens = static_cast<int32_t>(a.generated.size());
+    FinishReason reason = FinishReason::none;
+    const auto& ids = a.sampling.stop_token_ids;
+    if (std::find(ids.begin(), ids.end(), t) != ids.end() ||
+        (!a.sampling.ignore_eos && tokenizer_ && t == tokenizer_->eot_token())) {
+      reason = FinishReason::stop;
+      ev.text = a.text.finish();
+    } else {
+      TextStream::Delta d = a.text.push(t);
+      ev.text = std::move(d.text);
+      if (d.stopped) reason = FinishReason::stop;
+      else if (static_cast<int32_t>(a.generated.size()) >= a.sampling.max_tokens) reason = FinishReason::length;
+    }
+    if (reason != FinishReason::none) {
+      finish(a, reason, ev);
+    } else if (a.sink) {
+      a.sink(ev);
+    }
+  }
+  std::erase_if(active_, [](const std::unique_ptr<Active>& a) { return !a; });
+  {
+    const std::lock_guard<std::mutex> lock(mu_);
+    ++stats_.passes;
+    stats_.pass_tokens += pass_tokens;
+    stats_.completion_tokens += new_tokens;
+    stats_.kv_blocks_used = engine_.kv_state().used_blocks();
+    stats_.kv_blocks_free = engine_.free_blocks();
+  }
+  return true;
+}
+
+void ServingLoop::run_until_idle() {
+  while (step()) {
+  }
+}
+
+void ServingLoop::start() {
+  DS_ASSERT(!thread_.joinable(), "serving loop started twice");
+  stop_ = false;
+  thread_ = std::thread([this] {
+    while (!stop_) {
+      bool worked = false;
+      try {
+        worked = step();
+      } catch (const std::exception& e) {
+        // A failed pass leaves the cache state of its sequences unknown: end every open request with the error.
+        log_warning("[serve] a forward pass failed: {}", e.what());
+        for (auto& a : active_) {
+          if (!a) continue;
+          GenerationEvent ev;
+          ev.error = e.what();
+          finish(*a, FinishReason::error, ev);
+        }
+        active_.clear();
+        worked = true;
+      }
+      if (worked) continue;
+      std::unique_lock<std::mutex> lock(mu_);
+      wake_.wait(lock, [this] { return stop_ || !incoming_.empty() || !cancels_.empty(); });
+    }
+  });
+}
+
+void ServingLoop::stop() {
+  {
+    const std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  admit_new();
+  for (auto& a : active_) {
+    if (!a) continue;
+    GenerationEvent ev;
+    finish(*a, FinishReason::cancelled, ev);
+  }
+  active_.clear();
+}
+
+LoopStats ServingLoop::stats() const {
+  const std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
+}  // namespace ds::inference
