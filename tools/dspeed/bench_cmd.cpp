@@ -2,6 +2,8 @@
 // `dspeed bench train-once` is the child process it runs for each of our measurements.
 // `dspeed bench zero`: ZeRO stages 0-3 at several world sizes against the paper's memory and traffic formulas;
 // `dspeed bench zero-once` (hidden) is one rank of one of its child jobs.
+// `dspeed bench decode`: single-stream greedy decoding, ours beside PyTorch's KV-cached decode of the same weights.
+// `dspeed bench serve`: the serving policies side by side under concurrent HTTP clients (FastGen's method).
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 #include <unistd.h>
@@ -9,7 +11,9 @@
 #include <climits>
 
 #include "commands.h"
+#include "ds/inference/decode_bench.h"
 #include "ds/runtime/train_bench.h"
+#include "ds/serve/serve_bench.h"
 #include "ds/runtime/zero_bench.h"
 
 namespace ds::tool {
@@ -107,6 +111,40 @@ void add_bench_command(CLI::App& root) {
     std::printf("RESULT %s\n", r.to_json().c_str());
     std::fflush(stdout);
   });
+
+  auto d = std::make_shared<inference::DecodeBenchOptions>();
+  CLI::App* dec = cmd->add_subcommand("decode", "single-stream greedy decode: deepspeed.cpp vs PyTorch, same weights");
+  dec->add_option("--model", d->model, "checkpoint directory or safetensors file")->required();
+  dec->add_option("--arch", d->arch, "model preset or JSON, for files without the model's shape");
+  dec->add_option("--prompt-tokens", d->prompt_tokens)->capture_default_str();
+  dec->add_option("--new-tokens", d->new_tokens)->capture_default_str();
+  dec->add_option("--repeats", d->repeats)->capture_default_str();
+  dec->add_option("--threads", d->threads, "threads for both")->capture_default_str();
+  dec->add_option("--python", d->python, "Python with torch")->capture_default_str();
+  dec->add_option("--torch-script", d->torch_script, "the PyTorch reference")->capture_default_str();
+  dec->add_flag("--skip-torch", d->skip_torch, "measure only ours");
+  dec->callback([d] { inference::run_decode_bench(*d); });
+
+  auto sv = std::make_shared<serve::ServeBenchOptions>();
+  CLI::App* srv = cmd->add_subcommand("serve", "serving policies side by side: throughput, latency and SLA goodput");
+  srv->add_option("--model", sv->model, "checkpoint directory or safetensors file")->required();
+  srv->add_option("--arch", sv->arch, "model preset or JSON, for files without the model's shape");
+  srv->add_option("--policies", sv->policies, "comma-separated: splitfuse, prefill-first, static")
+      ->delimiter(',')
+      ->capture_default_str();
+  srv->add_option("--clients", sv->clients, "concurrent clients, comma-separated")->delimiter(',')->capture_default_str();
+  srv->add_option("--requests", sv->requests, "requests per policy and client count")->capture_default_str();
+  srv->add_option("--prompt-mean", sv->prompt_mean, "mean prompt tokens (default 60% of the context)");
+  srv->add_option("--gen-mean", sv->gen_mean, "mean generated tokens (default 8% of the context)");
+  srv->add_option("--relative-std", sv->relative_std, "standard deviation over the mean")->capture_default_str();
+  srv->add_option("--token-budget", sv->token_budget, "tokens per forward pass")->capture_default_str();
+  srv->add_option("--kv-block-size", sv->kv_block_size)->capture_default_str();
+  srv->add_option("--static-batch", sv->static_batch_size, "requests per batch of the static policy")
+      ->capture_default_str();
+  srv->add_option("--threads", sv->threads, "engine threads (default: all cores)");
+  srv->add_option("--seed", sv->seed)->capture_default_str();
+  srv->add_option("--json", sv->json_out, "append one JSON line per cell");
+  srv->callback([sv] { serve::run_serve_bench(*sv); });
 }
 
 }  // namespace ds::tool

@@ -26,4 +26,7 @@ std::vector<std::string> closest_names(std::string_view wanted, const std::vecto
 // "'a', 'b', 'c'"; empty for no names.
 std::string quoted_list(const std::vector<std::string>& names);
 
+// s as one word for /bin/sh: as it is when it holds only safe characters, otherwise in single quotes.
+std::string shell_quote(const std::string& s);
+
 }  // namespace ds

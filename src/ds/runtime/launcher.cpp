@@ -29,6 +29,7 @@
 #include <thread>
 
 #include "ds/core/error.h"
+#include "ds/core/strings.h"
 #include "ds/core/log.h"
 
 extern char** environ;
@@ -181,20 +182,6 @@ int local_rank_count(const std::vector<HostSlots>& hosts) {
     busiest = std::max(busiest, n);
   }
   return busiest;
-}
-
-bool needs_quotes(const std::string& s) {
-  if (s.empty()) return true;
-  return !std::all_of(s.begin(), s.end(), [](char c) {
-    return std::isalnum(static_cast<unsigned char>(c)) || std::strchr("_-./,:=@%+", c) != nullptr;
-  });
-}
-
-std::string shell_quote(const std::string& s) {
-  if (!needs_quotes(s)) return s;
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
 }
 
 // Signal forwarding state for run_launch; one launch at a time per process.

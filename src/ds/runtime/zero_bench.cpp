@@ -22,6 +22,7 @@
 
 #include "ds/comm/comm_factory.h"
 #include "ds/core/error.h"
+#include "ds/core/strings.h"
 #include "ds/core/memory.h"
 #include "ds/core/rng.h"
 #include "ds/core/stats.h"
@@ -113,12 +114,6 @@ ZeroBenchRankResult measure(Communicator& comm, const ZeroBenchOnceOptions& o) {
   r.peak_activation = tracker.peak(Tier::device, Category::activation);
   r.peak_rss_mib = peak_rss_mib();
   return r;
-}
-
-std::string shell_quote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
 }
 
 struct ChildOutcome {

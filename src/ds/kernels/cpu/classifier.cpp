@@ -117,7 +117,49 @@ double classifier_forward_backward(float* dx, float* dwte, float* losses, const 
   return total;
 }
 
+namespace {
+
+// A few rows (a decode pass: one row per sequence) is a matrix-vector product bound by reading wte once, which
+// sgemm handles poorly (measured 0.75 ms for one row at V = 50257, C = 128, against 0.15 ms here, where wte's
+// 25.7 MB stay in the 32 MB L3). Each wte row is loaded once for four x rows at a time.
+constexpr int kSmallLogitRows = 16;
+
+void logits_forward_few_rows(float* logits, const float* x, const float* wte, int N, int C, int V) {
+  const int C8 = C / 8 * 8;
+#pragma omp parallel for schedule(static)
+  for (int v = 0; v < V; ++v) {
+    const float* w = wte + static_cast<int64_t>(v) * C;
+    int n = 0;
+    for (; n + 4 <= N; n += 4) {
+      const float* x0 = x + static_cast<int64_t>(n) * C;
+      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+      for (int c = 0; c < C8; c += 8) {
+        const __m256 wv = _mm256_loadu_ps(w + c);
+        a0 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x0 + c), a0);
+        a1 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x0 + C + c), a1);
+        a2 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x0 + 2 * C + c), a2);
+        a3 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x0 + 3 * C + c), a3);
+      }
+      float s[4] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3)};
+      for (int c = C8; c < C; ++c)
+        for (int k = 0; k < 4; ++k) s[k] += w[c] * x0[k * C + c];
+      for (int k = 0; k < 4; ++k) logits[static_cast<int64_t>(n + k) * V + v] = s[k];
+    }
+    for (; n < N; ++n) {
+      const float* xr = x + static_cast<int64_t>(n) * C;
+      __m256 a = _mm256_setzero_ps();
+      for (int c = 0; c < C8; c += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(w + c), _mm256_loadu_ps(xr + c), a);
+      float s = hsum(a);
+      for (int c = C8; c < C; ++c) s += w[c] * xr[c];
+      logits[static_cast<int64_t>(n) * V + v] = s;
+    }
+  }
+}
+
+}  // namespace
+
 void logits_forward(float* logits, const float* x, const float* wte, int N, int C, int V) {
+  if (N <= kSmallLogitRows) return logits_forward_few_rows(logits, x, wte, N, C, V);
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, V, C, 1.0f, x, C, wte, C, 0.0f, logits, V);
 }
 

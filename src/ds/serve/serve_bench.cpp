@@ -1,0 +1,302 @@
+#include "ds/serve/serve_bench.h"
+
+#include <httplib.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "ds/core/error.h"
+#include "ds/core/rng.h"
+#include "ds/core/stats.h"
+#include "ds/inference/serving_loop.h"
+#include "ds/serve/http_server.h"
+
+namespace ds::serve {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct BenchRequest {
+  std::vector<int32_t> prompt;
+  int gen = 0;
+};
+
+// What a client saw of one request.
+struct Observed {
+  double sent = 0, first = -1, last = -1;  // seconds since the cell started
+  int tokens = 0;
+  std::vector<double> gaps;  // between consecutive streamed tokens
+};
+
+std::vector<BenchRequest> make_requests(int n, double prompt_mean, double gen_mean, double rel_std, int context,
+                                        int vocab, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<BenchRequest> out;
+  for (int i = 0; i < n; ++i) {
+    int p = static_cast<int>(std::lround(prompt_mean + rel_std * prompt_mean * rng.normal()));
+    int g = static_cast<int>(std::lround(gen_mean + rel_std * gen_mean * rng.normal()));
+    g = std::clamp(g, 1, context - 1);
+    p = std::clamp(p, 1, context - g);
+    BenchRequest r;
+    r.gen = g;
+    for (int t = 0; t < p; ++t) r.prompt.push_back(static_cast<int32_t>(rng.next_u64() % static_cast<uint64_t>(vocab)));
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+// Sends one streaming completion and records when each token arrived (the "token_ids" of each chunk).
+Observed send_streaming(httplib::Client& cli, const BenchRequest& r, Clock::time_point t0) {
+  nlohmann::json body = {{"prompt", r.prompt}, {"max_tokens", r.gen}, {"temperature", 0},
+                         {"stream", true},     {"ignore_eos", true}};
+  Observed o;
+  std::string buffer;
+  double prev = -1;
+  httplib::Request req;
+  req.method = "POST";
+  req.path = "/v1/completions";
+  req.body = body.dump();
+  req.set_header("Content-Type", "application/json");
+  req.content_receiver = [&](const char* data, size_t len, uint64_t, uint64_t) {
+    const double now = std::chrono::duration<double>(Clock::now() - t0).count();
+    buffer.append(data, len);
+    size_t end;
+    while ((end = buffer.find("\n\n")) != std::string::npos) {
+      const std::string event = buffer.substr(0, end);
+      buffer.erase(0, end + 2);
+      if (event.rfind("data: ", 0) != 0 || event == "data: [DONE]") continue;
+      const nlohmann::json j = nlohmann::json::parse(event.substr(6));
+      if (j.contains("error")) DS_THROW(Error, "[bench] the server failed a request: {}", j["error"].dump());
+      if (!j.contains("choices") || j["choices"].empty()) continue;
+      const auto& c = j["choices"][0];
+      const int n = c.contains("token_ids") ? static_cast<int>(c["token_ids"].size()) : 0;
+      for (int k = 0; k < n; ++k) {
+        if (o.first < 0) o.first = now;
+        else if (prev >= 0) o.gaps.push_back(now - prev);
+        prev = now;
+        o.last = now;
+        ++o.tokens;
+      }
+    }
+    return true;
+  };
+  o.sent = std::chrono::duration<double>(Clock::now() - t0).count();
+  const httplib::Result res = cli.send(req);
+  DS_CHECK(res && res->status == 200, "[bench] a completion request failed: {}",
+           res ? fmt::format("HTTP {} {}", res->status, res->body) : httplib::to_string(res.error()));
+  DS_CHECK(o.tokens == r.gen, "[bench] asked for {} tokens and received {}", r.gen, o.tokens);
+  return o;
+}
+
+double percentile(std::vector<double> v, double q) {
+  if (v.empty()) return std::nan("");
+  std::sort(v.begin(), v.end());
+  const double pos = q * static_cast<double>(v.size() - 1);
+  const auto lo = static_cast<size_t>(std::floor(pos));
+  const size_t hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (pos - static_cast<double>(lo)) * (v[hi] - v[lo]);
+}
+
+// A server with its own engine and loop for one policy.
+struct Served {
+  Served(std::shared_ptr<const inference::InferenceModel> model, const ServeBenchOptions& o, const std::string& policy)
+      : engine(model, engine_config(o)),
+        loop(engine, inference::make_scheduler(inference::parse_policy(policy), limits(o)), nullptr, loop_options()),
+        server(loop, nullptr, server_options()) {
+    loop.start();
+    server.start();
+  }
+  ~Served() {
+    server.stop();
+    loop.stop();
+  }
+  static inference::EngineConfig engine_config(const ServeBenchOptions& o) {
+    inference::EngineConfig c;
+    c.kv_block_size = o.kv_block_size;
+    c.kv_memory_bytes = o.kv_memory_bytes;
+    c.max_ragged_batch_size = std::max(o.token_budget, 4096);  // the policies enforce the budget
+    c.max_ragged_sequence_count = 512;
+    return c;
+  }
+  static inference::SchedulerLimits limits(const ServeBenchOptions& o) {
+    inference::SchedulerLimits l;
+    l.token_budget = o.token_budget;
+    l.static_batch_size = o.static_batch_size;
+    return l;
+  }
+  static inference::LoopOptions loop_options() {
+    inference::LoopOptions l;
+    l.max_pending = 4096;
+    return l;
+  }
+  static ServerOptions server_options() {
+    ServerOptions s;
+    s.port = 0;
+    return s;
+  }
+  inference::InferenceEngine engine;
+  inference::ServingLoop loop;
+  HttpServer server;
+};
+
+}  // namespace
+
+ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
+  DS_CHECK_AS(ConfigError, !o.model.empty(), "[bench] give --model: a checkpoint directory (dspeed train --save DIR) "
+              "or a safetensors file");
+  DS_CHECK_AS(ConfigError, o.requests > 0 && !o.clients.empty() && !o.policies.empty(), "[bench] need requests > 0, "
+              "at least one client count and one policy");
+  for (const std::string& p : o.policies) inference::parse_policy(p);  // fails early on a bad name
+  if (o.threads > 0) omp_set_num_threads(o.threads);
+  const std::shared_ptr<const inference::InferenceModel> model = inference::InferenceModel::load(o.model, o.arch);
+  const Gpt2Config& mc = model->config();
+  const double prompt_mean = o.prompt_mean > 0 ? o.prompt_mean : 0.6 * mc.block_size;
+  const double gen_mean = o.gen_mean > 0 ? o.gen_mean : 0.08 * mc.block_size;
+  DS_CHECK_AS(ConfigError, prompt_mean + gen_mean < mc.block_size, "[bench] prompt mean {} + generation mean {} must "
+              "stay below the model's context of {} tokens", prompt_mean, gen_mean, mc.block_size);
+  const int max_clients = *std::max_element(o.clients.begin(), o.clients.end());
+  const std::vector<BenchRequest> requests =
+      make_requests(o.requests, prompt_mean, gen_mean, o.relative_std, mc.block_size, mc.vocab_size, o.seed);
+
+  ServeBenchResult result;
+  fmt::print("model {}\nrequests {} per cell; prompt ~N({:.0f}, {:.0f}) tokens, generation ~N({:.0f}, {:.0f}); token "
+             "budget {}; KV blocks of {}\n", mc.str(), o.requests, prompt_mean, o.relative_std * prompt_mean, gen_mean,
+             o.relative_std * gen_mean, o.token_budget, o.kv_block_size);
+
+  // The engine's own single-request speed: mean-length requests one at a time.
+  {
+    Served s(model, o, "splitfuse");
+    httplib::Client cli("127.0.0.1", s.server.port());
+    cli.set_read_timeout(600);
+    const std::vector<BenchRequest> one = make_requests(6, prompt_mean, gen_mean, 0.0, mc.block_size, mc.vocab_size,
+                                                        o.seed + 1);
+    std::vector<double> prefill, decode;
+    for (size_t i = 0; i < one.size(); ++i) {
+      const Observed r = send_streaming(cli, one[i], Clock::now());
+      if (i == 0) continue;  // warm-up
+      prefill.push_back(static_cast<double>(one[i].prompt.size()) / (r.first - r.sent));
+      if (r.tokens > 1) decode.push_back((r.tokens - 1) / (r.last - r.first));
+    }
+    result.single_prefill_tokens_per_s = median(prefill);
+    result.single_decode_tokens_per_s = median(decode);
+  }
+  const double prefill_floor = 0.5 * result.single_prefill_tokens_per_s;
+  const double decode_floor = 0.25 * result.single_decode_tokens_per_s;
+  fmt::print("single request: prefill {:.0f} tokens/s, decode {:.1f} tokens/s -> SLAs: prompt at >= {:.0f} tokens/s, "
+             "generation at >= {:.1f} tokens/s\n\n", result.single_prefill_tokens_per_s,
+             result.single_decode_tokens_per_s, prefill_floor, decode_floor);
+  fmt::print("{:<14} {:>7} {:>8} {:>10} {:>9} {:>9} {:>10} {:>10} {:>9} {:>10} {:>7}\n", "policy", "clients", "req/s",
+             "out tok/s", "TTFT p50", "TTFT p95", "token p50", "token p95", "SLA met", "eff. req/s", "preempt");
+
+  for (const int clients : o.clients) {
+    DS_CHECK_AS(ConfigError, clients >= 1 && clients <= 256, "[bench] client counts must be 1..256, got {}", clients);
+    for (const std::string& policy : o.policies) {
+      Served s(model, o, policy);
+      {  // warm-up: fault in the cache and the scratch buffers
+        httplib::Client cli("127.0.0.1", s.server.port());
+        cli.set_read_timeout(600);
+        send_streaming(cli, requests[0], Clock::now());
+      }
+      const inference::LoopStats before = s.loop.stats();
+      std::vector<Observed> seen(requests.size());
+      std::atomic<size_t> next{0};
+      std::mutex err_mu;
+      std::string error;
+      const auto t0 = Clock::now();
+      std::vector<std::thread> workers;
+      for (int c = 0; c < clients; ++c) {
+        workers.emplace_back([&] {
+          httplib::Client cli("127.0.0.1", s.server.port());
+          cli.set_read_timeout(600);
+          for (size_t i = next++; i < requests.size(); i = next++) {
+            try {
+              seen[i] = send_streaming(cli, requests[i], t0);
+            } catch (const std::exception& e) {
+              const std::lock_guard<std::mutex> lock(err_mu);
+              error = e.what();
+            }
+          }
+        });
+      }
+      for (auto& w : workers) w.join();
+      const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
+      DS_CHECK(error.empty(), "{}", error);
+      const inference::LoopStats after = s.loop.stats();
+
+      ServeBenchCell cell;
+      cell.policy = policy;
+      cell.clients = clients;
+      cell.requests = static_cast<int>(requests.size());
+      cell.seconds = wall;
+      std::vector<double> ttft, gaps;
+      int64_t out_tokens = 0;
+      for (size_t i = 0; i < requests.size(); ++i) {
+        const Observed& r = seen[i];
+        const double t = r.first - r.sent;
+        ttft.push_back(t);
+        gaps.insert(gaps.end(), r.gaps.begin(), r.gaps.end());
+        out_tokens += r.tokens;
+        const bool prompt_ok = t <= static_cast<double>(requests[i].prompt.size()) / prefill_floor;
+        const bool gen_ok = r.tokens <= 1 || (r.tokens - 1) / (r.last - r.first) >= decode_floor;
+        if (prompt_ok && gen_ok) ++cell.meeting_sla;
+      }
+      cell.requests_per_s = cell.requests / wall;
+      cell.output_tokens_per_s = static_cast<double>(out_tokens) / wall;
+      cell.ttft_p50_s = percentile(ttft, 0.5);
+      cell.ttft_p95_s = percentile(ttft, 0.95);
+      cell.token_gap_p50_s = percentile(gaps, 0.5);
+      cell.token_gap_p95_s = percentile(gaps, 0.95);
+      cell.effective_requests_per_s = cell.meeting_sla / wall;
+      cell.preemptions = after.preemptions - before.preemptions;
+      cell.passes = after.passes - before.passes;
+      fmt::print("{:<14} {:>7} {:>8.2f} {:>10.1f} {:>8.1f}ms {:>8.1f}ms {:>8.1f}ms {:>8.1f}ms {:>5}/{:<3} {:>10.2f} "
+                 "{:>7}\n", policy, clients, cell.requests_per_s, cell.output_tokens_per_s, 1e3 * cell.ttft_p50_s,
+                 1e3 * cell.ttft_p95_s, 1e3 * cell.token_gap_p50_s, 1e3 * cell.token_gap_p95_s, cell.meeting_sla,
+                 cell.requests, cell.effective_requests_per_s, cell.preemptions);
+      std::fflush(stdout);
+      if (!o.json_out.empty()) {
+        std::ofstream out(o.json_out, std::ios::app);
+        out << nlohmann::json{{"policy", policy}, {"clients", clients}, {"requests", cell.requests},
+                              {"seconds", wall}, {"requests_per_s", cell.requests_per_s},
+                              {"output_tokens_per_s", cell.output_tokens_per_s}, {"ttft_p50_s", cell.ttft_p50_s},
+                              {"ttft_p95_s", cell.ttft_p95_s}, {"token_gap_p50_s", cell.token_gap_p50_s},
+                              {"token_gap_p95_s", cell.token_gap_p95_s}, {"meeting_sla", cell.meeting_sla},
+                              {"effective_requests_per_s", cell.effective_requests_per_s},
+                              {"single_prefill_tokens_per_s", result.single_prefill_tokens_per_s},
+                              {"single_decode_tokens_per_s", result.single_decode_tokens_per_s},
+                              {"preemptions", cell.preemptions}, {"passes", cell.passes}}
+                   .dump()
+            << "\n";
+      }
+      result.cells.push_back(cell);
+    }
+  }
+  // The ratios the FastGen comparison is about, at the largest client count.
+  auto find = [&](const std::string& p) -> const ServeBenchCell* {
+    for (const auto& c : result.cells)
+      if (c.policy == p && c.clients == max_clients) return &c;
+    return nullptr;
+  };
+  const ServeBenchCell* sf = find("splitfuse");
+  if (sf) {
+    fmt::print("\nat {} clients:\n", max_clients);
+    for (const char* other : {"prefill-first", "static"}) {
+      const ServeBenchCell* b = find(other);
+      if (!b) continue;
+      fmt::print("  splitfuse / {:<13} effective throughput {:.2f}x, p95 token gap {:.2f}x ({:.1f} vs {:.1f} ms)\n",
+                 other, b->effective_requests_per_s > 0 ? sf->effective_requests_per_s / b->effective_requests_per_s
+                                                         : std::numeric_limits<double>::infinity(),
+                 sf->token_gap_p95_s / b->token_gap_p95_s, 1e3 * sf->token_gap_p95_s, 1e3 * b->token_gap_p95_s);
+    }
+  }
+  return result;
+}
+
+}  // namespace ds::serve

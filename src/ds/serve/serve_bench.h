@@ -1,0 +1,57 @@
+// `dspeed bench serve`: FastGen's serving benchmark (blogs/deepspeed-fastgen) scaled to this machine. Requests with
+// prompt and generation lengths drawn from normal distributions (standard deviation 30% of the mean) are sent by
+// 1..16 closed-loop clients over real HTTP on loopback, streaming, against a server per scheduling policy; the same
+// requests in the same order for every policy. It reports requests/s, output tokens/s, time to first token and
+// the gaps between streamed tokens (p50, p95), and effective throughput: requests/s counting only requests that
+// meet both SLAs, defined relative to the engine's own single-request speed measured first in the same run: the
+// prompt processed at >= half the single-request prefill rate (TTFT <= 2 * prompt / prefill rate), and the
+// generation at >= a quarter of the single-request decode rate (tokens after the first over their time).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace ds::serve {
+
+struct ServeBenchOptions {
+  std::string model;             // checkpoint directory or safetensors file
+  std::string arch;              // model shape override (InferenceModel::load)
+  std::vector<std::string> policies = {"splitfuse", "prefill-first", "static"};
+  std::vector<int> clients = {1, 4, 16};
+  int requests = 64;             // per policy and client count
+  double prompt_mean = 0;        // tokens; 0: 60% of the model's context
+  double gen_mean = 0;           // tokens; 0: 8% of the model's context
+  double relative_std = 0.3;     // FastGen's "30% variance"
+  int token_budget = 256;        // SplitFuse's tokens per pass; also prefill-first's prefill budget
+  int kv_block_size = 16;
+  int64_t kv_memory_bytes = int64_t(256) << 20;
+  int static_batch_size = 16;
+  int threads = 0;               // OpenMP threads of the engine (0: all)
+  uint64_t seed = 1;
+  std::string json_out;          // append one JSON line per cell
+};
+
+struct ServeBenchCell {
+  std::string policy;
+  int clients = 0;
+  int requests = 0;
+  double seconds = 0;
+  double requests_per_s = 0, output_tokens_per_s = 0;
+  double ttft_p50_s = 0, ttft_p95_s = 0;
+  double token_gap_p50_s = 0, token_gap_p95_s = 0;
+  int meeting_sla = 0;
+  double effective_requests_per_s = 0;
+  int64_t preemptions = 0, passes = 0;
+};
+
+struct ServeBenchResult {
+  double single_prefill_tokens_per_s = 0;
+  double single_decode_tokens_per_s = 0;
+  std::vector<ServeBenchCell> cells;
+};
+
+// Runs the benchmark and prints the table; throws ds::Error for a bad option or a failed request.
+ServeBenchResult run_serve_bench(const ServeBenchOptions& options);
+
+}  // namespace ds::serve
