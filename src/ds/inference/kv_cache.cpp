@@ -32,10 +32,16 @@ void BlockedAllocator::free(std::span<const int32_t> blocks) {
     DS_CHECK(b >= 0 && b < num_blocks(), "[kv] freeing KV block {} but the cache has blocks 0..{}", b,
              num_blocks() - 1);
     DS_CHECK(next_[static_cast<size_t>(b)] == kUsed, "[kv] KV block {} is freed twice", b);
-    for (size_t j = 0; j < i; ++j)
-      DS_CHECK(blocks[j] != b, "[kv] KV block {} appears twice in one free", b);
   }
-  for (const int32_t b : blocks) {
+  // Push one at a time; a block listed twice in one call is found free on its second visit, and the blocks
+  // already pushed by this call are taken back, so a refused call frees nothing.
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    const int32_t b = blocks[i];
+    if (next_[static_cast<size_t>(b)] != kUsed) {
+      for (size_t j = 0; j < i; ++j) head_ = next_[static_cast<size_t>(head_)];  // undo: they are the top i
+      for (size_t j = 0; j < i; ++j) next_[static_cast<size_t>(blocks[j])] = kUsed;
+      DS_THROW(Error, "[kv] KV block {} appears twice in one free", b);
+    }
     next_[static_cast<size_t>(b)] = head_;
     head_ = b;
   }
@@ -78,17 +84,19 @@ int32_t KvStateManager::remaining_block_capacity(uint64_t uid) const {
 
 const SequenceKv& KvStateManager::reserve(uint64_t uid, int32_t n_tokens) {
   auto it = seqs_.find(uid);
-  if (it == seqs_.end()) {
-    DS_CHECK(tracked_sequences() < max_tracked_, "[kv] cannot track sequence {}: {} sequences are tracked, the limit "
-             "is {}", uid, tracked_sequences(), max_tracked_);
-    it = seqs_.emplace(uid, SequenceKv{}).first;
-  }
-  SequenceKv& s = it->second;
-  DS_CHECK(n_tokens >= 0 && s.seen_tokens + n_tokens <= max_context_, "[kv] sequence {} would reach {} tokens; the "
-           "model's context is {}", uid, s.seen_tokens + n_tokens, max_context_);
-  const int32_t need = ceil_div(int64_t(s.seen_tokens) + n_tokens, block_size_) - static_cast<int32_t>(s.blocks.size());
-  if (need > 0) allocator_.allocate(need, s.blocks);
-  return s;
+  const bool is_new = it == seqs_.end();
+  const int32_t seen = is_new ? 0 : it->second.seen_tokens;
+  const int32_t held = is_new ? 0 : static_cast<int32_t>(it->second.blocks.size());
+  // Every check before any change, so a refused reservation leaves no trace.
+  DS_CHECK(!is_new || tracked_sequences() < max_tracked_, "[kv] cannot track sequence {}: {} sequences are tracked, "
+           "the limit is {}", uid, tracked_sequences(), max_tracked_);
+  DS_CHECK(n_tokens >= 0 && seen + n_tokens <= max_context_, "[kv] sequence {} would reach {} tokens; the model's "
+           "context is {}", uid, seen + n_tokens, max_context_);
+  const int32_t need = std::max(0, ceil_div(int64_t(seen) + n_tokens, block_size_) - held);
+  DS_CHECK(need <= free_blocks(), "[kv] sequence {} needs {} more KV blocks but {} are free", uid, need, free_blocks());
+  if (is_new) it = seqs_.emplace(uid, SequenceKv{}).first;
+  allocator_.allocate(need, it->second.blocks);
+  return it->second;
 }
 
 void KvStateManager::advance(uint64_t uid, int32_t n_tokens) {

@@ -8,8 +8,9 @@
 //                  can hold all of its remaining tokens, packed until the token budget is full, the last one split
 //                  to fill it exactly; when nothing at all can run, the last request holding KV is preempted.
 //   prefill_first  continuous batching with whole prompts first, as vLLM's original scheduler: a pass of whole
-//                  waiting prompts (packed up to the budget) whenever one fits, otherwise a pass of every decode;
-//                  a decode that needs a block when none is free preempts the newest running request.
+//                  waiting prompts (packed up to the budget) whenever one fits, leaving a block for every decode
+//                  whose last block is full, otherwise a pass of every decode; a decode that needs a block when
+//                  none is free preempts the newest running request.
 //   static         static batching: a batch of up to static_batch_size requests is admitted only when nothing is
 //                  running (with KV for all of its prompt and max_tokens), prefilled whole in one pass, and
 //                  decoded until its last member finishes; arrivals wait for the next batch.
@@ -41,7 +42,7 @@ struct SchedulerLimits {
 struct QueuedRequest {
   uint64_t uid = 0;
   int32_t pending = 0;         // tokens waiting to run: the rest of the prompt, or 1 (the last sampled token)
-  bool decoding = false;       // the prompt is done and the request has sampled at least one token
+  bool decoding = false;       // the prompt is done and the request has sampled a token (it holds KV; pending 1)
   int32_t max_new_tokens = 0;  // tokens it may still generate (the static policy reserves KV for them)
 };
 
@@ -64,7 +65,7 @@ class Scheduler {
   // queue: every unfinished request in arrival order (a request keeps its place while it runs or is preempted).
   // kv: the cache as it is before the pass. The plan never exceeds limits.token_budget tokens (prefill_first and
   // static may exceed it with a single prompt longer than the budget, which they could never run otherwise),
-  // limits.max_sequences sequences, or the free KV blocks.
+  // limits.max_sequences sequences, the free KV blocks, or the sequences kv may still track.
   virtual Plan plan(std::span<const QueuedRequest> queue, const KvStateManager& kv) = 0;
   virtual Policy policy() const = 0;
   const SchedulerLimits& limits() const { return limits_; }

@@ -1,0 +1,230 @@
+// Sampling and streamed text for one request (see sampler.h for the semantics).
+// Sampling: the common case (no top_k, no top_p) is one O(V) pass for the maximum and one for the weights, with no
+// sort; top_k partitions with nth_element and only top_p sorts, and then only the top_k survivors. Weights are
+// exp((logit - max) / T) in float, summed in double; ties are broken by the lower id so the candidate order, and so
+// the draw, depends only on the logits and the seed.
+// Text: pending_ only ever holds a possible stop-string start (< the longest stop) plus at most three bytes of an
+// unfinished UTF-8 character, so searching all of it on every push is cheap.
+#include "ds/inference/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "ds/core/error.h"
+#include "ds/data/bpe_tokenizer.h"
+
+namespace ds::inference {
+
+namespace {
+
+constexpr float kGreedyTemperature = 1e-5f;  // below this, sampling is argmax
+constexpr size_t kMaxStopStrings = 4;        // OpenAI's limit
+
+// Candidate order: higher weight (or logit) first, then lower id.
+bool before(const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
+  return a.first > b.first || (a.first == b.first && a.second < b.second);
+}
+
+// Draws from candidates whose .first are unnormalised weights summing to total.
+int32_t draw(std::span<const std::pair<float, int32_t>> cand, double total, Rng& rng) {
+  DS_ASSERT(!cand.empty() && total > 0.0, "no candidate to sample from");
+  const double target = static_cast<double>(rng.uniform()) * total;
+  double cum = 0.0;
+  for (const auto& [w, id] : cand) {
+    cum += w;
+    if (target < cum) return id;
+  }
+  // Rounding left target at or past the last sum: the last candidate with weight.
+  for (size_t i = cand.size(); i-- > 0;) {
+    if (cand[i].first > 0.0f) return cand[i].second;
+  }
+  DS_ASSERT(false, "all candidate weights are zero");
+  return cand.front().second;
+}
+
+// Length of a UTF-8 character from its lead byte; 0 for a byte that cannot start one (continuation, C0, C1, F5+).
+int utf8_length(unsigned char lead) {
+  if (lead < 0x80) return 1;
+  if (lead >= 0xC2 && lead <= 0xDF) return 2;
+  if (lead >= 0xE0 && lead <= 0xEF) return 3;
+  if (lead >= 0xF0 && lead <= 0xF4) return 4;
+  return 0;
+}
+
+// Whether byte `b` may follow `lead` as the first continuation byte (excludes overlong forms, surrogates and code
+// points above U+10FFFF, as the Unicode standard's table of well-formed sequences).
+bool valid_second(unsigned char lead, unsigned char b) {
+  switch (lead) {
+    case 0xE0: return b >= 0xA0 && b <= 0xBF;
+    case 0xED: return b >= 0x80 && b <= 0x9F;
+    case 0xF0: return b >= 0x90 && b <= 0xBF;
+    case 0xF4: return b >= 0x80 && b <= 0x8F;
+    default: return b >= 0x80 && b <= 0xBF;
+  }
+}
+
+// Where s[0, end) must be cut so it does not end inside a UTF-8 character that later bytes could still complete:
+// end itself, or the start of that unfinished character. Sequences that can never become valid are not held.
+size_t utf8_safe_end(const std::string& s, size_t end) {
+  // The unfinished character starts at most three bytes back, at the last byte that is not a continuation byte.
+  size_t start = end;
+  for (size_t back = 1; back <= 3 && back <= end; ++back) {
+    const auto c = static_cast<unsigned char>(s[end - back]);
+    if ((c & 0xC0) != 0x80) {
+      start = end - back;
+      break;
+    }
+  }
+  if (start == end) return end;  // no lead byte in reach: nothing to complete
+  const auto lead = static_cast<unsigned char>(s[start]);
+  const size_t need = static_cast<size_t>(utf8_length(lead));
+  const size_t have = end - start;
+  if (need <= have) return end;  // complete (or not a lead byte at all: need == 0)
+  if (have >= 2 && !valid_second(lead, static_cast<unsigned char>(s[start + 1]))) return end;  // never valid
+  return start;
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------------ SamplingParams
+
+void SamplingParams::validate(int32_t vocab_size) const {
+  DS_CHECK(max_tokens >= 1, "[request] 'max_tokens' must be at least 1, got {}", max_tokens);
+  DS_CHECK(temperature >= 0.0f && temperature <= 2.0f, "[request] 'temperature' must be between 0 and 2, got {}",
+           temperature);
+  DS_CHECK(top_k >= 0, "[request] 'top_k' must be 0 (no limit) or positive, got {}", top_k);
+  DS_CHECK(top_p > 0.0f && top_p <= 1.0f, "[request] 'top_p' must be in (0, 1], got {}", top_p);
+  DS_CHECK(stop.size() <= kMaxStopStrings, "[request] 'stop' may hold at most {} strings, got {}", kMaxStopStrings,
+           stop.size());
+  for (size_t i = 0; i < stop.size(); ++i) {
+    DS_CHECK(!stop[i].empty(), "[request] 'stop' strings must not be empty, but entry {} is", i);
+  }
+  for (int32_t id : stop_token_ids) {
+    DS_CHECK(id >= 0 && id < vocab_size, "[request] 'stop_token_ids' must be token ids in [0, {}), got {}",
+             vocab_size, id);
+  }
+}
+
+// ------------------------------------------------------------------------------------------------ Sampler
+
+Sampler::Sampler(const SamplingParams& params, uint64_t default_seed)
+    : temperature_(params.temperature),
+      top_k_(params.top_k),
+      top_p_(params.top_p),
+      rng_(params.seed.value_or(default_seed)) {}
+
+int32_t Sampler::sample(std::span<const float> logits) {
+  DS_ASSERT(!logits.empty(), "sampling from empty logits");
+  const auto V = static_cast<int32_t>(logits.size());
+
+  // Greedy (and the maximum for the softmax): the first index of the largest logit.
+  int32_t best = 0;
+  for (int32_t i = 1; i < V; ++i) {
+    if (logits[i] > logits[best]) best = i;
+  }
+  if (!(temperature_ >= kGreedyTemperature)) return best;
+  const float max_logit = logits[best];
+  DS_CHECK(std::isfinite(max_logit), "[sampler] the largest logit is {}; the model produced no finite logits",
+           max_logit);
+  const float inv_t = 1.0f / temperature_;
+
+  scratch_.resize(logits.size());
+  const bool limit_k = top_k_ > 0 && top_k_ < V;
+  const bool limit_p = top_p_ < 1.0f;
+
+  if (!limit_k && !limit_p) {  // O(V): weights in place, no ordering needed
+    double total = 0.0;
+    for (int32_t i = 0; i < V; ++i) {
+      const float w = std::exp((logits[i] - max_logit) * inv_t);
+      scratch_[i] = {w, i};
+      total += w;
+    }
+    return draw(scratch_, total, rng_);
+  }
+
+  for (int32_t i = 0; i < V; ++i) scratch_[i] = {logits[i], i};
+  size_t n = scratch_.size();
+  if (limit_k) {
+    n = static_cast<size_t>(top_k_);
+    std::nth_element(scratch_.begin(), scratch_.begin() + static_cast<ptrdiff_t>(n - 1), scratch_.end(), before);
+  }
+  if (limit_p) std::sort(scratch_.begin(), scratch_.begin() + static_cast<ptrdiff_t>(n), before);
+
+  double total = 0.0;
+  for (size_t i = 0; i < n; ++i) {
+    scratch_[i].first = std::exp((scratch_[i].first - max_logit) * inv_t);
+    total += scratch_[i].first;
+  }
+  if (limit_p) {  // smallest prefix (by descending probability) whose probability reaches top_p
+    const double need = static_cast<double>(top_p_) * total;
+    double cum = 0.0;
+    size_t keep = 0;
+    while (keep < n) {
+      cum += scratch_[keep].first;
+      ++keep;
+      if (cum >= need) break;
+    }
+    n = keep;
+    total = cum;
+  }
+  return draw(std::span<const std::pair<float, int32_t>>(scratch_.data(), n), total, rng_);
+}
+
+// ------------------------------------------------------------------------------------------------ TextStream
+
+TextStream::TextStream(const data::BpeTokenizer* tokenizer, std::vector<std::string> stop)
+    : tokenizer_(tokenizer), stop_(std::move(stop)) {
+  DS_CHECK(tokenizer_ != nullptr || stop_.empty(),
+           "[request] stop strings need a tokenizer to match text against, but this model has none; remove 'stop' "
+           "or serve the model with a tokenizer");
+  for (const auto& s : stop_) {
+    DS_CHECK(!s.empty(), "[request] 'stop' strings must not be empty");
+    max_stop_ = std::max(max_stop_, s.size());
+  }
+}
+
+TextStream::Delta TextStream::push(int32_t token) {
+  Delta out;
+  if (stopped_) {
+    out.stopped = true;
+    return out;
+  }
+  if (tokenizer_ == nullptr) return out;
+  pending_ += tokenizer_->token_bytes(token);
+
+  // The first stop string to occur ends the text.
+  size_t cut = std::string::npos;
+  for (const auto& s : stop_) cut = std::min(cut, pending_.find(s));
+  if (cut != std::string::npos) {
+    out.text = pending_.substr(0, cut);
+    out.stopped = true;
+    pending_.clear();
+    stopped_ = true;
+    return out;
+  }
+
+  // Hold back the longest tail that is a proper prefix of some stop string.
+  size_t hold = 0;
+  const size_t reach = std::min(pending_.size(), max_stop_ > 0 ? max_stop_ - 1 : 0);
+  for (size_t len = reach; len > 0 && hold == 0; --len) {
+    const std::string_view tail(pending_.data() + pending_.size() - len, len);
+    for (const auto& s : stop_) {
+      if (s.size() > len && s.compare(0, len, tail) == 0) {
+        hold = len;
+        break;
+      }
+    }
+  }
+  const size_t end = utf8_safe_end(pending_, pending_.size() - hold);
+  out.text = pending_.substr(0, end);
+  pending_.erase(0, end);
+  return out;
+}
+
+std::string TextStream::finish() {
+  std::string rest;
+  rest.swap(pending_);
+  return rest;
+}
+
+}  // namespace ds::inference

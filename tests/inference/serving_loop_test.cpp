@@ -1,0 +1,212 @@
+// The serving loop end to end without HTTP: every policy, with a KV cache small enough to force splits and
+// preemptions, must give each request exactly the greedy tokens of a naive full-recompute run of its prompt
+// alone, free every block at the end, and account for every request. Also the loop's refusals and cancellation.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "ds/core/rng.h"
+#include "ds/inference/serving_loop.h"
+
+namespace ds::inference {
+namespace {
+
+Gpt2Config small_config() {
+  Gpt2Config c;
+  c.name = "loop-test";
+  c.n_layer = 2;
+  c.n_head = 2;
+  c.n_embd = 32;
+  c.vocab_size = 256;
+  c.block_size = 96;
+  return c;
+}
+
+std::vector<int32_t> naive_greedy(Gpt2& model, std::vector<int32_t> tokens, int n) {
+  const int V = model.config().vocab_size;
+  std::vector<int32_t> out;
+  for (int i = 0; i < n; ++i) {
+    const int T = static_cast<int>(tokens.size());
+    std::vector<float> logits(static_cast<size_t>(T) * V);
+    Ctx ctx;
+    model.forward_logits(ctx, tokens.data(), 1, T, logits.data());
+    const auto t = static_cast<int32_t>(std::max_element(logits.end() - V, logits.end()) - (logits.end() - V));
+    out.push_back(t);
+    tokens.push_back(t);
+  }
+  return out;
+}
+
+struct Collected {
+  std::vector<int32_t> tokens;
+  FinishReason finish = FinishReason::none;
+  int events_after_finish = 0;
+};
+
+class LoopPolicy : public ::testing::TestWithParam<Policy> {};
+
+TEST_P(LoopPolicy, GreedyEqualsFullRecomputeUnderKvPressure) {
+  Gpt2 model(small_config(), 1, /*with_grads=*/false);
+  model.init_weights(3);
+  auto runner = std::make_shared<InferenceModel>(model);
+  EngineConfig ec;
+  ec.kv_block_size = 4;
+  ec.kv_block_count = 13;  // 52 slots for 10 requests of up to 50 tokens each
+  InferenceEngine engine(runner, ec);
+  SchedulerLimits limits;
+  limits.token_budget = 32;
+  limits.static_batch_size = 4;
+  ServingLoop loop(engine, make_scheduler(GetParam(), limits), nullptr);
+
+  Rng rng(17);
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<int> max_new;
+  std::map<uint64_t, size_t> index;
+  std::vector<Collected> got(10);
+  for (size_t i = 0; i < got.size(); ++i) {
+    std::vector<int32_t> p(1 + rng.next_u64() % 20);
+    for (auto& t : p) t = static_cast<int32_t>(rng.next_u64() % 256);
+    prompts.push_back(p);
+    max_new.push_back(static_cast<int>(1 + rng.next_u64() % 30));
+    GenerationRequest r;
+    r.prompt = p;
+    r.sampling.temperature = 0;
+    r.sampling.max_tokens = max_new.back();
+    Collected* c = &got[i];
+    r.sink = [c](const GenerationEvent& ev) {
+      if (c->finish != FinishReason::none) ++c->events_after_finish;
+      c->tokens.insert(c->tokens.end(), ev.tokens.begin(), ev.tokens.end());
+      c->finish = ev.finish;
+    };
+    const SubmitResult s = loop.submit(std::move(r));
+    ASSERT_EQ(s.status, SubmitStatus::accepted) << s.error;
+    index[s.uid] = i;
+    if (i % 3 == 2) loop.step();  // arrivals while others run
+  }
+  loop.run_until_idle();
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_EQ(got[i].finish, FinishReason::length) << "request " << i;
+    EXPECT_EQ(got[i].events_after_finish, 0);
+    EXPECT_EQ(got[i].tokens, naive_greedy(model, prompts[i], max_new[i])) << "request " << i << " under "
+                                                                          << policy_name(GetParam());
+  }
+  const LoopStats st = loop.stats();
+  EXPECT_EQ(st.requests_finished, 10);
+  EXPECT_EQ(st.waiting + st.running, 0);
+  EXPECT_EQ(st.kv_blocks_used, 0);
+  EXPECT_EQ(engine.free_blocks(), ec.kv_block_count);
+  EXPECT_EQ(engine.kv_state().tracked_sequences(), 0);
+  int64_t generated = 0;
+  for (int m : max_new) generated += m;
+  EXPECT_EQ(st.completion_tokens, generated);
+  EXPECT_EQ(st.time_to_first_token_s.count(), 10);
+  EXPECT_EQ(st.time_per_output_token_s.count(), generated - 10);
+  if (GetParam() == Policy::splitfuse) EXPECT_GT(st.preemptions, 0) << "the cache was meant to be too small";
+}
+
+INSTANTIATE_TEST_SUITE_P(Loop, LoopPolicy,
+                         ::testing::Values(Policy::splitfuse, Policy::prefill_first, Policy::static_batch),
+                         [](const auto& info) { return std::string(policy_name(info.param)) == "prefill-first"
+                                                           ? std::string("prefill_first")
+                                                           : std::string(policy_name(info.param)); });
+
+TEST(Loop, RefusesWhatCanNeverRunAndWhatDoesNotFit) {
+  Gpt2 model(small_config(), 1, false);
+  model.init_weights(3);
+  EngineConfig ec;
+  ec.kv_block_size = 4;
+  ec.kv_block_count = 8;  // 32 slots
+  InferenceEngine engine(std::make_shared<InferenceModel>(model), ec);
+  LoopOptions lo;
+  lo.max_pending = 2;
+  ServingLoop loop(engine, make_scheduler(Policy::splitfuse, {}), nullptr, lo);
+  auto request = [](std::vector<int32_t> p, int max_tokens) {
+    GenerationRequest r;
+    r.prompt = std::move(p);
+    r.sampling.max_tokens = max_tokens;
+    return r;
+  };
+  EXPECT_EQ(loop.submit(request({}, 4)).status, SubmitStatus::invalid);
+  EXPECT_EQ(loop.submit(request({1, 256}, 4)).status, SubmitStatus::invalid);               // outside the vocabulary
+  EXPECT_EQ(loop.submit(request(std::vector<int32_t>(90, 1), 10)).status, SubmitStatus::invalid);  // > context 96
+  EXPECT_EQ(loop.submit(request(std::vector<int32_t>(30, 1), 10)).status, SubmitStatus::invalid);  // > 32 KV slots
+  GenerationRequest stop = request({1, 2}, 4);
+  stop.sampling.stop = {"x"};
+  EXPECT_EQ(loop.submit(std::move(stop)).status, SubmitStatus::invalid);  // stop strings need a tokenizer
+  EXPECT_EQ(loop.submit(request({1, 2}, 4)).status, SubmitStatus::accepted);
+  EXPECT_EQ(loop.submit(request({1, 2}, 4)).status, SubmitStatus::accepted);
+  const SubmitResult full = loop.submit(request({1, 2}, 4));
+  EXPECT_EQ(full.status, SubmitStatus::queue_full);
+  EXPECT_NE(full.error.find("retry"), std::string::npos);
+  loop.run_until_idle();
+  EXPECT_EQ(loop.submit(request({1, 2}, 4)).status, SubmitStatus::accepted) << "room again once they finished";
+  loop.run_until_idle();
+  EXPECT_EQ(loop.stats().requests_rejected, 6);
+}
+
+TEST(Loop, CancelFreesTheBlocksBeforeTheNextPass) {
+  Gpt2 model(small_config(), 1, false);
+  model.init_weights(3);
+  EngineConfig ec;
+  ec.kv_block_size = 4;
+  ec.kv_block_count = 16;
+  InferenceEngine engine(std::make_shared<InferenceModel>(model), ec);
+  ServingLoop loop(engine, make_scheduler(Policy::splitfuse, {}), nullptr);
+  FinishReason finish = FinishReason::none;
+  int tokens = 0;
+  GenerationRequest r;
+  r.prompt = std::vector<int32_t>(10, 5);
+  r.sampling.max_tokens = 40;
+  r.sink = [&](const GenerationEvent& ev) {
+    tokens += static_cast<int>(ev.tokens.size());
+    finish = ev.finish;
+  };
+  const uint64_t uid = loop.submit(std::move(r)).uid;
+  loop.step();
+  loop.step();
+  EXPECT_GT(engine.kv_state().used_blocks(), 0);
+  loop.cancel(uid);
+  EXPECT_FALSE(loop.step()) << "nothing is left to run";
+  EXPECT_EQ(finish, FinishReason::cancelled);
+  EXPECT_EQ(tokens, 2);
+  EXPECT_EQ(engine.kv_state().used_blocks(), 0);
+  EXPECT_EQ(loop.stats().kv_blocks_used, 0);
+  EXPECT_EQ(loop.stats().requests_cancelled, 1);
+}
+
+TEST(Loop, SeededSamplingRepeatsWhateverRunsBesideIt) {
+  Gpt2 model(small_config(), 1, false);
+  model.init_weights(3);
+  EngineConfig ec;
+  ec.kv_block_size = 4;
+  ec.kv_block_count = 64;
+  InferenceEngine engine(std::make_shared<InferenceModel>(model), ec);
+  ServingLoop loop(engine, make_scheduler(Policy::splitfuse, {}), nullptr);
+  auto run = [&](int neighbours) {
+    std::vector<int32_t> out;
+    GenerationRequest r;
+    r.prompt = {3, 1, 4, 1, 5};
+    r.sampling.max_tokens = 12;
+    r.sampling.temperature = 1.0f;
+    r.sampling.seed = 99;
+    r.sink = [&](const GenerationEvent& ev) { out.insert(out.end(), ev.tokens.begin(), ev.tokens.end()); };
+    loop.submit(std::move(r));
+    for (int i = 0; i < neighbours; ++i) {
+      GenerationRequest n;
+      n.prompt = std::vector<int32_t>(static_cast<size_t>(3 + i), 7);
+      n.sampling.max_tokens = 6;
+      loop.submit(std::move(n));
+    }
+    loop.run_until_idle();
+    return out;
+  };
+  const std::vector<int32_t> alone = run(0);
+  EXPECT_EQ(alone.size(), 12u);
+  EXPECT_EQ(run(3), alone);
+}
+
+}  // namespace
+}  // namespace ds::inference
