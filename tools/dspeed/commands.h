@@ -13,5 +13,7 @@ void add_data_command(CLI::App& root);
 void add_bench_command(CLI::App& root);
 void add_launch_command(CLI::App& root);
 void add_ckpt_command(CLI::App& root);
+void add_serve_command(CLI::App& root);
+void add_generate_command(CLI::App& root);
 
 }  // namespace ds::tool

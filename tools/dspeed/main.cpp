@@ -15,6 +15,8 @@ int main(int argc, char** argv) {
   ds::tool::add_bench_command(app);
   ds::tool::add_launch_command(app);
   ds::tool::add_ckpt_command(app);
+  ds::tool::add_serve_command(app);
+  ds::tool::add_generate_command(app);
   try {
     app.parse(argc, argv);  // the chosen subcommand's callback does the work
   } catch (const CLI::ParseError& e) {

@@ -4,8 +4,6 @@
 // is why only the last token of each sequence reaches it; a single decode is bound by reading wte (25.7 MB fp32).
 #include "ds/inference/model_runner.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -96,50 +94,6 @@ std::shared_ptr<InferenceModel> InferenceModel::load(const std::string& path, co
   return m;
 }
 
-// Causal attention of every new token over its sequence's cached keys and values (the batch's own K and V are
-// already in the cache). out[N, C]; scores: one row of the context per thread.
-static void paged_attention(float* out, const float* qkv, const RaggedBatch& batch, const KvCache& cache, int layer,
-                            int C, int NH, std::vector<float>& scores) {
-  const int HS = C / NH;
-  const int N = batch.n_tokens();
-  const int32_t bs = cache.kv_block_size();
-  int32_t max_pos = 1;
-  for (const RaggedSequence& s : batch.seqs) max_pos = std::max(max_pos, s.seen_tokens + s.n_tokens);
-  const int threads = omp_get_max_threads();
-  scores.resize(static_cast<size_t>(threads) * max_pos);
-  const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
-#pragma omp parallel for collapse(2) schedule(dynamic, 4)
-  for (int i = 0; i < N; ++i) {
-    for (int h = 0; h < NH; ++h) {
-      const RaggedSequence& s = batch.seqs[static_cast<size_t>(batch.token_to_seq[static_cast<size_t>(i)])];
-      const int32_t pos = s.seen_tokens + (i - s.start);  // attends to positions 0..pos
-      float* sc = scores.data() + static_cast<size_t>(omp_get_thread_num()) * max_pos;
-      const float* q = qkv + static_cast<int64_t>(i) * 3 * C + h * HS;
-      float maxv = -INFINITY;
-      for (int32_t t = 0; t <= pos; ++t) {
-        const float* k = cache.slot(layer, s.block_table[t / bs], t % bs) + h * HS;
-        float dot = 0;
-        for (int c = 0; c < HS; ++c) dot += q[c] * k[c];
-        sc[t] = dot * scale;
-        maxv = std::max(maxv, sc[t]);
-      }
-      float sum = 0;
-      for (int32_t t = 0; t <= pos; ++t) {
-        sc[t] = std::exp(sc[t] - maxv);
-        sum += sc[t];
-      }
-      const float inv = 1.0f / sum;
-      float* o = out + static_cast<int64_t>(i) * C + h * HS;
-      std::fill(o, o + HS, 0.0f);
-      for (int32_t t = 0; t <= pos; ++t) {
-        const float* v = cache.slot(layer, s.block_table[t / bs], t % bs) + C + h * HS;
-        const float p = sc[t] * inv;
-        for (int c = 0; c < HS; ++c) o[c] += p * v[c];
-      }
-    }
-  }
-}
-
 void InferenceModel::forward(const RaggedBatch& batch, KvCache& cache, Scratch& scratch, float* logits) const {
   const Gpt2Config& cfg = config();
   const int C = cfg.n_embd, NH = cfg.n_head, V = cfg.vocab_size;
@@ -158,10 +112,21 @@ void InferenceModel::forward(const RaggedBatch& batch, KvCache& cache, Scratch& 
   float* mlp = grow(scratch.mlp, int64_t(N) * 4 * C);
   float* att = grow(scratch.att, int64_t(N) * C);
 
+  // Each token's position, and each sequence's block table, as the attention kernel takes them.
+  scratch.pos.resize(static_cast<size_t>(N));
+  scratch.tables.resize(static_cast<size_t>(S));
+  int32_t max_pos = 1;
+  for (int s = 0; s < S; ++s) {
+    const RaggedSequence& q = batch.seqs[static_cast<size_t>(s)];
+    scratch.tables[static_cast<size_t>(s)] = q.block_table;
+    for (int j = 0; j < q.n_tokens; ++j) scratch.pos[static_cast<size_t>(q.start + j)] = q.seen_tokens + j;
+    max_pos = std::max(max_pos, q.seen_tokens + q.n_tokens);
+  }
+  float* scores = grow(scratch.scores, static_cast<int64_t>(cpu::paged_attention_scratch_floats(max_pos)));
+
   // Embeddings at each token's own position.
   for (int i = 0; i < N; ++i) {
-    const RaggedSequence& s = batch.seqs[static_cast<size_t>(batch.token_to_seq[static_cast<size_t>(i)])];
-    const int32_t pos = s.seen_tokens + (i - s.start);
+    const int32_t pos = scratch.pos[static_cast<size_t>(i)];
     DS_ASSERT(pos < cfg.block_size, "position {} beyond the model's context {}", pos, cfg.block_size);
     const int32_t id = batch.input_ids[static_cast<size_t>(i)];
     DS_ASSERT(id >= 0 && id < V, "token id {} outside the vocabulary", id);
@@ -176,12 +141,13 @@ void InferenceModel::forward(const RaggedBatch& batch, KvCache& cache, Scratch& 
     cpu::layernorm_forward(h, mean, rstd, x, w.ln1_w, w.ln1_b, N, C);
     cpu::matmul_forward(qkv, h, w.qkv_w, w.qkv_b, N, C, 3 * C);
     for (int i = 0; i < N; ++i) {  // K and V of the new tokens into their slots
-      const RaggedSequence& s = batch.seqs[static_cast<size_t>(batch.token_to_seq[static_cast<size_t>(i)])];
-      const int32_t pos = s.seen_tokens + (i - s.start);
-      float* slot = cache.slot(l, s.block_table[pos / bs], pos % bs);
+      const int32_t pos = scratch.pos[static_cast<size_t>(i)];
+      const int32_t* table = scratch.tables[static_cast<size_t>(batch.token_to_seq[static_cast<size_t>(i)])];
+      float* slot = cache.slot(l, table[pos / bs], pos % bs);
       std::memcpy(slot, qkv + int64_t(i) * 3 * C + C, sizeof(float) * 2 * static_cast<size_t>(C));
     }
-    paged_attention(att, qkv, batch, cache, l, C, NH, scratch.scores);
+    cpu::paged_attention_forward(att, qkv, N, batch.token_to_seq.data(), scratch.pos.data(), scratch.tables.data(),
+                                 cache.slot(l, 0, 0), bs, C, NH, scores, max_pos);
     cpu::matmul_forward(h, att, w.proj_w, w.proj_b, N, C, C);
     cpu::add_inplace(x, h, static_cast<size_t>(N) * C);
     cpu::layernorm_forward(h, mean, rstd, x, w.ln2_w, w.ln2_b, N, C);

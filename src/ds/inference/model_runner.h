@@ -33,6 +33,8 @@ class InferenceModel {
   // Activations of one pass, kept between passes so steady-state serving allocates nothing.
   struct Scratch {
     std::vector<float> x, h, qkv, att, mlp, scores;
+    std::vector<int32_t> pos;                   // of each token
+    std::vector<const int32_t*> tables;         // block table of each sequence
   };
   // logits[n_seqs, V]: the distribution after each sequence's last new token. Writes the batch's K and V into
   // cache (its blocks must have been reserved). The model is read-only: engines may share it.

@@ -83,6 +83,12 @@ SubmitResult ServingLoop::submit(GenerationRequest request) {
                                "memory", total, blocks, engine_.kv_state().kv_block_count(), bs));
   {
     const std::lock_guard<std::mutex> lock(mu_);
+    if (stop_) {
+      ++stats_.requests_rejected;
+      res.status = SubmitStatus::queue_full;
+      res.error = "[serve] the server is shutting down; retry against another replica or later";
+      return res;
+    }
     if (pending_count_ >= options_.max_pending) {
       ++stats_.requests_rejected;
       res.status = SubmitStatus::queue_full;
@@ -147,6 +153,8 @@ void ServingLoop::finish(Active& a, FinishReason reason, GenerationEvent& ev) {
     if (a.generated.empty()) --stats_.waiting; else --stats_.running;
     if (reason == FinishReason::cancelled) ++stats_.requests_cancelled;
     else ++stats_.requests_finished;
+    stats_.kv_blocks_used = engine_.kv_state().used_blocks();
+    stats_.kv_blocks_free = engine_.free_blocks();
   }
   if (a.sink) a.sink(ev);
   for (auto& p : active_)
@@ -209,7 +217,6 @@ bool ServingLoop::step() {
   const auto now = Clock::now();
   const auto V = static_cast<size_t>(engine_.vocab_size());
 
-  int64_t new_tokens = 0;
   for (size_t i = 0; i < chosen.size(); ++i) {
     Active& a = *chosen[i];
     a.pending.erase(a.pending.begin(), a.pending.begin() + plan.chunks[i].tokens);
@@ -219,9 +226,9 @@ bool ServingLoop::step() {
     a.generated.push_back(t);
     a.pending.assign(1, t);
     a.decoding = true;
-    ++new_tokens;
     {
       const std::lock_guard<std::mutex> lock(mu_);
+      ++stats_.completion_tokens;  // counted before the sink hears of it
       if (first) {
         stats_.time_to_first_token_s.observe(std::chrono::duration<double>(now - a.arrival).count());
         --stats_.waiting;
@@ -260,7 +267,6 @@ bool ServingLoop::step() {
     const std::lock_guard<std::mutex> lock(mu_);
     ++stats_.passes;
     stats_.pass_tokens += pass_tokens;
-    stats_.completion_tokens += new_tokens;
     stats_.kv_blocks_used = engine_.kv_state().used_blocks();
     stats_.kv_blocks_free = engine_.free_blocks();
   }

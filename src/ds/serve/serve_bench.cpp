@@ -192,8 +192,9 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
   fmt::print("single request: prefill {:.0f} tokens/s, decode {:.1f} tokens/s -> SLAs: prompt at >= {:.0f} tokens/s, "
              "generation at >= {:.1f} tokens/s\n\n", result.single_prefill_tokens_per_s,
              result.single_decode_tokens_per_s, prefill_floor, decode_floor);
-  fmt::print("{:<14} {:>7} {:>8} {:>10} {:>9} {:>9} {:>10} {:>10} {:>9} {:>10} {:>7}\n", "policy", "clients", "req/s",
-             "out tok/s", "TTFT p50", "TTFT p95", "token p50", "token p95", "SLA met", "eff. req/s", "preempt");
+  fmt::print("{:<14} {:>7} {:>8} {:>10} {:>9} {:>9} {:>10} {:>10} {:>7} {:>7} {:>9} {:>10} {:>7}\n", "policy",
+             "clients", "req/s", "out tok/s", "TTFT p50", "TTFT p95", "token p50", "token p95", "prompt", "gen",
+             "SLA met", "eff. req/s", "preempt");
 
   for (const int clients : o.clients) {
     DS_CHECK_AS(ConfigError, clients >= 1 && clients <= 256, "[bench] client counts must be 1..256, got {}", clients);
@@ -245,6 +246,8 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
         out_tokens += r.tokens;
         const bool prompt_ok = t <= static_cast<double>(requests[i].prompt.size()) / prefill_floor;
         const bool gen_ok = r.tokens <= 1 || (r.tokens - 1) / (r.last - r.first) >= decode_floor;
+        cell.meeting_prompt_sla += prompt_ok;
+        cell.meeting_generation_sla += gen_ok;
         if (prompt_ok && gen_ok) ++cell.meeting_sla;
       }
       cell.requests_per_s = cell.requests / wall;
@@ -256,10 +259,11 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
       cell.effective_requests_per_s = cell.meeting_sla / wall;
       cell.preemptions = after.preemptions - before.preemptions;
       cell.passes = after.passes - before.passes;
-      fmt::print("{:<14} {:>7} {:>8.2f} {:>10.1f} {:>8.1f}ms {:>8.1f}ms {:>8.1f}ms {:>8.1f}ms {:>5}/{:<3} {:>10.2f} "
-                 "{:>7}\n", policy, clients, cell.requests_per_s, cell.output_tokens_per_s, 1e3 * cell.ttft_p50_s,
-                 1e3 * cell.ttft_p95_s, 1e3 * cell.token_gap_p50_s, 1e3 * cell.token_gap_p95_s, cell.meeting_sla,
-                 cell.requests, cell.effective_requests_per_s, cell.preemptions);
+      fmt::print("{:<14} {:>7} {:>8.2f} {:>10.1f} {:>7.1f}ms {:>7.1f}ms {:>8.2f}ms {:>8.2f}ms {:>7} {:>7} {:>5}/{:<3} "
+                 "{:>10.2f} {:>7}\n", policy, clients, cell.requests_per_s, cell.output_tokens_per_s,
+                 1e3 * cell.ttft_p50_s, 1e3 * cell.ttft_p95_s, 1e3 * cell.token_gap_p50_s, 1e3 * cell.token_gap_p95_s,
+                 cell.meeting_prompt_sla, cell.meeting_generation_sla, cell.meeting_sla, cell.requests,
+                 cell.effective_requests_per_s, cell.preemptions);
       std::fflush(stdout);
       if (!o.json_out.empty()) {
         std::ofstream out(o.json_out, std::ios::app);
@@ -268,6 +272,8 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
                               {"output_tokens_per_s", cell.output_tokens_per_s}, {"ttft_p50_s", cell.ttft_p50_s},
                               {"ttft_p95_s", cell.ttft_p95_s}, {"token_gap_p50_s", cell.token_gap_p50_s},
                               {"token_gap_p95_s", cell.token_gap_p95_s}, {"meeting_sla", cell.meeting_sla},
+                              {"meeting_prompt_sla", cell.meeting_prompt_sla},
+                              {"meeting_generation_sla", cell.meeting_generation_sla},
                               {"effective_requests_per_s", cell.effective_requests_per_s},
                               {"single_prefill_tokens_per_s", result.single_prefill_tokens_per_s},
                               {"single_decode_tokens_per_s", result.single_decode_tokens_per_s},

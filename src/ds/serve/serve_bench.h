@@ -40,7 +40,8 @@ struct ServeBenchCell {
   double requests_per_s = 0, output_tokens_per_s = 0;
   double ttft_p50_s = 0, ttft_p95_s = 0;
   double token_gap_p50_s = 0, token_gap_p95_s = 0;
-  int meeting_sla = 0;
+  int meeting_prompt_sla = 0, meeting_generation_sla = 0;
+  int meeting_sla = 0;  // both
   double effective_requests_per_s = 0;
   int64_t preemptions = 0, passes = 0;
 };

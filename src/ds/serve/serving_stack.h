@@ -1,0 +1,58 @@
+// Everything `dspeed serve` and `dspeed generate` build before the first request: the model from a checkpoint or
+// safetensors file, the tokenizer, the engine with its KV cache, a scheduling policy and the serving loop, from
+// one options struct. The engine's per-pass token cap is max(token budget, model context): the policies enforce
+// the budget themselves, and prefill-first/static must be able to run one whole prompt longer than it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "ds/data/bpe_tokenizer.h"
+#include "ds/inference/engine.h"
+#include "ds/inference/serving_loop.h"
+
+namespace ds::serve {
+
+struct ServingStackOptions {
+  std::string model_path;                    // checkpoint directory or .safetensors file
+  std::string arch;                          // preset or model JSON overriding the file's shape
+  std::string tokenizer_dir = "data/tokenizer/gpt2";  // empty: no tokenizer (token ids in and out only)
+  std::string policy = "splitfuse";          // splitfuse, prefill-first, static
+  int32_t token_budget = 256;                // tokens per forward pass
+  int32_t max_sequences = 512;               // sequences per forward pass (capped at the token budget)
+  int32_t static_batch_size = 16;            // requests per batch of the static policy
+  int32_t kv_block_size = 16;
+  int32_t kv_block_count = 0;                // 0: as many as kv_memory_bytes holds
+  int64_t kv_memory_bytes = int64_t(256) << 20;
+  int32_t max_queue = 256;                   // requests queued or running; more get 429
+  uint64_t seed = 0x5eed;                    // base of the seeds of requests that give none
+};
+
+class ServingStack {
+ public:
+  // Throws IoError/ConfigError naming the file or option at fault.
+  explicit ServingStack(const ServingStackOptions& options);
+  ~ServingStack();
+  ServingStack(const ServingStack&) = delete;
+  ServingStack& operator=(const ServingStack&) = delete;
+
+  inference::ServingLoop& loop() { return *loop_; }
+  const inference::InferenceEngine& engine() const { return *engine_; }
+  const data::BpeTokenizer* tokenizer() const { return tokenizer_.get(); }
+  const inference::InferenceModel& model() const { return *model_; }
+  // One line: the model's shape, the policy and the KV cache, for the command's banner.
+  std::string describe() const;
+
+ private:
+  ServingStackOptions options_;
+  std::shared_ptr<inference::InferenceModel> model_;
+  std::unique_ptr<data::BpeTokenizer> tokenizer_;
+  std::unique_ptr<inference::InferenceEngine> engine_;
+  std::unique_ptr<inference::ServingLoop> loop_;
+};
+
+// The name a model file is served under by default: its file name without extension, or its directory's name.
+std::string default_served_name(const std::string& model_path);
+
+}  // namespace ds::serve

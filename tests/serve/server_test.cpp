@@ -1,0 +1,589 @@
+// The HTTP server end to end on 127.0.0.1 (port 0) with a small randomly initialised GPT-2 (L2 H2 C64, vocab
+// 50257, context 128) and the GPT-2 tokenizer. References are independent of the code under test: greedy output
+// of a request sent alone, counts from the test's own tokenizer, the number of bad requests the test sent.
+// Tests that need a request to stay in flight do not start the loop's thread but step it themselves, so that
+// "still queued" or "still generating" is a fact, not a race against a fast model. Every test ends by checking
+// that /metrics shows no KV block in use and nothing queued or running.
+#include "ds/serve/http_server.h"
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <latch>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "ds/data/bpe_tokenizer.h"
+#include "ds/inference/engine.h"
+#include "ds/inference/model_runner.h"
+#include "ds/inference/scheduler.h"
+#include "ds/inference/serving_loop.h"
+#include "ds/nn/models/gpt2.h"
+
+namespace ds::serve {
+namespace {
+
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+const std::string kSourceDir = DS_SOURCE_DIR;
+const std::string kModelName = "tiny";
+
+// The server's tokenizer (it copies it per worker) and a separate one for the test thread's own counts.
+const data::BpeTokenizer& server_tokenizer() {
+  static const data::BpeTokenizer tok = data::BpeTokenizer::from_directory(kSourceDir + "/data/tokenizer/gpt2");
+  return tok;
+}
+data::BpeTokenizer& test_tokenizer() {
+  static data::BpeTokenizer tok = data::BpeTokenizer::from_directory(kSourceDir + "/data/tokenizer/gpt2");
+  return tok;
+}
+
+Gpt2& tiny_model() {
+  static std::unique_ptr<Gpt2> model = [] {
+    Gpt2Config cfg;
+    cfg.name = "custom";
+    cfg.n_layer = 2;
+    cfg.n_head = 2;
+    cfg.n_embd = 64;
+    cfg.vocab_size = 50257;
+    cfg.block_size = 128;
+    auto m = std::make_unique<Gpt2>(cfg, 1, /*with_grads=*/false);
+    m->init_weights(2024);
+    return m;
+  }();
+  return *model;
+}
+
+inference::EngineConfig engine_config() {
+  inference::EngineConfig c;
+  c.kv_block_size = 16;
+  c.kv_block_count = 96;
+  c.max_tracked_sequences = 64;
+  c.max_ragged_batch_size = 256;
+  c.max_ragged_sequence_count = 64;
+  return c;
+}
+
+// Model, engine, loop and server; destroyed in reverse (server first, then the loop).
+struct Harness {
+  explicit Harness(int32_t max_pending = 256, bool start_loop = true,
+                   const data::BpeTokenizer* tokenizer = &server_tokenizer())
+      : engine(std::make_shared<inference::InferenceModel>(tiny_model()), engine_config()),
+        loop(engine,
+             inference::make_scheduler(inference::Policy::splitfuse, inference::SchedulerLimits{256, 64, 16}),
+             tokenizer, inference::LoopOptions{max_pending, 7}),
+        server(loop, tokenizer, options()) {
+    if (start_loop) loop.start();
+    server.start();
+    port = server.port();
+  }
+  static ServerOptions options() {
+    ServerOptions o;
+    o.host = "127.0.0.1";
+    o.port = 0;
+    o.model_name = kModelName;
+    o.http_threads = 16;
+    return o;
+  }
+  httplib::Client client() const {
+    httplib::Client cli("127.0.0.1", port);
+    cli.set_read_timeout(60, 0);
+    return cli;
+  }
+
+  inference::InferenceEngine engine;
+  inference::ServingLoop loop;
+  HttpServer server;
+  int port = 0;
+};
+
+struct Reply {
+  int status = 0;
+  json body;
+  httplib::Headers headers;
+};
+
+Reply post(const Harness& h, const json& body) {
+  httplib::Client cli = h.client();
+  const httplib::Result res = cli.Post("/v1/completions", body.dump(), "application/json");
+  if (!res) {
+    ADD_FAILURE() << "POST failed: " << httplib::to_string(res.error());
+    return {};
+  }
+  Reply r{res->status, json(), res->headers};
+  r.body = json::parse(res->body, nullptr, /*allow_exceptions=*/false);
+  EXPECT_FALSE(r.body.is_discarded()) << "not JSON: " << res->body;
+  return r;
+}
+
+Reply post_raw(const Harness& h, const std::string& method, const std::string& path, const std::string& body) {
+  httplib::Client cli = h.client();
+  httplib::Request req;
+  req.method = method;
+  req.path = path;
+  req.body = body;
+  if (!body.empty()) req.set_header("Content-Type", "application/json");
+  const httplib::Result res = cli.send(req);
+  if (!res) {
+    ADD_FAILURE() << method << " " << path << " failed: " << httplib::to_string(res.error());
+    return {};
+  }
+  return {res->status, json::parse(res->body, nullptr, false), res->headers};
+}
+
+struct Streamed {
+  int status = 0;
+  std::vector<json> chunks;  // every data event but [DONE], in order
+  bool done_last = false;    // "data: [DONE]" was the last event
+  std::string text;          // concatenated choices[0].text
+  std::vector<int32_t> token_ids;
+  std::string finish_reason;
+  json usage;
+};
+
+// Sends a streaming request; stop_after_first: the receiver returns false after the first event (the client
+// goes away mid-stream).
+Streamed post_stream(const Harness& h, const json& body, bool stop_after_first = false,
+                     std::atomic<bool>* first_seen = nullptr) {
+  httplib::Client cli = h.client();
+  Streamed out;
+  std::string buffer;
+  std::vector<std::string> events;
+  httplib::Request req;
+  req.method = "POST";
+  req.path = "/v1/completions";
+  req.body = body.dump();
+  req.set_header("Content-Type", "application/json");
+  req.content_receiver = [&](const char* data, size_t len, uint64_t, uint64_t) {
+    buffer.append(data, len);
+    size_t end;
+    while ((end = buffer.find("\n\n")) != std::string::npos) {
+      events.push_back(buffer.substr(0, end));
+      buffer.erase(0, end + 2);
+    }
+    if (!events.empty() && first_seen) *first_seen = true;
+    return !(stop_after_first && !events.empty());
+  };
+  const httplib::Result res = cli.send(req);
+  if (stop_after_first) return out;
+  if (!res) {
+    ADD_FAILURE() << "stream failed: " << httplib::to_string(res.error());
+    return out;
+  }
+  out.status = res->status;
+  EXPECT_EQ(res->get_header_value("Content-Type"), "text/event-stream");
+  EXPECT_TRUE(buffer.empty()) << "a partial event at the end: " << buffer;
+  for (size_t i = 0; i < events.size(); ++i) {
+    const std::string& e = events[i];
+    EXPECT_EQ(e.rfind("data: ", 0), 0u) << e;
+    if (e == "data: [DONE]") {
+      out.done_last = i + 1 == events.size();
+      continue;
+    }
+    json j = json::parse(e.substr(6));
+    if (j.contains("usage") && !j["usage"].is_null()) out.usage = j["usage"];
+    if (!j["choices"].empty()) {
+      const json& c = j["choices"][0];
+      out.text += c["text"].get<std::string>();
+      if (c.contains("token_ids")) {
+        for (const auto& t : c["token_ids"]) out.token_ids.push_back(t.get<int32_t>());
+      }
+      if (!c["finish_reason"].is_null()) out.finish_reason = c["finish_reason"].get<std::string>();
+    }
+    out.chunks.push_back(std::move(j));
+  }
+  return out;
+}
+
+std::map<std::string, double> metrics(const Harness& h) {
+  httplib::Client cli = h.client();
+  const httplib::Result res = cli.Get("/metrics");
+  std::map<std::string, double> m;
+  if (!res || res->status != 200) {
+    ADD_FAILURE() << "GET /metrics failed";
+    return m;
+  }
+  EXPECT_EQ(res->get_header_value("Content-Type"), "text/plain; version=0.0.4");
+  std::istringstream in(res->body);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    const size_t sp = line.rfind(' ');
+    m[line.substr(0, sp)] = std::stod(line.substr(sp + 1));
+  }
+  return m;
+}
+
+// Waits (up to 10 s) for the loop to drain, then checks /metrics says so.
+void expect_idle(const Harness& h) {
+  std::map<std::string, double> m;
+  for (auto deadline = Clock::now() + 10s; Clock::now() < deadline; std::this_thread::sleep_for(10ms)) {
+    m = metrics(h);
+    if (m["dspeed_kv_blocks_used"] == 0 && m["dspeed_running_sequences"] == 0 && m["dspeed_queue_depth"] == 0) break;
+  }
+  EXPECT_EQ(m["dspeed_kv_blocks_used"], 0);
+  EXPECT_EQ(m["dspeed_running_sequences"], 0);
+  EXPECT_EQ(m["dspeed_queue_depth"], 0);
+  EXPECT_EQ(m["dspeed_kv_blocks_free"], engine_config().kv_block_count);
+}
+
+template <typename Pred>
+bool wait_for(Pred pred, std::chrono::milliseconds limit = 10s) {
+  for (auto deadline = Clock::now() + limit; Clock::now() < deadline; std::this_thread::sleep_for(2ms)) {
+    if (pred()) return true;
+  }
+  return pred();
+}
+
+json greedy(const std::string& prompt, int max_tokens) {
+  return {{"model", kModelName}, {"prompt", prompt}, {"max_tokens", max_tokens}, {"temperature", 0},
+          {"ignore_eos", true}};
+}
+
+const std::vector<std::string> kPrompts = {"The quick brown fox", "Once upon a time, in a land far away,",
+                                           "import numpy as np\n", "Q: What is 2+2?\nA:"};
+
+TEST(Server, ConcurrentStreamingAndWholeRequestsAgreeWithSingleRuns) {
+  Harness h;
+  constexpr int kMax = 12;
+  // The reference: each prompt sent alone, nothing else running.
+  std::vector<std::string> reference;
+  for (const std::string& p : kPrompts) {
+    const Reply r = post(h, greedy(p, kMax));
+    ASSERT_EQ(r.status, 200) << r.body.dump();
+    reference.push_back(r.body["choices"][0]["text"].get<std::string>());
+  }
+
+  // 8 clients at once: each prompt once whole and once streamed.
+  constexpr int kClients = 8;
+  std::vector<Reply> whole(kClients);
+  std::vector<Streamed> streamed(kClients);
+  std::latch go(kClients);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kClients; ++i) {
+    threads.emplace_back([&, i] {
+      json body = greedy(kPrompts[i % 4], kMax);
+      go.arrive_and_wait();
+      if (i >= 4) {
+        body["stream"] = true;
+        body["stream_options"] = {{"include_usage", true}};
+        streamed[i] = post_stream(h, body);
+      } else {
+        whole[i] = post(h, body);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+
+  std::set<std::string> ids;
+  for (int i = 0; i < kClients; ++i) {
+    SCOPED_TRACE("client " + std::to_string(i));
+    const std::string& prompt = kPrompts[i % 4];
+    const auto prompt_tokens = static_cast<int>(test_tokenizer().encode(prompt).size());
+    if (i < 4) {
+      const Reply& r = whole[i];
+      ASSERT_EQ(r.status, 200) << r.body.dump();
+      EXPECT_EQ(r.body["object"], "text_completion");
+      EXPECT_EQ(r.body["model"], kModelName);
+      EXPECT_EQ(r.body["choices"][0]["text"], reference[i % 4]);
+      EXPECT_EQ(r.body["choices"][0]["finish_reason"], "length");
+      EXPECT_FALSE(r.body["choices"][0].contains("token_ids"));  // only for token-id prompts
+      EXPECT_EQ(r.body["usage"]["prompt_tokens"], prompt_tokens);
+      EXPECT_EQ(r.body["usage"]["completion_tokens"], kMax);
+      EXPECT_EQ(r.body["usage"]["total_tokens"], prompt_tokens + kMax);
+      ids.insert(r.body["id"].get<std::string>());
+    } else {
+      const Streamed& s = streamed[i];
+      ASSERT_EQ(s.status, 200);
+      EXPECT_TRUE(s.done_last);
+      EXPECT_EQ(s.text, reference[i % 4]);
+      EXPECT_EQ(s.finish_reason, "length");
+      EXPECT_EQ(s.usage["prompt_tokens"], prompt_tokens);
+      EXPECT_EQ(s.usage["completion_tokens"], kMax);
+      EXPECT_EQ(s.usage["total_tokens"], prompt_tokens + kMax);
+      ASSERT_GE(s.chunks.size(), 2u);
+      // One id for all chunks of a stream; finish_reason only on the last text chunk; usage last.
+      for (size_t c = 0; c < s.chunks.size(); ++c) {
+        EXPECT_EQ(s.chunks[c]["id"], s.chunks[0]["id"]);
+        EXPECT_TRUE(s.chunks[c].contains("usage"));
+        if (c + 2 < s.chunks.size()) EXPECT_TRUE(s.chunks[c]["choices"][0]["finish_reason"].is_null());
+      }
+      EXPECT_TRUE(s.chunks.back()["choices"].empty());
+      ids.insert(s.chunks[0]["id"].get<std::string>());
+    }
+  }
+  EXPECT_EQ(ids.size(), size_t(kClients)) << "completion ids must differ";
+  // After the loop is idle: it adds a pass's token count to its stats only after the pass's sinks have run.
+  expect_idle(h);
+  const auto m = metrics(h);
+  EXPECT_EQ(m.at("dspeed_requests_total"), kClients + 4);
+  EXPECT_EQ(m.at("dspeed_requests_finished_total"), kClients + 4);
+  EXPECT_EQ(m.at("dspeed_generation_tokens_total"), (kClients + 4) * kMax);
+  EXPECT_EQ(m.at("dspeed_time_to_first_token_seconds_count"), kClients + 4);
+}
+
+TEST(Server, TokenIdPromptsGetTokenIdsBack) {
+  Harness h;
+  const std::vector<int32_t> prompt = test_tokenizer().encode(kPrompts[0]);
+  const Reply by_text = post(h, greedy(kPrompts[0], 10));
+  json body = greedy("", 10);
+  body["prompt"] = prompt;
+  const Reply by_ids = post(h, body);
+  ASSERT_EQ(by_ids.status, 200) << by_ids.body.dump();
+  const json& c = by_ids.body["choices"][0];
+  EXPECT_EQ(c["text"], by_text.body["choices"][0]["text"]);  // same tokens in, same greedy tokens out
+  ASSERT_TRUE(c.contains("token_ids"));
+  EXPECT_EQ(c["token_ids"].size(), 10u);
+  EXPECT_EQ(by_ids.body["usage"]["prompt_tokens"], prompt.size());
+
+  body["stream"] = true;
+  const Streamed s = post_stream(h, body);
+  EXPECT_EQ(s.token_ids, c["token_ids"].get<std::vector<int32_t>>());
+  EXPECT_EQ(s.text, c["text"].get<std::string>());
+  expect_idle(h);
+}
+
+TEST(Server, WithoutATokenizerOnlyTokenIdsWork) {
+  Harness h(256, true, /*tokenizer=*/nullptr);
+  const Reply text = post(h, greedy(kPrompts[0], 4));
+  EXPECT_EQ(text.status, 400);
+  EXPECT_EQ(text.body["error"]["param"], "prompt");
+  json body = greedy("", 6);
+  body["prompt"] = test_tokenizer().encode(kPrompts[0]);
+  body["stop"] = "x";
+  const Reply stop = post(h, body);
+  EXPECT_EQ(stop.status, 400);
+  EXPECT_EQ(stop.body["error"]["param"], "stop");
+  body.erase("stop");
+  const Reply ids = post(h, body);
+  ASSERT_EQ(ids.status, 200) << ids.body.dump();
+  EXPECT_EQ(ids.body["choices"][0]["text"], "");
+  EXPECT_EQ(ids.body["choices"][0]["token_ids"].size(), 6u);
+  // The same token ids as a server with a tokenizer generates for this prompt (greedy, same weights).
+  Harness with_tok;
+  const Reply ref = post(with_tok, body);
+  EXPECT_EQ(ids.body["choices"][0]["token_ids"], ref.body["choices"][0]["token_ids"]);
+  expect_idle(h);
+  expect_idle(with_tok);
+}
+
+TEST(Server, BadRequestsGetOpenAiErrorBodies) {
+  Harness h;
+  auto expect_error = [](const Reply& r, int status, const json& param, const std::string& part) {
+    EXPECT_EQ(r.status, status) << r.body.dump();
+    ASSERT_TRUE(r.body.contains("error")) << r.body.dump();
+    const json& e = r.body["error"];
+    EXPECT_EQ(e.size(), 4u) << e.dump();
+    EXPECT_EQ(e["param"], param);
+    EXPECT_TRUE(e.contains("code"));
+    EXPECT_EQ(e["type"], status >= 500 ? "server_error" : "invalid_request_error");
+    EXPECT_NE(e["message"].get<std::string>().find(part), std::string::npos) << e["message"];
+  };
+  int invalid_sent = 0;
+  expect_error(post_raw(h, "POST", "/v1/completions", R"({"prompt": "a",)"), 400, nullptr, "not valid JSON");
+  ++invalid_sent;
+  expect_error(post(h, {{"prompt", "a"}, {"max_tokns", 3}}), 400, "max_tokns", "did you mean 'max_tokens'?");
+  ++invalid_sent;
+  expect_error(post(h, {{"prompt", "a"}, {"temperature", "warm"}}), 400, "temperature", "must be a number");
+  ++invalid_sent;
+  const Reply wrong_model = post(h, {{"prompt", "a"}, {"model", "gpt-4"}});
+  expect_error(wrong_model, 404, "model", "does not exist");
+  EXPECT_EQ(wrong_model.body["error"]["code"], "model_not_found");
+  ++invalid_sent;
+  // Refused by the loop: longer than the model's context of 128 tokens, a token outside the vocabulary.
+  json too_long = greedy("", 16);
+  too_long["prompt"] = std::vector<int32_t>(120, 11);
+  expect_error(post(h, too_long), 400, nullptr, "context");
+  ++invalid_sent;
+  json bad_id = greedy("", 4);
+  bad_id["prompt"] = std::vector<int32_t>{1, 50257};
+  expect_error(post(h, bad_id), 400, nullptr, "vocabulary");
+  ++invalid_sent;
+
+  expect_error(post_raw(h, "GET", "/v1/completions", ""), 404, nullptr, "no route for GET /v1/completions");
+  expect_error(post_raw(h, "POST", "/v1/chat/completion", "{}"), 404, nullptr, "no route");
+
+  const Reply health = post_raw(h, "GET", "/health", "");
+  EXPECT_EQ(health.status, 200);
+  EXPECT_EQ(health.body, json::parse(R"({"status":"ok"})"));
+  const Reply models = post_raw(h, "GET", "/v1/models", "");
+  EXPECT_EQ(models.status, 200);
+  EXPECT_EQ(models.body["object"], "list");
+  ASSERT_EQ(models.body["data"].size(), 1u);
+  EXPECT_EQ(models.body["data"][0]["id"], kModelName);
+  EXPECT_EQ(models.body["data"][0]["object"], "model");
+
+  const auto m = metrics(h);
+  EXPECT_EQ(m.at("dspeed_requests_rejected_total{reason=\"invalid\"}"), invalid_sent);
+  EXPECT_EQ(m.at("dspeed_requests_total"), 0);
+  expect_idle(h);
+}
+
+TEST(Server, OverloadGets429AtOnceAndLaterRequestsSucceed) {
+  // max_pending 2 and a loop that is not running yet: the first two requests are accepted and stay queued, so
+  // the 429s below provably did not wait for capacity.
+  Harness h(/*max_pending=*/2, /*start_loop=*/false);
+  std::vector<Reply> first(2);
+  std::atomic<int> answered{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 2; ++i) {
+    threads.emplace_back([&, i] {
+      first[i] = post(h, greedy(kPrompts[i], 8));
+      ++answered;
+    });
+  }
+  ASSERT_TRUE(wait_for([&] { return h.loop.stats().requests_accepted == 2; }));
+
+  for (int k = 0; k < 3; ++k) {
+    const auto t0 = Clock::now();
+    const Reply r = post(h, greedy(kPrompts[2], 8));
+    const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    EXPECT_EQ(r.status, 429) << r.body.dump();
+    EXPECT_EQ(r.body["error"]["type"], "rate_limit_exceeded");
+    EXPECT_NE(r.body["error"]["message"].get<std::string>().find("limit of 2"), std::string::npos)
+        << r.body.dump();
+    EXPECT_NE(r.body["error"]["message"].get<std::string>().find("retry later"), std::string::npos);
+    bool retry_after = false;
+    for (const auto& [k2, v] : r.headers) retry_after |= k2 == "Retry-After";
+    EXPECT_TRUE(retry_after);
+    EXPECT_LT(seconds, 5.0);  // generous: a 429 never waits for the queue to move
+  }
+  EXPECT_EQ(answered.load(), 0) << "the queued requests cannot have finished: the loop is not running";
+
+  h.loop.start();
+  for (auto& t : threads) t.join();
+  for (const Reply& r : first) {
+    EXPECT_EQ(r.status, 200) << r.body.dump();
+    EXPECT_EQ(r.body["usage"]["completion_tokens"], 8);
+  }
+  const Reply later = post(h, greedy(kPrompts[3], 8));
+  EXPECT_EQ(later.status, 200) << later.body.dump();
+  const auto m = metrics(h);
+  EXPECT_EQ(m.at("dspeed_requests_rejected_total{reason=\"queue_full\"}"), 3);
+  EXPECT_EQ(m.at("dspeed_requests_total"), 3);
+  expect_idle(h);
+}
+
+// Steps the loop on this thread, slowly, until pred holds (or limit steps).
+template <typename Pred>
+bool step_until(inference::ServingLoop& loop, Pred pred, int limit = 400) {
+  for (int i = 0; i < limit && !pred(); ++i) {
+    loop.step();
+    std::this_thread::sleep_for(10ms);
+  }
+  return pred();
+}
+
+TEST(Server, ClientLeavingMidStreamCancelsTheRequest) {
+  Harness h(256, /*start_loop=*/false);  // stepped here, so the generation is still running when the client goes
+  json body = greedy(kPrompts[1], 100);
+  body["stream"] = true;
+  std::atomic<bool> first_seen{false};
+  std::thread client([&] { post_stream(h, body, /*stop_after_first=*/true, &first_seen); });
+  ASSERT_TRUE(step_until(h.loop, [&] { return first_seen.load(); }));
+  client.join();  // the client has closed its connection
+  ASSERT_TRUE(step_until(h.loop, [&] { return h.loop.stats().requests_cancelled == 1; }));
+  const inference::LoopStats s = h.loop.stats();
+  EXPECT_EQ(s.requests_finished, 0);
+  EXPECT_LT(s.completion_tokens, 100);
+  h.loop.start();
+  const auto m = metrics(h);
+  EXPECT_GE(m.at("dspeed_requests_cancelled_total"), 1);
+  expect_idle(h);
+}
+
+TEST(Server, ClientLeavingAWholeRequestCancelsIt) {
+  Harness h(256, /*start_loop=*/false);
+  const std::string body = greedy(kPrompts[2], 100).dump();
+  const std::string request = "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                              "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(h.port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(::send(fd, request.data(), request.size(), MSG_NOSIGNAL), static_cast<ssize_t>(request.size()));
+  ASSERT_TRUE(wait_for([&] { return h.loop.stats().requests_accepted == 1; }));
+  // A few tokens in, the client goes away without reading anything.
+  ASSERT_TRUE(step_until(h.loop, [&] { return h.loop.stats().completion_tokens >= 3; }));
+  ::close(fd);
+  ASSERT_TRUE(step_until(h.loop, [&] { return h.loop.stats().requests_cancelled == 1; }));
+  EXPECT_EQ(h.loop.stats().requests_finished, 0);
+  EXPECT_LT(h.loop.stats().completion_tokens, 100);
+  h.loop.start();
+  expect_idle(h);
+}
+
+TEST(Server, SeededSamplingRepeatsAndStopStringsCut) {
+  Harness h;
+  json seeded = {{"prompt", kPrompts[0]}, {"max_tokens", 16}, {"temperature", 1.0}, {"seed", 1234},
+                 {"ignore_eos", true}};
+  const Reply a = post(h, seeded);
+  ASSERT_EQ(a.status, 200) << a.body.dump();
+  // The same seed again, this time beside other requests: the same text.
+  std::vector<std::thread> noise;
+  for (int i = 1; i < 4; ++i) noise.emplace_back([&, i] { post(h, greedy(kPrompts[i], 16)); });
+  const Reply b = post(h, seeded);
+  for (auto& t : noise) t.join();
+  EXPECT_EQ(b.body["choices"][0]["text"], a.body["choices"][0]["text"]);
+  seeded["seed"] = 1235;
+  const Reply c = post(h, seeded);
+  EXPECT_NE(c.body["choices"][0]["text"], a.body["choices"][0]["text"]) << "the seed must matter";
+
+  // Stop: a two-character piece of the greedy text; the answer must end right before its first occurrence.
+  const Reply full = post(h, greedy(kPrompts[1], 24));
+  const std::string text = full.body["choices"][0]["text"].get<std::string>();
+  std::string stop;
+  for (size_t p = 1; p + 2 <= text.size() && stop.empty(); ++p) {
+    const std::string piece = text.substr(p, 2);
+    if (std::isalnum(static_cast<unsigned char>(piece[0])) && std::isalnum(static_cast<unsigned char>(piece[1])) &&
+        text.find(piece) > 0) {
+      stop = piece;
+    }
+  }
+  ASSERT_FALSE(stop.empty()) << "no usable stop string in: " << text;
+  json stopped = greedy(kPrompts[1], 24);
+  stopped["stop"] = {"\x01never", stop};
+  const Reply r = post(h, stopped);
+  ASSERT_EQ(r.status, 200) << r.body.dump();
+  EXPECT_EQ(r.body["choices"][0]["text"], text.substr(0, text.find(stop))) << "stop '" << stop << "'";
+  EXPECT_EQ(r.body["choices"][0]["finish_reason"], "stop");
+  EXPECT_LE(r.body["usage"]["completion_tokens"].get<int>(), 24);
+  stopped["stream"] = true;
+  const Streamed s = post_stream(h, stopped);
+  EXPECT_EQ(s.text, text.substr(0, text.find(stop)));
+  EXPECT_EQ(s.finish_reason, "stop");
+  EXPECT_TRUE(s.done_last);
+  expect_idle(h);
+}
+
+TEST(Server, PortInUseIsAnIoErrorNamingHostAndPort) {
+  Harness h;
+  ServerOptions o = Harness::options();
+  o.port = h.port;
+  HttpServer second(h.loop, &server_tokenizer(), o);
+  try {
+    second.start();
+    FAIL() << "a second server bound the same port";
+  } catch (const IoError& e) {
+    EXPECT_NE(std::string(e.what()).find("127.0.0.1:" + std::to_string(h.port)), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("--port"), std::string::npos) << e.what();
+  }
+  expect_idle(h);
+}
+
+}  // namespace
+}  // namespace ds::serve

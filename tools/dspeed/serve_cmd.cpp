@@ -1,0 +1,96 @@
+// `dspeed serve`: an OpenAI-compatible completions server (POST /v1/completions, GET /v1/models, /health,
+// /metrics) over the serving loop. SIGINT and SIGTERM are blocked before any thread exists, so every thread
+// inherits the mask and the main thread alone takes them with sigwait; it then stops the HTTP server (open
+// requests are cancelled and their responses end) and the loop, and returns normally.
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+#include <omp.h>
+#include <pthread.h>
+
+#include <csignal>
+#include <cstdio>
+
+#include "commands.h"
+#include "ds/core/error.h"
+#include "ds/runtime/trainer.h"
+#include "ds/serve/http_server.h"
+#include "ds/serve/serving_stack.h"
+
+namespace ds::tool {
+
+namespace {
+
+struct ServeArgs {
+  serve::ServingStackOptions stack;
+  serve::ServerOptions server;
+  std::string kv_memory;
+  int threads = 0;
+};
+
+void run_serve(ServeArgs a) {
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  DS_CHECK(pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr) == 0, "[serve] cannot block SIGINT/SIGTERM");
+  std::signal(SIGPIPE, SIG_IGN);  // a client that disconnects must cost a failed write, not the process
+
+  if (!a.kv_memory.empty()) a.stack.kv_memory_bytes = parse_byte_size(a.kv_memory);
+  if (a.threads > 0) omp_set_num_threads(a.threads);
+  if (a.server.model_name.empty()) a.server.model_name = serve::default_served_name(a.stack.model_path);
+
+  serve::ServingStack stack(a.stack);
+  stack.loop().start();
+  serve::HttpServer server(stack.loop(), stack.tokenizer(), a.server);
+  server.start();
+  fmt::print("serving '{}' ({}) at http://{}:{}/v1 -- {}\n", a.server.model_name, a.stack.model_path,
+             a.server.host, server.port(), stack.describe());
+  std::fflush(stdout);
+
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  fmt::print(stderr, "serve: {} received, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  server.stop();
+  stack.loop().stop();
+  const inference::LoopStats s = stack.loop().stats();
+  fmt::print(stderr, "serve: {} requests finished, {} cancelled, {} tokens generated in {} passes\n",
+             s.requests_finished, s.requests_cancelled, s.completion_tokens, s.passes);
+}
+
+}  // namespace
+
+void add_serve_command(CLI::App& root) {
+  auto a = std::make_shared<ServeArgs>();
+  a->server.model_name.clear();  // default: from the model path
+  CLI::App* cmd = root.add_subcommand(
+      "serve", "Serve a model over HTTP with OpenAI's completions API (streaming, continuous batching)");
+  cmd->add_option("-m,--model", a->stack.model_path,
+                  "checkpoint directory (dspeed train --save) or .safetensors file (dspeed ckpt consolidate)")
+      ->required();
+  cmd->add_option("--arch", a->stack.arch, "model preset or JSON, for files that do not record their shape");
+  cmd->add_option("--served-model-name", a->server.model_name,
+                  "the model id clients send and /v1/models lists (default: the model file's name)");
+  cmd->add_option("--host", a->server.host, "address to listen on")->capture_default_str();
+  cmd->add_option("--port", a->server.port, "port to listen on (0: any free port)")->capture_default_str();
+  cmd->add_option("--policy", a->stack.policy, "scheduling: splitfuse, prefill-first or static")
+      ->capture_default_str();
+  cmd->add_option("--token-budget", a->stack.token_budget, "tokens per forward pass")->capture_default_str();
+  cmd->add_option("--max-sequences", a->stack.max_sequences, "sequences per forward pass")->capture_default_str();
+  cmd->add_option("--static-batch", a->stack.static_batch_size, "requests per batch of the static policy")
+      ->capture_default_str();
+  cmd->add_option("--kv-block-size", a->stack.kv_block_size, "tokens per KV-cache block")->capture_default_str();
+  auto* blocks = cmd->add_option("--kv-blocks", a->stack.kv_block_count, "KV-cache blocks (default: from --kv-memory)");
+  cmd->add_option("--kv-memory", a->kv_memory, "KV-cache memory, e.g. 256MiB (default 256MiB)")->excludes(blocks);
+  cmd->add_option("--max-queue", a->stack.max_queue, "requests queued or running before new ones get 429")
+      ->capture_default_str();
+  cmd->add_option("--threads", a->threads, "CPU threads for the model (default: all cores)");
+  cmd->add_option("--http-threads", a->server.http_threads, "connections served at once (each stream holds one)")
+      ->capture_default_str();
+  cmd->add_option("--tokenizer", a->stack.tokenizer_dir,
+                  "folder with encoder.json and vocab.bpe (\"\": none; prompts must then be token ids)")
+      ->capture_default_str();
+  cmd->add_option("--seed", a->stack.seed, "base seed for requests that give none")->capture_default_str();
+  cmd->callback([a] { run_serve(*a); });
+}
+
+}  // namespace ds::tool
