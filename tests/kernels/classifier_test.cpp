@@ -4,6 +4,8 @@
 // (logits_rows_forward, softmax_xent_rows, classifier_rows_backward) against the same double reference.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+
 #include <cmath>
 #include <random>
 #include <vector>
@@ -159,22 +161,28 @@ TEST(Classifier, RejectsOutOfRangeTargets) {
                ds::Error);
 }
 
-// Row counts on both sides of the few-rows path (N <= 16) and widths with and without a tail of 8.
+// Row counts on both sides of the few-rows path (N <= 16), widths with and without a tail of 8 or 16, on the AVX2
+// kernels (DS_CPU_ISA=avx2) and the machine's best.
 TEST(Classifier, LogitsForward) {
   const int V = 13;
-  for (const int N : {1, 3, 5, 16, 17, 40}) {
-    for (const int C : {7, 64, 130}) {
-      const auto x = randn(size_t(N) * C, 9), wte = randn(size_t(V) * C, 10);
-      std::vector<float> logits(size_t(N) * V);
-      ds::cpu::logits_forward(logits.data(), x.data(), wte.data(), N, C, V);
-      for (int i = 0; i < N; ++i)
-        for (int v = 0; v < V; ++v) {
-          double s = 0;
-          for (int c = 0; c < C; ++c) s += double(x[size_t(i) * C + c]) * wte[size_t(v) * C + c];
-          ASSERT_NEAR(logits[size_t(i) * V + v], s, 1e-5 * (1 + std::abs(s))) << "N " << N << " C " << C;
-        }
+  for (const char* isa : {"avx2", ""}) {
+    if (*isa) setenv("DS_CPU_ISA", isa, 1);
+    else unsetenv("DS_CPU_ISA");
+    for (const int N : {1, 3, 5, 16, 17, 40}) {
+      for (const int C : {7, 64, 130, 144}) {
+        const auto x = randn(size_t(N) * C, 9), wte = randn(size_t(V) * C, 10);
+        std::vector<float> logits(size_t(N) * V);
+        ds::cpu::logits_forward(logits.data(), x.data(), wte.data(), N, C, V);
+        for (int i = 0; i < N; ++i)
+          for (int v = 0; v < V; ++v) {
+            double s = 0;
+            for (int c = 0; c < C; ++c) s += double(x[size_t(i) * C + c]) * wte[size_t(v) * C + c];
+            ASSERT_NEAR(logits[size_t(i) * V + v], s, 1e-5 * (1 + std::abs(s))) << "N " << N << " C " << C << isa;
+          }
+      }
     }
   }
+  unsetenv("DS_CPU_ISA");
 }
 
 // The head a slice of wte rows at a time (slices of 7 rows, the last one short), with ignored rows: the same losses
