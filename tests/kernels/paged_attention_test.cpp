@@ -68,7 +68,7 @@ TEST_P(PagedAttention, MatchesContiguousAttention) {
   pos.push_back(last);
   const int N = static_cast<int>(seq.size());
   const int32_t* table_ptrs[] = {tables[0].data(), tables[1].data()};
-  std::vector<float> scratch(ds::cpu::paged_attention_scratch_floats(max_len));
+  std::vector<float> scratch(ds::cpu::paged_attention_scratch_floats(max_len, NH));
   std::vector<float> out(static_cast<size_t>(N) * C);
   ds::cpu::paged_attention_forward(out.data(), q.data(), N, seq.data(), pos.data(), table_ptrs, kv.data(), bs, C, NH,
                                    scratch.data(), max_len);

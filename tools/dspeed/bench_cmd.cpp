@@ -13,6 +13,7 @@
 #include "commands.h"
 #include "ds/inference/decode_bench.h"
 #include "ds/runtime/train_bench.h"
+#include "ds/runtime/trainer.h"
 #include "ds/serve/serve_bench.h"
 #include "ds/runtime/zero_bench.h"
 
@@ -139,12 +140,18 @@ void add_bench_command(CLI::App& root) {
   srv->add_option("--relative-std", sv->relative_std, "standard deviation over the mean")->capture_default_str();
   srv->add_option("--token-budget", sv->token_budget, "tokens per forward pass")->capture_default_str();
   srv->add_option("--kv-block-size", sv->kv_block_size)->capture_default_str();
+  auto kv_memory = std::make_shared<std::string>("1GiB");
+  srv->add_option("--kv-memory", *kv_memory, "KV-cache memory per server")->capture_default_str();
   srv->add_option("--static-batch", sv->static_batch_size, "requests per batch of the static policy")
       ->capture_default_str();
   srv->add_option("--threads", sv->threads, "engine threads (default: all cores)");
   srv->add_option("--seed", sv->seed)->capture_default_str();
   srv->add_option("--json", sv->json_out, "append one JSON line per cell");
-  srv->callback([sv] { serve::run_serve_bench(*sv); });
+  srv->callback([sv, kv_memory] {
+    serve::ServeBenchOptions opts = *sv;
+    opts.kv_memory_bytes = parse_byte_size(*kv_memory);
+    serve::run_serve_bench(opts);
+  });
 }
 
 }  // namespace ds::tool

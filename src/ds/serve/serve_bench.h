@@ -25,7 +25,7 @@ struct ServeBenchOptions {
   double relative_std = 0.3;     // FastGen's "30% variance"
   int token_budget = 256;        // SplitFuse's tokens per pass; also prefill-first's prefill budget
   int kv_block_size = 16;
-  int64_t kv_memory_bytes = int64_t(256) << 20;
+  int64_t kv_memory_bytes = int64_t(1) << 30;
   int static_batch_size = 16;
   int threads = 0;               // OpenMP threads of the engine (0: all)
   uint64_t seed = 1;
