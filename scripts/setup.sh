@@ -18,7 +18,8 @@ done
 
 packages=(build-essential cmake ninja-build ccache lld pkg-config
           libopenblas-dev libopenblas0-openmp libpcre2-dev nlohmann-json3-dev libcli11-dev libfmt-dev
-          libgtest-dev libgmock-dev libbenchmark-dev openmpi-bin libopenmpi-dev zlib1g-dev libcpp-httplib-dev)
+          libgtest-dev libgmock-dev libbenchmark-dev openmpi-bin libopenmpi-dev zlib1g-dev libcpp-httplib-dev
+          curl)  # curl: the HTTP checks of tests/cli/serve.sh
 [ "$with_torch" = 1 ] && packages+=(python3-torch python3-numpy)
 
 sudo_cmd=()

@@ -11,29 +11,6 @@ for i in 1 2 3 4 5 6; do for j in 1 2 3 4 5 6 7 8; do printf 'Document %s says h
 "$dspeed" data prepare --input "$tmp/corpus" --out "$tmp/tokens" --val-pattern 'doc6' > /dev/null 2>&1 || {
   echo "FAIL: data prepare on a small corpus"; exit 1; }
 
-expect_error() {  # name, expected substring, command...
-  local name="$1" want="$2"
-  shift 2
-  local err rc
-  err=$("$@" 2>&1 >/dev/null)
-  rc=$?
-  local lines
-  lines=$(printf '%s\n' "$err" | grep -c .)
-  if [ "$rc" -eq 0 ]; then
-    echo "FAIL: $name: exit status 0"; failures=$((failures + 1)); return
-  fi
-  if ! printf '%s' "$err" | grep -q '^error: '; then
-    echo "FAIL: $name: no 'error:' line in: $err"; failures=$((failures + 1)); return
-  fi
-  if ! printf '%s' "$err" | grep -qi -- "$want"; then
-    echo "FAIL: $name: message lacks '$want': $err"; failures=$((failures + 1)); return
-  fi
-  if [ "$lines" -ne 1 ]; then
-    echo "FAIL: $name: expected one line on stderr, got $lines: $err"; failures=$((failures + 1)); return
-  fi
-  passed=$((passed + 1))
-}
-
 printf '{"train_batch_size": 8, "train_micro_batch_size_per_gpu": 3}' > "$tmp/bad_batch.json"
 printf '{"train_batch_size": 8,, }' > "$tmp/malformed.json"
 printf '{"train_batch_size": 8, "gradient_clippin": 1.0}' > "$tmp/typo.json"
