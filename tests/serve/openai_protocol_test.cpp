@@ -127,7 +127,6 @@ TEST(OpenAiProtocol, EachBadFieldIsNamed) {
       {R"({"max_tokens": 3})", 400, "prompt", "no 'prompt'"},
       {R"({"prompt": null})", 400, "prompt", "no 'prompt'"},
       {R"({"prompt": 12})", 400, "prompt", "found an integer"},
-      {R"({"prompt": ""})", 400, "prompt", "empty string"},
       {R"({"prompt": []})", 400, "prompt", "empty array"},
       {R"({"prompt": [[]]})", 400, "prompt", "empty array"},
       {R"({"prompt": ["a", "b"]})", 400, "prompt", "one prompt per request"},

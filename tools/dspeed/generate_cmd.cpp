@@ -32,6 +32,9 @@ void run_generate(GenerateArgs a) {
   if (!a.kv_memory.empty()) a.stack.kv_memory_bytes = parse_byte_size(a.kv_memory);
   if (a.threads > 0) omp_set_num_threads(a.threads);
   a.stack.max_queue = 1;
+  // The sink's state outlives the stack: the loop's destructor may still deliver a last event.
+  inference::GenerationEvent last;
+  std::optional<std::chrono::steady_clock::time_point> first_token;
   serve::ServingStack stack(a.stack);
 
   inference::GenerationRequest req;
@@ -47,8 +50,6 @@ void run_generate(GenerateArgs a) {
   req.sampling.seed = a.seed;
 
   const bool text_out = stack.tokenizer() != nullptr;
-  inference::GenerationEvent last;
-  std::optional<std::chrono::steady_clock::time_point> first_token;
   req.sink = [&](const inference::GenerationEvent& ev) {
     if (!first_token && !ev.tokens.empty()) first_token = std::chrono::steady_clock::now();
     if (text_out) {
@@ -62,7 +63,7 @@ void run_generate(GenerateArgs a) {
 
   const auto t0 = std::chrono::steady_clock::now();
   const inference::SubmitResult sr = stack.loop().submit(std::move(req));
-  DS_CHECK_AS(ConfigError, sr.status == inference::SubmitStatus::accepted, "[generate] {}", sr.error);
+  DS_CHECK_AS(ConfigError, sr.status == inference::SubmitStatus::accepted, "{}", sr.error);
   stack.loop().run_until_idle();
   const auto t1 = std::chrono::steady_clock::now();
   std::fputc('\n', stdout);

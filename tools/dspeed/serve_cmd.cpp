@@ -4,7 +4,6 @@
 // requests are cancelled and their responses end) and the loop, and returns normally.
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
-#include <omp.h>
 #include <pthread.h>
 
 #include <csignal>
@@ -36,7 +35,7 @@ void run_serve(ServeArgs a) {
   std::signal(SIGPIPE, SIG_IGN);  // a client that disconnects must cost a failed write, not the process
 
   if (!a.kv_memory.empty()) a.stack.kv_memory_bytes = parse_byte_size(a.kv_memory);
-  if (a.threads > 0) omp_set_num_threads(a.threads);
+  a.stack.threads = a.threads;  // applied on the loop's thread, where the passes run
   if (a.server.model_name.empty()) a.server.model_name = serve::default_served_name(a.stack.model_path);
 
   serve::ServingStack stack(a.stack);
@@ -89,7 +88,7 @@ void add_serve_command(CLI::App& root) {
   cmd->add_option("--tokenizer", a->stack.tokenizer_dir,
                   "folder with encoder.json and vocab.bpe (\"\": none; prompts must then be token ids)")
       ->capture_default_str();
-  cmd->add_option("--seed", a->stack.seed, "base seed for requests that give none")->capture_default_str();
+  cmd->add_option("--seed", a->stack.seed, "base seed for requests that give none (default: drawn at start)");
   cmd->callback([a] { run_serve(*a); });
 }
 

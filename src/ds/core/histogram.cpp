@@ -1,3 +1,5 @@
+// Bucket lookup by binary search over the upper bounds; a value equal to a bound falls in that bound's bucket,
+// as Prometheus' "le" says.
 #include "ds/core/histogram.h"
 
 #include <algorithm>

@@ -11,6 +11,9 @@ namespace ds {
 // Median of the values: the middle one, or the mean of the middle two for an even count; NaN when empty.
 double median(std::vector<double> values);
 
+// The q-quantile (0..1) by linear interpolation between the closest ranks (numpy's default); NaN when empty.
+double percentile(std::vector<double> values, double q);
+
 // Seconds on the steady clock since t0.
 double seconds_since(std::chrono::steady_clock::time_point t0);
 

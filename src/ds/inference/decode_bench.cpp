@@ -1,3 +1,5 @@
+// Single-stream decode, ours and PyTorch's: the same prompt ids are handed to bench/torch_decode.py, a checkpoint
+// directory is consolidated to a temporary safetensors file for it, and the generated ids are compared.
 #include "ds/inference/decode_bench.h"
 
 #include <omp.h>
@@ -76,6 +78,7 @@ DecodeBenchResult run_decode_bench(const DecodeBenchOptions& o) {
   EngineConfig ec;
   ec.kv_block_size = 16;
   ec.kv_block_count = (mc.block_size + 15) / 16;
+  ec.max_ragged_batch_size = std::max(ec.max_ragged_batch_size, mc.block_size);  // the whole prompt in one pass
   InferenceEngine engine(model, ec);
   Rng rng(o.seed);
   std::vector<int32_t> prompt;

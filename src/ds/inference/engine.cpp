@@ -1,3 +1,6 @@
+// The engine's checks and one ragged pass: can_schedule walks DeepSpeed's limits in DeepSpeed's order with a
+// running count of free blocks, so a batch it accepts always reserves; put() refuses a batch before touching the
+// KV state, then reserves, runs the model, and advances every sequence only after the forward has written it.
 #include "ds/inference/engine.h"
 
 #include <unordered_set>

@@ -1,3 +1,6 @@
+// The block pool, the per-sequence state and the storage. Every check of a reservation comes before any change,
+// and a refused free puts back what it had pushed, so an error never leaves a half-updated free list or a
+// sequence tracked without its blocks.
 #include "ds/inference/kv_cache.h"
 
 #include <algorithm>

@@ -165,8 +165,8 @@ class SplitFuseScheduler final : public Scheduler {
 // next slot, and those run in the same step. Here a preemption is a plan of its own, and the pass after it would
 // see the evicted request waiting and, prompts first, hand it straight back the blocks it had just freed. While
 // arrivals keep coming that repeats: the newest request is evicted and re-prefilled over and over, and the oldest
-// decodes starve (in Scheduler.NoPolicyStarvesALongPromptBehindAStreamOfShortOnes the long request finished after
-// 8281 passes, not 36, and the 600-pass stream took 8300 passes to drain). So a prompt is admitted only with the
+// decodes starve (Scheduler.NoPolicyStarvesALongPromptBehindAStreamOfShortOnes: thousands of passes instead of
+// tens for the long request). So a prompt is admitted only with the
 // blocks that remain after one block for every decoding request whose last block is full, which is what vLLM's
 // same-step allocation gives them (vLLM also keeps a watermark of free blocks from prompts, for the same reason).
 class PrefillFirstScheduler final : public Scheduler {

@@ -1,7 +1,13 @@
+// The serving loop's bookkeeping: one Active per request in arrival order, the scheduler's plan applied to the
+// engine, tokens sampled and turned into events. A failure that belongs to one request (a sampler error, a bad
+// token for the tokenizer) ends that request only; a failed forward pass ends every request in it.
 #include "ds/inference/serving_loop.h"
+
+#include <omp.h>
 
 #include <algorithm>
 #include <chrono>
+#include <random>
 
 #include "ds/core/error.h"
 #include "ds/core/log.h"
@@ -40,7 +46,9 @@ struct ServingLoop::Active {
 
 ServingLoop::ServingLoop(InferenceEngine& engine, std::unique_ptr<Scheduler> scheduler,
                          const data::BpeTokenizer* tokenizer, LoopOptions options)
-    : engine_(engine), scheduler_(std::move(scheduler)), tokenizer_(tokenizer), options_(options) {
+    : engine_(engine), scheduler_(std::move(scheduler)), tokenizer_(tokenizer), options_(options),
+      seed_base_(options.seed ? *options.seed : (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}()),
+      sample_vocab_(tokenizer ? std::min(engine.vocab_size(), tokenizer->vocab_size()) : engine.vocab_size()) {
   DS_CHECK_AS(ConfigError, options_.max_pending > 0, "[serve] max_pending must be positive, got {}",
               options_.max_pending);
   stats_.kv_blocks_free = engine_.free_blocks();
@@ -85,7 +93,7 @@ SubmitResult ServingLoop::submit(GenerationRequest request) {
     const std::lock_guard<std::mutex> lock(mu_);
     if (stop_) {
       ++stats_.requests_rejected;
-      res.status = SubmitStatus::queue_full;
+      res.status = SubmitStatus::stopping;
       res.error = "[serve] the server is shutting down; retry against another replica or later";
       return res;
     }
@@ -97,7 +105,7 @@ SubmitResult ServingLoop::submit(GenerationRequest request) {
       return res;
     }
     res.uid = next_uid_++;
-    const uint64_t seed = options_.seed ^ (res.uid * 0x9E3779B97F4A7C15ull);
+    const uint64_t seed = seed_base_ ^ (res.uid * 0x9E3779B97F4A7C15ull);
     incoming_.push_back(std::make_unique<Active>(res.uid, std::move(request), seed, tokenizer_));
     ++pending_count_;
     ++stats_.requests_accepted;
@@ -156,9 +164,10 @@ void ServingLoop::finish(Active& a, FinishReason reason, GenerationEvent& ev) {
     stats_.kv_blocks_used = engine_.kv_state().used_blocks();
     stats_.kv_blocks_free = engine_.free_blocks();
   }
-  if (a.sink) a.sink(ev);
+  EventSink sink = std::move(a.sink);
   for (auto& p : active_)
-    if (p.get() == &a) p.reset();
+    if (p.get() == &a) p.reset();  // `a` is gone from here on
+  if (sink) sink(ev);
 }
 
 void ServingLoop::preempt(uint64_t uid) {
@@ -191,10 +200,15 @@ bool ServingLoop::step() {
   if (plan.chunks.empty()) {
     // Nothing fits and nothing holds KV that could be released: the oldest request can never run (submit checks
     // the cache's capacity, so this is a policy's limit, e.g. the static policy's budget).
-    log_warning("[serve] the {} scheduler placed nothing with {} requests waiting; ending request {} with an error",
-             policy_name(scheduler_->policy()), active_.size(), active_.front()->uid);
+    const Active& first = *active_.front();
+    const std::string why = fmt::format(
+        "[serve] the {} policy cannot place request {} ({} tokens to run, {} free KV blocks of {} tokens, a budget "
+        "of {} tokens per pass); raise --token-budget or --kv-memory", policy_name(scheduler_->policy()), first.uid,
+        first.pending.size(), engine_.free_blocks(), engine_.kv_state().kv_block_size(),
+        scheduler_->limits().token_budget);
+    log_warning("{}", why);
     GenerationEvent ev;
-    ev.error = "[serve] this request could not be scheduled with the server's limits";
+    ev.error = why;
     finish(*active_.front(), FinishReason::error, ev);
     std::erase_if(active_, [](const std::unique_ptr<Active>& a) { return !a; });
     return true;
@@ -221,7 +235,15 @@ bool ServingLoop::step() {
     Active& a = *chosen[i];
     a.pending.erase(a.pending.begin(), a.pending.begin() + plan.chunks[i].tokens);
     if (!a.pending.empty()) continue;  // a split prompt: nothing to sample yet
-    const int32_t t = a.sampler.sample(logits.subspan(i * V, V));
+    int32_t t = 0;
+    try {
+      t = a.sampler.sample(logits.subspan(i * V, static_cast<size_t>(sample_vocab_)));
+    } catch (const std::exception& e) {  // this request's failure only (e.g. non-finite logits)
+      GenerationEvent ev;
+      ev.error = e.what();
+      finish(a, FinishReason::error, ev);
+      continue;
+    }
     const bool first = a.generated.empty();
     a.generated.push_back(t);
     a.pending.assign(1, t);
@@ -282,6 +304,7 @@ void ServingLoop::start() {
   DS_ASSERT(!thread_.joinable(), "serving loop started twice");
   stop_ = false;
   thread_ = std::thread([this] {
+    if (options_.threads > 0) omp_set_num_threads(options_.threads);  // a per-thread setting in OpenMP
     while (!stop_) {
       bool worked = false;
       try {

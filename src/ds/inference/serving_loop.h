@@ -43,7 +43,8 @@ struct GenerationEvent {
   int32_t completion_tokens = 0;  // so far
   std::string error;              // with FinishReason::error
 };
-// Called on the loop's thread, once per pass that brings news and last with finish != none. Must not block.
+// Called once per pass that brings news, last with finish != none; on the loop's thread, except for the
+// cancellations that stop() and the destructor deliver on theirs. Must not block.
 using EventSink = std::function<void(const GenerationEvent&)>;
 
 struct GenerationRequest {
@@ -53,15 +54,16 @@ struct GenerationRequest {
 };
 
 struct LoopOptions {
-  int32_t max_pending = 256;  // requests queued or running; submit refuses more
-  uint64_t seed = 0x5eed;     // base of the seeds of requests that give none
+  int32_t max_pending = 256;    // requests queued or running; submit refuses more
+  std::optional<uint64_t> seed;  // base of the seeds of requests that give none (default: from random_device)
+  int threads = 0;              // OpenMP threads of the passes run by start()'s thread (0: OpenMP's default)
 };
 
-enum class SubmitStatus { accepted, queue_full, invalid };
+enum class SubmitStatus { accepted, queue_full, invalid, stopping };
 struct SubmitResult {
   SubmitStatus status = SubmitStatus::invalid;
   uint64_t uid = 0;
-  std::string error;  // why, for queue_full and invalid
+  std::string error;  // why, for queue_full, invalid and stopping
 };
 
 struct LoopStats {
@@ -104,7 +106,6 @@ class ServingLoop {
  private:
   struct Active;
   void admit_new();
-  void apply_cancels();
   void finish(Active& a, FinishReason reason, GenerationEvent& ev);
   void preempt(uint64_t uid);
 
@@ -112,6 +113,8 @@ class ServingLoop {
   std::unique_ptr<Scheduler> scheduler_;
   const data::BpeTokenizer* tokenizer_;
   LoopOptions options_;
+  uint64_t seed_base_;
+  int32_t sample_vocab_;  // logits the sampler sees: the tokenizer's ids when it has fewer than the model
 
   mutable std::mutex mu_;  // guards incoming_, cancels_, stats_, pending_count_
   std::condition_variable wake_;

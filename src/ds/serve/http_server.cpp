@@ -184,6 +184,7 @@ struct HttpServer::Impl {
         got = true;
       }
     }
+    if (got && stopping) return Wait::events;  // hand over what arrived before the shutdown
     if (stopping) return Wait::stopping;
     if (probe.client_gone()) return Wait::client_gone;
     return got ? Wait::events : Wait::timeout;
@@ -295,7 +296,8 @@ void HttpServer::Impl::completions(const httplib::Request& req, httplib::Respons
                           "as an array of token ids",
                      std::string("prompt"));
     }
-    prompt = encode(*cr.prompt_text);
+    // An empty text prompt is conditioned on the end-of-text token, as OpenAI does.
+    prompt = cr.prompt_text->empty() ? std::vector<int32_t>{tokenizer->eot_token()} : encode(*cr.prompt_text);
   } else {
     prompt = std::move(cr.prompt_ids);
   }
@@ -324,6 +326,10 @@ void HttpServer::Impl::completions(const httplib::Request& req, httplib::Respons
     return;
   }
   if (sr.status == inference::SubmitStatus::invalid) throw ApiError(400, sr.error);
+  if (sr.status == inference::SubmitStatus::stopping) {
+    set_error(res, 503, sr.error, "server_error");
+    return;
+  }
 
   CompletionHeader header;
   header.id = fmt::format("cmpl-{}{:08x}", id_prefix, sr.uid);

@@ -165,9 +165,6 @@ void parse_prompt(const json& p, CompletionRequest& out) {
     throw ApiError(400, fmt::format("[serve] 'prompt' must be {}, found {} ({})", kShapes, describe_type(p), shown(p)),
                    std::string("prompt"));
   }
-  if (out.prompt_text && out.prompt_text->empty()) {
-    throw ApiError(400, "[serve] 'prompt' is an empty string; send at least one character", std::string("prompt"));
-  }
 }
 
 std::vector<std::string> parse_stop(const json& v) {

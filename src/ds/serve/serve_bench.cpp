@@ -1,3 +1,5 @@
+// The serving benchmark: request generation, the streaming HTTP client that times each token, the SLA checks and
+// the table. Every cell gets a fresh server (engine, KV cache, loop) so no policy inherits another's state.
 #include "ds/serve/serve_bench.h"
 
 #include <httplib.h>
@@ -109,21 +111,14 @@ bool generation_meets_sla(const std::vector<double>& gaps, double tokens_per_s) 
   return true;
 }
 
-double percentile(std::vector<double> v, double q) {
-  if (v.empty()) return std::nan("");
-  std::sort(v.begin(), v.end());
-  const double pos = q * static_cast<double>(v.size() - 1);
-  const auto lo = static_cast<size_t>(std::floor(pos));
-  const size_t hi = std::min(lo + 1, v.size() - 1);
-  return v[lo] + (pos - static_cast<double>(lo)) * (v[hi] - v[lo]);
-}
 
 // A server with its own engine and loop for one policy.
 struct Served {
-  Served(std::shared_ptr<const inference::InferenceModel> model, const ServeBenchOptions& o, const std::string& policy)
-      : engine(model, engine_config(o)),
-        loop(engine, inference::make_scheduler(inference::parse_policy(policy), limits(o)), nullptr, loop_options()),
-        server(loop, nullptr, server_options()) {
+  Served(std::shared_ptr<const inference::InferenceModel> model, const ServeBenchOptions& o, const std::string& policy,
+         int clients)
+      : engine(model, engine_config(o, model->config().block_size)),
+        loop(engine, inference::make_scheduler(inference::parse_policy(policy), limits(o)), nullptr, loop_options(o)),
+        server(loop, nullptr, server_options(clients)) {
     loop.start();
     server.start();
   }
@@ -131,12 +126,13 @@ struct Served {
     server.stop();
     loop.stop();
   }
-  static inference::EngineConfig engine_config(const ServeBenchOptions& o) {
+  // As dspeed serve builds it (ServingStack): the policies enforce the budget; the engine allows one whole prompt.
+  static inference::EngineConfig engine_config(const ServeBenchOptions& o, int context) {
     inference::EngineConfig c;
     c.kv_block_size = o.kv_block_size;
     c.kv_memory_bytes = o.kv_memory_bytes;
-    c.max_ragged_batch_size = std::max(o.token_budget, 4096);  // the policies enforce the budget
-    c.max_ragged_sequence_count = 512;
+    c.max_ragged_batch_size = std::max(o.token_budget, context);
+    c.max_ragged_sequence_count = std::min(512, c.max_ragged_batch_size);
     return c;
   }
   static inference::SchedulerLimits limits(const ServeBenchOptions& o) {
@@ -145,14 +141,17 @@ struct Served {
     l.static_batch_size = o.static_batch_size;
     return l;
   }
-  static inference::LoopOptions loop_options() {
+  static inference::LoopOptions loop_options(const ServeBenchOptions& o) {
     inference::LoopOptions l;
     l.max_pending = 4096;
+    l.seed = o.seed;
+    l.threads = o.threads;
     return l;
   }
-  static ServerOptions server_options() {
+  static ServerOptions server_options(int clients) {
     ServerOptions s;
     s.port = 0;
+    s.http_threads = std::max(s.http_threads, clients + 8);  // every client holds a connection
     return s;
   }
   inference::InferenceEngine engine;
@@ -186,7 +185,7 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
 
   // The engine's own single-request speed: mean-length requests one at a time.
   {
-    Served s(model, o, "splitfuse");
+    Served s(model, o, "splitfuse", 1);
     httplib::Client cli("127.0.0.1", s.server.port());
     cli.set_read_timeout(600);
     const std::vector<BenchRequest> one = make_requests(6, prompt_mean, gen_mean, 0.0, mc.block_size, mc.vocab_size,
@@ -213,7 +212,7 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
   for (const int clients : o.clients) {
     DS_CHECK_AS(ConfigError, clients >= 1 && clients <= 256, "[bench] client counts must be 1..256, got {}", clients);
     for (const std::string& policy : o.policies) {
-      Served s(model, o, policy);
+      Served s(model, o, policy, clients);
       {  // warm-up: fault in the cache and the scratch buffers
         httplib::Client cli("127.0.0.1", s.server.port());
         cli.set_read_timeout(600);

@@ -46,6 +46,7 @@ ServingStack::ServingStack(const ServingStackOptions& o) : options_(o) {
   inference::LoopOptions lo;
   lo.max_pending = o.max_queue;
   lo.seed = o.seed;
+  lo.threads = o.threads;
   loop_ = std::make_unique<inference::ServingLoop>(*engine_, inference::make_scheduler(policy, limits),
                                                    tokenizer_.get(), lo);
 }

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "ds/data/bpe_tokenizer.h"
@@ -26,7 +27,8 @@ struct ServingStackOptions {
   int32_t kv_block_count = 0;                // 0: as many as kv_memory_bytes holds
   int64_t kv_memory_bytes = int64_t(256) << 20;
   int32_t max_queue = 256;                   // requests queued or running; more get 429
-  uint64_t seed = 0x5eed;                    // base of the seeds of requests that give none
+  std::optional<uint64_t> seed;              // base of the seeds of requests that give none (default: drawn)
+  int threads = 0;                           // model threads of the loop's passes (0: all cores)
 };
 
 class ServingStack {
