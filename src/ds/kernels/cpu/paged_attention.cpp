@@ -75,10 +75,14 @@ void paged_attention_forward(float* out, const float* qkv, int N, const int32_t*
   const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
   const int64_t slot = 2 * static_cast<int64_t>(C);
   const int64_t row = static_cast<int64_t>(std::max(max_pos, 1) + 8);  // scores of one head
-  const int threads = omp_get_max_threads();
+  // A small pass (a decode of a small model) runs on the calling thread: waking the team costs more than it saves.
+  int64_t work = 0;
+  for (int i = 0; i < N; ++i) work += (int64_t(token_pos[i]) + 1) * C;
+  const bool parallel = work >= (int64_t{1} << 16);
+  const int threads = parallel ? omp_get_max_threads() : 1;
   const int split = std::clamp((2 * threads + N - 1) / std::max(N, 1), 1, NH);  // head ranges per token
   const int per = (NH + split - 1) / split;
-#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (parallel)
   for (int i = 0; i < N; ++i) {
     for (int part = 0; part < split; ++part) {
       const int h0 = part * per, h1 = std::min(NH, h0 + per);
