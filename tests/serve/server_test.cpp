@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <latch>
@@ -346,6 +347,18 @@ TEST(Server, TokenIdPromptsGetTokenIdsBack) {
   ASSERT_TRUE(c.contains("token_ids"));
   EXPECT_EQ(c["token_ids"].size(), 10u);
   EXPECT_EQ(by_ids.body["usage"]["prompt_tokens"], prompt.size());
+  // And they are the model's greedy tokens, by the training model's full forward recomputed for every token.
+  std::vector<int32_t> context = prompt, expected;
+  const int V = tiny_model().config().vocab_size;
+  for (int i = 0; i < 10; ++i) {
+    std::vector<float> logits(context.size() * static_cast<size_t>(V));
+    Ctx ctx;
+    tiny_model().forward_logits(ctx, context.data(), 1, static_cast<int>(context.size()), logits.data());
+    const auto next = static_cast<int32_t>(std::max_element(logits.end() - V, logits.end()) - (logits.end() - V));
+    expected.push_back(next);
+    context.push_back(next);
+  }
+  EXPECT_EQ(c["token_ids"].get<std::vector<int32_t>>(), expected);
 
   body["stream"] = true;
   const Streamed s = post_stream(h, body);
