@@ -10,6 +10,7 @@
 
 #include "ds/core/error.h"
 #include "ds/core/rng.h"
+#include "common/full_recompute.h"
 #include "ds/inference/engine.h"
 
 namespace ds::inference {
@@ -31,25 +32,11 @@ struct Fixture {
     model.init_weights(7);
     runner = std::make_shared<InferenceModel>(model);
   }
-  // Logits after the last token of `tokens`, by the full forward.
   std::vector<float> naive_last_logits(const std::vector<int32_t>& tokens) {
-    const int T = static_cast<int>(tokens.size());
-    const int V = model.config().vocab_size;
-    std::vector<float> all(static_cast<size_t>(T) * V);
-    Ctx ctx;
-    model.forward_logits(ctx, tokens.data(), 1, T, all.data());
-    return std::vector<float>(all.end() - V, all.end());
+    return testing::full_recompute_last_logits(model, tokens);
   }
-  // Greedy continuation by full recompute.
-  std::vector<int32_t> naive_greedy(std::vector<int32_t> tokens, int n) {
-    std::vector<int32_t> out;
-    for (int i = 0; i < n; ++i) {
-      const std::vector<float> l = naive_last_logits(tokens);
-      const auto t = static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
-      out.push_back(t);
-      tokens.push_back(t);
-    }
-    return out;
+  std::vector<int32_t> naive_greedy(const std::vector<int32_t>& tokens, int n) {
+    return testing::full_recompute_greedy(model, tokens, n);
   }
   Gpt2 model;
   std::shared_ptr<InferenceModel> runner;

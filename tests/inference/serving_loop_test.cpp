@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "ds/core/rng.h"
+#include "common/full_recompute.h"
 #include "ds/inference/serving_loop.h"
 
 namespace ds::inference {
@@ -25,20 +26,6 @@ Gpt2Config small_config() {
   return c;
 }
 
-std::vector<int32_t> naive_greedy(Gpt2& model, std::vector<int32_t> tokens, int n) {
-  const int V = model.config().vocab_size;
-  std::vector<int32_t> out;
-  for (int i = 0; i < n; ++i) {
-    const int T = static_cast<int>(tokens.size());
-    std::vector<float> logits(static_cast<size_t>(T) * V);
-    Ctx ctx;
-    model.forward_logits(ctx, tokens.data(), 1, T, logits.data());
-    const auto t = static_cast<int32_t>(std::max_element(logits.end() - V, logits.end()) - (logits.end() - V));
-    out.push_back(t);
-    tokens.push_back(t);
-  }
-  return out;
-}
 
 struct Collected {
   std::vector<int32_t> tokens;
@@ -90,7 +77,7 @@ TEST_P(LoopPolicy, GreedyEqualsFullRecomputeUnderKvPressure) {
   for (size_t i = 0; i < got.size(); ++i) {
     EXPECT_EQ(got[i].finish, FinishReason::length) << "request " << i;
     EXPECT_EQ(got[i].events_after_finish, 0);
-    EXPECT_EQ(got[i].tokens, naive_greedy(model, prompts[i], max_new[i])) << "request " << i << " under "
+    EXPECT_EQ(got[i].tokens, testing::full_recompute_greedy(model, prompts[i], max_new[i])) << "request " << i << " under "
                                                                           << policy_name(GetParam());
   }
   const LoopStats st = loop.stats();

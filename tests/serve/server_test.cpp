@@ -23,6 +23,7 @@
 #include <sstream>
 #include <thread>
 
+#include "common/full_recompute.h"
 #include "ds/data/bpe_tokenizer.h"
 #include "ds/inference/engine.h"
 #include "ds/inference/model_runner.h"
@@ -348,17 +349,7 @@ TEST(Server, TokenIdPromptsGetTokenIdsBack) {
   EXPECT_EQ(c["token_ids"].size(), 10u);
   EXPECT_EQ(by_ids.body["usage"]["prompt_tokens"], prompt.size());
   // And they are the model's greedy tokens, by the training model's full forward recomputed for every token.
-  std::vector<int32_t> context = prompt, expected;
-  const int V = tiny_model().config().vocab_size;
-  for (int i = 0; i < 10; ++i) {
-    std::vector<float> logits(context.size() * static_cast<size_t>(V));
-    Ctx ctx;
-    tiny_model().forward_logits(ctx, context.data(), 1, static_cast<int>(context.size()), logits.data());
-    const auto next = static_cast<int32_t>(std::max_element(logits.end() - V, logits.end()) - (logits.end() - V));
-    expected.push_back(next);
-    context.push_back(next);
-  }
-  EXPECT_EQ(c["token_ids"].get<std::vector<int32_t>>(), expected);
+  EXPECT_EQ(c["token_ids"].get<std::vector<int32_t>>(), ds::testing::full_recompute_greedy(tiny_model(), prompt, 10));
 
   body["stream"] = true;
   const Streamed s = post_stream(h, body);

@@ -5,6 +5,8 @@
 // an AtomicFileWriter (ds/core/file_io.h), which owns the temp file, fsync, rename and directory fsync.
 #include "ds/ckpt/safetensors.h"
 
+#include <fmt/ranges.h>
+
 #include <algorithm>
 #include <bit>
 #include <cstring>
@@ -338,6 +340,15 @@ std::vector<int32_t> safetensors_to_i32(const SafetensorsView& view) { return to
 
 std::vector<float> read_safetensors_f32(const SafetensorsFile& file, const std::string& name) {
   return to_f32(file.get(name), fmt::format("[safetensors] '{}' tensor '{}'", file.path(), name));
+}
+
+std::vector<float> read_safetensors_f32(const SafetensorsFile& file, const std::string& name,
+                                        const std::vector<int64_t>& shape, std::string_view fix) {
+  DS_CHECK_AS(IoError, file.contains(name), "[safetensors] '{}' has no tensor '{}'; {}", file.path(), name, fix);
+  const SafetensorsView& v = file.get(name);
+  DS_CHECK_AS(IoError, v.shape == shape, "[safetensors] '{}': tensor '{}' has shape [{}] but [{}] is needed; {}",
+              file.path(), name, fmt::join(v.shape, ", "), fmt::join(shape, ", "), fix);
+  return read_safetensors_f32(file, name);
 }
 
 std::vector<int32_t> read_safetensors_i32(const SafetensorsFile& file, const std::string& name) {

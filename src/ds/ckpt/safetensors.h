@@ -104,6 +104,10 @@ std::vector<int32_t> safetensors_to_i32(const SafetensorsView& view);
 
 // Convenience: file.get(name) then the conversion; errors name the file and the tensor.
 std::vector<float> read_safetensors_f32(const SafetensorsFile& file, const std::string& name);
+// The same for a model parameter that must be there with this shape: a missing tensor or another shape is an
+// IoError naming the file, the tensor and both shapes, ending with `fix` (what the user should do).
+std::vector<float> read_safetensors_f32(const SafetensorsFile& file, const std::string& name,
+                                        const std::vector<int64_t>& shape, std::string_view fix);
 std::vector<int32_t> read_safetensors_i32(const SafetensorsFile& file, const std::string& name);
 
 }  // namespace ds

@@ -6,12 +6,11 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <array>
 #include <chrono>
-#include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "ds/core/child_process.h"
 #include "ds/core/error.h"
 #include "ds/core/rng.h"
 #include "ds/core/stats.h"
@@ -47,21 +46,6 @@ Run decode_once(InferenceEngine& engine, const std::vector<int32_t>& prompt, int
   r.decode_s = std::chrono::duration<double>(Clock::now() - t0).count();
   engine.flush(1);
   return r;
-}
-
-nlohmann::json run_last_json_line(const std::string& cmd) {
-  std::FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  DS_CHECK_AS(IoError, p != nullptr, "[bench] cannot run '{}'", cmd);
-  std::string out, last;
-  std::array<char, 8192> buf{};
-  while (std::fgets(buf.data(), buf.size(), p)) out += buf.data();
-  const int rc = pclose(p);
-  size_t end = out.find_last_not_of("\n");
-  const size_t begin = out.rfind('\n', end == std::string::npos ? 0 : end);
-  last = out.substr(begin == std::string::npos ? 0 : begin + 1, end == std::string::npos ? 0 : end - begin);
-  DS_CHECK_AS(IoError, rc == 0 && !last.empty() && last[0] == '{', "[bench] '{}' failed (status {}); its output:\n{}",
-              cmd, rc, out);
-  return nlohmann::json::parse(last);
 }
 
 }  // namespace
@@ -115,7 +99,7 @@ DecodeBenchResult run_decode_bench(const DecodeBenchOptions& o) {
                                         "--n-head {}", shell_quote(o.python), shell_quote(o.torch_script),
                                         shell_quote(file), ids, o.new_tokens, o.repeats, o.threads, mc.n_head);
     try {
-      torch = run_last_json_line(cmd);
+      torch = run_child_result(cmd);
     } catch (...) {
       if (!tmp.empty()) std::filesystem::remove(tmp);
       throw;

@@ -130,7 +130,7 @@ int32_t KvCache::blocks_for_budget(int64_t bytes, int n_layer, int NH, int HS, i
 }
 
 KvCache::KvCache(int n_layer, int NH, int HS, int32_t kv_block_count, int32_t kv_block_size)
-    : n_layer_(n_layer), block_count_(kv_block_count), block_size_(kv_block_size), slot_floats_(int64_t(2) * NH * HS) {
+    : block_count_(kv_block_count), block_size_(kv_block_size), slot_floats_(int64_t(2) * NH * HS) {
   DS_CHECK_AS(ConfigError, kv_block_count > 0 && kv_block_size > 0, "[kv] the KV cache needs a positive block count "
               "and block size, got {} and {}", kv_block_count, kv_block_size);
   storage_ = Tensor::zeros({int64_t(n_layer) * kv_block_count * kv_block_size * slot_floats_}, DType::f32,

@@ -106,7 +106,6 @@ class KvCache {
   int64_t bytes() const { return storage_.nbytes(); }
 
  private:
-  int n_layer_;
   int32_t block_count_, block_size_;
   int64_t slot_floats_;  // 2 * C
   Tensor storage_;

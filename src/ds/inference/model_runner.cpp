@@ -8,7 +8,6 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include "ds/ckpt/safetensors.h"
@@ -79,13 +78,10 @@ std::shared_ptr<InferenceModel> InferenceModel::load(const std::string& path, co
     }
     m->owned_ = std::make_unique<Gpt2>(config, 1, /*with_grads=*/false);
     for (Parameter& p : m->owned_->params().all()) {
-      DS_CHECK_AS(IoError, file.contains(p.name), "[serve] '{}' has no tensor '{}'; give a file with every parameter "
-                  "under its Hugging Face GPT-2 name (dspeed ckpt consolidate writes one) or fix --arch", path, p.name);
-      const SafetensorsView& v = file.get(p.name);
-      DS_CHECK_AS(IoError, v.shape == std::vector<int64_t>(p.shape.begin(), p.shape.end()),
-                  "[serve] '{}': tensor '{}' has {} elements in shape [{}] but the model's is [{}]; check --arch",
-                  path, p.name, v.numel(), fmt::join(v.shape, ", "), fmt::join(p.shape.begin(), p.shape.end(), ", "));
-      const std::vector<float> values = safetensors_to_f32(v);
+      const std::vector<float> values = read_safetensors_f32(
+          file, p.name, std::vector<int64_t>(p.shape.begin(), p.shape.end()),
+          "give a file with every parameter under its Hugging Face GPT-2 name (dspeed ckpt consolidate writes one), "
+          "or the model's shape with --arch");
       std::memcpy(p.data.data<float>(), values.data(), values.size() * sizeof(float));
     }
   }

@@ -7,7 +7,6 @@
 #include <climits>
 #include <cmath>
 
-#include <fmt/ranges.h>
 
 #include "ds/ckpt/safetensors.h"
 #include "ds/core/log.h"
@@ -199,13 +198,10 @@ nlohmann::json Engine::load_checkpoint(const std::string& dir, const std::string
 void Engine::load_weights(const std::string& path) {
   const SafetensorsFile file = SafetensorsFile::open(path);
   for (const Parameter& p : model_->params().all()) {
-    DS_CHECK_AS(IoError, file.contains(p.name), "[engine] '{}' has no tensor '{}'; give a file with every parameter "
-                "of this model under its Hugging Face GPT-2 name (dspeed ckpt consolidate writes one)", path, p.name);
-    const SafetensorsView& v = file.get(p.name);
-    DS_CHECK_AS(IoError, v.shape == std::vector<int64_t>(p.shape.begin(), p.shape.end()),
-                "[engine] '{}': tensor '{}' has shape [{}] but the model's is [{}]; check --model", path, p.name,
-                fmt::join(v.shape, ", "), fmt::join(p.shape.begin(), p.shape.end(), ", "));
-    const std::vector<float> values = safetensors_to_f32(v);
+    const std::vector<float> values = read_safetensors_f32(
+        file, p.name, std::vector<int64_t>(p.shape.begin(), p.shape.end()),
+        "give a file with every parameter of this model under its Hugging Face GPT-2 name (dspeed ckpt consolidate "
+        "writes one), for the model --model names");
     optimizer_->set_parameters(p.offset, values.data(), p.numel());
   }
 }

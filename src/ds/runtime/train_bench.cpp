@@ -4,7 +4,6 @@
 #include <cblas.h>
 #include <omp.h>
 
-#include <array>
 #include <chrono>
 #include <cstdio>
 #include <nlohmann/json.hpp>
@@ -12,32 +11,11 @@
 
 #include "ds/core/rng.h"
 #include "ds/core/stats.h"
+#include "ds/core/child_process.h"
 #include "ds/nn/models/gpt2.h"
 #include "ds/optim/adamw.h"
 
 namespace ds {
-namespace {
-
-// Runs a command and returns the JSON of its last "RESULT " line.
-nlohmann::json run_child(const std::string& cmd) {
-  std::FILE* p = popen((cmd + " 2>/dev/null").c_str(), "r");
-  DS_CHECK_AS(IoError, p != nullptr, "[bench] cannot run '{}'", cmd);
-  std::string line, result;
-  std::array<char, 4096> buf{};
-  while (std::fgets(buf.data(), buf.size(), p)) {
-    line += buf.data();
-    if (!line.empty() && line.back() == '\n') {
-      if (line.rfind("RESULT ", 0) == 0) result = line.substr(7);
-      line.clear();
-    }
-  }
-  const int rc = pclose(p);
-  DS_CHECK_AS(IoError, rc == 0 && !result.empty(),
-              "[bench] '{}' failed (status {}) or printed no RESULT line; run it by hand to see why", cmd, rc);
-  return nlohmann::json::parse(result);
-}
-
-}  // namespace
 
 TrainBenchShape TrainBenchShape::from_preset(const std::string& name) {
   TrainBenchShape s;
@@ -130,11 +108,11 @@ std::string run_train_bench_compare(const TrainBenchOptions& o) {
   for (int rep = 0; rep < o.reps; ++rep) {
     // The sgemm reference uses the GPT-2 MLP shape (1024 tokens, 768 -> 3072).
     sgemm.push_back(measure_sgemm_gflops(1024, 3072, 768, 5));
-    nlohmann::json ours = run_child(ours_cmd);
+    nlohmann::json ours = run_child_result(ours_cmd);
     ours_tps.push_back(ours["tokens_per_s"].get<double>());
     ours_rss.push_back(ours["peak_rss_mb"].get<double>());
     if (!o.skip_torch) {
-      nlohmann::json theirs = run_child(torch_cmd);
+      nlohmann::json theirs = run_child_result(torch_cmd);
       torch_tps.push_back(theirs["tokens_per_s"].get<double>());
       torch_rss.push_back(theirs["peak_rss_mb"].get<double>());
     }

@@ -19,6 +19,7 @@
 #include "ds/core/stats.h"
 #include "ds/inference/serving_loop.h"
 #include "ds/serve/http_server.h"
+#include "ds/serve/serving_stack.h"
 
 namespace ds::serve {
 namespace {
@@ -112,41 +113,32 @@ bool generation_meets_sla(const std::vector<double>& gaps, double tokens_per_s) 
 }
 
 
+// What dspeed serve would build for these options (ServingStack), over the already loaded model.
+ServingStackOptions stack_options(const ServeBenchOptions& o, const std::string& policy) {
+  ServingStackOptions so;
+  so.tokenizer_dir.clear();  // token-id prompts only
+  so.policy = policy;
+  so.token_budget = o.token_budget;
+  so.static_batch_size = o.static_batch_size;
+  so.kv_block_size = o.kv_block_size;
+  so.kv_memory_bytes = o.kv_memory_bytes;
+  so.max_queue = 4096;
+  so.seed = o.seed;
+  so.threads = o.threads;
+  return so;
+}
+
 // A server with its own engine and loop for one policy.
 struct Served {
   Served(std::shared_ptr<const inference::InferenceModel> model, const ServeBenchOptions& o, const std::string& policy,
          int clients)
-      : engine(model, engine_config(o, model->config().block_size)),
-        loop(engine, inference::make_scheduler(inference::parse_policy(policy), limits(o)), nullptr, loop_options(o)),
-        server(loop, nullptr, server_options(clients)) {
-    loop.start();
+      : stack(stack_options(o, policy), std::move(model)), server(stack.loop(), nullptr, server_options(clients)) {
+    stack.loop().start();
     server.start();
   }
   ~Served() {
     server.stop();
-    loop.stop();
-  }
-  // As dspeed serve builds it (ServingStack): the policies enforce the budget; the engine allows one whole prompt.
-  static inference::EngineConfig engine_config(const ServeBenchOptions& o, int context) {
-    inference::EngineConfig c;
-    c.kv_block_size = o.kv_block_size;
-    c.kv_memory_bytes = o.kv_memory_bytes;
-    c.max_ragged_batch_size = std::max(o.token_budget, context);
-    c.max_ragged_sequence_count = std::min(512, c.max_ragged_batch_size);
-    return c;
-  }
-  static inference::SchedulerLimits limits(const ServeBenchOptions& o) {
-    inference::SchedulerLimits l;
-    l.token_budget = o.token_budget;
-    l.static_batch_size = o.static_batch_size;
-    return l;
-  }
-  static inference::LoopOptions loop_options(const ServeBenchOptions& o) {
-    inference::LoopOptions l;
-    l.max_pending = 4096;
-    l.seed = o.seed;
-    l.threads = o.threads;
-    return l;
+    stack.loop().stop();
   }
   static ServerOptions server_options(int clients) {
     ServerOptions s;
@@ -154,8 +146,7 @@ struct Served {
     s.http_threads = std::max(s.http_threads, clients + 8);  // every client holds a connection
     return s;
   }
-  inference::InferenceEngine engine;
-  inference::ServingLoop loop;
+  ServingStack stack;
   HttpServer server;
 };
 
@@ -167,7 +158,8 @@ struct PassCosts {
 
 PassCosts measure_passes(std::shared_ptr<const inference::InferenceModel> model, const ServeBenchOptions& o,
                          int batch, int prompt_len) {
-  inference::InferenceEngine engine(model, Served::engine_config(o, model->config().block_size));
+  inference::InferenceEngine engine(
+      model, ServingStack::engine_config(stack_options(o, "splitfuse"), model->config().block_size));
   const std::vector<int32_t> context(static_cast<size_t>(prompt_len), 1);
   auto time_pass = [&](std::vector<uint64_t> uids, std::vector<std::span<const int32_t>> toks) {
     const auto t0 = Clock::now();
@@ -262,7 +254,7 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
         cli.set_read_timeout(600);
         send_streaming(cli, requests[0], Clock::now());
       }
-      const inference::LoopStats before = s.loop.stats();
+      const inference::LoopStats before = s.stack.loop().stats();
       std::vector<Observed> seen(requests.size());
       std::atomic<size_t> next{0};
       std::mutex err_mu;
@@ -286,7 +278,7 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
       for (auto& w : workers) w.join();
       const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
       DS_CHECK(error.empty(), "{}", error);
-      const inference::LoopStats after = s.loop.stats();
+      const inference::LoopStats after = s.stack.loop().stats();
 
       ServeBenchCell cell;
       cell.policy = policy;

@@ -13,14 +13,27 @@
 
 namespace ds::serve {
 
-ServingStack::ServingStack(const ServingStackOptions& o) : options_(o) {
+inference::EngineConfig ServingStack::engine_config(const ServingStackOptions& o, int32_t context) {
+  const int32_t pass_tokens = std::max(o.token_budget, context);
+  inference::EngineConfig ec;
+  ec.kv_block_size = o.kv_block_size;
+  ec.kv_block_count = o.kv_block_count;
+  ec.kv_memory_bytes = o.kv_memory_bytes;
+  ec.max_ragged_batch_size = pass_tokens;
+  ec.max_ragged_sequence_count = std::min(o.max_sequences, pass_tokens);
+  ec.max_tracked_sequences = std::max(ec.max_tracked_sequences, ec.max_ragged_sequence_count);
+  return ec;
+}
+
+ServingStack::ServingStack(const ServingStackOptions& o, std::shared_ptr<const inference::InferenceModel> model)
+    : options_(o) {
   DS_CHECK_AS(ConfigError, o.token_budget > 0, "[serve] --token-budget must be at least 1, got {}", o.token_budget);
   DS_CHECK_AS(ConfigError, o.max_sequences > 0, "[serve] --max-sequences must be at least 1, got {}",
               o.max_sequences);
   DS_CHECK_AS(ConfigError, o.max_queue > 0, "[serve] --max-queue must be at least 1, got {}", o.max_queue);
   const inference::Policy policy = inference::parse_policy(o.policy);
 
-  model_ = inference::InferenceModel::load(o.model_path, o.arch);
+  model_ = model ? std::move(model) : inference::InferenceModel::load(o.model_path, o.arch);
   if (!o.tokenizer_dir.empty()) {
     tokenizer_ = std::make_unique<data::BpeTokenizer>(data::BpeTokenizer::from_directory(o.tokenizer_dir));
     DS_CHECK_AS(ConfigError, tokenizer_->vocab_size() <= model_->config().vocab_size,
@@ -29,15 +42,7 @@ ServingStack::ServingStack(const ServingStackOptions& o) : options_(o) {
                 o.tokenizer_dir, tokenizer_->vocab_size(), model_->config().vocab_size);
   }
 
-  const int32_t pass_tokens = std::max(o.token_budget, model_->config().block_size);
-  inference::EngineConfig ec;
-  ec.kv_block_size = o.kv_block_size;
-  ec.kv_block_count = o.kv_block_count;
-  ec.kv_memory_bytes = o.kv_memory_bytes;
-  ec.max_ragged_batch_size = pass_tokens;
-  ec.max_ragged_sequence_count = std::min(o.max_sequences, pass_tokens);
-  ec.max_tracked_sequences = std::max(ec.max_tracked_sequences, ec.max_ragged_sequence_count);
-  engine_ = std::make_unique<inference::InferenceEngine>(model_, ec);
+  engine_ = std::make_unique<inference::InferenceEngine>(model_, engine_config(o, model_->config().block_size));
 
   inference::SchedulerLimits limits;
   limits.token_budget = o.token_budget;

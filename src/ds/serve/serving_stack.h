@@ -33,8 +33,10 @@ struct ServingStackOptions {
 
 class ServingStack {
  public:
-  // Throws IoError/ConfigError naming the file or option at fault.
-  explicit ServingStack(const ServingStackOptions& options);
+  // Throws IoError/ConfigError naming the file or option at fault. With `model`, that model is served (shared,
+  // read-only) and options.model_path is not read: a benchmark builds one stack per policy over one loaded model.
+  explicit ServingStack(const ServingStackOptions& options,
+                        std::shared_ptr<const inference::InferenceModel> model = nullptr);
   ~ServingStack();
   ServingStack(const ServingStack&) = delete;
   ServingStack& operator=(const ServingStack&) = delete;
@@ -45,10 +47,12 @@ class ServingStack {
   const inference::InferenceModel& model() const { return *model_; }
   // One line: the model's shape, the policy and the KV cache, for the command's banner.
   std::string describe() const;
+  // The engine these options give for a model with this context.
+  static inference::EngineConfig engine_config(const ServingStackOptions& options, int32_t context);
 
  private:
   ServingStackOptions options_;
-  std::shared_ptr<inference::InferenceModel> model_;
+  std::shared_ptr<const inference::InferenceModel> model_;
   std::unique_ptr<data::BpeTokenizer> tokenizer_;
   std::unique_ptr<inference::InferenceEngine> engine_;
   std::unique_ptr<inference::ServingLoop> loop_;

@@ -5,8 +5,8 @@
 // all heads streams whole slots; tasks split the heads only when there are too few tokens to keep every thread
 // busy (a single decode).
 // Napkin: the cache is the traffic. A decode reads 2 * pos * C * 4 bytes per layer (GPT-2 124M at position 600:
-// 3.7 MB per layer, 44 MB per token), 4 * pos * C FLOPs; strided per-head reads (one 256-byte piece of each 6 KB
-// slot) ran 3x slower than whole-slot sweeps for 16 decodes at that size.
+// 3.7 MB per layer, 44 MB per token), 4 * pos * C FLOPs. With strided per-head reads (one 256-byte piece of each
+// 6 KB slot) a pass of 16 such decodes took 117 ms; with whole-slot sweeps, 71 ms.
 #include <omp.h>
 
 #include <algorithm>
