@@ -228,6 +228,28 @@ void bench_logits_few_rows(int N, int C, int V) {
              bytes);
 }
 
+// The inference forward's products of a few rows: panel_gemm over pre-packed weights beside matmul_forward
+// (sgemm) on the same [N, K] x [K, M], and for the head (K = C, M = V) beside logits_forward. Reported as GFLOP/s
+// and as weight bytes read per second (one row is bound by reading the weights once).
+void bench_panel(const char* what, int N, int K, int M, bool head) {
+  const auto x = randn(size_t(N) * K, 31), w = randn(size_t(K) * M, 32, 0.02f), bias = randn(size_t(M), 33);
+  std::vector<float> packed(ds::cpu::panel_packed_floats(K, M)), out(size_t(N) * M);
+  ds::cpu::pack_panels(packed.data(), w.data(), K, M, /*w_is_rows_of_k=*/!head);
+  const std::string shape = std::string(what) + fmt_shape(" N%d K%d M%d", N, K, M);
+  const double flop = 2.0 * N * K * M, bytes = 4.0 * K * M;
+  const double ms_panel = time_ms([&] {
+    ds::cpu::panel_gemm(out.data(), x.data(), packed.data(), head ? nullptr : bias.data(), N, K, M);
+  });
+  const double ms_ref = time_ms([&] {
+    if (head) ds::cpu::logits_forward(out.data(), x.data(), w.data(), N, K, M);
+    else ds::cpu::matmul_forward(out.data(), x.data(), w.data(), bias.data(), N, K, M);
+  });
+  std::printf("{\"kernel\":\"panel_gemm\",\"shape\":\"%s\",\"threads\":%d,\"ms\":%.4f,\"gflops\":%.1f,\"gbps\":%.1f,"
+              "\"%s_ms\":%.4f,\"speedup\":%.2f}\n", shape.c_str(), g_threads, ms_panel, flop / ms_panel * 1e-6,
+              bytes / ms_panel * 1e-6, head ? "logits_forward" : "matmul_forward", ms_ref, ms_ref / ms_panel);
+  std::fflush(stdout);
+}
+
 // The three GEMMs of the classifier for one row-chunk size R (the softmax between them is omitted).
 void bench_classifier_chunk_gemms(int N, int C, int V, int R) {
   bench_sgemm_reference();
@@ -337,7 +359,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: %s [--threads 1,2] [--reps 5] [--quick] [--explore] [--only matmul|attention|layernorm|"
-                   "elementwise|encoder|adamw|logits|classifier]\n",
+                   "elementwise|encoder|adamw|logits|panel|classifier]\n",
                    argv[0]);
       return 2;
     }
@@ -384,6 +406,21 @@ int main(int argc, char** argv) {
         setenv("DS_CPU_ISA", "avx2", 1);
         bench_logits_few_rows(1, 128, 50257);
         bench_logits_few_rows(16, 128, 50257);
+        unsetenv("DS_CPU_ISA");
+      }
+    }
+    if (want("panel")) {
+      for (int N : {1, 4, 16, 64, 160}) bench_panel("head", N, 128, 50257, true);  // the default model's head
+      for (int N : {1, 16, 64, 160}) {                                             // and its layers' GEMMs
+        bench_panel("qkv", N, 128, 384, false);
+        bench_panel("fc", N, 128, 512, false);
+        bench_panel("fc2", N, 512, 128, false);
+      }
+      for (int N : {1, 16}) bench_panel("qkv124M", N, 768, 2304, false);  // GPT-2 124M
+      if (explore) {
+        setenv("DS_CPU_ISA", "avx2", 1);
+        bench_panel("head_avx2", 16, 128, 50257, true);
+        bench_panel("qkv_avx2", 16, 128, 384, false);
         unsetenv("DS_CPU_ISA");
       }
     }

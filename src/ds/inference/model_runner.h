@@ -3,7 +3,8 @@
 // are written to its slot in the cache, and attention reads a sequence's keys and values through its block table
 // (positions 0 .. seen + j for its new token j: causal by construction, mixed prefill chunks and decodes alike).
 // Only the last new token of each sequence goes through ln_f and the tied head, so a pass costs one [n_seqs, V]
-// logits GEMM, not [n_tokens, V]. Weights are fp32 (16-bit files are converted on load).
+// logits GEMM, not [n_tokens, V]. Weights are fp32 (16-bit files are converted on load), held packed for the
+// few-row GEMMs of a decode pass (cpu::panel_gemm).
 #pragma once
 
 #include <cstdint>
@@ -19,7 +20,7 @@ namespace ds::inference {
 
 class InferenceModel {
  public:
-  // Takes the parameters of a trained (or initialised) model.
+  // Copies the parameters of a trained (or initialised) model; the model may go away afterwards.
   explicit InferenceModel(Gpt2& model);
   // A checkpoint directory (DIR/latest or DIR/<tag>, written by dspeed train --save) or a safetensors file of
   // every parameter under its Hugging Face GPT-2 name (dspeed ckpt consolidate). The model's shape comes from the
@@ -28,7 +29,7 @@ class InferenceModel {
   // the file and what is missing.
   static std::shared_ptr<InferenceModel> load(const std::string& path, const std::string& arch = "");
 
-  const Gpt2Config& config() const { return model_->config(); }
+  const Gpt2Config& config() const { return config_; }
 
   // Activations of one pass, kept between passes so steady-state serving allocates nothing.
   struct Scratch {
@@ -42,14 +43,20 @@ class InferenceModel {
 
  private:
   InferenceModel() = default;
-  struct Layer {
-    const float *ln1_w, *ln1_b, *qkv_w, *qkv_b, *proj_w, *proj_b, *ln2_w, *ln2_b, *fc_w, *fc_b, *fc2_w, *fc2_b;
+  // A [K, M] weight in column panels for cpu::panel_gemm (Note [Inference weights] in model_runner.cpp).
+  struct Matrix {
+    int K = 0, M = 0;
+    Tensor panels;
   };
-  void bind();
+  struct Layer {
+    Tensor ln1_w, ln1_b, qkv_b, proj_b, ln2_w, ln2_b, fc_b, fc2_b;
+    Matrix qkv, proj, fc, fc2;
+  };
+  void take_weights(Gpt2& model);
 
-  std::unique_ptr<Gpt2> owned_;
-  Gpt2* model_ = nullptr;
-  const float *wte_ = nullptr, *wpe_ = nullptr, *lnf_w_ = nullptr, *lnf_b_ = nullptr;
+  Gpt2Config config_;
+  Tensor wpe_, lnf_w_, lnf_b_;
+  Matrix head_;  // wte^T; the embedding lookup reads its columns
   std::vector<Layer> layers_;
 };
 

@@ -31,6 +31,15 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
 // ---- linear ----
 // out[N,OC] = inp[N,IC] @ weight[IC,OC] + bias[OC] (bias may be null)
 void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int IC, int OC);
+// Weights packed for the inference forward's few-row products: a [K, M] matrix in column panels of kPanelWidth,
+// each [K][kPanelWidth] contiguous, the last padded with zeros. pack_panels reads W as weight[K, M] (rows of k,
+// as matmul_forward's weight) or, with w_is_rows_of_k false, as its transpose [M, K] (wte for the head).
+// panel_gemm: out[N, M] = x[N, K] @ W + bias[M] (bias may be null). Faster than sgemm for the few rows of a decode
+// pass (no per-call packing, no horizontal sums); bm_kernels --only panel measures the two side by side.
+inline constexpr int kPanelWidth = 32;
+size_t panel_packed_floats(int K, int M);
+void pack_panels(float* packed, const float* w, int K, int M, bool w_is_rows_of_k);
+void panel_gemm(float* out, const float* x, const float* packed, const float* bias, int N, int K, int M);
 // dinp[N,IC] = dout @ weight^T (skipped if dinp is null); dweight[IC,OC] += inp^T @ dout; dbias[OC] += sum(dout)
 // (dbias may be null).
 void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,

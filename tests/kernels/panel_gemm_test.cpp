@@ -1,0 +1,87 @@
+// panel_gemm over pack_panels against a double reference of x @ W + bias: both weight layouts ([K, M] and its
+// transpose), row counts on both sides of each register block (1..8 rows on AVX-512, 3 on AVX2) and of the
+// 64-row block, widths with a partial last panel, odd K, with and without bias, large enough to run threaded, on
+// the AVX2 kernels (DS_CPU_ISA=avx2) and the machine's best. Packing pads the last panel with zeros.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "ds/core/error.h"
+#include "ds/kernels/cpu/kernels.h"
+
+namespace {
+
+std::vector<float> randn(size_t n, uint64_t seed) {
+  std::mt19937_64 gen(seed);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(gen);
+  return v;
+}
+
+class IsaScope {
+ public:
+  explicit IsaScope(const std::string& isa) {
+    if (isa.empty()) unsetenv("DS_CPU_ISA");
+    else setenv("DS_CPU_ISA", isa.c_str(), 1);
+  }
+  ~IsaScope() { unsetenv("DS_CPU_ISA"); }
+};
+
+void check(int N, int K, int M, bool rows_of_k, bool with_bias, const std::string& isa) {
+  const IsaScope scope(isa);
+  const auto x = randn(size_t(N) * K, 1 + N), w = randn(size_t(K) * M, 2 + K), bias = randn(size_t(M), 3 + M);
+  std::vector<float> packed(ds::cpu::panel_packed_floats(K, M), NAN);
+  ds::cpu::pack_panels(packed.data(), w.data(), K, M, rows_of_k);
+  std::vector<float> out(size_t(N) * M + 1, NAN);
+  out.back() = 12345.0f;  // a write past the end would change it
+  ds::cpu::panel_gemm(out.data(), x.data(), packed.data(), with_bias ? bias.data() : nullptr, N, K, M);
+  const std::string where = "N " + std::to_string(N) + " K " + std::to_string(K) + " M " + std::to_string(M) +
+                            (rows_of_k ? " [K,M]" : " [M,K]") + (with_bias ? " bias" : "") + " isa '" + isa + "'";
+  for (int i = 0; i < N; ++i)
+    for (int m = 0; m < M; ++m) {
+      double s = with_bias ? bias[size_t(m)] : 0.0;
+      for (int k = 0; k < K; ++k)
+        s += double(x[size_t(i) * K + k]) * (rows_of_k ? w[size_t(k) * M + m] : w[size_t(m) * K + k]);
+      ASSERT_NEAR(out[size_t(i) * M + m], s, 1e-5 * (std::sqrt(double(K)) + std::abs(s))) << where << " at " << i << ","
+                                                                                            << m;
+    }
+  EXPECT_EQ(out.back(), 12345.0f) << where;
+}
+
+TEST(PanelGemm, MatchesReference) {
+  for (const std::string isa : {"avx2", ""}) {
+    for (const int N : {1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 16, 17, 64, 70}) {
+      check(N, 37, 45, true, true, isa);
+      check(N, 16, 32, false, false, isa);
+    }
+    for (const int M : {1, 15, 16, 17, 31, 33, 64, 100}) check(5, 24, M, M % 2 == 0, M % 3 == 0, isa);
+  }
+}
+
+// Large enough for the threaded path (N * K * M >= 2^19), with many panels and a partial last one.
+TEST(PanelGemm, ThreadedShapes) {
+  for (const std::string isa : {"avx2", ""}) {
+    check(16, 128, 1000, false, false, isa);
+    check(3, 512, 389, true, true, isa);
+  }
+}
+
+TEST(PanelGemm, PackingPadsTheLastPanel) {
+  const int K = 3, M = 33;
+  const auto w = randn(size_t(K) * M, 7);
+  std::vector<float> packed(ds::cpu::panel_packed_floats(K, M), NAN);
+  ASSERT_EQ(packed.size(), size_t(K) * 64);
+  ds::cpu::pack_panels(packed.data(), w.data(), K, M, true);
+  for (int k = 0; k < K; ++k) {
+    EXPECT_EQ(packed[size_t(K) * 32 + size_t(k) * 32], w[size_t(k) * M + 32]);  // column 32 opens panel 1
+    for (int j = 1; j < 32; ++j) EXPECT_EQ(packed[size_t(K) * 32 + size_t(k) * 32 + j], 0.0f);
+  }
+  EXPECT_THROW(ds::cpu::pack_panels(packed.data(), w.data(), 0, M, true), ds::Error);
+}
+
+}  // namespace
