@@ -163,7 +163,7 @@ class LoopSim {
     if (static_cast<int32_t>(plan.chunks.size()) > limits_.max_sequences)
       violate(fmt::format("{} sequences, limit {}", plan.chunks.size(), limits_.max_sequences));
     const QueuedRequest& first = queue[pos[plan.chunks[0].uid]];
-    const bool long_prompt_alone = policy_ != Policy::splitfuse && plan.chunks.size() == 1 && !first.decoding &&
+    const bool long_prompt_alone = policy_ == Policy::prefill_first && plan.chunks.size() == 1 && !first.decoding &&
                                    plan.chunks[0].tokens == first.pending;
     if (tokens > limits_.token_budget && !long_prompt_alone)
       violate(fmt::format("{} tokens, budget {}", tokens, limits_.token_budget));
@@ -179,7 +179,7 @@ class LoopSim {
       ++n_prompts;
       last_prompt_pos = std::max(last_prompt_pos, static_cast<int32_t>(pos[c.uid]));
       if (c.tokens < q.pending) {  // a split prompt
-        if (policy_ != Policy::splitfuse) violate(fmt::format("prompt {} split by {}", c.uid, policy_name(policy_)));
+        if (policy_ == Policy::prefill_first) violate(fmt::format("prompt {} split by prefill-first", c.uid));
         if (i + 1 != plan.chunks.size()) violate(fmt::format("split prompt {} is not the last chunk", c.uid));
         if (tokens != limits_.token_budget)
           violate(fmt::format("prompt {} split in a pass of {} tokens", c.uid, tokens));
@@ -188,11 +188,23 @@ class LoopSim {
     const int32_t n_decodes = static_cast<int32_t>(plan.chunks.size()) - n_prompts;
     if (policy_ == Policy::prefill_first && n_prompts > 0 && n_decodes > 0) violate("prefill-first mixed a pass");
     if (policy_ == Policy::static_batch) {
-      const bool in_flight = std::any_of(queue.begin(), queue.end(), [&](const QueuedRequest& q) {
-        return q.decoding || kv_.find(q.uid) != nullptr;
+      // A batch starts when nothing holds KV; its members were all queued then (arrivals wait for the next one).
+      const bool idle = std::none_of(queue.begin(), queue.end(), [&](const QueuedRequest& q) {
+        return kv_.find(q.uid) != nullptr;
       });
-      if (in_flight && n_prompts > 0) violate("static admitted prompts while a batch runs");
-      if (n_prompts > limits_.static_batch_size) violate(fmt::format("static batch of {}", n_prompts));
+      if (idle) {
+        cohort_.clear();
+        for (const QueuedRequest& q : queue) cohort_.insert(q.uid);
+      }
+      for (const Chunk& c : plan.chunks)
+        if (!cohort_.count(c.uid)) violate(fmt::format("static ran {}, which arrived after its batch started", c.uid));
+      if (n_prompts > 0 && n_decodes > 0) violate("static mixed prompts and decodes");
+      const bool prefilling = std::any_of(queue.begin(), queue.end(), [&](const QueuedRequest& q) {
+        return !q.decoding && kv_.find(q.uid) != nullptr;
+      });
+      if (n_decodes > 0 && prefilling) violate("static decoded before its batch was prefilled");
+      if (kv_.tracked_sequences() + new_seqs > limits_.static_batch_size)
+        violate(fmt::format("static batch of {}", kv_.tracked_sequences() + new_seqs));
     }
     // Prompts are admitted first come first served: none runs while an earlier prompt waits (splitfuse may skip
     // a one-token prompt that has no block, as MII does).
@@ -255,6 +267,7 @@ class LoopSim {
   std::vector<size_t> active_;  // unfinished arrived requests, arrival order
   std::vector<Plan> plans_;
   std::vector<std::string> violations_;
+  std::unordered_set<uint64_t> cohort_;  // static: the requests queued when the running batch started
   int32_t pass_ = 0, preemptions_ = 0, splits_ = 0;
 };
 
@@ -517,10 +530,26 @@ TEST(Scheduler, StaticAdmitsOnlyWithKvForTheWholeGeneration) {
   auto sched = make_scheduler(Policy::static_batch, limits_of(64, 8, 3));
   EXPECT_EQ(chunks_of(sched->plan(Queue{{1, 3, false, 6}, {2, 2, false, 3}, {3, 1, false, 1}}, kv)),
             (ChunkList{{1, 3}}));
-  // Budget 6: prompts of 4 and 3 make 7, so the batch is the first; a first prompt of 10 runs alone.
-  auto small = make_scheduler(Policy::static_batch, limits_of(6, 8, 3));
-  EXPECT_EQ(chunks_of(small->plan(Queue{{1, 4, false, 1}, {2, 3, false, 1}}, kv)), (ChunkList{{1, 4}}));
-  EXPECT_EQ(chunks_of(small->plan(Queue{{1, 10, false, 1}, {2, 3, false, 1}}, kv)), (ChunkList{{1, 10}}));
+}
+
+TEST(Scheduler, StaticPrefillsABatchOverSeveralPassesThenDecodesInLockstep) {
+  // Budget 6, batch size 3, blocks of 4, 16 blocks. A (4 tokens, 2 new), B (7, 3) and C (3, 1) form the batch; D
+  // (2, 1) arrives at pass 1 and waits for the next batch.
+  //   pass 0: A 4, B 2 (split to fill the budget);   pass 1: B 5 (B samples), C 1 (split);
+  //   pass 2: C 2 (C samples its one token and is done; A and B wait with their first token);
+  //   pass 3: A 1, B 1 (the batch decodes once every member is prefilled; A is done);   pass 4: B 1;   pass 5: D 2.
+  LoopSim sim(Policy::static_batch, limits_of(6, 8, 3), {16, 4, 16, 64},
+              {{0, 4, 2}, {0, 7, 3}, {0, 3, 1}, {1, 2, 1}});
+  sim.run(100);
+  ASSERT_TRUE(sim.violations().empty()) << first_violations(sim);
+  ASSERT_EQ(sim.plans().size(), 6u);
+  EXPECT_EQ(chunks_of(sim.plans()[0]), (ChunkList{{1, 4}, {2, 2}}));
+  EXPECT_EQ(chunks_of(sim.plans()[1]), (ChunkList{{2, 5}, {3, 1}}));
+  EXPECT_EQ(chunks_of(sim.plans()[2]), (ChunkList{{3, 2}}));
+  EXPECT_EQ(chunks_of(sim.plans()[3]), (ChunkList{{1, 1}, {2, 1}}));
+  EXPECT_EQ(chunks_of(sim.plans()[4]), (ChunkList{{2, 1}}));
+  EXPECT_EQ(chunks_of(sim.plans()[5]), (ChunkList{{4, 2}}));
+  expect_all_finished(sim);
 }
 
 // ---- every policy on recorded traces ----

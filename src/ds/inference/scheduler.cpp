@@ -205,13 +205,18 @@ class PrefillFirstScheduler final : public Scheduler {
   }
 };
 
-// Note [Static batches never run out of blocks]
-// A batch is admitted only when nothing is in flight, and each member only when the blocks left can hold its
-// pending + max_new_tokens tokens; the blocks counted for the whole batch are at most the free blocks. While it
-// runs, waiting requests hold no KV (they are admitted only into the next batch), and a member writes at most
-// pending + max_new_tokens - 1 tokens (its last sampled token never runs). So every decode finds a slot in the
-// blocks its batch was promised, and the preemption below is only a guard against a broken contract (a
-// queue entry whose pending + max_new_tokens grew, or a cache shared with something else).
+// Note [Static batches]
+// Static batching as a server without continuous batching runs it: a batch of up to static_batch_size requests,
+// first come first served, is formed only when the previous batch has finished; its prompts are prefilled first
+// (in passes of the token budget, the last prompt of a pass split to fill it, so a batch is not limited to the
+// prompts that fit one pass), and then all its members decode in lockstep until the last one finishes. Requests
+// arriving meanwhile wait for the next batch.
+// Static batches never run out of blocks: a member is admitted only when the blocks left can hold its pending +
+// max_new_tokens tokens, counted over the whole batch against the free blocks; waiting requests hold no KV (they
+// are admitted only into the next batch), and a member writes at most pending + max_new_tokens - 1 tokens (its
+// last sampled token never runs). So every chunk and decode finds a slot in the blocks its batch was promised,
+// and the preemption below is only a guard against a broken contract (a queue entry whose pending +
+// max_new_tokens grew, or a cache shared with something else).
 class StaticBatchScheduler final : public Scheduler {
  public:
   explicit StaticBatchScheduler(const SchedulerLimits& limits) : Scheduler(limits) {}
@@ -219,29 +224,45 @@ class StaticBatchScheduler final : public Scheduler {
 
   Plan plan(std::span<const QueuedRequest> queue, const KvStateManager& kv) override {
     check_queue(queue, kv);
+    std::unordered_set<uint64_t> queued;
+    for (const QueuedRequest& r : queue) queued.insert(r.uid);
+    std::erase_if(batch_, [&](uint64_t uid) { return !queued.count(uid); });  // finished or cancelled
+    if (batch_.empty()) form_batch(queue, kv);
+
     PassBuilder pass(limits_, kv);
-    const bool in_flight = std::any_of(queue.begin(), queue.end(), [&](const QueuedRequest& r) {
-      return r.decoding || kv.find(r.uid) != nullptr;
+    const bool prefilling = std::any_of(queue.begin(), queue.end(), [&](const QueuedRequest& r) {
+      return batch_.count(r.uid) && !r.decoding;
     });
-    if (in_flight) {
-      for (const QueuedRequest& r : queue) {  // the running batch decodes; arrivals wait
-        if (!r.decoding) continue;
-        if (pass.sequences_full() || pass.tokens_left() <= 0) break;
-        if (!add_decode(pass, r, kv)) return preempt_plan(*last_kv_holder(queue, kv));
+    for (const QueuedRequest& r : queue) {
+      if (!batch_.count(r.uid)) continue;
+      if (pass.sequences_full() || pass.tokens_left() <= 0 || !pass.can_track(r.uid)) break;
+      if (prefilling) {
+        if (r.decoding) continue;  // its first token is out; it waits for the rest of the batch
+        const KvQuery q = kv.query(r.uid, std::min(r.pending, pass.tokens_left()), pass.free_left());
+        if (q.tokens <= 0) break;  // cannot happen with the blocks promised; finish_or_preempt guards
+        pass.add(r.uid, q.tokens, q.blocks);
+      } else if (!add_decode(pass, r, kv)) {
+        return preempt_plan(*last_kv_holder(queue, kv));
       }
-      return finish_or_preempt(pass, queue, kv);
     }
-    const int32_t batch_cap = std::min(limits_.static_batch_size, limits_.max_sequences);
-    for (const QueuedRequest& r : queue) {  // a new batch, first come first served
-      if (pass.sequences_full(batch_cap) || !pass.can_track(r.uid)) break;
-      if (!pass.empty() && r.pending > pass.tokens_left()) break;
-      const int32_t lifetime = r.pending + std::max(r.max_new_tokens, 0);
-      const KvQuery q = kv.query(r.uid, lifetime, pass.free_left());
-      if (q.tokens < lifetime) break;
-      pass.add(r.uid, r.pending, q.blocks);
-    }
-    return pass.take();  // nothing holds KV, so there is nothing to preempt
+    return finish_or_preempt(pass, queue, kv);
   }
+
+ private:
+  void form_batch(std::span<const QueuedRequest> queue, const KvStateManager& kv) {
+    const int32_t cap = std::min(limits_.static_batch_size, kv.max_tracked_sequences() - kv.tracked_sequences());
+    int32_t free = kv.free_blocks();
+    for (const QueuedRequest& r : queue) {
+      if (static_cast<int32_t>(batch_.size()) >= cap) break;
+      const int32_t lifetime = r.pending + std::max(r.max_new_tokens, 0);
+      const KvQuery q = kv.query(r.uid, lifetime, free);
+      if (q.tokens < lifetime) break;
+      free -= q.blocks;
+      batch_.insert(r.uid);
+    }
+  }
+
+  std::unordered_set<uint64_t> batch_;  // the running batch's members still queued
 };
 
 }  // namespace

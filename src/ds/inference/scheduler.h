@@ -1,6 +1,7 @@
 // Scheduling policies: which tokens of which requests go into the next ragged forward pass (DESIGN decision 11).
 // A policy sees the queue (every unfinished request, in arrival order) and the KV state, and returns a plan; it
-// changes nothing itself, so it can be tested on recorded traces with no model. The serving loop applies the plan
+// changes neither (static remembers only which requests form its running batch), so it can be tested on recorded
+// traces with no model. The serving loop applies the plan
 // (reserves KV, runs the forward, samples) and, when the plan says so, preempts a request by recompute: its KV is
 // flushed and it re-enters the queue as a prompt of its prompt plus the tokens generated so far.
 //   splitfuse      Dynamic SplitFuse as DeepSpeed-MII implements it (ragged_batching.py::RaggedBatchBase):
@@ -11,9 +12,10 @@
 //                  waiting prompts (packed up to the budget) whenever one fits, leaving a block for every decode
 //                  whose last block is full, otherwise a pass of every decode; a decode that needs a block when
 //                  none is free preempts the newest running request.
-//   static         static batching: a batch of up to static_batch_size requests is admitted only when nothing is
-//                  running (with KV for all of its prompt and max_tokens), prefilled whole in one pass, and
-//                  decoded until its last member finishes; arrivals wait for the next batch.
+//   static         static batching: a batch of up to static_batch_size requests is formed only when the last one
+//                  has finished (each with KV for all of its prompt and max_tokens), prefilled in passes of the
+//                  token budget, then decoded in lockstep until its last member finishes; arrivals wait for the
+//                  next batch (Note [Static batches] in scheduler.cpp).
 #pragma once
 
 #include <cstdint>
@@ -63,8 +65,8 @@ class Scheduler {
  public:
   virtual ~Scheduler() = default;
   // queue: every unfinished request in arrival order (a request keeps its place while it runs or is preempted).
-  // kv: the cache as it is before the pass. The plan never exceeds limits.token_budget tokens (prefill_first and
-  // static may exceed it with a single prompt longer than the budget, which they could never run otherwise),
+  // kv: the cache as it is before the pass. The plan never exceeds limits.token_budget tokens (prefill_first may
+  // exceed it with a single prompt longer than the budget, which it could never run otherwise),
   // limits.max_sequences sequences, the free KV blocks, or the sequences kv may still track.
   virtual Plan plan(std::span<const QueuedRequest> queue, const KvStateManager& kv) = 0;
   virtual Policy policy() const = 0;
