@@ -211,26 +211,9 @@ void bench_classifier(int N, int C, int V, int reps) {
              2.0 * N * C * V);
 }
 
-// The language-model head on a few rows (a decode pass: one row per sequence): our logits_forward, which reads wte
-// once for up to four rows at a time, beside cblas_sgemm on the same shape. Reported as wte bytes read per second,
-// since one row is bound by reading wte.
-void bench_logits_few_rows(int N, int C, int V) {
-  const auto x = randn(size_t(N) * C, 21), wte = randn(size_t(V) * C, 22, 0.02f);
-  std::vector<float> logits(size_t(N) * V);
-  const std::string shape = fmt_shape("N%d C%d V%d", N, C, V);
-  const double bytes = 4.0 * V * C;
-  emit_bytes("logits_few_rows", shape,
-             time_ms([&] { ds::cpu::logits_forward(logits.data(), x.data(), wte.data(), N, C, V); }), bytes);
-  emit_bytes("logits_sgemm", shape, time_ms([&] {
-               cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, V, C, 1.0f, x.data(), C, wte.data(), C, 0.0f,
-                           logits.data(), V);
-             }),
-             bytes);
-}
-
 // The inference forward's products of a few rows: panel_gemm over pre-packed weights beside matmul_forward
-// (sgemm) on the same [N, K] x [K, M], and for the head (K = C, M = V) beside logits_forward. Reported as GFLOP/s
-// and as weight bytes read per second (one row is bound by reading the weights once).
+// (sgemm) on the same [N, K] x [K, M], and for the head (K = C, M = V) beside logits_forward (sgemm on wte).
+// Reported as GFLOP/s and as weight bytes read per second (one row is bound by reading the weights once).
 void bench_panel(const char* what, int N, int K, int M, bool head) {
   const auto x = randn(size_t(N) * K, 31), w = randn(size_t(K) * M, 32, 0.02f), bias = randn(size_t(M), 33);
   std::vector<float> packed(ds::cpu::panel_packed_floats(K, M)), out(size_t(N) * M);
@@ -359,7 +342,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: %s [--threads 1,2] [--reps 5] [--quick] [--explore] [--only matmul|attention|layernorm|"
-                   "elementwise|encoder|adamw|logits|panel|classifier]\n",
+                   "elementwise|encoder|adamw|panel|classifier]\n",
                    argv[0]);
       return 2;
     }
@@ -400,15 +383,6 @@ int main(int argc, char** argv) {
     }
     if (want("encoder")) bench_encoder(4, 256, 768, 50257);
     if (want("adamw")) bench_adamw_and_convert(size_t(1) << 24);
-    if (want("logits")) {
-      for (int N : {1, 4, 8, 12, 16}) bench_logits_few_rows(N, 128, 50257);  // the default model's decode head
-      if (explore) {
-        setenv("DS_CPU_ISA", "avx2", 1);
-        bench_logits_few_rows(1, 128, 50257);
-        bench_logits_few_rows(16, 128, 50257);
-        unsetenv("DS_CPU_ISA");
-      }
-    }
     if (want("panel")) {
       for (int N : {1, 4, 16, 64, 160}) bench_panel("head", N, 128, 50257, true);  // the default model's head
       for (int N : {1, 16, 64, 160}) {                                             // and its layers' GEMMs

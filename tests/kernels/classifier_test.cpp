@@ -161,8 +161,8 @@ TEST(Classifier, RejectsOutOfRangeTargets) {
                ds::Error);
 }
 
-// Row counts on both sides of the few-rows path (N <= 16), widths with and without a tail of 8 or 16, on the AVX2
-// kernels (DS_CPU_ISA=avx2) and the machine's best.
+// Several row counts and widths with and without a tail of 8 or 16, on the AVX2 kernels (DS_CPU_ISA=avx2) and the
+// machine's best.
 TEST(Classifier, LogitsForward) {
   const int V = 13;
   for (const char* isa : {"avx2", ""}) {
