@@ -11,9 +11,14 @@ Conv1D layout for addmm (out = b + x @ W), fused F.layer_norm / F.gelu(tanh) / s
 the cache, and no per-step Python work besides reading the argmax that picks the next token.
 --check regenerates while recording every step's logits and compares them, and their argmax, with a full-recompute
 (no cache) float64 forward of scripts/gen_fixtures.py's op-by-op model over the same tokens; exit 1 on mismatch.
-The result is one line, RESULT {json}: decode and prefill tokens/s, the generated ids, the settings.
+--device cuda runs the same step on an NVIDIA GPU (a CUDA build of PyTorch 2.x): weights, cache, mask and ids live
+there, still fp32 with TF32 off (torch.backends.cuda.matmul / cudnn.allow_tf32 = False) to compare with an fp32
+engine, and each timed region (prefill, decode) reads the clock after torch.cuda.synchronize() at both ends. The
+argmax that picks each token is the same; --threads still sets the CPU threads. Exit 2 if CUDA is not available.
+The result is one line, RESULT {json}: decode and prefill tokens/s, the generated ids, the settings, the device
+("cpu" or torch.cuda.get_device_name()).
 Usage: /usr/bin/python3 bench/torch_decode.py --model FILE.safetensors --prompt-tokens 32 --new-tokens 128
-       --repeats 5 --threads 2 [--check] [--n-head N] [--prompt-ids 1,2,3]
+       --repeats 5 --threads 2 [--device cpu|cuda] [--check] [--n-head N] [--prompt-ids 1,2,3]
 """
 import argparse
 import json
@@ -33,7 +38,9 @@ def parse():
     p.add_argument('--prompt-ids', default=None, help='comma-separated prompt ids (overrides --prompt-tokens)')
     p.add_argument('--new-tokens', type=int, default=128)
     p.add_argument('--repeats', type=int, default=5)
-    p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--threads', type=int, default=2, help='CPU threads (torch, OpenMP, BLAS), whatever --device')
+    p.add_argument('--device', choices=('cpu', 'cuda'), default='cpu',
+                   help='where the weights and the step run: cpu (default) or cuda (an NVIDIA GPU, fp32, no TF32)')
     p.add_argument('--seed', type=int, default=1234, help='seed of the random prompt')
     p.add_argument('--n-head', type=int, default=None,
                    help='attention heads (default: the file\'s __metadata__ "ds_model" entry)')
@@ -81,9 +88,12 @@ def read_safetensors(path):
 class Model:
     """Weights of the file, arranged for decoding, and the KV cache."""
 
-    def __init__(self, P, n_head):
-        self.wte = P['transformer.wte.weight'].contiguous()  # [V, C]; also the tied head
-        self.wpe = P['transformer.wpe.weight'].contiguous()  # [block, C]
+    def __init__(self, P, n_head, device):
+        def dev(t):  # on the CPU, the same tensor: no copy
+            return t.to(device).contiguous()
+
+        self.wte = dev(P['transformer.wte.weight'])  # [V, C]; also the tied head
+        self.wpe = dev(P['transformer.wpe.weight'])  # [block, C]
         self.V, self.C = self.wte.shape
         self.block = self.wpe.shape[0]
         self.NH = n_head
@@ -96,12 +106,15 @@ class Model:
         names = ('ln_1.weight', 'ln_1.bias', 'attn.c_attn.weight', 'attn.c_attn.bias', 'attn.c_proj.weight',
                  'attn.c_proj.bias', 'ln_2.weight', 'ln_2.bias', 'mlp.c_fc.weight', 'mlp.c_fc.bias',
                  'mlp.c_proj.weight', 'mlp.c_proj.bias')
-        self.layers = [tuple(P[f'transformer.h.{i}.{n}'].contiguous() for n in names) for i in range(self.L)]
-        self.ln_f = (P['transformer.ln_f.weight'], P['transformer.ln_f.bias'])
-        self.k_cache = [torch.zeros(self.NH, self.block, self.HS) for _ in range(self.L)]
-        self.v_cache = [torch.zeros(self.NH, self.block, self.HS) for _ in range(self.L)]
+        self.layers = [tuple(dev(P[f'transformer.h.{i}.{n}']) for n in names) for i in range(self.L)]
+        self.ln_f = (P['transformer.ln_f.weight'].to(device), P['transformer.ln_f.bias'].to(device))
+        self.device = device
+        self.k_cache = [torch.zeros(self.NH, self.block, self.HS, device=device) for _ in range(self.L)]
+        self.v_cache = [torch.zeros(self.NH, self.block, self.HS, device=device) for _ in range(self.L)]
         self.scale = 1.0 / (self.HS ** 0.5)
-        self.mask = torch.full((self.block, self.block), float('-inf')).triu_(1)  # additive causal mask
+        self.mask = torch.full((self.block, self.block), float('-inf'), device=device).triu_(1)  # additive, causal
+        # A GPU runs asynchronously: each timed region waits for the queued kernels before reading the clock.
+        self.sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
 
     def forward(self, ids, start):
         """ids: [T] long at positions start..start+T-1; fills the caches there; returns logits [V] of the last."""
@@ -130,16 +143,19 @@ class Model:
 
 
 def generate(model, prompt, n_new, record=None):
-    """Greedy: returns (tokens, prefill seconds, decode seconds); appends each step's logits to record if given."""
+    """Greedy: returns (tokens, prefill seconds, decode seconds); appends each step's logits to record if given.
+    prompt is on model.device."""
+    model.sync()
     t0 = time.perf_counter()
     logits = model.forward(prompt, 0)
     tok = int(torch.argmax(logits))
+    model.sync()
     t1 = time.perf_counter()
     if record is not None:
         record.append(logits.clone())
     tokens = [tok]
     pos = prompt.shape[0]
-    cur = torch.empty(1, dtype=torch.long)
+    cur = torch.empty(1, dtype=torch.long, device=model.device)
     for _ in range(n_new - 1):
         cur[0] = tok
         logits = model.forward(cur, pos)
@@ -148,6 +164,7 @@ def generate(model, prompt, n_new, record=None):
             record.append(logits.clone())
         tokens.append(tok)
         pos += 1
+    model.sync()
     t2 = time.perf_counter()
     return tokens, t1 - t0, t2 - t1
 
@@ -157,7 +174,7 @@ def check(model, P, n_head, prompt, n_new, timed_tokens):
     same tokens: every argmax must agree (up to near-ties) and the logits to float32 accuracy."""
     record = []
     tokens, _, _ = generate(model, prompt, n_new, record)
-    ours = torch.stack(record).double()  # [n_new, V]
+    ours = torch.stack(record).cpu().double()  # [n_new, V]
     import importlib.util
     spec = importlib.util.spec_from_file_location('gen_fixtures', os.path.join(ROOT, 'scripts', 'gen_fixtures.py'))
     gen = importlib.util.module_from_spec(spec)
@@ -189,6 +206,20 @@ def check(model, P, n_head, prompt, n_new, timed_tokens):
 def main():
     a = ARGS
     torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    if device.type == 'cuda':
+        if not torch.cuda.is_available():
+            print(f'torch_decode: --device cuda expects a CUDA build of PyTorch (2.x) with a visible NVIDIA GPU, but '
+                  f'torch.cuda.is_available() is false here (torch {torch.__version__}, CUDA build: '
+                  f'{torch.version.cuda or "none"}); run it on a GPU machine with a CUDA-enabled torch, or use '
+                  f'--device cpu', file=sys.stderr)
+            sys.exit(2)
+        # fp32 throughout, as the engine it is set beside: no TF32 in the matmuls (addmm/bmm) or cuDNN.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        device_name = 'cpu'
     P, meta = read_safetensors(a.model)
     n_head = a.n_head
     if n_head is None:
@@ -196,7 +227,7 @@ def main():
             sys.exit('torch_decode: the file has no "ds_model" metadata; pass --n-head')
         cfg = meta['ds_model']
         n_head = int((json.loads(cfg) if isinstance(cfg, str) else cfg)['n_head'])
-    model = Model(P, n_head)
+    model = Model(P, n_head, device)
     if a.prompt_ids:
         prompt = torch.tensor([int(s) for s in a.prompt_ids.split(',')], dtype=torch.long)
     else:
@@ -209,9 +240,11 @@ def main():
     if int(prompt.min()) < 0 or int(prompt.max()) >= model.V:
         sys.exit(f'torch_decode: prompt ids must be in [0, {model.V})')
 
+    prompt = prompt.to(device)  # drawn on the CPU above, so every device decodes the same prompt
+
     prefill, decode = [], []
     with torch.inference_mode():
-        generate(model, prompt, a.new_tokens)  # warm-up: thread pools, allocator, first-touch of weights
+        generate(model, prompt, a.new_tokens)  # warm-up: thread pools, allocator, first-touch of weights, CUDA init
         for _ in range(a.repeats):
             tokens, tp, td = generate(model, prompt, a.new_tokens)
             prefill.append(tp)
@@ -225,7 +258,7 @@ def main():
         'prefill_tokens_per_s': prompt.shape[0] / statistics.median(prefill),
         'decode_ms_per_token': 1e3 * statistics.median(decode) / (a.new_tokens - 1),
         'prompt_tokens': int(prompt.shape[0]), 'new_tokens': a.new_tokens, 'decode_steps': a.new_tokens - 1,
-        'repeats': a.repeats, 'threads': a.threads, 'torch': torch.__version__,
+        'repeats': a.repeats, 'threads': a.threads, 'torch': torch.__version__, 'device': device_name,
         'model': dict(n_layer=model.L, n_head=n_head, n_embd=model.C, vocab_size=model.V, block_size=model.block),
         'tokens': tokens,
     }

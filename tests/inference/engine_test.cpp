@@ -206,7 +206,7 @@ TEST(Engine, KvCacheSizedFromMemoryBudget) {
   InferenceEngine engine(f.runner, c);
   // 16 tokens x 2 layers x (K, V) x 64 channels x 4 bytes = 16 KiB a block.
   EXPECT_EQ(engine.kv_state().kv_block_count(), (1 << 20) / (16 * 2 * 2 * 64 * 4));
-  EXPECT_EQ(engine.kv_cache().bytes(), int64_t(engine.kv_state().kv_block_count()) * 16 * 2 * 2 * 64 * 4);
+  EXPECT_EQ(engine.kv_cache_bytes(), int64_t(engine.kv_state().kv_block_count()) * 16 * 2 * 2 * 64 * 4);
 }
 
 }  // namespace

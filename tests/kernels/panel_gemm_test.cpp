@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ds/core/error.h"
@@ -82,6 +83,20 @@ TEST(PanelGemm, PackingPadsTheLastPanel) {
     for (int j = 1; j < 32; ++j) EXPECT_EQ(packed[size_t(K) * 32 + size_t(k) * 32 + j], 0.0f);
   }
   EXPECT_THROW(ds::cpu::pack_panels(packed.data(), w.data(), 0, M, true), ds::Error);
+}
+
+// unpack_panels gives back exactly what pack_panels read, in both layouts (the device copy of the inference
+// weights is made from it).
+TEST(PanelGemm, UnpackingInvertsPacking) {
+  for (const bool rows_of_k : {true, false}) {
+    for (const auto& [K, M] : {std::pair{3, 33}, std::pair{17, 64}, std::pair{5, 1}}) {
+      const auto w = randn(size_t(K) * M, 11 + K + M);
+      std::vector<float> packed(ds::cpu::panel_packed_floats(K, M)), back(w.size(), NAN);
+      ds::cpu::pack_panels(packed.data(), w.data(), K, M, rows_of_k);
+      ds::cpu::unpack_panels(back.data(), packed.data(), K, M, rows_of_k);
+      EXPECT_EQ(back, w) << "K " << K << " M " << M << " rows_of_k " << rows_of_k;
+    }
+  }
 }
 
 }  // namespace

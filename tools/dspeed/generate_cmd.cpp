@@ -111,6 +111,8 @@ void add_generate_command(CLI::App& root) {
       ->capture_default_str();
   cmd->add_option("--kv-memory", a->kv_memory, "KV-cache memory, e.g. 64MiB (default 256MiB)");
   cmd->add_option("--threads", a->threads, "CPU threads (default: all cores)");
+  cmd->add_option("--device", a->stack.device, "where the model runs: cpu, cuda or cuda:N (a build with CUDA)")
+      ->capture_default_str();
   cmd->callback([a] {
     DS_CHECK_AS(ConfigError, !a->prompt.empty() || !a->prompt_ids.empty(),
                 "[generate] give a prompt: --prompt TEXT or --prompt-ids 1,2,3");

@@ -63,6 +63,7 @@ DecodeBenchResult run_decode_bench(const DecodeBenchOptions& o) {
   ec.kv_block_size = 16;
   ec.kv_block_count = (mc.block_size + 15) / 16;
   ec.max_ragged_batch_size = std::max(ec.max_ragged_batch_size, mc.block_size);  // the whole prompt in one pass
+  ec.device = parse_device(o.device);
   InferenceEngine engine(model, ec);
   Rng rng(o.seed);
   std::vector<int32_t> prompt;
@@ -96,8 +97,9 @@ DecodeBenchResult run_decode_bench(const DecodeBenchOptions& o) {
     std::string ids;
     for (const int32_t t : prompt) ids += (ids.empty() ? "" : ",") + std::to_string(t);
     const std::string cmd = fmt::format("{} {} --model {} --prompt-ids {} --new-tokens {} --repeats {} --threads {} "
-                                        "--n-head {}", shell_quote(o.python), shell_quote(o.torch_script),
-                                        shell_quote(file), ids, o.new_tokens, o.repeats, o.threads, mc.n_head);
+                                        "--n-head {} --device {}", shell_quote(o.python), shell_quote(o.torch_script),
+                                        shell_quote(file), ids, o.new_tokens, o.repeats, o.threads, mc.n_head,
+                                        ec.device.is_cpu() ? "cpu" : "cuda");
     try {
       torch = run_child_result(cmd);
     } catch (...) {
@@ -113,8 +115,8 @@ DecodeBenchResult run_decode_bench(const DecodeBenchOptions& o) {
   res.ours_decode_tokens_per_s = median(decode);
   res.ours_prefill_tokens_per_s = median(prefill);
 
-  fmt::print("model {}\nprompt {} tokens, {} new tokens, greedy, {} thread(s), median of {} repeats\n", mc.str(),
-             o.prompt_tokens, o.new_tokens, o.threads, decode.size());
+  fmt::print("model {}\nprompt {} tokens, {} new tokens, greedy, on {}, {} thread(s), median of {} repeats\n",
+             mc.str(), o.prompt_tokens, o.new_tokens, engine.device_description(), o.threads, decode.size());
   fmt::print("{:<12} {:>16} {:>17}\n", "", "decode tokens/s", "prefill tokens/s");
   fmt::print("{:<12} {:>16.1f} {:>17.0f}\n", "dspeed", res.ours_decode_tokens_per_s, res.ours_prefill_tokens_per_s);
   if (!o.skip_torch) {

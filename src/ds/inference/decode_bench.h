@@ -20,6 +20,7 @@ struct DecodeBenchOptions {
   std::string python = "/usr/bin/python3";
   std::string torch_script = "bench/torch_decode.py";
   bool skip_torch = false;
+  std::string device = "cpu";  // ours and PyTorch's: cpu, or cuda (the first GPU)
 };
 
 struct DecodeBenchResult {

@@ -30,15 +30,23 @@ static int32_t kv_blocks(const Gpt2Config& m, const EngineConfig& c) {
 InferenceEngine::InferenceEngine(std::shared_ptr<const InferenceModel> model, const EngineConfig& config)
     : model_(std::move(model)),
       config_(config),
-      cache_(model_->config().n_layer, model_->config().n_head, model_->config().n_embd / model_->config().n_head,
-             kv_blocks(model_->config(), config), config.kv_block_size),
-      kv_(cache_.kv_block_count(), config.kv_block_size, config.max_tracked_sequences, model_->config().block_size) {
+      kv_(kv_blocks(model_->config(), config), config.kv_block_size, config.max_tracked_sequences,
+          model_->config().block_size) {
   DS_CHECK_AS(ConfigError, config.max_ragged_batch_size > 0 && config.max_ragged_sequence_count > 0 &&
               config.max_ragged_sequence_count <= config.max_ragged_batch_size &&
               config.max_ragged_sequence_count <= config.max_tracked_sequences,
               "[engine] need 0 < max_ragged_sequence_count ({}) <= max_ragged_batch_size ({}) and <= "
               "max_tracked_sequences ({})", config.max_ragged_sequence_count, config.max_ragged_batch_size,
               config.max_tracked_sequences);
+  const Gpt2Config& m = model_->config();
+  if (config.device.is_cpu()) {
+    host_cache_ = std::make_unique<KvCache>(m.n_layer, m.n_head, m.n_embd / m.n_head, kv_.kv_block_count(),
+                                            config.kv_block_size);
+  } else {
+    device_ = make_device_forward(*model_, config.device,
+                                  {kv_.kv_block_count(), config.kv_block_size, config.max_ragged_batch_size,
+                                   config.max_ragged_sequence_count});
+  }
 }
 
 int32_t InferenceEngine::vocab_size() const { return model_->config().vocab_size; }
@@ -85,10 +93,17 @@ std::span<const float> InferenceEngine::put(std::span<const uint64_t> uids,
     const SequenceKv& s = kv_.reserve(uids[i], lengths[i]);
     batch_.add(tokens[i], s.seen_tokens, s.blocks);
   }
-  logits_.resize(uids.size() * static_cast<size_t>(vocab_size()));
-  model_->forward(batch_, cache_, scratch_, logits_.data());
+  const size_t n_logits = uids.size() * static_cast<size_t>(vocab_size());
+  const float* logits = nullptr;
+  if (device_) {
+    logits = device_->forward(batch_);
+  } else {
+    logits_.resize(n_logits);
+    model_->forward(batch_, *host_cache_, scratch_, logits_.data());
+    logits = logits_.data();
+  }
   for (size_t i = 0; i < uids.size(); ++i) kv_.advance(uids[i], lengths[i]);
-  return logits_;
+  return {logits, n_logits};
 }
 
 }  // namespace ds::inference

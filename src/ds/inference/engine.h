@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "ds/core/device.h"
+#include "ds/inference/device_forward.h"
 #include "ds/inference/kv_cache.h"
 #include "ds/inference/model_runner.h"
 #include "ds/inference/ragged_batch.h"
@@ -23,6 +25,7 @@ struct EngineConfig {
   int32_t max_tracked_sequences = 2048;
   int32_t max_ragged_batch_size = 768;       // tokens per put
   int32_t max_ragged_sequence_count = 512;   // sequences per put
+  Device device = Device::cpu();             // where the weights, the KV cache and the forward live
 };
 
 enum class ScheduleStatus {
@@ -50,7 +53,10 @@ class InferenceEngine {
   int32_t remaining_block_capacity(uint64_t uid) const { return kv_.remaining_block_capacity(uid); }
 
   const KvStateManager& kv_state() const { return kv_; }
-  const KvCache& kv_cache() const { return cache_; }
+  // Bytes of KV storage, on the engine's device.
+  int64_t kv_cache_bytes() const { return device_ ? device_->kv_bytes() : host_cache_->bytes(); }
+  // Where the forward runs, for banners: "cpu" or the GPU with its memory.
+  std::string device_description() const { return device_ ? device_->describe() : "cpu"; }
   const EngineConfig& config() const { return config_; }
   const InferenceModel& model() const { return *model_; }
   int32_t vocab_size() const;
@@ -59,7 +65,8 @@ class InferenceEngine {
  private:
   std::shared_ptr<const InferenceModel> model_;
   EngineConfig config_;
-  KvCache cache_;
+  std::unique_ptr<KvCache> host_cache_;    // the CPU forward's KV storage
+  std::unique_ptr<DeviceForward> device_;  // or the device forward, which holds its own
   KvStateManager kv_;
   RaggedBatch batch_;
   InferenceModel::Scratch scratch_;

@@ -76,6 +76,29 @@ void InferenceModel::take_weights(Gpt2& model) {
   }
 }
 
+InferenceModel::PlainWeights InferenceModel::plain_weights() const {
+  auto vec = [](const Tensor& t) {
+    const float* p = t.data<float>();
+    return std::vector<float>(p, p + t.numel());
+  };
+  auto rows_of_k = [](const Matrix& m) {
+    std::vector<float> w(static_cast<size_t>(m.K) * static_cast<size_t>(m.M));
+    cpu::unpack_panels(w.data(), m.panels.data<float>(), m.K, m.M, true);
+    return w;
+  };
+  PlainWeights p;
+  p.wte.resize(static_cast<size_t>(head_.K) * static_cast<size_t>(head_.M));
+  cpu::unpack_panels(p.wte.data(), head_.panels.data<float>(), head_.K, head_.M, false);
+  p.wpe = vec(wpe_);
+  p.lnf_w = vec(lnf_w_);
+  p.lnf_b = vec(lnf_b_);
+  for (const Layer& L : layers_) {
+    p.layers.push_back({vec(L.ln1_w), vec(L.ln1_b), rows_of_k(L.qkv), vec(L.qkv_b), rows_of_k(L.proj), vec(L.proj_b),
+                        vec(L.ln2_w), vec(L.ln2_b), rows_of_k(L.fc), vec(L.fc_b), rows_of_k(L.fc2), vec(L.fc2_b)});
+  }
+  return p;
+}
+
 std::shared_ptr<InferenceModel> InferenceModel::load(const std::string& path, const std::string& arch) {
   DS_CHECK_AS(IoError, fs::exists(path), "[serve] model '{}' does not exist; give a checkpoint directory (dspeed "
               "train --save DIR) or a safetensors file (dspeed ckpt consolidate)", path);

@@ -41,6 +41,17 @@ class InferenceModel {
   // cache (its blocks must have been reserved). The model is read-only: engines may share it.
   void forward(const RaggedBatch& batch, KvCache& cache, Scratch& scratch, float* logits) const;
 
+  // The weights as plain row-major arrays in Hugging Face GPT-2 layouts (wte [V, C], Conv1D weights [in, out]),
+  // unpacked from the panels: what a device copy is made from (device_forward.h).
+  struct PlainLayer {
+    std::vector<float> ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fc2_w, fc2_b;
+  };
+  struct PlainWeights {
+    std::vector<float> wte, wpe, lnf_w, lnf_b;
+    std::vector<PlainLayer> layers;
+  };
+  PlainWeights plain_weights() const;
+
  private:
   InferenceModel() = default;
   // A [K, M] weight in column panels for cpu::panel_gemm (Note [Inference weights] in model_runner.cpp).

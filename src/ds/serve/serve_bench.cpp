@@ -125,6 +125,7 @@ ServingStackOptions stack_options(const ServeBenchOptions& o, const std::string&
   so.max_queue = 4096;
   so.seed = o.seed;
   so.threads = o.threads;
+  so.device = o.device;
   return so;
 }
 
@@ -154,6 +155,7 @@ struct Served {
 // prompt's context, and a pass of one mean-length prompt alone (medians of 9).
 struct PassCosts {
   double decode1_s = 0, decode_batch_s = 0, prompt_s = 0;
+  std::string device;
 };
 
 PassCosts measure_passes(std::shared_ptr<const inference::InferenceModel> model, const ServeBenchOptions& o,
@@ -188,6 +190,7 @@ PassCosts measure_passes(std::shared_ptr<const inference::InferenceModel> model,
   c.decode1_s = median(d1);
   c.decode_batch_s = median(db);
   c.prompt_s = median(pr);
+  c.device = engine.device_description();
   return c;
 }
 
@@ -235,8 +238,8 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
   const double prefill_floor = 0.5 * result.single_prefill_tokens_per_s;
   const double decode_floor = 0.25 * result.single_decode_tokens_per_s;
   const PassCosts pc = measure_passes(model, o, max_clients, static_cast<int>(std::lround(prompt_mean)));
-  fmt::print("engine passes: 1 decode {:.2f} ms, {} decodes {:.2f} ms ({:.1f}x), a prompt of {:.0f} tokens {:.2f} ms "
-             "({:.1f} us a token)\n", 1e3 * pc.decode1_s, max_clients, 1e3 * pc.decode_batch_s,
+  fmt::print("engine passes on {}: 1 decode {:.2f} ms, {} decodes {:.2f} ms ({:.1f}x), a prompt of {:.0f} tokens {:.2f} ms "
+             "({:.1f} us a token)\n", pc.device, 1e3 * pc.decode1_s, max_clients, 1e3 * pc.decode_batch_s,
              pc.decode_batch_s / pc.decode1_s, prompt_mean, 1e3 * pc.prompt_s, 1e6 * pc.prompt_s / prompt_mean);
   fmt::print("single request: prefill {:.0f} tokens/s, decode {:.1f} tokens/s -> SLAs: prompt at >= {:.0f} tokens/s, "
              "generation at >= {:.1f} tokens/s\n\n", result.single_prefill_tokens_per_s,

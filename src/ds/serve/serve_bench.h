@@ -31,6 +31,7 @@ struct ServeBenchOptions {
   int64_t kv_memory_bytes = int64_t(1) << 30;
   int static_batch_size = 16;
   int threads = 0;               // OpenMP threads of the engine (0: all)
+  std::string device = "cpu";    // where the engines run: cpu, cuda or cuda:N
   uint64_t seed = 1;
   std::string json_out;          // append one JSON line per cell
 };

@@ -22,6 +22,7 @@ inference::EngineConfig ServingStack::engine_config(const ServingStackOptions& o
   ec.max_ragged_batch_size = pass_tokens;
   ec.max_ragged_sequence_count = std::min(o.max_sequences, pass_tokens);
   ec.max_tracked_sequences = std::max(ec.max_tracked_sequences, ec.max_ragged_sequence_count);
+  ec.device = inference::parse_device(o.device);
   return ec;
 }
 
@@ -32,6 +33,7 @@ ServingStack::ServingStack(const ServingStackOptions& o, std::shared_ptr<const i
               o.max_sequences);
   DS_CHECK_AS(ConfigError, o.max_queue > 0, "[serve] --max-queue must be at least 1, got {}", o.max_queue);
   const inference::Policy policy = inference::parse_policy(o.policy);
+  inference::parse_device(o.device);  // fails before the model is loaded
 
   model_ = model ? std::move(model) : inference::InferenceModel::load(o.model_path, o.arch);
   if (!o.tokenizer_dir.empty()) {
@@ -61,9 +63,9 @@ ServingStack::~ServingStack() = default;
 std::string ServingStack::describe() const {
   const Gpt2Config& c = model_->config();
   const auto& kv = engine_->kv_state();
-  return fmt::format("GPT-2 L{} H{} C{} V{} context {}; policy {}, {} tokens per pass; KV cache {} blocks of {} "
-                     "tokens; queue {}",
-                     c.n_layer, c.n_head, c.n_embd, c.vocab_size, c.block_size,
+  return fmt::format("GPT-2 L{} H{} C{} V{} context {} on {}; policy {}, {} tokens per pass; KV cache {} blocks of "
+                     "{} tokens; queue {}",
+                     c.n_layer, c.n_head, c.n_embd, c.vocab_size, c.block_size, engine_->device_description(),
                      inference::policy_name(loop_->policy()), options_.token_budget, kv.kv_block_count(),
                      kv.kv_block_size(), options_.max_queue);
 }

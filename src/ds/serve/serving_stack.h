@@ -29,6 +29,7 @@ struct ServingStackOptions {
   int32_t max_queue = 256;                   // requests queued or running; more get 429
   std::optional<uint64_t> seed;              // base of the seeds of requests that give none (default: drawn)
   int threads = 0;                           // model threads of the loop's passes (0: all cores)
+  std::string device = "cpu";                // where the model runs: cpu, cuda or cuda:N
 };
 
 class ServingStack {

@@ -39,6 +39,8 @@ void matmul_forward(float* out, const float* inp, const float* weight, const flo
 inline constexpr int kPanelWidth = 32;
 size_t panel_packed_floats(int K, int M);
 void pack_panels(float* packed, const float* w, int K, int M, bool w_is_rows_of_k);
+// The inverse of pack_panels: w in the same layout pack_panels read it from.
+void unpack_panels(float* w, const float* packed, int K, int M, bool w_is_rows_of_k);
 void panel_gemm(float* out, const float* x, const float* packed, const float* bias, int N, int K, int M);
 // dinp[N,IC] = dout @ weight^T (skipped if dinp is null); dweight[IC,OC] += inp^T @ dout; dbias[OC] += sum(dout)
 // (dbias may be null).

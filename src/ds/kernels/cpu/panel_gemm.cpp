@@ -125,6 +125,18 @@ void pack_panels(float* packed, const float* w, int K, int M, bool w_is_rows_of_
   }
 }
 
+void unpack_panels(float* w, const float* packed, int K, int M, bool w_is_rows_of_k) {
+  DS_CHECK(K > 0 && M > 0, "[kernels] unpack_panels: K = {} and M = {} must be positive", K, M);
+  for (int m = 0; m < M; ++m) {
+    const float* src = packed + static_cast<int64_t>(m / kPanel) * K * kPanel + m % kPanel;
+    for (int k = 0; k < K; ++k) {
+      const float v = src[static_cast<int64_t>(k) * kPanel];
+      if (w_is_rows_of_k) w[static_cast<int64_t>(k) * M + m] = v;
+      else w[static_cast<int64_t>(m) * K + k] = v;
+    }
+  }
+}
+
 void panel_gemm(float* out, const float* x, const float* packed, const float* bias, int N, int K, int M) {
   if (N <= 0) return;
   const int P = panels_of(M);
