@@ -244,6 +244,15 @@ expect_error "prompt + max_tokens past the context" "1 tokens and max_tokens is 
 expect_error "token id outside the vocabulary" "token id 50257 is outside the vocabulary" \
   timeout 30 "$dspeed" generate --model "$model" --prompt-ids 464,50257
 expect_error "no prompt" "give a prompt" timeout 30 "$dspeed" generate --model "$model"
+expect_error "unknown device" "unknown device 'gpu'.*cpu, cuda or cuda:N" \
+  timeout 30 "$dspeed" serve --model "$model" --port 0 --device gpu
+# A build without CUDA, or a machine without a GPU, says which and points to --device cpu.
+if ! nvidia-smi > /dev/null 2>&1; then
+  expect_error "cuda without a GPU" "cuda.*--device cpu" \
+    timeout 30 "$dspeed" generate --model "$model" --prompt "The" --device cuda
+fi
+expect_error "bad SLA fraction" "SLA fractions must be positive" \
+  timeout 30 "$dspeed" bench serve --model "$model" --gen-sla-fraction 0
 expect_error "text prompt without tokenizer" "needs a tokenizer" \
   timeout 30 "$dspeed" generate --model "$model" --prompt "The" --tokenizer ""
 

@@ -139,6 +139,12 @@ void add_bench_command(CLI::App& root) {
   srv->add_option("--prompt-mean", sv->prompt_mean, "mean prompt tokens (default 60% of the context)");
   srv->add_option("--gen-mean", sv->gen_mean, "mean generated tokens (default 8% of the context)");
   srv->add_option("--relative-std", sv->relative_std, "standard deviation over the mean")->capture_default_str();
+  srv->add_option("--prompt-sla-fraction", sv->prompt_sla_fraction,
+                  "prompt SLA: this fraction of the single-request prefill rate")->capture_default_str();
+  srv->add_option("--gen-sla-fraction", sv->gen_sla_fraction,
+                  "generation SLA: this fraction of the single-request decode rate")->capture_default_str();
+  srv->add_option("--prompt-sla-rate", sv->prompt_sla_rate, "prompt SLA in tokens/s instead (FastGen: 512)");
+  srv->add_option("--gen-sla-rate", sv->gen_sla_rate, "generation SLA in tokens/s instead (FastGen: 2, 4 or 6)");
   srv->add_option("--token-budget", sv->token_budget, "tokens per forward pass")->capture_default_str();
   srv->add_option("--kv-block-size", sv->kv_block_size)->capture_default_str();
   auto kv_memory = std::make_shared<std::string>("1GiB");

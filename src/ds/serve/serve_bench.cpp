@@ -197,6 +197,10 @@ PassCosts measure_passes(std::shared_ptr<const inference::InferenceModel> model,
 }  // namespace
 
 ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
+  DS_CHECK_AS(ConfigError, o.prompt_sla_fraction > 0 && o.gen_sla_fraction > 0 && o.prompt_sla_rate >= 0 &&
+              o.gen_sla_rate >= 0, "[bench] the SLA fractions must be positive and the SLA rates positive or 0 (0: "
+              "use the fraction); got prompt {} / {} tokens/s, generation {} / {} tokens/s", o.prompt_sla_fraction,
+              o.prompt_sla_rate, o.gen_sla_fraction, o.gen_sla_rate);
   DS_CHECK_AS(ConfigError, !o.model.empty(), "[bench] give --model: a checkpoint directory (dspeed train --save DIR) "
               "or a safetensors file");
   DS_CHECK_AS(ConfigError, o.requests > 0 && !o.clients.empty() && !o.policies.empty(), "[bench] need requests > 0, "
@@ -235,8 +239,10 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
     result.single_prefill_tokens_per_s = median(prefill);
     result.single_decode_tokens_per_s = median(decode);
   }
-  const double prefill_floor = 0.5 * result.single_prefill_tokens_per_s;
-  const double decode_floor = 0.25 * result.single_decode_tokens_per_s;
+  const double prefill_floor =
+      o.prompt_sla_rate > 0 ? o.prompt_sla_rate : o.prompt_sla_fraction * result.single_prefill_tokens_per_s;
+  const double decode_floor =
+      o.gen_sla_rate > 0 ? o.gen_sla_rate : o.gen_sla_fraction * result.single_decode_tokens_per_s;
   const PassCosts pc = measure_passes(model, o, max_clients, static_cast<int>(std::lround(prompt_mean)));
   fmt::print("engine passes on {}: 1 decode {:.2f} ms, {} decodes {:.2f} ms ({:.1f}x), a prompt of {:.0f} tokens {:.2f} ms "
              "({:.1f} us a token)\n", pc.device, 1e3 * pc.decode1_s, max_clients, 1e3 * pc.decode_batch_s,
@@ -329,6 +335,8 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
                               {"effective_requests_per_s", cell.effective_requests_per_s},
                               {"single_prefill_tokens_per_s", result.single_prefill_tokens_per_s},
                               {"single_decode_tokens_per_s", result.single_decode_tokens_per_s},
+                              {"prompt_sla_tokens_per_s", prefill_floor}, {"gen_sla_tokens_per_s", decode_floor},
+                              {"token_budget", o.token_budget}, {"device", o.device},
                               {"preemptions", cell.preemptions}, {"passes", cell.passes}}
                    .dump()
             << "\n";

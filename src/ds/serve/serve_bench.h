@@ -8,7 +8,7 @@
 // generation at >= a quarter of the single-request decode rate, judged as FastGen's benchmark does: the moving
 // average (span 16) of the gaps between streamed tokens stays below 1 / that rate at every token. FastGen fixes
 // its SLAs in tokens/s for a given GPU (512 prompt tokens/s; 2 to 8 generated tokens/s); relative floors keep the
-// benchmark meaningful on any machine and model.
+// benchmark meaningful on any machine and model. Both fractions, or fixed rates instead, are options.
 #pragma once
 
 #include <cstdint>
@@ -26,6 +26,10 @@ struct ServeBenchOptions {
   double prompt_mean = 0;        // tokens; 0: 60% of the model's context
   double gen_mean = 0;           // tokens; 0: 8% of the model's context
   double relative_std = 0.3;     // FastGen's "30% variance"
+  // The SLAs: a fraction of the engine's single-request rate, or (when > 0) a fixed rate in tokens/s as FastGen's
+  // (512 prompt tokens/s; 2, 4 or 6 generated tokens/s on its GPUs).
+  double prompt_sla_fraction = 0.5, gen_sla_fraction = 0.25;
+  double prompt_sla_rate = 0, gen_sla_rate = 0;
   int token_budget = 256;        // SplitFuse's tokens per pass; also prefill-first's prefill budget
   int kv_block_size = 16;
   int64_t kv_memory_bytes = int64_t(1) << 30;
