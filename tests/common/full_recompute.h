@@ -5,11 +5,25 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <span>
 #include <vector>
 
+#include "ds/core/rng.h"
 #include "ds/nn/models/gpt2.h"
 
 namespace ds::testing {
+
+// n token ids drawn uniformly from [0, V).
+inline std::vector<int32_t> random_tokens(Rng& rng, int n, int V) {
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (auto& x : t) x = static_cast<int32_t>(rng.next_u64() % static_cast<uint64_t>(V));
+  return t;
+}
+
+// The greedy choice of a logit row (the lowest id among equal maxima).
+inline int32_t argmax(std::span<const float> row) {
+  return static_cast<int32_t>(std::max_element(row.begin(), row.end()) - row.begin());
+}
 
 // Logits after the last token of `tokens`.
 inline std::vector<float> full_recompute_last_logits(Gpt2& model, const std::vector<int32_t>& tokens) {

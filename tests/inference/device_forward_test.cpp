@@ -52,15 +52,8 @@ EngineConfig engine_config(int32_t block_size, Device device) {
   return ec;
 }
 
-std::vector<int32_t> random_tokens(Rng& rng, int n, int V) {
-  std::vector<int32_t> t(static_cast<size_t>(n));
-  for (auto& x : t) x = static_cast<int32_t>(rng.next_u64() % static_cast<uint64_t>(V));
-  return t;
-}
-
-int32_t argmax(std::span<const float> row) {
-  return static_cast<int32_t>(std::max_element(row.begin(), row.end()) - row.begin());
-}
+using testing::argmax;
+using testing::random_tokens;
 
 bool have_gpu() { return cuda::available(); }
 

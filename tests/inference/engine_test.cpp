@@ -42,15 +42,8 @@ struct Fixture {
   std::shared_ptr<InferenceModel> runner;
 };
 
-std::vector<int32_t> random_tokens(Rng& rng, int n, int V) {
-  std::vector<int32_t> t(static_cast<size_t>(n));
-  for (auto& x : t) x = static_cast<int32_t>(rng.next_u64() % static_cast<uint64_t>(V));
-  return t;
-}
-
-int32_t argmax(std::span<const float> row) {
-  return static_cast<int32_t>(std::max_element(row.begin(), row.end()) - row.begin());
-}
+using testing::argmax;
+using testing::random_tokens;
 
 double max_abs_diff(std::span<const float> a, std::span<const float> b) {
   double m = 0;

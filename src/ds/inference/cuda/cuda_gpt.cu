@@ -13,19 +13,7 @@
 
 #include "ds/core/error.h"
 #include "ds/inference/cuda/cuda_gpt.h"
-
-#define DS_CUDA_OK(expr)                                                                                 \
-  do {                                                                                                   \
-    const cudaError_t err_ = (expr);                                                                     \
-    DS_CHECK_AS(::ds::DeviceError, err_ == cudaSuccess, "[cuda] {} failed: {}", #expr,                   \
-                cudaGetErrorString(err_));                                                               \
-  } while (0)
-#define DS_CUBLAS_OK(expr)                                                                               \
-  do {                                                                                                   \
-    const cublasStatus_t st_ = (expr);                                                                   \
-    DS_CHECK_AS(::ds::DeviceError, st_ == CUBLAS_STATUS_SUCCESS, "[cuda] {} failed: {}", #expr,          \
-                cublasGetStatusString(st_));                                                             \
-  } while (0)
+#include "ds/kernels/cuda/cuda_check.h"
 
 namespace ds::inference::cuda_impl {
 namespace {
@@ -236,27 +224,27 @@ struct CudaGpt::State {
       DS_THROW(OutOfMemory, "[cuda] cannot allocate {} MiB of GPU memory for {} ({} MiB free of {}); lower "
                "--kv-memory or --token-budget, or serve a smaller model", bytes >> 20, what, free >> 20, total >> 20);
     }
-    DS_CUDA_OK(err);
+    DS_CUDA_CHECK(err);
     allocations.push_back(p);
     return static_cast<float*>(p);
   }
   float* upload(const float* host, int64_t floats, const char* what) {
     float* d = alloc(floats, what);
-    DS_CUDA_OK(cudaMemcpy(d, host, sizeof(float) * static_cast<size_t>(floats), cudaMemcpyHostToDevice));
+    DS_CUDA_CHECK(cudaMemcpy(d, host, sizeof(float) * static_cast<size_t>(floats), cudaMemcpyHostToDevice));
     weight_bytes += sizeof(float) * floats;
     return d;
   }
   void reserve_meta(size_t entries) {
     if (entries <= meta_capacity) return;
-    DS_CUDA_OK(cudaStreamSynchronize(stream));
+    DS_CUDA_CHECK(cudaStreamSynchronize(stream));
     if (meta_host) cudaFreeHost(meta_host);
     if (meta_dev) cudaFree(meta_dev);
     meta_host = nullptr;
     meta_dev = nullptr;
     meta_capacity = 0;
     const size_t cap = std::max(entries, 2 * meta_capacity);
-    DS_CUDA_OK(cudaMallocHost(&meta_host, cap * sizeof(int32_t)));
-    DS_CUDA_OK(cudaMalloc(&meta_dev, cap * sizeof(int32_t)));
+    DS_CUDA_CHECK(cudaMallocHost(&meta_host, cap * sizeof(int32_t)));
+    DS_CUDA_CHECK(cudaMalloc(&meta_dev, cap * sizeof(int32_t)));
     meta_capacity = cap;
   }
   // Queues one pass whose metadata (`entries` int32) is in meta_host, and waits for its logits.
@@ -264,7 +252,7 @@ struct CudaGpt::State {
   // out[rows, M] = in[rows, K] @ w[K, M], all row-major: column-major out^T = w^T in^T.
   void gemm(float* out, const float* in, const float* w, int rows, int K, int M) {
     const float one = 1.0f, zero = 0.0f;
-    DS_CUBLAS_OK(cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_N, M, rows, K, &one, w, M, in, K, &zero, out, M));
+    DS_CUBLAS_CHECK(cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_N, M, rows, K, &one, w, M, in, K, &zero, out, M));
   }
 };
 
@@ -277,10 +265,10 @@ CudaGpt::CudaGpt(const GptShape& shape, const GptWeights& w) : s_(new State) {
                 "[cuda] no usable GPU (cudaGetDeviceCount found none); serve with --device cpu");
     DS_CHECK_AS(DeviceError, shape.device >= 0 && shape.device < count, "[cuda] asked for GPU {}, but this machine "
                 "has {} (indices 0..{})", shape.device, count, count - 1);
-    DS_CUDA_OK(cudaSetDevice(shape.device));
-    DS_CUDA_OK(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking));
-    DS_CUBLAS_OK(cublasCreate(&s.blas));
-    DS_CUBLAS_OK(cublasSetStream(s.blas, s.stream));
+    DS_CUDA_CHECK(cudaSetDevice(shape.device));
+    DS_CUDA_CHECK(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking));
+    DS_CUBLAS_CHECK(cublasCreate(&s.blas));
+    DS_CUBLAS_CHECK(cublasSetStream(s.blas, s.stream));
     // CUBLAS_DEFAULT_MATH: sgemm stays fp32 (no TF32), as the CPU forward.
 
     const int C = shape.n_embd, V = shape.vocab, L = shape.n_layer;
@@ -319,20 +307,20 @@ CudaGpt::CudaGpt(const GptShape& shape, const GptWeights& w) : s_(new State) {
     s.qkv = s.alloc(N * 3 * C, "activations");
     s.mlp = s.alloc(N * 4 * C, "activations");
     s.logits = s.alloc(int64_t(shape.max_seqs) * V, "logits");
-    DS_CUDA_OK(cudaMallocHost(&s.logits_host, sizeof(float) * size_t(shape.max_seqs) * size_t(V)));
+    DS_CUDA_CHECK(cudaMallocHost(&s.logits_host, sizeof(float) * size_t(shape.max_seqs) * size_t(V)));
 
     // Attention's shared memory grows with the context; above 48 KiB in all a kernel must opt in.
     const int HS = C / shape.n_head;
     const size_t smem = attention_smem_bytes(HS, shape.context);
     int optin = 0;
-    DS_CUDA_OK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, shape.device));
+    DS_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, shape.device));
     DS_CHECK_AS(DeviceError, smem + 32 * sizeof(float) <= static_cast<size_t>(optin), "[cuda] a context of {} "
                 "tokens needs {} KiB of shared memory per attention block; this GPU gives {} KiB", shape.context,
                 smem >> 10, optin >> 10);
-    DS_CUDA_OK(cudaFuncSetAttribute(paged_attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    DS_CUDA_CHECK(cudaFuncSetAttribute(paged_attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(smem)));
     s.attn_smem_limit = smem;
-    DS_CUDA_OK(cudaDeviceSynchronize());
+    DS_CUDA_CHECK(cudaDeviceSynchronize());
   } catch (...) {
     release(s_);
     throw;
@@ -367,7 +355,7 @@ std::string CudaGpt::device_name() const {
 const float* CudaGpt::forward(const PassMeta& m) {
   State& s = *s_;
   const GptShape& g = s.shape;
-  DS_CUDA_OK(cudaSetDevice(g.device));  // the calling thread's current device (the serving loop's thread)
+  DS_CUDA_CHECK(cudaSetDevice(g.device));  // the calling thread's current device (the serving loop's thread)
   const int N = m.n_tokens, S = m.n_seqs, HS = g.n_embd / g.n_head;
   DS_ASSERT(N > 0 && N <= g.max_tokens && S > 0 && S <= g.max_seqs, "pass of {} tokens in {} sequences beyond the "
             "limits ({}, {})", N, S, g.max_tokens, g.max_seqs);
@@ -403,7 +391,7 @@ void CudaGpt::State::enqueue_pass(const PassMeta& m, size_t entries) {
   const GptShape& g = s.shape;
   const int N = m.n_tokens, S = m.n_seqs, C = g.n_embd, V = g.vocab, HS = C / g.n_head;
   const size_t smem = attention_smem_bytes(HS, m.max_pos);
-  DS_CUDA_OK(cudaMemcpyAsync(s.meta_dev, s.meta_host, entries * sizeof(int32_t), cudaMemcpyHostToDevice, s.stream));
+  DS_CUDA_CHECK(cudaMemcpyAsync(s.meta_dev, s.meta_host, entries * sizeof(int32_t), cudaMemcpyHostToDevice, s.stream));
   const int32_t* ids = s.meta_dev;
   const int32_t* pos = ids + N;
   const int32_t* seq = pos + N;
@@ -434,11 +422,11 @@ void CudaGpt::State::enqueue_pass(const PassMeta& m, size_t entries) {
   // ln_f on each sequence's last new token, then logits[S, V] = h[S, C] @ wte^T.
   layernorm_kernel<<<S, kRowThreads, 0, s.stream>>>(s.h, s.x, last, s.lnf_w, s.lnf_b, C);
   const float one = 1.0f, zero = 0.0f;
-  DS_CUBLAS_OK(cublasSgemm(s.blas, CUBLAS_OP_T, CUBLAS_OP_N, V, S, C, &one, s.wte, C, s.h, C, &zero, s.logits, V));
-  DS_CUDA_OK(cudaGetLastError());
-  DS_CUDA_OK(cudaMemcpyAsync(s.logits_host, s.logits, sizeof(float) * size_t(S) * V, cudaMemcpyDeviceToHost,
+  DS_CUBLAS_CHECK(cublasSgemm(s.blas, CUBLAS_OP_T, CUBLAS_OP_N, V, S, C, &one, s.wte, C, s.h, C, &zero, s.logits, V));
+  DS_CUDA_CHECK(cudaGetLastError());
+  DS_CUDA_CHECK(cudaMemcpyAsync(s.logits_host, s.logits, sizeof(float) * size_t(S) * V, cudaMemcpyDeviceToHost,
                              s.stream));
-  DS_CUDA_OK(cudaStreamSynchronize(s.stream));
+  DS_CUDA_CHECK(cudaStreamSynchronize(s.stream));
 }
 
 }  // namespace ds::inference::cuda_impl

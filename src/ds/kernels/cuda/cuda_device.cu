@@ -4,13 +4,7 @@
 
 #include "ds/core/device.h"
 #include "ds/core/error.h"
-
-#define DS_CUDA_CHECK(expr)                                                                          \
-  do {                                                                                               \
-    cudaError_t err_ = (expr);                                                                       \
-    DS_CHECK_AS(::ds::DeviceError, err_ == cudaSuccess, "[cuda] {} failed: {}", #expr,               \
-                cudaGetErrorString(err_));                                                           \
-  } while (0)
+#include "ds/kernels/cuda/cuda_check.h"
 
 namespace ds::cuda {
 
