@@ -251,6 +251,8 @@ if ! nvidia-smi > /dev/null 2>&1; then
   expect_error "cuda without a GPU" "cuda.*--device cpu" \
     timeout 30 "$dspeed" generate --model "$model" --prompt "The" --device cuda
 fi
+expect_error "static batch larger than a pass" "static batch of 32 requests.*16 tokens" \
+  timeout 30 "$dspeed" serve --model "$model" --port 0 --policy static --static-batch 32 --token-budget 16
 expect_error "bad SLA fraction" "SLA fractions must be positive" \
   timeout 30 "$dspeed" bench serve --model "$model" --gen-sla-fraction 0
 expect_error "text prompt without tokenizer" "needs a tokenizer" \

@@ -339,6 +339,14 @@ TEST(Scheduler, MakeSchedulerRejectsLimitsBelowOne) {
     EXPECT_THROW(make_scheduler(p, limits_of(0, 8)), ds::ConfigError);
     EXPECT_THROW(make_scheduler(p, limits_of(8, 0)), ds::ConfigError);
     EXPECT_THROW(make_scheduler(p, limits_of(8, 8, 0)), ds::ConfigError);
+    // A static batch must fit one lockstep decode pass; the other policies ignore the static batch size.
+    if (p == Policy::static_batch) {
+      EXPECT_THROW(make_scheduler(p, limits_of(4, 8, 5)), ds::ConfigError);
+      EXPECT_THROW(make_scheduler(p, limits_of(8, 4, 5)), ds::ConfigError);
+      EXPECT_EQ(make_scheduler(p, limits_of(5, 5, 5))->policy(), p);
+    } else {
+      EXPECT_EQ(make_scheduler(p, limits_of(4, 4, 16))->policy(), p);
+    }
   }
 }
 
@@ -566,9 +574,9 @@ TEST(Scheduler, RandomTracesKeepEveryLimitAndFinishEveryRequest) {
   const Case cases[] = {
       {"tight", {24, 16, 64, 384}, limits_of(64, 8, 4), 80, 150, 250, 100},
       {"budget below a block", {12, 8, 4, 96}, limits_of(5, 3, 3), 60, 100, 80, 16},
-      {"one token per pass", {6, 4, 8, 24}, limits_of(1, 1, 2), 30, 50, 20, 4},
+      {"one token per pass", {6, 4, 8, 24}, limits_of(1, 1, 1), 30, 50, 20, 4},
       {"burst", {40, 16, 512, 640}, limits_of(256, 32, 16), 200, 0, 600, 40},
-      {"short prompts, long generations", {16, 8, 32, 64}, limits_of(32, 6, 8), 100, 50, 16, 48},
+      {"short prompts, long generations", {16, 8, 32, 64}, limits_of(32, 6, 6), 100, 50, 16, 48},
   };
   for (const Case& c : cases) {
     for (uint64_t seed : {1ull, 2ull, 3ull}) {

@@ -210,7 +210,8 @@ class PrefillFirstScheduler final : public Scheduler {
 // first come first served, is formed only when the previous batch has finished; its prompts are prefilled first
 // (in passes of the token budget, the last prompt of a pass split to fill it, so a batch is not limited to the
 // prompts that fit one pass), and then all its members decode in lockstep until the last one finishes. Requests
-// arriving meanwhile wait for the next batch.
+// arriving meanwhile wait for the next batch. A batch larger than a pass's tokens or sequences could not decode in
+// lockstep, so make_scheduler refuses one.
 // Static batches never run out of blocks: a member is admitted only when the blocks left can hold its pending +
 // max_new_tokens tokens, counted over the whole batch against the free blocks; waiting requests hold no KV (they
 // are admitted only into the next batch), and a member writes at most pending + max_new_tokens - 1 tokens (its
@@ -274,6 +275,11 @@ std::unique_ptr<Scheduler> make_scheduler(Policy policy, const SchedulerLimits& 
               "[scheduler] the sequences per pass must be positive, got {}", limits.max_sequences);
   DS_CHECK_AS(ConfigError, limits.static_batch_size > 0,
               "[scheduler] the static batch size must be positive, got {}", limits.static_batch_size);
+  DS_CHECK_AS(ConfigError, policy != Policy::static_batch ||
+              limits.static_batch_size <= std::min(limits.token_budget, limits.max_sequences),
+              "[scheduler] a static batch of {} requests cannot decode in lockstep with {} tokens and {} sequences "
+              "per pass; lower --static-batch or raise --token-budget and --max-sequences",
+              limits.static_batch_size, limits.token_budget, limits.max_sequences);
   switch (policy) {
     case Policy::splitfuse: return std::make_unique<SplitFuseScheduler>(limits);
     case Policy::prefill_first: return std::make_unique<PrefillFirstScheduler>(limits);
