@@ -246,10 +246,16 @@ expect_error "token id outside the vocabulary" "token id 50257 is outside the vo
 expect_error "no prompt" "give a prompt" timeout 30 "$dspeed" generate --model "$model"
 expect_error "unknown device" "unknown device 'gpu'.*cpu, cuda or cuda:N" \
   timeout 30 "$dspeed" serve --model "$model" --port 0 --device gpu
-# A build without CUDA, or a machine without a GPU, says which and points to --device cpu.
+# A build without CUDA, or a machine without a GPU, says which and points to --device cpu. With both, greedy
+# text on the GPU is the CPU's.
 if ! nvidia-smi > /dev/null 2>&1; then
   expect_error "cuda without a GPU" "cuda.*--device cpu" \
     timeout 30 "$dspeed" generate --model "$model" --prompt "The" --device cuda
+elif gen gc --model "$model" --prompt "The" --device cuda; then
+  if cmp -s "$tmp/gc.txt" "$tmp/g3.txt"; then ok
+  else fail "generate on the GPU gives '$(cat "$tmp/gc.txt")', on the CPU '$(cat "$tmp/g3.txt")'"; fi
+elif ! grep -q "built without CUDA" "$tmp/gc.err"; then
+  fail "generate --device cuda on a GPU machine: $(cat "$tmp/gc.err")"
 fi
 expect_error "static batch larger than a pass" "static batch of 32 requests.*16 tokens" \
   timeout 30 "$dspeed" serve --model "$model" --port 0 --policy static --static-batch 32 --token-budget 16
