@@ -185,6 +185,7 @@ void ServingLoop::preempt(uint64_t uid) {
 }
 
 bool ServingLoop::step() {
+  const auto step_start = Clock::now();
   admit_new();
   if (active_.empty()) return false;
 
@@ -195,6 +196,8 @@ bool ServingLoop::step() {
   const Plan plan = scheduler_->plan(queue_view_, engine_.kv_state());
   if (plan.preempt) {
     preempt(*plan.preempt);
+    const std::lock_guard<std::mutex> lock(mu_);
+    stats_.busy_seconds += std::chrono::duration<double>(Clock::now() - step_start).count();
     return true;
   }
   if (plan.chunks.empty()) {
@@ -227,6 +230,7 @@ bool ServingLoop::step() {
     tokens.emplace_back((*it)->pending.data(), static_cast<size_t>(c.tokens));
     pass_tokens += c.tokens;
   }
+  const auto put_start = Clock::now();
   const std::span<const float> logits = engine_.put(uids, tokens);
   const auto now = Clock::now();
   const auto V = static_cast<size_t>(engine_.vocab_size());
@@ -289,6 +293,8 @@ bool ServingLoop::step() {
     const std::lock_guard<std::mutex> lock(mu_);
     ++stats_.passes;
     stats_.pass_tokens += pass_tokens;
+    stats_.forward_seconds += std::chrono::duration<double>(now - put_start).count();
+    stats_.busy_seconds += std::chrono::duration<double>(Clock::now() - step_start).count();
     stats_.kv_blocks_used = engine_.kv_state().used_blocks();
     stats_.kv_blocks_free = engine_.free_blocks();
   }

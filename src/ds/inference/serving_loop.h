@@ -69,6 +69,8 @@ struct SubmitResult {
 struct LoopStats {
   int64_t requests_accepted = 0, requests_rejected = 0, requests_finished = 0, requests_cancelled = 0;
   int64_t preemptions = 0, passes = 0, pass_tokens = 0;
+  double forward_seconds = 0;  // in the engine's forward passes
+  double busy_seconds = 0;     // in steps that ran a pass or preempted: scheduling, forward, sampling, delivery
   int64_t prompt_tokens = 0, completion_tokens = 0;
   int32_t waiting = 0;  // accepted, no token out yet
   int32_t running = 0;  // generating

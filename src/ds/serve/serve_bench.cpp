@@ -250,9 +250,9 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
   fmt::print("single request: prefill {:.0f} tokens/s, decode {:.1f} tokens/s -> SLAs: prompt at >= {:.0f} tokens/s, "
              "generation at >= {:.1f} tokens/s\n\n", result.single_prefill_tokens_per_s,
              result.single_decode_tokens_per_s, prefill_floor, decode_floor);
-  fmt::print("{:<14} {:>7} {:>8} {:>10} {:>9} {:>9} {:>10} {:>10} {:>7} {:>7} {:>9} {:>10} {:>7}\n", "policy",
-             "clients", "req/s", "out tok/s", "TTFT p50", "TTFT p95", "token p50", "token p95", "prompt", "gen",
-             "SLA met", "eff. req/s", "preempt");
+  fmt::print("{:<14} {:>7} {:>8} {:>10} {:>9} {:>9} {:>10} {:>10} {:>7} {:>7} {:>9} {:>10} {:>7} {:>5} {:>5}\n",
+             "policy", "clients", "req/s", "out tok/s", "TTFT p50", "TTFT p95", "token p50", "token p95", "prompt",
+             "gen", "SLA met", "eff. req/s", "preempt", "fwd", "loop");
 
   for (const int clients : o.clients) {
     DS_CHECK_AS(ConfigError, clients >= 1 && clients <= 256, "[bench] client counts must be 1..256, got {}", clients);
@@ -317,11 +317,14 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
       cell.effective_requests_per_s = cell.meeting_sla / wall;
       cell.preemptions = after.preemptions - before.preemptions;
       cell.passes = after.passes - before.passes;
+      cell.forward_share = (after.forward_seconds - before.forward_seconds) / wall;
+      cell.loop_share = (after.busy_seconds - before.busy_seconds) / wall;
       fmt::print("{:<14} {:>7} {:>8.2f} {:>10.1f} {:>7.1f}ms {:>7.1f}ms {:>8.2f}ms {:>8.2f}ms {:>7} {:>7} {:>5}/{:<3} "
-                 "{:>10.2f} {:>7}\n", policy, clients, cell.requests_per_s, cell.output_tokens_per_s,
-                 1e3 * cell.ttft_p50_s, 1e3 * cell.ttft_p95_s, 1e3 * cell.token_gap_p50_s, 1e3 * cell.token_gap_p95_s,
-                 cell.meeting_prompt_sla, cell.meeting_generation_sla, cell.meeting_sla, cell.requests,
-                 cell.effective_requests_per_s, cell.preemptions);
+                 "{:>10.2f} {:>7} {:>4.0f}% {:>4.0f}%\n", policy, clients, cell.requests_per_s,
+                 cell.output_tokens_per_s, 1e3 * cell.ttft_p50_s, 1e3 * cell.ttft_p95_s, 1e3 * cell.token_gap_p50_s,
+                 1e3 * cell.token_gap_p95_s, cell.meeting_prompt_sla, cell.meeting_generation_sla, cell.meeting_sla,
+                 cell.requests, cell.effective_requests_per_s, cell.preemptions, 100 * cell.forward_share,
+                 100 * cell.loop_share);
       std::fflush(stdout);
       if (!o.json_out.empty()) {
         std::ofstream out(o.json_out, std::ios::app);
@@ -337,7 +340,8 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
                               {"single_decode_tokens_per_s", result.single_decode_tokens_per_s},
                               {"prompt_sla_tokens_per_s", prefill_floor}, {"gen_sla_tokens_per_s", decode_floor},
                               {"token_budget", o.token_budget}, {"device", o.device},
-                              {"preemptions", cell.preemptions}, {"passes", cell.passes}}
+                              {"preemptions", cell.preemptions}, {"passes", cell.passes},
+                              {"forward_share", cell.forward_share}, {"loop_share", cell.loop_share}}
                    .dump()
             << "\n";
       }

@@ -52,6 +52,9 @@ struct ServeBenchCell {
   int meeting_sla = 0;  // both
   double effective_requests_per_s = 0;
   int64_t preemptions = 0, passes = 0;
+  // Shares of the wall time the serving loop spent in forward passes, and busy in all (scheduling, forward,
+  // sampling, delivering tokens); the rest it waited for requests.
+  double forward_share = 0, loop_share = 0;
 };
 
 struct ServeBenchResult {
