@@ -213,7 +213,8 @@ void bench_classifier(int N, int C, int V, int reps) {
 
 // The inference forward's products of a few rows: panel_gemm over pre-packed weights beside matmul_forward
 // (sgemm) on the same [N, K] x [K, M], and for the head (K = C, M = V) beside logits_forward (sgemm on wte).
-// Reported as GFLOP/s and as weight bytes read per second (one row is bound by reading the weights once).
+// Reported as GFLOP/s and as weight bytes read per second (one row is bound by reading the weights once), and
+// beside panel_gemm_bf16 on the same product with bf16 weights (bf16_speedup: fp32 panels' time over bf16's).
 void bench_panel(const char* what, int N, int K, int M, bool head) {
   const auto x = randn(size_t(N) * K, 31), w = randn(size_t(K) * M, 32, 0.02f), bias = randn(size_t(M), 33);
   std::vector<float> packed(ds::cpu::panel_packed_floats(K, M)), out(size_t(N) * M);
@@ -227,9 +228,16 @@ void bench_panel(const char* what, int N, int K, int M, bool head) {
     if (head) ds::cpu::logits_forward(out.data(), x.data(), w.data(), N, K, M);
     else ds::cpu::matmul_forward(out.data(), x.data(), w.data(), bias.data(), N, K, M);
   });
+  // The same product with bf16 weights (--weights bf16).
+  std::vector<uint32_t> packed16(ds::cpu::panel_packed_bf16_words(K, M));
+  ds::cpu::pack_panels_bf16(packed16.data(), w.data(), K, M, /*w_is_rows_of_k=*/!head);
+  const double ms_bf16 = time_ms([&] {
+    ds::cpu::panel_gemm_bf16(out.data(), x.data(), packed16.data(), head ? nullptr : bias.data(), N, K, M);
+  });
   std::printf("{\"kernel\":\"panel_gemm\",\"shape\":\"%s\",\"threads\":%d,\"ms\":%.4f,\"gflops\":%.1f,\"gbps\":%.1f,"
-              "\"%s_ms\":%.4f,\"speedup\":%.2f}\n", shape.c_str(), g_threads, ms_panel, flop / ms_panel * 1e-6,
-              bytes / ms_panel * 1e-6, head ? "logits_forward" : "matmul_forward", ms_ref, ms_ref / ms_panel);
+              "\"%s_ms\":%.4f,\"speedup\":%.2f,\"bf16_ms\":%.4f,\"bf16_speedup\":%.2f}\n", shape.c_str(),
+              g_threads, ms_panel, flop / ms_panel * 1e-6, bytes / ms_panel * 1e-6,
+              head ? "logits_forward" : "matmul_forward", ms_ref, ms_ref / ms_panel, ms_bf16, ms_panel / ms_bf16);
   std::fflush(stdout);
 }
 

@@ -257,6 +257,12 @@ elif gen gc --model "$model" --prompt "The" --device cuda; then
 elif ! grep -q "built without CUDA" "$tmp/gc.err"; then
   fail "generate --device cuda on a GPU machine: $(cat "$tmp/gc.err")"
 fi
+gen gb --model "$model" --prompt "The" --weights bf16 || fail "generate --weights bf16: $(cat "$tmp/gb.err")"
+if [ "$(wc -c < "$tmp/gb.txt")" -le 1 ]; then fail "generate --weights bf16 printed no text"; else ok; fi
+expect_error "unknown weight format" "unknown weight format 'fp8'.*fp32.*bf16" \
+  timeout 30 "$dspeed" serve --model "$model" --port 0 --weights fp8
+expect_error "bf16 weights on a GPU" "bf16 is a CPU option" \
+  timeout 30 "$dspeed" generate --model "$model" --prompt "The" --weights bf16 --device cuda
 expect_error "static batch larger than a pass" "static batch of 32 requests.*16 tokens" \
   timeout 30 "$dspeed" serve --model "$model" --port 0 --policy static --static-batch 32 --token-budget 16
 expect_error "bad SLA fraction" "SLA fractions must be positive" \

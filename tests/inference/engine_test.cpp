@@ -204,3 +204,51 @@ TEST(Engine, KvCacheSizedFromMemoryBudget) {
 
 }  // namespace
 }  // namespace ds::inference
+
+namespace ds::inference {
+namespace {
+
+// bf16 weights: every split point of a prompt gives the same last-token logits as the whole prompt in one pass
+// (the bf16 GEMMs round each input on its own and sum each row in a fixed order, so a ragged batch changes
+// nothing), and those logits stay within bf16's precision of the fp32 engine's without being equal to them.
+TEST(EngineBf16, SplitPointsAgreeAndStayNearFp32) {
+  Fixture f;
+  const auto bf16 = std::make_shared<InferenceModel>(f.model, WeightFormat::bf16);
+  EXPECT_EQ(bf16->weight_format(), WeightFormat::bf16);
+  const int V = f.model.config().vocab_size;
+  Rng rng(9);
+  const std::vector<int32_t> prompt = random_tokens(rng, 37, V);
+  InferenceEngine fp32_engine(f.runner, engine_config(16, 40));
+  InferenceEngine engine(bf16, engine_config(16, 40));
+  const uint64_t one = 1;
+  const std::span<const int32_t> whole[] = {prompt};
+  const std::span<const float> ref32 = fp32_engine.put(std::span(&one, 1), whole);
+  const std::vector<float> fp32_logits(ref32.begin(), ref32.end());
+  const std::span<const float> ref16 = engine.put(std::span(&one, 1), whole);
+  const std::vector<float> whole_logits(ref16.begin(), ref16.end());
+  engine.flush(one);
+  double scale = 0;
+  for (const float v : fp32_logits) scale = std::max(scale, double(std::abs(v)));
+  const double gap = max_abs_diff(whole_logits, fp32_logits);
+  EXPECT_LT(gap, 2e-2 * std::max(1.0, scale)) << "largest logit " << scale;
+  EXPECT_GT(gap, 0.0) << "bf16 weights gave the fp32 logits exactly";
+  for (int k = 1; k < static_cast<int>(prompt.size()); k += 5) {
+    const uint64_t uid = 10 + static_cast<uint64_t>(k);
+    const std::span<const int32_t> head[] = {std::span<const int32_t>(prompt.data(), static_cast<size_t>(k))};
+    const std::span<const int32_t> tail[] = {std::span<const int32_t>(prompt.data() + k, prompt.size() - k)};
+    engine.put(std::span(&uid, 1), head);
+    const std::span<const float> logits = engine.put(std::span(&uid, 1), tail);
+    EXPECT_LT(max_abs_diff(logits, whole_logits), 1e-5) << "split at " << k;
+    engine.flush(uid);
+  }
+}
+
+TEST(EngineBf16, WeightFormatNames) {
+  EXPECT_EQ(parse_weight_format("fp32"), WeightFormat::fp32);
+  EXPECT_EQ(parse_weight_format("bf16"), WeightFormat::bf16);
+  EXPECT_THROW(parse_weight_format("fp16"), ConfigError);
+  EXPECT_STREQ(weight_format_name(WeightFormat::bf16), "bf16");
+}
+
+}  // namespace
+}  // namespace ds::inference

@@ -100,3 +100,75 @@ TEST(PanelGemm, UnpackingInvertsPacking) {
 }
 
 }  // namespace
+
+namespace {
+
+// bf16 of x (round to nearest even), as the kernel's operands: a double reference over these is exact.
+double bf16_round(float x) {
+  uint16_t b;
+  ds::cpu::f32_to_bf16(&b, &x, 1);
+  float back;
+  ds::cpu::bf16_to_f32(&back, &b, 1);
+  return back;
+}
+
+// panel_gemm_bf16 against a double reference over the bf16-rounded x and W: the kernel may differ only in its
+// fp32 accumulation. Also: nothing written past the output, and panel_bf16_at reads back every rounded weight.
+void check_bf16(int N, int K, int M, bool rows_of_k, bool with_bias, const std::string& isa) {
+  const IsaScope scope(isa);
+  const auto x = randn(size_t(N) * K, 11 + N), w = randn(size_t(K) * M, 12 + K), bias = randn(size_t(M), 13 + M);
+  std::vector<uint32_t> packed(ds::cpu::panel_packed_bf16_words(K, M), 0xDEADBEEFu);
+  ds::cpu::pack_panels_bf16(packed.data(), w.data(), K, M, rows_of_k);
+  std::vector<float> out(size_t(N) * M + 1, NAN);
+  out.back() = 12345.0f;
+  ds::cpu::panel_gemm_bf16(out.data(), x.data(), packed.data(), with_bias ? bias.data() : nullptr, N, K, M);
+  const std::string where = "N " + std::to_string(N) + " K " + std::to_string(K) + " M " + std::to_string(M) +
+                            (rows_of_k ? " [K,M]" : " [M,K]") + (with_bias ? " bias" : "") + " isa '" + isa + "'";
+  auto W = [&](int k, int m) { return rows_of_k ? w[size_t(k) * M + m] : w[size_t(m) * K + k]; };
+  for (int k = 0; k < K; ++k)
+    for (int m = 0; m < M; ++m) ASSERT_EQ(ds::cpu::panel_bf16_at(packed.data(), K, k, m), bf16_round(W(k, m))) << where;
+  for (int i = 0; i < N; ++i)
+    for (int m = 0; m < M; ++m) {
+      double s = with_bias ? bias[size_t(m)] : 0.0;
+      for (int k = 0; k < K; ++k) s += bf16_round(x[size_t(i) * K + k]) * bf16_round(W(k, m));
+      ASSERT_NEAR(out[size_t(i) * M + m], s, 1e-5 * (std::sqrt(double(K)) + std::abs(s))) << where << " at " << i
+                                                                                            << "," << m;
+    }
+  EXPECT_EQ(out.back(), 12345.0f) << where;
+}
+
+}  // namespace
+
+// Both ISAs (vdpbf16ps where the CPU has AVX512_BF16, fp32 FMAs over the same bf16 values otherwise), row counts
+// on both sides of each register block, odd K (a half-empty last pair), partial panels, threaded shapes.
+TEST(PanelGemmBf16, MatchesReferenceOverRoundedOperands) {
+  for (const std::string isa : {"avx2", ""}) {
+    for (const int N : {1, 2, 3, 7, 8, 9, 16, 17, 70}) {
+      check_bf16(N, 37, 45, true, true, isa);
+      check_bf16(N, 16, 32, false, false, isa);
+    }
+    for (const int M : {1, 15, 17, 31, 33, 100}) check_bf16(5, 25, M, M % 2 == 0, M % 3 == 0, isa);
+    check_bf16(16, 128, 1000, false, false, isa);
+    check_bf16(3, 513, 389, true, true, isa);
+  }
+}
+
+// bf16 is a different answer, not a broken one: against the exact fp32 product its error stays at bf16's ~3
+// significant digits.
+TEST(PanelGemmBf16, StaysCloseToTheFp32Product) {
+  const int N = 4, K = 256, M = 96;
+  const auto x = randn(size_t(N) * K, 21), w = randn(size_t(K) * M, 22);
+  std::vector<uint32_t> packed(ds::cpu::panel_packed_bf16_words(K, M));
+  ds::cpu::pack_panels_bf16(packed.data(), w.data(), K, M, true);
+  std::vector<float> out(size_t(N) * M);
+  ds::cpu::panel_gemm_bf16(out.data(), x.data(), packed.data(), nullptr, N, K, M);
+  double worst = 0;
+  for (int i = 0; i < N; ++i)
+    for (int m = 0; m < M; ++m) {
+      double s = 0;
+      for (int k = 0; k < K; ++k) s += double(x[size_t(i) * K + k]) * w[size_t(k) * M + m];
+      worst = std::max(worst, std::abs(out[size_t(i) * M + m] - s) / std::sqrt(double(K)));
+    }
+  EXPECT_LT(worst, 2e-2);   // bf16 rounding: about 2^-9 relative per operand
+  EXPECT_GT(worst, 1e-5);   // and not the fp32 kernel by mistake
+}

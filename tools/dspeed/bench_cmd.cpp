@@ -125,6 +125,7 @@ void add_bench_command(CLI::App& root) {
   dec->add_option("--torch-script", d->torch_script, "the PyTorch reference")->capture_default_str();
   dec->add_flag("--skip-torch", d->skip_torch, "measure only ours");
   dec->add_option("--device", d->device, "cpu, or cuda: ours and PyTorch's on the first GPU")->capture_default_str();
+  dec->add_option("--weights", d->weights, "our weight format on the CPU: fp32 or bf16")->capture_default_str();
   dec->callback([d] { inference::run_decode_bench(*d); });
 
   auto sv = std::make_shared<serve::ServeBenchOptions>();
@@ -153,6 +154,7 @@ void add_bench_command(CLI::App& root) {
       ->capture_default_str();
   srv->add_option("--threads", sv->threads, "engine threads (default: all cores)");
   srv->add_option("--device", sv->device, "where the engines run: cpu, cuda or cuda:N")->capture_default_str();
+  srv->add_option("--weights", sv->weights, "weight format on the CPU: fp32 or bf16")->capture_default_str();
   srv->add_option("--seed", sv->seed)->capture_default_str();
   srv->add_option("--json", sv->json_out, "append one JSON line per cell");
   srv->callback([sv, kv_memory] {

@@ -21,12 +21,14 @@ struct DecodeBenchOptions {
   std::string torch_script = "bench/torch_decode.py";
   bool skip_torch = false;
   std::string device = "cpu";  // ours and PyTorch's: cpu, or cuda (the first GPU)
+  std::string weights = "fp32";  // ours on the CPU: fp32 or bf16 (PyTorch's stay fp32)
 };
 
 struct DecodeBenchResult {
   double ours_decode_tokens_per_s = 0, ours_prefill_tokens_per_s = 0;
   double torch_decode_tokens_per_s = 0, torch_prefill_tokens_per_s = 0;  // 0 when skipped
   bool tokens_agree = false;
+  size_t agreeing_prefix = 0;  // leading generated tokens that agree
 };
 
 DecodeBenchResult run_decode_bench(const DecodeBenchOptions& options);

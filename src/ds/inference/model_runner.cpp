@@ -25,8 +25,24 @@ namespace fs = std::filesystem;
 // panels for cpu::panel_gemm: a decode pass multiplies a handful of rows, where sgemm spends its time packing and
 // panel_gemm runs near the FMA peak (bm_kernels --only panel: 2.4x sgemm on the head of 16 rows, 3x on a layer's
 // GEMMs). The token embedding reads wte's row `id` as column `id` of the packed head. Memory stays one copy of
-// the model, accounted as param.
-InferenceModel::InferenceModel(Gpt2& model) { take_weights(model); }
+// the model, accounted as param. With bf16 weights (--weights bf16) the panels hold bf16 pairs for
+// cpu::panel_gemm_bf16: half the bytes, and twice the multiply rate on CPUs with AVX512_BF16; the GEMMs' inputs
+// are rounded to bf16 (products accumulate in fp32), so logits differ from fp32 serving at bf16's precision.
+InferenceModel::InferenceModel(Gpt2& model, WeightFormat weights) : weights_(weights) { take_weights(model); }
+
+WeightFormat parse_weight_format(const std::string& name) {
+  if (name == "fp32") return WeightFormat::fp32;
+  if (name == "bf16") return WeightFormat::bf16;
+  DS_THROW(ConfigError, "[serve] unknown weight format '{}'; expected fp32 (as trained) or bf16 (half the bytes, "
+           "inputs of each product rounded to bf16)", name);
+}
+
+const char* weight_format_name(WeightFormat f) { return f == WeightFormat::bf16 ? "bf16" : "fp32"; }
+
+void InferenceModel::gemm(float* out, const float* in, const Matrix& m, const float* bias, int rows) const {
+  if (weights_ == WeightFormat::bf16) cpu::panel_gemm_bf16(out, in, m.words(), bias, rows, m.K, m.M);
+  else cpu::panel_gemm(out, in, m.panels.data<float>(), bias, rows, m.K, m.M);
+}
 
 void InferenceModel::take_weights(Gpt2& model) {
   config_ = model.config();
@@ -47,6 +63,12 @@ void InferenceModel::take_weights(Gpt2& model) {
   auto matrix = [&](const std::string& name, int K, int M, bool w_is_rows_of_k) {
     const Parameter& p = param(name);
     DS_ASSERT(p.numel() == int64_t(K) * M, "{} has {} values, expected {} x {}", name, p.numel(), K, M);
+    if (weights_ == WeightFormat::bf16) {
+      Matrix m{K, M, Tensor::empty({static_cast<int64_t>(cpu::panel_packed_bf16_words(K, M))}, DType::i32,
+                                   Category::param)};
+      cpu::pack_panels_bf16(static_cast<uint32_t*>(m.panels.raw()), p.data.data<float>(), K, M, w_is_rows_of_k);
+      return m;
+    }
     Matrix m{K, M, Tensor::empty({static_cast<int64_t>(cpu::panel_packed_floats(K, M))}, DType::f32, Category::param)};
     cpu::pack_panels(m.panels.data<float>(), p.data.data<float>(), K, M, w_is_rows_of_k);
     return m;
@@ -77,6 +99,8 @@ void InferenceModel::take_weights(Gpt2& model) {
 }
 
 InferenceModel::PlainWeights InferenceModel::plain_weights() const {
+  DS_CHECK_AS(ConfigError, weights_ == WeightFormat::fp32, "[serve] bf16 weights are a CPU option; on a GPU the "
+              "model runs in fp32: leave out --weights bf16");
   auto vec = [](const Tensor& t) {
     const float* p = t.data<float>();
     return std::vector<float>(p, p + t.numel());
@@ -99,10 +123,12 @@ InferenceModel::PlainWeights InferenceModel::plain_weights() const {
   return p;
 }
 
-std::shared_ptr<InferenceModel> InferenceModel::load(const std::string& path, const std::string& arch) {
+std::shared_ptr<InferenceModel> InferenceModel::load(const std::string& path, const std::string& arch,
+                                                     WeightFormat weights) {
   DS_CHECK_AS(IoError, fs::exists(path), "[serve] model '{}' does not exist; give a checkpoint directory (dspeed "
               "train --save DIR) or a safetensors file (dspeed ckpt consolidate)", path);
   std::shared_ptr<InferenceModel> m(new InferenceModel());
+  m->weights_ = weights;
   if (fs::is_directory(path)) {
     const CheckpointReader reader(path);
     const Gpt2Config config = arch.empty() ? Gpt2Config::from_json(reader.manifest().model, reader.tag_dir())
@@ -182,15 +208,19 @@ void InferenceModel::forward(const RaggedBatch& batch, KvCache& cache, Scratch& 
     DS_ASSERT(pos < cfg.block_size, "position {} beyond the model's context {}", pos, cfg.block_size);
     const int32_t id = batch.input_ids[static_cast<size_t>(i)];
     DS_ASSERT(id >= 0 && id < V, "token id {} outside the vocabulary", id);
-    const float* te = head_.panels.data<float>() + int64_t(id / cpu::kPanelWidth) * C * cpu::kPanelWidth +
-                      id % cpu::kPanelWidth;  // column id of the packed head
     const float* pe = wpe_.data<float>() + int64_t(pos) * C;
     float* xi = x + int64_t(i) * C;
-    for (int c = 0; c < C; ++c) xi[c] = te[int64_t(c) * cpu::kPanelWidth] + pe[c];
+    if (weights_ == WeightFormat::bf16) {  // column id of the packed head
+      for (int c = 0; c < C; ++c) xi[c] = cpu::panel_bf16_at(head_.words(), C, c, id) + pe[c];
+    } else {
+      const float* te = head_.panels.data<float>() + int64_t(id / cpu::kPanelWidth) * C * cpu::kPanelWidth +
+                        id % cpu::kPanelWidth;
+      for (int c = 0; c < C; ++c) xi[c] = te[int64_t(c) * cpu::kPanelWidth] + pe[c];
+    }
   }
 
-  auto gemm = [](float* out, const float* in, const Matrix& m, const Tensor& bias, int rows) {
-    cpu::panel_gemm(out, in, m.panels.data<float>(), bias.data<float>(), rows, m.K, m.M);
+  auto gemm = [this](float* out, const float* in, const Matrix& m, const Tensor& bias, int rows) {
+    this->gemm(out, in, m, bias.data<float>(), rows);
   };
   for (int l = 0; l < cfg.n_layer; ++l) {
     const Layer& w = layers_[static_cast<size_t>(l)];
@@ -220,7 +250,7 @@ void InferenceModel::forward(const RaggedBatch& batch, KvCache& cache, Scratch& 
     std::memcpy(last + int64_t(s) * C, x + int64_t(q.start + q.n_tokens - 1) * C, sizeof(float) * C);
   }
   cpu::layernorm_forward(h, mean, rstd, last, lnf_w_.data<float>(), lnf_b_.data<float>(), S, C);
-  cpu::panel_gemm(logits, h, head_.panels.data<float>(), nullptr, S, C, V);
+  this->gemm(logits, h, head_, nullptr, S);
 }
 
 }  // namespace ds::inference

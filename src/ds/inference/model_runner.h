@@ -18,18 +18,27 @@
 
 namespace ds::inference {
 
+// How the inference model holds its weight matrices: fp32 (as trained; the default), or bf16 (half the bytes;
+// the GEMMs then round their inputs to bf16 and accumulate in fp32, with AVX512_BF16 where the CPU has it).
+enum class WeightFormat { fp32, bf16 };
+// "fp32" or "bf16"; ConfigError otherwise.
+WeightFormat parse_weight_format(const std::string& name);
+const char* weight_format_name(WeightFormat f);
+
 class InferenceModel {
  public:
   // Copies the parameters of a trained (or initialised) model; the model may go away afterwards.
-  explicit InferenceModel(Gpt2& model);
+  explicit InferenceModel(Gpt2& model, WeightFormat weights = WeightFormat::fp32);
   // A checkpoint directory (DIR/latest or DIR/<tag>, written by dspeed train --save) or a safetensors file of
   // every parameter under its Hugging Face GPT-2 name (dspeed ckpt consolidate). The model's shape comes from the
   // checkpoint manifest or the file's "ds_model" metadata; `arch` (a preset or model JSON, as dspeed train
   // --model) overrides it and is needed for files without that metadata. Throws IoError/ConfigError that name
   // the file and what is missing.
-  static std::shared_ptr<InferenceModel> load(const std::string& path, const std::string& arch = "");
+  static std::shared_ptr<InferenceModel> load(const std::string& path, const std::string& arch = "",
+                                              WeightFormat weights = WeightFormat::fp32);
 
   const Gpt2Config& config() const { return config_; }
+  WeightFormat weight_format() const { return weights_; }
 
   // Activations of one pass, kept between passes so steady-state serving allocates nothing.
   struct Scratch {
@@ -42,7 +51,7 @@ class InferenceModel {
   void forward(const RaggedBatch& batch, KvCache& cache, Scratch& scratch, float* logits) const;
 
   // The weights as plain row-major arrays in Hugging Face GPT-2 layouts (wte [V, C], Conv1D weights [in, out]),
-  // unpacked from the panels: what a device copy is made from (device_forward.h).
+  // unpacked from the panels: what a device copy is made from (device_forward.h). fp32 weights only.
   struct PlainLayer {
     std::vector<float> ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fc2_w, fc2_b;
   };
@@ -54,11 +63,15 @@ class InferenceModel {
 
  private:
   InferenceModel() = default;
-  // A [K, M] weight in column panels for cpu::panel_gemm (Note [Inference weights] in model_runner.cpp).
+  // A [K, M] weight in column panels: fp32 for cpu::panel_gemm, or bf16 pairs (32-bit words in an i32 tensor) for
+  // cpu::panel_gemm_bf16 (Note [Inference weights] in model_runner.cpp).
   struct Matrix {
     int K = 0, M = 0;
     Tensor panels;
+    const uint32_t* words() const { return static_cast<const uint32_t*>(panels.raw()); }
   };
+  // out[rows, M] = in @ m + bias (bias may be null), in the model's weight format.
+  void gemm(float* out, const float* in, const Matrix& m, const float* bias, int rows) const;
   struct Layer {
     Tensor ln1_w, ln1_b, qkv_b, proj_b, ln2_w, ln2_b, fc_b, fc2_b;
     Matrix qkv, proj, fc, fc2;
@@ -66,6 +79,7 @@ class InferenceModel {
   void take_weights(Gpt2& model);
 
   Gpt2Config config_;
+  WeightFormat weights_ = WeightFormat::fp32;
   Tensor wpe_, lnf_w_, lnf_b_;
   Matrix head_;  // wte^T; the embedding lookup reads its columns
   std::vector<Layer> layers_;

@@ -126,6 +126,7 @@ ServingStackOptions stack_options(const ServeBenchOptions& o, const std::string&
   so.seed = o.seed;
   so.threads = o.threads;
   so.device = o.device;
+  so.weights = o.weights;
   return so;
 }
 
@@ -207,7 +208,8 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
               "at least one client count and one policy");
   for (const std::string& p : o.policies) inference::parse_policy(p);  // fails early on a bad name
   if (o.threads > 0) omp_set_num_threads(o.threads);
-  const std::shared_ptr<const inference::InferenceModel> model = inference::InferenceModel::load(o.model, o.arch);
+  const std::shared_ptr<const inference::InferenceModel> model = inference::InferenceModel::load(
+      o.model, o.arch, inference::parse_weight_format(o.weights));
   const Gpt2Config& mc = model->config();
   const double prompt_mean = o.prompt_mean > 0 ? o.prompt_mean : 0.6 * mc.block_size;
   const double gen_mean = o.gen_mean > 0 ? o.gen_mean : 0.08 * mc.block_size;

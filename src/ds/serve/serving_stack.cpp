@@ -33,9 +33,13 @@ ServingStack::ServingStack(const ServingStackOptions& o, std::shared_ptr<const i
               o.max_sequences);
   DS_CHECK_AS(ConfigError, o.max_queue > 0, "[serve] --max-queue must be at least 1, got {}", o.max_queue);
   const inference::Policy policy = inference::parse_policy(o.policy);
-  inference::parse_device(o.device);  // fails before the model is loaded
+  const Device device = inference::parse_device(o.device);  // fails before the model is loaded
+  const inference::WeightFormat weights = inference::parse_weight_format(o.weights);
+  DS_CHECK_AS(ConfigError, device.is_cpu() || weights == inference::WeightFormat::fp32, "[serve] --weights {} is a "
+              "CPU option; on {} the model runs in fp32: leave out --weights or use --device cpu", o.weights,
+              device.str());
 
-  model_ = model ? std::move(model) : inference::InferenceModel::load(o.model_path, o.arch);
+  model_ = model ? std::move(model) : inference::InferenceModel::load(o.model_path, o.arch, weights);
   if (!o.tokenizer_dir.empty()) {
     tokenizer_ = std::make_unique<data::BpeTokenizer>(data::BpeTokenizer::from_directory(o.tokenizer_dir));
     DS_CHECK_AS(ConfigError, tokenizer_->vocab_size() <= model_->config().vocab_size,
@@ -63,9 +67,10 @@ ServingStack::~ServingStack() = default;
 std::string ServingStack::describe() const {
   const Gpt2Config& c = model_->config();
   const auto& kv = engine_->kv_state();
-  return fmt::format("GPT-2 L{} H{} C{} V{} context {} on {}; policy {}, {} tokens per pass; KV cache {} blocks of "
-                     "{} tokens; queue {}",
+  return fmt::format("GPT-2 L{} H{} C{} V{} context {} on {}, {} weights; policy {}, {} tokens per pass; KV cache "
+                     "{} blocks of {} tokens; queue {}",
                      c.n_layer, c.n_head, c.n_embd, c.vocab_size, c.block_size, engine_->device_description(),
+                     inference::weight_format_name(model_->weight_format()),
                      inference::policy_name(loop_->policy()), options_.token_budget, kv.kv_block_count(),
                      kv.kv_block_size(), options_.max_queue);
 }

@@ -30,6 +30,7 @@ struct ServingStackOptions {
   std::optional<uint64_t> seed;              // base of the seeds of requests that give none (default: drawn)
   int threads = 0;                           // model threads of the loop's passes (0: all cores)
   std::string device = "cpu";                // where the model runs: cpu, cuda or cuda:N
+  std::string weights = "fp32";              // weight format on the CPU: fp32 or bf16
 };
 
 class ServingStack {

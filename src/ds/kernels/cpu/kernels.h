@@ -41,6 +41,14 @@ size_t panel_packed_floats(int K, int M);
 void pack_panels(float* packed, const float* w, int K, int M, bool w_is_rows_of_k);
 // The inverse of pack_panels: w in the same layout pack_panels read it from.
 void unpack_panels(float* w, const float* packed, int K, int M, bool w_is_rows_of_k);
+// The same panels with bf16 weights (the inference forward's --weights bf16): each panel [ceil(K/2)][32] 32-bit
+// words, a word the bf16 of rows 2kk (low half) and 2kk + 1 (high half) of one column, zero past K and M.
+// panel_gemm_bf16 rounds x to bf16 too and accumulates in fp32 (AVX512_BF16 vdpbf16ps where the CPU has it).
+// panel_bf16_at reads back one weight, W[k][m], as fp32.
+size_t panel_packed_bf16_words(int K, int M);
+void pack_panels_bf16(uint32_t* packed, const float* w, int K, int M, bool w_is_rows_of_k);
+void panel_gemm_bf16(float* out, const float* x, const uint32_t* packed, const float* bias, int N, int K, int M);
+float panel_bf16_at(const uint32_t* packed, int K, int k, int m);
 void panel_gemm(float* out, const float* x, const float* packed, const float* bias, int N, int K, int M);
 // dinp[N,IC] = dout @ weight^T (skipped if dinp is null); dweight[IC,OC] += inp^T @ dout; dbias[OC] += sum(dout)
 // (dbias may be null).
