@@ -1,8 +1,8 @@
 // The engine on a GPU (--device cuda) against the same engine on the CPU, pass by pass over ragged batches that
 // mix new prompts, prompt continuations and decodes, for head sizes from 15 to 256 (the attention kernel's
-// vector and scalar paths, partial and full lanes) and block sizes 1, 16 and 64; and greedy generation on the GPU against the full-recompute
-// reference. These run where a GPU and a CUDA build are present and are skipped elsewhere; without them, asking
-// for CUDA must be a clear error.
+// vector and scalar paths, partial and full lanes) and block sizes 1, 16 and 64; and greedy generation on the GPU
+// against the full-recompute reference. These run where a GPU and a CUDA build are present and are skipped
+// elsewhere; without them, asking for CUDA must be a clear error.
 #include <gtest/gtest.h>
 
 #include <algorithm>

@@ -64,6 +64,8 @@ DecodeBenchResult run_decode_bench(const DecodeBenchOptions& o) {
   ec.kv_block_count = (mc.block_size + 15) / 16;
   ec.max_ragged_batch_size = std::max(ec.max_ragged_batch_size, mc.block_size);  // the whole prompt in one pass
   ec.device = parse_device(o.device);
+  DS_CHECK_AS(ConfigError, o.device == "cpu" || o.device == "cuda", "[bench] bench decode runs ours and PyTorch's "
+              "on the same device: give --device cpu or cuda (the first GPU), not '{}'", o.device);
   InferenceEngine engine(model, ec);
   Rng rng(o.seed);
   std::vector<int32_t> prompt;

@@ -1,4 +1,5 @@
-// parse_device, shared by every build (the CUDA forward itself is in cuda/, or no_cuda.cpp without CUDA).
+// parse_device: the --device names of serve, generate and the benchmarks. Shared by every build; the CUDA forward
+// itself is in cuda/ (or no_cuda.cpp reports its absence).
 #include "ds/inference/device_forward.h"
 
 #include <charconv>

@@ -1,4 +1,5 @@
-// Linked when the build has no CUDA backend (DS_CUDA=OFF): serving on a GPU reports that clearly.
+// Linked when the build has no CUDA backend (DS_CUDA=OFF): asking the engine for a GPU (--device cuda) fails at
+// start-up with what to rebuild or use instead.
 #include "ds/core/error.h"
 #include "ds/inference/device_forward.h"
 

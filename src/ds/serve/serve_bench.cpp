@@ -200,13 +200,18 @@ PassCosts measure_passes(std::shared_ptr<const inference::InferenceModel> model,
 ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
   DS_CHECK_AS(ConfigError, o.prompt_sla_fraction > 0 && o.gen_sla_fraction > 0 && o.prompt_sla_rate >= 0 &&
               o.gen_sla_rate >= 0, "[bench] the SLA fractions must be positive and the SLA rates positive or 0 (0: "
-              "use the fraction); got prompt {} / {} tokens/s, generation {} / {} tokens/s", o.prompt_sla_fraction,
-              o.prompt_sla_rate, o.gen_sla_fraction, o.gen_sla_rate);
+              "use the fraction); got --prompt-sla-fraction {}, --gen-sla-fraction {}, --prompt-sla-rate {}, "
+              "--gen-sla-rate {}", o.prompt_sla_fraction, o.gen_sla_fraction, o.prompt_sla_rate, o.gen_sla_rate);
   DS_CHECK_AS(ConfigError, !o.model.empty(), "[bench] give --model: a checkpoint directory (dspeed train --save DIR) "
               "or a safetensors file");
   DS_CHECK_AS(ConfigError, o.requests > 0 && !o.clients.empty() && !o.policies.empty(), "[bench] need requests > 0, "
               "at least one client count and one policy");
-  for (const std::string& p : o.policies) inference::parse_policy(p);  // fails early on a bad name
+  for (const std::string& p : o.policies) {  // fails early on a bad name or a static batch no pass can decode
+    DS_CHECK_AS(ConfigError, inference::parse_policy(p) != inference::Policy::static_batch ||
+                o.static_batch_size <= o.token_budget, "[bench] a static batch of {} requests cannot decode in "
+                "lockstep with {} tokens per pass; lower --static-batch or raise --token-budget",
+                o.static_batch_size, o.token_budget);
+  }
   if (o.threads > 0) omp_set_num_threads(o.threads);
   const std::shared_ptr<const inference::InferenceModel> model = inference::InferenceModel::load(
       o.model, o.arch, inference::parse_weight_format(o.weights));
@@ -246,8 +251,8 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
   const double decode_floor =
       o.gen_sla_rate > 0 ? o.gen_sla_rate : o.gen_sla_fraction * result.single_decode_tokens_per_s;
   const PassCosts pc = measure_passes(model, o, max_clients, static_cast<int>(std::lround(prompt_mean)));
-  fmt::print("engine passes on {}: 1 decode {:.2f} ms, {} decodes {:.2f} ms ({:.1f}x), a prompt of {:.0f} tokens {:.2f} ms "
-             "({:.1f} us a token)\n", pc.device, 1e3 * pc.decode1_s, max_clients, 1e3 * pc.decode_batch_s,
+  fmt::print("engine passes on {}: 1 decode {:.2f} ms, {} decodes {:.2f} ms ({:.1f}x), a prompt of {:.0f} tokens "
+             "{:.2f} ms ({:.1f} us a token)\n", pc.device, 1e3 * pc.decode1_s, max_clients, 1e3 * pc.decode_batch_s,
              pc.decode_batch_s / pc.decode1_s, prompt_mean, 1e3 * pc.prompt_s, 1e6 * pc.prompt_s / prompt_mean);
   fmt::print("single request: prefill {:.0f} tokens/s, decode {:.1f} tokens/s -> SLAs: prompt at >= {:.0f} tokens/s, "
              "generation at >= {:.1f} tokens/s\n\n", result.single_prefill_tokens_per_s,

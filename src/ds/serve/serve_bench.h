@@ -7,7 +7,7 @@
 // prompt processed at >= half the single-request prefill rate (TTFT <= 2 * prompt / prefill rate), and the
 // generation at >= a quarter of the single-request decode rate, judged as FastGen's benchmark does: the moving
 // average (span 16) of the gaps between streamed tokens stays below 1 / that rate at every token. FastGen fixes
-// its SLAs in tokens/s for a given GPU (512 prompt tokens/s; 2 to 8 generated tokens/s); relative floors keep the
+// its SLAs in tokens/s for a given GPU (512 prompt tokens/s; 2, 4 or 6 generated tokens/s); relative floors keep the
 // benchmark meaningful on any machine and model. Both fractions, or fixed rates instead, are options.
 #pragma once
 

@@ -2,14 +2,18 @@
 // layer kernels and cuBLAS GEMMs, one device-to-host copy of the logits.
 // Napkin for a pass of N tokens of GPT-2 124M on an H100-class GPU: the GEMMs are 0.25 GFLOP a token in fp32
 // (about 50 TFLOP/s without tensor cores: 5 us a token), a decode reads the 0.5 GB of weights once (about
-// 0.15 ms at 3.5 TB/s), so up to a few tens of tokens ride on a decode pass for free, and about 110 launches a
-// pass (9 per layer and the head) cost a few microseconds each.
+// 0.15 ms at 3.5 TB/s), so up to a few tens of tokens ride on a decode pass for free, and 147 launches a pass
+// (8 kernels and 4 GEMMs per layer, the embedding, ln_f and the head) cost a few microseconds each.
+// Attention, a decode at position P: 2 * P * HS * 4 bytes of K and V per head and layer (GPT-2 124M at P = 614:
+// 0.3 MB per head, 3.8 MB per layer), read once; 12 blocks per layer leave most SMs idle, so a single decode is
+// bound by the latency of its blocks' loops (measured: 1.69 ms a decode pass at that position on an H200).
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <string>
 
 #include "ds/core/error.h"
 #include "ds/inference/cuda/cuda_gpt.h"
@@ -239,10 +243,10 @@ struct CudaGpt::State {
     DS_CUDA_CHECK(cudaStreamSynchronize(stream));
     if (meta_host) cudaFreeHost(meta_host);
     if (meta_dev) cudaFree(meta_dev);
+    const size_t cap = std::max(entries, 2 * meta_capacity);  // grows geometrically as block tables do
     meta_host = nullptr;
     meta_dev = nullptr;
-    meta_capacity = 0;
-    const size_t cap = std::max(entries, 2 * meta_capacity);
+    meta_capacity = 0;  // until both allocations have succeeded
     DS_CUDA_CHECK(cudaMallocHost(&meta_host, cap * sizeof(int32_t)));
     DS_CUDA_CHECK(cudaMalloc(&meta_dev, cap * sizeof(int32_t)));
     meta_capacity = cap;
@@ -261,10 +265,13 @@ CudaGpt::CudaGpt(const GptShape& shape, const GptWeights& w) : s_(new State) {
   s.shape = shape;
   try {
     int count = 0;
-    DS_CHECK_AS(DeviceError, cudaGetDeviceCount(&count) == cudaSuccess && count > 0,
-                "[cuda] no usable GPU (cudaGetDeviceCount found none); serve with --device cpu");
+    const cudaError_t found = cudaGetDeviceCount(&count);
+    DS_CHECK_AS(DeviceError, found == cudaSuccess && count > 0, "[cuda] no usable GPU: cudaGetDeviceCount {}; check "
+                "the NVIDIA driver (nvidia-smi), or serve with --device cpu",
+                found == cudaSuccess ? std::string("found none") : std::string(cudaGetErrorString(found)));
     DS_CHECK_AS(DeviceError, shape.device >= 0 && shape.device < count, "[cuda] asked for GPU {}, but this machine "
-                "has {} (indices 0..{})", shape.device, count, count - 1);
+                "has {} visible (cuda:0 to cuda:{}); pick one of those, or check CUDA_VISIBLE_DEVICES", shape.device,
+                count, count - 1);
     DS_CUDA_CHECK(cudaSetDevice(shape.device));
     DS_CUDA_CHECK(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking));
     DS_CUBLAS_CHECK(cublasCreate(&s.blas));
@@ -273,8 +280,9 @@ CudaGpt::CudaGpt(const GptShape& shape, const GptWeights& w) : s_(new State) {
 
     const int C = shape.n_embd, V = shape.vocab, L = shape.n_layer;
     DS_CHECK_AS(ConfigError, shape.n_head > 0 && C % shape.n_head == 0 && C / shape.n_head <= 32 * kMaxLaneChannels,
-                "[cuda] n_embd {} over {} heads: the CUDA forward needs a head size that divides n_embd and is at "
-                "most {}", C, shape.n_head, 32 * kMaxLaneChannels);
+                "[cuda] n_embd {} over {} heads gives a head size of {}; the CUDA forward needs one that divides "
+                "n_embd and is at most {}: serve this model with --device cpu", C, shape.n_head,
+                shape.n_head > 0 ? C / shape.n_head : 0, 32 * kMaxLaneChannels);
     const int64_t CC = int64_t(C) * C;
     s.wte = s.upload(w.wte, int64_t(V) * C, "wte");
     s.wpe = s.upload(w.wpe, int64_t(shape.context) * C, "wpe");
@@ -315,8 +323,8 @@ CudaGpt::CudaGpt(const GptShape& shape, const GptWeights& w) : s_(new State) {
     int optin = 0;
     DS_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, shape.device));
     DS_CHECK_AS(DeviceError, smem + 32 * sizeof(float) <= static_cast<size_t>(optin), "[cuda] a context of {} "
-                "tokens needs {} KiB of shared memory per attention block; this GPU gives {} KiB", shape.context,
-                smem >> 10, optin >> 10);
+                "tokens needs {} KiB of shared memory per attention block; this GPU gives {} KiB: serve a model with "
+                "a shorter context, or use --device cpu", shape.context, smem >> 10, optin >> 10);
     DS_CUDA_CHECK(cudaFuncSetAttribute(paged_attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(smem)));
     s.attn_smem_limit = smem;

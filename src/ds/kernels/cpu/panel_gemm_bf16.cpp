@@ -153,7 +153,8 @@ void pack_panels_bf16(uint32_t* packed, const float* w, int K, int M, bool w_is_
       for (int h = 0; h < 2 && 2 * kk + h < K; ++h) {
         const int k = 2 * kk + h;
         for (int j = 0; j < cols; ++j)
-          v[h * kPanel + j] = w_is_rows_of_k ? w[static_cast<int64_t>(k) * M + m0 + j] : w[static_cast<int64_t>(m0 + j) * K + k];
+          v[h * kPanel + j] = w_is_rows_of_k ? w[static_cast<int64_t>(k) * M + m0 + j]
+                                             : w[static_cast<int64_t>(m0 + j) * K + k];
       }
       uint16_t b[2 * kPanel];
       f32_to_bf16(b, v, 2 * kPanel);
