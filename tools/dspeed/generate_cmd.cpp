@@ -113,7 +113,8 @@ void add_generate_command(CLI::App& root) {
   cmd->add_option("--threads", a->threads, "CPU threads (default: all cores)");
   cmd->add_option("--device", a->stack.device, "where the model runs: cpu, cuda or cuda:N (a build with CUDA)")
       ->capture_default_str();
-  cmd->add_option("--weights", a->stack.weights, "weight format on the CPU: fp32 (as trained) or bf16 (faster)")
+  cmd->add_option("--weights", a->stack.weights,
+                  "weight format on the CPU: fp32 (as trained) or bf16 (faster with AVX512_BF16)")
       ->capture_default_str();
   cmd->callback([a] {
     DS_CHECK_AS(ConfigError, !a->prompt.empty() || !a->prompt_ids.empty(),

@@ -85,7 +85,8 @@ void add_serve_command(CLI::App& root) {
   cmd->add_option("--threads", a->threads, "CPU threads for the model (default: all cores)");
   cmd->add_option("--device", a->stack.device, "where the model runs: cpu, cuda or cuda:N (a build with CUDA)")
       ->capture_default_str();
-  cmd->add_option("--weights", a->stack.weights, "weight format on the CPU: fp32 (as trained) or bf16 (faster)")
+  cmd->add_option("--weights", a->stack.weights,
+                  "weight format on the CPU: fp32 (as trained) or bf16 (faster with AVX512_BF16)")
       ->capture_default_str();
   cmd->add_option("--http-threads", a->server.http_threads, "connections served at once (each stream holds one)")
       ->capture_default_str();

@@ -55,7 +55,10 @@ DecodeBenchResult run_decode_bench(const DecodeBenchOptions& o) {
   DS_CHECK_AS(ConfigError, o.prompt_tokens > 0 && o.new_tokens > 1 && o.repeats > 0, "[bench] need prompt tokens > "
               "0, new tokens > 1 and repeats > 0");
   if (o.threads > 0) omp_set_num_threads(o.threads);
-  const auto model = InferenceModel::load(o.model, o.arch, parse_weight_format(o.weights));
+  const WeightFormat weights = parse_weight_format(o.weights);
+  DS_CHECK_AS(ConfigError, o.device == "cpu" || weights == WeightFormat::fp32, "[bench] --weights {} is a CPU "
+              "option; on {} the model runs in fp32: leave out --weights or use --device cpu", o.weights, o.device);
+  const auto model = InferenceModel::load(o.model, o.arch, weights);
   const Gpt2Config& mc = model->config();
   DS_CHECK_AS(ConfigError, o.prompt_tokens + o.new_tokens <= mc.block_size, "[bench] {} prompt + {} new tokens exceed "
               "the model's context of {}", o.prompt_tokens, o.new_tokens, mc.block_size);

@@ -40,6 +40,9 @@ ServingStack::ServingStack(const ServingStackOptions& o, std::shared_ptr<const i
               device.str());
 
   model_ = model ? std::move(model) : inference::InferenceModel::load(o.model_path, o.arch, weights);
+  DS_CHECK_AS(ConfigError, device.is_cpu() || model_->weight_format() == inference::WeightFormat::fp32,
+              "[serve] the model holds bf16 weights, a CPU option; on {} it runs in fp32: load it with fp32 weights "
+              "or use --device cpu", device.str());
   if (!o.tokenizer_dir.empty()) {
     tokenizer_ = std::make_unique<data::BpeTokenizer>(data::BpeTokenizer::from_directory(o.tokenizer_dir));
     DS_CHECK_AS(ConfigError, tokenizer_->vocab_size() <= model_->config().vocab_size,

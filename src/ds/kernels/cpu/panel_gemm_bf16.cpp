@@ -3,12 +3,15 @@
 // of one column. The activations are rounded to bf16 once per call and paired the same way, so one AVX512_BF16
 // vdpbf16ps adds two products per lane into fp32 accumulators: twice the multiply rate of fp32 FMAs and half the
 // weight bytes. CPUs without AVX512_BF16 widen the same bf16 values to fp32 and use FMAs (AVX2), so every path
-// computes the same products of bf16-rounded operands (exact in fp32) and differs only in summation order.
+// computes the same products of bf16-rounded operands (exact in fp32) and differs only in summation order and in
+// subnormals (vdpbf16ps flushes them to zero). The widening path halves the weight bytes but not the multiplies:
+// on such CPUs bf16 helps passes bound by reading weights (a few rows), not those bound by the multiplies.
 // Napkin (Zen 5, 2 threads): the head of gpt2-tiny for 16 rows is 206 MFLOP, bound by the multiplies in fp32
 // (0.59 ms); one row is bound by reading the panels: 12.9 MB instead of 25.7.
 #include <omp.h>
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 #include <vector>
 
@@ -29,19 +32,22 @@ bool use_avx512_bf16() {
   return has && simd::use_avx512();  // DS_CPU_ISA=avx2 forces the widening path
 }
 
-// x[N, K] rounded to bf16 as [N][pairs] words (the last pair of an odd K has a zero high half).
-void pair_rows(std::vector<uint32_t>& xp, const float* x, int N, int K) {
+// x[N, K] rounded to bf16 as [N][pairs] words (the last pair of an odd K has a zero high half). On a
+// little-endian machine the bf16 values of a row in order, copied as bytes, are its pairs.
+static_assert(std::endian::native == std::endian::little, "the bf16 pairs assume a little-endian machine");
+void pair_rows(std::vector<uint32_t>& xp, std::vector<uint16_t>& halves, const float* x, int N, int K) {
   const int P2 = pairs_of(K);
-  if (K % 2 == 0) {  // the bf16 values in order are the pairs already: one conversion of all rows
-    xp.resize(static_cast<size_t>(N) * P2);
-    f32_to_bf16(reinterpret_cast<uint16_t*>(xp.data()), x, static_cast<size_t>(N) * K);
+  xp.resize(static_cast<size_t>(N) * P2);
+  if (K % 2 == 0) {  // one conversion of all rows
+    halves.resize(static_cast<size_t>(N) * K);
+    f32_to_bf16(halves.data(), x, halves.size());
+    std::memcpy(xp.data(), halves.data(), sizeof(uint16_t) * halves.size());
     return;
   }
-  xp.assign(static_cast<size_t>(N) * P2, 0u);
-  std::vector<uint16_t> row(static_cast<size_t>(2 * P2), 0);
+  halves.assign(static_cast<size_t>(2 * P2), 0);
   for (int r = 0; r < N; ++r) {
-    f32_to_bf16(row.data(), x + static_cast<int64_t>(r) * K, static_cast<size_t>(K));
-    std::memcpy(xp.data() + static_cast<int64_t>(r) * P2, row.data(), sizeof(uint32_t) * static_cast<size_t>(P2));
+    f32_to_bf16(halves.data(), x + static_cast<int64_t>(r) * K, static_cast<size_t>(K));
+    std::memcpy(xp.data() + static_cast<int64_t>(r) * P2, halves.data(), sizeof(uint32_t) * static_cast<size_t>(P2));
   }
 }
 
@@ -175,8 +181,9 @@ float panel_bf16_at(const uint32_t* packed, int K, int k, int m) {
 void panel_gemm_bf16(float* out, const float* x, const uint32_t* packed, const float* bias, int N, int K, int M) {
   if (N <= 0) return;
   const int P = panels_of(M), P2 = pairs_of(K);
-  thread_local std::vector<uint32_t> xp;
-  pair_rows(xp, x, N, K);
+  thread_local std::vector<uint32_t> xp;  // the calling thread's; the team only reads it
+  thread_local std::vector<uint16_t> halves;
+  pair_rows(xp, halves, x, N, K);
   const uint32_t* xw = xp.data();
   const bool avx512 = use_avx512_bf16();
   const bool parallel = int64_t(N) * K * M >= (int64_t{1} << 19) && P > 1;
