@@ -50,11 +50,9 @@ void panel_rows_avx2(float* out, int ldo, const float* x, int ldx, const float* 
 
 void panel_block_avx2(float* out, int ldo, const float* x, int ldx, const float* panel, const float* bias, int K,
                       int rows, int cols) {
-  int r = 0;
-  for (; r + 3 <= rows; r += 3)
-    panel_rows_avx2<3>(out + int64_t(r) * ldo, ldo, x + int64_t(r) * ldx, ldx, panel, bias, K, cols);
-  if (rows - r == 2) panel_rows_avx2<2>(out + int64_t(r) * ldo, ldo, x + int64_t(r) * ldx, ldx, panel, bias, K, cols);
-  if (rows - r == 1) panel_rows_avx2<1>(out + int64_t(r) * ldo, ldo, x + int64_t(r) * ldx, ldx, panel, bias, K, cols);
+  simd::for_row_blocks<3>(rows, [&](auto R, int r) {
+    panel_rows_avx2<R()>(out + int64_t(r) * ldo, ldo, x + int64_t(r) * ldx, ldx, panel, bias, K, cols);
+  });
 }
 
 DS_AVX512_BEGIN
@@ -87,21 +85,9 @@ DS_TARGET_AVX512 void panel_rows_avx512(float* out, int ldo, const float* x, int
 
 DS_TARGET_AVX512 void panel_block_avx512(float* out, int ldo, const float* x, int ldx, const float* panel,
                                          const float* bias, int K, int rows, int cols) {
-  int r = 0;
-  for (; r + 8 <= rows; r += 8)
-    panel_rows_avx512<8>(out + int64_t(r) * ldo, ldo, x + int64_t(r) * ldx, ldx, panel, bias, K, cols);
-  float* o = out + int64_t(r) * ldo;
-  const float* xr = x + int64_t(r) * ldx;
-  switch (rows - r) {
-    case 7: return panel_rows_avx512<7>(o, ldo, xr, ldx, panel, bias, K, cols);
-    case 6: return panel_rows_avx512<6>(o, ldo, xr, ldx, panel, bias, K, cols);
-    case 5: return panel_rows_avx512<5>(o, ldo, xr, ldx, panel, bias, K, cols);
-    case 4: return panel_rows_avx512<4>(o, ldo, xr, ldx, panel, bias, K, cols);
-    case 3: return panel_rows_avx512<3>(o, ldo, xr, ldx, panel, bias, K, cols);
-    case 2: return panel_rows_avx512<2>(o, ldo, xr, ldx, panel, bias, K, cols);
-    case 1: return panel_rows_avx512<1>(o, ldo, xr, ldx, panel, bias, K, cols);
-    default: return;
-  }
+  simd::for_row_blocks<8>(rows, [&](auto R, int r) {
+    panel_rows_avx512<R()>(out + int64_t(r) * ldo, ldo, x + int64_t(r) * ldx, ldx, panel, bias, K, cols);
+  });
 }
 DS_AVX512_END
 

@@ -85,10 +85,9 @@ void bf16_rows_avx2(float* out, int ldo, const uint32_t* xp, int ldx, const uint
 
 void bf16_block_avx2(float* out, int ldo, const uint32_t* xp, int ldx, const uint32_t* panel, const float* bias,
                      int P2, int rows, int cols) {
-  int r = 0;
-  for (; r + 2 <= rows; r += 2)
-    bf16_rows_avx2<2>(out + int64_t(r) * ldo, ldo, xp + int64_t(r) * ldx, ldx, panel, bias, P2, cols);
-  if (r < rows) bf16_rows_avx2<1>(out + int64_t(r) * ldo, ldo, xp + int64_t(r) * ldx, ldx, panel, bias, P2, cols);
+  simd::for_row_blocks<2>(rows, [&](auto R, int r) {
+    bf16_rows_avx2<R()>(out + int64_t(r) * ldo, ldo, xp + int64_t(r) * ldx, ldx, panel, bias, P2, cols);
+  });
 }
 
 DS_AVX512_BEGIN
@@ -123,21 +122,9 @@ DS_TARGET_AVX512_BF16 void bf16_rows_avx512(float* out, int ldo, const uint32_t*
 
 DS_TARGET_AVX512_BF16 void bf16_block_avx512(float* out, int ldo, const uint32_t* xp, int ldx,
                                              const uint32_t* panel, const float* bias, int P2, int rows, int cols) {
-  int r = 0;
-  for (; r + 8 <= rows; r += 8)
-    bf16_rows_avx512<8>(out + int64_t(r) * ldo, ldo, xp + int64_t(r) * ldx, ldx, panel, bias, P2, cols);
-  float* o = out + int64_t(r) * ldo;
-  const uint32_t* xr = xp + int64_t(r) * ldx;
-  switch (rows - r) {
-    case 7: return bf16_rows_avx512<7>(o, ldo, xr, ldx, panel, bias, P2, cols);
-    case 6: return bf16_rows_avx512<6>(o, ldo, xr, ldx, panel, bias, P2, cols);
-    case 5: return bf16_rows_avx512<5>(o, ldo, xr, ldx, panel, bias, P2, cols);
-    case 4: return bf16_rows_avx512<4>(o, ldo, xr, ldx, panel, bias, P2, cols);
-    case 3: return bf16_rows_avx512<3>(o, ldo, xr, ldx, panel, bias, P2, cols);
-    case 2: return bf16_rows_avx512<2>(o, ldo, xr, ldx, panel, bias, P2, cols);
-    case 1: return bf16_rows_avx512<1>(o, ldo, xr, ldx, panel, bias, P2, cols);
-    default: return;
-  }
+  simd::for_row_blocks<8>(rows, [&](auto R, int r) {
+    bf16_rows_avx512<R()>(out + int64_t(r) * ldo, ldo, xp + int64_t(r) * ldx, ldx, panel, bias, P2, cols);
+  });
 }
 DS_AVX512_END
 

@@ -9,6 +9,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 namespace ds::cpu::simd {
 
@@ -48,6 +49,22 @@ inline __m256 exp256(__m256 x, float lo = -87.3f) {
   y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
   const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+// The row dispatch of the register-blocked kernels: kernel(std::integral_constant<int, R>{}, r0) for rows
+// [r0, r0 + R), in blocks of Max rows and then one block of the remainder, so each R is a compile-time count.
+template <int R, class Kernel>
+inline void row_remainder(int n, int r0, Kernel& kernel) {
+  if constexpr (R > 0) {
+    if (n == R) kernel(std::integral_constant<int, R>{}, r0);
+    else row_remainder<R - 1>(n, r0, kernel);
+  }
+}
+template <int Max, class Kernel>
+inline void for_row_blocks(int rows, Kernel&& kernel) {
+  int r = 0;
+  for (; r + Max <= rows; r += Max) kernel(std::integral_constant<int, Max>{}, r);
+  row_remainder<Max - 1>(rows - r, r, kernel);
 }
 
 // True when the AVX-512 paths should run: the CPU has AVX-512F and DS_CPU_ISA is not "avx2".
