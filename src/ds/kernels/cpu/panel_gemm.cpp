@@ -125,26 +125,15 @@ void unpack_panels(float* w, const float* packed, int K, int M, bool w_is_rows_o
 
 void panel_gemm(float* out, const float* x, const float* packed, const float* bias, int N, int K, int M) {
   if (N <= 0) return;
-  const int P = panels_of(M);
   const bool avx512 = simd::use_avx512();
-  // A decode of a small model is a few microseconds of work: waking the team would cost more than it saves.
-  const bool parallel = int64_t(N) * K * M >= (int64_t{1} << 19) && P > 1;
-  // Rows in blocks of 64 so that a block's x stays in L1/L2 while every panel passes over it.
-  constexpr int kRowBlock = 64;
-  const int RB = (N + kRowBlock - 1) / kRowBlock;
-#pragma omp parallel for collapse(2) schedule(static) if (parallel)
-  for (int rb = 0; rb < RB; ++rb) {
-    for (int p = 0; p < P; ++p) {
-      const int r0 = rb * kRowBlock, rows = std::min(kRowBlock, N - r0);
-      const int m0 = p * kPanel, cols = std::min(kPanel, M - m0);
-      const float* panel = packed + static_cast<int64_t>(p) * K * kPanel;
-      const float* b = bias ? bias + m0 : nullptr;
-      float* o = out + static_cast<int64_t>(r0) * M + m0;
-      const float* xr = x + static_cast<int64_t>(r0) * K;
-      if (avx512) panel_block_avx512(o, M, xr, K, panel, b, K, rows, cols);
-      else panel_block_avx2(o, M, xr, K, panel, b, K, rows, cols);
-    }
-  }
+  simd::for_panel_tiles(N, K, M, kPanel, [&](int r0, int rows, int p, int m0, int cols) {
+    const float* panel = packed + static_cast<int64_t>(p) * K * kPanel;
+    const float* b = bias ? bias + m0 : nullptr;
+    float* o = out + static_cast<int64_t>(r0) * M + m0;
+    const float* xr = x + static_cast<int64_t>(r0) * K;
+    if (avx512) panel_block_avx512(o, M, xr, K, panel, b, K, rows, cols);
+    else panel_block_avx2(o, M, xr, K, panel, b, K, rows, cols);
+  });
 }
 
 }  // namespace ds::cpu

@@ -167,28 +167,20 @@ float panel_bf16_at(const uint32_t* packed, int K, int k, int m) {
 
 void panel_gemm_bf16(float* out, const float* x, const uint32_t* packed, const float* bias, int N, int K, int M) {
   if (N <= 0) return;
-  const int P = panels_of(M), P2 = pairs_of(K);
+  const int P2 = pairs_of(K);
   thread_local std::vector<uint32_t> xp;  // the calling thread's; the team only reads it
   thread_local std::vector<uint16_t> halves;
   pair_rows(xp, halves, x, N, K);
   const uint32_t* xw = xp.data();
   const bool avx512 = use_avx512_bf16();
-  const bool parallel = int64_t(N) * K * M >= (int64_t{1} << 19) && P > 1;
-  constexpr int kRowBlock = 64;
-  const int RB = (N + kRowBlock - 1) / kRowBlock;
-#pragma omp parallel for collapse(2) schedule(static) if (parallel)
-  for (int rb = 0; rb < RB; ++rb) {
-    for (int p = 0; p < P; ++p) {
-      const int r0 = rb * kRowBlock, rows = std::min(kRowBlock, N - r0);
-      const int m0 = p * kPanel, cols = std::min(kPanel, M - m0);
-      const uint32_t* panel = packed + static_cast<int64_t>(p) * P2 * kPanel;
-      const float* b = bias ? bias + m0 : nullptr;
-      float* o = out + static_cast<int64_t>(r0) * M + m0;
-      const uint32_t* xr = xw + static_cast<int64_t>(r0) * P2;
-      if (avx512) bf16_block_avx512(o, M, xr, P2, panel, b, P2, rows, cols);
-      else bf16_block_avx2(o, M, xr, P2, panel, b, P2, rows, cols);
-    }
-  }
+  simd::for_panel_tiles(N, K, M, kPanel, [&](int r0, int rows, int p, int m0, int cols) {
+    const uint32_t* panel = packed + static_cast<int64_t>(p) * P2 * kPanel;
+    const float* b = bias ? bias + m0 : nullptr;
+    float* o = out + static_cast<int64_t>(r0) * M + m0;
+    const uint32_t* xr = xw + static_cast<int64_t>(r0) * P2;
+    if (avx512) bf16_block_avx512(o, M, xr, P2, panel, b, P2, rows, cols);
+    else bf16_block_avx2(o, M, xr, P2, panel, b, P2, rows, cols);
+  });
 }
 
 }  // namespace ds::cpu

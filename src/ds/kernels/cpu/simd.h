@@ -7,6 +7,8 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
@@ -65,6 +67,25 @@ inline void for_row_blocks(int rows, Kernel&& kernel) {
   int r = 0;
   for (; r + Max <= rows; r += Max) kernel(std::integral_constant<int, Max>{}, r);
   row_remainder<Max - 1>(rows - r, r, kernel);
+}
+
+// The task grid of the panel GEMMs (panel_gemm, panel_gemm_bf16): rows in blocks of 64, so that a block's
+// activations stay in L1/L2 while every panel passes over it, times panels of `width` columns; in parallel only
+// when the product has at least 2^19 multiply-adds (a decode of a small model is a few microseconds of work, and
+// waking the team would cost more than it saves). task(r0, rows, p, m0, cols) computes that tile.
+template <class Task>
+inline void for_panel_tiles(int N, int K, int M, int width, Task&& task) {
+  constexpr int kRowBlock = 64;
+  const int P = (M + width - 1) / width;
+  const int RB = (N + kRowBlock - 1) / kRowBlock;
+  const bool parallel = int64_t(N) * K * M >= (int64_t{1} << 19) && P > 1;
+#pragma omp parallel for collapse(2) schedule(static) if (parallel)
+  for (int rb = 0; rb < RB; ++rb) {
+    for (int p = 0; p < P; ++p) {
+      const int r0 = rb * kRowBlock, m0 = p * width;
+      task(r0, std::min(kRowBlock, N - r0), p, m0, std::min(width, M - m0));
+    }
+  }
 }
 
 // True when the AVX-512 paths should run: the CPU has AVX-512F and DS_CPU_ISA is not "avx2".
