@@ -7,17 +7,12 @@
 #include <random>
 #include <vector>
 
+#include "common/random_values.h"
 #include "ds/kernels/cpu/kernels.h"
 
 namespace {
 
-std::vector<float> randn(size_t n, uint64_t seed) {
-  std::mt19937_64 gen(seed);
-  std::normal_distribution<float> dist;
-  std::vector<float> v(n);
-  for (auto& x : v) x = dist(gen);
-  return v;
-}
+using ds::testing::randn;
 
 TEST(Elementwise, AddVariants) {
   for (size_t n : {size_t{0}, size_t{3}, size_t{17}, size_t{100001}}) {

@@ -8,18 +8,13 @@
 #include <random>
 #include <vector>
 
+#include "common/random_values.h"
 #include "ds/core/error.h"
 #include "ds/kernels/cpu/kernels.h"
 
 namespace {
 
-std::vector<float> randn(size_t n, uint64_t seed) {
-  std::mt19937_64 gen(seed);
-  std::normal_distribution<float> dist;
-  std::vector<float> v(n);
-  for (auto& x : v) x = dist(gen);
-  return v;
-}
+using ds::testing::randn;
 
 std::vector<int32_t> tokens(size_t n, int V, uint64_t seed) {
   std::mt19937_64 gen(seed);

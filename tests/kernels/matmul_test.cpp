@@ -7,17 +7,12 @@
 #include <random>
 #include <vector>
 
+#include "common/random_values.h"
 #include "ds/kernels/cpu/kernels.h"
 
 namespace {
 
-std::vector<float> randn(size_t n, uint64_t seed, float scale = 1.0f) {
-  std::mt19937_64 gen(seed);
-  std::normal_distribution<float> dist(0.0f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = dist(gen);
-  return v;
-}
+using ds::testing::randn;
 
 template <class Real>
 std::vector<double> ref_forward(const Real* inp, const Real* w, const Real* bias, int N, int IC, int OC) {

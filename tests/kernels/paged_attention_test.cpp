@@ -9,17 +9,12 @@
 #include <random>
 #include <vector>
 
+#include "common/random_values.h"
 #include "ds/kernels/cpu/kernels.h"
 
 namespace {
 
-std::vector<float> normal_values(size_t n, uint64_t seed) {
-  std::mt19937_64 g(seed);
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(g);
-  return v;
-}
+using ds::testing::randn;
 
 struct Case {
   int C, NH, block;
@@ -45,7 +40,7 @@ TEST_P(PagedAttention, MatchesContiguousAttention) {
   std::vector<std::vector<float>> qkv(2), ref(2);
   for (int s = 0; s < 2; ++s) {
     const int T = lengths[s];
-    qkv[s] = normal_values(static_cast<size_t>(T) * 3 * C, 10 + s);
+    qkv[s] = randn(static_cast<size_t>(T) * 3 * C, 10 + s);
     ref[s].resize(static_cast<size_t>(T) * C);
     std::vector<float> att(static_cast<size_t>(NH) * T * T);
     ds::cpu::attention_forward(ref[s].data(), att.data(), qkv[s].data(), 1, T, C, NH);

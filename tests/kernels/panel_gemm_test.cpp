@@ -12,18 +12,13 @@
 #include <utility>
 #include <vector>
 
+#include "common/random_values.h"
 #include "ds/core/error.h"
 #include "ds/kernels/cpu/kernels.h"
 
 namespace {
 
-std::vector<float> randn(size_t n, uint64_t seed) {
-  std::mt19937_64 gen(seed);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = dist(gen);
-  return v;
-}
+using ds::testing::randn;
 
 class IsaScope {
  public:
