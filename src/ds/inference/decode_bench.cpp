@@ -56,8 +56,7 @@ DecodeBenchResult run_decode_bench(const DecodeBenchOptions& o) {
               "0, new tokens > 1 and repeats > 0");
   if (o.threads > 0) omp_set_num_threads(o.threads);
   const WeightFormat weights = parse_weight_format(o.weights);
-  DS_CHECK_AS(ConfigError, o.device == "cpu" || weights == WeightFormat::fp32, "[bench] --weights {} is a CPU "
-              "option; on {} the model runs in fp32: leave out --weights or use --device cpu", o.weights, o.device);
+  check_weights_on_device(weights, parse_device(o.device));
   const auto model = InferenceModel::load(o.model, o.arch, weights);
   const Gpt2Config& mc = model->config();
   DS_CHECK_AS(ConfigError, o.prompt_tokens + o.new_tokens <= mc.block_size, "[bench] {} prompt + {} new tokens exceed "

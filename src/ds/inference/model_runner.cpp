@@ -39,6 +39,12 @@ WeightFormat parse_weight_format(const std::string& name) {
 
 const char* weight_format_name(WeightFormat f) { return f == WeightFormat::bf16 ? "bf16" : "fp32"; }
 
+void check_weights_on_device(WeightFormat weights, Device device) {
+  DS_CHECK_AS(ConfigError, device.is_cpu() || weights == WeightFormat::fp32, "[serve] --weights {} is a CPU option; "
+              "on {} the model runs in fp32: leave out --weights or use --device cpu", weight_format_name(weights),
+              device.str());
+}
+
 void InferenceModel::gemm(float* out, const float* in, const Matrix& m, const float* bias, int rows) const {
   if (weights_ == WeightFormat::bf16) cpu::panel_gemm_bf16(out, in, m.words(), bias, rows, m.K, m.M);
   else cpu::panel_gemm(out, in, m.panels.data<float>(), bias, rows, m.K, m.M);
@@ -99,8 +105,8 @@ void InferenceModel::take_weights(Gpt2& model) {
 }
 
 InferenceModel::PlainWeights InferenceModel::plain_weights() const {
-  DS_CHECK_AS(ConfigError, weights_ == WeightFormat::fp32, "[serve] bf16 weights are a CPU option; on a GPU the "
-              "model runs in fp32: leave out --weights bf16");
+  DS_ASSERT(weights_ == WeightFormat::fp32, "a device copy of {} weights (check_weights_on_device refuses them)",
+            weight_format_name(weights_));
   auto vec = [](const Tensor& t) {
     const float* p = t.data<float>();
     return std::vector<float>(p, p + t.numel());

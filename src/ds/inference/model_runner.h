@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "ds/core/device.h"
 #include "ds/inference/kv_cache.h"
 #include "ds/inference/ragged_batch.h"
 #include "ds/nn/models/gpt2.h"
@@ -24,6 +25,8 @@ enum class WeightFormat { fp32, bf16 };
 // "fp32" or "bf16"; ConfigError otherwise.
 WeightFormat parse_weight_format(const std::string& name);
 const char* weight_format_name(WeightFormat f);
+// ConfigError unless weights in this format can run on `device`: bf16 weights are a CPU option.
+void check_weights_on_device(WeightFormat weights, Device device);
 
 class InferenceModel {
  public:

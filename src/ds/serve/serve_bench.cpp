@@ -206,12 +206,8 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
               "or a safetensors file");
   DS_CHECK_AS(ConfigError, o.requests > 0 && !o.clients.empty() && !o.policies.empty(), "[bench] need requests > 0, "
               "at least one client count and one policy");
-  for (const std::string& p : o.policies) {  // fails early on a bad name or a static batch no pass can decode
-    DS_CHECK_AS(ConfigError, inference::parse_policy(p) != inference::Policy::static_batch ||
-                o.static_batch_size <= o.token_budget, "[bench] a static batch of {} requests cannot decode in "
-                "lockstep with {} tokens per pass; lower --static-batch or raise --token-budget",
-                o.static_batch_size, o.token_budget);
-  }
+  for (const std::string& p : o.policies)  // a bad name or limits fail here, before any cell runs
+    inference::make_scheduler(inference::parse_policy(p), ServingStack::scheduler_limits(stack_options(o, p)));
   if (o.threads > 0) omp_set_num_threads(o.threads);
   const std::shared_ptr<const inference::InferenceModel> model = inference::InferenceModel::load(
       o.model, o.arch, inference::parse_weight_format(o.weights));
@@ -251,9 +247,10 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
   const double decode_floor =
       o.gen_sla_rate > 0 ? o.gen_sla_rate : o.gen_sla_fraction * result.single_decode_tokens_per_s;
   const PassCosts pc = measure_passes(model, o, max_clients, static_cast<int>(std::lround(prompt_mean)));
-  fmt::print("engine passes on {}, {} weights: 1 decode {:.2f} ms, {} decodes {:.2f} ms ({:.1f}x), a prompt of {:.0f} tokens "
-             "{:.2f} ms ({:.1f} us a token)\n", pc.device, o.weights, 1e3 * pc.decode1_s, max_clients, 1e3 * pc.decode_batch_s,
-             pc.decode_batch_s / pc.decode1_s, prompt_mean, 1e3 * pc.prompt_s, 1e6 * pc.prompt_s / prompt_mean);
+  fmt::print("engine passes on {}, {} weights: 1 decode {:.2f} ms, {} decodes {:.2f} ms ({:.1f}x), a prompt of {:.0f} "
+             "tokens {:.2f} ms ({:.1f} us a token)\n", pc.device, o.weights, 1e3 * pc.decode1_s, max_clients,
+             1e3 * pc.decode_batch_s, pc.decode_batch_s / pc.decode1_s, prompt_mean, 1e3 * pc.prompt_s,
+             1e6 * pc.prompt_s / prompt_mean);
   fmt::print("single request: prefill {:.0f} tokens/s, decode {:.1f} tokens/s -> SLAs: prompt at >= {:.0f} tokens/s, "
              "generation at >= {:.1f} tokens/s\n\n", result.single_prefill_tokens_per_s,
              result.single_decode_tokens_per_s, prefill_floor, decode_floor);

@@ -26,6 +26,14 @@ inference::EngineConfig ServingStack::engine_config(const ServingStackOptions& o
   return ec;
 }
 
+inference::SchedulerLimits ServingStack::scheduler_limits(const ServingStackOptions& o) {
+  inference::SchedulerLimits limits;
+  limits.token_budget = o.token_budget;
+  limits.max_sequences = std::min(o.max_sequences, o.token_budget);
+  limits.static_batch_size = o.static_batch_size;
+  return limits;
+}
+
 ServingStack::ServingStack(const ServingStackOptions& o, std::shared_ptr<const inference::InferenceModel> model)
     : options_(o) {
   DS_CHECK_AS(ConfigError, o.token_budget > 0, "[serve] --token-budget must be at least 1, got {}", o.token_budget);
@@ -34,15 +42,10 @@ ServingStack::ServingStack(const ServingStackOptions& o, std::shared_ptr<const i
   DS_CHECK_AS(ConfigError, o.max_queue > 0, "[serve] --max-queue must be at least 1, got {}", o.max_queue);
   const inference::Policy policy = inference::parse_policy(o.policy);
   const Device device = inference::parse_device(o.device);  // fails before the model is loaded
-  const inference::WeightFormat weights = inference::parse_weight_format(o.weights);
-  DS_CHECK_AS(ConfigError, device.is_cpu() || weights == inference::WeightFormat::fp32, "[serve] --weights {} is a "
-              "CPU option; on {} the model runs in fp32: leave out --weights or use --device cpu", o.weights,
-              device.str());
+  const inference::WeightFormat weights = model ? model->weight_format() : inference::parse_weight_format(o.weights);
+  inference::check_weights_on_device(weights, device);
 
   model_ = model ? std::move(model) : inference::InferenceModel::load(o.model_path, o.arch, weights);
-  DS_CHECK_AS(ConfigError, device.is_cpu() || model_->weight_format() == inference::WeightFormat::fp32,
-              "[serve] the model holds bf16 weights, a CPU option; on {} it runs in fp32: load it with fp32 weights "
-              "or use --device cpu", device.str());
   if (!o.tokenizer_dir.empty()) {
     tokenizer_ = std::make_unique<data::BpeTokenizer>(data::BpeTokenizer::from_directory(o.tokenizer_dir));
     DS_CHECK_AS(ConfigError, tokenizer_->vocab_size() <= model_->config().vocab_size,
@@ -53,15 +56,11 @@ ServingStack::ServingStack(const ServingStackOptions& o, std::shared_ptr<const i
 
   engine_ = std::make_unique<inference::InferenceEngine>(model_, engine_config(o, model_->config().block_size));
 
-  inference::SchedulerLimits limits;
-  limits.token_budget = o.token_budget;
-  limits.max_sequences = std::min(o.max_sequences, o.token_budget);
-  limits.static_batch_size = o.static_batch_size;
   inference::LoopOptions lo;
   lo.max_pending = o.max_queue;
   lo.seed = o.seed;
   lo.threads = o.threads;
-  loop_ = std::make_unique<inference::ServingLoop>(*engine_, inference::make_scheduler(policy, limits),
+  loop_ = std::make_unique<inference::ServingLoop>(*engine_, inference::make_scheduler(policy, scheduler_limits(o)),
                                                    tokenizer_.get(), lo);
 }
 

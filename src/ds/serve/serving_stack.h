@@ -51,6 +51,8 @@ class ServingStack {
   std::string describe() const;
   // The engine these options give for a model with this context.
   static inference::EngineConfig engine_config(const ServingStackOptions& options, int32_t context);
+  // The scheduler's limits these options give (inference::make_scheduler checks them).
+  static inference::SchedulerLimits scheduler_limits(const ServingStackOptions& options);
 
  private:
   ServingStackOptions options_;
