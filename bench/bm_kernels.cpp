@@ -126,6 +126,43 @@ void bench_attention(int B, int T, int C, int NH, const char* suffix = "") {
              2 * flop);
 }
 
+// Paged attention (the serving forward): S sequences of `ctx` cached positions, in blocks of 16 slots scattered
+// over a pool, queried for their last `fresh` positions (fresh = 1: a pass of S decodes; fresh = ctx: a prompt).
+// Reported as GFLOP/s of useful work and as the K/V bytes the queries read per second (a decode is bound by them).
+void bench_paged_attention(const char* what, int S, int ctx, int fresh, int C, int NH) {
+  constexpr int bs = 16;
+  const int per_seq = (ctx + bs - 1) / bs, pool = S * per_seq;
+  std::vector<int32_t> ids(static_cast<size_t>(pool));
+  for (int b = 0; b < pool; ++b) ids[size_t(b)] = int32_t((int64_t(b) * 7919) % pool);  // a fixed shuffle
+  std::vector<const int32_t*> tables(static_cast<size_t>(S));
+  for (int s = 0; s < S; ++s) tables[size_t(s)] = ids.data() + int64_t(s) * per_seq;
+  const auto kv = randn(size_t(pool) * bs * 2 * C, 41);
+  std::vector<int32_t> seq, pos;
+  for (int s = 0; s < S; ++s) {
+    for (int t = ctx - fresh; t < ctx; ++t) {
+      seq.push_back(s);
+      pos.push_back(t);
+    }
+  }
+  const int N = static_cast<int>(seq.size());
+  const auto q = randn(size_t(N) * 3 * C, 42);
+  std::vector<float> out(size_t(N) * C), scratch(ds::cpu::paged_attention_scratch_floats(ctx, NH));
+  double flop = 0, bytes = 0;
+  for (const int32_t p : pos) {
+    flop += 4.0 * (p + 1) * C;
+    bytes += 8.0 * (p + 1) * C;
+  }
+  const double ms = time_ms([&] {
+    ds::cpu::paged_attention_forward(out.data(), q.data(), N, seq.data(), pos.data(), tables.data(), kv.data(), bs, C,
+                                     NH, scratch.data(), ctx);
+  });
+  const std::string shape = std::string(what) + fmt_shape(" S%d ctx%d new%d C%d", S, ctx, fresh, C) +
+                            fmt_shape(" NH%d", NH);
+  std::printf("{\"kernel\":\"paged_attention\",\"shape\":\"%s\",\"threads\":%d,\"ms\":%.4f,\"gflops\":%.1f,"
+              "\"kv_gbps\":%.1f}\n", shape.c_str(), g_threads, ms, flop / ms * 1e-6, bytes / ms * 1e-6);
+  std::fflush(stdout);
+}
+
 // The alternative design, measured for attention.cpp's header: per-(b,h) cblas_sgemm on the full T x T (twice the
 // causal work) with the softmax in a separate parallel pass; sgemm called outside any OpenMP region.
 void bench_attention_sgemm_variant(int B, int T, int C, int NH) {
@@ -380,6 +417,13 @@ int main(int argc, char** argv) {
         bench_attention_sgemm_variant(4, 256, 768, 12);
         bench_attention_sgemm_variant(8, 128, 128, 4);
       }
+      // The serving forward's paged attention: the default model (C128, 4 heads) and GPT-2 124M (C768, 12 heads).
+      bench_paged_attention("decode1", 1, 170, 1, 128, 4);
+      bench_paged_attention("decode16", 16, 170, 1, 128, 4);
+      bench_paged_attention("prompt", 1, 154, 154, 128, 4);
+      bench_paged_attention("decode1_124M", 1, 600, 1, 768, 12);
+      bench_paged_attention("decode16_124M", 16, 600, 1, 768, 12);
+      bench_paged_attention("prompt_124M", 1, 614, 614, 768, 12);
     }
     if (want("layernorm")) {
       bench_layernorm(1024, 768);

@@ -1,6 +1,8 @@
 // Paged attention against the contiguous training kernel (attention_forward): two sequences of different lengths
 // whose K and V sit in shuffled blocks of a shared pool, queried for their last few positions (a prefill chunk)
-// and their last one (a decode), at head sizes on and off the AVX2 path.
+// and their last one (a decode), at head sizes on and off the vector path (multiples of 8, with key counts that
+// leave a remainder of the 8-key groups, and heads wider than one 64-channel value sweep), and long enough to
+// run in parallel, where a lone decode splits its heads over threads.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -18,14 +20,15 @@ using ds::testing::randn;
 
 struct Case {
   int C, NH, block;
+  int len0 = 13, len1 = 29, chunk = 5;  // sequence lengths; the last `chunk` positions of sequence 0 are queried
 };
 
 class PagedAttention : public ::testing::TestWithParam<Case> {};
 
 TEST_P(PagedAttention, MatchesContiguousAttention) {
-  const auto [C, NH, bs] = GetParam();
-  const std::vector<int> lengths = {13, 29};
-  const int max_len = 29;
+  const auto [C, NH, bs, len0, len1, chunk] = GetParam();
+  const std::vector<int> lengths = {len0, len1};
+  const int max_len = std::max(len0, len1);
   const int blocks_per_seq = (max_len + bs - 1) / bs;
   const int pool = blocks_per_seq * 2 + 3;
   std::vector<int32_t> ids(static_cast<size_t>(pool));
@@ -52,7 +55,7 @@ TEST_P(PagedAttention, MatchesContiguousAttention) {
   // The batch: the last 5 positions of sequence 0 (a chunk), the last position of sequence 1 (a decode).
   std::vector<float> q;
   std::vector<int32_t> seq, pos;
-  for (int t = lengths[0] - 5; t < lengths[0]; ++t) {
+  for (int t = lengths[0] - chunk; t < lengths[0]; ++t) {
     q.insert(q.end(), qkv[0].begin() + int64_t(t) * 3 * C, qkv[0].begin() + int64_t(t + 1) * 3 * C);
     seq.push_back(0);
     pos.push_back(t);
@@ -75,10 +78,15 @@ TEST_P(PagedAttention, MatchesContiguousAttention) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Kernels, PagedAttention,
-                         ::testing::Values(Case{64, 4, 4}, Case{64, 2, 1}, Case{36, 3, 16}, Case{40, 4, 7}),
+                         ::testing::Values(Case{64, 4, 4}, Case{64, 2, 1}, Case{36, 3, 16}, Case{40, 4, 7},
+                                           Case{128, 4, 16}, Case{192, 2, 5}, Case{128, 16, 3},
+                                           Case{128, 4, 16, 300, 517, 40}, Case{192, 2, 16, 301, 517, 0},
+                                           Case{40, 4, 16, 300, 517, 0}),
                          [](const auto& info) {
-                           return "C" + std::to_string(info.param.C) + "_NH" + std::to_string(info.param.NH) +
-                                  "_block" + std::to_string(info.param.block);
+                           const Case& c = info.param;
+                           return "C" + std::to_string(c.C) + "_NH" + std::to_string(c.NH) + "_block" +
+                                  std::to_string(c.block) + "_len" + std::to_string(c.len0) + "_" +
+                                  std::to_string(c.len1) + "_chunk" + std::to_string(c.chunk);
                          });
 
 }  // namespace
