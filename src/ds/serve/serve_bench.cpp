@@ -98,9 +98,8 @@ Observed send_streaming(httplib::Client& cli, const BenchRequest& r, Clock::time
   return o;
 }
 
-// FastGen's generation SLA (benchmarks/inference/mii, EMA_SPAN = 16): the exponential moving average of the gaps
-// between tokens, span 16 (alpha = 2 / 17, weights normalised over the gaps seen so far, as pandas' ewm), must stay
-// below 1 / rate at every token. A stall shows up even when the average rate is fine.
+}  // namespace
+
 bool generation_meets_sla(const std::vector<double>& gaps, double tokens_per_s) {
   constexpr double kAlpha = 2.0 / (16 + 1);
   double num = 0, den = 0;
@@ -112,6 +111,28 @@ bool generation_meets_sla(const std::vector<double>& gaps, double tokens_per_s) 
   return true;
 }
 
+// Note [SLA capacity]
+// With limit L = 1 / floor and d_k = gap_k - L, the moving average stays below L at every token exactly when
+// S_n = d_n + (1 - alpha) S_{n-1} < 0 for every n (S_n is the numerator of average - L, and the weights are
+// positive). Then sum_k d_k = S_N + alpha * (S_1 + ... + S_{N-1}) < 0: the mean gap is below L as well, so a
+// request that meets both SLAs lasts at most prompt / prompt floor + (gen - 1) * L from sending to its last
+// token. With C closed-loop clients (no pause between a response and the next request), Little's law gives
+// requests/s = C / mean latency, and the passes cannot do more than one request's worth of work per request:
+// C * (pass time per request) <= mean latency. The pass time per request is estimated from the engine's measured
+// passes: its prompt at the cost of a pass over one mean-length prompt, each further token at a decode's share of
+// a pass of `batch` decodes; a mixed pass spends about the sum of its parts (the engine-passes line shows it),
+// and HTTP, sampling and scheduling come on top, so the estimate errs on the side of more clients.
+SlaCapacity sla_capacity(double prompt_tokens, double gen_tokens, double prompt_floor_tokens_per_s,
+                         double gen_floor_tokens_per_s, double prompt_pass_s, double decode_batch_pass_s, int batch) {
+  SlaCapacity c;
+  const double later_tokens = std::max(gen_tokens - 1, 0.0);
+  c.max_latency_s = prompt_tokens / prompt_floor_tokens_per_s + later_tokens / gen_floor_tokens_per_s;
+  c.pass_time_s = prompt_pass_s + later_tokens * decode_batch_pass_s / std::max(batch, 1);
+  c.clients = c.pass_time_s > 0 ? c.max_latency_s / c.pass_time_s : 0;
+  return c;
+}
+
+namespace {
 
 // What dspeed serve would build for these options (ServingStack), over the already loaded model.
 ServingStackOptions stack_options(const ServeBenchOptions& o, const std::string& policy) {
@@ -252,8 +273,13 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
              1e3 * pc.decode_batch_s, pc.decode_batch_s / pc.decode1_s, prompt_mean, 1e3 * pc.prompt_s,
              1e6 * pc.prompt_s / prompt_mean);
   fmt::print("single request: prefill {:.0f} tokens/s, decode {:.1f} tokens/s -> SLAs: prompt at >= {:.0f} tokens/s, "
-             "generation at >= {:.1f} tokens/s\n\n", result.single_prefill_tokens_per_s,
+             "generation at >= {:.1f} tokens/s\n", result.single_prefill_tokens_per_s,
              result.single_decode_tokens_per_s, prefill_floor, decode_floor);
+  result.capacity = sla_capacity(prompt_mean, gen_mean, prefill_floor, decode_floor, pc.prompt_s, pc.decode_batch_s,
+                                 max_clients);
+  fmt::print("SLA capacity: a mean request meeting both SLAs lasts at most {:.1f} ms and needs about {:.2f} ms of "
+             "passes, so at most about {:.1f} clients can all meet them at once, whatever the policy\n\n",
+             1e3 * result.capacity.max_latency_s, 1e3 * result.capacity.pass_time_s, result.capacity.clients);
   fmt::print("{:<14} {:>7} {:>8} {:>10} {:>9} {:>9} {:>10} {:>10} {:>7} {:>7} {:>9} {:>10} {:>7} {:>5} {:>5}\n",
              "policy", "clients", "req/s", "out tok/s", "TTFT p50", "TTFT p95", "token p50", "token p95", "prompt",
              "gen", "SLA met", "eff. req/s", "preempt", "fwd", "loop");
@@ -343,6 +369,7 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
                               {"single_prefill_tokens_per_s", result.single_prefill_tokens_per_s},
                               {"single_decode_tokens_per_s", result.single_decode_tokens_per_s},
                               {"prompt_sla_tokens_per_s", prefill_floor}, {"gen_sla_tokens_per_s", decode_floor},
+                              {"sla_capacity_clients", result.capacity.clients},
                               {"token_budget", o.token_budget}, {"device", o.device}, {"weights", o.weights},
                               {"preemptions", cell.preemptions}, {"passes", cell.passes},
                               {"forward_share", cell.forward_share}, {"loop_share", cell.loop_share}}
@@ -360,7 +387,11 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
   };
   const ServeBenchCell* sf = find("splitfuse");
   if (sf) {
-    fmt::print("\nat {} clients:\n", max_clients);
+    fmt::print("\nat {} clients{}:\n", max_clients,
+               max_clients > result.capacity.clients
+                   ? fmt::format(" (beyond the SLA capacity of about {:.1f}: not every request can meet the SLAs)",
+                                 result.capacity.clients)
+                   : std::string());
     for (const char* other : {"prefill-first", "static"}) {
       const ServeBenchCell* b = find(other);
       if (!b) continue;

@@ -58,9 +58,29 @@ struct ServeBenchCell {
   double forward_share = 0, loop_share = 0;
 };
 
+// FastGen's generation SLA (benchmarks/inference/mii, EMA_SPAN = 16): the exponential moving average of the gaps
+// between tokens, span 16 (alpha = 2 / 17, weights normalised over the gaps seen so far, as pandas' ewm), stays
+// below 1 / tokens_per_s at every token. A stall shows up even when the average rate is fine. When it holds, the
+// plain mean of the gaps is below 1 / tokens_per_s too (Note [SLA capacity] in serve_bench.cpp).
+bool generation_meets_sla(const std::vector<double>& gaps, double tokens_per_s);
+
+// How many closed-loop clients can all meet both SLAs at once, estimated from the engine's own costs (Note [SLA
+// capacity]): a request meeting them lasts at most prompt / prompt floor + (gen - 1) / generation floor on
+// average; by Little's law C clients then need C requests' worth of forward passes within that time, one request
+// taking at least its prompt at the cost of a whole-prompt pass and its other tokens at the cost of a decode in a
+// pass of `batch` decodes.
+struct SlaCapacity {
+  double max_latency_s = 0;  // mean latency of a request that meets both SLAs, at most
+  double pass_time_s = 0;    // forward-pass time one request needs, at least (at the batching measured)
+  double clients = 0;        // max_latency_s / pass_time_s
+};
+SlaCapacity sla_capacity(double prompt_tokens, double gen_tokens, double prompt_floor_tokens_per_s,
+                         double gen_floor_tokens_per_s, double prompt_pass_s, double decode_batch_pass_s, int batch);
+
 struct ServeBenchResult {
   double single_prefill_tokens_per_s = 0;
   double single_decode_tokens_per_s = 0;
+  SlaCapacity capacity;  // at the largest client count
   std::vector<ServeBenchCell> cells;
 };
 
