@@ -146,7 +146,7 @@ void bench_paged_attention(const char* what, int S, int ctx, int fresh, int C, i
   }
   const int N = static_cast<int>(seq.size());
   const auto q = randn(size_t(N) * 3 * C, 42);
-  std::vector<float> out(size_t(N) * C), scratch(ds::cpu::paged_attention_scratch_floats(ctx, NH));
+  std::vector<float> out(size_t(N) * C), scratch(ds::cpu::paged_attention_scratch_floats(ctx, C, NH));
   double flop = 0, bytes = 0;
   for (const int32_t p : pos) {
     flop += 4.0 * (p + 1) * C;

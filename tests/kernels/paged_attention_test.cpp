@@ -2,7 +2,9 @@
 // whose K and V sit in shuffled blocks of a shared pool, queried for their last few positions (a prefill chunk)
 // and their last one (a decode), at head sizes on and off the vector path (multiples of 8, with key counts that
 // leave a remainder of the 8-key groups, and heads wider than one 64-channel value sweep), and long enough to
-// run in parallel, where a lone decode splits its heads over threads.
+// run in parallel, where a lone decode splits its heads over threads. Chunks of 8 tokens or more take the prompt
+// path (keys transposed, tiles of 4 queries): whole prompts from position 0 and continuations, tile remainders,
+// head sizes with an odd number of 8-channel vectors.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -66,7 +68,7 @@ TEST_P(PagedAttention, MatchesContiguousAttention) {
   pos.push_back(last);
   const int N = static_cast<int>(seq.size());
   const int32_t* table_ptrs[] = {tables[0].data(), tables[1].data()};
-  std::vector<float> scratch(ds::cpu::paged_attention_scratch_floats(max_len, NH));
+  std::vector<float> scratch(ds::cpu::paged_attention_scratch_floats(max_len, C, NH));
   std::vector<float> out(static_cast<size_t>(N) * C);
   ds::cpu::paged_attention_forward(out.data(), q.data(), N, seq.data(), pos.data(), table_ptrs, kv.data(), bs, C, NH,
                                    scratch.data(), max_len);
@@ -81,7 +83,9 @@ INSTANTIATE_TEST_SUITE_P(Kernels, PagedAttention,
                          ::testing::Values(Case{64, 4, 4}, Case{64, 2, 1}, Case{36, 3, 16}, Case{40, 4, 7},
                                            Case{128, 4, 16}, Case{192, 2, 5}, Case{128, 16, 3},
                                            Case{128, 4, 16, 300, 517, 40}, Case{192, 2, 16, 301, 517, 0},
-                                           Case{40, 4, 16, 300, 517, 0}),
+                                           Case{40, 4, 16, 300, 517, 0}, Case{64, 8, 3, 13, 29, 13},
+                                           Case{96, 4, 5, 37, 29, 30}, Case{48, 3, 1, 20, 9, 9},
+                                           Case{192, 2, 16, 301, 517, 301}, Case{40, 4, 7, 40, 29, 33}),
                          [](const auto& info) {
                            const Case& c = info.param;
                            return "C" + std::to_string(c.C) + "_NH" + std::to_string(c.NH) + "_block" +

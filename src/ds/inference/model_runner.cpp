@@ -206,7 +206,7 @@ void InferenceModel::forward(const RaggedBatch& batch, KvCache& cache, Scratch& 
     for (int j = 0; j < q.n_tokens; ++j) scratch.pos[static_cast<size_t>(q.start + j)] = q.seen_tokens + j;
     max_pos = std::max(max_pos, q.seen_tokens + q.n_tokens);
   }
-  float* scores = grow(scratch.scores, static_cast<int64_t>(cpu::paged_attention_scratch_floats(max_pos, NH)));
+  float* scores = grow(scratch.scores, static_cast<int64_t>(cpu::paged_attention_scratch_floats(max_pos, C, NH)));
 
   // Embeddings at each token's own position.
   for (int i = 0; i < N; ++i) {

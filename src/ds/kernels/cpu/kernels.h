@@ -75,8 +75,9 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
 // For each of N tokens: q = qkv[i, head h] ([N, 3C] rows as above), keys and values of positions 0..token_pos[i] of
 // its sequence token_seq[i], read from kv: slot t of that sequence is slot t % block_size of block
 // block_tables[seq][t / block_size], a slot being [2C] floats (K at 0, V at C) and a block block_size slots.
-// out[N, C] (written). scratch holds paged_attention_scratch_floats(max_pos, NH) floats, max_pos > every token_pos.
-size_t paged_attention_scratch_floats(int max_pos, int NH);
+// out[N, C] (written). scratch holds paged_attention_scratch_floats(max_pos, C, NH) floats, max_pos > every
+// token_pos.
+size_t paged_attention_scratch_floats(int max_pos, int C, int NH);
 void paged_attention_forward(float* out, const float* qkv, int N, const int32_t* token_seq, const int32_t* token_pos,
                              const int32_t* const* block_tables, const float* kv, int block_size, int C, int NH,
                              float* scratch, int max_pos);

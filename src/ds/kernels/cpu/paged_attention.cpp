@@ -1,18 +1,23 @@
 // Causal attention of a ragged batch's tokens over a paged KV cache (the inference forward; see
-// inference/model_runner.h). A task is one token and a range of its heads: it sweeps the slots of positions
-// 0..pos of the token's sequence (found through the block table) once for the scores and once for the values.
-// A slot holds all heads side by side, so a task over all heads streams whole slots; tasks split the heads only
-// when there are too few tokens to keep every thread busy (a single decode).
-// - Scores take keys 8 at a time: eight dot products accumulate in eight registers, and one transposing
-//   reduction (6 hadds) turns them into eight scores, instead of a horizontal sum per key and head.
-// - Values accumulate in registers, up to 64 channels (8 vectors, each within one head) per sweep, instead of
-//   loading and storing the output row for every position.
-// Napkin: the cache is the traffic. A decode reads 2 * pos * C * 4 bytes per layer (GPT-2 124M at position 600:
-// 3.7 MB per layer, 44 MB per token), 4 * pos * C FLOPs. bm_kernels --only attention measures the paged shapes.
+// inference/model_runner.h). Two kinds of task:
+// - A prompt chunk (at least kMinChunk consecutive new tokens of one sequence) and one head: the head's keys are
+//   gathered once, transposed ([HS][T]), and the chunk's queries go through them four at a time, 16 keys per step
+//   with no horizontal sums (8 accumulators: 4 queries x 2 vectors of keys); the values of 4 queries accumulate
+//   in registers while the V slots stream by once per pair of 8-channel vectors.
+// - Any other token (a decode, a short chunk) and a range of its heads: it sweeps the slots of positions 0..pos of
+//   its sequence once for the scores and once for the values. Keys go 8 at a time: eight dot products in eight
+//   registers and one transposing reduction (6 hadds) give eight scores; values accumulate in registers, up to 64
+//   channels (8 vectors, each within one head) per sweep. A slot holds all heads side by side, so a task over all
+//   heads streams whole slots; tasks split the heads only when there are too few tokens to keep every thread busy
+//   (a single decode).
+// Napkin: the cache is the traffic of a decode. It reads 2 * pos * C * 4 bytes per layer (GPT-2 124M at position
+// 600: 3.7 MB per layer, 44 MB per token), 4 * pos * C FLOPs. A prompt of P tokens is compute: 2 * P^2 * C FLOPs a
+// layer, the keys and values it reads staying in L2. bm_kernels --only attention measures the serving shapes.
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "ds/core/error.h"
 #include "ds/kernels/cpu/kernels.h"
@@ -149,11 +154,108 @@ void attend_vec(const Task& k, const SlotCursor& cur, int C) {
   }
 }
 
+// ---- prompt chunks ----
+
+constexpr int kMinChunk = 8;   // fewer consecutive new tokens of a sequence take the per-token path
+constexpr int kTileRows = 4;   // queries per tile
+constexpr int kKeyStep = 16;   // keys per score step (2 vectors)
+
+inline int64_t padded_keys(int keys) { return (int64_t(keys) + kKeyStep - 1) / kKeyStep * kKeyStep; }
+
+// A run of new tokens i0..i0+n-1 of one sequence at positions pos0..pos0+n-1, and one head of it.
+struct Chunk {
+  int i0, n, pos0, seq;
+};
+
+// Scores of R queries (rows of q, stride qs) against keys [0, keys) of kt ([HS][ld], keys padded with zeros to a
+// multiple of 16), scaled, into sc (stride ld).
+template <int R>
+void chunk_scores(const float* q, int64_t qs, const float* kt, int64_t ld, int HS, int keys, float scale, float* sc) {
+  for (int t = 0; t < keys; t += kKeyStep) {
+    __m256 acc[R][2];
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    for (int d = 0; d < HS; ++d) {
+      const __m256 k0 = _mm256_loadu_ps(kt + d * ld + t), k1 = _mm256_loadu_ps(kt + d * ld + t + 8);
+      for (int r = 0; r < R; ++r) {
+        const __m256 qb = _mm256_broadcast_ss(q + r * qs + d);
+        acc[r][0] = _mm256_fmadd_ps(qb, k0, acc[r][0]);
+        acc[r][1] = _mm256_fmadd_ps(qb, k1, acc[r][1]);
+      }
+    }
+    const __m256 s8 = _mm256_set1_ps(scale);
+    for (int r = 0; r < R; ++r) {
+      _mm256_storeu_ps(sc + r * ld + t, _mm256_mul_ps(acc[r][0], s8));
+      _mm256_storeu_ps(sc + r * ld + t + 8, _mm256_mul_ps(acc[r][1], s8));
+    }
+  }
+}
+
+// out rows (stride os) [c, c + 8 NV) += sum over keys t < keys of sc[r][t] * V_t[c...], V_t read through the cursor.
+template <int R, int NV>
+void chunk_values(const float* sc, int64_t ld, SlotCursor cur, int64_t v_offset, int keys, float* out, int64_t os) {
+  __m256 acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NV; ++j) acc[r][j] = _mm256_setzero_ps();
+  for (int t = 0; t < keys; ++t, cur.next()) {
+    const float* v = cur.get() + v_offset;
+    __m256 vv[NV];
+    for (int j = 0; j < NV; ++j) vv[j] = _mm256_loadu_ps(v + 8 * j);
+    for (int r = 0; r < R; ++r) {
+      const __m256 p = _mm256_broadcast_ss(sc + r * ld + t);
+      for (int j = 0; j < NV; ++j) acc[r][j] = _mm256_fmadd_ps(p, vv[j], acc[r][j]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NV; ++j) _mm256_storeu_ps(out + r * os + 8 * j, acc[r][j]);
+}
+
+// One head h of a chunk; scratch holds (HS + kTileRows) * padded_keys(pos0 + n) floats.
+void attend_chunk(const Chunk& ch, int h, const float* qkv, float* out, SlotCursor cur, int C, int HS, float scale,
+                  float* scratch) {
+  const int keys = ch.pos0 + ch.n;
+  const int64_t ld = padded_keys(keys);
+  float* kt = scratch;             // [HS][ld]
+  float* sc = scratch + HS * ld;   // [kTileRows][ld]
+  {
+    SlotCursor c = cur;
+    for (int t = 0; t < keys; ++t, c.next()) {
+      const float* k = c.get() + h * HS;
+      for (int d = 0; d < HS; ++d) kt[d * ld + t] = k[d];
+    }
+    for (int d = 0; d < HS; ++d) std::fill(kt + d * ld + keys, kt + (d + 1) * ld, 0.0f);
+  }
+  const int64_t qs = 3 * int64_t(C);
+  for (int r0 = 0; r0 < ch.n; r0 += kTileRows) {
+    const int R = std::min(kTileRows, ch.n - r0);
+    const int tile_keys = ch.pos0 + r0 + R;  // the keys the tile's last query sees
+    const float* q = qkv + int64_t(ch.i0 + r0) * qs + h * HS;
+    auto scores = [&](auto r, int) { chunk_scores<decltype(r)::value>(q, qs, kt, ld, HS, tile_keys, scale, sc); };
+    simd::row_remainder<kTileRows>(R, 0, scores);
+    for (int r = 0; r < R; ++r) {  // causal: query r sees keys 0..pos0 + r0 + r
+      const int seen = ch.pos0 + r0 + r + 1;
+      softmax_inplace(sc + r * ld, seen);
+      std::fill(sc + r * ld + seen, sc + r * ld + tile_keys, 0.0f);
+    }
+    float* o = out + int64_t(ch.i0 + r0) * C + h * HS;
+    for (int c = 0; c < HS; c += 16) {
+      const int64_t v_offset = C + h * HS + c;
+      auto values = [&](auto r, int) {
+        constexpr int kR = decltype(r)::value;
+        if (HS - c >= 16) chunk_values<kR, 2>(sc, ld, cur, v_offset, tile_keys, o + c, C);
+        else chunk_values<kR, 1>(sc, ld, cur, v_offset, tile_keys, o + c, C);
+      };
+      simd::row_remainder<kTileRows>(R, 0, values);
+    }
+  }
+}
+
 }  // namespace
 
-size_t paged_attention_scratch_floats(int max_pos, int NH) {
-  return static_cast<size_t>(omp_get_max_threads()) * static_cast<size_t>(NH) *
-         static_cast<size_t>(std::max(max_pos, 1) + 8);
+size_t paged_attention_scratch_floats(int max_pos, int C, int NH) {
+  const int64_t keys = padded_keys(std::max(max_pos, 1));
+  const int64_t per_thread = std::max<int64_t>(int64_t(NH) * (std::max(max_pos, 1) + 8),
+                                               int64_t(C / NH + kTileRows) * keys);
+  return static_cast<size_t>(omp_get_max_threads()) * static_cast<size_t>(per_thread);
 }
 
 void paged_attention_forward(float* out, const float* qkv, int N, const int32_t* token_seq, const int32_t* token_pos,
@@ -163,27 +265,57 @@ void paged_attention_forward(float* out, const float* qkv, int N, const int32_t*
   const bool vec = HS % 8 == 0;
   const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
   const int64_t row = static_cast<int64_t>(std::max(max_pos, 1) + 8);  // scores of one head
+  const int64_t per_thread = static_cast<int64_t>(paged_attention_scratch_floats(max_pos, C, NH) /
+                                                  static_cast<size_t>(omp_get_max_threads()));
+  // Runs of consecutive new tokens of one sequence: long ones are prompt chunks, the rest single tokens (lists
+  // kept per calling thread, so passes reuse their memory).
+  thread_local std::vector<Chunk> chunks;
+  thread_local std::vector<int> singles;
+  chunks.clear();
+  singles.clear();
+  for (int i = 0; i < N;) {
+    int j = i + 1;
+    while (j < N && token_seq[j] == token_seq[i] && token_pos[j] == token_pos[j - 1] + 1) ++j;
+    if (vec && j - i >= kMinChunk) {
+      chunks.push_back({i, j - i, token_pos[i], token_seq[i]});
+    } else {
+      for (int k = i; k < j; ++k) singles.push_back(k);
+    }
+    i = j;
+  }
   // A small pass (a decode of a small model) runs on the calling thread: waking the team costs more than it saves.
   int64_t work = 0;
   for (int i = 0; i < N; ++i) work += (int64_t(token_pos[i]) + 1) * C;
   const bool parallel = work >= (int64_t{1} << 16);
   const int threads = parallel ? omp_get_max_threads() : 1;
-  const int split = std::clamp((2 * threads + N - 1) / std::max(N, 1), 1, NH);  // head ranges per token
+  const int n_singles = static_cast<int>(singles.size());
+  const int split = std::clamp((2 * threads + n_singles - 1) / std::max(n_singles, 1), 1, NH);  // head ranges
   const int per = (NH + split - 1) / split;
-#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (parallel)
-  for (int i = 0; i < N; ++i) {
-    for (int part = 0; part < split; ++part) {
-      const int h0 = part * per, h1 = std::min(NH, h0 + per);
-      if (h0 >= h1) continue;
-      const int32_t pos = token_pos[i];
-      DS_DEBUG_ASSERT(pos < max_pos, "position beyond max_pos");
-      const Task task{qkv + static_cast<int64_t>(i) * 3 * C, out + static_cast<int64_t>(i) * C,
-                      scratch + static_cast<int64_t>(omp_get_thread_num()) * NH * row, row, h0, h1, HS, pos + 1,
-                      scale};
-      const SlotCursor cursor{kv, block_tables[token_seq[i]], block_size, 2 * static_cast<int64_t>(C)};
-      if (vec) attend_vec(task, cursor, C);
-      else attend_scalar(task, cursor, C);
+  const int chunk_tasks = static_cast<int>(chunks.size()) * NH;  // first: they are the largest
+  const int tasks = chunk_tasks + n_singles * split;
+  const Chunk* chunk_list = chunks.data();  // the calling thread's lists, shared with the team
+  const int* single_list = singles.data();
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
+  for (int task = 0; task < tasks; ++task) {
+    float* mine = scratch + static_cast<int64_t>(omp_get_thread_num()) * per_thread;
+    if (task < chunk_tasks) {
+      const Chunk& ch = chunk_list[task / NH];
+      DS_DEBUG_ASSERT(ch.pos0 + ch.n <= max_pos, "position beyond max_pos");
+      const SlotCursor cursor{kv, block_tables[ch.seq], block_size, 2 * static_cast<int64_t>(C)};
+      attend_chunk(ch, task % NH, qkv, out, cursor, C, HS, scale, mine);
+      continue;
     }
+    const int i = single_list[(task - chunk_tasks) / split];
+    const int part = (task - chunk_tasks) % split;
+    const int h0 = part * per, h1 = std::min(NH, h0 + per);
+    if (h0 >= h1) continue;
+    const int32_t pos = token_pos[i];
+    DS_DEBUG_ASSERT(pos < max_pos, "position beyond max_pos");
+    const Task t{qkv + static_cast<int64_t>(i) * 3 * C, out + static_cast<int64_t>(i) * C, mine, row, h0, h1, HS,
+                 pos + 1, scale};
+    const SlotCursor cursor{kv, block_tables[token_seq[i]], block_size, 2 * static_cast<int64_t>(C)};
+    if (vec) attend_vec(t, cursor, C);
+    else attend_scalar(t, cursor, C);
   }
 }
 
