@@ -14,7 +14,9 @@
 #include <vector>
 
 #include "ds/core/error.h"
+#include "ds/core/rng.h"
 #include "ds/data/bpe_tokenizer.h"
+#include "ds/kernels/cpu/kernels.h"
 
 namespace ds::inference {
 namespace {
@@ -220,6 +222,52 @@ TEST(Sampler, LargeVocabularyFollowsSoftmax) {
   }
   const double p_rest = 1.0 - probs[17] - probs[50256] - probs[30000];
   expect_matches({c17, c_eot, c30000, rest}, {probs[17], probs[50256], probs[30000], p_rest}, draws);
+}
+
+// top_p over GPT-2's vocabulary with broad logits (the nucleus holds thousands of tokens) and with sharp ones,
+// against the plain algorithm written here: every token sorted by logit (ties by id), weights exp((l - max) / T),
+// the smallest prefix reaching top_p of the total, and the draw along it with the same seeded uniforms. The sampler
+// sorts only the tokens above a weight cut, so the same tokens must come out, draw for draw.
+TEST(Sampler, TopPOverTheVocabularyDrawsAsAFullSort) {
+  for (float spread : {3.0f, 0.5f}) {
+    SCOPED_TRACE(spread);
+    std::vector<float> logits(50257);
+    Rng values(5);
+    for (float& l : logits) l = spread * values.normal();
+    logits[123] = 12.0f;  // a sharp peak matters when the spread is small
+    for (float top_p : {0.9f, 0.5f, 0.99f}) {
+      SCOPED_TRACE(top_p);
+      SamplingParams p;
+      p.temperature = 0.8f;
+      p.top_p = top_p;
+      p.seed = 77;
+      Sampler s(p, 1);
+      std::vector<std::pair<float, int32_t>> order;
+      for (int32_t i = 0; i < 50257; ++i) order.emplace_back(logits[size_t(i)], i);
+      std::sort(order.begin(), order.end(), [](const auto& a, const auto& b) {
+        return a.first > b.first || (a.first == b.first && a.second < b.second);
+      });
+      // The weights from the sampler's own exp sweep (tested against std::exp in the kernel tests): the draws sit
+      // on boundaries a millionth of the mass apart, finer than two exp implementations agree.
+      std::vector<float> by_id(logits.size());
+      ds::cpu::exp_weights(by_id.data(), logits.data(), int64_t(logits.size()), order[0].first, 1.0f / 0.8f);
+      std::vector<double> w(order.size());
+      double total = 0;
+      for (size_t i = 0; i < order.size(); ++i) total += w[i] = by_id[size_t(order[i].second)];
+      double cum = 0;
+      size_t keep = 0;
+      while (cum < top_p * total) cum += w[keep++];
+      Rng rng(77);
+      for (int draw = 0; draw < 300; ++draw) {
+        const double target = double(rng.uniform()) * cum;
+        double run = 0;
+        size_t i = 0;
+        while (i + 1 < keep && !(target < run + w[i])) run += w[i++];
+        const int32_t got = s.sample(logits);
+        ASSERT_EQ(got, order[i].second) << "draw " << draw << " (nucleus of " << keep << ")";
+      }
+    }
+  }
 }
 
 TEST(Sampler, SameSeedRepeatsDifferentSeedsDiffer) {

@@ -1,8 +1,10 @@
 // Sampling and streamed text for one request (see sampler.h for the semantics).
-// Sampling: the common case (no top_k, no top_p) is one O(V) pass for the maximum and one for the weights, with no
-// sort; top_k partitions with nth_element and only top_p sorts, and then only the top_k survivors. Weights are
-// exp((logit - max) / T) in float, summed in double; ties are broken by the lower id so the candidate order, and so
-// the draw, depends only on the logits and the seed.
+// Sampling: the O(V) passes are vector sweeps (cpu::argmax, exp_weights, draw_index, top_k_candidates). The common
+// case (no top_k, no top_p) is a sweep for the maximum, one for the weights and one for the draw, with no sort;
+// top_k keeps k candidates in one sweep; top_p sorts only the candidates heavy enough to be in the nucleus (the
+// top_k ones, or those above a weight cut that holds top_p of the mass). Weights are exp((logit - max) / T) in
+// float, summed in double; ties are broken by the lower id so the candidate order, and so the draw, depends only on
+// the logits and the seed.
 // Text: pending_ only ever holds a possible stop-string start (< the longest stop) plus at most three bytes of an
 // unfinished UTF-8 character, so searching all of it on every push is cheap.
 #include "ds/inference/sampler.h"
@@ -12,6 +14,7 @@
 
 #include "ds/core/error.h"
 #include "ds/data/bpe_tokenizer.h"
+#include "ds/kernels/cpu/kernels.h"
 
 namespace ds::inference {
 
@@ -118,38 +121,53 @@ int32_t Sampler::sample(std::span<const float> logits) {
   const auto V = static_cast<int32_t>(logits.size());
 
   // Greedy (and the maximum for the softmax): the first index of the largest logit.
-  int32_t best = 0;
-  for (int32_t i = 1; i < V; ++i) {
-    if (logits[i] > logits[best]) best = i;
-  }
+  const auto best = static_cast<int32_t>(cpu::argmax(logits.data(), V));
   if (!(temperature_ >= kGreedyTemperature)) return best;
-  const float max_logit = logits[best];
+  const float max_logit = logits[static_cast<size_t>(best)];
   DS_CHECK(std::isfinite(max_logit), "[sampler] the largest logit is {}; the model produced no finite logits",
            max_logit);
   const float inv_t = 1.0f / temperature_;
-
-  scratch_.resize(logits.size());
   const bool limit_k = top_k_ > 0 && top_k_ < V;
   const bool limit_p = top_p_ < 1.0f;
 
-  if (!limit_k && !limit_p) {  // O(V): weights in place, no ordering needed
-    double total = 0.0;
-    for (int32_t i = 0; i < V; ++i) {
-      const float w = std::exp((logits[i] - max_logit) * inv_t);
-      scratch_[i] = {w, i};
-      total += w;
+  if (!limit_k) {  // weights over the whole vocabulary
+    weights_.resize(logits.size());
+    const double total = cpu::exp_weights(weights_.data(), logits.data(), V, max_logit, inv_t);
+    if (!limit_p) {  // O(V): no ordering needed
+      const int64_t id = cpu::draw_index(weights_.data(), V, static_cast<double>(rng_.uniform()) * total);
+      DS_ASSERT(id >= 0, "all candidate weights are zero");
+      return static_cast<int32_t>(id);
     }
-    return draw(scratch_, total, rng_);
+    // top_p: the nucleus is the head of the order by logit, and every token with weight >= tau is in that head, so
+    // a tau whose tokens hold top_p of the mass bounds it, and only those tokens are sorted. tau = e^-cut, the cut
+    // bisected to a quarter of a nat (about nine sweeps); tau = 0 (every token) if rounding leaves the sorted
+    // prefix short of top_p.
+    const double need = static_cast<double>(top_p_) * total;
+    float lo = 0.0f, hi = 88.0f;  // mass(e^-hi) >= need always (e^-88 is below every nonzero weight)
+    while (hi - lo > 0.25f) {
+      const float mid = 0.5f * (lo + hi);
+      (cpu::mass_at_least(weights_.data(), V, std::exp(-mid)) >= need ? hi : lo) = mid;
+    }
+    for (float tau = std::exp(-hi);; tau = 0.0f) {
+      scratch_.clear();
+      for (int32_t i = 0; i < V; ++i) {
+        const float w = weights_[static_cast<size_t>(i)];
+        if (w >= tau && w > 0.0f) scratch_.emplace_back(logits[static_cast<size_t>(i)], i);
+      }
+      std::sort(scratch_.begin(), scratch_.end(), before);
+      double cum = 0.0;
+      size_t keep = 0;
+      while (keep < scratch_.size() && cum < need) cum += weights_[static_cast<size_t>(scratch_[keep++].second)];
+      if (cum < need && tau > 0.0f) continue;
+      for (size_t i = 0; i < keep; ++i) scratch_[i].first = weights_[static_cast<size_t>(scratch_[i].second)];
+      return draw(std::span<const std::pair<float, int32_t>>(scratch_.data(), keep), cum, rng_);
+    }
   }
 
-  for (int32_t i = 0; i < V; ++i) scratch_[i] = {logits[i], i};
+  // top_k (then top_p over the renormalised top_k): only k candidates are weighed.
+  cpu::top_k_candidates(scratch_, logits.data(), V, top_k_);
   size_t n = scratch_.size();
-  if (limit_k) {
-    n = static_cast<size_t>(top_k_);
-    std::nth_element(scratch_.begin(), scratch_.begin() + static_cast<ptrdiff_t>(n - 1), scratch_.end(), before);
-  }
-  if (limit_p) std::sort(scratch_.begin(), scratch_.begin() + static_cast<ptrdiff_t>(n), before);
-
+  if (limit_p) std::sort(scratch_.begin(), scratch_.end(), before);
   double total = 0.0;
   for (size_t i = 0; i < n; ++i) {
     scratch_[i].first = std::exp((scratch_[i].first - max_logit) * inv_t);

@@ -47,7 +47,8 @@ class Sampler {
   int32_t top_k_;
   float top_p_;
   Rng rng_;
-  std::vector<std::pair<float, int32_t>> scratch_;
+  std::vector<std::pair<float, int32_t>> scratch_;  // candidates (logit or weight, id)
+  std::vector<float> weights_;                      // one per token of the vocabulary
 };
 
 class TextStream {

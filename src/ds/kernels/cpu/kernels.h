@@ -7,6 +7,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <utility>
+#include <vector>
 
 #include "ds/core/dtype.h"
 
@@ -81,6 +83,21 @@ size_t paged_attention_scratch_floats(int max_pos, int C, int NH);
 void paged_attention_forward(float* out, const float* qkv, int N, const int32_t* token_seq, const int32_t* token_pos,
                              const int32_t* const* block_tables, const float* kv, int block_size, int C, int NH,
                              float* scratch, int max_pos);
+
+// ---- token sampling over a row of logits (inference/sampler.cpp) ----
+// argmax: the first index of the largest value, NaNs ignored (0 when every value is NaN).
+int64_t argmax(const float* x, int64_t n);
+// w[i] = exp((x[i] - max) * inv_t), 0 where the exponent is below -87 (the float range), -inf or NaN; returns the
+// sum of w in double.
+double exp_weights(float* w, const float* x, int64_t n, float max, float inv_t);
+// The sum of the w[i] that are >= threshold, in double.
+double mass_at_least(const float* w, int64_t n, float threshold);
+// The first i whose running sum w[0] + ... + w[i] exceeds target (0 <= target < the total); when rounding leaves
+// target at or past the end, the last i with w[i] > 0; -1 if every weight is 0.
+int64_t draw_index(const float* w, int64_t n, double target);
+// out = the k largest (x[i], i), ties going to the lower i, NaNs never (in no particular order; fewer than k only
+// when fewer values are not NaN).
+void top_k_candidates(std::vector<std::pair<float, int32_t>>& out, const float* x, int32_t n, int32_t k);
 
 // ---- element-wise ----
 void add(float* out, const float* a, const float* b, size_t n);      // out = a + b (out may alias a or b)
