@@ -5,7 +5,7 @@
 // OpenBLAS was loaded (a pthread build at run time would fight our OpenMP threads).
 // --explore adds the design measurements quoted in the kernels' header comments (attention on AVX2 and via
 // per-head sgemm, classifier row-chunk sizes); --quick skips the 124M classifier; --only runs one group.
-// Usage: bm_kernels [--threads 1,2] [--reps 5] [--quick] [--explore] [--only matmul|attention|classifier|...]
+// Usage: bm_kernels [--threads 1,2] [--reps 5] [--quick] [--explore] [--only matmul|attention|sampling|...]
 #include <cblas.h>
 #include <omp.h>
 
@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "ds/core/stats.h"
+#include "ds/inference/sampler.h"
 #include "ds/kernels/cpu/kernels.h"
 
 // OpenBLAS's own queries, declared here too in case the cblas.h found is not OpenBLAS's.
@@ -161,6 +162,80 @@ void bench_paged_attention(const char* what, int S, int ctx, int fresh, int C, i
   std::printf("{\"kernel\":\"paged_attention\",\"shape\":\"%s\",\"threads\":%d,\"ms\":%.4f,\"gflops\":%.1f,"
               "\"kv_gbps\":%.1f}\n", shape.c_str(), g_threads, ms, flop / ms * 1e-6, bytes / ms * 1e-6);
   std::fflush(stdout);
+}
+
+// Token sampling over GPT-2's vocabulary (inference::Sampler, broad logits N(0, 3^2)) beside plain scalar versions
+// of the same step written here: a first-index argmax loop; std::exp weights and a running-sum draw; nth_element of
+// (logit, id) pairs for top_k; a full sort of the pairs for top_p. Microseconds per sampled token.
+void bench_sampling() {
+  constexpr int V = 50257;
+  const auto logits = randn(V, 51, 3.0f);
+  std::vector<std::pair<float, int32_t>> pairs(V);
+  std::vector<double> w(V);
+  auto before = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  };
+  volatile int64_t sink = 0;
+  auto scalar_argmax = [&] {
+    int best = 0;
+    for (int i = 1; i < V; ++i) best = logits[i] > logits[best] ? i : best;
+    return best;
+  };
+  auto scalar_weights = [&](int n) {  // over pairs[0, n), by logit; returns the total
+    const float max = logits[scalar_argmax()];
+    double total = 0;
+    for (int i = 0; i < n; ++i) total += w[i] = std::exp(pairs[i].first - max);
+    return total;
+  };
+  auto scalar_draw = [&](int n, double target) {
+    double cum = 0;
+    for (int i = 0; i < n; ++i)
+      if (target < (cum += w[i])) return pairs[i].second;
+    return pairs[n - 1].second;
+  };
+  auto fill = [&] {
+    for (int i = 0; i < V; ++i) pairs[i] = {logits[i], i};
+  };
+  struct Case {
+    const char* name;
+    float temperature;
+    int top_k;
+    float top_p;
+    std::function<void()> reference;
+  };
+  const std::vector<Case> cases = {
+      {"greedy", 0.0f, 0, 1.0f, [&] { sink = sink + scalar_argmax(); }},
+      {"temperature", 1.0f, 0, 1.0f, [&] {
+         fill();
+         sink = sink + scalar_draw(V, 0.5 * scalar_weights(V));
+       }},
+      {"top_k50", 1.0f, 50, 1.0f, [&] {
+         fill();
+         std::nth_element(pairs.begin(), pairs.begin() + 49, pairs.end(), before);
+         sink = sink + scalar_draw(50, 0.5 * scalar_weights(50));
+       }},
+      {"top_p0.9", 1.0f, 0, 0.9f, [&] {
+         fill();
+         std::sort(pairs.begin(), pairs.end(), before);
+         const double need = 0.9 * scalar_weights(V);
+         double cum = 0;
+         int keep = 0;
+         while (cum < need) cum += w[keep++];
+         sink = sink + scalar_draw(keep, 0.5 * cum);
+       }},
+  };
+  for (const Case& c : cases) {
+    ds::inference::SamplingParams p;
+    p.temperature = c.temperature;
+    p.top_k = c.top_k;
+    p.top_p = c.top_p;
+    ds::inference::Sampler sampler(p, 1);
+    const double ours = time_ms([&] { sink = sink + sampler.sample(logits); }, 25 * g_reps);
+    const double ref = time_ms(c.reference, 5 * g_reps);
+    std::printf("{\"kernel\":\"sample\",\"shape\":\"%s V%d\",\"threads\":%d,\"us\":%.1f,\"scalar_us\":%.1f,"
+                "\"speedup\":%.1f}\n", c.name, V, g_threads, 1e3 * ours, 1e3 * ref, ref / ours);
+    std::fflush(stdout);
+  }
 }
 
 // The alternative design, measured for attention.cpp's header: per-(b,h) cblas_sgemm on the full T x T (twice the
@@ -387,7 +462,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: %s [--threads 1,2] [--reps 5] [--quick] [--explore] [--only matmul|attention|layernorm|"
-                   "elementwise|encoder|adamw|panel|classifier]\n",
+                   "elementwise|encoder|adamw|panel|classifier|sampling]\n",
                    argv[0]);
       return 2;
     }
@@ -425,6 +500,7 @@ int main(int argc, char** argv) {
       bench_paged_attention("decode16_124M", 16, 600, 1, 768, 12);
       bench_paged_attention("prompt_124M", 1, 614, 614, 768, 12);
     }
+    if (want("sampling") && nt == threads.front()) bench_sampling();  // single-threaded: once
     if (want("layernorm")) {
       bench_layernorm(1024, 768);
       bench_layernorm(1024, 128);
