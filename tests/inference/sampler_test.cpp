@@ -224,16 +224,16 @@ TEST(Sampler, LargeVocabularyFollowsSoftmax) {
   expect_matches({c17, c_eot, c30000, rest}, {probs[17], probs[50256], probs[30000], p_rest}, draws);
 }
 
-// top_p over GPT-2's vocabulary with broad logits (the nucleus holds thousands of tokens) and with sharp ones,
+// top_p over GPT-2's vocabulary with broad logits (the nucleus holds thousands of tokens), sharp ones and tied ones,
 // against the plain algorithm written here: every token sorted by logit (ties by id), weights exp((l - max) / T),
 // the smallest prefix reaching top_p of the total, and the draw along it with the same seeded uniforms. The sampler
 // sorts only the tokens above a weight cut, so the same tokens must come out, draw for draw.
 TEST(Sampler, TopPOverTheVocabularyDrawsAsAFullSort) {
-  for (float spread : {3.0f, 0.5f}) {
+  for (float spread : {3.0f, 0.5f, -1.0f}) {  // -1: logits rounded to quarters, so many tie (broken by id)
     SCOPED_TRACE(spread);
     std::vector<float> logits(50257);
     Rng values(5);
-    for (float& l : logits) l = spread * values.normal();
+    for (float& l : logits) l = spread > 0 ? spread * values.normal() : std::round(8.0f * values.normal()) / 4.0f;
     logits[123] = 12.0f;  // a sharp peak matters when the spread is small
     for (float top_p : {0.9f, 0.5f, 0.99f}) {
       SCOPED_TRACE(top_p);

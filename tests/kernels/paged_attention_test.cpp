@@ -68,10 +68,16 @@ TEST_P(PagedAttention, MatchesContiguousAttention) {
   pos.push_back(last);
   const int N = static_cast<int>(seq.size());
   const int32_t* table_ptrs[] = {tables[0].data(), tables[1].data()};
-  std::vector<float> scratch(ds::cpu::paged_attention_scratch_floats(max_len, C, NH));
+  // The scratch the kernel asks for, then a guard that must come back untouched.
+  const size_t scratch_floats = ds::cpu::paged_attention_scratch_floats(max_len, C, NH);
+  constexpr size_t kGuard = 4096;
+  constexpr float kSentinel = -12345.0f;
+  std::vector<float> scratch(scratch_floats + kGuard, kSentinel);
   std::vector<float> out(static_cast<size_t>(N) * C);
   ds::cpu::paged_attention_forward(out.data(), q.data(), N, seq.data(), pos.data(), table_ptrs, kv.data(), bs, C, NH,
                                    scratch.data(), max_len);
+  for (size_t g = scratch_floats; g < scratch.size(); ++g)
+    ASSERT_EQ(scratch[g], kSentinel) << "the kernel wrote " << g - scratch_floats << " floats past its scratch";
   for (int i = 0; i < N; ++i) {
     const float* want = ref[seq[i]].data() + int64_t(pos[i]) * C;
     for (int c = 0; c < C; ++c)

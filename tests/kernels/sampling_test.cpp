@@ -1,5 +1,6 @@
 // The sampling sweeps against plain scalar loops written here: argmax (first index of the largest, NaNs ignored),
-// exp weights against std::exp, the masked mass, the draw against a double-precision running sum, and the top-k
+// exp weights against std::exp, the masked mass, the draw against a double-precision running sum (at the middle
+// and within a millionth of either end of a token's range), and the top-k
 // candidates against a full sort, over lengths on and off the vector width, with ties, NaNs and infinities.
 #include <gtest/gtest.h>
 
@@ -110,6 +111,9 @@ TEST(Sampling, DrawLandsOnTheTokenWhoseRangeHoldsTheTarget) {
       while (w[i] == 0.0f) i = (i + 1) % n;
       const double target = end[i] - 0.5 * w[i];  // the middle of token i's range
       ASSERT_EQ(ds::cpu::draw_index(w.data(), int64_t(n), target), int64_t(i)) << "target " << target;
+      // Just inside either end of the range: a block sum rounded differently from the running sum would move it.
+      ASSERT_EQ(ds::cpu::draw_index(w.data(), int64_t(n), end[i] - 1e-6 * w[i]), int64_t(i));
+      if (i > 0) ASSERT_EQ(ds::cpu::draw_index(w.data(), int64_t(n), end[i - 1] + 1e-6 * w[i]), int64_t(i));
     }
     // Past the end (rounding): the last token with weight.
     size_t last = n - 1;

@@ -116,6 +116,22 @@ Sampler::Sampler(const SamplingParams& params, uint64_t default_seed)
       top_p_(params.top_p),
       rng_(params.seed.value_or(default_seed)) {}
 
+double Sampler::nucleus_above(float tau, std::span<const float> logits, double need) {
+  scratch_.clear();
+  for (size_t i = 0; i < weights_.size(); ++i) {
+    if (weights_[i] >= tau && weights_[i] > 0.0f) scratch_.emplace_back(logits[i], static_cast<int32_t>(i));
+  }
+  std::sort(scratch_.begin(), scratch_.end(), before);
+  double cum = 0.0;
+  nucleus_size_ = 0;
+  while (nucleus_size_ < scratch_.size() && cum < need) {
+    auto& [weight, id] = scratch_[nucleus_size_++];
+    weight = weights_[static_cast<size_t>(id)];
+    cum += weight;
+  }
+  return cum;
+}
+
 int32_t Sampler::sample(std::span<const float> logits) {
   DS_ASSERT(!logits.empty(), "sampling from empty logits");
   const auto V = static_cast<int32_t>(logits.size());
@@ -146,22 +162,12 @@ int32_t Sampler::sample(std::span<const float> logits) {
     float lo = 0.0f, hi = 88.0f;  // mass(e^-hi) >= need always (e^-88 is below every nonzero weight)
     while (hi - lo > 0.25f) {
       const float mid = 0.5f * (lo + hi);
-      (cpu::mass_at_least(weights_.data(), V, std::exp(-mid)) >= need ? hi : lo) = mid;
+      if (cpu::mass_at_least(weights_.data(), V, std::exp(-mid)) >= need) hi = mid;
+      else lo = mid;
     }
-    for (float tau = std::exp(-hi);; tau = 0.0f) {
-      scratch_.clear();
-      for (int32_t i = 0; i < V; ++i) {
-        const float w = weights_[static_cast<size_t>(i)];
-        if (w >= tau && w > 0.0f) scratch_.emplace_back(logits[static_cast<size_t>(i)], i);
-      }
-      std::sort(scratch_.begin(), scratch_.end(), before);
-      double cum = 0.0;
-      size_t keep = 0;
-      while (keep < scratch_.size() && cum < need) cum += weights_[static_cast<size_t>(scratch_[keep++].second)];
-      if (cum < need && tau > 0.0f) continue;
-      for (size_t i = 0; i < keep; ++i) scratch_[i].first = weights_[static_cast<size_t>(scratch_[i].second)];
-      return draw(std::span<const std::pair<float, int32_t>>(scratch_.data(), keep), cum, rng_);
-    }
+    double cum = nucleus_above(std::exp(-hi), logits, need);
+    if (cum < need) cum = nucleus_above(0.0f, logits, need);
+    return draw(std::span<const std::pair<float, int32_t>>(scratch_.data(), nucleus_size_), cum, rng_);
   }
 
   // top_k (then top_p over the renormalised top_k): only k candidates are weighed.

@@ -1,18 +1,7 @@
 // Causal attention of a ragged batch's tokens over a paged KV cache (the inference forward; see
-// inference/model_runner.h). Two kinds of task:
-// - A prompt chunk (at least kMinChunk consecutive new tokens of one sequence) and one head: the head's keys are
-//   gathered once, transposed ([HS][T]), and the chunk's queries go through them four at a time, 16 keys per step
-//   with no horizontal sums (8 accumulators: 4 queries x 2 vectors of keys); the values of 4 queries accumulate
-//   in registers while the V slots stream by once per pair of 8-channel vectors.
-// - Any other token (a decode, a short chunk) and a range of its heads: it sweeps the slots of positions 0..pos of
-//   its sequence once for the scores and once for the values. Keys go 8 at a time: eight dot products in eight
-//   registers and one transposing reduction (6 hadds) give eight scores; values accumulate in registers, up to 64
-//   channels (8 vectors, each within one head) per sweep. A slot holds all heads side by side, so a task over all
-//   heads streams whole slots; tasks split the heads only when there are too few tokens to keep every thread busy
-//   (a single decode).
-// Napkin: the cache is the traffic of a decode. It reads 2 * pos * C * 4 bytes per layer (GPT-2 124M at position
-// 600: 3.7 MB per layer, 44 MB per token), 4 * pos * C FLOPs. A prompt of P tokens is compute: 2 * P^2 * C FLOPs a
-// layer, the keys and values it reads staying in L2. bm_kernels --only attention measures the serving shapes.
+// inference/model_runner.h). Prompt chunks and single tokens take different tasks (Note [Paged attention tasks]).
+// Napkin: a decode reads 2 * pos * C * 4 bytes of cache per layer (GPT-2 124M at position 600: 3.7 MB per layer);
+// a prompt of P tokens is compute, 2 * P^2 * C FLOPs a layer. bm_kernels --only attention measures both.
 #include <omp.h>
 
 #include <algorithm>
@@ -25,6 +14,18 @@
 
 namespace ds::cpu {
 namespace {
+
+// Note [Paged attention tasks]
+// - A prompt chunk (at least kMinChunk consecutive new tokens of one sequence) and one head: the head's keys are
+//   gathered once, transposed ([HS][T]), and the chunk's queries go through them four at a time, 16 keys per step
+//   with no horizontal sums (8 accumulators: 4 queries x 2 vectors of keys); the values of 4 queries accumulate
+//   in registers while the V slots stream by once per pair of 8-channel vectors.
+// - Any other token (a decode, a short chunk) and a range of its heads: it sweeps the slots of positions 0..pos of
+//   its sequence once for the scores and once for the values. Keys go 8 at a time: eight dot products in eight
+//   registers and one transposing reduction (6 hadds) give eight scores; values accumulate in registers, up to 64
+//   channels (8 vectors, each within one head) per sweep. A slot holds all heads side by side, so a task over all
+//   heads streams whole slots; tasks split the heads only when there are too few tokens to keep every thread busy
+//   (a single decode).
 
 // Walks a sequence's slots in position order through its block table.
 struct SlotCursor {

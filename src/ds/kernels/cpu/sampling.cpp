@@ -10,7 +10,25 @@
 namespace ds::cpu {
 
 namespace {
+
 constexpr float kExpFloor = -87.0f;  // exponents below this give weight 0 (e^-87 ~ 1.6e-38, the float minimum)
+
+// Sums of float lanes kept in double (4 + 4 lanes), so a total over the vocabulary is exact to about 1e-13: the
+// top_p nucleus ends where the running mass crosses top_p * total, and over a broad distribution its last tokens
+// are a millionth of the mass each, finer than a float total resolves.
+struct DoubleSum {
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+  void add(__m256 v) {
+    lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+    hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+  }
+  double value() const {
+    alignas(32) double l[4];
+    _mm256_store_pd(l, _mm256_add_pd(lo, hi));
+    return (l[0] + l[1]) + (l[2] + l[3]);
+  }
+};
+
 }  // namespace
 
 int64_t argmax(const float* x, int64_t n) {
@@ -29,22 +47,6 @@ int64_t argmax(const float* x, int64_t n) {
   }
   return 0;  // every value NaN
 }
-
-// Sums of float lanes kept in double (4 + 4 lanes), so a total over the vocabulary is exact to about 1e-13: the
-// top_p nucleus ends where the running mass crosses top_p * total, and over a broad distribution its last tokens
-// are a millionth of the mass each, finer than a float total resolves.
-struct DoubleSum {
-  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
-  void add(__m256 v) {
-    lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
-    hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
-  }
-  double value() const {
-    alignas(32) double l[4];
-    _mm256_store_pd(l, _mm256_add_pd(lo, hi));
-    return (l[0] + l[1]) + (l[2] + l[3]);
-  }
-};
 
 double exp_weights(float* w, const float* x, int64_t n, float max, float inv_t) {
   const __m256 m = _mm256_set1_ps(max), it = _mm256_set1_ps(inv_t), floor = _mm256_set1_ps(kExpFloor);
@@ -83,9 +85,9 @@ int64_t draw_index(const float* w, int64_t n, double target) {
   double cum = 0;
   int64_t i = 0;
   for (; i + kBlock <= n; i += kBlock) {  // skip whole blocks that end before the target
-    __m256 acc = _mm256_loadu_ps(w + i);
-    for (int64_t j = 8; j < kBlock; j += 8) acc = _mm256_add_ps(acc, _mm256_loadu_ps(w + i + j));
-    const double block = simd::hsum(acc);
+    DoubleSum sum;  // in double, as the running sum below, so skipping a block never moves a boundary
+    for (int64_t j = 0; j < kBlock; j += 8) sum.add(_mm256_loadu_ps(w + i + j));
+    const double block = sum.value();
     if (target < cum + block) break;
     cum += block;
   }
