@@ -23,11 +23,6 @@ namespace {
 constexpr float kGreedyTemperature = 1e-5f;  // below this, sampling is argmax
 constexpr size_t kMaxStopStrings = 4;        // OpenAI's limit
 
-// Candidate order: higher weight (or logit) first, then lower id.
-bool before(const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
-  return a.first > b.first || (a.first == b.first && a.second < b.second);
-}
-
 // Draws from candidates whose .first are unnormalised weights summing to total.
 int32_t draw(std::span<const std::pair<float, int32_t>> cand, double total, Rng& rng) {
   DS_ASSERT(!cand.empty() && total > 0.0, "no candidate to sample from");
@@ -121,7 +116,7 @@ double Sampler::nucleus_above(float tau, std::span<const float> logits, double n
   for (size_t i = 0; i < weights_.size(); ++i) {
     if (weights_[i] >= tau && weights_[i] > 0.0f) scratch_.emplace_back(logits[i], static_cast<int32_t>(i));
   }
-  std::sort(scratch_.begin(), scratch_.end(), before);
+  std::sort(scratch_.begin(), scratch_.end(), cpu::candidate_before);
   double cum = 0.0;
   nucleus_size_ = 0;
   while (nucleus_size_ < scratch_.size() && cum < need) {
@@ -173,7 +168,7 @@ int32_t Sampler::sample(std::span<const float> logits) {
   // top_k (then top_p over the renormalised top_k): only k candidates are weighed.
   cpu::top_k_candidates(scratch_, logits.data(), V, top_k_);
   size_t n = scratch_.size();
-  if (limit_p) std::sort(scratch_.begin(), scratch_.end(), before);
+  if (limit_p) std::sort(scratch_.begin(), scratch_.end(), cpu::candidate_before);
   double total = 0.0;
   for (size_t i = 0; i < n; ++i) {
     scratch_[i].first = std::exp((scratch_[i].first - max_logit) * inv_t);

@@ -95,7 +95,11 @@ double mass_at_least(const float* w, int64_t n, float threshold);
 // The first i whose running sum w[0] + ... + w[i] exceeds target (0 <= target < the total); when rounding leaves
 // target at or past the end, the last i with w[i] > 0; -1 if every weight is 0.
 int64_t draw_index(const float* w, int64_t n, double target);
-// out = the k largest (x[i], i), ties going to the lower i, NaNs never (in no particular order; fewer than k only
+// The candidate order of sampling: higher value first, then lower id.
+inline bool candidate_before(const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
+  return a.first > b.first || (a.first == b.first && a.second < b.second);
+}
+// out = the k first (x[i], i) in candidate_before's order, NaNs never (in no particular order; fewer than k only
 // when fewer values are not NaN).
 void top_k_candidates(std::vector<std::pair<float, int32_t>>& out, const float* x, int32_t n, int32_t k);
 

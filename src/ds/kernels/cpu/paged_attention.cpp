@@ -118,7 +118,8 @@ void values_vec(const Task& k, SlotCursor cur, int c0, int C) {
   for (auto& a : acc) a = _mm256_setzero_ps();
   for (int t = 0; t < k.n; ++t, cur.next()) {
     const float* v = cur.get() + C + c0;
-    for (int j = 0; j < NV; ++j) acc[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(p[j] + t), _mm256_loadu_ps(v + 8 * j), acc[j]);
+    for (int j = 0; j < NV; ++j)
+      acc[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(p[j] + t), _mm256_loadu_ps(v + 8 * j), acc[j]);
   }
   for (int j = 0; j < NV; ++j) _mm256_storeu_ps(k.out + c0 + 8 * j, acc[j]);
 }
