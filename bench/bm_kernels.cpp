@@ -129,7 +129,8 @@ void bench_attention(int B, int T, int C, int NH, const char* suffix = "") {
 
 // Paged attention (the serving forward): S sequences of `ctx` cached positions, in blocks of 16 slots scattered
 // over a pool, queried for their last `fresh` positions (fresh = 1: a pass of S decodes; fresh = ctx: a prompt).
-// Reported as GFLOP/s of useful work and as the K/V bytes the queries read per second (a decode is bound by them).
+// Reported as GFLOP/s of useful work and as the K/V bytes the queries read per second (a decode is bound by them),
+// over an fp32 cache and then a bf16 one (half the bytes), with the bf16 cache's speedup.
 void bench_paged_attention(const char* what, int S, int ctx, int fresh, int C, int NH) {
   constexpr int bs = 16;
   const int per_seq = (ctx + bs - 1) / bs, pool = S * per_seq;
@@ -138,6 +139,8 @@ void bench_paged_attention(const char* what, int S, int ctx, int fresh, int C, i
   std::vector<const int32_t*> tables(static_cast<size_t>(S));
   for (int s = 0; s < S; ++s) tables[size_t(s)] = ids.data() + int64_t(s) * per_seq;
   const auto kv = randn(size_t(pool) * bs * 2 * C, 41);
+  std::vector<uint16_t> kv16(kv.size());
+  ds::cpu::f32_to_bf16(kv16.data(), kv.data(), kv.size());
   std::vector<int32_t> seq, pos;
   for (int s = 0; s < S; ++s) {
     for (int t = ctx - fresh; t < ctx; ++t) {
@@ -148,20 +151,27 @@ void bench_paged_attention(const char* what, int S, int ctx, int fresh, int C, i
   const int N = static_cast<int>(seq.size());
   const auto q = randn(size_t(N) * 3 * C, 42);
   std::vector<float> out(size_t(N) * C), scratch(ds::cpu::paged_attention_scratch_floats(ctx, C, NH));
-  double flop = 0, bytes = 0;
+  double flop = 0, elements = 0;
   for (const int32_t p : pos) {
     flop += 4.0 * (p + 1) * C;
-    bytes += 8.0 * (p + 1) * C;
+    elements += 2.0 * (p + 1) * C;
   }
-  const double ms = time_ms([&] {
-    ds::cpu::paged_attention_forward(out.data(), q.data(), N, seq.data(), pos.data(), tables.data(), kv.data(), bs, C,
-                                     NH, scratch.data(), ctx);
-  });
   const std::string shape = std::string(what) + fmt_shape(" S%d ctx%d new%d C%d", S, ctx, fresh, C) +
                             fmt_shape(" NH%d", NH);
-  std::printf("{\"kernel\":\"paged_attention\",\"shape\":\"%s\",\"threads\":%d,\"ms\":%.4f,\"gflops\":%.1f,"
-              "\"kv_gbps\":%.1f}\n", shape.c_str(), g_threads, ms, flop / ms * 1e-6, bytes / ms * 1e-6);
-  std::fflush(stdout);
+  double fp32_ms = 0;
+  for (const ds::DType dtype : {ds::DType::f32, ds::DType::bf16}) {
+    const void* cache = dtype == ds::DType::bf16 ? static_cast<const void*>(kv16.data()) : kv.data();
+    const double ms = time_ms([&] {
+      ds::cpu::paged_attention_forward(out.data(), q.data(), N, seq.data(), pos.data(), tables.data(), cache, dtype,
+                                       bs, C, NH, scratch.data(), ctx);
+    });
+    if (dtype == ds::DType::f32) fp32_ms = ms;
+    const std::string kv_name(ds::dtype_name(dtype));
+    std::printf("{\"kernel\":\"paged_attention\",\"shape\":\"%s\",\"kv\":\"%s\",\"threads\":%d,\"ms\":%.4f,"
+                "\"gflops\":%.1f,\"kv_gbps\":%.1f,\"speedup_vs_fp32_kv\":%.2f}\n", shape.c_str(), kv_name.c_str(),
+                g_threads, ms, flop / ms * 1e-6, elements * double(ds::dtype_size(dtype)) / ms * 1e-6, fp32_ms / ms);
+    std::fflush(stdout);
+  }
 }
 
 // Token sampling over GPT-2's vocabulary (inference::Sampler, broad logits N(0, 3^2)) beside plain scalar versions

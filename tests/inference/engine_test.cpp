@@ -252,3 +252,100 @@ TEST(EngineBf16, WeightFormatNames) {
 
 }  // namespace
 }  // namespace ds::inference
+
+namespace ds::inference {
+namespace {
+
+// A bf16 KV cache: mixed prompts prefilled together and decoded together stay within bf16's precision of the
+// full-recompute reference at every step (and are not equal to it: the cache really rounds), every split point
+// of a prompt gives the whole prompt's logits (a token's K and V round the same whichever pass writes them), and
+// a memory budget holds twice the fp32 cache's blocks.
+TEST(EngineKvBf16, MixedBatchStaysNearFullRecompute) {
+  Fixture f;
+  const int V = f.model.config().vocab_size;
+  EngineConfig config = engine_config(16, 80);
+  config.kv_dtype = DType::bf16;
+  InferenceEngine engine(f.runner, config);
+  Rng rng(13);
+  const std::vector<int> lengths = {1, 9, 33, 70};
+  std::vector<std::vector<int32_t>> ctx;
+  std::vector<uint64_t> uids;
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    ctx.push_back(random_tokens(rng, lengths[i], V));
+    uids.push_back(200 + i);
+  }
+  std::vector<std::span<const int32_t>> toks(ctx.begin(), ctx.end());
+  std::span<const float> logits = engine.put(uids, toks);
+  double worst = 0, scale = 0;
+  for (int step = 0; step < 6; ++step) {
+    std::vector<int32_t> next(uids.size());
+    for (size_t i = 0; i < uids.size(); ++i) {
+      const std::vector<float> ref = f.naive_last_logits(ctx[i]);
+      for (const float v : ref) scale = std::max(scale, double(std::abs(v)));
+      worst = std::max(worst, max_abs_diff(logits.subspan(i * V, V), ref));
+      next[i] = argmax(ref);  // both sides continue with the reference's token
+    }
+    std::vector<std::span<const int32_t>> one;
+    for (size_t i = 0; i < uids.size(); ++i) {
+      ctx[i].push_back(next[i]);
+      one.emplace_back(&ctx[i].back(), 1);
+    }
+    logits = engine.put(uids, one);
+  }
+  EXPECT_LT(worst, 3e-3 * std::max(1.0, scale)) << "largest logit " << scale;
+  EXPECT_GT(worst, 0.0) << "a bf16 cache gave the fp32 logits exactly";
+  for (const uint64_t u : uids) EXPECT_TRUE(engine.flush(u));
+  EXPECT_EQ(engine.free_blocks(), engine.kv_state().kv_block_count());
+}
+
+TEST(EngineKvBf16, SplitPointsGiveTheWholePromptsLogits) {
+  Fixture f;
+  const int V = f.model.config().vocab_size;
+  EngineConfig config = engine_config(16, 40);
+  config.kv_dtype = DType::bf16;
+  InferenceEngine engine(f.runner, config);
+  Rng rng(17);
+  const std::vector<int32_t> prompt = random_tokens(rng, 37, V);
+  const uint64_t one = 1;
+  const std::span<const int32_t> whole[] = {prompt};
+  const std::span<const float> first = engine.put(std::span(&one, 1), whole);
+  const std::vector<float> whole_logits(first.begin(), first.end());
+  engine.flush(one);
+  for (int k = 1; k < static_cast<int>(prompt.size()); k += 3) {
+    const uint64_t uid = 10 + static_cast<uint64_t>(k);
+    const std::span<const int32_t> head[] = {std::span<const int32_t>(prompt.data(), static_cast<size_t>(k))};
+    const std::span<const int32_t> tail[] = {std::span<const int32_t>(prompt.data() + k, prompt.size() - k)};
+    engine.put(std::span(&uid, 1), head);
+    const std::span<const float> logits = engine.put(std::span(&uid, 1), tail);
+    EXPECT_LT(max_abs_diff(logits, whole_logits), 1e-5) << "split at " << k;
+    engine.flush(uid);
+  }
+  EXPECT_EQ(engine.free_blocks(), engine.kv_state().kv_block_count());
+}
+
+TEST(EngineKvBf16, BudgetHoldsTwiceTheBlocks) {
+  Fixture f;
+  EngineConfig c;
+  c.kv_block_size = 16;
+  c.kv_memory_bytes = 1 << 20;
+  c.kv_dtype = DType::bf16;
+  InferenceEngine engine(f.runner, c);
+  // 16 tokens x 2 layers x (K, V) x 64 channels x 2 bytes = 8 KiB a block.
+  EXPECT_EQ(engine.kv_state().kv_block_count(), (1 << 20) / (16 * 2 * 2 * 64 * 2));
+  EXPECT_EQ(engine.kv_cache_bytes(), int64_t(engine.kv_state().kv_block_count()) * 16 * 2 * 2 * 64 * 2);
+}
+
+TEST(EngineKvBf16, NamesAndDevices) {
+  EXPECT_EQ(parse_kv_dtype("fp32"), DType::f32);
+  EXPECT_EQ(parse_kv_dtype("bf16"), DType::bf16);
+  EXPECT_THROW(parse_kv_dtype("fp16"), ConfigError);
+  EXPECT_STREQ(kv_dtype_name(DType::bf16), "bf16");
+  Fixture f;
+  EngineConfig c;
+  c.kv_dtype = DType::bf16;
+  c.device = Device::cuda(0);
+  EXPECT_THROW(InferenceEngine(f.runner, c), ConfigError) << "a bf16 cache is a CPU option";
+}
+
+}  // namespace
+}  // namespace ds::inference

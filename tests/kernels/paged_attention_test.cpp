@@ -4,7 +4,8 @@
 // leave a remainder of the 8-key groups, and heads wider than one 64-channel value sweep), and long enough to
 // run in parallel, where a lone decode splits its heads over threads. Chunks of 8 tokens or more take the prompt
 // path (keys transposed, tiles of 4 queries): whole prompts from position 0 and continuations, tile remainders,
-// head sizes with an odd number of 8-channel vectors.
+// head sizes with an odd number of 8-channel vectors. Every case runs over an fp32 cache and a bf16 one; for bf16
+// the reference gets the same keys and values rounded to bf16, so both sides must agree as closely as for fp32.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -23,12 +24,13 @@ using ds::testing::randn;
 struct Case {
   int C, NH, block;
   int len0 = 13, len1 = 29, chunk = 5;  // sequence lengths; the last `chunk` positions of sequence 0 are queried
+  ds::DType kv = ds::DType::f32;        // the cache's element type
 };
 
 class PagedAttention : public ::testing::TestWithParam<Case> {};
 
 TEST_P(PagedAttention, MatchesContiguousAttention) {
-  const auto [C, NH, bs, len0, len1, chunk] = GetParam();
+  const auto [C, NH, bs, len0, len1, chunk, kv_dtype] = GetParam();
   const std::vector<int> lengths = {len0, len1};
   const int max_len = std::max(len0, len1);
   const int blocks_per_seq = (max_len + bs - 1) / bs;
@@ -46,6 +48,14 @@ TEST_P(PagedAttention, MatchesContiguousAttention) {
   for (int s = 0; s < 2; ++s) {
     const int T = lengths[s];
     qkv[s] = randn(static_cast<size_t>(T) * 3 * C, 10 + s);
+    if (kv_dtype == ds::DType::bf16) {  // K and V as a bf16 cache holds them
+      std::vector<uint16_t> half(2 * static_cast<size_t>(C));
+      for (int t = 0; t < T; ++t) {
+        float* k = qkv[s].data() + int64_t(t) * 3 * C + C;
+        ds::cpu::f32_to_bf16(half.data(), k, half.size());
+        ds::cpu::bf16_to_f32(k, half.data(), half.size());
+      }
+    }
     ref[s].resize(static_cast<size_t>(T) * C);
     std::vector<float> att(static_cast<size_t>(NH) * T * T);
     ds::cpu::attention_forward(ref[s].data(), att.data(), qkv[s].data(), 1, T, C, NH);
@@ -74,8 +84,11 @@ TEST_P(PagedAttention, MatchesContiguousAttention) {
   constexpr float kSentinel = -12345.0f;
   std::vector<float> scratch(scratch_floats + kGuard, kSentinel);
   std::vector<float> out(static_cast<size_t>(N) * C);
-  ds::cpu::paged_attention_forward(out.data(), q.data(), N, seq.data(), pos.data(), table_ptrs, kv.data(), bs, C, NH,
-                                   scratch.data(), max_len);
+  std::vector<uint16_t> kv16(kv.size());
+  ds::cpu::f32_to_bf16(kv16.data(), kv.data(), kv.size());  // NaN stays NaN
+  const void* cache = kv_dtype == ds::DType::bf16 ? static_cast<const void*>(kv16.data()) : kv.data();
+  ds::cpu::paged_attention_forward(out.data(), q.data(), N, seq.data(), pos.data(), table_ptrs, cache, kv_dtype, bs, C,
+                                   NH, scratch.data(), max_len);
   for (size_t g = scratch_floats; g < scratch.size(); ++g)
     ASSERT_EQ(scratch[g], kSentinel) << "the kernel wrote " << g - scratch_floats << " floats past its scratch";
   for (int i = 0; i < N; ++i) {
@@ -85,18 +98,29 @@ TEST_P(PagedAttention, MatchesContiguousAttention) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Kernels, PagedAttention,
-                         ::testing::Values(Case{64, 4, 4}, Case{64, 2, 1}, Case{36, 3, 16}, Case{40, 4, 7},
-                                           Case{128, 4, 16}, Case{192, 2, 5}, Case{128, 16, 3},
-                                           Case{128, 4, 16, 300, 517, 40}, Case{192, 2, 16, 301, 517, 0},
-                                           Case{40, 4, 16, 300, 517, 0}, Case{64, 8, 3, 13, 29, 13},
-                                           Case{96, 4, 5, 37, 29, 30}, Case{48, 3, 1, 20, 9, 9},
-                                           Case{192, 2, 16, 301, 517, 301}, Case{40, 4, 7, 40, 29, 33}),
-                         [](const auto& info) {
-                           const Case& c = info.param;
-                           return "C" + std::to_string(c.C) + "_NH" + std::to_string(c.NH) + "_block" +
-                                  std::to_string(c.block) + "_len" + std::to_string(c.len0) + "_" +
-                                  std::to_string(c.len1) + "_chunk" + std::to_string(c.chunk);
-                         });
+// Each shape over an fp32 and a bf16 cache.
+std::vector<Case> cases() {
+  const std::vector<Case> shapes = {Case{64, 4, 4}, Case{64, 2, 1}, Case{36, 3, 16}, Case{40, 4, 7},
+                                    Case{128, 4, 16}, Case{192, 2, 5}, Case{128, 16, 3},
+                                    Case{128, 4, 16, 300, 517, 40}, Case{192, 2, 16, 301, 517, 0},
+                                    Case{40, 4, 16, 300, 517, 0}, Case{64, 8, 3, 13, 29, 13},
+                                    Case{96, 4, 5, 37, 29, 30}, Case{48, 3, 1, 20, 9, 9},
+                                    Case{192, 2, 16, 301, 517, 301}, Case{40, 4, 7, 40, 29, 33}};
+  std::vector<Case> all;
+  for (const ds::DType dtype : {ds::DType::f32, ds::DType::bf16}) {
+    for (Case c : shapes) {
+      c.kv = dtype;
+      all.push_back(c);
+    }
+  }
+  return all;
+}
+
+INSTANTIATE_TEST_SUITE_P(Kernels, PagedAttention, ::testing::ValuesIn(cases()), [](const auto& info) {
+  const Case& c = info.param;
+  return "C" + std::to_string(c.C) + "_NH" + std::to_string(c.NH) + "_block" + std::to_string(c.block) + "_len" +
+         std::to_string(c.len0) + "_" + std::to_string(c.len1) + "_chunk" + std::to_string(c.chunk) + "_" +
+         std::string(ds::dtype_name(c.kv));
+});
 
 }  // namespace

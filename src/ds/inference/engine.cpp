@@ -22,9 +22,13 @@ const char* schedule_status_name(ScheduleStatus s) {
 
 static int32_t kv_blocks(const Gpt2Config& m, const EngineConfig& c) {
   DS_CHECK_AS(ConfigError, c.kv_block_size > 0, "[engine] kv_block_size must be positive, got {}", c.kv_block_size);
+  DS_CHECK_AS(ConfigError, c.device.is_cpu() || c.kv_dtype == DType::f32, "[serve] a {} KV cache is a CPU option; on "
+              "{} the cache is fp32: leave out --kv-dtype or use --device cpu", kv_dtype_name(c.kv_dtype),
+              c.device.str());
   if (c.kv_block_count > 0) return c.kv_block_count;
   DS_CHECK_AS(ConfigError, c.kv_memory_bytes > 0, "[engine] give a KV block count or a positive KV memory budget");
-  return KvCache::blocks_for_budget(c.kv_memory_bytes, m.n_layer, m.n_head, m.n_embd / m.n_head, c.kv_block_size);
+  return KvCache::blocks_for_budget(c.kv_memory_bytes, m.n_layer, m.n_head, m.n_embd / m.n_head, c.kv_block_size,
+                                    c.kv_dtype);
 }
 
 InferenceEngine::InferenceEngine(std::shared_ptr<const InferenceModel> model, const EngineConfig& config)
@@ -41,7 +45,7 @@ InferenceEngine::InferenceEngine(std::shared_ptr<const InferenceModel> model, co
   const Gpt2Config& m = model_->config();
   if (config.device.is_cpu()) {
     host_cache_ = std::make_unique<KvCache>(m.n_layer, m.n_head, m.n_embd / m.n_head, kv_.kv_block_count(),
-                                            config.kv_block_size);
+                                            config.kv_block_size, config.kv_dtype);
   } else {
     device_ = make_device_forward(*model_, config.device,
                                   {kv_.kv_block_count(), config.kv_block_size, config.max_ragged_batch_size,

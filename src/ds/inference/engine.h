@@ -26,6 +26,7 @@ struct EngineConfig {
   int32_t max_ragged_batch_size = 768;       // tokens per put
   int32_t max_ragged_sequence_count = 512;   // sequences per put
   Device device = Device::cpu();             // where the weights, the KV cache and the forward live
+  DType kv_dtype = DType::f32;               // of the KV cache: f32, or bf16 (CPU only)
 };
 
 enum class ScheduleStatus {

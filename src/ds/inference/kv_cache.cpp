@@ -120,20 +120,30 @@ bool KvStateManager::flush(uint64_t uid) {
 }
 
 // ---- KvCache ----
-int64_t KvCache::bytes_per_block(int n_layer, int NH, int HS, int32_t kv_block_size) {
-  return int64_t(kv_block_size) * n_layer * 2 * NH * HS * int64_t(sizeof(float));
+DType parse_kv_dtype(const std::string& name) {
+  if (name == "fp32") return DType::f32;
+  if (name == "bf16") return DType::bf16;
+  DS_THROW(ConfigError, "[serve] unknown KV cache dtype '{}'; expected fp32 (the default) or bf16 (half the memory "
+           "per token, keys and values rounded to bf16)", name);
 }
 
-int32_t KvCache::blocks_for_budget(int64_t bytes, int n_layer, int NH, int HS, int32_t kv_block_size) {
-  const int64_t per = bytes_per_block(n_layer, NH, HS, kv_block_size);
+const char* kv_dtype_name(DType dtype) { return dtype == DType::bf16 ? "bf16" : "fp32"; }
+
+int64_t KvCache::bytes_per_block(int n_layer, int NH, int HS, int32_t kv_block_size, DType dtype) {
+  return int64_t(kv_block_size) * n_layer * 2 * NH * HS * int64_t(dtype_size(dtype));
+}
+
+int32_t KvCache::blocks_for_budget(int64_t bytes, int n_layer, int NH, int HS, int32_t kv_block_size, DType dtype) {
+  const int64_t per = bytes_per_block(n_layer, NH, HS, kv_block_size, dtype);
   return static_cast<int32_t>(std::clamp<int64_t>(bytes / per, 1, int64_t(1) << 30));
 }
 
-KvCache::KvCache(int n_layer, int NH, int HS, int32_t kv_block_count, int32_t kv_block_size)
-    : block_count_(kv_block_count), block_size_(kv_block_size), slot_floats_(int64_t(2) * NH * HS) {
+KvCache::KvCache(int n_layer, int NH, int HS, int32_t kv_block_count, int32_t kv_block_size, DType dtype)
+    : block_count_(kv_block_count), block_size_(kv_block_size), slot_elements_(int64_t(2) * NH * HS) {
   DS_CHECK_AS(ConfigError, kv_block_count > 0 && kv_block_size > 0, "[kv] the KV cache needs a positive block count "
               "and block size, got {} and {}", kv_block_count, kv_block_size);
-  storage_ = Tensor::zeros({int64_t(n_layer) * kv_block_count * kv_block_size * slot_floats_}, DType::f32,
+  DS_ASSERT(dtype == DType::f32 || dtype == DType::bf16, "a KV cache of {}", dtype_name(dtype));
+  storage_ = Tensor::zeros({int64_t(n_layer) * kv_block_count * kv_block_size * slot_elements_}, dtype,
                            Category::kv_cache);
 }
 

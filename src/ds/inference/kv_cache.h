@@ -5,12 +5,15 @@
 //   BlockedAllocator  a free list held as an int32 next-array plus a head index (O(1) pop and push); a block id
 //                     freed twice, or never allocated, is an error, not a silent corruption of the list.
 //   KvStateManager    the tracked sequences (seen tokens, block table) and DeepSpeed's KV arithmetic (query).
-//   KvCache           the storage: per layer [kv_block_count, kv_block_size, 2 (K, V), NH, HS] floats, accounted
-//                     as kv_cache in the memory tracker; sized from a memory budget when no count is given.
+//   KvCache           the storage: per layer [kv_block_count, kv_block_size, 2 (K, V), NH, HS] elements, fp32 or
+//                     bf16 (half the bytes, so twice the blocks for a budget; keys and values are rounded to
+//                     nearest even as they are written and widened exactly as attention reads them), accounted as
+//                     kv_cache in the memory tracker; sized from a memory budget when no count is given.
 #pragma once
 
 #include <cstdint>
 #include <span>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -86,28 +89,35 @@ class KvStateManager {
   std::unordered_map<uint64_t, SequenceKv> seqs_;
 };
 
+// "fp32" or "bf16", the element type of a KV cache; ConfigError otherwise.
+DType parse_kv_dtype(const std::string& name);
+const char* kv_dtype_name(DType dtype);
+
 // KV storage for a model with n_layer layers of NH heads of HS channels.
 class KvCache {
  public:
-  KvCache(int n_layer, int NH, int HS, int32_t kv_block_count, int32_t kv_block_size);
-  // Blocks that fit in `bytes` (at least 1) for this shape: bytes / (kv_block_size * n_layer * 2 * NH * HS * 4).
-  static int32_t blocks_for_budget(int64_t bytes, int n_layer, int NH, int HS, int32_t kv_block_size);
-  static int64_t bytes_per_block(int n_layer, int NH, int HS, int32_t kv_block_size);
+  KvCache(int n_layer, int NH, int HS, int32_t kv_block_count, int32_t kv_block_size, DType dtype = DType::f32);
+  // Blocks that fit in `bytes` (at least 1) for this shape: bytes / (kv_block_size * n_layer * 2 * NH * HS *
+  // the element size).
+  static int32_t blocks_for_budget(int64_t bytes, int n_layer, int NH, int HS, int32_t kv_block_size, DType dtype);
+  static int64_t bytes_per_block(int n_layer, int NH, int HS, int32_t kv_block_size, DType dtype);
 
   int32_t kv_block_count() const { return block_count_; }
   int32_t kv_block_size() const { return block_size_; }
-  // The slot of one token: K at [0, C), V at [C, 2C), C = NH * HS (head h at h * HS).
-  float* slot(int layer, int32_t block, int32_t offset) {
-    return storage_.data<float>() + ((int64_t(layer) * block_count_ + block) * block_size_ + offset) * slot_floats_;
+  DType dtype() const { return storage_.dtype(); }
+  // The slot of one token: K at [0, C), V at [C, 2C) elements of dtype(), C = NH * HS (head h at h * HS).
+  void* slot(int layer, int32_t block, int32_t offset) {
+    const int64_t index = ((int64_t(layer) * block_count_ + block) * block_size_ + offset) * slot_elements_;
+    return static_cast<char*>(storage_.raw()) + index * int64_t(dtype_size(storage_.dtype()));
   }
-  const float* slot(int layer, int32_t block, int32_t offset) const {
+  const void* slot(int layer, int32_t block, int32_t offset) const {
     return const_cast<KvCache*>(this)->slot(layer, block, offset);
   }
   int64_t bytes() const { return storage_.nbytes(); }
 
  private:
   int32_t block_count_, block_size_;
-  int64_t slot_floats_;  // 2 * C
+  int64_t slot_elements_;  // 2 * C
   Tensor storage_;
 };
 

@@ -235,11 +235,11 @@ void InferenceModel::forward(const RaggedBatch& batch, KvCache& cache, Scratch& 
     for (int i = 0; i < N; ++i) {  // K and V of the new tokens into their slots
       const int32_t pos = scratch.pos[static_cast<size_t>(i)];
       const int32_t* table = scratch.tables[static_cast<size_t>(batch.token_to_seq[static_cast<size_t>(i)])];
-      float* slot = cache.slot(l, table[pos / bs], pos % bs);
-      std::memcpy(slot, qkv + int64_t(i) * 3 * C + C, sizeof(float) * 2 * static_cast<size_t>(C));
+      cpu::from_f32(cache.slot(l, table[pos / bs], pos % bs), qkv + int64_t(i) * 3 * C + C, cache.dtype(),
+                    2 * static_cast<size_t>(C));
     }
     cpu::paged_attention_forward(att, qkv, N, batch.token_to_seq.data(), scratch.pos.data(), scratch.tables.data(),
-                                 cache.slot(l, 0, 0), bs, C, NH, scores, max_pos);
+                                 cache.slot(l, 0, 0), cache.dtype(), bs, C, NH, scores, max_pos);
     gemm(h, att, w.proj, w.proj_b, N);
     cpu::add_inplace(x, h, static_cast<size_t>(N) * C);
     cpu::layernorm_forward(h, mean, rstd, x, w.ln2_w.data<float>(), w.ln2_b.data<float>(), N, C);

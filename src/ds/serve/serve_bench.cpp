@@ -148,6 +148,7 @@ ServingStackOptions stack_options(const ServeBenchOptions& o, const std::string&
   so.threads = o.threads;
   so.device = o.device;
   so.weights = o.weights;
+  so.kv_dtype = o.kv_dtype;
   return so;
 }
 
@@ -268,8 +269,9 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
   const double decode_floor =
       o.gen_sla_rate > 0 ? o.gen_sla_rate : o.gen_sla_fraction * result.single_decode_tokens_per_s;
   const PassCosts pc = measure_passes(model, o, max_clients, static_cast<int>(std::lround(prompt_mean)));
-  fmt::print("engine passes on {}, {} weights: 1 decode {:.2f} ms, {} decodes {:.2f} ms ({:.1f}x), a prompt of {:.0f} "
-             "tokens {:.2f} ms ({:.1f} us a token)\n", pc.device, o.weights, 1e3 * pc.decode1_s, max_clients,
+  fmt::print("engine passes on {}, {} weights, {} KV: 1 decode {:.2f} ms, {} decodes {:.2f} ms ({:.1f}x), a prompt of "
+             "{:.0f} tokens {:.2f} ms ({:.1f} us a token)\n", pc.device, o.weights, o.kv_dtype, 1e3 * pc.decode1_s,
+             max_clients,
              1e3 * pc.decode_batch_s, pc.decode_batch_s / pc.decode1_s, prompt_mean, 1e3 * pc.prompt_s,
              1e6 * pc.prompt_s / prompt_mean);
   fmt::print("single request: prefill {:.0f} tokens/s, decode {:.1f} tokens/s -> SLAs: prompt at >= {:.0f} tokens/s, "
@@ -370,7 +372,7 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
                               {"single_decode_tokens_per_s", result.single_decode_tokens_per_s},
                               {"prompt_sla_tokens_per_s", prefill_floor}, {"gen_sla_tokens_per_s", decode_floor},
                               {"sla_capacity_clients", result.capacity.clients},
-                              {"token_budget", o.token_budget}, {"device", o.device}, {"weights", o.weights},
+                              {"token_budget", o.token_budget}, {"device", o.device}, {"weights", o.weights}, {"kv_dtype", o.kv_dtype},
                               {"preemptions", cell.preemptions}, {"passes", cell.passes},
                               {"forward_share", cell.forward_share}, {"loop_share", cell.loop_share}}
                    .dump()

@@ -23,6 +23,7 @@ inference::EngineConfig ServingStack::engine_config(const ServingStackOptions& o
   ec.max_ragged_sequence_count = std::min(o.max_sequences, pass_tokens);
   ec.max_tracked_sequences = std::max(ec.max_tracked_sequences, ec.max_ragged_sequence_count);
   ec.device = inference::parse_device(o.device);
+  ec.kv_dtype = inference::parse_kv_dtype(o.kv_dtype);
   return ec;
 }
 
@@ -70,11 +71,11 @@ std::string ServingStack::describe() const {
   const Gpt2Config& c = model_->config();
   const auto& kv = engine_->kv_state();
   return fmt::format("GPT-2 L{} H{} C{} V{} context {} on {}, {} weights; policy {}, {} tokens per pass; KV cache "
-                     "{} blocks of {} tokens; queue {}",
+                     "{} blocks of {} tokens, {}; queue {}",
                      c.n_layer, c.n_head, c.n_embd, c.vocab_size, c.block_size, engine_->device_description(),
                      inference::weight_format_name(model_->weight_format()),
                      inference::policy_name(loop_->policy()), options_.token_budget, kv.kv_block_count(),
-                     kv.kv_block_size(), options_.max_queue);
+                     kv.kv_block_size(), inference::kv_dtype_name(engine_->config().kv_dtype), options_.max_queue);
 }
 
 std::string default_served_name(const std::string& model_path) {

@@ -31,6 +31,7 @@ struct ServingStackOptions {
   int threads = 0;                           // model threads of the loop's passes (0: all cores)
   std::string device = "cpu";                // where the model runs: cpu, cuda or cuda:N
   std::string weights = "fp32";              // weight format on the CPU: fp32 or bf16
+  std::string kv_dtype = "fp32";             // KV cache elements on the CPU: fp32 or bf16
 };
 
 class ServingStack {

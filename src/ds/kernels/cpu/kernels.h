@@ -76,13 +76,14 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
 // ---- causal attention over a paged KV cache (inference) ----
 // For each of N tokens: q = qkv[i, head h] ([N, 3C] rows as above), keys and values of positions 0..token_pos[i] of
 // its sequence token_seq[i], read from kv: slot t of that sequence is slot t % block_size of block
-// block_tables[seq][t / block_size], a slot being [2C] floats (K at 0, V at C) and a block block_size slots.
+// block_tables[seq][t / block_size], a slot being [2C] elements (K at 0, V at C) of kv_dtype (f32, or bf16 widened
+// to fp32 as it is read) and a block block_size slots.
 // out[N, C] (written). scratch holds paged_attention_scratch_floats(max_pos, C, NH) floats, max_pos > every
 // token_pos.
 size_t paged_attention_scratch_floats(int max_pos, int C, int NH);
 void paged_attention_forward(float* out, const float* qkv, int N, const int32_t* token_seq, const int32_t* token_pos,
-                             const int32_t* const* block_tables, const float* kv, int block_size, int C, int NH,
-                             float* scratch, int max_pos);
+                             const int32_t* const* block_tables, const void* kv, DType kv_dtype, int block_size, int C,
+                             int NH, float* scratch, int max_pos);
 
 // ---- token sampling over a row of logits (inference/sampler.cpp) ----
 // argmax: the first index of the largest value, NaNs ignored (0 when every value is NaN).

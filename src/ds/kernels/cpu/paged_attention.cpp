@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "ds/core/error.h"
@@ -27,13 +28,28 @@ namespace {
 //   heads streams whole slots; tasks split the heads only when there are too few tokens to keep every thread busy
 //   (a single decode).
 
-// Walks a sequence's slots in position order through its block table.
+// Keys and values as the cache holds them: fp32, or bf16 (the upper half of an fp32, widened by a shift).
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const uint16_t* p) {
+  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+inline float load1(float x) { return x; }
+inline float load1(uint16_t x) {
+  const uint32_t b = uint32_t{x} << 16;
+  float f;
+  std::memcpy(&f, &b, sizeof f);
+  return f;
+}
+
+// Walks a sequence's slots in position order through its block table; T is the cache's element type.
+template <class T>
 struct SlotCursor {
-  const float* kv;
+  const T* kv;
   const int32_t* blocks;
   int64_t block_size, slot_floats;
   int32_t block = 0, offset = 0;
-  const float* get() const { return kv + (int64_t(blocks[block]) * block_size + offset) * slot_floats; }
+  const T* get() const { return kv + (int64_t(blocks[block]) * block_size + offset) * slot_floats; }
   void next() {
     if (++offset == block_size) {
       offset = 0;
@@ -82,10 +98,11 @@ struct Task {
 };
 
 // Scores, head size a multiple of 8.
-void scores_vec(const Task& k, SlotCursor cur) {
+template <class T>
+void scores_vec(const Task& k, SlotCursor<T> cur) {
   int t = 0;
   for (; t + 8 <= k.n; t += 8) {
-    const float* key[8];
+    const T* key[8];
     for (int j = 0; j < 8; ++j, cur.next()) key[j] = cur.get();
     for (int h = k.h0; h < k.h1; ++h) {
       __m256 acc[8];
@@ -93,60 +110,61 @@ void scores_vec(const Task& k, SlotCursor cur) {
       const int c0 = h * k.HS;
       for (int c = c0; c < c0 + k.HS; c += 8) {
         const __m256 qv = _mm256_loadu_ps(k.q + c);
-        for (int j = 0; j < 8; ++j) acc[j] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(key[j] + c), acc[j]);
+        for (int j = 0; j < 8; ++j) acc[j] = _mm256_fmadd_ps(qv, load8(key[j] + c), acc[j]);
       }
       _mm256_storeu_ps(k.sc + (h - k.h0) * k.row + t, _mm256_mul_ps(hsum8x8(acc), _mm256_set1_ps(k.scale)));
     }
   }
   for (; t < k.n; ++t, cur.next()) {
-    const float* key = cur.get();
+    const T* key = cur.get();
     for (int h = k.h0; h < k.h1; ++h) {
       __m256 acc = _mm256_setzero_ps();
       for (int c = h * k.HS; c < (h + 1) * k.HS; c += 8)
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(k.q + c), _mm256_loadu_ps(key + c), acc);
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(k.q + c), load8(key + c), acc);
       k.sc[(h - k.h0) * k.row + t] = simd::hsum(acc) * k.scale;
     }
   }
 }
 
 // Values for the NV vectors of channels starting at c0 (each vector inside one head), accumulated over all keys.
-template <int NV>
-void values_vec(const Task& k, SlotCursor cur, int c0, int C) {
+template <int NV, class T>
+void values_vec(const Task& k, SlotCursor<T> cur, int c0, int C) {
   const float* p[NV];
   for (int j = 0; j < NV; ++j) p[j] = k.sc + ((c0 + 8 * j) / k.HS - k.h0) * k.row;
   __m256 acc[NV];
   for (auto& a : acc) a = _mm256_setzero_ps();
   for (int t = 0; t < k.n; ++t, cur.next()) {
-    const float* v = cur.get() + C + c0;
-    for (int j = 0; j < NV; ++j)
-      acc[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(p[j] + t), _mm256_loadu_ps(v + 8 * j), acc[j]);
+    const T* v = cur.get() + C + c0;
+    for (int j = 0; j < NV; ++j) acc[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(p[j] + t), load8(v + 8 * j), acc[j]);
   }
   for (int j = 0; j < NV; ++j) _mm256_storeu_ps(k.out + c0 + 8 * j, acc[j]);
 }
 
 // Any head size: one key and head at a time.
-void attend_scalar(const Task& k, SlotCursor cur, int C) {
-  SlotCursor vcur = cur;
+template <class T>
+void attend_scalar(const Task& k, SlotCursor<T> cur, int C) {
+  SlotCursor<T> vcur = cur;
   for (int t = 0; t < k.n; ++t, cur.next()) {
-    const float* key = cur.get();
+    const T* key = cur.get();
     for (int h = k.h0; h < k.h1; ++h) {
       float s = 0;
-      for (int c = h * k.HS; c < (h + 1) * k.HS; ++c) s += k.q[c] * key[c];
+      for (int c = h * k.HS; c < (h + 1) * k.HS; ++c) s += k.q[c] * load1(key[c]);
       k.sc[(h - k.h0) * k.row + t] = s * k.scale;
     }
   }
   for (int h = k.h0; h < k.h1; ++h) softmax_inplace(k.sc + (h - k.h0) * k.row, k.n);
   std::fill(k.out + k.h0 * k.HS, k.out + k.h1 * k.HS, 0.0f);
   for (int t = 0; t < k.n; ++t, vcur.next()) {
-    const float* v = vcur.get() + C;
+    const T* v = vcur.get() + C;
     for (int h = k.h0; h < k.h1; ++h) {
       const float w = k.sc[(h - k.h0) * k.row + t];
-      for (int c = h * k.HS; c < (h + 1) * k.HS; ++c) k.out[c] += w * v[c];
+      for (int c = h * k.HS; c < (h + 1) * k.HS; ++c) k.out[c] += w * load1(v[c]);
     }
   }
 }
 
-void attend_vec(const Task& k, const SlotCursor& cur, int C) {
+template <class T>
+void attend_vec(const Task& k, const SlotCursor<T>& cur, int C) {
   scores_vec(k, cur);
   for (int h = k.h0; h < k.h1; ++h) softmax_inplace(k.sc + (h - k.h0) * k.row, k.n);
   const int end = k.h1 * k.HS;
@@ -193,15 +211,15 @@ void chunk_scores(const float* q, int64_t qs, const float* kt, int64_t ld, int H
 }
 
 // out rows (stride os) [c, c + 8 NV) += sum over keys t < keys of sc[r][t] * V_t[c...], V_t read through the cursor.
-template <int R, int NV>
-void chunk_values(const float* sc, int64_t ld, SlotCursor cur, int64_t v_offset, int keys, float* out, int64_t os) {
+template <int R, int NV, class T>
+void chunk_values(const float* sc, int64_t ld, SlotCursor<T> cur, int64_t v_offset, int keys, float* out, int64_t os) {
   __m256 acc[R][NV];
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < NV; ++j) acc[r][j] = _mm256_setzero_ps();
   for (int t = 0; t < keys; ++t, cur.next()) {
-    const float* v = cur.get() + v_offset;
+    const T* v = cur.get() + v_offset;
     __m256 vv[NV];
-    for (int j = 0; j < NV; ++j) vv[j] = _mm256_loadu_ps(v + 8 * j);
+    for (int j = 0; j < NV; ++j) vv[j] = load8(v + 8 * j);
     for (int r = 0; r < R; ++r) {
       const __m256 p = _mm256_broadcast_ss(sc + r * ld + t);
       for (int j = 0; j < NV; ++j) acc[r][j] = _mm256_fmadd_ps(p, vv[j], acc[r][j]);
@@ -212,17 +230,18 @@ void chunk_values(const float* sc, int64_t ld, SlotCursor cur, int64_t v_offset,
 }
 
 // One head h of a chunk; scratch holds (HS + kTileRows) * padded_keys(pos0 + n) floats.
-void attend_chunk(const Chunk& ch, int h, const float* qkv, float* out, SlotCursor cur, int C, int HS, float scale,
+template <class T>
+void attend_chunk(const Chunk& ch, int h, const float* qkv, float* out, SlotCursor<T> cur, int C, int HS, float scale,
                   float* scratch) {
   const int keys = ch.pos0 + ch.n;
   const int64_t ld = padded_keys(keys);
   float* kt = scratch;             // [HS][ld]
   float* sc = scratch + HS * ld;   // [kTileRows][ld]
   {
-    SlotCursor c = cur;
+    SlotCursor<T> c = cur;
     for (int t = 0; t < keys; ++t, c.next()) {
-      const float* k = c.get() + h * HS;
-      for (int d = 0; d < HS; ++d) kt[d * ld + t] = k[d];
+      const T* k = c.get() + h * HS;
+      for (int d = 0; d < HS; ++d) kt[d * ld + t] = load1(k[d]);
     }
     for (int d = 0; d < HS; ++d) std::fill(kt + d * ld + keys, kt + (d + 1) * ld, 0.0f);
   }
@@ -243,8 +262,8 @@ void attend_chunk(const Chunk& ch, int h, const float* qkv, float* out, SlotCurs
       const int64_t v_offset = C + h * HS + c;
       auto values = [&](auto r, int) {
         constexpr int kR = decltype(r)::value;
-        if (HS - c >= 16) chunk_values<kR, 2>(sc, ld, cur, v_offset, tile_keys, o + c, C);
-        else chunk_values<kR, 1>(sc, ld, cur, v_offset, tile_keys, o + c, C);
+        if (HS - c >= 16) chunk_values<kR, 2, T>(sc, ld, cur, v_offset, tile_keys, o + c, C);
+        else chunk_values<kR, 1, T>(sc, ld, cur, v_offset, tile_keys, o + c, C);
       };
       simd::row_remainder<kTileRows>(R, 0, values);
     }
@@ -260,9 +279,12 @@ size_t paged_attention_scratch_floats(int max_pos, int C, int NH) {
   return static_cast<size_t>(omp_get_max_threads()) * static_cast<size_t>(per_thread);
 }
 
-void paged_attention_forward(float* out, const float* qkv, int N, const int32_t* token_seq, const int32_t* token_pos,
-                             const int32_t* const* block_tables, const float* kv, int block_size, int C, int NH,
-                             float* scratch, int max_pos) {
+namespace {
+
+template <class T>
+void paged_attention(float* out, const float* qkv, int N, const int32_t* token_seq, const int32_t* token_pos,
+                     const int32_t* const* block_tables, const T* kv, int block_size, int C, int NH, float* scratch,
+                     int max_pos) {
   const int HS = C / NH;
   const bool vec = HS % 8 == 0;
   const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
@@ -303,7 +325,7 @@ void paged_attention_forward(float* out, const float* qkv, int N, const int32_t*
     if (task < chunk_tasks) {
       const Chunk& ch = chunk_list[task / NH];
       DS_DEBUG_ASSERT(ch.pos0 + ch.n <= max_pos, "position beyond max_pos");
-      const SlotCursor cursor{kv, block_tables[ch.seq], block_size, 2 * static_cast<int64_t>(C)};
+      const SlotCursor<T> cursor{kv, block_tables[ch.seq], block_size, 2 * static_cast<int64_t>(C)};
       attend_chunk(ch, task % NH, qkv, out, cursor, C, HS, scale, mine);
       continue;
     }
@@ -315,9 +337,25 @@ void paged_attention_forward(float* out, const float* qkv, int N, const int32_t*
     DS_DEBUG_ASSERT(pos < max_pos, "position beyond max_pos");
     const Task t{qkv + static_cast<int64_t>(i) * 3 * C, out + static_cast<int64_t>(i) * C, mine, row, h0, h1, HS,
                  pos + 1, scale};
-    const SlotCursor cursor{kv, block_tables[token_seq[i]], block_size, 2 * static_cast<int64_t>(C)};
+    const SlotCursor<T> cursor{kv, block_tables[token_seq[i]], block_size, 2 * static_cast<int64_t>(C)};
     if (vec) attend_vec(t, cursor, C);
     else attend_scalar(t, cursor, C);
+  }
+}
+
+}  // namespace
+
+void paged_attention_forward(float* out, const float* qkv, int N, const int32_t* token_seq, const int32_t* token_pos,
+                             const int32_t* const* block_tables, const void* kv, DType kv_dtype, int block_size, int C,
+                             int NH, float* scratch, int max_pos) {
+  DS_ASSERT(kv_dtype == DType::f32 || kv_dtype == DType::bf16, "paged attention over a {} KV cache",
+            dtype_name(kv_dtype));
+  if (kv_dtype == DType::bf16) {
+    paged_attention(out, qkv, N, token_seq, token_pos, block_tables, static_cast<const uint16_t*>(kv), block_size, C,
+                    NH, scratch, max_pos);
+  } else {
+    paged_attention(out, qkv, N, token_seq, token_pos, block_tables, static_cast<const float*>(kv), block_size, C, NH,
+                    scratch, max_pos);
   }
 }
 
