@@ -166,9 +166,9 @@ void bench_paged_attention(const char* what, int S, int ctx, int fresh, int C, i
                                        bs, C, NH, scratch.data(), ctx);
     });
     if (dtype == ds::DType::f32) fp32_ms = ms;
-    const std::string kv_name(ds::dtype_name(dtype));
+    const char* kv_name = dtype == ds::DType::bf16 ? "bf16" : "fp32";
     std::printf("{\"kernel\":\"paged_attention\",\"shape\":\"%s\",\"kv\":\"%s\",\"threads\":%d,\"ms\":%.4f,"
-                "\"gflops\":%.1f,\"kv_gbps\":%.1f,\"speedup_vs_fp32_kv\":%.2f}\n", shape.c_str(), kv_name.c_str(),
+                "\"gflops\":%.1f,\"kv_gbps\":%.1f,\"speedup_vs_fp32_kv\":%.2f}\n", shape.c_str(), kv_name,
                 g_threads, ms, flop / ms * 1e-6, elements * double(ds::dtype_size(dtype)) / ms * 1e-6, fp32_ms / ms);
     std::fflush(stdout);
   }

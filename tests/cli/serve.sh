@@ -263,6 +263,12 @@ expect_error "unknown weight format" "unknown weight format 'fp8'.*fp32.*bf16" \
   timeout 30 "$dspeed" serve --model "$model" --port 0 --weights fp8
 expect_error "bf16 weights on a GPU" "bf16 is a CPU option" \
   timeout 30 "$dspeed" generate --model "$model" --prompt "The" --weights bf16 --device cuda
+gen gk --model "$model" --prompt "The" --kv-dtype bf16 || fail "generate --kv-dtype bf16: $(cat "$tmp/gk.err")"
+if [ "$(wc -c < "$tmp/gk.txt")" -le 1 ]; then fail "generate --kv-dtype bf16 printed no text"; else ok; fi
+expect_error "unknown KV dtype" "unknown KV cache dtype 'fp16'.*fp32.*bf16" \
+  timeout 30 "$dspeed" serve --model "$model" --port 0 --kv-dtype fp16
+expect_error "bf16 KV cache on a GPU" "kv-dtype bf16 is a CPU option" \
+  timeout 30 "$dspeed" bench serve --model "$model" --kv-dtype bf16 --device cuda
 expect_error "static batch larger than a pass" "static batch of 32 requests.*16 tokens" \
   timeout 30 "$dspeed" serve --model "$model" --port 0 --policy static --static-batch 32 --token-budget 16
 expect_error "bad SLA fraction" "SLA fractions must be positive" \

@@ -116,7 +116,8 @@ void add_generate_command(CLI::App& root) {
   cmd->add_option("--weights", a->stack.weights,
                   "weight format on the CPU: fp32 (as trained) or bf16 (faster with AVX512_BF16)")
       ->capture_default_str();
-  cmd->add_option("--kv-dtype", a->stack.kv_dtype, "KV cache elements on the CPU: fp32, or bf16 (half the memory per token: twice the tokens held)")
+  cmd->add_option("--kv-dtype", a->stack.kv_dtype,
+                  "KV cache elements on the CPU: fp32, or bf16 (half the memory per token: twice the tokens held)")
       ->capture_default_str();
   cmd->callback([a] {
     DS_CHECK_AS(ConfigError, !a->prompt.empty() || !a->prompt_ids.empty(),

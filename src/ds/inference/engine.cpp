@@ -20,11 +20,10 @@ const char* schedule_status_name(ScheduleStatus s) {
   return "?";
 }
 
+// The cache's geometry, checked before anything is allocated (the first thing an engine computes).
 static int32_t kv_blocks(const Gpt2Config& m, const EngineConfig& c) {
   DS_CHECK_AS(ConfigError, c.kv_block_size > 0, "[engine] kv_block_size must be positive, got {}", c.kv_block_size);
-  DS_CHECK_AS(ConfigError, c.device.is_cpu() || c.kv_dtype == DType::f32, "[serve] a {} KV cache is a CPU option; on "
-              "{} the cache is fp32: leave out --kv-dtype or use --device cpu", kv_dtype_name(c.kv_dtype),
-              c.device.str());
+  check_kv_dtype_on_device(c.kv_dtype, c.device);
   if (c.kv_block_count > 0) return c.kv_block_count;
   DS_CHECK_AS(ConfigError, c.kv_memory_bytes > 0, "[engine] give a KV block count or a positive KV memory budget");
   return KvCache::blocks_for_budget(c.kv_memory_bytes, m.n_layer, m.n_head, m.n_embd / m.n_head, c.kv_block_size,

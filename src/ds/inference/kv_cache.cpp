@@ -129,6 +129,13 @@ DType parse_kv_dtype(const std::string& name) {
 
 const char* kv_dtype_name(DType dtype) { return dtype == DType::bf16 ? "bf16" : "fp32"; }
 
+void check_kv_dtype_on_device(DType dtype, Device device) {
+  DS_CHECK_AS(ConfigError, dtype == DType::f32 || dtype == DType::bf16, "[kv] a KV cache holds fp32 or bf16, not {}",
+              dtype_name(dtype));
+  DS_CHECK_AS(ConfigError, device.is_cpu() || dtype == DType::f32, "[serve] --kv-dtype {} is a CPU option; on {} the "
+              "KV cache is fp32: leave out --kv-dtype or use --device cpu", kv_dtype_name(dtype), device.str());
+}
+
 int64_t KvCache::bytes_per_block(int n_layer, int NH, int HS, int32_t kv_block_size, DType dtype) {
   return int64_t(kv_block_size) * n_layer * 2 * NH * HS * int64_t(dtype_size(dtype));
 }
@@ -142,7 +149,7 @@ KvCache::KvCache(int n_layer, int NH, int HS, int32_t kv_block_count, int32_t kv
     : block_count_(kv_block_count), block_size_(kv_block_size), slot_elements_(int64_t(2) * NH * HS) {
   DS_CHECK_AS(ConfigError, kv_block_count > 0 && kv_block_size > 0, "[kv] the KV cache needs a positive block count "
               "and block size, got {} and {}", kv_block_count, kv_block_size);
-  DS_ASSERT(dtype == DType::f32 || dtype == DType::bf16, "a KV cache of {}", dtype_name(dtype));
+  check_kv_dtype_on_device(dtype, Device::cpu());
   storage_ = Tensor::zeros({int64_t(n_layer) * kv_block_count * kv_block_size * slot_elements_}, dtype,
                            Category::kv_cache);
 }

@@ -17,6 +17,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "ds/core/device.h"
 #include "ds/core/tensor.h"
 
 namespace ds::inference {
@@ -92,6 +93,8 @@ class KvStateManager {
 // "fp32" or "bf16", the element type of a KV cache; ConfigError otherwise.
 DType parse_kv_dtype(const std::string& name);
 const char* kv_dtype_name(DType dtype);
+// ConfigError unless a KV cache of `dtype` can live on `device`: f32 anywhere, bf16 on the CPU only.
+void check_kv_dtype_on_device(DType dtype, Device device);
 
 // KV storage for a model with n_layer layers of NH heads of HS channels.
 class KvCache {

@@ -230,9 +230,13 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
               "at least one client count and one policy");
   for (const std::string& p : o.policies)  // a bad name or limits fail here, before any cell runs
     inference::make_scheduler(inference::parse_policy(p), ServingStack::scheduler_limits(stack_options(o, p)));
+  const Device device = inference::parse_device(o.device);  // the options that fail fast, before the model loads
+  const inference::WeightFormat weights = inference::parse_weight_format(o.weights);
+  inference::check_weights_on_device(weights, device);
+  inference::check_kv_dtype_on_device(inference::parse_kv_dtype(o.kv_dtype), device);
   if (o.threads > 0) omp_set_num_threads(o.threads);
-  const std::shared_ptr<const inference::InferenceModel> model = inference::InferenceModel::load(
-      o.model, o.arch, inference::parse_weight_format(o.weights));
+  const std::shared_ptr<const inference::InferenceModel> model = inference::InferenceModel::load(o.model, o.arch,
+                                                                                                  weights);
   const Gpt2Config& mc = model->config();
   const double prompt_mean = o.prompt_mean > 0 ? o.prompt_mean : 0.6 * mc.block_size;
   const double gen_mean = o.gen_mean > 0 ? o.gen_mean : 0.08 * mc.block_size;
@@ -271,8 +275,7 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
   const PassCosts pc = measure_passes(model, o, max_clients, static_cast<int>(std::lround(prompt_mean)));
   fmt::print("engine passes on {}, {} weights, {} KV: 1 decode {:.2f} ms, {} decodes {:.2f} ms ({:.1f}x), a prompt of "
              "{:.0f} tokens {:.2f} ms ({:.1f} us a token)\n", pc.device, o.weights, o.kv_dtype, 1e3 * pc.decode1_s,
-             max_clients,
-             1e3 * pc.decode_batch_s, pc.decode_batch_s / pc.decode1_s, prompt_mean, 1e3 * pc.prompt_s,
+             max_clients, 1e3 * pc.decode_batch_s, pc.decode_batch_s / pc.decode1_s, prompt_mean, 1e3 * pc.prompt_s,
              1e6 * pc.prompt_s / prompt_mean);
   fmt::print("single request: prefill {:.0f} tokens/s, decode {:.1f} tokens/s -> SLAs: prompt at >= {:.0f} tokens/s, "
              "generation at >= {:.1f} tokens/s\n", result.single_prefill_tokens_per_s,
@@ -372,7 +375,8 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
                               {"single_decode_tokens_per_s", result.single_decode_tokens_per_s},
                               {"prompt_sla_tokens_per_s", prefill_floor}, {"gen_sla_tokens_per_s", decode_floor},
                               {"sla_capacity_clients", result.capacity.clients},
-                              {"token_budget", o.token_budget}, {"device", o.device}, {"weights", o.weights}, {"kv_dtype", o.kv_dtype},
+                              {"token_budget", o.token_budget}, {"device", o.device}, {"weights", o.weights},
+                              {"kv_dtype", o.kv_dtype},
                               {"preemptions", cell.preemptions}, {"passes", cell.passes},
                               {"forward_share", cell.forward_share}, {"loop_share", cell.loop_share}}
                    .dump()

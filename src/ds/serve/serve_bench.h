@@ -37,7 +37,7 @@ struct ServeBenchOptions {
   int threads = 0;               // OpenMP threads of the engine (0: all)
   std::string device = "cpu";    // where the engines run: cpu, cuda or cuda:N
   std::string weights = "fp32";  // weight format on the CPU: fp32 or bf16
-  std::string kv_dtype = "fp32"; // KV cache elements on the CPU: fp32 or bf16
+  std::string kv_dtype = "fp32";  // KV cache elements on the CPU: fp32 or bf16
   uint64_t seed = 1;
   std::string json_out;          // append one JSON line per cell
 };

@@ -45,6 +45,7 @@ ServingStack::ServingStack(const ServingStackOptions& o, std::shared_ptr<const i
   const Device device = inference::parse_device(o.device);  // fails before the model is loaded
   const inference::WeightFormat weights = model ? model->weight_format() : inference::parse_weight_format(o.weights);
   inference::check_weights_on_device(weights, device);
+  inference::check_kv_dtype_on_device(inference::parse_kv_dtype(o.kv_dtype), device);
 
   model_ = model ? std::move(model) : inference::InferenceModel::load(o.model_path, o.arch, weights);
   if (!o.tokenizer_dir.empty()) {

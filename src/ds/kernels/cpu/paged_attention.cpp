@@ -1,7 +1,8 @@
 // Causal attention of a ragged batch's tokens over a paged KV cache (the inference forward; see
 // inference/model_runner.h). Prompt chunks and single tokens take different tasks (Note [Paged attention tasks]).
-// Napkin: a decode reads 2 * pos * C * 4 bytes of cache per layer (GPT-2 124M at position 600: 3.7 MB per layer);
-// a prompt of P tokens is compute, 2 * P^2 * C FLOPs a layer. bm_kernels --only attention measures both.
+// Napkin: a decode reads 2 * pos * C elements of cache per layer, 4 bytes each in fp32 and 2 in bf16 (GPT-2 124M
+// at position 600: 3.7 MB per layer in fp32); a prompt of P tokens is compute, 2 * P^2 * C FLOPs a layer.
+// bm_kernels --only attention measures both, over either cache.
 #include <omp.h>
 
 #include <algorithm>
@@ -47,9 +48,9 @@ template <class T>
 struct SlotCursor {
   const T* kv;
   const int32_t* blocks;
-  int64_t block_size, slot_floats;
+  int64_t block_size, slot_elements;
   int32_t block = 0, offset = 0;
-  const T* get() const { return kv + (int64_t(blocks[block]) * block_size + offset) * slot_floats; }
+  const T* get() const { return kv + (int64_t(blocks[block]) * block_size + offset) * slot_elements; }
   void next() {
     if (++offset == block_size) {
       offset = 0;
