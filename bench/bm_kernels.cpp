@@ -174,12 +174,15 @@ void bench_paged_attention(const char* what, int S, int ctx, int fresh, int C, i
   }
 }
 
-// Token sampling over GPT-2's vocabulary (inference::Sampler, broad logits N(0, 3^2)) beside plain scalar versions
-// of the same step written here: a first-index argmax loop; std::exp weights and a running-sum draw; nth_element of
-// (logit, id) pairs for top_k; a full sort of the pairs for top_p. Microseconds per sampled token.
+// Token sampling over GPT-2's vocabulary (inference::Sampler; logits N(0, 3^2), and N(0, 0.5^2) for a flat top_p
+// whose nucleus holds tens of thousands of tokens) beside plain scalar versions of the same step written here: a
+// first-index argmax loop; std::exp weights and a running-sum draw; nth_element of (logit, id) pairs for top_k; a
+// full sort of the pairs for top_p. Microseconds per sampled token.
 void bench_sampling() {
   constexpr int V = 50257;
-  const auto logits = randn(V, 51, 3.0f);
+  const auto broad = randn(V, 51, 3.0f);
+  const auto flat = randn(V, 52, 0.5f);  // a top_p 0.9 nucleus of tens of thousands of tokens
+  const std::vector<float>* logits = &broad;
   std::vector<std::pair<float, int32_t>> pairs(V);
   std::vector<double> w(V);
   auto before = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
@@ -187,12 +190,13 @@ void bench_sampling() {
   };
   volatile int64_t sink = 0;
   auto scalar_argmax = [&] {
+    const std::vector<float>& x = *logits;
     int best = 0;
-    for (int i = 1; i < V; ++i) best = logits[i] > logits[best] ? i : best;
+    for (int i = 1; i < V; ++i) best = x[i] > x[best] ? i : best;
     return best;
   };
   auto scalar_weights = [&](int n) {  // over pairs[0, n), by logit; returns the total
-    const float max = logits[scalar_argmax()];
+    const float max = (*logits)[scalar_argmax()];
     double total = 0;
     for (int i = 0; i < n; ++i) total += w[i] = std::exp(pairs[i].first - max);
     return total;
@@ -204,43 +208,47 @@ void bench_sampling() {
     return pairs[n - 1].second;
   };
   auto fill = [&] {
-    for (int i = 0; i < V; ++i) pairs[i] = {logits[i], i};
+    for (int i = 0; i < V; ++i) pairs[i] = {(*logits)[i], i};
+  };
+  auto scalar_top_p = [&] {
+    fill();
+    std::sort(pairs.begin(), pairs.end(), before);
+    const double need = 0.9 * scalar_weights(V);
+    double cum = 0;
+    int keep = 0;
+    while (cum < need) cum += w[keep++];
+    sink = sink + scalar_draw(keep, 0.5 * cum);
   };
   struct Case {
     const char* name;
+    const std::vector<float>* logits;
     float temperature;
     int top_k;
     float top_p;
     std::function<void()> reference;
   };
   const std::vector<Case> cases = {
-      {"greedy", 0.0f, 0, 1.0f, [&] { sink = sink + scalar_argmax(); }},
-      {"temperature", 1.0f, 0, 1.0f, [&] {
+      {"greedy", &broad, 0.0f, 0, 1.0f, [&] { sink = sink + scalar_argmax(); }},
+      {"temperature", &broad, 1.0f, 0, 1.0f, [&] {
          fill();
          sink = sink + scalar_draw(V, 0.5 * scalar_weights(V));
        }},
-      {"top_k50", 1.0f, 50, 1.0f, [&] {
+      {"top_k50", &broad, 1.0f, 50, 1.0f, [&] {
          fill();
          std::nth_element(pairs.begin(), pairs.begin() + 49, pairs.end(), before);
          sink = sink + scalar_draw(50, 0.5 * scalar_weights(50));
        }},
-      {"top_p0.9", 1.0f, 0, 0.9f, [&] {
-         fill();
-         std::sort(pairs.begin(), pairs.end(), before);
-         const double need = 0.9 * scalar_weights(V);
-         double cum = 0;
-         int keep = 0;
-         while (cum < need) cum += w[keep++];
-         sink = sink + scalar_draw(keep, 0.5 * cum);
-       }},
+      {"top_p0.9", &broad, 1.0f, 0, 0.9f, scalar_top_p},
+      {"top_p0.9_flat", &flat, 1.0f, 0, 0.9f, scalar_top_p},
   };
   for (const Case& c : cases) {
+    logits = c.logits;
     ds::inference::SamplingParams p;
     p.temperature = c.temperature;
     p.top_k = c.top_k;
     p.top_p = c.top_p;
     ds::inference::Sampler sampler(p, 1);
-    const double ours = time_ms([&] { sink = sink + sampler.sample(logits); }, 25 * g_reps);
+    const double ours = time_ms([&] { sink = sink + sampler.sample(*logits); }, 25 * g_reps);
     const double ref = time_ms(c.reference, 5 * g_reps);
     std::printf("{\"kernel\":\"sample\",\"shape\":\"%s V%d\",\"threads\":%d,\"us\":%.1f,\"scalar_us\":%.1f,"
                 "\"speedup\":%.1f}\n", c.name, V, g_threads, 1e3 * ours, 1e3 * ref, ref / ours);

@@ -172,27 +172,29 @@ TEST(Loop, SeededSamplingRepeatsWhateverRunsBesideIt) {
   ec.kv_block_count = 64;
   InferenceEngine engine(std::make_shared<InferenceModel>(model), ec);
   ServingLoop loop(engine, make_scheduler(Policy::splitfuse, {}), nullptr);
-  auto run = [&](int neighbours) {
-    std::vector<int32_t> out;
+  // Request k samples with its own seed (temperature for the first, top_k or top_p for the others); its tokens
+  // must not depend on which others run beside it, though the passes then sample several sequences at once.
+  auto request = [](int k, std::vector<int32_t>& out) {
     GenerationRequest r;
-    r.prompt = {3, 1, 4, 1, 5};
-    r.sampling.max_tokens = 12;
+    r.prompt = std::vector<int32_t>(static_cast<size_t>(3 + 2 * k), 7 + k);
+    r.sampling.max_tokens = 12 - k;
     r.sampling.temperature = 1.0f;
-    r.sampling.seed = 99;
-    r.sink = [&](const GenerationEvent& ev) { out.insert(out.end(), ev.tokens.begin(), ev.tokens.end()); };
-    loop.submit(std::move(r));
-    for (int i = 0; i < neighbours; ++i) {
-      GenerationRequest n;
-      n.prompt = std::vector<int32_t>(static_cast<size_t>(3 + i), 7);
-      n.sampling.max_tokens = 6;
-      loop.submit(std::move(n));
-    }
-    loop.run_until_idle();
-    return out;
+    if (k % 3 == 1) r.sampling.top_k = 5;
+    if (k % 3 == 2) r.sampling.top_p = 0.9f;
+    r.sampling.seed = 99 + static_cast<uint64_t>(k);
+    r.sink = [&out](const GenerationEvent& ev) { out.insert(out.end(), ev.tokens.begin(), ev.tokens.end()); };
+    return r;
   };
-  const std::vector<int32_t> alone = run(0);
-  EXPECT_EQ(alone.size(), 12u);
-  EXPECT_EQ(run(3), alone);
+  constexpr int kRequests = 5;
+  std::vector<std::vector<int32_t>> alone(kRequests), together(kRequests);
+  for (int k = 0; k < kRequests; ++k) {
+    loop.submit(request(k, alone[static_cast<size_t>(k)]));
+    loop.run_until_idle();
+    EXPECT_EQ(alone[static_cast<size_t>(k)].size(), static_cast<size_t>(12 - k)) << "request " << k;
+  }
+  for (int k = 0; k < kRequests; ++k) loop.submit(request(k, together[static_cast<size_t>(k)]));
+  loop.run_until_idle();
+  for (int k = 0; k < kRequests; ++k) EXPECT_EQ(together[static_cast<size_t>(k)], alone[static_cast<size_t>(k)]) << k;
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
 // The sampling sweeps against plain scalar loops written here: argmax (first index of the largest, NaNs ignored),
 // exp weights against std::exp, the masked mass, the draw against a double-precision running sum (at the middle
-// and within a millionth of either end of a token's range), and the top-k
-// candidates against a full sort, over lengths on and off the vector width, with ties, NaNs and infinities.
+// and within a millionth of either end of a token's range), the top-k candidates against a full sort, and the
+// candidates above a weight cut against a filter loop, over lengths on and off the vector width, with ties, NaNs and
+// infinities.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -143,6 +144,26 @@ TEST(Sampling, TopKCandidatesAreTheKBestByValueThenId) {
         std::sort(got.begin(), got.end());
         std::sort(all.begin(), all.end());
         ASSERT_EQ(got, all);
+      }
+    }
+  }
+}
+
+TEST(Sampling, CandidatesAtLeastAreTheHeavyNonzeroWeightsInIdOrder) {
+  for (size_t n : {1, 7, 8, 300, 4097, 50257}) {
+    for (uint64_t seed : {1, 2}) {
+      SCOPED_TRACE(n);
+      SCOPED_TRACE(seed);
+      const auto x = seed == 1 ? randn(n, 30) : awkward(n, 30);
+      std::vector<float> w(n);
+      for (size_t i = 0; i < n; ++i) w[i] = std::isnan(x[i]) ? kNaN : x[i] < 0 ? 0.0f : x[i];  // zeros, NaNs
+      for (float tau : {0.0f, 0.5f, 2.0f, 1e30f}) {
+        std::vector<std::pair<float, int32_t>> want;
+        for (size_t i = 0; i < n; ++i)
+          if (w[i] >= tau && w[i] > 0.0f) want.emplace_back(x[i], int32_t(i));
+        std::vector<std::pair<float, int32_t>> got = {{1.0f, 99}};  // replaced, not appended to
+        ds::cpu::candidates_at_least(got, x.data(), w.data(), int32_t(n), tau);
+        ASSERT_EQ(got, want) << "tau " << tau;
       }
     }
   }

@@ -1,10 +1,10 @@
 // Sampling and streamed text for one request (see sampler.h for the semantics).
 // Sampling: the O(V) passes are vector sweeps (cpu::argmax, exp_weights, draw_index, top_k_candidates). The common
 // case (no top_k, no top_p) is a sweep for the maximum, one for the weights and one for the draw, with no sort;
-// top_k keeps k candidates in one sweep; top_p sorts only the candidates heavy enough to be in the nucleus (the
-// top_k ones, or those above a weight cut that holds top_p of the mass). Weights are exp((logit - max) / T) in
-// float, summed in double; ties are broken by the lower id so the candidate order, and so the draw, depends only on
-// the logits and the seed.
+// top_k keeps k candidates in one sweep; top_p orders only the candidates heavy enough to be in the nucleus (the
+// top_k ones, sorted, or those above a weight cut that holds top_p of the mass, bucketed by logit). Weights are
+// exp((logit - max) / T) in float, summed in double; ties are broken by the lower id so the candidate order, and so
+// the draw, depends only on the logits and the seed.
 // Text: pending_ only ever holds a possible stop-string start (< the longest stop) plus at most three bytes of an
 // unfinished UTF-8 character, so searching all of it on every push is cheap.
 #include "ds/inference/sampler.h"
@@ -22,6 +22,7 @@ namespace {
 
 constexpr float kGreedyTemperature = 1e-5f;  // below this, sampling is argmax
 constexpr size_t kMaxStopStrings = 4;        // OpenAI's limit
+constexpr float kAllTokensCut = 88.0f;       // nats: e^-88 is below every nonzero weight (exp_weights zeroes < -87)
 
 // Draws from candidates whose .first are unnormalised weights summing to total.
 int32_t draw(std::span<const std::pair<float, int32_t>> cand, double total, Rng& rng) {
@@ -111,25 +112,104 @@ Sampler::Sampler(const SamplingParams& params, uint64_t default_seed)
       top_p_(params.top_p),
       rng_(params.seed.value_or(default_seed)) {}
 
-double Sampler::nucleus_above(float tau, std::span<const float> logits, double need) {
-  scratch_.clear();
-  for (size_t i = 0; i < weights_.size(); ++i) {
-    if (weights_[i] >= tau && weights_[i] > 0.0f) scratch_.emplace_back(logits[i], static_cast<int32_t>(i));
-  }
-  std::sort(scratch_.begin(), scratch_.end(), cpu::candidate_before);
-  double cum = 0.0;
-  nucleus_size_ = 0;
-  while (nucleus_size_ < scratch_.size() && cum < need) {
-    auto& [weight, id] = scratch_[nucleus_size_++];
-    weight = weights_[static_cast<size_t>(id)];
-    cum += weight;
-  }
-  return cum;
+namespace {
+
+// The work space of Sampler::sample: nothing in it outlives a call, so it is per thread, not per request (a
+// request holds no vocabulary-sized buffer between its tokens, and the loop samples its sequences in parallel).
+struct SampleScratch {
+  std::vector<std::pair<float, int32_t>> candidates, bucketed;  // (logit or weight, id)
+  std::vector<float> weights;                                   // one per token of the vocabulary
+  std::vector<int32_t> bucket_start;
+  std::vector<double> bucket_mass;
+  std::vector<uint8_t> bucket_sorted;
+};
+
+SampleScratch& sample_scratch() {
+  thread_local SampleScratch scratch;
+  return scratch;
 }
+
+// top_p without top_k: draws from the shortest prefix of the candidate order whose mass reaches `need`, among the
+// tokens within `cut` nats of the largest (weight >= e^-cut, and > 0); -1 when those hold less than need.
+// Note [Nucleus buckets]
+// A small or undertrained model spreads top_p = 0.9 over thousands of tokens (3,000 to 16,000 for the default
+// model), and sorting them cost about 0.4 ms a token. Instead the candidates go into kBuckets buckets by
+// (max - logit) / T, linearly over [0, cut]: a higher logit never lands in a later bucket and equal logits share
+// one, so the buckets in order, each sorted by the candidate order, are the full sort. Only two buckets are ever
+// sorted: the one where the nucleus reaches its mass, and the one the draw lands in; whole buckets before them
+// count by their mass (summed in double, as the full sort's running sum, so the two agree to rounding).
+int32_t draw_nucleus(SampleScratch& s, Rng& rng, std::span<const float> logits, float max_logit, float inv_t, float cut,
+                     double need) {
+  constexpr int kBuckets = 2048;
+  const float tau = std::exp(-cut);
+  cpu::candidates_at_least(s.candidates, logits.data(), s.weights.data(), static_cast<int32_t>(s.weights.size()), tau);
+  const float scale = inv_t * (static_cast<float>(kBuckets) / cut);
+  auto bucket_of = [&](float logit) {  // (max - logit) >= 0: logits with weight > 0 are finite and <= max
+    const float x = (max_logit - logit) * scale;
+    return x < static_cast<float>(kBuckets - 1) ? static_cast<int>(x) : kBuckets - 1;
+  };
+  s.bucket_start.assign(kBuckets + 1, 0);
+  s.bucket_mass.assign(kBuckets, 0.0);
+  s.bucket_sorted.assign(kBuckets, 0);
+  for (const auto& [logit, id] : s.candidates) {
+    const int b = bucket_of(logit);
+    ++s.bucket_start[static_cast<size_t>(b) + 1];
+    s.bucket_mass[static_cast<size_t>(b)] += s.weights[static_cast<size_t>(id)];
+  }
+  for (int b = 0; b < kBuckets; ++b) s.bucket_start[size_t(b) + 1] += s.bucket_start[size_t(b)];
+  s.bucketed.resize(s.candidates.size());
+  {
+    std::vector<int32_t>& next = s.bucket_start;  // filled in place, then shifted back one bucket
+    for (const auto& c : s.candidates) s.bucketed[static_cast<size_t>(next[static_cast<size_t>(bucket_of(c.first))]++)] = c;
+    for (int b = kBuckets; b > 0; --b) next[size_t(b)] = next[size_t(b) - 1];
+    next[0] = 0;
+  }
+  auto sort_bucket = [&](int b) {
+    if (s.bucket_sorted[size_t(b)]) return;
+    s.bucket_sorted[size_t(b)] = 1;
+    std::sort(s.bucketed.begin() + s.bucket_start[size_t(b)], s.bucketed.begin() + s.bucket_start[size_t(b) + 1],
+              cpu::candidate_before);
+  };
+  auto weight = [&](size_t i) { return static_cast<double>(s.weights[static_cast<size_t>(s.bucketed[i].second)]); };
+
+  // The nucleus: whole buckets while they stay short of need, then candidates one by one.
+  double cum = 0.0;
+  int b = 0;
+  while (b < kBuckets && cum + s.bucket_mass[size_t(b)] < need) cum += s.bucket_mass[size_t(b++)];
+  size_t end = 0;  // the nucleus is s.bucketed[0, end)
+  for (; b < kBuckets && cum < need; ++b) {
+    sort_bucket(b);
+    for (size_t i = size_t(s.bucket_start[size_t(b)]); i < size_t(s.bucket_start[size_t(b) + 1]) && cum < need; ++i) {
+      cum += weight(i);
+      end = i + 1;
+    }
+  }
+  if (cum < need || end == 0) return -1;
+
+  // The draw: one uniform over the nucleus's mass, walked in candidate order.
+  const double target = static_cast<double>(rng.uniform()) * cum;
+  double run = 0.0;
+  for (int d = 0; d < kBuckets && size_t(s.bucket_start[size_t(d)]) < end; ++d) {
+    const size_t lo = size_t(s.bucket_start[size_t(d)]), hi = std::min(size_t(s.bucket_start[size_t(d) + 1]), end);
+    if (hi == size_t(s.bucket_start[size_t(d) + 1]) && !(target < run + s.bucket_mass[size_t(d)])) {
+      run += s.bucket_mass[size_t(d)];
+      continue;
+    }
+    sort_bucket(d);
+    for (size_t i = lo; i < hi; ++i) {
+      run += weight(i);
+      if (target < run) return s.bucketed[i].second;
+    }
+  }
+  return s.bucketed[end - 1].second;  // rounding left target at or past the end: the last of the nucleus
+}
+
+}  // namespace
 
 int32_t Sampler::sample(std::span<const float> logits) {
   DS_ASSERT(!logits.empty(), "sampling from empty logits");
   const auto V = static_cast<int32_t>(logits.size());
+  SampleScratch& s = sample_scratch();
 
   // Greedy (and the maximum for the softmax): the first index of the largest logit.
   const auto best = static_cast<int32_t>(cpu::argmax(logits.data(), V));
@@ -142,51 +222,52 @@ int32_t Sampler::sample(std::span<const float> logits) {
   const bool limit_p = top_p_ < 1.0f;
 
   if (!limit_k) {  // weights over the whole vocabulary
-    weights_.resize(logits.size());
-    const double total = cpu::exp_weights(weights_.data(), logits.data(), V, max_logit, inv_t);
+    s.weights.resize(logits.size());
+    const double total = cpu::exp_weights(s.weights.data(), logits.data(), V, max_logit, inv_t);
     if (!limit_p) {  // O(V): no ordering needed
-      const int64_t id = cpu::draw_index(weights_.data(), V, static_cast<double>(rng_.uniform()) * total);
+      const int64_t id = cpu::draw_index(s.weights.data(), V, static_cast<double>(rng_.uniform()) * total);
       DS_ASSERT(id >= 0, "all candidate weights are zero");
       return static_cast<int32_t>(id);
     }
     // top_p: the nucleus is the head of the order by logit, and every token with weight >= tau is in that head, so
-    // a tau whose tokens hold top_p of the mass bounds it, and only those tokens are sorted. tau = e^-cut, the cut
-    // bisected to a quarter of a nat (about nine sweeps); tau = 0 (every token) if rounding leaves the sorted
-    // prefix short of top_p.
+    // a tau whose tokens hold top_p of the mass bounds it, and only those tokens are candidates (Note [Nucleus
+    // buckets]). tau = e^-cut, the cut bisected to a quarter of a nat (about nine sweeps); every token if rounding
+    // leaves the candidates short of top_p.
     const double need = static_cast<double>(top_p_) * total;
-    float lo = 0.0f, hi = 88.0f;  // mass(e^-hi) >= need always (e^-88 is below every nonzero weight)
+    float lo = 0.0f, hi = kAllTokensCut;  // mass(e^-hi) >= need always
     while (hi - lo > 0.25f) {
       const float mid = 0.5f * (lo + hi);
-      if (cpu::mass_at_least(weights_.data(), V, std::exp(-mid)) >= need) hi = mid;
+      if (cpu::mass_at_least(s.weights.data(), V, std::exp(-mid)) >= need) hi = mid;
       else lo = mid;
     }
-    double cum = nucleus_above(std::exp(-hi), logits, need);
-    if (cum < need) cum = nucleus_above(0.0f, logits, need);
-    return draw(std::span<const std::pair<float, int32_t>>(scratch_.data(), nucleus_size_), cum, rng_);
+    int32_t id = draw_nucleus(s, rng_, logits, max_logit, inv_t, hi, need);
+    if (id < 0) id = draw_nucleus(s, rng_, logits, max_logit, inv_t, kAllTokensCut, need);
+    DS_ASSERT(id >= 0, "the whole vocabulary holds less than top_p of its own mass");
+    return id;
   }
 
   // top_k (then top_p over the renormalised top_k): only k candidates are weighed.
-  cpu::top_k_candidates(scratch_, logits.data(), V, top_k_);
-  size_t n = scratch_.size();
-  if (limit_p) std::sort(scratch_.begin(), scratch_.end(), cpu::candidate_before);
+  cpu::top_k_candidates(s.candidates, logits.data(), V, top_k_);
+  size_t n = s.candidates.size();
+  if (limit_p) std::sort(s.candidates.begin(), s.candidates.end(), cpu::candidate_before);
   double total = 0.0;
   for (size_t i = 0; i < n; ++i) {
-    scratch_[i].first = std::exp((scratch_[i].first - max_logit) * inv_t);
-    total += scratch_[i].first;
+    s.candidates[i].first = std::exp((s.candidates[i].first - max_logit) * inv_t);
+    total += s.candidates[i].first;
   }
   if (limit_p) {  // smallest prefix (by descending probability) whose probability reaches top_p
     const double need = static_cast<double>(top_p_) * total;
     double cum = 0.0;
     size_t keep = 0;
     while (keep < n) {
-      cum += scratch_[keep].first;
+      cum += s.candidates[keep].first;
       ++keep;
       if (cum >= need) break;
     }
     n = keep;
     total = cum;
   }
-  return draw(std::span<const std::pair<float, int32_t>>(scratch_.data(), n), total, rng_);
+  return draw(std::span<const std::pair<float, int32_t>>(s.candidates.data(), n), total, rng_);
 }
 
 // ------------------------------------------------------------------------------------------------ TextStream

@@ -47,13 +47,6 @@ class Sampler {
   int32_t top_k_;
   float top_p_;
   Rng rng_;
-  std::vector<std::pair<float, int32_t>> scratch_;  // candidates (logit or weight, id)
-  std::vector<float> weights_;                      // one per token of the vocabulary
-  size_t nucleus_size_ = 0;
-
-  // top_p without top_k: sorts the tokens whose weight is >= tau (and > 0) by logit into scratch_, with their
-  // weights, and takes the shortest prefix reaching `need`; returns its mass (short of need if tau cut too much).
-  double nucleus_above(float tau, std::span<const float> logits, double need);
 };
 
 class TextStream {

@@ -235,19 +235,42 @@ bool ServingLoop::step() {
   const auto now = Clock::now();
   const auto V = static_cast<size_t>(engine_.vocab_size());
 
+  // Every sequence whose pending tokens are all in the cache now gets its next token. The samplers are independent
+  // (each request has its own state and random stream), so they run in parallel over the model's threads: a pass
+  // of 16 sequences sampling with top_p spends about 1.6 ms in them, more than its forward on a small model.
+  struct Draw {
+    int32_t token = -1;  // -1: nothing to sample (a split prompt)
+    std::string error;   // this request's failure only (e.g. non-finite logits)
+  };
+  std::vector<Draw> draws(chosen.size());
+  std::vector<int> to_sample;
   for (size_t i = 0; i < chosen.size(); ++i) {
     Active& a = *chosen[i];
     a.pending.erase(a.pending.begin(), a.pending.begin() + plan.chunks[i].tokens);
-    if (!a.pending.empty()) continue;  // a split prompt: nothing to sample yet
-    int32_t t = 0;
+    if (a.pending.empty()) to_sample.push_back(static_cast<int>(i));
+  }
+  const int n_sample = static_cast<int>(to_sample.size());
+#pragma omp parallel for schedule(dynamic, 1) if (n_sample > 1)
+  for (int k = 0; k < n_sample; ++k) {
+    const auto i = static_cast<size_t>(to_sample[static_cast<size_t>(k)]);
     try {
-      t = a.sampler.sample(logits.subspan(i * V, static_cast<size_t>(sample_vocab_)));
-    } catch (const std::exception& e) {  // this request's failure only (e.g. non-finite logits)
+      draws[i].token = chosen[i]->sampler.sample(logits.subspan(i * V, static_cast<size_t>(sample_vocab_)));
+    } catch (const std::exception& e) {
+      draws[i].error = e.what();
+      if (draws[i].error.empty()) draws[i].error = "[serve] sampling failed";
+    }
+  }
+
+  for (size_t i = 0; i < chosen.size(); ++i) {
+    Active& a = *chosen[i];
+    if (!draws[i].error.empty()) {
       GenerationEvent ev;
-      ev.error = e.what();
+      ev.error = std::move(draws[i].error);
       finish(a, FinishReason::error, ev);
       continue;
     }
+    if (draws[i].token < 0) continue;
+    const int32_t t = draws[i].token;
     const bool first = a.generated.empty();
     a.generated.push_back(t);
     a.pending.assign(1, t);

@@ -100,6 +100,9 @@ int64_t draw_index(const float* w, int64_t n, double target);
 inline bool candidate_before(const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
   return a.first > b.first || (a.first == b.first && a.second < b.second);
 }
+// out = (x[i], i) for every i with w[i] >= tau and w[i] > 0, in order of i.
+void candidates_at_least(std::vector<std::pair<float, int32_t>>& out, const float* x, const float* w, int32_t n,
+                         float tau);
 // out = the k first (x[i], i) in candidate_before's order, NaNs never (in no particular order; fewer than k only
 // when fewer values are not NaN).
 void top_k_candidates(std::vector<std::pair<float, int32_t>>& out, const float* x, int32_t n, int32_t k);

@@ -101,6 +101,25 @@ int64_t draw_index(const float* w, int64_t n, double target) {
   return -1;
 }
 
+void candidates_at_least(std::vector<std::pair<float, int32_t>>& out, const float* x, const float* w, int32_t n,
+                         float tau) {
+  out.clear();
+  const __m256 t = _mm256_set1_ps(tau), zero = _mm256_setzero_ps();
+  int32_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(w + i);
+    int hit = _mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(v, t, _CMP_GE_OQ), _mm256_cmp_ps(v, zero, _CMP_GT_OQ)));
+    while (hit) {
+      const int32_t id = i + __builtin_ctz(static_cast<unsigned>(hit));
+      hit &= hit - 1;
+      out.emplace_back(x[id], id);
+    }
+  }
+  for (; i < n; ++i) {
+    if (w[i] >= tau && w[i] > 0.0f) out.emplace_back(x[i], i);
+  }
+}
+
 void top_k_candidates(std::vector<std::pair<float, int32_t>>& out, const float* x, int32_t n, int32_t k) {
   out.clear();
   if (k <= 0) return;
