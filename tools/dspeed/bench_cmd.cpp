@@ -156,6 +156,8 @@ void add_bench_command(CLI::App& root) {
   srv->add_option("--device", sv->device, "where the engines run: cpu, cuda or cuda:N")->capture_default_str();
   srv->add_option("--weights", sv->weights, "weight format on the CPU: fp32 or bf16")->capture_default_str();
   srv->add_option("--kv-dtype", sv->kv_dtype, "KV cache elements on the CPU: fp32 or bf16")->capture_default_str();
+  srv->add_option("--temperature", sv->temperature, "the requests' temperature (0: greedy)")->capture_default_str();
+  srv->add_option("--top-p", sv->top_p, "the requests' top_p (with a temperature above 0)")->capture_default_str();
   srv->add_option("--seed", sv->seed)->capture_default_str();
   srv->add_option("--json", sv->json_out, "append one JSON line per cell");
   srv->callback([sv, kv_memory] {

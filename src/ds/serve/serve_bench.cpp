@@ -29,6 +29,8 @@ using Clock = std::chrono::steady_clock;
 struct BenchRequest {
   std::vector<int32_t> prompt;
   int gen = 0;
+  double temperature = 0, top_p = 1;
+  uint64_t seed = 0;
 };
 
 // What a client saw of one request.
@@ -39,7 +41,7 @@ struct Observed {
 };
 
 std::vector<BenchRequest> make_requests(int n, double prompt_mean, double gen_mean, double rel_std, int context,
-                                        int vocab, uint64_t seed) {
+                                        int vocab, uint64_t seed, const ServeBenchOptions& o) {
   Rng rng(seed);
   std::vector<BenchRequest> out;
   for (int i = 0; i < n; ++i) {
@@ -49,6 +51,9 @@ std::vector<BenchRequest> make_requests(int n, double prompt_mean, double gen_me
     p = std::clamp(p, 1, context - g);
     BenchRequest r;
     r.gen = g;
+    r.temperature = o.temperature;
+    r.top_p = o.top_p;
+    r.seed = rng.next_u64() >> 1;  // OpenAI's seed is a signed integer
     for (int t = 0; t < p; ++t) r.prompt.push_back(static_cast<int32_t>(rng.next_u64() % static_cast<uint64_t>(vocab)));
     out.push_back(std::move(r));
   }
@@ -57,8 +62,9 @@ std::vector<BenchRequest> make_requests(int n, double prompt_mean, double gen_me
 
 // Sends one streaming completion and records when each token arrived (the "token_ids" of each chunk).
 Observed send_streaming(httplib::Client& cli, const BenchRequest& r, Clock::time_point t0) {
-  nlohmann::json body = {{"prompt", r.prompt}, {"max_tokens", r.gen}, {"temperature", 0},
-                         {"stream", true},     {"ignore_eos", true}};
+  nlohmann::json body = {{"prompt", r.prompt}, {"max_tokens", r.gen}, {"temperature", r.temperature},
+                         {"top_p", r.top_p},   {"seed", r.seed},       {"stream", true},
+                         {"ignore_eos", true}};
   Observed o;
   std::string buffer;
   double prev = -1;
@@ -224,6 +230,8 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
               o.gen_sla_rate >= 0, "[bench] the SLA fractions must be positive and the SLA rates positive or 0 (0: "
               "use the fraction); got --prompt-sla-fraction {}, --gen-sla-fraction {}, --prompt-sla-rate {}, "
               "--gen-sla-rate {}", o.prompt_sla_fraction, o.gen_sla_fraction, o.prompt_sla_rate, o.gen_sla_rate);
+  DS_CHECK_AS(ConfigError, o.temperature >= 0 && o.top_p > 0 && o.top_p <= 1, "[bench] need --temperature >= 0 and "
+              "--top-p in (0, 1], got {} and {}", o.temperature, o.top_p);
   DS_CHECK_AS(ConfigError, !o.model.empty(), "[bench] give --model: a checkpoint directory (dspeed train --save DIR) "
               "or a safetensors file");
   DS_CHECK_AS(ConfigError, o.requests > 0 && !o.clients.empty() && !o.policies.empty(), "[bench] need requests > 0, "
@@ -244,12 +252,14 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
               "stay below the model's context of {} tokens", prompt_mean, gen_mean, mc.block_size);
   const int max_clients = *std::max_element(o.clients.begin(), o.clients.end());
   const std::vector<BenchRequest> requests =
-      make_requests(o.requests, prompt_mean, gen_mean, o.relative_std, mc.block_size, mc.vocab_size, o.seed);
+      make_requests(o.requests, prompt_mean, gen_mean, o.relative_std, mc.block_size, mc.vocab_size, o.seed, o);
 
   ServeBenchResult result;
-  fmt::print("model {}\nrequests {} per cell; prompt ~N({:.0f}, {:.0f}) tokens, generation ~N({:.0f}, {:.0f}); token "
-             "budget {}; KV blocks of {}\n", mc.str(), o.requests, prompt_mean, o.relative_std * prompt_mean, gen_mean,
-             o.relative_std * gen_mean, o.token_budget, o.kv_block_size);
+  fmt::print("model {}\nrequests {} per cell; prompt ~N({:.0f}, {:.0f}) tokens, generation ~N({:.0f}, {:.0f}), {}; "
+             "token budget {}; KV blocks of {}\n", mc.str(), o.requests, prompt_mean, o.relative_std * prompt_mean,
+             gen_mean, o.relative_std * gen_mean,
+             o.temperature > 0 ? fmt::format("temperature {} top_p {}", o.temperature, o.top_p) : "greedy",
+             o.token_budget, o.kv_block_size);
 
   // The engine's own single-request speed: mean-length requests one at a time.
   {
@@ -257,7 +267,7 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
     httplib::Client cli("127.0.0.1", s.server.port());
     cli.set_read_timeout(600);
     const std::vector<BenchRequest> one = make_requests(6, prompt_mean, gen_mean, 0.0, mc.block_size, mc.vocab_size,
-                                                        o.seed + 1);
+                                                        o.seed + 1, o);
     std::vector<double> prefill, decode;
     for (size_t i = 0; i < one.size(); ++i) {
       const Observed r = send_streaming(cli, one[i], Clock::now());
@@ -376,7 +386,7 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
                               {"prompt_sla_tokens_per_s", prefill_floor}, {"gen_sla_tokens_per_s", decode_floor},
                               {"sla_capacity_clients", result.capacity.clients},
                               {"token_budget", o.token_budget}, {"device", o.device}, {"weights", o.weights},
-                              {"kv_dtype", o.kv_dtype},
+                              {"kv_dtype", o.kv_dtype}, {"temperature", o.temperature}, {"top_p", o.top_p},
                               {"preemptions", cell.preemptions}, {"passes", cell.passes},
                               {"forward_share", cell.forward_share}, {"loop_share", cell.loop_share}}
                    .dump()

@@ -38,6 +38,9 @@ struct ServeBenchOptions {
   std::string device = "cpu";    // where the engines run: cpu, cuda or cuda:N
   std::string weights = "fp32";  // weight format on the CPU: fp32 or bf16
   std::string kv_dtype = "fp32";  // KV cache elements on the CPU: fp32 or bf16
+  // How the requests sample: greedy (temperature 0, the default), or with temperature and top_p, each request
+  // with its own seed.
+  double temperature = 0, top_p = 1;
   uint64_t seed = 1;
   std::string json_out;          // append one JSON line per cell
 };
