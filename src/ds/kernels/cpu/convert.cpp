@@ -55,8 +55,12 @@ inline void f16_to_f32_8(float* out, const uint16_t* in) {
 template <class Body8, class Tail>
 inline void for_groups_of_8(size_t n, Body8 body8, Tail tail) {
   const size_t n8 = n / 8;
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-  for (size_t g = 0; g < n8; ++g) body8(g * 8);
+  if (n < kParallelMin) {  // no OpenMP region at all: a KV slot (a few hundred values) is converted per token
+    for (size_t g = 0; g < n8; ++g) body8(g * 8);
+  } else {
+#pragma omp parallel for schedule(static)
+    for (size_t g = 0; g < n8; ++g) body8(g * 8);
+  }
   if (n8 * 8 < n) tail(n8 * 8);
 }
 
