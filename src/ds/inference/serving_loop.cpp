@@ -255,9 +255,11 @@ bool ServingLoop::step() {
     const auto i = static_cast<size_t>(to_sample[static_cast<size_t>(k)]);
     try {
       draws[i].token = chosen[i]->sampler.sample(logits.subspan(i * V, static_cast<size_t>(sample_vocab_)));
-    } catch (const std::exception& e) {
+    } catch (const std::exception& e) {  // nothing may leave an OpenMP region
       draws[i].error = e.what();
       if (draws[i].error.empty()) draws[i].error = "[serve] sampling failed";
+    } catch (...) {
+      draws[i].error = "[serve] sampling failed";
     }
   }
 
