@@ -51,6 +51,21 @@ double max_abs_diff(std::span<const float> a, std::span<const float> b) {
   return m;
 }
 
+// The prompt split in two at every step-th point (first part in one put, the rest in the next) ends with the
+// whole prompt's logits.
+void expect_splits_give(InferenceEngine& engine, const std::vector<int32_t>& prompt,
+                        const std::vector<float>& whole_logits, int step) {
+  for (int k = 1; k < static_cast<int>(prompt.size()); k += step) {
+    const uint64_t uid = 10 + static_cast<uint64_t>(k);
+    const std::span<const int32_t> head[] = {std::span<const int32_t>(prompt.data(), static_cast<size_t>(k))};
+    const std::span<const int32_t> tail[] = {std::span<const int32_t>(prompt.data() + k, prompt.size() - k)};
+    engine.put(std::span(&uid, 1), head);
+    const std::span<const float> logits = engine.put(std::span(&uid, 1), tail);
+    EXPECT_LT(max_abs_diff(logits, whole_logits), 1e-5) << "split at " << k;
+    engine.flush(uid);
+  }
+}
+
 EngineConfig engine_config(int32_t block_size, int32_t blocks) {
   EngineConfig c;
   c.kv_block_size = block_size;
@@ -232,15 +247,7 @@ TEST(EngineBf16, SplitPointsAgreeAndStayNearFp32) {
   const double gap = max_abs_diff(whole_logits, fp32_logits);
   EXPECT_LT(gap, 2e-2 * std::max(1.0, scale)) << "largest logit " << scale;
   EXPECT_GT(gap, 0.0) << "bf16 weights gave the fp32 logits exactly";
-  for (int k = 1; k < static_cast<int>(prompt.size()); k += 5) {
-    const uint64_t uid = 10 + static_cast<uint64_t>(k);
-    const std::span<const int32_t> head[] = {std::span<const int32_t>(prompt.data(), static_cast<size_t>(k))};
-    const std::span<const int32_t> tail[] = {std::span<const int32_t>(prompt.data() + k, prompt.size() - k)};
-    engine.put(std::span(&uid, 1), head);
-    const std::span<const float> logits = engine.put(std::span(&uid, 1), tail);
-    EXPECT_LT(max_abs_diff(logits, whole_logits), 1e-5) << "split at " << k;
-    engine.flush(uid);
-  }
+  expect_splits_give(engine, prompt, whole_logits, 5);
 }
 
 TEST(EngineBf16, WeightFormatNames) {
@@ -311,15 +318,7 @@ TEST(EngineKvBf16, SplitPointsGiveTheWholePromptsLogits) {
   const std::span<const float> first = engine.put(std::span(&one, 1), whole);
   const std::vector<float> whole_logits(first.begin(), first.end());
   engine.flush(one);
-  for (int k = 1; k < static_cast<int>(prompt.size()); k += 3) {
-    const uint64_t uid = 10 + static_cast<uint64_t>(k);
-    const std::span<const int32_t> head[] = {std::span<const int32_t>(prompt.data(), static_cast<size_t>(k))};
-    const std::span<const int32_t> tail[] = {std::span<const int32_t>(prompt.data() + k, prompt.size() - k)};
-    engine.put(std::span(&uid, 1), head);
-    const std::span<const float> logits = engine.put(std::span(&uid, 1), tail);
-    EXPECT_LT(max_abs_diff(logits, whole_logits), 1e-5) << "split at " << k;
-    engine.flush(uid);
-  }
+  expect_splits_give(engine, prompt, whole_logits, 3);
   EXPECT_EQ(engine.free_blocks(), engine.kv_state().kv_block_count());
 }
 

@@ -160,7 +160,9 @@ int32_t draw_nucleus(SampleScratch& s, Rng& rng, std::span<const float> logits, 
   s.bucketed.resize(s.candidates.size());
   {
     std::vector<int32_t>& next = s.bucket_start;  // filled in place, then shifted back one bucket
-    for (const auto& c : s.candidates) s.bucketed[static_cast<size_t>(next[static_cast<size_t>(bucket_of(c.first))]++)] = c;
+    for (const auto& c : s.candidates) {
+      s.bucketed[static_cast<size_t>(next[static_cast<size_t>(bucket_of(c.first))]++)] = c;
+    }
     for (int b = kBuckets; b > 0; --b) next[size_t(b)] = next[size_t(b) - 1];
     next[0] = 0;
   }
