@@ -229,13 +229,17 @@ TEST(Sampler, LargeVocabularyFollowsSoftmax) {
 // the smallest prefix reaching top_p of the total, and the draw along it with the same seeded uniforms. The sampler
 // sorts only the tokens above a weight cut, so the same tokens must come out, draw for draw.
 TEST(Sampler, TopPOverTheVocabularyDrawsAsAFullSort) {
-  for (float spread : {3.0f, 0.5f, -1.0f}) {  // -1: logits rounded to quarters, so many tie (broken by id)
+  // -1: logits rounded to quarters, so many tie (broken by id); without the peak, ties at the maximum too. A
+  // near-flat spread puts thousands of tokens in each of many buckets of the sampler's nucleus search.
+  for (auto [spread, peak] : {std::pair{3.0f, true}, std::pair{0.5f, true}, std::pair{-1.0f, true},
+                              std::pair{-1.0f, false}, std::pair{0.002f, false}}) {
     SCOPED_TRACE(spread);
+    SCOPED_TRACE(peak);
     std::vector<float> logits(50257);
     Rng values(5);
     for (float& l : logits) l = spread > 0 ? spread * values.normal() : std::round(8.0f * values.normal()) / 4.0f;
-    logits[123] = 12.0f;  // a sharp peak matters when the spread is small
-    for (float top_p : {0.9f, 0.5f, 0.99f}) {
+    if (peak) logits[123] = 12.0f;  // a sharp peak matters when the spread is small
+    for (float top_p : {0.9f, 0.5f, 0.99f, 0.001f}) {
       SCOPED_TRACE(top_p);
       SamplingParams p;
       p.temperature = 0.8f;
@@ -265,6 +269,68 @@ TEST(Sampler, TopPOverTheVocabularyDrawsAsAFullSort) {
         while (i + 1 < keep && !(target < run + w[i])) run += w[i++];
         const int32_t got = s.sample(logits);
         ASSERT_EQ(got, order[i].second) << "draw " << draw << " (nucleus of " << keep << ")";
+      }
+    }
+  }
+}
+
+// The same, over many random distributions: vocabularies of 1 to 50,257 tokens, temperatures from 1e-5 to 2,
+// top_p from 1e-6 to just below 1 (small ones end the nucleus in the first few buckets of a flat distribution),
+// logits broad, flat, offset, tied, partly -inf or a ramp. Each case's first draws must be the full sort's; a
+// wrong bucket boundary or an unsorted bucket shows up in some of them.
+TEST(Sampler, TopPMatchesAFullSortOverManyDistributions) {
+  Rng gen(12345);
+  int failed = 0;
+  for (int c = 0; c < 1600 && failed < 5; ++c) {
+    const int sizes[] = {1, 3, 9, 17, 100, 1000, 5000};
+    const int V = c % 97 == 0 ? 50257 : sizes[gen.next_u64() % 7];
+    const float temperatures[] = {1e-5f, 3e-5f, 1e-3f, 0.05f, 0.3f, 0.8f, 1.0f, 2.0f};
+    const float top_ps[] = {1e-6f, 1e-3f, 0.01f, 0.1f, 0.5f, 0.9f, 0.95f, 0.99f, 0.999f, 0.99999994f};
+    const float T = temperatures[gen.next_u64() % 8], top_p = top_ps[gen.next_u64() % 10];
+    const int kind = c % 8;
+    const float spread = kind == 0 ? 3.0f : kind == 1 ? 0.5f : kind == 2 ? 1e-4f : kind == 3 ? 30.0f : 1.0f;
+    std::vector<float> x(static_cast<size_t>(V));
+    for (float& l : x) {
+      l = spread * gen.normal();
+      if (kind == 4) l = std::round(l * 4) / 4;           // ties
+      if (kind == 5) l = std::round(l * 2) / 2 + 100.0f;  // ties, offset
+      if (kind == 6 && gen.uniform() < 0.3f) l = -std::numeric_limits<float>::infinity();
+    }
+    if (kind == 6) x[0] = 1.0f;
+    if (kind == 7) {  // a ramp rising with the id: several distinct logits per bucket, in the reverse of their order
+      for (int i = 0; i < V; ++i) x[size_t(i)] = 1e-6f * float(i);
+    }
+    SamplingParams p;
+    p.temperature = T;
+    p.top_p = top_p;
+    p.seed = static_cast<uint64_t>(c) + 1;
+    Sampler s(p, 1);
+    // The reference: weights from the sampler's exp sweep (as in the test above), a full sort, the shortest prefix.
+    const float max = *std::max_element(x.begin(), x.end());
+    std::vector<float> w(x.size());
+    const double total = cpu::exp_weights(w.data(), x.data(), V, max, 1.0f / T);
+    std::vector<std::pair<float, int32_t>> order;
+    for (int32_t i = 0; i < V; ++i)
+      if (w[size_t(i)] > 0) order.emplace_back(x[size_t(i)], i);
+    std::sort(order.begin(), order.end(), [](const auto& a, const auto& b) {
+      return a.first > b.first || (a.first == b.first && a.second < b.second);
+    });
+    double cum = 0;
+    size_t keep = 0;
+    while (keep < order.size() && cum < double(top_p) * total) cum += w[size_t(order[keep++].second)];
+    Rng rng(static_cast<uint64_t>(c) + 1);
+    for (int draw = 0; draw < 20; ++draw) {
+      const double target = double(rng.uniform()) * cum;
+      double run = 0;
+      size_t i = 0;
+      while (i + 1 < keep && !(target < run + w[size_t(order[i].second)])) run += w[size_t(order[i++].second)];
+      const int32_t got = s.sample(x);
+      if (got != order[i].second) {
+        ADD_FAILURE() << "case " << c << " (V " << V << ", T " << T << ", top_p " << top_p << ", kind " << kind
+                      << ", nucleus " << keep << ") draw " << draw << ": got " << got << ", a full sort gives "
+                      << order[i].second;
+        ++failed;
+        break;
       }
     }
   }

@@ -129,21 +129,28 @@ SampleScratch& sample_scratch() {
   return scratch;
 }
 
-// top_p without top_k: draws from the shortest prefix of the candidate order whose mass reaches `need`, among the
-// tokens within `cut` nats of the largest (weight >= e^-cut, and > 0); -1 when those hold less than need.
 // Note [Nucleus buckets]
 // A small or undertrained model spreads top_p = 0.9 over thousands of tokens (3,000 to 16,000 for the default
 // model), and sorting them cost about 0.4 ms a token. Instead the candidates go into kBuckets buckets by
-// (max - logit) / T, linearly over [0, cut]: a higher logit never lands in a later bucket and equal logits share
-// one, so the buckets in order, each sorted by the candidate order, are the full sort. Only two buckets are ever
-// sorted: the one where the nucleus reaches its mass, and the one the draw lands in; whole buckets before them
-// count by their mass (summed in double, as the full sort's running sum, so the two agree to rounding).
-int32_t draw_nucleus(SampleScratch& s, Rng& rng, std::span<const float> logits, float max_logit, float inv_t, float cut,
-                     double need) {
+// max - logit, linearly over the candidates' own range: a higher logit never lands in a later bucket and equal
+// logits share one, so the buckets in order, each sorted by the candidate order, are the full sort. Only two
+// buckets are ever sorted (and none whose logits are all equal: they are in id order already): the one where the
+// nucleus reaches its mass, and the one the draw lands in; whole buckets before them count by their mass (summed
+// in double, as the full sort's running sum, so the two agree to rounding).
+
+// top_p without top_k: draws from the shortest prefix of the candidate order whose mass reaches `need`, among the
+// tokens within `cut` nats of the largest (weight >= e^-cut, and > 0); -1 when those hold less than need, unless
+// `whole` (every token is a candidate: rounding may leave their sum a hair short, and then all of them are drawn
+// from). See Note [Nucleus buckets].
+int32_t draw_nucleus(SampleScratch& s, Rng& rng, std::span<const float> logits, float max_logit, float cut,
+                     double need, bool whole) {
   constexpr int kBuckets = 2048;
   const float tau = std::exp(-cut);
   cpu::candidates_at_least(s.candidates, logits.data(), s.weights.data(), static_cast<int32_t>(s.weights.size()), tau);
-  const float scale = inv_t * (static_cast<float>(kBuckets) / cut);
+  float min_logit = max_logit;
+  for (const auto& c : s.candidates) min_logit = std::min(min_logit, c.first);
+  const float range = max_logit - min_logit;
+  const float scale = range > 0.0f ? static_cast<float>(kBuckets) / range : 0.0f;
   auto bucket_of = [&](float logit) {  // (max - logit) >= 0: logits with weight > 0 are finite and <= max
     const float x = (max_logit - logit) * scale;
     return x < static_cast<float>(kBuckets - 1) ? static_cast<int>(x) : kBuckets - 1;
@@ -169,8 +176,10 @@ int32_t draw_nucleus(SampleScratch& s, Rng& rng, std::span<const float> logits, 
   auto sort_bucket = [&](int b) {
     if (s.bucket_sorted[size_t(b)]) return;
     s.bucket_sorted[size_t(b)] = 1;
-    std::sort(s.bucketed.begin() + s.bucket_start[size_t(b)], s.bucketed.begin() + s.bucket_start[size_t(b) + 1],
-              cpu::candidate_before);
+    const auto first = s.bucketed.begin() + s.bucket_start[size_t(b)];
+    const auto last = s.bucketed.begin() + s.bucket_start[size_t(b) + 1];
+    if (std::all_of(first, last, [&](const auto& c) { return c.first == first->first; })) return;  // id order
+    std::sort(first, last, cpu::candidate_before);
   };
   auto weight = [&](size_t i) { return static_cast<double>(s.weights[static_cast<size_t>(s.bucketed[i].second)]); };
 
@@ -186,7 +195,7 @@ int32_t draw_nucleus(SampleScratch& s, Rng& rng, std::span<const float> logits, 
       end = i + 1;
     }
   }
-  if (cum < need || end == 0) return -1;
+  if (end == 0 || (cum < need && !whole)) return -1;
 
   // The draw: one uniform over the nucleus's mass, walked in candidate order.
   const double target = static_cast<double>(rng.uniform()) * cum;
@@ -232,9 +241,9 @@ int32_t Sampler::sample(std::span<const float> logits) {
       return static_cast<int32_t>(id);
     }
     // top_p: the nucleus is the head of the order by logit, and every token with weight >= tau is in that head, so
-    // a tau whose tokens hold top_p of the mass bounds it, and only those tokens are candidates (Note [Nucleus
-    // buckets]). tau = e^-cut, the cut bisected to a quarter of a nat (about nine sweeps); every token if rounding
-    // leaves the candidates short of top_p.
+    // a tau whose tokens hold top_p of the mass bounds it, and only those tokens are candidates (see Note
+    // [Nucleus buckets]). tau = e^-cut, the cut bisected to a quarter of a nat (about nine sweeps); every token
+    // if rounding leaves the candidates short of top_p.
     const double need = static_cast<double>(top_p_) * total;
     float lo = 0.0f, hi = kAllTokensCut;  // mass(e^-hi) >= need always
     while (hi - lo > 0.25f) {
@@ -242,9 +251,9 @@ int32_t Sampler::sample(std::span<const float> logits) {
       if (cpu::mass_at_least(s.weights.data(), V, std::exp(-mid)) >= need) hi = mid;
       else lo = mid;
     }
-    int32_t id = draw_nucleus(s, rng_, logits, max_logit, inv_t, hi, need);
-    if (id < 0) id = draw_nucleus(s, rng_, logits, max_logit, inv_t, kAllTokensCut, need);
-    DS_ASSERT(id >= 0, "the whole vocabulary holds less than top_p of its own mass");
+    int32_t id = draw_nucleus(s, rng_, logits, max_logit, hi, need, false);
+    if (id < 0) id = draw_nucleus(s, rng_, logits, max_logit, kAllTokensCut, need, true);
+    DS_ASSERT(id >= 0, "no token has a nonzero weight");
     return id;
   }
 

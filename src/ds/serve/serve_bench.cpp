@@ -43,6 +43,7 @@ struct Observed {
 std::vector<BenchRequest> make_requests(int n, double prompt_mean, double gen_mean, double rel_std, int context,
                                         int vocab, uint64_t seed, const ServeBenchOptions& o) {
   Rng rng(seed);
+  Rng seeds(seed ^ 0x5eedULL);  // a stream of its own: the lengths and prompts do not depend on the sampling
   std::vector<BenchRequest> out;
   for (int i = 0; i < n; ++i) {
     int p = static_cast<int>(std::lround(prompt_mean + rel_std * prompt_mean * rng.normal()));
@@ -53,7 +54,7 @@ std::vector<BenchRequest> make_requests(int n, double prompt_mean, double gen_me
     r.gen = g;
     r.temperature = o.temperature;
     r.top_p = o.top_p;
-    r.seed = rng.next_u64() >> 1;  // OpenAI's seed is a signed integer
+    r.seed = seeds.next_u64() >> 1;  // OpenAI's seed is a signed integer
     for (int t = 0; t < p; ++t) r.prompt.push_back(static_cast<int32_t>(rng.next_u64() % static_cast<uint64_t>(vocab)));
     out.push_back(std::move(r));
   }
@@ -230,8 +231,8 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
               o.gen_sla_rate >= 0, "[bench] the SLA fractions must be positive and the SLA rates positive or 0 (0: "
               "use the fraction); got --prompt-sla-fraction {}, --gen-sla-fraction {}, --prompt-sla-rate {}, "
               "--gen-sla-rate {}", o.prompt_sla_fraction, o.gen_sla_fraction, o.prompt_sla_rate, o.gen_sla_rate);
-  DS_CHECK_AS(ConfigError, o.temperature >= 0 && o.top_p > 0 && o.top_p <= 1, "[bench] need --temperature >= 0 and "
-              "--top-p in (0, 1], got {} and {}", o.temperature, o.top_p);
+  DS_CHECK_AS(ConfigError, o.temperature >= 0 && o.temperature <= 2 && o.top_p > 0 && o.top_p <= 1, "[bench] need "
+              "--temperature in [0, 2] (as the server) and --top-p in (0, 1], got {} and {}", o.temperature, o.top_p);
   DS_CHECK_AS(ConfigError, !o.model.empty(), "[bench] give --model: a checkpoint directory (dspeed train --save DIR) "
               "or a safetensors file");
   DS_CHECK_AS(ConfigError, o.requests > 0 && !o.clients.empty() && !o.policies.empty(), "[bench] need requests > 0, "
