@@ -267,12 +267,16 @@ namespace {
 // full-recompute reference at every step (and are not equal to it: the cache really rounds), every split point
 // of a prompt gives the whole prompt's logits (a token's K and V round the same whichever pass writes them), and
 // a memory budget holds twice the fp32 cache's blocks.
+EngineConfig bf16_kv_config(int32_t blocks) {
+  EngineConfig c = engine_config(16, blocks);
+  c.kv_dtype = DType::bf16;
+  return c;
+}
+
 TEST(EngineKvBf16, MixedBatchStaysNearFullRecompute) {
   Fixture f;
   const int V = f.model.config().vocab_size;
-  EngineConfig config = engine_config(16, 80);
-  config.kv_dtype = DType::bf16;
-  InferenceEngine engine(f.runner, config);
+  InferenceEngine engine(f.runner, bf16_kv_config(80));
   Rng rng(13);
   const std::vector<int> lengths = {1, 9, 33, 70};
   std::vector<std::vector<int32_t>> ctx;
@@ -308,9 +312,7 @@ TEST(EngineKvBf16, MixedBatchStaysNearFullRecompute) {
 TEST(EngineKvBf16, SplitPointsGiveTheWholePromptsLogits) {
   Fixture f;
   const int V = f.model.config().vocab_size;
-  EngineConfig config = engine_config(16, 40);
-  config.kv_dtype = DType::bf16;
-  InferenceEngine engine(f.runner, config);
+  InferenceEngine engine(f.runner, bf16_kv_config(40));
   Rng rng(17);
   const std::vector<int32_t> prompt = random_tokens(rng, 37, V);
   const uint64_t one = 1;

@@ -130,8 +130,8 @@ SampleScratch& sample_scratch() {
 }
 
 // Note [Nucleus buckets]
-// A small or undertrained model spreads top_p = 0.9 over thousands of tokens (3,000 to 16,000 for the default
-// model), and sorting them cost about 0.4 ms a token. Instead the candidates go into kBuckets buckets by
+// A small or undertrained model spreads top_p = 0.9 over thousands of tokens, and sorting them cost milliseconds
+// a token (bm_kernels --only sampling, the flat top_p case). Instead the candidates go into kBuckets buckets by
 // max - logit, linearly over the candidates' own range: a higher logit never lands in a later bucket and equal
 // logits share one, so the buckets in order, each sorted by the candidate order, are the full sort. Only two
 // buckets are ever sorted (and none whose logits are all equal: they are in id order already): the one where the
