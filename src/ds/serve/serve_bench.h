@@ -60,6 +60,9 @@ struct ServeBenchCell {
   // Shares of the wall time the serving loop spent in forward passes, and busy in all (scheduling, forward,
   // sampling, delivering tokens); the rest it waited for requests.
   double forward_share = 0, loop_share = 0;
+  // Forward-pass time per request served, under this load: beside the SLA capacity's estimate from passes run
+  // alone, it shows what the server's other threads and the clients cost the engine on a shared CPU.
+  double forward_s_per_request = 0;
 };
 
 // FastGen's generation SLA (benchmarks/inference/mii, EMA_SPAN = 16): the exponential moving average of the gaps
