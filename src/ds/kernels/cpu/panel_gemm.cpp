@@ -30,8 +30,10 @@ void panel_rows_avx2(float* out, int ldo, const float* x, int ldx, const float* 
     const __m256 b = bias ? _mm256_maskload_ps(bias + 8 * j, m) : _mm256_setzero_ps();
     for (int r = 0; r < R; ++r) acc[r][j] = b;
   }
+  const uintptr_t next = reinterpret_cast<uintptr_t>(panel + static_cast<int64_t>(K) * kPanel);
   for (int k = 0; k < K; ++k) {
     const float* w = panel + static_cast<int64_t>(k) * kPanel;
+    simd::prefetch_panel_row(next + static_cast<uintptr_t>(k) * kPanel * sizeof(float));
     const __m256 w0 = _mm256_loadu_ps(w), w1 = _mm256_loadu_ps(w + 8), w2 = _mm256_loadu_ps(w + 16),
                  w3 = _mm256_loadu_ps(w + 24);
     for (int r = 0; r < R; ++r) {
@@ -68,8 +70,10 @@ DS_TARGET_AVX512 void panel_rows_avx512(float* out, int ldo, const float* x, int
     a0[r] = b0;
     a1[r] = b1;
   }
+  const uintptr_t next = reinterpret_cast<uintptr_t>(panel + static_cast<int64_t>(K) * kPanel);
   for (int k = 0; k < K; ++k) {
     const float* w = panel + static_cast<int64_t>(k) * kPanel;
+    simd::prefetch_panel_row(next + static_cast<uintptr_t>(k) * kPanel * sizeof(float));
     const __m512 w0 = _mm512_loadu_ps(w), w1 = _mm512_loadu_ps(w + 16);
     for (int r = 0; r < R; ++r) {
       const __m512 xb = _mm512_set1_ps(x[static_cast<int64_t>(r) * ldx + k]);

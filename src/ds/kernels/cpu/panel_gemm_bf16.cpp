@@ -62,7 +62,9 @@ void bf16_rows_avx2(float* out, int ldo, const uint32_t* xp, int ldx, const uint
     for (int r = 0; r < R; ++r) acc[r][j] = b;
   }
   const __m256i high = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+  const uintptr_t next = reinterpret_cast<uintptr_t>(panel + static_cast<int64_t>(P2) * kPanel);
   for (int kk = 0; kk < P2; ++kk) {
+    simd::prefetch_panel_row(next + static_cast<uintptr_t>(kk) * kPanel * sizeof(uint32_t));
     __m256 xe[R], xo[R];
     for (int r = 0; r < R; ++r) {
       const uint32_t w = xp[static_cast<int64_t>(r) * ldx + kk];
@@ -105,8 +107,10 @@ DS_TARGET_AVX512_BF16 void bf16_rows_avx512(float* out, int ldo, const uint32_t*
     a0[r] = b0;
     a1[r] = b1;
   }
+  const uintptr_t next = reinterpret_cast<uintptr_t>(panel + static_cast<int64_t>(P2) * kPanel);
   for (int kk = 0; kk < P2; ++kk) {
     const uint32_t* w = panel + static_cast<int64_t>(kk) * kPanel;
+    simd::prefetch_panel_row(next + static_cast<uintptr_t>(kk) * kPanel * sizeof(uint32_t));
     const __m512bh w0 = (__m512bh)_mm512_loadu_si512(w), w1 = (__m512bh)_mm512_loadu_si512(w + 16);
     for (int r = 0; r < R; ++r) {
       const __m512bh xb = (__m512bh)_mm512_set1_epi32(static_cast<int>(xp[static_cast<int64_t>(r) * ldx + kk]));

@@ -70,6 +70,16 @@ inline void for_row_blocks(int rows, Kernel&& kernel) {
   row_remainder<Max - 1>(rows - r, r, kernel);
 }
 
+// Prefetches one row of the next column panel (128 bytes: 32 fp32 or 32 pairs of bf16) while a panel GEMM computes
+// with the current one. The next panel is a panel's length ahead, so its reads overlap the current panel's FMAs
+// instead of following them. Past the last panel the address points at nothing, which a prefetch tolerates (it
+// never faults); it is computed as an integer, not as a pointer beyond the array. On the head of gpt2-tiny this
+// took 16 rows from 0.67-0.83 to 0.47-0.56 ms (bm_kernels --only panel, 2 threads, 3 runs).
+inline void prefetch_panel_row(uintptr_t address) {
+  _mm_prefetch(reinterpret_cast<const char*>(address), _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(address + 64), _MM_HINT_T0);
+}
+
 // The task grid of the panel GEMMs (panel_gemm, panel_gemm_bf16): rows in blocks of 64, so that a block's
 // activations stay in L1/L2 while every panel passes over it, times panels of `width` columns; in parallel only
 // when the product has at least 2^19 multiply-adds (a decode of a small model is a few microseconds of work, and
