@@ -12,30 +12,18 @@
 #include <random>
 #include <vector>
 
+#include "common/isa_scope.h"
 #include "common/random_values.h"
 #include "ds/kernels/cpu/kernels.h"
 
 namespace {
 
+using ds::testing::IsaScope;
+
 using ds::testing::randn;
 
 struct Shape {
   int B, T, C, NH;
-};
-
-// Selects the kernel ISA for the lifetime of the object ("avx2", or "native" for the best available).
-class IsaScope {
- public:
-  explicit IsaScope(const std::string& isa) {
-    if (isa == "native") {
-      unsetenv("DS_CPU_ISA");
-    } else {
-      setenv("DS_CPU_ISA", isa.c_str(), 1);
-    }
-  }
-  ~IsaScope() { unsetenv("DS_CPU_ISA"); }
-  IsaScope(const IsaScope&) = delete;
-  IsaScope& operator=(const IsaScope&) = delete;
 };
 
 const auto kIsas = ::testing::Values(std::string("avx2"), std::string("native"));

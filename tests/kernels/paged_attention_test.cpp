@@ -6,14 +6,18 @@
 // path (keys transposed, tiles of 4 queries): whole prompts from position 0 and continuations, tile remainders,
 // head sizes with an odd number of 8-channel vectors. Every case runs over an fp32 cache and a bf16 one; for bf16
 // the reference gets the same keys and values rounded to bf16, so both sides must agree as closely as for fp32.
+// And every case runs on the AVX2 kernels and on the machine's best: the AVX-512 prompt path takes values 32 and
+// 16 channels at a time and leaves a last 8 to the AVX2 kernel (head sizes 8, 16, 24, 32, 40, 48 and 96 here).
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
+#include "common/isa_scope.h"
 #include "common/random_values.h"
 #include "ds/kernels/cpu/kernels.h"
 
@@ -25,12 +29,14 @@ struct Case {
   int C, NH, block;
   int len0 = 13, len1 = 29, chunk = 5;  // sequence lengths; the last `chunk` positions of sequence 0 are queried
   ds::DType kv = ds::DType::f32;        // the cache's element type
+  std::string isa = "native";            // DS_CPU_ISA: "avx2" or the machine's best
 };
 
 class PagedAttention : public ::testing::TestWithParam<Case> {};
 
 TEST_P(PagedAttention, MatchesContiguousAttention) {
-  const auto [C, NH, bs, len0, len1, chunk, kv_dtype] = GetParam();
+  const auto& [C, NH, bs, len0, len1, chunk, kv_dtype, isa] = GetParam();
+  const ds::testing::IsaScope isa_scope(isa);
   const std::vector<int> lengths = {len0, len1};
   const int max_len = std::max(len0, len1);
   const int blocks_per_seq = (max_len + bs - 1) / bs;
@@ -105,12 +111,16 @@ std::vector<Case> cases() {
                                     Case{128, 4, 16, 300, 517, 40}, Case{192, 2, 16, 301, 517, 0},
                                     Case{40, 4, 16, 300, 517, 0}, Case{64, 8, 3, 13, 29, 13},
                                     Case{96, 4, 5, 37, 29, 30}, Case{48, 3, 1, 20, 9, 9},
-                                    Case{192, 2, 16, 301, 517, 301}, Case{40, 4, 7, 40, 29, 33}};
+                                    Case{192, 2, 16, 301, 517, 301}, Case{40, 4, 7, 40, 29, 33},
+                                    Case{80, 2, 16, 40, 29, 33}, Case{96, 2, 5, 37, 29, 30}};
   std::vector<Case> all;
-  for (const ds::DType dtype : {ds::DType::f32, ds::DType::bf16}) {
-    for (Case c : shapes) {
-      c.kv = dtype;
-      all.push_back(c);
+  for (const char* isa : {"avx2", "native"}) {
+    for (const ds::DType dtype : {ds::DType::f32, ds::DType::bf16}) {
+      for (Case c : shapes) {
+        c.kv = dtype;
+        c.isa = isa;
+        all.push_back(c);
+      }
     }
   }
   return all;
@@ -120,7 +130,7 @@ INSTANTIATE_TEST_SUITE_P(Kernels, PagedAttention, ::testing::ValuesIn(cases()), 
   const Case& c = info.param;
   return "C" + std::to_string(c.C) + "_NH" + std::to_string(c.NH) + "_block" + std::to_string(c.block) + "_len" +
          std::to_string(c.len0) + "_" + std::to_string(c.len1) + "_chunk" + std::to_string(c.chunk) + "_" +
-         std::string(ds::dtype_name(c.kv));
+         std::string(ds::dtype_name(c.kv)) + "_" + c.isa;
 });
 
 }  // namespace

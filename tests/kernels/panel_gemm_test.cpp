@@ -12,22 +12,16 @@
 #include <utility>
 #include <vector>
 
+#include "common/isa_scope.h"
 #include "common/random_values.h"
 #include "ds/core/error.h"
 #include "ds/kernels/cpu/kernels.h"
 
 namespace {
 
-using ds::testing::randn;
+using ds::testing::IsaScope;
 
-class IsaScope {
- public:
-  explicit IsaScope(const std::string& isa) {
-    if (isa.empty()) unsetenv("DS_CPU_ISA");
-    else setenv("DS_CPU_ISA", isa.c_str(), 1);
-  }
-  ~IsaScope() { unsetenv("DS_CPU_ISA"); }
-};
+using ds::testing::randn;
 
 void check(int N, int K, int M, bool rows_of_k, bool with_bias, const std::string& isa) {
   const IsaScope scope(isa);

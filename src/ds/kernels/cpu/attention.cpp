@@ -143,28 +143,6 @@ DS_TARGET_AVX512 void gemm_block_avx512(int mr, int ncols, const float* A, size_
   }
 }
 
-// row[0..len) = softmax(row[0..len)), row[len..T) = 0.
-DS_TARGET_AVX512 void softmax_causal_row_avx512(float* row, int len, int T) {
-  __m512 vmax = _mm512_set1_ps(-INFINITY);
-  for (int j = 0; j < len; j += 16) {
-    vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(vmax, simd::mask16(len - j), row + j));
-  }
-  const __m512 vm = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
-  __m512 acc = _mm512_setzero_ps();
-  for (int j = 0; j < len; j += 16) {
-    const __mmask16 m = simd::mask16(len - j);
-    const __m512 e = simd::exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, row + j), vm));
-    _mm512_mask_storeu_ps(row + j, m, e);
-    acc = _mm512_mask_add_ps(acc, m, acc, e);
-  }
-  const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(acc));
-  for (int j = 0; j < len; j += 16) {
-    const __mmask16 m = simd::mask16(len - j);
-    _mm512_mask_storeu_ps(row + j, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, row + j), inv));
-  }
-  std::fill(row + len, row + T, 0.0f);
-}
-
 // g[0..len) = scale * a * (g - sum(a * g)): softmax backward on the causal part of a row.
 DS_TARGET_AVX512 void softmax_backward_row_avx512(float* g, const float* a, int len, float scale) {
   __m512 acc = _mm512_setzero_ps();
@@ -243,7 +221,7 @@ struct Isa {
   }
   static void softmax_row(float* row, int len, int T) {
     if constexpr (kWide) {
-      softmax_causal_row_avx512(row, len, T);
+      simd::softmax_causal_row512(row, len, T);
     } else {
       softmax_causal_row_avx2(row, len, T);
     }

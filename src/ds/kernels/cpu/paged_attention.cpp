@@ -179,9 +179,10 @@ void attend_vec(const Task& k, const SlotCursor<T>& cur, int C) {
 
 constexpr int kMinChunk = 8;   // fewer consecutive new tokens of a sequence take the per-token path
 constexpr int kTileRows = 4;   // queries per tile
-constexpr int kKeyStep = 16;   // keys per score step (2 vectors)
+constexpr int kKeyStep = 16;   // keys per score step (2 vectors; 32 keys in 2 vectors with AVX-512)
+constexpr int kKeyPad = 32;    // key rows are padded to a multiple of either step
 
-inline int64_t padded_keys(int keys) { return (int64_t(keys) + kKeyStep - 1) / kKeyStep * kKeyStep; }
+inline int64_t padded_keys(int keys) { return (int64_t(keys) + kKeyPad - 1) / kKeyPad * kKeyPad; }
 
 // A run of new tokens i0..i0+n-1 of one sequence at positions pos0..pos0+n-1, and one head of it.
 struct Chunk {
@@ -189,7 +190,7 @@ struct Chunk {
 };
 
 // Scores of R queries (rows of q, stride qs) against keys [0, keys) of kt ([HS][ld], keys padded with zeros to a
-// multiple of 16), scaled, into sc (stride ld).
+// multiple of 32), scaled, into sc (stride ld).
 template <int R>
 void chunk_scores(const float* q, int64_t qs, const float* kt, int64_t ld, int HS, int keys, float scale, float* sc) {
   for (int t = 0; t < keys; t += kKeyStep) {
@@ -230,10 +231,62 @@ void chunk_values(const float* sc, int64_t ld, SlotCursor<T> cur, int64_t v_offs
     for (int j = 0; j < NV; ++j) _mm256_storeu_ps(out + r * os + 8 * j, acc[r][j]);
 }
 
-// One head h of a chunk; scratch holds (HS + kTileRows) * padded_keys(pos0 + n) floats.
+DS_AVX512_BEGIN
+// The AVX-512 twins of chunk_scores and chunk_values: 32 keys (two vectors) per score step, 16 channels per value
+// vector; 8 accumulators either way, so both loops keep two FMA pipes busy.
+DS_TARGET_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+DS_TARGET_AVX512 inline __m512 load16(const uint16_t* p) {
+  const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+}
+
+template <int R>
+DS_TARGET_AVX512 void chunk_scores512(const float* q, int64_t qs, const float* kt, int64_t ld, int HS, int keys,
+                                      float scale, float* sc) {
+  for (int t = 0; t < keys; t += 2 * kKeyStep) {
+    __m512 acc[R][2];
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int d = 0; d < HS; ++d) {
+      const __m512 k0 = _mm512_loadu_ps(kt + d * ld + t), k1 = _mm512_loadu_ps(kt + d * ld + t + 16);
+      for (int r = 0; r < R; ++r) {
+        const __m512 qb = _mm512_set1_ps(q[r * qs + d]);
+        acc[r][0] = _mm512_fmadd_ps(qb, k0, acc[r][0]);
+        acc[r][1] = _mm512_fmadd_ps(qb, k1, acc[r][1]);
+      }
+    }
+    const __m512 s16 = _mm512_set1_ps(scale);
+    for (int r = 0; r < R; ++r) {
+      _mm512_storeu_ps(sc + r * ld + t, _mm512_mul_ps(acc[r][0], s16));
+      _mm512_storeu_ps(sc + r * ld + t + 16, _mm512_mul_ps(acc[r][1], s16));
+    }
+  }
+}
+
+template <int R, int NV, class T>
+DS_TARGET_AVX512 void chunk_values512(const float* sc, int64_t ld, SlotCursor<T> cur, int64_t v_offset, int keys,
+                                      float* out, int64_t os) {
+  __m512 acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NV; ++j) acc[r][j] = _mm512_setzero_ps();
+  for (int t = 0; t < keys; ++t, cur.next()) {
+    const T* v = cur.get() + v_offset;
+    __m512 vv[NV];
+    for (int j = 0; j < NV; ++j) vv[j] = load16(v + 16 * j);
+    for (int r = 0; r < R; ++r) {
+      const __m512 p = _mm512_set1_ps(sc[r * ld + t]);
+      for (int j = 0; j < NV; ++j) acc[r][j] = _mm512_fmadd_ps(p, vv[j], acc[r][j]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NV; ++j) _mm512_storeu_ps(out + r * os + 16 * j, acc[r][j]);
+}
+DS_AVX512_END
+
+// One head h of a chunk, on the AVX-512 kernels when `wide`; scratch holds (HS + kTileRows) *
+// padded_keys(pos0 + n) floats.
 template <class T>
 void attend_chunk(const Chunk& ch, int h, const float* qkv, float* out, SlotCursor<T> cur, int C, int HS, float scale,
-                  float* scratch) {
+                  float* scratch, bool wide) {
   const int keys = ch.pos0 + ch.n;
   const int64_t ld = padded_keys(keys);
   float* kt = scratch;             // [HS][ld]
@@ -251,15 +304,35 @@ void attend_chunk(const Chunk& ch, int h, const float* qkv, float* out, SlotCurs
     const int R = std::min(kTileRows, ch.n - r0);
     const int tile_keys = ch.pos0 + r0 + R;  // the keys the tile's last query sees
     const float* q = qkv + int64_t(ch.i0 + r0) * qs + h * HS;
-    auto scores = [&](auto r, int) { chunk_scores<decltype(r)::value>(q, qs, kt, ld, HS, tile_keys, scale, sc); };
+    auto scores = [&](auto r, int) {
+      constexpr int kR = decltype(r)::value;
+      if (wide) chunk_scores512<kR>(q, qs, kt, ld, HS, tile_keys, scale, sc);
+      else chunk_scores<kR>(q, qs, kt, ld, HS, tile_keys, scale, sc);
+    };
     simd::row_remainder<kTileRows>(R, 0, scores);
     for (int r = 0; r < R; ++r) {  // causal: query r sees keys 0..pos0 + r0 + r
       const int seen = ch.pos0 + r0 + r + 1;
-      softmax_inplace(sc + r * ld, seen);
-      std::fill(sc + r * ld + seen, sc + r * ld + tile_keys, 0.0f);
+      if (wide) {
+        simd::softmax_causal_row512(sc + r * ld, seen, tile_keys);
+      } else {
+        softmax_inplace(sc + r * ld, seen);
+        std::fill(sc + r * ld + seen, sc + r * ld + tile_keys, 0.0f);
+      }
     }
     float* o = out + int64_t(ch.i0 + r0) * C + h * HS;
-    for (int c = 0; c < HS; c += 16) {
+    int c = 0;
+    while (wide && HS - c >= 16) {  // 32 or 16 channels at a time; a last 8 take the AVX2 kernel below
+      const int64_t v_offset = C + h * HS + c;
+      const bool two = HS - c >= 32;
+      auto values = [&](auto r, int) {
+        constexpr int kR = decltype(r)::value;
+        if (two) chunk_values512<kR, 2, T>(sc, ld, cur, v_offset, tile_keys, o + c, C);
+        else chunk_values512<kR, 1, T>(sc, ld, cur, v_offset, tile_keys, o + c, C);
+      };
+      simd::row_remainder<kTileRows>(R, 0, values);
+      c += two ? 32 : 16;
+    }
+    for (; c < HS; c += 16) {
       const int64_t v_offset = C + h * HS + c;
       auto values = [&](auto r, int) {
         constexpr int kR = decltype(r)::value;
@@ -288,6 +361,7 @@ void paged_attention(float* out, const float* qkv, int N, const int32_t* token_s
                      int max_pos) {
   const int HS = C / NH;
   const bool vec = HS % 8 == 0;
+  const bool wide = simd::use_avx512();
   const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
   const int64_t row = static_cast<int64_t>(std::max(max_pos, 1) + 8);  // scores of one head
   const int64_t per_thread = static_cast<int64_t>(paged_attention_scratch_floats(max_pos, C, NH) /
@@ -327,7 +401,7 @@ void paged_attention(float* out, const float* qkv, int N, const int32_t* token_s
       const Chunk& ch = chunk_list[task / NH];
       DS_DEBUG_ASSERT(ch.pos0 + ch.n <= max_pos, "position beyond max_pos");
       const SlotCursor<T> cursor{kv, block_tables[ch.seq], block_size, 2 * static_cast<int64_t>(C)};
-      attend_chunk(ch, task % NH, qkv, out, cursor, C, HS, scale, mine);
+      attend_chunk(ch, task % NH, qkv, out, cursor, C, HS, scale, mine, wide);
       continue;
     }
     const int i = single_list[(task - chunk_tasks) / split];

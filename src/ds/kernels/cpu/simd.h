@@ -9,6 +9,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -141,6 +142,28 @@ DS_TARGET_AVX512 inline __m512 exp512(__m512 x, float lo = -87.3f) {
   y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
   y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
   return _mm512_scalef_ps(y, n);
+}
+
+// row[0..len) = softmax(row[0..len)), row[len..T) = 0 (a causal row of attention scores).
+DS_TARGET_AVX512 inline void softmax_causal_row512(float* row, int len, int T) {
+  __m512 vmax = _mm512_set1_ps(-INFINITY);
+  for (int j = 0; j < len; j += 16) {
+    vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(vmax, mask16(len - j), row + j));
+  }
+  const __m512 vm = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+  __m512 acc = _mm512_setzero_ps();
+  for (int j = 0; j < len; j += 16) {
+    const __mmask16 m = mask16(len - j);
+    const __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, row + j), vm));
+    _mm512_mask_storeu_ps(row + j, m, e);
+    acc = _mm512_mask_add_ps(acc, m, acc, e);
+  }
+  const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(acc));
+  for (int j = 0; j < len; j += 16) {
+    const __mmask16 m = mask16(len - j);
+    _mm512_mask_storeu_ps(row + j, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, row + j), inv));
+  }
+  std::fill(row + len, row + T, 0.0f);
 }
 
 DS_AVX512_END
