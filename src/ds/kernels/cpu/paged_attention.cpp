@@ -21,7 +21,8 @@ namespace {
 // - A prompt chunk (at least kMinChunk consecutive new tokens of one sequence) and one head: the head's keys are
 //   gathered once, transposed ([HS][T]), and the chunk's queries go through them four at a time, 16 keys per step
 //   with no horizontal sums (8 accumulators: 4 queries x 2 vectors of keys); the values of 4 queries accumulate
-//   in registers while the V slots stream by once per pair of 8-channel vectors.
+//   in registers while the V slots stream by once per pair of 8-channel vectors. With AVX-512 the same tiles take
+//   32 keys per step and 16 channels per vector (a last 8 channels take the AVX2 kernel).
 // - Any other token (a decode, a short chunk) and a range of its heads: it sweeps the slots of positions 0..pos of
 //   its sequence once for the scores and once for the values. Keys go 8 at a time: eight dot products in eight
 //   registers and one transposing reduction (6 hadds) give eight scores; values accumulate in registers, up to 64
