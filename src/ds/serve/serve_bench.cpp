@@ -414,10 +414,10 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
     for (const char* other : {"prefill-first", "static"}) {
       const ServeBenchCell* b = find(other);
       if (!b) continue;
-      const std::string eff =
-          b->effective_requests_per_s > 0 ? fmt::format("{:.2f}x", sf->effective_requests_per_s / b->effective_requests_per_s)
-          : sf->effective_requests_per_s > 0 ? std::string("only splitfuse met the SLAs")
-                                             : std::string("n/a (neither met the SLAs)");
+      const double sf_eff = sf->effective_requests_per_s, b_eff = b->effective_requests_per_s;
+      const std::string eff = b_eff > 0    ? fmt::format("{:.2f}x", sf_eff / b_eff)
+                              : sf_eff > 0 ? std::string("only splitfuse met the SLAs")
+                                           : std::string("n/a (neither met the SLAs)");
       fmt::print("  splitfuse / {:<13} effective throughput {}, p95 token gap {:.2f}x ({:.1f} vs {:.1f} ms)\n", other,
                  eff, sf->token_gap_p95_s / b->token_gap_p95_s, 1e3 * sf->token_gap_p95_s, 1e3 * b->token_gap_p95_s);
     }
