@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdlib>
+#include <optional>
 #include <string>
 
 namespace ds::testing {
@@ -11,12 +12,19 @@ namespace ds::testing {
 class IsaScope {
  public:
   explicit IsaScope(const std::string& isa) {
+    if (const char* old = std::getenv("DS_CPU_ISA")) previous_ = old;
     if (isa.empty() || isa == "native") unsetenv("DS_CPU_ISA");
     else setenv("DS_CPU_ISA", isa.c_str(), 1);
   }
-  ~IsaScope() { unsetenv("DS_CPU_ISA"); }
+  ~IsaScope() {  // restores what the test binary was started with
+    if (previous_) setenv("DS_CPU_ISA", previous_->c_str(), 1);
+    else unsetenv("DS_CPU_ISA");
+  }
   IsaScope(const IsaScope&) = delete;
   IsaScope& operator=(const IsaScope&) = delete;
+
+ private:
+  std::optional<std::string> previous_;
 };
 
 }  // namespace ds::testing

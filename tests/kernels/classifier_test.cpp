@@ -10,6 +10,7 @@
 #include <random>
 #include <vector>
 
+#include "common/isa_scope.h"
 #include "common/random_values.h"
 #include "ds/core/error.h"
 #include "ds/kernels/cpu/kernels.h"
@@ -161,8 +162,7 @@ TEST(Classifier, RejectsOutOfRangeTargets) {
 TEST(Classifier, LogitsForward) {
   const int V = 13;
   for (const char* isa : {"avx2", ""}) {
-    if (*isa) setenv("DS_CPU_ISA", isa, 1);
-    else unsetenv("DS_CPU_ISA");
+    const ds::testing::IsaScope scope(isa);
     for (const int N : {1, 3, 5, 16, 17, 40}) {
       for (const int C : {7, 64, 130, 144}) {
         const auto x = randn(size_t(N) * C, 9), wte = randn(size_t(V) * C, 10);
@@ -177,7 +177,6 @@ TEST(Classifier, LogitsForward) {
       }
     }
   }
-  unsetenv("DS_CPU_ISA");
 }
 
 // The head a slice of wte rows at a time (slices of 7 rows, the last one short), with ignored rows: the same losses

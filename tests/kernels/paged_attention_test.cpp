@@ -7,7 +7,8 @@
 // head sizes with an odd number of 8-channel vectors. Every case runs over an fp32 cache and a bf16 one; for bf16
 // the reference gets the same keys and values rounded to bf16, so both sides must agree as closely as for fp32.
 // And every case runs on the AVX2 kernels and on the machine's best: the AVX-512 prompt path takes values 32 and
-// 16 channels at a time and leaves a last 8 to the AVX2 kernel (head sizes 8, 16, 24, 32, 40, 48 and 96 here).
+// 16 channels at a time and leaves a last 8 to the AVX2 kernel (head sizes 8 to 56 and 96 and 128 here; chunks of
+// 31 and 27 end in a tile of 3 queries).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -29,7 +30,7 @@ struct Case {
   int C, NH, block;
   int len0 = 13, len1 = 29, chunk = 5;  // sequence lengths; the last `chunk` positions of sequence 0 are queried
   ds::DType kv = ds::DType::f32;        // the cache's element type
-  std::string isa = "native";            // DS_CPU_ISA: "avx2" or the machine's best
+  std::string isa = "native";           // DS_CPU_ISA: "avx2" or the machine's best
 };
 
 class PagedAttention : public ::testing::TestWithParam<Case> {};
@@ -112,7 +113,8 @@ std::vector<Case> cases() {
                                     Case{40, 4, 16, 300, 517, 0}, Case{64, 8, 3, 13, 29, 13},
                                     Case{96, 4, 5, 37, 29, 30}, Case{48, 3, 1, 20, 9, 9},
                                     Case{192, 2, 16, 301, 517, 301}, Case{40, 4, 7, 40, 29, 33},
-                                    Case{80, 2, 16, 40, 29, 33}, Case{96, 2, 5, 37, 29, 30}};
+                                    Case{80, 2, 16, 40, 29, 33}, Case{96, 2, 5, 37, 29, 30},
+                                    Case{112, 2, 16, 40, 29, 31}, Case{256, 2, 16, 40, 29, 27}};
   std::vector<Case> all;
   for (const char* isa : {"avx2", "native"}) {
     for (const ds::DType dtype : {ds::DType::f32, ds::DType::bf16}) {

@@ -178,10 +178,11 @@ void attend_vec(const Task& k, const SlotCursor<T>& cur, int C) {
 
 // ---- prompt chunks ----
 
-constexpr int kMinChunk = 8;   // fewer consecutive new tokens of a sequence take the per-token path
-constexpr int kTileRows = 4;   // queries per tile
-constexpr int kKeyStep = 16;   // keys per score step (2 vectors; 32 keys in 2 vectors with AVX-512)
-constexpr int kKeyPad = 32;    // key rows are padded to a multiple of either step
+constexpr int kMinChunk = 8;     // fewer consecutive new tokens of a sequence take the per-token path
+constexpr int kTileRows = 4;     // queries per tile
+constexpr int kKeyStep = 16;     // keys per score step (2 vectors)
+constexpr int kKeyStep512 = 32;  // the same with AVX-512
+constexpr int kKeyPad = 32;      // key rows are padded to a multiple of either step
 
 inline int64_t padded_keys(int keys) { return (int64_t(keys) + kKeyPad - 1) / kKeyPad * kKeyPad; }
 
@@ -244,7 +245,7 @@ DS_TARGET_AVX512 inline __m512 load16(const uint16_t* p) {
 template <int R>
 DS_TARGET_AVX512 void chunk_scores512(const float* q, int64_t qs, const float* kt, int64_t ld, int HS, int keys,
                                       float scale, float* sc) {
-  for (int t = 0; t < keys; t += 2 * kKeyStep) {
+  for (int t = 0; t < keys; t += kKeyStep512) {
     __m512 acc[R][2];
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     for (int d = 0; d < HS; ++d) {

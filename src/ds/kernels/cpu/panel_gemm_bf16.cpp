@@ -7,7 +7,8 @@
 // subnormals (vdpbf16ps flushes them to zero). The widening path halves the weight bytes but not the multiplies:
 // on such CPUs bf16 helps passes bound by reading weights (a few rows), not those bound by the multiplies.
 // Napkin (Zen 5, 2 threads): the head of gpt2-tiny for 16 rows is 206 MFLOP, bound by the multiplies in fp32
-// (0.59 ms); one row is bound by reading the panels: 12.9 MB instead of 25.7.
+// (bm_kernels --only panel prints both formats side by side); one row is bound by reading the panels: 12.9 MB
+// instead of 25.7.
 #include <omp.h>
 
 #include <algorithm>

@@ -95,14 +95,19 @@ inline void for_panel_tiles(int N, int K, int M, int width, Task&& task) {
   const int P = (M + width - 1) / width;
   const int RB = (N + kRowBlock - 1) / kRowBlock;
   const bool parallel = int64_t(N) * K * M >= (int64_t{1} << 19) && P > 1;
-  const int chunk = std::max(1, RB * P / (8 * omp_get_max_threads()));
-#pragma omp parallel for collapse(2) schedule(dynamic, chunk) if (parallel)
-  for (int rb = 0; rb < RB; ++rb) {
-    for (int p = 0; p < P; ++p) {
-      const int r0 = rb * kRowBlock, m0 = p * width;
-      task(r0, std::min(kRowBlock, N - r0), p, m0, std::min(width, M - m0));
-    }
+  auto tile = [&](int rb, int p) {
+    const int r0 = rb * kRowBlock, m0 = p * width;
+    task(r0, std::min(kRowBlock, N - r0), p, m0, std::min(width, M - m0));
+  };
+  if (!parallel) {  // a plain loop: even an inactive dynamic schedule costs a few percent of a tiny product
+    for (int rb = 0; rb < RB; ++rb)
+      for (int p = 0; p < P; ++p) tile(rb, p);
+    return;
   }
+  const int chunk = std::max(1, RB * P / (8 * omp_get_max_threads()));
+#pragma omp parallel for collapse(2) schedule(dynamic, chunk)
+  for (int rb = 0; rb < RB; ++rb)
+    for (int p = 0; p < P; ++p) tile(rb, p);
 }
 
 // True when the AVX-512 paths should run: the CPU has AVX-512F and DS_CPU_ISA is not "avx2".
