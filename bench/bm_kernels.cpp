@@ -23,6 +23,7 @@
 #include "ds/core/stats.h"
 #include "ds/inference/sampler.h"
 #include "ds/kernels/cpu/kernels.h"
+#include "ds/kernels/cpu/simd.h"
 
 // OpenBLAS's own queries, declared here too in case the cblas.h found is not OpenBLAS's.
 extern "C" char* openblas_get_config(void);
@@ -133,8 +134,6 @@ void bench_attention(int B, int T, int C, int NH, const char* suffix = "") {
 // over an fp32 cache and then a bf16 one (half the bytes), with the bf16 cache's speedup. Prompts are also timed on
 // the AVX2 kernels (DS_CPU_ISA=avx2), interleaved rep by rep, with the AVX-512 twins' speedup over them; decodes
 // run the same kernels on either.
-bool ds_avx512_active();
-
 void bench_paged_attention(const char* what, int S, int ctx, int fresh, int C, int NH) {
   constexpr int bs = 16;
   const int per_seq = (ctx + bs - 1) / bs, pool = S * per_seq;
@@ -163,7 +162,7 @@ void bench_paged_attention(const char* what, int S, int ctx, int fresh, int C, i
   const std::string shape = std::string(what) + fmt_shape(" S%d ctx%d new%d C%d", S, ctx, fresh, C) +
                             fmt_shape(" NH%d", NH);
   double fp32_ms = 0;
-  const bool wide = ds_avx512_active();
+  const bool wide = ds::cpu::simd::use_avx512();
   for (const ds::DType dtype : {ds::DType::f32, ds::DType::bf16}) {
     const void* cache = dtype == ds::DType::bf16 ? static_cast<const void*>(kv16.data()) : kv.data();
     auto run = [&] {
@@ -474,11 +473,6 @@ void bench_adamw_and_convert(size_t n) {
   emit_bytes("f16_to_f32", shape, time_ms([&] { ds::cpu::f16_to_f32(back.data(), h.data(), n); }), 6.0 * n);
 }
 
-bool ds_avx512_active() {
-  const char* isa = std::getenv("DS_CPU_ISA");
-  return __builtin_cpu_supports("avx512f") && !(isa && std::strcmp(isa, "avx2") == 0);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -510,7 +504,7 @@ int main(int argc, char** argv) {
   std::printf("{\"openblas\":\"%s\",\"core\":\"%s\",\"parallel\":\"%s\",\"avx512_kernels\":%s}\n",
               openblas_get_config(), openblas_get_corename(),
               openblas_get_parallel() == 2 ? "openmp" : openblas_get_parallel() == 1 ? "pthread" : "sequential",
-              ds_avx512_active() ? "true" : "false");
+              ds::cpu::simd::use_avx512() ? "true" : "false");
   for (int nt : threads) {
     omp_set_num_threads(nt);
     g_threads = nt;
