@@ -42,6 +42,12 @@ void Linear::collect_parameters(std::vector<Parameter*>& out) const {
   if (bias_) out.push_back(bias_);
 }
 
+const LinearFactory& dense_linear() {
+  static const LinearFactory factory = [](ParameterStore& store, const std::string& name, int in, int out, bool bias,
+                                          LinearKind) { return std::make_unique<Linear>(store, name, in, out, bias); };
+  return factory;
+}
+
 // ---- LayerNorm ----
 LayerNorm::LayerNorm(ParameterStore& store, const std::string& name, int C) : Module(name), C_(C) {
   weight_ = store.add(name + ".weight", {C});
@@ -76,73 +82,78 @@ void LayerNorm::collect_parameters(std::vector<Parameter*>& out) const {
 }
 
 // ---- CausalSelfAttention ----
-CausalSelfAttention::CausalSelfAttention(ParameterStore& store, const std::string& name, int C, int n_head)
+CausalSelfAttention::CausalSelfAttention(ParameterStore& store, const std::string& name, int C, int n_head,
+                                         const LinearFactory& linear)
     : Module(name),
       C_(C),
       NH_(n_head),
-      c_attn_(store, name + ".c_attn", C, 3 * C),
-      c_proj_(store, name + ".c_proj", C, C) {
+      c_attn_(linear(store, name + ".c_attn", C, 3 * C, true, LinearKind::column)),
+      c_proj_(linear(store, name + ".c_proj", C, C, true, LinearKind::row)) {
   DS_CHECK_AS(ConfigError, n_head > 0 && C % n_head == 0,
               "[model] n_embd ({}) must be divisible by n_head ({})", C, n_head);
 }
 
 Tensor CausalSelfAttention::forward(Ctx& ctx, const Tensor& x, int B, int T) {
-  Tensor qkv = c_attn_.forward(ctx, x);
+  Tensor qkv = c_attn_->forward(ctx, x);
   Tensor y = ctx.act().alloc({B * T, C_});
   Tensor att = ctx.act().alloc({B, NH_, T, T});
   cpu::attention_forward(y.data<float>(), att.data<float>(), qkv.data<float>(), B, T, C_, NH_);
   if (ctx.training) ctx.saved(this) = {qkv, att};
-  return c_proj_.forward(ctx, y);
+  return c_proj_->forward(ctx, y);
 }
 
 Tensor CausalSelfAttention::backward(Ctx& ctx, const Tensor& dy, int B, int T) {
-  Tensor dyatt = c_proj_.backward(ctx, dy);
+  Tensor dyatt = c_proj_->backward(ctx, dy);
   auto& s = ctx.saved(this);
   Tensor dqkv = ctx.scratch().alloc({B * T, 3 * C_});
   Tensor scratch = ctx.scratch().alloc({static_cast<int64_t>(cpu::attention_backward_scratch_floats(B, T, C_, NH_))});
   cpu::attention_backward(dqkv.data<float>(), dyatt.data<float>(), s.at(0).data<float>(), s.at(1).data<float>(),
                           scratch.data<float>(), B, T, C_, NH_);
-  return c_attn_.backward(ctx, dqkv);
+  return c_attn_->backward(ctx, dqkv);
 }
 
 void CausalSelfAttention::collect_parameters(std::vector<Parameter*>& out) const {
-  c_attn_.collect_parameters(out);
-  c_proj_.collect_parameters(out);
+  c_attn_->collect_parameters(out);
+  c_proj_->collect_parameters(out);
 }
 
 // ---- Mlp ----
-Mlp::Mlp(ParameterStore& store, const std::string& name, int C)
-    : Module(name), c_fc_(store, name + ".c_fc", C, 4 * C), c_proj_(store, name + ".c_proj", 4 * C, C) {}
+Mlp::Mlp(ParameterStore& store, const std::string& name, int C, const LinearFactory& linear)
+    : Module(name),
+      c_fc_(linear(store, name + ".c_fc", C, 4 * C, true, LinearKind::column)),
+      c_proj_(linear(store, name + ".c_proj", 4 * C, C, true, LinearKind::row)) {}
 
 Tensor Mlp::forward(Ctx& ctx, const Tensor& x) {
-  Tensor h = c_fc_.forward(ctx, x);
+  Tensor h = c_fc_->forward(ctx, x);
   Tensor g = ctx.act().alloc(h.shape());
   cpu::gelu_forward(g.data<float>(), h.data<float>(), static_cast<size_t>(h.numel()));
   if (ctx.training) ctx.saved(this) = {h};
-  return c_proj_.forward(ctx, g);
+  return c_proj_->forward(ctx, g);
 }
 
 Tensor Mlp::backward(Ctx& ctx, const Tensor& dy) {
-  Tensor dg = c_proj_.backward(ctx, dy);
+  Tensor dg = c_proj_->backward(ctx, dy);
   const Tensor& h = ctx.saved(this).at(0);
   cpu::gelu_backward(dg.data<float>(), h.data<float>(), dg.data<float>(), static_cast<size_t>(h.numel()));
-  return c_fc_.backward(ctx, dg);
+  return c_fc_->backward(ctx, dg);
 }
 
 void Mlp::collect_parameters(std::vector<Parameter*>& out) const {
-  c_fc_.collect_parameters(out);
-  c_proj_.collect_parameters(out);
+  c_fc_->collect_parameters(out);
+  c_proj_->collect_parameters(out);
 }
 
 // ---- TransformerBlock ----
-TransformerBlock::TransformerBlock(ParameterStore& store, const std::string& name, int C, int n_head)
-    : Module(name),
+TransformerBlock::TransformerBlock(ParameterStore& store, const std::string& name, int C, int n_head,
+                                   const LinearFactory& linear)
+    : Block(name),
       ln_1_(store, name + ".ln_1", C),
-      attn_(store, name + ".attn", C, n_head),
+      attn_(store, name + ".attn", C, n_head, linear),
       ln_2_(store, name + ".ln_2", C),
-      mlp_(store, name + ".mlp", C) {}
+      mlp_(store, name + ".mlp", C, linear) {}
 
-Tensor TransformerBlock::forward(Ctx& ctx, const Tensor& x, int B, int T) {
+Tensor TransformerBlock::forward(Ctx& ctx, const Tensor& x, Pass& pass) {
+  const int B = pass.B, T = pass.T;
   Tensor a = attn_.forward(ctx, ln_1_.forward(ctx, x), B, T);
   Tensor r1 = ctx.act().alloc(x.shape());
   cpu::add(r1.data<float>(), x.data<float>(), a.data<float>(), static_cast<size_t>(x.numel()));
@@ -152,7 +163,8 @@ Tensor TransformerBlock::forward(Ctx& ctx, const Tensor& x, int B, int T) {
   return out;
 }
 
-Tensor TransformerBlock::backward(Ctx& ctx, const Tensor& dy, int B, int T, Tensor dx) {
+Tensor TransformerBlock::backward(Ctx& ctx, const Tensor& dy, Pass& pass, Tensor dx) {
+  const int B = pass.B, T = pass.T;
   DS_ASSERT(dx.numel() == dy.numel() && dx.raw() != dy.raw());
   const size_t mark = ctx.scratch().mark();
   const size_t n = static_cast<size_t>(dy.numel());

@@ -2,17 +2,22 @@
 // Each forward takes [rows, C] activations (rows = B*T) from the Ctx's activation arena and saves what its
 // backward needs; each backward returns the input gradient (written) and accumulates parameter gradients.
 // Backward results are allocated in the Ctx's scratch arena; the caller manages marks.
+// Linear layers come from a LinearFactory, so a tensor-parallel layer (column- or row-parallel, DESIGN decision 8)
+// can replace the dense one without touching the blocks that use it.
 #pragma once
 
-#include "ds/nn/module.h"
+#include <functional>
+#include <memory>
+
+#include "ds/nn/block.h"
 
 namespace ds {
 
 class Linear : public Module {
  public:
   Linear(ParameterStore& store, const std::string& name, int in, int out, bool bias = true);
-  Tensor forward(Ctx& ctx, const Tensor& x);               // x [N, in] -> [N, out]
-  Tensor backward(Ctx& ctx, const Tensor& dy);             // dy [N, out] -> dx [N, in]
+  virtual Tensor forward(Ctx& ctx, const Tensor& x);       // x [N, in] -> [N, out]
+  virtual Tensor backward(Ctx& ctx, const Tensor& dy);     // dy [N, out] -> dx [N, in]
   void collect_parameters(std::vector<Parameter*>& out) const override;
   Parameter* weight() const { return weight_; }
   Parameter* bias() const { return bias_; }
@@ -24,6 +29,14 @@ class Linear : public Module {
   Parameter* weight_;
   Parameter* bias_ = nullptr;
 };
+
+// How a tensor-parallel layer would split a linear layer (Megatron): by output columns (its output stays split,
+// the next layer is row-parallel) or by input rows (its partial outputs are summed).
+enum class LinearKind : uint8_t { column, row };
+using LinearFactory = std::function<std::unique_ptr<Linear>(ParameterStore& store, const std::string& name, int in,
+                                                            int out, bool bias, LinearKind kind)>;
+// The dense (unsplit) layer, whatever the kind.
+const LinearFactory& dense_linear();
 
 class LayerNorm : public Module {
  public:
@@ -40,7 +53,8 @@ class LayerNorm : public Module {
 
 class CausalSelfAttention : public Module {
  public:
-  CausalSelfAttention(ParameterStore& store, const std::string& name, int C, int n_head);
+  CausalSelfAttention(ParameterStore& store, const std::string& name, int C, int n_head,
+                      const LinearFactory& linear = dense_linear());
   // x [B*T, C]; B and T are needed to split rows into sequences.
   Tensor forward(Ctx& ctx, const Tensor& x, int B, int T);
   Tensor backward(Ctx& ctx, const Tensor& dy, int B, int T);
@@ -48,30 +62,32 @@ class CausalSelfAttention : public Module {
 
  private:
   int C_, NH_;
-  Linear c_attn_;
-  Linear c_proj_;
+  std::unique_ptr<Linear> c_attn_;  // column-parallel
+  std::unique_ptr<Linear> c_proj_;  // row-parallel
 };
 
 class Mlp : public Module {
  public:
-  Mlp(ParameterStore& store, const std::string& name, int C);
+  Mlp(ParameterStore& store, const std::string& name, int C, const LinearFactory& linear = dense_linear());
   Tensor forward(Ctx& ctx, const Tensor& x);
   Tensor backward(Ctx& ctx, const Tensor& dy);
   void collect_parameters(std::vector<Parameter*>& out) const override;
 
  private:
-  Linear c_fc_;
-  Linear c_proj_;
+  std::unique_ptr<Linear> c_fc_;    // column-parallel
+  std::unique_ptr<Linear> c_proj_;  // row-parallel
 };
 
-// Pre-LN transformer block: x + attn(ln_1(x)), then + mlp(ln_2(.)).
-class TransformerBlock : public Module {
+// Pre-LN transformer block: x + attn(ln_1(x)), then + mlp(ln_2(.)). One gather unit; checkpointable.
+class TransformerBlock : public Block {
  public:
-  TransformerBlock(ParameterStore& store, const std::string& name, int C, int n_head);
-  Tensor forward(Ctx& ctx, const Tensor& x, int B, int T);
+  TransformerBlock(ParameterStore& store, const std::string& name, int C, int n_head,
+                   const LinearFactory& linear = dense_linear());
+  Tensor forward(Ctx& ctx, const Tensor& x, Pass& pass) override;
   // Writes the input gradient into `dx` (allocated by the caller, distinct from dy) and returns it; every
   // temporary of the block's backward is released before returning, so callers can ping-pong two buffers.
-  Tensor backward(Ctx& ctx, const Tensor& dy, int B, int T, Tensor dx);
+  Tensor backward(Ctx& ctx, const Tensor& dy, Pass& pass, Tensor dx) override;
+  bool checkpointable() const override { return true; }
   void collect_parameters(std::vector<Parameter*>& out) const override;
 
  private:

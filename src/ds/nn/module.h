@@ -2,7 +2,8 @@
 // saves what backward needs under the module's key, in an arena that is reused from step to step (page faults
 // are expensive here, so activation memory is allocated once and recycled). Backward temporaries come from a
 // second, stack-like arena: a module takes a mark, allocates, and releases back to the mark when done.
-// ModuleHooks are called around each gather unit; that is where ZeRO-3 will gather and release parameters.
+// ModuleHooks are called by the ModuleRunner (module_runner.h) around each gather unit: ZeRO gathers, releases
+// and reduces there.
 #pragma once
 
 #include <string>
@@ -42,7 +43,10 @@ class Arena {
 class Ctx {
  public:
   Ctx() : act_(Category::activation), scratch_(Category::workspace) {}
-  Arena& act() { return act_; }
+  // Where activations go: the activation arena, or the scratch arena while a checkpointed block's first forward
+  // runs (Note [Checkpointed forward] in module_runner.cpp).
+  Arena& act() { return act_in_scratch_ ? scratch_ : act_; }
+  void set_act_in_scratch(bool on) { act_in_scratch_ = on; }
   Arena& scratch() { return scratch_; }
   std::vector<Tensor>& saved(const Module* m) { return saved_[m]; }
   // Called at the start of each micro-batch: forgets the stash and recycles both arenas.
@@ -52,16 +56,17 @@ class Ctx {
  private:
   Arena act_;
   Arena scratch_;
+  bool act_in_scratch_ = false;
   std::unordered_map<const Module*, std::vector<Tensor>> saved_;
 };
 
 class ModuleHooks {
  public:
   virtual ~ModuleHooks() = default;
-  virtual void pre_forward(Module&) {}
-  virtual void post_forward(Module&) {}
-  virtual void pre_backward(Module&) {}
-  virtual void post_backward(Module&) {}
+  virtual void pre_forward(const Module&) {}
+  virtual void post_forward(const Module&) {}
+  virtual void pre_backward(const Module&) {}
+  virtual void post_backward(const Module&) {}
   // For a parameter sliced into units (ParameterStore::add_sliced) whose Parameter::data or ::grad is not bound
   // (ZeRO-3, ZeRO-2): the rows of the slice unit owned by `slice` while it is gathered (between its pre_ and
   // post_ hooks), and where its gradients go between pre_backward and post_backward.

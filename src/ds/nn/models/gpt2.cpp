@@ -113,7 +113,128 @@ std::string Gpt2Config::str() const {
                      n_head, n_embd, vocab_size, block_size, num_params() / 1e6);
 }
 
+// ---- blocks ----
+Gpt2Embedding::Gpt2Embedding(ParameterStore& store, const Gpt2Config& config, Parameter* wte)
+    : Block("transformer.wpe"), C_(config.n_embd), wte_(wte) {
+  const size_t unit = store.begin_unit("transformer.wpe", this);
+  (void)unit;
+  wpe_ = store.add("transformer.wpe.weight", {config.block_size, C_});
+}
+
+void Gpt2Embedding::collect_parameters(std::vector<Parameter*>& out) const {
+  out.push_back(wte_);
+  out.push_back(wpe_);
+}
+
+Tensor Gpt2Embedding::forward(Ctx& ctx, const Tensor&, Pass& pass) {
+  const int B = pass.B, T = pass.T;
+  const int64_t N = pass.rows_count();
+  Tensor x = ctx.act().alloc({N, C_});
+  if (wte_->data.defined()) {
+    cpu::encoder_forward(x.data<float>(), pass.inputs, wte_->data.data<float>(), wpe_->data.data<float>(), B, T, C_);
+  } else {
+    const size_t mark = ctx.scratch().mark();
+    Tensor rows = ctx.scratch().alloc({N, C_});
+    pass.rows->lookup_rows(*wte_, pass.inputs, N, rows.data<float>());
+    cpu::encoder_forward_rows(x.data<float>(), rows.data<float>(), wpe_->data.data<float>(), B, T, C_);
+    ctx.scratch().release(mark);
+  }
+  if (ctx.training) {
+    Tensor saved = ctx.act().alloc({N}, DType::i32);
+    std::copy(pass.inputs, pass.inputs + N, saved.data<int32_t>());
+    ctx.saved(this) = {saved};
+  }
+  return x;
+}
+
+Tensor Gpt2Embedding::backward(Ctx& ctx, const Tensor& dy, Pass& pass, Tensor) {
+  const int32_t* ids = ctx.saved(this).at(0).data<int32_t>();
+  const bool whole_wte = wte_->data.defined() && wte_->grad.defined();  // Note [Gather units]
+  cpu::encoder_backward(whole_wte ? wte_->grad.data<float>() : nullptr, wpe_->grad.data<float>(), dy.data<float>(),
+                        ids, pass.B, pass.T, C_);
+  if (!whole_wte) pass.rows->accumulate_row_grads(*wte_, ids, dy.data<float>(), pass.rows_count());
+  return Tensor();
+}
+
+Tensor Gpt2FinalNorm::backward(Ctx& ctx, const Tensor& dy, Pass&, Tensor dx) {
+  const size_t mark = ctx.scratch().mark();
+  dx.copy_from(ln_.backward(ctx, dy));
+  ctx.scratch().release(mark);
+  return dx;
+}
+
+Tensor Gpt2Head::forward(Ctx& ctx, const Tensor& h, Pass& pass) {
+  const int N = static_cast<int>(pass.rows_count());
+  if (pass.logits) {
+    if (wte_->data.defined()) {
+      cpu::logits_forward(pass.logits, h.data<float>(), wte_->data.data<float>(), N, C_, V_);
+    } else {
+      pass.rows->for_each_slice(*wte_, false, [&](int64_t begin, int64_t end, const float* data, float*) {
+        cpu::logits_rows_forward(pass.logits, h.data<float>(), data, N, C_, V_, static_cast<int>(begin),
+                                 static_cast<int>(end - begin));
+      });
+    }
+    return Tensor();
+  }
+  if (ctx.training) {
+    Tensor dh = ctx.act().alloc({int64_t(N), int64_t(C_)});
+    pass.loss_sum = classifier(ctx, h, pass, &dh);
+    ctx.saved(this) = {dh};
+  } else {
+    pass.loss_sum = classifier(ctx, h, pass, nullptr);
+  }
+  return Tensor();
+}
+
+Tensor Gpt2Head::backward(Ctx& ctx, const Tensor&, Pass&, Tensor) { return ctx.saved(this).at(0); }
+
+double Gpt2Head::classifier(Ctx& ctx, const Tensor& h, Pass& pass, Tensor* dh) {
+  if (!wte_->data.defined() || (dh && !wte_->grad.defined())) return classifier_sliced(ctx, h, pass, dh);
+  const int N = static_cast<int>(pass.rows_count());
+  const size_t mark = ctx.scratch().mark();
+  Tensor scratch = ctx.scratch().alloc({static_cast<int64_t>(cpu::classifier_scratch_floats(N, V_))});
+  const double loss_sum = cpu::classifier_forward_backward(
+      dh ? dh->data<float>() : nullptr, dh ? wte_->grad.data<float>() : nullptr, nullptr, h.data<float>(),
+      wte_->data.data<float>(), pass.targets, dh ? pass.grad_scale : 1.0f, scratch.data<float>(), N, C_, V_);
+  ctx.scratch().release(mark);
+  return loss_sum;
+}
+
+// Note [Sliced head]
+// Under ZeRO-3 wte is never whole on a rank, and under ZeRO-2 its gradient is not: the head then works a slice
+// of rows at a time (RowAccess::for_each_slice). Forward: each slice is gathered, fills its columns of the logits,
+// and is released. The softmax and loss then turn the logits of all N rows into dlogits in place. Backward visits
+// the slices in reverse: each is gathered again with a gradient bucket, adds its share to dh and writes its own
+// gradient, which is reduce-scattered at once. So wte is gathered twice per step, like every other unit (3Ψ
+// traffic), and no full wte or wte gradient ever exists; the price is the [N, V] logits, kept for the whole head
+// instead of in chunks of 512 rows. The embedding's share of wte's gradient, which arrives only at the end of
+// backward, goes through accumulate_row_grads: a few rows, not another full reduce.
+double Gpt2Head::classifier_sliced(Ctx& ctx, const Tensor& h, Pass& pass, Tensor* dh) {
+  const int N = static_cast<int>(pass.rows_count());
+  const size_t mark = ctx.scratch().mark();
+  Tensor logits = ctx.scratch().alloc({int64_t(N), int64_t(V_)});
+  pass.rows->for_each_slice(*wte_, false, [&](int64_t begin, int64_t end, const float* data, float*) {
+    cpu::logits_rows_forward(logits.data<float>(), h.data<float>(), data, N, C_, V_, static_cast<int>(begin),
+                             static_cast<int>(end - begin));
+  });
+  const double loss_sum = cpu::softmax_xent_rows(logits.data<float>(), nullptr, pass.targets, dh != nullptr,
+                                                 dh ? pass.grad_scale : 1.0f, N, V_);
+  if (dh) {
+    dh->zero_();
+    pass.rows->for_each_slice(*wte_, true, [&](int64_t begin, int64_t end, const float* data, float* grad) {
+      cpu::classifier_rows_backward(dh->data<float>(), grad, logits.data<float>(), h.data<float>(), data, N, C_, V_,
+                                    static_cast<int>(begin), static_cast<int>(end - begin));
+    });
+  }
+  ctx.scratch().release(mark);
+  return loss_sum;
+}
+
 // ---- model ----
+// Note [Gather units]
+// Parameters are grouped into units that ZeRO gathers, releases and reduces as one: the slices of wte (RowSlice
+// owners), the position embedding (owned by the embedding block), each transformer block, and ln_f. The head has
+// no unit of its own: it uses wte, tied to the embedding (Note [Tied parameters] in module_runner.cpp).
 Gpt2::Gpt2(const Gpt2Config& config, int64_t unit_alignment, bool with_grads, bool with_params, DType param_dtype,
            DType grad_dtype)
     : Module("transformer"), config_(config) {
@@ -123,12 +244,10 @@ Gpt2::Gpt2(const Gpt2Config& config, int64_t unit_alignment, bool with_grads, bo
   const int64_t rows = ParameterStore::slice_rows(config_.vocab_size, C, int64_t(12) * C * C, unit_alignment);
   wte_ = store_.add_sliced("transformer.wte.weight", {config_.vocab_size, C}, rows);
   for (size_t u = 0; u < store_.units().size(); ++u) {
-    const ParamUnit& unit = store_.units()[u];
-    wte_slices_.push_back(std::make_unique<RowSlice>(unit.name, unit.row_begin, unit.row_end));
+    wte_slices_.push_back(std::make_unique<RowSlice>(store_.units()[u].name));
     store_.set_unit_owner(u, wte_slices_.back().get());
   }
-  store_.begin_unit("transformer.wpe", this);
-  wpe_ = store_.add("transformer.wpe.weight", {config_.block_size, C});
+  embedding_ = std::make_unique<Gpt2Embedding>(store_, config_, wte_);
   for (int i = 0; i < config_.n_layer; ++i) {
     const std::string name = fmt::format("transformer.h.{}", i);
     const size_t unit = store_.begin_unit(name);
@@ -136,14 +255,21 @@ Gpt2::Gpt2(const Gpt2Config& config, int64_t unit_alignment, bool with_grads, bo
     store_.set_unit_owner(unit, blocks_.back().get());
   }
   const size_t unit = store_.begin_unit("transformer.ln_f");
-  ln_f_ = std::make_unique<LayerNorm>(store_, "transformer.ln_f", C);
+  ln_f_ = std::make_unique<Gpt2FinalNorm>(store_, "transformer.ln_f", C);
   store_.set_unit_owner(unit, ln_f_.get());
+  head_ = std::make_unique<Gpt2Head>(config_, wte_);
   store_.materialize(unit_alignment, with_grads, with_params, param_dtype, grad_dtype);
+
+  std::vector<Block*> chain{embedding_.get()};
+  for (auto& b : blocks_) chain.push_back(b.get());
+  chain.push_back(ln_f_.get());
+  chain.push_back(head_.get());
+  runner_ = std::make_unique<ModuleRunner>(store_, chain);
+  runner_->tie(*wte_, {0, chain.size() - 1});
 }
 
 void Gpt2::collect_parameters(std::vector<Parameter*>& out) const {
-  out.push_back(wte_);
-  out.push_back(wpe_);
+  embedding_->collect_parameters(out);
   for (const auto& b : blocks_) b->collect_parameters(out);
   ln_f_->collect_parameters(out);
 }
@@ -174,7 +300,7 @@ void Gpt2::init_weights(uint64_t seed, const ParamSink& sink) {
   }
 }
 
-void Gpt2::check_tokens(const int32_t* tokens, int B, int T, bool are_targets) const {
+int64_t Gpt2::check_tokens(const int32_t* tokens, int B, int T, bool are_targets) const {
   DS_CHECK_AS(ShapeError, B > 0 && T > 0, "[model] batch {} x sequence {} is empty; both must be positive", B, T);
   DS_CHECK_AS(ShapeError, T <= config_.block_size,
               "[model] sequence length {} exceeds the model's block_size {}; use a shorter sequence or a model "
@@ -183,6 +309,7 @@ void Gpt2::check_tokens(const int32_t* tokens, int B, int T, bool are_targets) c
   DS_CHECK_AS(ShapeError, int64_t(B) * T <= INT32_MAX / std::max(config_.n_embd * 4, 1),
               "[model] a micro-batch of {} x {} tokens is too large for one pass; use a smaller micro-batch", B, T);
   const int64_t n = int64_t(B) * T;
+  int64_t count = 0;
   for (int64_t i = 0; i < n; ++i) {
     const int32_t t = tokens[i];
     const bool ok = (t >= 0 && t < config_.vocab_size) || (are_targets && t == -1);
@@ -190,183 +317,35 @@ void Gpt2::check_tokens(const int32_t* tokens, int B, int T, bool are_targets) c
                 "[model] {} id {} at position {} is outside the vocabulary [0, {}); the data was probably made "
                 "with another tokenizer: prepare it again with this model's tokenizer, or raise vocab_size",
                 are_targets ? "target" : "input", t, i, config_.vocab_size);
+    count += t >= 0;
   }
-}
-
-// Note [Gather units]
-// Parameters are grouped into units that ZeRO gathers, releases and reduces as one: the slices of wte (RowSlice
-// owners), the position embedding (owned by the model itself), each transformer block, and ln_f. Hooks come in
-// pairs. Where wte's data and gradient are resident (no ZeRO, stages 0-1), the head and the embedding use wte
-// whole: the wte slices' pre_backward comes before the head and their post_backward after the embedding's
-// backward, where their gradient is complete. Where they are not (Note [Sliced head]), the head visits the slices
-// itself, and the embedding reaches wte's rows through ModuleHooks::lookup_rows and accumulate_row_grads.
-Tensor Gpt2::forward_hidden(Ctx& ctx, const int32_t* inputs, int B, int T) {
-  check_tokens(inputs, B, T, false);
-  const int C = config_.n_embd;
-  const int64_t N = int64_t(B) * T;
-  Tensor x = ctx.act().alloc({N, C});
-  if (wte_->data.defined()) {
-    if (hooks_) hooks_->pre_forward(*this);
-    cpu::encoder_forward(x.data<float>(), inputs, wte_->data.data<float>(), wpe_->data.data<float>(), B, T, C);
-    if (hooks_) hooks_->post_forward(*this);
-  } else {
-    DS_ASSERT(hooks_, "wte is not resident but no hooks are set");
-    const size_t mark = ctx.scratch().mark();
-    Tensor rows = ctx.scratch().alloc({N, C});
-    hooks_->lookup_rows(*wte_, inputs, N, rows.data<float>());
-    hooks_->pre_forward(*this);
-    cpu::encoder_forward_rows(x.data<float>(), rows.data<float>(), wpe_->data.data<float>(), B, T, C);
-    hooks_->post_forward(*this);
-    ctx.scratch().release(mark);
-  }
-  if (ctx.training) {
-    Tensor saved = ctx.act().alloc({N}, DType::i32);
-    std::copy(inputs, inputs + N, saved.data<int32_t>());
-    ctx.saved(this) = {saved};
-  }
-  for (auto& block : blocks_) {
-    if (hooks_) hooks_->pre_forward(*block);
-    x = block->forward(ctx, x, B, T);
-    if (hooks_) hooks_->post_forward(*block);
-  }
-  if (hooks_) hooks_->pre_forward(*ln_f_);
-  Tensor h = ln_f_->forward(ctx, x);
-  if (hooks_) hooks_->post_forward(*ln_f_);
-  return h;
-}
-
-double Gpt2::classifier(Ctx& ctx, const Tensor& h, const int32_t* targets, Tensor* dh, float grad_scale) {
-  if (!wte_->data.defined() || (dh && !wte_->grad.defined())) return classifier_sliced(ctx, h, targets, dh, grad_scale);
-  const int C = config_.n_embd, V = config_.vocab_size;
-  const int N = static_cast<int>(h.numel() / C);
-  const size_t mark = ctx.scratch().mark();
-  Tensor scratch = ctx.scratch().alloc({static_cast<int64_t>(cpu::classifier_scratch_floats(N, V))});
-  const double loss_sum = cpu::classifier_forward_backward(
-      dh ? dh->data<float>() : nullptr, dh ? wte_->grad.data<float>() : nullptr, nullptr, h.data<float>(),
-      wte_->data.data<float>(), targets, grad_scale, scratch.data<float>(), N, C, V);
-  ctx.scratch().release(mark);
-  return loss_sum;
-}
-
-const float* Gpt2::slice_data(const RowSlice& s) const {
-  if (wte_->data.defined()) return wte_->data.data<float>() + s.row_begin * config_.n_embd;
-  return hooks_->slice_data(s);
-}
-
-// Note [Sliced head]
-// Under ZeRO-3 wte is never whole on a rank, and under ZeRO-2 its gradient is not: the head then works a slice
-// of rows at a time. Forward: each slice is gathered (pre_forward), fills its columns of the logits, and is
-// released. The softmax and loss then turn the logits of all N rows into dlogits in place. Backward visits the
-// slices in reverse: each is gathered again with a gradient bucket (pre_backward), adds its share to dh and
-// writes its own gradient, which post_backward reduce-scatters at once. So wte is gathered twice per step, like
-// every other unit (3Ψ traffic), and no full wte or wte gradient ever exists; the price is the [N, V] logits,
-// kept for the whole head instead of in chunks of 512 rows. The embedding's share of wte's gradient, which
-// arrives only at the end of backward, goes through accumulate_row_grads: a few rows, not another full reduce.
-double Gpt2::classifier_sliced(Ctx& ctx, const Tensor& h, const int32_t* targets, Tensor* dh, float grad_scale) {
-  DS_ASSERT(hooks_, "the sliced head needs ZeRO hooks");
-  const int C = config_.n_embd, V = config_.vocab_size;
-  const int N = static_cast<int>(h.numel() / C);
-  const size_t mark = ctx.scratch().mark();
-  Tensor logits = ctx.scratch().alloc({int64_t(N), int64_t(V)});
-  for (const auto& s : wte_slices_) {
-    hooks_->pre_forward(*s);
-    cpu::logits_rows_forward(logits.data<float>(), h.data<float>(), slice_data(*s), N, C, V,
-                             static_cast<int>(s->row_begin), static_cast<int>(s->row_end - s->row_begin));
-    hooks_->post_forward(*s);
-  }
-  const double loss_sum = cpu::softmax_xent_rows(logits.data<float>(), nullptr, targets, dh != nullptr, grad_scale,
-                                                 N, V);
-  if (dh) {
-    dh->zero_();
-    for (auto it = wte_slices_.rbegin(); it != wte_slices_.rend(); ++it) {
-      const RowSlice& s = **it;
-      hooks_->pre_backward(**it);
-      cpu::classifier_rows_backward(dh->data<float>(), hooks_->slice_grads(s), logits.data<float>(), h.data<float>(),
-                                    slice_data(s), N, C, V, static_cast<int>(s.row_begin),
-                                    static_cast<int>(s.row_end - s.row_begin));
-      hooks_->post_backward(**it);
-    }
-  }
-  ctx.scratch().release(mark);
-  return loss_sum;
-}
-
-namespace {
-int64_t count_targets(const int32_t* targets, int64_t n) {
-  int64_t count = 0;
-  for (int64_t i = 0; i < n; ++i) count += targets[i] >= 0;
-  DS_CHECK_AS(ShapeError, count > 0,
+  DS_CHECK_AS(ShapeError, !are_targets || count > 0,
               "[model] every target in the batch is -1 (ignored), so there is nothing to learn from; check the data");
   return count;
 }
-}  // namespace
 
 float Gpt2::forward_backward(Ctx& ctx, const int32_t* inputs, const int32_t* targets, int B, int T,
                              float grad_scale) {
-  ctx.training = true;
-  check_tokens(targets, B, T, true);
-  const int C = config_.n_embd;
-  const int64_t N = int64_t(B) * T;
-  const int64_t count = count_targets(targets, N);
-  Tensor h = forward_hidden(ctx, inputs, B, T);
-
-  // Backward buffers: dh from the head, then two [N, C] buffers the blocks alternate between.
-  Tensor dh = ctx.scratch().alloc({N, C});
-  Tensor ping = ctx.scratch().alloc({N, C});
-  Tensor pong = ctx.scratch().alloc({N, C});
-  const bool whole_wte = wte_->data.defined() && wte_->grad.defined();  // Note [Gather units]
-  if (hooks_ && whole_wte)
-    for (auto& s : wte_slices_) hooks_->pre_backward(*s);
-  const double loss_sum = classifier(ctx, h, targets, &dh, grad_scale / static_cast<float>(count));
-  if (hooks_) hooks_->pre_backward(*ln_f_);
-  const size_t mark = ctx.scratch().mark();
-  ping.copy_from(ln_f_->backward(ctx, dh));
-  ctx.scratch().release(mark);
-  if (hooks_) hooks_->post_backward(*ln_f_);
-  Tensor dy = ping, dx = pong;
-  for (int i = static_cast<int>(blocks_.size()) - 1; i >= 0; --i) {
-    if (hooks_) hooks_->pre_backward(*blocks_[i]);
-    blocks_[i]->backward(ctx, dy, B, T, dx);
-    if (hooks_) hooks_->post_backward(*blocks_[i]);
-    std::swap(dy, dx);
-  }
-  const int32_t* ids = ctx.saved(this).at(0).data<int32_t>();
-  if (hooks_) hooks_->pre_backward(*this);
-  cpu::encoder_backward(whole_wte ? wte_->grad.data<float>() : nullptr, wpe_->grad.data<float>(), dy.data<float>(),
-                        ids, B, T, C);
-  if (!whole_wte) {
-    DS_ASSERT(hooks_, "wte's gradient is not resident but no hooks are set");
-    hooks_->accumulate_row_grads(*wte_, ids, dy.data<float>(), N);
-  }
-  if (hooks_) hooks_->post_backward(*this);
-  if (hooks_ && whole_wte)
-    for (auto& s : wte_slices_) hooks_->post_backward(*s);
-  return static_cast<float>(loss_sum / static_cast<double>(count));
+  const int64_t count = check_tokens(targets, B, T, true);
+  check_tokens(inputs, B, T, false);
+  Pass pass{.inputs = inputs, .targets = targets, .B = B, .T = T,
+            .grad_scale = grad_scale / static_cast<float>(count)};
+  runner_->train(ctx, pass);
+  return static_cast<float>(pass.loss_sum / static_cast<double>(count));
 }
 
 float Gpt2::forward_loss(Ctx& ctx, const int32_t* inputs, const int32_t* targets, int B, int T) {
-  ctx.training = false;
-  check_tokens(targets, B, T, true);
-  const int64_t count = count_targets(targets, int64_t(B) * T);
-  Tensor h = forward_hidden(ctx, inputs, B, T);
-  const double loss_sum = classifier(ctx, h, targets, nullptr, 1.0f);
-  return static_cast<float>(loss_sum / static_cast<double>(count));
+  const int64_t count = check_tokens(targets, B, T, true);
+  check_tokens(inputs, B, T, false);
+  Pass pass{.inputs = inputs, .targets = targets, .B = B, .T = T};
+  runner_->evaluate(ctx, pass);
+  return static_cast<float>(pass.loss_sum / static_cast<double>(count));
 }
 
 void Gpt2::forward_logits(Ctx& ctx, const int32_t* inputs, int B, int T, float* logits) {
-  ctx.training = false;
-  Tensor h = forward_hidden(ctx, inputs, B, T);
-  const int C = config_.n_embd, V = config_.vocab_size;
-  if (wte_->data.defined()) {
-    cpu::logits_forward(logits, h.data<float>(), wte_->data.data<float>(), B * T, C, V);
-    return;
-  }
-  for (const auto& s : wte_slices_) {
-    hooks_->pre_forward(*s);
-    cpu::logits_rows_forward(logits, h.data<float>(), slice_data(*s), B * T, C, V, static_cast<int>(s->row_begin),
-                             static_cast<int>(s->row_end - s->row_begin));
-    hooks_->post_forward(*s);
-  }
+  check_tokens(inputs, B, T, false);
+  Pass pass{.inputs = inputs, .B = B, .T = T, .logits = logits};
+  runner_->evaluate(ctx, pass);
 }
 
 }  // namespace ds

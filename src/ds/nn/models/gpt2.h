@@ -2,7 +2,8 @@
 // head tied to the token embedding. Parameter names and layouts are Hugging Face GPT-2's (Conv1D weights
 // [in, out]), so checkpoints map one to one. The head and the cross-entropy are fused and chunked
 // (kernels.h: classifier_forward_backward): the [B*T, V] logits are never materialised during training, except
-// under ZeRO-2/3 (Note [Sliced head] in gpt2.cpp).
+// under ZeRO-2/3 (Note [Sliced head] in gpt2.cpp). The model is a chain of Blocks; a ModuleRunner drives it and
+// calls the ZeRO hooks, so no model code here touches them.
 #pragma once
 
 #include <functional>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "ds/nn/layers.h"
+#include "ds/nn/module_runner.h"
 
 namespace ds {
 
@@ -37,18 +39,63 @@ struct Gpt2Config {
   std::string str() const;
 };
 
-// A slice of rows of the token embedding: the owner of its gather unit (the model calls the hooks with it).
+// The owner of one row-slice unit of the token embedding (hooks and ZeRO identify units by their owner).
 class RowSlice final : public Module {
  public:
-  RowSlice(std::string name, int64_t row_begin, int64_t row_end)
-      : Module(std::move(name)), row_begin(row_begin), row_end(row_end) {}
+  explicit RowSlice(std::string name) : Module(std::move(name)) {}
   void collect_parameters(std::vector<Parameter*>&) const override {}
-  const int64_t row_begin, row_end;
+};
+
+// Token ids -> token + position embeddings [B*T, C]. Owns the wpe unit; reads rows of the tied wte.
+class Gpt2Embedding final : public Block {
+ public:
+  Gpt2Embedding(ParameterStore& store, const Gpt2Config& config, Parameter* wte);
+  Tensor forward(Ctx& ctx, const Tensor& x, Pass& pass) override;
+  Tensor backward(Ctx& ctx, const Tensor& dy, Pass& pass, Tensor dx) override;
+  void collect_parameters(std::vector<Parameter*>& out) const override;
+
+ private:
+  int C_;
+  Parameter* wte_;
+  Parameter* wpe_;
+};
+
+// The final LayerNorm as a block of its own (its own gather unit).
+class Gpt2FinalNorm final : public Block {
+ public:
+  Gpt2FinalNorm(ParameterStore& store, const std::string& name, int C) : Block(name), ln_(store, name, C) {}
+  Tensor forward(Ctx& ctx, const Tensor& x, Pass&) override { return ln_.forward(ctx, x); }
+  Tensor backward(Ctx& ctx, const Tensor& dy, Pass&, Tensor dx) override;
+  void collect_parameters(std::vector<Parameter*>& out) const override { ln_.collect_parameters(out); }
+
+ private:
+  LayerNorm ln_;
+};
+
+// The language-model head tied to wte, with the cross-entropy loss (or, with Pass::logits, the full logits). In
+// training its forward also runs its backward (Note [Sliced head] in gpt2.cpp); it has no unit of its own.
+class Gpt2Head final : public Block {
+ public:
+  Gpt2Head(const Gpt2Config& config, Parameter* wte) : Block("lm_head"), C_(config.n_embd), V_(config.vocab_size),
+                                                        wte_(wte) {}
+  Tensor forward(Ctx& ctx, const Tensor& h, Pass& pass) override;
+  Tensor backward(Ctx& ctx, const Tensor& dy, Pass& pass, Tensor dx) override;
+  std::vector<const Module*> units() const override { return {}; }
+  bool is_loss() const override { return true; }
+  void collect_parameters(std::vector<Parameter*>&) const override {}
+
+ private:
+  double classifier(Ctx& ctx, const Tensor& h, Pass& pass, Tensor* dh);
+  double classifier_sliced(Ctx& ctx, const Tensor& h, Pass& pass, Tensor* dh);
+  int C_, V_;
+  Parameter* wte_;
 };
 
 // Receives initial values for elements [flat_offset, flat_offset + n) of the flat parameter buffer.
 using ParamSink = std::function<void(int64_t flat_offset, const float* values, int64_t n)>;
 
+// GPT-2 as a chain of blocks run by a ModuleRunner: embedding, n_layer transformer blocks, ln_f, head; wte is
+// tied between the embedding and the head.
 class Gpt2 : public Module {
  public:
   // unit_alignment, with_grads, with_params and the dtypes are passed to ParameterStore::materialize (ZeRO sets
@@ -64,11 +111,12 @@ class Gpt2 : public Module {
   // declaration order and a piece at a time, to `sink` (ZeRO-3 keeps only its partition of them).
   void init_weights(uint64_t seed);
   void init_weights(uint64_t seed, const ParamSink& sink);
-  // Hooks are called in pairs around each gather unit: the slices of wte (RowSlice), the position embedding
-  // (owned by the model itself), each block, then ln_f. See Note [Gather units] in gpt2.cpp.
-  void set_hooks(ModuleHooks* hooks) { hooks_ = hooks; }
-  const LayerNorm& ln_f() const { return *ln_f_; }
+  // The runner calls the hooks around each gather unit (Note [Gather units] in gpt2.cpp).
+  void set_hooks(ModuleHooks* hooks) { runner_->set_hooks(hooks); }
+  ModuleRunner& runner() { return *runner_; }
   const std::vector<std::unique_ptr<TransformerBlock>>& blocks() const { return blocks_; }
+  // Index of transformer block i in the runner's chain.
+  static size_t chain_index(int block) { return static_cast<size_t>(block) + 1; }
 
   // One micro-batch of training: forward, fused loss, backward. Parameter gradients are accumulated
   // (+=) scaled by grad_scale / (number of target tokens), i.e. the gradient of grad_scale * mean loss.
@@ -78,23 +126,20 @@ class Gpt2 : public Module {
   float forward_loss(Ctx& ctx, const int32_t* inputs, const int32_t* targets, int B, int T);
   // Full logits [B, T, V] (inference, tests).
   void forward_logits(Ctx& ctx, const int32_t* inputs, int B, int T, float* logits);
+  // Checks token ids and the batch shape against the model (targets may be -1); returns the number of targets
+  // that count (with are_targets).
+  int64_t check_tokens(const int32_t* tokens, int B, int T, bool are_targets) const;
 
  private:
-  Tensor forward_hidden(Ctx& ctx, const int32_t* inputs, int B, int T);  // after ln_f: [B*T, C]
-  void check_tokens(const int32_t* tokens, int B, int T, bool are_targets) const;
-  // Runs the tied head on ln_f's output; with dh, also its backward (see forward_backward).
-  double classifier(Ctx& ctx, const Tensor& h, const int32_t* targets, Tensor* dh, float grad_scale);
-  double classifier_sliced(Ctx& ctx, const Tensor& h, const int32_t* targets, Tensor* dh, float grad_scale);
-  const float* slice_data(const RowSlice& s) const;
-
   Gpt2Config config_;
   ParameterStore store_;
   Parameter* wte_;
   std::vector<std::unique_ptr<RowSlice>> wte_slices_;
-  Parameter* wpe_;
+  std::unique_ptr<Gpt2Embedding> embedding_;
   std::vector<std::unique_ptr<TransformerBlock>> blocks_;
-  std::unique_ptr<LayerNorm> ln_f_;
-  ModuleHooks* hooks_ = nullptr;
+  std::unique_ptr<Gpt2FinalNorm> ln_f_;
+  std::unique_ptr<Gpt2Head> head_;
+  std::unique_ptr<ModuleRunner> runner_;
 };
 
 }  // namespace ds

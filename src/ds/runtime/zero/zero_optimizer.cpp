@@ -433,15 +433,15 @@ void ZeroOptimizer::release(size_t index, bool even_persistent) {
   live_numel_ -= units_[index].unit->padded_numel;
 }
 
-void ZeroOptimizer::pre_forward(Module& m) {
+void ZeroOptimizer::pre_forward(const Module& m) {
   if (!resident_) fetch(index_of(m));
 }
 
-void ZeroOptimizer::post_forward(Module& m) {
+void ZeroOptimizer::post_forward(const Module& m) {
   if (!resident_) release(index_of(m), false);
 }
 
-void ZeroOptimizer::pre_backward(Module& m) {
+void ZeroOptimizer::pre_backward(const Module& m) {
   if (!buckets_on_) return;
   const size_t index = index_of(m);
   const UnitState& u = units_[index];
@@ -454,7 +454,7 @@ void ZeroOptimizer::pre_backward(Module& m) {
   for (Parameter* p : u.unit->params) p->grad = bucket.slice_flat(p->offset - u.unit->offset, p->shape);
 }
 
-void ZeroOptimizer::post_backward(Module& m) {
+void ZeroOptimizer::post_backward(const Module& m) {
   const size_t index = index_of(m);
   const UnitState& u = units_[index];
   const DType gd = precision_.grads;

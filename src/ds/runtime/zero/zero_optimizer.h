@@ -89,12 +89,12 @@ class ZeroOptimizer : public ModuleHooks {
   int64_t step_count() const { return step_; }
 
   // Stage 3: gather a unit's parameters before its forward, release them after.
-  void pre_forward(Module& m) override;
-  void post_forward(Module& m) override;
+  void pre_forward(const Module& m) override;
+  void post_forward(const Module& m) override;
   // Stages 2-3: bind a unit's gradients to a bucket before its backward (stage 3: gather it), reduce-scatter the
   // bucket after (stage 3: release the parameters).
-  void pre_backward(Module& m) override;
-  void post_backward(Module& m) override;
+  void pre_backward(const Module& m) override;
+  void post_backward(const Module& m) override;
   const float* slice_data(const Module& slice) override;
   float* slice_grads(const Module& slice) override;
   void lookup_rows(const Parameter& p, const int32_t* ids, int64_t n, float* out) override;
