@@ -530,7 +530,10 @@ TEST_F(ConfigTest, AuxiliaryBlocks) {
   EXPECT_EQ(c.wandb.project, "p");
   ASSERT_EQ(c.comms_logger.prof_ops.size(), 1u);
   EXPECT_EQ(c.grad_accum_dtype, DType::bf16);
-  EXPECT_TRUE(has_warning(c, {"activation_checkpointing.partition_activations", "not implemented yet"}));
+  EXPECT_TRUE(has_warning(c, {"activation_checkpointing.partition_activations", "has no effect",
+                              "tensor-parallel"}));
+  EXPECT_TRUE(c.activation_checkpointing.present);
+  EXPECT_FALSE(c.activation_checkpointing.enabled);  // the block configures; it never switches checkpointing on
   EXPECT_TRUE(has_warning(c, {"tensorboard.enabled", "not implemented yet"}));
   EXPECT_FALSE(has_warning(c, {"data_types.grad_accum_dtype"}));
   EXPECT_TRUE(has_warning(c, {"'amp'", "does not implement yet"}));
@@ -542,6 +545,27 @@ TEST_F(ConfigTest, AuxiliaryBlocks) {
                {"unknown key 'tensorboard.outputpath'", "did you mean 'output_path'?"});
   expect_error(R"({"train_batch_size": 8, "data_types": {"grad_accum_dtype": "fp8"}})",
                {"'fp32', 'fp16', 'bf16'"});
+}
+
+// DeepSpeed's own assertions on the block, as clear errors; settings that hold anyway on the CPU are silent.
+TEST_F(ConfigTest, ActivationCheckpointingBlock) {
+  expect_error(R"({"train_batch_size": 8, "activation_checkpointing": {"contiguous_memory_optimization": true,
+                   "number_checkpoints": 4}})",
+               {"contiguous_memory_optimization", "needs 'partition_activations': true"});
+  expect_error(R"({"train_batch_size": 8, "activation_checkpointing": {"contiguous_memory_optimization": true,
+                   "partition_activations": true}})",
+               {"contiguous_memory_optimization", "needs 'number_checkpoints'"});
+  expect_error(R"({"train_batch_size": 8, "activation_checkpointing": {"number_checkpoints": 0}})",
+               {"number_checkpoints"});
+  expect_error(R"({"train_batch_size": 8, "activation_checkpointing": {"profil": true}})",
+               {"activation_checkpointing.profil", "did you mean 'profile'?"});
+  const auto c = parse(R"({"train_batch_size": 8, "activation_checkpointing": {"cpu_checkpointing": true,
+      "synchronize_checkpoint_boundary": true, "profile": true, "contiguous_memory_optimization": true,
+      "partition_activations": true, "number_checkpoints": 12}})");
+  EXPECT_TRUE(c.activation_checkpointing.cpu_checkpointing && c.activation_checkpointing.profile);
+  EXPECT_EQ(c.activation_checkpointing.number_checkpoints, 12);
+  EXPECT_EQ(c.warnings.size(), 1u);  // partition_activations only
+  EXPECT_TRUE(has_warning(c, {"partition_activations", "has no effect"}));
 }
 
 // ---- file loading, example, summary -----------------------------------------------------------------------------

@@ -9,6 +9,9 @@
 #include <unistd.h>
 
 #include <climits>
+#include <cstdio>
+#include <memory>
+#include <tuple>
 
 #include "commands.h"
 #include "ds/inference/decode_bench.h"
@@ -41,6 +44,10 @@ void add_bench_command(CLI::App& root) {
   train->add_option("--python", o->python, "Python with torch")->capture_default_str();
   train->add_option("--torch-script", o->torch_script, "the PyTorch benchmark")->capture_default_str();
   train->add_flag("--skip-torch", o->skip_torch, "measure only ours");
+  train->add_flag("--checkpoint-activations", o->checkpoint_activations,
+                  "our runs checkpoint every transformer block");
+  train->add_flag("--compare-checkpointing", o->compare_checkpointing,
+                  "instead of PyTorch: our step without and with activation checkpointing (time, peak memory)");
   train->add_option("--json", o->json_out, "append the result as a JSON line");
   train->callback([o] {
     TrainBenchOptions opts = *o;
@@ -48,19 +55,25 @@ void add_bench_command(CLI::App& root) {
     run_train_bench_compare(opts);
   });
 
-  auto once = std::make_shared<std::tuple<std::string, int, int, int>>("tiny", 20, 3, 2);
+  auto once = std::make_shared<std::tuple<std::string, int, int, int, bool>>("tiny", 20, 3, 2, false);
   CLI::App* one = cmd->add_subcommand("train-once", "one measurement of our training step (prints RESULT json)");
   one->add_option("--preset", std::get<0>(*once));
   one->add_option("--steps", std::get<1>(*once));
   one->add_option("--warmup", std::get<2>(*once));
   one->add_option("--threads", std::get<3>(*once));
+  one->add_flag("--checkpoint-activations", std::get<4>(*once));
   one->callback([once] {
-    const auto& [preset, steps, warmup, threads] = *once;
+    const auto& [preset, steps, warmup, threads, checkpoint] = *once;
     const TrainBenchOnceResult r =
-        run_train_bench_once(TrainBenchShape::from_preset(preset), steps, warmup, threads);
-    nlohmann::json j = {{"preset", preset},          {"median_step_ms", r.median_step_ms},
-                        {"tokens_per_s", r.tokens_per_s}, {"peak_rss_mb", r.peak_rss_mb},
-                        {"loss_first", r.loss_first}, {"loss_last", r.loss_last}};
+        run_train_bench_once(TrainBenchShape::from_preset(preset), steps, warmup, threads, checkpoint);
+    nlohmann::json j = {{"preset", preset},
+                        {"median_step_ms", r.median_step_ms},
+                        {"tokens_per_s", r.tokens_per_s},
+                        {"peak_rss_mb", r.peak_rss_mb},
+                        {"peak_activation_mb", r.peak_activation_mb},
+                        {"peak_workspace_mb", r.peak_workspace_mb},
+                        {"loss_first", r.loss_first},
+                        {"loss_last", r.loss_last}};
     std::printf("RESULT %s\n", j.dump().c_str());
   });
 

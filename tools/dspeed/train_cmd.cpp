@@ -1,6 +1,8 @@
 // `dspeed train`: parses arguments into TrainOptions and runs the training job.
 #include <CLI/CLI.hpp>
 
+#include <memory>
+
 #include "commands.h"
 #include "ds/runtime/trainer.h"
 
@@ -33,6 +35,9 @@ void add_train_command(CLI::App& root) {
   cmd->add_option("--device-memory-limit", *memory_limit,
                   "fail clearly if the model needs more than this (e.g. 512MiB), as on a smaller accelerator");
   cmd->add_flag("-q,--quiet", opts->quiet, "no progress bar");
+  cmd->add_flag("--checkpoint-activations", opts->checkpoint_activations,
+                "keep only each transformer block's input and recompute its forward in backward (less memory, "
+                "about a third more compute); configured by the config's activation_checkpointing block");
   cmd->add_option("--backend", opts->backend,
                   "communicator: auto (MPI when started by mpirun/srun/dspeed launch), mpi, self")
       ->capture_default_str();

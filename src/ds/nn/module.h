@@ -28,6 +28,8 @@ class Arena {
   void release(size_t mark);
   void reset();
   int64_t capacity() const;
+  // The most bytes in use at once since the arena was made.
+  size_t high_water() const { return high_water_; }
 
  private:
   struct Chunk {

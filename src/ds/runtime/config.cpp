@@ -12,10 +12,13 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <sstream>
+#include <utility>
 
 namespace ds {
 
@@ -304,12 +307,13 @@ std::string DeepSpeedConfig::summary() const {
                        sc.warmup_min_ratio, sc.warmup_num_steps, warm, sc.cos_min_ratio, sc.total_num_steps);
       break;
   }
-  std::string precision = fp16.enabled ? "fp16 (not implemented yet: fp32)"
-                          : bf16.enabled ? "bf16 (not implemented yet: fp32)"
+  std::string precision = fp16.enabled   ? "fp16 mixed (fp32 master weights, loss scaling)"
+                          : bf16.enabled ? "bf16 mixed (fp32 master weights)"
                                          : "fp32";
   s += fmt::format("  gradient_clipping {}, steps_per_print {}, ZeRO stage {}, precision {}",
                    gradient_clipping, steps_per_print == 0 ? std::string("never") : std::to_string(steps_per_print),
                    zero.stage, precision);
+  if (activation_checkpointing.enabled) s += ", activation checkpointing on";
   if (!warnings.empty()) s += fmt::format("\n  {} warning(s) at load", warnings.size());
   return s;
 }

@@ -153,13 +153,19 @@ struct AioConfig {  // runtime/swap_tensor/constants.py
   bool use_gds = false;
 };
 
+// DeepSpeed's block configures checkpointing; it does not switch it on (the model does, as Megatron's
+// --checkpoint-activations or Hugging Face's gradient_checkpointing_enable()). Here `dspeed train
+// --checkpoint-activations` sets `enabled`, which is not a JSON key. Every transformer block is then checkpointed
+// (Note [Checkpointed forward] in nn/module_runner.cpp).
 struct ActivationCheckpointingConfig {
-  bool partition_activations = false;
-  bool contiguous_memory_optimization = false;
-  bool cpu_checkpointing = false;
-  std::optional<int64_t> number_checkpoints;
-  bool synchronize_checkpoint_boundary = false;
-  bool profile = false;
+  bool present = false;  // the block appeared in the config
+  bool enabled = false;  // set by the caller (dspeed train --checkpoint-activations), never from JSON
+  bool partition_activations = false;  // across model-parallel ranks: nothing to split without tensor parallelism
+  bool contiguous_memory_optimization = false;  // checkpoints in one buffer: our activation arena always is
+  bool cpu_checkpointing = false;  // checkpoints in host memory: where the CPU backend keeps them anyway
+  std::optional<int64_t> number_checkpoints;  // with contiguous_memory_optimization: at least the checkpoints taken
+  bool synchronize_checkpoint_boundary = false;  // a device synchronisation: nothing to wait for on the CPU
+  bool profile = false;  // log the time spent recomputing forwards
 };
 
 struct PipelineConfig {

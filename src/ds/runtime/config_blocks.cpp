@@ -264,13 +264,29 @@ void parse_aio(BlockReader r, AioConfig& out) {
 
 void parse_activation_checkpointing(BlockReader r, ActivationCheckpointingConfig& out) {
   if (!r.present()) return;
-  r.read("partition_activations", out.partition_activations, Support::not_yet);
-  r.read("contiguous_memory_optimization", out.contiguous_memory_optimization, Support::not_yet);
-  r.read("cpu_checkpointing", out.cpu_checkpointing, Support::not_yet);
-  r.read("number_checkpoints", out.number_checkpoints, Support::not_yet, 1);
-  r.read("synchronize_checkpoint_boundary", out.synchronize_checkpoint_boundary, Support::not_yet);
-  r.read("profile", out.profile, Support::not_yet);
+  out.present = true;
+  if (r.read("partition_activations", out.partition_activations) && out.partition_activations) {
+    r.ctx().warn(fmt::format("[config] 'activation_checkpointing.partition_activations' in {} has no effect: it "
+                             "splits checkpoints across tensor-parallel ranks, and this job has none, so each "
+                             "checkpoint is kept whole",
+                             r.ctx().source));
+  }
+  r.read("contiguous_memory_optimization", out.contiguous_memory_optimization);
+  r.read("cpu_checkpointing", out.cpu_checkpointing);
+  r.read("number_checkpoints", out.number_checkpoints, Support::implemented, 1);
+  r.read("synchronize_checkpoint_boundary", out.synchronize_checkpoint_boundary);
+  r.read("profile", out.profile);
   r.finish();
+  // DeepSpeed asserts both when it configures checkpointing (runtime/activation_checkpointing/checkpointing.py).
+  DS_CHECK_AS(ConfigError, !out.contiguous_memory_optimization || out.partition_activations,
+              "[config] 'activation_checkpointing.contiguous_memory_optimization' in {} needs "
+              "'partition_activations': true, as in DeepSpeed; set it, or remove contiguous_memory_optimization",
+              r.ctx().source);
+  DS_CHECK_AS(ConfigError, !out.contiguous_memory_optimization || out.number_checkpoints.has_value(),
+              "[config] 'activation_checkpointing.contiguous_memory_optimization' in {} needs "
+              "'number_checkpoints' (the number of checkpointed layers), as in DeepSpeed; set it to the model's "
+              "n_layer",
+              r.ctx().source);
 }
 
 void parse_pipeline(BlockReader r, PipelineConfig& out) {

@@ -78,8 +78,27 @@ Engine::Engine(const Gpt2Config& model_config, const DeepSpeedConfig& config, in
     optimizer_->set_parameters(offset, values, n);
   });
   model_->set_hooks(optimizer_.get());
+  configure_checkpointing();
   inputs_.resize(size_t(micro_) * seq_len_);
   targets_.resize(size_t(micro_) * seq_len_);
+}
+
+void Engine::configure_checkpointing() {
+  const ActivationCheckpointingConfig& a = config_.activation_checkpointing;
+  if (!a.enabled) {
+    if (a.present && comm_->rank() == 0)
+      log_warning("[engine] the 'activation_checkpointing' block in {} configures checkpointing but does not switch "
+                  "it on (as in DeepSpeed); pass --checkpoint-activations to checkpoint the transformer blocks",
+                  config_.source);
+    return;
+  }
+  const int64_t checkpoints = model_->config().n_layer;
+  DS_CHECK_AS(ConfigError,
+              !a.contiguous_memory_optimization || !a.number_checkpoints || *a.number_checkpoints >= checkpoints,
+              "[engine] activation_checkpointing.number_checkpoints is {} in {}, but the model checkpoints {} "
+              "transformer blocks; set number_checkpoints to at least {}",
+              a.number_checkpoints.value_or(0), config_.source, checkpoints, checkpoints);
+  model_->runner().set_checkpointing(true);
 }
 
 Engine::~Engine() {
@@ -130,6 +149,7 @@ StepResult Engine::train_batch(const BatchFn& next_micro_batch) {
     optimizer_->end_micro_batch(m + 1 == gas);
   }
   r.loss = average_over_ranks(loss_sum / static_cast<double>(gas));
+  r.recompute_seconds = model_->runner().take_recompute_seconds();
   const double scaled_norm = optimizer_->grad_norm();
   std::string message;
   r.skipped = scaler_.update(!std::isfinite(scaled_norm), message);  // throws at the minimum scale

@@ -28,6 +28,7 @@ struct StepResult {
   bool skipped = false;  // fp16: the gradients overflowed and the update was skipped
   double loss_scale = 1;  // the scale this step's backward used
   int64_t tokens = 0;    // tokens of the global batch
+  double recompute_seconds = 0;  // activation checkpointing: time this rank spent recomputing forwards
 };
 
 class Engine {
@@ -71,6 +72,8 @@ class Engine {
 
  private:
   double average_over_ranks(double value);
+  // Switches the runner's activation checkpointing on as config_.activation_checkpointing asks.
+  void configure_checkpointing();
 
   DeepSpeedConfig config_;
   std::unique_ptr<Communicator> own_comm_;

@@ -51,7 +51,8 @@ double measure_sgemm_gflops(int M, int N, int K, int reps) {
   return 2.0 * M * N * K / median(times) * 1e-9;
 }
 
-TrainBenchOnceResult run_train_bench_once(const TrainBenchShape& s, int steps, int warmup, int threads) {
+TrainBenchOnceResult run_train_bench_once(const TrainBenchShape& s, int steps, int warmup, int threads,
+                                          bool checkpoint) {
   DS_CHECK_AS(ConfigError, warmup >= 0 && steps > warmup,
               "[bench] --steps ({}) must exceed --warmup ({}) so that at least one step is timed", steps, warmup);
   if (threads > 0) omp_set_num_threads(threads);
@@ -61,6 +62,7 @@ TrainBenchOnceResult run_train_bench_once(const TrainBenchShape& s, int steps, i
   mc.block_size = s.seq_len;
   Gpt2 model(mc);
   model.init_weights(1337);
+  model.runner().set_checkpointing(checkpoint);
   cpu::AdamParams hyper;
   hyper.beta1 = 0.9f, hyper.beta2 = 0.95f, hyper.eps = 1e-8f, hyper.weight_decay = 0.1f;
   AdamW opt(model.params().flat_params(), model.params().flat_grads(), hyper);
@@ -90,8 +92,58 @@ TrainBenchOnceResult run_train_bench_once(const TrainBenchShape& s, int steps, i
   r.median_step_ms = median(times) * 1e3;
   r.tokens_per_s = double(B) * T / median(times);
   r.peak_rss_mb = peak_rss_mib();
+  r.peak_activation_mb = static_cast<double>(current_tracker().peak(Tier::device, Category::activation)) / (1 << 20);
+  r.peak_workspace_mb = static_cast<double>(current_tracker().peak(Tier::device, Category::workspace)) / (1 << 20);
   return r;
 }
+
+namespace {
+void append_json_line(const std::string& path, const std::string& line) {
+  if (path.empty()) return;
+  std::FILE* f = std::fopen(path.c_str(), "a");
+  DS_CHECK_AS(IoError, f != nullptr, "[bench] cannot append to '{}'", path);
+  std::fprintf(f, "%s\n", line.c_str());
+  std::fclose(f);
+}
+
+std::string once_command(const TrainBenchOptions& o, bool checkpoint) {
+  return fmt::format("OMP_NUM_THREADS={} '{}' bench train-once --preset {} --steps {} --warmup {} --threads {}{}",
+                     o.threads, o.self_exe, o.preset, o.steps, o.warmup, o.threads,
+                     checkpoint ? " --checkpoint-activations" : "");
+}
+
+// Our step without and with activation checkpointing, interleaved child runs; memory is the activation arena plus
+// the scratch arena, so the transient of a checkpointed block's first forward is counted.
+std::string compare_checkpointing(const TrainBenchOptions& o) {
+  std::vector<double> ms[2], act[2], total[2];
+  for (int rep = 0; rep < o.reps; ++rep) {
+    for (int c = 0; c < 2; ++c) {
+      nlohmann::json r = run_child_result(once_command(o, c == 1));
+      ms[c].push_back(r["median_step_ms"].get<double>());
+      act[c].push_back(r["peak_activation_mb"].get<double>());
+      total[c].push_back(r["peak_activation_mb"].get<double>() + r["peak_workspace_mb"].get<double>());
+    }
+    fmt::print(stderr, "rep {}/{}: step {:.0f} ms -> {:.0f} ms with checkpointing\n", rep + 1, o.reps,
+               ms[0].back(), ms[1].back());
+  }
+  const double m0 = median(ms[0]), m1 = median(ms[1]), a0 = median(act[0]), a1 = median(act[1]);
+  const double t0 = median(total[0]), t1 = median(total[1]);
+  fmt::print("{:<36}{:>12}{:>12}{:>10}\n", fmt::format("{} (threads {})", o.preset, o.threads), "plain",
+             "checkpoint", "ratio");
+  fmt::print("{:<36}{:>12.1f}{:>12.1f}{:>10.2f}\n", "step ms (median)", m0, m1, m1 / m0);
+  fmt::print("{:<36}{:>12.1f}{:>12.1f}{:>10.2f}\n", "peak activation MiB", a0, a1, a1 / a0);
+  fmt::print("{:<36}{:>12.1f}{:>12.1f}{:>10.2f}\n", "peak activation + workspace MiB", t0, t1, t1 / t0);
+  nlohmann::json j = {{"preset", o.preset},         {"threads", o.threads},       {"steps", o.steps},
+                      {"reps", o.reps},             {"step_ms", m0},              {"step_ms_checkpointed", m1},
+                      {"step_time_ratio", m1 / m0}, {"activation_mib", a0},       {"activation_mib_checkpointed", a1},
+                      {"activation_ratio", a1 / a0}, {"activation_workspace_mib", t0},
+                      {"activation_workspace_mib_checkpointed", t1}, {"activation_workspace_ratio", t1 / t0}};
+  const std::string line = j.dump();
+  fmt::print("RESULT {}\n", line);
+  append_json_line(o.json_out, line);
+  return line;
+}
+}  // namespace
 
 std::string run_train_bench_compare(const TrainBenchOptions& o) {
   DS_CHECK_AS(ConfigError, o.warmup >= 0 && o.steps > o.warmup && o.reps > 0 && o.threads > 0,
@@ -99,9 +151,8 @@ std::string run_train_bench_compare(const TrainBenchOptions& o) {
               o.warmup, o.reps, o.threads);
   const TrainBenchShape shape = TrainBenchShape::from_preset(o.preset);
   omp_set_num_threads(o.threads);
-  const std::string ours_cmd =
-      fmt::format("OMP_NUM_THREADS={} '{}' bench train-once --preset {} --steps {} --warmup {} --threads {}",
-                  o.threads, o.self_exe, o.preset, o.steps, o.warmup, o.threads);
+  if (o.compare_checkpointing) return compare_checkpointing(o);
+  const std::string ours_cmd = once_command(o, o.checkpoint_activations);
   const std::string torch_cmd = fmt::format("'{}' '{}' --config {} --steps {} --warmup {} --threads {}", o.python,
                                             o.torch_script, o.preset, o.steps, o.warmup, o.threads);
   std::vector<double> ours_tps, torch_tps, ours_rss, torch_rss, sgemm;
@@ -140,12 +191,7 @@ std::string run_train_bench_compare(const TrainBenchOptions& o) {
              flops / sg);
   const std::string line = j.dump();
   fmt::print("RESULT {}\n", line);
-  if (!o.json_out.empty()) {
-    std::FILE* f = std::fopen(o.json_out.c_str(), "a");
-    DS_CHECK_AS(IoError, f != nullptr, "[bench] cannot append to '{}'", o.json_out);
-    std::fprintf(f, "%s\n", line.c_str());
-    std::fclose(f);
-  }
+  append_json_line(o.json_out, line);
   return line;
 }
 

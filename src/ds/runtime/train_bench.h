@@ -21,11 +21,15 @@ struct TrainBenchOnceResult {
   double median_step_ms = 0;
   double tokens_per_s = 0;
   double peak_rss_mb = 0;
+  double peak_activation_mb = 0;  // the Ctx's activation arena (what checkpointing saves)
+  double peak_workspace_mb = 0;   // its scratch arena (backward temporaries, a checkpointed block's first forward)
   double loss_first = 0, loss_last = 0;
 };
 
-// One measurement in this process: random tokens, AdamW lr 3e-4 (0.9, 0.95) wd 0.1, as torch_gpt.py.
-TrainBenchOnceResult run_train_bench_once(const TrainBenchShape& shape, int steps, int warmup, int threads);
+// One measurement in this process: random tokens, AdamW lr 3e-4 (0.9, 0.95) wd 0.1, as torch_gpt.py; with
+// `checkpoint`, every transformer block is activation-checkpointed.
+TrainBenchOnceResult run_train_bench_once(const TrainBenchShape& shape, int steps, int warmup, int threads,
+                                          bool checkpoint = false);
 
 struct TrainBenchOptions {
   std::string preset = "tiny";
@@ -37,6 +41,10 @@ struct TrainBenchOptions {
   std::string python = "/usr/bin/python3";
   std::string torch_script = "bench/torch_gpt.py";
   bool skip_torch = false;
+  bool checkpoint_activations = false;        // our runs checkpoint every transformer block
+  // Instead of PyTorch, compare our step without and with activation checkpointing (interleaved): step time and
+  // peak activation memory.
+  bool compare_checkpointing = false;
   std::string json_out;                       // append a JSON line with the figures
 };
 

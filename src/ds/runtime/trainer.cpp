@@ -4,6 +4,8 @@
 
 #include <omp.h>
 
+#include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -190,6 +192,7 @@ TrainSummary run_training_on(const TrainOptions& o, Communicator& comm) {
   DeepSpeedConfig config = o.config_path.empty()
                                ? parse_config(kDefaultTrainConfig, world, "built-in default config")
                                : load_config_file(o.config_path, world);
+  config.activation_checkpointing.enabled = o.checkpoint_activations;
   const Gpt2Config model_config = Gpt2Config::from_spec(o.model);
   DS_CHECK_AS(ConfigError, o.seq_len > 0 && o.seq_len <= model_config.block_size,
               "[train] --seq-len {} must be between 1 and the model's block_size {}", o.seq_len,
@@ -300,6 +303,10 @@ TrainSummary run_training_on(const TrainOptions& o, Communicator& comm) {
       if (show) bar.message(fmt::format("step {}: validation loss {:.4f}", step, val));
     }
     if (metrics) metrics->row(step, r.loss, val, r.lr, r.grad_norm, tps);
+    if (show && config.activation_checkpointing.profile && o.checkpoint_activations &&
+        (step % print_every == 0 || last))
+      bar.message(fmt::format("step {}: recomputing checkpointed forwards took {:.1f} ms of the step's {:.1f} ms",
+                              step, r.recompute_seconds * 1e3, dt * 1e3));
     if (!o.save_dir.empty() && (last || (o.save_interval > 0 && step % o.save_interval == 0))) save();
     if (show)
       bar.update(step, fmt::format("loss {:.4f} | lr {:.2e} | {} tok/s{}{}", r.loss, r.lr, format_count(tps),

@@ -32,6 +32,7 @@ struct TrainOptions {
   std::string load_dir;                    // resume from the checkpoint in DIR/latest (or load_tag)
   std::string load_tag;
   std::string init_from;                   // start from these weights (a consolidated .safetensors file)
+  bool checkpoint_activations = false;     // checkpoint every transformer block (recompute in backward)
 };
 
 struct TrainSummary {
