@@ -160,6 +160,10 @@ TEST(ModuleRunner, CheckpointingGivesBitIdenticalGradientsWithFewerActivations) 
   }
   EXPECT_EQ(ckpt_hooks.calls, plain_hooks.calls);
   EXPECT_LT(b.act().high_water(), a.act().high_water());
+  // What stays saved after the pass: the embedding's ids, each checkpointed block's input, ln_f's and the head's
+  // stash; the recomputed blocks' own saves were dropped after their backward (they would hold memory otherwise).
+  EXPECT_EQ(b.saved_mark(), size_t(cfg.n_layer) + 3);
+  EXPECT_GT(a.saved_mark(), size_t(cfg.n_layer) * 8);
   EXPECT_GT(checkpointed.runner().take_recompute_seconds(), 0.0);
   EXPECT_EQ(plain.runner().take_recompute_seconds(), 0.0);
   plain.set_hooks(nullptr);

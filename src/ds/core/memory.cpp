@@ -150,7 +150,14 @@ void* map_block(int64_t bytes) {
 }
 }  // namespace
 
+std::shared_ptr<Storage> Storage::borrowed(void* data, int64_t bytes, Device device) {
+  auto s = std::make_shared<Storage>(data, bytes, device, Tier::device, Category::workspace, nullptr);
+  s->owned_ = false;
+  return s;
+}
+
 Storage::~Storage() {
+  if (!owned_) return;
   if (device_.is_cpu()) {
     if (bytes_ >= kHugePage) {
       munmap(data_, static_cast<size_t>(mapped_bytes(bytes_)));

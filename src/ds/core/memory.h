@@ -71,6 +71,8 @@ class TrackerScope {
 class Storage {
  public:
   Storage(void* data, int64_t bytes, Device device, Tier tier, Category cat, MemoryTracker* tracker);
+  // Memory owned elsewhere (Tensor::borrow): neither freed nor tracked.
+  static std::shared_ptr<Storage> borrowed(void* data, int64_t bytes, Device device);
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
@@ -88,6 +90,7 @@ class Storage {
   Tier tier_;
   Category category_;
   MemoryTracker* tracker_;
+  bool owned_ = true;
 };
 
 // Allocates `bytes` (64-byte aligned; 2 MiB aligned with transparent huge pages for blocks of 2 MiB or more,

@@ -41,6 +41,18 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Category cat, Tier tier, D
   return from_storage(std::move(storage), 0, shape, dtype);
 }
 
+Tensor Tensor::borrow(void* data, const Shape& shape, DType dtype, Device device) {
+  DS_ASSERT(data != nullptr || shape.numel() == 0, "borrowing a null pointer");
+  const int64_t bytes = shape.numel() * static_cast<int64_t>(dtype_size(dtype));
+  return from_storage(Storage::borrowed(data, bytes, device), 0, shape, dtype);
+}
+
+void Tensor::throw_host_access() const {
+  DS_THROW(DeviceError, "[tensor] host access to {}: its memory is on the device and cannot be read or written by the "
+           "CPU; copy it to the CPU first, or use an ops:: function, which runs where the tensor lives",
+           str());
+}
+
 Tensor Tensor::zeros(const Shape& shape, DType dtype, Category cat, Tier tier, Device device) {
   Tensor t = empty(shape, dtype, cat, tier, device);
   t.zero_();

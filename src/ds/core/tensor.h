@@ -60,13 +60,29 @@ class Tensor {
   Device device() const { return storage_ ? storage_->device() : Device::cpu(); }
   const std::shared_ptr<Storage>& storage() const { return storage_; }
 
-  void* raw() const { return static_cast<char*>(storage_->data()) + offset_; }
+  // A non-owning view of memory the caller keeps alive (token ids from a data loader, a gathered ZeRO buffer
+  // handed out as a pointer): never freed and never counted by a MemoryTracker.
+  static Tensor borrow(void* data, const Shape& shape, DType dtype, Device device = Device::cpu());
+
+  // Host access: the address of the first element. A tensor in device (GPU) memory is an error here (DeviceError):
+  // its memory is not addressable from the CPU; use an ops:: function, which runs on the tensor's device.
+  void* raw() const {
+    DS_ASSERT(defined(), "raw() on an undefined tensor");
+    if (!storage_->device().is_cpu()) throw_host_access();
+    return address();
+  }
   template <typename T>
   T* data() const {
     DS_ASSERT(defined(), "data() on an undefined tensor");
     DS_ASSERT(DTypeOf<T>::value == dtype_, "typed access as {} to a {} tensor", dtype_name(DTypeOf<T>::value),
               dtype_name(dtype_));
     return static_cast<T*>(raw());
+  }
+  // The address wherever the memory lives, for a backend that hands it to its own device API (a CUDA kernel,
+  // NCCL). Never dereference it on the host.
+  void* device_ptr() const {
+    DS_ASSERT(defined(), "device_ptr() on an undefined tensor");
+    return address();
   }
 
   // Same elements, another shape (numel must match).
@@ -82,6 +98,8 @@ class Tensor {
   std::string str() const;                 // "f32[2, 3] on cpu"
 
  private:
+  void* address() const { return static_cast<char*>(storage_->data()) + offset_; }
+  [[noreturn]] void throw_host_access() const;
   std::shared_ptr<Storage> storage_;
   int64_t offset_ = 0;  // bytes
   Shape shape_;

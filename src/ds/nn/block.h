@@ -13,9 +13,9 @@
 
 namespace ds {
 
-// Receives one row slice [row_begin, row_end) of a row-sliced parameter while it is gathered: `data` points at
-// its first row; `grad` (backward only) at the gradient rows to accumulate into.
-using SliceFn = std::function<void(int64_t row_begin, int64_t row_end, const float* data, float* grad)>;
+// Receives one row slice of a row-sliced parameter while it is gathered: its rows [row_begin, row_begin +
+// data.size(0)) and, in backward only, the gradient rows to accumulate into (undefined in forward).
+using SliceFn = std::function<void(int64_t row_begin, const Tensor& data, const Tensor& grad)>;
 
 // What a block may ask of the runner for a row-sliced parameter (ParameterStore::add_sliced) whose data or
 // gradient is not resident on this rank. See Note [Tied parameters] in module_runner.cpp.

@@ -1,7 +1,7 @@
-// Forward/backward glue from modules to the CPU kernels. Activations are [rows, C] fp32 tensors.
+// Forward/backward glue from modules to the ops layer (ops/ops.h). Activations are [rows, C] fp32 tensors.
 #include "ds/nn/layers.h"
 
-#include "ds/kernels/cpu/kernels.h"
+#include "ds/ops/ops.h"
 
 namespace ds {
 namespace {
@@ -22,8 +22,7 @@ Linear::Linear(ParameterStore& store, const std::string& name, int in, int out, 
 Tensor Linear::forward(Ctx& ctx, const Tensor& x) {
   const int N = rows_of(x, in_, "linear");
   Tensor y = ctx.act().alloc({N, out_});
-  cpu::matmul_forward(y.data<float>(), x.data<float>(), weight_->data.data<float>(),
-                      bias_ ? bias_->data.data<float>() : nullptr, N, in_, out_);
+  ops::linear_forward(y, x.view({N, in_}), weight_->data, bias_ ? bias_->data : Tensor());
   if (ctx.training) ctx.saved(this) = {x};
   return y;
 }
@@ -32,8 +31,8 @@ Tensor Linear::backward(Ctx& ctx, const Tensor& dy) {
   const Tensor& x = ctx.saved(this).at(0);
   const int N = rows_of(dy, out_, "linear");
   Tensor dx = ctx.scratch().alloc({N, in_});
-  cpu::matmul_backward(dx.data<float>(), weight_->grad.data<float>(), bias_ ? bias_->grad.data<float>() : nullptr,
-                       dy.data<float>(), x.data<float>(), weight_->data.data<float>(), N, in_, out_);
+  ops::linear_backward(dx, weight_->grad, bias_ ? bias_->grad : Tensor(), dy.view({N, out_}), x.view({N, in_}),
+                       weight_->data);
   return dx;
 }
 
@@ -58,8 +57,7 @@ Tensor LayerNorm::forward(Ctx& ctx, const Tensor& x) {
   const int N = rows_of(x, C_, "layernorm");
   Tensor y = ctx.act().alloc({N, C_});
   Tensor stats = ctx.act().alloc({2, N});
-  cpu::layernorm_forward(y.data<float>(), stats.data<float>(), stats.data<float>() + N, x.data<float>(),
-                         weight_->data.data<float>(), bias_->data.data<float>(), N, C_);
+  ops::layernorm_forward(y, stats, x.view({N, C_}), weight_->data, bias_->data);
   if (ctx.training) ctx.saved(this) = {x, stats};
   return y;
 }
@@ -70,9 +68,7 @@ Tensor LayerNorm::backward(Ctx& ctx, const Tensor& dy) {
   const Tensor& stats = s.at(1);
   const int N = rows_of(dy, C_, "layernorm");
   Tensor dx = ctx.scratch().alloc({N, C_});
-  cpu::layernorm_backward(dx.data<float>(), weight_->grad.data<float>(), bias_->grad.data<float>(), dy.data<float>(),
-                          x.data<float>(), weight_->data.data<float>(), stats.data<float>(),
-                          stats.data<float>() + N, N, C_);
+  ops::layernorm_backward(dx, weight_->grad, bias_->grad, dy.view({N, C_}), x.view({N, C_}), weight_->data, stats);
   return dx;
 }
 
@@ -97,7 +93,7 @@ Tensor CausalSelfAttention::forward(Ctx& ctx, const Tensor& x, int B, int T) {
   Tensor qkv = c_attn_->forward(ctx, x);
   Tensor y = ctx.act().alloc({B * T, C_});
   Tensor att = ctx.act().alloc({B, NH_, T, T});
-  cpu::attention_forward(y.data<float>(), att.data<float>(), qkv.data<float>(), B, T, C_, NH_);
+  ops::attention_forward(y, att, qkv, B, T, NH_);
   if (ctx.training) ctx.saved(this) = {qkv, att};
   return c_proj_->forward(ctx, y);
 }
@@ -106,9 +102,8 @@ Tensor CausalSelfAttention::backward(Ctx& ctx, const Tensor& dy, int B, int T) {
   Tensor dyatt = c_proj_->backward(ctx, dy);
   auto& s = ctx.saved(this);
   Tensor dqkv = ctx.scratch().alloc({B * T, 3 * C_});
-  Tensor scratch = ctx.scratch().alloc({static_cast<int64_t>(cpu::attention_backward_scratch_floats(B, T, C_, NH_))});
-  cpu::attention_backward(dqkv.data<float>(), dyatt.data<float>(), s.at(0).data<float>(), s.at(1).data<float>(),
-                          scratch.data<float>(), B, T, C_, NH_);
+  Tensor scratch = ctx.scratch().alloc({ops::attention_backward_scratch(B, T, C_, NH_)});
+  ops::attention_backward(dqkv, dyatt, s.at(0), s.at(1), scratch, B, T, NH_);
   return c_attn_->backward(ctx, dqkv);
 }
 
@@ -126,7 +121,7 @@ Mlp::Mlp(ParameterStore& store, const std::string& name, int C, const LinearFact
 Tensor Mlp::forward(Ctx& ctx, const Tensor& x) {
   Tensor h = c_fc_->forward(ctx, x);
   Tensor g = ctx.act().alloc(h.shape());
-  cpu::gelu_forward(g.data<float>(), h.data<float>(), static_cast<size_t>(h.numel()));
+  ops::gelu_forward(g, h);
   if (ctx.training) ctx.saved(this) = {h};
   return c_proj_->forward(ctx, g);
 }
@@ -134,7 +129,7 @@ Tensor Mlp::forward(Ctx& ctx, const Tensor& x) {
 Tensor Mlp::backward(Ctx& ctx, const Tensor& dy) {
   Tensor dg = c_proj_->backward(ctx, dy);
   const Tensor& h = ctx.saved(this).at(0);
-  cpu::gelu_backward(dg.data<float>(), h.data<float>(), dg.data<float>(), static_cast<size_t>(h.numel()));
+  ops::gelu_backward(dg, h, dg);
   return c_fc_->backward(ctx, dg);
 }
 
@@ -156,10 +151,10 @@ Tensor TransformerBlock::forward(Ctx& ctx, const Tensor& x, Pass& pass) {
   const int B = pass.B, T = pass.T;
   Tensor a = attn_.forward(ctx, ln_1_.forward(ctx, x), B, T);
   Tensor r1 = ctx.act().alloc(x.shape());
-  cpu::add(r1.data<float>(), x.data<float>(), a.data<float>(), static_cast<size_t>(x.numel()));
+  ops::add(r1, x, a);
   Tensor m = mlp_.forward(ctx, ln_2_.forward(ctx, r1));
   Tensor out = ctx.act().alloc(x.shape());
-  cpu::add(out.data<float>(), r1.data<float>(), m.data<float>(), static_cast<size_t>(x.numel()));
+  ops::add(out, r1, m);
   return out;
 }
 
@@ -167,13 +162,12 @@ Tensor TransformerBlock::backward(Ctx& ctx, const Tensor& dy, Pass& pass, Tensor
   const int B = pass.B, T = pass.T;
   DS_ASSERT(dx.numel() == dy.numel() && dx.raw() != dy.raw());
   const size_t mark = ctx.scratch().mark();
-  const size_t n = static_cast<size_t>(dy.numel());
   // out = r1 + mlp(ln_2(r1))  =>  dr1 = dy + ln_2'(mlp'(dy))
   Tensor dr1 = ln_2_.backward(ctx, mlp_.backward(ctx, dy));
-  cpu::add_inplace(dr1.data<float>(), dy.data<float>(), n);
+  ops::add_inplace(dr1, dy);
   // r1 = x + attn(ln_1(x))  =>  dx = dr1 + ln_1'(attn'(dr1))
   Tensor dxa = ln_1_.backward(ctx, attn_.backward(ctx, dr1, B, T));
-  cpu::add(dx.data<float>(), dr1.data<float>(), dxa.data<float>(), n);
+  ops::add(dx, dr1, dxa);
   ctx.scratch().release(mark);
   return dx;
 }

@@ -79,8 +79,15 @@ void ModuleHooks::accumulate_row_grads(const Parameter& p, const int32_t*, const
   DS_ASSERT(false, "{}: these hooks keep every gradient resident", p.name);
 }
 
+void Ctx::drop_saved(size_t mark) {
+  DS_ASSERT(mark <= saved_order_.size(), "saved mark {} beyond {} entries", mark, saved_order_.size());
+  for (size_t i = mark; i < saved_order_.size(); ++i) saved_.erase(saved_order_[i]);
+  saved_order_.resize(mark);
+}
+
 void Ctx::reset() {
   saved_.clear();
+  saved_order_.clear();
   act_.reset();
   scratch_.reset();
 }

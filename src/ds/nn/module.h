@@ -50,7 +50,15 @@ class Ctx {
   Arena& act() { return act_in_scratch_ ? scratch_ : act_; }
   void set_act_in_scratch(bool on) { act_in_scratch_ = on; }
   Arena& scratch() { return scratch_; }
-  std::vector<Tensor>& saved(const Module* m) { return saved_[m]; }
+  std::vector<Tensor>& saved(const Module* m) {
+    auto [it, inserted] = saved_.try_emplace(m);
+    if (inserted) saved_order_.push_back(m);
+    return it->second;
+  }
+  // Entries made after a mark can be dropped together, releasing what they hold: a checkpointed block's
+  // recomputed activations once its backward is done.
+  size_t saved_mark() const { return saved_order_.size(); }
+  void drop_saved(size_t mark);
   // Called at the start of each micro-batch: forgets the stash and recycles both arenas.
   void reset();
   bool training = true;
@@ -60,6 +68,7 @@ class Ctx {
   Arena scratch_;
   bool act_in_scratch_ = false;
   std::unordered_map<const Module*, std::vector<Tensor>> saved_;
+  std::vector<const Module*> saved_order_;  // keys of saved_ in the order they were made
 };
 
 class ModuleHooks {

@@ -64,8 +64,9 @@ void ModuleRunner::post_backward(size_t i) {
 // In training, a checkpointed block runs its forward with saving off and its activations in the scratch arena,
 // which is released at once; only its input (kept under the block's key) and a copy of its output stay. In
 // backward the runner calls the block's pre_backward hooks (which gather the parameters, as for any backward),
-// runs the forward again with saving on into the activation arena, runs the backward, and releases the
-// activation arena back to where it was. The recomputation runs the same kernels on the same inputs and
+// runs the forward again with saving on into the activation arena, runs the backward, then drops what the
+// recomputation saved and releases the activation arena back to where it was, so one block's activations exist at
+// a time. The recomputation runs the same kernels on the same inputs and
 // parameters as the first forward, so the gradients are bit-identical to a run without checkpointing.
 Tensor ModuleRunner::forward(Ctx& ctx, Pass& pass, size_t first, size_t last, Tensor x) {
   DS_ASSERT(first < last && last <= blocks_.size(), "forward over blocks [{}, {}) of {}", first, last,
@@ -115,9 +116,11 @@ Tensor ModuleRunner::backward(Ctx& ctx, Pass& pass, size_t first, size_t last, T
       const auto start = std::chrono::steady_clock::now();
       const Tensor input = ctx.saved(&b).at(0);
       const size_t mark = ctx.act().mark();
+      const size_t saved_mark = ctx.saved_mark();
       b.forward(ctx, input, pass);
       recompute_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       dy = b.backward(ctx, dy, pass, dx);
+      ctx.drop_saved(saved_mark);  // the recomputed activations' last holders
       ctx.act().release(mark);
     } else {
       dy = b.backward(ctx, dy, pass, dx);
@@ -165,10 +168,15 @@ void ModuleRunner::for_each_slice(const Parameter& p, bool backward, const Slice
     const Module& owner = *s->owner;
     if (hooks_) backward ? hooks_->pre_backward(owner) : hooks_->pre_forward(owner);
     DS_ASSERT(p.data.defined() || hooks_, "{} is not resident but no hooks are set", p.name);
-    const float* data = p.data.defined() ? p.data.data<float>() + s->row_begin * cols : hooks_->slice_data(owner);
-    float* grad = nullptr;
-    if (backward) grad = hooks_ ? hooks_->slice_grads(owner) : p.grad.data<float>() + s->row_begin * cols;
-    fn(s->row_begin, s->row_end, data, grad);
+    const Shape shape{s->row_end - s->row_begin, cols};
+    const Tensor data = p.data.defined() ? p.data.slice_flat(s->row_begin * cols, shape)
+                                         : Tensor::borrow(const_cast<float*>(hooks_->slice_data(owner)), shape,
+                                                          DType::f32);
+    Tensor grad;
+    if (backward)
+      grad = hooks_ ? Tensor::borrow(hooks_->slice_grads(owner), shape, DType::f32)
+                    : p.grad.slice_flat(s->row_begin * cols, shape);
+    fn(s->row_begin, data, grad);
     if (hooks_) backward ? hooks_->post_backward(owner) : hooks_->post_forward(owner);
   }
 }

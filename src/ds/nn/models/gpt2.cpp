@@ -11,7 +11,7 @@
 
 #include "ds/core/rng.h"
 #include "ds/core/strings.h"
-#include "ds/kernels/cpu/kernels.h"
+#include "ds/ops/ops.h"
 
 namespace ds {
 
@@ -114,6 +114,13 @@ std::string Gpt2Config::str() const {
 }
 
 // ---- blocks ----
+namespace {
+// The pass's target ids as a tensor (borrowed: the caller's buffer outlives the pass).
+Tensor targets_of(const Pass& pass) {
+  return Tensor::borrow(const_cast<int32_t*>(pass.targets), {pass.rows_count()}, DType::i32);
+}
+}  // namespace
+
 Gpt2Embedding::Gpt2Embedding(ParameterStore& store, const Gpt2Config& config, Parameter* wte)
     : Block("transformer.wpe"), C_(config.n_embd), wte_(wte) {
   const size_t unit = store.begin_unit("transformer.wpe", this);
@@ -130,29 +137,27 @@ Tensor Gpt2Embedding::forward(Ctx& ctx, const Tensor&, Pass& pass) {
   const int B = pass.B, T = pass.T;
   const int64_t N = pass.rows_count();
   Tensor x = ctx.act().alloc({N, C_});
+  Tensor ids = ctx.act().alloc({N}, DType::i32);  // a copy: backward needs the ids after the caller's buffer moved on
+  std::copy(pass.inputs, pass.inputs + N, ids.data<int32_t>());
   if (wte_->data.defined()) {
-    cpu::encoder_forward(x.data<float>(), pass.inputs, wte_->data.data<float>(), wpe_->data.data<float>(), B, T, C_);
+    ops::embedding_forward(x, ids, wte_->data, wpe_->data, B, T);
   } else {
     const size_t mark = ctx.scratch().mark();
     Tensor rows = ctx.scratch().alloc({N, C_});
-    pass.rows->lookup_rows(*wte_, pass.inputs, N, rows.data<float>());
-    cpu::encoder_forward_rows(x.data<float>(), rows.data<float>(), wpe_->data.data<float>(), B, T, C_);
+    pass.rows->lookup_rows(*wte_, ids.data<int32_t>(), N, rows.data<float>());
+    ops::embedding_forward_rows(x, rows, wpe_->data, B, T);
     ctx.scratch().release(mark);
   }
-  if (ctx.training) {
-    Tensor saved = ctx.act().alloc({N}, DType::i32);
-    std::copy(pass.inputs, pass.inputs + N, saved.data<int32_t>());
-    ctx.saved(this) = {saved};
-  }
+  if (ctx.training) ctx.saved(this) = {ids};
   return x;
 }
 
 Tensor Gpt2Embedding::backward(Ctx& ctx, const Tensor& dy, Pass& pass, Tensor) {
-  const int32_t* ids = ctx.saved(this).at(0).data<int32_t>();
+  const Tensor& ids = ctx.saved(this).at(0);
   const bool whole_wte = wte_->data.defined() && wte_->grad.defined();  // Note [Gather units]
-  cpu::encoder_backward(whole_wte ? wte_->grad.data<float>() : nullptr, wpe_->grad.data<float>(), dy.data<float>(),
-                        ids, pass.B, pass.T, C_);
-  if (!whole_wte) pass.rows->accumulate_row_grads(*wte_, ids, dy.data<float>(), pass.rows_count());
+  ops::embedding_backward(whole_wte ? wte_->grad : Tensor(), wpe_->grad, dy, ids, pass.B, pass.T);
+  if (!whole_wte)
+    pass.rows->accumulate_row_grads(*wte_, ids.data<int32_t>(), dy.data<float>(), pass.rows_count());
   return Tensor();
 }
 
@@ -164,20 +169,20 @@ Tensor Gpt2FinalNorm::backward(Ctx& ctx, const Tensor& dy, Pass&, Tensor dx) {
 }
 
 Tensor Gpt2Head::forward(Ctx& ctx, const Tensor& h, Pass& pass) {
-  const int N = static_cast<int>(pass.rows_count());
+  const int64_t N = pass.rows_count();
   if (pass.logits) {
+    const Tensor logits = Tensor::borrow(pass.logits, {N, V_}, DType::f32);
     if (wte_->data.defined()) {
-      cpu::logits_forward(pass.logits, h.data<float>(), wte_->data.data<float>(), N, C_, V_);
+      ops::logits(logits, h, wte_->data);
     } else {
-      pass.rows->for_each_slice(*wte_, false, [&](int64_t begin, int64_t end, const float* data, float*) {
-        cpu::logits_rows_forward(pass.logits, h.data<float>(), data, N, C_, V_, static_cast<int>(begin),
-                                 static_cast<int>(end - begin));
+      pass.rows->for_each_slice(*wte_, false, [&](int64_t begin, const Tensor& w, const Tensor&) {
+        ops::logits_rows(logits, h, w, begin);
       });
     }
     return Tensor();
   }
   if (ctx.training) {
-    Tensor dh = ctx.act().alloc({int64_t(N), int64_t(C_)});
+    Tensor dh = ctx.act().alloc({N, int64_t(C_)});
     pass.loss_sum = classifier(ctx, h, pass, &dh);
     ctx.saved(this) = {dh};
   } else {
@@ -190,12 +195,11 @@ Tensor Gpt2Head::backward(Ctx& ctx, const Tensor&, Pass&, Tensor) { return ctx.s
 
 double Gpt2Head::classifier(Ctx& ctx, const Tensor& h, Pass& pass, Tensor* dh) {
   if (!wte_->data.defined() || (dh && !wte_->grad.defined())) return classifier_sliced(ctx, h, pass, dh);
-  const int N = static_cast<int>(pass.rows_count());
+  const int64_t N = pass.rows_count();
   const size_t mark = ctx.scratch().mark();
-  Tensor scratch = ctx.scratch().alloc({static_cast<int64_t>(cpu::classifier_scratch_floats(N, V_))});
-  const double loss_sum = cpu::classifier_forward_backward(
-      dh ? dh->data<float>() : nullptr, dh ? wte_->grad.data<float>() : nullptr, nullptr, h.data<float>(),
-      wte_->data.data<float>(), pass.targets, dh ? pass.grad_scale : 1.0f, scratch.data<float>(), N, C_, V_);
+  Tensor scratch = ctx.scratch().alloc({ops::classifier_scratch(static_cast<int>(N), V_)});
+  const double loss_sum = ops::classifier(dh ? *dh : Tensor(), dh ? wte_->grad : Tensor(), h, wte_->data,
+                                          targets_of(pass), dh ? pass.grad_scale : 1.0f, scratch);
   ctx.scratch().release(mark);
   return loss_sum;
 }
@@ -210,20 +214,17 @@ double Gpt2Head::classifier(Ctx& ctx, const Tensor& h, Pass& pass, Tensor* dh) {
 // instead of in chunks of 512 rows. The embedding's share of wte's gradient, which arrives only at the end of
 // backward, goes through accumulate_row_grads: a few rows, not another full reduce.
 double Gpt2Head::classifier_sliced(Ctx& ctx, const Tensor& h, Pass& pass, Tensor* dh) {
-  const int N = static_cast<int>(pass.rows_count());
+  const int64_t N = pass.rows_count();
   const size_t mark = ctx.scratch().mark();
-  Tensor logits = ctx.scratch().alloc({int64_t(N), int64_t(V_)});
-  pass.rows->for_each_slice(*wte_, false, [&](int64_t begin, int64_t end, const float* data, float*) {
-    cpu::logits_rows_forward(logits.data<float>(), h.data<float>(), data, N, C_, V_, static_cast<int>(begin),
-                             static_cast<int>(end - begin));
+  Tensor logits = ctx.scratch().alloc({N, int64_t(V_)});
+  pass.rows->for_each_slice(*wte_, false, [&](int64_t begin, const Tensor& w, const Tensor&) {
+    ops::logits_rows(logits, h, w, begin);
   });
-  const double loss_sum = cpu::softmax_xent_rows(logits.data<float>(), nullptr, pass.targets, dh != nullptr,
-                                                 dh ? pass.grad_scale : 1.0f, N, V_);
+  const double loss_sum = ops::softmax_xent(logits, targets_of(pass), dh != nullptr, dh ? pass.grad_scale : 1.0f);
   if (dh) {
     dh->zero_();
-    pass.rows->for_each_slice(*wte_, true, [&](int64_t begin, int64_t end, const float* data, float* grad) {
-      cpu::classifier_rows_backward(dh->data<float>(), grad, logits.data<float>(), h.data<float>(), data, N, C_, V_,
-                                    static_cast<int>(begin), static_cast<int>(end - begin));
+    pass.rows->for_each_slice(*wte_, true, [&](int64_t begin, const Tensor& w, const Tensor& grad) {
+      ops::classifier_rows_backward(*dh, grad, logits, h, w, begin);
     });
   }
   ctx.scratch().release(mark);

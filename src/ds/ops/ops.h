@@ -1,0 +1,65 @@
+// The ops layer: the model's operations over Tensors. Each op checks what a caller can get wrong — that every
+// tensor is on one device, has the dtype the op computes in, and has the shape the others imply — and raises a
+// clear error (DeviceError, ShapeError) naming the op, the argument and what was expected; then it dispatches to
+// the kernels of that device (kernels/cpu, kernels/cuda). Kernels themselves stay on raw pointers (llm.c style).
+// Gradient convention as the kernels: parameter gradients are accumulated (+=), activation gradients written (=).
+// Shapes: N rows (B*T), C channels, NH heads, V vocabulary; weights in Hugging Face GPT-2 layouts (Conv1D [in, out],
+// wte [V, C]). An op with no kernel on a device says so (DeviceError) rather than running elsewhere.
+#pragma once
+
+#include <cstdint>
+
+#include "ds/core/tensor.h"
+
+namespace ds::ops {
+
+// ---- linear: y[N, OC] = x[N, IC] @ w[IC, OC] + b[OC] (b may be undefined) ----
+void linear_forward(const Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b);
+// dx = dy @ w^T (skipped when dx is undefined); dw += x^T @ dy; db += column sums of dy (when defined).
+void linear_backward(const Tensor& dx, const Tensor& dw, const Tensor& db, const Tensor& dy, const Tensor& x,
+                     const Tensor& w);
+
+// ---- layer norm over the last dimension C (eps 1e-5); stats [2, N] keeps mean and 1/std for backward ----
+void layernorm_forward(const Tensor& y, const Tensor& stats, const Tensor& x, const Tensor& w, const Tensor& b);
+void layernorm_backward(const Tensor& dx, const Tensor& dw, const Tensor& db, const Tensor& dy, const Tensor& x,
+                        const Tensor& w, const Tensor& stats);
+
+// ---- element-wise ----
+void gelu_forward(const Tensor& y, const Tensor& x);                     // tanh approximation
+void gelu_backward(const Tensor& dx, const Tensor& x, const Tensor& dy);  // dx may alias dy
+void add(const Tensor& out, const Tensor& a, const Tensor& b);           // out may alias a or b
+void add_inplace(const Tensor& y, const Tensor& x);                      // y += x
+
+// ---- causal self-attention: qkv [B*T, 3C] -> y [B*T, C]; att [B, NH, T, T] saved for backward ----
+void attention_forward(const Tensor& y, const Tensor& att, const Tensor& qkv, int B, int T, int NH);
+// Floats of scratch attention_backward needs.
+int64_t attention_backward_scratch(int B, int T, int C, int NH);
+void attention_backward(const Tensor& dqkv, const Tensor& dy, const Tensor& qkv, const Tensor& att,
+                        const Tensor& scratch, int B, int T, int NH);
+
+// ---- embeddings: ids [B*T] i32 token ids ----
+// x[B*T, C] = wte[ids] + wpe[t]
+void embedding_forward(const Tensor& x, const Tensor& ids, const Tensor& wte, const Tensor& wpe, int B, int T);
+// x = rows + wpe[t], the token rows already looked up (a partitioned wte)
+void embedding_forward_rows(const Tensor& x, const Tensor& rows, const Tensor& wpe, int B, int T);
+// dwte[ids] += dx rows (skipped when dwte is undefined); dwpe[t] += sum over the batch.
+void embedding_backward(const Tensor& dwte, const Tensor& dwpe, const Tensor& dx, const Tensor& ids, int B, int T);
+
+// ---- the tied head and its cross-entropy; targets [N] i32, -1 = ignored ----
+// Fused and chunked: returns the sum of the losses; with dh defined, dh = grad_scale * dL/dh (written) and
+// dwte += grad_scale * dL/dwte. scratch holds classifier_scratch(N, V) floats.
+int64_t classifier_scratch(int N, int V);
+double classifier(const Tensor& dh, const Tensor& dwte, const Tensor& h, const Tensor& wte, const Tensor& targets,
+                  float grad_scale, const Tensor& scratch);
+// logits [N, V] = h @ wte^T
+void logits(const Tensor& logits, const Tensor& h, const Tensor& wte);
+// The head a slice of wte's rows at a time (Note [Sliced head] in nn/models/gpt2.cpp): w holds rows
+// [row_begin, row_begin + w.size(0)); logits_rows writes those columns; softmax_xent turns logits [N, V] into
+// grad_scale * (softmax - onehot) in place when want_grad and returns the loss sum; classifier_rows_backward adds
+// the slice's share to dh and dw.
+void logits_rows(const Tensor& logits, const Tensor& h, const Tensor& w, int64_t row_begin);
+double softmax_xent(const Tensor& logits, const Tensor& targets, bool want_grad, float grad_scale);
+void classifier_rows_backward(const Tensor& dh, const Tensor& dw, const Tensor& dlogits, const Tensor& h,
+                              const Tensor& w, int64_t row_begin);
+
+}  // namespace ds::ops
