@@ -4,9 +4,9 @@
 // (about 50 TFLOP/s without tensor cores: 5 us a token), a decode reads the 0.5 GB of weights once (about
 // 0.15 ms at 3.5 TB/s), so up to a few tens of tokens ride on a decode pass for free, and 147 launches a pass
 // (8 kernels and 4 GEMMs per layer, the embedding, ln_f and the head) cost a few microseconds each.
-// Attention, a decode at position P: 2 * P * HS * 4 bytes of K and V per head and layer (GPT-2 124M at P = 614:
-// 0.3 MB per head, 3.8 MB per layer), read once; 12 blocks per layer leave most SMs idle, so a single decode is
-// bound by the latency of its blocks' loops (measured: 1.69 ms a decode pass at that position on an H200).
+// Attention's napkin is in kernels/cuda/paged_attention.cu. The kernels are kernels/cuda's (kernels.h); device
+// memory goes through allocate_storage, so the rank's MemoryTracker counts it (weights as param, the KV cache as
+// kv_cache, activations as activation) and the pinned host buffers as host workspace.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -16,191 +16,21 @@
 #include <string>
 
 #include "ds/core/error.h"
+#include "ds/core/memory.h"
 #include "ds/inference/cuda/cuda_gpt.h"
 #include "ds/kernels/cuda/cuda_check.h"
+#include "ds/kernels/cuda/kernels.h"
 
 namespace ds::inference::cuda_impl {
-namespace {
-
-constexpr int kRowThreads = 256;   // layernorm, embedding, KV append: one block per row
-constexpr int kAttnThreads = 256;  // attention: one block per (token, head)
-constexpr int kMaxLaneChannels = 8;  // a lane's channels of a head: head sizes up to 256
-constexpr float kLnEps = 1e-5f;    // as cpu::layernorm_forward
-
-__device__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-__device__ float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-// Every thread of the block gets the result. red holds 32 floats; blockDim.x is a multiple of 32.
-__device__ float block_sum(float v, float* red) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  v = warp_sum(v);
-  __syncthreads();  // red may still be read by a previous reduction
-  if (lane == 0) red[warp] = v;
-  __syncthreads();
-  v = lane < static_cast<int>(blockDim.x >> 5) ? red[lane] : 0.0f;
-  return warp_sum(v);
-}
-__device__ float block_max(float v, float* red) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  v = warp_max(v);
-  __syncthreads();
-  if (lane == 0) red[warp] = v;
-  __syncthreads();
-  v = lane < static_cast<int>(blockDim.x >> 5) ? red[lane] : -INFINITY;
-  return warp_max(v);
-}
-
-// x[i] = wte[ids[i]] + wpe[pos[i]]
-__global__ void embed_kernel(float* x, const int32_t* ids, const int32_t* pos, const float* wte, const float* wpe,
-                             int C) {
-  const int64_t i = blockIdx.x;
-  const float* te = wte + int64_t(ids[i]) * C;
-  const float* pe = wpe + int64_t(pos[i]) * C;
-  for (int c = threadIdx.x; c < C; c += blockDim.x) x[i * C + c] = te[c] + pe[c];
-}
-
-// out[r] = layernorm(inp[rows ? rows[r] : r]) (biased variance, as the CPU kernel).
-__global__ void layernorm_kernel(float* out, const float* inp, const int32_t* rows, const float* w, const float* b,
-                                 int C) {
-  __shared__ float red[32];
-  const int64_t r = blockIdx.x;
-  const float* x = inp + int64_t(rows ? rows[r] : r) * C;
-  float* o = out + r * C;
-  float s = 0;
-  for (int c = threadIdx.x; c < C; c += blockDim.x) s += x[c];
-  const float mean = block_sum(s, red) / C;
-  float v = 0;
-  for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    const float d = x[c] - mean;
-    v += d * d;
-  }
-  const float rstd = 1.0f / sqrtf(block_sum(v, red) / C + kLnEps);
-  for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = (x[c] - mean) * rstd * w[c] + b[c];
-}
-
-__global__ void bias_kernel(float* y, const float* b, int64_t n, int M) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    y[i] += b[i % M];
-}
-
-// GPT-2's tanh GELU on y + b.
-__global__ void bias_gelu_kernel(float* y, const float* b, int64_t n, int M) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const float v = y[i] + b[i % M];
-    y[i] = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
-  }
-}
-
-// x += y + b (the residual after a projection).
-__global__ void bias_residual_kernel(float* x, const float* y, const float* b, int64_t n, int C) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    x[i] += y[i] + b[i % C];
-}
-
-__device__ const float* slot_of(const float* kv, const int32_t* table, int32_t t, int bs, int C) {
-  return kv + (int64_t(table[t / bs]) * bs + t % bs) * 2 * C;
-}
-
-// The new tokens' K and V (qkv columns [C, 3C)) into their slots of this layer's cache.
-__global__ void kv_append_kernel(float* kv, const float* qkv, const int32_t* pos, const int32_t* token_seq,
-                                 const int32_t* table_offset, const int32_t* tables, int bs, int C) {
-  const int64_t i = blockIdx.x;
-  float* slot = const_cast<float*>(slot_of(kv, tables + table_offset[token_seq[i]], pos[i], bs, C));
-  const float* src = qkv + i * 3 * C + C;
-  for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) slot[c] = src[c];
-}
-
-// Block (token i, head h), 8 warps. Scores: a thread per position t <= pos[i], each a whole dot product over
-// the head's channels (independent loads, many in flight: a decode at position 600 is 3 rounds of 256 threads).
-// Softmax in shared memory. Values: warp w sums positions w, w + 8, ... with each lane holding channels lane,
-// lane + 32, ... (coalesced reads of a slot's head), then the 8 partial sums are added. Shared memory:
-// attention_smem_bytes(HS, max_pos).
-__global__ void paged_attention_kernel(float* out, const float* qkv, const float* kv, const int32_t* pos,
-                                       const int32_t* token_seq, const int32_t* table_offset, const int32_t* tables,
-                                       int bs, int C, int HS, int max_pos, float scale) {
-  extern __shared__ float sm[];
-  __shared__ float red[32];
-  float* q = sm;
-  float* sc = q + HS;
-  float* part = sc + max_pos;  // [warps][HS]
-  const int64_t i = blockIdx.x;
-  const int h = blockIdx.y;
-  const int32_t p = pos[i];
-  const int32_t* table = tables + table_offset[token_seq[i]];
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
-
-  for (int d = tid; d < HS; d += blockDim.x) q[d] = qkv[i * 3 * C + h * HS + d];
-  __syncthreads();
-  for (int32_t t = tid; t <= p; t += blockDim.x) {
-    const float* k = slot_of(kv, table, t, bs, C) + h * HS;
-    float acc = 0;
-    if ((HS & 3) == 0) {  // C and HS multiples of 4: slots and heads are 16-byte aligned
-      for (int d = 0; d < HS; d += 4) {
-        const float4 k4 = *reinterpret_cast<const float4*>(k + d);
-        acc += q[d] * k4.x + q[d + 1] * k4.y + q[d + 2] * k4.z + q[d + 3] * k4.w;
-      }
-    } else {
-      for (int d = 0; d < HS; ++d) acc += q[d] * k[d];
-    }
-    sc[t] = acc * scale;
-  }
-  __syncthreads();
-  float m = -INFINITY;
-  for (int32_t t = tid; t <= p; t += blockDim.x) m = fmaxf(m, sc[t]);
-  m = block_max(m, red);
-  float sum = 0;
-  for (int32_t t = tid; t <= p; t += blockDim.x) {
-    const float e = expf(sc[t] - m);
-    sc[t] = e;
-    sum += e;
-  }
-  const float inv = 1.0f / block_sum(sum, red);  // block_sum's barriers also publish sc
-  float acc[kMaxLaneChannels];
-#pragma unroll
-  for (int j = 0; j < kMaxLaneChannels; ++j) acc[j] = 0;
-  for (int32_t t = warp; t <= p; t += warps) {
-    const float w = sc[t];
-    const float* v = slot_of(kv, table, t, bs, C) + C + h * HS;
-#pragma unroll
-    for (int j = 0; j < kMaxLaneChannels; ++j) {
-      const int d = lane + 32 * j;
-      if (d < HS) acc[j] += w * v[d];
-    }
-  }
-#pragma unroll
-  for (int j = 0; j < kMaxLaneChannels; ++j) {
-    const int d = lane + 32 * j;
-    if (d < HS) part[warp * HS + d] = acc[j];
-  }
-  __syncthreads();
-  float* o = out + i * C + h * HS;
-  for (int d = tid; d < HS; d += blockDim.x) {
-    float total = 0;
-    for (int w = 0; w < warps; ++w) total += part[w * HS + d];
-    o[d] = total * inv;
-  }
-}
-
-// Dynamic shared memory of paged_attention_kernel for positions 0..positions-1: q, the scores, the warps' partial
-// outputs. The kernel's static part (32 floats) comes on top.
-size_t attention_smem_bytes(int HS, int positions) {
-  return sizeof(float) * (size_t(HS) + size_t(positions) + size_t(kAttnThreads / 32) * size_t(HS));
-}
-
-int elementwise_blocks(int64_t n) { return static_cast<int>(std::min<int64_t>((n + 255) / 256, 4096)); }
-
-}  // namespace
 
 struct CudaGpt::State {
   GptShape shape;
   cudaStream_t stream = nullptr;
   cublasHandle_t blas = nullptr;
-  std::vector<void*> allocations;
+  std::vector<std::shared_ptr<Storage>> allocations;  // device memory, counted by the rank's MemoryTracker
+  std::shared_ptr<Storage> meta_storage;
+  MemoryTracker* tracker = &current_tracker();       // for the pinned host buffers, allocated here by hand
+  int64_t pinned_bytes = 0;
   int64_t weight_bytes = 0, kv_bytes = 0;
   size_t attn_smem_limit = 0;
 
@@ -217,23 +47,36 @@ struct CudaGpt::State {
   int32_t* meta_dev = nullptr;
   size_t meta_capacity = 0;  // int32 entries
 
-  float* alloc(int64_t floats, const char* what) {
-    void* p = nullptr;
-    const size_t bytes = sizeof(float) * static_cast<size_t>(floats);
-    const cudaError_t err = cudaMalloc(&p, bytes);
-    if (err == cudaErrorMemoryAllocation) {
-      cudaGetLastError();  // clear it
-      size_t free = 0, total = 0;
-      cudaMemGetInfo(&free, &total);
-      DS_THROW(OutOfMemory, "[cuda] cannot allocate {} MiB of GPU memory for {} ({} MiB free of {}); lower "
-               "--kv-memory or --token-budget, or serve a smaller model", bytes >> 20, what, free >> 20, total >> 20);
+  float* alloc(int64_t floats, Category cat, const char* what) {
+    const int64_t bytes = int64_t(sizeof(float)) * floats;
+    try {
+      allocations.push_back(allocate_storage(bytes, cat, Tier::device, Device::cuda(shape.device)));
+    } catch (const OutOfMemory& e) {
+      DS_THROW(OutOfMemory, "{} (for {}); lower --kv-memory or --token-budget, or serve a smaller model", e.what(),
+               what);
     }
+    return static_cast<float*>(allocations.back()->data());
+  }
+  // Pinned host memory, reported to the tracker as host workspace.
+  template <typename T>
+  T* alloc_pinned(size_t count) {
+    const int64_t bytes = int64_t(sizeof(T) * count);
+    tracker->on_alloc(Tier::host, Category::workspace, bytes);
+    void* p = nullptr;
+    const cudaError_t err = cudaMallocHost(&p, static_cast<size_t>(bytes));
+    if (err != cudaSuccess) tracker->on_free(Tier::host, Category::workspace, bytes);
     DS_CUDA_CHECK(err);
-    allocations.push_back(p);
-    return static_cast<float*>(p);
+    pinned_bytes += bytes;
+    return static_cast<T*>(p);
+  }
+  void free_pinned(void* p, int64_t bytes) noexcept {
+    if (!p) return;
+    cudaFreeHost(p);
+    tracker->on_free(Tier::host, Category::workspace, bytes);
+    pinned_bytes -= bytes;
   }
   float* upload(const float* host, int64_t floats, const char* what) {
-    float* d = alloc(floats, what);
+    float* d = alloc(floats, Category::param, what);
     DS_CUDA_CHECK(cudaMemcpy(d, host, sizeof(float) * static_cast<size_t>(floats), cudaMemcpyHostToDevice));
     weight_bytes += sizeof(float) * floats;
     return d;
@@ -241,15 +84,17 @@ struct CudaGpt::State {
   void reserve_meta(size_t entries) {
     if (entries <= meta_capacity) return;
     DS_CUDA_CHECK(cudaStreamSynchronize(stream));
-    if (meta_host) cudaFreeHost(meta_host);
-    if (meta_dev) cudaFree(meta_dev);
+    free_pinned(meta_host, int64_t(meta_capacity * sizeof(int32_t)));
+    meta_storage.reset();
     const size_t cap = std::max(entries, 2 * meta_capacity);  // grows geometrically as block tables do
     meta_host = nullptr;
     meta_dev = nullptr;
     meta_capacity = 0;  // until both allocations have succeeded
-    DS_CUDA_CHECK(cudaMallocHost(&meta_host, cap * sizeof(int32_t)));
-    DS_CUDA_CHECK(cudaMalloc(&meta_dev, cap * sizeof(int32_t)));
+    meta_host = alloc_pinned<int32_t>(cap);
     meta_capacity = cap;
+    meta_storage = allocate_storage(int64_t(cap * sizeof(int32_t)), Category::workspace, Tier::device,
+                                    Device::cuda(shape.device));
+    meta_dev = static_cast<int32_t*>(meta_storage->data());
   }
   // Queues one pass whose metadata (`entries` int32) is in meta_host, and waits for its logits.
   void enqueue_pass(const PassMeta& m, size_t entries);
@@ -279,10 +124,10 @@ CudaGpt::CudaGpt(const GptShape& shape, const GptWeights& w) : s_(new State) {
     // CUBLAS_DEFAULT_MATH: sgemm stays fp32 (no TF32), as the CPU forward.
 
     const int C = shape.n_embd, V = shape.vocab, L = shape.n_layer;
-    DS_CHECK_AS(ConfigError, shape.n_head > 0 && C % shape.n_head == 0 && C / shape.n_head <= 32 * kMaxLaneChannels,
+    DS_CHECK_AS(ConfigError, shape.n_head > 0 && C % shape.n_head == 0 && C / shape.n_head <= ds::cuda::kMaxHeadSize,
                 "[cuda] n_embd {} over {} heads gives a head size of {}; the CUDA forward needs one that divides "
                 "n_embd and is at most {}: serve this model with --device cpu", C, shape.n_head,
-                shape.n_head > 0 ? C / shape.n_head : 0, 32 * kMaxLaneChannels);
+                shape.n_head > 0 ? C / shape.n_head : 0, ds::cuda::kMaxHeadSize);
     const int64_t CC = int64_t(C) * C;
     s.wte = s.upload(w.wte, int64_t(V) * C, "wte");
     s.wpe = s.upload(w.wpe, int64_t(shape.context) * C, "wpe");
@@ -306,27 +151,26 @@ CudaGpt::CudaGpt(const GptShape& shape, const GptWeights& w) : s_(new State) {
       s.layers.push_back(d);
     }
     const int64_t kv_floats = int64_t(L) * shape.kv_blocks * shape.kv_block_size * 2 * C;
-    s.kv = s.alloc(kv_floats, "the KV cache");
+    s.kv = s.alloc(kv_floats, Category::kv_cache, "the KV cache");
     s.kv_bytes = kv_floats * int64_t(sizeof(float));
     const int64_t N = shape.max_tokens;
-    s.x = s.alloc(N * C, "activations");
-    s.h = s.alloc(N * C, "activations");
-    s.att = s.alloc(N * C, "activations");
-    s.qkv = s.alloc(N * 3 * C, "activations");
-    s.mlp = s.alloc(N * 4 * C, "activations");
-    s.logits = s.alloc(int64_t(shape.max_seqs) * V, "logits");
-    DS_CUDA_CHECK(cudaMallocHost(&s.logits_host, sizeof(float) * size_t(shape.max_seqs) * size_t(V)));
+    s.x = s.alloc(N * C, Category::activation, "activations");
+    s.h = s.alloc(N * C, Category::activation, "activations");
+    s.att = s.alloc(N * C, Category::activation, "activations");
+    s.qkv = s.alloc(N * 3 * C, Category::activation, "activations");
+    s.mlp = s.alloc(N * 4 * C, Category::activation, "activations");
+    s.logits = s.alloc(int64_t(shape.max_seqs) * V, Category::activation, "logits");
+    s.logits_host = s.alloc_pinned<float>(size_t(shape.max_seqs) * size_t(V));
 
     // Attention's shared memory grows with the context; above 48 KiB in all a kernel must opt in.
     const int HS = C / shape.n_head;
-    const size_t smem = attention_smem_bytes(HS, shape.context);
+    const size_t smem = ds::cuda::paged_attention_smem_bytes(HS, shape.context);
     int optin = 0;
     DS_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, shape.device));
     DS_CHECK_AS(DeviceError, smem + 32 * sizeof(float) <= static_cast<size_t>(optin), "[cuda] a context of {} "
                 "tokens needs {} KiB of shared memory per attention block; this GPU gives {} KiB: serve a model with "
                 "a shorter context, or use --device cpu", shape.context, smem >> 10, optin >> 10);
-    DS_CUDA_CHECK(cudaFuncSetAttribute(paged_attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    static_cast<int>(smem)));
+    ds::cuda::paged_attention_reserve_smem(smem);
     s.attn_smem_limit = smem;
     DS_CUDA_CHECK(cudaDeviceSynchronize());
   } catch (...) {
@@ -340,10 +184,10 @@ void CudaGpt::release(State* s) noexcept {
     cudaSetDevice(s->shape.device);  // cuBLAS and the stream belong to that device
     cudaStreamSynchronize(s->stream);
   }
-  for (void* p : s->allocations) cudaFree(p);
-  if (s->meta_host) cudaFreeHost(s->meta_host);
-  if (s->logits_host) cudaFreeHost(s->logits_host);
-  if (s->meta_dev) cudaFree(s->meta_dev);
+  s->allocations.clear();
+  s->meta_storage.reset();
+  s->free_pinned(s->meta_host, int64_t(s->meta_capacity * sizeof(int32_t)));
+  s->free_pinned(s->logits_host, int64_t(sizeof(float)) * s->shape.max_seqs * s->shape.vocab);
   if (s->blas) cublasDestroy(s->blas);
   if (s->stream) cudaStreamDestroy(s->stream);
   delete s;
@@ -370,7 +214,7 @@ const float* CudaGpt::forward(const PassMeta& m) {
   DS_ASSERT(m.max_pos > 0 && m.max_pos <= g.context, "max_pos {} outside (0, {}]", m.max_pos, g.context);
 
   // One copy of the metadata: ids, pos, token_seq [N]; last_token, table_offset [S]; tables.
-  const size_t smem = attention_smem_bytes(HS, m.max_pos);
+  const size_t smem = ds::cuda::paged_attention_smem_bytes(HS, m.max_pos);
   DS_ASSERT(smem <= s.attn_smem_limit, "attention shared memory {} beyond {}", smem, s.attn_smem_limit);
   const size_t entries = 3 * size_t(N) + 2 * size_t(S) + size_t(m.n_table_entries);
   s.reserve_meta(entries);  // the previous pass has synchronised: meta_host is free
@@ -398,7 +242,7 @@ void CudaGpt::State::enqueue_pass(const PassMeta& m, size_t entries) {
   State& s = *this;
   const GptShape& g = s.shape;
   const int N = m.n_tokens, S = m.n_seqs, C = g.n_embd, V = g.vocab, HS = C / g.n_head;
-  const size_t smem = attention_smem_bytes(HS, m.max_pos);
+  const size_t smem = ds::cuda::paged_attention_smem_bytes(HS, m.max_pos);
   DS_CUDA_CHECK(cudaMemcpyAsync(s.meta_dev, s.meta_host, entries * sizeof(int32_t), cudaMemcpyHostToDevice, s.stream));
   const int32_t* ids = s.meta_dev;
   const int32_t* pos = ids + N;
@@ -408,27 +252,28 @@ void CudaGpt::State::enqueue_pass(const PassMeta& m, size_t entries) {
   const int32_t* tables = toff + S;
 
   const int64_t NC = int64_t(N) * C;
-  embed_kernel<<<N, kRowThreads, 0, s.stream>>>(s.x, ids, pos, s.wte, s.wpe, C);
+  namespace k = ds::cuda;
+  k::embed_tokens(s.x, ids, pos, s.wte, s.wpe, N, C, s.stream);
   const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
   for (int l = 0; l < g.n_layer; ++l) {
     const State::Layer& w = s.layers[static_cast<size_t>(l)];
     float* kv = s.kv + int64_t(l) * g.kv_blocks * g.kv_block_size * 2 * C;
-    layernorm_kernel<<<N, kRowThreads, 0, s.stream>>>(s.h, s.x, nullptr, w.ln1_w, w.ln1_b, C);
+    k::layernorm_rows(s.h, s.x, nullptr, w.ln1_w, w.ln1_b, N, C, s.stream);
     s.gemm(s.qkv, s.h, w.qkv_w, N, C, 3 * C);
-    bias_kernel<<<elementwise_blocks(3 * NC), 256, 0, s.stream>>>(s.qkv, w.qkv_b, 3 * NC, 3 * C);
-    kv_append_kernel<<<N, kRowThreads, 0, s.stream>>>(kv, s.qkv, pos, seq, toff, tables, g.kv_block_size, C);
-    paged_attention_kernel<<<dim3(N, g.n_head), kAttnThreads, smem, s.stream>>>(
-        s.att, s.qkv, kv, pos, seq, toff, tables, g.kv_block_size, C, HS, m.max_pos, scale);
+    k::add_bias(s.qkv, w.qkv_b, 3 * NC, 3 * C, s.stream);
+    k::kv_append(kv, s.qkv, pos, seq, toff, tables, N, g.kv_block_size, C, s.stream);
+    k::paged_attention(s.att, s.qkv, kv, pos, seq, toff, tables, N, g.n_head, g.kv_block_size, C, m.max_pos, scale,
+                       smem, s.stream);
     s.gemm(s.h, s.att, w.proj_w, N, C, C);
-    bias_residual_kernel<<<elementwise_blocks(NC), 256, 0, s.stream>>>(s.x, s.h, w.proj_b, NC, C);
-    layernorm_kernel<<<N, kRowThreads, 0, s.stream>>>(s.h, s.x, nullptr, w.ln2_w, w.ln2_b, C);
+    k::add_bias_residual(s.x, s.h, w.proj_b, NC, C, s.stream);
+    k::layernorm_rows(s.h, s.x, nullptr, w.ln2_w, w.ln2_b, N, C, s.stream);
     s.gemm(s.mlp, s.h, w.fc_w, N, C, 4 * C);
-    bias_gelu_kernel<<<elementwise_blocks(4 * NC), 256, 0, s.stream>>>(s.mlp, w.fc_b, 4 * NC, 4 * C);
+    k::add_bias_gelu(s.mlp, w.fc_b, 4 * NC, 4 * C, s.stream);
     s.gemm(s.h, s.mlp, w.fc2_w, N, 4 * C, C);
-    bias_residual_kernel<<<elementwise_blocks(NC), 256, 0, s.stream>>>(s.x, s.h, w.fc2_b, NC, C);
+    k::add_bias_residual(s.x, s.h, w.fc2_b, NC, C, s.stream);
   }
   // ln_f on each sequence's last new token, then logits[S, V] = h[S, C] @ wte^T.
-  layernorm_kernel<<<S, kRowThreads, 0, s.stream>>>(s.h, s.x, last, s.lnf_w, s.lnf_b, C);
+  k::layernorm_rows(s.h, s.x, last, s.lnf_w, s.lnf_b, S, C, s.stream);
   const float one = 1.0f, zero = 0.0f;
   DS_CUBLAS_CHECK(cublasSgemm(s.blas, CUBLAS_OP_T, CUBLAS_OP_N, V, S, C, &one, s.wte, C, s.h, C, &zero, s.logits, V));
   DS_CUDA_CHECK(cudaGetLastError());

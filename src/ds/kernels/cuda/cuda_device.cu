@@ -16,7 +16,15 @@ bool available() {
 void* malloc_device(size_t bytes) {
   DS_CHECK_AS(DeviceError, available(), "[cuda] no usable GPU (cudaGetDeviceCount found none); run on the CPU");
   void* p = nullptr;
-  DS_CUDA_CHECK(cudaMalloc(&p, bytes));
+  const cudaError_t err = cudaMalloc(&p, bytes);
+  if (err == cudaErrorMemoryAllocation) {
+    cudaGetLastError();  // clear it
+    size_t free = 0, total = 0;
+    cudaMemGetInfo(&free, &total);
+    DS_THROW(OutOfMemory, "[cuda] cannot allocate {} MiB of GPU memory ({} MiB free of {})", bytes >> 20, free >> 20,
+             total >> 20);
+  }
+  DS_CUDA_CHECK(err);
   return p;
 }
 
