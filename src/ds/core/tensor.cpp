@@ -1,9 +1,9 @@
-// Tensor construction, views and dtype-converting copies (CPU). Conversions use the kernels' RNE routines.
+// Tensor construction, views and dtype-converting copies (CPU). Conversions use core/convert.h's RNE routines.
 #include "ds/core/tensor.h"
 
 #include <cstring>
 
-#include "ds/kernels/cpu/kernels.h"
+#include "ds/core/convert.h"
 
 namespace ds {
 
@@ -119,10 +119,10 @@ void Tensor::copy_from(const Tensor& src) {
   }
   auto* dst16 = static_cast<uint16_t*>(raw());
   auto* src16 = static_cast<const uint16_t*>(src.raw());
-  if (src.dtype() == DType::f32 && dtype_ == DType::bf16) return cpu::f32_to_bf16(dst16, src.data<float>(), n);
-  if (src.dtype() == DType::f32 && dtype_ == DType::f16) return cpu::f32_to_f16(dst16, src.data<float>(), n);
-  if (src.dtype() == DType::bf16 && dtype_ == DType::f32) return cpu::bf16_to_f32(data<float>(), src16, n);
-  if (src.dtype() == DType::f16 && dtype_ == DType::f32) return cpu::f16_to_f32(data<float>(), src16, n);
+  if (src.dtype() == DType::f32 && dtype_ == DType::bf16) return f32_to_bf16(dst16, src.data<float>(), n);
+  if (src.dtype() == DType::f32 && dtype_ == DType::f16) return f32_to_f16(dst16, src.data<float>(), n);
+  if (src.dtype() == DType::bf16 && dtype_ == DType::f32) return bf16_to_f32(data<float>(), src16, n);
+  if (src.dtype() == DType::f16 && dtype_ == DType::f32) return f16_to_f32(data<float>(), src16, n);
   DS_THROW(ShapeError, "[tensor] no conversion from {} to {}", dtype_name(src.dtype()), dtype_name(dtype_));
 }
 

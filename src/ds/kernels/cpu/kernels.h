@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "ds/core/convert.h"
 #include "ds/core/dtype.h"
 
 namespace ds::cpu {
@@ -155,13 +156,12 @@ struct AdamParams {
 void adamw_step(float* param, const float* grad, float* m, float* v, size_t n, const AdamParams& p,
                 float grad_scale = 1.0f);
 
-// ---- 16-bit storage conversion (round to nearest even; NaN stays NaN, inf stays inf) ----
-void f32_to_bf16(uint16_t* out, const float* in, size_t n);
-void bf16_to_f32(float* out, const uint16_t* in, size_t n);
-void f32_to_f16(uint16_t* out, const float* in, size_t n);
-void f16_to_f32(float* out, const uint16_t* in, size_t n);
-// The same chosen by storage dtype: f32 is a copy, bf16 and f16 convert (any other dtype is an internal error).
-void to_f32(float* out, const void* in, DType dtype, size_t n);
-void from_f32(void* out, const float* in, DType dtype, size_t n);
+// ---- 16-bit storage conversion: core/convert.h (Tensor::copy_from uses them), here under their kernel names ----
+using ds::bf16_to_f32;
+using ds::f16_to_f32;
+using ds::f32_to_bf16;
+using ds::f32_to_f16;
+using ds::from_f32;
+using ds::to_f32;
 
 }  // namespace ds::cpu
