@@ -13,7 +13,7 @@
 
 #include "common/zero_case.h"
 #include "ds/comm/local/local_comm.h"
-#include "ds/runtime/zero/zero_optimizer.h"
+#include "ds/zero/zero_optimizer.h"
 
 using namespace ds;
 using namespace ds::zero_case;

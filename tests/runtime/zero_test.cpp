@@ -89,14 +89,17 @@ TEST(Zero, Stage3PrefetchAndReuseFollowTheTraceAndKeepTheTrajectory) {
 }
 
 // With stage3_max_reuse_distance 0 and stage3_max_live_parameters of three units, the gather buffers in use at
-// once stay few: the ZeRO buffers (two gradient buckets, two receive chunks, the pooled gather buffers, the row
-// staging) peak under 8 units' worth, where one buffer per unit would be the whole model (about 37 units: 33 wte
-// slices, 4 blocks). The run still follows the single-process trajectory.
+// once stay few: the ZeRO buffers (two gradient buckets of one unit, the pooled gather buffers, the row staging)
+// peak under 8 units' worth, where one buffer per unit would be the whole model (about 37 units: 33 wte slices,
+// 4 blocks). reduce_bucket_size is one unit here: the buckets honour it (Note [Gradient buckets]), and
+// DeepSpeed's default of 5e8 elements would make one bucket of the whole model. The run still follows the
+// single-process trajectory.
 TEST(Zero, Stage3GatherBuffersAreBoundedByMaxLiveParameters) {
   const int64_t unit = 12 * 128 * 128 + 13 * 128;  // a tiny block, the largest unit
   const auto lean = run_world(2, 3, 1, true,
-                              fmt::format(R"(, "stage3_max_reuse_distance": 0, "stage3_max_live_parameters": {})",
-                                          3 * unit));
+                              fmt::format(R"(, "stage3_max_reuse_distance": 0, "stage3_max_live_parameters": {},
+                                             "reduce_bucket_size": {})",
+                                          3 * unit, unit));
   expect_same_trajectory(lean[0], "stage 3 with at most three live units");
   EXPECT_LE(lean[0].peak_comm_buffer, 8 * unit * 4);
   EXPECT_GT(static_cast<double>(tiny().num_params()), 30.0 * unit);

@@ -5,6 +5,7 @@
 #include "ds/comm/comm_factory.h"
 
 #include <cstdlib>
+#include <initializer_list>
 #include <string_view>
 
 #include "ds/comm/mpi/mpi_comm.h"

@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <system_error>
 
 #include <fmt/ranges.h>
 
@@ -24,7 +25,7 @@
 #include "ds/core/strings.h"
 #include "ds/kernels/cpu/kernels.h"
 #include "ds/nn/parameter.h"
-#include "ds/runtime/zero/zero_optimizer.h"
+#include "ds/zero/zero_optimizer.h"
 
 namespace ds {
 namespace fs = std::filesystem;
@@ -273,10 +274,37 @@ void publish(const fs::path& saving, const fs::path& final_dir, const std::strin
   fsync_dir(dir);
 }
 
+// A rank's shard, streamed one state tile at a time through the optimizer-state store (never the whole state at
+// once). The tensors are in the order write_safetensors would give them (by name), so the bytes are the same.
+void write_shard(const std::string& path, ZeroOptimizer& optimizer) {
+  zero::OptimizerStateStore& state = optimizer.state_store();
+  const int64_t n = optimizer.partition_numel();
+  const size_t bytes = static_cast<size_t>(n) * sizeof(float);
+  const std::vector<int64_t> shape = {n};
+  SafetensorsWriter out(path, {{"exp_avg", "F32", shape, nullptr, bytes},
+                               {"exp_avg_sq", "F32", shape, nullptr, bytes},
+                               {"fp32", "F32", shape, nullptr, bytes}});
+  for (const zero::StateKind kind : {zero::StateKind::exp_avg, zero::StateKind::exp_avg_sq}) {
+    for (int64_t t = 0; t < state.tile_count(); ++t) {
+      const zero::StateTile tile = state.acquire(t, zero::mask_of(kind), zero::TileAccess::read);
+      out.write(tile.data(kind), static_cast<size_t>(tile.count) * sizeof(float));
+      state.release(tile);
+    }
+  }
+  // "fp32": the owned parameters (in mixed precision the master weights, which are read through the store too).
+  std::vector<float> piece(static_cast<size_t>(std::min(n, state.tile_numel())));
+  for (int64_t t = 0; t < state.tile_count(); ++t) {
+    const int64_t count = state.tile_size(t);
+    optimizer.read_owned_params(state.tile_begin(t), count, piece.data());
+    out.write(piece.data(), static_cast<size_t>(count) * sizeof(float));
+  }
+  out.commit();
+}
+
 }  // namespace
 
 void write_checkpoint(Communicator& comm, const std::string& dir, const std::string& tag, const ParameterStore& store,
-                      const ZeroOptimizer& optimizer, CheckpointManifest meta) {
+                      ZeroOptimizer& optimizer, CheckpointManifest meta) {
   const int rank = comm.rank(), world = comm.size();
   DS_CHECK_AS(IoError, !tag.empty() && tag.find('/') == std::string::npos && tag[0] != '.',
               "[checkpoint] tag '{}' must be a plain name (no '/', not starting with '.')", tag);
@@ -297,15 +325,8 @@ void write_checkpoint(Communicator& comm, const std::string& dir, const std::str
   int32_t info[5] = {0, 0, 0, 0, 1};          // bytes (lo, hi), crc, written, ok
   std::string failure;                        // this rank's error, raised once every rank knows
   if (writes) try {
-    const int64_t n = optimizer.partition_numel();
-    std::vector<float> params(static_cast<size_t>(n));
-    optimizer.copy_owned_params(params.data());
-    const size_t bytes = static_cast<size_t>(n) * sizeof(float);
-    const std::vector<int64_t> shape = {n};
     const std::string path = (saving / shard_name(rank)).string();
-    write_safetensors(path, {{"fp32", "F32", shape, params.data(), bytes},
-                             {"exp_avg", "F32", shape, optimizer.exp_avg().data<float>(), bytes},
-                             {"exp_avg_sq", "F32", shape, optimizer.exp_avg_sq().data<float>(), bytes}});
+    write_shard(path, optimizer);
     const MappedFile raw = MappedFile::open(path, "checkpoint", "a checkpoint shard");
     const auto size = static_cast<uint64_t>(raw.size());
     info[0] = static_cast<int32_t>(size & 0xffffffffu);
@@ -360,6 +381,45 @@ void write_checkpoint(Communicator& comm, const std::string& dir, const std::str
 
 // ------------------------------------------------------------------------------------------------------ loading
 
+namespace {
+
+// The Adam moments of this rank's partition, one state tile at a time through the optimizer-state store: each
+// partition element is found in this run's flat layout, then in the checkpoint's through the parameter holding it
+// (padding, held by no parameter, is zero).
+void load_moments(const CheckpointReader& reader, const ParameterStore& store, ZeroOptimizer& optimizer) {
+  std::vector<std::pair<const Parameter*, const CheckpointParam*>> by_offset;
+  for (const Parameter& p : store.all()) by_offset.emplace_back(&p, &reader.param(p.name));
+  std::sort(by_offset.begin(), by_offset.end(),
+            [](const auto& a, const auto& b) { return a.first->offset < b.first->offset; });
+  // Flat elements [flat, flat + n) of this run's layout from the checkpoint's tensor `name`.
+  auto read_flat = [&](const char* name, int64_t flat, int64_t n, float* out) {
+    std::fill(out, out + n, 0.0f);
+    auto it = std::upper_bound(by_offset.begin(), by_offset.end(), flat, [](int64_t x, const auto& e) {
+      return x < e.first->offset + e.first->numel();
+    });
+    for (; it != by_offset.end() && it->first->offset < flat + n; ++it) {
+      const Parameter& p = *it->first;
+      const int64_t lo = std::max(flat, p.offset), hi = std::min(flat + n, p.offset + p.numel());
+      if (lo < hi) reader.read(name, it->second->offset + (lo - p.offset), hi - lo, out + (lo - flat));
+    }
+  };
+  zero::OptimizerStateStore& state = optimizer.state_store();
+  const zero::PartitionLayout& layout = optimizer.layout();
+  for (const zero::StateKind kind : {zero::StateKind::exp_avg, zero::StateKind::exp_avg_sq}) {
+    for (int64_t t = 0; t < state.tile_count(); ++t) {
+      const zero::StateTile tile = state.acquire(t, zero::mask_of(kind), zero::TileAccess::write);
+      layout.for_partition(tile.begin, tile.begin + tile.count, [&](size_t unit, int64_t part, int64_t count) {
+        const int64_t flat = layout[unit].own + (part - layout[unit].part_offset);
+        read_flat(zero::state_name(kind), flat, count, tile.data(kind) + (part - tile.begin));
+      });
+      state.release(tile);
+    }
+  }
+}
+
+}  // namespace
+
+
 CheckpointManifest load_checkpoint(const std::string& dir, const std::string& tag, const ParameterStore& store,
                                    ZeroOptimizer& optimizer) {
   const CheckpointReader reader(dir, tag);
@@ -386,15 +446,12 @@ CheckpointManifest load_checkpoint(const std::string& dir, const std::string& ta
     log_info("[checkpoint] '{}' was saved at world {} stage {}; loading it at world {} stage {}", reader.tag_dir(),
              m.world, m.zero_stage, optimizer.world(), optimizer.stage());
   }
-  const ZeroOptimizer::State states[3] = {ZeroOptimizer::State::param, ZeroOptimizer::State::exp_avg,
-                                          ZeroOptimizer::State::exp_avg_sq};
+  // The parameters, parameter by parameter (every rank keeps all of them below stage 3).
   for (const Parameter& p : store.all()) {
-    const CheckpointParam& saved = reader.param(p.name);
-    for (int t = 0; t < 3; ++t) {
-      const std::vector<float> values = reader.read_param(saved, kCkptTensors[t]);
-      optimizer.set_state(states[t], p.offset, values.data(), p.numel());
-    }
+    const std::vector<float> values = reader.read_param(reader.param(p.name), "fp32");
+    optimizer.set_parameters(p.offset, values.data(), p.numel());
   }
+  load_moments(reader, store, optimizer);
   optimizer.set_step_count(m.optimizer_steps);
   return m;
 }

@@ -3,7 +3,7 @@
 // no full gradient buffer from stage 2 on), runs gradient accumulation over gradient_accumulation_steps
 // micro-batches, hands reductions and the optimizer step to ZeroOptimizer, and applies DeepSpeed's gradient
 // clipping and learning-rate schedule. Every rank calls train_batch with its own micro-batches. With fp16 or bf16
-// it trains in mixed precision (Note [Mixed precision] in zero_optimizer.cpp) and, for fp16, scales the loss:
+// it trains in mixed precision (Note [Mixed precision] in zero/optimizer_step.cpp) and, for fp16, scales the loss:
 // a step whose gradients overflow is skipped, logged, and does not advance the learning-rate schedule.
 #pragma once
 
@@ -16,7 +16,7 @@
 #include "ds/optim/loss_scaler.h"
 #include "ds/optim/lr_schedule.h"
 #include "ds/runtime/config.h"
-#include "ds/runtime/zero/zero_optimizer.h"
+#include "ds/zero/zero_optimizer.h"
 
 namespace ds {
 

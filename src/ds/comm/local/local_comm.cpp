@@ -4,7 +4,6 @@
 // keeps every buffer alive until all readers are done. all_reduce folds ranks in order 0, 1, ..., W-1 per element,
 // each rank folding its 1/W share into its own grow-only buffer (reported as host comm_buffer memory), which all
 // then copy from, so the bits never depend on timing. Aborts, timeouts and departed ranks wake every waiter.
-#include "ds/comm/backend_util.h"
 #include "ds/comm/local/local_comm.h"
 
 #include <fmt/format.h>
@@ -21,92 +20,22 @@
 #include <thread>
 #include <tuple>
 
+#include "ds/comm/backend_util.h"
+#include "ds/comm/fold.h"
+#include "ds/comm/work_queue.h"
 #include "ds/core/error.h"
 #include "ds/core/log.h"
 #include "ds/core/memory.h"
-#include "ds/kernels/cpu/kernels.h"
 
 namespace ds {
 namespace {
 
-using comm_detail::Completion;
 using comm_detail::GrowBuffer;
+using comm_detail::overlaps;
+using comm_detail::RingSplit;
+using comm_detail::WorkQueue;
 
 using Clock = std::chrono::steady_clock;
-
-// ----------------------------------------------------------------------------------------------------------------
-// Completion handles and the per-communicator FIFO worker.
-
-
-
-// Runs tasks one at a time in submission order on a thread started at the first submit. Each task runs under
-// the memory tracker of the thread that submitted it, so a rank's communication buffers count for that rank.
-class FifoWorker {
- public:
-  FifoWorker(int log_rank, int log_world) : log_rank_(log_rank), log_world_(log_world) {}
-  ~FifoWorker() { stop(); }
-
-  WorkPtr submit(std::function<void()> task) {
-    auto work = std::make_shared<Completion>();
-    MemoryTracker* tracker = &current_tracker();
-    std::lock_guard<std::mutex> lock(mu_);
-    DS_ASSERT(!stopping_, "submit after stop");
-    if (!thread_.joinable()) thread_ = std::thread([this] { loop(); });
-    queue_.emplace_back(
-        [tracker, task = std::move(task)] {
-          TrackerScope scope(*tracker);
-          task();
-        },
-        work);
-    cv_.notify_all();
-    return work;
-  }
-  // Blocks until every submitted task has finished.
-  void drain() {
-    std::unique_lock<std::mutex> lock(mu_);
-    idle_cv_.wait(lock, [&] { return queue_.empty() && !busy_; });
-  }
-  void stop() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stopping_ = true;
-      cv_.notify_all();
-    }
-    if (thread_.joinable()) thread_.join();
-  }
-
- private:
-  void loop() {
-    set_log_rank(log_rank_, log_world_);
-    std::unique_lock<std::mutex> lock(mu_);
-    while (true) {
-      cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
-      if (queue_.empty()) return;  // stopping and drained
-      auto [task, work] = std::move(queue_.front());
-      queue_.pop_front();
-      busy_ = true;
-      lock.unlock();
-      std::exception_ptr error;
-      try {
-        task();
-      } catch (...) {
-        error = std::current_exception();
-      }
-      work->finish(error);
-      lock.lock();
-      busy_ = false;
-      if (queue_.empty()) idle_cv_.notify_all();
-    }
-  }
-
-  const int log_rank_, log_world_;
-  std::mutex mu_;
-  std::condition_variable cv_, idle_cv_;
-  std::deque<std::pair<std::function<void()>, std::shared_ptr<Completion>>> queue_;
-  bool stopping_ = false;
-  bool busy_ = false;
-  std::thread thread_;
-};
 
 // ----------------------------------------------------------------------------------------------------------------
 // Shared state: the job (one per make_local_world) and its groups (the world and every split of it).
@@ -400,82 +329,6 @@ void complete_pair(LocalGroup& group, P2POp& send, P2POp& recv) {
 }
 
 // ----------------------------------------------------------------------------------------------------------------
-// Reduction: out[i] = src[0][i] op src[1][i] op ... op src[W-1][i], folded left in rank order, tile by tile so
-// that `out` may alias one of the sources (each tile is read completely before it is written).
-
-template <typename T, typename F>
-void fold_range(std::byte* out_bytes, const std::vector<const std::byte*>& srcs, size_t src_offset, size_t begin,
-                size_t end, F f) {
-  constexpr size_t kTile = 2048;
-  alignas(64) T acc[kTile];
-  T* out = reinterpret_cast<T*>(out_bytes);
-  for (size_t b = begin; b < end; b += kTile) {
-    const size_t len = std::min(kTile, end - b);
-    std::memcpy(acc, srcs[0] + (src_offset + b) * sizeof(T), len * sizeof(T));
-    for (size_t s = 1; s < srcs.size(); ++s) {
-      const T* x = reinterpret_cast<const T*>(srcs[s] + (src_offset + b) * sizeof(T));
-      for (size_t i = 0; i < len; ++i) acc[i] = f(acc[i], x[i]);
-    }
-    std::memcpy(out + b, acc, len * sizeof(T));
-  }
-}
-
-template <typename T>
-void fold_typed(std::byte* out, const std::vector<const std::byte*>& srcs, size_t src_offset, size_t begin,
-                size_t end, ReduceOp op) {
-  switch (op) {
-    case ReduceOp::sum: fold_range<T>(out, srcs, src_offset, begin, end, [](T a, T b) { return a + b; }); return;
-    case ReduceOp::max: fold_range<T>(out, srcs, src_offset, begin, end, [](T a, T b) { return a < b ? b : a; }); return;
-    case ReduceOp::min: fold_range<T>(out, srcs, src_offset, begin, end, [](T a, T b) { return b < a ? b : a; }); return;
-  }
-}
-
-// 16-bit floats (f16, bf16): folded in fp32 in rank order, rounded once (round to nearest even).
-void fold_half(std::byte* out_bytes, const std::vector<const std::byte*>& srcs, size_t src_offset, size_t begin,
-               size_t end, DType dtype, ReduceOp op) {
-  constexpr size_t kTile = 2048;
-  alignas(64) float acc[kTile], x[kTile];
-  alignas(64) uint16_t half[kTile];
-  auto widen = [&](const std::byte* src, size_t b, size_t len, float* dst) {
-    std::memcpy(half, src + (src_offset + b) * 2, len * 2);
-    cpu::to_f32(dst, half, dtype, len);
-  };
-  auto* out = reinterpret_cast<uint16_t*>(out_bytes);
-  for (size_t b = begin; b < end; b += kTile) {
-    const size_t len = std::min(kTile, end - b);
-    widen(srcs[0], b, len, acc);
-    for (size_t s = 1; s < srcs.size(); ++s) {
-      widen(srcs[s], b, len, x);
-      for (size_t i = 0; i < len; ++i) {
-        acc[i] = op == ReduceOp::sum ? acc[i] + x[i] : op == ReduceOp::max ? std::max(acc[i], x[i])
-                                                                          : std::min(acc[i], x[i]);
-      }
-    }
-    cpu::from_f32(half, acc, dtype, len);
-    std::memcpy(out + b, half, len * 2);
-  }
-}
-
-// Reduces elements [begin, end) of every source (each offset by src_offset elements) into out[begin, end).
-void fold(std::byte* out, const std::vector<const std::byte*>& srcs, size_t src_offset, size_t begin, size_t end,
-          DType dtype, ReduceOp op) {
-  if (dtype == DType::f32) {
-    fold_typed<float>(out, srcs, src_offset, begin, end, op);
-  } else if (dtype == DType::i32) {
-    fold_typed<int32_t>(out, srcs, src_offset, begin, end, op);
-  } else {
-    fold_half(out, srcs, src_offset, begin, end, dtype, op);
-  }
-}
-
-bool overlaps(const void* a, size_t a_bytes, const void* b, size_t b_bytes) {
-  const auto pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
-  return a_bytes > 0 && b_bytes > 0 && pa < pb + b_bytes && pb < pa + a_bytes;
-}
-
-int64_t ring_share(int64_t n, int world) { return n * (world - 1) / world; }
-
-// ----------------------------------------------------------------------------------------------------------------
 
 class LocalCommunicator final : public Communicator {
  public:
@@ -484,77 +337,13 @@ class LocalCommunicator final : public Communicator {
         rank_(rank),
         world_rank_(group_->world_ranks[rank]),
         srcs_(group_->size),
-        worker_(world_rank_, group_->job->world) {}
+        worker_(worker_hooks(world_rank_, group_->job->world)) {}
   ~LocalCommunicator() override { worker_.stop(); }
 
   int rank() const override { return rank_; }
   int size() const override { return group_->size; }
   std::string backend() const override { return "local"; }
 
-  WorkPtr all_reduce_async(void* data, size_t count, DType dtype, ReduceOp op) override {
-    check_reducible("all_reduce", dtype);
-    const int64_t n = bytes_of(count, dtype);
-    stats_.record(Collective::all_reduce, ring_share(2 * n, size()), n);
-    return worker_.submit([=, this] { do_all_reduce(static_cast<std::byte*>(data), count, dtype, op); });
-  }
-  WorkPtr reduce_scatter_async(const void* send, void* recv, size_t count, DType dtype, ReduceOp op) override {
-    check_reducible("reduce_scatter", dtype);
-    const int64_t n = bytes_of(count * size(), dtype);
-    stats_.record(Collective::reduce_scatter, ring_share(n, size()), n);
-    return worker_.submit([=, this] {
-      do_reduce_scatter(static_cast<const std::byte*>(send), static_cast<std::byte*>(recv), count, dtype, op);
-    });
-  }
-  WorkPtr all_gather_async(const void* send, void* recv, size_t count, DType dtype) override {
-    const int64_t n = bytes_of(count * size(), dtype);
-    stats_.record(Collective::all_gather, ring_share(n, size()), n);
-    return worker_.submit([=, this] {
-      do_all_gather(static_cast<const std::byte*>(send), static_cast<std::byte*>(recv), count, dtype);
-    });
-  }
-  WorkPtr broadcast_async(void* data, size_t count, DType dtype, int root) override {
-    DS_CHECK_AS(CommError, root >= 0 && root < size(), "[comm] broadcast root {} is outside the world (ranks 0..{})",
-                root, size() - 1);
-    const int64_t n = bytes_of(count, dtype);
-    stats_.record(Collective::broadcast, rank_ == root ? n : 0, n);
-    return worker_.submit([=, this] { do_broadcast(static_cast<std::byte*>(data), count, dtype, root); });
-  }
-  WorkPtr all_to_all_v_async(const void* send, const std::vector<size_t>& send_counts, void* recv,
-                             const std::vector<size_t>& recv_counts, DType dtype) override {
-    DS_CHECK_AS(CommError, static_cast<int>(send_counts.size()) == size() && static_cast<int>(recv_counts.size()) == size(),
-                "[comm] all_to_all_v needs one count per rank ({}), got {} send and {} recv counts", size(),
-                send_counts.size(), recv_counts.size());
-    int64_t sent = 0, total = 0;
-    for (int r = 0; r < size(); ++r) {
-      total += bytes_of(send_counts[r], dtype);
-      if (r != rank_) sent += bytes_of(send_counts[r], dtype);
-    }
-    stats_.record(Collective::all_to_all, sent, total);
-    return worker_.submit([=, this] {
-      do_all_to_all_v(static_cast<const std::byte*>(send), send_counts, static_cast<std::byte*>(recv), recv_counts,
-                      dtype);
-    });
-  }
-  WorkPtr send_async(const void* data, size_t count, DType dtype, int peer, int tag) override {
-    check_peer("send to", peer, tag);
-    stats_.record(Collective::send, bytes_of(count, dtype), bytes_of(count, dtype));
-    auto op = make_p2p(true, peer, tag, count, dtype);
-    op->src = static_cast<const std::byte*>(data);
-    post(op, /*mine=*/group_->sends, /*theirs=*/group_->recvs, {rank_, peer, tag});
-    return op;
-  }
-  WorkPtr recv_async(void* data, size_t count, DType dtype, int peer, int tag) override {
-    check_peer("recv from", peer, tag);
-    stats_.record(Collective::recv, 0, bytes_of(count, dtype));
-    auto op = make_p2p(false, peer, tag, count, dtype);
-    op->dst = static_cast<std::byte*>(data);
-    post(op, group_->recvs, group_->sends, {peer, rank_, tag});
-    return op;
-  }
-  void barrier() override {
-    stats_.record(Collective::barrier, 0, 0);
-    worker_.submit([this] { group_->rendezvous(rank_, Step::barrier, [this] { validate(Step::barrier); }); })->wait();
-  }
   std::unique_ptr<Communicator> split(int color, int key) override {
     std::unique_ptr<Communicator> result;
     worker_.submit([&, this] { result = do_split(color, key); })->wait();
@@ -580,18 +369,55 @@ class LocalCommunicator final : public Communicator {
     group_->job->depart(world_rank_);
   }
 
- private:
-  static int64_t bytes_of(size_t count, DType dtype) { return static_cast<int64_t>(count * dtype_size(dtype)); }
+ protected:
+  // The worker thread's log lines carry this rank's prefix.
+  static WorkQueue::Hooks worker_hooks(int world_rank, int world) {
+    WorkQueue::Hooks hooks;
+    hooks.on_start = [world_rank, world] { set_log_rank(world_rank, world); };
+    return hooks;
+  }
 
-  void check_reducible(const char* what, DType dtype) const {
-    DS_CHECK_AS(CommError, dtype == DType::f32 || dtype == DType::i32 || dtype == DType::f16 || dtype == DType::bf16,
-                "[comm] {} supports f32, i32, f16 and bf16, got {}", what, dtype_name(dtype));
+  // Collectives run on this communicator's worker queue, in issue order; point-to-point is matched at once.
+  WorkPtr do_all_reduce(void* data, size_t count, DType dtype, ReduceOp op) override {
+    return worker_.submit([=, this] { run_all_reduce(static_cast<std::byte*>(data), count, dtype, op); });
   }
-  void check_peer(const char* what, int peer, int tag) const {
-    DS_CHECK_AS(CommError, peer >= 0 && peer < size(), "[comm] {} rank {}: no such rank in a world of {}", what, peer,
-                size());
-    DS_CHECK_AS(CommError, tag >= 0, "[comm] {} rank {}: tag must be >= 0, got {}", what, peer, tag);
+  WorkPtr do_reduce_scatter(const void* send, void* recv, size_t count, DType dtype, ReduceOp op) override {
+    return worker_.submit([=, this] {
+      run_reduce_scatter(static_cast<const std::byte*>(send), static_cast<std::byte*>(recv), count, dtype, op);
+    });
   }
+  WorkPtr do_all_gather(const void* send, void* recv, size_t count, DType dtype) override {
+    return worker_.submit([=, this] {
+      run_all_gather(static_cast<const std::byte*>(send), static_cast<std::byte*>(recv), count, dtype);
+    });
+  }
+  WorkPtr do_broadcast(void* data, size_t count, DType dtype, int root) override {
+    return worker_.submit([=, this] { run_broadcast(static_cast<std::byte*>(data), count, dtype, root); });
+  }
+  WorkPtr do_all_to_all_v(const void* send, const std::vector<size_t>& send_counts, void* recv,
+                          const std::vector<size_t>& recv_counts, DType dtype) override {
+    return worker_.submit([=, this] {
+      run_all_to_all_v(static_cast<const std::byte*>(send), send_counts, static_cast<std::byte*>(recv), recv_counts,
+                       dtype);
+    });
+  }
+  WorkPtr do_send(const void* data, size_t count, DType dtype, int peer, int tag) override {
+    auto op = make_p2p(true, peer, tag, count, dtype);
+    op->src = static_cast<const std::byte*>(data);
+    post(op, /*mine=*/group_->sends, /*theirs=*/group_->recvs, {rank_, peer, tag});
+    return op;
+  }
+  WorkPtr do_recv(void* data, size_t count, DType dtype, int peer, int tag) override {
+    auto op = make_p2p(false, peer, tag, count, dtype);
+    op->dst = static_cast<std::byte*>(data);
+    post(op, group_->recvs, group_->sends, {peer, rank_, tag});
+    return op;
+  }
+  WorkPtr do_barrier() override {
+    return worker_.submit([this] { group_->rendezvous(rank_, Step::barrier, [this] { validate(Step::barrier); }); });
+  }
+
+ private:
 
   // Posts this rank's slot; the slot is read by the last arriver (validation) and by peers until the final
   // rendezvous of the collective.
@@ -631,52 +457,46 @@ class LocalCommunicator final : public Communicator {
     }
   }
 
-  // A copy of `send` in this communicator's grow-only staging buffer, for a send buffer that overlaps recv.
-  const std::byte* stage(const std::byte* send, size_t bytes) {
-    std::byte* copy = staging_.reserve(bytes);
-    std::memcpy(copy, send, bytes);
-    return copy;
-  }
-
-  void do_all_reduce(std::byte* data, size_t count, DType dtype, ReduceOp op) {
+  void run_all_reduce(std::byte* data, size_t count, DType dtype, ReduceOp op) {
     post_slot({.step = Step::all_reduce, .send = data, .recv = data, .count = count, .dtype = dtype, .op = op});
     const size_t es = dtype_size(dtype);
     group_->rendezvous(rank_, Step::all_reduce, [&] { validate(Step::all_reduce); });
-    // Rank r reduces elements [r * share, (r + 1) * share) of every rank's buffer (share rounded to 16 elements).
+    // Rank r folds segment r of every rank's buffer (Note [Ring segments], 16-element granule).
     const int W = group_->size;
-    const size_t share = ((count + W - 1) / W + 15) / 16 * 16;
-    auto range = [&](int r) { return std::pair(std::min(count, share * r), std::min(count, share * r + share)); };
-    const auto [begin, end] = range(rank_);
+    const RingSplit split(count, W, 16);
+    const size_t begin = split.begin(rank_), end = split.end(rank_);
     std::byte* mine = nullptr;
     try {
       mine = group_->share_buffers[rank_].reserve((end - begin) * es);  // nobody reads the old share any more
     } catch (const std::exception& e) {
       abort_world(fmt::format("[comm] rank {} could not allocate its all_reduce buffer: {}", world_rank_, e.what()));
     }
-    for (int r = 0; r < W; ++r) srcs_[r] = group_->slots[r].send;
-    fold(mine, srcs_, begin, 0, end - begin, dtype, op);
+    for (int r = 0; r < W; ++r) srcs_[r] = group_->slots[r].send + begin * es;
+    fold(mine, srcs_.data(), srcs_.size(), end - begin, dtype, op);
     group_->shares[rank_] = mine;
     group_->rendezvous(rank_, Step::all_reduce);
     for (int r = 0; r < W; ++r) {
-      const auto [b, e] = range(r);
+      const size_t b = split.begin(r), e = split.end(r);
       if (e > b) std::memcpy(data + b * es, group_->shares[r], (e - b) * es);
     }
   }
 
-  void do_reduce_scatter(const std::byte* send, std::byte* recv, size_t count, DType dtype, ReduceOp op) {
+  void run_reduce_scatter(const std::byte* send, std::byte* recv, size_t count, DType dtype, ReduceOp op) {
     const size_t es = dtype_size(dtype), block = count * es;
     // In place (recv is this rank's own block of send) works directly: a rank writes only its own block.
-    if (recv != send + rank_ * block && overlaps(send, block * size(), recv, block)) send = stage(send, block * size());
+    if (recv != send + rank_ * block && overlaps(send, block * size(), recv, block))
+      send = staging_.copy_of(send, block * size());
     post_slot({.step = Step::reduce_scatter, .send = send, .recv = recv, .count = count, .dtype = dtype, .op = op});
     group_->rendezvous(rank_, Step::reduce_scatter, [&] { validate(Step::reduce_scatter); });
-    for (int r = 0; r < size(); ++r) srcs_[r] = group_->slots[r].send;
-    fold(recv, srcs_, count * rank_, 0, count, dtype, op);
+    for (int r = 0; r < size(); ++r) srcs_[r] = group_->slots[r].send + count * rank_ * es;
+    fold(recv, srcs_.data(), srcs_.size(), count, dtype, op);
     group_->rendezvous(rank_, Step::reduce_scatter);
   }
 
-  void do_all_gather(const std::byte* send, std::byte* recv, size_t count, DType dtype) {
+  void run_all_gather(const std::byte* send, std::byte* recv, size_t count, DType dtype) {
     const size_t block = count * dtype_size(dtype);
-    if (send != recv + rank_ * block && overlaps(send, block, recv, block * size())) send = stage(send, block);
+    if (send != recv + rank_ * block && overlaps(send, block, recv, block * size()))
+      send = staging_.copy_of(send, block);
     post_slot({.step = Step::all_gather, .send = send, .recv = recv, .count = count, .dtype = dtype});
     group_->rendezvous(rank_, Step::all_gather, [&] { validate(Step::all_gather); });
     for (int r = 0; r < size(); ++r) {
@@ -686,7 +506,7 @@ class LocalCommunicator final : public Communicator {
     group_->rendezvous(rank_, Step::all_gather);
   }
 
-  void do_broadcast(std::byte* data, size_t count, DType dtype, int root) {
+  void run_broadcast(std::byte* data, size_t count, DType dtype, int root) {
     post_slot({.step = Step::broadcast, .send = data, .recv = data, .count = count, .dtype = dtype, .root = root});
     group_->rendezvous(rank_, Step::broadcast, [&] { validate(Step::broadcast); });
     const std::byte* src = group_->slots[root].send;
@@ -694,13 +514,13 @@ class LocalCommunicator final : public Communicator {
     group_->rendezvous(rank_, Step::broadcast);
   }
 
-  void do_all_to_all_v(const std::byte* send, const std::vector<size_t>& send_counts, std::byte* recv,
+  void run_all_to_all_v(const std::byte* send, const std::vector<size_t>& send_counts, std::byte* recv,
                        const std::vector<size_t>& recv_counts, DType dtype) {
     const size_t es = dtype_size(dtype);
     size_t send_total = 0, recv_total = 0;
     for (size_t c : send_counts) send_total += c;
     for (size_t c : recv_counts) recv_total += c;
-    if (overlaps(send, send_total * es, recv, recv_total * es)) send = stage(send, send_total * es);
+    if (overlaps(send, send_total * es, recv, recv_total * es)) send = staging_.copy_of(send, send_total * es);
     post_slot({.step = Step::all_to_all, .send = send, .recv = recv, .dtype = dtype, .send_counts = &send_counts,
                .recv_counts = &recv_counts});
     group_->rendezvous(rank_, Step::all_to_all, [&] { validate(Step::all_to_all); });
@@ -778,9 +598,9 @@ class LocalCommunicator final : public Communicator {
   std::shared_ptr<LocalGroup> group_;
   const int rank_;
   const int world_rank_;
-  std::vector<const std::byte*> srcs_;  // per-call source pointers, sized once
+  std::vector<const void*> srcs_;       // per-call source pointers, sized once
   GrowBuffer staging_;                  // a copy of a send buffer that overlaps its recv buffer
-  FifoWorker worker_;                   // last member: stopped (joined) first
+  WorkQueue worker_;                    // last member: stopped (joined) first
 };
 
 }  // namespace

@@ -5,7 +5,6 @@
 // forms queue a task on it (FIFO across all communicators, like one NCCL stream) and point-to-point requests are
 // polled there with MPI_Testsome, so the design needs only MPI_THREAD_FUNNELED; we still ask for MULTIPLE so that
 // abort() may call MPI_Abort from whatever thread fails while the MPI thread sits in a collective.
-#include "ds/comm/backend_util.h"
 #include "ds/comm/mpi/mpi_comm.h"
 
 // The C API only: OpenMPI's deprecated C++ bindings add nothing and warn under -Wextra.
@@ -17,6 +16,7 @@
 #include <chrono>
 #include <climits>
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <exception>
@@ -26,6 +26,9 @@
 #include <type_traits>
 #include <vector>
 
+#include "ds/comm/backend_util.h"
+#include "ds/comm/fold.h"
+#include "ds/comm/work_queue.h"
 #include "ds/core/error.h"
 #include "ds/core/log.h"
 #include "ds/core/memory.h"
@@ -36,6 +39,9 @@ namespace {
 
 using comm_detail::Completion;
 using comm_detail::GrowBuffer;
+using comm_detail::overlaps;
+using comm_detail::ring_block;
+using comm_detail::WorkQueue;
 
 [[noreturn]] void throw_mpi_error(const char* call, int code) {
   char text[MPI_MAX_ERROR_STRING] = {};
@@ -52,9 +58,11 @@ using comm_detail::GrowBuffer;
   } while (0)
 
 
-// The process-wide MPI thread. Created on first use; at process exit it drains its queue, calls MPI_Finalize
-// (only if it called MPI_Init itself) and is deleted. If it is stuck in a collective whose peers died without
-// MPI_Abort, exit goes on without MPI_Finalize and the engine is leaked rather than destroyed under its thread.
+// The process-wide MPI thread: a WorkQueue whose thread calls MPI_Init_thread first and MPI_Finalize last, and
+// whose deferred tasks are MPI_Isend/MPI_Irecv requests, completed by MPI_Testsome in its poll hook. Created on
+// first use; at process exit it drains its queue, calls MPI_Finalize (only if it called MPI_Init itself) and is
+// deleted. If it is stuck in a collective whose peers died without MPI_Abort, exit goes on without MPI_Finalize and
+// the engine is leaked rather than destroyed under its thread.
 class MpiEngine {
  public:
   static MpiEngine& instance() {
@@ -70,61 +78,37 @@ class MpiEngine {
   }
 
   // Tasks run under the memory tracker of the submitting thread, so staging buffers count for the right rank.
-  WorkPtr submit(std::function<void()> task) {
-    MemoryTracker* tracker = &current_tracker();
-    return enqueue({[tracker, task = std::move(task)] {
-                      TrackerScope scope(*tracker);
-                      task();
-                    },
-                    nullptr, nullptr});
-  }
+  WorkPtr submit(std::function<void()> task) { return queue_.submit(std::move(task)); }
   // Runs `post` (an MPI_Isend/MPI_Irecv) on the MPI thread; the Work completes when its request does.
-  WorkPtr submit_request(std::function<void(MPI_Request*)> post) { return enqueue({nullptr, nullptr, std::move(post)}); }
+  WorkPtr submit_request(std::function<void(MPI_Request*)> post) {
+    return queue_.submit_deferred([this, post = std::move(post)](std::shared_ptr<Completion> work) {
+      MPI_Request request = MPI_REQUEST_NULL;
+      post(&request);
+      pending_.push_back(request);
+      pending_work_.push_back(std::move(work));
+    });
+  }
   void run(std::function<void()> task) { submit(std::move(task))->wait(); }
 
-  bool stopped() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return stopping_;
-  }
+  bool stopped() const { return queue_.stopping(); }
   int world_rank() const { return world_rank_; }
   int world_size() const { return world_size_; }
 
  private:
-  struct Task {
-    std::function<void()> fn;
-    std::shared_ptr<Completion> work;
-    std::function<void(MPI_Request*)> post;  // set instead of fn for point-to-point
-  };
-
-  MpiEngine() {
-    std::unique_lock<std::mutex> lock(mu_);
-    thread_ = std::thread([this] { loop(); });
-    cv_.wait(lock, [&] { return started_; });
-  }
-
-  WorkPtr enqueue(Task task) {
-    task.work = std::make_shared<Completion>();
-    WorkPtr work = task.work;
-    std::lock_guard<std::mutex> lock(mu_);
-    DS_CHECK_AS(CommError, !stopping_, "[comm] MPI call during process exit (after MPI_Finalize began)");
-    tasks_.push_back(std::move(task));
-    cv_.notify_all();
-    return work;
+  MpiEngine()
+      : queue_({.on_start = [this] { initialize(); },
+                .on_exit = [this] { finalize(); },
+                .poll = [this] { return poll_requests(); },
+                .pending = [this] { return !pending_.empty(); }},
+               "[comm] MPI call during process exit (after MPI_Finalize began)") {
+    queue_.start();
   }
 
   // True once the thread has finished (and finalised); false if it is still busy after half a minute.
   bool shutdown() {
-    std::unique_lock<std::mutex> lock(mu_);
-    stopping_ = true;
-    cv_.notify_all();
-    if (!cv_.wait_for(lock, std::chrono::seconds(30), [&] { return exited_; })) {
-      std::fprintf(stderr, "error: [comm] MPI thread still busy at exit; leaving without MPI_Finalize\n");
-      thread_.detach();
-      return false;
-    }
-    lock.unlock();
-    thread_.join();
-    return true;
+    if (queue_.stop(std::chrono::seconds(30))) return true;
+    std::fprintf(stderr, "error: [comm] MPI thread still busy at exit; leaving without MPI_Finalize\n");
+    return false;
   }
 
   void initialize() {
@@ -155,52 +139,7 @@ class MpiEngine {
     }
     MPI_Comm_rank(MPI_COMM_WORLD, &world_rank_);
     MPI_Comm_size(MPI_COMM_WORLD, &world_size_);
-  }
-
-  void loop() {
-    initialize();
     if (world_size_ > 1) set_log_rank(world_rank_, world_size_);
-    std::unique_lock<std::mutex> lock(mu_);
-    started_ = true;
-    cv_.notify_all();
-    int idle_polls = 0;
-    auto stop_deadline = std::chrono::steady_clock::time_point::max();
-    while (true) {
-      if (!tasks_.empty()) {
-        Task task = std::move(tasks_.front());
-        tasks_.pop_front();
-        lock.unlock();
-        run_task(task);
-        if (!pending_.empty()) poll_requests();
-        lock.lock();
-        idle_polls = 0;
-        continue;
-      }
-      if (pending_.empty()) {
-        if (stopping_) break;
-        cv_.wait(lock, [&] { return stopping_ || !tasks_.empty(); });
-        continue;
-      }
-      // Only point-to-point requests in flight: poll them, backing off to 1 ms between polls.
-      if (stopping_) {
-        const auto now = std::chrono::steady_clock::now();
-        if (stop_deadline == std::chrono::steady_clock::time_point::max()) stop_deadline = now + std::chrono::seconds(10);
-        if (now > stop_deadline) break;
-      }
-      lock.unlock();
-      const bool progressed = poll_requests();
-      lock.lock();
-      idle_polls = progressed ? 0 : idle_polls + 1;
-      if (idle_polls > 64) {
-        const auto pause = std::chrono::microseconds(std::min(1000, 16 << std::min(idle_polls - 64, 6)));
-        cv_.wait_for(lock, pause, [&] { return !tasks_.empty(); });
-      }
-    }
-    lock.unlock();
-    finalize();
-    lock.lock();
-    exited_ = true;
-    cv_.notify_all();
   }
 
   void finalize() {
@@ -214,22 +153,6 @@ class MpiEngine {
       return;
     }
     MPI_Finalize();
-  }
-
-  void run_task(Task& task) {
-    try {
-      if (task.fn) {
-        task.fn();
-        task.work->finish(nullptr);
-      } else {
-        MPI_Request request = MPI_REQUEST_NULL;
-        task.post(&request);
-        pending_.push_back(request);
-        pending_work_.push_back(task.work);
-      }
-    } catch (...) {
-      task.work->finish(std::current_exception());
-    }
   }
 
   // Completes the finished point-to-point requests; true if any finished.
@@ -280,12 +203,7 @@ class MpiEngine {
     return true;
   }
 
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<Task> tasks_;
-  bool started_ = false, stopping_ = false, exited_ = false;
-  std::thread thread_;
-  // Owned by the MPI thread.
+  // Owned by the MPI thread (the queue's hooks run there).
   std::string init_error_;
   bool we_initialized_ = false;
   int world_rank_ = 0, world_size_ = 1;
@@ -293,6 +211,7 @@ class MpiEngine {
   std::vector<std::shared_ptr<Completion>> pending_work_;
   std::vector<int> indices_;
   std::vector<MPI_Status> statuses_;
+  WorkQueue queue_;  // last member: its thread uses the members above
 };
 
 MPI_Datatype mpi_type(DType t) {
@@ -315,55 +234,32 @@ MPI_Op mpi_op(ReduceOp op) {
 }
 
 
-bool overlaps(const void* a, size_t a_bytes, const void* b, size_t b_bytes) {
-  const auto pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
-  return a_bytes > 0 && b_bytes > 0 && pa < pb + b_bytes && pb < pa + a_bytes;
-}
-
-int64_t ring_share(int64_t n, int world) { return n * (world - 1) / world; }
-
 // Note [Ring reduce-scatter]
 // OpenMPI's MPI_Reduce_scatter_block for large blocks reduces everything to one rank and scatters (basic linear),
 // with temporaries of the whole send buffer (two of them: 300 MB for a 150 MB send), and it is not
-// bandwidth-optimal. Ours is the ring: in N-1 steps rank r sends the running partial sum of block
-// (r - k - 1) mod N to rank r+1 and adds its own contribution of block (r - k - 2) mod N to what it receives from
-// r-1; after the last step it holds block r summed over all ranks. Blocks go in segments of kRingSegment elements,
-// so the only temporaries are two segments in the staging buffer. Every rank sends (N-1)/N of its send buffer,
-// which is the ring count of Note [Traffic accounting]. Partial sums travel from rank r-1 to r, so the order of
-// addition is fixed by the ranks, and the result is the same on every run.
+// bandwidth-optimal. Ours is the ring of Note [Ring segments] (backend_util.h): in N-1 steps rank r sends the
+// running partial sum of block (r - k - 1) mod N to rank r+1 and adds its own contribution of block
+// (r - k - 2) mod N to what it receives from r-1; after the last step it holds block r summed over all ranks.
+// Blocks go in segments of kRingSegment elements, so the only temporaries are two segments in the staging buffer.
+// Every rank sends (N-1)/N of its send buffer, which is the ring count of Note [Traffic accounting]. Partial sums
+// travel from rank r-1 to r, so the order of addition is fixed by the ranks, and the result is the same on every
+// run. The additions are the fold of fold.h (16-bit data through fp32, rounded at every hop, as NCCL does).
 constexpr size_t kRingSegment = size_t{1} << 20;
-
-// 16-bit floats (f16 or bf16 bits) are combined through fp32 and rounded back.
-void combine_half(uint16_t* acc, const uint16_t* x, size_t n, ReduceOp op, DType dtype) {
-  constexpr size_t kTile = 2048;
-  float a[kTile], b[kTile];
-  for (size_t i0 = 0; i0 < n; i0 += kTile) {
-    const size_t len = std::min(kTile, n - i0);
-    cpu::to_f32(a, acc + i0, dtype, len);
-    cpu::to_f32(b, x + i0, dtype, len);
-    for (size_t i = 0; i < len; ++i)
-      a[i] = op == ReduceOp::sum ? a[i] + b[i] : op == ReduceOp::max ? std::max(a[i], b[i]) : std::min(a[i], b[i]);
-    cpu::from_f32(acc + i0, a, dtype, len);
-  }
-}
-
-template <typename T>
-void combine(T* acc, const T* x, size_t n, ReduceOp op) {
-  switch (op) {
-    case ReduceOp::sum:
-      for (size_t i = 0; i < n; ++i) acc[i] += x[i];
-      return;
-    case ReduceOp::max:
-      for (size_t i = 0; i < n; ++i) acc[i] = std::max(acc[i], x[i]);
-      return;
-    case ReduceOp::min:
-      for (size_t i = 0; i < n; ++i) acc[i] = std::min(acc[i], x[i]);
-      return;
-  }
-}
 
 // MPI counts are int; in-place collectives on contiguous buffers are cut into pieces of at most this many.
 constexpr size_t kMaxPiece = size_t{1} << 30;
+
+// f(piece, n) over `count` elements of `data` in pieces of at most kMaxPiece.
+template <typename F>
+void for_pieces(void* data, size_t count, DType dtype, F&& f) {
+  auto* p = static_cast<std::byte*>(data);
+  const size_t es = dtype_size(dtype);
+  for (size_t done = 0; done < count;) {
+    const size_t piece = std::min(kMaxPiece, count - done);
+    f(p + done * es, static_cast<int>(piece));
+    done += piece;
+  }
+}
 
 class MpiCommunicator final : public Communicator {
  public:
@@ -391,45 +287,48 @@ class MpiCommunicator final : public Communicator {
   int size() const override { return size_; }
   std::string backend() const override { return "mpi"; }
 
-  WorkPtr all_reduce_async(void* data, size_t count, DType dtype, ReduceOp op) override {
-    check_reducible("all_reduce", dtype);
-    const int64_t n = bytes_of(count, dtype);
-    stats_.record(Collective::all_reduce, ring_share(2 * n, size_), n);
+  std::unique_ptr<Communicator> split(int color, int key) override {
+    MPI_Comm sub = MPI_COMM_NULL;
+    engine_.run([&, this] { DS_MPI_CHECK(MPI_Comm_split(comm_, color < 0 ? MPI_UNDEFINED : color, key, &sub)); });
+    if (sub == MPI_COMM_NULL) return nullptr;
+    return std::make_unique<MpiCommunicator>(engine_, sub);
+  }
+
+  void abort(const std::string& reason) noexcept override {
+    // Straight from the calling thread: the MPI thread may be inside a collective that will never complete.
+    std::fprintf(stderr, "error: [comm] rank %d/%d aborting the MPI job: %s\n", engine_.world_rank(),
+                 engine_.world_size(), reason.c_str());
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, 1);  // does not return: the launcher kills every rank
+  }
+
+ protected:
+  WorkPtr do_all_reduce(void* data, size_t count, DType dtype, ReduceOp op) override {
     if (dtype == DType::f16 || dtype == DType::bf16) {
       check_count("all_reduce (16-bit)", count);
       return engine_.submit([=, this] { all_reduce_half(data, count, dtype, op); });
     }
     return engine_.submit([=, this] {
-      auto* p = static_cast<std::byte*>(data);
-      const size_t es = dtype_size(dtype);
-      for (size_t done = 0; done < count;) {
-        const size_t piece = std::min(kMaxPiece, count - done);
-        DS_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, p + done * es, static_cast<int>(piece), mpi_type(dtype),
-                                   mpi_op(op), comm_));
-        done += piece;
-      }
+      for_pieces(data, count, dtype, [&](std::byte* p, int n) {
+        DS_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, p, n, mpi_type(dtype), mpi_op(op), comm_));
+      });
     });
   }
 
-  WorkPtr reduce_scatter_async(const void* send, void* recv, size_t count, DType dtype, ReduceOp op) override {
-    check_reducible("reduce_scatter", dtype);
+  WorkPtr do_reduce_scatter(const void* send, void* recv, size_t count, DType dtype, ReduceOp op) override {
     check_count("reduce_scatter", count);
-    const int64_t n = bytes_of(count * size_, dtype);
-    stats_.record(Collective::reduce_scatter, ring_share(n, size_), n);
     return engine_.submit([=, this] {
       const size_t block = count * dtype_size(dtype);
       const void* src = send;
       // The ring reads every block of send until the end; recv may only alias send's own block.
       const bool own_block = recv == static_cast<const std::byte*>(send) + rank_ * block;
-      if (!own_block && overlaps(send, block * size_, recv, block)) src = stage(send, block * size_);
-      ring_reduce_scatter_bytes(src, recv, count, op, dtype);
+      if (!own_block && overlaps(send, block * size_, recv, block)) src = staging_.copy_of(send, block * size_);
+      ring_reduce_scatter(static_cast<const std::byte*>(src), static_cast<std::byte*>(recv), count, op, dtype);
     });
   }
 
-  WorkPtr all_gather_async(const void* send, void* recv, size_t count, DType dtype) override {
+  WorkPtr do_all_gather(const void* send, void* recv, size_t count, DType dtype) override {
     check_count("all_gather", count);
-    const int64_t n = bytes_of(count * size_, dtype);
-    stats_.record(Collective::all_gather, ring_share(n, size_), n);
     return engine_.submit([=, this] {
       const size_t block = count * dtype_size(dtype);
       auto* out = static_cast<std::byte*>(recv);
@@ -437,44 +336,30 @@ class MpiCommunicator final : public Communicator {
       if (send == out + rank_ * block) {
         src = MPI_IN_PLACE;
       } else if (overlaps(send, block, recv, block * size_)) {
-        src = stage(send, block);
+        src = staging_.copy_of(send, block);
       }
       DS_MPI_CHECK(MPI_Allgather(src, static_cast<int>(count), mpi_type(dtype), recv, static_cast<int>(count),
                                  mpi_type(dtype), comm_));
     });
   }
 
-  WorkPtr broadcast_async(void* data, size_t count, DType dtype, int root) override {
-    DS_CHECK_AS(CommError, root >= 0 && root < size_, "[comm] broadcast root {} is outside the world (ranks 0..{})",
-                root, size_ - 1);
-    const int64_t n = bytes_of(count, dtype);
-    stats_.record(Collective::broadcast, rank_ == root ? n : 0, n);
+  WorkPtr do_broadcast(void* data, size_t count, DType dtype, int root) override {
     return engine_.submit([=, this] {
-      auto* p = static_cast<std::byte*>(data);
-      const size_t es = dtype_size(dtype);
-      for (size_t done = 0; done < count;) {
-        const size_t piece = std::min(kMaxPiece, count - done);
-        DS_MPI_CHECK(MPI_Bcast(p + done * es, static_cast<int>(piece), mpi_type(dtype), root, comm_));
-        done += piece;
-      }
+      for_pieces(data, count, dtype, [&](std::byte* p, int n) {
+        DS_MPI_CHECK(MPI_Bcast(p, n, mpi_type(dtype), root, comm_));
+      });
     });
   }
 
-  WorkPtr all_to_all_v_async(const void* send, const std::vector<size_t>& send_counts, void* recv,
-                             const std::vector<size_t>& recv_counts, DType dtype) override {
-    DS_CHECK_AS(CommError, static_cast<int>(send_counts.size()) == size_ && static_cast<int>(recv_counts.size()) == size_,
-                "[comm] all_to_all_v needs one count per rank ({}), got {} send and {} recv counts", size_,
-                send_counts.size(), recv_counts.size());
+  WorkPtr do_all_to_all_v(const void* send, const std::vector<size_t>& send_counts, void* recv,
+                          const std::vector<size_t>& recv_counts, DType dtype) override {
     size_t send_total = 0, recv_total = 0;
-    int64_t sent = 0;
     for (int r = 0; r < size_; ++r) {
       send_total += send_counts[r];
       recv_total += recv_counts[r];
-      if (r != rank_) sent += bytes_of(send_counts[r], dtype);
     }
     check_count("all_to_all_v (total sent)", send_total);
     check_count("all_to_all_v (total received)", recv_total);
-    stats_.record(Collective::all_to_all, sent, bytes_of(send_total, dtype));
     return engine_.submit([=, this] {
       // Counts and displacements live in grow-only members; only the MPI thread touches them.
       counts_.resize(4 * size_);
@@ -493,112 +378,69 @@ class MpiCommunicator final : public Communicator {
       }
       const size_t es = dtype_size(dtype);
       const void* src = send;
-      if (overlaps(send, send_total * es, recv, recv_total * es)) src = stage(send, send_total * es);
+      if (overlaps(send, send_total * es, recv, recv_total * es)) src = staging_.copy_of(send, send_total * es);
       DS_MPI_CHECK(MPI_Alltoallv(src, sc, sd, mpi_type(dtype), recv, rc, rd, mpi_type(dtype), comm_));
     });
   }
 
-  WorkPtr send_async(const void* data, size_t count, DType dtype, int peer, int tag) override {
-    check_peer("send to", peer, tag);
+  WorkPtr do_send(const void* data, size_t count, DType dtype, int peer, int tag) override {
     check_count("send", count);
-    stats_.record(Collective::send, bytes_of(count, dtype), bytes_of(count, dtype));
     return engine_.submit_request([=, this](MPI_Request* request) {
       DS_MPI_CHECK(MPI_Isend(data, static_cast<int>(count), mpi_type(dtype), peer, tag, comm_, request));
     });
   }
 
-  WorkPtr recv_async(void* data, size_t count, DType dtype, int peer, int tag) override {
-    check_peer("recv from", peer, tag);
+  WorkPtr do_recv(void* data, size_t count, DType dtype, int peer, int tag) override {
     check_count("recv", count);
-    stats_.record(Collective::recv, 0, bytes_of(count, dtype));
     return engine_.submit_request([=, this](MPI_Request* request) {
       DS_MPI_CHECK(MPI_Irecv(data, static_cast<int>(count), mpi_type(dtype), peer, tag, comm_, request));
     });
   }
 
-  void barrier() override {
-    stats_.record(Collective::barrier, 0, 0);
-    engine_.run([this] { DS_MPI_CHECK(MPI_Barrier(comm_)); });
-  }
-
-  std::unique_ptr<Communicator> split(int color, int key) override {
-    MPI_Comm sub = MPI_COMM_NULL;
-    engine_.run([&, this] { DS_MPI_CHECK(MPI_Comm_split(comm_, color < 0 ? MPI_UNDEFINED : color, key, &sub)); });
-    if (sub == MPI_COMM_NULL) return nullptr;
-    return std::make_unique<MpiCommunicator>(engine_, sub);
-  }
-
-  void abort(const std::string& reason) noexcept override {
-    // Straight from the calling thread: the MPI thread may be inside a collective that will never complete.
-    std::fprintf(stderr, "error: [comm] rank %d/%d aborting the MPI job: %s\n", engine_.world_rank(),
-                 engine_.world_size(), reason.c_str());
-    std::fflush(stderr);
-    MPI_Abort(MPI_COMM_WORLD, 1);  // does not return: the launcher kills every rank
+  WorkPtr do_barrier() override {
+    return engine_.submit([this] { DS_MPI_CHECK(MPI_Barrier(comm_)); });
   }
 
  private:
-  static int64_t bytes_of(size_t count, DType dtype) { return static_cast<int64_t>(count * dtype_size(dtype)); }
-  static void check_reducible(const char* what, DType dtype) {
-    DS_CHECK_AS(CommError, dtype == DType::f32 || dtype == DType::i32 || dtype == DType::f16 || dtype == DType::bf16,
-                "[comm] {} supports f32, i32, f16 and bf16, got {}", what, dtype_name(dtype));
-  }
   static void check_count(const char* what, size_t count) {
     DS_CHECK_AS(CommError, count <= static_cast<size_t>(INT_MAX),
                 "[comm] {} of {} elements exceeds MPI's limit of {} per rank; split the buffer", what, count,
                 INT_MAX);
   }
-  void check_peer(const char* what, int peer, int tag) const {
-    DS_CHECK_AS(CommError, peer >= 0 && peer < size_, "[comm] {} rank {}: no such rank in a world of {}", what, peer,
-                size_);
-    DS_CHECK_AS(CommError, tag >= 0, "[comm] {} rank {}: tag must be >= 0, got {}", what, peer, tag);
-  }
-  // Note [Ring reduce-scatter]; runs on the MPI thread. T is float, int32_t or uint16_t (f16/bf16 bits).
-  template <typename T>
-  void ring_reduce_scatter(const T* send, T* recv, size_t count, ReduceOp op, DType dtype) {
+
+  // Note [Ring reduce-scatter]; runs on the MPI thread.
+  void ring_reduce_scatter(const std::byte* send, std::byte* recv, size_t count, ReduceOp op, DType dtype) {
+    const size_t es = dtype_size(dtype);
     if (size_ == 1) {
-      if (recv != send) std::memcpy(recv, send, count * sizeof(T));
+      if (recv != send) std::memcpy(recv, send, count * es);
       return;
     }
     const int next = (rank_ + 1) % size_, prev = (rank_ + size_ - 1) % size_;
     const size_t seg_max = std::min(count, kRingSegment);
-    T* out = reinterpret_cast<T*>(ring_staging_.reserve(2 * seg_max * sizeof(T)));
-    T* in = out + seg_max;
-    auto block = [&](int b) { return send + static_cast<size_t>((b % size_ + size_) % size_) * count; };
+    std::byte* out = ring_staging_.reserve(2 * seg_max * es);
+    std::byte* in = out + seg_max * es;
+    auto block = [&](int b) { return send + static_cast<size_t>(ring_block(b, size_)) * count * es; };
     for (size_t s0 = 0; s0 < count; s0 += seg_max) {
       const size_t seg = std::min(seg_max, count - s0);
-      std::memcpy(out, block(rank_ - 1) + s0, seg * sizeof(T));
+      std::memcpy(out, block(rank_ - 1) + s0 * es, seg * es);
       for (int k = 0; k < size_ - 1; ++k) {
         DS_MPI_CHECK(MPI_Sendrecv(out, static_cast<int>(seg), mpi_type(dtype), next, 0, in, static_cast<int>(seg),
                                   mpi_type(dtype), prev, 0, ring_comm_, MPI_STATUS_IGNORE));
         // `in` is the partial sum of block (rank - k - 2): add our contribution (the last one is our own block).
-        if constexpr (std::is_same_v<T, uint16_t>) {
-          combine_half(in, block(rank_ - k - 2) + s0, seg, op, dtype);
-        } else {
-          combine(in, block(rank_ - k - 2) + s0, seg, op);
-        }
+        fold_into(in, block(rank_ - k - 2) + s0 * es, seg, dtype, op);
         std::swap(in, out);
       }
-      std::memcpy(recv + s0, out, seg * sizeof(T));
-    }
-  }
-
-  void ring_reduce_scatter_bytes(const void* send, void* recv, size_t count, ReduceOp op, DType dtype) {
-    if (dtype == DType::f32) {
-      ring_reduce_scatter(static_cast<const float*>(send), static_cast<float*>(recv), count, op, dtype);
-    } else if (dtype == DType::i32) {
-      ring_reduce_scatter(static_cast<const int32_t*>(send), static_cast<int32_t*>(recv), count, op, dtype);
-    } else {
-      ring_reduce_scatter(static_cast<const uint16_t*>(send), static_cast<uint16_t*>(recv), count, op, dtype);
+      std::memcpy(recv + s0 * es, out, seg * es);
     }
   }
 
   // 16-bit all-reduce: our ring reduce-scatter, then MPI_Allgather, when the count splits over the ranks; else
   // through fp32 (MPI has no 16-bit float sum).
   void all_reduce_half(void* data, size_t count, DType dtype, ReduceOp op) {
-    auto* p = static_cast<uint16_t*>(data);
+    auto* p = static_cast<std::byte*>(data);
     if (count % static_cast<size_t>(size_) == 0) {
       const size_t block = count / static_cast<size_t>(size_);
-      ring_reduce_scatter(p, p + rank_ * block, block, op, dtype);
+      ring_reduce_scatter(p, p + rank_ * block * 2, block, op, dtype);
       DS_MPI_CHECK(MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, p, static_cast<int>(block), MPI_UINT16_T, comm_));
       return;
     }
@@ -606,13 +448,6 @@ class MpiCommunicator final : public Communicator {
     cpu::to_f32(wide, p, dtype, count);
     DS_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, wide, static_cast<int>(count), MPI_FLOAT, mpi_op(op), comm_));
     cpu::from_f32(p, wide, dtype, count);
-  }
-
-  // A copy of a send buffer that overlaps its recv buffer, in this communicator's grow-only staging buffer.
-  const void* stage(const void* send, size_t bytes) {
-    std::byte* copy = staging_.reserve(bytes);
-    std::memcpy(copy, send, bytes);
-    return copy;
   }
 
   MpiEngine& engine_;

@@ -1,0 +1,96 @@
+// The optimizer state of this rank's partition (the fp32 master weights in mixed precision, Adam's exp_avg and
+// exp_avg_sq), reached only through OptimizerStateStore, one tile at a time. Decision: the optimizer step and the
+// checkpoints never hold a raw pointer to the whole state, so a store may keep it somewhere else than memory: a
+// swapped store (ZeRO-Infinity's NVMe offload, DESIGN decision 7) reads a tile in on acquire() and writes it back
+// on release(), and prefetch() lets it read the next tile while the current one is stepped. Tiles are DeepSpeed's
+// stage-3 sub-groups: zero_optimization.sub_group_size elements of the partition (the last one shorter), so
+// sub_group_size bounds the working set of a swapped store. ResidentStateStore keeps everything in memory
+// (category `optimizer`), which is what runs today.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <functional>
+#include <memory>
+
+#include "ds/core/tensor.h"
+
+namespace ds::zero {
+
+enum class StateKind : uint8_t { master, exp_avg, exp_avg_sq };
+constexpr int kStateKinds = 3;
+const char* state_name(StateKind k);
+
+// A set of state kinds.
+using StateMask = uint8_t;
+constexpr StateMask mask_of(StateKind k) { return static_cast<StateMask>(1u << static_cast<unsigned>(k)); }
+constexpr StateMask kMoments = mask_of(StateKind::exp_avg) | mask_of(StateKind::exp_avg_sq);
+
+// read: the caller only reads; write: it overwrites every element of the requested states (a swapped store need
+// not read them first); read_write: it updates them.
+enum class TileAccess : uint8_t { read, write, read_write };
+
+// The requested states of partition elements [begin, begin + count); the others are null.
+struct StateTile {
+  int64_t index = 0;
+  int64_t begin = 0, count = 0;
+  StateMask which = 0;
+  TileAccess access = TileAccess::read;
+  float* state[kStateKinds] = {};
+  float* data(StateKind k) const { return state[static_cast<int>(k)]; }
+};
+
+class OptimizerStateStore {
+ public:
+  // `numel` elements of state per kind, in tiles of `tile_numel` (>= 1); a master copy only when `has_master`.
+  OptimizerStateStore(int64_t numel, int64_t tile_numel, bool has_master);
+  virtual ~OptimizerStateStore() = default;
+  OptimizerStateStore(const OptimizerStateStore&) = delete;
+  OptimizerStateStore& operator=(const OptimizerStateStore&) = delete;
+
+  int64_t numel() const { return numel_; }
+  bool has_master() const { return has_master_; }
+  int64_t tile_numel() const { return tile_numel_; }
+  int64_t tile_count() const { return numel_ == 0 ? 0 : (numel_ + tile_numel_ - 1) / tile_numel_; }
+  int64_t tile_begin(int64_t t) const { return t * tile_numel_; }
+  int64_t tile_size(int64_t t) const { return std::min(tile_numel_, numel_ - t * tile_numel_); }
+  // The kinds this store holds: the moments, and the master with has_master().
+  StateMask kinds() const;
+
+  // Makes the states `which` of tile t available, valid until release(). Callers hold one tile at a time (a
+  // swapped store may size its buffers for that, plus one prefetched tile).
+  virtual StateTile acquire(int64_t t, StateMask which, TileAccess access) = 0;
+  // Ends an access begun by acquire(); a swapped store writes back what was written.
+  virtual void release(const StateTile& tile) = 0;
+  // A hint that tile t will be acquired next for `which`; a swapped store may start reading it.
+  virtual void prefetch(int64_t t, StateMask which) {}
+
+ protected:
+  void check_tile(int64_t t, StateMask which) const;
+
+ private:
+  int64_t numel_, tile_numel_;
+  bool has_master_;
+};
+
+// Everything in memory, allocated zeroed at construction (category `optimizer`).
+class ResidentStateStore final : public OptimizerStateStore {
+ public:
+  ResidentStateStore(int64_t numel, int64_t tile_numel, bool has_master);
+  StateTile acquire(int64_t t, StateMask which, TileAccess access) override;
+  void release(const StateTile&) override {}
+
+ private:
+  Tensor state_[kStateKinds];
+};
+
+// Makes the store for a partition of `numel` elements in tiles of `tile_numel`.
+using StateStoreFactory =
+    std::function<std::unique_ptr<OptimizerStateStore>(int64_t numel, int64_t tile_numel, bool has_master)>;
+std::unique_ptr<OptimizerStateStore> make_resident_state_store(int64_t numel, int64_t tile_numel, bool has_master);
+
+// Elements [begin, begin + n) of one kind, tile by tile through acquire/release.
+void read_state(OptimizerStateStore& store, StateKind kind, int64_t begin, int64_t n, float* out);
+void write_state(OptimizerStateStore& store, StateKind kind, int64_t begin, int64_t n, const float* in);
+
+}  // namespace ds::zero

@@ -1,0 +1,47 @@
+// The optimizer step of this rank's partition: Adam/AdamW (cpu::adamw_step, DeepSpeed's CPU-Adam semantics) over
+// the owned chunks, one state tile at a time through the OptimizerStateStore, and the mixed-precision master
+// weights (Note [Mixed precision] in the .cpp): with 16-bit parameters the store holds an fp32 master copy of the
+// owned partition, Adam updates it, and the step rounds it into the 16-bit parameters. The step never sees where
+// parameters and gradients live: the caller hands it each unit's owned chunks.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+
+#include "ds/core/tensor.h"
+#include "ds/kernels/cpu/kernels.h"
+#include "ds/zero/optimizer_state.h"
+#include "ds/zero/partition_layout.h"
+#include "ds/zero/precision.h"
+
+namespace ds::zero {
+
+class OptimizerStep {
+ public:
+  // Unit i's owned chunk (params: in precision.params; grads: in precision.grads).
+  using OwnedFn = std::function<std::byte*(size_t unit)>;
+
+  OptimizerStep(const PartitionLayout& layout, OptimizerStateStore& state, const cpu::AdamParams& hyper,
+                const ZeroPrecision& precision);
+
+  // One Adam step with learning rate lr on gradients multiplied by grad_scale / N (the 1/N turns the summed
+  // gradient into the mean): updates the owned parameters (through the master in mixed precision) and the moments.
+  void step(float lr, float grad_scale, const OwnedFn& params, const OwnedFn& grads);
+  int64_t step_count() const { return step_; }
+  void set_step_count(int64_t step) { step_ = step; }
+
+  // Mixed precision: the fp32 master weights of partition elements [begin, begin + n), read or set.
+  void read_master(int64_t begin, int64_t n, float* out);
+  void write_master(int64_t begin, int64_t n, const float* in);
+
+ private:
+  const PartitionLayout& layout_;
+  OptimizerStateStore& state_;
+  cpu::AdamParams hyper_;
+  ZeroPrecision precision_;
+  int64_t step_ = 0;
+  Tensor wide_grads_;  // mixed precision: gradients widened to fp32, one piece at a time (allocated once)
+};
+
+}  // namespace ds::zero

@@ -1,0 +1,66 @@
+// Parameter storage (see the header). The all-gather after the step runs in place (each rank's chunk is already
+// where the gathered unit puts it), so no staging copy is needed.
+#include "ds/zero/param_storage.h"
+
+#include "ds/core/error.h"
+#include "ds/kernels/cpu/kernels.h"
+
+namespace ds::zero {
+
+ParamStorage::ParamStorage(ParameterStore& store, const PartitionLayout& layout, DType dtype, bool holds_all)
+    : store_(store), layout_(layout), dtype_(dtype), holds_all_(holds_all) {
+  if (holds_all_) {
+    DS_ASSERT(store.flat_params().defined() && store.flat_params().dtype() == dtype,
+              "the store must hold the parameters in {}", dtype_name(dtype));
+  } else {
+    own_ = Tensor::zeros({layout.partition_numel()}, dtype, Category::param);
+  }
+}
+
+std::byte* ParamStorage::owned(size_t unit) const {
+  const UnitLayout& u = layout_[unit];
+  const size_t es = dtype_size(dtype_);
+  if (!holds_all_) return static_cast<std::byte*>(own_.raw()) + u.part_offset * es;
+  return static_cast<std::byte*>(store_.flat_params().raw()) + u.own * es;
+}
+
+std::byte* ParamStorage::full(size_t unit) const { return at_flat(layout_[unit].offset); }
+
+std::byte* ParamStorage::at_flat(int64_t flat) const {
+  DS_ASSERT(holds_all_, "the full parameters are not kept on this rank");
+  return static_cast<std::byte*>(store_.flat_params().raw()) + flat * dtype_size(dtype_);
+}
+
+std::byte* ParamStorage::at_part(int64_t part) const {
+  DS_ASSERT(!holds_all_, "the parameters are held whole, not as a partition");
+  return static_cast<std::byte*>(own_.raw()) + part * dtype_size(dtype_);
+}
+
+void ParamStorage::set(int64_t flat_offset, const float* values, int64_t n) {
+  const size_t es = dtype_size(dtype_);
+  if (holds_all_) {
+    cpu::from_f32(static_cast<std::byte*>(store_.flat_params().raw()) + flat_offset * es, values, dtype_,
+                  static_cast<size_t>(n));
+    return;
+  }
+  layout_.for_owned(flat_offset, flat_offset + n, [&](int64_t flat, int64_t part, int64_t count) {
+    cpu::from_f32(static_cast<std::byte*>(own_.raw()) + part * es, values + (flat - flat_offset), dtype_,
+                  static_cast<size_t>(count));
+  });
+}
+
+void ParamStorage::read_owned(int64_t begin, int64_t n, float* out) const {
+  const size_t es = dtype_size(dtype_);
+  layout_.for_partition(begin, begin + n, [&](size_t unit, int64_t part, int64_t count) {
+    cpu::to_f32(out + (part - begin), owned(unit) + (part - layout_[unit].part_offset) * es, dtype_,
+                static_cast<size_t>(count));
+  });
+}
+
+void ParamStorage::all_gather_owned(Communicator& comm) {
+  DS_ASSERT(holds_all_ && !layout_.replicated(), "all_gather_owned needs full parameters and a partitioned layout");
+  for (size_t i = 0; i < layout_.size(); ++i)
+    comm.all_gather(owned(i), full(i), static_cast<size_t>(layout_[i].chunk), dtype_);
+}
+
+}  // namespace ds::zero

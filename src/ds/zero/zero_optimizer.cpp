@@ -1,0 +1,164 @@
+// The ZeRO facade (see the header): the stage picks and configures the parts once, here; every method below
+// delegates, with no stage test of its own.
+#include "ds/zero/zero_optimizer.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "ds/core/error.h"
+
+namespace ds {
+
+int ZeroOptimizer::checked_stage(int stage) {
+  DS_CHECK_AS(ConfigError, stage >= 0 && stage <= 3, "[zero] zero_optimization.stage must be 0, 1, 2 or 3, found {}",
+              stage);
+  return stage;
+}
+
+ZeroOptimizer::ZeroOptimizer(ParameterStore& store, Communicator& comm, const ZeroConfig& zero,
+                             const cpu::AdamParams& hyper, const ZeroPrecision& precision,
+                             const zero::StateStoreFactory& make_state)
+    : store_(store),
+      comm_(comm),
+      stage_(checked_stage(zero.stage)),
+      precision_(precision),
+      layout_(store.units(), comm.rank(), comm.size(), /*replicated=*/stage_ == 0),
+      params_(store, layout_, precision.params, keeps_full_parameters(stage_)),
+      state_((make_state ? make_state : zero::make_resident_state_store)(layout_.partition_numel(),
+                                                                         zero.sub_group_size, precision.mixed())),
+      step_(layout_, *state_, hyper, precision),
+      rows_(comm) {
+  DS_ASSERT(store.materialized());
+  DS_ASSERT(keeps_full_parameters(stage_) == store.flat_params().defined(),
+            "stage {} needs a store materialized {} parameters", stage_,
+            keeps_full_parameters(stage_) ? "with" : "without");
+  DS_ASSERT(keeps_full_gradients(stage_) == store.flat_grads().defined(),
+            "stage {} needs a store materialized {} gradients", stage_,
+            keeps_full_gradients(stage_) ? "with" : "without");
+  DS_ASSERT(!store.flat_grads().defined() || store.flat_grads().dtype() == precision_.grads);
+  // fp32 parameters held whole are the model's own (the store binds them); anything else is fetched per unit.
+  if (precision.mixed() || !keeps_full_parameters(stage_)) {
+    const bool gathers = !keeps_full_parameters(stage_);
+    coordinator_ = std::make_unique<zero::ParameterCoordinator>(
+        layout_, params_, comm, rows_, zero::ParameterCoordinator::options_for(zero, gathers));
+  }
+  zero::GradientReducer::Options reduce;
+  reduce.grads = precision.grads;
+  reduce.lands = !keeps_full_gradients(stage_) || precision.mixed();
+  reduce.overlap = zero.overlap_comm;
+  reduce.bucket_numel = zero.reduce_bucket_size;
+  reducer_ = keeps_full_gradients(stage_) ? zero::make_full_gradient_reducer(layout_, store, comm, rows_, reduce)
+                                          : zero::make_partitioned_gradient_reducer(layout_, comm, rows_, reduce);
+}
+
+ZeroOptimizer::~ZeroOptimizer() = default;
+
+void ZeroOptimizer::set_state(State which, int64_t flat_offset, const float* values, int64_t n) {
+  DS_ASSERT(flat_offset >= 0 && n >= 0 && flat_offset + n <= store_.padded_numel());
+  // Gathered copies (persistent units, or anything an evaluation left) would go stale: release them.
+  if (coordinator_) coordinator_->release_all();
+  if (which == State::param) params_.set(flat_offset, values, n);
+  if (which == State::param && !precision_.mixed()) return;
+  const zero::StateKind kind = which == State::exp_avg      ? zero::StateKind::exp_avg
+                               : which == State::exp_avg_sq ? zero::StateKind::exp_avg_sq
+                                                            : zero::StateKind::master;
+  layout_.for_owned(flat_offset, flat_offset + n, [&](int64_t flat, int64_t part, int64_t count) {
+    zero::write_state(*state_, kind, part, count, values + (flat - flat_offset));
+  });
+}
+
+void ZeroOptimizer::read_owned_params(int64_t begin, int64_t n, float* out) {
+  if (precision_.mixed()) {  // the master weights are the parameters
+    step_.read_master(begin, n, out);
+  } else {
+    params_.read_owned(begin, n, out);
+  }
+}
+
+void ZeroOptimizer::begin_batch() {
+  reducer_->begin_batch();
+  if (coordinator_) coordinator_->begin_step();
+}
+
+void ZeroOptimizer::skip_step() {
+  reducer_->drain();
+  if (coordinator_) coordinator_->end_step();
+}
+
+void ZeroOptimizer::step(float lr, float grad_scale) {
+  reducer_->drain();
+  step_.step(lr, grad_scale, [&](size_t unit) { return params_.owned(unit); },
+             [&](size_t unit) { return reducer_->owned(unit); });
+  if (coordinator_) coordinator_->end_step();  // gathered copies are stale now
+  if (params_.holds_all() && !layout_.replicated()) params_.all_gather_owned(comm_);
+}
+
+void ZeroOptimizer::pre_forward(const Module& m) {
+  if (coordinator_) coordinator_->fetch(layout_.index_of(m));
+}
+
+void ZeroOptimizer::post_forward(const Module& m) {
+  if (coordinator_) coordinator_->release(layout_.index_of(m), false);
+}
+
+void ZeroOptimizer::pre_backward(const Module& m) {
+  if (!reducer_->lands()) return;  // fp32 stages 0-1: the model accumulates into the store's gradients
+  const size_t unit = layout_.index_of(m);
+  if (coordinator_) coordinator_->fetch(unit);
+  reducer_->bind(unit);
+}
+
+void ZeroOptimizer::post_backward(const Module& m) {
+  const size_t unit = layout_.index_of(m);
+  reducer_->commit(unit);
+  if (reducer_->lands() && coordinator_) coordinator_->release(unit, false);
+}
+
+const float* ZeroOptimizer::slice_data(const Module& slice) {
+  const size_t unit = layout_.index_of(slice);
+  if (coordinator_) return coordinator_->data(unit);
+  return store_.flat_params().data<float>() + layout_[unit].offset;
+}
+
+float* ZeroOptimizer::slice_grads(const Module& slice) { return reducer_->unit_grads(layout_.index_of(slice)); }
+
+void ZeroOptimizer::lookup_rows(const Parameter& p, const int32_t* ids, int64_t n, float* out) {
+  DS_ASSERT(coordinator_, "row lookups go through the hooks only where parameters are not resident");
+  coordinator_->lookup_rows(p, ids, n, out);
+}
+
+void ZeroOptimizer::accumulate_row_grads(const Parameter& p, const int32_t* ids, const float* rows, int64_t n) {
+  DS_ASSERT(reducer_->lands(), "row gradients go through the hooks only where gradients are not resident");
+  reducer_->accumulate_rows(p, ids, rows, n);
+}
+
+std::vector<float> ZeroOptimizer::full_parameters() {
+  reducer_->drain();
+  std::vector<float> out;
+  out.reserve(static_cast<size_t>(store_.numel()));
+  std::vector<float> unit, own;
+  for (size_t i = 0; i < layout_.size(); ++i) {
+    const zero::UnitLayout& u = layout_[i];
+    // A unit's elements before its padding are its parameters (or rows) in declaration order.
+    const int64_t numel = u.unit->numel;
+    unit.resize(static_cast<size_t>(u.padded));
+    if (precision_.mixed()) {  // the fp32 master weights, gathered from their partitions
+      own.resize(static_cast<size_t>(u.chunk));
+      step_.read_master(u.part_offset, u.chunk, own.data());
+      if (layout_.replicated()) {
+        std::copy(own.begin(), own.end(), unit.begin());
+      } else {
+        comm_.all_gather(own.data(), unit.data(), static_cast<size_t>(u.chunk), DType::f32);
+      }
+    } else if (coordinator_) {
+      coordinator_->copy_unit(i, unit.data(), numel);
+    } else {
+      const float* data = store_.flat_params().data<float>() + u.offset;
+      std::copy(data, data + numel, unit.begin());
+    }
+    out.insert(out.end(), unit.begin(), unit.begin() + numel);
+  }
+  return out;
+}
+
+}  // namespace ds

@@ -1,0 +1,127 @@
+// ZeroOptimizer: the ZeRO facade the Engine drives (DESIGN decision 6), and the ModuleHooks the module runner
+// calls around each gather unit. It owns no mechanism of its own: the stage chooses which parts exist and how they
+// are configured, and the hooks delegate to them.
+//   PartitionLayout       which elements of each unit this rank owns (partition_layout.h)
+//   ParamStorage          where the parameters are kept: all of them, or the owned partition (param_storage.h)
+//   ParameterCoordinator  fetching units in fp32 for compute: stage-3 gathers, trace prefetch, pool; mixed
+//                         precision's widening (parameter_coordinator.h); absent when fp32 parameters are resident
+//   GradientReducer       gradient landing, buckets and reductions: full (stages 0-1) or partitioned (stages 2-3)
+//                         (gradient_reducer.h)
+//   OptimizerStateStore   master weights and Adam moments, tile by tile (optimizer_state.h)
+//   OptimizerStep         Adam over the store, and the mixed-precision master (optimizer_step.h)
+// Stages, with N data-parallel ranks and fp32 Adam (mixed precision: 2 + 2 + 12 bytes, Note [Mixed precision]):
+//   stage 0: gradients all-reduced (2Ψ), optimizer over everything (16Ψ per rank).
+//   stage 1: full gradients, reduce-scattered at the accumulation boundary (Ψ), optimizer state and step on the
+//            owned chunks, updated chunks all-gathered (Ψ): 4Ψ + 4Ψ + 8Ψ/N.
+//   stage 2: no full gradient buffer: gradients are reduce-scattered out of buckets during backward, every
+//            micro-batch, into the owned partition (Ψ per micro-batch): 4Ψ + 12Ψ/N.
+//   stage 3: parameters partitioned too: a unit is all-gathered before its forward and again before its backward
+//            and released after each; gradients as stage 2. Traffic 3Ψ, memory 16Ψ/N. The full parameters never
+//            exist on a rank: initial values arrive through set_parameters().
+// A parameter sliced into units (the token embedding) is reached row by row through lookup_rows and
+// accumulate_row_grads where it is not resident (Note [Sliced head] in gpt2.cpp).
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "ds/comm/communicator.h"
+#include "ds/kernels/cpu/kernels.h"
+#include "ds/nn/module.h"
+#include "ds/runtime/config.h"
+#include "ds/zero/gradient_reducer.h"
+#include "ds/zero/optimizer_state.h"
+#include "ds/zero/optimizer_step.h"
+#include "ds/zero/param_storage.h"
+#include "ds/zero/parameter_coordinator.h"
+#include "ds/zero/partition_layout.h"
+#include "ds/zero/precision.h"
+#include "ds/zero/row_exchange.h"
+
+namespace ds {
+
+class ZeroOptimizer : public ModuleHooks {
+ public:
+  // The store must be materialized with unit alignment ZeroOptimizer::alignment(N), without gradients from stage 2
+  // on and without parameters at stage 3, in the precision's dtypes. `make_state` makes the optimizer-state store
+  // (default: a ResidentStateStore), in tiles of zero.sub_group_size elements.
+  ZeroOptimizer(ParameterStore& store, Communicator& comm, const ZeroConfig& zero, const cpu::AdamParams& hyper,
+                const ZeroPrecision& precision = {}, const zero::StateStoreFactory& make_state = {});
+  ~ZeroOptimizer() override;
+  static int64_t alignment(int world) { return zero::PartitionLayout::alignment(world); }
+  static bool keeps_full_gradients(int stage) { return stage < 2; }
+  static bool keeps_full_parameters(int stage) { return stage < 3; }
+
+  // Sets elements [flat_offset, flat_offset + n) of the parameters (stage 3: the part this rank owns; mixed
+  // precision: the master weights too), or of the Adam moments (the part this rank owns). Every rank gets the same
+  // values, so no communication is needed. Not while a unit is gathered. Checkpoints load through these.
+  enum class State : uint8_t { param, exp_avg, exp_avg_sq };
+  void set_state(State which, int64_t flat_offset, const float* values, int64_t n);
+  void set_parameters(int64_t flat_offset, const float* values, int64_t n) {
+    set_state(State::param, flat_offset, values, n);
+  }
+  // Partition elements [begin, begin + n) of this rank's fp32 parameters (the master weights in mixed precision,
+  // read through the state store); copy_owned_params reads the whole partition (partition_numel() elements).
+  void read_owned_params(int64_t begin, int64_t n, float* out);
+  void copy_owned_params(float* out) { read_owned_params(0, partition_numel(), out); }
+  void set_step_count(int64_t step) { step_.set_step_count(step); }
+
+  int stage() const { return stage_; }
+  int world() const { return layout_.world(); }
+  int rank() const { return layout_.rank(); }
+  // Before the first micro-batch of a batch: clears the gradients.
+  void begin_batch();
+  // Stage 3 statistics: all-gathers issued ahead of use, and those found already complete or in flight when used.
+  int64_t prefetches_issued() const { return coordinator_ ? coordinator_->prefetches_issued() : 0; }
+  int64_t prefetch_hits() const { return coordinator_ ? coordinator_->prefetch_hits() : 0; }
+  // Around each micro-batch's forward and backward; `last` marks the accumulation boundary, where stages 0-1
+  // reduce (Note [Gradient buckets]).
+  void begin_micro_batch(bool last) { reducer_->begin_micro_batch(last); }
+  void end_micro_batch(bool last) { reducer_->end_micro_batch(last); }
+  // Global L2 norm of the averaged gradient (valid after the boundary); inf or NaN when a gradient overflowed.
+  double grad_norm() { return reducer_->grad_norm(); }
+  // Adam step on this rank's share with gradients multiplied by grad_scale (on top of the 1/N averaging), then
+  // the updated parameters are all-gathered.
+  void step(float lr, float grad_scale);
+  // Ends a step whose update is skipped (a loss-scale overflow): the gradients are dropped.
+  void skip_step();
+  const ZeroPrecision& precision() const { return precision_; }
+  int64_t step_count() const { return step_.step_count(); }
+
+  // The module runner's hooks: fetch and release parameters (coordinator), bind and reduce gradients (reducer).
+  void pre_forward(const Module& m) override;
+  void post_forward(const Module& m) override;
+  void pre_backward(const Module& m) override;
+  void post_backward(const Module& m) override;
+  const float* slice_data(const Module& slice) override;
+  float* slice_grads(const Module& slice) override;
+  void lookup_rows(const Parameter& p, const int32_t* ids, int64_t n, float* out) override;
+  void accumulate_row_grads(const Parameter& p, const int32_t* ids, const float* rows, int64_t n) override;
+
+  // All parameters, unpadded, in declaration order (a collective from stage 3, or from stage 1 in mixed
+  // precision, where they are the fp32 master weights: every rank must call it).
+  std::vector<float> full_parameters();
+  // Elements of the owned partition (sum of chunk sizes).
+  int64_t partition_numel() const { return layout_.partition_numel(); }
+  const zero::PartitionLayout& layout() const { return layout_; }
+  // The master weights and Adam moments of the owned partition (checkpoints read and write them here).
+  zero::OptimizerStateStore& state_store() { return *state_; }
+  const zero::GradientReducer& reducer() const { return *reducer_; }
+
+ private:
+  static int checked_stage(int stage);
+
+  ParameterStore& store_;
+  Communicator& comm_;
+  int stage_;
+  ZeroPrecision precision_;
+  zero::PartitionLayout layout_;
+  zero::ParamStorage params_;
+  std::unique_ptr<zero::OptimizerStateStore> state_;
+  zero::OptimizerStep step_;
+  zero::RowExchange rows_;
+  std::unique_ptr<zero::ParameterCoordinator> coordinator_;  // null: fp32 parameters resident in the store
+  std::unique_ptr<zero::GradientReducer> reducer_;
+};
+
+}  // namespace ds
