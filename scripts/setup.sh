@@ -1,25 +1,29 @@
 #!/usr/bin/env bash
 # Installs every Debian package deepspeed.cpp needs to build and test, then configures and builds it.
-# Usage: scripts/setup.sh [--with-torch] [--cuda]
+# Usage: scripts/setup.sh [--with-torch] [--cuda] [--werror]
 #   --with-torch  also install python3-torch (only for regenerating fixtures and the PyTorch comparison benchmark)
 #   --cuda        configure with -DDS_CUDA=ON (needs the CUDA toolkit in /usr/local/cuda)
+#   --werror      configure with -DDS_WERROR=ON: any compiler warning in our code fails the build (CI uses it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 with_torch=0
 cuda=OFF
+werror=OFF
 for arg in "$@"; do
   case "$arg" in
     --with-torch) with_torch=1 ;;
     --cuda) cuda=ON ;;
-    *) echo "setup.sh: unknown option '$arg' (known: --with-torch, --cuda)" >&2; exit 2 ;;
+    --werror) werror=ON ;;
+    *) echo "setup.sh: unknown option '$arg' (known: --with-torch, --cuda, --werror)" >&2; exit 2 ;;
   esac
 done
 
 packages=(build-essential cmake ninja-build ccache lld pkg-config
           libopenblas-dev libopenblas0-openmp libpcre2-dev nlohmann-json3-dev libcli11-dev libfmt-dev
           libgtest-dev libgmock-dev libbenchmark-dev openmpi-bin libopenmpi-dev zlib1g-dev libcpp-httplib-dev
-          curl)  # curl: the HTTP checks of tests/cli/serve.sh
+          curl   # curl: the HTTP checks of tests/cli/serve.sh
+          clang libomp-dev)  # CI's second compiler (Debian 12: clang 14); libomp-dev is its OpenMP (libomp-14-dev)
 [ "$with_torch" = 1 ] && packages+=(python3-torch python3-numpy)
 
 sudo_cmd=()
@@ -50,6 +54,6 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt_retry install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DDS_CUDA="$cuda"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DDS_CUDA="$cuda" -DDS_WERROR="$werror"
 cmake --build build -j "$(nproc)"
 echo "setup.sh: built build/bin/dspeed"

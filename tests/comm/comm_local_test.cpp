@@ -2,11 +2,13 @@
 // collective_checks.h, exact traffic counts, bitwise in-order reductions, and the failure paths (abort, timeout,
 // a rank that returns early, mismatched calls) which must end in CommError on every rank, never a hang. A
 // watchdog ends the process if a case hangs anyway, so ctest reports a failure instead of waiting.
+#include <fmt/core.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <mutex>
 #include <numeric>
@@ -219,7 +221,7 @@ TEST_P(CommLocalWorld, BarrierWaitsForEveryRank) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, CommLocalWorld, ::testing::Values(1, 2, 3, 4),
-                         [](const auto& info) { return "W" + std::to_string(info.param); });
+                         [](const auto& info) { return fmt::format("W{}", info.param); });
 
 // ---------------------------------------------------------------------------------------------------------------
 
@@ -490,7 +492,7 @@ TEST(CommLocal, BadArgumentsThrowAtTheCall) {
 TEST(CommFactory, BackendsByName) {
   EXPECT_EQ(make_world_communicator("self")->backend(), "self");
   EXPECT_THROW(make_world_communicator("nccl-ish"), ConfigError);
-  if (!launched_under_mpi()) EXPECT_EQ(make_world_communicator("auto")->backend(), "self");
+  if (!launched_under_mpi()) { EXPECT_EQ(make_world_communicator("auto")->backend(), "self"); }
 }
 
 TEST(CommFactory, LauncherEnvironment) {

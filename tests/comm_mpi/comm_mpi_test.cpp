@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <thread>
 
@@ -49,7 +50,7 @@ TEST_F(CommMpi, WorldMatchesTheLauncher) {
   EXPECT_EQ(c.backend(), "mpi");
   if (launched_under_mpi()) {
     EXPECT_EQ(c.rank(), mpi_env_rank());
-    if (mpi_env_world() > 0) EXPECT_EQ(c.size(), mpi_env_world());
+    if (mpi_env_world() > 0) { EXPECT_EQ(c.size(), mpi_env_world()); }
   } else {
     EXPECT_EQ(c.size(), 1);  // singleton
     EXPECT_EQ(c.rank(), 0);

@@ -541,8 +541,8 @@ TEST(TextStream, HeldStopPrefixIsReleasedWhenItDiverges) {
     EXPECT_FALSE(d.stopped);
     emitted += d.text;
     decoded += gpt2().token_bytes(id);
-    if (decoded == "The quick brown fox jumps") EXPECT_EQ(emitted, "The quick brown ");
-    if (decoded == "The quick brown fox jumps over") EXPECT_EQ(emitted, decoded);
+    if (decoded == "The quick brown fox jumps") { EXPECT_EQ(emitted, "The quick brown "); }
+    if (decoded == "The quick brown fox jumps over") { EXPECT_EQ(emitted, decoded); }
   }
   EXPECT_EQ(emitted + ts.finish(), kFox);
 }

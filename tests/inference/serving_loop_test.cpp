@@ -91,7 +91,7 @@ TEST_P(LoopPolicy, GreedyEqualsFullRecomputeUnderKvPressure) {
   EXPECT_EQ(st.completion_tokens, generated);
   EXPECT_EQ(st.time_to_first_token_s.count(), 10);
   EXPECT_EQ(st.time_per_output_token_s.count(), generated - 10);
-  if (GetParam() == Policy::splitfuse) EXPECT_GT(st.preemptions, 0) << "the cache was meant to be too small";
+  if (GetParam() == Policy::splitfuse) { EXPECT_GT(st.preemptions, 0) << "the cache was meant to be too small"; }
 }
 
 INSTANTIATE_TEST_SUITE_P(Loop, LoopPolicy,

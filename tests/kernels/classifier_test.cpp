@@ -4,6 +4,7 @@
 // (logits_rows_forward, softmax_xent_rows, classifier_rows_backward) against the same double reference.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 
 #include <cmath>

@@ -3,6 +3,7 @@
 // fp16 and bf16 inputs, and a million random float bit patterns at lengths that exercise the scalar tails.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>

@@ -4,6 +4,7 @@
 // the AVX2 kernels (DS_CPU_ISA=avx2) and the machine's best. Packing pads the last panel with zeros.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>

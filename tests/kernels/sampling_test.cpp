@@ -114,7 +114,7 @@ TEST(Sampling, DrawLandsOnTheTokenWhoseRangeHoldsTheTarget) {
       ASSERT_EQ(ds::cpu::draw_index(w.data(), int64_t(n), target), int64_t(i)) << "target " << target;
       // Just inside either end of the range: a block sum rounded differently from the running sum would move it.
       ASSERT_EQ(ds::cpu::draw_index(w.data(), int64_t(n), end[i] - 1e-6 * w[i]), int64_t(i));
-      if (i > 0) ASSERT_EQ(ds::cpu::draw_index(w.data(), int64_t(n), end[i - 1] + 1e-6 * w[i]), int64_t(i));
+      if (i > 0) { ASSERT_EQ(ds::cpu::draw_index(w.data(), int64_t(n), end[i - 1] + 1e-6 * w[i]), int64_t(i)); }
     }
     // Past the end (rounding): the last token with weight.
     size_t last = n - 1;

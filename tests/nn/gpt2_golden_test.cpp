@@ -3,6 +3,7 @@
 // Error measure per tensor: max |ours - golden| / max |golden| (relative to the tensor's scale), <= 1e-4.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "ds/ckpt/safetensors.h"

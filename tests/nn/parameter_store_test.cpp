@@ -17,7 +17,7 @@ TEST(ParameterStore, SliceRowsKeepsSlicesAligned) {
         EXPECT_GE(rows, 1);
         EXPECT_LE(rows, 50257);
         // One slice for the whole parameter may be padded; otherwise every slice but the last is aligned.
-        if (rows < 50257) EXPECT_EQ(rows * cols % align, 0) << "align " << align << " cols " << cols;
+        if (rows < 50257) { EXPECT_EQ(rows * cols % align, 0) << "align " << align << " cols " << cols; }
       }
     }
   }

@@ -131,7 +131,8 @@ TEST(Checkpoint, LoadsAtAnotherWorldSizeAndStageOnTheSameCurve) {
   });
   for (auto [world, stage] : {std::pair{2, 1}, std::pair{1, 0}, std::pair{4, 2}}) {
     Segment got;
-    on_world(world, [&](Communicator& comm) {
+    // Init-captures: Clang before 16 cannot capture a structured binding (P1091R3).
+    on_world(world, [&, world = world, stage = stage](Communicator& comm) {
       Segment s;
       Engine engine(tiny(), config_for(stage, world), kT, &comm, 42);
       engine.load_checkpoint(dir.str(), "w4s3");

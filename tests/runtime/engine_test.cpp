@@ -2,6 +2,7 @@
 // the schedule's rate is the one applied; and the built-in training config equals the shipped example.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <sstream>

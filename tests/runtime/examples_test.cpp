@@ -50,7 +50,7 @@ TEST_P(ZeroExamples, LoadsWithoutWarningsAtItsStage) {
     EXPECT_TRUE(c.zero.overlap_comm);
     EXPECT_TRUE(c.zero.contiguous_gradients);
     EXPECT_EQ(c.zero.reduce_bucket_size, 500000000);
-    if (stage < 3) EXPECT_EQ(c.zero.allgather_bucket_size, 500000000);
+    if (stage < 3) { EXPECT_EQ(c.zero.allgather_bucket_size, 500000000); }
     if (stage < 3) continue;
     EXPECT_EQ(c.zero.stage3_prefetch_bucket_size, 50000000);
     EXPECT_EQ(c.zero.stage3_max_live_parameters, 1000000000);

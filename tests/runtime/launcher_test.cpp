@@ -13,6 +13,7 @@
 #include <fstream>
 #include <initializer_list>
 #include <string>
+#include <utility>
 
 #include "ds/core/error.h"
 #include "ds/core/log.h"
@@ -171,13 +172,17 @@ TEST_F(LauncherTest, FilterMultiNode) {
 TEST_F(LauncherTest, FilterErrors) {
   const std::vector<HostSlots> hosts = {{"worker-0", {0, 1, 2, 3}}, {"worker-1", {0, 1, 2, 3}}};
   expect_error<ConfigError>([&] { apply_include_exclude(hosts, "worker-0", "worker-1"); }, {"--include", "--exclude"});
-  for (const auto& [inc, exc] : {std::pair<std::string, std::string>{"jeff", ""}, {"", "jeff"}})
-    expect_error<ConfigError>([&] { apply_include_exclude(hosts, inc, exc); },
+  // (include, exclude) cases, looped over whole: Clang before 16 cannot capture a structured binding (P1091R3).
+  using Spec = std::pair<std::string, std::string>;
+  for (const Spec& spec : {Spec{"jeff", ""}, Spec{"", "jeff"}})
+    expect_error<ConfigError>([&] { apply_include_exclude(hosts, spec.first, spec.second); },
                               {"'jeff'", "worker-0 (slots 0-3)", "worker-1 (slots 0-3)"});
-  for (const auto& [inc, exc] : {std::pair<std::string, std::string>{"worker-1:4", ""}, {"", "worker-1:4"}})
-    expect_error<ConfigError>([&] { apply_include_exclude(hosts, inc, exc); }, {"slot 4", "'worker-1'", "0-3"});
-  for (const auto& [inc, exc] : {std::pair<std::string, std::string>{"worker-1@:1", ""}, {"", "worker-1@:1"}})
-    expect_error<ConfigError>([&] { apply_include_exclude(hosts, inc, exc); }, {"empty host", "NODE_SPEC"});
+  for (const Spec& spec : {Spec{"worker-1:4", ""}, Spec{"", "worker-1:4"}})
+    expect_error<ConfigError>([&] { apply_include_exclude(hosts, spec.first, spec.second); },
+                              {"slot 4", "'worker-1'", "0-3"});
+  for (const Spec& spec : {Spec{"worker-1@:1", ""}, Spec{"", "worker-1@:1"}})
+    expect_error<ConfigError>([&] { apply_include_exclude(hosts, spec.first, spec.second); },
+                              {"empty host", "NODE_SPEC"});
   expect_error<ConfigError>([&] { apply_include_exclude(hosts, "worker-1:a", ""); }, {"'a' is not a slot number"});
   expect_error<ConfigError>([&] { apply_include_exclude(hosts, "worker-1:", ""); }, {"'' is not a slot number"});
   expect_error<ConfigError>([&] { apply_include_exclude(hosts, "", "worker-0@worker-1"); }, {"leaves no hosts"});

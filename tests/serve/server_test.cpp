@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <latch>
 #include <map>
@@ -319,7 +320,7 @@ TEST(Server, ConcurrentStreamingAndWholeRequestsAgreeWithSingleRuns) {
       for (size_t c = 0; c < s.chunks.size(); ++c) {
         EXPECT_EQ(s.chunks[c]["id"], s.chunks[0]["id"]);
         EXPECT_TRUE(s.chunks[c].contains("usage"));
-        if (c + 2 < s.chunks.size()) EXPECT_TRUE(s.chunks[c]["choices"][0]["finish_reason"].is_null());
+        if (c + 2 < s.chunks.size()) { EXPECT_TRUE(s.chunks[c]["choices"][0]["finish_reason"].is_null()); }
       }
       EXPECT_TRUE(s.chunks.back()["choices"].empty());
       ids.insert(s.chunks[0]["id"].get<std::string>());

@@ -95,9 +95,9 @@ void add_generate_command(CLI::App& root) {
       ->required();
   cmd->add_option("--arch", a->stack.arch, "model preset or JSON, for files that do not record their shape");
   auto* text = cmd->add_option("-p,--prompt", a->prompt, "the prompt text");
-  auto* ids = cmd->add_option("--prompt-ids", a->prompt_ids, "the prompt as token ids, e.g. 464,3290")
-                  ->delimiter(',')
-                  ->excludes(text);
+  cmd->add_option("--prompt-ids", a->prompt_ids, "the prompt as token ids, e.g. 464,3290")
+      ->delimiter(',')
+      ->excludes(text);
   cmd->add_option("--max-tokens", a->sampling.max_tokens, "tokens to generate at most")->capture_default_str();
   cmd->add_option("--temperature", a->sampling.temperature, "0: greedy")->capture_default_str();
   cmd->add_option("--top-p", a->sampling.top_p, "nucleus sampling threshold")->capture_default_str();

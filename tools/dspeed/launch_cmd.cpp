@@ -6,6 +6,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 
 #include "commands.h"
 #include "ds/runtime/launcher.h"

@@ -1,6 +1,8 @@
 // Where memory lives and kernels run. A small value type, as MLX's Device.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
 #include <string>
 
 namespace ds {
@@ -21,7 +23,7 @@ struct Device {
 // Implemented by kernels/cuda (DS_CUDA=ON) or by kernels/no_cuda.cpp, which throws DeviceError.
 namespace cuda {
 bool available();
-void* malloc_device(size_t bytes);
+void* malloc_device(size_t bytes);  // on the calling thread's current device (cudaSetDevice)
 void free_device(void* p) noexcept;
 }  // namespace cuda
 

@@ -3,6 +3,7 @@
 #include "ds/core/histogram.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "ds/core/error.h"
 

@@ -10,10 +10,12 @@
 #include <algorithm>
 #include <array>
 #include <climits>
+#include <cstddef>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <utility>
 
 #include "ds/core/error.h"
 

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <utility>
 #include <nlohmann/json.hpp>
 
 #include "ds/core/error.h"

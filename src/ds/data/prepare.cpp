@@ -10,6 +10,8 @@
 #include <fstream>
 #include <regex>
 #include <sstream>
+#include <system_error>
+#include <utility>
 
 #include "ds/core/error.h"
 #include "ds/core/stats.h"

@@ -99,7 +99,10 @@ DecodeBenchResult run_decode_bench(const DecodeBenchOptions& o) {
       file = tmp;
     }
     std::string ids;
-    for (const int32_t t : prompt) ids += (ids.empty() ? "" : ",") + std::to_string(t);
+    for (const int32_t t : prompt) {
+      if (!ids.empty()) ids += ',';
+      ids += std::to_string(t);
+    }
     const std::string cmd = fmt::format("{} {} --model {} --prompt-ids {} --new-tokens {} --repeats {} --threads {} "
                                         "--n-head {} --device {}", shell_quote(o.python), shell_quote(o.torch_script),
                                         shell_quote(file), ids, o.new_tokens, o.repeats, o.threads, mc.n_head,

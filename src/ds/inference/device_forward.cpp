@@ -3,6 +3,7 @@
 #include "ds/inference/device_forward.h"
 
 #include <charconv>
+#include <system_error>
 
 #include "ds/core/error.h"
 

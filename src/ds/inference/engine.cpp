@@ -4,6 +4,7 @@
 #include "ds/inference/engine.h"
 
 #include <unordered_set>
+#include <utility>
 
 #include "ds/core/error.h"
 

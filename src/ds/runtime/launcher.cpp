@@ -26,7 +26,9 @@
 #include <regex>
 #include <set>
 #include <sstream>
+#include <system_error>
 #include <thread>
+#include <utility>
 
 #include "ds/core/error.h"
 #include "ds/core/strings.h"

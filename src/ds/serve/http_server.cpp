@@ -19,6 +19,7 @@
 #include <deque>
 #include <filesystem>
 #include <mutex>
+#include <system_error>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <thread>

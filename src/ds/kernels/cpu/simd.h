@@ -119,12 +119,18 @@ inline bool use_avx512() {
 
 // ---- AVX-512 twins. GCC 12's own avx512fintrin.h trips -Wuninitialized in _mm512_undefined_* (GCC bug 105593,
 // fixed in GCC 13); the warning is silenced for this block and wherever these are inlined (see DS_AVX512_BEGIN).
+// Clang's headers are not affected (and Clang knows no -Wmaybe-uninitialized), so there the markers are empty.
 #define DS_TARGET_AVX512 __attribute__((target("avx512f")))
+#if defined(__GNUC__) && !defined(__clang__)
 #define DS_AVX512_BEGIN                                   \
   _Pragma("GCC diagnostic push")                          \
   _Pragma("GCC diagnostic ignored \"-Wuninitialized\"")   \
   _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")
 #define DS_AVX512_END _Pragma("GCC diagnostic pop")
+#else
+#define DS_AVX512_BEGIN
+#define DS_AVX512_END
+#endif
 
 DS_AVX512_BEGIN
 
