@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "ds/core/rng.h"
-#include "ds/runtime/engine.h"
+#include "ds/engine/engine.h"
 
 namespace ds::zero_case {
 

@@ -18,7 +18,7 @@
 #include "common/zero_case.h"
 #include "ds/ckpt/safetensors.h"
 #include "ds/comm/local/local_comm.h"
-#include "ds/runtime/checkpoint.h"
+#include "ds/engine/checkpoint.h"
 
 using namespace ds;
 using namespace ds::zero_case;

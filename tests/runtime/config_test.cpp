@@ -2,7 +2,7 @@
 // defaults, strictness (unknown keys with suggestions, wrong types, duplicates, malformed JSON) and the warnings
 // for settings that are accepted but not implemented yet. Expected values are literals taken from brief §1, not
 // from the parser.
-#include "ds/runtime/config.h"
+#include "ds/config/config.h"
 
 #include "ds/core/error.h"
 #include "ds/core/log.h"

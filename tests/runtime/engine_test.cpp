@@ -8,8 +8,8 @@
 #include <sstream>
 
 #include "ds/core/rng.h"
-#include "ds/runtime/engine.h"
-#include "ds/runtime/trainer.h"
+#include "ds/engine/engine.h"
+#include "ds/app/trainer.h"
 
 using namespace ds;
 

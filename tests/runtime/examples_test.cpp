@@ -10,8 +10,8 @@
 
 #include "ds/core/log.h"
 #include "ds/core/rng.h"
-#include "ds/runtime/config.h"
-#include "ds/runtime/engine.h"
+#include "ds/config/config.h"
+#include "ds/engine/engine.h"
 
 namespace ds {
 namespace {

@@ -2,7 +2,7 @@
 // cases, with their expected lists as literals), the mpirun command line a plan produces, and run_launch's exit
 // status. Plans are built from an injected environment, core count and uid, and a fake launcher binary, so the
 // tests neither need mpirun nor depend on the machine they run on.
-#include "ds/runtime/launcher.h"
+#include "ds/app/launcher.h"
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>

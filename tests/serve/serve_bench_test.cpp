@@ -1,7 +1,7 @@
 // The benchmark's SLA arithmetic: the generation SLA against a moving average recomputed from its definition (the
 // weights summed afresh at every token, as pandas' ewm(span=16, adjust=True)), the lemma the capacity estimate
 // rests on (a request that meets it has a mean gap below the limit), and the capacity on hand-computed numbers.
-#include "ds/serve/serve_bench.h"
+#include "bench/serve_bench.h"
 
 #include <gtest/gtest.h>
 

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "common/scratch_dir.h"
-#include "ds/runtime/checkpoint.h"
+#include "ds/engine/checkpoint.h"
 #include "ds/zero/zero_optimizer.h"
 
 namespace ds::zero {

@@ -14,11 +14,11 @@
 #include <tuple>
 
 #include "commands.h"
-#include "ds/inference/decode_bench.h"
-#include "ds/runtime/train_bench.h"
-#include "ds/runtime/trainer.h"
-#include "ds/serve/serve_bench.h"
-#include "ds/runtime/zero_bench.h"
+#include "bench/decode_bench.h"
+#include "bench/train_bench.h"
+#include "ds/app/trainer.h"
+#include "bench/serve_bench.h"
+#include "bench/zero_bench.h"
 
 namespace ds::tool {
 namespace {

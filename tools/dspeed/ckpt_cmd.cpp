@@ -6,7 +6,7 @@
 
 #include "commands.h"
 #include "ds/core/memory.h"
-#include "ds/runtime/checkpoint.h"
+#include "ds/ckpt/checkpoint_format.h"
 
 namespace ds::tool {
 

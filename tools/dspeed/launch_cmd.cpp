@@ -9,7 +9,7 @@
 #include <memory>
 
 #include "commands.h"
-#include "ds/runtime/launcher.h"
+#include "ds/app/launcher.h"
 
 namespace ds::tool {
 

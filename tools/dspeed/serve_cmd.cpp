@@ -11,7 +11,7 @@
 
 #include "commands.h"
 #include "ds/core/error.h"
-#include "ds/runtime/trainer.h"
+#include "ds/app/trainer.h"
 #include "ds/serve/http_server.h"
 #include "ds/serve/serving_stack.h"
 

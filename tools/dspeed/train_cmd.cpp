@@ -4,7 +4,7 @@
 #include <memory>
 
 #include "commands.h"
-#include "ds/runtime/trainer.h"
+#include "ds/app/trainer.h"
 
 namespace ds::tool {
 

@@ -13,7 +13,7 @@
 #include "ds/ckpt/safetensors.h"
 #include "ds/core/error.h"
 #include "ds/kernels/cpu/kernels.h"
-#include "ds/runtime/checkpoint.h"
+#include "ds/ckpt/checkpoint_format.h"
 
 namespace ds::inference {
 

@@ -12,18 +12,12 @@
 
 namespace ds {
 
-// ZeRO-3 state of a parameter's full data (see DESIGN decision 6).
-enum class ZeroState : uint8_t { available, partitioned, inflight };
-
 struct Parameter {
   std::string name;      // Hugging Face name, e.g. "transformer.h.0.attn.c_attn.weight"
   Shape shape;
   int64_t offset = 0;    // element offset into the flat buffers
   Tensor data;           // view into the flat parameter buffer
   Tensor grad;           // view into the flat gradient buffer
-  // Tensor-parallel split: the dimension this parameter is split on, or -1 when replicated.
-  int tp_split_dim = -1;
-  ZeroState zero_state = ZeroState::available;
 
   int64_t numel() const { return shape.numel(); }
 };

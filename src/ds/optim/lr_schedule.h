@@ -3,7 +3,7 @@
 // The decision that matters is the step convention, including DeepSpeed's first-step behaviour: see the Note below.
 #pragma once
 
-#include "ds/runtime/config.h"
+#include "ds/config/config.h"
 
 #include <cstdint>
 #include <string>

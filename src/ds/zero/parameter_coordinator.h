@@ -13,7 +13,7 @@
 #include "ds/comm/communicator.h"
 #include "ds/core/tensor.h"
 #include "ds/nn/parameter.h"
-#include "ds/runtime/config.h"
+#include "ds/config/config.h"
 #include "ds/zero/param_storage.h"
 #include "ds/zero/partition_layout.h"
 #include "ds/zero/row_exchange.h"

@@ -28,7 +28,7 @@
 #include "ds/comm/communicator.h"
 #include "ds/kernels/cpu/kernels.h"
 #include "ds/nn/module.h"
-#include "ds/runtime/config.h"
+#include "ds/config/config.h"
 #include "ds/zero/gradient_reducer.h"
 #include "ds/zero/optimizer_state.h"
 #include "ds/zero/optimizer_step.h"

@@ -1,5 +1,5 @@
 // Progress bar rendering.
-#include "ds/runtime/progress.h"
+#include "ds/app/progress.h"
 
 #include <fmt/core.h>
 #include <sys/ioctl.h>

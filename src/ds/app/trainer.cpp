@@ -1,6 +1,6 @@
 // The `dspeed train` job. Validation uses whole held-out documents (val.bin) read in order, so the figure is
 // comparable between runs; the periodic passes use the first eval_batches batches, the final pass all of them.
-#include "ds/runtime/trainer.h"
+#include "ds/app/trainer.h"
 
 #include <omp.h>
 
@@ -18,8 +18,8 @@
 #include "ds/core/stats.h"
 #include "ds/data/data_loader.h"
 #include "ds/data/prepare.h"
-#include "ds/runtime/engine.h"
-#include "ds/runtime/progress.h"
+#include "ds/engine/engine.h"
+#include "ds/app/progress.h"
 
 namespace ds {
 

@@ -3,7 +3,7 @@
 // temporary file whose tail is printed when the job fails. Children get MALLOC_MMAP_MAX_=0 and a huge
 // MALLOC_TRIM_THRESHOLD_ (machine notes: OpenMPI's temporary buffers otherwise page-fault on every collective),
 // world 1 included, so that every cell runs under the same allocator settings.
-#include "ds/runtime/zero_bench.h"
+#include "bench/zero_bench.h"
 
 #include <omp.h>
 #include <sys/wait.h>
@@ -26,7 +26,7 @@
 #include "ds/core/memory.h"
 #include "ds/core/rng.h"
 #include "ds/core/stats.h"
-#include "ds/runtime/engine.h"
+#include "ds/engine/engine.h"
 
 namespace ds {
 namespace {

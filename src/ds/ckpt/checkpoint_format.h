@@ -1,4 +1,6 @@
-// Checkpoints: what a training run needs to resume exactly, at the same or another world size and ZeRO stage.
+// The checkpoint format: what a training run needs to resume exactly, at the same or another world size and ZeRO
+// stage, and how to read it without the run (CheckpointReader: serving, consolidation). Writing and loading into a
+// running engine are engine/checkpoint.h's.
 // Note [Checkpoint layout]
 //   DIR/latest                 the tag of the newest complete checkpoint (written last, atomically)
 //   DIR/<tag>/manifest.json    step, samples, optimizer steps, model, ZeRO stage, world size, the flat layout
@@ -24,10 +26,6 @@
 #include "ds/ckpt/safetensors.h"
 
 namespace ds {
-
-class Communicator;
-class ParameterStore;
-class ZeroOptimizer;
 
 struct CheckpointUnit {
   std::string name;
@@ -73,6 +71,11 @@ struct CheckpointManifest {
 // The tensors of a shard.
 inline constexpr const char* kCkptTensors[] = {"fp32", "exp_avg", "exp_avg_sq"};
 
+// The shard file of a rank ("rank_00003.safetensors"), the CRC-32 the manifest records, a shape as "[2, 3]".
+std::string checkpoint_shard_name(int rank);
+uint32_t checkpoint_crc32(const uint8_t* data, size_t n);
+std::string checkpoint_shape_str(const std::vector<int64_t>& shape);
+
 // DIR/<tag>, or DIR/<the tag in DIR/latest> when tag is empty; IoError when neither exists.
 std::string checkpoint_tag_dir(const std::string& dir, const std::string& tag);
 
@@ -95,17 +98,6 @@ class CheckpointReader {
   std::vector<SafetensorsFile> files_;  // by rank (stage 0: one)
   std::vector<int64_t> chunk_, part_offset_;  // per unit, in the saved layout
 };
-
-// Writes a checkpoint (a collective: every rank calls it with the same arguments). `meta` carries the scalar
-// state, the model and the client state; the layout, shards and checksums are filled in here.
-void write_checkpoint(Communicator& comm, const std::string& dir, const std::string& tag, const ParameterStore& store,
-                      ZeroOptimizer& optimizer, CheckpointManifest meta);
-
-// Loads a checkpoint into the optimizer's parameters and moments (the moments and master weights through its
-// optimizer-state store, a tile at a time), at this run's world size and stage; checks that the model matches.
-// Returns the manifest (for the steps and the client state).
-CheckpointManifest load_checkpoint(const std::string& dir, const std::string& tag, const ParameterStore& store,
-                                   ZeroOptimizer& optimizer);
 
 // Writes every parameter to one safetensors file with its Hugging Face name and shape, a parameter at a time
 // (DeepSpeed's zero_to_fp32). dtype "fp32" or "bf16".

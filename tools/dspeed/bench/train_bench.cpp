@@ -1,5 +1,5 @@
 // Training-step benchmark against PyTorch. Children print one "RESULT {json}" line, as torch_gpt.py does.
-#include "ds/runtime/train_bench.h"
+#include "bench/train_bench.h"
 
 #include <cblas.h>
 #include <omp.h>

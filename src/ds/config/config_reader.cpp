@@ -1,7 +1,7 @@
 // Typed, strict readers for ds_config.json objects (see config_reader.h), plus the "did you mean" machinery.
 // Integers are accepted from JSON floats with no fractional part (5e8 is common in DeepSpeed configs and pydantic
 // accepts it); booleans must be JSON true/false. null and "auto" always mean "use the default", as in DeepSpeed.
-#include "ds/runtime/config_reader.h"
+#include "ds/config/config_reader.h"
 
 #include "ds/core/error.h"
 #include "ds/core/strings.h"

@@ -2,7 +2,7 @@
 // offload_config.py, code defaults; brief §1.5). DeepSpeed's pydantic model forbids unknown keys here, accepts each
 // stage-3 knob with or without its "stage3_" prefix, and maps the deprecated cpu_offload* names onto the offload
 // blocks; giving a deprecated name together with its replacement is an error there and here.
-#include "ds/runtime/config_blocks.h"
+#include "ds/config/config_blocks.h"
 
 #include "ds/core/error.h"
 

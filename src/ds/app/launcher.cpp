@@ -4,7 +4,7 @@
 // system); a terminal's Ctrl-C already reaches mpirun, which shares our process group, and a second copy would make
 // mpirun skip its orderly abort. The generated hostfile is written by run_launch, not plan_launch, so a dry run
 // leaves nothing behind.
-#include "ds/runtime/launcher.h"
+#include "ds/app/launcher.h"
 
 #include <fcntl.h>
 #include <pthread.h>

@@ -15,7 +15,7 @@
 #include "ds/nn/models/gpt2.h"
 #include "ds/optim/loss_scaler.h"
 #include "ds/optim/lr_schedule.h"
-#include "ds/runtime/config.h"
+#include "ds/config/config.h"
 #include "ds/zero/zero_optimizer.h"
 
 namespace ds {

@@ -2,7 +2,7 @@
 // Optimizer weight_decay defaults to 0: DeepSpeed passes optimizer.params straight to FusedAdam / DeepSpeedCPUAdam,
 // whose default is 0 for both "Adam" and "AdamW" (only torch_adam=true would reach torch.optim.AdamW's 0.01).
 // Scheduler params are strict: DeepSpeed passes them as constructor kwargs, so it rejects unknown ones as well.
-#include "ds/runtime/config_blocks.h"
+#include "ds/config/config_blocks.h"
 
 #include "ds/core/error.h"
 

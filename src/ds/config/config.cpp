@@ -2,12 +2,12 @@
 // duplicate keys, line/column of syntax errors), the top-level keys, DeepSpeed's batch-size arithmetic
 // (config.py::_set_batch_related_parameters, integer division, brief §1.2) and the cross-block checks.
 // Batch errors explain which value could not be derived and why, rather than DeepSpeed's bare "64 != 4 * 8 * 1".
-#include "ds/runtime/config.h"
+#include "ds/config/config.h"
 
 #include "ds/core/error.h"
 #include "ds/core/log.h"
-#include "ds/runtime/config_blocks.h"
-#include "ds/runtime/config_reader.h"
+#include "ds/config/config_blocks.h"
+#include "ds/config/config_reader.h"
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>

@@ -1,7 +1,7 @@
 // Engine: model layout for the ZeRO stage, accumulation, clipping, schedule and the step.
 // Micro-batch gradients are scaled by 1/gas in the model's backward; the 1/N average over ranks is applied by
 // ZeroOptimizer, so the global gradient is the mean over all micro-batches of all ranks.
-#include "ds/runtime/engine.h"
+#include "ds/engine/engine.h"
 
 #include <algorithm>
 #include <climits>
@@ -11,7 +11,7 @@
 #include "ds/ckpt/safetensors.h"
 #include "ds/core/log.h"
 #include "ds/optim/adamw.h"
-#include "ds/runtime/checkpoint.h"
+#include "ds/engine/checkpoint.h"
 
 namespace ds {
 

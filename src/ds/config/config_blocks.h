@@ -3,8 +3,8 @@
 // stage) stay in config.cpp, which is the only place that sees the whole config.
 #pragma once
 
-#include "ds/runtime/config.h"
-#include "ds/runtime/config_reader.h"
+#include "ds/config/config.h"
+#include "ds/config/config_reader.h"
 
 namespace ds::config_detail {
 

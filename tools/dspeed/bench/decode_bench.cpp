@@ -1,6 +1,6 @@
 // Single-stream decode, ours and PyTorch's: the same prompt ids are handed to bench/torch_decode.py, a checkpoint
 // directory is consolidated to a temporary safetensors file for it, and the generated ids are compared.
-#include "ds/inference/decode_bench.h"
+#include "bench/decode_bench.h"
 
 #include <omp.h>
 #include <unistd.h>
@@ -16,7 +16,7 @@
 #include "ds/core/stats.h"
 #include "ds/core/strings.h"
 #include "ds/inference/engine.h"
-#include "ds/runtime/checkpoint.h"
+#include "ds/ckpt/checkpoint_format.h"
 
 namespace ds::inference {
 namespace {

@@ -1,6 +1,6 @@
 // The serving benchmark: request generation, the streaming HTTP client that times each token, the SLA checks and
 // the table. Every cell gets a fresh server (engine, KV cache, loop) so no policy inherits another's state.
-#include "ds/serve/serve_bench.h"
+#include "bench/serve_bench.h"
 
 #include <httplib.h>
 #include <omp.h>

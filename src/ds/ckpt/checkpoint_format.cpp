@@ -1,0 +1,244 @@
+// The checkpoint format: manifest (de)serialisation, the reader, consolidation (checkpoint_format.h).
+#include "ds/ckpt/checkpoint_format.h"
+
+#include <zlib.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <fmt/ranges.h>
+
+#include "ds/core/convert.h"
+#include "ds/core/error.h"
+#include "ds/core/strings.h"
+
+namespace ds {
+namespace fs = std::filesystem;
+
+std::string checkpoint_shape_str(const std::vector<int64_t>& shape) {
+  return fmt::format("[{}]", fmt::join(shape, ", "));
+}
+
+std::string checkpoint_shard_name(int rank) { return fmt::format("rank_{:05d}.safetensors", rank); }
+
+uint32_t checkpoint_crc32(const uint8_t* data, size_t n) {
+  return static_cast<uint32_t>(crc32_z(crc32_z(0L, Z_NULL, 0), data, n));
+}
+
+namespace {
+template <typename T>
+T get_field(const nlohmann::json& j, const char* key, const std::string& where) {
+  DS_CHECK_AS(IoError, j.is_object() && j.contains(key), "[checkpoint] {}: the field '{}' is missing; the manifest "
+              "is damaged or was not written by dspeed", where, key);
+  try {
+    return j.at(key).get<T>();
+  } catch (const nlohmann::json::exception&) {
+    DS_THROW(IoError, "[checkpoint] {}: the field '{}' has the wrong type ({})", where, key, j.at(key).dump());
+  }
+}
+
+}  // namespace
+
+int64_t CheckpointParam::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+nlohmann::json CheckpointManifest::to_json() const {
+  nlohmann::json j;
+  j["format"] = "dspeed-checkpoint";
+  j["version"] = kVersion;
+  j["tag"] = tag;
+  j["global_steps"] = global_steps;
+  j["global_samples"] = global_samples;
+  j["optimizer_steps"] = optimizer_steps;
+  j["model"] = model;
+  j["zero_stage"] = zero_stage;
+  j["world"] = world;
+  for (const auto& u : units)
+    j["units"].push_back(
+        {{"name", u.name}, {"offset", u.offset}, {"numel", u.numel}, {"padded_numel", u.padded_numel}});
+  for (const auto& p : params) j["params"].push_back({{"name", p.name}, {"shape", p.shape}, {"offset", p.offset}});
+  for (const auto& s : shards)
+    j["shards"].push_back({{"file", s.file}, {"rank", s.rank}, {"partition_numel", s.partition_numel},
+                           {"bytes", s.bytes}, {"crc32", s.crc32}});
+  j["config"] = config;
+  j["engine_state"] = engine_state;
+  j["client_state"] = client_state;
+  return j;
+}
+
+CheckpointManifest CheckpointManifest::from_json(const nlohmann::json& j, const std::string& where) {
+  DS_CHECK_AS(IoError, j.is_object() && j.value("format", std::string()) == "dspeed-checkpoint",
+              "[checkpoint] {}: not a dspeed checkpoint manifest (no \"format\": \"dspeed-checkpoint\")", where);
+  const int version = get_field<int>(j, "version", where);
+  DS_CHECK_AS(IoError, version == kVersion, "[checkpoint] {}: manifest version {} is not supported (this build "
+              "reads version {}); use the dspeed that wrote it", where, version, kVersion);
+  CheckpointManifest m;
+  m.tag = get_field<std::string>(j, "tag", where);
+  m.global_steps = get_field<int64_t>(j, "global_steps", where);
+  m.global_samples = get_field<int64_t>(j, "global_samples", where);
+  m.optimizer_steps = get_field<int64_t>(j, "optimizer_steps", where);
+  m.model = get_field<nlohmann::json>(j, "model", where);
+  m.zero_stage = get_field<int>(j, "zero_stage", where);
+  m.world = get_field<int>(j, "world", where);
+  for (const auto& u : get_field<nlohmann::json>(j, "units", where))
+    m.units.push_back({get_field<std::string>(u, "name", where), get_field<int64_t>(u, "offset", where),
+                       get_field<int64_t>(u, "numel", where), get_field<int64_t>(u, "padded_numel", where)});
+  for (const auto& p : get_field<nlohmann::json>(j, "params", where))
+    m.params.push_back({get_field<std::string>(p, "name", where), get_field<std::vector<int64_t>>(p, "shape", where),
+                        get_field<int64_t>(p, "offset", where)});
+  for (const auto& s : get_field<nlohmann::json>(j, "shards", where))
+    m.shards.push_back({get_field<std::string>(s, "file", where), get_field<int>(s, "rank", where),
+                        get_field<int64_t>(s, "partition_numel", where), get_field<int64_t>(s, "bytes", where),
+                        get_field<uint32_t>(s, "crc32", where)});
+  m.config = j.value("config", nlohmann::json::object());
+  m.engine_state = j.value("engine_state", nlohmann::json::object());
+  m.client_state = j.value("client_state", nlohmann::json::object());
+  DS_CHECK_AS(IoError, m.world >= 1 && m.zero_stage >= 0 && m.zero_stage <= 3 && !m.units.empty(),
+              "[checkpoint] {}: world {} / stage {} / {} units is not a valid layout", where, m.world, m.zero_stage,
+              m.units.size());
+  const size_t want_shards = m.zero_stage == 0 ? 1 : static_cast<size_t>(m.world);
+  DS_CHECK_AS(IoError, m.shards.size() == want_shards, "[checkpoint] {}: a stage-{} checkpoint of world {} has {} "
+              "shard(s), but the manifest lists {}", where, m.zero_stage, m.world, want_shards, m.shards.size());
+  return m;
+}
+
+std::string checkpoint_tag_dir(const std::string& dir, const std::string& tag) {
+  DS_CHECK_AS(IoError, fs::is_directory(dir), "[checkpoint] '{}' is not a directory; give the directory passed to "
+              "--save", dir);
+  std::string t = tag;
+  if (t.empty()) {
+    const std::string latest = (fs::path(dir) / "latest").string();
+    std::ifstream in(latest);
+    DS_CHECK_AS(IoError, in.good(), "[checkpoint] '{}' has no 'latest' file, so no complete checkpoint was saved "
+                "there; give a tag, or the directory a run saved to", dir);
+    std::getline(in, t);
+    DS_CHECK_AS(IoError, !t.empty(), "[checkpoint] '{}' is empty; it should name the newest tag", latest);
+  }
+  const std::string tag_dir = (fs::path(dir) / t).string();
+  DS_CHECK_AS(IoError, fs::is_directory(tag_dir), "[checkpoint] '{}' does not exist; the tags in '{}' are the "
+              "directories holding a manifest.json", tag_dir, dir);
+  return tag_dir;
+}
+
+// ------------------------------------------------------------------------------------------------------ reading
+
+CheckpointReader::CheckpointReader(const std::string& dir, const std::string& tag, bool verify)
+    : tag_dir_(checkpoint_tag_dir(dir, tag)) {
+  const std::string manifest_path = (fs::path(tag_dir_) / "manifest.json").string();
+  std::ifstream in(manifest_path);
+  DS_CHECK_AS(IoError, in.good(), "[checkpoint] '{}' is missing: the checkpoint was not completed; load an earlier "
+              "tag (see '{}/latest')", manifest_path, dir);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(ss.str());
+  } catch (const nlohmann::json::parse_error& e) {
+    DS_THROW(IoError, "[checkpoint] '{}' is not valid JSON ({}); the file is damaged", manifest_path, e.what());
+  }
+  manifest_ = CheckpointManifest::from_json(j, "'" + manifest_path + "'");
+  const CheckpointManifest& m = manifest_;
+  int64_t part = 0;
+  for (const CheckpointUnit& u : m.units) {
+    const int64_t chunk = m.zero_stage == 0 ? u.padded_numel : u.padded_numel / m.world;
+    DS_CHECK_AS(IoError, m.zero_stage == 0 || u.padded_numel % m.world == 0,
+                "[checkpoint] '{}': unit {} of {} elements does not split over {} ranks", manifest_path, u.name,
+                u.padded_numel, m.world);
+    chunk_.push_back(chunk);
+    part_offset_.push_back(part);
+    part += chunk;
+  }
+  for (size_t i = 0; i < m.shards.size(); ++i) {
+    const CheckpointShard& s = m.shards[i];
+    DS_CHECK_AS(IoError, s.rank == static_cast<int>(i) && s.partition_numel == part,
+                "[checkpoint] '{}': shard entry {} (rank {}, {} elements) does not match the layout ({} elements)",
+                manifest_path, i, s.rank, s.partition_numel, part);
+    const std::string path = (fs::path(tag_dir_) / s.file).string();
+    DS_CHECK_AS(IoError, fs::exists(path), "[checkpoint] '{}' is missing (rank {} of {}); the checkpoint is "
+                "incomplete: load an earlier tag or copy the file back", path, s.rank, m.world);
+    const int64_t size = static_cast<int64_t>(fs::file_size(path));
+    DS_CHECK_AS(IoError, size == s.bytes, "[checkpoint] '{}' has {} bytes but the manifest says {}: the file is "
+                "truncated or was replaced; load an earlier tag", path, size, s.bytes);
+    if (verify) {
+      const MappedFile raw = MappedFile::open(path, "checkpoint", "a checkpoint shard");
+      const uint32_t crc = checkpoint_crc32(raw.data(), raw.size());
+      DS_CHECK_AS(IoError, crc == s.crc32, "[checkpoint] '{}': CRC-32 {:08x} does not match the manifest's {:08x}: "
+                  "the file is corrupt; load an earlier tag", path, crc, s.crc32);
+    }
+    files_.push_back(SafetensorsFile::open(path));
+    for (const char* t : kCkptTensors) {
+      const SafetensorsView& v = files_.back().get(t);
+      DS_CHECK_AS(IoError, v.dtype == "F32" && v.numel() == part, "[checkpoint] '{}': tensor {} is {} x {}, "
+                  "expected F32 x {}", path, t, v.dtype, v.numel(), part);
+    }
+  }
+}
+
+void CheckpointReader::read(const std::string& tensor, int64_t begin, int64_t n, float* out) const {
+  const CheckpointManifest& m = manifest_;
+  const int64_t end = begin + n;
+  for (size_t i = 0; i < m.units.size(); ++i) {
+    const CheckpointUnit& u = m.units[i];
+    if (u.offset + u.padded_numel <= begin || u.offset >= end) continue;
+    for (size_t r = 0; r < files_.size(); ++r) {
+      const int64_t own = u.offset + static_cast<int64_t>(r) * chunk_[i];
+      const int64_t lo = std::max(begin, own), hi = std::min(end, own + chunk_[i]);
+      if (lo >= hi) continue;
+      const auto* src = static_cast<const uint8_t*>(files_[r].get(tensor).data);
+      std::memcpy(out + (lo - begin), src + (part_offset_[i] + lo - own) * int64_t(sizeof(float)),
+                  static_cast<size_t>(hi - lo) * sizeof(float));
+    }
+  }
+}
+
+std::vector<float> CheckpointReader::read_param(const CheckpointParam& p, const std::string& tensor) const {
+  std::vector<float> out(static_cast<size_t>(p.numel()));
+  read(tensor, p.offset, p.numel(), out.data());
+  return out;
+}
+
+const CheckpointParam& CheckpointReader::param(const std::string& name) const {
+  for (const CheckpointParam& p : manifest_.params)
+    if (p.name == name) return p;
+  std::vector<std::string> names;
+  for (const CheckpointParam& p : manifest_.params) names.push_back(p.name);
+  DS_THROW(IoError, "[checkpoint] '{}' holds no parameter '{}'; closest: {}", tag_dir_, name,
+           quoted_list(closest_names(name, names, 3)));
+}
+
+// ------------------------------------------------------------------------------------------------------ writing
+
+// -------------------------------------------------------------------------------------------------- consolidation
+
+void consolidate_checkpoint(const CheckpointReader& reader, const std::string& out_path, const std::string& dtype) {
+  DS_CHECK_AS(ConfigError, dtype == "fp32" || dtype == "bf16", "[checkpoint] --dtype must be fp32 or bf16, got '{}'",
+              dtype);
+  const bool bf16 = dtype == "bf16";
+  std::vector<SafetensorsEntry> entries;
+  for (const CheckpointParam& p : reader.manifest().params) {
+    entries.push_back({p.name, bf16 ? "BF16" : "F32", p.shape, nullptr,
+                       static_cast<size_t>(p.numel()) * (bf16 ? 2 : 4)});
+  }
+  // "ds_model" carries the shape that tensor shapes alone do not give (n_head), so the file serves as it is.
+  SafetensorsWriter out(out_path, entries, {{"format", "pt"}, {"source", "dspeed ckpt consolidate"},
+                                            {"ds_model", reader.manifest().model.dump()}});
+  std::vector<uint16_t> half;
+  for (const CheckpointParam& p : reader.manifest().params) {
+    const std::vector<float> values = reader.read_param(p, "fp32");
+    if (bf16) {
+      half.resize(values.size());
+      f32_to_bf16(half.data(), values.data(), values.size());
+      out.write(half.data(), half.size() * 2);
+    } else {
+      out.write(values.data(), values.size() * 4);
+    }
+  }
+  out.commit();
+}
+
+}  // namespace ds

@@ -1,0 +1,26 @@
+// Checkpoints of a running engine (Note [Checkpoint layout] in ckpt/checkpoint_format.h): writing every rank's
+// partition atomically, and loading one at this run's world size, stage and precision through the ZeRO optimizer.
+#pragma once
+
+#include <string>
+
+#include "ds/ckpt/checkpoint_format.h"
+
+namespace ds {
+
+class Communicator;
+class ParameterStore;
+class ZeroOptimizer;
+
+// Writes a checkpoint (a collective: every rank calls it with the same arguments). `meta` carries the scalar
+// state, the model and the client state; the layout, shards and checksums are filled in here.
+void write_checkpoint(Communicator& comm, const std::string& dir, const std::string& tag, const ParameterStore& store,
+                      ZeroOptimizer& optimizer, CheckpointManifest meta);
+
+// Loads a checkpoint into the optimizer's parameters and moments (the moments and master weights through its
+// optimizer-state store, a tile at a time), at this run's world size and stage; checks that the model matches.
+// Returns the manifest (for the steps and the client state).
+CheckpointManifest load_checkpoint(const std::string& dir, const std::string& tag, const ParameterStore& store,
+                                   ZeroOptimizer& optimizer);
+
+}  // namespace ds
