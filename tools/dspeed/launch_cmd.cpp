@@ -1,5 +1,5 @@
 // `dspeed launch [-n N] [--hostfile FILE] [-i SPEC | -e SPEC] [--num-nodes K] [--dry-run] -- COMMAND ARGS...`:
-// argument parsing only; ds/runtime/launcher does the work (see docs/launching.md).
+// argument parsing only; ds/app/launcher does the work (see docs/launching.md).
 // The launch exits with mpirun's own status (a failed rank's exit code), so this is the one command that leaves
 // through std::exit rather than returning to main's "exit 0 / print ds::Error" path.
 #include <CLI/CLI.hpp>
