@@ -10,7 +10,7 @@
 #include <cstring>
 
 #include "common/zero_case.h"
-#include "ds/comm/local/local_comm.h"
+#include "common/local_ranks.h"
 
 using namespace ds;
 using namespace ds::zero_case;
@@ -44,15 +44,7 @@ Trajectory run_rank(Communicator& comm, const std::string& json, bool checkpoint
 }
 
 std::vector<Trajectory> run_world(int world, const std::string& json, bool checkpoint) {
-  std::vector<Trajectory> out(static_cast<size_t>(world));
-  std::vector<MemoryTracker> trackers(static_cast<size_t>(world));
-  run_local_world(world, [&](Communicator& comm) {
-    const size_t r = static_cast<size_t>(comm.rank());
-    omp_set_num_threads(std::max(1, omp_get_num_procs() / comm.size()));
-    TrackerScope scope(trackers[r]);
-    out[r] = run_rank(comm, json, checkpoint);
-  });
-  return out;
+  return ds::testing::on_local_ranks<Trajectory>(world, [&](Communicator& comm) { return run_rank(comm, json, checkpoint); });
 }
 
 void expect_identical(const Trajectory& got, const Trajectory& want, const std::string& what) {

@@ -11,6 +11,7 @@
 
 #include <cstdio>
 
+#include "common/local_ranks.h"
 #include "common/zero_case.h"
 #include "ds/comm/local/local_comm.h"
 #include "ds/zero/zero_optimizer.h"
@@ -39,23 +40,20 @@ struct MpRun {
 };
 
 MpRun run_mp(int world, int stage, const std::string& precision, int steps = kSteps) {
-  std::vector<MpRun> out(static_cast<size_t>(world));
-  std::vector<MemoryTracker> trackers(static_cast<size_t>(world));
-  run_local_world(world, [&](Communicator& comm) {
-    const size_t r = static_cast<size_t>(comm.rank());
-    omp_set_num_threads(std::max(1, omp_get_num_procs() / comm.size()));
-    TrackerScope scope(trackers[r]);
+  return ds::testing::on_local_ranks<MpRun>(world, [&](Communicator& comm) {
+    MpRun out;
     Engine engine(tiny(), parse_config(mp_config(stage, world, precision), world, "mp_test"), kT, &comm, 42);
     const int micro = kGlobalRows / world;
     int step = 0;
     auto next = [&](int32_t* in, int32_t* tg) { table().fill(kGlobalRows * step + comm.rank() * micro, micro, in, tg); };
-    for (step = 0; step < steps; ++step) out[r].steps.push_back(engine.train_batch(next));
-    out[r].params = engine.optimizer().full_parameters();
-    out[r].peak_param = trackers[r].peak(Tier::device, Category::param);
-    out[r].peak_grad = trackers[r].peak(Tier::device, Category::grad);
-    out[r].peak_optimizer = trackers[r].peak(Tier::device, Category::optimizer);
-  });
-  return out[0];
+    for (step = 0; step < steps; ++step) out.steps.push_back(engine.train_batch(next));
+    out.params = engine.optimizer().full_parameters();
+    const MemoryTracker& tracker = current_tracker();  // this rank's (on_local_ranks scopes one per rank)
+    out.peak_param = tracker.peak(Tier::device, Category::param);
+    out.peak_grad = tracker.peak(Tier::device, Category::grad);
+    out.peak_optimizer = tracker.peak(Tier::device, Category::optimizer);
+    return out;
+  })[0];
 }
 
 double max_rel_loss_diff(const MpRun& a, const MpRun& b) {

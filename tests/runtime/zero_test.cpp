@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "common/local_ranks.h"
 #include "common/zero_case.h"
 #include "ds/comm/local/local_comm.h"
 
@@ -17,18 +18,10 @@ namespace {
 
 using namespace zero_case;
 
-// The tracker outlives the rank's thread: the communicator's own buffers report to it until the world is gone.
 std::vector<RunResult> run_world(int world, int stage, int gas, bool overlap = false, const std::string& extra = "") {
   const int micro = kGlobalRows / world / gas;
-  std::vector<RunResult> results(static_cast<size_t>(world));
-  std::vector<MemoryTracker> trackers(static_cast<size_t>(world));
-  run_local_world(world, [&](Communicator& comm) {
-    const size_t r = static_cast<size_t>(comm.rank());
-    omp_set_num_threads(std::max(1, omp_get_num_procs() / comm.size()));  // ranks are threads: share the cores
-    TrackerScope scope(trackers[r]);
-    results[r] = run_case(comm, stage, micro, gas, overlap, extra);
-  });
-  return results;
+  return ds::testing::on_local_ranks<RunResult>(
+      world, [&](Communicator& comm) { return run_case(comm, stage, micro, gas, overlap, extra); });
 }
 
 const RunResult& reference() {

@@ -10,6 +10,7 @@
 #include <algorithm>
 
 #include "common/zero_case.h"
+#include "common/local_ranks.h"
 #include "ds/comm/local/local_comm.h"
 
 namespace ds {
@@ -20,15 +21,8 @@ using namespace zero_case;
 constexpr int64_t kSmallBucket = 50000;  // a tiny block is 198,272 elements, a wte slice 196,608
 
 std::vector<RunResult> run_world(int world, int stage, bool overlap, const std::string& extra) {
-  std::vector<RunResult> results(static_cast<size_t>(world));
-  std::vector<MemoryTracker> trackers(static_cast<size_t>(world));
-  run_local_world(world, [&](Communicator& comm) {
-    const size_t r = static_cast<size_t>(comm.rank());
-    omp_set_num_threads(std::max(1, omp_get_num_procs() / comm.size()));
-    TrackerScope scope(trackers[r]);
-    results[r] = run_case(comm, stage, kGlobalRows / world, 1, overlap, extra);
-  });
-  return results;
+  return ds::testing::on_local_ranks<RunResult>(
+      world, [&](Communicator& comm) { return run_case(comm, stage, kGlobalRows / world, 1, overlap, extra); });
 }
 
 TEST(GradientBuckets, SmallerThanAUnitKeepTheTrajectoryMemoryAndTraffic) {
