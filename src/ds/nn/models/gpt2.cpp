@@ -123,8 +123,7 @@ Tensor targets_of(const Pass& pass) {
 
 Gpt2Embedding::Gpt2Embedding(ParameterStore& store, const Gpt2Config& config, Parameter* wte)
     : Block("transformer.wpe"), C_(config.n_embd), wte_(wte) {
-  const size_t unit = store.begin_unit("transformer.wpe", this);
-  (void)unit;
+  store.begin_unit("transformer.wpe", this);
   wpe_ = store.add("transformer.wpe.weight", {config.block_size, C_});
 }
 

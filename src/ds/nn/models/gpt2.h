@@ -115,8 +115,6 @@ class Gpt2 : public Module {
   void set_hooks(ModuleHooks* hooks) { runner_->set_hooks(hooks); }
   ModuleRunner& runner() { return *runner_; }
   const std::vector<std::unique_ptr<TransformerBlock>>& blocks() const { return blocks_; }
-  // Index of transformer block i in the runner's chain.
-  static size_t chain_index(int block) { return static_cast<size_t>(block) + 1; }
 
   // One micro-batch of training: forward, fused loss, backward. Parameter gradients are accumulated
   // (+=) scaled by grad_scale / (number of target tokens), i.e. the gradient of grad_scale * mean loss.
