@@ -1,4 +1,4 @@
-// The ZeRO equivalence case shared by tests/runtime/zero_test.cpp (thread backend) and
+// The ZeRO equivalence case shared by tests/engine/zero_equivalence_test.cpp (thread backend) and
 // tests/comm_mpi/zero_mpi_test.cpp (MPI): the tiny GPT-2 for 20 steps at a global batch of 4 sequences, its data,
 // its config, one rank's run, and the checks against the single-process run and the ZeRO formulas.
 #pragma once

@@ -43,7 +43,7 @@ TEST(GradientBuckets, SmallerThanAUnitKeepTheTrajectoryMemoryAndTraffic) {
 }
 
 TEST(GradientBuckets, Bf16PiecesFollowTheFp32Run) {
-  // bf16 rounds the weights, so the bound is mixed precision's (tests/runtime/mixed_precision_test.cpp), not 1e-5.
+  // bf16 rounds the weights, so the bound is mixed precision's (tests/engine/mixed_precision_test.cpp), not 1e-5.
   const RunResult fp32 = run_world(1, 0, false, "")[0];
   // The extra keys end the zero_optimization block and add a bf16 block after it.
   const auto bf16 = run_world(2, 2, true, fmt::format(R"(, "reduce_bucket_size": {}}}, "bf16": {{"enabled": true)",

@@ -43,6 +43,9 @@ InferenceEngine::InferenceEngine(std::shared_ptr<const InferenceModel> model, co
               "max_tracked_sequences ({})", config.max_ragged_sequence_count, config.max_ragged_batch_size,
               config.max_tracked_sequences);
   const Gpt2Config& m = model_->config();
+  DS_CHECK_AS(ConfigError, model_->device().is_cpu() || model_->device() == config.device, "[engine] the model was "
+              "placed on {} but the engine runs on {}; load the model for the engine's device",
+              model_->device().str(), config.device.str());
   if (config.device.is_cpu()) {
     host_cache_ = std::make_unique<KvCache>(m.n_layer, m.n_head, m.n_embd / m.n_head, kv_.kv_block_count(),
                                             config.kv_block_size, config.kv_dtype);

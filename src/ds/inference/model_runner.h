@@ -4,7 +4,8 @@
 // (positions 0 .. seen + j for its new token j: causal by construction, mixed prefill chunks and decodes alike).
 // Only the last new token of each sequence goes through ln_f and the tied head, so a pass costs one [n_seqs, V]
 // logits GEMM, not [n_tokens, V]. Weights are fp32 (16-bit files are converted on load), held packed for the
-// few-row GEMMs of a decode pass (cpu::panel_gemm).
+// few-row GEMMs of a decode pass (cpu::panel_gemm). The layer sequence is ragged_forward.h's, shared with the CUDA
+// forward; the weights are the spec's (gpt2_spec.h), read from a WeightSource.
 #pragma once
 
 #include <cstdint>
@@ -15,6 +16,7 @@
 #include "ds/core/device.h"
 #include "ds/inference/kv_cache.h"
 #include "ds/inference/ragged_batch.h"
+#include "ds/inference/weight_source.h"
 #include "ds/nn/models/gpt2.h"
 
 namespace ds::inference {
@@ -30,62 +32,59 @@ void check_weights_on_device(WeightFormat weights, Device device);
 
 class InferenceModel {
  public:
-  // Copies the parameters of a trained (or initialised) model; the model may go away afterwards.
+  // Places the source's weights for `device`: on the CPU, read one at a time into the panels of the CPU forward
+  // (the source may go away afterwards); for any other device the source is kept, and an engine's device forward
+  // (device_forward.h) copies from it, so no host copy of the model is made.
+  InferenceModel(std::shared_ptr<const WeightSource> source, WeightFormat weights = WeightFormat::fp32,
+                 Device device = Device::cpu());
+  // Copies the parameters of a trained (or initialised) model, for the CPU; the model may go away afterwards.
   explicit InferenceModel(Gpt2& model, WeightFormat weights = WeightFormat::fp32);
-  // A checkpoint directory (DIR/latest or DIR/<tag>, written by dspeed train --save) or a safetensors file of
-  // every parameter under its Hugging Face GPT-2 name (dspeed ckpt consolidate). The model's shape comes from the
-  // checkpoint manifest or the file's "ds_model" metadata; `arch` (a preset or model JSON, as dspeed train
-  // --model) overrides it and is needed for files without that metadata. Throws IoError/ConfigError that name
-  // the file and what is missing.
+  InferenceModel(const InferenceModel&) = delete;
+  InferenceModel& operator=(const InferenceModel&) = delete;
+  // open_weight_source(path, arch) placed for `device` (weight_source.h: what the path may be, and the errors).
   static std::shared_ptr<InferenceModel> load(const std::string& path, const std::string& arch = "",
-                                              WeightFormat weights = WeightFormat::fp32);
+                                              WeightFormat weights = WeightFormat::fp32,
+                                              Device device = Device::cpu());
 
   const Gpt2Config& config() const { return config_; }
   WeightFormat weight_format() const { return weights_; }
+  // Where the weights were placed: the CPU, or the device whose forward reads them.
+  Device device() const { return device_; }
+  // The weights as a source again, for a device copy: the kept source, or the CPU panels unpacked (fp32 only).
+  const WeightSource& weights() const { return *source_; }
 
   // Activations of one pass, kept between passes so steady-state serving allocates nothing.
   struct Scratch {
-    std::vector<float> x, h, qkv, att, mlp, scores;
+    std::vector<float> x, h, qkv, att, mlp, last, stats, scores;
     std::vector<int32_t> pos;                   // of each token
     std::vector<const int32_t*> tables;         // block table of each sequence
   };
   // logits[n_seqs, V]: the distribution after each sequence's last new token. Writes the batch's K and V into
-  // cache (its blocks must have been reserved). The model is read-only: engines may share it.
+  // cache (its blocks must have been reserved). The model is read-only: engines may share it. The CPU forward:
+  // a model placed on another device has no CPU weights (DeviceError).
   void forward(const RaggedBatch& batch, KvCache& cache, Scratch& scratch, float* logits) const;
 
-  // The weights as plain row-major arrays in Hugging Face GPT-2 layouts (wte [V, C], Conv1D weights [in, out]),
-  // unpacked from the panels: what a device copy is made from (device_forward.h). fp32 weights only.
-  struct PlainLayer {
-    std::vector<float> ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fc2_w, fc2_b;
-  };
-  struct PlainWeights {
-    std::vector<float> wte, wpe, lnf_w, lnf_b;
-    std::vector<PlainLayer> layers;
-  };
-  PlainWeights plain_weights() const;
-
  private:
-  InferenceModel() = default;
-  // A [K, M] weight in column panels: fp32 for cpu::panel_gemm, or bf16 pairs (32-bit words in an i32 tensor) for
-  // cpu::panel_gemm_bf16 (Note [Inference weights] in model_runner.cpp).
-  struct Matrix {
-    int K = 0, M = 0;
-    Tensor panels;
-    const uint32_t* words() const { return static_cast<const uint32_t*>(panels.raw()); }
+  struct CpuSteps;
+  class PanelSource;
+  // One placed weight: a vector as is, or a [K, M] matrix in column panels: fp32 for cpu::panel_gemm, or bf16
+  // pairs (32-bit words in an i32 tensor) for cpu::panel_gemm_bf16 (Note [Inference weights] in
+  // model_runner.cpp). wte is held as the head's [C, V] matrix; the embedding reads its columns.
+  struct Placed {
+    int K = 0, M = 0;  // 0 for a vector
+    Tensor values;
+    const uint32_t* words() const { return static_cast<const uint32_t*>(values.raw()); }
   };
+  void place(const WeightSource& source);
+  const Placed& at(Gpt2Role role, int layer) const;
   // out[rows, M] = in @ m + bias (bias may be null), in the model's weight format.
-  void gemm(float* out, const float* in, const Matrix& m, const float* bias, int rows) const;
-  struct Layer {
-    Tensor ln1_w, ln1_b, qkv_b, proj_b, ln2_w, ln2_b, fc_b, fc2_b;
-    Matrix qkv, proj, fc, fc2;
-  };
-  void take_weights(Gpt2& model);
+  void gemm(float* out, const float* in, const Placed& m, const float* bias, int rows) const;
 
   Gpt2Config config_;
   WeightFormat weights_ = WeightFormat::fp32;
-  Tensor wpe_, lnf_w_, lnf_b_;
-  Matrix head_;  // wte^T; the embedding lookup reads its columns
-  std::vector<Layer> layers_;
+  Device device_ = Device::cpu();
+  std::vector<Placed> placed_;  // by gpt2_weight_slot
+  std::shared_ptr<const WeightSource> source_;
 };
 
 }  // namespace ds::inference

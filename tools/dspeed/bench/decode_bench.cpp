@@ -56,8 +56,9 @@ DecodeBenchResult run_decode_bench(const DecodeBenchOptions& o) {
               "0, new tokens > 1 and repeats > 0");
   if (o.threads > 0) omp_set_num_threads(o.threads);
   const WeightFormat weights = parse_weight_format(o.weights);
-  check_weights_on_device(weights, parse_device(o.device));
-  const auto model = InferenceModel::load(o.model, o.arch, weights);
+  const Device device = parse_device(o.device);
+  check_weights_on_device(weights, device);
+  const auto model = InferenceModel::load(o.model, o.arch, weights, device);
   const Gpt2Config& mc = model->config();
   DS_CHECK_AS(ConfigError, o.prompt_tokens + o.new_tokens <= mc.block_size, "[bench] {} prompt + {} new tokens exceed "
               "the model's context of {}", o.prompt_tokens, o.new_tokens, mc.block_size);
@@ -65,7 +66,7 @@ DecodeBenchResult run_decode_bench(const DecodeBenchOptions& o) {
   ec.kv_block_size = 16;
   ec.kv_block_count = (mc.block_size + 15) / 16;
   ec.max_ragged_batch_size = std::max(ec.max_ragged_batch_size, mc.block_size);  // the whole prompt in one pass
-  ec.device = parse_device(o.device);
+  ec.device = device;
   DS_CHECK_AS(ConfigError, o.device == "cpu" || o.device == "cuda", "[bench] bench decode runs ours and PyTorch's "
               "on the same device: give --device cpu or cuda (the first GPU), not '{}'", o.device);
   InferenceEngine engine(model, ec);

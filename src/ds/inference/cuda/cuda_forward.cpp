@@ -1,5 +1,6 @@
-// make_device_forward for CUDA: the ragged batch as the plain arrays CudaGpt takes (positions, each sequence's
-// last token, the block tables laid end to end), built on the host for each pass.
+// make_device_forward for CUDA: the weights straight from the model's source (the file it was loaded from, or its
+// CPU panels), and the ragged batch as the plain arrays CudaGpt takes (positions, each sequence's last token, the
+// block tables laid end to end), built on the host for each pass.
 #include <fmt/core.h>
 
 #include <algorithm>
@@ -16,13 +17,6 @@ class CudaForward final : public DeviceForward {
  public:
   CudaForward(const InferenceModel& model, Device device, const DeviceForwardShape& shape)
       : config_(model.config()), device_(device) {
-    const InferenceModel::PlainWeights w = model.plain_weights();
-    cuda_impl::GptWeights gw{w.wte.data(), w.wpe.data(), w.lnf_w.data(), w.lnf_b.data(), {}};
-    for (const InferenceModel::PlainLayer& l : w.layers) {
-      gw.layers.push_back({l.ln1_w.data(), l.ln1_b.data(), l.qkv_w.data(), l.qkv_b.data(), l.proj_w.data(),
-                           l.proj_b.data(), l.ln2_w.data(), l.ln2_b.data(), l.fc_w.data(), l.fc_b.data(),
-                           l.fc2_w.data(), l.fc2_b.data()});
-    }
     cuda_impl::GptShape gs;
     gs.device = device.index;
     gs.n_layer = config_.n_layer;
@@ -34,7 +28,9 @@ class CudaForward final : public DeviceForward {
     gs.kv_block_size = shape.kv_block_size;
     gs.max_tokens = shape.max_tokens;
     gs.max_seqs = shape.max_seqs;
-    gpt_ = std::make_unique<cuda_impl::CudaGpt>(gs, gw);
+    const WeightSource& weights = model.weights();
+    gpt_ = std::make_unique<cuda_impl::CudaGpt>(gs, config_.weight_spec(),
+                                                [&weights](const Gpt2Weight& w, float* dst) { weights.read(w, dst); });
   }
 
   const float* forward(const RaggedBatch& batch) override {

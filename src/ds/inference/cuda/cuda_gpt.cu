@@ -18,6 +18,7 @@
 #include "ds/core/error.h"
 #include "ds/core/memory.h"
 #include "ds/inference/cuda/cuda_gpt.h"
+#include "ds/inference/ragged_forward.h"
 #include "ds/kernels/cuda/cuda_check.h"
 #include "ds/kernels/cuda/kernels.h"
 
@@ -34,11 +35,9 @@ struct CudaGpt::State {
   int64_t weight_bytes = 0, kv_bytes = 0;
   size_t attn_smem_limit = 0;
 
-  struct Layer {
-    float *ln1_w, *ln1_b, *qkv_w, *qkv_b, *proj_w, *proj_b, *ln2_w, *ln2_b, *fc_w, *fc_b, *fc2_w, *fc2_b;
-  };
-  float *wte = nullptr, *wpe = nullptr, *lnf_w = nullptr, *lnf_b = nullptr;
-  std::vector<Layer> layers;
+  // The weights by gpt2_weight_slot, in the spec's layouts, with each matrix's [K, M] (wte: [V, C]).
+  std::vector<float*> weights;
+  std::vector<int> rows, cols;
   float* kv = nullptr;  // [n_layer, kv_blocks, kv_block_size, 2, C]
   float *x = nullptr, *h = nullptr, *qkv = nullptr, *att = nullptr, *mlp = nullptr, *logits = nullptr;
   // Metadata: a pinned host buffer and its device twin, grown on demand.
@@ -105,7 +104,8 @@ struct CudaGpt::State {
   }
 };
 
-CudaGpt::CudaGpt(const GptShape& shape, const GptWeights& w) : s_(new State) {
+CudaGpt::CudaGpt(const GptShape& shape, const std::vector<Gpt2Weight>& spec, const WeightReader& read)
+    : s_(new State) {
   State& s = *s_;
   s.shape = shape;
   try {
@@ -128,28 +128,20 @@ CudaGpt::CudaGpt(const GptShape& shape, const GptWeights& w) : s_(new State) {
                 "[cuda] n_embd {} over {} heads gives a head size of {}; the CUDA forward needs one that divides "
                 "n_embd and is at most {}: serve this model with --device cpu", C, shape.n_head,
                 shape.n_head > 0 ? C / shape.n_head : 0, ds::cuda::kMaxHeadSize);
-    const int64_t CC = int64_t(C) * C;
-    s.wte = s.upload(w.wte, int64_t(V) * C, "wte");
-    s.wpe = s.upload(w.wpe, int64_t(shape.context) * C, "wpe");
-    s.lnf_w = s.upload(w.lnf_w, C, "ln_f");
-    s.lnf_b = s.upload(w.lnf_b, C, "ln_f");
-    DS_ASSERT(static_cast<int>(w.layers.size()) == L, "{} layer weight sets for {} layers", w.layers.size(), L);
-    for (const GptLayerWeights& lw : w.layers) {
-      State::Layer d;
-      d.ln1_w = s.upload(lw.ln1_w, C, "ln_1");
-      d.ln1_b = s.upload(lw.ln1_b, C, "ln_1");
-      d.qkv_w = s.upload(lw.qkv_w, 3 * CC, "c_attn");
-      d.qkv_b = s.upload(lw.qkv_b, 3 * C, "c_attn");
-      d.proj_w = s.upload(lw.proj_w, CC, "attn.c_proj");
-      d.proj_b = s.upload(lw.proj_b, C, "attn.c_proj");
-      d.ln2_w = s.upload(lw.ln2_w, C, "ln_2");
-      d.ln2_b = s.upload(lw.ln2_b, C, "ln_2");
-      d.fc_w = s.upload(lw.fc_w, 4 * CC, "c_fc");
-      d.fc_b = s.upload(lw.fc_b, 4 * C, "c_fc");
-      d.fc2_w = s.upload(lw.fc2_w, 4 * CC, "mlp.c_proj");
-      d.fc2_b = s.upload(lw.fc2_b, C, "mlp.c_proj");
-      s.layers.push_back(d);
+    s.weights.assign(static_cast<size_t>(gpt2_weight_slots(L)), nullptr);
+    s.rows.assign(s.weights.size(), 0);
+    s.cols.assign(s.weights.size(), 0);
+    std::vector<float> staging;  // one weight at a time
+    for (const Gpt2Weight& w : spec) {
+      DS_ASSERT(w.layer < L, "weight {} of layer {} in a model of {} layers", w.name, w.layer, L);
+      staging.resize(static_cast<size_t>(w.numel()));
+      read(w, staging.data());
+      const auto k = static_cast<size_t>(gpt2_weight_slot(w.role, w.layer));
+      s.weights[k] = s.upload(staging.data(), w.numel(), w.name.c_str());
+      s.rows[k] = static_cast<int>(w.shape[0]);
+      s.cols[k] = w.shape.size() > 1 ? static_cast<int>(w.shape[1]) : 1;
     }
+    for (const float* p : s.weights) DS_ASSERT(p != nullptr, "the weight spec left a slot of the CUDA model empty");
     const int64_t kv_floats = int64_t(L) * shape.kv_blocks * shape.kv_block_size * 2 * C;
     s.kv = s.alloc(kv_floats, Category::kv_cache, "the KV cache");
     s.kv_bytes = kv_floats * int64_t(sizeof(float));
@@ -238,48 +230,86 @@ const float* CudaGpt::forward(const PassMeta& m) {
   return s.logits_host;
 }
 
+// The CUDA step set of gpt2_ragged_forward (ragged_forward.h): the pass's buffers in device memory, the metadata
+// (already on the device) as enqueue_pass lays it out, every step queued on the one stream.
+struct CudaSteps {
+  CudaGpt::State& s;
+  const PassMeta& m;
+  const int32_t *ids, *pos, *seq, *last, *toff, *tables;  // device
+  size_t smem;
+  int N, S, C;
+  float scale;
+
+  float* at(PassBuffer b) const {
+    switch (b) {
+      case PassBuffer::x: return s.x;
+      case PassBuffer::h: return s.h;
+      case PassBuffer::qkv: return s.qkv;
+      case PassBuffer::att: return s.att;
+      case PassBuffer::mlp: return s.mlp;
+    }
+    return nullptr;
+  }
+  size_t slot(Gpt2Role r, int l) const { return static_cast<size_t>(gpt2_weight_slot(r, l)); }
+  const float* w(Gpt2Role r, int l = -1) const { return s.weights[slot(r, l)]; }
+  // out[N, M] = in @ W, W [K, M] of role r in layer l; returns M.
+  int matmul(PassBuffer out, PassBuffer in, int l, Gpt2Role r) {
+    const int K = s.rows[slot(r, l)], M = s.cols[slot(r, l)];
+    s.gemm(at(out), at(in), w(r, l), N, K, M);
+    return M;
+  }
+
+  void embed(PassBuffer out) { ds::cuda::embed_tokens(at(out), ids, pos, w(Gpt2Role::wte), w(Gpt2Role::wpe), N, C, s.stream); }
+  void layernorm(PassBuffer out, PassBuffer in, int l, Gpt2Role wr, Gpt2Role br) {
+    ds::cuda::layernorm_rows(at(out), at(in), nullptr, w(wr, l), w(br, l), N, C, s.stream);
+  }
+  void linear(PassBuffer out, PassBuffer in, int l, Gpt2Role wr, Gpt2Role br) {
+    const int M = matmul(out, in, l, wr);
+    ds::cuda::add_bias(at(out), w(br, l), int64_t(N) * M, M, s.stream);
+  }
+  void linear_gelu(PassBuffer out, PassBuffer in, int l, Gpt2Role wr, Gpt2Role br) {
+    const int M = matmul(out, in, l, wr);
+    ds::cuda::add_bias_gelu(at(out), w(br, l), int64_t(N) * M, M, s.stream);
+  }
+  void linear_residual(PassBuffer x, PassBuffer in, PassBuffer tmp, int l, Gpt2Role wr, Gpt2Role br) {
+    matmul(tmp, in, l, wr);
+    ds::cuda::add_bias_residual(at(x), at(tmp), w(br, l), int64_t(N) * C, C, s.stream);
+  }
+  void attention(PassBuffer out, PassBuffer qkv, int l) {
+    const GptShape& g = s.shape;
+    float* kv = s.kv + int64_t(l) * g.kv_blocks * g.kv_block_size * 2 * C;
+    ds::cuda::kv_append(kv, at(qkv), pos, seq, toff, tables, N, g.kv_block_size, C, s.stream);
+    ds::cuda::paged_attention(at(out), at(qkv), kv, pos, seq, toff, tables, N, g.n_head, g.kv_block_size, C,
+                              m.max_pos, scale, smem, s.stream);
+  }
+  void final_norm(PassBuffer out, PassBuffer x) {
+    ds::cuda::layernorm_rows(at(out), at(x), last, w(Gpt2Role::lnf_w), w(Gpt2Role::lnf_b), S, C, s.stream);
+  }
+  // logits[S, V] = in[S, C] @ wte^T: column-major logits^T = wte (stored [V, C], i.e. C x V column-major)^T in^T.
+  void head(PassBuffer in) {
+    const int V = s.shape.vocab;
+    const float one = 1.0f, zero = 0.0f;
+    DS_CUBLAS_CHECK(cublasSgemm(s.blas, CUBLAS_OP_T, CUBLAS_OP_N, V, S, C, &one, w(Gpt2Role::wte), C, at(in), C,
+                                &zero, s.logits, V));
+  }
+};
+
 void CudaGpt::State::enqueue_pass(const PassMeta& m, size_t entries) {
-  State& s = *this;
-  const GptShape& g = s.shape;
+  const GptShape& g = shape;
   const int N = m.n_tokens, S = m.n_seqs, C = g.n_embd, V = g.vocab, HS = C / g.n_head;
-  const size_t smem = ds::cuda::paged_attention_smem_bytes(HS, m.max_pos);
-  DS_CUDA_CHECK(cudaMemcpyAsync(s.meta_dev, s.meta_host, entries * sizeof(int32_t), cudaMemcpyHostToDevice, s.stream));
-  const int32_t* ids = s.meta_dev;
+  DS_CUDA_CHECK(cudaMemcpyAsync(meta_dev, meta_host, entries * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
+  const int32_t* ids = meta_dev;
   const int32_t* pos = ids + N;
   const int32_t* seq = pos + N;
   const int32_t* last = seq + N;
   const int32_t* toff = last + S;
   const int32_t* tables = toff + S;
-
-  const int64_t NC = int64_t(N) * C;
-  namespace k = ds::cuda;
-  k::embed_tokens(s.x, ids, pos, s.wte, s.wpe, N, C, s.stream);
-  const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
-  for (int l = 0; l < g.n_layer; ++l) {
-    const State::Layer& w = s.layers[static_cast<size_t>(l)];
-    float* kv = s.kv + int64_t(l) * g.kv_blocks * g.kv_block_size * 2 * C;
-    k::layernorm_rows(s.h, s.x, nullptr, w.ln1_w, w.ln1_b, N, C, s.stream);
-    s.gemm(s.qkv, s.h, w.qkv_w, N, C, 3 * C);
-    k::add_bias(s.qkv, w.qkv_b, 3 * NC, 3 * C, s.stream);
-    k::kv_append(kv, s.qkv, pos, seq, toff, tables, N, g.kv_block_size, C, s.stream);
-    k::paged_attention(s.att, s.qkv, kv, pos, seq, toff, tables, N, g.n_head, g.kv_block_size, C, m.max_pos, scale,
-                       smem, s.stream);
-    s.gemm(s.h, s.att, w.proj_w, N, C, C);
-    k::add_bias_residual(s.x, s.h, w.proj_b, NC, C, s.stream);
-    k::layernorm_rows(s.h, s.x, nullptr, w.ln2_w, w.ln2_b, N, C, s.stream);
-    s.gemm(s.mlp, s.h, w.fc_w, N, C, 4 * C);
-    k::add_bias_gelu(s.mlp, w.fc_b, 4 * NC, 4 * C, s.stream);
-    s.gemm(s.h, s.mlp, w.fc2_w, N, 4 * C, C);
-    k::add_bias_residual(s.x, s.h, w.fc2_b, NC, C, s.stream);
-  }
-  // ln_f on each sequence's last new token, then logits[S, V] = h[S, C] @ wte^T.
-  k::layernorm_rows(s.h, s.x, last, s.lnf_w, s.lnf_b, S, C, s.stream);
-  const float one = 1.0f, zero = 0.0f;
-  DS_CUBLAS_CHECK(cublasSgemm(s.blas, CUBLAS_OP_T, CUBLAS_OP_N, V, S, C, &one, s.wte, C, s.h, C, &zero, s.logits, V));
+  CudaSteps steps{*this, m, ids, pos, seq, last, toff, tables, ds::cuda::paged_attention_smem_bytes(HS, m.max_pos),
+                  N, S, C, 1.0f / std::sqrt(static_cast<float>(HS))};
+  gpt2_ragged_forward(steps, g.n_layer);
   DS_CUDA_CHECK(cudaGetLastError());
-  DS_CUDA_CHECK(cudaMemcpyAsync(s.logits_host, s.logits, sizeof(float) * size_t(S) * V, cudaMemcpyDeviceToHost,
-                             s.stream));
-  DS_CUDA_CHECK(cudaStreamSynchronize(s.stream));
+  DS_CUDA_CHECK(cudaMemcpyAsync(logits_host, logits, sizeof(float) * size_t(S) * V, cudaMemcpyDeviceToHost, stream));
+  DS_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
 }  // namespace ds::inference::cuda_impl

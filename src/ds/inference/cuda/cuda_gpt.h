@@ -1,14 +1,17 @@
 // The GPT-2 inference forward on an NVIDIA GPU: the weights, the blocked KV cache and the pass's activations live
 // in device memory; the host hands in each pass's ragged-batch metadata as plain arrays and gets one logit row per
-// sequence back. Same algorithm as InferenceModel::forward (model_runner.h): all new tokens through each layer's
-// GEMMs together (cuBLAS, fp32), each token's K and V into its slot, attention of each token over positions
-// 0..pos of its sequence through the block table, and the head on each sequence's last new token only.
+// sequence back. The layer sequence is ragged_forward.h's, as the CPU forward's (model_runner.h): all new tokens
+// through each layer's GEMMs together (cuBLAS, fp32), each token's K and V into its slot, attention of each token
+// over positions 0..pos of its sequence through the block table, and the head on each sequence's last new token.
 // This header is C++17 (CUDA sources are compiled as C++17); the engine reaches it through device_forward.h.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
+
+#include "ds/nn/models/gpt2_spec.h"
 
 namespace ds::inference::cuda_impl {
 
@@ -19,14 +22,8 @@ struct GptShape {
   int32_t max_tokens = 0, max_seqs = 0;  // per pass
 };
 
-// Host weights in Hugging Face GPT-2 layouts: wte [V, C], wpe [context, C], Conv1D weights [in, out] row-major.
-struct GptLayerWeights {
-  const float *ln1_w, *ln1_b, *qkv_w, *qkv_b, *proj_w, *proj_b, *ln2_w, *ln2_b, *fc_w, *fc_b, *fc2_w, *fc2_b;
-};
-struct GptWeights {
-  const float *wte, *wpe, *lnf_w, *lnf_b;
-  std::vector<GptLayerWeights> layers;
-};
+// Fills dst with one weight of the spec (gpt2_spec.h), fp32 in its Hugging Face layout.
+using WeightReader = std::function<void(const Gpt2Weight& w, float* dst)>;
 
 // One pass, host arrays: token i has id ids[i] at position pos[i] of sequence token_seq[i]; sequence s's last new
 // token is last_token[s] and its block table is tables[table_offset[s] ...].
@@ -37,10 +34,10 @@ struct PassMeta {
 
 class CudaGpt {
  public:
-  // Copies the weights to the GPU and allocates the KV cache and the activations of a max_tokens pass. Throws
+  // Copies the weights of `spec` to the GPU, one at a time as `read` gives them, and allocates the KV cache and the activations of a max_tokens pass. Throws
   // DeviceError (no GPU, a CUDA or cuBLAS failure, a context too long for the attention kernel), ConfigError (a
   // head size it does not support) or OutOfMemory naming the bytes asked for.
-  CudaGpt(const GptShape& shape, const GptWeights& weights);
+  CudaGpt(const GptShape& shape, const std::vector<Gpt2Weight>& spec, const WeightReader& read);
   ~CudaGpt();
   CudaGpt(const CudaGpt&) = delete;
   CudaGpt& operator=(const CudaGpt&) = delete;
@@ -53,6 +50,7 @@ class CudaGpt {
 
  private:
   struct State;
+  friend struct CudaSteps;  // the step set of the pass (cuda_gpt.cu)
   static void release(State* s) noexcept;
   State* s_;
 };

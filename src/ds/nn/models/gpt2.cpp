@@ -1,6 +1,7 @@
 // GPT-2 model assembly, initialisation, and the training/eval/logits passes.
 #include "ds/nn/models/gpt2.h"
 
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -102,10 +103,14 @@ void Gpt2Config::validate() const {
               n_head);
 }
 
+std::vector<Gpt2Weight> Gpt2Config::weight_spec() const {
+  return gpt2_weight_spec(n_layer, n_embd, vocab_size, block_size);
+}
+
 int64_t Gpt2Config::num_params() const {
-  const int64_t C = n_embd;
-  const int64_t per_block = 2 * C + (C * 3 * C + 3 * C) + (C * C + C) + 2 * C + (C * 4 * C + 4 * C) + (4 * C * C + C);
-  return int64_t(vocab_size) * C + int64_t(block_size) * C + n_layer * per_block + 2 * C;
+  int64_t n = 0;
+  for (const Gpt2Weight& w : weight_spec()) n += w.numel();
+  return n;
 }
 
 std::string Gpt2Config::str() const {
@@ -259,6 +264,7 @@ Gpt2::Gpt2(const Gpt2Config& config, int64_t unit_alignment, bool with_grads, bo
   store_.set_unit_owner(unit, ln_f_.get());
   head_ = std::make_unique<Gpt2Head>(config_, wte_);
   store_.materialize(unit_alignment, with_grads, with_params, param_dtype, grad_dtype);
+  check_against_spec();
 
   std::vector<Block*> chain{embedding_.get()};
   for (auto& b : blocks_) chain.push_back(b.get());
@@ -282,18 +288,37 @@ void Gpt2::init_weights(uint64_t seed) {
   });
 }
 
+void Gpt2::check_against_spec() const {
+  const std::vector<Gpt2Weight> spec = config_.weight_spec();
+  const auto& params = store_.all();
+  DS_ASSERT(params.size() == spec.size(), "GPT-2 declares {} parameters, its weight spec {}", params.size(),
+            spec.size());
+  for (size_t i = 0; i < spec.size(); ++i) {
+    DS_ASSERT(params[i].name == spec[i].name &&
+              params[i].shape == Shape(spec[i].shape.begin(), spec[i].shape.end()), "GPT-2 parameter {} is '{}' {}, "
+              "its weight spec says '{}' {}", i, params[i].name, fmt::join(params[i].shape, "x"), spec[i].name,
+              fmt::join(spec[i].shape, "x"));
+  }
+}
+
 void Gpt2::init_weights(uint64_t seed, const ParamSink& sink) {
   Rng rng(seed);
   const float proj_std = 0.02f / std::sqrt(2.0f * config_.n_layer);
+  const std::vector<Gpt2Weight> spec = config_.weight_spec();  // the parameters' roles, in store order
   std::vector<float> piece(size_t{1} << 16);
-  for (const Parameter& p : store_.all()) {
-    const bool is_ln = p.name.find(".ln_") != std::string::npos;
-    const bool is_bias = p.name.size() > 5 && p.name.substr(p.name.size() - 5) == ".bias";
-    const bool is_proj = p.name.find(".c_proj.weight") != std::string::npos;
-    const float stdv = is_proj ? proj_std : 0.02f;
+  for (size_t k = 0; k < spec.size(); ++k) {
+    const Parameter& p = store_.all()[k];
+    float fill = 0.0f, stdv = 0.0f;  // a constant, or N(0, stdv) when stdv > 0
+    switch (spec[k].role) {
+      case Gpt2Role::lnf_w: case Gpt2Role::ln1_w: case Gpt2Role::ln2_w: fill = 1.0f; break;
+      case Gpt2Role::lnf_b: case Gpt2Role::ln1_b: case Gpt2Role::ln2_b: case Gpt2Role::qkv_b: case Gpt2Role::proj_b:
+      case Gpt2Role::fc_b: case Gpt2Role::fc2_b: break;
+      case Gpt2Role::proj_w: case Gpt2Role::fc2_w: stdv = proj_std; break;  // the residual projections
+      case Gpt2Role::wte: case Gpt2Role::wpe: case Gpt2Role::qkv_w: case Gpt2Role::fc_w: stdv = 0.02f; break;
+    }
     for (int64_t first = 0; first < p.numel();) {
       const int64_t n = std::min<int64_t>(static_cast<int64_t>(piece.size()), p.numel() - first);
-      for (int64_t i = 0; i < n; ++i) piece[i] = is_ln && !is_bias ? 1.0f : is_bias ? 0.0f : stdv * rng.normal();
+      for (int64_t i = 0; i < n; ++i) piece[i] = stdv > 0.0f ? stdv * rng.normal() : fill;
       sink(p.offset + first, piece.data(), n);
       first += n;
     }

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "ds/nn/layers.h"
+#include "ds/nn/models/gpt2_spec.h"
 #include "ds/nn/module_runner.h"
 
 namespace ds {
@@ -35,6 +36,8 @@ struct Gpt2Config {
   static Gpt2Config from_json(const nlohmann::json& j, const std::string& where);
   nlohmann::json to_json() const;
   void validate() const;
+  // The model's weights (gpt2_spec.h), and how many values they hold.
+  std::vector<Gpt2Weight> weight_spec() const;
   int64_t num_params() const;
   std::string str() const;
 };
@@ -95,7 +98,7 @@ class Gpt2Head final : public Block {
 using ParamSink = std::function<void(int64_t flat_offset, const float* values, int64_t n)>;
 
 // GPT-2 as a chain of blocks run by a ModuleRunner: embedding, n_layer transformer blocks, ln_f, head; wte is
-// tied between the embedding and the head.
+// tied between the embedding and the head. Its parameters are the weight spec's, in its order (checked when built).
 class Gpt2 : public Module {
  public:
   // unit_alignment, with_grads, with_params and the dtypes are passed to ParameterStore::materialize (ZeRO sets
@@ -106,7 +109,7 @@ class Gpt2 : public Module {
   ParameterStore& params() { return store_; }
   void collect_parameters(std::vector<Parameter*>& out) const override;
 
-  // GPT-2 initialisation: weights N(0, 0.02), residual projections N(0, 0.02/sqrt(2 n_layer)), biases 0,
+  // GPT-2 initialisation by role: weights N(0, 0.02), residual projections N(0, 0.02/sqrt(2 n_layer)), biases 0,
   // LayerNorm weights 1. The first form writes the resident parameters; the second hands the values, in
   // declaration order and a piece at a time, to `sink` (ZeRO-3 keeps only its partition of them).
   void init_weights(uint64_t seed);
@@ -129,6 +132,8 @@ class Gpt2 : public Module {
   int64_t check_tokens(const int32_t* tokens, int B, int T, bool are_targets) const;
 
  private:
+  void check_against_spec() const;
+
   Gpt2Config config_;
   ParameterStore store_;
   Parameter* wte_;

@@ -1,0 +1,33 @@
+#include "ds/nn/models/gpt2_spec.h"
+
+namespace ds {
+
+std::vector<Gpt2Weight> gpt2_weight_spec(int n_layer, int n_embd, int vocab_size, int block_size) {
+  const int64_t C = n_embd;
+  std::vector<Gpt2Weight> spec;
+  spec.push_back({Gpt2Role::wte, -1, "transformer.wte.weight", {vocab_size, C}});
+  spec.push_back({Gpt2Role::wpe, -1, "transformer.wpe.weight", {block_size, C}});
+  for (int l = 0; l < n_layer; ++l) {
+    const std::string p = "transformer.h." + std::to_string(l) + ".";
+    auto add = [&](Gpt2Role role, const char* name, std::vector<int64_t> shape) {
+      spec.push_back({role, l, p + name, std::move(shape)});
+    };
+    add(Gpt2Role::ln1_w, "ln_1.weight", {C});
+    add(Gpt2Role::ln1_b, "ln_1.bias", {C});
+    add(Gpt2Role::qkv_w, "attn.c_attn.weight", {C, 3 * C});
+    add(Gpt2Role::qkv_b, "attn.c_attn.bias", {3 * C});
+    add(Gpt2Role::proj_w, "attn.c_proj.weight", {C, C});
+    add(Gpt2Role::proj_b, "attn.c_proj.bias", {C});
+    add(Gpt2Role::ln2_w, "ln_2.weight", {C});
+    add(Gpt2Role::ln2_b, "ln_2.bias", {C});
+    add(Gpt2Role::fc_w, "mlp.c_fc.weight", {C, 4 * C});
+    add(Gpt2Role::fc_b, "mlp.c_fc.bias", {4 * C});
+    add(Gpt2Role::fc2_w, "mlp.c_proj.weight", {4 * C, C});
+    add(Gpt2Role::fc2_b, "mlp.c_proj.bias", {C});
+  }
+  spec.push_back({Gpt2Role::lnf_w, -1, "transformer.ln_f.weight", {C}});
+  spec.push_back({Gpt2Role::lnf_b, -1, "transformer.ln_f.bias", {C}});
+  return spec;
+}
+
+}  // namespace ds
