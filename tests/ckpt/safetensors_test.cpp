@@ -35,7 +35,7 @@ class SafetensorsTest : public test::ScratchDirTest {
     const std::string p = path("bad.safetensors");
     write_bytes(p, bytes);
     try {
-      SafetensorsFile::open(p);
+      ckpt::SafetensorsFile::open(p);
       ADD_FAILURE() << "expected IoError containing '" << needle << "'";
     } catch (const IoError& e) {
       EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
@@ -46,7 +46,7 @@ class SafetensorsTest : public test::ScratchDirTest {
 };
 
 template <typename T>
-std::vector<T> as(const SafetensorsView& v) {
+std::vector<T> as(const ckpt::SafetensorsView& v) {
   std::vector<T> out(v.nbytes / sizeof(T));
   if (v.nbytes) std::memcpy(out.data(), v.data, v.nbytes);
   return out;
@@ -60,7 +60,7 @@ TEST_F(SafetensorsTest, RoundTripSeveralDtypesAndMetadata) {
   const std::vector<int64_t> i64 = {-(int64_t{1} << 40), 5};
   const std::vector<uint8_t> u8 = {0, 17, 255};
   const std::vector<double> f64 = {3.141592653589793};
-  const std::vector<SafetensorsEntry> entries = {
+  const std::vector<ckpt::SafetensorsEntry> entries = {
       {"u8", "U8", {3}, u8.data(), 3},  // 1-byte first: the writer must still align the rest
       {"w.f32", "F32", {2, 3}, f32.data(), 24},
       {"w.bf16", "BF16", {3}, bf16.data(), 6},
@@ -72,16 +72,16 @@ TEST_F(SafetensorsTest, RoundTripSeveralDtypesAndMetadata) {
   };
   const std::map<std::string, std::string> meta = {{"format", "pt"}, {"step", "12"}, {"note", "q\"uote\n"}};
   const std::string p = path("rt.safetensors");
-  write_safetensors(p, entries, meta);
+  ckpt::write_safetensors(p, entries, meta);
 
-  SafetensorsFile f = SafetensorsFile::open(p);
+  ckpt::SafetensorsFile f = ckpt::SafetensorsFile::open(p);
   EXPECT_EQ(f.size(), entries.size());
   EXPECT_EQ(f.names(), (std::vector<std::string>{"empty", "i32", "i64", "scalar", "u8", "w.bf16", "w.f16", "w.f32"}));
   EXPECT_EQ(f.metadata(), meta);
-  for (const SafetensorsEntry& e : entries) {
+  for (const ckpt::SafetensorsEntry& e : entries) {
     SCOPED_TRACE(e.name);
     ASSERT_TRUE(f.contains(e.name));
-    const SafetensorsView& v = f.get(e.name);
+    const ckpt::SafetensorsView& v = f.get(e.name);
     EXPECT_EQ(v.dtype, e.dtype);
     EXPECT_EQ(v.shape, e.shape);
     ASSERT_EQ(v.nbytes, e.nbytes);
@@ -89,40 +89,42 @@ TEST_F(SafetensorsTest, RoundTripSeveralDtypesAndMetadata) {
       EXPECT_EQ(std::memcmp(v.data, e.data, e.nbytes), 0);
     }
     // Written by us, so aligned to the element size.
-    EXPECT_EQ(reinterpret_cast<uintptr_t>(v.data) % safetensors_dtype_size(e.dtype), 0u);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(v.data) % ckpt::safetensors_dtype_size(e.dtype), 0u);
   }
   EXPECT_EQ(f.get("scalar").numel(), 1);
   EXPECT_EQ(f.get("empty").numel(), 0);
   EXPECT_FALSE(f.contains("missing"));
 
   // F32 reads back bit-exact (signed zero, subnormal, inf); BF16/F16 widen exactly.
-  std::vector<float> back = read_safetensors_f32(f, "w.f32");
+  std::vector<float> back = ckpt::read_safetensors_f32(f, "w.f32");
   ASSERT_EQ(back.size(), f32.size());
   for (size_t i = 0; i < f32.size(); ++i) EXPECT_EQ(std::bit_cast<uint32_t>(back[i]), std::bit_cast<uint32_t>(f32[i]));
-  std::vector<float> b = read_safetensors_f32(f, "w.bf16");
+  std::vector<float> b = ckpt::read_safetensors_f32(f, "w.bf16");
   EXPECT_EQ(b[0], 1.0f);
   EXPECT_EQ(b[1], -2.0f);
   EXPECT_TRUE(std::isnan(b[2]));
-  EXPECT_EQ(read_safetensors_f32(f, "w.f16"), (std::vector<float>{1.0f, std::ldexp(1.0f, -24), -65504.0f, INFINITY}));
-  EXPECT_EQ(read_safetensors_i32(f, "i32"), i32);
-  EXPECT_THROW(read_safetensors_i32(f, "i64"), IoError);  // -2^40 does not fit: refuse rather than wrap
+  EXPECT_EQ(ckpt::read_safetensors_f32(f, "w.f16"),
+            (std::vector<float>{1.0f, std::ldexp(1.0f, -24), -65504.0f, INFINITY}));
+  EXPECT_EQ(ckpt::read_safetensors_i32(f, "i32"), i32);
+  EXPECT_THROW(ckpt::read_safetensors_i32(f, "i64"), IoError);  // -2^40 does not fit: refuse rather than wrap
 }
 
 TEST_F(SafetensorsTest, I64ToI32RefusesOverflow) {
   const std::vector<int64_t> ok = {-3, 2147483647};
   const std::vector<int64_t> big = {int64_t{1} << 40};
-  write_safetensors(path("i.safetensors"), {{"ok", "I64", {2}, ok.data(), 16}, {"big", "I64", {1}, big.data(), 8}});
-  SafetensorsFile f = SafetensorsFile::open(path("i.safetensors"));
-  EXPECT_EQ(read_safetensors_i32(f, "ok"), (std::vector<int32_t>{-3, 2147483647}));
-  EXPECT_THROW(read_safetensors_i32(f, "big"), IoError);
-  EXPECT_THROW(read_safetensors_f32(f, "ok"), IoError);
-  EXPECT_THROW(read_safetensors_i32(f, "nope"), IoError);
+  ckpt::write_safetensors(path("i.safetensors"),
+                          {{"ok", "I64", {2}, ok.data(), 16}, {"big", "I64", {1}, big.data(), 8}});
+  ckpt::SafetensorsFile f = ckpt::SafetensorsFile::open(path("i.safetensors"));
+  EXPECT_EQ(ckpt::read_safetensors_i32(f, "ok"), (std::vector<int32_t>{-3, 2147483647}));
+  EXPECT_THROW(ckpt::read_safetensors_i32(f, "big"), IoError);
+  EXPECT_THROW(ckpt::read_safetensors_f32(f, "ok"), IoError);
+  EXPECT_THROW(ckpt::read_safetensors_i32(f, "nope"), IoError);
 }
 
 TEST_F(SafetensorsTest, HeaderIsCompactJsonPaddedWithSpacesToEightBytes) {
   const std::vector<float> x = {1, 2, 3};
   const std::string p = path("h.safetensors");
-  write_safetensors(p, {{"x", "F32", {3}, x.data(), 12}}, {{"k", "v"}});
+  ckpt::write_safetensors(p, {{"x", "F32", {3}, x.data(), 12}}, {{"k", "v"}});
   const std::string bytes = read_bytes(p);
   uint64_t n = 0;
   std::memcpy(&n, bytes.data(), 8);
@@ -138,8 +140,8 @@ TEST_F(SafetensorsTest, HeaderIsCompactJsonPaddedWithSpacesToEightBytes) {
 
 TEST_F(SafetensorsTest, NoTensorsNoMetadata) {
   const std::string p = path("empty.safetensors");
-  write_safetensors(p, {});
-  SafetensorsFile f = SafetensorsFile::open(p);
+  ckpt::write_safetensors(p, {});
+  ckpt::SafetensorsFile f = ckpt::SafetensorsFile::open(p);
   EXPECT_EQ(f.size(), 0u);
   EXPECT_TRUE(f.metadata().empty());
   EXPECT_EQ(read_bytes(p), raw("{}      ", ""));
@@ -147,38 +149,38 @@ TEST_F(SafetensorsTest, NoTensorsNoMetadata) {
 
 TEST_F(SafetensorsTest, ReadsPythonFixture) {
   // Written by scripts/gen_fixtures.py in alphabetical order with no alignment: e_i64 and g_scalar are unaligned.
-  SafetensorsFile f = SafetensorsFile::open(fixture("safetensors_small.safetensors"));
+  ckpt::SafetensorsFile f = ckpt::SafetensorsFile::open(fixture("safetensors_small.safetensors"));
   EXPECT_EQ(f.names(), (std::vector<std::string>{"a_f32", "b_bf16", "c_f16", "d_i32", "e_i64", "f_u8", "g_scalar"}));
   EXPECT_EQ(f.metadata(), (std::map<std::string, std::string>{{"format", "pt"}, {"producer", "scripts/gen_fixtures.py"}}));
 
-  const SafetensorsView& a = f.get("a_f32");
+  const ckpt::SafetensorsView& a = f.get("a_f32");
   EXPECT_EQ(a.dtype, "F32");
   EXPECT_EQ(a.shape, (std::vector<int64_t>{2, 3}));
-  std::vector<float> av = safetensors_to_f32(a);
+  std::vector<float> av = ckpt::safetensors_to_f32(a);
   EXPECT_EQ(av, (std::vector<float>{1.0f, -2.5f, 3.25f, 0.1f, 1e30f, -0.0f}));
   EXPECT_TRUE(std::signbit(av[5]));
 
   EXPECT_EQ(f.get("b_bf16").shape, (std::vector<int64_t>{4}));
-  EXPECT_EQ(read_safetensors_f32(f, "b_bf16"), (std::vector<float>{1.0f, -2.0f, 0.5f, 3.140625f}));
+  EXPECT_EQ(ckpt::read_safetensors_f32(f, "b_bf16"), (std::vector<float>{1.0f, -2.0f, 0.5f, 3.140625f}));
   EXPECT_EQ(f.get("c_f16").shape, (std::vector<int64_t>{2, 2}));
-  EXPECT_EQ(read_safetensors_f32(f, "c_f16"), (std::vector<float>{1.0f, -0.5f, 65504.0f, std::ldexp(1.0f, -24)}));
-  EXPECT_EQ(read_safetensors_i32(f, "d_i32"), (std::vector<int32_t>{-1, 0, 2147483647}));
+  EXPECT_EQ(ckpt::read_safetensors_f32(f, "c_f16"), (std::vector<float>{1.0f, -0.5f, 65504.0f, std::ldexp(1.0f, -24)}));
+  EXPECT_EQ(ckpt::read_safetensors_i32(f, "d_i32"), (std::vector<int32_t>{-1, 0, 2147483647}));
   EXPECT_EQ(f.get("e_i64").dtype, "I64");
   EXPECT_EQ(as<int64_t>(f.get("e_i64")), (std::vector<int64_t>{-(int64_t{1} << 40), 7}));
   EXPECT_EQ(as<uint8_t>(f.get("f_u8")), (std::vector<uint8_t>{0, 1, 2, 254, 255}));
-  const SafetensorsView& s = f.get("g_scalar");
+  const ckpt::SafetensorsView& s = f.get("g_scalar");
   EXPECT_TRUE(s.shape.empty());
   EXPECT_EQ(s.numel(), 1);
-  EXPECT_EQ(safetensors_to_f32(s), (std::vector<float>{42.0f}));
+  EXPECT_EQ(ckpt::safetensors_to_f32(s), (std::vector<float>{42.0f}));
 }
 
 TEST_F(SafetensorsTest, MissingTensorNamesFileAndClosestNames) {
   const std::vector<float> x = {1};
   const std::string p = path("m.safetensors");
-  write_safetensors(p, {{"transformer.h.0.ln_1.weight", "F32", {1}, x.data(), 4},
+  ckpt::write_safetensors(p, {{"transformer.h.0.ln_1.weight", "F32", {1}, x.data(), 4},
                         {"transformer.h.0.ln_2.weight", "F32", {1}, x.data(), 4},
                         {"transformer.wte.weight", "F32", {1}, x.data(), 4}});
-  SafetensorsFile f = SafetensorsFile::open(p);
+  ckpt::SafetensorsFile f = ckpt::SafetensorsFile::open(p);
   try {
     f.get("transformer.h.0.ln_1.wieght");
     ADD_FAILURE() << "expected IoError";
@@ -192,17 +194,17 @@ TEST_F(SafetensorsTest, MissingTensorNamesFileAndClosestNames) {
 
 TEST_F(SafetensorsTest, MoveKeepsMappingAlive) {
   const std::vector<int32_t> x = {4, 5, 6};
-  write_safetensors(path("mv.safetensors"), {{"x", "I32", {3}, x.data(), 12}});
-  SafetensorsFile a = SafetensorsFile::open(path("mv.safetensors"));
-  const SafetensorsView* v = &a.get("x");
-  SafetensorsFile b = std::move(a);
+  ckpt::write_safetensors(path("mv.safetensors"), {{"x", "I32", {3}, x.data(), 12}});
+  ckpt::SafetensorsFile a = ckpt::SafetensorsFile::open(path("mv.safetensors"));
+  const ckpt::SafetensorsView* v = &a.get("x");
+  ckpt::SafetensorsFile b = std::move(a);
   EXPECT_EQ(&b.get("x"), v);
   EXPECT_EQ(as<int32_t>(b.get("x")), x);
 }
 
 TEST_F(SafetensorsTest, OpenMissingFile) {
   try {
-    SafetensorsFile::open(path("nope.safetensors"));
+    ckpt::SafetensorsFile::open(path("nope.safetensors"));
     ADD_FAILURE() << "expected IoError";
   } catch (const IoError& e) {
     EXPECT_NE(std::string(e.what()).find("nope.safetensors"), std::string::npos) << e.what();
@@ -238,22 +240,22 @@ TEST_F(SafetensorsTest, CorruptFilesThrowIoError) {
                   "overflowing");
   // And the untouched raw file is accepted, so the cases above fail for the reason named.
   write_bytes(path("good.safetensors"), raw(ok_header, data8));
-  EXPECT_EQ(SafetensorsFile::open(path("good.safetensors")).get("x").nbytes, 8u);
+  EXPECT_EQ(ckpt::SafetensorsFile::open(path("good.safetensors")).get("x").nbytes, 8u);
 }
 
 TEST_F(SafetensorsTest, WriteIntoMissingDirectoryThrows) {
   const std::vector<float> x = {1};
   const std::string p = path("no/such/dir/x.safetensors");
-  EXPECT_THROW(write_safetensors(p, {{"x", "F32", {1}, x.data(), 4}}), IoError);
+  EXPECT_THROW(ckpt::write_safetensors(p, {{"x", "F32", {1}, x.data(), 4}}), IoError);
   EXPECT_TRUE(dir_entries().empty());
 }
 
 TEST_F(SafetensorsTest, InvalidEntriesLeaveExistingFileIntact) {
   const std::vector<float> x = {1, 2};
   const std::string p = path("keep.safetensors");
-  write_safetensors(p, {{"x", "F32", {2}, x.data(), 8}}, {{"v", "1"}});
+  ckpt::write_safetensors(p, {{"x", "F32", {2}, x.data(), 8}}, {{"v", "1"}});
   const std::string before = read_bytes(p);
-  const std::vector<std::vector<SafetensorsEntry>> bad = {
+  const std::vector<std::vector<ckpt::SafetensorsEntry>> bad = {
       {{"x", "F33", {2}, x.data(), 8}},                             // unknown dtype
       {{"x", "F32", {3}, x.data(), 8}},                             // nbytes != numel * size
       {{"x", "F32", {-2}, x.data(), 8}},                            // negative dim
@@ -264,17 +266,17 @@ TEST_F(SafetensorsTest, InvalidEntriesLeaveExistingFileIntact) {
   };
   for (size_t i = 0; i < bad.size(); ++i) {
     SCOPED_TRACE(i);
-    EXPECT_THROW(write_safetensors(p, bad[i], {{"v", "2"}}), IoError);
+    EXPECT_THROW(ckpt::write_safetensors(p, bad[i], {{"v", "2"}}), IoError);
     EXPECT_EQ(read_bytes(p), before);
     EXPECT_EQ(dir_entries(), (std::vector<std::string>{"keep.safetensors"}));
   }
-  EXPECT_EQ(SafetensorsFile::open(p).metadata().at("v"), "1");
+  EXPECT_EQ(ckpt::SafetensorsFile::open(p).metadata().at("v"), "1");
 }
 
 TEST_F(SafetensorsTest, FailedWriteRemovesTempAndKeepsOldFile) {
   const std::vector<float> small = {1, 2};
   const std::string p = path("old.safetensors");
-  write_safetensors(p, {{"x", "F32", {2}, small.data(), 8}});
+  ckpt::write_safetensors(p, {{"x", "F32", {2}, small.data(), 8}});
   const std::string before = read_bytes(p);
 
   // Make write() fail with EFBIG part-way through a 64 KiB tensor.
@@ -287,7 +289,7 @@ TEST_F(SafetensorsTest, FailedWriteRemovesTempAndKeepsOldFile) {
   ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &low), 0);
   bool threw = false;
   try {
-    write_safetensors(p, {{"x", "F32", {16384}, big.data(), big.size() * 4}});
+    ckpt::write_safetensors(p, {{"x", "F32", {16384}, big.data(), big.size() * 4}});
   } catch (const IoError&) {
     threw = true;
   }
@@ -301,19 +303,19 @@ TEST_F(SafetensorsTest, FailedWriteRemovesTempAndKeepsOldFile) {
 TEST_F(SafetensorsTest, OverwriteReplacesFileAndLeavesNoTemp) {
   const std::vector<float> a = {1, 2}, b = {7, 8, 9};
   const std::string p = path("w.safetensors");
-  write_safetensors(p, {{"a", "F32", {2}, a.data(), 8}});
-  SafetensorsFile old = SafetensorsFile::open(p);  // an open mapping survives the rename
-  write_safetensors(p, {{"b", "F32", {3}, b.data(), 12}});
-  EXPECT_EQ(safetensors_to_f32(old.get("a")), a);
-  SafetensorsFile f = SafetensorsFile::open(p);
+  ckpt::write_safetensors(p, {{"a", "F32", {2}, a.data(), 8}});
+  ckpt::SafetensorsFile old = ckpt::SafetensorsFile::open(p);  // an open mapping survives the rename
+  ckpt::write_safetensors(p, {{"b", "F32", {3}, b.data(), 12}});
+  EXPECT_EQ(ckpt::safetensors_to_f32(old.get("a")), a);
+  ckpt::SafetensorsFile f = ckpt::SafetensorsFile::open(p);
   EXPECT_FALSE(f.contains("a"));
-  EXPECT_EQ(read_safetensors_f32(f, "b"), b);
+  EXPECT_EQ(ckpt::read_safetensors_f32(f, "b"), b);
   EXPECT_EQ(dir_entries(), (std::vector<std::string>{"w.safetensors"}));
 }
 
 // The GPT-2 golden is consumed by the nn/optim tests; here we check it is well-formed and self-consistent.
 TEST_F(SafetensorsTest, Gpt2GoldenFixtureIsConsistent) {
-  SafetensorsFile f = SafetensorsFile::open(fixture("gpt2_tiny_golden.safetensors"));
+  ckpt::SafetensorsFile f = ckpt::SafetensorsFile::open(fixture("gpt2_tiny_golden.safetensors"));
   const auto& m = f.metadata();
   for (const char* k : {"n_layer", "n_head", "n_embd", "vocab_size", "block_size", "B", "T", "lr", "betas", "eps",
                         "weight_decay"}) {
@@ -346,11 +348,11 @@ TEST_F(SafetensorsTest, Gpt2GoldenFixtureIsConsistent) {
   for (const auto& [name, shape] : params) {
     for (const char* prefix : {"param.", "grad.", "adamw3."}) {
       SCOPED_TRACE(prefix + name);
-      const SafetensorsView& v = f.get(prefix + name);
+      const ckpt::SafetensorsView& v = f.get(prefix + name);
       EXPECT_EQ(v.dtype, "F32");
       EXPECT_EQ(v.shape, shape);
     }
-    EXPECT_NE(read_safetensors_f32(f, "param." + name), read_safetensors_f32(f, "adamw3." + name)) << name;
+    EXPECT_NE(ckpt::read_safetensors_f32(f, "param." + name), ckpt::read_safetensors_f32(f, "adamw3." + name)) << name;
   }
   EXPECT_EQ(f.size(), 3 * params.size() + 2 + 1 + 1 + 3);  // + ids, targets, logits, loss, 3 step losses
   EXPECT_FALSE(f.contains("lm_head.weight"));
@@ -358,9 +360,9 @@ TEST_F(SafetensorsTest, Gpt2GoldenFixtureIsConsistent) {
   // Mean cross-entropy recomputed from the stored logits and targets.
   EXPECT_EQ(f.get("logits").shape, (std::vector<int64_t>{B, T, V}));
   EXPECT_EQ(f.get("input_ids").shape, (std::vector<int64_t>{B, T}));
-  const std::vector<float> logits = read_safetensors_f32(f, "logits");
-  const std::vector<int32_t> ids = read_safetensors_i32(f, "input_ids");
-  const std::vector<int32_t> targets = read_safetensors_i32(f, "targets");
+  const std::vector<float> logits = ckpt::read_safetensors_f32(f, "logits");
+  const std::vector<int32_t> ids = ckpt::read_safetensors_i32(f, "input_ids");
+  const std::vector<int32_t> targets = ckpt::read_safetensors_i32(f, "targets");
   for (int32_t t : ids) EXPECT_TRUE(t >= 0 && t < V);
   double loss = 0;
   for (int r = 0; r < B * T; ++r) {
@@ -371,10 +373,10 @@ TEST_F(SafetensorsTest, Gpt2GoldenFixtureIsConsistent) {
     loss += mx + std::log(z) - logits[r * V + targets[r]];
   }
   loss /= B * T;
-  const float stored = read_safetensors_f32(f, "loss").at(0);
+  const float stored = ckpt::read_safetensors_f32(f, "loss").at(0);
   EXPECT_NEAR(loss, stored, 1e-5);
-  EXPECT_EQ(read_safetensors_f32(f, "loss_step0").at(0), stored);
-  EXPECT_LT(read_safetensors_f32(f, "loss_step2").at(0), stored);
+  EXPECT_EQ(ckpt::read_safetensors_f32(f, "loss_step0").at(0), stored);
+  EXPECT_LT(ckpt::read_safetensors_f32(f, "loss_step2").at(0), stored);
 }
 
 }  // namespace

@@ -24,11 +24,11 @@ T input_value(int rank, size_t i, int salt) {
 }
 
 template <typename T>
-T apply(ReduceOp op, T a, T b) {
+T apply(comm::ReduceOp op, T a, T b) {
   switch (op) {
-    case ReduceOp::sum: return a + b;
-    case ReduceOp::max: return std::max(a, b);
-    case ReduceOp::min: return std::min(a, b);
+    case comm::ReduceOp::sum: return a + b;
+    case comm::ReduceOp::max: return std::max(a, b);
+    case comm::ReduceOp::min: return std::min(a, b);
   }
   return a;
 }
@@ -45,12 +45,12 @@ void expect_same(const std::vector<T>& actual, const std::vector<T>& expected, c
   }
 }
 
-inline std::string where(const Communicator& c, const char* what) {
+inline std::string where(const comm::Communicator& c, const char* what) {
   return std::string(what) + " on rank " + std::to_string(c.rank()) + "/" + std::to_string(c.size());
 }
 
 template <typename T>
-void check_all_reduce(Communicator& c, ReduceOp op, size_t count) {
+void check_all_reduce(comm::Communicator& c, comm::ReduceOp op, size_t count) {
   const int W = c.size(), r = c.rank();
   std::vector<T> data(count), expected(count);
   for (size_t i = 0; i < count; ++i) {
@@ -64,7 +64,7 @@ void check_all_reduce(Communicator& c, ReduceOp op, size_t count) {
 }
 
 template <typename T>
-void check_reduce_scatter(Communicator& c, ReduceOp op, size_t count, bool in_place) {
+void check_reduce_scatter(comm::Communicator& c, comm::ReduceOp op, size_t count, bool in_place) {
   const int W = c.size(), r = c.rank();
   std::vector<T> send(count * W), recv(count), expected(count);
   for (size_t j = 0; j < send.size(); ++j) send[j] = input_value<T>(r, j, 2);
@@ -80,7 +80,7 @@ void check_reduce_scatter(Communicator& c, ReduceOp op, size_t count, bool in_pl
 }
 
 template <typename T>
-void check_all_gather(Communicator& c, size_t count, bool in_place) {
+void check_all_gather(comm::Communicator& c, size_t count, bool in_place) {
   const int W = c.size(), r = c.rank();
   std::vector<T> send(count), recv(count * W), expected(count * W);
   for (size_t i = 0; i < count; ++i) send[i] = input_value<T>(r, i, 3);
@@ -96,7 +96,7 @@ void check_all_gather(Communicator& c, size_t count, bool in_place) {
 }
 
 template <typename T>
-void check_broadcast(Communicator& c, size_t count) {
+void check_broadcast(comm::Communicator& c, size_t count) {
   for (int root = 0; root < c.size(); ++root) {
     std::vector<T> data(count), expected(count);
     for (size_t i = 0; i < count; ++i) {
@@ -112,7 +112,7 @@ void check_broadcast(Communicator& c, size_t count) {
 inline size_t a2a_count(int src, int dst) { return static_cast<size_t>((src + 2 * dst) % 3 + (src != dst ? 1 : 0)); }
 
 template <typename T>
-void check_all_to_all_v(Communicator& c) {
+void check_all_to_all_v(comm::Communicator& c) {
   const int W = c.size(), r = c.rank();
   std::vector<size_t> send_counts(W), recv_counts(W);
   std::vector<T> send, expected;
@@ -131,7 +131,7 @@ void check_all_to_all_v(Communicator& c) {
 
 // Ring exchange posted send-first on every rank (would deadlock with blocking rendezvous sends), with two tags
 // and two messages on one tag (which must arrive in order).
-inline void check_send_recv(Communicator& c) {
+inline void check_send_recv(comm::Communicator& c) {
   const int W = c.size(), r = c.rank();
   const int to = (r + 1) % W, from = (r + W - 1) % W;
   const size_t n = 257;
@@ -160,15 +160,15 @@ inline void check_send_recv(Communicator& c) {
 }
 
 // Async collectives complete in issue order: once the last one is done, all earlier ones are.
-inline void check_async_order(Communicator& c) {
+inline void check_async_order(comm::Communicator& c) {
   const int W = c.size(), r = c.rank();
   constexpr int kCalls = 8;
   const size_t n = 20000;
   std::vector<std::vector<int32_t>> bufs(kCalls, std::vector<int32_t>(n));
-  std::vector<WorkPtr> works;
+  std::vector<comm::WorkPtr> works;
   for (int k = 0; k < kCalls; ++k) {
     for (size_t i = 0; i < n; ++i) bufs[k][i] = input_value<int32_t>(r, i, 20 + k);
-    works.push_back(c.all_reduce_async(bufs[k].data(), n, DType::i32, ReduceOp::sum));
+    works.push_back(c.all_reduce_async(bufs[k].data(), n, DType::i32, comm::ReduceOp::sum));
   }
   works.back()->wait();
   for (int k = 0; k < kCalls; ++k) EXPECT_TRUE(works[k]->test()) << where(c, "async order") << " call " << k;
@@ -185,7 +185,7 @@ inline void check_async_order(Communicator& c) {
 }
 
 // Note [Traffic accounting], written out independently: one call of each kind on f32 buffers.
-inline void check_stats(Communicator& c) {
+inline void check_stats(comm::Communicator& c) {
   const int64_t W = c.size(), r = c.rank();
   c.stats().reset();
   std::vector<float> buf(1000 * W), out(1000 * W);
@@ -200,29 +200,30 @@ inline void check_stats(Communicator& c) {
   c.recv_async(out.data(), 100, DType::f32, from, 1)->wait();
   s->wait();
   c.barrier();
-  const CommStats& st = c.stats();
-  auto at = [&](Collective k) { return static_cast<size_t>(k); };
-  for (int k = 0; k < kCollectiveCount; ++k) EXPECT_EQ(st.calls[k], 1) << collective_name(Collective(k));
-  EXPECT_EQ(st.bytes[at(Collective::all_reduce)], 2 * 4000 * (W - 1) / W);
-  EXPECT_EQ(st.bytes[at(Collective::reduce_scatter)], 1000 * (W - 1));
-  EXPECT_EQ(st.bytes[at(Collective::all_gather)], 1000 * (W - 1));
-  EXPECT_EQ(st.bytes[at(Collective::broadcast)], r == 0 ? 4000 : 0);
-  EXPECT_EQ(st.bytes[at(Collective::all_to_all)], 12 * (W - 1));
-  EXPECT_EQ(st.bytes[at(Collective::send)], 400);
-  EXPECT_EQ(st.bytes[at(Collective::recv)], 0);
-  EXPECT_EQ(st.bytes[at(Collective::barrier)], 0);
-  EXPECT_EQ(st.payload[at(Collective::all_reduce)], 4000);
-  EXPECT_EQ(st.payload[at(Collective::reduce_scatter)], 1000 * W);
-  EXPECT_EQ(st.payload[at(Collective::all_gather)], 1000 * W);
-  EXPECT_EQ(st.payload[at(Collective::broadcast)], 4000);
-  EXPECT_EQ(st.payload[at(Collective::all_to_all)], 12 * W);
-  EXPECT_EQ(st.payload[at(Collective::send)], 400);
-  EXPECT_EQ(st.payload[at(Collective::recv)], 400);
+  const comm::CommStats& st = c.stats();
+  auto at = [&](comm::Collective k) { return static_cast<size_t>(k); };
+  for (int k = 0; k < comm::kCollectiveCount; ++k)
+    EXPECT_EQ(st.calls[k], 1) << comm::collective_name(comm::Collective(k));
+  EXPECT_EQ(st.bytes[at(comm::Collective::all_reduce)], 2 * 4000 * (W - 1) / W);
+  EXPECT_EQ(st.bytes[at(comm::Collective::reduce_scatter)], 1000 * (W - 1));
+  EXPECT_EQ(st.bytes[at(comm::Collective::all_gather)], 1000 * (W - 1));
+  EXPECT_EQ(st.bytes[at(comm::Collective::broadcast)], r == 0 ? 4000 : 0);
+  EXPECT_EQ(st.bytes[at(comm::Collective::all_to_all)], 12 * (W - 1));
+  EXPECT_EQ(st.bytes[at(comm::Collective::send)], 400);
+  EXPECT_EQ(st.bytes[at(comm::Collective::recv)], 0);
+  EXPECT_EQ(st.bytes[at(comm::Collective::barrier)], 0);
+  EXPECT_EQ(st.payload[at(comm::Collective::all_reduce)], 4000);
+  EXPECT_EQ(st.payload[at(comm::Collective::reduce_scatter)], 1000 * W);
+  EXPECT_EQ(st.payload[at(comm::Collective::all_gather)], 1000 * W);
+  EXPECT_EQ(st.payload[at(comm::Collective::broadcast)], 4000);
+  EXPECT_EQ(st.payload[at(comm::Collective::all_to_all)], 12 * W);
+  EXPECT_EQ(st.payload[at(comm::Collective::send)], 400);
+  EXPECT_EQ(st.payload[at(comm::Collective::recv)], 400);
   EXPECT_EQ(st.total_bytes(), 2 * 4000 * (W - 1) / W + 2000 * (W - 1) + (r == 0 ? 4000 : 0) + 12 * (W - 1) + 400);
 }
 
 // color = rank % 2 with key = -rank (reversed order), then a split of that with rank 0 left out (color -1).
-inline void check_split(Communicator& c) {
+inline void check_split(comm::Communicator& c) {
   const int W = c.size(), r = c.rank();
   auto sub = c.split(r % 2, -r);
   ASSERT_NE(sub, nullptr);
@@ -237,7 +238,7 @@ inline void check_split(Communicator& c) {
   EXPECT_EQ(v, expected) << where(c, "all_reduce in split");
   sub->stats().reset();
   sub->barrier();
-  EXPECT_EQ(sub->stats().calls[static_cast<size_t>(Collective::barrier)], 1);
+  EXPECT_EQ(sub->stats().calls[static_cast<size_t>(comm::Collective::barrier)], 1);
 
   auto none = c.split(r == 0 ? -1 : 0, r);
   if (r == 0) {
@@ -253,7 +254,7 @@ inline void check_split(Communicator& c) {
 }
 
 // Random floats reduced three times: bitwise identical each time, and identical on every rank.
-inline std::vector<float> check_repeatable_all_reduce(Communicator& c, size_t n) {
+inline std::vector<float> check_repeatable_all_reduce(comm::Communicator& c, size_t n) {
   std::mt19937 rng(1234 + c.rank());
   std::uniform_real_distribution<float> dist(-1.f, 1.f);
   std::vector<float> input(n);
@@ -276,7 +277,7 @@ inline std::vector<float> check_repeatable_all_reduce(Communicator& c, size_t n)
 
 // 16-bit floats (f16, bf16): all-reduce (counts that split over the ranks and counts that do not) and
 // reduce-scatter of small integers, which are exact in 16 bits, so any order of addition gives the same bits.
-inline void check_half_collectives(Communicator& c, DType dtype) {
+inline void check_half_collectives(comm::Communicator& c, DType dtype) {
   const int W = c.size(), r = c.rank();
   auto to16 = [&](const std::vector<float>& f) {
     std::vector<uint16_t> h(f.size());
@@ -288,7 +289,7 @@ inline void check_half_collectives(Communicator& c, DType dtype) {
     cpu::to_f32(f.data(), h.data(), dtype, h.size());
     return f;
   };
-  for (ReduceOp op : {ReduceOp::sum, ReduceOp::max}) {
+  for (comm::ReduceOp op : {comm::ReduceOp::sum, comm::ReduceOp::max}) {
     for (size_t n : {size_t(W) * 1000, size_t(W) * 3 + 1}) {
       std::vector<float> mine(n), expected(n);
       for (size_t i = 0; i < n; ++i) {
@@ -316,8 +317,8 @@ inline void check_half_collectives(Communicator& c, DType dtype) {
 }
 
 // Every check above, in one fixed order (every rank must call collectives in the same order).
-inline void check_everything(Communicator& c) {
-  for (ReduceOp op : {ReduceOp::sum, ReduceOp::max, ReduceOp::min}) {
+inline void check_everything(comm::Communicator& c) {
+  for (comm::ReduceOp op : {comm::ReduceOp::sum, comm::ReduceOp::max, comm::ReduceOp::min}) {
     for (size_t n : {size_t{0}, size_t{1}, size_t{17}, size_t{5003}}) {
       check_all_reduce<float>(c, op, n);
       check_all_reduce<int32_t>(c, op, n);

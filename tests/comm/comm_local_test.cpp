@@ -56,11 +56,11 @@ class Watchdog {
 };
 
 // run_local_world with a hang watchdog and a generous collective timeout.
-void run_world(int world, const std::function<void(Communicator&)>& fn) {
+void run_world(int world, const std::function<void(comm::Communicator&)>& fn) {
   Watchdog dog(120, "local world of " + std::to_string(world));
-  LocalWorldOptions options;
+  comm::LocalWorldOptions options;
   options.timeout_s = 60;
-  run_local_world(world, fn, options);
+  comm::run_local_world(world, fn, options);
 }
 
 std::string error_of(const std::function<void()>& fn) {
@@ -72,37 +72,37 @@ std::string error_of(const std::function<void()>& fn) {
   return "";
 }
 
-size_t at(Collective c) { return static_cast<size_t>(c); }
+size_t at(comm::Collective c) { return static_cast<size_t>(c); }
 
 // ---------------------------------------------------------------------------------------------------------------
 
 TEST(CommStats, NamesAndTotals) {
-  EXPECT_EQ(collective_name(Collective::all_reduce), "all_reduce");
-  EXPECT_EQ(collective_name(Collective::reduce_scatter), "reduce_scatter");
-  EXPECT_EQ(collective_name(Collective::all_gather), "all_gather");
-  EXPECT_EQ(collective_name(Collective::broadcast), "broadcast");
-  EXPECT_EQ(collective_name(Collective::all_to_all), "all_to_all");
-  EXPECT_EQ(collective_name(Collective::send), "send");
-  EXPECT_EQ(collective_name(Collective::recv), "recv");
-  EXPECT_EQ(collective_name(Collective::barrier), "barrier");
-  CommStats s;
-  s.record(Collective::all_reduce, 10, 20);
-  s.record(Collective::send, 5, 5);
-  EXPECT_EQ(s.calls[at(Collective::all_reduce)], 1);
+  EXPECT_EQ(comm::collective_name(comm::Collective::all_reduce), "all_reduce");
+  EXPECT_EQ(comm::collective_name(comm::Collective::reduce_scatter), "reduce_scatter");
+  EXPECT_EQ(comm::collective_name(comm::Collective::all_gather), "all_gather");
+  EXPECT_EQ(comm::collective_name(comm::Collective::broadcast), "broadcast");
+  EXPECT_EQ(comm::collective_name(comm::Collective::all_to_all), "all_to_all");
+  EXPECT_EQ(comm::collective_name(comm::Collective::send), "send");
+  EXPECT_EQ(comm::collective_name(comm::Collective::recv), "recv");
+  EXPECT_EQ(comm::collective_name(comm::Collective::barrier), "barrier");
+  comm::CommStats s;
+  s.record(comm::Collective::all_reduce, 10, 20);
+  s.record(comm::Collective::send, 5, 5);
+  EXPECT_EQ(s.calls[at(comm::Collective::all_reduce)], 1);
   EXPECT_EQ(s.total_bytes(), 15);
   EXPECT_EQ(s.total_payload(), 25);
   s.reset();
   EXPECT_EQ(s.total_bytes(), 0);
-  EXPECT_EQ(s.calls[at(Collective::send)], 0);
+  EXPECT_EQ(s.calls[at(comm::Collective::send)], 0);
 }
 
 TEST(CommSelf, CollectivesAreLocalCopiesAndMoveNoBytes) {
-  auto c = make_self_communicator();
+  auto c = comm::make_self_communicator();
   EXPECT_EQ(c->rank(), 0);
   EXPECT_EQ(c->size(), 1);
   EXPECT_EQ(c->backend(), "self");
   std::vector<float> a = {1, 2, 3}, b(3);
-  c->all_reduce(a.data(), 3, DType::f32, ReduceOp::max);
+  c->all_reduce(a.data(), 3, DType::f32, comm::ReduceOp::max);
   EXPECT_EQ(a, (std::vector<float>{1, 2, 3}));
   c->reduce_scatter(a.data(), b.data(), 3, DType::f32);
   EXPECT_EQ(b, a);
@@ -114,11 +114,11 @@ TEST(CommSelf, CollectivesAreLocalCopiesAndMoveNoBytes) {
   c->all_to_all_v_async(a.data(), {3}, b.data(), {3}, DType::f32)->wait();
   EXPECT_EQ(b, a);
   c->barrier();
-  EXPECT_TRUE(c->all_reduce_async(a.data(), 3, DType::f32, ReduceOp::sum)->test());
+  EXPECT_TRUE(c->all_reduce_async(a.data(), 3, DType::f32, comm::ReduceOp::sum)->test());
   EXPECT_EQ(c->stats().total_bytes(), 0);
-  EXPECT_EQ(c->stats().calls[at(Collective::all_reduce)], 2);
-  EXPECT_EQ(c->stats().calls[at(Collective::barrier)], 1);
-  EXPECT_EQ(c->stats().payload[at(Collective::all_gather)], 12);
+  EXPECT_EQ(c->stats().calls[at(comm::Collective::all_reduce)], 2);
+  EXPECT_EQ(c->stats().calls[at(comm::Collective::barrier)], 1);
+  EXPECT_EQ(c->stats().payload[at(comm::Collective::all_gather)], 12);
   EXPECT_THROW(c->send_async(a.data(), 3, DType::f32, 0, 0), CommError);
   EXPECT_THROW(c->broadcast(a.data(), 3, DType::f32, 1), CommError);
   const std::vector<float> before = a;
@@ -139,9 +139,9 @@ TEST(CommSelf, CollectivesAreLocalCopiesAndMoveNoBytes) {
 class CommLocalWorld : public ::testing::TestWithParam<int> {};
 
 TEST_P(CommLocalWorld, AllReduce) {
-  run_world(GetParam(), [](Communicator& c) {
+  run_world(GetParam(), [](comm::Communicator& c) {
     EXPECT_EQ(c.backend(), "local");
-    for (ReduceOp op : {ReduceOp::sum, ReduceOp::max, ReduceOp::min}) {
+    for (comm::ReduceOp op : {comm::ReduceOp::sum, comm::ReduceOp::max, comm::ReduceOp::min}) {
       for (size_t n : {size_t{0}, size_t{1}, size_t{17}, size_t{5003}}) {
         test::check_all_reduce<float>(c, op, n);
         test::check_all_reduce<int32_t>(c, op, n);
@@ -151,8 +151,8 @@ TEST_P(CommLocalWorld, AllReduce) {
 }
 
 TEST_P(CommLocalWorld, ReduceScatter) {
-  run_world(GetParam(), [](Communicator& c) {
-    for (ReduceOp op : {ReduceOp::sum, ReduceOp::max, ReduceOp::min}) {
+  run_world(GetParam(), [](comm::Communicator& c) {
+    for (comm::ReduceOp op : {comm::ReduceOp::sum, comm::ReduceOp::max, comm::ReduceOp::min}) {
       for (bool in_place : {false, true}) {
         test::check_reduce_scatter<float>(c, op, 1031, in_place);
         test::check_reduce_scatter<int32_t>(c, op, 3, in_place);
@@ -162,14 +162,14 @@ TEST_P(CommLocalWorld, ReduceScatter) {
 }
 
 TEST_P(CommLocalWorld, HalfPrecisionReductions) {
-  run_world(GetParam(), [](Communicator& c) {
+  run_world(GetParam(), [](comm::Communicator& c) {
     test::check_half_collectives(c, DType::bf16);
     test::check_half_collectives(c, DType::f16);
   });
 }
 
 TEST_P(CommLocalWorld, AllGather) {
-  run_world(GetParam(), [](Communicator& c) {
+  run_world(GetParam(), [](comm::Communicator& c) {
     for (bool in_place : {false, true}) {
       test::check_all_gather<float>(c, 777, in_place);
       test::check_all_gather<int32_t>(c, 1, in_place);
@@ -178,38 +178,38 @@ TEST_P(CommLocalWorld, AllGather) {
 }
 
 TEST_P(CommLocalWorld, BroadcastFromEveryRoot) {
-  run_world(GetParam(), [](Communicator& c) {
+  run_world(GetParam(), [](comm::Communicator& c) {
     test::check_broadcast<float>(c, 333);
     test::check_broadcast<int32_t>(c, 1);
   });
 }
 
 TEST_P(CommLocalWorld, AllToAllVWithUnevenCounts) {
-  run_world(GetParam(), [](Communicator& c) {
+  run_world(GetParam(), [](comm::Communicator& c) {
     test::check_all_to_all_v<float>(c);
     test::check_all_to_all_v<int32_t>(c);
   });
 }
 
 TEST_P(CommLocalWorld, SendRecvRing) {
-  run_world(GetParam(), [](Communicator& c) { test::check_send_recv(c); });
+  run_world(GetParam(), [](comm::Communicator& c) { test::check_send_recv(c); });
 }
 
 TEST_P(CommLocalWorld, AsyncCompletesInIssueOrder) {
-  run_world(GetParam(), [](Communicator& c) { test::check_async_order(c); });
+  run_world(GetParam(), [](comm::Communicator& c) { test::check_async_order(c); });
 }
 
 TEST_P(CommLocalWorld, TrafficCounters) {
-  run_world(GetParam(), [](Communicator& c) { test::check_stats(c); });
+  run_world(GetParam(), [](comm::Communicator& c) { test::check_stats(c); });
 }
 
 TEST_P(CommLocalWorld, Split) {
-  run_world(GetParam(), [](Communicator& c) { test::check_split(c); });
+  run_world(GetParam(), [](comm::Communicator& c) { test::check_split(c); });
 }
 
 TEST_P(CommLocalWorld, BarrierWaitsForEveryRank) {
   std::atomic<int> arrived{0};
-  run_world(GetParam(), [&](Communicator& c) {
+  run_world(GetParam(), [&](comm::Communicator& c) {
     for (int round = 1; round <= 3; ++round) {
       std::this_thread::sleep_for(std::chrono::milliseconds(c.rank() * 5));
       arrived.fetch_add(1);
@@ -242,7 +242,7 @@ TEST(CommLocal, AllReduceIsBitwiseTheInOrderSum) {
     reference[i] = acc;
   }
   for (int run = 0; run < 3; ++run) {
-    run_world(W, [&](Communicator& c) {
+    run_world(W, [&](comm::Communicator& c) {
       std::vector<float> got = test::check_repeatable_all_reduce(c, n);
       test::expect_same(got, reference, "in-order float sum, run " + std::to_string(run));
     });
@@ -252,7 +252,7 @@ TEST(CommLocal, AllReduceIsBitwiseTheInOrderSum) {
 TEST(CommLocal, ExactTrafficNumbers) {
   // World of 4: all_reduce of 1000 f32 (4000 bytes) sends 2 * 4000 * 3/4 = 6000; reduce_scatter and all_gather of
   // 250 per rank (4000 bytes in all) send 3000; broadcast of 4000 bytes from rank 1: 4000 there, 0 elsewhere.
-  run_world(4, [](Communicator& c) {
+  run_world(4, [](comm::Communicator& c) {
     std::vector<float> buf(1000), out(1000);
     c.all_reduce(buf.data(), 1000, DType::f32);
     c.reduce_scatter(buf.data(), out.data(), 250, DType::f32);
@@ -261,28 +261,28 @@ TEST(CommLocal, ExactTrafficNumbers) {
     // all_to_all_v: rank r sends r+1 i32 elements to each rank (itself included).
     std::vector<size_t> sc(4, c.rank() + 1), rc = {1, 2, 3, 4};
     c.all_to_all_v_async(buf.data(), sc, out.data(), rc, DType::i32)->wait();
-    const CommStats& s = c.stats();
-    EXPECT_EQ(s.bytes[at(Collective::all_reduce)], 6000);
-    EXPECT_EQ(s.payload[at(Collective::all_reduce)], 4000);
-    EXPECT_EQ(s.bytes[at(Collective::reduce_scatter)], 3000);
-    EXPECT_EQ(s.bytes[at(Collective::all_gather)], 3000);
-    EXPECT_EQ(s.bytes[at(Collective::broadcast)], c.rank() == 1 ? 4000 : 0);
-    EXPECT_EQ(s.bytes[at(Collective::all_to_all)], 3 * 4 * (c.rank() + 1));
-    EXPECT_EQ(s.payload[at(Collective::all_to_all)], 4 * 4 * (c.rank() + 1));
+    const comm::CommStats& s = c.stats();
+    EXPECT_EQ(s.bytes[at(comm::Collective::all_reduce)], 6000);
+    EXPECT_EQ(s.payload[at(comm::Collective::all_reduce)], 4000);
+    EXPECT_EQ(s.bytes[at(comm::Collective::reduce_scatter)], 3000);
+    EXPECT_EQ(s.bytes[at(comm::Collective::all_gather)], 3000);
+    EXPECT_EQ(s.bytes[at(comm::Collective::broadcast)], c.rank() == 1 ? 4000 : 0);
+    EXPECT_EQ(s.bytes[at(comm::Collective::all_to_all)], 3 * 4 * (c.rank() + 1));
+    EXPECT_EQ(s.payload[at(comm::Collective::all_to_all)], 4 * 4 * (c.rank() + 1));
     EXPECT_EQ(s.total_bytes(), 6000 + 3000 + 3000 + (c.rank() == 1 ? 4000 : 0) + 12 * (c.rank() + 1));
   });
   // World of 3: 2 * 40 * 2/3 = 53.33 rounds down to 53.
-  run_world(3, [](Communicator& c) {
+  run_world(3, [](comm::Communicator& c) {
     std::vector<float> buf(10);
     c.all_reduce(buf.data(), 10, DType::f32);
-    EXPECT_EQ(c.stats().bytes[at(Collective::all_reduce)], 53);
-    EXPECT_EQ(c.stats().calls[at(Collective::all_reduce)], 1);
+    EXPECT_EQ(c.stats().bytes[at(comm::Collective::all_reduce)], 53);
+    EXPECT_EQ(c.stats().calls[at(comm::Collective::all_reduce)], 1);
   });
 }
 
 TEST(CommLocal, AllToAllVInPlaceBuffer) {
   // recv == send: the backend must stage the send side.
-  run_world(3, [](Communicator& c) {
+  run_world(3, [](comm::Communicator& c) {
     const int W = c.size(), r = c.rank();
     std::vector<int32_t> buf(2 * W);
     for (int d = 0; d < W; ++d) buf[2 * d] = buf[2 * d + 1] = r * 10 + d;
@@ -296,15 +296,15 @@ TEST(CommLocal, AllToAllVInPlaceBuffer) {
 }
 
 TEST(CommLocal, NestedSplitsAndIndependentGroups) {
-  run_world(4, [](Communicator& c) {
+  run_world(4, [](comm::Communicator& c) {
     auto half = c.split(c.rank() / 2, 0);  // {0,1} {2,3}
     auto pair = half->split(0, -half->rank());
     EXPECT_EQ(pair->size(), 2);
     EXPECT_EQ(pair->rank(), 1 - half->rank());
     // Collectives on different groups interleave freely.
     int32_t a = c.rank(), b = 1;
-    auto w1 = c.all_reduce_async(&a, 1, DType::i32, ReduceOp::sum);
-    auto w2 = pair->all_reduce_async(&b, 1, DType::i32, ReduceOp::sum);
+    auto w1 = c.all_reduce_async(&a, 1, DType::i32, comm::ReduceOp::sum);
+    auto w2 = pair->all_reduce_async(&b, 1, DType::i32, comm::ReduceOp::sum);
     w2->wait();
     w1->wait();
     EXPECT_EQ(a, 6);
@@ -316,7 +316,7 @@ TEST(CommLocal, NestedSplitsAndIndependentGroups) {
 // in one grow-only buffer charged to that rank's tracker as host comm_buffer memory.
 TEST(CommLocal, BuffersAreChargedToTheRankAndReused) {
   std::vector<MemoryTracker> trackers(2);
-  run_world(2, [&](Communicator& c) {
+  run_world(2, [&](comm::Communicator& c) {
     TrackerScope scope(trackers[c.rank()]);
     const int64_t expected = c.rank() == 0 ? 512 * 4 : 488 * 4;
     std::vector<float> x(1000, 1.f);
@@ -339,7 +339,7 @@ TEST(CommLocal, AbortWakesRanksWaitingInAllReduce) {
   std::vector<double> latency(4, -1);
   std::atomic<int64_t> thrown_at{0};
   try {
-    run_local_world(4, [&](Communicator& c) {
+    comm::run_local_world(4, [&](comm::Communicator& c) {
       if (c.rank() == 2) {
         std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the others are waiting by now
         thrown_at.store(Clock::now().time_since_epoch().count());
@@ -371,8 +371,8 @@ TEST(CommLocal, AbortWakesRanksWaitingInAllReduce) {
 TEST(CommLocal, AbortWakesPointToPointAndSubgroupWaiters) {
   Watchdog dog(10, "abort p2p test");
   std::atomic<int> comm_errors{0};
-  EXPECT_THROW(run_local_world(4,
-                               [&](Communicator& c) {
+  EXPECT_THROW(comm::run_local_world(4,
+                               [&](comm::Communicator& c) {
                                  auto sub = c.split(c.rank() % 2, 0);
                                  try {
                                    if (c.rank() == 0) {
@@ -401,13 +401,13 @@ TEST(CommLocal, AbortWakesPointToPointAndSubgroupWaiters) {
 
 TEST(CommLocal, TimeoutNamesTheCollectiveAndTheMissingRank) {
   Watchdog dog(20, "timeout test");
-  LocalWorldOptions options;
+  comm::LocalWorldOptions options;
   options.timeout_s = 0.3;
   std::mutex mu;
   std::vector<std::string> messages(3);
-  run_local_world(
+  comm::run_local_world(
       3,
-      [&](Communicator& c) {
+      [&](comm::Communicator& c) {
         int32_t v = 1;
         if (c.rank() == 2) std::this_thread::sleep_for(std::chrono::milliseconds(1500));
         const std::string m = error_of([&] { c.all_reduce(&v, 1, DType::i32); });
@@ -424,7 +424,7 @@ TEST(CommLocal, TimeoutNamesTheCollectiveAndTheMissingRank) {
 TEST(CommLocal, RankThatReturnsEarlyEndsTheWorld) {
   Watchdog dog(10, "early return test");
   const std::string m = error_of([] {
-    run_local_world(2, [](Communicator& c) {
+    comm::run_local_world(2, [](comm::Communicator& c) {
       if (c.rank() == 1) return;
       int32_t v = 1;
       c.all_reduce(&v, 1, DType::i32);
@@ -436,10 +436,10 @@ TEST(CommLocal, RankThatReturnsEarlyEndsTheWorld) {
 TEST(CommLocal, MismatchedCallsFailOnEveryRank) {
   Watchdog dog(10, "mismatch test");
   std::atomic<int> failures{0};
-  auto expect_mismatch = [&](const std::function<void(Communicator&)>& call, const char* needle) {
+  auto expect_mismatch = [&](const std::function<void(comm::Communicator&)>& call, const char* needle) {
     failures = 0;
-    EXPECT_THROW(run_local_world(2,
-                                 [&](Communicator& c) {
+    EXPECT_THROW(comm::run_local_world(2,
+                                 [&](comm::Communicator& c) {
                                    const std::string m = error_of([&] { call(c); });
                                    if (m.find(needle) != std::string::npos) failures.fetch_add(1);
                                    if (!m.empty()) throw CommError(m);
@@ -448,10 +448,10 @@ TEST(CommLocal, MismatchedCallsFailOnEveryRank) {
     EXPECT_EQ(failures.load(), 2) << needle;
   };
   std::vector<float> buf(64);
-  expect_mismatch([&](Communicator& c) { c.all_reduce(buf.data(), 10 + c.rank(), DType::f32); },
+  expect_mismatch([&](comm::Communicator& c) { c.all_reduce(buf.data(), 10 + c.rank(), DType::f32); },
                   "rank 0 called all_reduce(count 10, f32, sum) but rank 1 called all_reduce(count 11, f32, sum)");
   expect_mismatch(
-      [&](Communicator& c) {
+      [&](comm::Communicator& c) {
         if (c.rank() == 0) {
           c.all_reduce(buf.data(), 8, DType::f32);
         } else {
@@ -460,13 +460,13 @@ TEST(CommLocal, MismatchedCallsFailOnEveryRank) {
       },
       "mismatched collectives");
   expect_mismatch(
-      [&](Communicator& c) {
+      [&](comm::Communicator& c) {
         std::vector<size_t> sc = {1, 1}, rc = {1, 2};
         c.all_to_all_v_async(buf.data(), sc, buf.data() + 8, rc, DType::f32)->wait();
       },
       "rank 1 sends 1 elements to rank 0, which expects 2");
   expect_mismatch(
-      [&](Communicator& c) {
+      [&](comm::Communicator& c) {
         if (c.rank() == 0) {
           c.send_async(buf.data(), 4, DType::f32, 1, 0)->wait();
         } else {
@@ -477,22 +477,22 @@ TEST(CommLocal, MismatchedCallsFailOnEveryRank) {
 }
 
 TEST(CommLocal, BadArgumentsThrowAtTheCall) {
-  auto world = make_local_world(2);
+  auto world = comm::make_local_world(2);
   std::vector<float> buf(4);
-  Communicator& c = *world[0];
+  comm::Communicator& c = *world[0];
   EXPECT_THROW(c.broadcast_async(buf.data(), 4, DType::f32, 2), CommError);
   EXPECT_THROW(c.send_async(buf.data(), 4, DType::f32, 5, 0), CommError);
   EXPECT_THROW(c.recv_async(buf.data(), 4, DType::f32, 1, -1), CommError);
   EXPECT_THROW(c.all_to_all_v_async(buf.data(), {1}, buf.data(), {1}, DType::f32), CommError);
-  EXPECT_THROW(make_local_world(0), CommError);
+  EXPECT_THROW(comm::make_local_world(0), CommError);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 
 TEST(CommFactory, BackendsByName) {
-  EXPECT_EQ(make_world_communicator("self")->backend(), "self");
-  EXPECT_THROW(make_world_communicator("nccl-ish"), ConfigError);
-  if (!launched_under_mpi()) { EXPECT_EQ(make_world_communicator("auto")->backend(), "self"); }
+  EXPECT_EQ(comm::make_world_communicator("self")->backend(), "self");
+  EXPECT_THROW(comm::make_world_communicator("nccl-ish"), ConfigError);
+  if (!comm::launched_under_mpi()) { EXPECT_EQ(comm::make_world_communicator("auto")->backend(), "self"); }
 }
 
 TEST(CommFactory, LauncherEnvironment) {
@@ -503,19 +503,19 @@ TEST(CommFactory, LauncherEnvironment) {
     if (const char* x = std::getenv(v)) saved.emplace_back(v, x);
     unsetenv(v);
   }
-  EXPECT_EQ(mpi_env_rank(), -1);
-  EXPECT_EQ(mpi_env_world(), 0);
-  EXPECT_FALSE(launched_under_mpi());
+  EXPECT_EQ(comm::mpi_env_rank(), -1);
+  EXPECT_EQ(comm::mpi_env_world(), 0);
+  EXPECT_FALSE(comm::launched_under_mpi());
   setenv("SLURM_PROCID", "0", 1);  // an sbatch script, not a task of an srun step
-  EXPECT_FALSE(launched_under_mpi());
+  EXPECT_FALSE(comm::launched_under_mpi());
   setenv("SLURM_STEP_NUM_TASKS", "16", 1);
-  EXPECT_EQ(mpi_env_rank(), 0);
-  EXPECT_EQ(mpi_env_world(), 16);
+  EXPECT_EQ(comm::mpi_env_rank(), 0);
+  EXPECT_EQ(comm::mpi_env_world(), 16);
   setenv("OMPI_COMM_WORLD_RANK", "3", 1);
   setenv("OMPI_COMM_WORLD_SIZE", "8", 1);
-  EXPECT_EQ(mpi_env_rank(), 3);
-  EXPECT_EQ(mpi_env_world(), 8);
-  EXPECT_TRUE(launched_under_mpi());
+  EXPECT_EQ(comm::mpi_env_rank(), 3);
+  EXPECT_EQ(comm::mpi_env_world(), 8);
+  EXPECT_TRUE(comm::launched_under_mpi());
   for (const char* v : vars) unsetenv(v);
   for (auto& [k, v] : saved) setenv(k.c_str(), v.c_str(), 1);
 }
@@ -526,7 +526,7 @@ TEST(CommLocal, AllReduceBusBandwidth64MiB) {
   constexpr size_t n = (64u << 20) / sizeof(float);
   std::vector<double> times;
   std::mutex mu;
-  run_world(W, [&](Communicator& c) {
+  run_world(W, [&](comm::Communicator& c) {
     std::vector<float> x(n, 1.f);
     for (int it = 0; it < 6; ++it) {
       c.barrier();

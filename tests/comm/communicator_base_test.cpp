@@ -14,38 +14,40 @@
 namespace ds {
 namespace {
 
-class DoneWork final : public Work {
+class DoneWork final : public comm::Work {
  public:
   void wait() override {}
   bool test() override { return true; }
 };
 
 // A backend of `size` ranks that records which of its methods ran and moves nothing.
-class FakeBackend final : public Communicator {
+class FakeBackend final : public comm::Communicator {
  public:
   FakeBackend(int rank, int size) : rank_(rank), size_(size) {}
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   std::string backend() const override { return "fake"; }
-  std::unique_ptr<Communicator> split(int, int) override { return nullptr; }
+  std::unique_ptr<comm::Communicator> split(int, int) override { return nullptr; }
   void abort(const std::string&) noexcept override {}
   std::vector<std::string> calls;
 
  protected:
-  WorkPtr do_all_reduce(void*, size_t, DType, ReduceOp) override { return done("all_reduce"); }
-  WorkPtr do_reduce_scatter(const void*, void*, size_t, DType, ReduceOp) override { return done("reduce_scatter"); }
-  WorkPtr do_all_gather(const void*, void*, size_t, DType) override { return done("all_gather"); }
-  WorkPtr do_broadcast(void*, size_t, DType, int) override { return done("broadcast"); }
-  WorkPtr do_all_to_all_v(const void*, const std::vector<size_t>&, void*, const std::vector<size_t>&,
+  comm::WorkPtr do_all_reduce(void*, size_t, DType, comm::ReduceOp) override { return done("all_reduce"); }
+  comm::WorkPtr do_reduce_scatter(const void*, void*, size_t, DType, comm::ReduceOp) override {
+    return done("reduce_scatter");
+  }
+  comm::WorkPtr do_all_gather(const void*, void*, size_t, DType) override { return done("all_gather"); }
+  comm::WorkPtr do_broadcast(void*, size_t, DType, int) override { return done("broadcast"); }
+  comm::WorkPtr do_all_to_all_v(const void*, const std::vector<size_t>&, void*, const std::vector<size_t>&,
                           DType) override {
     return done("all_to_all_v");
   }
-  WorkPtr do_send(const void*, size_t, DType, int, int) override { return done("send"); }
-  WorkPtr do_recv(void*, size_t, DType, int, int) override { return done("recv"); }
-  WorkPtr do_barrier() override { return done("barrier"); }
+  comm::WorkPtr do_send(const void*, size_t, DType, int, int) override { return done("send"); }
+  comm::WorkPtr do_recv(void*, size_t, DType, int, int) override { return done("recv"); }
+  comm::WorkPtr do_barrier() override { return done("barrier"); }
 
  private:
-  WorkPtr done(const char* what) {
+  comm::WorkPtr done(const char* what) {
     calls.emplace_back(what);
     return std::make_shared<DoneWork>();
   }
@@ -63,7 +65,7 @@ std::string comm_error(F&& f) {
   return "";
 }
 
-size_t at(Collective c) { return static_cast<size_t>(c); }
+size_t at(comm::Collective c) { return static_cast<size_t>(c); }
 
 TEST(CommunicatorBase, CountsTheRingTrafficForEveryBackend) {
   FakeBackend c(1, 4);
@@ -77,23 +79,23 @@ TEST(CommunicatorBase, CountsTheRingTrafficForEveryBackend) {
   c.send(buf.data(), 5, DType::f32, 0, 3);
   c.recv(buf.data(), 5, DType::f32, 2, 3);
   c.barrier();
-  const CommStats& s = c.stats();
-  EXPECT_EQ(s.bytes[at(Collective::all_reduce)], 2 * 4000 * 3 / 4);
-  EXPECT_EQ(s.bytes[at(Collective::reduce_scatter)], 4000 * 3 / 4);
-  EXPECT_EQ(s.bytes[at(Collective::all_gather)], 2000 * 3 / 4);
-  EXPECT_EQ(s.bytes[at(Collective::broadcast)], 40);
-  EXPECT_EQ(s.payload[at(Collective::broadcast)], 80);
-  EXPECT_EQ(s.bytes[at(Collective::all_to_all)], (1 + 3 + 4) * 4);
-  EXPECT_EQ(s.payload[at(Collective::all_to_all)], 10 * 4);
-  EXPECT_EQ(s.bytes[at(Collective::send)], 20);
-  EXPECT_EQ(s.bytes[at(Collective::recv)], 0);
-  EXPECT_EQ(s.payload[at(Collective::recv)], 20);
-  EXPECT_EQ(s.calls[at(Collective::barrier)], 1);
+  const comm::CommStats& s = c.stats();
+  EXPECT_EQ(s.bytes[at(comm::Collective::all_reduce)], 2 * 4000 * 3 / 4);
+  EXPECT_EQ(s.bytes[at(comm::Collective::reduce_scatter)], 4000 * 3 / 4);
+  EXPECT_EQ(s.bytes[at(comm::Collective::all_gather)], 2000 * 3 / 4);
+  EXPECT_EQ(s.bytes[at(comm::Collective::broadcast)], 40);
+  EXPECT_EQ(s.payload[at(comm::Collective::broadcast)], 80);
+  EXPECT_EQ(s.bytes[at(comm::Collective::all_to_all)], (1 + 3 + 4) * 4);
+  EXPECT_EQ(s.payload[at(comm::Collective::all_to_all)], 10 * 4);
+  EXPECT_EQ(s.bytes[at(comm::Collective::send)], 20);
+  EXPECT_EQ(s.bytes[at(comm::Collective::recv)], 0);
+  EXPECT_EQ(s.payload[at(comm::Collective::recv)], 20);
+  EXPECT_EQ(s.calls[at(comm::Collective::barrier)], 1);
   EXPECT_EQ(c.calls.size(), 9u);
   // all_to_all with equal blocks is all_to_all_v underneath.
   c.all_to_all(buf.data(), buf.data(), 2, DType::f32);
   EXPECT_EQ(c.calls.back(), "all_to_all_v");
-  EXPECT_EQ(s.calls[at(Collective::all_to_all)], 2);
+  EXPECT_EQ(s.calls[at(comm::Collective::all_to_all)], 2);
 }
 
 TEST(CommunicatorBase, RejectsBadArgumentsBeforeTheBackendWithClearErrors) {
@@ -132,12 +134,12 @@ TEST(CommunicatorBase, RejectsBadArgumentsBeforeTheBackendWithClearErrors) {
 }
 
 TEST(CommunicatorBase, TheBackendsInheritTheChecks) {
-  auto world = make_local_world(2);
+  auto world = comm::make_local_world(2);
   std::vector<float> buf(8);
   EXPECT_NE(comm_error([&] { world[1]->all_reduce(nullptr, 3, DType::f32); }).find("data buffer is null"),
             std::string::npos);
   EXPECT_NE(comm_error([&] { world[0]->broadcast(buf.data(), 2, DType::f32, 7); }).find("root 7"), std::string::npos);
-  auto self = make_self_communicator();
+  auto self = comm::make_self_communicator();
   EXPECT_NE(comm_error([&] { self->all_to_all_v(buf.data(), {3}, buf.data(), {2}, DType::f32); })
                 .find("rank 0 sends 3 elements to itself but expects to receive 2"),
             std::string::npos);

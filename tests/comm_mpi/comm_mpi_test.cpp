@@ -19,8 +19,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-Communicator& world() {
-  static std::unique_ptr<Communicator> w = make_mpi_world();
+comm::Communicator& world() {
+  static std::unique_ptr<comm::Communicator> w = comm::make_mpi_world();
   return *w;
 }
 
@@ -37,7 +37,7 @@ class CommMpi : public ::testing::Test {
 #ifndef DS_WITH_MPI
 TEST(CommNoMpi, MakeMpiWorldSaysHowToGetMpi) {
   try {
-    make_mpi_world();
+    comm::make_mpi_world();
     FAIL() << "make_mpi_world worked in a build without MPI";
   } catch (const CommError& e) {
     EXPECT_NE(std::string(e.what()).find("built without MPI; install libopenmpi-dev"), std::string::npos);
@@ -46,11 +46,11 @@ TEST(CommNoMpi, MakeMpiWorldSaysHowToGetMpi) {
 #endif
 
 TEST_F(CommMpi, WorldMatchesTheLauncher) {
-  Communicator& c = world();
+  comm::Communicator& c = world();
   EXPECT_EQ(c.backend(), "mpi");
-  if (launched_under_mpi()) {
-    EXPECT_EQ(c.rank(), mpi_env_rank());
-    if (mpi_env_world() > 0) { EXPECT_EQ(c.size(), mpi_env_world()); }
+  if (comm::launched_under_mpi()) {
+    EXPECT_EQ(c.rank(), comm::mpi_env_rank());
+    if (comm::mpi_env_world() > 0) { EXPECT_EQ(c.size(), comm::mpi_env_world()); }
   } else {
     EXPECT_EQ(c.size(), 1);  // singleton
     EXPECT_EQ(c.rank(), 0);
@@ -58,8 +58,8 @@ TEST_F(CommMpi, WorldMatchesTheLauncher) {
 }
 
 TEST_F(CommMpi, AllReduce) {
-  Communicator& c = world();
-  for (ReduceOp op : {ReduceOp::sum, ReduceOp::max, ReduceOp::min}) {
+  comm::Communicator& c = world();
+  for (comm::ReduceOp op : {comm::ReduceOp::sum, comm::ReduceOp::max, comm::ReduceOp::min}) {
     for (size_t n : {size_t{0}, size_t{1}, size_t{17}, size_t{5003}}) {
       test::check_all_reduce<float>(c, op, n);
       test::check_all_reduce<int32_t>(c, op, n);
@@ -68,17 +68,17 @@ TEST_F(CommMpi, AllReduce) {
 }
 
 TEST_F(CommMpi, ReduceScatter) {
-  Communicator& c = world();
-  for (ReduceOp op : {ReduceOp::sum, ReduceOp::max, ReduceOp::min}) {
+  comm::Communicator& c = world();
+  for (comm::ReduceOp op : {comm::ReduceOp::sum, comm::ReduceOp::max, comm::ReduceOp::min}) {
     for (bool in_place : {false, true}) {
       test::check_reduce_scatter<float>(c, op, 1031, in_place);
       test::check_reduce_scatter<int32_t>(c, op, 3, in_place);
     }
   }
   // Blocks longer than one ring segment (2^20 elements) go around the ring in several pieces; 0 is a no-op.
-  test::check_reduce_scatter<float>(c, ReduceOp::sum, (size_t{1} << 20) * 2 + 7, false);
-  test::check_reduce_scatter<int32_t>(c, ReduceOp::max, (size_t{1} << 20) + 1, true);
-  test::check_reduce_scatter<float>(c, ReduceOp::sum, 0, false);
+  test::check_reduce_scatter<float>(c, comm::ReduceOp::sum, (size_t{1} << 20) * 2 + 7, false);
+  test::check_reduce_scatter<int32_t>(c, comm::ReduceOp::max, (size_t{1} << 20) + 1, true);
+  test::check_reduce_scatter<float>(c, comm::ReduceOp::sum, 0, false);
 }
 
 TEST_F(CommMpi, HalfPrecisionReductions) {
@@ -87,7 +87,7 @@ TEST_F(CommMpi, HalfPrecisionReductions) {
 }
 
 TEST_F(CommMpi, AllGather) {
-  Communicator& c = world();
+  comm::Communicator& c = world();
   for (bool in_place : {false, true}) {
     test::check_all_gather<float>(c, 777, in_place);
     test::check_all_gather<int32_t>(c, 1, in_place);
@@ -115,7 +115,7 @@ TEST_F(CommMpi, Split) { test::check_split(world()); }
 // MPI chooses its own reduction order, so the float sum is compared with a tolerance; but repeats and ranks
 // must agree bitwise.
 TEST_F(CommMpi, AllReduceIsRepeatableAndAgreesAcrossRanks) {
-  Communicator& c = world();
+  comm::Communicator& c = world();
   constexpr size_t n = 100003;
   std::vector<float> got = test::check_repeatable_all_reduce(c, n);
   std::vector<double> reference(n, 0.0);
@@ -130,16 +130,16 @@ TEST_F(CommMpi, AllReduceIsRepeatableAndAgreesAcrossRanks) {
 }
 
 TEST_F(CommMpi, FactoryAutoPicksMpiUnderALauncher) {
-  auto c = make_world_communicator("auto");
-  EXPECT_EQ(c->backend(), launched_under_mpi() ? "mpi" : "self");
+  auto c = comm::make_world_communicator("auto");
+  EXPECT_EQ(c->backend(), comm::launched_under_mpi() ? "mpi" : "self");
   EXPECT_EQ(c->size(), world().size());
   EXPECT_EQ(c->rank(), world().rank());
-  EXPECT_EQ(make_world_communicator("self")->size(), 1);
+  EXPECT_EQ(comm::make_world_communicator("self")->size(), 1);
 }
 
 // Not a speed assertion: prints the bus bandwidth of a 64 MiB all_reduce for the record.
 TEST_F(CommMpi, AllReduceBusBandwidth64MiB) {
-  Communicator& c = world();
+  comm::Communicator& c = world();
   constexpr size_t n = (64u << 20) / sizeof(float);
   std::vector<float> x(n, 1.f);
   std::vector<double> times;
@@ -165,7 +165,7 @@ TEST_F(CommMpi, AllReduceBusBandwidth64MiB) {
 TEST_F(CommMpi, InjectedFailureAbortsTheJob) {
   const char* inject = std::getenv("DS_TEST_INJECT_FAILURE_RANK");
   if (inject == nullptr) GTEST_SKIP() << "set DS_TEST_INJECT_FAILURE_RANK=<rank> to run (mpi.comm.abort does)";
-  Communicator& c = world();
+  comm::Communicator& c = world();
   const int failing = std::atoi(inject);
   if (c.rank() == failing) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));  // let the others block in all_reduce

@@ -22,8 +22,8 @@ using namespace zero_case;
 // The world these cases train on: a private duplicate of MPI_COMM_WORLD (make_mpi_world duplicates per call), so
 // its traffic counters and staging buffer belong to ZeRO alone. Created on first use, in the same test on every
 // rank (all ranks run the cases in the same order), and destroyed at exit before MPI is finalised.
-Communicator& zero_world() {
-  static std::unique_ptr<Communicator> w = make_mpi_world();
+comm::Communicator& zero_world() {
+  static std::unique_ptr<comm::Communicator> w = comm::make_mpi_world();
   return *w;
 }
 
@@ -36,7 +36,7 @@ MemoryTracker& process_tracker() {
 
 // This rank's run: rows of global step s are [4s, 4s+4); rank r reads rows 4s + r*micro .. 4s + (r+1)*micro.
 // Every rank makes the same collectives whatever the outcome (no ASSERT between them), so a failure cannot hang.
-RunResult run_rank(Communicator& comm, int stage, int micro) {
+RunResult run_rank(comm::Communicator& comm, int stage, int micro) {
   MemoryTracker& tracker = process_tracker();
   TrackerScope scope(tracker);
   tracker.reset_peaks();  // the previous run's engine is gone: peaks start from what is still held
@@ -46,7 +46,7 @@ RunResult run_rank(Communicator& comm, int stage, int micro) {
 // The single-process stage-0 run, computed once per process (by every rank, identically).
 const RunResult& reference() {
   static RunResult r = [] {
-    std::unique_ptr<Communicator> self = make_self_communicator();
+    std::unique_ptr<comm::Communicator> self = comm::make_self_communicator();
     return run_rank(*self, 0, kGlobalRows);
   }();
   return r;
@@ -58,10 +58,10 @@ void expect_same_trajectory(const RunResult& got, const std::string& what) {
 
 // Every rank holds bitwise the same parameters: the element-wise max and min over ranks both equal this rank's.
 // Collective: every rank calls it with the same count.
-void expect_same_on_every_rank(Communicator& comm, const std::vector<float>& params, const std::string& what) {
+void expect_same_on_every_rank(comm::Communicator& comm, const std::vector<float>& params, const std::string& what) {
   std::vector<float> hi = params, lo = params;
-  comm.all_reduce(hi.data(), hi.size(), DType::f32, ReduceOp::max);
-  comm.all_reduce(lo.data(), lo.size(), DType::f32, ReduceOp::min);
+  comm.all_reduce(hi.data(), hi.size(), DType::f32, comm::ReduceOp::max);
+  comm.all_reduce(lo.data(), lo.size(), DType::f32, comm::ReduceOp::min);
   size_t differing = 0;
   for (size_t i = 0; i < params.size(); ++i) differing += (hi[i] != params[i] || lo[i] != params[i]) ? 1 : 0;
   EXPECT_EQ(differing, 0u) << what << ": parameters that differ between ranks";
@@ -85,7 +85,7 @@ class ZeroMpi : public ::testing::TestWithParam<int> {
 
 TEST_P(ZeroMpi, MatchesSingleProcessStage0AndTheFormulas) {
   const int stage = GetParam();
-  Communicator& comm = zero_world();
+  comm::Communicator& comm = zero_world();
   const int world = comm.size();
   const std::string what = fmt::format("stage {} on rank {}/{}", stage, comm.rank(), world);
   omp_set_num_threads(std::max(1, omp_get_num_procs() / world));  // ranks are processes on one machine: share cores

@@ -26,17 +26,17 @@ inline int32_t argmax(std::span<const float> row) {
 }
 
 // Logits after the last token of `tokens`.
-inline std::vector<float> full_recompute_last_logits(Gpt2& model, const std::vector<int32_t>& tokens) {
+inline std::vector<float> full_recompute_last_logits(nn::Gpt2& model, const std::vector<int32_t>& tokens) {
   const int T = static_cast<int>(tokens.size());
   const int V = model.config().vocab_size;
   std::vector<float> all(static_cast<size_t>(T) * V);
-  Ctx ctx;
+  nn::Ctx ctx;
   model.forward_logits(ctx, tokens.data(), 1, T, all.data());
   return std::vector<float>(all.end() - V, all.end());
 }
 
 // n greedy tokens after `tokens` (the lowest id among equal maxima).
-inline std::vector<int32_t> full_recompute_greedy(Gpt2& model, std::vector<int32_t> tokens, int n) {
+inline std::vector<int32_t> full_recompute_greedy(nn::Gpt2& model, std::vector<int32_t> tokens, int n) {
   std::vector<int32_t> out;
   for (int i = 0; i < n; ++i) {
     const std::vector<float> l = full_recompute_last_logits(model, tokens);

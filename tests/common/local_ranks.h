@@ -17,7 +17,7 @@ template <typename R, typename F>
 std::vector<R> on_local_ranks(int world, F&& fn) {
   std::vector<R> out(static_cast<size_t>(world));
   std::vector<MemoryTracker> trackers(static_cast<size_t>(world));
-  run_local_world(world, [&](Communicator& comm) {
+  comm::run_local_world(world, [&](comm::Communicator& comm) {
     const size_t r = static_cast<size_t>(comm.rank());
     omp_set_num_threads(std::max(1, omp_get_num_procs() / comm.size()));
     TrackerScope scope(trackers[r]);

@@ -19,7 +19,7 @@ constexpr int kT = 16;
 constexpr int kGlobalRows = 4;  // sequences per global batch
 constexpr int kSteps = 20;
 
-inline Gpt2Config tiny() { return Gpt2Config::preset("gpt2-tiny"); }
+inline nn::Gpt2Config tiny() { return nn::Gpt2Config::preset("gpt2-tiny"); }
 
 struct Table {
   std::vector<int32_t> tokens;
@@ -68,12 +68,13 @@ inline std::string config_json(int stage, int micro, int gas, bool overlap, cons
 
 // One rank's run under the current memory tracker: rows of global step s are [4s, 4s+4); rank r's micro-step k
 // reads rows 4s + r*micro*gas + k*micro.
-inline RunResult run_case(Communicator& comm, int stage, int micro, int gas, bool overlap,
+inline RunResult run_case(comm::Communicator& comm, int stage, int micro, int gas, bool overlap,
                           const std::string& extra = "") {
   RunResult out;
   MemoryTracker& tracker = current_tracker();
-  DeepSpeedConfig cfg = parse_config(config_json(stage, micro, gas, overlap, extra), comm.size(), "zero_case");
-  Engine engine(tiny(), cfg, kT, &comm, 42);
+  config::DeepSpeedConfig cfg =
+      config::parse_config(config_json(stage, micro, gas, overlap, extra), comm.size(), "zero_case");
+  engine::Engine engine(tiny(), cfg, kT, &comm, 42);
   int step = 0, k = 0;
   auto next = [&](int32_t* in, int32_t* tg) {
     table().fill(kGlobalRows * step + comm.rank() * micro * gas + k * micro, micro, in, tg);

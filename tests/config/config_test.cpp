@@ -21,7 +21,9 @@ class ConfigTest : public ::testing::Test {
   void TearDown() override { set_log_level(LogLevel::info); }
 };
 
-DeepSpeedConfig parse(const std::string& text, int world = 1) { return parse_config(text, world, "ds_config.json"); }
+config::DeepSpeedConfig parse(const std::string& text, int world = 1) {
+  return config::parse_config(text, world, "ds_config.json");
+}
 
 // Parses `text` expecting a ConfigError whose message holds every fragment; returns the message.
 std::string expect_error(const std::string& text, std::initializer_list<std::string> fragments, int world = 1) {
@@ -37,7 +39,7 @@ std::string expect_error(const std::string& text, std::initializer_list<std::str
   return "";
 }
 
-bool has_warning(const DeepSpeedConfig& c, std::initializer_list<std::string> fragments) {
+bool has_warning(const config::DeepSpeedConfig& c, std::initializer_list<std::string> fragments) {
   for (const auto& w : c.warnings) {
     bool all = true;
     for (const auto& f : fragments) all = all && w.find(f) != std::string::npos;
@@ -46,7 +48,7 @@ bool has_warning(const DeepSpeedConfig& c, std::initializer_list<std::string> fr
   return false;
 }
 
-void expect_batch(const DeepSpeedConfig& c, int64_t train, int64_t micro, int64_t gas) {
+void expect_batch(const config::DeepSpeedConfig& c, int64_t train, int64_t micro, int64_t gas) {
   EXPECT_EQ(c.train_batch_size, train);
   EXPECT_EQ(c.train_micro_batch_size_per_gpu, micro);
   EXPECT_EQ(c.gradient_accumulation_steps, gas);
@@ -169,7 +171,8 @@ TEST_F(ConfigTest, OptimizerAdamWModeRules) {
 }
 
 TEST_F(ConfigTest, OptimizerTorchAdamAcceptedWithNote) {
-  const auto c = parse(R"({"train_batch_size": 8, "optimizer": {"type": "AdamW", "params": {"torch_adam": true}}})");
+  const auto c =
+      parse(R"({"train_batch_size": 8, "optimizer": {"type": "AdamW", "params": {"torch_adam": true}}})");
   EXPECT_TRUE(c.optimizer.torch_adam);
   EXPECT_DOUBLE_EQ(c.optimizer.weight_decay, 0.0);
   EXPECT_TRUE(has_warning(c, {"torch_adam", "ignored", "0.01"}));
@@ -198,25 +201,25 @@ TEST_F(ConfigTest, OptimizerTypes) {
 // ---- scheduler --------------------------------------------------------------------------------------------------
 
 TEST_F(ConfigTest, SchedulerDefaultsAndParams) {
-  EXPECT_EQ(parse(R"({"train_batch_size": 8})").scheduler.type, SchedulerType::none);
+  EXPECT_EQ(parse(R"({"train_batch_size": 8})").scheduler.type, config::SchedulerType::none);
   const auto w = parse(R"({"train_batch_size": 8, "scheduler": {"type": "WarmupLR"}})");
-  EXPECT_EQ(w.scheduler.type, SchedulerType::warmup_lr);
+  EXPECT_EQ(w.scheduler.type, config::SchedulerType::warmup_lr);
   EXPECT_DOUBLE_EQ(w.scheduler.warmup_min_lr, 0.0);
   EXPECT_DOUBLE_EQ(w.scheduler.warmup_max_lr, 1e-3);
   EXPECT_EQ(w.scheduler.warmup_num_steps, 1000);
-  EXPECT_EQ(w.scheduler.warmup_type, WarmupType::log);
+  EXPECT_EQ(w.scheduler.warmup_type, config::WarmupType::log);
   const auto d = parse(R"({"train_batch_size": 8, "scheduler": {"type": "WarmupDecayLR", "params": {
       "total_num_steps": 500, "warmup_min_lr": 1e-5, "warmup_max_lr": 2e-4, "warmup_num_steps": 50,
       "warmup_type": "linear"}}})");
-  EXPECT_EQ(d.scheduler.type, SchedulerType::warmup_decay_lr);
+  EXPECT_EQ(d.scheduler.type, config::SchedulerType::warmup_decay_lr);
   EXPECT_EQ(d.scheduler.total_num_steps, 500);
   EXPECT_DOUBLE_EQ(d.scheduler.warmup_min_lr, 1e-5);
   EXPECT_DOUBLE_EQ(d.scheduler.warmup_max_lr, 2e-4);
   EXPECT_EQ(d.scheduler.warmup_num_steps, 50);
-  EXPECT_EQ(d.scheduler.warmup_type, WarmupType::linear);
+  EXPECT_EQ(d.scheduler.warmup_type, config::WarmupType::linear);
   const auto cs = parse(R"({"train_batch_size": 8, "scheduler": {"type": "WarmupCosineLR", "params": {
       "total_num_steps": 2000}}})");
-  EXPECT_EQ(cs.scheduler.type, SchedulerType::warmup_cosine_lr);
+  EXPECT_EQ(cs.scheduler.type, config::SchedulerType::warmup_cosine_lr);
   EXPECT_DOUBLE_EQ(cs.scheduler.warmup_min_ratio, 0.0);
   EXPECT_DOUBLE_EQ(cs.scheduler.cos_min_ratio, 1e-4);
   EXPECT_EQ(cs.scheduler.warmup_num_steps, 1000);
@@ -246,7 +249,7 @@ TEST_F(ConfigTest, SchedulerErrors) {
 TEST_F(ConfigTest, SchedulerUnknownWarmupTypeWarnsAndFallsBack) {
   const auto c = parse(R"({"train_batch_size": 8, "scheduler": {"type": "WarmupLR", "params": {
       "warmup_type": "exp"}}})");
-  EXPECT_EQ(c.scheduler.warmup_type, WarmupType::log);
+  EXPECT_EQ(c.scheduler.warmup_type, config::WarmupType::log);
   EXPECT_TRUE(has_warning(c, {"warmup_type", "'exp'", "using 'log'"}));
 }
 
@@ -435,13 +438,13 @@ TEST_F(ConfigTest, ZeroOffloadBlocks) {
       "offload_param": {"device": "nvme", "nvme_path": "/nvme", "buffer_count": 6, "pin_memory": true},
       "offload_optimizer": {"device": "cpu", "ratio": 0.3, "pipeline_read": true}}})");
   ASSERT_TRUE(c.zero.offload_param.has_value());
-  EXPECT_EQ(c.zero.offload_param->device, OffloadDevice::nvme);
+  EXPECT_EQ(c.zero.offload_param->device, config::OffloadDevice::nvme);
   EXPECT_EQ(c.zero.offload_param->nvme_path, "/nvme");
   EXPECT_EQ(c.zero.offload_param->buffer_count, 6);
   EXPECT_EQ(c.zero.offload_param->buffer_size, 100000000);
   EXPECT_TRUE(c.zero.offload_param->pin_memory);
   ASSERT_TRUE(c.zero.offload_optimizer.has_value());
-  EXPECT_EQ(c.zero.offload_optimizer->device, OffloadDevice::cpu);
+  EXPECT_EQ(c.zero.offload_optimizer->device, config::OffloadDevice::cpu);
   EXPECT_EQ(c.zero.offload_optimizer->buffer_count, 4);
   EXPECT_DOUBLE_EQ(c.zero.offload_optimizer->ratio, 0.3);
   EXPECT_TRUE(c.zero.offload_optimizer->pipeline_read);
@@ -470,7 +473,7 @@ TEST_F(ConfigTest, ZeroOffloadValidation) {
 TEST_F(ConfigTest, ZeroDeprecatedAliases) {
   const auto c = parse(R"({"train_batch_size": 8, "zero_optimization": {"stage": 2, "cpu_offload": true}})");
   ASSERT_TRUE(c.zero.offload_optimizer.has_value());
-  EXPECT_EQ(c.zero.offload_optimizer->device, OffloadDevice::cpu);
+  EXPECT_EQ(c.zero.offload_optimizer->device, config::OffloadDevice::cpu);
   EXPECT_TRUE(has_warning(c, {"cpu_offload", "deprecated", "offload_optimizer"}));
   expect_error(R"({"train_batch_size": 8, "zero_optimization": {"stage": 2, "cpu_offload": true,
       "offload_optimizer": {"device": "cpu"}}})",
@@ -522,7 +525,7 @@ TEST_F(ConfigTest, AuxiliaryBlocks) {
   EXPECT_EQ(c.activation_checkpointing.number_checkpoints, 4);
   EXPECT_FALSE(c.pipeline.stages.has_value());
   EXPECT_EQ(c.pipeline.activation_checkpoint_interval, 1);
-  EXPECT_EQ(c.checkpoint.tag_validation, TagValidation::fail);
+  EXPECT_EQ(c.checkpoint.tag_validation, config::TagValidation::fail);
   EXPECT_TRUE(c.checkpoint.parallel_write_pipeline_stage);
   EXPECT_EQ(c.flops_profiler.profile_step, 2);
   EXPECT_TRUE(c.tensorboard.enabled);
@@ -571,13 +574,13 @@ TEST_F(ConfigTest, ActivationCheckpointingBlock) {
 // ---- file loading, example, summary -----------------------------------------------------------------------------
 
 TEST_F(ConfigTest, ExampleConfigLoads) {
-  const auto c = load_config_file(std::string(DS_SOURCE_DIR) + "/examples/ds_config_gpt2_tiny.json", 2);
+  const auto c = config::load_config_file(std::string(DS_SOURCE_DIR) + "/examples/ds_config_gpt2_tiny.json", 2);
   expect_batch(c, 16, 8, 1);
   EXPECT_EQ(c.optimizer.type, "adamw");
   EXPECT_DOUBLE_EQ(c.optimizer.lr, 2e-3);
   EXPECT_DOUBLE_EQ(c.optimizer.beta2, 0.95);
   EXPECT_DOUBLE_EQ(c.optimizer.weight_decay, 0.1);
-  EXPECT_EQ(c.scheduler.type, SchedulerType::warmup_cosine_lr);
+  EXPECT_EQ(c.scheduler.type, config::SchedulerType::warmup_cosine_lr);
   EXPECT_EQ(c.scheduler.warmup_num_steps, 50);
   EXPECT_DOUBLE_EQ(c.gradient_clipping, 1.0);
   EXPECT_EQ(c.steps_per_print, 50);
@@ -589,12 +592,12 @@ TEST_F(ConfigTest, ExampleConfigLoads) {
 }
 
 TEST_F(ConfigTest, MissingFileIsIoError) {
-  EXPECT_THROW(load_config_file("/nonexistent/ds_config.json", 1), IoError);
+  EXPECT_THROW(config::load_config_file("/nonexistent/ds_config.json", 1), IoError);
 }
 
 TEST_F(ConfigTest, SourceNameAppearsInMessages) {
   try {
-    parse_config(R"({"train_batch_size": 8, "gradient_clipping": -1})", 1, "my.json");
+    config::parse_config(R"({"train_batch_size": 8, "gradient_clipping": -1})", 1, "my.json");
     FAIL();
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("in my.json"), std::string::npos) << e.what();

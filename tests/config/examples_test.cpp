@@ -19,7 +19,7 @@ namespace {
 std::string example(const std::string& name) { return std::string(DS_SOURCE_DIR) + "/examples/" + name; }
 
 // Micro-batches of uniformly random GPT-2 token ids.
-Engine::BatchFn random_tokens(Rng& rng, int rows, int T) {
+engine::Engine::BatchFn random_tokens(Rng& rng, int rows, int T) {
   return [&rng, rows, T](int32_t* in, int32_t* tg) {
     for (int i = 0; i < rows * T; ++i) {
       in[i] = static_cast<int32_t>(rng.next_u64() % 50257);
@@ -38,7 +38,7 @@ class ZeroExamples : public ::testing::TestWithParam<int> {
 TEST_P(ZeroExamples, LoadsWithoutWarningsAtItsStage) {
   const int stage = GetParam();
   for (int world : {1, 2, 4}) {
-    const DeepSpeedConfig c = load_config_file(path(), world);
+    const config::DeepSpeedConfig c = config::load_config_file(path(), world);
     EXPECT_TRUE(c.warnings.empty()) << path() << ": " << (c.warnings.empty() ? "" : c.warnings.front());
     EXPECT_EQ(c.zero.stage, stage) << path();
     EXPECT_EQ(c.train_micro_batch_size_per_gpu, 8);
@@ -60,14 +60,14 @@ TEST_P(ZeroExamples, LoadsWithoutWarningsAtItsStage) {
 }
 
 TEST_P(ZeroExamples, KeepsTheTinyExampleSettings) {
-  const DeepSpeedConfig tiny = load_config_file(example("ds_config_gpt2_tiny.json"), 1);
-  const DeepSpeedConfig c = load_config_file(path(), 1);
+  const config::DeepSpeedConfig tiny = config::load_config_file(example("ds_config_gpt2_tiny.json"), 1);
+  const config::DeepSpeedConfig c = config::load_config_file(path(), 1);
   EXPECT_EQ(c.optimizer.type, "adamw");
   EXPECT_DOUBLE_EQ(c.optimizer.lr, 2e-3);
   EXPECT_DOUBLE_EQ(c.optimizer.beta1, 0.9);
   EXPECT_DOUBLE_EQ(c.optimizer.beta2, 0.95);
   EXPECT_DOUBLE_EQ(c.optimizer.weight_decay, 0.1);
-  EXPECT_EQ(c.scheduler.type, SchedulerType::warmup_cosine_lr);
+  EXPECT_EQ(c.scheduler.type, config::SchedulerType::warmup_cosine_lr);
   EXPECT_EQ(c.scheduler.total_num_steps, 1000);
   EXPECT_EQ(c.scheduler.warmup_num_steps, 50);
   EXPECT_DOUBLE_EQ(c.gradient_clipping, 1.0);
@@ -77,11 +77,11 @@ TEST_P(ZeroExamples, KeepsTheTinyExampleSettings) {
 
 // `dspeed train --config` builds this Engine on one rank: a step must run and give a finite loss.
 TEST_P(ZeroExamples, TrainsAStepOfGpt2Tiny) {
-  const DeepSpeedConfig c = load_config_file(path(), 1);
+  const config::DeepSpeedConfig c = config::load_config_file(path(), 1);
   constexpr int kT = 16;
-  Engine engine(Gpt2Config::preset("gpt2-tiny"), c, kT, nullptr, 7);
+  engine::Engine engine(nn::Gpt2Config::preset("gpt2-tiny"), c, kT, nullptr, 7);
   Rng rng(3);
-  const StepResult r = engine.train_batch(random_tokens(rng, engine.micro_batch_size(), kT));
+  const engine::StepResult r = engine.train_batch(random_tokens(rng, engine.micro_batch_size(), kT));
   EXPECT_TRUE(std::isfinite(r.loss));
   EXPECT_NEAR(r.loss, std::log(50257.0), 1.0);  // near-uniform predictions at initialisation
   EXPECT_EQ(engine.optimizer().stage(), GetParam());
@@ -101,19 +101,19 @@ TEST(MixedPrecisionExamples, LoadWithoutWarningsAndTrain) {
   };
   for (const Case& k : {Case{"ds_config_bf16_zero2.json", DType::bf16, DType::bf16, 2},
                         Case{"ds_config_fp16.json", DType::f16, DType::f16, 1}}) {
-    const DeepSpeedConfig c = load_config_file(example(k.file), 1);
+    const config::DeepSpeedConfig c = config::load_config_file(example(k.file), 1);
     EXPECT_TRUE(c.warnings.empty()) << k.file << ": " << (c.warnings.empty() ? "" : c.warnings.front());
     EXPECT_EQ(c.zero.stage, k.stage) << k.file;
-    const ZeroPrecision p = Engine::precision_for(c);
+    const zero::ZeroPrecision p = engine::Engine::precision_for(c);
     EXPECT_EQ(p.params, k.params) << k.file;
     EXPECT_EQ(p.grads, k.grads) << k.file;
     constexpr int kT = 16;
-    Engine engine(Gpt2Config::preset("gpt2-tiny"), c, kT, nullptr, 7);
+    engine::Engine engine(nn::Gpt2Config::preset("gpt2-tiny"), c, kT, nullptr, 7);
     Rng rng(3);
-    const Engine::BatchFn next = random_tokens(rng, engine.micro_batch_size(), kT);
+    const engine::Engine::BatchFn next = random_tokens(rng, engine.micro_batch_size(), kT);
     int applied = 0;
     for (int step = 0; step < 4; ++step) {
-      const StepResult r = engine.train_batch(next);
+      const engine::StepResult r = engine.train_batch(next);
       EXPECT_TRUE(std::isfinite(r.loss)) << k.file;
       applied += !r.skipped;
     }

@@ -68,7 +68,7 @@ TEST(MemoryTracker, ScopesNestPerThread) {
 TEST(Arena, SteadyStateReusesOneChunkOfHighWaterSize) {
   MemoryTracker tr;
   TrackerScope scope(tr);
-  Arena arena(Category::activation);
+  nn::Arena arena(Category::activation);
   for (int pass = 0; pass < 3; ++pass) {
     arena.reset();
     for (int i = 0; i < 5; ++i) {
@@ -84,7 +84,7 @@ TEST(Arena, SteadyStateReusesOneChunkOfHighWaterSize) {
 TEST(Arena, MarkAndReleaseRecycleTemporaries) {
   MemoryTracker tr;
   TrackerScope scope(tr);
-  Arena arena(Category::workspace);
+  nn::Arena arena(Category::workspace);
   Tensor keep = arena.alloc({16});
   const size_t mark = arena.mark();
   Tensor tmp = arena.alloc({1000});
@@ -144,7 +144,7 @@ TEST(Device, CudaTensorsInACpuBuildFailClearlyAndRecordNothing) {
 TEST(Arena, ReleaseAcrossANewChunkRestoresTheMark) {
   MemoryTracker tr;
   TrackerScope scope(tr);
-  Arena arena(Category::workspace);
+  nn::Arena arena(Category::workspace);
   Tensor keep = arena.alloc({1024});
   const size_t mark = arena.mark();
   Tensor big = arena.alloc({int64_t(5) << 20});  // 20 MiB: does not fit the first 16 MiB chunk

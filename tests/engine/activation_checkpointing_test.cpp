@@ -25,16 +25,16 @@ struct Trajectory {
   double recompute_seconds = 0;  // > 0 only where blocks were recomputed
 };
 
-Trajectory run_rank(Communicator& comm, const std::string& json, bool checkpoint) {
-  DeepSpeedConfig cfg = parse_config(json, comm.size(), "checkpointing_case");
+Trajectory run_rank(comm::Communicator& comm, const std::string& json, bool checkpoint) {
+  config::DeepSpeedConfig cfg = config::parse_config(json, comm.size(), "checkpointing_case");
   cfg.activation_checkpointing.enabled = checkpoint;
   const int micro = static_cast<int>(cfg.train_micro_batch_size_per_gpu);
-  Engine engine(tiny(), cfg, kT, &comm, 42);
+  engine::Engine engine(tiny(), cfg, kT, &comm, 42);
   Trajectory t;
   int step = 0;
   auto next = [&](int32_t* in, int32_t* tg) { table().fill(kGlobalRows * step + comm.rank() * micro, micro, in, tg); };
   for (step = 0; step < kCheckpointSteps; ++step) {
-    const StepResult r = engine.train_batch(next);
+    const engine::StepResult r = engine.train_batch(next);
     t.losses.push_back(r.loss);
     t.grad_norms.push_back(r.grad_norm);
     t.recompute_seconds += r.recompute_seconds;
@@ -44,7 +44,8 @@ Trajectory run_rank(Communicator& comm, const std::string& json, bool checkpoint
 }
 
 std::vector<Trajectory> run_world(int world, const std::string& json, bool checkpoint) {
-  return ds::testing::on_local_ranks<Trajectory>(world, [&](Communicator& comm) { return run_rank(comm, json, checkpoint); });
+  return ds::testing::on_local_ranks<Trajectory>(
+      world, [&](comm::Communicator& comm) { return run_rank(comm, json, checkpoint); });
 }
 
 void expect_identical(const Trajectory& got, const Trajectory& want, const std::string& what) {
@@ -88,12 +89,12 @@ TEST(Checkpointing, Bf16Stage3MatchesBitForBit) {
 }
 
 TEST(Checkpointing, TooFewContiguousCheckpointsIsAClearError) {
-  DeepSpeedConfig cfg = parse_config(R"({"train_batch_size": 4, "activation_checkpointing": {
+  config::DeepSpeedConfig cfg = config::parse_config(R"({"train_batch_size": 4, "activation_checkpointing": {
       "partition_activations": true, "contiguous_memory_optimization": true, "number_checkpoints": 2}})",
                                      1, "ds_config.json");
   cfg.activation_checkpointing.enabled = true;
   try {
-    Engine engine(tiny(), cfg, kT);
+    engine::Engine engine(tiny(), cfg, kT);
     FAIL() << "expected a ConfigError";
   } catch (const ConfigError& e) {
     const std::string msg = e.what();
@@ -101,5 +102,5 @@ TEST(Checkpointing, TooFewContiguousCheckpointsIsAClearError) {
     EXPECT_NE(msg.find("checkpoints 4 transformer blocks"), std::string::npos) << msg;
   }
   cfg.activation_checkpointing.enabled = false;  // the block alone checkpoints nothing, so nothing to check
-  EXPECT_NO_THROW(Engine(tiny(), cfg, kT));
+  EXPECT_NO_THROW(engine::Engine(tiny(), cfg, kT));
 }

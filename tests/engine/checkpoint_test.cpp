@@ -32,24 +32,24 @@ struct Segment {
 };
 
 // Steps [first, last) of the equivalence case on one rank; rank r of world N reads its rows of each global batch.
-void train_steps(Engine& engine, Communicator& comm, int first, int last, Segment& out) {
+void train_steps(engine::Engine& engine, comm::Communicator& comm, int first, int last, Segment& out) {
   const int micro = kGlobalRows / comm.size();
   int step = first;
   auto next = [&](int32_t* in, int32_t* tg) { table().fill(kGlobalRows * step + comm.rank() * micro, micro, in, tg); };
   for (step = first; step < last; ++step) out.losses.push_back(engine.train_batch(next).loss);
 }
 
-DeepSpeedConfig config_for(int stage, int world, bool bf16 = false) {
+config::DeepSpeedConfig config_for(int stage, int world, bool bf16 = false) {
   std::string text = config_json(stage, kGlobalRows / world, 1, false);
   if (bf16) text.insert(text.find('{') + 1, R"("bf16": {"enabled": true}, )");
-  return parse_config(text, world, "checkpoint_test");
+  return config::parse_config(text, world, "checkpoint_test");
 }
 
 // Runs `fn(comm)` on every rank of a thread world, each with its own tracker and a share of the cores.
 template <typename F>
 void on_world(int world, F fn) {
   std::vector<MemoryTracker> trackers(static_cast<size_t>(world));
-  run_local_world(world, [&](Communicator& comm) {
+  comm::run_local_world(world, [&](comm::Communicator& comm) {
     omp_set_num_threads(std::max(1, omp_get_num_procs() / comm.size()));
     TrackerScope scope(trackers[static_cast<size_t>(comm.rank())]);
     fn(comm);
@@ -75,23 +75,24 @@ class TempDir {
 void expect_exact_resume(int stage, int world, bool bf16 = false) {
   TempDir dir;
   Segment straight, resumed;
-  on_world(world, [&](Communicator& comm) {
+  on_world(world, [&](comm::Communicator& comm) {
     Segment s;
-    Engine engine(tiny(), config_for(stage, world, bf16), kT, &comm, 42);
+    engine::Engine engine(tiny(), config_for(stage, world, bf16), kT, &comm, 42);
     EXPECT_EQ(engine.optimizer().precision().params, bf16 ? DType::bf16 : DType::f32);
     train_steps(engine, comm, 0, kSteps, s);
     s.params = engine.optimizer().full_parameters();
     if (comm.rank() == 0) straight = s;
   });
-  on_world(world, [&](Communicator& comm) {
+  on_world(world, [&](comm::Communicator& comm) {
     Segment first;
-    Engine engine(tiny(), config_for(stage, world, bf16), kT, &comm, 42);
+    engine::Engine engine(tiny(), config_for(stage, world, bf16), kT, &comm, 42);
     train_steps(engine, comm, 0, kSteps / 2, first);
     EXPECT_EQ(engine.save_checkpoint(dir.str(), "", {{"note", "half way"}}), "global_step10");
   });
-  on_world(world, [&](Communicator& comm) {
+  on_world(world, [&](comm::Communicator& comm) {
     Segment second;
-    Engine engine(tiny(), config_for(stage, world, bf16), kT, &comm, 7);  // another seed: all comes from the file
+    engine::Engine engine(tiny(), config_for(stage, world, bf16), kT, &comm,
+                          7);  // another seed: all comes from the file
     const nlohmann::json client = engine.load_checkpoint(dir.str());
     EXPECT_EQ(client.value("note", ""), "half way");
     EXPECT_EQ(engine.global_steps(), kSteps / 2);
@@ -117,24 +118,24 @@ TEST(Checkpoint, Bf16ResumeIsBitIdenticalForEveryStage) {
 TEST(Checkpoint, LoadsAtAnotherWorldSizeAndStageOnTheSameCurve) {
   // The uninterrupted single-process stage-0 run.
   Segment ref;
-  on_world(1, [&](Communicator& comm) {
-    Engine engine(tiny(), config_for(0, 1), kT, &comm, 42);
+  on_world(1, [&](comm::Communicator& comm) {
+    engine::Engine engine(tiny(), config_for(0, 1), kT, &comm, 42);
     train_steps(engine, comm, 0, kSteps, ref);
     ref.params = engine.optimizer().full_parameters();
   });
   TempDir dir;
-  on_world(4, [&](Communicator& comm) {
+  on_world(4, [&](comm::Communicator& comm) {
     Segment s;
-    Engine engine(tiny(), config_for(3, 4), kT, &comm, 42);
+    engine::Engine engine(tiny(), config_for(3, 4), kT, &comm, 42);
     train_steps(engine, comm, 0, kSteps / 2, s);
     engine.save_checkpoint(dir.str(), "w4s3");
   });
   for (auto [world, stage] : {std::pair{2, 1}, std::pair{1, 0}, std::pair{4, 2}}) {
     Segment got;
     // Init-captures: Clang before 16 cannot capture a structured binding (P1091R3).
-    on_world(world, [&, world = world, stage = stage](Communicator& comm) {
+    on_world(world, [&, world = world, stage = stage](comm::Communicator& comm) {
       Segment s;
-      Engine engine(tiny(), config_for(stage, world), kT, &comm, 42);
+      engine::Engine engine(tiny(), config_for(stage, world), kT, &comm, 42);
       engine.load_checkpoint(dir.str(), "w4s3");
       train_steps(engine, comm, kSteps / 2, kSteps, s);
       s.params = engine.optimizer().full_parameters();
@@ -155,17 +156,17 @@ TEST(Checkpoint, LoadsAtAnotherWorldSizeAndStageOnTheSameCurve) {
 
 // Saves the tiny model once (world 2, stage 2: two shards) into dir/t.
 void save_two_shards(const std::string& dir) {
-  on_world(2, [&](Communicator& comm) {
+  on_world(2, [&](comm::Communicator& comm) {
     Segment s;
-    Engine engine(tiny(), config_for(2, 2), kT, &comm, 42);
+    engine::Engine engine(tiny(), config_for(2, 2), kT, &comm, 42);
     train_steps(engine, comm, 0, 2, s);
     engine.save_checkpoint(dir, "t");
   });
 }
 
-std::string load_error(const std::string& dir, const Gpt2Config& model = tiny()) {
+std::string load_error(const std::string& dir, const nn::Gpt2Config& model = tiny()) {
   try {
-    Engine engine(model, config_for(0, 1), kT, nullptr, 42);
+    engine::Engine engine(model, config_for(0, 1), kT, nullptr, 42);
     engine.load_checkpoint(dir);
   } catch (const Error& e) {
     return e.what();
@@ -203,7 +204,7 @@ TEST(Checkpoint, DamagedOrForeignCheckpointsAreRefusedByName) {
 
   TempDir other;
   save_two_shards(other.str());
-  Gpt2Config two_layers = tiny();
+  nn::Gpt2Config two_layers = tiny();
   two_layers.n_layer = 2;
   e = load_error(other.str(), two_layers);
   EXPECT_NE(e.find("from another model"), std::string::npos) << e;
@@ -216,22 +217,22 @@ TEST(Checkpoint, DamagedOrForeignCheckpointsAreRefusedByName) {
 TEST(Checkpoint, ConsolidatedFileHoldsEveryParameterAndLoadsBack) {
   TempDir dir;
   std::vector<float> saved;
-  on_world(2, [&](Communicator& comm) {
+  on_world(2, [&](comm::Communicator& comm) {
     Segment s;
-    Engine engine(tiny(), config_for(3, 2), kT, &comm, 42);
+    engine::Engine engine(tiny(), config_for(3, 2), kT, &comm, 42);
     train_steps(engine, comm, 0, 3, s);
     engine.save_checkpoint(dir.str(), "t");
     const std::vector<float> p = engine.optimizer().full_parameters();
     if (comm.rank() == 0) saved = p;
   });
   const std::string out = (dir.path() / "model.safetensors").string();
-  consolidate_checkpoint(CheckpointReader(dir.str(), "t"), out, "fp32");
-  const SafetensorsFile file = SafetensorsFile::open(out);
-  Engine engine(tiny(), config_for(0, 1), kT, nullptr, 7);
+  ckpt::consolidate_checkpoint(ckpt::CheckpointReader(dir.str(), "t"), out, "fp32");
+  const ckpt::SafetensorsFile file = ckpt::SafetensorsFile::open(out);
+  engine::Engine engine(tiny(), config_for(0, 1), kT, nullptr, 7);
   ASSERT_EQ(file.size(), engine.model().params().all().size());
   std::vector<float> concatenated;
-  for (const Parameter& p : engine.model().params().all()) {
-    const std::vector<float> v = read_safetensors_f32(file, p.name);
+  for (const nn::Parameter& p : engine.model().params().all()) {
+    const std::vector<float> v = ckpt::read_safetensors_f32(file, p.name);
     EXPECT_EQ(file.get(p.name).shape, std::vector<int64_t>(p.shape.begin(), p.shape.end())) << p.name;
     concatenated.insert(concatenated.end(), v.begin(), v.end());
   }
@@ -248,24 +249,24 @@ namespace {
 // the op-by-op GPT-2 of scripts/gen_fixtures.py and compares its logits with ours (skipped without PyTorch).
 TEST(Checkpoint, ConsolidatedFileGivesOurLogitsInPyTorch) {
   TempDir dir;
-  on_world(2, [&](Communicator& comm) {
+  on_world(2, [&](comm::Communicator& comm) {
     Segment s;
-    Engine engine(tiny(), config_for(3, 2), kT, &comm, 42);
+    engine::Engine engine(tiny(), config_for(3, 2), kT, &comm, 42);
     train_steps(engine, comm, 0, 3, s);
     engine.save_checkpoint(dir.str(), "t");
   });
   const std::string model = (dir.path() / "model.safetensors").string();
-  consolidate_checkpoint(CheckpointReader(dir.str(), "t"), model, "fp32");
-  Engine engine(tiny(), config_for(0, 1), kT, nullptr, 7);
+  ckpt::consolidate_checkpoint(ckpt::CheckpointReader(dir.str(), "t"), model, "fp32");
+  engine::Engine engine(tiny(), config_for(0, 1), kT, nullptr, 7);
   engine.load_weights(model);
   const int B = 2, V = tiny().vocab_size;
   std::vector<int32_t> tokens(size_t(B) * kT), targets(tokens.size());
   table().fill(0, B, tokens.data(), targets.data());
   std::vector<float> logits(tokens.size() * V);
-  Ctx ctx;
+  nn::Ctx ctx;
   engine.model().forward_logits(ctx, tokens.data(), B, kT, logits.data());
   const std::string expected = (dir.path() / "expected.safetensors").string();
-  write_safetensors(expected, {{"tokens", "I32", {B, kT}, tokens.data(), tokens.size() * 4},
+  ckpt::write_safetensors(expected, {{"tokens", "I32", {B, kT}, tokens.data(), tokens.size() * 4},
                                {"logits", "F32", {B, kT, V}, logits.data(), logits.size() * 4}});
   const std::string cmd = fmt::format("/usr/bin/python3 {}/scripts/check_consolidated.py {} {} {} {} 1e-4",
                                       DS_SOURCE_DIR, model, expected, tiny().n_layer, tiny().n_head);

@@ -15,8 +15,8 @@ using namespace ds;
 
 namespace {
 
-Gpt2Config small_model() {
-  Gpt2Config c;
+nn::Gpt2Config small_model() {
+  nn::Gpt2Config c;
   c.n_layer = 2, c.n_head = 2, c.n_embd = 16, c.vocab_size = 40, c.block_size = 8;
   return c;
 }
@@ -38,7 +38,7 @@ struct Rows {
   }
 };
 
-std::vector<float> params_of(Gpt2& m) {
+std::vector<float> params_of(nn::Gpt2& m) {
   const Tensor& f = m.params().flat_params();
   return std::vector<float>(f.data<float>(), f.data<float>() + f.numel());
 }
@@ -49,12 +49,12 @@ TEST(Engine, GradientAccumulationMatchesOneLargeMicroBatch) {
   const int T = 8;
   Rows rows(T, 64);
   auto run = [&](int micro, int gas) {
-    DeepSpeedConfig cfg = parse_config(fmt::format(R"({{"train_micro_batch_size_per_gpu": {},
+    config::DeepSpeedConfig cfg = config::parse_config(fmt::format(R"({{"train_micro_batch_size_per_gpu": {},
         "gradient_accumulation_steps": {}, "optimizer": {{"type": "AdamW", "params": {{"lr": 0.01}}}}}})",
                                                    micro, gas),
                                        1, "test");
-    Engine engine(small_model(), cfg, T, nullptr, 3);
-    Gpt2& model = engine.model();
+    engine::Engine engine(small_model(), cfg, T, nullptr, 3);
+    nn::Gpt2& model = engine.model();
     int next_row = 0;
     std::vector<double> losses;
     for (int step = 0; step < 3; ++step) {
@@ -84,7 +84,7 @@ TEST(Engine, ClippingScalesGradientsByDeepSpeedsFactorAndLrFollowsTheSchedule) {
   // step is invariant to gradient scale (up to eps), so compare with bias_correction and a huge eps, where the
   // update is lr * g * scale / eps: linear in the gradient.
   auto make_cfg = [](double clip) {
-    return parse_config(fmt::format(R"({{"train_micro_batch_size_per_gpu": 2,
+    return config::parse_config(fmt::format(R"({{"train_micro_batch_size_per_gpu": 2,
         "optimizer": {{"type": "AdamW", "params": {{"lr": 1e6, "eps": 1e6, "weight_decay": 0.0}}}},
         "scheduler": {{"type": "WarmupLR", "params": {{"warmup_min_lr": 250000.0, "warmup_max_lr": 1000000.0,
                                                      "warmup_num_steps": 10, "warmup_type": "linear"}}}},
@@ -92,16 +92,16 @@ TEST(Engine, ClippingScalesGradientsByDeepSpeedsFactorAndLrFollowsTheSchedule) {
                                     clip),
                         1, "test");
   };
-  auto one_step = [&](double clip, StepResult* out) {
-    Engine engine(small_model(), make_cfg(clip), T, nullptr, 5);
-    Gpt2& model = engine.model();
+  auto one_step = [&](double clip, engine::StepResult* out) {
+    engine::Engine engine(small_model(), make_cfg(clip), T, nullptr, 5);
+    nn::Gpt2& model = engine.model();
     const std::vector<float> before = params_of(model);
     *out = engine.train_batch([&](int32_t* in, int32_t* tg) { rows.fill(0, 2, in, tg); });
     std::vector<float> after = params_of(model);
     for (size_t i = 0; i < after.size(); ++i) after[i] -= before[i];
     return after;  // the update
   };
-  StepResult free_r, clip_r;
+  engine::StepResult free_r, clip_r;
   const std::vector<float> free_update = one_step(0.0, &free_r);
   const double clip = 0.1;
   const std::vector<float> clipped_update = one_step(clip, &clip_r);
@@ -125,18 +125,18 @@ TEST(TrainConfig, BuiltInDefaultEqualsTheShippedExample) {
   std::ifstream in(std::string(DS_SOURCE_DIR) + "/examples/ds_config_gpt2_tiny.json");
   std::stringstream ss;
   ss << in.rdbuf();
-  const DeepSpeedConfig example = parse_config(ss.str(), 1, "x");
-  const DeepSpeedConfig builtin = parse_config(kDefaultTrainConfig, 1, "x");
+  const config::DeepSpeedConfig example = config::parse_config(ss.str(), 1, "x");
+  const config::DeepSpeedConfig builtin = config::parse_config(app::kDefaultTrainConfig, 1, "x");
   EXPECT_EQ(example.summary(), builtin.summary());
   EXPECT_TRUE(example.warnings.empty());
 }
 
 TEST(TrainConfig, ByteSizes) {
-  EXPECT_EQ(parse_byte_size("2GiB"), int64_t(2) << 30);
-  EXPECT_EQ(parse_byte_size("512MiB"), int64_t(512) << 20);
-  EXPECT_EQ(parse_byte_size("1e9"), 1000000000);
-  EXPECT_EQ(parse_byte_size("3 KB"), 3000);
-  EXPECT_THROW(parse_byte_size("lots"), ConfigError);
-  EXPECT_THROW(parse_byte_size("0"), ConfigError);
-  EXPECT_THROW(parse_byte_size("1e30"), ConfigError);
+  EXPECT_EQ(app::parse_byte_size("2GiB"), int64_t(2) << 30);
+  EXPECT_EQ(app::parse_byte_size("512MiB"), int64_t(512) << 20);
+  EXPECT_EQ(app::parse_byte_size("1e9"), 1000000000);
+  EXPECT_EQ(app::parse_byte_size("3 KB"), 3000);
+  EXPECT_THROW(app::parse_byte_size("lots"), ConfigError);
+  EXPECT_THROW(app::parse_byte_size("0"), ConfigError);
+  EXPECT_THROW(app::parse_byte_size("1e30"), ConfigError);
 }

@@ -34,15 +34,16 @@ std::string mp_config(int stage, int world, const std::string& precision) {
 }
 
 struct MpRun {
-  std::vector<StepResult> steps;
+  std::vector<engine::StepResult> steps;
   std::vector<float> params;
   int64_t peak_param = 0, peak_grad = 0, peak_optimizer = 0;
 };
 
 MpRun run_mp(int world, int stage, const std::string& precision, int steps = kSteps) {
-  return ds::testing::on_local_ranks<MpRun>(world, [&](Communicator& comm) {
+  return ds::testing::on_local_ranks<MpRun>(world, [&](comm::Communicator& comm) {
     MpRun out;
-    Engine engine(tiny(), parse_config(mp_config(stage, world, precision), world, "mp_test"), kT, &comm, 42);
+    engine::Engine engine(tiny(), config::parse_config(mp_config(stage, world, precision), world, "mp_test"), kT, &comm,
+                          42);
     const int micro = kGlobalRows / world;
     int step = 0;
     auto next = [&](int32_t* in, int32_t* tg) { table().fill(kGlobalRows * step + comm.rank() * micro, micro, in, tg); };
@@ -101,7 +102,7 @@ TEST(MixedPrecision, Bf16TracksFp32AndStage0AccumulatesInFp32) {
   const double psi = static_cast<double>(tiny().num_params());
   EXPECT_NEAR(bf16.peak_param, 2 * psi, 0.05 * 2 * psi);
   EXPECT_NEAR(bf16.peak_grad, 4 * psi, 0.05 * 4 * psi);  // bf16 at stage 0: fp32 gradient accumulation
-  for (const StepResult& s : bf16.steps) EXPECT_FALSE(s.skipped);
+  for (const engine::StepResult& s : bf16.steps) EXPECT_FALSE(s.skipped);
   const MpRun bf16_z2 = run_mp(2, 2, kBf16);
   EXPECT_NEAR(bf16_z2.peak_grad, psi, 0.05 * psi);  // stage 2: bf16 gradients, halved
   EXPECT_LE(max_rel_loss_diff(bf16_z2, fp32), 1e-3);
@@ -150,13 +151,13 @@ namespace {
 // exactly 512; added to the bf16 store one row at a time it would stall at 256 (bf16 keeps 8 significant bits).
 TEST(MixedPrecision, RepeatedTokensAreSummedBeforeRoundingTo16Bits) {
   for (int stage : {1, 2}) {
-    ParameterStore store;
+    nn::ParameterStore store;
     store.add_sliced("w", {4, 8}, 4);
-    store.materialize(16, ZeroOptimizer::keeps_full_gradients(stage), true, DType::bf16, DType::bf16);
-    auto comm = make_self_communicator();
-    ZeroConfig zero;
+    store.materialize(16, zero::ZeroOptimizer::keeps_full_gradients(stage), true, DType::bf16, DType::bf16);
+    auto comm = comm::make_self_communicator();
+    config::ZeroConfig zero;
     zero.stage = stage;
-    ZeroOptimizer opt(store, *comm, zero, cpu::AdamParams{}, ZeroPrecision{DType::bf16, DType::bf16});
+    zero::ZeroOptimizer opt(store, *comm, zero, cpu::AdamParams{}, zero::ZeroPrecision{DType::bf16, DType::bf16});
     opt.begin_batch();
     const std::vector<int32_t> ids(512, 1);
     const std::vector<float> rows(512 * 8, 1.0f);

@@ -21,7 +21,7 @@ using namespace zero_case;
 std::vector<RunResult> run_world(int world, int stage, int gas, bool overlap = false, const std::string& extra = "") {
   const int micro = kGlobalRows / world / gas;
   return ds::testing::on_local_ranks<RunResult>(
-      world, [&](Communicator& comm) { return run_case(comm, stage, micro, gas, overlap, extra); });
+      world, [&](comm::Communicator& comm) { return run_case(comm, stage, micro, gas, overlap, extra); });
 }
 
 const RunResult& reference() {

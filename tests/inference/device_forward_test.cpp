@@ -22,8 +22,8 @@
 namespace ds::inference {
 namespace {
 
-Gpt2Config config_of(int n_embd, int n_head) {
-  Gpt2Config c;
+nn::Gpt2Config config_of(int n_embd, int n_head) {
+  nn::Gpt2Config c;
   c.name = "device-test";
   c.n_layer = 2;
   c.n_head = n_head;
@@ -34,11 +34,11 @@ Gpt2Config config_of(int n_embd, int n_head) {
 }
 
 struct Model {
-  explicit Model(const Gpt2Config& c) : gpt(c, 1, /*with_grads=*/false) {
+  explicit Model(const nn::Gpt2Config& c) : gpt(c, 1, /*with_grads=*/false) {
     gpt.init_weights(11);
     runner = std::make_shared<InferenceModel>(gpt);
   }
-  Gpt2 gpt;
+  nn::Gpt2 gpt;
   std::shared_ptr<InferenceModel> runner;
 };
 

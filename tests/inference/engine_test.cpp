@@ -16,8 +16,8 @@
 namespace ds::inference {
 namespace {
 
-Gpt2Config small_config() {
-  Gpt2Config c;
+nn::Gpt2Config small_config() {
+  nn::Gpt2Config c;
   c.name = "engine-test";
   c.n_layer = 2;
   c.n_head = 4;
@@ -38,7 +38,7 @@ struct Fixture {
   std::vector<int32_t> naive_greedy(const std::vector<int32_t>& tokens, int n) {
     return testing::full_recompute_greedy(model, tokens, n);
   }
-  Gpt2 model;
+  nn::Gpt2 model;
   std::shared_ptr<InferenceModel> runner;
 };
 

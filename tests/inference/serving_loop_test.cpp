@@ -15,8 +15,8 @@
 namespace ds::inference {
 namespace {
 
-Gpt2Config small_config() {
-  Gpt2Config c;
+nn::Gpt2Config small_config() {
+  nn::Gpt2Config c;
   c.name = "loop-test";
   c.n_layer = 2;
   c.n_head = 2;
@@ -36,7 +36,7 @@ struct Collected {
 class LoopPolicy : public ::testing::TestWithParam<Policy> {};
 
 TEST_P(LoopPolicy, GreedyEqualsFullRecomputeUnderKvPressure) {
-  Gpt2 model(small_config(), 1, /*with_grads=*/false);
+  nn::Gpt2 model(small_config(), 1, /*with_grads=*/false);
   model.init_weights(3);
   auto runner = std::make_shared<InferenceModel>(model);
   EngineConfig ec;
@@ -101,7 +101,7 @@ INSTANTIATE_TEST_SUITE_P(Loop, LoopPolicy,
                                                            : std::string(policy_name(info.param)); });
 
 TEST(Loop, RefusesWhatCanNeverRunAndWhatDoesNotFit) {
-  Gpt2 model(small_config(), 1, false);
+  nn::Gpt2 model(small_config(), 1, false);
   model.init_weights(3);
   EngineConfig ec;
   ec.kv_block_size = 4;
@@ -135,7 +135,7 @@ TEST(Loop, RefusesWhatCanNeverRunAndWhatDoesNotFit) {
 }
 
 TEST(Loop, CancelFreesTheBlocksBeforeTheNextPass) {
-  Gpt2 model(small_config(), 1, false);
+  nn::Gpt2 model(small_config(), 1, false);
   model.init_weights(3);
   EngineConfig ec;
   ec.kv_block_size = 4;
@@ -165,7 +165,7 @@ TEST(Loop, CancelFreesTheBlocksBeforeTheNextPass) {
 }
 
 TEST(Loop, SeededSamplingRepeatsWhateverRunsBesideIt) {
-  Gpt2 model(small_config(), 1, false);
+  nn::Gpt2 model(small_config(), 1, false);
   model.init_weights(3);
   EngineConfig ec;
   ec.kv_block_size = 4;

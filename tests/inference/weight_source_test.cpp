@@ -21,8 +21,8 @@ namespace {
 
 const std::string kGolden = std::string(DS_SOURCE_DIR) + "/tests/fixtures/gpt2_tiny_golden.safetensors";
 
-Gpt2Config small_config() {
-  Gpt2Config c;
+nn::Gpt2Config small_config() {
+  nn::Gpt2Config c;
   c.n_layer = 2;
   c.n_head = 2;
   c.n_embd = 32;
@@ -37,18 +37,18 @@ class WeightSourceTest : public test::ScratchDirTest {
   // The model's parameters under their names, as dspeed ckpt consolidate writes them. `skew` transposes c_attn
   // (a file of another layout).
   std::string write_model(const std::string& name, bool with_meta = true, bool skew = false) {
-    std::vector<SafetensorsEntry> entries;
-    for (const Parameter& p : model.params().all()) {
+    std::vector<ckpt::SafetensorsEntry> entries;
+    for (const nn::Parameter& p : model.params().all()) {
       std::vector<int64_t> shape(p.shape.begin(), p.shape.end());
       if (skew && p.name.find("c_attn.weight") != std::string::npos) std::swap(shape[0], shape[1]);
       entries.push_back({p.name, "F32", shape, p.data.raw(), static_cast<size_t>(p.numel()) * sizeof(float)});
     }
     std::map<std::string, std::string> meta;
     if (with_meta) meta["ds_model"] = model.config().to_json().dump();
-    write_safetensors(path(name), entries, meta);
+    ckpt::write_safetensors(path(name), entries, meta);
     return path(name);
   }
-  Gpt2 model;
+  nn::Gpt2 model;
 };
 
 // Logits of the last token of each prompt, each prompt its own sequence in one ragged pass.
@@ -67,7 +67,7 @@ std::vector<float> last_logits(std::shared_ptr<const InferenceModel> m, const st
 TEST_F(WeightSourceTest, FileGivesBackTheParametersBitForBit) {
   const auto source = open_weight_source(write_model("m.safetensors"));
   EXPECT_EQ(source->config().to_json(), model.config().to_json());
-  for (const Gpt2Weight& w : model.config().weight_spec()) {
+  for (const nn::Gpt2Weight& w : model.config().weight_spec()) {
     std::vector<float> got(static_cast<size_t>(w.numel()));
     source->read(w, got.data());
     EXPECT_EQ(std::memcmp(got.data(), model.params().get(w.name).data.raw(), got.size() * sizeof(float)), 0)
@@ -85,7 +85,7 @@ TEST_F(WeightSourceTest, LoadedModelEqualsTheModelInMemory) {
 // What a device forward copies from a model placed on the CPU: the panels unpacked, equal to the parameters.
 TEST_F(WeightSourceTest, CpuPanelsReadBackExactly) {
   const InferenceModel placed(model);
-  for (const Gpt2Weight& w : model.config().weight_spec()) {
+  for (const nn::Gpt2Weight& w : model.config().weight_spec()) {
     std::vector<float> got(static_cast<size_t>(w.numel()));
     placed.weights().read(w, got.data());
     EXPECT_EQ(std::memcmp(got.data(), model.params().get(w.name).data.raw(), got.size() * sizeof(float)), 0)
@@ -96,22 +96,22 @@ TEST_F(WeightSourceTest, CpuPanelsReadBackExactly) {
 // PyTorch's parameters (the golden fixture's "param.*"), loaded by the spec from a file, give PyTorch's logits
 // for the last token of each row.
 TEST_F(WeightSourceTest, PyTorchParametersGivePyTorchLogits) {
-  const SafetensorsFile golden = SafetensorsFile::open(kGolden);
+  const ckpt::SafetensorsFile golden = ckpt::SafetensorsFile::open(kGolden);
   auto meta = [&](const char* k) { return std::stoi(golden.metadata().at(k)); };
-  Gpt2Config c;
+  nn::Gpt2Config c;
   c.n_layer = meta("n_layer"), c.n_head = meta("n_head"), c.n_embd = meta("n_embd");
   c.vocab_size = meta("vocab_size"), c.block_size = meta("block_size");
   std::vector<std::vector<float>> values;
-  std::vector<SafetensorsEntry> entries;
-  for (const Gpt2Weight& w : c.weight_spec()) {
-    values.push_back(read_safetensors_f32(golden, "param." + w.name));  // float64 in PyTorch, stored as f32
+  std::vector<ckpt::SafetensorsEntry> entries;
+  for (const nn::Gpt2Weight& w : c.weight_spec()) {
+    values.push_back(ckpt::read_safetensors_f32(golden, "param." + w.name));  // float64 in PyTorch, stored as f32
     entries.push_back({w.name, "F32", w.shape, values.back().data(), values.back().size() * sizeof(float)});
   }
-  write_safetensors(path("torch.safetensors"), entries, {{"ds_model", c.to_json().dump()}});
+  ckpt::write_safetensors(path("torch.safetensors"), entries, {{"ds_model", c.to_json().dump()}});
   const auto loaded = InferenceModel::load(path("torch.safetensors"));
 
-  const std::vector<int32_t> ids = read_safetensors_i32(golden, "input_ids");
-  const std::vector<float> want = read_safetensors_f32(golden, "logits");  // [B, T, V]
+  const std::vector<int32_t> ids = ckpt::read_safetensors_i32(golden, "input_ids");
+  const std::vector<float> want = ckpt::read_safetensors_f32(golden, "logits");  // [B, T, V]
   const int B = 2, T = static_cast<int>(ids.size()) / B, V = c.vocab_size;
   std::vector<std::vector<int32_t>> prompts;
   for (int b = 0; b < B; ++b) prompts.emplace_back(ids.begin() + b * T, ids.begin() + (b + 1) * T);
@@ -153,7 +153,7 @@ TEST_F(WeightSourceTest, ModelPlacedOnADeviceHasNoCpuForward) {
   const std::string file = write_model("m.safetensors");
   const auto placed = InferenceModel::load(file, "", WeightFormat::fp32, Device::cuda(0));
   EXPECT_EQ(placed->device(), Device::cuda(0));
-  const Gpt2Weight wte = model.config().weight_spec().front();
+  const nn::Gpt2Weight wte = model.config().weight_spec().front();
   std::vector<float> got(static_cast<size_t>(wte.numel()));
   placed->weights().read(wte, got.data());
   EXPECT_EQ(std::memcmp(got.data(), model.params().get(wte.name).data.raw(), got.size() * sizeof(float)), 0);

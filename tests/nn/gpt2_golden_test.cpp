@@ -26,11 +26,11 @@ double rel_error(const float* ours, const std::vector<float>& ref) {
 }
 
 struct Golden {
-  SafetensorsFile file = SafetensorsFile::open(kGolden);
+  ckpt::SafetensorsFile file = ckpt::SafetensorsFile::open(kGolden);
   int meta(const std::string& k) const { return std::stoi(file.metadata().at(k)); }
   double meta_f(const std::string& k) const { return std::stod(file.metadata().at(k)); }
-  Gpt2Config config() const {
-    Gpt2Config c;
+  nn::Gpt2Config config() const {
+    nn::Gpt2Config c;
     c.n_layer = meta("n_layer");
     c.n_head = meta("n_head");
     c.n_embd = meta("n_embd");
@@ -38,9 +38,9 @@ struct Golden {
     c.block_size = meta("block_size");
     return c;
   }
-  void load_params(Gpt2& model) const {
-    for (Parameter& p : model.params().all()) {
-      std::vector<float> v = read_safetensors_f32(file, "param." + p.name);
+  void load_params(nn::Gpt2& model) const {
+    for (nn::Parameter& p : model.params().all()) {
+      std::vector<float> v = ckpt::read_safetensors_f32(file, "param." + p.name);
       ASSERT_EQ(static_cast<int64_t>(v.size()), p.numel()) << p.name;
       std::copy(v.begin(), v.end(), p.data.data<float>());
     }
@@ -51,12 +51,12 @@ struct Golden {
 
 TEST(Gpt2Golden, EveryGoldenParameterHasOurNameAndShape) {
   Golden g;
-  Gpt2 model(g.config());
+  nn::Gpt2 model(g.config());
   int n = 0;
   for (const std::string& name : g.file.names()) {
     if (name.rfind("param.", 0) != 0) continue;
     ++n;
-    Parameter* p = model.params().find(name.substr(6));
+    nn::Parameter* p = model.params().find(name.substr(6));
     ASSERT_NE(p, nullptr) << name;
     const auto& view = g.file.get(name);
     EXPECT_EQ(Shape(view.shape.begin(), view.shape.end()), p->shape) << name;
@@ -66,57 +66,57 @@ TEST(Gpt2Golden, EveryGoldenParameterHasOurNameAndShape) {
 
 TEST(Gpt2Golden, LogitsLossAndGradientsMatchPyTorch) {
   Golden g;
-  Gpt2 model(g.config());
+  nn::Gpt2 model(g.config());
   g.load_params(model);
   const int B = g.meta("B"), T = g.meta("T");
-  std::vector<int32_t> inputs = read_safetensors_i32(g.file, "input_ids");
-  std::vector<int32_t> targets = read_safetensors_i32(g.file, "targets");
+  std::vector<int32_t> inputs = ckpt::read_safetensors_i32(g.file, "input_ids");
+  std::vector<int32_t> targets = ckpt::read_safetensors_i32(g.file, "targets");
 
-  Ctx ctx;
+  nn::Ctx ctx;
   std::vector<float> logits(size_t(B) * T * model.config().vocab_size);
   model.forward_logits(ctx, inputs.data(), B, T, logits.data());
-  EXPECT_LE(rel_error(logits.data(), read_safetensors_f32(g.file, "logits")), 1e-4);
+  EXPECT_LE(rel_error(logits.data(), ckpt::read_safetensors_f32(g.file, "logits")), 1e-4);
 
   ctx.reset();
   const float eval = model.forward_loss(ctx, inputs.data(), targets.data(), B, T);
-  const float golden_loss = read_safetensors_f32(g.file, "loss")[0];
+  const float golden_loss = ckpt::read_safetensors_f32(g.file, "loss")[0];
   EXPECT_NEAR(eval, golden_loss, 1e-4 * golden_loss);
 
   ctx.reset();
   model.params().zero_grad();
   const float loss = model.forward_backward(ctx, inputs.data(), targets.data(), B, T, 1.0f);
   EXPECT_NEAR(loss, golden_loss, 1e-4 * golden_loss);
-  for (Parameter& p : model.params().all()) {
-    const double err = rel_error(p.grad.data<float>(), read_safetensors_f32(g.file, "grad." + p.name));
+  for (nn::Parameter& p : model.params().all()) {
+    const double err = rel_error(p.grad.data<float>(), ckpt::read_safetensors_f32(g.file, "grad." + p.name));
     EXPECT_LE(err, 1e-4) << "gradient of " << p.name;
   }
 }
 
 TEST(Gpt2Golden, ThreeAdamWStepsMatchPyTorch) {
   Golden g;
-  Gpt2 model(g.config());
+  nn::Gpt2 model(g.config());
   g.load_params(model);
   const int B = g.meta("B"), T = g.meta("T");
-  std::vector<int32_t> inputs = read_safetensors_i32(g.file, "input_ids");
-  std::vector<int32_t> targets = read_safetensors_i32(g.file, "targets");
+  std::vector<int32_t> inputs = ckpt::read_safetensors_i32(g.file, "input_ids");
+  std::vector<int32_t> targets = ckpt::read_safetensors_i32(g.file, "targets");
   cpu::AdamParams hyper;
   hyper.beta1 = static_cast<float>(g.meta_f("beta1"));
   hyper.beta2 = static_cast<float>(g.meta_f("beta2"));
   hyper.eps = static_cast<float>(g.meta_f("eps"));
   hyper.weight_decay = static_cast<float>(g.meta_f("weight_decay"));
   hyper.adam_w_mode = true;
-  AdamW opt(model.params().flat_params(), model.params().flat_grads(), hyper);
-  Ctx ctx;
+  optim::AdamW opt(model.params().flat_params(), model.params().flat_grads(), hyper);
+  nn::Ctx ctx;
   for (int step = 0; step < 3; ++step) {
     ctx.reset();
     model.params().zero_grad();
     const float loss = model.forward_backward(ctx, inputs.data(), targets.data(), B, T, 1.0f);
-    const float golden = read_safetensors_f32(g.file, "loss_step" + std::to_string(step))[0];
+    const float golden = ckpt::read_safetensors_f32(g.file, "loss_step" + std::to_string(step))[0];
     EXPECT_NEAR(loss, golden, 1e-4 * golden) << "step " << step;
     opt.step(static_cast<float>(g.meta_f("lr")));
   }
-  for (Parameter& p : model.params().all()) {
-    const double err = rel_error(p.data.data<float>(), read_safetensors_f32(g.file, "adamw3." + p.name));
+  for (nn::Parameter& p : model.params().all()) {
+    const double err = rel_error(p.data.data<float>(), ckpt::read_safetensors_f32(g.file, "adamw3." + p.name));
     EXPECT_LE(err, 1e-4) << "parameter after 3 AdamW steps: " << p.name;
   }
 }

@@ -15,48 +15,48 @@ namespace {
 const std::string kGolden = std::string(DS_SOURCE_DIR) + "/tests/fixtures/gpt2_tiny_golden.safetensors";
 
 TEST(Gpt2Spec, NamesAndShapesArePyTorchs) {
-  const SafetensorsFile file = SafetensorsFile::open(kGolden);
+  const ckpt::SafetensorsFile file = ckpt::SafetensorsFile::open(kGolden);
   auto meta = [&](const char* k) { return std::stoi(file.metadata().at(k)); };
   std::map<std::string, std::vector<int64_t>> torch;  // "param.<name>" entries: PyTorch's state dict
   for (const std::string& name : file.names())
     if (name.rfind("param.", 0) == 0) torch[name.substr(6)] = file.get(name).shape;
   ASSERT_FALSE(torch.empty());
-  const std::vector<Gpt2Weight> spec =
-      gpt2_weight_spec(meta("n_layer"), meta("n_embd"), meta("vocab_size"), meta("block_size"));
+  const std::vector<nn::Gpt2Weight> spec =
+      nn::gpt2_weight_spec(meta("n_layer"), meta("n_embd"), meta("vocab_size"), meta("block_size"));
   std::map<std::string, std::vector<int64_t>> ours;
-  for (const Gpt2Weight& w : spec) ours[w.name] = w.shape;
+  for (const nn::Gpt2Weight& w : spec) ours[w.name] = w.shape;
   EXPECT_EQ(ours, torch);
   EXPECT_EQ(ours.size(), spec.size()) << "a name appears twice in the spec";
 }
 
 TEST(Gpt2Spec, CountsGpt2SmallAsPublished) {
   // GPT-2 small with its head tied to wte: 124,439,808 parameters.
-  EXPECT_EQ(Gpt2Config::preset("gpt2").num_params(), 124439808);
+  EXPECT_EQ(nn::Gpt2Config::preset("gpt2").num_params(), 124439808);
 }
 
 TEST(Gpt2Spec, SlotsAreDenseAndDistinct) {
   const int L = 3;
-  const std::vector<Gpt2Weight> spec = gpt2_weight_spec(L, 16, 50, 8);
-  ASSERT_EQ(static_cast<int>(spec.size()), gpt2_weight_slots(L));
+  const std::vector<nn::Gpt2Weight> spec = nn::gpt2_weight_spec(L, 16, 50, 8);
+  ASSERT_EQ(static_cast<int>(spec.size()), nn::gpt2_weight_slots(L));
   std::vector<int> seen(spec.size(), 0);
-  for (const Gpt2Weight& w : spec) {
-    const int k = gpt2_weight_slot(w.role, w.layer);
+  for (const nn::Gpt2Weight& w : spec) {
+    const int k = nn::gpt2_weight_slot(w.role, w.layer);
     ASSERT_GE(k, 0);
-    ASSERT_LT(k, gpt2_weight_slots(L));
+    ASSERT_LT(k, nn::gpt2_weight_slots(L));
     ++seen[static_cast<size_t>(k)];
-    EXPECT_EQ(is_layer_role(w.role), w.layer >= 0) << w.name;
+    EXPECT_EQ(nn::is_layer_role(w.role), w.layer >= 0) << w.name;
   }
   for (const int n : seen) EXPECT_EQ(n, 1);
 }
 
 TEST(Gpt2Spec, TrainingModelDeclaresTheSpec) {
-  Gpt2Config c = Gpt2Config::preset("gpt2-tiny");
+  nn::Gpt2Config c = nn::Gpt2Config::preset("gpt2-tiny");
   c.vocab_size = 300;
-  Gpt2 model(c, 1, false);
-  const std::vector<Gpt2Weight> spec = c.weight_spec();
+  nn::Gpt2 model(c, 1, false);
+  const std::vector<nn::Gpt2Weight> spec = c.weight_spec();
   ASSERT_EQ(model.params().all().size(), spec.size());
   for (size_t i = 0; i < spec.size(); ++i) {
-    const Parameter& p = model.params().all()[i];
+    const nn::Parameter& p = model.params().all()[i];
     EXPECT_EQ(p.name, spec[i].name);
     EXPECT_EQ(std::vector<int64_t>(p.shape.begin(), p.shape.end()), spec[i].shape) << p.name;
   }
@@ -65,13 +65,13 @@ TEST(Gpt2Spec, TrainingModelDeclaresTheSpec) {
 // GPT-2's initialisation, by role: LayerNorm weights 1, biases 0, weights N(0, 0.02), the residual projections
 // (attn.c_proj, mlp.c_proj) N(0, 0.02 / sqrt(2 n_layer)).
 TEST(Gpt2Spec, InitialisesByRole) {
-  Gpt2Config c = Gpt2Config::preset("gpt2-tiny");
+  nn::Gpt2Config c = nn::Gpt2Config::preset("gpt2-tiny");
   c.vocab_size = 300;
-  Gpt2 model(c, 1, false);
+  nn::Gpt2 model(c, 1, false);
   model.init_weights(11);
-  const std::vector<Gpt2Weight> spec = c.weight_spec();
+  const std::vector<nn::Gpt2Weight> spec = c.weight_spec();
   for (size_t i = 0; i < spec.size(); ++i) {
-    const Parameter& p = model.params().all()[i];
+    const nn::Parameter& p = model.params().all()[i];
     const float* v = p.data.data<float>();
     const std::string& n = p.name;
     const bool bias = n.size() > 5 && n.compare(n.size() - 5, 5, ".bias") == 0;

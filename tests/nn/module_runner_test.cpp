@@ -16,8 +16,8 @@ using namespace ds;
 
 namespace {
 
-Gpt2Config small_config() {
-  Gpt2Config c;
+nn::Gpt2Config small_config() {
+  nn::Gpt2Config c;
   c.n_layer = 3, c.n_head = 2, c.n_embd = 32, c.vocab_size = 96, c.block_size = 16;
   return c;
 }
@@ -41,16 +41,16 @@ struct Batch {
 };
 
 // Records every hook call as "<kind> <unit owner's name>".
-class RecordingHooks : public ModuleHooks {
+class RecordingHooks : public nn::ModuleHooks {
  public:
   std::vector<std::string> calls;
-  void pre_forward(const Module& m) override { calls.push_back("pre_forward " + m.name()); }
-  void post_forward(const Module& m) override { calls.push_back("post_forward " + m.name()); }
-  void pre_backward(const Module& m) override { calls.push_back("pre_backward " + m.name()); }
-  void post_backward(const Module& m) override { calls.push_back("post_backward " + m.name()); }
+  void pre_forward(const nn::Module& m) override { calls.push_back("pre_forward " + m.name()); }
+  void post_forward(const nn::Module& m) override { calls.push_back("post_forward " + m.name()); }
+  void pre_backward(const nn::Module& m) override { calls.push_back("pre_backward " + m.name()); }
+  void post_backward(const nn::Module& m) override { calls.push_back("post_backward " + m.name()); }
 };
 
-std::vector<float> grads_of(Gpt2& m) {
+std::vector<float> grads_of(nn::Gpt2& m) {
   const Tensor& g = m.params().flat_grads();
   return std::vector<float>(g.data<float>(), g.data<float>() + g.numel());
 }
@@ -62,24 +62,24 @@ bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
 }  // namespace
 
 TEST(ModuleRunner, SubRangesComposeToTheWholeModel) {
-  const Gpt2Config cfg = small_config();
+  const nn::Gpt2Config cfg = small_config();
   const Batch batch(cfg.vocab_size);
-  Gpt2 whole(cfg), parts(cfg);
+  nn::Gpt2 whole(cfg), parts(cfg);
   whole.init_weights(7);
   parts.init_weights(7);
   RecordingHooks whole_hooks, part_hooks;
   whole.set_hooks(&whole_hooks);
   parts.set_hooks(&part_hooks);
 
-  Ctx ctx_whole;
+  nn::Ctx ctx_whole;
   const float loss = whole.forward_backward(ctx_whole, batch.in.data(), batch.tg.data(), batch.B, batch.T, 1.0f);
 
   // The same micro-batch as three "stages": [embedding, h.0], [h.1, h.2], [ln_f, head].
-  ModuleRunner& runner = parts.runner();
+  nn::ModuleRunner& runner = parts.runner();
   ASSERT_EQ(runner.size(), size_t(cfg.n_layer) + 3);
-  Ctx ctx;
+  nn::Ctx ctx;
   ctx.training = true;
-  Pass pass{.inputs = batch.in.data(), .targets = batch.tg.data(), .B = batch.B, .T = batch.T,
+  nn::Pass pass{.inputs = batch.in.data(), .targets = batch.tg.data(), .B = batch.B, .T = batch.T,
             .grad_scale = 1.0f / static_cast<float>(batch.count())};
   const size_t cut1 = 2, cut2 = 4, end = runner.size();
   Tensor x1 = runner.forward(ctx, pass, 0, cut1, Tensor());
@@ -105,15 +105,15 @@ TEST(ModuleRunner, SubRangesComposeToTheWholeModel) {
 
 // The input gradient a sub-range returns is the loss's gradient: <d1, v> against a central difference along v.
 TEST(ModuleRunner, SubRangeInputGradientMatchesAFiniteDifference) {
-  const Gpt2Config cfg = small_config();
+  const nn::Gpt2Config cfg = small_config();
   const Batch batch(cfg.vocab_size);
-  Gpt2 model(cfg);
+  nn::Gpt2 model(cfg);
   model.init_weights(11);
-  ModuleRunner& runner = model.runner();
+  nn::ModuleRunner& runner = model.runner();
   const size_t cut = 2, end = runner.size();
-  Pass pass{.inputs = batch.in.data(), .targets = batch.tg.data(), .B = batch.B, .T = batch.T, .grad_scale = 1.0f};
+  nn::Pass pass{.inputs = batch.in.data(), .targets = batch.tg.data(), .B = batch.B, .T = batch.T, .grad_scale = 1.0f};
 
-  Ctx ctx;
+  nn::Ctx ctx;
   ctx.training = true;
   const Tensor x = runner.forward(ctx, pass, 0, cut, Tensor());
   std::vector<float> x0(x.data<float>(), x.data<float>() + x.numel());
@@ -126,11 +126,11 @@ TEST(ModuleRunner, SubRangeInputGradientMatchesAFiniteDifference) {
   for (size_t i = 0; i < v.size(); ++i) analytic += double(dx.data<float>()[i]) * v[i];
 
   auto loss_at = [&](float step) {
-    Ctx c;
+    nn::Ctx c;
     c.training = false;
     Tensor xs = c.act().alloc(x.shape());
     for (size_t i = 0; i < v.size(); ++i) xs.data<float>()[i] = x0[i] + step * v[i];
-    Pass p = pass;
+    nn::Pass p = pass;
     runner.forward(c, p, cut, end, xs);
     return p.loss_sum;
   };
@@ -140,16 +140,16 @@ TEST(ModuleRunner, SubRangeInputGradientMatchesAFiniteDifference) {
 }
 
 TEST(ModuleRunner, CheckpointingGivesBitIdenticalGradientsWithFewerActivations) {
-  const Gpt2Config cfg = small_config();
+  const nn::Gpt2Config cfg = small_config();
   const Batch batch(cfg.vocab_size);
-  Gpt2 plain(cfg), checkpointed(cfg);
+  nn::Gpt2 plain(cfg), checkpointed(cfg);
   plain.init_weights(3);
   checkpointed.init_weights(3);
   checkpointed.runner().set_checkpointing(true);
   RecordingHooks plain_hooks, ckpt_hooks;
   plain.set_hooks(&plain_hooks);
   checkpointed.set_hooks(&ckpt_hooks);
-  Ctx a, b;
+  nn::Ctx a, b;
   for (int step = 0; step < 2; ++step) {  // a second pass reuses the arenas
     a.reset();
     b.reset();
@@ -172,11 +172,11 @@ TEST(ModuleRunner, CheckpointingGivesBitIdenticalGradientsWithFewerActivations) 
 
 // Evaluation never checkpoints (nothing is saved), and full logits agree with and without it.
 TEST(ModuleRunner, CheckpointingLeavesEvaluationAlone) {
-  const Gpt2Config cfg = small_config();
+  const nn::Gpt2Config cfg = small_config();
   const Batch batch(cfg.vocab_size);
-  Gpt2 model(cfg);
+  nn::Gpt2 model(cfg);
   model.init_weights(9);
-  Ctx ctx;
+  nn::Ctx ctx;
   std::vector<float> plain(size_t(batch.B) * batch.T * cfg.vocab_size), ckpt(plain.size());
   model.forward_logits(ctx, batch.in.data(), batch.B, batch.T, plain.data());
   model.runner().set_checkpointing(true);

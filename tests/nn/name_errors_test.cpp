@@ -23,7 +23,7 @@ std::string error_of(const std::function<void()>& fn) {
 }
 
 TEST(NameErrors, UnknownParameterListsTheClosestNames) {
-  ParameterStore store;
+  nn::ParameterStore store;
   for (const char* name : {"transformer.wte.weight", "transformer.h.0.ln_1.bias", "transformer.h.0.ln_1.weight",
                            "transformer.h.0.ln_2.weight", "transformer.ln_f.weight"}) {
     store.add(name, {4});
@@ -49,14 +49,14 @@ class ModelFileTest : public test::ScratchDirTest {
 
 TEST_F(ModelFileTest, UnknownKeySuggestsTheNearestKnownKey) {
   const std::string p = model_file(R"({"preset": "gpt2-tiny", "n_layers": 2})");
-  const std::string msg = error_of([&] { Gpt2Config::from_spec(p); });
+  const std::string msg = error_of([&] { nn::Gpt2Config::from_spec(p); });
   EXPECT_EQ(msg, "[model] unknown key 'n_layers' in '" + p + "'; the known keys are preset, n_layer, n_head, n_embd, "
                  "vocab_size, block_size, model_type. Did you mean 'n_layer'?");
 }
 
 TEST_F(ModelFileTest, UnknownKeyFarFromAllKnownKeysGetsNoSuggestion) {
   const std::string p = model_file(R"({"learning_rate": 0.1})");
-  const std::string msg = error_of([&] { Gpt2Config::from_spec(p); });
+  const std::string msg = error_of([&] { nn::Gpt2Config::from_spec(p); });
   EXPECT_NE(msg.find("unknown key 'learning_rate'"), std::string::npos) << msg;
   EXPECT_EQ(msg.find("Did you mean"), std::string::npos) << msg;
   EXPECT_NE(msg.find("Remove the key or fix its spelling."), std::string::npos) << msg;
@@ -64,7 +64,7 @@ TEST_F(ModelFileTest, UnknownKeyFarFromAllKnownKeysGetsNoSuggestion) {
 
 TEST_F(ModelFileTest, ModelTypeIsAKnownKey) {
   const std::string p = model_file(R"({"preset": "gpt2-tiny", "model_type": "gpt2", "n_layer": 2})");
-  EXPECT_EQ(Gpt2Config::from_spec(p).n_layer, 2);
+  EXPECT_EQ(nn::Gpt2Config::from_spec(p).n_layer, 2);
 }
 
 }  // namespace

@@ -7,7 +7,7 @@
 
 namespace {
 
-using ds::ParameterStore;
+using ds::nn::ParameterStore;
 
 TEST(ParameterStore, SliceRowsKeepsSlicesAligned) {
   for (int64_t align : {1, 16, 32, 48, 64, 80, 16 * 7}) {
@@ -29,9 +29,9 @@ TEST(ParameterStore, SlicedParameterIsContiguousAcrossItsUnits) {
   ParameterStore store;
   // 3 elements per row and alignment 16 need slices of 16 rows: a 10-row parameter is one unit.
   EXPECT_EQ(ParameterStore::slice_rows(10, 3, 9, 16), 10);
-  ds::Parameter* w = store.add_sliced("w", {10, 3}, 4);
+  ds::nn::Parameter* w = store.add_sliced("w", {10, 3}, 4);
   store.begin_unit("rest");
-  ds::Parameter* b = store.add("b", {5});
+  ds::nn::Parameter* b = store.add("b", {5});
   store.materialize(4, /*with_grads=*/true, /*with_params=*/true);
   ASSERT_EQ(store.units().size(), 4u);  // rows [0:4], [4:8], [8:10], rest
   EXPECT_EQ(store.units()[0].name, "w[0:4]");
@@ -53,7 +53,7 @@ TEST(ParameterStore, SlicedParameterIsContiguousAcrossItsUnits) {
 TEST(ParameterStore, WithoutParametersNothingIsBound) {
   ParameterStore store;
   store.begin_unit("u");
-  ds::Parameter* p = store.add("p", {4, 4});
+  ds::nn::Parameter* p = store.add("p", {4, 4});
   store.materialize(8, /*with_grads=*/false, /*with_params=*/false);
   EXPECT_FALSE(store.flat_params().defined());
   EXPECT_FALSE(store.flat_grads().defined());

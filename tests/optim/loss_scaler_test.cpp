@@ -8,8 +8,8 @@
 
 namespace {
 
-using ds::LossScaler;
-using ds::LossScalerParams;
+using ds::optim::LossScaler;
+using ds::optim::LossScalerParams;
 
 LossScalerParams dynamic(double scale, int64_t window, int hysteresis, double min_scale = 1.0) {
   LossScalerParams p;

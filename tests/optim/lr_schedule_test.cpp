@@ -16,9 +16,9 @@ namespace {
 
 constexpr double kPi = 3.14159265358979323846;
 
-SchedulerConfig warmup_lr(double min_lr, double max_lr, int64_t n, WarmupType wt) {
-  SchedulerConfig s;
-  s.type = SchedulerType::warmup_lr;
+config::SchedulerConfig warmup_lr(double min_lr, double max_lr, int64_t n, config::WarmupType wt) {
+  config::SchedulerConfig s;
+  s.type = config::SchedulerType::warmup_lr;
   s.name = "WarmupLR";
   s.warmup_min_lr = min_lr;
   s.warmup_max_lr = max_lr;
@@ -27,17 +27,18 @@ SchedulerConfig warmup_lr(double min_lr, double max_lr, int64_t n, WarmupType wt
   return s;
 }
 
-SchedulerConfig warmup_decay(double min_lr, double max_lr, int64_t n, int64_t total, WarmupType wt) {
-  SchedulerConfig s = warmup_lr(min_lr, max_lr, n, wt);
-  s.type = SchedulerType::warmup_decay_lr;
+config::SchedulerConfig warmup_decay(double min_lr, double max_lr, int64_t n, int64_t total, config::WarmupType wt) {
+  config::SchedulerConfig s = warmup_lr(min_lr, max_lr, n, wt);
+  s.type = config::SchedulerType::warmup_decay_lr;
   s.name = "WarmupDecayLR";
   s.total_num_steps = total;
   return s;
 }
 
-SchedulerConfig warmup_cosine(int64_t n, int64_t total, double min_ratio, double cos_min, WarmupType wt) {
-  SchedulerConfig s;
-  s.type = SchedulerType::warmup_cosine_lr;
+config::SchedulerConfig warmup_cosine(int64_t n, int64_t total, double min_ratio, double cos_min,
+                                      config::WarmupType wt) {
+  config::SchedulerConfig s;
+  s.type = config::SchedulerType::warmup_cosine_lr;
   s.name = "WarmupCosineLR";
   s.warmup_num_steps = n;
   s.total_num_steps = total;
@@ -48,21 +49,21 @@ SchedulerConfig warmup_cosine(int64_t n, int64_t total, double min_ratio, double
 }
 
 // Independent restatement of brief §1.3 (DeepSpeed's get_lr at last_batch_iteration t).
-double ref_warmup(int64_t t, int64_t n_raw, WarmupType wt) {
+double ref_warmup(int64_t t, int64_t n_raw, config::WarmupType wt) {
   const double n = static_cast<double>(std::max<int64_t>(2, n_raw));
   if (static_cast<double>(t) >= n) return 1.0;
-  return wt == WarmupType::log ? std::log(t + 1.0) / std::log(n) : t / n;
+  return wt == config::WarmupType::log ? std::log(t + 1.0) / std::log(n) : t / n;
 }
-double ref_warmup_lr(int64_t t, double mn, double mx, int64_t n, WarmupType wt) {
+double ref_warmup_lr(int64_t t, double mn, double mx, int64_t n, config::WarmupType wt) {
   return mn + (mx - mn) * ref_warmup(t, n, wt);
 }
-double ref_decay(int64_t t, double mn, double mx, int64_t n_raw, int64_t total, WarmupType wt) {
+double ref_decay(int64_t t, double mn, double mx, int64_t n_raw, int64_t total, config::WarmupType wt) {
   const int64_t n = std::max<int64_t>(2, n_raw);
   if (t < n) return mn + (mx - mn) * ref_warmup(t, n, wt);
   const double gamma = std::max(0.0, double(total - t) / std::max(1.0, double(total - n)));
   return mn + (mx - mn) * gamma;
 }
-double ref_cosine(int64_t t, double base, int64_t n_raw, int64_t total, double r0, double c, WarmupType wt) {
+double ref_cosine(int64_t t, double base, int64_t n_raw, int64_t total, double r0, double c, config::WarmupType wt) {
   const int64_t n = std::max<int64_t>(2, n_raw);
   if (t < n) return base * (r0 + ref_warmup(t, n, wt) * (1 - r0));
   const double x = double(t - n + 1) / double(total - n);
@@ -72,7 +73,7 @@ double ref_cosine(int64_t t, double base, int64_t n_raw, int64_t total, double r
 // ---- hand-computed values ---------------------------------------------------------------------------------------
 
 TEST(LrSchedule, WarmupLrLogHandValues) {
-  const LrSchedule s(warmup_lr(0.0, 1e-3, 10, WarmupType::log), 1e-3);
+  const optim::LrSchedule s(warmup_lr(0.0, 1e-3, 10, config::WarmupType::log), 1e-3);
   EXPECT_DOUBLE_EQ(s.lr_at_iteration(0), 0.0);                     // ln(1) = 0
   EXPECT_NEAR(s.lr_at_iteration(1), 3.010299956639812e-4, 1e-18);  // 1e-3 * ln2/ln10 = 1e-3 * log10(2)
   EXPECT_NEAR(s.lr_at_iteration(4), 6.989700043360188e-4, 1e-18);  // 1e-3 * log10(5)
@@ -82,7 +83,8 @@ TEST(LrSchedule, WarmupLrLogHandValues) {
 }
 
 TEST(LrSchedule, WarmupLrLinearHandValues) {
-  const LrSchedule s(warmup_lr(1e-4, 1e-3, 10, WarmupType::linear), 5.0);  // base lr unused after the start
+  const optim::LrSchedule s(warmup_lr(1e-4, 1e-3, 10, config::WarmupType::linear),
+                            5.0);  // base lr unused after the start
   EXPECT_DOUBLE_EQ(s.lr_at_iteration(0), 1e-4);
   EXPECT_NEAR(s.lr_at_iteration(3), 3.7e-4, 1e-18);  // 1e-4 + 9e-4 * 3/10
   EXPECT_NEAR(s.lr_at_iteration(9), 9.1e-4, 1e-18);  // 1e-4 + 9e-4 * 9/10: linear never reaches max inside
@@ -91,7 +93,7 @@ TEST(LrSchedule, WarmupLrLinearHandValues) {
 
 TEST(LrSchedule, WarmupStepsAreAtLeastTwo) {
   // warmup_num_steps 0 -> N = 2: ln(t+1)/ln(2) gives 0, 1 at t = 0, 1.
-  const LrSchedule s(warmup_lr(0.0, 2e-3, 0, WarmupType::log), 1e-3);
+  const optim::LrSchedule s(warmup_lr(0.0, 2e-3, 0, config::WarmupType::log), 1e-3);
   EXPECT_EQ(s.warmup_num_steps(), 2);
   EXPECT_DOUBLE_EQ(s.lr_at_iteration(0), 0.0);
   EXPECT_DOUBLE_EQ(s.lr_at_iteration(1), 2e-3);
@@ -100,7 +102,7 @@ TEST(LrSchedule, WarmupStepsAreAtLeastTwo) {
 
 TEST(LrSchedule, WarmupDecayHandValues) {
   // N = 10, T = 110: after warmup gamma = (110 - t) / 100.
-  const LrSchedule s(warmup_decay(0.0, 1e-3, 10, 110, WarmupType::linear), 1e-3);
+  const optim::LrSchedule s(warmup_decay(0.0, 1e-3, 10, 110, config::WarmupType::linear), 1e-3);
   EXPECT_NEAR(s.lr_at_iteration(5), 5e-4, 1e-18);    // linear warmup 5/10
   EXPECT_DOUBLE_EQ(s.lr_at_iteration(10), 1e-3);     // (110-10)/100 = 1
   EXPECT_NEAR(s.lr_at_iteration(60), 5e-4, 1e-18);   // 50/100
@@ -111,14 +113,14 @@ TEST(LrSchedule, WarmupDecayHandValues) {
 
 TEST(LrSchedule, WarmupDecayTotalBelowWarmup) {
   // T = 5 < N = 10: max(1, T - N) = 1, so gamma = max(0, 5 - t) = 0 for every t >= 10.
-  const LrSchedule s(warmup_decay(0.0, 1e-3, 10, 5, WarmupType::linear), 1e-3);
+  const optim::LrSchedule s(warmup_decay(0.0, 1e-3, 10, 5, config::WarmupType::linear), 1e-3);
   EXPECT_DOUBLE_EQ(s.lr_at_iteration(10), 0.0);
   EXPECT_NEAR(s.lr_at_iteration(4), 4e-4, 1e-18);
 }
 
 TEST(LrSchedule, WarmupCosineHandValues) {
   // base 1e-3, N = 10, T = 20, warmup ratio 0 -> 1 linear, cos_min_ratio 0.1.
-  const LrSchedule s(warmup_cosine(10, 20, 0.0, 0.1, WarmupType::linear), 1e-3);
+  const optim::LrSchedule s(warmup_cosine(10, 20, 0.0, 0.1, config::WarmupType::linear), 1e-3);
   EXPECT_DOUBLE_EQ(s.lr_at_iteration(0), 0.0);
   EXPECT_NEAR(s.lr_at_iteration(5), 5e-4, 1e-18);  // ratio 5/10
   // t = 10: x = (10-10+1)/(20-10) = 0.1; (1 + cos(0.1 pi))/2 = (1 + 0.9510565162951535)/2 = 0.9755282581475768;
@@ -131,7 +133,7 @@ TEST(LrSchedule, WarmupCosineHandValues) {
 
 TEST(LrSchedule, WarmupCosineMinRatioLogWarmup) {
   // warmup_min_ratio 0.2, log warmup over N = 100: t = 9 -> ln(10)/ln(100) = 0.5 -> ratio 0.2 + 0.5 * 0.8 = 0.6
-  const LrSchedule s(warmup_cosine(100, 1000, 0.2, 1e-4, WarmupType::log), 2e-3);
+  const optim::LrSchedule s(warmup_cosine(100, 1000, 0.2, 1e-4, config::WarmupType::log), 2e-3);
   EXPECT_NEAR(s.lr_at_iteration(9), 1.2e-3, 1e-17);
   EXPECT_NEAR(s.lr_at_iteration(0), 4e-4, 1e-18);  // ratio = warmup_min_ratio
 }
@@ -139,10 +141,10 @@ TEST(LrSchedule, WarmupCosineMinRatioLogWarmup) {
 // ---- the formulas at every step around the boundaries -----------------------------------------------------------
 
 TEST(LrSchedule, MatchesFormulasAcrossBoundaries) {
-  for (WarmupType wt : {WarmupType::log, WarmupType::linear}) {
-    const LrSchedule a(warmup_lr(1e-5, 3e-4, 50, wt), 1e-3);
-    const LrSchedule b(warmup_decay(1e-5, 3e-4, 50, 400, wt), 1e-3);
-    const LrSchedule c(warmup_cosine(50, 400, 0.05, 0.01, wt), 6e-4);
+  for (config::WarmupType wt : {config::WarmupType::log, config::WarmupType::linear}) {
+    const optim::LrSchedule a(warmup_lr(1e-5, 3e-4, 50, wt), 1e-3);
+    const optim::LrSchedule b(warmup_decay(1e-5, 3e-4, 50, 400, wt), 1e-3);
+    const optim::LrSchedule c(warmup_cosine(50, 400, 0.05, 0.01, wt), 6e-4);
     for (int64_t t = 0; t < 460; ++t) {
       EXPECT_NEAR(a.lr_at_iteration(t), ref_warmup_lr(t, 1e-5, 3e-4, 50, wt), 1e-15) << t;
       EXPECT_NEAR(b.lr_at_iteration(t), ref_decay(t, 1e-5, 3e-4, 50, 400, wt), 1e-15) << t;
@@ -154,7 +156,7 @@ TEST(LrSchedule, MatchesFormulasAcrossBoundaries) {
 // ---- step convention --------------------------------------------------------------------------------------------
 
 TEST(LrSchedule, StepConventionWarmupLr) {
-  const LrSchedule s(warmup_lr(1e-4, 1e-3, 10, WarmupType::linear), 7e-3);
+  const optim::LrSchedule s(warmup_lr(1e-4, 1e-3, 10, config::WarmupType::linear), 7e-3);
   EXPECT_DOUBLE_EQ(s.lr(0), 1e-4);                     // constructor sets warmup_min_lr, not the optimizer's lr
   EXPECT_DOUBLE_EQ(s.lr(1), 1e-4);                     // f(0)
   EXPECT_NEAR(s.lr(2), 1.9e-4, 1e-18);                 // f(1) = 1e-4 + 9e-4 * 0.1
@@ -163,36 +165,37 @@ TEST(LrSchedule, StepConventionWarmupLr) {
 }
 
 TEST(LrSchedule, StepConventionCosineStartsAtZero) {
-  const LrSchedule s(warmup_cosine(10, 20, 0.3, 0.1, WarmupType::linear), 1e-3);
+  const optim::LrSchedule s(warmup_cosine(10, 20, 0.3, 0.1, config::WarmupType::linear), 1e-3);
   EXPECT_DOUBLE_EQ(s.lr(0), 0.0);             // WarmupCosineLR.get_lr() before the start
   EXPECT_NEAR(s.lr(1), 3e-4, 1e-18);          // f(0) = 1e-3 * warmup_min_ratio
 }
 
 TEST(LrSchedule, StepConventionResumedIteration) {
-  SchedulerConfig cfg = warmup_lr(0.0, 1e-3, 10, WarmupType::linear);
+  config::SchedulerConfig cfg = warmup_lr(0.0, 1e-3, 10, config::WarmupType::linear);
   cfg.last_batch_iteration = 4;
-  const LrSchedule s(cfg, 5e-4);
+  const optim::LrSchedule s(cfg, 5e-4);
   EXPECT_DOUBLE_EQ(s.lr(0), 5e-4);            // no constructor update: the optimizer's lr
   EXPECT_NEAR(s.lr(1), 5e-4, 1e-18);          // f(5) = 1e-3 * 5/10
   EXPECT_NEAR(s.lr(3), 7e-4, 1e-18);          // f(7)
 }
 
 TEST(LrSchedule, ConstantAndNone) {
-  const LrSchedule c = LrSchedule::constant(3e-4);
-  const LrSchedule n(SchedulerConfig{}, 3e-4);
+  const optim::LrSchedule c = optim::LrSchedule::constant(3e-4);
+  const optim::LrSchedule n(config::SchedulerConfig{}, 3e-4);
   for (int64_t k : {int64_t{0}, int64_t{1}, int64_t{2}, int64_t{1000}}) {
     EXPECT_DOUBLE_EQ(c.lr(k), 3e-4);
     EXPECT_DOUBLE_EQ(n.lr(k), 3e-4);
   }
-  EXPECT_EQ(n.type(), SchedulerType::none);
+  EXPECT_EQ(n.type(), config::SchedulerType::none);
 }
 
 TEST(LrSchedule, BuiltFromParsedConfig) {
   set_log_level(LogLevel::error);
-  const DeepSpeedConfig cfg = load_config_file(std::string(DS_SOURCE_DIR) + "/examples/ds_config_gpt2_tiny.json", 1);
+  const config::DeepSpeedConfig cfg =
+      config::load_config_file(std::string(DS_SOURCE_DIR) + "/examples/ds_config_gpt2_tiny.json", 1);
   set_log_level(LogLevel::info);
-  const LrSchedule s(cfg.scheduler, cfg.optimizer.lr);
-  EXPECT_EQ(s.type(), SchedulerType::warmup_cosine_lr);
+  const optim::LrSchedule s(cfg.scheduler, cfg.optimizer.lr);
+  EXPECT_EQ(s.type(), config::SchedulerType::warmup_cosine_lr);
   EXPECT_DOUBLE_EQ(s.lr(0), 0.0);
   const auto& sc = cfg.scheduler;
   for (int64_t k : {int64_t{1}, int64_t{2}, int64_t{50}, int64_t{100}, int64_t{101}, int64_t{102}, int64_t{2500},
@@ -206,7 +209,7 @@ TEST(LrSchedule, BuiltFromParsedConfig) {
 }
 
 TEST(LrSchedule, RejectsIllFormedCosine) {
-  EXPECT_THROW(LrSchedule(warmup_cosine(10, 10, 0.0, 0.1, WarmupType::log), 1e-3), ConfigError);
+  EXPECT_THROW(optim::LrSchedule(warmup_cosine(10, 10, 0.0, 0.1, config::WarmupType::log), 1e-3), ConfigError);
 }
 
 }  // namespace

@@ -52,16 +52,16 @@ data::BpeTokenizer& test_tokenizer() {
   return tok;
 }
 
-Gpt2& tiny_model() {
-  static std::unique_ptr<Gpt2> model = [] {
-    Gpt2Config cfg;
+nn::Gpt2& tiny_model() {
+  static std::unique_ptr<nn::Gpt2> model = [] {
+    nn::Gpt2Config cfg;
     cfg.name = "custom";
     cfg.n_layer = 2;
     cfg.n_head = 2;
     cfg.n_embd = 64;
     cfg.vocab_size = 50257;
     cfg.block_size = 128;
-    auto m = std::make_unique<Gpt2>(cfg, 1, /*with_grads=*/false);
+    auto m = std::make_unique<nn::Gpt2>(cfg, 1, /*with_grads=*/false);
     m->init_weights(2024);
     return m;
   }();

@@ -22,7 +22,7 @@ constexpr int64_t kSmallBucket = 50000;  // a tiny block is 198,272 elements, a 
 
 std::vector<RunResult> run_world(int world, int stage, bool overlap, const std::string& extra) {
   return ds::testing::on_local_ranks<RunResult>(
-      world, [&](Communicator& comm) { return run_case(comm, stage, kGlobalRows / world, 1, overlap, extra); });
+      world, [&](comm::Communicator& comm) { return run_case(comm, stage, kGlobalRows / world, 1, overlap, extra); });
 }
 
 TEST(GradientBuckets, SmallerThanAUnitKeepTheTrajectoryMemoryAndTraffic) {

@@ -20,7 +20,7 @@ namespace ds::zero {
 namespace {
 
 // Four units, each parameter's elements consecutive: a = {40, 8}, b = {300} (the largest), c = {10}, d = {130, 70}.
-void declare(ParameterStore& store) {
+void declare(nn::ParameterStore& store) {
   store.begin_unit("a");
   store.add("a.w", {40});
   store.add("a.b", {8});
@@ -59,9 +59,9 @@ struct Case {
   }
 };
 
-int64_t bucket_for(Size size, const std::vector<ParamUnit>& units) {
+int64_t bucket_for(Size size, const std::vector<nn::ParamUnit>& units) {
   int64_t largest = 0;
-  for (const ParamUnit& u : units) largest = std::max(largest, u.padded_numel);
+  for (const nn::ParamUnit& u : units) largest = std::max(largest, u.padded_numel);
   switch (size) {
     case Size::smaller_than_a_unit: return 64;
     case Size::one_unit: return largest;
@@ -81,10 +81,10 @@ struct Observed {
 
 Observed run(const Case& c) {
   std::vector<Observed> seen(static_cast<size_t>(c.world));
-  run_local_world(c.world, [&](Communicator& comm) {
+  comm::run_local_world(c.world, [&](comm::Communicator& comm) {
     const int rank = comm.rank();
     Observed& o = seen[static_cast<size_t>(rank)];
-    ParameterStore store;
+    nn::ParameterStore store;
     declare(store);
     const bool full = c.stage < 2;
     store.materialize(PartitionLayout::alignment(c.world), /*with_grads=*/full, /*with_params=*/false, DType::f32,
@@ -108,15 +108,15 @@ Observed run(const Case& c) {
       for (size_t i = layout.size(); i-- > 0;) {  // backward: the last unit first
         if (reducer->lands()) reducer->bind(i);
         float* g = reducer->unit_grads(i);
-        for (const Parameter* p : layout[i].unit->params)
+        for (const nn::Parameter* p : layout[i].unit->params)
           for (int64_t e = p->offset; e < p->offset + p->numel(); ++e) g[e - layout[i].offset] += value(rank, e, micro);
         reducer->commit(i);
       }
-      if (last) o.issued_before_boundary = comm.stats().calls[static_cast<size_t>(Collective::reduce_scatter)];
+      if (last) o.issued_before_boundary = comm.stats().calls[static_cast<size_t>(comm::Collective::reduce_scatter)];
       reducer->end_micro_batch(last);
     }
-    o.reduce_scatters = comm.stats().calls[static_cast<size_t>(Collective::reduce_scatter)];
-    o.all_reduces = comm.stats().calls[static_cast<size_t>(Collective::all_reduce)];
+    o.reduce_scatters = comm.stats().calls[static_cast<size_t>(comm::Collective::reduce_scatter)];
+    o.all_reduces = comm.stats().calls[static_cast<size_t>(comm::Collective::all_reduce)];
     o.ring_bytes = comm.stats().total_bytes();
     // The owned chunks against the sum over ranks and micro-batches.
     std::vector<float> got;
@@ -147,11 +147,11 @@ Observed run(const Case& c) {
 TEST(GradientReducer, MatchesTheUnpartitionedReductionWithTheRingTraffic) {
   int cases = 0;
   for (int world : {1, 2, 4}) {
-    ParameterStore probe;
+    nn::ParameterStore probe;
     declare(probe);
     probe.materialize(PartitionLayout::alignment(world), false, false);
     int64_t total = 0;
-    for (const ParamUnit& u : probe.units()) total += u.padded_numel;
+    for (const nn::ParamUnit& u : probe.units()) total += u.padded_numel;
     for (int stage : {0, 1, 2}) {
       for (Size size : {Size::smaller_than_a_unit, Size::one_unit, Size::several_units, Size::deepspeed_default}) {
         for (bool overlap : {false, true}) {
@@ -178,7 +178,7 @@ TEST(GradientReducer, MatchesTheUnpartitionedReductionWithTheRingTraffic) {
               // Stages 1-2: one reduce-scatter per unit that fits a bucket, one per piece of s = bucket/N
               // elements of its chunk otherwise.
               int64_t segments = 0;
-              for (const ParamUnit& u : probe.units()) {
+              for (const nn::ParamUnit& u : probe.units()) {
                 const int64_t chunk = u.padded_numel / world, s = bucket / world;
                 segments += u.padded_numel <= bucket ? 1 : (chunk + s - 1) / s;
               }
@@ -207,8 +207,8 @@ TEST(GradientReducer, MatchesTheUnpartitionedReductionWithTheRingTraffic) {
 // Consecutive units share a bucket: with room for units d, c and b but not a, the first three (in backward
 // order) are reduced together when a does not fit, then a at the end.
 TEST(GradientReducer, ConsecutiveUnitsShareABucketUntilTheNextDoesNotFit) {
-  run_local_world(2, [](Communicator& comm) {
-    ParameterStore store;
+  comm::run_local_world(2, [](comm::Communicator& comm) {
+    nn::ParameterStore store;
     declare(store);
     store.materialize(PartitionLayout::alignment(2), false, false);
     const PartitionLayout layout(store.units(), comm.rank(), 2, false);
@@ -216,7 +216,7 @@ TEST(GradientReducer, ConsecutiveUnitsShareABucketUntilTheNextDoesNotFit) {
     GradientReducer::Options options;
     options.bucket_numel = layout[1].padded + layout[2].padded + layout[3].padded;
     auto reducer = make_partitioned_gradient_reducer(layout, comm, rows, options);
-    auto issued = [&] { return comm.stats().calls[static_cast<size_t>(Collective::reduce_scatter)]; };
+    auto issued = [&] { return comm.stats().calls[static_cast<size_t>(comm::Collective::reduce_scatter)]; };
     reducer->begin_batch();
     reducer->begin_micro_batch(true);
     std::vector<int64_t> after_commit;

@@ -70,24 +70,24 @@ class CountingStore final : public OptimizerStateStore {
 // A two-unit model (48 and 112 padded elements in one rank's partition) whose optimizer keeps its state in a
 // counting store of 48-element tiles: 4 tiles.
 struct Model {
-  ParameterStore store;
-  std::unique_ptr<Communicator> comm = make_self_communicator();
+  nn::ParameterStore store;
+  std::unique_ptr<comm::Communicator> comm = comm::make_self_communicator();
   CountingStore* state = nullptr;
-  std::unique_ptr<ZeroOptimizer> opt;
+  std::unique_ptr<zero::ZeroOptimizer> opt;
   cpu::AdamParams hyper;
 
-  explicit Model(const ZeroPrecision& precision) {
+  explicit Model(const zero::ZeroPrecision& precision) {
     store.begin_unit("a");
     store.add("a.w", {40});
     store.begin_unit("b");
     store.add("b.w", {10, 10});
-    store.materialize(ZeroOptimizer::alignment(1), true, true, precision.params, precision.grads);
-    ZeroConfig zero;
+    store.materialize(zero::ZeroOptimizer::alignment(1), true, true, precision.params, precision.grads);
+    config::ZeroConfig zero;
     zero.stage = 1;
     zero.sub_group_size = 48;
     hyper.lr = 0.01f;
     hyper.weight_decay = 0.1f;
-    opt = std::make_unique<ZeroOptimizer>(store, *comm, zero, hyper, precision,
+    opt = std::make_unique<zero::ZeroOptimizer>(store, *comm, zero, hyper, precision,
                                           [this](int64_t numel, int64_t tile, bool master) {
                                             auto s = std::make_unique<CountingStore>(numel, tile, master);
                                             state = s.get();
@@ -97,7 +97,7 @@ struct Model {
   static float param(int64_t i) { return 0.25f * float(i % 5) - 0.5f; }
   static float grad(int64_t i) { return 0.125f * float(i % 7) - 0.375f; }
   void set_parameters() {
-    for (const Parameter& p : store.all()) {
+    for (const nn::Parameter& p : store.all()) {
       std::vector<float> v(static_cast<size_t>(p.numel()));
       for (int64_t k = 0; k < p.numel(); ++k) v[static_cast<size_t>(k)] = param(p.offset + k);
       opt->set_parameters(p.offset, v.data(), p.numel());
@@ -106,7 +106,7 @@ struct Model {
   void train_step() {
     opt->begin_batch();
     opt->begin_micro_batch(true);
-    for (const Parameter& p : store.all())
+    for (const nn::Parameter& p : store.all())
       for (int64_t k = 0; k < p.numel(); ++k) {
         const float g = grad(p.offset + k);
         cpu::from_f32(static_cast<std::byte*>(store.flat_grads().raw()) +
@@ -119,7 +119,7 @@ struct Model {
 };
 
 TEST(OptimizerStateStore, TheStepReachesTheStateTileByTile) {
-  for (const ZeroPrecision precision : {ZeroPrecision{}, ZeroPrecision{DType::bf16, DType::bf16}}) {
+  for (const zero::ZeroPrecision precision : {zero::ZeroPrecision{}, zero::ZeroPrecision{DType::bf16, DType::bf16}}) {
     Model m(precision);
     ASSERT_NE(m.state, nullptr);
     ASSERT_EQ(m.state->tile_count(), 4);
@@ -137,7 +137,7 @@ TEST(OptimizerStateStore, TheStepReachesTheStateTileByTile) {
     std::vector<float> exp_avg(160);
     read_state(*m.state, StateKind::exp_avg, 0, 160, exp_avg.data());
     size_t at = 0;  // full_parameters() is unpadded, in declaration order
-    for (const Parameter& p : m.store.all()) {
+    for (const nn::Parameter& p : m.store.all()) {
       for (int64_t k = 0; k < p.numel(); ++k, ++at) {
         const int64_t i = p.offset + k;
         const double g = Model::grad(i), p0 = Model::param(i), lr = m.hyper.lr;
@@ -152,22 +152,22 @@ TEST(OptimizerStateStore, TheStepReachesTheStateTileByTile) {
 class OptimizerStateCheckpoint : public test::ScratchDirTest {};
 
 TEST_F(OptimizerStateCheckpoint, SaveAndLoadGoThroughTheStore) {
-  for (const ZeroPrecision precision : {ZeroPrecision{}, ZeroPrecision{DType::bf16, DType::bf16}}) {
+  for (const zero::ZeroPrecision precision : {zero::ZeroPrecision{}, zero::ZeroPrecision{DType::bf16, DType::bf16}}) {
     const char* what = precision.mixed() ? "bf16" : "fp32";
     Model saved(precision);
     saved.set_parameters();
     saved.train_step();
     saved.state->reset();
-    CheckpointManifest meta;
+    ckpt::CheckpointManifest meta;
     meta.model = {{"test", what}};
-    write_checkpoint(*saved.comm, dir_.string(), what, saved.store, *saved.opt, meta);
+    engine::write_checkpoint(*saved.comm, dir_.string(), what, saved.store, *saved.opt, meta);
     EXPECT_EQ(saved.state->count(StateKind::exp_avg, TileAccess::read), 4) << what;
     EXPECT_EQ(saved.state->count(StateKind::exp_avg_sq, TileAccess::read), 4) << what;
     EXPECT_EQ(saved.state->count(StateKind::master, TileAccess::read), precision.mixed() ? 4 : 0) << what;
 
     Model loaded(precision);
     loaded.state->reset();
-    load_checkpoint(dir_.string(), what, loaded.store, *loaded.opt);
+    engine::load_checkpoint(dir_.string(), what, loaded.store, *loaded.opt);
     EXPECT_EQ(loaded.state->count(StateKind::exp_avg, TileAccess::write), 4) << what;
     EXPECT_EQ(loaded.state->count(StateKind::exp_avg_sq, TileAccess::write), 4) << what;
     EXPECT_EQ(loaded.state->writes(StateKind::master) > 0, precision.mixed()) << what;

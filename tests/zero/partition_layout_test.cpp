@@ -15,11 +15,11 @@ namespace ds::zero {
 namespace {
 
 // Units of these padded sizes, contiguous from 0 (numel is the padded size minus one, for the record).
-std::vector<ParamUnit> units_of(const std::vector<int64_t>& padded) {
-  std::vector<ParamUnit> units;
+std::vector<nn::ParamUnit> units_of(const std::vector<int64_t>& padded) {
+  std::vector<nn::ParamUnit> units;
   int64_t offset = 0;
   for (size_t i = 0; i < padded.size(); ++i) {
-    ParamUnit u;
+    nn::ParamUnit u;
     u.name = fmt::format("u{}", i);
     u.offset = offset;
     u.padded_numel = padded[i];
@@ -94,12 +94,12 @@ TEST(PartitionLayout, ReplicatedOwnsEverything) {
 }
 
 TEST(PartitionLayout, UnitsOfAMaterializedStoreAndTheirOwners) {
-  struct Dummy final : Module {
-    explicit Dummy(const char* n) : Module(n) {}
-    void collect_parameters(std::vector<Parameter*>&) const override {}
+  struct Dummy final : nn::Module {
+    explicit Dummy(const char* n) : nn::Module(n) {}
+    void collect_parameters(std::vector<nn::Parameter*>&) const override {}
   };
   Dummy a("a"), b("b");
-  ParameterStore store;
+  nn::ParameterStore store;
   store.begin_unit("a", &a);
   store.add("a.w", {5, 3});
   store.begin_unit("b", &b);

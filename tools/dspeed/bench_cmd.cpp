@@ -175,7 +175,7 @@ void add_bench_command(CLI::App& root) {
   srv->add_option("--json", sv->json_out, "append one JSON line per cell");
   srv->callback([sv, kv_memory] {
     serve::ServeBenchOptions opts = *sv;
-    opts.kv_memory_bytes = parse_byte_size(*kv_memory);
+    opts.kv_memory_bytes = app::parse_byte_size(*kv_memory);
     serve::run_serve_bench(opts);
   });
 }

@@ -13,25 +13,25 @@ namespace ds::tool {
 namespace {
 
 void inspect(const std::string& dir, const std::string& tag) {
-  const CheckpointReader reader(dir, tag);  // verifies sizes and checksums
-  const CheckpointManifest& m = reader.manifest();
+  const ckpt::CheckpointReader reader(dir, tag);  // verifies sizes and checksums
+  const ckpt::CheckpointManifest& m = reader.manifest();
   fmt::print("checkpoint {}\n", reader.tag_dir());
   fmt::print("  step {} ({} samples), Adam step {}\n", m.global_steps, m.global_samples, m.optimizer_steps);
   fmt::print("  layout: ZeRO stage {}, {} data-parallel rank(s), {} gather units\n", m.zero_stage, m.world,
              m.units.size());
   fmt::print("  model: {}\n", m.model.dump());
   int64_t numel = 0;
-  for (const CheckpointParam& p : m.params) numel += p.numel();
+  for (const ckpt::CheckpointParam& p : m.params) numel += p.numel();
   fmt::print("  {} parameters, {} elements ({} per tensor in fp32)\n", m.params.size(), numel,
              format_bytes(numel * 4));
-  for (const CheckpointParam& p : m.params) {
+  for (const ckpt::CheckpointParam& p : m.params) {
     const std::vector<float> v = reader.read_param(p, "fp32");
     double sq = 0;
     for (float x : v) sq += double(x) * x;
     fmt::print("    {:<45} [{}]  rms {:.6f}\n", p.name, fmt::join(p.shape, ", "),
                v.empty() ? 0.0 : std::sqrt(sq / static_cast<double>(v.size())));
   }
-  for (const CheckpointShard& s : m.shards)
+  for (const ckpt::CheckpointShard& s : m.shards)
     fmt::print("  shard {}: rank {}, {} elements, {}, crc32 {:08x} (verified)\n", s.file, s.rank, s.partition_numel,
                format_bytes(s.bytes), s.crc32);
   if (!m.client_state.empty()) fmt::print("  client state: {}\n", m.client_state.dump());
@@ -62,8 +62,8 @@ void add_ckpt_command(CLI::App& root) {
   con->add_option("--tag", *ctag, "a tag (default: the one in DIR/latest)");
   con->add_option("--dtype", *dtype, "fp32 or bf16")->capture_default_str();
   con->callback([cdir, ctag, out, dtype] {
-    const CheckpointReader reader(*cdir, *ctag);
-    consolidate_checkpoint(reader, *out, *dtype);
+    const ckpt::CheckpointReader reader(*cdir, *ctag);
+    ckpt::consolidate_checkpoint(reader, *out, *dtype);
     fmt::print("wrote {} ({} parameters, {}) from {}\n", *out, reader.manifest().params.size(), *dtype,
                reader.tag_dir());
   });

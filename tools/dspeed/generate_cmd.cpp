@@ -29,7 +29,7 @@ struct GenerateArgs {
 };
 
 void run_generate(GenerateArgs a) {
-  if (!a.kv_memory.empty()) a.stack.kv_memory_bytes = parse_byte_size(a.kv_memory);
+  if (!a.kv_memory.empty()) a.stack.kv_memory_bytes = app::parse_byte_size(a.kv_memory);
   if (a.threads > 0) omp_set_num_threads(a.threads);
   a.stack.max_queue = 1;
   // The sink's state outlives the stack: the loop's destructor may still deliver a last event.

@@ -14,7 +14,7 @@
 namespace ds::tool {
 
 void add_launch_command(CLI::App& root) {
-  auto opts = std::make_shared<LaunchOptions>();
+  auto opts = std::make_shared<app::LaunchOptions>();
   auto dry_run = std::make_shared<bool>(false);
   CLI::App* cmd = root.add_subcommand(
       "launch", "Run a command as N MPI ranks with mpirun (DeepSpeed's launcher: hostfile, --include/--exclude)");
@@ -33,12 +33,12 @@ void add_launch_command(CLI::App& root) {
       ->take_all();
   cmd->positionals_at_end();  // everything from the program on belongs to it, even without '--'
   cmd->callback([opts, dry_run] {
-    const LaunchPlan plan = plan_launch(*opts);
+    const app::LaunchPlan plan = app::plan_launch(*opts);
     if (*dry_run) {
-      std::fputs(format_plan(plan).c_str(), stdout);
+      std::fputs(app::format_plan(plan).c_str(), stdout);
       return;
     }
-    const int status = run_launch(plan);
+    const int status = app::run_launch(plan);
     if (status != 0) {
       std::fprintf(stderr, "error: [launch] mpirun exited with status %d (a rank failed or was stopped; its output "
                    "is above)\n", status);

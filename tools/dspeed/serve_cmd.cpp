@@ -34,7 +34,7 @@ void run_serve(ServeArgs a) {
   DS_CHECK(pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr) == 0, "[serve] cannot block SIGINT/SIGTERM");
   std::signal(SIGPIPE, SIG_IGN);  // a client that disconnects must cost a failed write, not the process
 
-  if (!a.kv_memory.empty()) a.stack.kv_memory_bytes = parse_byte_size(a.kv_memory);
+  if (!a.kv_memory.empty()) a.stack.kv_memory_bytes = app::parse_byte_size(a.kv_memory);
   a.stack.threads = a.threads;  // applied on the loop's thread, where the passes run
   if (a.server.model_name.empty()) a.server.model_name = serve::default_served_name(a.stack.model_path);
 

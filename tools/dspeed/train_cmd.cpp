@@ -9,7 +9,7 @@
 namespace ds::tool {
 
 void add_train_command(CLI::App& root) {
-  auto opts = std::make_shared<TrainOptions>();
+  auto opts = std::make_shared<app::TrainOptions>();
   auto memory_limit = std::make_shared<std::string>();
   CLI::App* cmd = root.add_subcommand(
       "train", "Train a GPT-2 model from a DeepSpeed config (with no options: gpt2-tiny on the bundled corpus)");
@@ -48,9 +48,9 @@ void add_train_command(CLI::App& root) {
   cmd->add_option("--init-from", opts->init_from,
                   "start from the weights of a .safetensors file (Hugging Face GPT-2 names, as consolidate writes)");
   cmd->callback([opts, memory_limit] {
-    TrainOptions o = *opts;
-    if (!memory_limit->empty()) o.device_memory_limit = parse_byte_size(*memory_limit);
-    run_training(o);
+    app::TrainOptions o = *opts;
+    if (!memory_limit->empty()) o.device_memory_limit = app::parse_byte_size(*memory_limit);
+    app::run_training(o);
   });
 }
 

@@ -36,7 +36,7 @@
 
 extern char** environ;
 
-namespace ds {
+namespace ds::app {
 namespace {
 
 constexpr const char* kSpecForm =
@@ -513,4 +513,4 @@ int run_launch(const LaunchPlan& plan) {
   return 1;
 }
 
-}  // namespace ds
+}  // namespace ds::app

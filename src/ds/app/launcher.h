@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-namespace ds {
+namespace ds::app {
 
 // One hostfile line: a host and the slot indices (0..N-1 in the file; a subset after include/exclude).
 struct HostSlots {
@@ -82,4 +82,4 @@ std::string format_plan(const LaunchPlan& plan);
 // Returns mpirun's exit status (non-zero when any rank failed), or 128+signal if mpirun itself was killed.
 int run_launch(const LaunchPlan& plan);
 
-}  // namespace ds
+}  // namespace ds::app

@@ -8,7 +8,7 @@
 #include <algorithm>
 #include <cmath>
 
-namespace ds {
+namespace ds::app {
 namespace {
 
 int terminal_columns(std::FILE* out) {
@@ -97,4 +97,4 @@ void ProgressBar::finish() {
   drawn_ = false;
 }
 
-}  // namespace ds
+}  // namespace ds::app

@@ -7,7 +7,7 @@
 #include <cstdio>
 #include <string>
 
-namespace ds {
+namespace ds::app {
 
 class ProgressBar {
  public:
@@ -34,4 +34,4 @@ std::string format_duration(double seconds);
 // "12,345"
 std::string format_count(double value);
 
-}  // namespace ds
+}  // namespace ds::app

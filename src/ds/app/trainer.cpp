@@ -21,7 +21,7 @@
 #include "ds/engine/engine.h"
 #include "ds/app/progress.h"
 
-namespace ds {
+namespace ds::app {
 
 const char* const kDefaultTrainConfig = R"({
   "train_micro_batch_size_per_gpu": 8,
@@ -108,7 +108,8 @@ namespace {
 // Per-rank ZeRO report: measured model-state peaks and traffic beside the paper's formulas, with p bytes per
 // parameter, g per gradient and k of optimizer state (fp32 Adam: 4 + 4 + 8; mixed precision: 2 + 2 + 12, or
 // 2 + 4 + 12 with fp32 gradient accumulation).
-void print_zero_report(Communicator& comm, const Engine& engine, const CommStats& per_step, int64_t psi) {
+void print_zero_report(comm::Communicator& comm, const engine::Engine& engine, const comm::CommStats& per_step,
+                       int64_t psi) {
   const MemoryTracker& t = current_tracker();
   auto mib = [](double b) { return b / (1 << 20); };
   constexpr int kFields = 6;
@@ -125,7 +126,7 @@ void print_zero_report(Communicator& comm, const Engine& engine, const CommStats
   if (comm.rank() != 0) return;
   const int stage = engine.config().zero.stage;
   const double n = world, P = static_cast<double>(psi);
-  const ZeroPrecision& prec = engine.optimizer_const().precision();
+  const zero::ZeroPrecision& prec = engine.optimizer_const().precision();
   const double pb = double(dtype_size(prec.params)), gb = double(dtype_size(prec.grads)), kb = prec.mixed() ? 12 : 8;
   const double formula = stage == 0   ? (pb + gb + kb) * P
                          : stage == 1 ? (pb + gb) * P + kb * P / n
@@ -154,18 +155,19 @@ void print_zero_report(Communicator& comm, const Engine& engine, const CommStats
                           : fmt::format("{}Ψ/N", pb + gb + kb),
              stage == 3 ? 3 : 2);
   fmt::print(stderr, "  traffic by collective per step (rank 0):");
-  for (int c = 0; c < kCollectiveCount; ++c)
+  for (int c = 0; c < comm::kCollectiveCount; ++c)
     if (per_step.bytes[c] > 0)
-      fmt::print(stderr, " {} {:.1f} MiB", collective_name(static_cast<Collective>(c)), mib(double(per_step.bytes[c])));
+      fmt::print(stderr, " {} {:.1f} MiB", comm::collective_name(static_cast<comm::Collective>(c)),
+                 mib(double(per_step.bytes[c])));
   fmt::print(stderr, "\n");
 }
 
-TrainSummary run_training_on(const TrainOptions& o, Communicator& comm);
+TrainSummary run_training_on(const TrainOptions& o, comm::Communicator& comm);
 
 }  // namespace
 
 TrainSummary run_training(const TrainOptions& o) {
-  std::unique_ptr<Communicator> comm = make_world_communicator(o.backend);
+  std::unique_ptr<comm::Communicator> comm = comm::make_world_communicator(o.backend);
   if (comm->size() > 1) set_log_rank(comm->rank(), comm->size());
   try {
     return run_training_on(o, *comm);
@@ -181,7 +183,7 @@ TrainSummary run_training(const TrainOptions& o) {
 
 namespace {
 
-TrainSummary run_training_on(const TrainOptions& o, Communicator& comm) {
+TrainSummary run_training_on(const TrainOptions& o, comm::Communicator& comm) {
   const auto t_start = std::chrono::steady_clock::now();
   const int rank = comm.rank(), world = comm.size();
   const bool lead = rank == 0;
@@ -189,11 +191,11 @@ TrainSummary run_training_on(const TrainOptions& o, Communicator& comm) {
   if (o.threads > 0) omp_set_num_threads(o.threads);
   if (o.device_memory_limit) current_tracker().set_limit(Tier::device, *o.device_memory_limit);
 
-  DeepSpeedConfig config = o.config_path.empty()
-                               ? parse_config(kDefaultTrainConfig, world, "built-in default config")
-                               : load_config_file(o.config_path, world);
+  config::DeepSpeedConfig config = o.config_path.empty()
+                               ? config::parse_config(kDefaultTrainConfig, world, "built-in default config")
+                               : config::load_config_file(o.config_path, world);
   config.activation_checkpointing.enabled = o.checkpoint_activations;
-  const Gpt2Config model_config = Gpt2Config::from_spec(o.model);
+  const nn::Gpt2Config model_config = nn::Gpt2Config::from_spec(o.model);
   DS_CHECK_AS(ConfigError, o.seq_len > 0 && o.seq_len <= model_config.block_size,
               "[train] --seq-len {} must be between 1 and the model's block_size {}", o.seq_len,
               model_config.block_size);
@@ -215,7 +217,7 @@ TrainSummary run_training_on(const TrainOptions& o, Communicator& comm) {
               "vocab_size >= 50257",
               model_config.vocab_size);
 
-  Engine engine(model_config, config, T, &comm, o.seed);
+  engine::Engine engine(model_config, config, T, &comm, o.seed);
   DS_CHECK_AS(ConfigError, o.load_dir.empty() || o.init_from.empty(),
               "[train] --load resumes a checkpoint (weights, optimizer, step, data position) and --init-from starts "
               "fresh from weights; give one of them");
@@ -274,7 +276,7 @@ TrainSummary run_training_on(const TrainOptions& o, Communicator& comm) {
   double tps = 0;
   int64_t step = 0;
   double last_val = std::nan("");
-  CommStats stats_after_first;
+  comm::CommStats stats_after_first;
   if (show && first_step > 1) fmt::print(stderr, "resumed at step {} from '{}'\n", first_step - 1, o.load_dir);
   auto save = [&] {
     const std::string tag = engine.save_checkpoint(o.save_dir, "", {{"train_loader", train_loader.state()}});
@@ -282,7 +284,7 @@ TrainSummary run_training_on(const TrainOptions& o, Communicator& comm) {
   };
   for (step = first_step; step <= steps; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
-    const StepResult r = engine.train_batch(train_next);
+    const engine::StepResult r = engine.train_batch(train_next);
     const double dt = seconds_since(t0);
     train_seconds += dt;
     sum.tokens += r.tokens;
@@ -316,9 +318,9 @@ TrainSummary run_training_on(const TrainOptions& o, Communicator& comm) {
   }
   if (show) bar.finish();
   sum.steps = std::min(step, steps) - first_step + 1;
-  CommStats per_step;
+  comm::CommStats per_step;
   if (sum.steps > 1) {
-    for (int c = 0; c < kCollectiveCount; ++c)
+    for (int c = 0; c < comm::kCollectiveCount; ++c)
       per_step.bytes[c] = (comm.stats().bytes[c] - stats_after_first.bytes[c]) / (sum.steps - 1);
   }
   sum.seconds = train_seconds;
@@ -349,4 +351,4 @@ TrainSummary run_training_on(const TrainOptions& o, Communicator& comm) {
 
 }  // namespace
 
-}  // namespace ds
+}  // namespace ds::app

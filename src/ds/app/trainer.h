@@ -7,7 +7,7 @@
 #include <optional>
 #include <string>
 
-namespace ds {
+namespace ds::app {
 
 struct TrainOptions {
   std::string config_path;                 // ds_config.json; empty = the built-in default config
@@ -57,4 +57,4 @@ extern const char* const kDefaultTrainConfig;
 // "2GiB", "512MiB", "1e9" -> bytes
 int64_t parse_byte_size(const std::string& text);
 
-}  // namespace ds
+}  // namespace ds::app

@@ -14,7 +14,7 @@
 #include "ds/core/error.h"
 #include "ds/core/strings.h"
 
-namespace ds {
+namespace ds::ckpt {
 namespace fs = std::filesystem;
 
 std::string checkpoint_shape_str(const std::vector<int64_t>& shape) {
@@ -241,4 +241,4 @@ void consolidate_checkpoint(const CheckpointReader& reader, const std::string& o
   out.commit();
 }
 
-}  // namespace ds
+}  // namespace ds::ckpt

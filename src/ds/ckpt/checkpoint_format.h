@@ -25,7 +25,7 @@
 
 #include "ds/ckpt/safetensors.h"
 
-namespace ds {
+namespace ds::ckpt {
 
 struct CheckpointUnit {
   std::string name;
@@ -103,4 +103,4 @@ class CheckpointReader {
 // (DeepSpeed's zero_to_fp32). dtype "fp32" or "bf16".
 void consolidate_checkpoint(const CheckpointReader& reader, const std::string& out_path, const std::string& dtype);
 
-}  // namespace ds
+}  // namespace ds::ckpt

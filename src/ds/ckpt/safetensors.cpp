@@ -18,7 +18,7 @@
 #include "ds/core/strings.h"
 #include "ds/kernels/cpu/kernels.h"
 
-namespace ds {
+namespace ds::ckpt {
 
 static_assert(std::endian::native == std::endian::little, "safetensors is little-endian; big-endian hosts unsupported");
 
@@ -355,4 +355,4 @@ std::vector<int32_t> read_safetensors_i32(const SafetensorsFile& file, const std
   return to_i32(file.get(name), fmt::format("[safetensors] '{}' tensor '{}'", file.path(), name));
 }
 
-}  // namespace ds
+}  // namespace ds::ckpt

@@ -15,7 +15,7 @@
 
 #include "ds/core/file_io.h"
 
-namespace ds {
+namespace ds::ckpt {
 
 // Bytes per element of a safetensors dtype string ("F32", "BF16", "I64", ...); 0 if the dtype is unknown.
 size_t safetensors_dtype_size(std::string_view dtype);
@@ -110,4 +110,4 @@ std::vector<float> read_safetensors_f32(const SafetensorsFile& file, const std::
                                         const std::vector<int64_t>& shape, std::string_view fix);
 std::vector<int32_t> read_safetensors_i32(const SafetensorsFile& file, const std::string& name);
 
-}  // namespace ds
+}  // namespace ds::ckpt

@@ -16,7 +16,7 @@
 #include "ds/comm/communicator.h"
 #include "ds/core/memory.h"
 
-namespace ds::comm_detail {
+namespace ds::comm::detail {
 
 // Completed once by the thread that ran the collective; wait() rethrows its error.
 class Completion final : public Work {
@@ -95,4 +95,4 @@ class RingSplit {
 // Segment index b taken modulo the world (b may be negative: the ring walks backwards).
 inline int ring_block(int b, int world) { return (b % world + world) % world; }
 
-}  // namespace ds::comm_detail
+}  // namespace ds::comm::detail

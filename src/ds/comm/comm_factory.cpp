@@ -11,7 +11,7 @@
 #include "ds/comm/mpi/mpi_comm.h"
 #include "ds/core/error.h"
 
-namespace ds {
+namespace ds::comm {
 namespace {
 
 // The integer value of the first variable in `names` that is set to one; -1 if none is.
@@ -66,4 +66,4 @@ std::unique_ptr<Communicator> make_world_communicator(const std::string& backend
            backend);
 }
 
-}  // namespace ds
+}  // namespace ds::comm

@@ -8,11 +8,11 @@
 
 #include "ds/comm/communicator.h"
 
-namespace ds {
+namespace ds::comm {
 
 // backend: "auto" (MPI when launched by mpirun/mpiexec/srun, else self), "mpi" (MPI, a singleton world of 1
 // without a launcher) or "self" (one rank, no MPI). The local (threads) backend needs one communicator per
 // thread: use make_local_world / run_local_world. Unknown names throw ConfigError listing the choices.
 std::unique_ptr<Communicator> make_world_communicator(const std::string& backend);
 
-}  // namespace ds
+}  // namespace ds::comm

@@ -11,7 +11,7 @@
 
 #include "ds/core/error.h"
 
-namespace ds {
+namespace ds::comm {
 
 std::string_view collective_name(Collective c) {
   switch (c) {
@@ -242,4 +242,4 @@ class SelfCommunicator final : public Communicator {
 
 std::unique_ptr<Communicator> make_self_communicator() { return std::make_unique<SelfCommunicator>(); }
 
-}  // namespace ds
+}  // namespace ds::comm

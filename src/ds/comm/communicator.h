@@ -34,7 +34,7 @@
 
 #include "ds/core/dtype.h"
 
-namespace ds {
+namespace ds::comm {
 
 enum class ReduceOp : uint8_t { sum, max, min };
 
@@ -161,4 +161,4 @@ class Communicator {
 // A communicator with one rank (no peers): collectives are copies; used for single-process runs.
 std::unique_ptr<Communicator> make_self_communicator();
 
-}  // namespace ds
+}  // namespace ds::comm

@@ -12,7 +12,7 @@
 #include "ds/core/error.h"
 #include "ds/kernels/cpu/kernels.h"
 
-namespace ds {
+namespace ds::comm {
 namespace {
 
 constexpr size_t kTile = 2048;
@@ -110,4 +110,4 @@ void fold_f32_into(void* dst, DType dtype, const float* src, size_t n) {
   }
 }
 
-}  // namespace ds
+}  // namespace ds::comm

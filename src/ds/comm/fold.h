@@ -10,7 +10,7 @@
 #include "ds/comm/communicator.h"
 #include "ds/core/dtype.h"
 
-namespace ds {
+namespace ds::comm {
 
 // out[i] = srcs[0][i] op srcs[1][i] op ... op srcs[k-1][i] for i < n, every buffer in `dtype`, folded left in
 // source order. `out` may be one of the sources (each tile is read completely before it is written). k >= 1.
@@ -22,4 +22,4 @@ void fold_into(void* acc, const void* x, size_t n, DType dtype, ReduceOp op = Re
 // dst[i] += src[i] with dst in `dtype` and src in fp32: a 16-bit dst is widened, summed in fp32 and rounded once.
 void fold_f32_into(void* dst, DType dtype, const float* src, size_t n);
 
-}  // namespace ds
+}  // namespace ds::comm

@@ -5,7 +5,7 @@
 #include "ds/comm/mpi/mpi_comm.h"
 #include "ds/core/error.h"
 
-namespace ds {
+namespace ds::comm {
 
 std::unique_ptr<Communicator> make_mpi_world() {
   DS_THROW(CommError,
@@ -13,4 +13,4 @@ std::unique_ptr<Communicator> make_mpi_world() {
            "backend");
 }
 
-}  // namespace ds
+}  // namespace ds::comm

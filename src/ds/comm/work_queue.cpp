@@ -10,7 +10,7 @@
 #include "ds/core/error.h"
 #include "ds/core/memory.h"
 
-namespace ds::comm_detail {
+namespace ds::comm::detail {
 
 WorkQueue::WorkQueue(Hooks hooks, std::string stopped_message)
     : hooks_(std::move(hooks)), stopped_message_(std::move(stopped_message)) {}
@@ -135,4 +135,4 @@ void WorkQueue::loop() {
   cv_.notify_all();
 }
 
-}  // namespace ds::comm_detail
+}  // namespace ds::comm::detail

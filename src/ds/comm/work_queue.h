@@ -17,7 +17,7 @@
 
 #include "ds/comm/backend_util.h"
 
-namespace ds::comm_detail {
+namespace ds::comm::detail {
 
 class WorkQueue {
  public:
@@ -69,4 +69,4 @@ class WorkQueue {
   std::thread thread_;
 };
 
-}  // namespace ds::comm_detail
+}  // namespace ds::comm::detail

@@ -20,11 +20,11 @@
 #include <sstream>
 #include <utility>
 
-namespace ds {
+namespace ds::config {
 
-using config_detail::BlockReader;
-using config_detail::ParseContext;
-using config_detail::Support;
+using config::detail::BlockReader;
+using config::detail::ParseContext;
+using config::detail::Support;
 using nlohmann::json;
 
 std::string_view scheduler_type_name(SchedulerType t) {
@@ -64,7 +64,7 @@ struct DuplicateFinder {
     if (stack.empty()) return "";
     const Frame& top = stack.back();
     if (top.last_key.empty()) return top.path;  // inside an array
-    return config_detail::join_key(top.path, top.last_key);
+    return config::detail::join_key(top.path, top.last_key);
   }
 
   bool operator()(int /*depth*/, json::parse_event_t event, json& parsed) {
@@ -84,7 +84,7 @@ struct DuplicateFinder {
         Frame& top = stack.back();
         const std::string key = parsed.get<std::string>();
         if (duplicate.empty() && std::find(top.keys.begin(), top.keys.end(), key) != top.keys.end()) {
-          duplicate = config_detail::join_key(top.path, key);
+          duplicate = config::detail::join_key(top.path, key);
         }
         top.keys.push_back(key);
         top.last_key = key;
@@ -124,7 +124,7 @@ json parse_json_text(const std::string& text, const std::string& source) {
               "[config] duplicate key '{}' in {}; DeepSpeed rejects duplicate keys too: keep one of them",
               finder.duplicate, source);
   DS_CHECK_AS(ConfigError, root.is_object(), "[config] {} must hold a JSON object ({{ ... }}) at the top; found {}",
-              source, config_detail::render(root));
+              source, config::detail::render(root));
   return root;
 }
 
@@ -199,8 +199,8 @@ DeepSpeedConfig parse_config(const std::string& json_text, int dp_world_size, co
   top.read("train_micro_batch_size_per_gpu", micro, Support::implemented, 1);
   top.read("gradient_accumulation_steps", gas, Support::implemented, 1);
 
-  config_detail::parse_optimizer(top.child("optimizer"), c.optimizer);
-  config_detail::parse_scheduler(top.child("scheduler"), c.scheduler);
+  config::detail::parse_optimizer(top.child("optimizer"), c.optimizer);
+  config::detail::parse_scheduler(top.child("scheduler"), c.scheduler);
   top.read("zero_allow_untested_optimizer", c.zero_allow_untested_optimizer);
   top.read("zero_force_ds_cpu_optimizer", c.zero_force_ds_cpu_optimizer);
 
@@ -213,13 +213,13 @@ DeepSpeedConfig parse_config(const std::string& json_text, int dp_world_size, co
   top.read("gradient_predivide_factor", c.gradient_predivide_factor, Support::not_yet, 0.0);
   top.read("sparse_gradients", c.sparse_gradients, Support::not_yet);
   top.read("dataloader_drop_last", c.dataloader_drop_last, Support::not_yet);
-  if (config_detail::read_dtype(top, "communication_data_type", c.communication_data_type)) {
+  if (config::detail::read_dtype(top, "communication_data_type", c.communication_data_type)) {
     ctx.warn(fmt::format("[config] 'communication_data_type' = '{}' in {} is not implemented yet; gradients are "
                          "communicated in their accumulation dtype (data_types.grad_accum_dtype)",
                          dtype_name(*c.communication_data_type), source_name));
   }
   std::optional<DType> seq_dtype;
-  if (config_detail::read_dtype(top, "seq_parallel_communication_data_type", seq_dtype)) {
+  if (config::detail::read_dtype(top, "seq_parallel_communication_data_type", seq_dtype)) {
     c.seq_parallel_communication_data_type = *seq_dtype;
     if (*seq_dtype != DType::f32) {
       ctx.warn(fmt::format("[config] 'seq_parallel_communication_data_type' in {} is not implemented yet; it is "
@@ -227,26 +227,26 @@ DeepSpeedConfig parse_config(const std::string& json_text, int dp_world_size, co
     }
   }
 
-  config_detail::parse_fp16(top.child("fp16"), c.fp16);
+  config::detail::parse_fp16(top.child("fp16"), c.fp16);
   DS_CHECK_AS(ConfigError, !(top.has("bf16") && top.has("bfloat16")),
               "[config] both 'bf16' and its legacy name 'bfloat16' are set in {}; keep only 'bf16'", source_name);
-  config_detail::parse_bf16(top.child("bf16"), c.bf16);
+  config::detail::parse_bf16(top.child("bf16"), c.bf16);
   if (top.has("bfloat16")) {
-    config_detail::parse_bf16(top.child("bfloat16"), c.bf16);
+    config::detail::parse_bf16(top.child("bfloat16"), c.bf16);
   } else {
     top.raw("bfloat16");
   }
-  config_detail::parse_zero(top.child("zero_optimization"), c.zero);
-  config_detail::parse_aio(top.child("aio"), c.aio);
-  config_detail::parse_activation_checkpointing(top.child("activation_checkpointing"), c.activation_checkpointing);
-  config_detail::parse_pipeline(top.child("pipeline"), c.pipeline);
-  config_detail::parse_checkpoint(top.child("checkpoint"), c.checkpoint);
-  config_detail::parse_flops_profiler(top.child("flops_profiler"), c.flops_profiler);
-  config_detail::parse_monitor(top.child("tensorboard"), c.tensorboard);
-  config_detail::parse_monitor(top.child("csv_monitor"), c.csv_monitor);
-  config_detail::parse_wandb(top.child("wandb"), c.wandb);
-  config_detail::parse_comms_logger(top.child("comms_logger"), c.comms_logger);
-  config_detail::parse_data_types(top.child("data_types"), c.grad_accum_dtype);
+  config::detail::parse_zero(top.child("zero_optimization"), c.zero);
+  config::detail::parse_aio(top.child("aio"), c.aio);
+  config::detail::parse_activation_checkpointing(top.child("activation_checkpointing"), c.activation_checkpointing);
+  config::detail::parse_pipeline(top.child("pipeline"), c.pipeline);
+  config::detail::parse_checkpoint(top.child("checkpoint"), c.checkpoint);
+  config::detail::parse_flops_profiler(top.child("flops_profiler"), c.flops_profiler);
+  config::detail::parse_monitor(top.child("tensorboard"), c.tensorboard);
+  config::detail::parse_monitor(top.child("csv_monitor"), c.csv_monitor);
+  config::detail::parse_wandb(top.child("wandb"), c.wandb);
+  config::detail::parse_comms_logger(top.child("comms_logger"), c.comms_logger);
+  config::detail::parse_data_types(top.child("data_types"), c.grad_accum_dtype);
   for (std::string_view key : kUnmodelledTopLevel) top.accept_unmodelled(key);
   top.finish();
 
@@ -318,4 +318,4 @@ std::string DeepSpeedConfig::summary() const {
   return s;
 }
 
-}  // namespace ds
+}  // namespace ds::config

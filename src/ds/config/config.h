@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-namespace ds {
+namespace ds::config {
 
 // ---- optimizer --------------------------------------------------------------------------------------------------
 // Only Adam/AdamW exist so far. DeepSpeed builds FusedAdam (or DeepSpeedCPUAdam under offload) with these defaults.
@@ -277,4 +277,4 @@ DeepSpeedConfig parse_config(const std::string& json_text, int dp_world_size,
 std::string_view scheduler_type_name(SchedulerType t);
 std::string_view offload_device_name(OffloadDevice d);
 
-}  // namespace ds
+}  // namespace ds::config

@@ -13,7 +13,7 @@
 #include <array>
 #include <cctype>
 
-namespace ds::config_detail {
+namespace ds::config::detail {
 
 namespace {
 
@@ -376,4 +376,4 @@ void parse_data_types(BlockReader r, std::optional<DType>& grad_accum_dtype) {
   r.finish();
 }
 
-}  // namespace ds::config_detail
+}  // namespace ds::config::detail

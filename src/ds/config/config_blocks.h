@@ -6,7 +6,7 @@
 #include "ds/config/config.h"
 #include "ds/config/config_reader.h"
 
-namespace ds::config_detail {
+namespace ds::config::detail {
 
 void parse_optimizer(BlockReader r, OptimizerConfig& out);
 void parse_scheduler(BlockReader r, SchedulerConfig& out);
@@ -25,4 +25,4 @@ void parse_data_types(BlockReader r, std::optional<DType>& grad_accum_dtype);
 // "fp16" / "bf16" / "fp32" (case-insensitive, as DeepSpeed lower-cases) read from `key` of `r`.
 bool read_dtype(BlockReader& r, std::string_view key, std::optional<DType>& out);
 
-}  // namespace ds::config_detail
+}  // namespace ds::config::detail

@@ -14,7 +14,7 @@
 #include <cmath>
 #include <utility>
 
-namespace ds::config_detail {
+namespace ds::config::detail {
 
 using nlohmann::json;
 
@@ -305,4 +305,4 @@ void BlockReader::finish() {
   }
 }
 
-}  // namespace ds::config_detail
+}  // namespace ds::config::detail

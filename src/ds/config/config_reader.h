@@ -16,7 +16,7 @@
 #include <utility>
 #include <vector>
 
-namespace ds::config_detail {
+namespace ds::config::detail {
 
 enum class Support { implemented, not_yet };
 
@@ -94,4 +94,4 @@ class BlockReader {
   std::vector<std::pair<std::string, std::string>> hints_;
 };
 
-}  // namespace ds::config_detail
+}  // namespace ds::config::detail

@@ -8,7 +8,7 @@
 
 #include <fmt/format.h>
 
-namespace ds::config_detail {
+namespace ds::config::detail {
 
 namespace {
 
@@ -213,4 +213,4 @@ void parse_zero(BlockReader r, ZeroConfig& out) {
   }
 }
 
-}  // namespace ds::config_detail
+}  // namespace ds::config::detail

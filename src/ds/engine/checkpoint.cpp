@@ -22,7 +22,7 @@
 #include "ds/nn/parameter.h"
 #include "ds/zero/zero_optimizer.h"
 
-namespace ds {
+namespace ds::engine {
 namespace fs = std::filesystem;
 
 namespace {
@@ -80,12 +80,12 @@ void publish(const fs::path& saving, const fs::path& final_dir, const std::strin
 
 // A rank's shard, streamed one state tile at a time through the optimizer-state store (never the whole state at
 // once). The tensors are in the order write_safetensors would give them (by name), so the bytes are the same.
-void write_shard(const std::string& path, ZeroOptimizer& optimizer) {
+void write_shard(const std::string& path, zero::ZeroOptimizer& optimizer) {
   zero::OptimizerStateStore& state = optimizer.state_store();
   const int64_t n = optimizer.partition_numel();
   const size_t bytes = static_cast<size_t>(n) * sizeof(float);
   const std::vector<int64_t> shape = {n};
-  SafetensorsWriter out(path, {{"exp_avg", "F32", shape, nullptr, bytes},
+  ckpt::SafetensorsWriter out(path, {{"exp_avg", "F32", shape, nullptr, bytes},
                                {"exp_avg_sq", "F32", shape, nullptr, bytes},
                                {"fp32", "F32", shape, nullptr, bytes}});
   for (const zero::StateKind kind : {zero::StateKind::exp_avg, zero::StateKind::exp_avg_sq}) {
@@ -107,8 +107,8 @@ void write_shard(const std::string& path, ZeroOptimizer& optimizer) {
 
 }  // namespace
 
-void write_checkpoint(Communicator& comm, const std::string& dir, const std::string& tag, const ParameterStore& store,
-                      ZeroOptimizer& optimizer, CheckpointManifest meta) {
+void write_checkpoint(comm::Communicator& comm, const std::string& dir, const std::string& tag,
+                      const nn::ParameterStore& store, zero::ZeroOptimizer& optimizer, ckpt::CheckpointManifest meta) {
   const int rank = comm.rank(), world = comm.size();
   DS_CHECK_AS(IoError, !tag.empty() && tag.find('/') == std::string::npos && tag[0] != '.',
               "[checkpoint] tag '{}' must be a plain name (no '/', not starting with '.')", tag);
@@ -129,13 +129,13 @@ void write_checkpoint(Communicator& comm, const std::string& dir, const std::str
   int32_t info[5] = {0, 0, 0, 0, 1};          // bytes (lo, hi), crc, written, ok
   std::string failure;                        // this rank's error, raised once every rank knows
   if (writes) try {
-    const std::string path = (saving / checkpoint_shard_name(rank)).string();
+    const std::string path = (saving / ckpt::checkpoint_shard_name(rank)).string();
     write_shard(path, optimizer);
     const MappedFile raw = MappedFile::open(path, "checkpoint", "a checkpoint shard");
     const auto size = static_cast<uint64_t>(raw.size());
     info[0] = static_cast<int32_t>(size & 0xffffffffu);
     info[1] = static_cast<int32_t>(size >> 32);
-    info[2] = static_cast<int32_t>(checkpoint_crc32(raw.data(), raw.size()));
+    info[2] = static_cast<int32_t>(ckpt::checkpoint_crc32(raw.data(), raw.size()));
     info[3] = 1;
   } catch (const std::exception& e) {
     failure = e.what();
@@ -158,16 +158,16 @@ void write_checkpoint(Communicator& comm, const std::string& dir, const std::str
     meta.world = world;
     meta.optimizer_steps = optimizer.step_count();
     meta.units.clear();
-    for (const ParamUnit& u : store.units()) meta.units.push_back({u.name, u.offset, u.numel, u.padded_numel});
+    for (const nn::ParamUnit& u : store.units()) meta.units.push_back({u.name, u.offset, u.numel, u.padded_numel});
     meta.params.clear();
-    for (const Parameter& p : store.all())
+    for (const nn::Parameter& p : store.all())
       meta.params.push_back({p.name, std::vector<int64_t>(p.shape.begin(), p.shape.end()), p.offset});
     meta.shards.clear();
     for (int r = 0; r < world; ++r) {
       const int32_t* x = all.data() + 5 * r;
       if (!x[3]) continue;
       const uint64_t size = static_cast<uint32_t>(x[0]) | (static_cast<uint64_t>(static_cast<uint32_t>(x[1])) << 32);
-      meta.shards.push_back({checkpoint_shard_name(r), r, optimizer.partition_numel(), static_cast<int64_t>(size),
+      meta.shards.push_back({ckpt::checkpoint_shard_name(r), r, optimizer.partition_numel(), static_cast<int64_t>(size),
                              static_cast<uint32_t>(x[2])});
     }
     write_text_atomically((saving / "manifest.json").string(), meta.to_json().dump(1) + "\n");
@@ -190,9 +190,10 @@ namespace {
 // The Adam moments of this rank's partition, one state tile at a time through the optimizer-state store: each
 // partition element is found in this run's flat layout, then in the checkpoint's through the parameter holding it
 // (padding, held by no parameter, is zero).
-void load_moments(const CheckpointReader& reader, const ParameterStore& store, ZeroOptimizer& optimizer) {
-  std::vector<std::pair<const Parameter*, const CheckpointParam*>> by_offset;
-  for (const Parameter& p : store.all()) by_offset.emplace_back(&p, &reader.param(p.name));
+void load_moments(const ckpt::CheckpointReader& reader, const nn::ParameterStore& store,
+                  zero::ZeroOptimizer& optimizer) {
+  std::vector<std::pair<const nn::Parameter*, const ckpt::CheckpointParam*>> by_offset;
+  for (const nn::Parameter& p : store.all()) by_offset.emplace_back(&p, &reader.param(p.name));
   std::sort(by_offset.begin(), by_offset.end(),
             [](const auto& a, const auto& b) { return a.first->offset < b.first->offset; });
   // Flat elements [flat, flat + n) of this run's layout from the checkpoint's tensor `name`.
@@ -202,7 +203,7 @@ void load_moments(const CheckpointReader& reader, const ParameterStore& store, Z
       return x < e.first->offset + e.first->numel();
     });
     for (; it != by_offset.end() && it->first->offset < flat + n; ++it) {
-      const Parameter& p = *it->first;
+      const nn::Parameter& p = *it->first;
       const int64_t lo = std::max(flat, p.offset), hi = std::min(flat + n, p.offset + p.numel());
       if (lo < hi) reader.read(name, it->second->offset + (lo - p.offset), hi - lo, out + (lo - flat));
     }
@@ -223,22 +224,22 @@ void load_moments(const CheckpointReader& reader, const ParameterStore& store, Z
 
 }  // namespace
 
-
-CheckpointManifest load_checkpoint(const std::string& dir, const std::string& tag, const ParameterStore& store,
-                                   ZeroOptimizer& optimizer) {
-  const CheckpointReader reader(dir, tag);
-  const CheckpointManifest& m = reader.manifest();
+ckpt::CheckpointManifest load_checkpoint(const std::string& dir, const std::string& tag,
+                                         const nn::ParameterStore& store, zero::ZeroOptimizer& optimizer) {
+  const ckpt::CheckpointReader reader(dir, tag);
+  const ckpt::CheckpointManifest& m = reader.manifest();
   // The same parameters, in any layout.
   std::vector<std::string> problems;
-  for (const Parameter& p : store.all()) {
-    const CheckpointParam* saved = nullptr;
-    for (const CheckpointParam& q : m.params)
+  for (const nn::Parameter& p : store.all()) {
+    const ckpt::CheckpointParam* saved = nullptr;
+    for (const ckpt::CheckpointParam& q : m.params)
       if (q.name == p.name) saved = &q;
     if (!saved) {
       problems.push_back(fmt::format("'{}' is missing", p.name));
     } else if (saved->shape != std::vector<int64_t>(p.shape.begin(), p.shape.end())) {
-      problems.push_back(fmt::format("'{}' is {} in the checkpoint but {} here", p.name, checkpoint_shape_str(saved->shape),
-                                     checkpoint_shape_str(std::vector<int64_t>(p.shape.begin(), p.shape.end()))));
+      problems.push_back(fmt::format("'{}' is {} in the checkpoint but {} here", p.name,
+                                     ckpt::checkpoint_shape_str(saved->shape),
+                                     ckpt::checkpoint_shape_str(std::vector<int64_t>(p.shape.begin(), p.shape.end()))));
     }
     if (problems.size() >= 3) break;
   }
@@ -251,7 +252,7 @@ CheckpointManifest load_checkpoint(const std::string& dir, const std::string& ta
              m.world, m.zero_stage, optimizer.world(), optimizer.stage());
   }
   // The parameters, parameter by parameter (every rank keeps all of them below stage 3).
-  for (const Parameter& p : store.all()) {
+  for (const nn::Parameter& p : store.all()) {
     const std::vector<float> values = reader.read_param(reader.param(p.name), "fp32");
     optimizer.set_parameters(p.offset, values.data(), p.numel());
   }
@@ -260,5 +261,4 @@ CheckpointManifest load_checkpoint(const std::string& dir, const std::string& ta
   return m;
 }
 
-
-}  // namespace ds
+}  // namespace ds::engine

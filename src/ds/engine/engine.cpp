@@ -13,12 +13,12 @@
 #include "ds/optim/adamw.h"
 #include "ds/engine/checkpoint.h"
 
-namespace ds {
+namespace ds::engine {
 
-Engine::Engine(const Gpt2Config& model_config, const DeepSpeedConfig& config, int seq_len, Communicator* comm,
-               uint64_t seed)
+Engine::Engine(const nn::Gpt2Config& model_config, const config::DeepSpeedConfig& config, int seq_len,
+               comm::Communicator* comm, uint64_t seed)
     : config_(config),
-      own_comm_(comm ? nullptr : make_self_communicator()),
+      own_comm_(comm ? nullptr : comm::make_self_communicator()),
       comm_(comm ? comm : own_comm_.get()),
       micro_(static_cast<int>(std::min<int64_t>(config.train_micro_batch_size_per_gpu, INT32_MAX))),
       seq_len_(seq_len),
@@ -38,10 +38,10 @@ Engine::Engine(const Gpt2Config& model_config, const DeepSpeedConfig& config, in
   const int stage = config.zero.stage;
   DS_CHECK_AS(ConfigError, stage >= 0 && stage <= 3, "[engine] zero_optimization.stage must be 0-3, found {}",
               stage);
-  const ZeroPrecision precision = precision_for(config);
-  model_ = std::make_unique<Gpt2>(model_config, ZeroOptimizer::alignment(comm_->size()),
-                                  ZeroOptimizer::keeps_full_gradients(stage),
-                                  ZeroOptimizer::keeps_full_parameters(stage), precision.params, precision.grads);
+  const zero::ZeroPrecision precision = precision_for(config);
+  model_ = std::make_unique<nn::Gpt2>(model_config, zero::ZeroOptimizer::alignment(comm_->size()),
+                                  zero::ZeroOptimizer::keeps_full_gradients(stage),
+                                  zero::ZeroOptimizer::keeps_full_parameters(stage), precision.params, precision.grads);
   cpu::AdamParams hyper;
   hyper.lr = static_cast<float>(config.optimizer.lr);
   hyper.beta1 = static_cast<float>(config.optimizer.beta1);
@@ -50,28 +50,28 @@ Engine::Engine(const Gpt2Config& model_config, const DeepSpeedConfig& config, in
   hyper.weight_decay = static_cast<float>(config.optimizer.weight_decay);
   hyper.adam_w_mode = config.optimizer.adam_w_mode;
   hyper.bias_correction = config.optimizer.bias_correction;
-  optimizer_ = std::make_unique<ZeroOptimizer>(model_->params(), *comm_, config.zero, hyper, precision);
+  optimizer_ = std::make_unique<zero::ZeroOptimizer>(model_->params(), *comm_, config.zero, hyper, precision);
   if (config.fp16.enabled) {
-    const Fp16Config& f = config.fp16;
-    LossScalerParams p;
+    const config::Fp16Config& f = config.fp16;
+    optim::LossScalerParams p;
     if (f.loss_scale > 0) {
-      p.mode = LossScalerParams::Mode::fixed;
+      p.mode = optim::LossScalerParams::Mode::fixed;
       p.scale = f.loss_scale;
     } else if (f.has_dynamic_loss_args) {
-      p.mode = LossScalerParams::Mode::dynamic;
+      p.mode = optim::LossScalerParams::Mode::dynamic;
       p.scale = std::ldexp(1.0, f.initial_scale_power);
       p.window = f.loss_scale_window;
       p.hysteresis = f.hysteresis;
       p.consecutive_hysteresis = f.consecutive_hysteresis;
       p.min_scale = f.min_loss_scale;
     } else {  // DeepSpeed's ZeRO optimizers without dynamic_loss_args (brief §1.4)
-      p.mode = LossScalerParams::Mode::dynamic;
+      p.mode = optim::LossScalerParams::Mode::dynamic;
       p.scale = std::ldexp(1.0, 32);
       p.window = 1000;
       p.hysteresis = 1;
       p.min_scale = 1.0;
     }
-    scaler_ = LossScaler(p);
+    scaler_ = optim::LossScaler(p);
   }
   // The same seed on every rank gives identical replicas (at stage 3, each rank keeps its partition of them).
   model_->init_weights(seed, [this](int64_t offset, const float* values, int64_t n) {
@@ -84,7 +84,7 @@ Engine::Engine(const Gpt2Config& model_config, const DeepSpeedConfig& config, in
 }
 
 void Engine::configure_checkpointing() {
-  const ActivationCheckpointingConfig& a = config_.activation_checkpointing;
+  const config::ActivationCheckpointingConfig& a = config_.activation_checkpointing;
   if (!a.enabled) {
     if (a.present && comm_->rank() == 0)
       log_warning("[engine] the 'activation_checkpointing' block in {} configures checkpointing but does not switch "
@@ -114,10 +114,10 @@ double Engine::average_over_ranks(double value) {
   return static_cast<double>(v) / comm_->size();
 }
 
-ZeroPrecision Engine::precision_for(const DeepSpeedConfig& c) {
+zero::ZeroPrecision Engine::precision_for(const config::DeepSpeedConfig& c) {
   DS_CHECK_AS(ConfigError, !(c.fp16.enabled && c.bf16.enabled),
               "[engine] both fp16.enabled and bf16.enabled are true in {}; enable one of them", c.source);
-  ZeroPrecision p;
+  zero::ZeroPrecision p;
   if (c.fp16.enabled) p.params = DType::f16;
   if (c.bf16.enabled) p.params = DType::bf16;
   if (!p.mixed()) {
@@ -161,7 +161,7 @@ StepResult Engine::train_batch(const BatchFn& next_micro_batch) {
     r.grad_norm = scaled_norm;
   } else {
     r.grad_norm = scaled_norm / scale;
-    const float factor = clip_factor(r.grad_norm, config_.gradient_clipping);
+    const float factor = optim::clip_factor(r.grad_norm, config_.gradient_clipping);
     r.clipped = factor < 1.0f;
     // Unscales and clips in one pass over the owned gradients (DeepSpeed's unscale_and_clip_grads).
     optimizer_->step(static_cast<float>(r.lr), static_cast<float>(factor / scale));
@@ -185,7 +185,7 @@ double Engine::eval_loss(const BatchFn& next, int64_t num_batches, int batch_siz
 
 std::string Engine::save_checkpoint(const std::string& dir, const std::string& tag, const nlohmann::json& client_state) {
   const std::string t = tag.empty() ? fmt::format("global_step{}", global_steps_) : tag;
-  CheckpointManifest meta;
+  ckpt::CheckpointManifest meta;
   meta.global_steps = global_steps_;
   meta.global_samples = global_steps_ * config_.train_batch_size;
   meta.model = model_->config().to_json();
@@ -203,7 +203,7 @@ std::string Engine::save_checkpoint(const std::string& dir, const std::string& t
 }
 
 nlohmann::json Engine::load_checkpoint(const std::string& dir, const std::string& tag) {
-  const CheckpointManifest m = ds::load_checkpoint(dir, tag, model_->params(), *optimizer_);
+  const ckpt::CheckpointManifest m = engine::load_checkpoint(dir, tag, model_->params(), *optimizer_);
   global_steps_ = m.global_steps;
   skipped_steps_ = m.engine_state.value("skipped_steps", int64_t{0});
   // The scaler goes on where it was when both runs scale the loss; a run that did not (bf16, fp32) starts fp16
@@ -216,9 +216,9 @@ nlohmann::json Engine::load_checkpoint(const std::string& dir, const std::string
 }
 
 void Engine::load_weights(const std::string& path) {
-  const SafetensorsFile file = SafetensorsFile::open(path);
-  for (const Parameter& p : model_->params().all()) {
-    const std::vector<float> values = read_safetensors_f32(
+  const ckpt::SafetensorsFile file = ckpt::SafetensorsFile::open(path);
+  for (const nn::Parameter& p : model_->params().all()) {
+    const std::vector<float> values = ckpt::read_safetensors_f32(
         file, p.name, std::vector<int64_t>(p.shape.begin(), p.shape.end()),
         "give a file with every parameter of this model under its Hugging Face GPT-2 name (dspeed ckpt consolidate "
         "writes one), for the model --model names");
@@ -226,4 +226,4 @@ void Engine::load_weights(const std::string& path) {
   }
 }
 
-}  // namespace ds
+}  // namespace ds::engine

@@ -18,7 +18,7 @@
 #include "ds/config/config.h"
 #include "ds/zero/zero_optimizer.h"
 
-namespace ds {
+namespace ds::engine {
 
 struct StepResult {
   double loss = 0;       // mean over the batch's micro-batches and ranks
@@ -37,8 +37,8 @@ class Engine {
   using BatchFn = std::function<void(int32_t* inputs, int32_t* targets)>;
 
   // comm may be null for a single process. The config's batch triple must have been resolved for comm's size.
-  Engine(const Gpt2Config& model_config, const DeepSpeedConfig& config, int seq_len, Communicator* comm = nullptr,
-         uint64_t seed = 1234);
+  Engine(const nn::Gpt2Config& model_config, const config::DeepSpeedConfig& config, int seq_len,
+         comm::Communicator* comm = nullptr, uint64_t seed = 1234);
   ~Engine();
 
   StepResult train_batch(const BatchFn& next_micro_batch);
@@ -50,7 +50,7 @@ class Engine {
   double loss_scale() const { return scaler_.scale(); }
   // The storage dtypes the config asks for: fp16/bf16 parameters, and gradients in data_types.grad_accum_dtype
   // (DeepSpeed's default: fp32 for bf16 at stage 0, else the parameters' dtype).
-  static ZeroPrecision precision_for(const DeepSpeedConfig& config);
+  static zero::ZeroPrecision precision_for(const config::DeepSpeedConfig& config);
 
   // Checkpoints (Note [Checkpoint layout] in checkpoint.h). Collectives: every rank calls them. save returns the
   // tag (default "global_step<N>"); load takes the tag in DIR/latest when `tag` is empty, works at any world size
@@ -62,11 +62,11 @@ class Engine {
   // under its Hugging Face GPT-2 name, as `dspeed ckpt consolidate` writes; F32, BF16 or F16.
   void load_weights(const std::string& path);
   double current_lr() const;
-  Gpt2& model() { return *model_; }
-  Communicator& comm() { return *comm_; }
-  ZeroOptimizer& optimizer() { return *optimizer_; }
-  const ZeroOptimizer& optimizer_const() const { return *optimizer_; }
-  const DeepSpeedConfig& config() const { return config_; }
+  nn::Gpt2& model() { return *model_; }
+  comm::Communicator& comm() { return *comm_; }
+  zero::ZeroOptimizer& optimizer() { return *optimizer_; }
+  const zero::ZeroOptimizer& optimizer_const() const { return *optimizer_; }
+  const config::DeepSpeedConfig& config() const { return config_; }
   int micro_batch_size() const { return micro_; }
   int seq_len() const { return seq_len_; }
 
@@ -75,21 +75,21 @@ class Engine {
   // Switches the runner's activation checkpointing on as config_.activation_checkpointing asks.
   void configure_checkpointing();
 
-  DeepSpeedConfig config_;
-  std::unique_ptr<Communicator> own_comm_;
-  Communicator* comm_;
+  config::DeepSpeedConfig config_;
+  std::unique_ptr<comm::Communicator> own_comm_;
+  comm::Communicator* comm_;
   int micro_;
   int seq_len_;
-  std::unique_ptr<Gpt2> model_;
-  std::unique_ptr<ZeroOptimizer> optimizer_;
-  LrSchedule schedule_;
+  std::unique_ptr<nn::Gpt2> model_;
+  std::unique_ptr<zero::ZeroOptimizer> optimizer_;
+  optim::LrSchedule schedule_;
   uint64_t seed_;
-  Ctx ctx_;
-  Ctx eval_ctx_;
+  nn::Ctx ctx_;
+  nn::Ctx eval_ctx_;
   std::vector<int32_t> inputs_, targets_;
   int64_t global_steps_ = 0;
   int64_t skipped_steps_ = 0;  // fp16 overflows: counted in global_steps_, not in the LR schedule
-  LossScaler scaler_;
+  optim::LossScaler scaler_;
 };
 
-}  // namespace ds
+}  // namespace ds::engine

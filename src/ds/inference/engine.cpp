@@ -22,7 +22,7 @@ const char* schedule_status_name(ScheduleStatus s) {
 }
 
 // The cache's geometry, checked before anything is allocated (the first thing an engine computes).
-static int32_t kv_blocks(const Gpt2Config& m, const EngineConfig& c) {
+static int32_t kv_blocks(const nn::Gpt2Config& m, const EngineConfig& c) {
   DS_CHECK_AS(ConfigError, c.kv_block_size > 0, "[engine] kv_block_size must be positive, got {}", c.kv_block_size);
   check_kv_dtype_on_device(c.kv_dtype, c.device);
   if (c.kv_block_count > 0) return c.kv_block_count;
@@ -42,7 +42,7 @@ InferenceEngine::InferenceEngine(std::shared_ptr<const InferenceModel> model, co
               "[engine] need 0 < max_ragged_sequence_count ({}) <= max_ragged_batch_size ({}) and <= "
               "max_tracked_sequences ({})", config.max_ragged_sequence_count, config.max_ragged_batch_size,
               config.max_tracked_sequences);
-  const Gpt2Config& m = model_->config();
+  const nn::Gpt2Config& m = model_->config();
   DS_CHECK_AS(ConfigError, model_->device().is_cpu() || model_->device() == config.device, "[engine] the model was "
               "placed on {} but the engine runs on {}; load the model for the engine's device",
               model_->device().str(), config.device.str());

@@ -27,13 +27,13 @@ namespace ds::inference {
 class InferenceModel::PanelSource final : public WeightSource {
  public:
   explicit PanelSource(const InferenceModel& m) : m_(m) {}
-  const Gpt2Config& config() const override { return m_.config_; }
-  void read(const Gpt2Weight& w, float* dst) const override {
+  const nn::Gpt2Config& config() const override { return m_.config_; }
+  void read(const nn::Gpt2Weight& w, float* dst) const override {
     DS_ASSERT(m_.weights_ == WeightFormat::fp32, "a device copy of {} weights (check_weights_on_device refuses "
               "them)", weight_format_name(m_.weights_));
     const Placed& p = m_.at(w.role, w.layer);
     if (p.K == 0) std::memcpy(dst, p.values.data<float>(), sizeof(float) * static_cast<size_t>(p.values.numel()));
-    else cpu::unpack_panels(dst, p.values.data<float>(), p.K, p.M, w.role != Gpt2Role::wte);
+    else cpu::unpack_panels(dst, p.values.data<float>(), p.K, p.M, w.role != nn::Gpt2Role::wte);
   }
   std::string describe() const override { return "the CPU model"; }
 
@@ -52,7 +52,7 @@ InferenceModel::InferenceModel(std::shared_ptr<const WeightSource> source, Weigh
   }
 }
 
-InferenceModel::InferenceModel(Gpt2& model, WeightFormat weights)
+InferenceModel::InferenceModel(nn::Gpt2& model, WeightFormat weights)
     : InferenceModel(model_weight_source(model), weights) {}
 
 std::shared_ptr<InferenceModel> InferenceModel::load(const std::string& path, const std::string& arch,
@@ -83,30 +83,30 @@ void InferenceModel::gemm(float* out, const float* in, const Placed& m, const fl
 namespace {
 // The matrices of the spec and how they are packed: wte as the head's [C, V] (the transpose of its [V, C] rows),
 // the Conv1D weights as they are ([in, out], rows of K).
-bool is_matrix(Gpt2Role r) {
-  return r == Gpt2Role::wte || r == Gpt2Role::qkv_w || r == Gpt2Role::proj_w || r == Gpt2Role::fc_w ||
-         r == Gpt2Role::fc2_w;
+bool is_matrix(nn::Gpt2Role r) {
+  return r == nn::Gpt2Role::wte || r == nn::Gpt2Role::qkv_w || r == nn::Gpt2Role::proj_w || r == nn::Gpt2Role::fc_w ||
+         r == nn::Gpt2Role::fc2_w;
 }
 }  // namespace
 
-const InferenceModel::Placed& InferenceModel::at(Gpt2Role role, int layer) const {
-  return placed_[static_cast<size_t>(gpt2_weight_slot(role, layer))];
+const InferenceModel::Placed& InferenceModel::at(nn::Gpt2Role role, int layer) const {
+  return placed_[static_cast<size_t>(nn::gpt2_weight_slot(role, layer))];
 }
 
 void InferenceModel::place(const WeightSource& source) {
-  const std::vector<Gpt2Weight> spec = config_.weight_spec();
-  placed_.assign(static_cast<size_t>(gpt2_weight_slots(config_.n_layer)), Placed{});
+  const std::vector<nn::Gpt2Weight> spec = config_.weight_spec();
+  placed_.assign(static_cast<size_t>(nn::gpt2_weight_slots(config_.n_layer)), Placed{});
   std::vector<float> values;  // one weight at a time
-  for (const Gpt2Weight& w : spec) {
+  for (const nn::Gpt2Weight& w : spec) {
     values.resize(static_cast<size_t>(w.numel()));
     source.read(w, values.data());
-    Placed& p = placed_[static_cast<size_t>(gpt2_weight_slot(w.role, w.layer))];
+    Placed& p = placed_[static_cast<size_t>(nn::gpt2_weight_slot(w.role, w.layer))];
     if (!is_matrix(w.role)) {
       p.values = Tensor::empty({w.numel()}, DType::f32, Category::param);
       std::memcpy(p.values.data<float>(), values.data(), values.size() * sizeof(float));
       continue;
     }
-    const bool rows_of_k = w.role != Gpt2Role::wte;
+    const bool rows_of_k = w.role != nn::Gpt2Role::wte;
     p.K = static_cast<int>(rows_of_k ? w.shape[0] : w.shape[1]);
     p.M = static_cast<int>(rows_of_k ? w.shape[1] : w.shape[0]);
     if (weights_ == WeightFormat::bf16) {
@@ -134,10 +134,10 @@ struct InferenceModel::CpuSteps {
   float *mean = nullptr, *rstd = nullptr, *scores = nullptr;
 
   float* at(PassBuffer b) const { return buf[static_cast<int>(b)]; }
-  const float* vec(int layer, Gpt2Role r) const { return m.at(r, layer).values.data<float>(); }
+  const float* vec(int layer, nn::Gpt2Role r) const { return m.at(r, layer).values.data<float>(); }
 
   void prepare() {
-    const Gpt2Config& cfg = m.config();
+    const nn::Gpt2Config& cfg = m.config();
     C = cfg.n_embd, NH = cfg.n_head, N = batch.n_tokens(), S = batch.n_seqs();
     DS_ASSERT(N > 0 && S > 0, "empty ragged batch");
     auto grow = [](std::vector<float>& v, int64_t n) {
@@ -164,9 +164,9 @@ struct InferenceModel::CpuSteps {
   }
 
   void embed(PassBuffer out) {
-    const Gpt2Config& cfg = m.config();
-    const Placed& head = m.at(Gpt2Role::wte, -1);
-    const float* wpe = vec(-1, Gpt2Role::wpe);
+    const nn::Gpt2Config& cfg = m.config();
+    const Placed& head = m.at(nn::Gpt2Role::wte, -1);
+    const float* wpe = vec(-1, nn::Gpt2Role::wpe);
     for (int i = 0; i < N; ++i) {
       const int32_t pos = sc.pos[static_cast<size_t>(i)];
       DS_ASSERT(pos < cfg.block_size, "position {} beyond the model's context {}", pos, cfg.block_size);
@@ -183,18 +183,18 @@ struct InferenceModel::CpuSteps {
       }
     }
   }
-  void layernorm(PassBuffer out, PassBuffer in, int l, Gpt2Role w, Gpt2Role b) {
+  void layernorm(PassBuffer out, PassBuffer in, int l, nn::Gpt2Role w, nn::Gpt2Role b) {
     cpu::layernorm_forward(at(out), mean, rstd, at(in), vec(l, w), vec(l, b), N, C);
   }
-  void linear(PassBuffer out, PassBuffer in, int l, Gpt2Role w, Gpt2Role b) {
+  void linear(PassBuffer out, PassBuffer in, int l, nn::Gpt2Role w, nn::Gpt2Role b) {
     m.gemm(at(out), at(in), m.at(w, l), vec(l, b), N);
   }
-  void linear_gelu(PassBuffer out, PassBuffer in, int l, Gpt2Role w, Gpt2Role b) {
+  void linear_gelu(PassBuffer out, PassBuffer in, int l, nn::Gpt2Role w, nn::Gpt2Role b) {
     const Placed& W = m.at(w, l);
     m.gemm(at(out), at(in), W, vec(l, b), N);
     cpu::gelu_forward(at(out), at(out), static_cast<size_t>(N) * W.M);
   }
-  void linear_residual(PassBuffer x, PassBuffer in, PassBuffer tmp, int l, Gpt2Role w, Gpt2Role b) {
+  void linear_residual(PassBuffer x, PassBuffer in, PassBuffer tmp, int l, nn::Gpt2Role w, nn::Gpt2Role b) {
     m.gemm(at(tmp), at(in), m.at(w, l), vec(l, b), N);
     cpu::add_inplace(at(x), at(tmp), static_cast<size_t>(N) * C);
   }
@@ -216,10 +216,10 @@ struct InferenceModel::CpuSteps {
       const RaggedSequence& q = batch.seqs[static_cast<size_t>(s)];
       std::memcpy(sc.last.data() + int64_t(s) * C, at(x) + int64_t(q.start + q.n_tokens - 1) * C, sizeof(float) * C);
     }
-    cpu::layernorm_forward(at(out), mean, rstd, sc.last.data(), vec(-1, Gpt2Role::lnf_w), vec(-1, Gpt2Role::lnf_b),
-                           S, C);
+    cpu::layernorm_forward(at(out), mean, rstd, sc.last.data(), vec(-1, nn::Gpt2Role::lnf_w),
+                           vec(-1, nn::Gpt2Role::lnf_b), S, C);
   }
-  void head(PassBuffer in) { m.gemm(logits, at(in), m.at(Gpt2Role::wte, -1), nullptr, S); }
+  void head(PassBuffer in) { m.gemm(logits, at(in), m.at(nn::Gpt2Role::wte, -1), nullptr, S); }
 };
 
 void InferenceModel::forward(const RaggedBatch& batch, KvCache& cache, Scratch& scratch, float* logits) const {

@@ -38,7 +38,7 @@ class InferenceModel {
   InferenceModel(std::shared_ptr<const WeightSource> source, WeightFormat weights = WeightFormat::fp32,
                  Device device = Device::cpu());
   // Copies the parameters of a trained (or initialised) model, for the CPU; the model may go away afterwards.
-  explicit InferenceModel(Gpt2& model, WeightFormat weights = WeightFormat::fp32);
+  explicit InferenceModel(nn::Gpt2& model, WeightFormat weights = WeightFormat::fp32);
   InferenceModel(const InferenceModel&) = delete;
   InferenceModel& operator=(const InferenceModel&) = delete;
   // open_weight_source(path, arch) placed for `device` (weight_source.h: what the path may be, and the errors).
@@ -46,7 +46,7 @@ class InferenceModel {
                                               WeightFormat weights = WeightFormat::fp32,
                                               Device device = Device::cpu());
 
-  const Gpt2Config& config() const { return config_; }
+  const nn::Gpt2Config& config() const { return config_; }
   WeightFormat weight_format() const { return weights_; }
   // Where the weights were placed: the CPU, or the device whose forward reads them.
   Device device() const { return device_; }
@@ -76,11 +76,11 @@ class InferenceModel {
     const uint32_t* words() const { return static_cast<const uint32_t*>(values.raw()); }
   };
   void place(const WeightSource& source);
-  const Placed& at(Gpt2Role role, int layer) const;
+  const Placed& at(nn::Gpt2Role role, int layer) const;
   // out[rows, M] = in @ m + bias (bias may be null), in the model's weight format.
   void gemm(float* out, const float* in, const Placed& m, const float* bias, int rows) const;
 
-  Gpt2Config config_;
+  nn::Gpt2Config config_;
   WeightFormat weights_ = WeightFormat::fp32;
   Device device_ = Device::cpu();
   std::vector<Placed> placed_;  // by gpt2_weight_slot

@@ -26,7 +26,7 @@ enum class PassBuffer { x, h, qkv, att, mlp };
 template <class Steps>
 void gpt2_ragged_forward(Steps& s, int n_layer) {
   using B = PassBuffer;
-  using R = Gpt2Role;
+  using R = nn::Gpt2Role;
   s.embed(B::x);
   for (int l = 0; l < n_layer; ++l) {
     s.layernorm(B::h, B::x, l, R::ln1_w, R::ln1_b);

@@ -20,24 +20,24 @@ class CheckpointSource final : public WeightSource {
  public:
   CheckpointSource(const std::string& path, const std::string& arch)
       : reader_(path),
-        config_(arch.empty() ? Gpt2Config::from_json(reader_.manifest().model, reader_.tag_dir())
-                             : Gpt2Config::from_spec(arch)) {}
-  const Gpt2Config& config() const override { return config_; }
-  void read(const Gpt2Weight& w, float* dst) const override {
-    const CheckpointParam& p = reader_.param(w.name);
+        config_(arch.empty() ? nn::Gpt2Config::from_json(reader_.manifest().model, reader_.tag_dir())
+                             : nn::Gpt2Config::from_spec(arch)) {}
+  const nn::Gpt2Config& config() const override { return config_; }
+  void read(const nn::Gpt2Weight& w, float* dst) const override {
+    const ckpt::CheckpointParam& p = reader_.param(w.name);
     DS_CHECK_AS(IoError, p.shape == w.shape, "[serve] '{}': '{}' has shape {} but the model needs {}; check --arch",
-                reader_.tag_dir(), w.name, checkpoint_shape_str(p.shape), checkpoint_shape_str(w.shape));
+                reader_.tag_dir(), w.name, ckpt::checkpoint_shape_str(p.shape), ckpt::checkpoint_shape_str(w.shape));
     reader_.read("fp32", p.offset, p.numel(), dst);
   }
   std::string describe() const override { return reader_.tag_dir(); }
 
  private:
-  CheckpointReader reader_;
-  Gpt2Config config_;
+  ckpt::CheckpointReader reader_;
+  nn::Gpt2Config config_;
 };
 
-Gpt2Config config_of_file(const SafetensorsFile& file, const std::string& path, const std::string& arch) {
-  if (!arch.empty()) return Gpt2Config::from_spec(arch);
+nn::Gpt2Config config_of_file(const ckpt::SafetensorsFile& file, const std::string& path, const std::string& arch) {
+  if (!arch.empty()) return nn::Gpt2Config::from_spec(arch);
   const auto it = file.metadata().find("ds_model");
   DS_CHECK_AS(ConfigError, it != file.metadata().end(), "[serve] '{}' does not say the model's shape (no "
               "\"ds_model\" metadata); give it with --arch (a preset such as gpt2-tiny, or a model JSON file)", path);
@@ -47,16 +47,16 @@ Gpt2Config config_of_file(const SafetensorsFile& file, const std::string& path, 
   } catch (const nlohmann::json::parse_error& e) {
     DS_THROW(IoError, "[serve] '{}': its \"ds_model\" metadata is not JSON ({}); give --arch", path, e.what());
   }
-  return Gpt2Config::from_json(j, path + " (ds_model metadata)");
+  return nn::Gpt2Config::from_json(j, path + " (ds_model metadata)");
 }
 
 class SafetensorsSource final : public WeightSource {
  public:
   SafetensorsSource(const std::string& path, const std::string& arch)
-      : file_(SafetensorsFile::open(path)), config_(config_of_file(file_, path, arch)) {}
-  const Gpt2Config& config() const override { return config_; }
-  void read(const Gpt2Weight& w, float* dst) const override {
-    const std::vector<float> values = read_safetensors_f32(
+      : file_(ckpt::SafetensorsFile::open(path)), config_(config_of_file(file_, path, arch)) {}
+  const nn::Gpt2Config& config() const override { return config_; }
+  void read(const nn::Gpt2Weight& w, float* dst) const override {
+    const std::vector<float> values = ckpt::read_safetensors_f32(
         file_, w.name, w.shape,
         "give a file with every parameter under its Hugging Face GPT-2 name (dspeed ckpt consolidate writes one), "
         "or the model's shape with --arch");
@@ -65,18 +65,18 @@ class SafetensorsSource final : public WeightSource {
   std::string describe() const override { return file_.path(); }
 
  private:
-  SafetensorsFile file_;
-  Gpt2Config config_;
+  ckpt::SafetensorsFile file_;
+  nn::Gpt2Config config_;
 };
 
 class ModelSource final : public WeightSource {
  public:
-  explicit ModelSource(Gpt2& model) : model_(model) {
+  explicit ModelSource(nn::Gpt2& model) : model_(model) {
     DS_ASSERT(model.params().flat_params().numel() > 0, "inference needs the model's parameters resident");
   }
-  const Gpt2Config& config() const override { return model_.config(); }
-  void read(const Gpt2Weight& w, float* dst) const override {
-    const Parameter& p = model_.params().get(w.name);
+  const nn::Gpt2Config& config() const override { return model_.config(); }
+  void read(const nn::Gpt2Weight& w, float* dst) const override {
+    const nn::Parameter& p = model_.params().get(w.name);
     DS_ASSERT(p.data.dtype() == DType::f32, "inference weights must be fp32 ({})", w.name);
     DS_ASSERT(p.numel() == w.numel(), "{} has {} values, the spec {}", w.name, p.numel(), w.numel());
     std::memcpy(dst, p.data.data<float>(), sizeof(float) * static_cast<size_t>(p.numel()));
@@ -84,7 +84,7 @@ class ModelSource final : public WeightSource {
   std::string describe() const override { return "a model in memory"; }
 
  private:
-  Gpt2& model_;
+  nn::Gpt2& model_;
 };
 
 }  // namespace
@@ -96,6 +96,8 @@ std::shared_ptr<const WeightSource> open_weight_source(const std::string& path, 
   return std::make_shared<SafetensorsSource>(path, arch);
 }
 
-std::shared_ptr<const WeightSource> model_weight_source(Gpt2& model) { return std::make_shared<ModelSource>(model); }
+std::shared_ptr<const WeightSource> model_weight_source(nn::Gpt2& model) {
+  return std::make_shared<ModelSource>(model);
+}
 
 }  // namespace ds::inference

@@ -14,10 +14,10 @@ namespace ds::inference {
 class WeightSource {
  public:
   virtual ~WeightSource() = default;
-  virtual const Gpt2Config& config() const = 0;
+  virtual const nn::Gpt2Config& config() const = 0;
   // Writes w.numel() values to dst. Throws IoError naming the file and the tensor when it is missing or has
   // another shape.
-  virtual void read(const Gpt2Weight& w, float* dst) const = 0;
+  virtual void read(const nn::Gpt2Weight& w, float* dst) const = 0;
   // For messages: the file or "a model in memory".
   virtual std::string describe() const = 0;
 };
@@ -30,6 +30,6 @@ class WeightSource {
 std::shared_ptr<const WeightSource> open_weight_source(const std::string& path, const std::string& arch = "");
 
 // The resident parameters of a model in memory, borrowed: the model must outlive the source.
-std::shared_ptr<const WeightSource> model_weight_source(Gpt2& model);
+std::shared_ptr<const WeightSource> model_weight_source(nn::Gpt2& model);
 
 }  // namespace ds::inference

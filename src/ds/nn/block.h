@@ -11,7 +11,7 @@
 
 #include "ds/nn/module.h"
 
-namespace ds {
+namespace ds::nn {
 
 // Receives one row slice of a row-sliced parameter while it is gathered: its rows [row_begin, row_begin +
 // data.size(0)) and, in backward only, the gradient rows to accumulate into (undefined in forward).
@@ -63,4 +63,4 @@ class Block : public Module {
   virtual bool is_loss() const { return false; }
 };
 
-}  // namespace ds
+}  // namespace ds::nn

@@ -3,7 +3,7 @@
 
 #include "ds/ops/ops.h"
 
-namespace ds {
+namespace ds::nn {
 namespace {
 int rows_of(const Tensor& x, int cols, const char* who) {
   DS_CHECK_AS(ShapeError, x.ndim() >= 1 && x.numel() % cols == 0, "[{}] expected activations with {} columns, got {}",
@@ -179,4 +179,4 @@ void TransformerBlock::collect_parameters(std::vector<Parameter*>& out) const {
   mlp_.collect_parameters(out);
 }
 
-}  // namespace ds
+}  // namespace ds::nn

@@ -11,7 +11,7 @@
 
 #include "ds/nn/block.h"
 
-namespace ds {
+namespace ds::nn {
 
 class Linear : public Module {
  public:
@@ -97,4 +97,4 @@ class TransformerBlock : public Block {
   Mlp mlp_;
 };
 
-}  // namespace ds
+}  // namespace ds::nn

@@ -4,7 +4,7 @@
 
 #include <algorithm>
 
-namespace ds {
+namespace ds::nn {
 namespace {
 constexpr int64_t kAlign = 64;
 constexpr int64_t kMinChunk = int64_t(16) << 20;
@@ -92,4 +92,4 @@ void Ctx::reset() {
   scratch_.reset();
 }
 
-}  // namespace ds
+}  // namespace ds::nn

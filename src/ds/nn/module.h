@@ -13,7 +13,7 @@
 #include "ds/core/tensor.h"
 #include "ds/nn/parameter.h"
 
-namespace ds {
+namespace ds::nn {
 
 class Module;
 
@@ -104,4 +104,4 @@ class Module {
   std::string name_;
 };
 
-}  // namespace ds
+}  // namespace ds::nn

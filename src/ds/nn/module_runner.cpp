@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <chrono>
 
-namespace ds {
+namespace ds::nn {
 
 ModuleRunner::ModuleRunner(ParameterStore& store, std::vector<Block*> blocks)
     : store_(store), blocks_(std::move(blocks)) {
@@ -181,4 +181,4 @@ void ModuleRunner::for_each_slice(const Parameter& p, bool backward, const Slice
   }
 }
 
-}  // namespace ds
+}  // namespace ds::nn

@@ -12,7 +12,7 @@
 
 #include "ds/nn/block.h"
 
-namespace ds {
+namespace ds::nn {
 
 class ModuleRunner final : public RowAccess {
  public:
@@ -66,4 +66,4 @@ class ModuleRunner final : public RowAccess {
   double recompute_seconds_ = 0;
 };
 
-}  // namespace ds
+}  // namespace ds::nn

@@ -7,7 +7,7 @@
 
 #include "ds/core/strings.h"
 
-namespace ds {
+namespace ds::nn {
 
 size_t ParameterStore::begin_unit(const std::string& name, const Module* owner) {
   DS_ASSERT(!materialized(), "unit {} started after materialize()", name);
@@ -116,4 +116,4 @@ void ParameterStore::zero_grad() {
   if (flat_grads_.defined()) flat_grads_.zero_();
 }
 
-}  // namespace ds
+}  // namespace ds::nn

@@ -10,7 +10,7 @@
 
 #include "ds/core/tensor.h"
 
-namespace ds {
+namespace ds::nn {
 
 struct Parameter {
   std::string name;      // Hugging Face name, e.g. "transformer.h.0.attn.c_attn.weight"
@@ -91,4 +91,4 @@ class ParameterStore {
   Tensor flat_grads_;
 };
 
-}  // namespace ds
+}  // namespace ds::nn

@@ -3,7 +3,7 @@
 
 #include <cmath>
 
-namespace ds {
+namespace ds::optim {
 
 AdamW::AdamW(Tensor params, Tensor grads, const cpu::AdamParams& hyper)
     : params_(std::move(params)), grads_(std::move(grads)), hyper_(hyper) {
@@ -31,4 +31,4 @@ float clip_factor(double norm, double max_norm) {
   return clip > 1.0 ? static_cast<float>(1.0 / clip) : 1.0f;
 }
 
-}  // namespace ds
+}  // namespace ds::optim

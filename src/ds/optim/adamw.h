@@ -6,7 +6,7 @@
 #include "ds/core/tensor.h"
 #include "ds/kernels/cpu/kernels.h"
 
-namespace ds {
+namespace ds::optim {
 
 class AdamW {
  public:
@@ -33,4 +33,4 @@ double grad_norm(const Tensor& grads);
 // clipping is off and the factor is 1. clip = (norm + 1e-6) / max_norm; factor = 1 / max(clip, 1).
 float clip_factor(double norm, double max_norm);
 
-}  // namespace ds
+}  // namespace ds::optim

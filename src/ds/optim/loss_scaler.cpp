@@ -7,7 +7,7 @@
 
 #include "ds/core/error.h"
 
-namespace ds {
+namespace ds::optim {
 
 LossScaler::LossScaler(const LossScalerParams& p)
     : p_(p), scale_(p.mode == LossScalerParams::Mode::none ? 1.0 : p.scale), hysteresis_left_(p.hysteresis) {
@@ -67,4 +67,4 @@ void LossScaler::restore(const nlohmann::json& s) {
   }
 }
 
-}  // namespace ds
+}  // namespace ds::optim

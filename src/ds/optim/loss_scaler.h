@@ -13,7 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-namespace ds {
+namespace ds::optim {
 
 struct LossScalerParams {
   enum class Mode : uint8_t { none, fixed, dynamic } mode = Mode::none;
@@ -45,4 +45,4 @@ class LossScaler {
   int64_t iter_ = 0, last_overflow_iter_ = -1;
 };
 
-}  // namespace ds
+}  // namespace ds::optim

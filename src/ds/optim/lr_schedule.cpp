@@ -11,23 +11,23 @@
 #include <cmath>
 #include <numbers>
 
-namespace ds {
+namespace ds::optim {
 
 LrSchedule::LrSchedule(double lr) : base_lr_(lr) {}
 
 LrSchedule LrSchedule::constant(double lr) { return LrSchedule(lr); }
 
-LrSchedule::LrSchedule(const SchedulerConfig& config, double base_lr)
+LrSchedule::LrSchedule(const config::SchedulerConfig& config, double base_lr)
     : config_(config), base_lr_(base_lr), warmup_(std::max<int64_t>(2, config.warmup_num_steps)) {
   DS_CHECK_AS(ConfigError, config.last_batch_iteration >= -1,
               "[lr_schedule] last_batch_iteration must be -1 (fresh start) or a batch index; found {}",
               config.last_batch_iteration);
-  if (config.type == SchedulerType::warmup_decay_lr || config.type == SchedulerType::warmup_cosine_lr) {
+  if (config.type == config::SchedulerType::warmup_decay_lr || config.type == config::SchedulerType::warmup_cosine_lr) {
     DS_CHECK_AS(ConfigError, config.total_num_steps >= 1,
-                "[lr_schedule] {} needs total_num_steps >= 1; found {}", scheduler_type_name(config.type),
+                "[lr_schedule] {} needs total_num_steps >= 1; found {}", config::scheduler_type_name(config.type),
                 config.total_num_steps);
   }
-  if (config.type == SchedulerType::warmup_cosine_lr) {
+  if (config.type == config::SchedulerType::warmup_cosine_lr) {
     DS_CHECK_AS(ConfigError, config.total_num_steps > warmup_,
                 "[lr_schedule] WarmupCosineLR needs total_num_steps ({}) > warmup_num_steps ({})",
                 config.total_num_steps, warmup_);
@@ -35,7 +35,7 @@ LrSchedule::LrSchedule(const SchedulerConfig& config, double base_lr)
 }
 
 double LrSchedule::warmup_gamma(int64_t t) const {
-  if (config_.warmup_type == WarmupType::linear) return static_cast<double>(t) / static_cast<double>(warmup_);
+  if (config_.warmup_type == config::WarmupType::linear) return static_cast<double>(t) / static_cast<double>(warmup_);
   // DeepSpeed stores inverse_log_warm_up = 1 / ln(N) and multiplies; keep the same operation order.
   const double inverse_log_warm_up = 1.0 / std::log(static_cast<double>(warmup_));
   return inverse_log_warm_up * std::log(static_cast<double>(t + 1));
@@ -46,13 +46,13 @@ double LrSchedule::lr_at_iteration(int64_t t) const {
   const double min_lr = config_.warmup_min_lr;
   const double delta = config_.warmup_max_lr - config_.warmup_min_lr;
   switch (config_.type) {
-    case SchedulerType::none:
+    case config::SchedulerType::none:
       return base_lr_;
-    case SchedulerType::warmup_lr: {
+    case config::SchedulerType::warmup_lr: {
       const double gamma = t < warmup_ ? warmup_gamma(t) : 1.0;
       return min_lr + delta * gamma;
     }
-    case SchedulerType::warmup_decay_lr: {
+    case config::SchedulerType::warmup_decay_lr: {
       double gamma;
       if (t < warmup_) {
         gamma = warmup_gamma(t);
@@ -62,7 +62,7 @@ double LrSchedule::lr_at_iteration(int64_t t) const {
       }
       return min_lr + delta * gamma;
     }
-    case SchedulerType::warmup_cosine_lr: {
+    case config::SchedulerType::warmup_cosine_lr: {
       double ratio;
       if (t < warmup_) {
         ratio = config_.warmup_min_ratio + warmup_gamma(t) * (1.0 - config_.warmup_min_ratio);
@@ -80,8 +80,8 @@ double LrSchedule::lr_at_iteration(int64_t t) const {
 }
 
 double LrSchedule::initial_lr() const {
-  if (config_.type == SchedulerType::none || config_.last_batch_iteration != -1) return base_lr_;
-  if (config_.type == SchedulerType::warmup_cosine_lr) return 0.0;  // its get_lr() before the start
+  if (config_.type == config::SchedulerType::none || config_.last_batch_iteration != -1) return base_lr_;
+  if (config_.type == config::SchedulerType::warmup_cosine_lr) return 0.0;  // its get_lr() before the start
   return config_.warmup_min_lr;                                      // WarmupLR's get_lr() before the start
 }
 
@@ -92,17 +92,17 @@ double LrSchedule::lr(int64_t steps_taken) const {
 }
 
 std::string LrSchedule::describe() const {
-  const char* warm = config_.warmup_type == WarmupType::log ? "log" : "linear";
+  const char* warm = config_.warmup_type == config::WarmupType::log ? "log" : "linear";
   switch (config_.type) {
-    case SchedulerType::none:
+    case config::SchedulerType::none:
       return fmt::format("constant lr {}", base_lr_);
-    case SchedulerType::warmup_lr:
+    case config::SchedulerType::warmup_lr:
       return fmt::format("WarmupLR {} -> {} over {} steps ({} warmup)", config_.warmup_min_lr, config_.warmup_max_lr,
                          warmup_, warm);
-    case SchedulerType::warmup_decay_lr:
+    case config::SchedulerType::warmup_decay_lr:
       return fmt::format("WarmupDecayLR {} -> {} over {} steps ({} warmup), then linear to 0 at step {}",
                          config_.warmup_min_lr, config_.warmup_max_lr, warmup_, warm, config_.total_num_steps);
-    case SchedulerType::warmup_cosine_lr:
+    case config::SchedulerType::warmup_cosine_lr:
       return fmt::format("WarmupCosineLR lr {} x ratio {} -> 1 over {} steps ({} warmup), cosine to {} at step {}",
                          base_lr_, config_.warmup_min_ratio, warmup_, warm, config_.cos_min_ratio,
                          config_.total_num_steps);
@@ -110,4 +110,4 @@ std::string LrSchedule::describe() const {
   return "?";
 }
 
-}  // namespace ds
+}  // namespace ds::optim

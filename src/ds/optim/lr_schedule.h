@@ -8,7 +8,7 @@
 #include <cstdint>
 #include <string>
 
-namespace ds {
+namespace ds::optim {
 
 // Note [LR schedule step convention]
 // DeepSpeed (0.16.5) runs optimizer.step() and *then* lr_scheduler.step() (engine.py::_take_model_step), and skips
@@ -31,7 +31,7 @@ class LrSchedule {
   // A constant learning rate (no "scheduler" block).
   static LrSchedule constant(double lr);
   // From the config's scheduler block; base_lr is optimizer.params.lr. SchedulerType::none gives constant(base_lr).
-  LrSchedule(const SchedulerConfig& config, double base_lr);
+  LrSchedule(const config::SchedulerConfig& config, double base_lr);
 
   // The learning rate of the optimizer step that follows `steps_taken` completed (not skipped) optimizer steps,
   // exactly as DeepSpeed would set it. steps_taken >= 0; lr(0) is the first step's rate.
@@ -41,7 +41,7 @@ class LrSchedule {
   // lr(0): the rate the scheduler's constructor leaves in the optimizer.
   double initial_lr() const;
 
-  SchedulerType type() const { return config_.type; }
+  config::SchedulerType type() const { return config_.type; }
   double base_lr() const { return base_lr_; }
   int64_t warmup_num_steps() const { return warmup_; }  // effective: max(2, warmup_num_steps)
   std::string describe() const;
@@ -50,9 +50,9 @@ class LrSchedule {
   explicit LrSchedule(double lr);  // constant
   double warmup_gamma(int64_t t) const;  // g(t) for t < N
 
-  SchedulerConfig config_;
+  config::SchedulerConfig config_;
   double base_lr_ = 0.0;
   int64_t warmup_ = 2;
 };
 
-}  // namespace ds
+}  // namespace ds::optim

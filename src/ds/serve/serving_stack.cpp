@@ -69,7 +69,7 @@ ServingStack::ServingStack(const ServingStackOptions& o, std::shared_ptr<const i
 ServingStack::~ServingStack() = default;
 
 std::string ServingStack::describe() const {
-  const Gpt2Config& c = model_->config();
+  const nn::Gpt2Config& c = model_->config();
   const auto& kv = engine_->kv_state();
   return fmt::format("GPT-2 L{} H{} C{} V{} context {} on {}, {} weights; policy {}, {} tokens per pass; KV cache "
                      "{} blocks of {} tokens, {}; queue {}",

@@ -16,8 +16,8 @@ namespace {
 
 class FullGradientReducer final : public GradientReducer {
  public:
-  FullGradientReducer(const PartitionLayout& layout, ParameterStore& store, Communicator& comm, RowExchange& rows,
-                      const Options& options)
+  FullGradientReducer(const PartitionLayout& layout, nn::ParameterStore& store, comm::Communicator& comm,
+                      RowExchange& rows, const Options& options)
       : GradientReducer(layout, comm, rows, options), store_(store), landed_(layout.size()) {
     DS_ASSERT(store.flat_grads().defined() && store.flat_grads().dtype() == options.grads,
               "full gradients need the store's flat buffer in {}", dtype_name(options.grads));
@@ -82,7 +82,7 @@ class FullGradientReducer final : public GradientReducer {
   }
 
   // The rows of one token are summed first, then added to the full gradient, which the boundary reduces.
-  void accumulate_rows(const Parameter& p, const int32_t* ids, const float* rows, int64_t n) override {
+  void accumulate_rows(const nn::Parameter& p, const int32_t* ids, const float* rows, int64_t n) override {
     const int64_t C = p.shape[1];
     rows_.for_each_row_sum(ids, rows, n, C, [&](int32_t id, const float* sum) {
       accumulate_f32(flat(p.offset + int64_t(id) * C), sum, C);
@@ -104,7 +104,7 @@ class FullGradientReducer final : public GradientReducer {
 
  private:
   struct Pending {
-    WorkPtr work;
+    comm::WorkPtr work;
     int pack = -1;  // a packed piece: its pack buffer, unit and chunk range
     size_t unit = 0;
     int64_t col = 0, len = 0;
@@ -166,7 +166,7 @@ class FullGradientReducer final : public GradientReducer {
       std::byte* buf = pack(slot);
       for (int r = 0; r < N; ++r)
         std::memcpy(buf + r * s * es, flat(u.offset + r * u.chunk + col), static_cast<size_t>(s) * es);
-      WorkPtr w = comm_.reduce_scatter_async(buf, buf + layout_.rank() * s * es, static_cast<size_t>(s), gd);
+      comm::WorkPtr w = comm_.reduce_scatter_async(buf, buf + layout_.rank() * s * es, static_cast<size_t>(s), gd);
       pending_.push_back({std::move(w), slot, unit, col, s});
     }
   }
@@ -195,7 +195,7 @@ class FullGradientReducer final : public GradientReducer {
     pack_busy_[static_cast<size_t>(p.pack)] = false;
   }
 
-  ParameterStore& store_;
+  nn::ParameterStore& store_;
   std::vector<Tensor> landed_;  // lands: per unit, its fp32 gradient while bound
   std::vector<size_t> deferred_;
   int64_t run_begin_ = 0, run_end_ = 0;  // stage 0: the open run of consecutive units
@@ -206,8 +206,8 @@ class FullGradientReducer final : public GradientReducer {
 
 }  // namespace
 
-std::unique_ptr<GradientReducer> make_full_gradient_reducer(const PartitionLayout& layout, ParameterStore& store,
-                                                            Communicator& comm, RowExchange& rows,
+std::unique_ptr<GradientReducer> make_full_gradient_reducer(const PartitionLayout& layout, nn::ParameterStore& store,
+                                                            comm::Communicator& comm, RowExchange& rows,
                                                             const GradientReducer::Options& options) {
   return std::make_unique<FullGradientReducer>(layout, store, comm, rows, options);
 }

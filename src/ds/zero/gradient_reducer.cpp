@@ -24,7 +24,7 @@ constexpr int64_t kParallelBlock = 1 << 16;  // elements per OpenMP work item of
 
 }  // namespace
 
-GradientReducer::GradientReducer(const PartitionLayout& layout, Communicator& comm, RowExchange& rows,
+GradientReducer::GradientReducer(const PartitionLayout& layout, comm::Communicator& comm, RowExchange& rows,
                                  const Options& options)
     : layout_(layout),
       comm_(comm),
@@ -65,14 +65,14 @@ void GradientReducer::return_landing(const Tensor& buf) {
 
 void GradientReducer::bind_grads(size_t unit, const Tensor& buf) {
   const UnitLayout& u = layout_[unit];
-  for (Parameter* p : u.unit->params) p->grad = buf.slice_flat(p->offset - u.offset, p->shape);
+  for (nn::Parameter* p : u.unit->params) p->grad = buf.slice_flat(p->offset - u.offset, p->shape);
 }
 
 void GradientReducer::unbind_grads(size_t unit) {
-  for (Parameter* p : layout_[unit].unit->params) p->grad = Tensor();
+  for (nn::Parameter* p : layout_[unit].unit->params) p->grad = Tensor();
 }
 
-void GradientReducer::wait_quietly(const WorkPtr& work) {
+void GradientReducer::wait_quietly(const comm::WorkPtr& work) {
   if (!work) return;
   try {
     work->wait();
@@ -95,7 +95,7 @@ void for_blocks(int64_t n, F&& f) {
 void GradientReducer::accumulate(void* dst, const void* src, int64_t n) const {
   const size_t es = dtype_size(options_.grads);
   for_blocks(n, [&](int64_t at, int64_t len) {
-    fold_into(static_cast<std::byte*>(dst) + at * es, static_cast<const std::byte*>(src) + at * es,
+    comm::fold_into(static_cast<std::byte*>(dst) + at * es, static_cast<const std::byte*>(src) + at * es,
               static_cast<size_t>(len), options_.grads);
   });
 }
@@ -103,7 +103,7 @@ void GradientReducer::accumulate(void* dst, const void* src, int64_t n) const {
 void GradientReducer::accumulate_f32(void* dst, const float* src, int64_t n) const {
   const size_t es = dtype_size(options_.grads);
   for_blocks(n, [&](int64_t at, int64_t len) {
-    fold_f32_into(static_cast<std::byte*>(dst) + at * es, options_.grads, src + at, static_cast<size_t>(len));
+    comm::fold_f32_into(static_cast<std::byte*>(dst) + at * es, options_.grads, src + at, static_cast<size_t>(len));
   });
 }
 

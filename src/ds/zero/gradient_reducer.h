@@ -83,7 +83,7 @@ class GradientReducer {
   virtual float* unit_grads(size_t unit) = 0;
   // Gradient rows ids[i] += rows[i] of the row-sliced parameter p, in the reducer's accounting (a collective for
   // partitioned gradients).
-  virtual void accumulate_rows(const Parameter& p, const int32_t* ids, const float* rows, int64_t n) = 0;
+  virtual void accumulate_rows(const nn::Parameter& p, const int32_t* ids, const float* rows, int64_t n) = 0;
   // Waits for every reduction in flight.
   virtual void drain() = 0;
   // This rank's reduced gradient chunk of unit i in the gradient dtype (valid after the boundary).
@@ -93,11 +93,11 @@ class GradientReducer {
   double grad_norm();
 
  protected:
-  GradientReducer(const PartitionLayout& layout, Communicator& comm, RowExchange& rows, const Options& options);
+  GradientReducer(const PartitionLayout& layout, comm::Communicator& comm, RowExchange& rows, const Options& options);
   // Sum of squares of what this rank owns, unit chunk by unit chunk.
   virtual double local_sum_squares();
   // Waits for a reduction still in flight at destruction (its buffers are ours); its error no longer matters.
-  static void wait_quietly(const WorkPtr& work);
+  static void wait_quietly(const comm::WorkPtr& work);
 
   // An fp32 landing buffer of at least n elements, from a pool allocated on first use and reused.
   Tensor take_landing(int64_t n);
@@ -113,7 +113,7 @@ class GradientReducer {
   }
 
   const PartitionLayout& layout_;
-  Communicator& comm_;
+  comm::Communicator& comm_;
   RowExchange& rows_;
   const Options options_;
   const int64_t bucket_numel_;  // capacity of one bucket, or of one packed piece (N x s)
@@ -126,12 +126,12 @@ class GradientReducer {
 };
 
 // Stages 0-1: gradients accumulate in the store's flat buffer (materialized with gradients in options.grads).
-std::unique_ptr<GradientReducer> make_full_gradient_reducer(const PartitionLayout& layout, ParameterStore& store,
-                                                            Communicator& comm, RowExchange& rows,
+std::unique_ptr<GradientReducer> make_full_gradient_reducer(const PartitionLayout& layout, nn::ParameterStore& store,
+                                                            comm::Communicator& comm, RowExchange& rows,
                                                             const GradientReducer::Options& options);
 // Stages 2-3: gradients land in buckets and accumulate in an owned partition (`grad` memory).
-std::unique_ptr<GradientReducer> make_partitioned_gradient_reducer(const PartitionLayout& layout, Communicator& comm,
-                                                                   RowExchange& rows,
+std::unique_ptr<GradientReducer> make_partitioned_gradient_reducer(const PartitionLayout& layout,
+                                                                   comm::Communicator& comm, RowExchange& rows,
                                                                    const GradientReducer::Options& options);
 
 }  // namespace ds::zero

@@ -7,7 +7,7 @@
 
 namespace ds::zero {
 
-ParamStorage::ParamStorage(ParameterStore& store, const PartitionLayout& layout, DType dtype, bool holds_all)
+ParamStorage::ParamStorage(nn::ParameterStore& store, const PartitionLayout& layout, DType dtype, bool holds_all)
     : store_(store), layout_(layout), dtype_(dtype), holds_all_(holds_all) {
   if (holds_all_) {
     DS_ASSERT(store.flat_params().defined() && store.flat_params().dtype() == dtype,
@@ -57,7 +57,7 @@ void ParamStorage::read_owned(int64_t begin, int64_t n, float* out) const {
   });
 }
 
-void ParamStorage::all_gather_owned(Communicator& comm) {
+void ParamStorage::all_gather_owned(comm::Communicator& comm) {
   DS_ASSERT(holds_all_ && !layout_.replicated(), "all_gather_owned needs full parameters and a partitioned layout");
   for (size_t i = 0; i < layout_.size(); ++i)
     comm.all_gather(owned(i), full(i), static_cast<size_t>(layout_[i].chunk), dtype_);

@@ -18,7 +18,7 @@ namespace ds::zero {
 class ParamStorage {
  public:
   // holds_all: the store's flat parameter buffer (materialized in `dtype`); otherwise a partition is allocated.
-  ParamStorage(ParameterStore& store, const PartitionLayout& layout, DType dtype, bool holds_all);
+  ParamStorage(nn::ParameterStore& store, const PartitionLayout& layout, DType dtype, bool holds_all);
 
   DType dtype() const { return dtype_; }
   bool holds_all() const { return holds_all_; }
@@ -35,10 +35,10 @@ class ParamStorage {
   // Partition elements [begin, begin + n) widened to fp32.
   void read_owned(int64_t begin, int64_t n, float* out) const;
   // Every unit's owned chunk all-gathered into the full buffer (holds_all, partitioned layout): a collective.
-  void all_gather_owned(Communicator& comm);
+  void all_gather_owned(comm::Communicator& comm);
 
  private:
-  ParameterStore& store_;
+  nn::ParameterStore& store_;
   const PartitionLayout& layout_;
   DType dtype_;
   bool holds_all_;

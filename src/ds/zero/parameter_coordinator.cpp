@@ -24,7 +24,7 @@
 
 namespace ds::zero {
 
-ParameterCoordinator::Options ParameterCoordinator::options_for(const ZeroConfig& zero, bool gathers) {
+ParameterCoordinator::Options ParameterCoordinator::options_for(const config::ZeroConfig& zero, bool gathers) {
   Options o;
   o.gathers = gathers;
   if (gathers) {  // prefetch, reuse and persistence are stage-3 knobs
@@ -36,8 +36,8 @@ ParameterCoordinator::Options ParameterCoordinator::options_for(const ZeroConfig
   return o;
 }
 
-ParameterCoordinator::ParameterCoordinator(const PartitionLayout& layout, ParamStorage& storage, Communicator& comm,
-                                           RowExchange& rows, const Options& options)
+ParameterCoordinator::ParameterCoordinator(const PartitionLayout& layout, ParamStorage& storage,
+                                           comm::Communicator& comm, RowExchange& rows, const Options& options)
     : layout_(layout),
       storage_(storage),
       comm_(comm),
@@ -52,7 +52,7 @@ ParameterCoordinator::ParameterCoordinator(const PartitionLayout& layout, ParamS
 }
 
 ParameterCoordinator::~ParameterCoordinator() {
-  for (WorkPtr& w : inflight_) {
+  for (comm::WorkPtr& w : inflight_) {
     if (!w) continue;
     try {
       w->wait();  // the buffer it fills is ours
@@ -98,7 +98,7 @@ void ParameterCoordinator::gather(size_t unit) {
     cpu::to_f32(buf.data<float>(), src, pd, static_cast<size_t>(u.padded));
     if (full.defined()) return_buffer(full);
   }
-  for (Parameter* p : u.unit->params) p->data = buf.slice_flat(p->offset - u.offset, p->shape);
+  for (nn::Parameter* p : u.unit->params) p->data = buf.slice_flat(p->offset - u.offset, p->shape);
   gathered_[unit] = buf;
 }
 
@@ -163,7 +163,7 @@ void ParameterCoordinator::release(size_t unit, bool even_persistent) {
       distance += layout_[trace_[pos]].padded;
     }
   }
-  for (Parameter* p : layout_[unit].unit->params) p->data = Tensor();
+  for (nn::Parameter* p : layout_[unit].unit->params) p->data = Tensor();
   return_buffer(gathered_[unit]);
   gathered_[unit] = Tensor();
   live_numel_ -= layout_[unit].padded;
@@ -191,7 +191,7 @@ void ParameterCoordinator::copy_unit(size_t unit, float* out, int64_t n) {
 // Partitioned: each rank fills the elements it owns of every requested row, zeros elsewhere; a reduce-scatter then
 // hands each rank the sum for its own rows, which is the row itself (x + 0 = x exactly). Held whole: a plain
 // lookup, widened from 16 bits.
-void ParameterCoordinator::lookup_rows(const Parameter& p, const int32_t* ids, int64_t n, float* out) {
+void ParameterCoordinator::lookup_rows(const nn::Parameter& p, const int32_t* ids, int64_t n, float* out) {
   const int64_t C = p.shape[1];
   const DType pd = storage_.dtype();
   const int world = layout_.world();

@@ -30,10 +30,10 @@ class ParameterCoordinator {
     int64_t persistence = -1;      // units of at most this many elements stay gathered (..._persistence_threshold)
   };
   // The stage-3 knobs of `zero` when `gathers`; without gathering there is no trace, prefetch or persistence.
-  static Options options_for(const ZeroConfig& zero, bool gathers);
+  static Options options_for(const config::ZeroConfig& zero, bool gathers);
 
-  ParameterCoordinator(const PartitionLayout& layout, ParamStorage& storage, Communicator& comm, RowExchange& rows,
-                       const Options& options);
+  ParameterCoordinator(const PartitionLayout& layout, ParamStorage& storage, comm::Communicator& comm,
+                       RowExchange& rows, const Options& options);
   ~ParameterCoordinator();
   ParameterCoordinator(const ParameterCoordinator&) = delete;
   ParameterCoordinator& operator=(const ParameterCoordinator&) = delete;
@@ -55,7 +55,7 @@ class ParameterCoordinator {
   // gathering).
   void copy_unit(size_t unit, float* out, int64_t n);
   // out[i] = row ids[i] of the row-sliced parameter p (a collective when gathering).
-  void lookup_rows(const Parameter& p, const int32_t* ids, int64_t n, float* out);
+  void lookup_rows(const nn::Parameter& p, const int32_t* ids, int64_t n, float* out);
 
   int64_t prefetches_issued() const { return prefetches_issued_; }
   int64_t prefetch_hits() const { return prefetch_hits_; }
@@ -68,14 +68,14 @@ class ParameterCoordinator {
 
   const PartitionLayout& layout_;
   ParamStorage& storage_;
-  Communicator& comm_;
+  comm::Communicator& comm_;
   RowExchange& rows_;
   const Options options_;
   std::vector<Tensor> gathered_;      // per unit: its fp32 parameters while available
   std::vector<bool> persistent_;
   std::vector<Tensor> free_buffers_;  // released buffers (fp32, and 16-bit staging), reused
   std::vector<Tensor> inflight_buf_;  // per unit: the buffer an in-flight prefetch fills (storage dtype)
-  std::vector<WorkPtr> inflight_;     // per unit: that prefetch
+  std::vector<comm::WorkPtr> inflight_;     // per unit: that prefetch
   std::vector<size_t> trace_;         // unit fetch order of one training step
   bool in_step_ = false, recording_ = true, trace_complete_ = false;
   size_t trace_pos_ = 0;

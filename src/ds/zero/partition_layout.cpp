@@ -6,11 +6,11 @@
 
 namespace ds::zero {
 
-PartitionLayout::PartitionLayout(const std::vector<ParamUnit>& units, int rank, int world, bool replicated)
+PartitionLayout::PartitionLayout(const std::vector<nn::ParamUnit>& units, int rank, int world, bool replicated)
     : rank_(rank), world_(world), replicated_(replicated) {
   DS_ASSERT(world >= 1 && rank >= 0 && rank < world, "rank {} of a world of {}", rank, world);
   int64_t expected_offset = units.empty() ? 0 : units.front().offset;
-  for (const ParamUnit& u : units) {
+  for (const nn::ParamUnit& u : units) {
     DS_ASSERT(u.padded_numel % world == 0, "unit {} of {} elements is not aligned to {} ranks", u.name,
               u.padded_numel, world);
     DS_ASSERT(u.offset == expected_offset, "unit {} starts at {}, after a unit that ends at {}", u.name, u.offset,
@@ -32,7 +32,7 @@ PartitionLayout::PartitionLayout(const std::vector<ParamUnit>& units, int rank, 
   }
 }
 
-size_t PartitionLayout::index_of(const Module& owner) const {
+size_t PartitionLayout::index_of(const nn::Module& owner) const {
   auto it = by_owner_.find(&owner);
   DS_ASSERT(it != by_owner_.end(), "module {} is not a gather unit of this model", owner.name());
   return it->second;

@@ -13,14 +13,14 @@
 
 #include "ds/nn/parameter.h"
 
-namespace ds {
+namespace ds::nn {
 class Module;
 }
 
 namespace ds::zero {
 
 struct UnitLayout {
-  const ParamUnit* unit = nullptr;
+  const nn::ParamUnit* unit = nullptr;
   int64_t offset = 0;       // the unit's first element in the flat buffers
   int64_t padded = 0;       // its padded_numel, a multiple of N
   int64_t chunk = 0;        // elements each rank owns: padded / N (replicated: padded)
@@ -34,7 +34,7 @@ class PartitionLayout {
   static int64_t alignment(int world) { return int64_t(16) * world; }
 
   // `units` in flat order, each padded to a multiple of `world` (ParameterStore::materialize with alignment()).
-  PartitionLayout(const std::vector<ParamUnit>& units, int rank, int world, bool replicated);
+  PartitionLayout(const std::vector<nn::ParamUnit>& units, int rank, int world, bool replicated);
 
   int rank() const { return rank_; }
   int world() const { return world_; }
@@ -43,7 +43,7 @@ class PartitionLayout {
   const UnitLayout& operator[](size_t i) const { return units_[i]; }
   const std::vector<UnitLayout>& units() const { return units_; }
   // The unit whose owner is `owner` (an internal error if it has none).
-  size_t index_of(const Module& owner) const;
+  size_t index_of(const nn::Module& owner) const;
 
   int64_t partition_numel() const { return partition_numel_; }  // sum of the chunks
   int64_t padded_numel() const { return padded_numel_; }        // sum of the padded units
@@ -77,7 +77,7 @@ class PartitionLayout {
   int rank_, world_;
   bool replicated_;
   std::vector<UnitLayout> units_;
-  std::unordered_map<const Module*, size_t> by_owner_;
+  std::unordered_map<const nn::Module*, size_t> by_owner_;
   int64_t partition_numel_ = 0, padded_numel_ = 0, max_chunk_ = 0, largest_unit_ = 0;
 };
 

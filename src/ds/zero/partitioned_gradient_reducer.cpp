@@ -18,7 +18,7 @@ namespace {
 
 class PartitionedGradientReducer final : public GradientReducer {
  public:
-  PartitionedGradientReducer(const PartitionLayout& layout, Communicator& comm, RowExchange& rows,
+  PartitionedGradientReducer(const PartitionLayout& layout, comm::Communicator& comm, RowExchange& rows,
                              const Options& options)
       : GradientReducer(layout, comm, rows, options),
         direct_(options.grads == DType::f32),
@@ -96,7 +96,7 @@ class PartitionedGradientReducer final : public GradientReducer {
   // Every rank receives all ranks' rows and adds those elements it owns to its gradient partition; the rows of one
   // token are summed first, in rank order then position order, so the result does not depend on timing. The
   // reductions in flight land first, so each element is summed in the same order as without buckets.
-  void accumulate_rows(const Parameter& p, const int32_t* ids, const float* rows, int64_t n) override {
+  void accumulate_rows(const nn::Parameter& p, const int32_t* ids, const float* rows, int64_t n) override {
     flush();
     const int64_t C = p.shape[1];
     const int32_t* all = rows_.gather_ids(ids, n);
@@ -105,7 +105,7 @@ class PartitionedGradientReducer final : public GradientReducer {
     rows_.for_each_row_sum(all, all_rows, layout_.world() * n, C, [&](int32_t id, const float* sum) {
       const int64_t begin = p.offset + int64_t(id) * C;
       layout_.for_owned(begin, begin + C, [&](int64_t flat, int64_t part, int64_t count) {
-        fold_f32_into(offset_bytes(part_grads_.raw(), part), options_.grads, sum + (flat - begin),
+        comm::fold_f32_into(offset_bytes(part_grads_.raw(), part), options_.grads, sum + (flat - begin),
                       static_cast<size_t>(count));
       });
     });
@@ -126,7 +126,7 @@ class PartitionedGradientReducer final : public GradientReducer {
     size_t unit;
     int64_t col, len;  // elements [col, col + len) of every rank's chunk of the unit
     int64_t offset;    // in the bucket; N blocks of len elements
-    WorkPtr work = nullptr;
+    comm::WorkPtr work = nullptr;
     bool issued = false;
   };
   struct Bucket {
@@ -185,7 +185,7 @@ class PartitionedGradientReducer final : public GradientReducer {
 
   void complete(int b, Segment& seg) {
     if (!seg.work) return;
-    WorkPtr w = std::exchange(seg.work, nullptr);
+    comm::WorkPtr w = std::exchange(seg.work, nullptr);
     const std::pair<int, size_t> id(b, static_cast<size_t>(&seg - state_[static_cast<size_t>(b)].segments.data()));
     in_flight_.erase(std::find(in_flight_.begin(), in_flight_.end(), id));
     w->wait();
@@ -237,8 +237,8 @@ class PartitionedGradientReducer final : public GradientReducer {
 
 }  // namespace
 
-std::unique_ptr<GradientReducer> make_partitioned_gradient_reducer(const PartitionLayout& layout, Communicator& comm,
-                                                                   RowExchange& rows,
+std::unique_ptr<GradientReducer> make_partitioned_gradient_reducer(const PartitionLayout& layout,
+                                                                   comm::Communicator& comm, RowExchange& rows,
                                                                    const GradientReducer::Options& options) {
   return std::make_unique<PartitionedGradientReducer>(layout, comm, rows, options);
 }

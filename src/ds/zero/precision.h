@@ -3,7 +3,7 @@
 
 #include "ds/core/dtype.h"
 
-namespace ds {
+namespace ds::zero {
 
 // f32 for both in fp32 training; with fp16/bf16, params is the 16-bit type and grads the gradient accumulation
 // type (16-bit or f32). Gradients are communicated in the grads dtype.
@@ -13,4 +13,4 @@ struct ZeroPrecision {
   bool mixed() const { return params != DType::f32; }
 };
 
-}  // namespace ds
+}  // namespace ds::zero

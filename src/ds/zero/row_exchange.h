@@ -14,7 +14,7 @@ namespace ds::zero {
 
 class RowExchange {
  public:
-  explicit RowExchange(Communicator& comm) : comm_(comm) {}
+  explicit RowExchange(comm::Communicator& comm) : comm_(comm) {}
   // All ranks' ids, rank by rank (a collective; every rank must pass the same n, else ShapeError on all ranks).
   const int32_t* gather_ids(const int32_t* ids, int64_t n);
   // A staging buffer of at least n floats, valid until the next call.
@@ -26,7 +26,7 @@ class RowExchange {
 
  private:
   void sort_ids(const int32_t* ids, int64_t n);
-  Communicator& comm_;
+  comm::Communicator& comm_;
   Tensor ids_, rows_;
   std::vector<int32_t> counts_;
   std::vector<int64_t> order_;

@@ -7,7 +7,7 @@
 
 #include "ds/core/error.h"
 
-namespace ds {
+namespace ds::zero {
 
 int ZeroOptimizer::checked_stage(int stage) {
   DS_CHECK_AS(ConfigError, stage >= 0 && stage <= 3, "[zero] zero_optimization.stage must be 0, 1, 2 or 3, found {}",
@@ -15,7 +15,7 @@ int ZeroOptimizer::checked_stage(int stage) {
   return stage;
 }
 
-ZeroOptimizer::ZeroOptimizer(ParameterStore& store, Communicator& comm, const ZeroConfig& zero,
+ZeroOptimizer::ZeroOptimizer(nn::ParameterStore& store, comm::Communicator& comm, const config::ZeroConfig& zero,
                              const cpu::AdamParams& hyper, const ZeroPrecision& precision,
                              const zero::StateStoreFactory& make_state)
     : store_(store),
@@ -93,41 +93,41 @@ void ZeroOptimizer::step(float lr, float grad_scale) {
   if (params_.holds_all() && !layout_.replicated()) params_.all_gather_owned(comm_);
 }
 
-void ZeroOptimizer::pre_forward(const Module& m) {
+void ZeroOptimizer::pre_forward(const nn::Module& m) {
   if (coordinator_) coordinator_->fetch(layout_.index_of(m));
 }
 
-void ZeroOptimizer::post_forward(const Module& m) {
+void ZeroOptimizer::post_forward(const nn::Module& m) {
   if (coordinator_) coordinator_->release(layout_.index_of(m), false);
 }
 
-void ZeroOptimizer::pre_backward(const Module& m) {
+void ZeroOptimizer::pre_backward(const nn::Module& m) {
   if (!reducer_->lands()) return;  // fp32 stages 0-1: the model accumulates into the store's gradients
   const size_t unit = layout_.index_of(m);
   if (coordinator_) coordinator_->fetch(unit);
   reducer_->bind(unit);
 }
 
-void ZeroOptimizer::post_backward(const Module& m) {
+void ZeroOptimizer::post_backward(const nn::Module& m) {
   const size_t unit = layout_.index_of(m);
   reducer_->commit(unit);
   if (reducer_->lands() && coordinator_) coordinator_->release(unit, false);
 }
 
-const float* ZeroOptimizer::slice_data(const Module& slice) {
+const float* ZeroOptimizer::slice_data(const nn::Module& slice) {
   const size_t unit = layout_.index_of(slice);
   if (coordinator_) return coordinator_->data(unit);
   return store_.flat_params().data<float>() + layout_[unit].offset;
 }
 
-float* ZeroOptimizer::slice_grads(const Module& slice) { return reducer_->unit_grads(layout_.index_of(slice)); }
+float* ZeroOptimizer::slice_grads(const nn::Module& slice) { return reducer_->unit_grads(layout_.index_of(slice)); }
 
-void ZeroOptimizer::lookup_rows(const Parameter& p, const int32_t* ids, int64_t n, float* out) {
+void ZeroOptimizer::lookup_rows(const nn::Parameter& p, const int32_t* ids, int64_t n, float* out) {
   DS_ASSERT(coordinator_, "row lookups go through the hooks only where parameters are not resident");
   coordinator_->lookup_rows(p, ids, n, out);
 }
 
-void ZeroOptimizer::accumulate_row_grads(const Parameter& p, const int32_t* ids, const float* rows, int64_t n) {
+void ZeroOptimizer::accumulate_row_grads(const nn::Parameter& p, const int32_t* ids, const float* rows, int64_t n) {
   DS_ASSERT(reducer_->lands(), "row gradients go through the hooks only where gradients are not resident");
   reducer_->accumulate_rows(p, ids, rows, n);
 }
@@ -161,4 +161,4 @@ std::vector<float> ZeroOptimizer::full_parameters() {
   return out;
 }
 
-}  // namespace ds
+}  // namespace ds::zero

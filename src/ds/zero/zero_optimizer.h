@@ -38,15 +38,16 @@
 #include "ds/zero/precision.h"
 #include "ds/zero/row_exchange.h"
 
-namespace ds {
+namespace ds::zero {
 
-class ZeroOptimizer : public ModuleHooks {
+class ZeroOptimizer : public nn::ModuleHooks {
  public:
   // The store must be materialized with unit alignment ZeroOptimizer::alignment(N), without gradients from stage 2
   // on and without parameters at stage 3, in the precision's dtypes. `make_state` makes the optimizer-state store
   // (default: a ResidentStateStore), in tiles of zero.sub_group_size elements.
-  ZeroOptimizer(ParameterStore& store, Communicator& comm, const ZeroConfig& zero, const cpu::AdamParams& hyper,
-                const ZeroPrecision& precision = {}, const zero::StateStoreFactory& make_state = {});
+  ZeroOptimizer(nn::ParameterStore& store, comm::Communicator& comm, const config::ZeroConfig& zero,
+                const cpu::AdamParams& hyper, const ZeroPrecision& precision = {},
+                const zero::StateStoreFactory& make_state = {});
   ~ZeroOptimizer() override;
   static int64_t alignment(int world) { return zero::PartitionLayout::alignment(world); }
   static bool keeps_full_gradients(int stage) { return stage < 2; }
@@ -89,14 +90,14 @@ class ZeroOptimizer : public ModuleHooks {
   int64_t step_count() const { return step_.step_count(); }
 
   // The module runner's hooks: fetch and release parameters (coordinator), bind and reduce gradients (reducer).
-  void pre_forward(const Module& m) override;
-  void post_forward(const Module& m) override;
-  void pre_backward(const Module& m) override;
-  void post_backward(const Module& m) override;
-  const float* slice_data(const Module& slice) override;
-  float* slice_grads(const Module& slice) override;
-  void lookup_rows(const Parameter& p, const int32_t* ids, int64_t n, float* out) override;
-  void accumulate_row_grads(const Parameter& p, const int32_t* ids, const float* rows, int64_t n) override;
+  void pre_forward(const nn::Module& m) override;
+  void post_forward(const nn::Module& m) override;
+  void pre_backward(const nn::Module& m) override;
+  void post_backward(const nn::Module& m) override;
+  const float* slice_data(const nn::Module& slice) override;
+  float* slice_grads(const nn::Module& slice) override;
+  void lookup_rows(const nn::Parameter& p, const int32_t* ids, int64_t n, float* out) override;
+  void accumulate_row_grads(const nn::Parameter& p, const int32_t* ids, const float* rows, int64_t n) override;
 
   // All parameters, unpadded, in declaration order (a collective from stage 3, or from stage 1 in mixed
   // precision, where they are the fp32 master weights: every rank must call it).
@@ -111,8 +112,8 @@ class ZeroOptimizer : public ModuleHooks {
  private:
   static int checked_stage(int stage);
 
-  ParameterStore& store_;
-  Communicator& comm_;
+  nn::ParameterStore& store_;
+  comm::Communicator& comm_;
   int stage_;
   ZeroPrecision precision_;
   zero::PartitionLayout layout_;
@@ -124,4 +125,4 @@ class ZeroOptimizer : public ModuleHooks {
   std::unique_ptr<zero::GradientReducer> reducer_;
 };
 
-}  // namespace ds
+}  // namespace ds::zero

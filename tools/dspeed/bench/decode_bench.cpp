@@ -59,7 +59,7 @@ DecodeBenchResult run_decode_bench(const DecodeBenchOptions& o) {
   const Device device = parse_device(o.device);
   check_weights_on_device(weights, device);
   const auto model = InferenceModel::load(o.model, o.arch, weights, device);
-  const Gpt2Config& mc = model->config();
+  const nn::Gpt2Config& mc = model->config();
   DS_CHECK_AS(ConfigError, o.prompt_tokens + o.new_tokens <= mc.block_size, "[bench] {} prompt + {} new tokens exceed "
               "the model's context of {}", o.prompt_tokens, o.new_tokens, mc.block_size);
   EngineConfig ec;
@@ -96,7 +96,7 @@ DecodeBenchResult run_decode_bench(const DecodeBenchOptions& o) {
     std::string tmp;
     if (std::filesystem::is_directory(o.model)) {
       tmp = (std::filesystem::temp_directory_path() / fmt::format("dspeed-decode-{}.safetensors", getpid())).string();
-      consolidate_checkpoint(CheckpointReader(o.model), tmp, "fp32");
+      ckpt::consolidate_checkpoint(ckpt::CheckpointReader(o.model), tmp, "fp32");
       file = tmp;
     }
     std::string ids;

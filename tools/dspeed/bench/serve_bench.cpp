@@ -247,7 +247,7 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
   if (o.threads > 0) omp_set_num_threads(o.threads);
   const std::shared_ptr<const inference::InferenceModel> model = inference::InferenceModel::load(o.model, o.arch,
                                                                                                   weights, device);
-  const Gpt2Config& mc = model->config();
+  const nn::Gpt2Config& mc = model->config();
   const double prompt_mean = o.prompt_mean > 0 ? o.prompt_mean : 0.6 * mc.block_size;
   const double gen_mean = o.gen_mean > 0 ? o.gen_mean : 0.08 * mc.block_size;
   DS_CHECK_AS(ConfigError, prompt_mean + gen_mean < mc.block_size, "[bench] prompt mean {} + generation mean {} must "

@@ -56,17 +56,17 @@ TrainBenchOnceResult run_train_bench_once(const TrainBenchShape& s, int steps, i
   DS_CHECK_AS(ConfigError, warmup >= 0 && steps > warmup,
               "[bench] --steps ({}) must exceed --warmup ({}) so that at least one step is timed", steps, warmup);
   if (threads > 0) omp_set_num_threads(threads);
-  Gpt2Config mc;
+  nn::Gpt2Config mc;
   mc.name = s.preset;
   mc.n_layer = s.n_layer, mc.n_head = s.n_head, mc.n_embd = s.n_embd, mc.vocab_size = s.vocab;
   mc.block_size = s.seq_len;
-  Gpt2 model(mc);
+  nn::Gpt2 model(mc);
   model.init_weights(1337);
   model.runner().set_checkpointing(checkpoint);
   cpu::AdamParams hyper;
   hyper.beta1 = 0.9f, hyper.beta2 = 0.95f, hyper.eps = 1e-8f, hyper.weight_decay = 0.1f;
-  AdamW opt(model.params().flat_params(), model.params().flat_grads(), hyper);
-  Ctx ctx;
+  optim::AdamW opt(model.params().flat_params(), model.params().flat_grads(), hyper);
+  nn::Ctx ctx;
   const int B = s.batch, T = s.seq_len;
   std::vector<int32_t> buf(size_t(B) * (T + 1)), in(size_t(B) * T), tg(size_t(B) * T);
   std::vector<double> times;

@@ -65,18 +65,18 @@ std::string config_json(const ZeroBenchOnceOptions& o) {
   return c.dump();
 }
 
-ZeroBenchRankResult measure(Communicator& comm, const ZeroBenchOnceOptions& o) {
+ZeroBenchRankResult measure(comm::Communicator& comm, const ZeroBenchOnceOptions& o) {
   const int world = comm.size(), rank = comm.rank();
   omp_set_num_threads(o.threads > 0 ? o.threads : std::max(1, omp_get_num_procs() / world));
-  const Gpt2Config mc = Gpt2Config::from_spec(o.model);
-  const DeepSpeedConfig cfg = parse_config(config_json(o), world, "zero-bench");
+  const nn::Gpt2Config mc = nn::Gpt2Config::from_spec(o.model);
+  const config::DeepSpeedConfig cfg = config::parse_config(config_json(o), world, "zero-bench");
   MemoryTracker& tracker = current_tracker();
 
   ZeroBenchRankResult r;
   r.rank = rank, r.world = world, r.stage = o.stage;
   r.psi = mc.num_params();
   const auto t_init = std::chrono::steady_clock::now();
-  Engine engine(mc, cfg, o.seq_len, &comm, o.seed);
+  engine::Engine engine(mc, cfg, o.seq_len, &comm, o.seed);
   r.init_s = seconds_since(t_init);
 
   // Random tokens, different on every rank and step.
@@ -97,7 +97,7 @@ ZeroBenchRankResult measure(Communicator& comm, const ZeroBenchOnceOptions& o) {
     if (step == o.warmup) bytes_before = comm.stats().total_bytes();
     comm.barrier();  // every rank starts the step together (a barrier counts no bytes)
     const auto t0 = std::chrono::steady_clock::now();
-    const StepResult s = engine.train_batch(next);
+    const engine::StepResult s = engine.train_batch(next);
     const double dt = seconds_since(t0);
     if (step >= o.warmup) times.push_back(dt);
     if (step == 0) r.loss_first = s.loss;
@@ -263,7 +263,7 @@ ZeroBenchRankResult run_zero_bench_once(const ZeroBenchOnceOptions& o) {
               o.micro, o.seq_len);
   DS_CHECK_AS(ConfigError, o.overlap_comm == "default" || o.overlap_comm == "true" || o.overlap_comm == "false",
               "[bench] --overlap-comm must be default, true or false; found '{}'", o.overlap_comm);
-  std::unique_ptr<Communicator> comm = make_world_communicator(o.backend);
+  std::unique_ptr<comm::Communicator> comm = comm::make_world_communicator(o.backend);
   try {
     return measure(*comm, o);
   } catch (const std::exception& e) {
@@ -298,7 +298,7 @@ std::string run_zero_bench(const ZeroBenchOptions& o) {
   DS_CHECK_AS(ConfigError, o.overlap_comm == "default" || o.overlap_comm == "true" || o.overlap_comm == "false",
               "[bench] --overlap-comm must be default, true or false; found '{}'", o.overlap_comm);
   parse_zero_extra(o.zero_extra);  // a bad --zero-extra fails here, once
-  const Gpt2Config mc = Gpt2Config::from_spec(o.model);  // fails here, not in every child, when unknown
+  const nn::Gpt2Config mc = nn::Gpt2Config::from_spec(o.model);  // fails here, not in every child, when unknown
   const double psi = static_cast<double>(mc.num_params());
   const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   const bool root = ::geteuid() == 0;

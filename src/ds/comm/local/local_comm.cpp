@@ -27,13 +27,13 @@
 #include "ds/core/log.h"
 #include "ds/core/memory.h"
 
-namespace ds {
+namespace ds::comm {
 namespace {
 
-using comm_detail::GrowBuffer;
-using comm_detail::overlaps;
-using comm_detail::RingSplit;
-using comm_detail::WorkQueue;
+using comm::detail::GrowBuffer;
+using comm::detail::overlaps;
+using comm::detail::RingSplit;
+using comm::detail::WorkQueue;
 
 using Clock = std::chrono::steady_clock;
 
@@ -655,4 +655,4 @@ void run_local_world(int world_size, const std::function<void(Communicator&)>& f
   if (first) std::rethrow_exception(first);
 }
 
-}  // namespace ds
+}  // namespace ds::comm

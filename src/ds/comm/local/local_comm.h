@@ -11,7 +11,7 @@
 
 #include "ds/comm/communicator.h"
 
-namespace ds {
+namespace ds::comm {
 
 struct LocalWorldOptions {
   // > 0: a collective or point-to-point wait stuck this long throws CommError naming the operation and the ranks
@@ -30,4 +30,4 @@ std::vector<std::unique_ptr<Communicator>> make_local_world(int world_size, cons
 void run_local_world(int world_size, const std::function<void(Communicator&)>& fn,
                      const LocalWorldOptions& options = {});
 
-}  // namespace ds
+}  // namespace ds::comm

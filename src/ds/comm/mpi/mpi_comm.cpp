@@ -34,14 +34,14 @@
 #include "ds/core/memory.h"
 #include "ds/kernels/cpu/kernels.h"
 
-namespace ds {
+namespace ds::comm {
 namespace {
 
-using comm_detail::Completion;
-using comm_detail::GrowBuffer;
-using comm_detail::overlaps;
-using comm_detail::ring_block;
-using comm_detail::WorkQueue;
+using comm::detail::Completion;
+using comm::detail::GrowBuffer;
+using comm::detail::overlaps;
+using comm::detail::ring_block;
+using comm::detail::WorkQueue;
 
 [[noreturn]] void throw_mpi_error(const char* call, int code) {
   char text[MPI_MAX_ERROR_STRING] = {};
@@ -468,4 +468,4 @@ std::unique_ptr<Communicator> make_mpi_world() {
   return std::make_unique<MpiCommunicator>(engine, comm);
 }
 
-}  // namespace ds
+}  // namespace ds::comm

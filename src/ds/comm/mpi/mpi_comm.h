@@ -8,7 +8,7 @@
 
 #include "ds/comm/communicator.h"
 
-namespace ds {
+namespace ds::comm {
 
 // A communicator over all ranks of the job (a fresh duplicate of MPI_COMM_WORLD per call; collective, so every
 // rank calls it in the same order). Initialises MPI on first use; MPI is finalised once, at process exit.
@@ -23,4 +23,4 @@ int mpi_env_world();
 // True when this process was started by an MPI launcher (mpirun, mpiexec, srun), even with -np 1.
 bool launched_under_mpi();
 
-}  // namespace ds
+}  // namespace ds::comm

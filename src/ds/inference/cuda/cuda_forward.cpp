@@ -29,8 +29,8 @@ class CudaForward final : public DeviceForward {
     gs.max_tokens = shape.max_tokens;
     gs.max_seqs = shape.max_seqs;
     const WeightSource& weights = model.weights();
-    gpt_ = std::make_unique<cuda_impl::CudaGpt>(gs, config_.weight_spec(),
-                                                [&weights](const Gpt2Weight& w, float* dst) { weights.read(w, dst); });
+    gpt_ = std::make_unique<cuda_impl::CudaGpt>(
+        gs, config_.weight_spec(), [&weights](const nn::Gpt2Weight& w, float* dst) { weights.read(w, dst); });
   }
 
   const float* forward(const RaggedBatch& batch) override {
@@ -71,7 +71,7 @@ class CudaForward final : public DeviceForward {
   }
 
  private:
-  Gpt2Config config_;
+  nn::Gpt2Config config_;
   Device device_;
   std::unique_ptr<cuda_impl::CudaGpt> gpt_;
   std::vector<int32_t> pos_, last_, offset_, tables_;

@@ -104,7 +104,7 @@ struct CudaGpt::State {
   }
 };
 
-CudaGpt::CudaGpt(const GptShape& shape, const std::vector<Gpt2Weight>& spec, const WeightReader& read)
+CudaGpt::CudaGpt(const GptShape& shape, const std::vector<nn::Gpt2Weight>& spec, const WeightReader& read)
     : s_(new State) {
   State& s = *s_;
   s.shape = shape;
@@ -128,15 +128,15 @@ CudaGpt::CudaGpt(const GptShape& shape, const std::vector<Gpt2Weight>& spec, con
                 "[cuda] n_embd {} over {} heads gives a head size of {}; the CUDA forward needs one that divides "
                 "n_embd and is at most {}: serve this model with --device cpu", C, shape.n_head,
                 shape.n_head > 0 ? C / shape.n_head : 0, ds::cuda::kMaxHeadSize);
-    s.weights.assign(static_cast<size_t>(gpt2_weight_slots(L)), nullptr);
+    s.weights.assign(static_cast<size_t>(nn::gpt2_weight_slots(L)), nullptr);
     s.rows.assign(s.weights.size(), 0);
     s.cols.assign(s.weights.size(), 0);
     std::vector<float> staging;  // one weight at a time
-    for (const Gpt2Weight& w : spec) {
+    for (const nn::Gpt2Weight& w : spec) {
       DS_ASSERT(w.layer < L, "weight {} of layer {} in a model of {} layers", w.name, w.layer, L);
       staging.resize(static_cast<size_t>(w.numel()));
       read(w, staging.data());
-      const auto k = static_cast<size_t>(gpt2_weight_slot(w.role, w.layer));
+      const auto k = static_cast<size_t>(nn::gpt2_weight_slot(w.role, w.layer));
       s.weights[k] = s.upload(staging.data(), w.numel(), w.name.c_str());
       s.rows[k] = static_cast<int>(w.shape[0]);
       s.cols[k] = w.shape.size() > 1 ? static_cast<int>(w.shape[1]) : 1;
@@ -250,28 +250,30 @@ struct CudaSteps {
     }
     return nullptr;
   }
-  size_t slot(Gpt2Role r, int l) const { return static_cast<size_t>(gpt2_weight_slot(r, l)); }
-  const float* w(Gpt2Role r, int l = -1) const { return s.weights[slot(r, l)]; }
+  size_t slot(nn::Gpt2Role r, int l) const { return static_cast<size_t>(nn::gpt2_weight_slot(r, l)); }
+  const float* w(nn::Gpt2Role r, int l = -1) const { return s.weights[slot(r, l)]; }
   // out[N, M] = in @ W, W [K, M] of role r in layer l; returns M.
-  int matmul(PassBuffer out, PassBuffer in, int l, Gpt2Role r) {
+  int matmul(PassBuffer out, PassBuffer in, int l, nn::Gpt2Role r) {
     const int K = s.rows[slot(r, l)], M = s.cols[slot(r, l)];
     s.gemm(at(out), at(in), w(r, l), N, K, M);
     return M;
   }
 
-  void embed(PassBuffer out) { ds::cuda::embed_tokens(at(out), ids, pos, w(Gpt2Role::wte), w(Gpt2Role::wpe), N, C, s.stream); }
-  void layernorm(PassBuffer out, PassBuffer in, int l, Gpt2Role wr, Gpt2Role br) {
+  void embed(PassBuffer out) {
+    ds::cuda::embed_tokens(at(out), ids, pos, w(nn::Gpt2Role::wte), w(nn::Gpt2Role::wpe), N, C, s.stream);
+  }
+  void layernorm(PassBuffer out, PassBuffer in, int l, nn::Gpt2Role wr, nn::Gpt2Role br) {
     ds::cuda::layernorm_rows(at(out), at(in), nullptr, w(wr, l), w(br, l), N, C, s.stream);
   }
-  void linear(PassBuffer out, PassBuffer in, int l, Gpt2Role wr, Gpt2Role br) {
+  void linear(PassBuffer out, PassBuffer in, int l, nn::Gpt2Role wr, nn::Gpt2Role br) {
     const int M = matmul(out, in, l, wr);
     ds::cuda::add_bias(at(out), w(br, l), int64_t(N) * M, M, s.stream);
   }
-  void linear_gelu(PassBuffer out, PassBuffer in, int l, Gpt2Role wr, Gpt2Role br) {
+  void linear_gelu(PassBuffer out, PassBuffer in, int l, nn::Gpt2Role wr, nn::Gpt2Role br) {
     const int M = matmul(out, in, l, wr);
     ds::cuda::add_bias_gelu(at(out), w(br, l), int64_t(N) * M, M, s.stream);
   }
-  void linear_residual(PassBuffer x, PassBuffer in, PassBuffer tmp, int l, Gpt2Role wr, Gpt2Role br) {
+  void linear_residual(PassBuffer x, PassBuffer in, PassBuffer tmp, int l, nn::Gpt2Role wr, nn::Gpt2Role br) {
     matmul(tmp, in, l, wr);
     ds::cuda::add_bias_residual(at(x), at(tmp), w(br, l), int64_t(N) * C, C, s.stream);
   }
@@ -283,13 +285,13 @@ struct CudaSteps {
                               m.max_pos, scale, smem, s.stream);
   }
   void final_norm(PassBuffer out, PassBuffer x) {
-    ds::cuda::layernorm_rows(at(out), at(x), last, w(Gpt2Role::lnf_w), w(Gpt2Role::lnf_b), S, C, s.stream);
+    ds::cuda::layernorm_rows(at(out), at(x), last, w(nn::Gpt2Role::lnf_w), w(nn::Gpt2Role::lnf_b), S, C, s.stream);
   }
   // logits[S, V] = in[S, C] @ wte^T: column-major logits^T = wte (stored [V, C], i.e. C x V column-major)^T in^T.
   void head(PassBuffer in) {
     const int V = s.shape.vocab;
     const float one = 1.0f, zero = 0.0f;
-    DS_CUBLAS_CHECK(cublasSgemm(s.blas, CUBLAS_OP_T, CUBLAS_OP_N, V, S, C, &one, w(Gpt2Role::wte), C, at(in), C,
+    DS_CUBLAS_CHECK(cublasSgemm(s.blas, CUBLAS_OP_T, CUBLAS_OP_N, V, S, C, &one, w(nn::Gpt2Role::wte), C, at(in), C,
                                 &zero, s.logits, V));
   }
 };

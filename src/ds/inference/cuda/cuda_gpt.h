@@ -23,7 +23,7 @@ struct GptShape {
 };
 
 // Fills dst with one weight of the spec (gpt2_spec.h), fp32 in its Hugging Face layout.
-using WeightReader = std::function<void(const Gpt2Weight& w, float* dst)>;
+using WeightReader = std::function<void(const nn::Gpt2Weight& w, float* dst)>;
 
 // One pass, host arrays: token i has id ids[i] at position pos[i] of sequence token_seq[i]; sequence s's last new
 // token is last_token[s] and its block table is tables[table_offset[s] ...].
@@ -37,7 +37,7 @@ class CudaGpt {
   // Copies the weights of `spec` to the GPU, one at a time as `read` gives them, and allocates the KV cache and the activations of a max_tokens pass. Throws
   // DeviceError (no GPU, a CUDA or cuBLAS failure, a context too long for the attention kernel), ConfigError (a
   // head size it does not support) or OutOfMemory naming the bytes asked for.
-  CudaGpt(const GptShape& shape, const std::vector<Gpt2Weight>& spec, const WeightReader& read);
+  CudaGpt(const GptShape& shape, const std::vector<nn::Gpt2Weight>& spec, const WeightReader& read);
   ~CudaGpt();
   CudaGpt(const CudaGpt&) = delete;
   CudaGpt& operator=(const CudaGpt&) = delete;

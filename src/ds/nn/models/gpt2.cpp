@@ -14,7 +14,7 @@
 #include "ds/core/strings.h"
 #include "ds/ops/ops.h"
 
-namespace ds {
+namespace ds::nn {
 
 // ---- config ----
 Gpt2Config Gpt2Config::preset(const std::string& name) {
@@ -373,4 +373,4 @@ void Gpt2::forward_logits(Ctx& ctx, const int32_t* inputs, int B, int T, float* 
   runner_->evaluate(ctx, pass);
 }
 
-}  // namespace ds
+}  // namespace ds::nn

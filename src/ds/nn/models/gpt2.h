@@ -16,7 +16,7 @@
 #include "ds/nn/models/gpt2_spec.h"
 #include "ds/nn/module_runner.h"
 
-namespace ds {
+namespace ds::nn {
 
 struct Gpt2Config {
   std::string name = "custom";
@@ -145,4 +145,4 @@ class Gpt2 : public Module {
   std::unique_ptr<ModuleRunner> runner_;
 };
 
-}  // namespace ds
+}  // namespace ds::nn

@@ -1,6 +1,6 @@
 #include "ds/nn/models/gpt2_spec.h"
 
-namespace ds {
+namespace ds::nn {
 
 std::vector<Gpt2Weight> gpt2_weight_spec(int n_layer, int n_embd, int vocab_size, int block_size) {
   const int64_t C = n_embd;
@@ -30,4 +30,4 @@ std::vector<Gpt2Weight> gpt2_weight_spec(int n_layer, int n_embd, int vocab_size
   return spec;
 }
 
-}  // namespace ds
+}  // namespace ds::nn

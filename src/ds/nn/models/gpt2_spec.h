@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-namespace ds {
+namespace ds::nn {
 
 // Model-level roles first, then the twelve of each transformer layer in the order a layer declares them.
 enum class Gpt2Role : int8_t {
@@ -42,4 +42,4 @@ struct Gpt2Weight {
 // In declaration order: wte, wpe, the layers' twelve each, ln_f's two.
 std::vector<Gpt2Weight> gpt2_weight_spec(int n_layer, int n_embd, int vocab_size, int block_size);
 
-}  // namespace ds
+}  // namespace ds::nn
