@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common/random_values.h"
+#include "ds/kernels/cpu/kernels.h"
 #include "ds/ops/ops.h"
 
 using namespace ds;
@@ -134,4 +135,64 @@ TEST(Ops, ResultsMatchPlainLoops) {
     for (int c = 0; c < C; ++c)
       EXPECT_FLOAT_EQ(ex.data<float>()[i * C + c],
                       wte.data<float>()[ids.data<int32_t>()[i] * C + c] + wpe.data<float>()[(i % T) * C + c]);
+}
+
+// Adam over one chunk: the op's result equals the update written out by hand (DeepSpeed's CPU-Adam with decoupled
+// decay); a bf16 gradient is widened exactly first; the moments must be fp32 and the tensors on one device.
+TEST(Ops, AdamwStepIsTheHandWrittenUpdate) {
+  const int n = 37;
+  cpu::AdamParams hp;
+  hp.lr = 0.01f, hp.beta1 = 0.9f, hp.beta2 = 0.95f, hp.eps = 1e-6f, hp.weight_decay = 0.1f, hp.step = 3;
+  const float scale = 0.5f;
+  const Tensor p = host({n}, 41), g = host({n}, 42), m = host({n}, 43), v = host({n}, 44);
+  for (int i = 0; i < n; ++i) v.data<float>()[i] = std::abs(v.data<float>()[i]);
+  std::vector<double> want(n);
+  for (int i = 0; i < n; ++i) {
+    const double gi = double(g.data<float>()[i]) * scale;
+    const double mi = 0.9 * m.data<float>()[i] + 0.1 * gi, vi = 0.95 * v.data<float>()[i] + 0.05 * gi * gi;
+    const double bc1 = 1 - std::pow(0.9, 3), bc2 = 1 - std::pow(0.95, 3);
+    double pi = p.data<float>()[i] * (1 - 0.01 * 0.1);
+    pi -= 0.01 / bc1 * mi / (std::sqrt(vi) / std::sqrt(bc2) + 1e-6);
+    want[i] = pi;
+  }
+  Tensor g16 = Tensor::empty({n}, DType::bf16);
+  g16.copy_from(g);
+  Tensor g_back = Tensor::empty({n}, DType::f32);
+  g_back.copy_from(g16);  // what the bf16 gradient holds
+  const Tensor p2 = host({n}, 41), m2 = host({n}, 43), v2 = host({n}, 44);
+  for (int i = 0; i < n; ++i) v2.data<float>()[i] = std::abs(v2.data<float>()[i]);
+  const Tensor p3 = host({n}, 41), m3 = host({n}, 43), v3 = host({n}, 44);
+  for (int i = 0; i < n; ++i) v3.data<float>()[i] = std::abs(v3.data<float>()[i]);
+
+  ops::adamw_step(p, g, m, v, hp, scale);
+  for (int i = 0; i < n; ++i) EXPECT_NEAR(p.data<float>()[i], want[i], 1e-6) << i;
+  ops::adamw_step(p2, g16, m2, v2, hp, scale, Tensor::empty({64}, DType::f32));
+  ops::adamw_step(p3, g_back, m3, v3, hp, scale);
+  for (int i = 0; i < n; ++i) EXPECT_EQ(p2.data<float>()[i], p3.data<float>()[i]) << i;
+
+  expect_contains(error_of<ShapeError>([&] { ops::adamw_step(p, g, Tensor::empty({n}, DType::bf16), v, hp, 1); }),
+                  {"[ops] adamw_step", "'m'"});
+  expect_contains(error_of<ShapeError>([&] { ops::adamw_step(p, g16, m, v, hp, 1); }), {"adamw_step", "'wide'"});
+  FakeDevice d({n});
+  expect_contains(error_of<DeviceError>([&] { ops::adamw_step(p, g, m, d.t, hp, 1); }), {"adamw_step", "'v'",
+                                                                                          "cuda:0"});
+}
+
+TEST(Ops, SumSquaresOfEachFloatDtype) {
+  const int n = 10000;  // more than one widening piece
+  const Tensor x = host({n}, 51);
+  Tensor h = Tensor::empty({n}, DType::f16);
+  h.copy_from(x);
+  Tensor back = Tensor::empty({n}, DType::f32);
+  back.copy_from(h);
+  double want = 0, want16 = 0;
+  for (int i = 0; i < n; ++i) {
+    want += double(x.data<float>()[i]) * x.data<float>()[i];
+    want16 += double(back.data<float>()[i]) * back.data<float>()[i];
+  }
+  EXPECT_NEAR(ops::sum_squares(x), want, 1e-9 * want);
+  EXPECT_NEAR(ops::sum_squares(h), want16, 1e-9 * want16);
+  expect_contains(error_of<ShapeError>([&] { ops::sum_squares(Tensor::empty({3}, DType::i32)); }), {"sum_squares"});
+  FakeDevice d({4});
+  expect_contains(error_of<DeviceError>([&] { ops::sum_squares(d.t); }), {"sum_squares", "cuda:0"});
 }

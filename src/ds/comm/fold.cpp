@@ -2,13 +2,14 @@
 // Serial on purpose: it runs on the communicators' worker threads, where an OpenMP team would fight the compute
 // threads for the cores; a caller on the compute thread splits large ranges over OpenMP itself.
 // Napkin: a k-way fold reads k·n and writes n elements; memory bound; the 16-bit widen/narrow are vectorised in
-// cpu::to_f32/from_f32, the combine loops vectorise as written.
+// core/convert.h's to_f32/from_f32, the combine loops vectorise as written.
 #include "ds/comm/fold.h"
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 
+#include "ds/core/convert.h"
 #include "ds/core/error.h"
 #include "ds/kernels/cpu/kernels.h"
 
@@ -61,12 +62,12 @@ void fold_half(void* out_bytes, const void* const* srcs, size_t k, size_t n, DTy
   auto* out = static_cast<uint16_t*>(out_bytes);
   for (size_t b = 0; b < n; b += kTile) {
     const size_t len = std::min(kTile, n - b);
-    cpu::to_f32(acc, static_cast<const uint16_t*>(srcs[0]) + b, dtype, len);
+    to_f32(acc, static_cast<const uint16_t*>(srcs[0]) + b, dtype, len);
     for (size_t s = 1; s < k; ++s) {
-      cpu::to_f32(x, static_cast<const uint16_t*>(srcs[s]) + b, dtype, len);
+      to_f32(x, static_cast<const uint16_t*>(srcs[s]) + b, dtype, len);
       combine_tile(acc, x, len, op);
     }
-    cpu::from_f32(out + b, acc, dtype, len);
+    from_f32(out + b, acc, dtype, len);
   }
 }
 
@@ -104,9 +105,9 @@ void fold_f32_into(void* dst, DType dtype, const float* src, size_t n) {
   auto* d = static_cast<uint16_t*>(dst);
   for (size_t b = 0; b < n; b += kTile) {
     const size_t len = std::min(kTile, n - b);
-    cpu::to_f32(acc, d + b, dtype, len);
+    to_f32(acc, d + b, dtype, len);
     combine_tile(acc, src + b, len, ReduceOp::sum);
-    cpu::from_f32(d + b, acc, dtype, len);
+    from_f32(d + b, acc, dtype, len);
   }
 }
 

@@ -11,6 +11,10 @@
 
 #include "ds/core/tensor.h"
 
+namespace ds::cpu {
+struct AdamParams;
+}
+
 namespace ds::ops {
 
 // ---- linear: y[N, OC] = x[N, IC] @ w[IC, OC] + b[OC] (b may be undefined) ----
@@ -61,5 +65,14 @@ void logits_rows(const Tensor& logits, const Tensor& h, const Tensor& w, int64_t
 double softmax_xent(const Tensor& logits, const Tensor& targets, bool want_grad, float grad_scale);
 void classifier_rows_backward(const Tensor& dh, const Tensor& dw, const Tensor& dlogits, const Tensor& h,
                               const Tensor& w, int64_t row_begin);
+
+// ---- the optimizer's step over one chunk of the partition ----
+// Adam/AdamW (DeepSpeed's CPU-Adam semantics, kernels/cpu/kernels.h: adamw_step) on fp32 param, m and v with the
+// gradient multiplied by grad_scale first. grad is fp32, or bf16/f16 widened through `wide` (an fp32 tensor of at
+// least grad's elements; may be undefined for an fp32 grad).
+void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                const cpu::AdamParams& hyper, float grad_scale, const Tensor& wide = Tensor());
+// Sum of the squares of x's elements (f32, bf16 or f16) in double precision.
+double sum_squares(const Tensor& x);
 
 }  // namespace ds::ops

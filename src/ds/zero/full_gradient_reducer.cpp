@@ -9,6 +9,7 @@
 #include <deque>
 
 #include "ds/core/error.h"
+#include "ds/ops/ops.h"
 #include "ds/zero/gradient_reducer.h"
 
 namespace ds::zero {
@@ -94,11 +95,14 @@ class FullGradientReducer final : public GradientReducer {
   }
 
   std::byte* owned(size_t unit) override { return flat(layout_[unit].own); }
+  Tensor owned_chunk(size_t unit) override {
+    return store_.flat_grads().slice_flat(layout_[unit].own, {layout_[unit].chunk});
+  }
 
  protected:
-  // Stage 0 sums the whole flat buffer at once (the fixed blocks of cpu::sum_squares then match a single process).
+  // Stage 0 sums the whole flat buffer at once (the fixed blocks of the sum of squares then match a single process).
   double local_sum_squares() override {
-    if (layout_.replicated()) return sum_squares(flat(0), layout_.padded_numel());
+    if (layout_.replicated()) return ops::sum_squares(store_.flat_grads().slice_flat(0, {layout_.padded_numel()}));
     return GradientReducer::local_sum_squares();
   }
 

@@ -7,7 +7,7 @@
 
 #include "ds/comm/fold.h"
 #include "ds/core/error.h"
-#include "ds/kernels/cpu/kernels.h"
+#include "ds/ops/ops.h"
 
 namespace ds::zero {
 namespace {
@@ -19,7 +19,6 @@ int64_t bucket_capacity(int64_t reduce_bucket_size, const PartitionLayout& layou
   return std::max<int64_t>(std::min(b, layout.padded_numel()), N);
 }
 
-constexpr int64_t kTile = 4096;            // fp32 staging for the 16-bit sum of squares
 constexpr int64_t kParallelBlock = 1 << 16;  // elements per OpenMP work item of an accumulation
 
 }  // namespace
@@ -107,22 +106,9 @@ void GradientReducer::accumulate_f32(void* dst, const float* src, int64_t n) con
   });
 }
 
-double GradientReducer::sum_squares(const void* src, int64_t n) const {
-  const DType gd = options_.grads;
-  if (gd == DType::f32) return cpu::sum_squares(static_cast<const float*>(src), static_cast<size_t>(n));
-  float x[kTile];
-  double total = 0;
-  for (int64_t i = 0; i < n; i += kTile) {
-    const int64_t len = std::min(kTile, n - i);
-    cpu::to_f32(x, static_cast<const uint16_t*>(src) + i, gd, static_cast<size_t>(len));
-    total += cpu::sum_squares(x, static_cast<size_t>(len));
-  }
-  return total;
-}
-
 double GradientReducer::local_sum_squares() {
   double local = 0;
-  for (size_t i = 0; i < layout_.size(); ++i) local += sum_squares(owned(i), layout_[i].chunk);
+  for (size_t i = 0; i < layout_.size(); ++i) local += ops::sum_squares(owned_chunk(i));
   return local;
 }
 

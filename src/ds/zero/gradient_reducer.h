@@ -88,6 +88,8 @@ class GradientReducer {
   virtual void drain() = 0;
   // This rank's reduced gradient chunk of unit i in the gradient dtype (valid after the boundary).
   virtual std::byte* owned(size_t unit) = 0;
+  // The same as a [chunk] view.
+  virtual Tensor owned_chunk(size_t unit) = 0;
   // Global L2 norm of the averaged gradient (valid after the boundary); inf or NaN when a gradient overflowed. A
   // collective unless the layout is replicated.
   double grad_norm();
@@ -107,7 +109,6 @@ class GradientReducer {
   // dst += src in the gradient dtype; dst (gradient dtype) += src (fp32). Split over OpenMP for large n.
   void accumulate(void* dst, const void* src, int64_t n) const;
   void accumulate_f32(void* dst, const float* src, int64_t n) const;
-  double sum_squares(const void* src, int64_t n) const;
   std::byte* offset_bytes(void* base, int64_t elements) const {
     return static_cast<std::byte*>(base) + elements * static_cast<int64_t>(dtype_size(options_.grads));
   }

@@ -49,7 +49,7 @@ StateTile ResidentStateStore::acquire(int64_t t, StateMask which, TileAccess acc
   tile.which = which;
   tile.access = access;
   for (int k = 0; k < kStateKinds; ++k) {
-    if (which & (1u << k)) tile.state[k] = state_[k].data<float>() + tile.begin;
+    if (which & (1u << k)) tile.state[k] = state_[k].narrow(tile.begin, tile.count);
   }
   return tile;
 }

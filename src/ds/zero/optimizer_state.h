@@ -36,8 +36,10 @@ struct StateTile {
   int64_t begin = 0, count = 0;
   StateMask which = 0;
   TileAccess access = TileAccess::read;
-  float* state[kStateKinds] = {};
-  float* data(StateKind k) const { return state[static_cast<int>(k)]; }
+  Tensor state[kStateKinds];  // fp32 [count] views of the kinds acquired, wherever the store keeps them
+  const Tensor& view(StateKind k) const { return state[static_cast<int>(k)]; }
+  // The view's elements; null for a kind not acquired.
+  float* data(StateKind k) const { return view(k).defined() ? view(k).data<float>() : nullptr; }
 };
 
 class OptimizerStateStore {

@@ -20,6 +20,7 @@
 #include <algorithm>
 
 #include "ds/core/error.h"
+#include "ds/ops/ops.h"
 
 namespace ds::zero {
 
@@ -42,26 +43,23 @@ void OptimizerStep::step(float lr, float grad_scale, const OwnedFn& params, cons
   p.lr = lr;
   p.step = step_;
   const float scale = grad_scale / static_cast<float>(layout_.world());
-  const DType pd = precision_.params, gd = precision_.grads;
   const StateMask which = state_.kinds();
   for (int64_t t = 0; t < state_.tile_count(); ++t) {
     if (t + 1 < state_.tile_count()) state_.prefetch(t + 1, which);
     const StateTile tile = state_.acquire(t, which, TileAccess::read_write);
     layout_.for_partition(tile.begin, tile.begin + tile.count, [&](size_t unit, int64_t part, int64_t count) {
       const int64_t in_chunk = part - layout_[unit].part_offset, in_tile = part - tile.begin;
-      std::byte* param = params(unit) + in_chunk * static_cast<int64_t>(dtype_size(pd));
-      const std::byte* grad = grads(unit) + in_chunk * static_cast<int64_t>(dtype_size(gd));
-      float* m = tile.data(StateKind::exp_avg) + in_tile;
-      float* v = tile.data(StateKind::exp_avg_sq) + in_tile;
-      const auto n = static_cast<size_t>(count);
+      Tensor param = params(unit).narrow(in_chunk, count);
+      const Tensor grad = grads(unit).narrow(in_chunk, count);
+      const Tensor m = tile.view(StateKind::exp_avg).narrow(in_tile, count);
+      const Tensor v = tile.view(StateKind::exp_avg_sq).narrow(in_tile, count);
       if (!precision_.mixed()) {
-        cpu::adamw_step(reinterpret_cast<float*>(param), reinterpret_cast<const float*>(grad), m, v, n, p, scale);
+        ops::adamw_step(param, grad, m, v, p, scale);
         return;
       }
-      float* master = tile.data(StateKind::master) + in_tile;
-      cpu::to_f32(wide_grads_.data<float>(), grad, gd, n);
-      cpu::adamw_step(master, wide_grads_.data<float>(), m, v, n, p, scale);
-      cpu::from_f32(param, master, pd, n);
+      const Tensor master = tile.view(StateKind::master).narrow(in_tile, count);
+      ops::adamw_step(master, grad, m, v, p, scale, wide_grads_);
+      param.copy_from(master);  // rounded into the 16-bit parameters
     });
     state_.release(tile);
   }

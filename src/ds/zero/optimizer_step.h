@@ -1,4 +1,4 @@
-// The optimizer step of this rank's partition: Adam/AdamW (cpu::adamw_step, DeepSpeed's CPU-Adam semantics) over
+// The optimizer step of this rank's partition: Adam/AdamW (ops::adamw_step, DeepSpeed's CPU-Adam semantics) over
 // the owned chunks, one state tile at a time through the OptimizerStateStore, and the mixed-precision master
 // weights (Note [Mixed precision] in the .cpp): with 16-bit parameters the store holds an fp32 master copy of the
 // owned partition, Adam updates it, and the step rounds it into the 16-bit parameters. The step never sees where
@@ -19,8 +19,8 @@ namespace ds::zero {
 
 class OptimizerStep {
  public:
-  // Unit i's owned chunk (params: in precision.params; grads: in precision.grads).
-  using OwnedFn = std::function<std::byte*(size_t unit)>;
+  // Unit i's owned chunk, a [chunk] view (params: in precision.params; grads: in precision.grads).
+  using OwnedFn = std::function<Tensor(size_t unit)>;
 
   OptimizerStep(const PartitionLayout& layout, OptimizerStateStore& state, const cpu::AdamParams& hyper,
                 const ZeroPrecision& precision);

@@ -2,8 +2,8 @@
 // where the gathered unit puts it), so no staging copy is needed.
 #include "ds/zero/param_storage.h"
 
+#include "ds/core/convert.h"
 #include "ds/core/error.h"
-#include "ds/kernels/cpu/kernels.h"
 
 namespace ds::zero {
 
@@ -15,6 +15,12 @@ ParamStorage::ParamStorage(nn::ParameterStore& store, const PartitionLayout& lay
   } else {
     own_ = Tensor::zeros({layout.partition_numel()}, dtype, Category::param);
   }
+}
+
+Tensor ParamStorage::owned_chunk(size_t unit) const {
+  const UnitLayout& u = layout_[unit];
+  if (!holds_all_) return own_.slice_flat(u.part_offset, {u.chunk});
+  return store_.flat_params().slice_flat(u.own, {u.chunk});
 }
 
 std::byte* ParamStorage::owned(size_t unit) const {
@@ -39,12 +45,12 @@ std::byte* ParamStorage::at_part(int64_t part) const {
 void ParamStorage::set(int64_t flat_offset, const float* values, int64_t n) {
   const size_t es = dtype_size(dtype_);
   if (holds_all_) {
-    cpu::from_f32(static_cast<std::byte*>(store_.flat_params().raw()) + flat_offset * es, values, dtype_,
+    from_f32(static_cast<std::byte*>(store_.flat_params().raw()) + flat_offset * es, values, dtype_,
                   static_cast<size_t>(n));
     return;
   }
   layout_.for_owned(flat_offset, flat_offset + n, [&](int64_t flat, int64_t part, int64_t count) {
-    cpu::from_f32(static_cast<std::byte*>(own_.raw()) + part * es, values + (flat - flat_offset), dtype_,
+    from_f32(static_cast<std::byte*>(own_.raw()) + part * es, values + (flat - flat_offset), dtype_,
                   static_cast<size_t>(count));
   });
 }
@@ -52,7 +58,7 @@ void ParamStorage::set(int64_t flat_offset, const float* values, int64_t n) {
 void ParamStorage::read_owned(int64_t begin, int64_t n, float* out) const {
   const size_t es = dtype_size(dtype_);
   layout_.for_partition(begin, begin + n, [&](size_t unit, int64_t part, int64_t count) {
-    cpu::to_f32(out + (part - begin), owned(unit) + (part - layout_[unit].part_offset) * es, dtype_,
+    to_f32(out + (part - begin), owned(unit) + (part - layout_[unit].part_offset) * es, dtype_,
                 static_cast<size_t>(count));
   });
 }

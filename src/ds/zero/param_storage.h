@@ -22,8 +22,9 @@ class ParamStorage {
 
   DType dtype() const { return dtype_; }
   bool holds_all() const { return holds_all_; }
-  // This rank's chunk of unit i.
+  // This rank's chunk of unit i: its bytes, and a [chunk] view of them.
   std::byte* owned(size_t unit) const;
+  Tensor owned_chunk(size_t unit) const;
   // All of unit i (holds_all only).
   std::byte* full(size_t unit) const;
   // Flat element `flat` (holds_all only).

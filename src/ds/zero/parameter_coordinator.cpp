@@ -18,9 +18,9 @@
 
 #include <cstring>
 
+#include "ds/core/convert.h"
 #include "ds/core/error.h"
 #include "ds/core/log.h"
-#include "ds/kernels/cpu/kernels.h"
 
 namespace ds::zero {
 
@@ -95,7 +95,7 @@ void ParameterCoordinator::gather(size_t unit) {
   if (pd != DType::f32) {  // widened for the model (Note [Mixed precision] in optimizer_step.cpp)
     buf = take_buffer(unit, DType::f32);
     const void* src = full.defined() ? full.raw() : storage_.full(unit);
-    cpu::to_f32(buf.data<float>(), src, pd, static_cast<size_t>(u.padded));
+    to_f32(buf.data<float>(), src, pd, static_cast<size_t>(u.padded));
     if (full.defined()) return_buffer(full);
   }
   for (nn::Parameter* p : u.unit->params) p->data = buf.slice_flat(p->offset - u.offset, p->shape);
@@ -197,7 +197,7 @@ void ParameterCoordinator::lookup_rows(const nn::Parameter& p, const int32_t* id
   const int world = layout_.world();
   if (!options_.gathers) {
     for (int64_t i = 0; i < n; ++i)
-      cpu::to_f32(out + i * C, storage_.at_flat(p.offset + int64_t(ids[i]) * C), pd, static_cast<size_t>(C));
+      to_f32(out + i * C, storage_.at_flat(p.offset + int64_t(ids[i]) * C), pd, static_cast<size_t>(C));
     return;
   }
   const int32_t* all = rows_.gather_ids(ids, n);
@@ -206,7 +206,7 @@ void ParameterCoordinator::lookup_rows(const nn::Parameter& p, const int32_t* id
   for (int64_t j = 0; j < world * n; ++j) {
     const int64_t begin = p.offset + int64_t(all[j]) * C;
     layout_.for_owned(begin, begin + C, [&](int64_t flat, int64_t part, int64_t count) {
-      cpu::to_f32(contrib + j * C + (flat - begin), storage_.at_part(part), pd, static_cast<size_t>(count));
+      to_f32(contrib + j * C + (flat - begin), storage_.at_part(part), pd, static_cast<size_t>(count));
     });
   }
   comm_.reduce_scatter(contrib, out, static_cast<size_t>(n * C), DType::f32);

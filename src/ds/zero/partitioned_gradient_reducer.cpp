@@ -9,8 +9,8 @@
 #include <utility>
 
 #include "ds/comm/fold.h"
+#include "ds/core/convert.h"
 #include "ds/core/error.h"
-#include "ds/kernels/cpu/kernels.h"
 #include "ds/zero/gradient_reducer.h"
 
 namespace ds::zero {
@@ -72,7 +72,7 @@ class PartitionedGradientReducer final : public GradientReducer {
     const float* g = bd.view.data<float>();
     if (u.padded <= bucket_numel_) {  // 16-bit: rounded into its segment in its own layout
       const auto [b, offset] = reserve(u.padded);
-      cpu::from_f32(bucket_at(b, offset), g, options_.grads, static_cast<size_t>(u.padded));
+      from_f32(bucket_at(b, offset), g, options_.grads, static_cast<size_t>(u.padded));
       add_segment(b, {unit, 0, u.chunk, offset});
     } else {  // larger than a bucket: pieces of s elements of every rank's chunk
       const int N = layout_.world();
@@ -81,7 +81,7 @@ class PartitionedGradientReducer final : public GradientReducer {
         const int64_t s = std::min(s_max, u.chunk - col);
         const auto [b, offset] = reserve(N * s);
         for (int r = 0; r < N; ++r)
-          cpu::from_f32(bucket_at(b, offset + r * s), g + r * u.chunk + col, options_.grads, static_cast<size_t>(s));
+          from_f32(bucket_at(b, offset + r * s), g + r * u.chunk + col, options_.grads, static_cast<size_t>(s));
         add_segment(b, {unit, col, s, offset});
       }
     }
@@ -120,6 +120,9 @@ class PartitionedGradientReducer final : public GradientReducer {
   }
 
   std::byte* owned(size_t unit) override { return offset_bytes(part_grads_.raw(), layout_[unit].part_offset); }
+  Tensor owned_chunk(size_t unit) override {
+    return part_grads_.slice_flat(layout_[unit].part_offset, {layout_[unit].chunk});
+  }
 
  private:
   struct Segment {

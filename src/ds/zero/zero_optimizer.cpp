@@ -87,8 +87,8 @@ void ZeroOptimizer::skip_step() {
 
 void ZeroOptimizer::step(float lr, float grad_scale) {
   reducer_->drain();
-  step_.step(lr, grad_scale, [&](size_t unit) { return params_.owned(unit); },
-             [&](size_t unit) { return reducer_->owned(unit); });
+  step_.step(lr, grad_scale, [&](size_t unit) { return params_.owned_chunk(unit); },
+             [&](size_t unit) { return reducer_->owned_chunk(unit); });
   if (coordinator_) coordinator_->end_step();  // gathered copies are stale now
   if (params_.holds_all() && !layout_.replicated()) params_.all_gather_owned(comm_);
 }

@@ -29,10 +29,10 @@
 #include "ds/comm/backend_util.h"
 #include "ds/comm/fold.h"
 #include "ds/comm/work_queue.h"
+#include "ds/core/convert.h"
 #include "ds/core/error.h"
 #include "ds/core/log.h"
 #include "ds/core/memory.h"
-#include "ds/kernels/cpu/kernels.h"
 
 namespace ds::comm {
 namespace {
@@ -445,9 +445,9 @@ class MpiCommunicator final : public Communicator {
       return;
     }
     float* wide = reinterpret_cast<float*>(staging_.reserve(count * sizeof(float)));
-    cpu::to_f32(wide, p, dtype, count);
+    to_f32(wide, p, dtype, count);
     DS_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, wide, static_cast<int>(count), MPI_FLOAT, mpi_op(op), comm_));
-    cpu::from_f32(p, wide, dtype, count);
+    from_f32(p, wide, dtype, count);
   }
 
   MpiEngine& engine_;

@@ -1,0 +1,63 @@
+// The optimizer ops (ops.h): Adam over one chunk of parameters and the gradient norm's sum of squares, with the
+// argument checks of every op; 16-bit gradients are widened a piece at a time.
+#include <algorithm>
+
+#include "ds/kernels/cpu/kernels.h"
+#include "ds/ops/check.h"
+#include "ds/ops/ops.h"
+
+namespace ds::ops {
+
+using detail::Arg;
+
+namespace {
+bool is_float(DType d) { return d == DType::f32 || d == DType::bf16 || d == DType::f16; }
+}  // namespace
+
+void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                const cpu::AdamParams& hyper, float grad_scale, const Tensor& wide) {
+  const char* op = "adamw_step";
+  const Device dev = detail::common_device(op, {{"param", param}, {"grad", grad}, {"m", m}, {"v", v}});
+  const int64_t n = param.numel();
+  for (const Arg& a : {Arg{"param", param}, Arg{"m", m}, Arg{"v", v}}) {
+    detail::expect_dtype(op, a, DType::f32);
+    detail::expect_numel(op, a, n);
+  }
+  detail::expect_numel(op, {"grad", grad}, n);
+  DS_CHECK_AS(ShapeError, is_float(grad.dtype()), "[ops] adamw_step: grad must be f32, bf16 or f16, found {}",
+              grad.str());
+  if (!dev.is_cpu()) detail::no_kernel(op, dev);
+  const auto count = static_cast<size_t>(n);
+  if (grad.dtype() == DType::f32) {
+    cpu::adamw_step(param.data<float>(), grad.data<float>(), m.data<float>(), v.data<float>(), count, hyper,
+                    grad_scale);
+    return;
+  }
+  detail::expect_defined(op, {"wide", wide});
+  detail::expect_dtype(op, {"wide", wide}, DType::f32);
+  DS_CHECK_AS(ShapeError, wide.numel() >= n, "[ops] adamw_step: wide holds {} elements, grad {}", wide.numel(), n);
+  Tensor g = wide.narrow(0, n);
+  g.copy_from(grad);
+  cpu::adamw_step(param.data<float>(), g.data<float>(), m.data<float>(), v.data<float>(), count, hyper, grad_scale);
+}
+
+double sum_squares(const Tensor& x) {
+  const char* op = "sum_squares";
+  const Device dev = detail::common_device(op, {{"x", x}});
+  DS_CHECK_AS(ShapeError, is_float(x.dtype()), "[ops] sum_squares: x must be f32, bf16 or f16, found {}", x.str());
+  if (!dev.is_cpu()) detail::no_kernel(op, dev);
+  const auto n = static_cast<size_t>(x.numel());
+  if (x.dtype() == DType::f32) return cpu::sum_squares(x.data<float>(), n);
+  constexpr size_t kPiece = 4096;  // widened on the stack a piece at a time
+  float piece[kPiece];
+  double total = 0;
+  const auto* src = static_cast<const uint16_t*>(x.raw());
+  for (size_t i = 0; i < n; i += kPiece) {
+    const size_t len = std::min(kPiece, n - i);
+    cpu::to_f32(piece, src + i, x.dtype(), len);
+    total += cpu::sum_squares(piece, len);
+  }
+  return total;
+}
+
+}  // namespace ds::ops
