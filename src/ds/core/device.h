@@ -25,6 +25,8 @@ namespace cuda {
 bool available();
 void* malloc_device(size_t bytes);  // on the calling thread's current device (cudaSetDevice)
 void free_device(void* p) noexcept;
+// Copies bytes between host and GPU memory or within a GPU, synchronously (the direction from the pointers).
+void copy_bytes(void* dst, const void* src, size_t bytes);
 }  // namespace cuda
 
 }  // namespace ds

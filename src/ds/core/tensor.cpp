@@ -110,9 +110,13 @@ void Tensor::fill_(float value) {
 void Tensor::copy_from(const Tensor& src) {
   DS_CHECK_AS(ShapeError, src.numel() == numel(), "[tensor] copy from {} into {}: element counts differ", src.str(),
               str());
-  DS_CHECK_AS(DeviceError, device().is_cpu() && src.device().is_cpu(), "[tensor] copies off the CPU are not "
-              "supported yet ({} -> {})", src.device().str(), device().str());
   const size_t n = static_cast<size_t>(numel());
+  if (!device().is_cpu() || !src.device().is_cpu()) {  // to, from or within a GPU: bytes as they are
+    DS_CHECK_AS(DeviceError, src.dtype() == dtype_, "[tensor] a copy from {} into {} would convert on a GPU; copy "
+                "in one dtype and convert on the CPU", src.str(), str());
+    cuda::copy_bytes(device_ptr(), src.device_ptr(), static_cast<size_t>(nbytes()));
+    return;
+  }
   if (src.dtype() == dtype_) {
     std::memmove(raw(), src.raw(), static_cast<size_t>(nbytes()));
     return;

@@ -15,4 +15,9 @@ void* malloc_device(size_t bytes) {
 
 void free_device(void*) noexcept {}
 
+void copy_bytes(void*, const void*, size_t bytes) {
+  DS_THROW(DeviceError, "[cuda] asked to copy {} bytes to or from a GPU, but this deepspeed.cpp was built without "
+           "CUDA; rebuild with -DDS_CUDA=ON, or keep the tensors on the CPU", bytes);
+}
+
 }  // namespace ds::cuda

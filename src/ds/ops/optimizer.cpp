@@ -12,6 +12,7 @@ using detail::Arg;
 
 namespace {
 bool is_float(DType d) { return d == DType::f32 || d == DType::bf16 || d == DType::f16; }
+[[maybe_unused]] float* fp(const Tensor& t) { return static_cast<float*>(t.device_ptr()); }  // a device pointer
 }  // namespace
 
 void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
@@ -26,8 +27,13 @@ void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const 
   detail::expect_numel(op, {"grad", grad}, n);
   DS_CHECK_AS(ShapeError, is_float(grad.dtype()), "[ops] adamw_step: grad must be f32, bf16 or f16, found {}",
               grad.str());
-  if (!dev.is_cpu()) detail::no_kernel(op, dev);
   const auto count = static_cast<size_t>(n);
+  if (!dev.is_cpu()) {
+    DS_CHECK_AS(ShapeError, grad.dtype() == DType::f32, "[ops] adamw_step on {} takes an f32 grad, found {}",
+                dev.str(), grad.str());
+    DS_ON_CUDA(op, dev, cuda::adamw_step(fp(param), fp(grad), fp(m), fp(v), n, cpu::adam_coeffs(hyper, grad_scale),
+                                         nullptr));
+  }
   if (grad.dtype() == DType::f32) {
     cpu::adamw_step(param.data<float>(), grad.data<float>(), m.data<float>(), v.data<float>(), count, hyper,
                     grad_scale);
@@ -45,7 +51,11 @@ double sum_squares(const Tensor& x) {
   const char* op = "sum_squares";
   const Device dev = detail::common_device(op, {{"x", x}});
   DS_CHECK_AS(ShapeError, is_float(x.dtype()), "[ops] sum_squares: x must be f32, bf16 or f16, found {}", x.str());
-  if (!dev.is_cpu()) detail::no_kernel(op, dev);
+  if (!dev.is_cpu()) {
+    DS_CHECK_AS(ShapeError, x.dtype() == DType::f32, "[ops] sum_squares on {} takes f32, found {}", dev.str(),
+                x.str());
+    DS_ON_CUDA(op, dev, cuda::sum_squares(fp(x), x.numel(), nullptr));
+  }
   const auto n = static_cast<size_t>(x.numel());
   if (x.dtype() == DType::f32) return cpu::sum_squares(x.data<float>(), n);
   constexpr size_t kPiece = 4096;  // widened on the stack a piece at a time

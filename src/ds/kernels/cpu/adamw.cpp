@@ -18,14 +18,7 @@ namespace {
 constexpr size_t kParallelMin = size_t{1} << 15;
 constexpr size_t kBlock = size_t{1} << 12;  // elements per OpenMP work item; a multiple of 8
 
-struct Coeffs {
-  float b1, one_minus_b1, b2, one_minus_b2, eps;
-  float step_size;     // lr / bc1
-  float inv_sqrt_bc2;  // 1 / sqrt(bc2)
-  float decay;         // lr * weight_decay (AdamW mode), else 0
-  float l2;            // weight_decay (Adam mode), else 0
-  float grad_scale;
-};
+using Coeffs = AdamCoeffs;
 
 inline void step_scalar(float& param, float grad, float& m, float& v, const Coeffs& k) {
   float g = grad * k.grad_scale;
@@ -63,10 +56,9 @@ void step_range(float* param, const float* grad, float* m, float* v, size_t i0, 
 
 }  // namespace
 
-void adamw_step(float* param, const float* grad, float* m, float* v, size_t n, const AdamParams& p,
-                float grad_scale) {
+AdamCoeffs adam_coeffs(const AdamParams& p, float grad_scale) {
   DS_CHECK(!p.bias_correction || p.step >= 1, "[kernels] adamw_step: step is {}, expected >= 1 (1-based)", p.step);
-  Coeffs k{};
+  AdamCoeffs k{};
   k.b1 = p.beta1;
   k.one_minus_b1 = 1.0f - p.beta1;
   k.b2 = p.beta2;
@@ -82,6 +74,12 @@ void adamw_step(float* param, const float* grad, float* m, float* v, size_t n, c
   k.decay = p.adam_w_mode ? p.lr * p.weight_decay : 0.0f;
   k.l2 = p.adam_w_mode ? 0.0f : p.weight_decay;
   k.grad_scale = grad_scale;
+  return k;
+}
+
+void adamw_step(float* param, const float* grad, float* m, float* v, size_t n, const AdamParams& p,
+                float grad_scale) {
+  const Coeffs k = adam_coeffs(p, grad_scale);
 
   if (n < kParallelMin) {
     step_range(param, grad, m, v, 0, n, k);

@@ -12,6 +12,7 @@
 
 #include "ds/core/convert.h"
 #include "ds/core/dtype.h"
+#include "ds/kernels/adam_coeffs.h"
 
 namespace ds::cpu {
 
@@ -155,6 +156,9 @@ struct AdamParams {
 // AVX2 body with a scalar tail; parallel over OpenMP.
 void adamw_step(float* param, const float* grad, float* m, float* v, size_t n, const AdamParams& p,
                 float grad_scale = 1.0f);
+// The step's per-call scalars (kernels/adam_coeffs.h), which every backend's Adam kernel uses.
+using kernels::AdamCoeffs;
+AdamCoeffs adam_coeffs(const AdamParams& p, float grad_scale);
 
 // ---- 16-bit storage conversion: core/convert.h (Tensor::copy_from uses them), here under their kernel names ----
 using ds::bf16_to_f32;

@@ -32,4 +32,8 @@ void free_device(void* p) noexcept {
   if (p) cudaFree(p);
 }
 
+void copy_bytes(void* dst, const void* src, size_t bytes) {
+  if (bytes > 0) DS_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault));  // unified addressing: any direction
+}
+
 }  // namespace ds::cuda

@@ -1,5 +1,5 @@
-// Element-wise epilogues of the GEMMs on the GPU: bias, bias + GELU, bias + residual. Grid-stride loops over at
-// most 4096 blocks of 256 threads; memory-bound (one read and one write of y per element).
+// Element-wise kernels on the GPU: the ops layer's GELU and sums, and the epilogues of the inference GEMMs (bias,
+// bias + GELU, bias + residual). Grid-stride loops over at most 4096 blocks of 256 threads; memory-bound.
 #include <algorithm>
 
 #include "ds/kernels/cuda/kernels.h"
@@ -28,7 +28,45 @@ __global__ void bias_residual_kernel(float* x, const float* y, const float* b, i
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     x[i] += y[i] + b[i % M];
 }
+// s = sigmoid(2u) = 0.5 (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3): gelu(x) = x s and
+// gelu'(x) = s + 2 x s (1 - s) du/dx, as the CPU kernels compute them.
+__device__ float gelu_s(float x) {
+  const float u = 0.7978845608028654f * x * (1.0f + 0.044715f * x * x);
+  return 1.0f / (1.0f + expf(-2.0f * u));
+}
+
+__global__ void gelu_forward_kernel(float* y, const float* x, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    y[i] = x[i] * gelu_s(x[i]);
+}
+
+__global__ void gelu_backward_kernel(float* dx, const float* x, const float* dy, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const float v = x[i], s = gelu_s(v);
+    const float du = 0.7978845608028654f * (1.0f + 3.0f * 0.044715f * v * v);
+    dx[i] = (s + 2.0f * v * s * (1.0f - s) * du) * dy[i];
+  }
+}
+
+__global__ void add_kernel(float* out, const float* a, const float* b, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = a[i] + b[i];
+}
 }  // namespace
+
+void gelu_forward(float* y, const float* x, int64_t n, cudaStream_t stream) {
+  if (n > 0) gelu_forward_kernel<<<blocks_for(n), kThreads, 0, stream>>>(y, x, n);
+}
+
+void gelu_backward(float* dx, const float* x, const float* dy, int64_t n, cudaStream_t stream) {
+  if (n > 0) gelu_backward_kernel<<<blocks_for(n), kThreads, 0, stream>>>(dx, x, dy, n);
+}
+
+void add(float* out, const float* a, const float* b, int64_t n, cudaStream_t stream) {
+  if (n > 0) add_kernel<<<blocks_for(n), kThreads, 0, stream>>>(out, a, b, n);
+}
+
+void add_inplace(float* y, const float* x, int64_t n, cudaStream_t stream) { add(y, y, x, n, stream); }
 
 void add_bias(float* y, const float* b, int64_t n, int M, cudaStream_t stream) {
   bias_kernel<<<blocks_for(n), kThreads, 0, stream>>>(y, b, n, M);
