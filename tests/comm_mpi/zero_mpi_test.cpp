@@ -2,8 +2,8 @@
 // reference in-process (self communicator, micro-batch = the global batch), then the Engine on the MPI world at the
 // same global batch, and compares per-step losses and final parameters within 1e-5 (relative), checks that all
 // ranks hold bitwise the same parameters, and per-rank traffic and memory against the ZeRO formulas within 5%.
-// Data and config are those of tests/engine/zero_equivalence_test.cpp, which proves the same on the thread backend at world
-// sizes 1, 2 and 4; this file proves the MPI path as a singleton and under `mpirun -np 2/4`.
+// Data and config are those of tests/engine/zero_equivalence_test.cpp, which proves the same on the thread backend
+// at world sizes 1, 2 and 4; this file proves the MPI path as a singleton and under `mpirun -np 2/4`.
 #include <gtest/gtest.h>
 
 #include <omp.h>

@@ -6,6 +6,7 @@
 #include <map>
 
 #include "ds/ckpt/safetensors.h"
+#include "ds/core/rng.h"
 #include "ds/nn/models/gpt2.h"
 
 using namespace ds;
@@ -88,6 +89,27 @@ TEST(Gpt2Spec, InitialisesByRole) {
     const bool proj = n.find(".c_proj.weight") != std::string::npos;
     const double want = proj ? 0.02 / std::sqrt(2.0 * c.n_layer) : 0.02;
     EXPECT_NEAR(stdv, want, 0.05 * want) << n;  // >= 16384 samples: the standard error is under 1%
+  }
+}
+
+// The values themselves: a replay of the same seed by GPT-2's rule written on names (the rule the roles encode),
+// drawing in parameter order, gives every initial value bit for bit.
+TEST(Gpt2Spec, InitialValuesAreTheNameRulesReplayed) {
+  nn::Gpt2Config c = nn::Gpt2Config::preset("gpt2-tiny");
+  c.vocab_size = 300;
+  nn::Gpt2 model(c, 1, false);
+  model.init_weights(11);
+  Rng rng(11);
+  const float proj_std = 0.02f / std::sqrt(2.0f * c.n_layer);
+  for (const nn::Parameter& p : model.params().all()) {
+    const bool is_ln = p.name.find(".ln_") != std::string::npos;
+    const bool is_bias = p.name.size() > 5 && p.name.substr(p.name.size() - 5) == ".bias";
+    const bool is_proj = p.name.find(".c_proj.weight") != std::string::npos;
+    const float stdv = is_proj ? proj_std : 0.02f;
+    for (int64_t k = 0; k < p.numel(); ++k) {
+      const float want = is_ln && !is_bias ? 1.0f : is_bias ? 0.0f : stdv * rng.normal();
+      ASSERT_EQ(p.data.data<float>()[k], want) << p.name << " [" << k << "]";
+    }
   }
 }
 

@@ -175,6 +175,21 @@ TEST(Ops, AdamwStepIsTheHandWrittenUpdate) {
   ops::adamw_step(p3, g_back, m3, v3, hp, scale);
   for (int i = 0; i < n; ++i) EXPECT_EQ(p2.data<float>()[i], p3.data<float>()[i]) << i;
 
+  // Adam (adam_w_mode false): the decay enters the gradient as L2 instead of shrinking the parameter.
+  cpu::AdamParams l2 = hp;
+  l2.adam_w_mode = false;
+  const Tensor q = host({n}, 41), qm = host({n}, 43), qv = host({n}, 44);
+  for (int i = 0; i < n; ++i) qv.data<float>()[i] = std::abs(qv.data<float>()[i]);
+  std::vector<double> want_l2(n);
+  for (int i = 0; i < n; ++i) {
+    const double gi = double(g.data<float>()[i]) * scale + 0.1 * q.data<float>()[i];
+    const double mi = 0.9 * qm.data<float>()[i] + 0.1 * gi, vi = 0.95 * qv.data<float>()[i] + 0.05 * gi * gi;
+    const double bc1 = 1 - std::pow(0.9, 3), bc2 = 1 - std::pow(0.95, 3);
+    want_l2[i] = q.data<float>()[i] - 0.01 / bc1 * mi / (std::sqrt(vi) / std::sqrt(bc2) + 1e-6);
+  }
+  ops::adamw_step(q, g, qm, qv, l2, scale);
+  for (int i = 0; i < n; ++i) EXPECT_NEAR(q.data<float>()[i], want_l2[i], 1e-6) << i;
+
   expect_contains(error_of<ShapeError>([&] { ops::adamw_step(p, g, Tensor::empty({n}, DType::bf16), v, hp, 1); }),
                   {"[ops] adamw_step", "'m'"});
   expect_contains(error_of<ShapeError>([&] { ops::adamw_step(p, g16, m, v, hp, 1); }), {"adamw_step", "'wide'"});

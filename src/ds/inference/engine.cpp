@@ -43,6 +43,7 @@ InferenceEngine::InferenceEngine(std::shared_ptr<const InferenceModel> model, co
               "max_tracked_sequences ({})", config.max_ragged_sequence_count, config.max_ragged_batch_size,
               config.max_tracked_sequences);
   const nn::Gpt2Config& m = model_->config();
+  check_weights_on_device(model_->weight_format(), config.device);
   DS_CHECK_AS(ConfigError, model_->device().is_cpu() || model_->device() == config.device, "[engine] the model was "
               "placed on {} but the engine runs on {}; load the model for the engine's device",
               model_->device().str(), config.device.str());

@@ -16,9 +16,9 @@ namespace ds::inference {
 
 // Note [Inference weights]
 // Placed on the CPU, the inference model holds its own copy of the weights, read from its source one tensor at a
-// time (no training model is built on the way, and a borrowed one may go away). The four matrices of each layer and the head (wte, transposed) are packed in column
-// panels for cpu::panel_gemm: a decode pass multiplies a handful of rows, where sgemm spends its time packing and
-// panel_gemm runs near the FMA peak (bm_kernels --only panel: 2.4x sgemm on the head of 16 rows, 3x on a layer's
+// time (no training model is built on the way, and a borrowed one may go away). The four matrices of each layer
+// and the head (wte, transposed) are packed in column panels for cpu::panel_gemm: a decode pass multiplies a
+// handful of rows, where sgemm spends its time packing and panel_gemm runs near the FMA peak (bm_kernels --only panel: 2.4x sgemm on the head of 16 rows, 3x on a layer's
 // GEMMs). The token embedding reads wte's row `id` as column `id` of the packed head. Memory stays one copy of
 // the model, accounted as param. With bf16 weights (--weights bf16) the panels hold bf16 pairs for
 // cpu::panel_gemm_bf16: half the bytes, and twice the multiply rate on CPUs with AVX512_BF16; the GEMMs' inputs

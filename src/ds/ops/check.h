@@ -6,9 +6,6 @@
 #include <initializer_list>
 
 #include "ds/core/tensor.h"
-#if DS_WITH_CUDA
-#include "ds/kernels/cuda/kernels.h"
-#endif
 
 namespace ds::ops::detail {
 
@@ -27,15 +24,3 @@ void expect_numel(const char* op, const Arg& a, int64_t want);
 [[noreturn]] void no_kernel(const char* op, Device device);
 
 }  // namespace ds::ops::detail
-
-// On a GPU the kernels queue on the default stream of the calling thread's current device (the caller selects the
-// tensors' device). DS_ON_CUDA(op, dev, call); returns `call` when dev is not the CPU, or says that this build has
-// no CUDA kernels.
-#if DS_WITH_CUDA
-#define DS_ON_CUDA(op, dev, call) \
-  if (!(dev).is_cpu()) return call
-#else
-#define DS_ON_CUDA(op, dev, call) \
-  if (!(dev).is_cpu()) ::ds::ops::detail::no_kernel(op, dev)
-#endif
-

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "ds/kernels/cpu/kernels.h"
+#include "ds/kernels/cuda/launch.h"
 #include "ds/ops/check.h"
 #include "ds/ops/ops.h"
 
@@ -12,7 +13,7 @@ using detail::Arg;
 
 namespace {
 bool is_float(DType d) { return d == DType::f32 || d == DType::bf16 || d == DType::f16; }
-[[maybe_unused]] float* fp(const Tensor& t) { return static_cast<float*>(t.device_ptr()); }  // a device pointer
+float* fp(const Tensor& t) { return static_cast<float*>(t.device_ptr()); }  // a device pointer
 }  // namespace
 
 void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
@@ -25,14 +26,13 @@ void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const 
     detail::expect_numel(op, a, n);
   }
   detail::expect_numel(op, {"grad", grad}, n);
-  DS_CHECK_AS(ShapeError, is_float(grad.dtype()), "[ops] adamw_step: grad must be f32, bf16 or f16, found {}",
-              grad.str());
+  DS_CHECK_AS(ShapeError, is_float(grad.dtype()), "[ops] adamw_step: grad must be f32, bf16 or f16, found {}; "
+              "gradients are kept in a floating-point dtype", grad.str());
   const auto count = static_cast<size_t>(n);
   if (!dev.is_cpu()) {
-    DS_CHECK_AS(ShapeError, grad.dtype() == DType::f32, "[ops] adamw_step on {} takes an f32 grad, found {}",
-                dev.str(), grad.str());
-    DS_ON_CUDA(op, dev, cuda::adamw_step(fp(param), fp(grad), fp(m), fp(v), n, cpu::adam_coeffs(hyper, grad_scale),
-                                         nullptr));
+    DS_CHECK_AS(ShapeError, grad.dtype() == DType::f32, "[ops] adamw_step on {} takes an f32 grad, found {}; keep "
+                "fp32 gradients on the GPU (16-bit gradients are widened on the CPU only)", dev.str(), grad.str());
+    return cuda::adamw_step(dev.index, fp(param), fp(grad), fp(m), fp(v), n, cpu::adam_coeffs(hyper, grad_scale));
   }
   if (grad.dtype() == DType::f32) {
     cpu::adamw_step(param.data<float>(), grad.data<float>(), m.data<float>(), v.data<float>(), count, hyper,
@@ -41,7 +41,7 @@ void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const 
   }
   detail::expect_defined(op, {"wide", wide});
   detail::expect_dtype(op, {"wide", wide}, DType::f32);
-  DS_CHECK_AS(ShapeError, wide.numel() >= n, "[ops] adamw_step: wide holds {} elements, grad {}", wide.numel(), n);
+  DS_ASSERT(wide.numel() >= n, "adamw_step: wide holds {} elements, grad {}", wide.numel(), n);  // the caller's buffer
   Tensor g = wide.narrow(0, n);
   g.copy_from(grad);
   cpu::adamw_step(param.data<float>(), g.data<float>(), m.data<float>(), v.data<float>(), count, hyper, grad_scale);
@@ -50,11 +50,12 @@ void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const 
 double sum_squares(const Tensor& x) {
   const char* op = "sum_squares";
   const Device dev = detail::common_device(op, {{"x", x}});
-  DS_CHECK_AS(ShapeError, is_float(x.dtype()), "[ops] sum_squares: x must be f32, bf16 or f16, found {}", x.str());
+  DS_CHECK_AS(ShapeError, is_float(x.dtype()), "[ops] sum_squares: x must be f32, bf16 or f16, found {}; pass a "
+              "floating-point tensor", x.str());
   if (!dev.is_cpu()) {
-    DS_CHECK_AS(ShapeError, x.dtype() == DType::f32, "[ops] sum_squares on {} takes f32, found {}", dev.str(),
-                x.str());
-    DS_ON_CUDA(op, dev, cuda::sum_squares(fp(x), x.numel(), nullptr));
+    DS_CHECK_AS(ShapeError, x.dtype() == DType::f32, "[ops] sum_squares on {} takes f32, found {}; keep fp32 "
+                "gradients on the GPU", dev.str(), x.str());
+    return cuda::sum_squares(dev.index, fp(x), x.numel());
   }
   const auto n = static_cast<size_t>(x.numel());
   if (x.dtype() == DType::f32) return cpu::sum_squares(x.data<float>(), n);

@@ -34,9 +34,10 @@ struct PassMeta {
 
 class CudaGpt {
  public:
-  // Copies the weights of `spec` to the GPU, one at a time as `read` gives them, and allocates the KV cache and the activations of a max_tokens pass. Throws
-  // DeviceError (no GPU, a CUDA or cuBLAS failure, a context too long for the attention kernel), ConfigError (a
-  // head size it does not support) or OutOfMemory naming the bytes asked for.
+  // Copies the weights of `spec` to the GPU, one at a time as `read` gives them, and allocates the KV cache and
+  // the activations of a max_tokens pass. Throws DeviceError (no GPU, a CUDA or cuBLAS failure, a context too long
+  // for the attention kernel), ConfigError (a head size it does not support) or OutOfMemory naming the bytes asked
+  // for.
   CudaGpt(const GptShape& shape, const std::vector<nn::Gpt2Weight>& spec, const WeightReader& read);
   ~CudaGpt();
   CudaGpt(const CudaGpt&) = delete;

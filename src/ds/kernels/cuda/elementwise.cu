@@ -2,7 +2,9 @@
 // bias + GELU, bias + residual). Grid-stride loops over at most 4096 blocks of 256 threads; memory-bound.
 #include <algorithm>
 
+#include "ds/kernels/cuda/cuda_check.h"
 #include "ds/kernels/cuda/kernels.h"
+#include "ds/kernels/cuda/launch.h"
 
 namespace ds::cuda {
 namespace {
@@ -54,19 +56,26 @@ __global__ void add_kernel(float* out, const float* a, const float* b, int64_t n
 }
 }  // namespace
 
-void gelu_forward(float* y, const float* x, int64_t n, cudaStream_t stream) {
-  if (n > 0) gelu_forward_kernel<<<blocks_for(n), kThreads, 0, stream>>>(y, x, n);
+void gelu_forward(int device, float* y, const float* x, int64_t n) {
+  if (n <= 0) return;
+  DS_CUDA_CHECK(cudaSetDevice(device));
+  gelu_forward_kernel<<<blocks_for(n), kThreads>>>(y, x, n);
+  DS_CUDA_CHECK(cudaGetLastError());
 }
 
-void gelu_backward(float* dx, const float* x, const float* dy, int64_t n, cudaStream_t stream) {
-  if (n > 0) gelu_backward_kernel<<<blocks_for(n), kThreads, 0, stream>>>(dx, x, dy, n);
+void gelu_backward(int device, float* dx, const float* x, const float* dy, int64_t n) {
+  if (n <= 0) return;
+  DS_CUDA_CHECK(cudaSetDevice(device));
+  gelu_backward_kernel<<<blocks_for(n), kThreads>>>(dx, x, dy, n);
+  DS_CUDA_CHECK(cudaGetLastError());
 }
 
-void add(float* out, const float* a, const float* b, int64_t n, cudaStream_t stream) {
-  if (n > 0) add_kernel<<<blocks_for(n), kThreads, 0, stream>>>(out, a, b, n);
+void add(int device, float* out, const float* a, const float* b, int64_t n) {
+  if (n <= 0) return;
+  DS_CUDA_CHECK(cudaSetDevice(device));
+  add_kernel<<<blocks_for(n), kThreads>>>(out, a, b, n);
+  DS_CUDA_CHECK(cudaGetLastError());
 }
-
-void add_inplace(float* y, const float* x, int64_t n, cudaStream_t stream) { add(y, y, x, n, stream); }
 
 void add_bias(float* y, const float* b, int64_t n, int M, cudaStream_t stream) {
   bias_kernel<<<blocks_for(n), kThreads, 0, stream>>>(y, b, n, M);

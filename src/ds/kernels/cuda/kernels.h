@@ -1,14 +1,13 @@
-// CUDA kernels of the model's ops, one file per op family (embedding.cu, layernorm.cu, elementwise.cu,
-// optimizer.cu, paged_attention.cu), reached through these host launchers: each queues its kernel on `stream` and returns (a
-// launch failure surfaces at the caller's next cudaGetLastError). Pointers are device memory. C++17 (CUDA sources).
+// CUDA kernels of the inference forward, one file per op family (embedding.cu, layernorm.cu, elementwise.cu,
+// paged_attention.cu), reached through these host launchers (the ops layer's are in launch.h): each queues its
+// kernel on `stream` and returns (a launch failure surfaces at the caller's next cudaGetLastError). Pointers are
+// device memory. C++17 (CUDA sources).
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <cstddef>
 #include <cstdint>
-
-#include "ds/kernels/adam_coeffs.h"
 
 namespace ds::cuda {
 
@@ -24,22 +23,6 @@ void layernorm_rows(float* out, const float* inp, const int32_t* rows, const flo
 void add_bias(float* y, const float* b, int64_t n, int M, cudaStream_t stream);
 void add_bias_gelu(float* y, const float* b, int64_t n, int M, cudaStream_t stream);
 void add_bias_residual(float* x, const float* y, const float* b, int64_t n, int M, cudaStream_t stream);
-
-// The ops layer's element-wise ops over n floats (ops.h): y = gelu(x) (tanh approximation, as the CPU's);
-// dx = gelu'(x) * dy (dx may alias dy); out = a + b; y += x.
-void gelu_forward(float* y, const float* x, int64_t n, cudaStream_t stream);
-void gelu_backward(float* dx, const float* x, const float* dy, int64_t n, cudaStream_t stream);
-void add(float* out, const float* a, const float* b, int64_t n, cudaStream_t stream);
-void add_inplace(float* y, const float* x, int64_t n, cudaStream_t stream);
-
-// One Adam/AdamW step over n fp32 elements with the coefficients of the CPU kernel (cpu::adam_coeffs):
-//   g = grad * grad_scale + l2 * param; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
-//   param = param - decay * param - step_size * m / (sqrt(v) * inv_sqrt_bc2 + eps).
-using kernels::AdamCoeffs;
-void adamw_step(float* param, const float* grad, float* m, float* v, int64_t n, const AdamCoeffs& k,
-                cudaStream_t stream);
-// Sum of x^2 over n floats, accumulated in double; waits for the stream.
-double sum_squares(const float* x, int64_t n, cudaStream_t stream);
 
 // Paged attention over a blocked KV cache (the layout of inference/kv_cache.h: a slot is [2C] floats, K then V;
 // slot t of a sequence is slot t % block_size of block tables[table_offset[seq]][t / block_size]).

@@ -1,3 +1,5 @@
+// The GPT-2 weight list (gpt2_spec.h) in declaration order: the order the training model declares its parameters in
+// and the order checkpoints and consolidated files list them.
 #include "ds/nn/models/gpt2_spec.h"
 
 namespace ds::nn {
