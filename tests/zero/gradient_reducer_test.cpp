@@ -123,7 +123,7 @@ Observed run(const Case& c) {
     for (size_t i = 0; i < layout.size() && o.mismatch.empty(); ++i) {
       const UnitLayout& u = layout[i];
       got.resize(static_cast<size_t>(u.chunk));
-      cpu::to_f32(got.data(), reducer->owned(i), c.grads, got.size());
+      cpu::to_f32(got.data(), reducer->owned_chunk(i).raw(), c.grads, got.size());
       const int64_t params_end = u.offset + u.unit->numel;
       for (int64_t k = 0; k < u.chunk; ++k) {
         const int64_t flat = u.own + k;

@@ -94,7 +94,6 @@ class FullGradientReducer final : public GradientReducer {
     while (!pending_.empty()) complete_oldest();
   }
 
-  std::byte* owned(size_t unit) override { return flat(layout_[unit].own); }
   Tensor owned_chunk(size_t unit) override {
     return store_.flat_grads().slice_flat(layout_[unit].own, {layout_[unit].chunk});
   }

@@ -86,9 +86,7 @@ class GradientReducer {
   virtual void accumulate_rows(const nn::Parameter& p, const int32_t* ids, const float* rows, int64_t n) = 0;
   // Waits for every reduction in flight.
   virtual void drain() = 0;
-  // This rank's reduced gradient chunk of unit i in the gradient dtype (valid after the boundary).
-  virtual std::byte* owned(size_t unit) = 0;
-  // The same as a [chunk] view.
+  // This rank's reduced gradient chunk of unit i, a [chunk] view in the gradient dtype (valid after the boundary).
   virtual Tensor owned_chunk(size_t unit) = 0;
   // Global L2 norm of the averaged gradient (valid after the boundary); inf or NaN when a gradient overflowed. A
   // collective unless the layout is replicated.

@@ -23,12 +23,7 @@ Tensor ParamStorage::owned_chunk(size_t unit) const {
   return store_.flat_params().slice_flat(u.own, {u.chunk});
 }
 
-std::byte* ParamStorage::owned(size_t unit) const {
-  const UnitLayout& u = layout_[unit];
-  const size_t es = dtype_size(dtype_);
-  if (!holds_all_) return static_cast<std::byte*>(own_.raw()) + u.part_offset * es;
-  return static_cast<std::byte*>(store_.flat_params().raw()) + u.own * es;
-}
+std::byte* ParamStorage::owned(size_t unit) const { return static_cast<std::byte*>(owned_chunk(unit).raw()); }
 
 std::byte* ParamStorage::full(size_t unit) const { return at_flat(layout_[unit].offset); }
 

@@ -119,7 +119,6 @@ class PartitionedGradientReducer final : public GradientReducer {
     current_ = 0;
   }
 
-  std::byte* owned(size_t unit) override { return offset_bytes(part_grads_.raw(), layout_[unit].part_offset); }
   Tensor owned_chunk(size_t unit) override {
     return part_grads_.slice_flat(layout_[unit].part_offset, {layout_[unit].chunk});
   }
