@@ -133,6 +133,27 @@ TEST(MixedPrecision, Fp16OverflowSkipsTheStepAndHalvesTheScale) {
   EXPECT_LT(r.steps.back().loss, r.steps[skipped].loss);
 }
 
+// Without ZeRO, DeepSpeed runs FP16_Optimizer: it starts at 2^initial_scale_power (2^16 by default) and has no
+// hysteresis, so each overflow halves the scale even when the block sets "hysteresis" (which the config then lists
+// as ignored).
+TEST(MixedPrecision, Fp16AtStageZeroFollowsFp16Optimizer) {
+  const MpRun plain = run_mp(1, 0, R"("fp16": {"enabled": true})", 1);
+  EXPECT_EQ(plain.steps[0].loss_scale, 65536.0);
+  const MpRun r = run_mp(1, 0, R"("fp16": {"enabled": true, "initial_scale_power": 32, "hysteresis": 4})", kSteps);
+  int skipped = 0;
+  while (skipped < static_cast<int>(r.steps.size()) && r.steps[skipped].skipped) {
+    EXPECT_EQ(r.steps[skipped].loss_scale, std::ldexp(1.0, 32 - skipped)) << "overflow " << skipped;
+    ++skipped;
+  }
+  EXPECT_GT(skipped, 1);
+  ASSERT_LT(skipped, static_cast<int>(r.steps.size()));
+  const config::DeepSpeedConfig c =
+      config::parse_config(mp_config(0, 1, R"("fp16": {"enabled": true, "hysteresis": 4})"), 1, "mp_test");
+  ASSERT_EQ(c.warnings.size(), 1u);
+  EXPECT_NE(c.warnings[0].find("'fp16.hysteresis' (no hysteresis at ZeRO stage 0"), std::string::npos)
+      << c.warnings[0];
+}
+
 TEST(MixedPrecision, OverflowAtTheMinimumScaleStopsTheRun) {
   try {
     run_mp(1, 1, R"("fp16": {"enabled": true, "initial_scale_power": 32, "min_loss_scale": 4294967296,

@@ -1,7 +1,10 @@
 // LossScaler against DeepSpeed's DynamicLossScaler rules, replayed by hand: hysteresis before halving, doubling
 // after `window` clean steps since the last overflow, consecutive_hysteresis refilling, the error at the minimum
 // scale, static scaling skipping overflowed steps without changing, no scaling at all, and a state round trip.
+// The stage-0 rule against a transcription of FP16_Optimizer._update_scale (fp16/fused_optimizer.py).
 #include <gtest/gtest.h>
+
+#include <algorithm>
 
 #include "ds/core/error.h"
 #include "ds/optim/loss_scaler.h"
@@ -104,6 +107,46 @@ TEST(LossScaler, StateRoundTrip) {
     EXPECT_EQ(a.scale(), b.scale());
   }
   EXPECT_THROW(b.restore(nlohmann::json{{"scale", 2.0}}), ds::Error);
+}
+
+// FP16_Optimizer._update_scale, transcribed: no hysteresis; growth when the stable interval is a positive multiple
+// of the window.
+struct Fp16OptimizerReference {
+  double cur_scale, min_scale;
+  int64_t window, cur_iter = 0, last_overflow_iter = -1;
+  void update(bool skip) {
+    if (skip) {
+      cur_scale = std::max(cur_scale / 2, min_scale);
+      last_overflow_iter = cur_iter;
+    } else {
+      const int64_t stable_interval = (cur_iter - last_overflow_iter) - 1;
+      if (stable_interval > 0 && stable_interval % window == 0) cur_scale *= 2;
+    }
+    ++cur_iter;
+  }
+};
+
+TEST(LossScaler, Fp16OptimizerRuleAtStageZero) {
+  LossScalerParams p = dynamic(65536, 3, 1);
+  p.rule = LossScalerParams::Rule::fp16_optimizer;
+  p.hysteresis = 2;  // ignored by this rule: every overflow halves
+  LossScaler s(p);
+  Fp16OptimizerReference ref{65536, 1.0, 3};
+  std::string msg;
+  const bool pattern[] = {true, true, false, false, false, false, false, true, false, false, false, false,
+                          false, false, false, true, false, false, false, false};
+  for (bool overflow : pattern) {
+    EXPECT_EQ(s.update(overflow, msg), overflow);
+    ref.update(overflow);
+    EXPECT_EQ(s.scale(), ref.cur_scale) << "iteration " << ref.cur_iter - 1;
+  }
+  // The rules differ: DynamicLossScaler grows one step earlier after an overflow.
+  LossScaler zero_rule(dynamic(65536, 3, 1));
+  for (bool overflow : {true, false, false, false}) zero_rule.update(overflow, msg);
+  LossScaler stage0(p);
+  for (bool overflow : {true, false, false, false}) stage0.update(overflow, msg);
+  EXPECT_EQ(zero_rule.scale(), 65536);
+  EXPECT_EQ(stage0.scale(), 32768);
 }
 
 }  // namespace

@@ -1,11 +1,13 @@
-// Entry points of the ds_config.json parser: JSON text -> DeepSpeedConfig. Owns the JSON syntax layer (comments,
-// duplicate keys, line/column of syntax errors), the top-level keys, DeepSpeed's batch-size arithmetic
-// (config.py::_set_batch_related_parameters, integer division, brief §1.2) and the cross-block checks.
+// Entry points of the ds_config.json parser: JSON text -> DeepSpeedConfig. Owns the syntax layer (DeepSpeed reads
+// config files with hjson; we take JSON plus hjson's comments and trailing commas, and bound size and nesting), the
+// top-level keys, DeepSpeed's batch-size arithmetic (config.py::_set_batch_related_parameters, integer division,
+// brief §1.2) and the cross-block checks.
 // Batch errors explain which value could not be derived and why, rather than DeepSpeed's bare "64 != 4 * 8 * 1".
 #include "ds/config/config.h"
 
 #include "ds/core/error.h"
 #include "ds/core/log.h"
+#include "ds/config/config_auto.h"
 #include "ds/config/config_blocks.h"
 #include "ds/config/config_reader.h"
 
@@ -14,7 +16,9 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cctype>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <sstream>
@@ -23,6 +27,7 @@
 namespace ds::config {
 
 using config::detail::BlockReader;
+using config::detail::Keys;
 using config::detail::ParseContext;
 using config::detail::Support;
 using nlohmann::json;
@@ -97,11 +102,75 @@ struct DuplicateFinder {
   }
 };
 
-json parse_json_text(const std::string& text, const std::string& source) {
+constexpr size_t kMaxConfigBytes = size_t(16) << 20;
+constexpr int kMaxConfigDepth = 64;
+
+// hjson's extensions that DeepSpeed's own snippets use: '//', '#' and '/* */' comments and a comma before '}' or
+// ']'. Each is overwritten with spaces (newlines kept), so the JSON parser's offsets stay those of the file. Also
+// bounds the nesting, which the parser itself would follow as deep as the text goes.
+std::string blank_hjson_extras(std::string text, const std::string& source) {
+  bool in_string = false;
+  int depth = 0;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char ch = text[i];
+    if (in_string) {
+      if (ch == '\\') {
+        ++i;
+      } else if (ch == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (ch == '"') {
+      in_string = true;
+    } else if (ch == '#' || (ch == '/' && i + 1 < text.size() && text[i + 1] == '/')) {
+      for (; i < text.size() && text[i] != '\n'; ++i) text[i] = ' ';
+    } else if (ch == '/' && i + 1 < text.size() && text[i + 1] == '*') {
+      const size_t end = text.find("*/", i + 2);
+      const size_t stop = end == std::string::npos ? text.size() : end + 2;
+      for (; i < stop; ++i)
+        if (text[i] != '\n') text[i] = ' ';
+      --i;
+    } else if (ch == '{' || ch == '[') {
+      DS_CHECK_AS(ConfigError, ++depth <= kMaxConfigDepth,
+                  "[config] {} nests objects and lists more than {} deep; a DeepSpeed config needs 4 at most: check "
+                  "that this is the config file", source, kMaxConfigDepth);
+    } else if (ch == '}' || ch == ']') {
+      --depth;
+    }
+  }
+  // Trailing commas, now that no comment can sit between the comma and the bracket.
+  in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char ch = text[i];
+    if (in_string) {
+      if (ch == '\\') {
+        ++i;
+      } else if (ch == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (ch == '"') {
+      in_string = true;
+    } else if (ch == ',') {
+      size_t j = i + 1;
+      while (j < text.size() && std::isspace(static_cast<unsigned char>(text[j]))) ++j;
+      if (j < text.size() && (text[j] == '}' || text[j] == ']')) text[i] = ' ';
+    }
+  }
+  return text;
+}
+
+json parse_json_text(const std::string& raw_text, const std::string& source) {
+  DS_CHECK_AS(ConfigError, raw_text.size() <= kMaxConfigBytes,
+              "[config] {} is {} bytes; a DeepSpeed config is a few KiB and at most {} MiB is read: check that this "
+              "is the config file", source, raw_text.size(), kMaxConfigBytes >> 20);
+  const std::string text = blank_hjson_extras(raw_text, source);
   DuplicateFinder finder;
   json root;
   try {
-    root = json::parse(text, std::ref(finder), /*allow_exceptions=*/true, /*ignore_comments=*/true);
+    root = json::parse(text, std::ref(finder), /*allow_exceptions=*/true, /*ignore_comments=*/false);
   } catch (const json::parse_error& e) {
     // e.byte is the 1-based offset of the character that failed; turn it into line and column ourselves.
     const size_t byte = std::min<size_t>(e.byte == 0 ? 0 : e.byte - 1, text.size());
@@ -117,8 +186,9 @@ json parse_json_text(const std::string& text, const std::string& source) {
     std::string detail = e.what();
     const size_t syntax = detail.find("syntax error");
     if (syntax != std::string::npos) detail = detail.substr(syntax);
-    DS_THROW(ConfigError, "[config] {} is not valid JSON: line {}, column {}: {}; fix the syntax there (comments are "
-             "allowed; trailing commas, single quotes and unquoted keys are not)", source, line, column, detail);
+    DS_THROW(ConfigError, "[config] {} is not valid JSON: line {}, column {}: {}; fix the syntax there (comments and "
+             "trailing commas are allowed, as in DeepSpeed's hjson; single quotes and unquoted keys or strings are "
+             "not)", source, line, column, detail);
   }
   DS_CHECK_AS(ConfigError, finder.duplicate.empty(),
               "[config] duplicate key '{}' in {}; DeepSpeed rejects duplicate keys too: keep one of them",
@@ -131,7 +201,7 @@ json parse_json_text(const std::string& text, const std::string& source) {
 // ---- batch arithmetic -------------------------------------------------------------------------------------------
 
 void resolve_batch(std::optional<int64_t> train, std::optional<int64_t> micro, std::optional<int64_t> gas, int world,
-                   const std::string& src, DeepSpeedConfig& c) {
+                   bool any_auto, const std::string& src, DeepSpeedConfig& c) {
   const int64_t W = world;
   if (train && micro && gas) {
     DS_CHECK_AS(ConfigError, *train == *micro * *gas * W,
@@ -162,6 +232,10 @@ void resolve_batch(std::optional<int64_t> train, std::optional<int64_t> micro, s
   } else if (micro) {
     train = *micro * W;
     gas = 1;
+  } else if (any_auto) {
+    DS_THROW(ConfigError, "[config] {} leaves the batch size to \"auto\", which the program reading the config fills "
+             "(dspeed train: --micro-batch and --grad-accum); here nothing fills it: give "
+             "train_micro_batch_size_per_gpu or train_batch_size as a number", src);
   } else {
     DS_THROW(ConfigError, "[config] {} sets neither train_batch_size nor train_micro_batch_size_per_gpu; add at least "
              "one of them, e.g. \"train_micro_batch_size_per_gpu\": 8 (gradient_accumulation_steps alone is not "
@@ -176,31 +250,36 @@ void resolve_batch(std::optional<int64_t> train, std::optional<int64_t> micro, s
 constexpr std::string_view kUnmodelledTopLevel[] = {
     "amp", "torch_autocast", "compression_training", "autotuning", "eigenvalue", "progressive_layer_drop",
     "curriculum_learning", "data_efficiency", "elasticity", "nebula", "weight_quantization", "compile", "timers",
-    "tensor_parallel", "hybrid_engine", "sparse_attention", "comet", "graph_harvesting",
-    "use_data_before_expert_parallel_", "disable_allgather", "vocabulary_size"};
+    "tensor_parallel", "hybrid_engine", "sparse_attention", "graph_harvesting",
+    "use_data_before_expert_parallel_", "disable_allgather", "vocabulary_size", "quantize_training", "moe",
+    "expert_parallel"};
 
 }  // namespace
 
 // ---- top level --------------------------------------------------------------------------------------------------
 
-DeepSpeedConfig parse_config(const std::string& json_text, int dp_world_size, const std::string& source_name) {
+DeepSpeedConfig parse_config(const std::string& json_text, int dp_world_size, const std::string& source_name,
+                             const AutoValues* autos) {
   DS_CHECK_AS(ConfigError, dp_world_size >= 1, "[config] data-parallel world size must be at least 1; found {}",
               dp_world_size);
-  const json root = parse_json_text(json_text, source_name);
-  ParseContext ctx{source_name, {}};
+  json root = parse_json_text(json_text, source_name);
+  ParseContext ctx{source_name, {}, {}, {}, {}};
   DeepSpeedConfig c;
   c.source = source_name;
-  c.json = root;
   c.dp_world_size = dp_world_size;
+  if (autos != nullptr) {
+    config::detail::resolve_auto(root, dp_world_size, *autos, source_name, c.auto_resolved, ctx.warnings);
+  }
+  c.json = root;  // as resolved: checkpoints record the values the run used
 
-  BlockReader top(&root, "", ctx);
+  BlockReader top(&root, "", ctx, Keys::lenient);
   std::optional<int64_t> train, micro, gas;
   top.read("train_batch_size", train, Support::implemented, 1);
   top.read("train_micro_batch_size_per_gpu", micro, Support::implemented, 1);
   top.read("gradient_accumulation_steps", gas, Support::implemented, 1);
 
-  config::detail::parse_optimizer(top.child("optimizer"), c.optimizer);
-  config::detail::parse_scheduler(top.child("scheduler"), c.scheduler);
+  config::detail::parse_optimizer(top.child("optimizer", Keys::lenient), c.optimizer);
+  config::detail::parse_scheduler(top.child("scheduler", Keys::lenient), c.scheduler);
   top.read("zero_allow_untested_optimizer", c.zero_allow_untested_optimizer);
   top.read("zero_force_ds_cpu_optimizer", c.zero_force_ds_cpu_optimizer);
 
@@ -214,43 +293,56 @@ DeepSpeedConfig parse_config(const std::string& json_text, int dp_world_size, co
   top.read("sparse_gradients", c.sparse_gradients, Support::not_yet);
   top.read("dataloader_drop_last", c.dataloader_drop_last, Support::not_yet);
   if (config::detail::read_dtype(top, "communication_data_type", c.communication_data_type)) {
-    ctx.warn(fmt::format("[config] 'communication_data_type' = '{}' in {} is not implemented yet; gradients are "
-                         "communicated in their accumulation dtype (data_types.grad_accum_dtype)",
-                         dtype_name(*c.communication_data_type), source_name));
+    ctx.not_implemented.push_back(fmt::format("'communication_data_type' = '{}' (gradients are communicated in "
+                                              "their accumulation dtype, data_types.grad_accum_dtype)",
+                                              dtype_name(*c.communication_data_type)));
   }
   std::optional<DType> seq_dtype;
   if (config::detail::read_dtype(top, "seq_parallel_communication_data_type", seq_dtype)) {
     c.seq_parallel_communication_data_type = *seq_dtype;
     if (*seq_dtype != DType::f32) {
-      ctx.warn(fmt::format("[config] 'seq_parallel_communication_data_type' in {} is not implemented yet; it is "
-                           "ignored", source_name));
+      ctx.not_implemented.push_back(fmt::format("'seq_parallel_communication_data_type' = '{}'",
+                                                dtype_name(*seq_dtype)));
     }
   }
 
-  config::detail::parse_fp16(top.child("fp16"), c.fp16);
+  config::detail::parse_fp16(top.child("fp16", Keys::lenient), c.fp16);
   DS_CHECK_AS(ConfigError, !(top.has("bf16") && top.has("bfloat16")),
               "[config] both 'bf16' and its legacy name 'bfloat16' are set in {}; keep only 'bf16'", source_name);
-  config::detail::parse_bf16(top.child("bf16"), c.bf16);
+  config::detail::parse_bf16(top.child("bf16", Keys::lenient), c.bf16);
   if (top.has("bfloat16")) {
-    config::detail::parse_bf16(top.child("bfloat16"), c.bf16);
+    config::detail::parse_bf16(top.child("bfloat16", Keys::lenient), c.bf16);
   } else {
     top.raw("bfloat16");
   }
   config::detail::parse_zero(top.child("zero_optimization"), c.zero);
-  config::detail::parse_aio(top.child("aio"), c.aio);
-  config::detail::parse_activation_checkpointing(top.child("activation_checkpointing"), c.activation_checkpointing);
-  config::detail::parse_pipeline(top.child("pipeline"), c.pipeline);
-  config::detail::parse_checkpoint(top.child("checkpoint"), c.checkpoint);
-  config::detail::parse_flops_profiler(top.child("flops_profiler"), c.flops_profiler);
+  config::detail::parse_aio(top.child("aio", Keys::lenient), c.aio);
+  config::detail::parse_activation_checkpointing(top.child("activation_checkpointing", Keys::lenient),
+                                                 c.activation_checkpointing);
+  config::detail::parse_pipeline(top.child("pipeline", Keys::lenient), c.pipeline);
+  config::detail::parse_checkpoint(top.child("checkpoint", Keys::lenient), c.checkpoint);
+  config::detail::parse_flops_profiler(top.child("flops_profiler", Keys::lenient), c.flops_profiler);
   config::detail::parse_monitor(top.child("tensorboard"), c.tensorboard);
   config::detail::parse_monitor(top.child("csv_monitor"), c.csv_monitor);
   config::detail::parse_wandb(top.child("wandb"), c.wandb);
+  if (const json* comet = top.raw("comet"); comet != nullptr && comet->is_object()) {
+    const auto it = comet->find("enabled");
+    if (it != comet->end() && *it == true) {
+      ctx.not_implemented.push_back("'comet.enabled' = true (Comet needs its network service; the metrics go to "
+                                    "metrics.csv, and to the tensorboard and csv_monitor blocks)");
+    }
+  }
   config::detail::parse_comms_logger(top.child("comms_logger"), c.comms_logger);
-  config::detail::parse_data_types(top.child("data_types"), c.grad_accum_dtype);
+  config::detail::parse_data_types(top.child("data_types", Keys::lenient), c.grad_accum_dtype);
   for (std::string_view key : kUnmodelledTopLevel) top.accept_unmodelled(key);
   top.finish();
 
-  resolve_batch(train, micro, gas, dp_world_size, source_name, c);
+  bool any_auto = false;
+  for (const char* key : {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"}) {
+    auto it = root.find(key);
+    any_auto = any_auto || (it != root.end() && *it == "auto");
+  }
+  resolve_batch(train, micro, gas, dp_world_size, any_auto, source_name, c);
 
   // ---- cross-block checks (config.py::_do_error_check and friends) ----
   DS_CHECK_AS(ConfigError, !(c.fp16.enabled && c.bf16.enabled),
@@ -260,21 +352,32 @@ DeepSpeedConfig parse_config(const std::string& json_text, int dp_world_size, co
               "[config] 'fp16.fp16_master_weights_and_grads' in {} needs zero_optimization.stage 2, found stage {} "
               "(as in DeepSpeed); set \"stage\": 2 or remove it", source_name, c.zero.stage);
 
+  // fp16 at stage 0 runs DeepSpeed's FP16_Optimizer, whose dynamic scaler has no hysteresis.
+  if (c.fp16.enabled && c.fp16.loss_scale == 0 && c.zero.stage == 0 && top.has("fp16")) {
+    BlockReader fp16 = top.child("fp16");
+    for (const char* key : {"hysteresis", "consecutive_hysteresis"})
+      fp16.ignore(key, "no hysteresis at ZeRO stage 0: DeepSpeed's FP16_Optimizer has none");
+  }
+  ctx.summarise();
   c.warnings = std::move(ctx.warnings);
   for (const auto& w : c.warnings) log_warning("{}", w);
   return c;
 }
 
-DeepSpeedConfig load_config_file(const std::string& path, int dp_world_size) {
+DeepSpeedConfig load_config_file(const std::string& path, int dp_world_size, const AutoValues* autos) {
+  std::error_code ec;
+  DS_CHECK_AS(IoError, !std::filesystem::is_directory(path, ec),
+              "[config] '{}' is a folder; --config takes a DeepSpeed ds_config.json file", path);
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     DS_THROW(IoError, "[config] cannot open DeepSpeed config file '{}': {}; check the path", path,
              std::strerror(errno));
   }
-  std::ostringstream text;
-  text << in.rdbuf();
+  std::string text(kMaxConfigBytes + 1, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
   DS_CHECK_AS(IoError, !in.bad(), "[config] failed while reading DeepSpeed config file '{}'", path);
-  return parse_config(text.str(), dp_world_size, path);
+  text.resize(static_cast<size_t>(in.gcount()));
+  return parse_config(text, dp_world_size, path, autos);
 }
 
 // ---- summary ----------------------------------------------------------------------------------------------------

@@ -1,9 +1,13 @@
 // DeepSpeedConfig: a DeepSpeed ds_config.json read into plain structs with DeepSpeed's *code* defaults
 // (deepspeed-brief §1; where the docs disagree, the code wins, §1.8) and its batch-size arithmetic.
-// Non-obvious decisions: we are stricter than DeepSpeed on purpose — an unknown key at any level we model is a
-// ConfigError with a "did you mean" suggestion, and so is a wrong JSON type; a DeepSpeed key that deepspeed.cpp
-// does not implement yet is accepted and recorded in `warnings` (and logged once). "auto" and null mean "default".
-// Parsing lives in config.cpp (top level, batch), config_blocks.cpp, config_zero.cpp and config_reader.{h,cpp}.
+// Non-obvious decisions: we accept what DeepSpeed accepts (hjson comments and trailing commas, pydantic's lax
+// coercions, keys DeepSpeed never reads — listed in one warning) but refuse what it silently drops: a near miss of a
+// known key is a ConfigError with a "did you mean", and so is an unknown key where DeepSpeed's pydantic models
+// refuse it too. A DeepSpeed feature deepspeed.cpp does not implement yet is accepted and listed in one warning,
+// unless running without it would train something else than asked (then a ConfigError says so).
+// "auto" is filled from AutoValues as Hugging Face's integration does (config_auto.cpp); otherwise it means default.
+// Parsing lives in config.cpp (top level, batch), config_auto.cpp, config_blocks.cpp, config_zero.cpp and
+// config_reader.{h,cpp}.
 #pragma once
 
 #include "ds/core/dtype.h"
@@ -57,6 +61,8 @@ struct SchedulerConfig {
 // ---- precision (runtime/constants.py, fp16/loss_scaler.py) ------------------------------------------------------
 struct Fp16Config {
   bool enabled = false;
+  // DeepSpeed casts the floating-point inputs of forward() to fp16; a language model's inputs are token ids, which it
+  // leaves alone, so the setting changes nothing for the models here.
   bool auto_cast = false;
   double loss_scale = 0.0;  // 0 means dynamic loss scaling
   int initial_scale_power = 16;
@@ -73,6 +79,9 @@ struct Fp16Config {
 
 struct Bf16Config {
   bool enabled = false;
+  // DeepSpeed's BF16_Optimizer adds each gradient into its fp32 accumulation buffer as soon as backward produces it
+  // instead of after backward: less memory, same sums. Gradients here always go straight into the accumulation
+  // buffer, so the setting changes nothing.
   bool immediate_grad_update = false;
 };
 
@@ -218,6 +227,31 @@ struct CommsLoggerConfig {
   std::vector<std::string> prof_ops;
 };
 
+// ---- "auto" values ----------------------------------------------------------------------------------------------
+// Hugging Face's Trainer and accelerate write "auto" where they fill a value from their own arguments before DeepSpeed
+// reads the config (transformers/integrations/deepspeed.py: trainer_config_process and trainer_config_finalize).
+// dspeed train fills the same keys from its flags; the defaults are its own recipe (examples/ds_config_gpt2_tiny.json).
+template <typename T>
+struct FlagValue {
+  T value{};
+  bool given = false;  // set on the command line: a config value that differs is then an error, as in Hugging Face
+};
+
+struct AutoValues {
+  FlagValue<int64_t> micro_batch{8};       // --micro-batch: train_micro_batch_size_per_gpu
+  FlagValue<int64_t> grad_accum{1};        // --grad-accum: gradient_accumulation_steps
+  FlagValue<double> lr{2e-3};              // --lr: optimizer.params.lr, scheduler.params.warmup_max_lr
+  FlagValue<double> beta1{0.9};            // optimizer.params.betas
+  FlagValue<double> beta2{0.95};
+  FlagValue<double> eps{1e-8};             // optimizer.params.eps
+  FlagValue<double> weight_decay{0.1};     // --weight-decay: optimizer.params.weight_decay
+  FlagValue<double> max_grad_norm{1.0};    // --max-grad-norm: gradient_clipping
+  FlagValue<int64_t> warmup_steps{50};     // --warmup-steps: scheduler.params.warmup_num_steps
+  FlagValue<int64_t> total_steps{1000};    // --steps: scheduler.params.total_num_steps
+  FlagValue<std::string> precision{"fp32"};  // --precision fp32|fp16|bf16: fp16.enabled, bf16.enabled
+  int64_t hidden_size = 0;  // the model's width, for the ZeRO bucket sizes (0: leave those "auto" to the defaults)
+};
+
 // ---- the whole config -------------------------------------------------------------------------------------------
 struct DeepSpeedConfig {
   std::string source;     // file path or the name given to parse_config, used in messages
@@ -263,16 +297,20 @@ struct DeepSpeedConfig {
   // Settings that were accepted but are not implemented (yet), deprecated names, and similar notes.
   // Each was also logged once with ds::log_warning when the config was loaded.
   std::vector<std::string> warnings;
+  // The "auto" values filled from AutoValues, one "'key' = value (--flag)" each, in the order of the rules.
+  std::vector<std::string> auto_resolved;
 
   // The effective batch triple, optimizer, scheduler and main switches, several lines.
   std::string summary() const;
 };
 
-// Reads a ds_config.json file. Throws IoError when it cannot be read, ConfigError when it is invalid.
-DeepSpeedConfig load_config_file(const std::string& path, int dp_world_size);
-// Parses JSON text (comments allowed); source_name names it in messages (e.g. "ds_config.json").
+// Reads a ds_config.json file (at most 16 MiB). Throws IoError when it cannot be read, ConfigError when it is
+// invalid. With `autos`, "auto" values are filled from it; without, they keep DeepSpeed's defaults (and "auto" batch
+// sizes are an error, since nothing could choose them).
+DeepSpeedConfig load_config_file(const std::string& path, int dp_world_size, const AutoValues* autos = nullptr);
+// Parses the text of a config (JSON with hjson's comments and trailing commas); source_name names it in messages.
 DeepSpeedConfig parse_config(const std::string& json_text, int dp_world_size,
-                             const std::string& source_name = "ds_config.json");
+                             const std::string& source_name = "ds_config.json", const AutoValues* autos = nullptr);
 
 std::string_view scheduler_type_name(SchedulerType t);
 std::string_view offload_device_name(OffloadDevice d);

@@ -82,17 +82,37 @@ void parse_optimizer(BlockReader r, OptimizerConfig& out) {
                                                            "OneBitLamb", "Lion", "Adagrad", "MuAdam", "MuAdamW",
                                                            "MuSGD"};
   const std::string lower = to_lower(type);
-  if (lower != "adam" && lower != "adamw") {
+  // 1-bit Adam and 0/1 Adam are Adam with compressed communication. Their warm-up stage is exact Adam with
+  // decoupled weight decay and no bias correction (onebit/adam.py, onebit/zoadam.py), and that is what runs here,
+  // for the whole run: the same optimizer with exact gradients instead of compressed momentum.
+  const bool compressed_adam = lower == "onebitadam" || lower == "zerooneadam";
+  if (lower != "adam" && lower != "adamw" && !compressed_adam) {
     for (const auto& n : kDeepSpeedNames) {
       if (to_lower(n) == lower) {
         DS_THROW(ConfigError, "[config] optimizer.type '{}' in {} is a DeepSpeed optimizer that deepspeed.cpp does "
-                 "not implement yet; supported: Adam, AdamW", type, r.ctx().source);
+                 "not implement yet, and running Adam instead would train differently than asked; supported: Adam, "
+                 "AdamW (and OneBitAdam / ZeroOneAdam, run as uncompressed Adam)", type, r.ctx().source);
       }
     }
     DS_THROW(ConfigError, "[config] unknown optimizer.type '{}' in {} (deepspeed.cpp supports Adam and AdamW; "
              "torch.optim optimizers are not available){}", type, r.ctx().source, suggestion(type, kDeepSpeedNames));
   }
-  out.type = lower;
+  out.type = compressed_adam ? "adamw" : lower;
+  if (compressed_adam) {
+    r.ctx().not_implemented.push_back(fmt::format("'optimizer.type' = '{}' (runs as uncompressed Adam: decoupled "
+                                                  "weight decay, no bias correction, exact gradients)", type));
+    out.bias_correction = false;
+    int64_t freeze_step = 100000, scaler = 16, clipper = 16;
+    bool cuda_aware = false;
+    std::string backend = "nccl";
+    p.read("freeze_step", freeze_step);
+    p.read("var_freeze_step", freeze_step);
+    p.read("var_update_scaler", scaler);
+    p.read("local_step_scaler", scaler);
+    p.read("local_step_clipper", clipper);
+    p.read("cuda_aware", cuda_aware);
+    p.read("comm_backend_name", backend);
+  }
 
   if (p.contains("max_grad_norm")) {  // engine.py raises for the key whatever its value
     DS_THROW(ConfigError, "[config] 'optimizer.params.max_grad_norm' in {} is not supported (DeepSpeed rejects it "
@@ -108,10 +128,11 @@ void parse_optimizer(BlockReader r, OptimizerConfig& out) {
   }
   p.read("eps", out.eps, Support::implemented, 0.0);
   const bool wd_given = p.read("weight_decay", out.weight_decay, Support::implemented, 0.0);
-  p.read("bias_correction", out.bias_correction);
+  bool unused_bias_correction = true;  // 1-bit Adam takes the argument and never applies it
+  p.read("bias_correction", compressed_adam ? unused_bias_correction : out.bias_correction);
   bool adam_w_mode = true;
   const bool mode_given = p.read("adam_w_mode", adam_w_mode);
-  out.adam_w_mode = (lower == "adamw") || adam_w_mode;  // engine.py: name == adamw or adam_w_mode
+  out.adam_w_mode = (lower == "adamw") || compressed_adam || adam_w_mode;  // engine.py: name == adamw or adam_w_mode
   if (lower == "adamw" && mode_given && !adam_w_mode) {
     r.ctx().warn(fmt::format("[config] 'optimizer.params.adam_w_mode' = false in {} is ignored: type \"AdamW\" "
                              "always uses decoupled weight decay (as in DeepSpeed); use type \"Adam\" for L2 decay",
@@ -318,8 +339,7 @@ void parse_checkpoint(BlockReader r, CheckpointConfig& out) {
                "found '{}'{}", r.ctx().source, mode, suggestion(mode, {"Warn", "Ignore", "Fail"}));
     }
     if (out.tag_validation != TagValidation::warn) {
-      r.ctx().warn(fmt::format("[config] 'checkpoint.tag_validation' = '{}' in {} is not implemented yet in "
-                               "deepspeed.cpp; it is ignored", mode, r.ctx().source));
+      r.ctx().not_implemented.push_back(fmt::format("'checkpoint.tag_validation' = '{}'", mode));
     }
   }
   r.read("load_universal", out.load_universal, Support::not_yet);
@@ -345,7 +365,7 @@ void parse_flops_profiler(BlockReader r, FlopsProfilerConfig& out) {
 
 void parse_monitor(BlockReader r, MonitorConfig& out) {
   if (!r.present()) return;
-  r.read("enabled", out.enabled, Support::not_yet);
+  r.read("enabled", out.enabled);
   r.read("output_path", out.output_path);
   r.read("job_name", out.job_name);
   r.finish();
@@ -353,7 +373,11 @@ void parse_monitor(BlockReader r, MonitorConfig& out) {
 
 void parse_wandb(BlockReader r, WandbConfig& out) {
   if (!r.present()) return;
-  r.read("enabled", out.enabled, Support::not_yet);
+  r.read("enabled", out.enabled);
+  if (out.enabled) {
+    r.ctx().not_implemented.push_back("'wandb.enabled' = true (Weights & Biases needs its network service; the "
+                                      "metrics go to metrics.csv, and to the tensorboard and csv_monitor blocks)");
+  }
   r.read("group", out.group);
   r.read("team", out.team);
   r.read("project", out.project);

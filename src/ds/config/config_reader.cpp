@@ -1,6 +1,9 @@
-// Typed, strict readers for ds_config.json objects (see config_reader.h), plus the "did you mean" machinery.
-// Integers are accepted from JSON floats with no fractional part (5e8 is common in DeepSpeed configs and pydantic
-// accepts it); booleans must be JSON true/false. null and "auto" always mean "use the default", as in DeepSpeed.
+// Typed readers for ds_config.json objects (see config_reader.h), plus the "did you mean" machinery.
+// Values are coerced as pydantic v2's lax mode does: an integer may be written 5e8 (no fractional part), "2", or
+// true/false; a number may be a numeric string or a boolean; a boolean may be 0/1 or one of "true", "false", "yes",
+// "no", "on", "off", "t", "f", "y", "n", "1", "0". Strings are never coerced from other types (pydantic neither).
+// null and "auto" mean "use the default", as in DeepSpeed; an "auto" that reaches a reader is listed with that
+// default (the values dspeed train can fill are resolved before, in config_auto.cpp).
 #include "ds/config/config_reader.h"
 
 #include "ds/core/error.h"
@@ -11,7 +14,10 @@
 
 #include <algorithm>
 #include <cctype>
+#include <charconv>
 #include <cmath>
+#include <cstdlib>
+#include <optional>
 #include <utility>
 
 namespace ds::config::detail {
@@ -19,6 +25,27 @@ namespace ds::config::detail {
 using nlohmann::json;
 
 void ParseContext::warn(std::string message) { warnings.push_back(std::move(message)); }
+
+void ParseContext::summarise() {
+  auto listing = [](const std::vector<std::string>& items) {
+    std::string s;
+    for (const auto& i : items) s += fmt::format("{}{}", s.empty() ? "" : "; ", i);
+    return s;
+  };
+  if (!not_implemented.empty()) {
+    warn(fmt::format("[config] {} asks for DeepSpeed features that deepspeed.cpp does not implement yet; the run goes "
+                     "on without them (the model trains the same, as far as they leave the arithmetic unchanged): {}",
+                     source, listing(not_implemented)));
+  }
+  if (!ignored.empty()) {
+    warn(fmt::format("[config] {} has keys that DeepSpeed ignores, so they are ignored here too: {}", source,
+                     listing(ignored)));
+  }
+  if (!auto_defaults.empty()) {
+    warn(fmt::format("[config] {} has \"auto\" values that nothing here fills in; DeepSpeed's defaults are used, as "
+                     "DeepSpeed does: {}", source, listing(auto_defaults)));
+  }
+}
 
 std::string join_key(std::string_view path, std::string_view key) {
   if (path.empty()) return std::string(key);
@@ -81,10 +108,70 @@ bool is_default_marker(const json& v) { return v.is_null() || (v.is_string() && 
 
 std::string format_double(double v) { return fmt::format("{}", v); }
 
+std::string trimmed_lower(const std::string& s) {
+  size_t b = 0, e = s.size();
+  while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
+  while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
+  std::string out = s.substr(b, e - b);
+  for (char& ch : out) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return out;
+}
+
+// pydantic's lax booleans.
+std::optional<bool> lax_bool(const json& v) {
+  if (v.is_boolean()) return v.get<bool>();
+  if (v.is_number()) {
+    const double d = v.get<double>();
+    if (d == 0.0) return false;
+    if (d == 1.0) return true;
+    return std::nullopt;
+  }
+  if (!v.is_string()) return std::nullopt;
+  const std::string t = trimmed_lower(v.get<std::string>());
+  for (const char* yes : {"true", "yes", "on", "t", "y", "1"})
+    if (t == yes) return true;
+  for (const char* no : {"false", "no", "off", "f", "n", "0"})
+    if (t == no) return false;
+  return std::nullopt;
+}
+
+// A finite number from a JSON number, a boolean or a numeric string (the whole string).
+std::optional<double> lax_double(const json& v) {
+  if (v.is_boolean()) return v.get<bool>() ? 1.0 : 0.0;
+  if (v.is_number()) return v.get<double>();
+  if (!v.is_string()) return std::nullopt;
+  const std::string t = trimmed_lower(v.get<std::string>());
+  if (t.empty()) return std::nullopt;
+  char* end = nullptr;
+  const double d = std::strtod(t.c_str(), &end);
+  if (end != t.c_str() + t.size() || !std::isfinite(d)) return std::nullopt;
+  return d;
+}
+
+// An integer from a JSON integer, a float without fractional part, a boolean or a string of either.
+std::optional<int64_t> lax_int(const json& v) {
+  if (v.is_number_unsigned()) {
+    const uint64_t u = v.get<uint64_t>();
+    if (u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) return std::nullopt;
+    return static_cast<int64_t>(u);
+  }
+  if (v.is_number_integer()) return v.get<int64_t>();
+  if (v.is_string()) {
+    const std::string t = trimmed_lower(v.get<std::string>());
+    int64_t i = 0;
+    const auto [ptr, ec] = std::from_chars(t.data(), t.data() + t.size(), i);
+    if (ec == std::errc() && ptr == t.data() + t.size() && !t.empty()) return i;
+  }
+  const std::optional<double> d = lax_double(v);
+  // 9.2e18 is the first double past INT64_MAX; reject it and anything with a fractional part.
+  if (!d || *d != std::floor(*d) || *d >= 9.2233720368547758e18 || *d < -9.2233720368547758e18) return std::nullopt;
+  return static_cast<int64_t>(*d);
+}
+
 }  // namespace
 
-BlockReader::BlockReader(const json* obj, std::string path, ParseContext& ctx)
-    : obj_(obj), path_(std::move(path)), ctx_(&ctx) {
+BlockReader::BlockReader(const json* obj, std::string path, ParseContext& ctx, Keys keys)
+    : obj_(obj), path_(std::move(path)), ctx_(&ctx), keys_(keys) {
   if (obj_ != nullptr && is_default_marker(*obj_)) obj_ = nullptr;
   if (obj_ != nullptr && !obj_->is_object()) {
     DS_THROW(ConfigError, "[config] '{}' in {} must be a JSON object ({{...}}); found {}", path_, ctx_->source,
@@ -108,45 +195,39 @@ const json* BlockReader::lookup(std::string_view key) {
   return &*it;
 }
 
+const json* BlockReader::value_of(std::string_view key, const std::string& default_text) {
+  const json* v = lookup(key);
+  if (v == nullptr && obj_ != nullptr) {
+    auto it = obj_->find(key);
+    if (it != obj_->end() && it->is_string()) ctx_->auto_defaults.push_back(fmt::format("'{}' -> {}", key_name(key), default_text));
+  }
+  return v;
+}
+
 void BlockReader::type_error(std::string_view key, std::string_view expected, const json& v) const {
   DS_THROW(ConfigError, "[config] '{}' in {} must be {}; found {}", key_name(key), ctx_->source, expected, render(v));
 }
 
 void BlockReader::not_yet(std::string_view key, const std::string& value_text) {
-  ctx_->warn(fmt::format("[config] '{}' = {} in {} is not implemented yet in deepspeed.cpp; it is ignored",
-                         key_name(key), value_text, ctx_->source));
+  ctx_->not_implemented.push_back(fmt::format("'{}' = {}", key_name(key), value_text));
 }
 
 bool BlockReader::read(std::string_view key, bool& out, Support s) {
-  const json* v = lookup(key);
+  const json* v = value_of(key, out ? "true" : "false");
   if (v == nullptr) return false;
-  if (!v->is_boolean()) type_error(key, "true or false", *v);
-  const bool value = v->get<bool>();
-  if (s == Support::not_yet && value != out) not_yet(key, value ? "true" : "false");
-  out = value;
+  const std::optional<bool> value = lax_bool(*v);
+  if (!value) type_error(key, "true or false", *v);
+  if (s == Support::not_yet && *value != out) not_yet(key, *value ? "true" : "false");
+  out = *value;
   return true;
 }
 
 bool BlockReader::read(std::string_view key, int64_t& out, Support s, int64_t min, int64_t max) {
-  const json* v = lookup(key);
+  const json* v = value_of(key, std::to_string(out));
   if (v == nullptr) return false;
-  int64_t value = 0;
-  if (v->is_number_integer() && !v->is_number_unsigned()) {
-    value = v->get<int64_t>();
-  } else if (v->is_number_unsigned()) {
-    const uint64_t u = v->get<uint64_t>();
-    if (u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) type_error(key, "a 64-bit integer", *v);
-    value = static_cast<int64_t>(u);
-  } else if (v->is_number_float()) {
-    const double d = v->get<double>();
-    // 9.2e18 is the first double past INT64_MAX; reject it and anything with a fractional part.
-    if (!std::isfinite(d) || d != std::floor(d) || d >= 9.2233720368547758e18 || d < -9.2233720368547758e18) {
-      type_error(key, "an integer", *v);
-    }
-    value = static_cast<int64_t>(d);
-  } else {
-    type_error(key, "an integer", *v);
-  }
+  const std::optional<int64_t> parsed = lax_int(*v);
+  if (!parsed) type_error(key, "an integer", *v);
+  const int64_t value = *parsed;
   if (value < min || value > max) {
     if (max == std::numeric_limits<int64_t>::max()) {
       DS_THROW(ConfigError, "[config] '{}' in {} must be at least {}; found {}", key_name(key), ctx_->source, min,
@@ -168,10 +249,11 @@ bool BlockReader::read(std::string_view key, int& out, Support s, int min, int m
 }
 
 bool BlockReader::read(std::string_view key, double& out, Support s, double min, double max) {
-  const json* v = lookup(key);
+  const json* v = value_of(key, format_double(out));
   if (v == nullptr) return false;
-  if (!v->is_number()) type_error(key, "a number", *v);
-  const double value = v->get<double>();
+  const std::optional<double> parsed = lax_double(*v);
+  if (!parsed) type_error(key, "a number", *v);
+  const double value = *parsed;
   if (!(value >= min && value <= max)) {  // also rejects NaN
     if (std::isinf(max)) {
       DS_THROW(ConfigError, "[config] '{}' in {} must be at least {}; found {}", key_name(key), ctx_->source,
@@ -186,7 +268,7 @@ bool BlockReader::read(std::string_view key, double& out, Support s, double min,
 }
 
 bool BlockReader::read(std::string_view key, std::string& out, Support s) {
-  const json* v = lookup(key);
+  const json* v = value_of(key, out.empty() ? std::string("unset") : fmt::format("'{}'", out));
   if (v == nullptr) return false;
   if (!v->is_string()) type_error(key, "a string", *v);
   const std::string value = v->get<std::string>();
@@ -197,7 +279,7 @@ bool BlockReader::read(std::string_view key, std::string& out, Support s) {
 
 bool BlockReader::read(std::string_view key, std::optional<int64_t>& out, Support s, int64_t min) {
   if (!has(key)) {
-    lookup(key);
+    value_of(key, out ? std::to_string(*out) : std::string("unset"));
     return false;
   }
   int64_t value = out.value_or(0);
@@ -208,7 +290,7 @@ bool BlockReader::read(std::string_view key, std::optional<int64_t>& out, Suppor
 }
 
 bool BlockReader::read(std::string_view key, std::vector<std::string>& out, Support s) {
-  const json* v = lookup(key);
+  const json* v = value_of(key, out.empty() ? std::string("[]") : json(out).dump());
   if (v == nullptr) return false;
   if (!v->is_array()) type_error(key, "a list of strings", *v);
   std::vector<std::string> value;
@@ -223,9 +305,9 @@ bool BlockReader::read(std::string_view key, std::vector<std::string>& out, Supp
 
 bool BlockReader::read_choice(std::string_view key, size_t& index, std::initializer_list<std::string_view> choices,
                               Support s) {
-  const json* v = lookup(key);
-  if (v == nullptr) return false;
   std::vector<std::string> names(choices.begin(), choices.end());
+  const json* v = value_of(key, index < names.size() ? fmt::format("'{}'", names[index]) : std::string("unset"));
+  if (v == nullptr) return false;
   const std::string listing = quoted_list(names);
   if (!v->is_string()) type_error(key, fmt::format("one of {}", listing), *v);
   const std::string value = v->get<std::string>();
@@ -242,21 +324,23 @@ bool BlockReader::read_choice(std::string_view key, size_t& index, std::initiali
 }
 
 bool BlockReader::read_pair(std::string_view key, double& first, double& second, Support s) {
-  const json* v = lookup(key);
+  const json* v = value_of(key, fmt::format("[{}, {}]", first, second));
   if (v == nullptr) return false;
-  if (!v->is_array() || v->size() != 2 || !(*v)[0].is_number() || !(*v)[1].is_number()) {
-    type_error(key, "a list of two numbers, e.g. [0.9, 0.999]", *v);
+  std::optional<double> a, b;
+  if (v->is_array() && v->size() == 2) {
+    a = lax_double((*v)[0]);
+    b = lax_double((*v)[1]);
   }
-  const double a = (*v)[0].get<double>(), b = (*v)[1].get<double>();
-  if (s == Support::not_yet && (a != first || b != second)) not_yet(key, render(*v));
-  first = a;
-  second = b;
+  if (!a || !b) type_error(key, "a list of two numbers, e.g. [0.9, 0.999]", *v);
+  if (s == Support::not_yet && (*a != first || *b != second)) not_yet(key, render(*v));
+  first = *a;
+  second = *b;
   return true;
 }
 
-BlockReader BlockReader::child(std::string_view key) {
-  const json* v = lookup(key);
-  return BlockReader(v, key_name(key), *ctx_);
+BlockReader BlockReader::child(std::string_view key, Keys keys) {
+  const json* v = value_of(key, "its defaults");
+  return BlockReader(v, key_name(key), *ctx_, keys);
 }
 
 const json* BlockReader::raw(std::string_view key) { return lookup(key); }
@@ -268,13 +352,19 @@ void BlockReader::accept_unmodelled(std::string_view key) {
              (v->is_object() && v->empty());
   if (v->is_object()) {
     auto it = v->find("enabled");
-    if (it != v->end() && it->is_boolean() && !it->get<bool>()) off = true;
+    if (it != v->end()) {
+      const std::optional<bool> enabled = lax_bool(*it);
+      if (enabled && !*enabled) off = true;
+    }
   }
-  if (!off) {
-    ctx_->warn(fmt::format("[config] '{}' in {} is a DeepSpeed setting that deepspeed.cpp does not implement yet; "
-                           "it is ignored",
-                           key_name(key), ctx_->source));
-  }
+  if (!off) not_yet(key, v->is_object() ? std::string("{...}") : render(*v));
+}
+
+void BlockReader::ignore(std::string_view key, std::string_view reason) {
+  lookup(key);
+  if (!contains(key)) return;
+  ctx_->ignored.push_back(reason.empty() ? fmt::format("'{}'", key_name(key))
+                                         : fmt::format("'{}' ({})", key_name(key), reason));
 }
 
 void BlockReader::hint(std::string key, std::string text) { hints_.emplace_back(std::move(key), std::move(text)); }
@@ -289,8 +379,14 @@ void BlockReader::finish() {
     }
     const std::string guess = did_you_mean(key, known_);
     if (!guess.empty()) {
-      DS_THROW(ConfigError, "[config] unknown key '{}' in {}{}; did you mean '{}'?", key_name(key), ctx_->source,
-               extra, guess);
+      DS_THROW(ConfigError, "[config] unknown key '{}' in {}{}; did you mean '{}'?{}", key_name(key), ctx_->source,
+               extra, guess,
+               keys_ == Keys::lenient ? " (DeepSpeed would silently ignore the misspelt key and use the default)"
+                                      : "");
+    }
+    if (keys_ == Keys::lenient && extra.empty()) {
+      ctx_->ignored.push_back(fmt::format("'{}'", key_name(key)));
+      continue;
     }
     std::string where = path_.empty() ? std::string("at the top level") : fmt::format("in '{}'", path_);
     if (known_.size() <= 16) {

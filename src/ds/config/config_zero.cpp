@@ -175,11 +175,11 @@ void parse_zero(BlockReader r, ZeroConfig& out) {
 
   // ---- cross-key checks and what is not implemented yet ----
   const std::string& src = r.ctx().source;
-  if (out.offload_param_active()) {
-    DS_CHECK_AS(ConfigError, out.stage == 3,
-                "[config] 'zero_optimization.offload_param' (device '{}') in {} needs zero_optimization.stage 3, found "
-                "stage {}: only stage 3 partitions (and so can offload) parameters; set \"stage\": 3 or remove "
-                "offload_param", offload_device_name(out.offload_param->device), src, out.stage);
+  if (out.offload_param_active() && out.stage != 3) {  // DeepSpeed reads offload_param only at stage 3
+    r.ctx().ignored.push_back(fmt::format("'zero_optimization.offload_param' (device '{}': only stage 3 partitions, "
+                                          "and so offloads, parameters; this is stage {})",
+                                          offload_device_name(out.offload_param->device), out.stage));
+    out.offload_param.reset();
   }
   if (out.offload_optimizer) {
     DS_CHECK_AS(ConfigError, out.offload_optimizer->ratio >= 1.0 || out.stage == 3,
@@ -204,12 +204,13 @@ void parse_zero(BlockReader r, ZeroConfig& out) {
                 "and 2 (NCCL start alignment)", out.allgather_bucket_size, src);
   }
   if (out.offload_param_active()) {
-    r.ctx().warn(fmt::format("[config] 'zero_optimization.offload_param' (device '{}') in {} is not implemented yet; "
-                             "it is ignored", offload_device_name(out.offload_param->device), src));
+    r.ctx().not_implemented.push_back(fmt::format("'zero_optimization.offload_param' (device '{}': parameters stay "
+                                                  "in memory)", offload_device_name(out.offload_param->device)));
   }
   if (out.offload_optimizer_active()) {
-    r.ctx().warn(fmt::format("[config] 'zero_optimization.offload_optimizer' (device '{}') in {} is not implemented "
-                             "yet; it is ignored", offload_device_name(out.offload_optimizer->device), src));
+    r.ctx().not_implemented.push_back(fmt::format("'zero_optimization.offload_optimizer' (device '{}': the "
+                                                  "optimizer state stays in memory)",
+                                                  offload_device_name(out.offload_optimizer->device)));
   }
 }
 

@@ -57,6 +57,13 @@ Engine::Engine(const nn::Gpt2Config& model_config, const config::DeepSpeedConfig
     if (f.loss_scale > 0) {
       p.mode = optim::LossScalerParams::Mode::fixed;
       p.scale = f.loss_scale;
+    } else if (stage == 0) {  // FP16_Optimizer: 2^initial_scale_power, no hysteresis (brief §1.4)
+      p.mode = optim::LossScalerParams::Mode::dynamic;
+      p.rule = optim::LossScalerParams::Rule::fp16_optimizer;
+      p.scale = std::ldexp(1.0, f.initial_scale_power);
+      p.window = f.has_dynamic_loss_args ? f.loss_scale_window : 1000;
+      p.hysteresis = 1;
+      p.min_scale = f.has_dynamic_loss_args ? f.min_loss_scale : 1.0;
     } else if (f.has_dynamic_loss_args) {
       p.mode = optim::LossScalerParams::Mode::dynamic;
       p.scale = std::ldexp(1.0, f.initial_scale_power);

@@ -24,8 +24,9 @@ bool LossScaler::update(bool overflow, std::string& message) {
     ++iter_;
     return overflow;
   }
+  const bool fp16_optimizer = p_.rule == LossScalerParams::Rule::fp16_optimizer;
   if (overflow) {
-    if (hysteresis_left_ == 1) {
+    if (hysteresis_left_ == 1 || fp16_optimizer) {
       DS_CHECK_AS(Error, scale_ > p_.min_scale,
                   "[fp16] Current loss scale already at minimum ({}) - cannot decrease scale anymore; the gradients "
                   "overflow even unscaled. Stopping the run: lower the learning rate, enable gradient_clipping, or "
@@ -40,6 +41,9 @@ bool LossScaler::update(bool overflow, std::string& message) {
       --hysteresis_left_;
     }
     last_overflow_iter_ = iter_;
+  } else if (fp16_optimizer) {
+    const int64_t stable = iter_ - last_overflow_iter_ - 1;
+    if (stable > 0 && stable % p_.window == 0) scale_ *= 2;
   } else {
     if (p_.consecutive_hysteresis) hysteresis_left_ = p_.hysteresis;
     if ((iter_ - last_overflow_iter_) % p_.window == 0) {

@@ -7,6 +7,10 @@
 //     consecutive_hysteresis, every clean step refills it).
 // A static scale (fp16.loss_scale > 0) never changes but overflowed steps are still skipped. bf16 and fp32 use
 // no scaling (scale 1, nothing skipped).
+// Without ZeRO, DeepSpeed's FP16_Optimizer keeps its own scaler (fp16/fused_optimizer.py, _update_scale): no
+// hysteresis (every overflow halves the scale), and the scale doubles when (iter - last_overflow - 1) is a positive
+// multiple of the window, one step later than DynamicLossScaler. Rule::fp16_optimizer follows it; at its minimum
+// scale it too stops the run instead of skipping every step from then on.
 #pragma once
 
 #include <cstdint>
@@ -17,6 +21,7 @@ namespace ds::optim {
 
 struct LossScalerParams {
   enum class Mode : uint8_t { none, fixed, dynamic } mode = Mode::none;
+  enum class Rule : uint8_t { dynamic_loss_scaler, fp16_optimizer } rule = Rule::dynamic_loss_scaler;
   double scale = 1.0;            // the static scale, or the initial dynamic scale
   int64_t window = 1000;         // clean steps before the scale doubles
   int hysteresis = 2;            // overflows tolerated before the scale halves
