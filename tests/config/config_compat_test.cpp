@@ -167,10 +167,21 @@ TEST_F(ConfigCompat, HjsonCommentsAndTrailingCommas) {
   EXPECT_EQ(s.tensorboard.job_name, "x/*y*/");
   // Syntax errors still point at the place, counted in the original text.
   try {
-    parse("{\n  // note\n  \"train_batch_size\": 8\n  \"x\": 1\n}");
+    parse("{\n  // note\n  \"train_batch_size\": 8,\n  \"x\": 1 \"y\": 2\n}");
     FAIL();
   } catch (const ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find("line 4"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("line 4, column 12"), std::string::npos) << e.what();
+  }
+  // A line break may stand for the comma between members and list values (DeepSpeed's monitor tutorial).
+  const auto m = parse("{\n  \"train_batch_size\": 8\n  \"optimizer\": {\"type\": \"Adam\", \"params\": "
+                       "{\"betas\": [0.5\n 0.6]}}\n  \"tensorboard\": {\"enabled\": false}\n  \"wandb\": {}\n}");
+  EXPECT_EQ(m.train_batch_size, 8);
+  EXPECT_DOUBLE_EQ(m.optimizer.beta2, 0.6);
+  try {  // an error after an inserted comma still points at the file's own line and column
+    parse("{\"a\": {\"enabled\": false}\n\"train_batch_size\": 8 :}");
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("line 2, column 23"), std::string::npos) << e.what();
   }
 }
 

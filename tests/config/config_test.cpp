@@ -329,7 +329,7 @@ TEST_F(ConfigTest, DuplicateKeysRejected) {
 TEST_F(ConfigTest, MalformedJsonGivesLineAndColumn) {
   // line 3 is `  "b" 2`: the parser fails on the '2' in column 7.
   expect_error("{\n  \"train_batch_size\": 8,\n  \"b\" 2\n}", {"not valid JSON", "line 3, column 7", "syntax error"});
-  expect_error("{\"train_batch_size\": 8,,}", {"not valid JSON", "line 1", "trailing commas are allowed"});
+  expect_error("{\"train_batch_size\": 8,,}", {"not valid JSON", "line 1", "trailing commas"});
   expect_error("{\"train_batch_size\": 'x'}", {"not valid JSON", "single quotes"});
   expect_error("[1, 2]", {"JSON object"});
 }
@@ -561,14 +561,9 @@ TEST_F(ConfigTest, AuxiliaryBlocks) {
                {"'fp32', 'fp16', 'bf16'"});
 }
 
-// DeepSpeed's own assertions on the block, as clear errors; settings that hold anyway on the CPU are silent.
+// The block's values as clear errors; settings that hold anyway on the CPU are silent.
 TEST_F(ConfigTest, ActivationCheckpointingBlock) {
-  expect_error(R"({"train_batch_size": 8, "activation_checkpointing": {"contiguous_memory_optimization": true,
-                   "number_checkpoints": 4}})",
-               {"contiguous_memory_optimization", "needs 'partition_activations': true"});
-  expect_error(R"({"train_batch_size": 8, "activation_checkpointing": {"contiguous_memory_optimization": true,
-                   "partition_activations": true}})",
-               {"contiguous_memory_optimization", "needs 'number_checkpoints'"});
+  // contiguous_memory_optimization's own needs are checked when checkpointing is switched on (engine tests).
   expect_error(R"({"train_batch_size": 8, "activation_checkpointing": {"number_checkpoints": 0}})",
                {"number_checkpoints"});
   expect_error(R"({"train_batch_size": 8, "activation_checkpointing": {"profil": true}})",

@@ -104,3 +104,17 @@ TEST(Checkpointing, TooFewContiguousCheckpointsIsAClearError) {
   cfg.activation_checkpointing.enabled = false;  // the block alone checkpoints nothing, so nothing to check
   EXPECT_NO_THROW(engine::Engine(tiny(), cfg, kT));
 }
+
+// DeepSpeed's assertions on contiguous_memory_optimization hold when checkpointing is on; the block alone (as
+// Hugging Face configs carry it) is accepted.
+TEST(Checkpointing, ContiguousMemoryNeedsItsSettingsWhenOn) {
+  for (const char* block : {R"("contiguous_memory_optimization": true, "number_checkpoints": 4)",
+                            R"("contiguous_memory_optimization": true, "partition_activations": true)"}) {
+    config::DeepSpeedConfig cfg = config::parse_config(
+        fmt::format(R"({{"train_batch_size": 4, "activation_checkpointing": {{{}}}}})", block), 1, "ds_config.json");
+    EXPECT_NO_THROW(engine::Engine(tiny(), cfg, kT));
+    cfg.activation_checkpointing.enabled = true;
+    EXPECT_THROW(engine::Engine(tiny(), cfg, kT), ConfigError) << block;
+  }
+}
+

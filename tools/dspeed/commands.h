@@ -15,5 +15,7 @@ void add_launch_command(CLI::App& root);
 void add_ckpt_command(CLI::App& root);
 void add_serve_command(CLI::App& root);
 void add_generate_command(CLI::App& root);
+void add_plot_command(CLI::App& root);
+void add_eval_command(CLI::App& root);
 
 }  // namespace ds::tool

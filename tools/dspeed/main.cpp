@@ -41,6 +41,8 @@ int main(int argc, char** argv) {
   ds::tool::add_ckpt_command(app);
   ds::tool::add_serve_command(app);
   ds::tool::add_generate_command(app);
+  ds::tool::add_eval_command(app);
+  ds::tool::add_plot_command(app);
   try {
     app.parse(argc, argv);  // the chosen subcommand's callback does the work
   } catch (const CLI::ParseError& e) {

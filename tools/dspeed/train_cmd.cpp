@@ -2,21 +2,48 @@
 #include <CLI/CLI.hpp>
 
 #include <memory>
+#include <vector>
 
 #include "commands.h"
 #include "ds/app/trainer.h"
+#include "ds/config/config.h"
 
 namespace ds::tool {
 
 void add_train_command(CLI::App& root) {
   auto opts = std::make_shared<app::TrainOptions>();
   auto memory_limit = std::make_shared<std::string>();
+  auto steps = std::make_shared<int64_t>(0);
+  auto eval_batches = std::make_shared<int64_t>(16);
+  config::AutoValues& a = opts->autos;
   CLI::App* cmd = root.add_subcommand(
       "train", "Train a GPT-2 model from a DeepSpeed config (with no options: gpt2-tiny on the bundled corpus)");
   cmd->add_option("-c,--config", opts->config_path, "DeepSpeed ds_config.json (default: built-in config)");
+  // The values a config may leave "auto", as Hugging Face's Trainer fills them (a config value that differs from a
+  // flag given here is an error).
+  struct AutoFlag {
+    CLI::Option* option;
+    bool* given;
+  };
+  auto flags = std::make_shared<std::vector<AutoFlag>>();
+  auto auto_flag = [&](const char* name, auto& value, const char* help) {
+    flags->push_back({cmd->add_option(name, value.value, help)->capture_default_str()->group("Values for \"auto\""),
+                      &value.given});
+  };
+  auto_flag("--micro-batch", a.micro_batch, "train_micro_batch_size_per_gpu");
+  auto_flag("--grad-accum", a.grad_accum, "gradient_accumulation_steps");
+  auto_flag("--lr", a.lr, "optimizer.params.lr and the scheduler's warmup_max_lr");
+  auto_flag("--weight-decay", a.weight_decay, "optimizer.params.weight_decay");
+  auto_flag("--max-grad-norm", a.max_grad_norm, "gradient_clipping");
+  auto_flag("--warmup-steps", a.warmup_steps, "scheduler.params.warmup_num_steps");
+  auto_flag("--precision", a.precision, "fp32, fp16 or bf16: fp16.enabled and bf16.enabled");
+  flags->back().option->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
   cmd->add_option("-m,--model", opts->model, "model preset (gpt2-tiny, gpt2-mini, gpt2) or model JSON file")
       ->capture_default_str();
-  cmd->add_option("--data", opts->data_dir, "folder with train.bin and val.bin token shards")->capture_default_str();
+  auto* data = cmd->add_option("--data", opts->data_dir,
+                               "folder with train.bin and val.bin token shards (the default is prepared from the "
+                               "bundled corpus on first use)")
+                   ->capture_default_str();
   cmd->add_option("--corpus", opts->corpus_dir, "text corpus to prepare --data from when it is missing")
       ->capture_default_str();
   cmd->add_option("--tokenizer", opts->tokenizer_dir, "folder with encoder.json and vocab.bpe")
@@ -24,11 +51,13 @@ void add_train_command(CLI::App& root) {
   cmd->add_option("--val-pattern", opts->val_pattern, "regex on file names that selects validation documents")
       ->capture_default_str();
   cmd->add_option("--seq-len", opts->seq_len, "tokens per sequence")->capture_default_str();
-  cmd->add_option("--steps", opts->steps, "optimizer steps (default: the scheduler's total_num_steps)");
+  auto* steps_opt = cmd->add_option("--steps", *steps,
+                                    "the run's last step (default: the scheduler's total_num_steps, else 1000); also "
+                                    "total_num_steps where the config leaves it \"auto\"");
   cmd->add_option("--eval-interval", opts->eval_interval, "steps between validation passes")->capture_default_str();
-  cmd->add_option("--eval-batches", opts->eval_batches, "batches per periodic validation pass")
-      ->capture_default_str();
-  cmd->add_option("--out", opts->out_dir, "folder for metrics.csv")->capture_default_str();
+  auto* eval_opt = cmd->add_option("--eval-batches", *eval_batches,
+                                   "batches per validation pass (default: 16, and all for the final pass)");
+  cmd->add_option("--out", opts->out_dir, "folder for metrics.csv and loss.svg")->capture_default_str();
   cmd->add_option("--seed", opts->seed, "seed for initialisation and data order")->capture_default_str();
   cmd->add_option("--threads", opts->threads, "CPU threads (default: all cores)");
   cmd->add_option("--time-limit", opts->time_limit_s, "stop training after this many seconds");
@@ -47,8 +76,12 @@ void add_train_command(CLI::App& root) {
   cmd->add_option("--load-tag", opts->load_tag, "resume from this tag instead of the latest");
   cmd->add_option("--init-from", opts->init_from,
                   "start from the weights of a .safetensors file (Hugging Face GPT-2 names, as consolidate writes)");
-  cmd->callback([opts, memory_limit] {
+  cmd->callback([opts, memory_limit, flags, data, steps, steps_opt, eval_batches, eval_opt] {
+    for (const AutoFlag& f : *flags) *f.given = f.option->count() > 0;
     app::TrainOptions o = *opts;
+    o.data_given = data->count() > 0;
+    if (steps_opt->count() > 0) o.steps = *steps;
+    if (eval_opt->count() > 0) o.eval_batches = *eval_batches;
     if (!memory_limit->empty()) o.device_memory_limit = app::parse_byte_size(*memory_limit);
     app::run_training(o);
   });

@@ -1,5 +1,6 @@
 // The `dspeed train` job. Validation uses whole held-out documents (val.bin) read in order, so the figure is
-// comparable between runs; the periodic passes use the first eval_batches batches, the final pass all of them.
+// comparable between runs; the periodic passes use the first --eval-batches batches (16 by default), the final
+// pass as many (all of them by default, so that it equals `dspeed eval` on the saved model).
 #include "ds/app/trainer.h"
 
 #include <omp.h>
@@ -19,22 +20,26 @@
 #include "ds/data/data_loader.h"
 #include "ds/data/prepare.h"
 #include "ds/engine/engine.h"
+#include "ds/app/plot.h"
 #include "ds/app/progress.h"
+#include "ds/monitor/monitor.h"
 
 namespace ds::app {
 
 const char* const kDefaultTrainConfig = R"({
-  "train_micro_batch_size_per_gpu": 8,
-  "gradient_accumulation_steps": 1,
+  "train_micro_batch_size_per_gpu": "auto",
+  "gradient_accumulation_steps": "auto",
   "optimizer": {
     "type": "AdamW",
-    "params": {"lr": 2e-3, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1}
+    "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"}
   },
   "scheduler": {
     "type": "WarmupCosineLR",
-    "params": {"total_num_steps": 1000, "warmup_num_steps": 50, "warmup_type": "linear", "cos_min_ratio": 0.1}
+    "params": {"total_num_steps": "auto", "warmup_num_steps": "auto", "warmup_type": "linear", "cos_min_ratio": 0.1}
   },
-  "gradient_clipping": 1.0,
+  "fp16": {"enabled": "auto"},
+  "bf16": {"enabled": "auto"},
+  "gradient_clipping": "auto",
   "steps_per_print": 50
 })";
 
@@ -64,6 +69,12 @@ namespace fs = std::filesystem;
 void ensure_data(const TrainOptions& o) {
   const fs::path dir(o.data_dir);
   if (fs::exists(dir / "train.bin") && fs::exists(dir / "val.bin")) return;
+  // Only the default location is prepared on the fly: a --data folder that lacks its shards is a mistake to report,
+  // not a place to tokenize the bundled corpus into.
+  DS_CHECK_AS(IoError, !o.data_given,
+              "[train] --data '{}' has no token shards (expected {} and {}); prepare them with `dspeed data prepare "
+              "--input TEXT_DIR --out {}`, or leave out --data to train on the bundled corpus",
+              o.data_dir, (dir / "train.bin").string(), (dir / "val.bin").string(), o.data_dir);
   DS_CHECK_AS(IoError, fs::exists(o.corpus_dir),
               "[train] no token shards in '{}' (train.bin, val.bin) and no corpus at '{}' to prepare them from; run "
               "`dspeed data prepare --input DIR --out {}` first, or pass --data with a prepared folder",
@@ -191,19 +202,33 @@ TrainSummary run_training_on(const TrainOptions& o, comm::Communicator& comm) {
   if (o.threads > 0) omp_set_num_threads(o.threads);
   if (o.device_memory_limit) current_tracker().set_limit(Tier::device, *o.device_memory_limit);
 
-  config::DeepSpeedConfig config = o.config_path.empty()
-                               ? config::parse_config(kDefaultTrainConfig, world, "built-in default config")
-                               : config::load_config_file(o.config_path, world);
-  config.activation_checkpointing.enabled = o.checkpoint_activations;
   const nn::Gpt2Config model_config = nn::Gpt2Config::from_spec(o.model);
+  DS_CHECK_AS(ConfigError, !o.steps || *o.steps > 0,
+              "[train] --steps {} trains nothing; give the run's last step (at least 1). To measure a model without "
+              "training it, use `dspeed eval --model CKPT --data DIR`", o.steps.value_or(0));
+  config::AutoValues autos = o.autos;
+  autos.hidden_size = model_config.n_embd;
+  // Where the config leaves the schedule "auto", it spans the run: total_num_steps = --steps, and warmup 5% of it
+  // unless --warmup-steps says (50 of the default 1,000). A cosine needs total > max(2, warmup): a run of a step or
+  // two keeps the first steps of a 3-step schedule.
+  if (o.steps) autos.total_steps.value = *o.steps;
+  if (!autos.warmup_steps.given)
+    autos.warmup_steps.value = std::llround(0.05 * static_cast<double>(autos.total_steps.value));
+  autos.total_steps.value = std::max(autos.total_steps.value, std::max<int64_t>(2, autos.warmup_steps.value) + 1);
+  autos.total_steps.given = false;  // --steps sets the run's length; an explicit total_num_steps is no conflict
+  config::DeepSpeedConfig config =
+      o.config_path.empty() ? config::parse_config(kDefaultTrainConfig, world, "built-in default config", &autos)
+                            : config::load_config_file(o.config_path, world, &autos);
+  config.activation_checkpointing.enabled = o.checkpoint_activations;
   DS_CHECK_AS(ConfigError, o.seq_len > 0 && o.seq_len <= model_config.block_size,
               "[train] --seq-len {} must be between 1 and the model's block_size {}", o.seq_len,
               model_config.block_size);
-  DS_CHECK_AS(ConfigError, o.eval_batches > 0 && o.eval_interval >= 0 && o.steps >= 0,
-              "[train] need --eval-batches > 0, --eval-interval >= 0 and --steps >= 0 (got {}, {}, {})",
-              o.eval_batches, o.eval_interval, o.steps);
-  int64_t steps = o.steps;
-  if (steps <= 0) steps = config.scheduler.total_num_steps > 0 ? config.scheduler.total_num_steps : 1000;
+  DS_CHECK_AS(ConfigError, o.eval_batches.value_or(1) > 0 && o.eval_interval >= 0,
+              "[train] need --eval-batches > 0 and --eval-interval >= 0 (got {}, {})", o.eval_batches.value_or(1),
+              o.eval_interval);
+  const int64_t steps =
+      o.steps ? *o.steps : (config.scheduler.total_num_steps > 0 ? config.scheduler.total_num_steps : 1000);
+  const int64_t eval_batches = o.eval_batches.value_or(16);
   if (lead) ensure_data(o);
   comm.barrier();  // the other ranks read the shards rank 0 may just have written
 
@@ -248,6 +273,11 @@ TrainSummary run_training_on(const TrainOptions& o, comm::Communicator& comm) {
     fmt::print(stderr, "model   {}\n", model_config.str());
     fmt::print(stderr, "config  {}\n", config.source);
     fmt::print(stderr, "{}\n", config.summary());
+    if (!config.auto_resolved.empty()) {
+      fmt::print(stderr, "auto    {} value(s) filled:", config.auto_resolved.size());
+      for (const std::string& r : config.auto_resolved) fmt::print(stderr, "\n          {}", r);
+      fmt::print(stderr, "\n");
+    }
     fmt::print(stderr, "data    {} train tokens, {} validation tokens ({}); sequence length {}\n",
                format_count(static_cast<double>(train_loader.num_tokens())),
                format_count(static_cast<double>(val_loader.num_tokens())), o.data_dir, T);
@@ -265,9 +295,12 @@ TrainSummary run_training_on(const TrainOptions& o, comm::Communicator& comm) {
 
   TrainSummary sum;
   sum.metrics_path = metrics_path;
-  sum.initial_val_loss = validate(o.eval_batches);
+  monitor::MonitorMaster monitors(config, rank);
+  if (show)
+    for (const auto& m : monitors.monitors()) fmt::print(stderr, "monitor {}\n", m->log_dir());
+  sum.initial_val_loss = validate(eval_batches);
   if (show) fmt::print(stderr, "initial validation loss {:.4f} (first {} batches)\n", sum.initial_val_loss,
-                           std::min(o.eval_batches, val_loader.num_batches()));
+                           std::min(eval_batches, val_loader.num_batches()));
 
   ProgressBar bar(steps, print_every);
   const auto t_train = std::chrono::steady_clock::now();
@@ -300,11 +333,19 @@ TrainSummary run_training_on(const TrainOptions& o, comm::Communicator& comm) {
     if (o.time_limit_s > 0 && world > 1) comm.broadcast(&out_of_time, 1, DType::i32, 0);  // rank 0 decides
     const bool last = step == steps || out_of_time;
     if (!last && o.eval_interval > 0 && step % o.eval_interval == 0) {
-      val = validate(o.eval_batches);
+      val = validate(eval_batches);
       last_val = val;
       if (show) bar.message(fmt::format("step {}: validation loss {:.4f}", step, val));
     }
     if (metrics) metrics->row(step, r.loss, val, r.lr, r.grad_norm, tps);
+    if (monitors.enabled()) {  // DeepSpeed's engine events, at the count of samples seen
+      const int64_t samples = engine.global_steps() * config.train_batch_size;
+      std::vector<monitor::MonitorEvent> events = {{"Train/Samples/train_loss", r.loss, samples},
+                                                   {"Train/Samples/lr", r.lr, samples}};
+      if (config.fp16.enabled) events.push_back({"Train/Samples/loss_scale", r.loss_scale, samples});
+      if (!std::isnan(val)) events.push_back({"Train/Samples/val_loss", val, samples});
+      monitors.write_events(events);
+    }
     if (show && config.activation_checkpointing.profile && o.checkpoint_activations &&
         (step % print_every == 0 || last))
       bar.message(fmt::format("step {}: recomputing checkpointed forwards took {:.1f} ms of the step's {:.1f} ms",
@@ -328,9 +369,22 @@ TrainSummary run_training_on(const TrainOptions& o, comm::Communicator& comm) {
   double acc = 0;
   for (double l : recent) acc += l;
   sum.final_train_loss = recent.empty() ? 0.0 : acc / static_cast<double>(recent.size());
-  sum.final_val_loss = validate(val_loader.num_batches());
+  sum.final_val_batches = o.eval_batches ? std::min(*o.eval_batches, val_loader.num_batches())
+                                         : val_loader.num_batches();
+  sum.final_val_loss = validate(sum.final_val_batches);
   if (metrics)
     metrics->row(engine.global_steps(), sum.final_train_loss, sum.final_val_loss, engine.current_lr(), 0.0, tps);
+  if (monitors.enabled())
+    monitors.write_events({{"Train/Samples/val_loss", sum.final_val_loss,
+                            engine.global_steps() * config.train_batch_size}});
+  if (lead) {
+    metrics.reset();  // closes the file
+    sum.chart_path = (fs::path(o.out_dir) / "loss.svg").string();
+    write_loss_svg({read_metrics_csv(metrics_path, fs::path(o.out_dir).filename().string())},
+                   fmt::format("{} on {}", model_config.name.empty() ? o.model : model_config.name,
+                               fs::path(o.data_dir).filename().string()),
+                   sum.chart_path);
+  }
 
   if (show) {
     fmt::print(stderr, "\ntrained {} steps ({} tokens) in {} at {} tokens/s (wall time {})\n", sum.steps,
@@ -340,10 +394,11 @@ TrainSummary run_training_on(const TrainOptions& o, comm::Communicator& comm) {
     if (engine.skipped_steps() > 0)
       fmt::print(stderr, "fp16: {} of {} steps skipped for overflowing gradients; loss scale now {}\n",
                  engine.skipped_steps(), engine.global_steps(), engine.loss_scale());
-    fmt::print(stderr, "validation loss {:.4f} -> {:.4f} nats/token over all {} validation batches\n",
-               sum.initial_val_loss, sum.final_val_loss, val_loader.num_batches());
+    fmt::print(stderr, "validation loss {:.4f} -> {:.4f} nats/token over {} {} validation batches\n",
+               sum.initial_val_loss, sum.final_val_loss,
+               sum.final_val_batches == val_loader.num_batches() ? "all" : "the first", sum.final_val_batches);
     fmt::print(stderr, "memory  {}peak RSS {:.0f} MiB\n", current_tracker().report(), peak_rss_mib());
-    fmt::print(stderr, "metrics {}\n", metrics_path);
+    fmt::print(stderr, "metrics {}\nchart   {}\n", metrics_path, sum.chart_path);
   }
   if (world > 1 || config.zero.stage > 0) print_zero_report(comm, engine, per_step, model_config.num_params());
   return sum;

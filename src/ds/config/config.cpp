@@ -162,21 +162,76 @@ std::string blank_hjson_extras(std::string text, const std::string& source) {
   return text;
 }
 
+// hjson's other extension in DeepSpeed's tutorials: a line break instead of the comma between two members or list
+// values. Where a value ends, a line break follows and another member or value starts, a comma is inserted (in
+// plain JSON the two can never touch, so valid text is unchanged). `inserted` gets the offsets of the commas in
+// the returned text, to map parser offsets back onto the file.
+std::string insert_line_break_commas(const std::string& text, std::vector<size_t>& inserted) {
+  std::string out;
+  out.reserve(text.size() + 16);
+  bool in_string = false, newline_since = false;
+  char last = 0;         // the last significant character outside strings ('"' for a string's end)
+  size_t last_out = 0;   // where it is in `out`
+  auto is_value_end = [](char c) {
+    return c == '"' || c == '}' || c == ']' || std::isdigit(static_cast<unsigned char>(c)) || c == 'e' || c == 'l';
+  };
+  auto is_value_start = [](char c) {
+    return c == '"' || c == '{' || c == '[' || c == '-' || std::isdigit(static_cast<unsigned char>(c)) || c == 't' ||
+           c == 'f' || c == 'n';
+  };
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char ch = text[i];
+    if (in_string) {
+      out.push_back(ch);
+      if (ch == '\\' && i + 1 < text.size()) {
+        out.push_back(text[++i]);
+      } else if (ch == '"') {
+        in_string = false;
+        last = '"';
+        last_out = out.size() - 1;
+        newline_since = false;
+      }
+      continue;
+    }
+    if (std::isspace(static_cast<unsigned char>(ch))) {
+      newline_since = newline_since || ch == '\n';
+      out.push_back(ch);
+      continue;
+    }
+    if (newline_since && is_value_end(last) && is_value_start(ch)) {
+      out.insert(out.begin() + static_cast<std::ptrdiff_t>(last_out + 1), ',');
+      inserted.push_back(last_out + 1);
+    }
+    out.push_back(ch);
+    if (ch == '"') {
+      in_string = true;
+    } else {
+      last = ch;
+      last_out = out.size() - 1;
+    }
+    newline_since = false;
+  }
+  return out;
+}
+
 json parse_json_text(const std::string& raw_text, const std::string& source) {
   DS_CHECK_AS(ConfigError, raw_text.size() <= kMaxConfigBytes,
               "[config] {} is {} bytes; a DeepSpeed config is a few KiB and at most {} MiB is read: check that this "
               "is the config file", source, raw_text.size(), kMaxConfigBytes >> 20);
-  const std::string text = blank_hjson_extras(raw_text, source);
+  std::vector<size_t> inserted;
+  const std::string text = insert_line_break_commas(blank_hjson_extras(raw_text, source), inserted);
   DuplicateFinder finder;
   json root;
   try {
     root = json::parse(text, std::ref(finder), /*allow_exceptions=*/true, /*ignore_comments=*/false);
   } catch (const json::parse_error& e) {
-    // e.byte is the 1-based offset of the character that failed; turn it into line and column ourselves.
-    const size_t byte = std::min<size_t>(e.byte == 0 ? 0 : e.byte - 1, text.size());
+    // e.byte is the 1-based offset of the character that failed; turn it into line and column of the file.
+    size_t byte = std::min<size_t>(e.byte == 0 ? 0 : e.byte - 1, text.size());
+    byte -= static_cast<size_t>(std::lower_bound(inserted.begin(), inserted.end(), byte) - inserted.begin());
+    byte = std::min(byte, raw_text.size());
     size_t line = 1, column = 1;
     for (size_t i = 0; i < byte; ++i) {
-      if (text[i] == '\n') {
+      if (raw_text[i] == '\n') {
         ++line;
         column = 1;
       } else {
@@ -186,9 +241,9 @@ json parse_json_text(const std::string& raw_text, const std::string& source) {
     std::string detail = e.what();
     const size_t syntax = detail.find("syntax error");
     if (syntax != std::string::npos) detail = detail.substr(syntax);
-    DS_THROW(ConfigError, "[config] {} is not valid JSON: line {}, column {}: {}; fix the syntax there (comments and "
-             "trailing commas are allowed, as in DeepSpeed's hjson; single quotes and unquoted keys or strings are "
-             "not)", source, line, column, detail);
+    DS_THROW(ConfigError, "[config] {} is not valid JSON: line {}, column {}: {}; fix the syntax there (comments, "
+             "trailing commas and line breaks between members are allowed, as in DeepSpeed's hjson; single quotes and "
+             "unquoted keys or strings are not)", source, line, column, detail);
   }
   DS_CHECK_AS(ConfigError, finder.duplicate.empty(),
               "[config] duplicate key '{}' in {}; DeepSpeed rejects duplicate keys too: keep one of them",

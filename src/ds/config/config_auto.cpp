@@ -108,6 +108,13 @@ Rule rule(std::vector<std::string> path, const FlagValue<T>& f, const char* flag
 void resolve_auto(json& root, int world, const AutoValues& a, const std::string& source,
                   std::vector<std::string>& resolved, std::vector<std::string>& warnings) {
   Resolver res(root, source, resolved, warnings);
+  // A config without any batch size (a tutorial's fragment, an autotuning template) takes the flags' batch: DeepSpeed
+  // would stop there, but a training program has its own batch size to offer, and says it did.
+  if (root.is_object() && !root.contains("train_batch_size") && !root.contains("train_micro_batch_size_per_gpu")) {
+    root["train_micro_batch_size_per_gpu"] = a.micro_batch.value;
+    resolved.push_back(fmt::format("'train_micro_batch_size_per_gpu' = {} ({}; the config sets no batch size)",
+                                   a.micro_batch.value, a.micro_batch.given ? "--micro-batch" : "default of --micro-batch"));
+  }
   res.apply(rule({"train_micro_batch_size_per_gpu"}, a.micro_batch, "--micro-batch"));
   res.apply(rule({"gradient_accumulation_steps"}, a.grad_accum, "--grad-accum"));
   // train_batch_size = world x micro x accumulation, from the values the config now holds.
@@ -130,7 +137,8 @@ void resolve_auto(json& root, int world, const AutoValues& a, const std::string&
   const json lr = res.effective({"optimizer", "params", "lr"}, a.lr.value);
   res.apply(Rule{{"scheduler", "params", "warmup_max_lr"}, lr, "the optimizer's lr", false});
   res.apply(rule({"scheduler", "params", "warmup_num_steps"}, a.warmup_steps, "--warmup-steps"));
-  res.apply(rule({"scheduler", "params", "total_num_steps"}, a.total_steps, "--steps"));
+  res.apply(Rule{{"scheduler", "params", "total_num_steps"}, a.total_steps.value, "the run's length, --steps",
+                 a.total_steps.given});
 
   // --precision: an explicit "enabled" must agree with it; a block it needs but the config lacks is a warning.
   const std::string& p = a.precision.value;

@@ -49,7 +49,11 @@ bool read_dtype(BlockReader& r, std::string_view key, std::optional<DType>& out)
   }
   r.read(key, text);
   const std::string lower = to_lower(text);
-  if (lower == "fp32") {
+  if (lower == "bfp16") {  // the name DeepSpeed's older releases used (Megatron-DeepSpeed's configs still do)
+    out = DType::bf16;
+    r.ctx().warn(fmt::format("[config] '{}' = '{}' in {} is the old name of 'bf16', which current DeepSpeed "
+                             "requires; read as 'bf16'", r.key_name(key), text, r.ctx().source));
+  } else if (lower == "fp32") {
     out = DType::f32;
   } else if (lower == "fp16") {
     out = DType::f16;
@@ -298,16 +302,8 @@ void parse_activation_checkpointing(BlockReader r, ActivationCheckpointingConfig
   r.read("synchronize_checkpoint_boundary", out.synchronize_checkpoint_boundary);
   r.read("profile", out.profile);
   r.finish();
-  // DeepSpeed asserts both when it configures checkpointing (runtime/activation_checkpointing/checkpointing.py).
-  DS_CHECK_AS(ConfigError, !out.contiguous_memory_optimization || out.partition_activations,
-              "[config] 'activation_checkpointing.contiguous_memory_optimization' in {} needs "
-              "'partition_activations': true, as in DeepSpeed; set it, or remove contiguous_memory_optimization",
-              r.ctx().source);
-  DS_CHECK_AS(ConfigError, !out.contiguous_memory_optimization || out.number_checkpoints.has_value(),
-              "[config] 'activation_checkpointing.contiguous_memory_optimization' in {} needs "
-              "'number_checkpoints' (the number of checkpointed layers), as in DeepSpeed; set it to the model's "
-              "n_layer",
-              r.ctx().source);
+  // DeepSpeed asserts contiguous_memory_optimization's needs when checkpointing is configured, which only happens
+  // when it is used: Engine::configure_checkpointing checks them then.
 }
 
 void parse_pipeline(BlockReader r, PipelineConfig& out) {
@@ -355,7 +351,7 @@ void parse_flops_profiler(BlockReader r, FlopsProfilerConfig& out) {
   if (!r.present()) return;
   r.read("enabled", out.enabled, Support::not_yet);
   r.read("recompute_fwd_factor", out.recompute_fwd_factor, Support::implemented, 0.0);
-  r.read("profile_step", out.profile_step, Support::implemented, 1);
+  r.read("profile_step", out.profile_step);  // Megatron-DeepSpeed writes -1 with the profiler off
   r.read("module_depth", out.module_depth, Support::implemented, -1);
   r.read("top_modules", out.top_modules, Support::implemented, 1);
   r.read("detailed", out.detailed);

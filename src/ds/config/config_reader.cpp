@@ -377,7 +377,12 @@ void BlockReader::finish() {
     for (const auto& [k, text] : hints_) {
       if (k == key) extra = fmt::format(" ({})", text);
     }
-    const std::string guess = did_you_mean(key, known_);
+    std::string guess = did_you_mean(key, known_);
+    // Where DeepSpeed would ignore the key, a short one must be one edit away to count as a typo: "fp8" (an
+    // application's own block) is not a misspelt "fp16".
+    if (keys_ == Keys::lenient && !guess.empty() && key.size() <= 4 &&
+        edit_distance(key, guess, Case::insensitive) > 1)
+      guess.clear();
     if (!guess.empty()) {
       DS_THROW(ConfigError, "[config] unknown key '{}' in {}{}; did you mean '{}'?{}", key_name(key), ctx_->source,
                extra, guess,

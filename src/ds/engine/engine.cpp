@@ -99,6 +99,16 @@ void Engine::configure_checkpointing() {
                   config_.source);
     return;
   }
+  // DeepSpeed asserts both when it configures checkpointing (runtime/activation_checkpointing/checkpointing.py).
+  DS_CHECK_AS(ConfigError, !a.contiguous_memory_optimization || a.partition_activations,
+              "[engine] 'activation_checkpointing.contiguous_memory_optimization' in {} needs "
+              "'partition_activations': true, as in DeepSpeed; set it, or remove contiguous_memory_optimization",
+              config_.source);
+  DS_CHECK_AS(ConfigError, !a.contiguous_memory_optimization || a.number_checkpoints.has_value(),
+              "[engine] 'activation_checkpointing.contiguous_memory_optimization' in {} needs "
+              "'number_checkpoints' (the number of checkpointed layers), as in DeepSpeed; set it to the model's "
+              "n_layer",
+              config_.source);
   const int64_t checkpoints = model_->config().n_layer;
   DS_CHECK_AS(ConfigError,
               !a.contiguous_memory_optimization || !a.number_checkpoints || *a.number_checkpoints >= checkpoints,
