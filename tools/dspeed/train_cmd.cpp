@@ -44,7 +44,7 @@ void add_train_command(CLI::App& root) {
                                "folder with train.bin and val.bin token shards (the default is prepared from the "
                                "bundled corpus on first use)")
                    ->capture_default_str();
-  cmd->add_option("--corpus", opts->corpus_dir, "text corpus to prepare --data from when it is missing")
+  cmd->add_option("--corpus", opts->corpus_dir, "text corpus to prepare the default --data from when it is missing (a --data given must exist)")
       ->capture_default_str();
   cmd->add_option("--tokenizer", opts->tokenizer_dir, "folder with encoder.json and vocab.bpe")
       ->capture_default_str();

@@ -442,10 +442,14 @@ std::string DeepSpeedConfig::summary() const {
   s += fmt::format("  batch: train_batch_size {} = micro batch {} x gradient accumulation {} x dp {}\n",
                    train_batch_size, train_micro_batch_size_per_gpu, gradient_accumulation_steps, dp_world_size);
   const OptimizerConfig& o = optimizer;
+  const bool lamb = o.type == "lamb";
   s += fmt::format("  optimizer: {}{} ({}) lr {} betas ({}, {}) eps {} weight_decay {} bias_correction {}\n",
-                   o.type == "adamw" ? "AdamW" : "Adam", o.from_config ? "" : " [default, no optimizer block]",
-                   o.adam_w_mode ? "decoupled weight decay" : "L2 weight decay", o.lr, o.beta1, o.beta2, o.eps,
-                   o.weight_decay, o.bias_correction ? "on" : "off");
+                   lamb ? "LAMB" : o.type == "adamw" ? "AdamW" : "Adam",
+                   o.from_config ? "" : " [default, no optimizer block]",
+                   lamb ? fmt::format("trust ratio per parameter in [{}, {}]", o.min_coeff, o.max_coeff)
+                   : o.adam_w_mode ? "decoupled weight decay"
+                                   : "L2 weight decay",
+                   o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, o.bias_correction ? "on" : "off");
   const SchedulerConfig& sc = scheduler;
   const char* warm = sc.warmup_type == WarmupType::log ? "log" : "linear";
   switch (sc.type) {

@@ -22,10 +22,11 @@
 namespace ds::config {
 
 // ---- optimizer --------------------------------------------------------------------------------------------------
-// Only Adam/AdamW exist so far. DeepSpeed builds FusedAdam (or DeepSpeedCPUAdam under offload) with these defaults.
+// Adam/AdamW (DeepSpeed builds FusedAdam, or DeepSpeedCPUAdam under offload, with these defaults) and LAMB
+// (FusedLamb: its defaults are the same for lr, betas, eps, weight decay and bias correction).
 struct OptimizerConfig {
   bool from_config = false;  // false: ds_config.json had no "optimizer" block and the defaults below apply
-  std::string type = "adamw";  // lower-cased DeepSpeed name: "adam" or "adamw"
+  std::string type = "adamw";  // lower-cased DeepSpeed name: "adam", "adamw" or "lamb"
   double lr = 1e-3;
   double beta1 = 0.9;
   double beta2 = 0.999;
@@ -34,6 +35,10 @@ struct OptimizerConfig {
   bool adam_w_mode = true;    // effective mode: "AdamW" forces it; "Adam" is AdamW unless adam_w_mode is false
   bool bias_correction = true;
   bool torch_adam = false;  // accepted for compatibility; has no effect here
+  // LAMB only: the trust ratio's clamp, and where eps goes (FusedLamb's defaults)
+  double max_coeff = 10.0;
+  double min_coeff = 0.01;
+  bool eps_inside_sqrt = false;
 };
 
 // ---- scheduler (runtime/lr_schedules.py) ------------------------------------------------------------------------

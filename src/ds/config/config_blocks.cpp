@@ -90,18 +90,43 @@ void parse_optimizer(BlockReader r, OptimizerConfig& out) {
   // decoupled weight decay and no bias correction (onebit/adam.py, onebit/zoadam.py), and that is what runs here,
   // for the whole run: the same optimizer with exact gradients instead of compressed momentum.
   const bool compressed_adam = lower == "onebitadam" || lower == "zerooneadam";
-  if (lower != "adam" && lower != "adamw" && !compressed_adam) {
+  const bool compressed_lamb = lower == "onebitlamb";  // likewise: its warm-up stage is exact LAMB
+  const bool lamb = lower == "lamb" || compressed_lamb;
+  if (lower != "adam" && lower != "adamw" && !compressed_adam && !lamb) {
     for (const auto& n : kDeepSpeedNames) {
       if (to_lower(n) == lower) {
         DS_THROW(ConfigError, "[config] optimizer.type '{}' in {} is a DeepSpeed optimizer that deepspeed.cpp does "
                  "not implement yet, and running Adam instead would train differently than asked; supported: Adam, "
-                 "AdamW (and OneBitAdam / ZeroOneAdam, run as uncompressed Adam)", type, r.ctx().source);
+                 "AdamW, Lamb (and OneBitAdam / ZeroOneAdam / OneBitLamb, run uncompressed)", type, r.ctx().source);
       }
     }
-    DS_THROW(ConfigError, "[config] unknown optimizer.type '{}' in {} (deepspeed.cpp supports Adam and AdamW; "
+    DS_THROW(ConfigError, "[config] unknown optimizer.type '{}' in {} (deepspeed.cpp supports Adam, AdamW and Lamb; "
              "torch.optim optimizers are not available){}", type, r.ctx().source, suggestion(type, kDeepSpeedNames));
   }
-  out.type = compressed_adam ? "adamw" : lower;
+  out.type = compressed_adam ? "adamw" : lamb ? "lamb" : lower;
+  if (lamb) {
+    p.read("max_coeff", out.max_coeff, Support::implemented, 0.0);
+    p.read("min_coeff", out.min_coeff, Support::implemented, 0.0);
+    DS_CHECK_AS(ConfigError, out.min_coeff <= out.max_coeff,
+                "[config] 'optimizer.params.min_coeff' ({}) in {} is above max_coeff ({}); the trust ratio is clamped "
+                "to [min_coeff, max_coeff]", out.min_coeff, r.ctx().source, out.max_coeff);
+    p.read("eps_inside_sqrt", out.eps_inside_sqrt);
+  }
+  if (compressed_lamb) {
+    r.ctx().not_implemented.push_back(fmt::format("'optimizer.type' = '{}' (runs as uncompressed LAMB: exact "
+                                                  "gradients, per-step trust ratios)", type));
+    int64_t freeze_step = 100000;
+    double coeff_beta = 0.9, factor_max = 4.0, factor_min = 0.5, factor_threshold = 0.1;
+    bool cuda_aware = false;
+    std::string backend = "nccl";
+    p.read("freeze_step", freeze_step);
+    p.read("coeff_beta", coeff_beta);
+    p.read("factor_max", factor_max);
+    p.read("factor_min", factor_min);
+    p.read("factor_threshold", factor_threshold);
+    p.read("cuda_aware", cuda_aware);
+    p.read("comm_backend_name", backend);
+  }
   if (compressed_adam) {
     r.ctx().not_implemented.push_back(fmt::format("'optimizer.type' = '{}' (runs as uncompressed Adam: decoupled "
                                                   "weight decay, no bias correction, exact gradients)", type));
@@ -134,31 +159,35 @@ void parse_optimizer(BlockReader r, OptimizerConfig& out) {
   const bool wd_given = p.read("weight_decay", out.weight_decay, Support::implemented, 0.0);
   bool unused_bias_correction = true;  // 1-bit Adam takes the argument and never applies it
   p.read("bias_correction", compressed_adam ? unused_bias_correction : out.bias_correction);
-  bool adam_w_mode = true;
-  const bool mode_given = p.read("adam_w_mode", adam_w_mode);
-  out.adam_w_mode = (lower == "adamw") || compressed_adam || adam_w_mode;  // engine.py: name == adamw or adam_w_mode
-  if (lower == "adamw" && mode_given && !adam_w_mode) {
-    r.ctx().warn(fmt::format("[config] 'optimizer.params.adam_w_mode' = false in {} is ignored: type \"AdamW\" "
-                             "always uses decoupled weight decay (as in DeepSpeed); use type \"Adam\" for L2 decay",
-                             r.ctx().source));
-  }
-  if (p.read("torch_adam", out.torch_adam) && out.torch_adam) {
-    r.ctx().warn(fmt::format(
-        "[config] 'optimizer.params.torch_adam' = true in {} is ignored: deepspeed.cpp always runs its own "
-        "Adam/AdamW (same update rule){}",
-        r.ctx().source,
-        (!wd_given && out.adam_w_mode) ? "; note that torch's AdamW would default weight_decay to 0.01, here it is 0"
-                                       : ""));
+  if (!lamb) {  // FusedAdam arguments (FusedLamb would refuse them)
+    bool adam_w_mode = true;
+    const bool mode_given = p.read("adam_w_mode", adam_w_mode);
+    out.adam_w_mode = (lower == "adamw") || compressed_adam || adam_w_mode;  // engine.py: name == adamw or adam_w_mode
+    if (lower == "adamw" && mode_given && !adam_w_mode) {
+      r.ctx().warn(fmt::format("[config] 'optimizer.params.adam_w_mode' = false in {} is ignored: type \"AdamW\" "
+                               "always uses decoupled weight decay (as in DeepSpeed); use type \"Adam\" for L2 decay",
+                               r.ctx().source));
+    }
+    if (p.read("torch_adam", out.torch_adam) && out.torch_adam) {
+      r.ctx().warn(fmt::format(
+          "[config] 'optimizer.params.torch_adam' = true in {} is ignored: deepspeed.cpp always runs its own "
+          "Adam/AdamW (same update rule){}",
+          r.ctx().source,
+          (!wd_given && out.adam_w_mode) ? "; note that torch's AdamW would default weight_decay to 0.01, here it is 0"
+                                         : ""));
+    }
   }
   bool amsgrad = false;
   p.read("amsgrad", amsgrad);
   DS_CHECK_AS(ConfigError, !amsgrad,
               "[config] 'optimizer.params.amsgrad' = true in {} is not supported (DeepSpeed's FusedAdam rejects it "
               "too); remove it", r.ctx().source);
-  bool set_grad_none = true;  // FusedAdam argument; gradients are buffers we own, so it has no meaning here
-  p.read("set_grad_none", set_grad_none);
-  bool fp32_optimizer_states = true;  // DeepSpeedCPUAdam argument
-  p.read("fp32_optimizer_states", fp32_optimizer_states, Support::not_yet);
+  if (!lamb) {
+    bool set_grad_none = true;  // FusedAdam argument; gradients are buffers we own, so it has no meaning here
+    p.read("set_grad_none", set_grad_none);
+    bool fp32_optimizer_states = true;  // DeepSpeedCPUAdam argument
+    p.read("fp32_optimizer_states", fp32_optimizer_states, Support::not_yet);
+  }
   p.finish();
 }
 

@@ -51,6 +51,19 @@ Engine::Engine(const nn::Gpt2Config& model_config, const config::DeepSpeedConfig
   hyper.adam_w_mode = config.optimizer.adam_w_mode;
   hyper.bias_correction = config.optimizer.bias_correction;
   optimizer_ = std::make_unique<zero::ZeroOptimizer>(model_->params(), *comm_, config.zero, hyper, precision);
+  if (config.optimizer.type == "lamb") {
+    cpu::LambParams lamb;
+    lamb.lr = hyper.lr;
+    lamb.beta1 = hyper.beta1;
+    lamb.beta2 = hyper.beta2;
+    lamb.eps = hyper.eps;
+    lamb.weight_decay = hyper.weight_decay;
+    lamb.bias_correction = hyper.bias_correction;
+    lamb.eps_inside_sqrt = config.optimizer.eps_inside_sqrt;
+    lamb.max_coeff = static_cast<float>(config.optimizer.max_coeff);
+    lamb.min_coeff = static_cast<float>(config.optimizer.min_coeff);
+    optimizer_->use_lamb(lamb);
+  }
   if (config.fp16.enabled) {
     const config::Fp16Config& f = config.fp16;
     optim::LossScalerParams p;

@@ -119,16 +119,18 @@ std::string python_float_repr(double v) {
   const int decpt = exp10 + 1;  // v = 0.<digits> * 10^decpt
   const int nd = static_cast<int>(digits.size());
   std::string out = negative ? "-" : "";
+  // Appended piece by piece: GCC 12 misreads string concatenations here as overlapping copies (-Wrestrict).
   if (decpt <= -4 || decpt > 16) {
-    out += digits.substr(0, 1);
-    if (nd > 1) out += "." + digits.substr(1);
+    out.append(digits, 0, 1);
+    if (nd > 1) out.append(".").append(digits, 1, std::string::npos);
     out += fmt::format("e{}{:02d}", exp10 < 0 ? '-' : '+', exp10 < 0 ? -exp10 : exp10);
   } else if (decpt <= 0) {
-    out += "0." + std::string(static_cast<size_t>(-decpt), '0') + digits;
+    out.append("0.").append(static_cast<size_t>(-decpt), '0').append(digits);
   } else if (decpt >= nd) {
-    out += digits + std::string(static_cast<size_t>(decpt - nd), '0') + ".0";
+    out.append(digits).append(static_cast<size_t>(decpt - nd), '0').append(".0");
   } else {
-    out += digits.substr(0, static_cast<size_t>(decpt)) + "." + digits.substr(static_cast<size_t>(decpt));
+    out.append(digits, 0, static_cast<size_t>(decpt)).append(".").append(digits, static_cast<size_t>(decpt),
+                                                                           std::string::npos);
   }
   return out;
 }

@@ -13,6 +13,7 @@
 
 namespace ds::cpu {
 struct AdamParams;
+struct LambParams;
 }
 
 namespace ds::ops {
@@ -74,5 +75,12 @@ void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const 
                 const cpu::AdamParams& hyper, float grad_scale, const Tensor& wide = Tensor());
 // Sum of the squares of x's elements (f32, bf16 or f16) in double precision.
 double sum_squares(const Tensor& x);
+// LAMB's three passes over one parameter tensor (DeepSpeed's FusedLamb, kernels/cpu/kernels.h): the moments from
+// the gradient multiplied by grad_scale (grad fp32, or 16-bit widened through `wide`), the sum of squares of the
+// update, and the update scaled by `step` (lamb_step_size x lamb_coefficient). fp32 param, m and v; CPU only.
+void lamb_moments(const Tensor& grad, const Tensor& m, const Tensor& v, const cpu::LambParams& hyper,
+                  float grad_scale, const Tensor& wide = Tensor());
+double lamb_update_sum_squares(const Tensor& param, const Tensor& m, const Tensor& v, const cpu::LambParams& hyper);
+void lamb_apply(const Tensor& param, const Tensor& m, const Tensor& v, const cpu::LambParams& hyper, float step);
 
 }  // namespace ds::ops

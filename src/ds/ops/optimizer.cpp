@@ -1,5 +1,5 @@
-// The optimizer ops (ops.h): Adam over one chunk of parameters and the gradient norm's sum of squares, with the
-// argument checks of every op; 16-bit gradients are widened a piece at a time.
+// The optimizer ops (ops.h): Adam over one chunk of parameters, LAMB's passes over one parameter, and the gradient
+// norm's sum of squares, with the argument checks of every op; 16-bit gradients are widened a piece at a time.
 #include <algorithm>
 
 #include "ds/kernels/cpu/kernels.h"
@@ -69,6 +69,52 @@ double sum_squares(const Tensor& x) {
     total += cpu::sum_squares(piece, len);
   }
   return total;
+}
+
+namespace {
+
+// The checks every LAMB pass shares: fp32 param-sized tensors on the CPU (no GPU kernel yet).
+int64_t lamb_args(const char* op, std::initializer_list<Arg> state) {
+  const Device dev = detail::common_device(op, state);
+  if (!dev.is_cpu()) detail::no_kernel(op, dev);
+  const int64_t n = state.begin()->t.numel();
+  for (const Arg& a : state) {
+    detail::expect_dtype(op, a, DType::f32);
+    detail::expect_numel(op, a, n);
+  }
+  return n;
+}
+
+}  // namespace
+
+void lamb_moments(const Tensor& grad, const Tensor& m, const Tensor& v, const cpu::LambParams& hyper,
+                  float grad_scale, const Tensor& wide) {
+  const char* op = "lamb_moments";
+  const int64_t n = lamb_args(op, {{"m", m}, {"v", v}});
+  detail::common_device(op, {{"grad", grad}, {"m", m}});
+  detail::expect_numel(op, {"grad", grad}, n);
+  DS_CHECK_AS(ShapeError, is_float(grad.dtype()), "[ops] lamb_moments: grad must be f32, bf16 or f16, found {}",
+              grad.str());
+  Tensor g = grad;
+  if (grad.dtype() != DType::f32) {
+    detail::expect_defined(op, {"wide", wide});
+    detail::expect_dtype(op, {"wide", wide}, DType::f32);
+    DS_ASSERT(wide.numel() >= n, "lamb_moments: wide holds {} elements, grad {}", wide.numel(), n);
+    g = wide.narrow(0, n);
+    g.copy_from(grad);
+  }
+  cpu::lamb_moments(g.data<float>(), m.data<float>(), v.data<float>(), static_cast<size_t>(n), hyper, grad_scale);
+}
+
+double lamb_update_sum_squares(const Tensor& param, const Tensor& m, const Tensor& v, const cpu::LambParams& hyper) {
+  const int64_t n = lamb_args("lamb_update_sum_squares", {{"param", param}, {"m", m}, {"v", v}});
+  return cpu::lamb_update_sum_squares(param.data<float>(), m.data<float>(), v.data<float>(), static_cast<size_t>(n),
+                                      hyper);
+}
+
+void lamb_apply(const Tensor& param, const Tensor& m, const Tensor& v, const cpu::LambParams& hyper, float step) {
+  const int64_t n = lamb_args("lamb_apply", {{"param", param}, {"m", m}, {"v", v}});
+  cpu::lamb_apply(param.data<float>(), m.data<float>(), v.data<float>(), static_cast<size_t>(n), hyper, step);
 }
 
 }  // namespace ds::ops

@@ -37,8 +37,74 @@ OptimizerStep::OptimizerStep(const PartitionLayout& layout, OptimizerStateStore&
   }
 }
 
+void OptimizerStep::use_lamb(const cpu::LambParams& hyper, std::vector<std::pair<int64_t, int64_t>> spans) {
+  for (size_t i = 0; i < spans.size(); ++i) {
+    DS_ASSERT(spans[i].first < spans[i].second && spans[i].second <= layout_.partition_numel() &&
+                  (i == 0 || spans[i - 1].second <= spans[i].first),
+              "LAMB spans are sorted, disjoint and inside the partition");
+  }
+  lamb_ = true;
+  lamb_hyper_ = hyper;
+  spans_ = std::move(spans);
+}
+
+template <typename F>
+void OptimizerStep::for_spans(int64_t begin, int64_t count, F&& f) const {
+  auto it = std::upper_bound(spans_.begin(), spans_.end(), begin,
+                             [](int64_t x, const std::pair<int64_t, int64_t>& s) { return x < s.second; });
+  for (; it != spans_.end() && it->first < begin + count; ++it) {
+    const int64_t lo = std::max(begin, it->first), hi = std::min(begin + count, it->second);
+    if (lo < hi) f(static_cast<size_t>(it - spans_.begin()), lo, hi - lo);
+  }
+}
+
+// Note [LAMB over tiles]
+// FusedLamb's trust ratio needs a whole parameter's norms before any of it moves, so LAMB takes two passes over
+// the state tiles: the first updates the moments and sums each parameter's |w|^2 and |u|^2 (in tile and piece
+// order, so the sums are reproducible), the second applies each parameter's step. Padding elements belong to no
+// span: their gradients, moments and parameters stay zero.
+void OptimizerStep::step_lamb(float lr, float grad_scale, const OwnedFn& params, const OwnedFn& grads) {
+  cpu::LambParams p = lamb_hyper_;
+  p.lr = lr;
+  p.step = step_;
+  const float scale = grad_scale / static_cast<float>(layout_.world());
+  const StateMask which = state_.kinds();
+  std::vector<double> w_sq(spans_.size(), 0.0), u_sq(spans_.size(), 0.0);
+  auto for_pieces = [&](auto&& f) {
+    for (int64_t t = 0; t < state_.tile_count(); ++t) {
+      if (t + 1 < state_.tile_count()) state_.prefetch(t + 1, which);
+      const StateTile tile = state_.acquire(t, which, TileAccess::read_write);
+      layout_.for_partition(tile.begin, tile.begin + tile.count, [&](size_t unit, int64_t part, int64_t count) {
+        for_spans(part, count, [&](size_t span, int64_t lo, int64_t n) {
+          const int64_t in_chunk = lo - layout_[unit].part_offset, in_tile = lo - tile.begin;
+          Tensor param = params(unit).narrow(in_chunk, n);
+          const Tensor weights =
+              precision_.mixed() ? tile.view(StateKind::master).narrow(in_tile, n) : param;  // fp32 either way
+          f(span, param, weights, grads(unit).narrow(in_chunk, n), tile.view(StateKind::exp_avg).narrow(in_tile, n),
+            tile.view(StateKind::exp_avg_sq).narrow(in_tile, n));
+        });
+      });
+      state_.release(tile);
+    }
+  };
+  for_pieces([&](size_t span, const Tensor&, const Tensor& w, const Tensor& g, const Tensor& m, const Tensor& v) {
+    ops::lamb_moments(g, m, v, p, scale, wide_grads_);
+    w_sq[span] += ops::sum_squares(w);
+    u_sq[span] += ops::lamb_update_sum_squares(w, m, v, p);
+  });
+  const float step_size = cpu::lamb_step_size(p);
+  for_pieces([&](size_t span, Tensor& param, const Tensor& w, const Tensor&, const Tensor& m, const Tensor& v) {
+    ops::lamb_apply(w, m, v, p, step_size * cpu::lamb_coefficient(w_sq[span], u_sq[span], p));
+    if (precision_.mixed()) param.copy_from(w);  // rounded into the 16-bit parameters
+  });
+}
+
 void OptimizerStep::step(float lr, float grad_scale, const OwnedFn& params, const OwnedFn& grads) {
   ++step_;
+  if (lamb_) {
+    step_lamb(lr, grad_scale, params, grads);
+    return;
+  }
   cpu::AdamParams p = hyper_;
   p.lr = lr;
   p.step = step_;

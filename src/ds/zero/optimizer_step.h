@@ -1,5 +1,6 @@
 // The optimizer step of this rank's partition: Adam/AdamW (ops::adamw_step, DeepSpeed's CPU-Adam semantics) over
-// the owned chunks, one state tile at a time through the OptimizerStateStore, and the mixed-precision master
+// the owned chunks, one state tile at a time through the OptimizerStateStore, or LAMB (DeepSpeed's FusedLamb, one
+// trust ratio per parameter tensor: two passes, the moments and norms, then the scaled update), and the mixed-precision master
 // weights (Note [Mixed precision] in the .cpp): with 16-bit parameters the store holds an fp32 master copy of the
 // owned partition, Adam updates it, and the step rounds it into the 16-bit parameters. The step never sees where
 // parameters and gradients live: the caller hands it each unit's owned chunks.
@@ -8,6 +9,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <utility>
+#include <vector>
 
 #include "ds/core/tensor.h"
 #include "ds/kernels/cpu/kernels.h"
@@ -28,6 +31,10 @@ class OptimizerStep {
   // One Adam step with learning rate lr on gradients multiplied by grad_scale / N (the 1/N turns the summed
   // gradient into the mean): updates the owned parameters (through the master in mixed precision) and the moments.
   void step(float lr, float grad_scale, const OwnedFn& params, const OwnedFn& grads);
+  // Steps with LAMB from now on. `spans` are the parameter tensors as [begin, end) ranges of partition elements,
+  // sorted and disjoint: each gets its own trust ratio, so each must lie whole in this rank's partition.
+  void use_lamb(const cpu::LambParams& hyper, std::vector<std::pair<int64_t, int64_t>> spans);
+  bool lamb() const { return lamb_; }
   int64_t step_count() const { return step_; }
   void set_step_count(int64_t step) { step_ = step; }
 
@@ -36,11 +43,19 @@ class OptimizerStep {
   void write_master(int64_t begin, int64_t n, const float* in);
 
  private:
+  void step_lamb(float lr, float grad_scale, const OwnedFn& params, const OwnedFn& grads);
+  // f(span index, partition offset, count) for each piece of [begin, begin + count) that lies in a span.
+  template <typename F>
+  void for_spans(int64_t begin, int64_t count, F&& f) const;
+
   const PartitionLayout& layout_;
   OptimizerStateStore& state_;
   cpu::AdamParams hyper_;
   ZeroPrecision precision_;
   int64_t step_ = 0;
+  bool lamb_ = false;
+  cpu::LambParams lamb_hyper_;
+  std::vector<std::pair<int64_t, int64_t>> spans_;
   Tensor wide_grads_;  // mixed precision: gradients widened to fp32, one piece at a time (allocated once)
 };
 

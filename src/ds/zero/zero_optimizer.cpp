@@ -161,4 +161,21 @@ std::vector<float> ZeroOptimizer::full_parameters() {
   return out;
 }
 
+void ZeroOptimizer::use_lamb(const cpu::LambParams& hyper) {
+  // DeepSpeed's ZeRO would step LAMB on each rank's flat partition: one trust ratio per rank, results that change
+  // with the number of ranks. Per-parameter ratios need every parameter whole on its rank: stage 0.
+  DS_CHECK_AS(ConfigError, layout_.replicated(),
+              "[zero] LAMB runs at ZeRO stage 0 here, found stage {}: under ZeRO, DeepSpeed steps LAMB on each rank's "
+              "flat partition, one trust ratio per rank instead of per parameter, so its result would depend on the "
+              "number of ranks; use \"stage\": 0, or Adam/AdamW with ZeRO", stage_);
+  std::vector<std::pair<int64_t, int64_t>> spans;
+  for (const nn::Parameter& p : store_.all()) {
+    // Replicated: partition element == flat element (every unit is owned whole, in flat order).
+    spans.emplace_back(p.offset, p.offset + p.numel());
+  }
+  for (const zero::UnitLayout& u : layout_.units())
+    DS_ASSERT(u.part_offset == u.offset, "a replicated partition follows the flat layout");
+  step_.use_lamb(hyper, std::move(spans));
+}
+
 }  // namespace ds::zero

@@ -8,7 +8,7 @@
 //   GradientReducer       gradient landing, buckets and reductions: full (stages 0-1) or partitioned (stages 2-3)
 //                         (gradient_reducer.h)
 //   OptimizerStateStore   master weights and Adam moments, tile by tile (optimizer_state.h)
-//   OptimizerStep         Adam over the store, and the mixed-precision master (optimizer_step.h)
+//   OptimizerStep         Adam or LAMB over the store, and the mixed-precision master (optimizer_step.h)
 // Stages, with N data-parallel ranks and fp32 Adam (mixed precision: 2 + 2 + 12 bytes, Note [Mixed precision]):
 //   stage 0: gradients all-reduced (2Ψ), optimizer over everything (16Ψ per rank).
 //   stage 1: full gradients, reduce-scattered at the accumulation boundary (Ψ), optimizer state and step on the
@@ -66,6 +66,9 @@ class ZeroOptimizer : public nn::ModuleHooks {
   void read_owned_params(int64_t begin, int64_t n, float* out);
   void copy_owned_params(float* out) { read_owned_params(0, partition_numel(), out); }
   void set_step_count(int64_t step) { step_.set_step_count(step); }
+  // Steps with LAMB instead of Adam (DeepSpeed's FusedLamb: one trust ratio per parameter tensor). Needs the
+  // replicated layout of stage 0, where every rank holds every parameter whole; ConfigError otherwise.
+  void use_lamb(const cpu::LambParams& hyper);
 
   int stage() const { return stage_; }
   int world() const { return layout_.world(); }

@@ -160,6 +160,32 @@ void adamw_step(float* param, const float* grad, float* m, float* v, size_t n, c
 using kernels::AdamCoeffs;
 AdamCoeffs adam_coeffs(const AdamParams& p, float grad_scale);
 
+// LAMB with DeepSpeed's FusedLamb semantics (csrc/lamb/fused_lamb_cuda_kernel.cu), one parameter tensor at a time:
+//   g = grad * grad_scale ; m = b1*m + (1-b1)*g ; v = b2*v + (1-b2)*g*g          (lamb_moments)
+//   u = m / (sqrt(v) + eps) + weight_decay * param   (eps inside the sqrt with eps_inside_sqrt)
+//   coeff = clamp(|param| / |u|, min_coeff, max_coeff), 1 when either norm is 0      (lamb_coefficient)
+//   param -= step_size * coeff * u, step_size = lr * sqrt(bc2) / bc1 (lr without bias_correction)  (lamb_apply)
+// The trust ratio's norms use the moments as they are (bias correction lives in step_size only), as FusedLamb's.
+struct LambParams {
+  float lr = 1e-3f;
+  float beta1 = 0.9f;
+  float beta2 = 0.999f;
+  float eps = 1e-8f;
+  float weight_decay = 0.0f;
+  bool bias_correction = true;
+  bool eps_inside_sqrt = false;
+  float max_coeff = 10.0f;
+  float min_coeff = 0.01f;
+  int64_t step = 1;  // 1-based
+};
+void lamb_moments(const float* grad, float* m, float* v, size_t n, const LambParams& p, float grad_scale);
+// Sum of u^2 over n elements, in fixed 64K-element blocks added in order (deterministic, as sum_squares).
+double lamb_update_sum_squares(const float* param, const float* m, const float* v, size_t n, const LambParams& p);
+float lamb_coefficient(double param_sum_squares, double update_sum_squares, const LambParams& p);
+float lamb_step_size(const LambParams& p);
+// param -= step * u, with step = lamb_step_size * lamb_coefficient.
+void lamb_apply(float* param, const float* m, const float* v, size_t n, const LambParams& p, float step);
+
 // ---- 16-bit storage conversion: core/convert.h (Tensor::copy_from uses them), here under their kernel names ----
 using ds::bf16_to_f32;
 using ds::f16_to_f32;
