@@ -185,9 +185,14 @@ TEST_F(ConfigTest, OptimizerMaxGradNormRejected) {
 }
 
 TEST_F(ConfigTest, OptimizerTypes) {
-  expect_error(R"({"train_batch_size": 8, "optimizer": {"type": "Lamb"}})",
-               {"'Lamb'", "not implement yet", "would train differently", "supported: Adam, AdamW"});
-  expect_error(R"({"train_batch_size": 8, "optimizer": {"type": "OneBitLamb"}})", {"not implement yet"});
+  expect_error(R"({"train_batch_size": 8, "optimizer": {"type": "Lion"}})",
+               {"'Lion'", "not implement yet", "would train differently", "supported: Adam, AdamW, Lamb"});
+  const auto lamb = parse(R"({"train_batch_size": 8, "optimizer": {"type": "Lamb", "params": {"max_coeff": 0.3}}})");
+  EXPECT_EQ(lamb.optimizer.type, "lamb");
+  EXPECT_DOUBLE_EQ(lamb.optimizer.max_coeff, 0.3);
+  EXPECT_DOUBLE_EQ(lamb.optimizer.min_coeff, 0.01);  // FusedLamb's default
+  expect_error(R"({"train_batch_size": 8, "optimizer": {"type": "Lamb", "params": {"adam_w_mode": true}}})",
+               {"unknown key 'optimizer.params.adam_w_mode'"});  // not a FusedLamb argument
   expect_error(R"({"train_batch_size": 8, "optimizer": {"type": "Adma"}})",
                {"unknown optimizer.type 'Adma'", "did you mean 'Adam'?"});
   expect_error(R"({"train_batch_size": 8, "optimizer": {"params": {"lr": 1}}})", {"has no \"type\""});
@@ -232,9 +237,17 @@ TEST_F(ConfigTest, SchedulerErrors) {
   expect_error(R"({"train_batch_size": 8, "scheduler": {"type": "WarmupCosineLR", "params": {
       "total_num_steps": 100, "warmup_num_steps": 100}}})",
                {"total_num_steps' (100)", "greater than warmup_num_steps (100)"});
-  expect_error(R"({"train_batch_size": 8, "scheduler": {"type": "OneCycle"}})",
-               {"'OneCycle'", "not implement yet", "WarmupLR, WarmupDecayLR, WarmupCosineLR"});
-  expect_error(R"({"train_batch_size": 8, "scheduler": {"type": "LRRangeTest"}})", {"not implement yet"});
+  expect_error(R"({"train_batch_size": 8, "scheduler": {"type": "OneCycle", "params": {"cycle_max_lr": 0.1}}})",
+               {"'OneCycle'", "needs 'scheduler.params.cycle_min_lr'"});
+  expect_error(R"({"train_batch_size": 8, "scheduler": {"type": "OneCycle", "params": {"cycle_min_lr": 0.1,
+                   "cycle_max_lr": 0.2, "warmup_num_steps": 3}}})",
+               {"unknown key 'scheduler.params.warmup_num_steps'"});
+  const auto lr_range = parse(R"({"train_batch_size": 8, "scheduler": {"type": "LRRangeTest",
+                                  "params": {"lr_range_test_staircase": true}}})");
+  EXPECT_EQ(lr_range.scheduler.type, config::SchedulerType::lr_range_test);
+  EXPECT_DOUBLE_EQ(lr_range.scheduler.lr_range_test_min_lr, 1e-3);  // DeepSpeed's defaults
+  EXPECT_EQ(lr_range.scheduler.lr_range_test_step_size, 2000);
+  EXPECT_TRUE(lr_range.scheduler.lr_range_test_staircase);
   expect_error(R"({"train_batch_size": 8, "scheduler": {"type": "warmuplr"}})", {"did you mean 'WarmupLR'?"});
   expect_error(R"({"train_batch_size": 8, "scheduler": {"type": "WarmupCosineLr", "params": {}}})",
                {"did you mean 'WarmupCosineLR'?"});

@@ -29,8 +29,6 @@ struct Refusal {
 
 // File -> the refusal expected.
 const std::map<std::string, Refusal> kExpectedRefusals = {
-    {"deepspeedexamples__qanet_ds_bsz512_1cycle.json",
-     {"'OneCycle'", "the OneCycle schedule is not implemented: another schedule would train differently"}},
     {"deepspeedexamples__megatron_zero_stage_infinity_config.json",
      {"did you mean 'stage3_param_persistence_threshold'?",
       "misspells stage3_param_persistence_threshold; DeepSpeed's pydantic model refuses the unknown key too"}},

@@ -140,3 +140,28 @@ TEST(TrainConfig, ByteSizes) {
   EXPECT_THROW(app::parse_byte_size("0"), ConfigError);
   EXPECT_THROW(app::parse_byte_size("1e30"), ConfigError);
 }
+
+// OneCycle's momentum reaches Adam: cycling beta1 between equal bounds with the optimizer's own betas (0.9, 0.99)
+// changes nothing, bit for bit; the default bounds (0.8 <-> 0.9) change the update; and OneCycle's beta2 of 0.99
+// replaces the config's 0.999, as in DeepSpeed.
+TEST(Engine, OneCycleMomentumReachesTheOptimizer) {
+  const int T = 8;
+  Rows rows(T, 64);
+  auto run = [&](const std::string& betas, const std::string& momentum) {
+    const config::DeepSpeedConfig cfg = config::parse_config(
+        fmt::format(R"({{"train_micro_batch_size_per_gpu": 4, "optimizer": {{"type": "Adam",
+            "params": {{"lr": 0.01, "betas": {}}}}}, "scheduler": {{"type": "OneCycle", "params": {{
+            "cycle_min_lr": 0.001, "cycle_max_lr": 0.01, "cycle_first_step_size": 2 {}}}}}}})",
+                    betas, momentum),
+        1, "test");
+    engine::Engine engine(small_model(), cfg, T, nullptr, 3);
+    int step = 0;
+    for (; step < 4; ++step) engine.train_batch([&](int32_t* in, int32_t* tg) { rows.fill(4 * step, 4, in, tg); });
+    return params_of(engine.model());
+  };
+  const auto fixed = run("[0.9, 0.99]", R"(, "cycle_momentum": false)");
+  EXPECT_EQ(run("[0.9, 0.99]", R"(, "cycle_min_mom": 0.9, "cycle_max_mom": 0.9)"), fixed);
+  EXPECT_NE(run("[0.9, 0.99]", ""), fixed);
+  EXPECT_EQ(run("[0.9, 0.999]", R"(, "cycle_min_mom": 0.9, "cycle_max_mom": 0.9)"), fixed);
+  EXPECT_NE(run("[0.9, 0.999]", R"(, "cycle_momentum": false)"), fixed);
+}

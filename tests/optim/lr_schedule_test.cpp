@@ -1,6 +1,7 @@
 // Tests of LrSchedule against (a) hand-computed values with their arithmetic written out and (b) the formulas of
 // brief §1.3 restated independently here, at every step around the warmup and decay boundaries; plus DeepSpeed's
-// step convention (Note [LR schedule step convention]): the constructor's value first, then f(L0 + k).
+// step convention (Note [LR schedule step convention]): the constructor's value first, then f(L0 + k). OneCycle and
+// LRRangeTest against an object that replays DeepSpeed's classes (constructor, step(), get_lr/get_mom) literally.
 #include "ds/optim/lr_schedule.h"
 
 #include "ds/core/error.h"
@@ -210,6 +211,105 @@ TEST(LrSchedule, BuiltFromParsedConfig) {
 
 TEST(LrSchedule, RejectsIllFormedCosine) {
   EXPECT_THROW(optim::LrSchedule(warmup_cosine(10, 10, 0.0, 0.1, config::WarmupType::log), 1e-3), ConfigError);
+}
+
+// DeepSpeed's OneCycle as an object: what the optimizer holds after the constructor and after each step().
+struct OneCycleReplay {
+  double min_lr, max_lr, decay_lr_rate, min_mom, max_mom, decay_mom_rate;
+  double total_size, step_ratio;
+  int64_t decay_step_size;
+  bool skip_lr_decay, skip_mom_decay;
+  int64_t last_batch_iteration = -1;
+  double lr = 0, beta1 = 0, beta2 = 0;  // the optimizer's param group
+  explicit OneCycleReplay(const config::SchedulerConfig& c) {
+    min_lr = c.cycle_min_lr;
+    max_lr = c.cycle_max_lr;
+    decay_lr_rate = c.decay_lr_rate;
+    min_mom = c.cycle_min_mom;
+    max_mom = c.cycle_max_mom;
+    decay_mom_rate = c.decay_mom_rate;
+    const double first = double(c.cycle_first_step_size);
+    const double second = c.cycle_second_step_size ? double(*c.cycle_second_step_size) : first;
+    total_size = first + second;
+    step_ratio = first / total_size;
+    decay_step_size = c.decay_step_size;
+    skip_lr_decay = skip_mom_decay = decay_step_size == 0;
+    if (decay_lr_rate == 0) skip_lr_decay = true;
+    if (decay_mom_rate == 0) skip_mom_decay = true;
+    lr = min_lr;  // _initialize_lr, _initialize_momentum with last_batch_iteration == -1
+    beta1 = min_mom;
+    beta2 = 0.99;
+  }
+  double scale_factor() const {
+    const double batch_iteration = double(last_batch_iteration + 1);
+    const double cycle = std::floor(1 + batch_iteration / total_size);
+    const double x = 1. + batch_iteration / total_size - cycle;
+    return x <= step_ratio ? x / step_ratio : (x - 1) / (step_ratio - 1);
+  }
+  void step() {
+    ++last_batch_iteration;
+    if (double(last_batch_iteration) < total_size) {
+      lr = min_lr + (max_lr - min_lr) * scale_factor();
+      beta1 = max_mom - (max_mom - min_mom) * scale_factor();
+    } else {
+      const double d = double(last_batch_iteration) - total_size + 1;
+      lr = skip_lr_decay ? min_lr : min_lr / (1 + decay_lr_rate * (d / double(decay_step_size)));
+      beta1 = skip_mom_decay ? max_mom : max_mom * (1 + decay_mom_rate * (d / double(decay_step_size)));
+    }
+    beta2 = 0.99;
+  }
+};
+
+TEST(LrSchedule, OneCycleReplaysDeepSpeed) {
+  config::SchedulerConfig c;
+  c.type = config::SchedulerType::one_cycle;
+  c.cycle_min_lr = 1e-4;
+  c.cycle_max_lr = 1e-2;
+  c.cycle_first_step_size = 6;
+  c.cycle_second_step_size = 4;
+  c.decay_step_size = 3;
+  c.decay_lr_rate = 0.5;
+  c.decay_mom_rate = 0.01;
+  for (bool decay : {true, false}) {
+    if (!decay) c.decay_step_size = 0;
+    const optim::LrSchedule s(c, 1e-3);
+    OneCycleReplay ds(c);
+    for (int64_t k = 0; k < 30; ++k) {
+      EXPECT_NEAR(s.lr(k), ds.lr, 1e-15) << "step " << k;
+      const auto b = s.betas(k);
+      ASSERT_TRUE(b.has_value());
+      EXPECT_NEAR(b->first, ds.beta1, 1e-15) << "step " << k;
+      EXPECT_EQ(b->second, 0.99);
+      ds.step();  // after the optimizer step, as the engine does
+    }
+  }
+  // The cycle's top: after 5 steps the 6th uses b = 6 = S1, the peak lr and the lowest beta1.
+  c.decay_step_size = 0;
+  const optim::LrSchedule s(c, 1e-3);
+  EXPECT_NEAR(s.lr(6), 1e-2, 1e-15);
+  EXPECT_NEAR(s.betas(6)->first, 0.8, 1e-15);
+  c.cycle_momentum = false;
+  EXPECT_FALSE(optim::LrSchedule(c, 1e-3).betas(3).has_value());
+}
+
+TEST(LrSchedule, LrRangeTestReplaysDeepSpeed) {
+  config::SchedulerConfig c;
+  c.type = config::SchedulerType::lr_range_test;
+  c.lr_range_test_min_lr = 2e-4;
+  c.lr_range_test_step_size = 4;
+  c.lr_range_test_step_rate = 0.5;
+  for (bool staircase : {false, true}) {
+    c.lr_range_test_staircase = staircase;
+    const optim::LrSchedule s(c, 1e-3);
+    EXPECT_EQ(s.lr(0), 2e-4);  // the constructor's value
+    for (int64_t k = 1; k < 12; ++k) {
+      // step() sets last_batch_iteration = k - 1; interval = (k - 1 + 1) / step_size (floored with staircase)
+      double interval = double(k) / 4.0;
+      if (staircase) interval = std::floor(interval);
+      EXPECT_NEAR(s.lr(k), 2e-4 * (1 + 0.5 * interval), 1e-18) << "step " << k;
+    }
+    EXPECT_FALSE(s.betas(2).has_value());
+  }
 }
 
 }  // namespace

@@ -38,6 +38,8 @@ std::string_view scheduler_type_name(SchedulerType t) {
     case SchedulerType::warmup_lr: return "WarmupLR";
     case SchedulerType::warmup_decay_lr: return "WarmupDecayLR";
     case SchedulerType::warmup_cosine_lr: return "WarmupCosineLR";
+    case SchedulerType::one_cycle: return "OneCycle";
+    case SchedulerType::lr_range_test: return "LRRangeTest";
   }
   return "?";
 }
@@ -467,6 +469,19 @@ std::string DeepSpeedConfig::summary() const {
     case SchedulerType::warmup_cosine_lr:
       s += fmt::format("  scheduler: WarmupCosineLR ratio {} -> 1 over {} steps ({}), cosine to {} at step {}\n",
                        sc.warmup_min_ratio, sc.warmup_num_steps, warm, sc.cos_min_ratio, sc.total_num_steps);
+      break;
+    case SchedulerType::one_cycle:
+      s += fmt::format("  scheduler: OneCycle lr {} -> {} over {} steps, back over {}{}\n", sc.cycle_min_lr,
+                       sc.cycle_max_lr, sc.cycle_first_step_size,
+                       sc.cycle_second_step_size.value_or(sc.cycle_first_step_size),
+                       sc.cycle_momentum ? fmt::format(", beta1 {} -> {} and back (beta2 0.99)", sc.cycle_max_mom,
+                                                       sc.cycle_min_mom)
+                                         : "");
+      break;
+    case SchedulerType::lr_range_test:
+      s += fmt::format("  scheduler: LRRangeTest lr {} x (1 + {} per {} steps){}\n", sc.lr_range_test_min_lr,
+                       sc.lr_range_test_step_rate, sc.lr_range_test_step_size,
+                       sc.lr_range_test_staircase ? ", staircase" : "");
       break;
   }
   std::string precision = fp16.enabled   ? "fp16 mixed (fp32 master weights, loss scaling)"

@@ -42,7 +42,7 @@ struct OptimizerConfig {
 };
 
 // ---- scheduler (runtime/lr_schedules.py) ------------------------------------------------------------------------
-enum class SchedulerType { none, warmup_lr, warmup_decay_lr, warmup_cosine_lr };
+enum class SchedulerType { none, warmup_lr, warmup_decay_lr, warmup_cosine_lr, one_cycle, lr_range_test };
 enum class WarmupType { log, linear };
 
 struct SchedulerConfig {
@@ -59,6 +59,22 @@ struct SchedulerConfig {
   // WarmupCosineLR (ratios of the optimizer's lr)
   double warmup_min_ratio = 0.0;
   double cos_min_ratio = 1e-4;
+  // OneCycle (cycle_min_lr and cycle_max_lr are required). DeepSpeed accepts the stair counts and never uses them.
+  double cycle_min_lr = 0.0;
+  double cycle_max_lr = 0.0;
+  double decay_lr_rate = 0.0;
+  int64_t cycle_first_step_size = 2000;
+  std::optional<int64_t> cycle_second_step_size;  // nullopt: cycle_first_step_size
+  int64_t decay_step_size = 0;
+  bool cycle_momentum = true;  // beta1 cycles inversely to the lr, and beta2 is set to 0.99 (DeepSpeed's choice)
+  double cycle_min_mom = 0.8;
+  double cycle_max_mom = 0.9;
+  double decay_mom_rate = 0.0;
+  // LRRangeTest
+  double lr_range_test_min_lr = 1e-3;
+  int64_t lr_range_test_step_size = 2000;
+  double lr_range_test_step_rate = 1.0;
+  bool lr_range_test_staircase = false;
   // DeepSpeed constructor argument: the index of the last batch already seen (-1: fresh start)
   int64_t last_batch_iteration = -1;
 };

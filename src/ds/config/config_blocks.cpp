@@ -193,6 +193,44 @@ void parse_optimizer(BlockReader r, OptimizerConfig& out) {
 
 // ---- scheduler --------------------------------------------------------------------------------------------------
 
+namespace {
+
+// OneCycle's and LRRangeTest's keyword arguments (lr_schedules.py); both refuse unknown ones, as Python would.
+void parse_cycle_scheduler(BlockReader& p, SchedulerConfig& out) {
+  const std::string& src = p.ctx().source;
+  if (out.type == SchedulerType::one_cycle) {
+    for (const char* key : {"cycle_min_lr", "cycle_max_lr"}) {
+      reject_lr_list(p, key);
+      DS_CHECK_AS(ConfigError, p.has(key), "[config] scheduler 'OneCycle' in {} needs 'scheduler.params.{}' (DeepSpeed "
+                  "has no default for it); add it", src, key);
+    }
+    p.read("cycle_min_lr", out.cycle_min_lr, Support::implemented, 0.0);
+    p.read("cycle_max_lr", out.cycle_max_lr, Support::implemented, 0.0);
+    p.read("decay_lr_rate", out.decay_lr_rate, Support::implemented, 0.0);
+    p.read("cycle_first_step_size", out.cycle_first_step_size, Support::implemented, 1);
+    p.read("cycle_second_step_size", out.cycle_second_step_size, Support::implemented, 1);
+    int64_t stairs = 0;  // accepted and unused, as in DeepSpeed
+    std::optional<int64_t> second_stairs;
+    p.read("cycle_first_stair_count", stairs, Support::implemented, 0);
+    p.read("cycle_second_stair_count", second_stairs, Support::implemented, 0);
+    p.read("decay_step_size", out.decay_step_size, Support::implemented, 0);
+    p.read("cycle_momentum", out.cycle_momentum);
+    p.read("cycle_min_mom", out.cycle_min_mom, Support::implemented, 0.0, 1.0);
+    p.read("cycle_max_mom", out.cycle_max_mom, Support::implemented, 0.0, 1.0);
+    p.read("decay_mom_rate", out.decay_mom_rate, Support::implemented, 0.0);
+  } else {
+    reject_lr_list(p, "lr_range_test_min_lr");
+    p.read("lr_range_test_min_lr", out.lr_range_test_min_lr, Support::implemented, 0.0);
+    p.read("lr_range_test_step_size", out.lr_range_test_step_size, Support::implemented, 1);
+    p.read("lr_range_test_step_rate", out.lr_range_test_step_rate, Support::implemented, 0.0);
+    p.read("lr_range_test_staircase", out.lr_range_test_staircase);
+  }
+  p.read("last_batch_iteration", out.last_batch_iteration, Support::implemented, -1);
+  p.finish();
+}
+
+}  // namespace
+
 void parse_scheduler(BlockReader r, SchedulerConfig& out) {
   if (!r.present()) return;
   std::string type;
@@ -205,22 +243,27 @@ void parse_scheduler(BlockReader r, SchedulerConfig& out) {
 
   // DeepSpeed looks the class up with getattr, so the name is case-sensitive.
   static const std::vector<std::string> kNames = {"WarmupLR", "WarmupDecayLR", "WarmupCosineLR", "LRRangeTest",
-                                                  "OneCycle"};
+                                                  "OneCycle"};  // DeepSpeed's five, all implemented
   if (type == "WarmupLR") {
     out.type = SchedulerType::warmup_lr;
   } else if (type == "WarmupDecayLR") {
     out.type = SchedulerType::warmup_decay_lr;
   } else if (type == "WarmupCosineLR") {
     out.type = SchedulerType::warmup_cosine_lr;
-  } else if (type == "LRRangeTest" || type == "OneCycle") {
-    DS_THROW(ConfigError, "[config] scheduler.type '{}' in {} is a DeepSpeed scheduler that deepspeed.cpp does not "
-             "implement yet; supported: WarmupLR, WarmupDecayLR, WarmupCosineLR", type, r.ctx().source);
+  } else if (type == "OneCycle") {
+    out.type = SchedulerType::one_cycle;
+  } else if (type == "LRRangeTest") {
+    out.type = SchedulerType::lr_range_test;
   } else {
     DS_THROW(ConfigError, "[config] unknown scheduler.type '{}' in {} (supported: WarmupLR, WarmupDecayLR, "
-             "WarmupCosineLR; names are case-sensitive, as in DeepSpeed){}", type, r.ctx().source,
-             suggestion(type, kNames));
+             "WarmupCosineLR, OneCycle, LRRangeTest; names are case-sensitive, as in DeepSpeed){}", type,
+             r.ctx().source, suggestion(type, kNames));
   }
   out.name = type;
+  if (out.type == SchedulerType::one_cycle || out.type == SchedulerType::lr_range_test) {
+    parse_cycle_scheduler(p, out);
+    return;
+  }
 
   const bool cosine = out.type == SchedulerType::warmup_cosine_lr;
   if (!cosine) {

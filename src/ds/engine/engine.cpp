@@ -193,6 +193,9 @@ StepResult Engine::train_batch(const BatchFn& next_micro_batch) {
     r.grad_norm = scaled_norm / scale;
     const float factor = optim::clip_factor(r.grad_norm, config_.gradient_clipping);
     r.clipped = factor < 1.0f;
+    // OneCycle cycles Adam's betas with the rate (Note [LR schedule step convention]).
+    if (const auto betas = schedule_.betas(global_steps_ - skipped_steps_))
+      optimizer_->set_betas(static_cast<float>(betas->first), static_cast<float>(betas->second));
     // Unscales and clips in one pass over the owned gradients (DeepSpeed's unscale_and_clip_grads).
     optimizer_->step(static_cast<float>(r.lr), static_cast<float>(factor / scale));
   }

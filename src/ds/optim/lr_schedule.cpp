@@ -41,6 +41,40 @@ double LrSchedule::warmup_gamma(int64_t t) const {
   return inverse_log_warm_up * std::log(static_cast<double>(t + 1));
 }
 
+double LrSchedule::cycle_scale(int64_t t) const {
+  const double first = static_cast<double>(config_.cycle_first_step_size);
+  const double total = first + static_cast<double>(config_.cycle_second_step_size.value_or(config_.cycle_first_step_size));
+  const double ratio = first / total;
+  const double batch = static_cast<double>(t + 1);
+  const double cycle = std::floor(1 + batch / total);
+  const double x = 1. + batch / total - cycle;
+  return x <= ratio ? x / ratio : (x - 1) / (ratio - 1);
+}
+
+namespace {
+
+int64_t cycle_total(const config::SchedulerConfig& c) {
+  return c.cycle_first_step_size + c.cycle_second_step_size.value_or(c.cycle_first_step_size);
+}
+
+}  // namespace
+
+std::optional<std::pair<double, double>> LrSchedule::betas(int64_t steps_taken) const {
+  DS_ASSERT(steps_taken >= 0, "betas() needs steps_taken >= 0, got {}", steps_taken);
+  if (config_.type != config::SchedulerType::one_cycle || !config_.cycle_momentum) return std::nullopt;
+  constexpr double kBeta2 = 0.99;
+  if (steps_taken == 0) {
+    if (config_.last_batch_iteration != -1) return std::nullopt;
+    return std::make_pair(config_.cycle_min_mom, kBeta2);
+  }
+  const int64_t t = config_.last_batch_iteration + steps_taken;
+  const double lo = config_.cycle_min_mom, hi = config_.cycle_max_mom;
+  if (t < cycle_total(config_)) return std::make_pair(hi - (hi - lo) * cycle_scale(t), kBeta2);
+  if (config_.decay_step_size == 0 || config_.decay_mom_rate == 0) return std::make_pair(hi, kBeta2);
+  const double interval = static_cast<double>(t - cycle_total(config_) + 1) / static_cast<double>(config_.decay_step_size);
+  return std::make_pair(hi * (1 + config_.decay_mom_rate * interval), kBeta2);
+}
+
 double LrSchedule::lr_at_iteration(int64_t t) const {
   DS_ASSERT(t >= 0, "lr_at_iteration needs an iteration >= 0, got {}", t);
   const double min_lr = config_.warmup_min_lr;
@@ -75,6 +109,19 @@ double LrSchedule::lr_at_iteration(int64_t t) const {
       }
       return base_lr_ * ratio;
     }
+    case config::SchedulerType::one_cycle: {
+      const double lo = config_.cycle_min_lr, hi = config_.cycle_max_lr;
+      if (t < cycle_total(config_)) return lo + (hi - lo) * cycle_scale(t);
+      if (config_.decay_step_size == 0 || config_.decay_lr_rate == 0) return lo;
+      const double interval =
+          static_cast<double>(t - cycle_total(config_) + 1) / static_cast<double>(config_.decay_step_size);
+      return lo / (1 + config_.decay_lr_rate * interval);
+    }
+    case config::SchedulerType::lr_range_test: {
+      double interval = static_cast<double>(t + 1) / static_cast<double>(config_.lr_range_test_step_size);
+      if (config_.lr_range_test_staircase) interval = std::floor(interval);
+      return config_.lr_range_test_min_lr * (1 + config_.lr_range_test_step_rate * interval);
+    }
   }
   return base_lr_;
 }
@@ -82,6 +129,8 @@ double LrSchedule::lr_at_iteration(int64_t t) const {
 double LrSchedule::initial_lr() const {
   if (config_.type == config::SchedulerType::none || config_.last_batch_iteration != -1) return base_lr_;
   if (config_.type == config::SchedulerType::warmup_cosine_lr) return 0.0;  // its get_lr() before the start
+  if (config_.type == config::SchedulerType::one_cycle) return config_.cycle_min_lr;        // set by its constructor
+  if (config_.type == config::SchedulerType::lr_range_test) return config_.lr_range_test_min_lr;  // likewise
   return config_.warmup_min_lr;                                      // WarmupLR's get_lr() before the start
 }
 
@@ -106,6 +155,17 @@ std::string LrSchedule::describe() const {
       return fmt::format("WarmupCosineLR lr {} x ratio {} -> 1 over {} steps ({} warmup), cosine to {} at step {}",
                          base_lr_, config_.warmup_min_ratio, warmup_, warm, config_.cos_min_ratio,
                          config_.total_num_steps);
+    case config::SchedulerType::one_cycle:
+      return fmt::format("OneCycle {} -> {} -> {} over {} + {} steps{}", config_.cycle_min_lr, config_.cycle_max_lr,
+                         config_.cycle_min_lr, config_.cycle_first_step_size,
+                         config_.cycle_second_step_size.value_or(config_.cycle_first_step_size),
+                         config_.cycle_momentum ? fmt::format(", beta1 {} <-> {}", config_.cycle_max_mom,
+                                                              config_.cycle_min_mom)
+                                                : "");
+    case config::SchedulerType::lr_range_test:
+      return fmt::format("LRRangeTest from {} x (1 + {} per {} steps){}", config_.lr_range_test_min_lr,
+                         config_.lr_range_test_step_rate, config_.lr_range_test_step_size,
+                         config_.lr_range_test_staircase ? ", staircase" : "");
   }
   return "?";
 }

@@ -6,7 +6,9 @@
 #include "ds/config/config.h"
 
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <utility>
 
 namespace ds::optim {
 
@@ -26,6 +28,15 @@ namespace ds::optim {
 //     with N = max(2, warmup_num_steps), T = total_num_steps, r0 = warmup_min_ratio, c = cos_min_ratio.
 // So with L0 = -1 the first two steps both run at the minimum (f(0) is the minimum for both warmup types).
 // WarmupCosineLR is not clamped past T: as in DeepSpeed, the cosine rises again if training runs longer than T.
+// OneCycle (S1, S2 = the cycle's first and second step sizes, S = S1 + S2, r = S1 / S, b = t + 1):
+//       for t < S: x = 1 + b/S - floor(1 + b/S), s = x/r if x <= r else (x - 1)/(r - 1),
+//                  f(t) = lo + (hi - lo) * s,  beta1(t) = mom_hi - (mom_hi - mom_lo) * s
+//       after:     d = t - S + 1, f(t) = lo / (1 + decay_lr_rate * d / decay_step_size),
+//                  beta1(t) = mom_hi * (1 + decay_mom_rate * d / decay_step_size) (each plain lo / mom_hi when its
+//                  rate or decay_step_size is 0); its constructor sets lo and beta1 = mom_lo. With cycle_momentum,
+//                  beta2 is 0.99 throughout (DeepSpeed writes the pair (beta1, 0.99) into the optimizer).
+// LRRangeTest: f(t) = min_lr * (1 + step_rate * i), i = (t + 1) / step_size, floored with staircase; its
+//       constructor sets min_lr.
 class LrSchedule {
  public:
   // A constant learning rate (no "scheduler" block).
@@ -40,6 +51,9 @@ class LrSchedule {
   double lr_at_iteration(int64_t iteration) const;
   // lr(0): the rate the scheduler's constructor leaves in the optimizer.
   double initial_lr() const;
+  // OneCycle with cycle_momentum: the Adam betas of the step that follows `steps_taken` completed steps, set the
+  // same way as the rate. nullopt: the optimizer's own betas (every other schedule, or a resumed constructor).
+  std::optional<std::pair<double, double>> betas(int64_t steps_taken) const;
 
   config::SchedulerType type() const { return config_.type; }
   double base_lr() const { return base_lr_; }
@@ -49,6 +63,7 @@ class LrSchedule {
  private:
   explicit LrSchedule(double lr);  // constant
   double warmup_gamma(int64_t t) const;  // g(t) for t < N
+  double cycle_scale(int64_t t) const;   // OneCycle's s at iteration t < S
 
   config::SchedulerConfig config_;
   double base_lr_ = 0.0;

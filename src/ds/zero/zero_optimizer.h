@@ -69,6 +69,8 @@ class ZeroOptimizer : public nn::ModuleHooks {
   // Steps with LAMB instead of Adam (DeepSpeed's FusedLamb: one trust ratio per parameter tensor). Needs the
   // replicated layout of stage 0, where every rank holds every parameter whole; ConfigError otherwise.
   void use_lamb(const cpu::LambParams& hyper);
+  // The betas of the next steps (a schedule that cycles momentum sets them before each step).
+  void set_betas(float beta1, float beta2) { step_.set_betas(beta1, beta2); }
 
   int stage() const { return stage_; }
   int world() const { return layout_.world(); }
