@@ -126,9 +126,13 @@ TEST(TrainConfig, BuiltInDefaultEqualsTheShippedExample) {
   std::stringstream ss;
   ss << in.rdbuf();
   const config::DeepSpeedConfig example = config::parse_config(ss.str(), 1, "x");
-  const config::DeepSpeedConfig builtin = config::parse_config(app::kDefaultTrainConfig, 1, "x");
+  // The built-in config leaves its values "auto"; the flags' defaults fill them with the example's values.
+  const config::AutoValues flags_defaults;
+  const config::DeepSpeedConfig builtin = config::parse_config(app::kDefaultTrainConfig, 1, "x", &flags_defaults);
   EXPECT_EQ(example.summary(), builtin.summary());
   EXPECT_TRUE(example.warnings.empty());
+  EXPECT_TRUE(builtin.warnings.empty()) << builtin.warnings.front();
+  EXPECT_EQ(builtin.auto_resolved.size(), 11u);
 }
 
 TEST(TrainConfig, ByteSizes) {

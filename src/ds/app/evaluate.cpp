@@ -32,6 +32,9 @@ EvalResult run_evaluation(const EvalOptions& o) {
               "[eval] no token shard at '{}'; --data takes a folder of shards (train.bin, val.bin, as `dspeed data "
               "prepare` writes) or one .bin shard", shard);
 
+  DS_CHECK_AS(IoError, fs::exists(o.model_path),
+              "[eval] model '{}' does not exist; give a checkpoint directory (dspeed train --save) or a .safetensors "
+              "file (dspeed ckpt consolidate)", o.model_path);
   const auto source = inference::open_weight_source(o.model_path, o.arch);
   const nn::Gpt2Config& model_config = source->config();
   DS_CHECK_AS(ConfigError, o.seq_len <= model_config.block_size,

@@ -107,12 +107,10 @@ struct DuplicateFinder {
 constexpr size_t kMaxConfigBytes = size_t(16) << 20;
 constexpr int kMaxConfigDepth = 64;
 
-// hjson's extensions that DeepSpeed's own snippets use: '//', '#' and '/* */' comments and a comma before '}' or
-// ']'. Each is overwritten with spaces (newlines kept), so the JSON parser's offsets stay those of the file. Also
-// bounds the nesting, which the parser itself would follow as deep as the text goes.
-std::string blank_hjson_extras(std::string text, const std::string& source) {
+// Calls f(i) for each index of `text` outside string literals, in order; f may move i past what it consumes.
+template <typename F>
+void scan_outside_strings(const std::string& text, F&& f) {
   bool in_string = false;
-  int depth = 0;
   for (size_t i = 0; i < text.size(); ++i) {
     const char ch = text[i];
     if (in_string) {
@@ -121,11 +119,22 @@ std::string blank_hjson_extras(std::string text, const std::string& source) {
       } else if (ch == '"') {
         in_string = false;
       }
-      continue;
-    }
-    if (ch == '"') {
+    } else if (ch == '"') {
       in_string = true;
-    } else if (ch == '#' || (ch == '/' && i + 1 < text.size() && text[i + 1] == '/')) {
+    } else {
+      f(i);
+    }
+  }
+}
+
+// hjson's extensions that DeepSpeed's own snippets use: '//', '#' and '/* */' comments and a comma before '}' or
+// ']'. Each is overwritten with spaces (newlines kept), so the JSON parser's offsets stay those of the file. Also
+// bounds the nesting, which the parser itself would follow as deep as the text goes.
+std::string blank_hjson_extras(std::string text, const std::string& source) {
+  int depth = 0;
+  scan_outside_strings(text, [&](size_t& i) {
+    const char ch = text[i];
+    if (ch == '#' || (ch == '/' && i + 1 < text.size() && text[i + 1] == '/')) {
       for (; i < text.size() && text[i] != '\n'; ++i) text[i] = ' ';
     } else if (ch == '/' && i + 1 < text.size() && text[i + 1] == '*') {
       const size_t end = text.find("*/", i + 2);
@@ -140,27 +149,14 @@ std::string blank_hjson_extras(std::string text, const std::string& source) {
     } else if (ch == '}' || ch == ']') {
       --depth;
     }
-  }
+  });
   // Trailing commas, now that no comment can sit between the comma and the bracket.
-  in_string = false;
-  for (size_t i = 0; i < text.size(); ++i) {
-    const char ch = text[i];
-    if (in_string) {
-      if (ch == '\\') {
-        ++i;
-      } else if (ch == '"') {
-        in_string = false;
-      }
-      continue;
-    }
-    if (ch == '"') {
-      in_string = true;
-    } else if (ch == ',') {
-      size_t j = i + 1;
-      while (j < text.size() && std::isspace(static_cast<unsigned char>(text[j]))) ++j;
-      if (j < text.size() && (text[j] == '}' || text[j] == ']')) text[i] = ' ';
-    }
-  }
+  scan_outside_strings(text, [&](size_t& i) {
+    if (text[i] != ',') return;
+    size_t j = i + 1;
+    while (j < text.size() && std::isspace(static_cast<unsigned char>(text[j]))) ++j;
+    if (j < text.size() && (text[j] == '}' || text[j] == ']')) text[i] = ' ';
+  });
   return text;
 }
 

@@ -115,32 +115,17 @@ void parse_optimizer(BlockReader r, OptimizerConfig& out) {
   if (compressed_lamb) {
     r.ctx().not_implemented.push_back(fmt::format("'optimizer.type' = '{}' (runs as uncompressed LAMB: exact "
                                                   "gradients, per-step trust ratios)", type));
-    int64_t freeze_step = 100000;
-    double coeff_beta = 0.9, factor_max = 4.0, factor_min = 0.5, factor_threshold = 0.1;
-    bool cuda_aware = false;
-    std::string backend = "nccl";
-    p.read("freeze_step", freeze_step);
-    p.read("coeff_beta", coeff_beta);
-    p.read("factor_max", factor_max);
-    p.read("factor_min", factor_min);
-    p.read("factor_threshold", factor_threshold);
-    p.read("cuda_aware", cuda_aware);
-    p.read("comm_backend_name", backend);
   }
   if (compressed_adam) {
     r.ctx().not_implemented.push_back(fmt::format("'optimizer.type' = '{}' (runs as uncompressed Adam: decoupled "
                                                   "weight decay, no bias correction, exact gradients)", type));
     out.bias_correction = false;
-    int64_t freeze_step = 100000, scaler = 16, clipper = 16;
-    bool cuda_aware = false;
-    std::string backend = "nccl";
-    p.read("freeze_step", freeze_step);
-    p.read("var_freeze_step", freeze_step);
-    p.read("var_update_scaler", scaler);
-    p.read("local_step_scaler", scaler);
-    p.read("local_step_clipper", clipper);
-    p.read("cuda_aware", cuda_aware);
-    p.read("comm_backend_name", backend);
+  }
+  if (compressed_adam || compressed_lamb) {  // their compression settings: accepted, and unused by an exact run
+    for (const char* key : {"freeze_step", "cuda_aware", "comm_backend_name", "var_freeze_step", "var_update_scaler",
+                            "local_step_scaler", "local_step_clipper", "coeff_beta", "factor_max", "factor_min",
+                            "factor_threshold"})
+      p.raw(key);
   }
 
   if (p.contains("max_grad_norm")) {  // engine.py raises for the key whatever its value
