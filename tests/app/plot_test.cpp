@@ -159,6 +159,18 @@ TEST_F(PlotTest, NonFiniteAndEmptyValuesAreSkipped) {
   EXPECT_EQ(r.train_loss, (Points{{2, 2.0}}));
   EXPECT_EQ(r.val_loss, (Points{{3, 1.5}}));
   EXPECT_EQ(r.lr, (Points{{1, 1e-3}}));
+  // Finite but past any loss or rate (1e30): skipped too, so the axes stay finite and the SVG holds no NaN.
+  const std::string huge = write("huge.csv", std::string(kHeader) + row(1, "1.7e308", "-1e300", "1e-3") +
+                                                 row(2, "2.0", "1.5", "1e299"));
+  const RunSeries h = read_metrics_csv(huge, "huge");
+  EXPECT_EQ(h.train_loss, (Points{{2, 2.0}}));
+  EXPECT_EQ(h.val_loss, (Points{{2, 1.5}}));
+  EXPECT_EQ(h.lr, (Points{{1, 1e-3}}));
+  const std::string svg = render_loss_svg({h}, "huge");
+  EXPECT_EQ(svg.find("nan"), std::string::npos);
+  EXPECT_EQ(svg.find("inf"), std::string::npos);
+  EXPECT_THROW(read_metrics_csv(write("step.csv", std::string(kHeader) + "1e300,2.0,,,0.5,1000.0,1,1,1,1,1,1,1\n"), "s"),
+               IoError);
 }
 
 TEST_F(PlotTest, RepeatedHeaderAndUnterminatedPartialRowAreSkipped) {

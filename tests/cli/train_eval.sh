@@ -196,7 +196,8 @@ expect_error "misspelt key" "'grandient_accumulation_steps'.*did you mean 'gradi
   timeout 30 "$dspeed" train --config "$tmp/typo.json" "${common[@]}" --steps 1 --out "$tmp/run_typo"
 
 # 8. The tensorboard and csv_monitor blocks: one event file under OUTPUT_PATH/JOB, and DeepSpeed's csv files (CRLF
-#    line ends) with one row per step, indexed by global samples, holding the losses of metrics.csv.
+#    line ends) with one row per step holding the losses of metrics.csv, indexed as DeepSpeed's engine indexes them:
+#    a step's train_loss at the samples seen before it ((STEP - 1) x train_batch_size, written in backward).
 printf '{"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2,
   "tensorboard": {"enabled": true, "output_path": "%s/tb", "job_name": "j"},
   "csv_monitor": {"enabled": true, "output_path": "%s/csv", "job_name": "j"}}' "$tmp" "$tmp" > "$tmp/mon.json"
@@ -210,8 +211,8 @@ if train mon.log --config "$tmp/mon.json" "${common[@]}" --steps 3 --eval-batche
     fail "event file lacks the version record or 3 train_loss scalars"
   else ok; fi
   f="$tmp/csv/j/Train_Samples_train_loss.csv"
-  # Expected: the header, then STEP*TBS,LOSS for each training row of metrics.csv (CRLF everywhere).
-  want=$(printf 'step,train_loss\r\n'; awk -F, -v t="$tbs" 'NR > 1 && $3 == "" { printf "%d,%s\r\n", $1 * t, $2 }' \
+  # Expected: the header, then (STEP-1)*TBS,LOSS for each training row of metrics.csv (CRLF everywhere).
+  want=$(printf 'step,train_loss\r\n'; awk -F, -v t="$tbs" 'NR > 1 && $3 == "" { printf "%d,%s\r\n", ($1 - 1) * t, $2 }' \
          "$tmp/run_mon/metrics.csv")
   got=$(awk -F, 'NR == 1 { print; next } { sub(/\r$/, "", $2); printf "%s,%.6f\r\n", $1, $2 }' "$f" 2> /dev/null)
   if [ -z "$tbs" ] || [ "$tbs" -le 1 ]; then fail "no train_batch_size in the summary: $(head -n 5 "$tmp/mon.log")"

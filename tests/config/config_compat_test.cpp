@@ -147,6 +147,34 @@ TEST_F(ConfigCompat, FlagAndConfigMustAgree) {
   EXPECT_TRUE(has_warning(parse(R"({"train_batch_size": 8})", &p), {"--precision fp16 is not used"}));
 }
 
+TEST_F(ConfigCompat, AutoScheduleAndBatchEdges) {
+  config::AutoValues a;
+  // Warmup "auto" is 5% of the schedule's own total when the config sets it (not of --steps' default).
+  const auto c = parse(R"({"train_batch_size": 8, "scheduler": {"type": "WarmupCosineLR",
+      "params": {"total_num_steps": 40, "warmup_num_steps": "auto"}}})", &a);
+  EXPECT_EQ(c.scheduler.warmup_num_steps, 2);
+  EXPECT_TRUE(resolved(c, "'scheduler.params.warmup_num_steps' = 2 (5% of total_num_steps)"));
+  // A flag that feeds train_batch_size is used even where its own key is absent.
+  a.micro_batch = {4, true};
+  const auto d = parse(R"({"train_batch_size": "auto", "gradient_accumulation_steps": 2})", &a, 2);
+  EXPECT_EQ(d.train_batch_size, 16);
+  EXPECT_EQ(d.train_micro_batch_size_per_gpu, 4);
+  EXPECT_TRUE(d.warnings.empty()) << d.warnings.front();
+  // A value the product cannot use leaves train_batch_size "auto"; the reader names the key at fault.
+  try {
+    parse(R"({"train_batch_size": "auto", "train_micro_batch_size_per_gpu": -8})", &a);
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("'train_micro_batch_size_per_gpu'"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(parse(R"({"train_micro_batch_size_per_gpu": 4611686018427387904, "gradient_accumulation_steps": 4})"),
+               ConfigError);  // no overflow: refused
+  // true and 1 agree, as in Python.
+  config::AutoValues p;
+  p.precision = {"fp16", true};
+  EXPECT_TRUE(parse(R"({"train_batch_size": 8, "fp16": {"enabled": 1}})", &p).fp16.enabled);
+}
+
 TEST_F(ConfigCompat, HjsonCommentsAndTrailingCommas) {
   const auto c = parse(R"(# a DeepSpeed tutorial snippet
 {

@@ -122,6 +122,18 @@ TEST(Lamb, Stage0FollowsFusedLambPerParameter) {
       ++i;
     }
     EXPECT_EQ(got[at - 1], 0.0f) << "the all-zero parameter gets a zero update";
+    if (!precision.mixed()) continue;
+    // The model's 16-bit parameters are the master weights rounded, every piece of every parameter.
+    const Tensor& flat = model.store.flat_params();
+    at = 0;
+    for (const nn::Parameter& p : model.store.all()) {
+      std::vector<uint16_t> want(static_cast<size_t>(p.numel()));
+      from_f32(want.data(), got.data() + at, DType::bf16, want.size());
+      const auto* stored = static_cast<const uint16_t*>(flat.raw()) + p.offset;
+      for (int64_t k = 0; k < p.numel(); ++k)
+        EXPECT_EQ(stored[k], want[static_cast<size_t>(k)]) << p.name << "[" << k << "]";
+      at += static_cast<size_t>(p.numel());
+    }
   }
 }
 

@@ -31,11 +31,17 @@ void add_train_command(CLI::App& root) {
                       &value.given});
   };
   auto_flag("--micro-batch", a.micro_batch, "train_micro_batch_size_per_gpu");
+  flags->back().option->check(CLI::PositiveNumber);
   auto_flag("--grad-accum", a.grad_accum, "gradient_accumulation_steps");
+  flags->back().option->check(CLI::PositiveNumber);
   auto_flag("--lr", a.lr, "optimizer.params.lr and the scheduler's warmup_max_lr");
   auto_flag("--weight-decay", a.weight_decay, "optimizer.params.weight_decay");
   auto_flag("--max-grad-norm", a.max_grad_norm, "gradient_clipping");
-  auto_flag("--warmup-steps", a.warmup_steps, "scheduler.params.warmup_num_steps");
+  flags->push_back({cmd->add_option("--warmup-steps", a.warmup_steps.value,
+                                    "scheduler.params.warmup_num_steps (default: 5% of total_num_steps)")
+                         ->check(CLI::NonNegativeNumber)
+                         ->group("Values for \"auto\""),
+                     &a.warmup_steps.given});
   auto_flag("--precision", a.precision, "fp32, fp16 or bf16: fp16.enabled and bf16.enabled");
   flags->back().option->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
   cmd->add_option("-m,--model", opts->model, "model preset (gpt2-tiny, gpt2-mini, gpt2) or model JSON file")

@@ -1,6 +1,7 @@
 // The job behind `dspeed eval`: the mean loss (and perplexity) of a saved model over a token set, computed as the
-// final validation of `dspeed train` computes it (the training forward in fp32, batches read in order), so that the
-// two agree on the same model, data, sequence length and micro-batch.
+// final validation of `dspeed train` computes it (the training forward, batches read in order), so that the two
+// agree on an fp32 run of one process with the same data, sequence length and micro-batch. The weights are the
+// saved fp32 ones: a mixed-precision run validated with its 16-bit copies, and a run of N ranks over N shards.
 #pragma once
 
 #include <cstdint>

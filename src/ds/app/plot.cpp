@@ -122,6 +122,11 @@ struct Axis {
   std::vector<double> ticks;
 };
 
+// Values a chart can place: finite and within 1e30 (a loss or a rate past that is no number to draw; the axis
+// arithmetic stays finite), steps within 1e15.
+constexpr double kMaxValue = 1e30, kMaxStep = 1e15;
+bool plottable(const std::optional<double>& v) { return v && std::isfinite(*v) && std::abs(*v) <= kMaxValue; }
+
 // 1, 2 or 5 x 10^k near span / target (Heckbert, "Nice numbers for graph labels", Graphics Gems, 1990).
 double nice_step(double span, int target) {
   const double rough = span / target;
@@ -446,18 +451,19 @@ RunSeries read_metrics_csv(const std::string& path, std::string label) {
                line_no, fields.size(), columns.size());
     }
     const std::optional<double> step = parse_number(fields[col[0]], path, line_no, "step");
-    DS_CHECK_AS(IoError, step && std::isfinite(*step), "[plot] '{}': line {}, column 'step': expected a finite "
-                "number, found '{}'. Fix or delete that line.", path, line_no, fields[col[0]]);
+    DS_CHECK_AS(IoError, step && std::isfinite(*step) && std::abs(*step) <= kMaxStep,
+                "[plot] '{}': line {}, column 'step': expected a step number (at most 1e15), found '{}'. Fix or "
+                "delete that line.", path, line_no, fields[col[0]]);
     const std::optional<double> loss = parse_number(fields[col[1]], path, line_no, "loss");
     const std::optional<double> val = parse_number(fields[col[2]], path, line_no, "val_loss");
     const std::optional<double> lr = parse_number(fields[col[3]], path, line_no, "lr");
 
     // A repeated step is the summary row: its val_loss replaces, its train loss and lr are not a new point.
     if (seen_steps.insert(*step).second) {
-      if (loss && std::isfinite(*loss)) run.train_loss.emplace_back(*step, *loss);
-      if (lr && std::isfinite(*lr)) run.lr.emplace_back(*step, *lr);
+      if (plottable(loss)) run.train_loss.emplace_back(*step, *loss);
+      if (plottable(lr)) run.lr.emplace_back(*step, *lr);
     }
-    if (val && std::isfinite(*val)) {
+    if (plottable(val)) {
       const auto [it, added] = val_index.try_emplace(*step, run.val_loss.size());
       if (added) {
         run.val_loss.emplace_back(*step, *val);

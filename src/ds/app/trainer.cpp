@@ -208,18 +208,17 @@ TrainSummary run_training_on(const TrainOptions& o, comm::Communicator& comm) {
               "training it, use `dspeed eval --model CKPT --data DIR`", o.steps.value_or(0));
   config::AutoValues autos = o.autos;
   autos.hidden_size = model_config.n_embd;
-  // Where the config leaves the schedule "auto", it spans the run: total_num_steps = --steps, and warmup 5% of it
-  // unless --warmup-steps says (50 of the default 1,000). A cosine needs total > max(2, warmup): a run of a step or
-  // two keeps the first steps of a 3-step schedule.
+  // Where the config leaves the schedule "auto", it spans the run (config_auto.cpp); --steps sets the run's length,
+  // so an explicit total_num_steps is no conflict.
   if (o.steps) autos.total_steps.value = *o.steps;
-  if (!autos.warmup_steps.given)
-    autos.warmup_steps.value = std::llround(0.05 * static_cast<double>(autos.total_steps.value));
-  autos.total_steps.value = std::max(autos.total_steps.value, std::max<int64_t>(2, autos.warmup_steps.value) + 1);
-  autos.total_steps.given = false;  // --steps sets the run's length; an explicit total_num_steps is no conflict
+  autos.total_steps.given = false;
   config::DeepSpeedConfig config =
       o.config_path.empty() ? config::parse_config(kDefaultTrainConfig, world, "built-in default config", &autos)
                             : config::load_config_file(o.config_path, world, &autos);
   config.activation_checkpointing.enabled = o.checkpoint_activations;
+  DS_CHECK_AS(ConfigError, config.train_micro_batch_size_per_gpu <= (int64_t(1) << 24),
+              "[train] train_micro_batch_size_per_gpu is {} in {}; one pass holds at most 2^24 tokens: lower it and "
+              "raise gradient_accumulation_steps", config.train_micro_batch_size_per_gpu, config.source);
   DS_CHECK_AS(ConfigError, o.seq_len > 0 && o.seq_len <= model_config.block_size,
               "[train] --seq-len {} must be between 1 and the model's block_size {}", o.seq_len,
               model_config.block_size);
@@ -338,11 +337,14 @@ TrainSummary run_training_on(const TrainOptions& o, comm::Communicator& comm) {
       if (show) bar.message(fmt::format("step {}: validation loss {:.4f}", step, val));
     }
     if (metrics) metrics->row(step, r.loss, val, r.lr, r.grad_norm, tps);
-    if (monitors.enabled()) {  // DeepSpeed's engine events, at the count of samples seen
+    if (monitors.enabled()) {
+      // DeepSpeed's engine events: backward writes the loss at the samples seen before the step; step() then writes
+      // the rate and loss scale it leaves for the next step, at the samples seen after it. val_loss is ours.
       const int64_t samples = engine.global_steps() * config.train_batch_size;
-      std::vector<monitor::MonitorEvent> events = {{"Train/Samples/train_loss", r.loss, samples},
-                                                   {"Train/Samples/lr", r.lr, samples}};
-      if (config.fp16.enabled) events.push_back({"Train/Samples/loss_scale", r.loss_scale, samples});
+      std::vector<monitor::MonitorEvent> events = {
+          {"Train/Samples/train_loss", r.loss, samples - config.train_batch_size},
+          {"Train/Samples/lr", engine.current_lr(), samples}};
+      if (config.fp16.enabled) events.push_back({"Train/Samples/loss_scale", engine.loss_scale(), samples});
       if (!std::isnan(val)) events.push_back({"Train/Samples/val_loss", val, samples});
       monitors.write_events(events);
     }

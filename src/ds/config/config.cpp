@@ -214,8 +214,8 @@ std::string insert_line_break_commas(const std::string& text, std::vector<size_t
 
 json parse_json_text(const std::string& raw_text, const std::string& source) {
   DS_CHECK_AS(ConfigError, raw_text.size() <= kMaxConfigBytes,
-              "[config] {} is {} bytes; a DeepSpeed config is a few KiB and at most {} MiB is read: check that this "
-              "is the config file", source, raw_text.size(), kMaxConfigBytes >> 20);
+              "[config] {} is larger than {} MiB; a DeepSpeed config is a few KiB and at most {} MiB is read: check "
+              "that this is the config file", source, kMaxConfigBytes >> 20, kMaxConfigBytes >> 20);
   std::vector<size_t> inserted;
   const std::string text = insert_line_break_commas(blank_hjson_extras(raw_text, source), inserted);
   DuplicateFinder finder;
@@ -256,6 +256,18 @@ json parse_json_text(const std::string& raw_text, const std::string& source) {
 void resolve_batch(std::optional<int64_t> train, std::optional<int64_t> micro, std::optional<int64_t> gas, int world,
                    bool any_auto, const std::string& src, DeepSpeedConfig& c) {
   const int64_t W = world;
+  // Bounded so that no product below overflows: 2^40 samples per batch is far past any real run.
+  constexpr int64_t kMaxBatch = int64_t(1) << 40;
+  for (const auto& [name, value] : {std::pair{"train_batch_size", train},
+                                    std::pair{"train_micro_batch_size_per_gpu", micro},
+                                    std::pair{"gradient_accumulation_steps", gas}}) {
+    DS_CHECK_AS(ConfigError, !value || *value <= kMaxBatch, "[config] '{}' is {} in {}; at most 2^40 is accepted: "
+                "check the value", name, *value, src);
+  }
+  const double product = double(micro.value_or(1)) * double(gas.value_or(1)) * double(W);
+  DS_CHECK_AS(ConfigError, product <= double(kMaxBatch),
+              "[config] train_micro_batch_size_per_gpu x gradient_accumulation_steps x data-parallel size is {:.3g} in "
+              "{}; at most 2^40 samples per batch are accepted: check the values", product, src);
   if (train && micro && gas) {
     DS_CHECK_AS(ConfigError, *train == *micro * *gas * W,
                 "[config] train_batch_size ({}) must equal train_micro_batch_size_per_gpu ({}) × "
@@ -299,7 +311,8 @@ void resolve_batch(std::optional<int64_t> train, std::optional<int64_t> micro, s
   c.gradient_accumulation_steps = *gas;
 }
 
-// Real DeepSpeed top-level settings that deepspeed.cpp does not model: accepted, with a warning when switched on.
+// Real DeepSpeed top-level settings that deepspeed.cpp does not model: accepted, and listed among the features not
+// implemented when switched on.
 constexpr std::string_view kUnmodelledTopLevel[] = {
     "amp", "torch_autocast", "compression_training", "autotuning", "eigenvalue", "progressive_layer_drop",
     "curriculum_learning", "data_efficiency", "elasticity", "nebula", "weight_quantization", "compile", "timers",
@@ -426,7 +439,9 @@ DeepSpeedConfig load_config_file(const std::string& path, int dp_world_size, con
     DS_THROW(IoError, "[config] cannot open DeepSpeed config file '{}': {}; check the path", path,
              std::strerror(errno));
   }
-  std::string text(kMaxConfigBytes + 1, '\0');
+  // At most one byte past the limit is read: enough for parse_config to refuse an oversized file.
+  const auto size = std::filesystem::file_size(path, ec);
+  std::string text(ec ? kMaxConfigBytes + 1 : std::min<uintmax_t>(size, kMaxConfigBytes) + 1, '\0');
   in.read(text.data(), static_cast<std::streamsize>(text.size()));
   DS_CHECK_AS(IoError, !in.bad(), "[config] failed while reading DeepSpeed config file '{}'", path);
   text.resize(static_cast<size_t>(in.gcount()));

@@ -267,7 +267,7 @@ struct AutoValues {
   FlagValue<double> eps{1e-8};             // optimizer.params.eps
   FlagValue<double> weight_decay{0.1};     // --weight-decay: optimizer.params.weight_decay
   FlagValue<double> max_grad_norm{1.0};    // --max-grad-norm: gradient_clipping
-  FlagValue<int64_t> warmup_steps{50};     // --warmup-steps: scheduler.params.warmup_num_steps
+  FlagValue<int64_t> warmup_steps{50};     // --warmup-steps: warmup_num_steps (not given: 5% of total_num_steps)
   FlagValue<int64_t> total_steps{1000};    // --steps: scheduler.params.total_num_steps
   FlagValue<std::string> precision{"fp32"};  // --precision fp32|fp16|bf16: fp16.enabled, bf16.enabled
   int64_t hidden_size = 0;  // the model's width, for the ZeRO bucket sizes (0: leave those "auto" to the defaults)

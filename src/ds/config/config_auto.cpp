@@ -10,7 +10,10 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <optional>
 #include <utility>
 
 namespace ds::config::detail {
@@ -39,9 +42,17 @@ std::string dotted(const std::vector<std::string>& path) {
   return s;
 }
 
-// Numbers compare by value (8 and 8.0 agree), lists elementwise, the rest as JSON.
+// A number or boolean as a double (true is 1, as in Python), else nullopt.
+std::optional<double> as_number(const json& v) {
+  if (v.is_boolean()) return v.get<bool>() ? 1.0 : 0.0;
+  if (v.is_number()) return v.get<double>();
+  return std::nullopt;
+}
+
+// Numbers compare by value (8 and 8.0 agree, and 1 and true, as in Python), lists elementwise, the rest as JSON.
 bool same_value(const json& a, const json& b) {
-  if (a.is_number() && b.is_number()) return a.get<double>() == b.get<double>();
+  const auto x = as_number(a), y = as_number(b);
+  if (x && y) return *x == *y;
   if (a.is_array() && b.is_array() && a.size() == b.size()) {
     for (size_t i = 0; i < a.size(); ++i)
       if (!same_value(a[i], b[i])) return false;
@@ -55,7 +66,21 @@ struct Rule {
   json value;
   std::string flag;  // the flag that sets it, or how the value was chosen
   bool given = false;
+  bool used_elsewhere = false;  // the flag also feeds another value: no "not used" warning when this key is absent
 };
+
+// A batch-size value of the config as a positive integer, as the reader will coerce it; nullopt otherwise.
+std::optional<int64_t> batch_value(const json& v) {
+  std::optional<double> d = as_number(v);
+  if (!d && v.is_string()) {
+    const std::string& t = v.get_ref<const std::string&>();
+    char* end = nullptr;
+    const double parsed = std::strtod(t.c_str(), &end);
+    if (!t.empty() && end == t.c_str() + t.size()) d = parsed;
+  }
+  if (!d || !std::isfinite(*d) || *d < 1 || *d > 1e15 || *d != std::floor(*d)) return std::nullopt;
+  return static_cast<int64_t>(*d);
+}
 
 class Resolver {
  public:
@@ -73,6 +98,7 @@ class Resolver {
     }
     if (!r.given) return;
     if (node == nullptr || node->is_null()) {
+      if (r.used_elsewhere) return;
       warnings_.push_back(fmt::format("[config] {} {} is not used: {} does not set '{}'; write \"auto\" there to "
                                       "take the flag", r.flag, r.value.dump(), source_, key));
       return;
@@ -80,7 +106,7 @@ class Resolver {
     DS_CHECK_AS(ConfigError, same_value(*node, r.value),
                 "[config] '{}' is {} in {} but {} is {}; set it to \"auto\" in the config to take the flag, or drop "
                 "{} (as Hugging Face's integration, a config value and a flag must agree)",
-                key, node->dump(), source_, r.flag, r.value.dump(), r.flag);
+                key, render(*node), source_, r.flag, r.value.dump(), r.flag);
   }
 
   // The value the config ends up with at `path` once resolved, else `fallback`.
@@ -115,15 +141,20 @@ void resolve_auto(json& root, int world, const AutoValues& a, const std::string&
     resolved.push_back(fmt::format("'train_micro_batch_size_per_gpu' = {} ({}; the config sets no batch size)",
                                    a.micro_batch.value, a.micro_batch.given ? "--micro-batch" : "default of --micro-batch"));
   }
-  res.apply(rule({"train_micro_batch_size_per_gpu"}, a.micro_batch, "--micro-batch"));
-  res.apply(rule({"gradient_accumulation_steps"}, a.grad_accum, "--grad-accum"));
-  // train_batch_size = world x micro x accumulation, from the values the config now holds.
-  const json micro = res.effective({"train_micro_batch_size_per_gpu"}, a.micro_batch.value);
-  const json gas = res.effective({"gradient_accumulation_steps"}, a.grad_accum.value);
-  if (micro.is_number() && gas.is_number()) {
-    const int64_t train = int64_t(world) * micro.get<int64_t>() * gas.get<int64_t>();
-    res.apply(Rule{{"train_batch_size"}, train, fmt::format("data-parallel size {} x micro-batch x accumulation", world),
-                   false});
+  // A flag whose key the config lacks still counts when train_batch_size is "auto": it goes into the product.
+  const bool train_auto = is_auto(find(root, {"train_batch_size"}));
+  Rule micro_rule = rule({"train_micro_batch_size_per_gpu"}, a.micro_batch, "--micro-batch");
+  Rule gas_rule = rule({"gradient_accumulation_steps"}, a.grad_accum, "--grad-accum");
+  micro_rule.used_elsewhere = gas_rule.used_elsewhere = train_auto;
+  res.apply(micro_rule);
+  res.apply(gas_rule);
+  // train_batch_size = world x micro x accumulation, from the values the config now holds. Values that are not
+  // positive integers, or a product past 2^53, leave it "auto": the reader then names the key at fault.
+  const auto micro = batch_value(res.effective({"train_micro_batch_size_per_gpu"}, a.micro_batch.value));
+  const auto gas = batch_value(res.effective({"gradient_accumulation_steps"}, a.grad_accum.value));
+  if (micro && gas && double(world) * double(*micro) * double(*gas) <= 9007199254740992.0) {
+    res.apply(Rule{{"train_batch_size"}, int64_t(world) * *micro * *gas,
+                   fmt::format("data-parallel size {} x micro-batch x accumulation", world), false});
   }
   res.apply(rule({"gradient_clipping"}, a.max_grad_norm, "--max-grad-norm"));
 
@@ -136,9 +167,20 @@ void resolve_auto(json& root, int world, const AutoValues& a, const std::string&
   res.apply(Rule{{"scheduler", "params", "warmup_min_lr"}, 0, "Hugging Face's choice", false});
   const json lr = res.effective({"optimizer", "params", "lr"}, a.lr.value);
   res.apply(Rule{{"scheduler", "params", "warmup_max_lr"}, lr, "the optimizer's lr", false});
-  res.apply(rule({"scheduler", "params", "warmup_num_steps"}, a.warmup_steps, "--warmup-steps"));
-  res.apply(Rule{{"scheduler", "params", "total_num_steps"}, a.total_steps.value, "the run's length, --steps",
-                 a.total_steps.given});
+  // The schedule's length: total_num_steps "auto" is the run's (--steps), and warmup "auto" is --warmup-steps or
+  // else 5% of the schedule's length (50 of the default 1,000). A cosine needs total > max(2, warmup): a run of a
+  // step or two takes the first steps of a 3-step schedule.
+  const json total_json = res.effective({"scheduler", "params", "total_num_steps"}, a.total_steps.value);
+  const auto total = batch_value(total_json);
+  const int64_t warmup = a.warmup_steps.given ? a.warmup_steps.value
+                                              : std::llround(0.05 * static_cast<double>(total.value_or(0)));
+  res.apply(Rule{{"scheduler", "params", "warmup_num_steps"}, warmup,
+                 a.warmup_steps.given ? "--warmup-steps" : "5% of total_num_steps", a.warmup_steps.given});
+  const json warmup_json = res.effective({"scheduler", "params", "warmup_num_steps"}, warmup);
+  const int64_t warmup_eff = batch_value(warmup_json).value_or(0);
+  res.apply(Rule{{"scheduler", "params", "total_num_steps"}, std::max(a.total_steps.value,
+                                                                      std::max<int64_t>(2, warmup_eff) + 1),
+                 "the run's length, --steps", a.total_steps.given});
 
   // --precision: an explicit "enabled" must agree with it; a block it needs but the config lacks is a warning.
   const std::string& p = a.precision.value;

@@ -110,11 +110,13 @@ void parse_optimizer(BlockReader r, OptimizerConfig& out) {
     DS_CHECK_AS(ConfigError, out.min_coeff <= out.max_coeff,
                 "[config] 'optimizer.params.min_coeff' ({}) in {} is above max_coeff ({}); the trust ratio is clamped "
                 "to [min_coeff, max_coeff]", out.min_coeff, r.ctx().source, out.max_coeff);
-    p.read("eps_inside_sqrt", out.eps_inside_sqrt);
+    bool unused_eps_inside_sqrt = false;  // 1-bit LAMB takes it and keeps eps outside the square root
+    p.read("eps_inside_sqrt", compressed_lamb ? unused_eps_inside_sqrt : out.eps_inside_sqrt);
   }
-  if (compressed_lamb) {
-    r.ctx().not_implemented.push_back(fmt::format("'optimizer.type' = '{}' (runs as uncompressed LAMB: exact "
-                                                  "gradients, per-step trust ratios)", type));
+  if (compressed_lamb) {  // onebit/lamb.py's warm-up stage: no bias correction, eps outside the square root
+    r.ctx().not_implemented.push_back(fmt::format("'optimizer.type' = '{}' (runs as uncompressed LAMB: no bias "
+                                                  "correction, exact gradients, per-step trust ratios)", type));
+    out.bias_correction = false;
   }
   if (compressed_adam) {
     r.ctx().not_implemented.push_back(fmt::format("'optimizer.type' = '{}' (runs as uncompressed Adam: decoupled "
@@ -142,8 +144,8 @@ void parse_optimizer(BlockReader r, OptimizerConfig& out) {
   }
   p.read("eps", out.eps, Support::implemented, 0.0);
   const bool wd_given = p.read("weight_decay", out.weight_decay, Support::implemented, 0.0);
-  bool unused_bias_correction = true;  // 1-bit Adam takes the argument and never applies it
-  p.read("bias_correction", compressed_adam ? unused_bias_correction : out.bias_correction);
+  bool unused_bias_correction = true;  // the 1-bit optimizers take the argument and never apply it
+  p.read("bias_correction", compressed_adam || compressed_lamb ? unused_bias_correction : out.bias_correction);
   if (!lamb) {  // FusedAdam arguments (FusedLamb would refuse them)
     bool adam_w_mode = true;
     const bool mode_given = p.read("adam_w_mode", adam_w_mode);

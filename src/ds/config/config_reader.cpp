@@ -27,9 +27,12 @@ using nlohmann::json;
 void ParseContext::warn(std::string message) { warnings.push_back(std::move(message)); }
 
 void ParseContext::summarise() {
-  auto listing = [](const std::vector<std::string>& items) {
+  auto listing = [](const std::vector<std::string>& items) {  // at most 20, so a hostile file cannot flood the log
+    constexpr size_t kShown = 20;
     std::string s;
-    for (const auto& i : items) s += fmt::format("{}{}", s.empty() ? "" : "; ", i);
+    for (size_t i = 0; i < std::min(items.size(), kShown); ++i)
+      s += fmt::format("{}{}", s.empty() ? "" : "; ", items[i].size() > 200 ? items[i].substr(0, 197) + "..." : items[i]);
+    if (items.size() > kShown) s += fmt::format("; and {} more", items.size() - kShown);
     return s;
   };
   if (!not_implemented.empty()) {
@@ -84,6 +87,8 @@ std::string did_you_mean(std::string_view key, const std::vector<std::string>& c
   std::string best;
   size_t best_shared = 0, best_d = limit + 1;
   for (const auto& c : candidates) {
+    // The distance is at least the difference in length: skip those early (a hostile 16 MiB key costs nothing).
+    if (std::max(key.size(), c.size()) - std::min(key.size(), c.size()) > limit) continue;
     const size_t d = edit_distance(key, c, Case::insensitive);
     if (d > limit) continue;
     const size_t shared = shared_tokens(key_tokens, lower_tokens(c));

@@ -104,7 +104,12 @@ class TensorBoardMonitor final : public Monitor {
     ev.set_file_version(kFileVersion);
     std::string records;
     append_record(records, serialize_event(ev));
-    write_all(records);
+    try {
+      write_all(records);
+    } catch (...) {  // the destructor does not run for a constructor that throws
+      ::close(fd_);
+      throw;
+    }
   }
 
   TensorBoardMonitor(const TensorBoardMonitor&) = delete;

@@ -1,6 +1,7 @@
-// Learning-rate schedules of DeepSpeed's runtime/lr_schedules.py — WarmupLR, WarmupDecayLR, WarmupCosineLR — and a
-// constant one, as a pure function of how many optimizer steps have been taken (no hidden counter to save/restore).
-// The decision that matters is the step convention, including DeepSpeed's first-step behaviour: see the Note below.
+// Learning-rate schedules of DeepSpeed's runtime/lr_schedules.py — WarmupLR, WarmupDecayLR, WarmupCosineLR, OneCycle
+// (with its momentum), LRRangeTest — and a constant one, as a pure function of how many optimizer steps have been
+// taken (no hidden counter to save/restore). The decision that matters is the step convention, including DeepSpeed's
+// first-step behaviour: see the Note below.
 #pragma once
 
 #include "ds/config/config.h"

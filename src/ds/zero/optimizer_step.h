@@ -1,8 +1,8 @@
 // The optimizer step of this rank's partition: Adam/AdamW (ops::adamw_step, DeepSpeed's CPU-Adam semantics) over
 // the owned chunks, one state tile at a time through the OptimizerStateStore, or LAMB (DeepSpeed's FusedLamb, one
-// trust ratio per parameter tensor: two passes, the moments and norms, then the scaled update), and the mixed-precision master
-// weights (Note [Mixed precision] in the .cpp): with 16-bit parameters the store holds an fp32 master copy of the
-// owned partition, Adam updates it, and the step rounds it into the 16-bit parameters. The step never sees where
+// trust ratio per parameter tensor: two passes, Note [LAMB over tiles]), and the mixed-precision master weights
+// (Note [Mixed precision] in the .cpp): with 16-bit parameters the store holds an fp32 master copy of the owned
+// partition, the optimizer updates it, and the step rounds it into the 16-bit parameters. The step never sees where
 // parameters and gradients live: the caller hands it each unit's owned chunks.
 #pragma once
 
