@@ -223,6 +223,8 @@ TEST_F(SafetensorsTest, CorruptFilesThrowIoError) {
   expect_io_error(raw(R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]})", data8), "not valid JSON");
   expect_io_error(raw("\xff\xfe garbage", data8), "not valid JSON");
   expect_io_error(raw("[1,2]", ""), "should be a JSON object");
+  expect_io_error(raw(std::string(100000, '[') + std::string(100000, ']'), ""), "deeper than 8 levels");
+  expect_io_error(raw(R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,1e400]}})", data8), "out of range");
   expect_io_error(raw(R"({"x":{"dtype":"F31","shape":[2],"data_offsets":[0,8]}})", data8), "dtype \"F31\"");
   expect_io_error(raw(R"({"x":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", data8), "should occupy 12 bytes");
   expect_io_error(raw(R"({"x":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", data8), "non-negative");

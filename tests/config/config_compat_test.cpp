@@ -216,6 +216,7 @@ TEST_F(ConfigCompat, HjsonCommentsAndTrailingCommas) {
 TEST_F(ConfigCompat, SizeAndNestingAreBounded) {
   std::string deep = R"({"train_batch_size": 8, "x": )" + std::string(100, '[') + std::string(100, ']') + "}";
   EXPECT_THROW(parse(deep), ConfigError);
+  EXPECT_THROW(parse(R"({"train_batch_size": 8, "gradient_clipping": 1e400})"), ConfigError);  // out of range
   std::string big = R"({"train_batch_size": 8, "pad": ")" + std::string(size_t(17) << 20, 'a') + "\"}";
   try {
     parse(big);

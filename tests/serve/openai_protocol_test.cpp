@@ -157,6 +157,17 @@ TEST(OpenAiProtocol, EachBadFieldIsNamed) {
   }
 }
 
+// Hostile bodies are 400s with a reason: nesting 100,000 levels deep (once a stack overflow), and a number past a
+// double's range (once a 500).
+TEST(OpenAiProtocol, HostileBodiesAreBadRequests) {
+  const Rejection deep = reject(R"({"prompt": )" + std::string(100000, '[') + std::string(100000, ']') + "}");
+  EXPECT_EQ(deep.status, 400);
+  EXPECT_NE(deep.message.find("deeper than 16 levels"), std::string::npos) << deep.message;
+  const Rejection huge = reject(R"({"prompt": "Hi", "max_tokens": 1e400})");
+  EXPECT_EQ(huge.status, 400);
+  EXPECT_NE(huge.message.find("1e400"), std::string::npos) << huge.message;
+}
+
 TEST(OpenAiProtocol, UnknownModelIsModelNotFound) {
   const Rejection r = reject(R"({"prompt": "a", "model": "gpt-4"})");
   EXPECT_EQ(r.code.value_or(""), "model_not_found");

@@ -50,7 +50,8 @@ void add_train_command(CLI::App& root) {
                                "folder with train.bin and val.bin token shards (the default is prepared from the "
                                "bundled corpus on first use)")
                    ->capture_default_str();
-  cmd->add_option("--corpus", opts->corpus_dir, "text corpus to prepare the default --data from when it is missing (a --data given must exist)")
+  cmd->add_option("--corpus", opts->corpus_dir,
+                  "text corpus to prepare the default --data from when it is missing (a --data given must exist)")
       ->capture_default_str();
   cmd->add_option("--tokenizer", opts->tokenizer_dir, "folder with encoder.json and vocab.bpe")
       ->capture_default_str();
@@ -69,7 +70,8 @@ void add_train_command(CLI::App& root) {
   cmd->add_option("--time-limit", opts->time_limit_s, "stop training after this many seconds");
   cmd->add_option("--device-memory-limit", *memory_limit,
                   "fail clearly if the model needs more than this (e.g. 512MiB), as on a smaller accelerator");
-  cmd->add_flag("-q,--quiet", opts->quiet, "no progress bar and no summary (warnings, errors and the ZeRO report remain)");
+  cmd->add_flag("-q,--quiet", opts->quiet,
+                "no progress bar and no summary (warnings, errors and the ZeRO report remain)");
   cmd->add_flag("--checkpoint-activations", opts->checkpoint_activations,
                 "keep only each transformer block's input and recompute its forward in backward (less memory, "
                 "about a third more compute); configured by the config's activation_checkpointing block");

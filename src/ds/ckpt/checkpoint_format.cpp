@@ -12,6 +12,7 @@
 
 #include "ds/core/convert.h"
 #include "ds/core/error.h"
+#include "ds/core/json_input.h"
 #include "ds/core/strings.h"
 
 namespace ds::ckpt {
@@ -35,7 +36,7 @@ T get_field(const nlohmann::json& j, const char* key, const std::string& where) 
   try {
     return j.at(key).get<T>();
   } catch (const nlohmann::json::exception&) {
-    DS_THROW(IoError, "[checkpoint] {}: the field '{}' has the wrong type ({})", where, key, j.at(key).dump());
+    DS_THROW(IoError, "[checkpoint] {}: the field '{}' has the wrong type ({})", where, key, json_excerpt(j.at(key)));
   }
 }
 
@@ -136,11 +137,11 @@ CheckpointReader::CheckpointReader(const std::string& dir, const std::string& ta
   std::stringstream ss;
   ss << in.rdbuf();
   nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(ss.str());
-  } catch (const nlohmann::json::parse_error& e) {
-    DS_THROW(IoError, "[checkpoint] '{}' is not valid JSON ({}); the file is damaged", manifest_path, e.what());
-  }
+  JsonLimits limits;
+  limits.max_bytes = size_t(256) << 20;  // a manifest lists units and ranks: kilobytes for real models
+  const std::string problem = parse_json_bounded(ss.str(), limits, j);
+  DS_CHECK_AS(IoError, problem.empty(), "[checkpoint] '{}' is not a valid manifest ({}); the file is damaged: load "
+              "an earlier tag", manifest_path, problem);
   manifest_ = CheckpointManifest::from_json(j, "'" + manifest_path + "'");
   const CheckpointManifest& m = manifest_;
   int64_t part = 0;

@@ -15,6 +15,7 @@
 #include <set>
 
 #include "ds/core/error.h"
+#include "ds/core/json_input.h"
 #include "ds/core/strings.h"
 #include "ds/kernels/cpu/kernels.h"
 
@@ -53,26 +54,26 @@ SafetensorsView parse_entry(const std::string& where, const std::string& name, c
   DS_CHECK_AS(IoError, info.is_object(),
               "{}: entry '{}' should be an object {{\"dtype\", \"shape\", \"data_offsets\"}}, found {}. The file "
               "is corrupt or not safetensors; re-save it.",
-              where, name, info.dump());
+              where, name, json_excerpt(info));
   for (const char* key : {"dtype", "shape", "data_offsets"}) {
     DS_CHECK_AS(IoError, info.contains(key), "{}: entry '{}' has no \"{}\" field (found {}). The file is corrupt; "
-                "re-save it.", where, name, key, info.dump());
+                "re-save it.", where, name, key, json_excerpt(info));
   }
   SafetensorsView view;
   const json& dtype = info["dtype"];
   DS_CHECK_AS(IoError, dtype.is_string() && safetensors_dtype_size(dtype.get<std::string>()) != 0,
               "{}: tensor '{}' has dtype {}, expected one of F64, F32, F16, BF16, F8_E4M3, F8_E5M2, I64, I32, I16, "
               "I8, U64, U32, U16, U8, BOOL. Convert the tensor to a supported dtype before saving.",
-              where, name, dtype.dump());
+              where, name, json_excerpt(dtype));
   view.dtype = dtype.get<std::string>();
 
   const json& shape = info["shape"];
   DS_CHECK_AS(IoError, shape.is_array(), "{}: tensor '{}' has shape {}, expected an array of non-negative "
-              "integers. The file is corrupt; re-save it.", where, name, shape.dump());
+              "integers. The file is corrupt; re-save it.", where, name, json_excerpt(shape));
   for (const json& d : shape) {
     DS_CHECK_AS(IoError, d.is_number_unsigned() && d.get<uint64_t>() <= uint64_t{std::numeric_limits<int64_t>::max()},
                 "{}: tensor '{}' has shape {}, expected non-negative integer dimensions. The file is corrupt; "
-                "re-save it.", where, name, shape.dump());
+                "re-save it.", where, name, json_excerpt(shape));
     view.shape.push_back(static_cast<int64_t>(d.get<uint64_t>()));
   }
 
@@ -80,7 +81,7 @@ SafetensorsView parse_entry(const std::string& where, const std::string& name, c
   DS_CHECK_AS(IoError, offs.is_array() && offs.size() == 2 && offs[0].is_number_unsigned() &&
                            offs[1].is_number_unsigned(),
               "{}: tensor '{}' has data_offsets {}, expected [begin, end] as non-negative integers. The file is "
-              "corrupt; re-save it.", where, name, offs.dump());
+              "corrupt; re-save it.", where, name, json_excerpt(offs));
   *begin = offs[0].get<uint64_t>();
   *end = offs[1].get<uint64_t>();
   DS_CHECK_AS(IoError, *begin <= *end, "{}: tensor '{}' has data_offsets [{}, {}] with begin after end. The file "
@@ -136,12 +137,12 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
 
   const char* hbegin = reinterpret_cast<const char*>(bytes + 8);
   json header;
-  try {
-    header = json::parse(hbegin, hbegin + header_len);
-  } catch (const json::exception& e) {
-    DS_THROW(IoError, "{}: header ({} bytes) is not valid JSON: {}. The file is corrupt or not safetensors; "
-             "re-save it.", where, header_len, e.what());
-  }
+  JsonLimits limits;
+  limits.max_bytes = kMaxHeaderSize;
+  limits.max_depth = 8;  // {"name": {"dtype", "shape": [...], "data_offsets": [...]}, "__metadata__": {...}}
+  const std::string problem = parse_json_bounded(std::string_view(hbegin, header_len), limits, header);
+  DS_CHECK_AS(IoError, problem.empty(), "{}: header ({} bytes) is not valid JSON: {}. The file is corrupt or not "
+              "safetensors; re-save it.", where, header_len, problem);
   DS_CHECK_AS(IoError, header.is_object(), "{}: header should be a JSON object, found {}. The file is corrupt; "
               "re-save it.", where, header.type_name());
 
@@ -158,7 +159,7 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
                   "is corrupt; re-save it.", where, meta.type_name());
       for (auto m = meta.begin(); m != meta.end(); ++m) {
         DS_CHECK_AS(IoError, m.value().is_string(), "{}: __metadata__ value for '{}' should be a string, found {}. "
-                    "Store metadata values as strings.", where, m.key(), m.value().dump());
+                    "Store metadata values as strings.", where, m.key(), json_excerpt(m.value()));
         f.metadata_[m.key()] = m.value().get<std::string>();
       }
       continue;

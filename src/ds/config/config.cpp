@@ -242,6 +242,12 @@ json parse_json_text(const std::string& raw_text, const std::string& source) {
     DS_THROW(ConfigError, "[config] {} is not valid JSON: line {}, column {}: {}; fix the syntax there (comments, "
              "trailing commas and line breaks between members are allowed, as in DeepSpeed's hjson; single quotes and "
              "unquoted keys or strings are not)", source, line, column, detail);
+  } catch (const json::exception& e) {  // a number past a double's range, e.g. 1e400
+    std::string detail = e.what();
+    const size_t bracket = detail.find("] ");
+    if (bracket != std::string::npos) detail = detail.substr(bracket + 2);
+    DS_THROW(ConfigError, "[config] {} holds a number out of range ({}); numbers must fit a double: fix that value",
+             source, detail);
   }
   DS_CHECK_AS(ConfigError, finder.duplicate.empty(),
               "[config] duplicate key '{}' in {}; DeepSpeed rejects duplicate keys too: keep one of them",

@@ -139,7 +139,8 @@ void resolve_auto(json& root, int world, const AutoValues& a, const std::string&
   if (root.is_object() && !root.contains("train_batch_size") && !root.contains("train_micro_batch_size_per_gpu")) {
     root["train_micro_batch_size_per_gpu"] = a.micro_batch.value;
     resolved.push_back(fmt::format("'train_micro_batch_size_per_gpu' = {} ({}; the config sets no batch size)",
-                                   a.micro_batch.value, a.micro_batch.given ? "--micro-batch" : "default of --micro-batch"));
+                                   a.micro_batch.value,
+                                   a.micro_batch.given ? "--micro-batch" : "default of --micro-batch"));
   }
   // A flag whose key the config lacks still counts when train_batch_size is "auto": it goes into the product.
   const bool train_auto = is_auto(find(root, {"train_batch_size"}));

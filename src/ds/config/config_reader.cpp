@@ -30,8 +30,10 @@ void ParseContext::summarise() {
   auto listing = [](const std::vector<std::string>& items) {  // at most 20, so a hostile file cannot flood the log
     constexpr size_t kShown = 20;
     std::string s;
-    for (size_t i = 0; i < std::min(items.size(), kShown); ++i)
-      s += fmt::format("{}{}", s.empty() ? "" : "; ", items[i].size() > 200 ? items[i].substr(0, 197) + "..." : items[i]);
+    for (size_t i = 0; i < std::min(items.size(), kShown); ++i) {
+      const std::string& item = items[i];
+      s += fmt::format("{}{}", s.empty() ? "" : "; ", item.size() > 200 ? item.substr(0, 197) + "..." : item);
+    }
     if (items.size() > kShown) s += fmt::format("; and {} more", items.size() - kShown);
     return s;
   };
@@ -204,7 +206,8 @@ const json* BlockReader::value_of(std::string_view key, const std::string& defau
   const json* v = lookup(key);
   if (v == nullptr && obj_ != nullptr) {
     auto it = obj_->find(key);
-    if (it != obj_->end() && it->is_string()) ctx_->auto_defaults.push_back(fmt::format("'{}' -> {}", key_name(key), default_text));
+    if (it != obj_->end() && it->is_string())
+      ctx_->auto_defaults.push_back(fmt::format("'{}' -> {}", key_name(key), default_text));
   }
   return v;
 }

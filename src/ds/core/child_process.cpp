@@ -6,6 +6,7 @@
 #include <deque>
 
 #include "ds/core/error.h"
+#include "ds/core/json_input.h"
 
 namespace ds {
 
@@ -31,11 +32,11 @@ nlohmann::json run_child_result(const std::string& cmd) {
   for (const std::string& l : tail) printed += "    " + l;
   DS_CHECK_AS(IoError, rc == 0 && !result.empty(), "[bench] '{}' failed (status {}) or printed no RESULT line; its "
               "last lines:\n{}", cmd, rc, printed);
-  try {
-    return nlohmann::json::parse(result);
-  } catch (const nlohmann::json::parse_error& e) {
-    DS_THROW(IoError, "[bench] '{}' printed an unreadable RESULT line ({}): {}", cmd, e.what(), result);
-  }
+  nlohmann::json j;
+  const std::string problem = parse_json_bounded(result, JsonLimits{}, j);
+  DS_CHECK_AS(IoError, problem.empty(), "[bench] '{}' printed an unreadable RESULT line ({}): {}", cmd, problem,
+              result.substr(0, 200));
+  return j;
 }
 
 }  // namespace ds

@@ -18,6 +18,7 @@
 #include <utility>
 
 #include "ds/core/error.h"
+#include "ds/core/json_input.h"
 
 namespace ds::data {
 namespace {
@@ -185,12 +186,11 @@ std::shared_ptr<const BpeTokenizer::Tables> load_tables(const std::string& encod
   // encoder.json: {"<mapped token>": id, ...} with ids 0..N-1, each once.
   const std::string encoder_text = read_text_file(encoder_path, "encoder.json");
   nlohmann::json encoder;
-  try {
-    encoder = nlohmann::json::parse(encoder_text);
-  } catch (const nlohmann::json::exception& e) {
-    DS_THROW(IoError, "[tokenizer] '{}' is not valid JSON ({}); expected GPT-2's encoder.json, an object mapping "
-             "token strings to ids", encoder_path, e.what());
-  }
+  JsonLimits limits;
+  limits.max_bytes = size_t(64) << 20;  // GPT-2's is 1 MiB
+  const std::string problem = parse_json_bounded(encoder_text, limits, encoder);
+  DS_CHECK_AS(IoError, problem.empty(), "[tokenizer] '{}' is not valid JSON ({}); expected GPT-2's encoder.json, an "
+              "object mapping token strings to ids", encoder_path, problem);
   DS_CHECK_AS(IoError, encoder.is_object() && !encoder.empty(),
               "[tokenizer] '{}' is not a JSON object of token -> id; expected GPT-2's encoder.json", encoder_path);
   const size_t n = encoder.size();

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "ds/core/error.h"
+#include "ds/core/json_input.h"
 #include "ds/core/log.h"
 
 namespace ds::data {
@@ -165,12 +166,9 @@ std::string DataLoader::state_json() const {
 
 void DataLoader::restore_json(const std::string& json) {
   nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(json);
-  } catch (const nlohmann::json::exception& e) {
-    DS_THROW(ConfigError, "[data_loader] loader state is not valid JSON ({}); expected the text of state_json()",
-             e.what());
-  }
+  const std::string problem = parse_json_bounded(json, JsonLimits{}, j);
+  DS_CHECK_AS(ConfigError, problem.empty(), "[data_loader] loader state is not valid JSON ({}); expected the text "
+              "of state_json()", problem);
   restore(j.get<LoaderState>());
 }
 

@@ -9,6 +9,7 @@
 #include "ds/ckpt/checkpoint_format.h"
 #include "ds/ckpt/safetensors.h"
 #include "ds/core/error.h"
+#include "ds/core/json_input.h"
 
 namespace ds::inference {
 
@@ -42,11 +43,9 @@ nn::Gpt2Config config_of_file(const ckpt::SafetensorsFile& file, const std::stri
   DS_CHECK_AS(ConfigError, it != file.metadata().end(), "[serve] '{}' does not say the model's shape (no "
               "\"ds_model\" metadata); give it with --arch (a preset such as gpt2-tiny, or a model JSON file)", path);
   nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(it->second);
-  } catch (const nlohmann::json::parse_error& e) {
-    DS_THROW(IoError, "[serve] '{}': its \"ds_model\" metadata is not JSON ({}); give --arch", path, e.what());
-  }
+  const std::string problem = parse_json_bounded(it->second, JsonLimits{}, j);
+  DS_CHECK_AS(IoError, problem.empty(), "[serve] '{}': its \"ds_model\" metadata is not valid JSON ({}); give "
+              "--arch", path, problem);
   return nn::Gpt2Config::from_json(j, path + " (ds_model metadata)");
 }
 

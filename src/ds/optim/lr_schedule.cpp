@@ -43,7 +43,8 @@ double LrSchedule::warmup_gamma(int64_t t) const {
 
 double LrSchedule::cycle_scale(int64_t t) const {
   const double first = static_cast<double>(config_.cycle_first_step_size);
-  const double total = first + static_cast<double>(config_.cycle_second_step_size.value_or(config_.cycle_first_step_size));
+  const double second = static_cast<double>(config_.cycle_second_step_size.value_or(config_.cycle_first_step_size));
+  const double total = first + second;
   const double ratio = first / total;
   const double batch = static_cast<double>(t + 1);
   const double cycle = std::floor(1 + batch / total);
@@ -71,7 +72,8 @@ std::optional<std::pair<double, double>> LrSchedule::betas(int64_t steps_taken) 
   const double lo = config_.cycle_min_mom, hi = config_.cycle_max_mom;
   if (t < cycle_total(config_)) return std::make_pair(hi - (hi - lo) * cycle_scale(t), kBeta2);
   if (config_.decay_step_size == 0 || config_.decay_mom_rate == 0) return std::make_pair(hi, kBeta2);
-  const double interval = static_cast<double>(t - cycle_total(config_) + 1) / static_cast<double>(config_.decay_step_size);
+  const double interval =
+      static_cast<double>(t - cycle_total(config_) + 1) / static_cast<double>(config_.decay_step_size);
   return std::make_pair(hi * (1 + config_.decay_mom_rate * interval), kBeta2);
 }
 

@@ -10,6 +10,7 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
+#include "ds/core/json_input.h"
 #include "ds/core/strings.h"
 
 namespace ds::serve {
@@ -213,12 +214,13 @@ std::string error_body(const ApiError& e) { return error_body(e.what(), e.type()
 
 CompletionRequest parse_completion_request(std::string_view body, std::string_view served_model) {
   json j;
-  try {
-    j = json::parse(body);
-  } catch (const json::parse_error& e) {
+  JsonLimits limits;
+  limits.max_depth = 16;  // a completion request is flat: a prompt list of token lists is 2 deep
+  const std::string problem = parse_json_bounded(body, limits, j);
+  if (!problem.empty()) {
     throw ApiError(400, fmt::format("[serve] the request body is not valid JSON ({}); send a JSON object such as "
                                     "{{\"prompt\": \"Hello\", \"max_tokens\": 16}}",
-                                    e.what()));
+                                    problem));
   }
   if (!j.is_object()) {
     throw ApiError(400, fmt::format("[serve] the request body must be a JSON object, found {}; send for example "

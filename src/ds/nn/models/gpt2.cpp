@@ -10,6 +10,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "ds/core/json_input.h"
 #include "ds/core/rng.h"
 #include "ds/core/strings.h"
 #include "ds/ops/ops.h"
@@ -46,11 +47,11 @@ Gpt2Config Gpt2Config::from_spec(const std::string& spec) {
   std::stringstream ss;
   ss << in.rdbuf();
   nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(ss.str(), nullptr, true, true);
-  } catch (const nlohmann::json::parse_error& e) {
-    DS_THROW(ConfigError, "[model] '{}' is not valid JSON: {}", spec, e.what());
-  }
+  JsonLimits limits;
+  limits.comments = true;
+  const std::string problem = parse_json_bounded(ss.str(), limits, j);
+  DS_CHECK_AS(ConfigError, problem.empty(), "[model] '{}' is not a valid model JSON file: {}; fix it or give a "
+              "preset (gpt2-tiny, gpt2-mini, gpt2)", spec, problem);
   return from_json(j, spec);
 }
 

@@ -1,0 +1,32 @@
+// Untrusted JSON — HTTP bodies, config and model files, checkpoint manifests, safetensors headers, tokenizer
+// files — read through one bounded parser. nlohmann's parser follows nesting as deep as the text goes, and its
+// dump() and destructor recurse, so a 200 KB body of '[' would overflow the stack: the text is scanned first,
+// without recursion, and refused past a size or a depth. Syntax errors and numbers out of range (1e400) come back as
+// one message with line and column, never as a library exception, so every caller turns them into its own clear
+// error (a 400, a ConfigError, an IoError naming the file).
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+namespace ds {
+
+struct JsonLimits {
+  size_t max_bytes = size_t(16) << 20;
+  int max_depth = 64;     // objects and arrays nested inside each other
+  bool comments = false;  // allow // and /* */ comments
+};
+
+// Parses `text` into `out`. Returns an empty string on success, else what is wrong, for a message: "it is larger
+// than 16 MiB", "it nests deeper than 64 levels (line 1, column 65)", "line 3, column 7: syntax error ...", "line 1,
+// column 9: number 1e400 is out of range".
+std::string parse_json_bounded(std::string_view text, const JsonLimits& limits, nlohmann::json& out);
+
+// A short excerpt of a value for messages, never recursing into nested containers: a scalar as JSON, a list of at
+// most 16 scalars as JSON, cut to max_chars; any other container as "[... 3 items]" or "{... 2 keys}".
+std::string json_excerpt(const nlohmann::json& value, size_t max_chars = 60);
+
+}  // namespace ds
