@@ -6,6 +6,7 @@
 #include "ds/config/config.h"
 
 #include "ds/core/error.h"
+#include "ds/core/json_input.h"
 #include "ds/core/log.h"
 #include "ds/config/config_auto.h"
 #include "ds/config/config_blocks.h"
@@ -21,6 +22,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <sstream>
 #include <utility>
 
@@ -128,10 +130,8 @@ void scan_outside_strings(const std::string& text, F&& f) {
 }
 
 // hjson's extensions that DeepSpeed's own snippets use: '//', '#' and '/* */' comments and a comma before '}' or
-// ']'. Each is overwritten with spaces (newlines kept), so the JSON parser's offsets stay those of the file. Also
-// bounds the nesting, which the parser itself would follow as deep as the text goes.
-std::string blank_hjson_extras(std::string text, const std::string& source) {
-  int depth = 0;
+// ']'. Each is overwritten with spaces (newlines kept), so the JSON parser's offsets stay those of the file.
+std::string blank_hjson_extras(std::string text) {
   scan_outside_strings(text, [&](size_t& i) {
     const char ch = text[i];
     if (ch == '#' || (ch == '/' && i + 1 < text.size() && text[i + 1] == '/')) {
@@ -142,12 +142,6 @@ std::string blank_hjson_extras(std::string text, const std::string& source) {
       for (; i < stop; ++i)
         if (text[i] != '\n') text[i] = ' ';
       --i;
-    } else if (ch == '{' || ch == '[') {
-      DS_CHECK_AS(ConfigError, ++depth <= kMaxConfigDepth,
-                  "[config] {} nests objects and lists more than {} deep; a DeepSpeed config needs 4 at most: check "
-                  "that this is the config file", source, kMaxConfigDepth);
-    } else if (ch == '}' || ch == ']') {
-      --depth;
     }
   });
   // Trailing commas, now that no comment can sit between the comma and the bracket.
@@ -213,11 +207,21 @@ std::string insert_line_break_commas(const std::string& text, std::vector<size_t
 }
 
 json parse_json_text(const std::string& raw_text, const std::string& source) {
-  DS_CHECK_AS(ConfigError, raw_text.size() <= kMaxConfigBytes,
-              "[config] {} is larger than {} MiB; a DeepSpeed config is a few KiB and at most {} MiB is read: check "
-              "that this is the config file", source, kMaxConfigBytes >> 20, kMaxConfigBytes >> 20);
+  // Bounded before anything walks it: the parser, its callback and dump() would follow any depth (json_input.h).
+  // The size first, then the depth once comments are blanked (a bracket in a comment does not nest).
+  JsonLimits limits;
+  limits.max_bytes = kMaxConfigBytes;
+  limits.max_depth = kMaxConfigDepth;
+  JsonLimits size_only = limits;
+  size_only.max_depth = std::numeric_limits<int>::max();
+  std::string problem = json_bounds_problem(std::string_view(raw_text).substr(0, kMaxConfigBytes + 1), size_only);
+  const std::string blanked = problem.empty() ? blank_hjson_extras(raw_text) : std::string();
+  if (problem.empty()) problem = json_bounds_problem(blanked, limits);
+  DS_CHECK_AS(ConfigError, problem.empty(), "[config] {}: {}; a DeepSpeed config is a few KiB, 4 levels deep: check "
+              "that this is the config file (at most {} MiB and {} levels are read)", source, problem,
+              kMaxConfigBytes >> 20, kMaxConfigDepth);
   std::vector<size_t> inserted;
-  const std::string text = insert_line_break_commas(blank_hjson_extras(raw_text, source), inserted);
+  const std::string text = insert_line_break_commas(blanked, inserted);
   DuplicateFinder finder;
   json root;
   try {

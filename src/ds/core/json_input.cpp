@@ -49,7 +49,7 @@ size_t too_deep_at(std::string_view text, int max_depth) {
 
 }  // namespace
 
-std::string parse_json_bounded(std::string_view text, const JsonLimits& limits, nlohmann::json& out) {
+std::string json_bounds_problem(std::string_view text, const JsonLimits& limits) {
   if (text.size() > limits.max_bytes) {
     return limits.max_bytes >= (size_t(1) << 20)
                ? fmt::format("it is larger than {} MiB", limits.max_bytes >> 20)
@@ -57,6 +57,11 @@ std::string parse_json_bounded(std::string_view text, const JsonLimits& limits, 
   }
   if (const size_t at = too_deep_at(text, limits.max_depth); at != std::string_view::npos)
     return fmt::format("it nests objects and lists deeper than {} levels ({})", limits.max_depth, position(text, at));
+  return {};
+}
+
+std::string parse_json_bounded(std::string_view text, const JsonLimits& limits, nlohmann::json& out) {
+  if (std::string problem = json_bounds_problem(text, limits); !problem.empty()) return problem;
   try {
     out = nlohmann::json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/true, limits.comments);
   } catch (const nlohmann::json::parse_error& e) {

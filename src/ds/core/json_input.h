@@ -24,6 +24,8 @@ struct JsonLimits {
 // than 16 MiB", "it nests deeper than 64 levels (line 1, column 65)", "line 3, column 7: syntax error ...", "line 1,
 // column 9: number 1e400 is out of range".
 std::string parse_json_bounded(std::string_view text, const JsonLimits& limits, nlohmann::json& out);
+// The size and depth checks alone, for a parser of its own (the ds_config reader): empty when within the limits.
+std::string json_bounds_problem(std::string_view text, const JsonLimits& limits);
 
 // A short excerpt of a value for messages, never recursing into nested containers: a scalar as JSON, a list of at
 // most 16 scalars as JSON, cut to max_chars; any other container as "[... 3 items]" or "{... 2 keys}".
