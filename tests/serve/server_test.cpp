@@ -428,10 +428,29 @@ TEST(Server, BadRequestsGetOpenAiErrorBodies) {
   ASSERT_EQ(models.body["data"].size(), 1u);
   EXPECT_EQ(models.body["data"][0]["id"], kModelName);
   EXPECT_EQ(models.body["data"][0]["object"], "model");
+  const Reply one = post_raw(h, "GET", std::string("/v1/models/") + kModelName, "");
+  EXPECT_EQ(one.status, 200);
+  EXPECT_EQ(one.body, models.body["data"][0]);
+  const Reply other = post_raw(h, "GET", "/v1/models/gpt-4", "");
+  expect_error(other, 404, "model", "'gpt-4' does not exist");
+  EXPECT_EQ(other.body["error"]["code"], "model_not_found");
+
+  // What `curl -d` sends: a form content type. Read as JSON when small; past cpp-httplib's 8 KiB form cap, a 413
+  // that says why and what to send.
+  httplib::Client cli = h.client();
+  const auto form = cli.Post("/v1/completions", R"({"prompt": [1, 2], "max_tokens": 2})",
+                             "application/x-www-form-urlencoded");
+  ASSERT_TRUE(form);
+  EXPECT_EQ(form->status, 200) << form->body;
+  const auto big = cli.Post("/v1/completions", R"({"prompt": ")" + std::string(9000, 'a') + R"("})",
+                            "application/x-www-form-urlencoded");
+  ASSERT_TRUE(big);
+  EXPECT_EQ(big->status, 413);
+  EXPECT_NE(big->body.find("Content-Type: application/json"), std::string::npos) << big->body;
 
   const auto m = metrics(h);
-  EXPECT_EQ(m.at("dspeed_requests_rejected_total{reason=\"invalid\"}"), invalid_sent);
-  EXPECT_EQ(m.at("dspeed_requests_total"), 0);
+  EXPECT_EQ(m.at("dspeed_requests_rejected_total{reason=\"invalid\"}"), invalid_sent);  // lookups are not requests
+  EXPECT_EQ(m.at("dspeed_requests_total"), 1);  // the form-encoded request
   expect_idle(h);
 }
 

@@ -236,17 +236,29 @@ void HttpServer::Impl::routes() {
   svr->Get("/health", guarded([](const httplib::Request&, httplib::Response& res) {
              res.set_content(R"({"status":"ok"})", kJson);
            }));
-  svr->Get("/v1/models", guarded([this](const httplib::Request&, httplib::Response& res) {
-             nlohmann::ordered_json model;
-             model["id"] = options.model_name;
-             model["object"] = "model";
-             model["created"] = created;
-             model["owned_by"] = "dspeed";
-             model["max_model_len"] = loop.engine().max_context();
+  auto model_object = [this] {
+    nlohmann::ordered_json model;
+    model["id"] = options.model_name;
+    model["object"] = "model";
+    model["created"] = created;
+    model["owned_by"] = "dspeed";
+    model["max_model_len"] = loop.engine().max_context();
+    return model;
+  };
+  svr->Get("/v1/models", guarded([model_object](const httplib::Request&, httplib::Response& res) {
              nlohmann::ordered_json list;
              list["object"] = "list";
-             list["data"] = nlohmann::ordered_json::array({model});
+             list["data"] = nlohmann::ordered_json::array({model_object()});
              res.set_content(list.dump(), kJson);
+           }));
+  svr->Get(R"(/v1/models/(.+))", guarded([this, model_object](const httplib::Request& req, httplib::Response& res) {
+             const std::string id = req.matches[1];
+             if (id != options.model_name) {
+               throw ApiError(404, fmt::format("[serve] the model '{}' does not exist; this server serves '{}'",
+                                               id.substr(0, 200), options.model_name),
+                              std::string("model"), "invalid_request_error", std::string("model_not_found"));
+             }
+             res.set_content(model_object().dump(), kJson);
            }));
   svr->Get("/metrics", guarded([this](const httplib::Request&, httplib::Response& res) {
              HttpCounters http;
@@ -265,8 +277,18 @@ void HttpServer::Impl::routes() {
     if (res.status == 404) {
       set_error(res, 404,
                 fmt::format("[serve] no route for {} {}; this server answers POST /v1/completions, GET /v1/models, "
-                            "GET /health and GET /metrics",
+                            "GET /v1/models/{{id}}, GET /health and GET /metrics",
                             req.method, req.path),
+                "invalid_request_error");
+    } else if (res.status == 413) {
+      // cpp-httplib parses a form-encoded body (what `curl -d` sends without a Content-Type) and caps it at 8 KiB.
+      const bool form = req.get_header_value("Content-Type").find("x-www-form-urlencoded") != std::string::npos;
+      set_error(res, 413,
+                form ? std::string("[serve] the request body was sent as a form (Content-Type "
+                                   "application/x-www-form-urlencoded, what curl -d sends by default), and form "
+                                   "bodies are limited to 8 KiB; send it as JSON: -H 'Content-Type: application/json'")
+                     : std::string("[serve] the request body is larger than the server's limit of 16 MiB; send a "
+                                   "shorter prompt (token ids are about a third of the text's size)"),
                 "invalid_request_error");
     } else {
       set_error(res, res.status,
