@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "common/config_warnings.h"
 #include "ds/config/config.h"
 #include "ds/core/error.h"
 #include "ds/core/log.h"
@@ -23,14 +24,7 @@ config::DeepSpeedConfig parse(const std::string& text, const config::AutoValues*
   return config::parse_config(text, world, "ds_config.json", autos);
 }
 
-bool has_warning(const config::DeepSpeedConfig& c, std::initializer_list<std::string> fragments) {
-  for (const auto& w : c.warnings) {
-    bool all = true;
-    for (const auto& f : fragments) all = all && w.find(f) != std::string::npos;
-    if (all) return true;
-  }
-  return false;
-}
+using test::has_warning;
 
 bool resolved(const config::DeepSpeedConfig& c, const std::string& entry) {
   for (const auto& r : c.auto_resolved)

@@ -2,6 +2,7 @@
 // defaults, strictness (unknown keys with suggestions, wrong types, duplicates, malformed JSON) and the warnings
 // for settings that are accepted but not implemented yet. Expected values are literals taken from brief §1, not
 // from the parser.
+#include "common/config_warnings.h"
 #include "ds/config/config.h"
 
 #include "ds/core/error.h"
@@ -39,14 +40,7 @@ std::string expect_error(const std::string& text, std::initializer_list<std::str
   return "";
 }
 
-bool has_warning(const config::DeepSpeedConfig& c, std::initializer_list<std::string> fragments) {
-  for (const auto& w : c.warnings) {
-    bool all = true;
-    for (const auto& f : fragments) all = all && w.find(f) != std::string::npos;
-    if (all) return true;
-  }
-  return false;
-}
+using test::has_warning;
 
 void expect_batch(const config::DeepSpeedConfig& c, int64_t train, int64_t micro, int64_t gas) {
   EXPECT_EQ(c.train_batch_size, train);

@@ -22,7 +22,6 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <limits>
 #include <sstream>
 #include <utility>
 
@@ -109,30 +108,10 @@ struct DuplicateFinder {
 constexpr size_t kMaxConfigBytes = size_t(16) << 20;
 constexpr int kMaxConfigDepth = 64;
 
-// Calls f(i) for each index of `text` outside string literals, in order; f may move i past what it consumes.
-template <typename F>
-void scan_outside_strings(const std::string& text, F&& f) {
-  bool in_string = false;
-  for (size_t i = 0; i < text.size(); ++i) {
-    const char ch = text[i];
-    if (in_string) {
-      if (ch == '\\') {
-        ++i;
-      } else if (ch == '"') {
-        in_string = false;
-      }
-    } else if (ch == '"') {
-      in_string = true;
-    } else {
-      f(i);
-    }
-  }
-}
-
 // hjson's extensions that DeepSpeed's own snippets use: '//', '#' and '/* */' comments and a comma before '}' or
 // ']'. Each is overwritten with spaces (newlines kept), so the JSON parser's offsets stay those of the file.
 std::string blank_hjson_extras(std::string text) {
-  scan_outside_strings(text, [&](size_t& i) {
+  scan_outside_json_strings(text, [&](size_t& i) {
     const char ch = text[i];
     if (ch == '#' || (ch == '/' && i + 1 < text.size() && text[i + 1] == '/')) {
       for (; i < text.size() && text[i] != '\n'; ++i) text[i] = ' ';
@@ -145,7 +124,7 @@ std::string blank_hjson_extras(std::string text) {
     }
   });
   // Trailing commas, now that no comment can sit between the comma and the bracket.
-  scan_outside_strings(text, [&](size_t& i) {
+  scan_outside_json_strings(text, [&](size_t& i) {
     if (text[i] != ',') return;
     size_t j = i + 1;
     while (j < text.size() && std::isspace(static_cast<unsigned char>(text[j]))) ++j;
@@ -208,15 +187,13 @@ std::string insert_line_break_commas(const std::string& text, std::vector<size_t
 
 json parse_json_text(const std::string& raw_text, const std::string& source) {
   // Bounded before anything walks it: the parser, its callback and dump() would follow any depth (json_input.h).
-  // The size first, then the depth once comments are blanked (a bracket in a comment does not nest).
+  // Comments are blanked first (a bracket in a comment does not nest; blanking keeps the length), at most one byte
+  // past the size limit of the text, so that an oversized one is still refused as such.
   JsonLimits limits;
   limits.max_bytes = kMaxConfigBytes;
   limits.max_depth = kMaxConfigDepth;
-  JsonLimits size_only = limits;
-  size_only.max_depth = std::numeric_limits<int>::max();
-  std::string problem = json_bounds_problem(std::string_view(raw_text).substr(0, kMaxConfigBytes + 1), size_only);
-  const std::string blanked = problem.empty() ? blank_hjson_extras(raw_text) : std::string();
-  if (problem.empty()) problem = json_bounds_problem(blanked, limits);
+  const std::string blanked = blank_hjson_extras(raw_text.substr(0, kMaxConfigBytes + 1));
+  const std::string problem = json_bounds_problem(blanked, limits);
   DS_CHECK_AS(ConfigError, problem.empty(), "[config] {}: {}; a DeepSpeed config is a few KiB, 4 levels deep: check "
               "that this is the config file (at most {} MiB and {} levels are read)", source, problem,
               kMaxConfigBytes >> 20, kMaxConfigDepth);

@@ -26,25 +26,20 @@ std::string position(std::string_view text, size_t offset) {
 
 // The offset of the first bracket past the depth limit, or npos.
 size_t too_deep_at(std::string_view text, int max_depth) {
-  bool in_string = false;
   int depth = 0;
-  for (size_t i = 0; i < text.size(); ++i) {
+  size_t at = std::string_view::npos;
+  scan_outside_json_strings(text, [&](size_t& i) {
     const char ch = text[i];
-    if (in_string) {
-      if (ch == '\\') {
-        ++i;
-      } else if (ch == '"') {
-        in_string = false;
+    if (ch == '{' || ch == '[') {
+      if (++depth > max_depth && at == std::string_view::npos) {
+        at = i;
+        i = text.size();  // done
       }
-    } else if (ch == '"') {
-      in_string = true;
-    } else if (ch == '{' || ch == '[') {
-      if (++depth > max_depth) return i;
     } else if (ch == '}' || ch == ']') {
       --depth;
     }
-  }
-  return std::string_view::npos;
+  });
+  return at;
 }
 
 }  // namespace

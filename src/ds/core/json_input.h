@@ -27,6 +27,27 @@ std::string parse_json_bounded(std::string_view text, const JsonLimits& limits, 
 // The size and depth checks alone, for a parser of its own (the ds_config reader): empty when within the limits.
 std::string json_bounds_problem(std::string_view text, const JsonLimits& limits);
 
+// Calls f(i) for each index of `text` outside JSON string literals, in order; f may move i past what it consumes
+// (the ds_config reader blanks comments this way). Strings are skipped with their escapes.
+template <typename Text, typename F>
+void scan_outside_json_strings(const Text& text, F&& f) {
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char ch = text[i];
+    if (in_string) {
+      if (ch == '\\') {
+        ++i;
+      } else if (ch == '"') {
+        in_string = false;
+      }
+    } else if (ch == '"') {
+      in_string = true;
+    } else {
+      f(i);
+    }
+  }
+}
+
 // A short excerpt of a value for messages, never recursing into nested containers: a scalar as JSON, a list of at
 // most 16 scalars as JSON, cut to max_chars; any other container as "[... 3 items]" or "{... 2 keys}".
 std::string json_excerpt(const nlohmann::json& value, size_t max_chars = 60);

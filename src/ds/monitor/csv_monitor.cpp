@@ -14,7 +14,6 @@
 #include <charconv>
 #include <cmath>
 #include <cstring>
-#include <filesystem>
 #include <fmt/core.h>
 #include <set>
 
@@ -57,16 +56,7 @@ void append_to_file(const std::string& path, const std::string& text) {
 
 class CsvMonitor final : public Monitor {
  public:
-  explicit CsvMonitor(const config::MonitorConfig& cfg) : log_dir_(monitor_log_dir(cfg)) {
-    DS_CHECK_AS(ConfigError, !log_dir_.empty(),
-                "[monitor] csv_monitor has an empty output_path and an empty job_name; set job_name (the directory "
-                "created under output_path, default \"DeepSpeedJobName\")");
-    std::error_code ec;
-    std::filesystem::create_directories(log_dir_, ec);
-    DS_CHECK_AS(IoError, !ec && std::filesystem::is_directory(log_dir_),
-                "[monitor] cannot create the csv_monitor directory '{}': {}; check csv_monitor.output_path and its "
-                "permissions", log_dir_, ec ? ec.message() : std::string("it exists and is not a directory"));
-  }
+  explicit CsvMonitor(const config::MonitorConfig& cfg) : log_dir_(create_monitor_log_dir(cfg, "csv_monitor")) {}
 
   void write_events(const std::vector<MonitorEvent>& events) override {
     for (const MonitorEvent& e : events) {

@@ -7,6 +7,8 @@
 
 #include <fmt/core.h>
 
+#include <filesystem>
+
 namespace ds::monitor {
 
 std::string monitor_log_dir(const config::MonitorConfig& cfg) {
@@ -15,6 +17,19 @@ std::string monitor_log_dir(const config::MonitorConfig& cfg) {
   if (!name.empty() && name.front() == '/') return name;  // os.path.join drops what precedes an absolute part
   if (base.empty() || base.back() == '/') return base + name;
   return base + "/" + name;
+}
+
+std::string create_monitor_log_dir(const config::MonitorConfig& cfg, const char* block) {
+  const std::string dir = monitor_log_dir(cfg);
+  DS_CHECK_AS(ConfigError, !dir.empty(),
+              "[monitor] {} has an empty output_path and an empty job_name; set job_name (the directory created under "
+              "output_path, default \"DeepSpeedJobName\")", block);
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  DS_CHECK_AS(IoError, !ec && std::filesystem::is_directory(dir),
+              "[monitor] cannot create the {} directory '{}': {}; check {}.output_path and its permissions", block, dir,
+              ec ? ec.message() : std::string("it exists and is not a directory"), block);
+  return dir;
 }
 
 MonitorMaster::MonitorMaster(const config::DeepSpeedConfig& cfg, int rank)

@@ -38,6 +38,9 @@ class Monitor {
 // DeepSpeed's log directory: os.path.join(output_path, job_name). An empty output_path means the current
 // directory ("" joins to "job_name"); an absolute job_name replaces output_path, as in Python.
 std::string monitor_log_dir(const config::MonitorConfig& cfg);
+// monitor_log_dir(cfg), created: ConfigError when it is empty, IoError when it cannot be made. `block` names the
+// config block in messages ("tensorboard", "csv_monitor").
+std::string create_monitor_log_dir(const config::MonitorConfig& cfg, const char* block);
 
 // The writers. Both create the log directory at once (IoError when they cannot); the TensorBoard writer also
 // creates its event file and writes the file_version record.

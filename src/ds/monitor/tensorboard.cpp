@@ -17,7 +17,6 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
-#include <filesystem>
 #include <fmt/core.h>
 #include <fstream>
 #include <iterator>
@@ -83,15 +82,8 @@ std::atomic<int64_t> g_files_opened{0};  // EventFileWriter's _global_uid: one c
 
 class TensorBoardMonitor final : public Monitor {
  public:
-  explicit TensorBoardMonitor(const config::MonitorConfig& cfg) : log_dir_(monitor_log_dir(cfg)) {
-    DS_CHECK_AS(ConfigError, !log_dir_.empty(),
-                "[monitor] tensorboard has an empty output_path and an empty job_name; set job_name (the directory "
-                "created under output_path, default \"DeepSpeedJobName\")");
-    std::error_code ec;
-    std::filesystem::create_directories(log_dir_, ec);
-    DS_CHECK_AS(IoError, !ec && std::filesystem::is_directory(log_dir_),
-                "[monitor] cannot create the tensorboard directory '{}': {}; check tensorboard.output_path and its "
-                "permissions", log_dir_, ec ? ec.message() : std::string("it exists and is not a directory"));
+  explicit TensorBoardMonitor(const config::MonitorConfig& cfg)
+      : log_dir_(create_monitor_log_dir(cfg, "tensorboard")) {
     const double now = unix_time_now();
     path_ = log_dir_ + "/" +
             tensorboard_file_name(static_cast<int64_t>(now), host_name(), static_cast<int64_t>(::getpid()),

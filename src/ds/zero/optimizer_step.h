@@ -34,7 +34,6 @@ class OptimizerStep {
   // Steps with LAMB from now on. `spans` are the parameter tensors as [begin, end) ranges of partition elements,
   // sorted and disjoint: each gets its own trust ratio, so each must lie whole in this rank's partition.
   void use_lamb(const cpu::LambParams& hyper, std::vector<std::pair<int64_t, int64_t>> spans);
-  bool lamb() const { return lamb_; }
   void set_betas(float beta1, float beta2) {
     hyper_.beta1 = lamb_hyper_.beta1 = beta1;
     hyper_.beta2 = lamb_hyper_.beta2 = beta2;
