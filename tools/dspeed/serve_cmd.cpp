@@ -1,13 +1,18 @@
 // `dspeed serve`: an OpenAI-compatible completions server (POST /v1/completions, GET /v1/models, /health,
 // /metrics) over the serving loop. SIGINT and SIGTERM are blocked before any thread exists, so every thread
-// inherits the mask and the main thread alone takes them with sigwait; it then stops the HTTP server (open
-// requests are cancelled and their responses end) and the loop, and returns normally.
+// inherits the mask and the main thread alone takes them with sigwait. The first starts a graceful shutdown on a
+// thread of its own (running requests get --shutdown-timeout seconds to finish, then streams get the shutdown
+// event); a second signal during it ends the remaining requests at once. Then the loop stops and the command
+// returns normally.
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 #include <pthread.h>
 
+#include <atomic>
 #include <csignal>
 #include <cstdio>
+#include <ctime>
+#include <thread>
 
 #include "commands.h"
 #include "ds/core/error.h"
@@ -48,8 +53,21 @@ void run_serve(ServeArgs a) {
 
   int sig = 0;
   sigwait(&stop_signals, &sig);
-  fmt::print(stderr, "serve: {} received, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
-  server.stop();
+  fmt::print(stderr, "serve: {} received, stopping: running requests have {} s to finish (a second signal ends "
+             "them now)\n", sig == SIGINT ? "SIGINT" : "SIGTERM", a.server.shutdown_timeout_s);
+  std::atomic<bool> drained{false};
+  std::thread drain([&] {
+    server.shutdown();
+    drained = true;
+  });
+  const timespec slice{0, 100'000'000};
+  while (!drained) {
+    if (sigtimedwait(&stop_signals, nullptr, &slice) > 0) {
+      fmt::print(stderr, "serve: second signal, ending the running requests now\n");
+      server.hurry();
+    }
+  }
+  drain.join();
   stack.loop().stop();
   const inference::LoopStats s = stack.loop().stats();
   fmt::print(stderr, "serve: {} requests finished, {} cancelled, {} tokens generated in {} passes\n",
@@ -91,7 +109,20 @@ void add_serve_command(CLI::App& root) {
   cmd->add_option("--kv-dtype", a->stack.kv_dtype,
                   "KV cache elements on the CPU: fp32, or bf16 (half the memory per token: twice the tokens held)")
       ->capture_default_str();
-  cmd->add_option("--http-threads", a->server.http_threads, "connections served at once (each stream holds one)")
+  cmd->add_option("--http-threads", a->server.io_threads,
+                  "threads running the HTTP event loop (connections are not tied to threads)")
+      ->capture_default_str();
+  cmd->add_option("--max-connections", a->server.max_connections,
+                  "HTTP connections open at once; more get 503 and are closed")
+      ->capture_default_str();
+  cmd->add_option("--shutdown-timeout", a->server.shutdown_timeout_s,
+                  "seconds running requests get to finish after SIGTERM/SIGINT before they are ended")
+      ->capture_default_str();
+  cmd->add_option("--read-timeout", a->server.read_timeout_s,
+                  "seconds a request may take to arrive whole (headers and body) once it has begun")
+      ->capture_default_str();
+  cmd->add_option("--idle-timeout", a->server.idle_timeout_s,
+                  "seconds a connection may wait for its next request before it is closed")
       ->capture_default_str();
   cmd->add_option("--tokenizer", a->stack.tokenizer_dir,
                   "folder with encoder.json and vocab.bpe (\"\": none; prompts must then be token ids)")

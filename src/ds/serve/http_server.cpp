@@ -1,28 +1,30 @@
-// HttpServer on cpp-httplib 0.11.4. Each completion gets a Channel (mutex, condvar, deque of events) shared by the
-// loop's sink and the HTTP worker, so either side may go first. Workers wait on it in 100 ms slices and after
-// each ask two questions: is the server stopping, and is the client still there? httplib 0.11.4 tells a handler
-// nothing about its connection (Request::is_connection_closed came later), so ConnectionProbe finds the accepted
-// socket by its address pair in /proc/self/fd and polls it for a hang-up; that lets a non-streamed request, or a
-// stream still waiting for its first token, be cancelled when its client leaves. A stream also notices at once
-// when a write fails. See Note [Finding the connection].
+// HttpServer on Boost.Beast over Asio. See Note [Connections and threads] and Note [Shutting down].
 #include "ds/serve/http_server.h"
 
-#include <httplib.h>
-#include <netdb.h>
-#include <poll.h>
+#include <fmt/core.h>
 #include <sys/socket.h>
 
-#include <atomic>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
-#include <cstdlib>
+#include <ctime>
 #include <deque>
-#include <filesystem>
 #include <mutex>
-#include <system_error>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 #include <thread>
+#include <unordered_map>
 
 #include "ds/core/error.h"
 #include "ds/core/log.h"
@@ -33,101 +35,67 @@
 
 namespace ds::serve {
 
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+using boost::system::error_code;
 using inference::FinishReason;
 using inference::GenerationEvent;
 
+// Note [Connections and threads]
+// Every connection is a Session whose handlers run on a strand of its own, so a session's state needs no lock;
+// io_threads threads run all strands. Nothing on the event loop blocks or computes at length: a completion's body
+// is parsed and tokenized on the parse pool (a 16 MiB body takes a while), then the request is submitted back on
+// the session's strand. The serving loop's sink posts each GenerationEvent to the strand, where it becomes bytes
+// queued behind the write in flight; a client that reads slowly therefore costs memory bounded by its request's
+// output, and one that reads nothing for write_timeout_s is dropped. While a request runs, the session waits on
+// its socket becoming readable: a hang-up (a zero-byte peek) means the client left, and the request is cancelled
+// at once, whether it streams or not. Timeouts: idle_timeout_s for the first byte of a request, read_timeout_s
+// from there to the end of its body (a client dribbling a header line every few seconds is cut off), and
+// write_timeout_s per write.
+//
+// Note [Shutting down]
+// shutdown() closes the listening socket and every connection that is not in the middle of a request, and waits
+// for the requests in flight (`answering`) to end, until the deadline. Then each remaining session ends its
+// request itself: the loop is told to cancel it, a stream gets the error event and the end of its response, a
+// whole request gets 503. Last, the I/O threads stop, and the sink gate closes so that the loop, which outlives
+// the server, never posts into a destroyed io_context; sessions still alive then are abandoned (their requests
+// cancelled).
+
 namespace {
 
-constexpr auto kWaitSlice = std::chrono::milliseconds(100);
+constexpr size_t kMaxBody = size_t(16) << 20;
+constexpr unsigned kMaxHeader = 64u << 10;
 constexpr const char* kJson = "application/json";
+constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+const std::string kShuttingDown = "[serve] the server is shutting down; retry on another instance";
 
-// Note [Finding the connection]
-// A handler knows its connection only as Request::local_port and remote_addr:remote_port. The accepted socket is
-// the one fd of this process whose getsockname port is local_port and whose getpeername is the remote address
-// (a client socket in the same process, as in the tests, has the two the other way round). The fd stays open while
-// the handler or its content provider runs (httplib closes it after both), so the number cannot be reused under
-// us. Hang-up is POLLRDHUP/POLLHUP/POLLERR without reading anything; a client that half-closes its side after
-// sending the request (shutdown(SHUT_WR)) therefore counts as gone. If no fd matches, the probe says "connected"
-// and the request simply runs to its end.
-class ConnectionProbe {
- public:
-  explicit ConnectionProbe(const httplib::Request& req)
-      : local_port_(req.local_port), remote_addr_(req.remote_addr), remote_port_(req.remote_port) {}
-
-  bool client_gone() {
-    if (!searched_) {
-      searched_ = true;
-      fd_ = find_fd();
-    }
-    if (fd_ < 0) return false;
-    pollfd p{fd_, POLLRDHUP, 0};
-    if (::poll(&p, 1, 0) <= 0) return false;
-    return (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
-  }
-
- private:
-  static bool endpoint(const sockaddr_storage& addr, socklen_t len, std::string& host, int& port) {
-    char buf[NI_MAXHOST];
-    char serv[NI_MAXSERV];
-    if (getnameinfo(reinterpret_cast<const sockaddr*>(&addr), len, buf, sizeof buf, serv, sizeof serv,
-                    NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
-      return false;
-    }
-    host = buf;
-    port = std::atoi(serv);
-    return true;
-  }
-
-  int find_fd() const {
-    if (local_port_ <= 0 || remote_port_ <= 0) return -1;
-    std::error_code ec;
-    for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd", ec)) {
-      char* end = nullptr;
-      const std::string name = entry.path().filename().string();
-      const long fd = std::strtol(name.c_str(), &end, 10);
-      if (end == name.c_str() || *end != '\0') continue;
-      sockaddr_storage addr{};
-      socklen_t len = sizeof addr;
-      if (getsockname(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&addr), &len) != 0) continue;
-      if (addr.ss_family != AF_INET && addr.ss_family != AF_INET6) continue;
-      std::string host;
-      int port = 0;
-      if (!endpoint(addr, len, host, port) || port != local_port_) continue;
-      len = sizeof addr;
-      if (getpeername(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&addr), &len) != 0) continue;
-      if (!endpoint(addr, len, host, port) || port != remote_port_ || host != remote_addr_) continue;
-      return static_cast<int>(fd);
-    }
-    return -1;
-  }
-
-  int local_port_;
-  std::string remote_addr_;
-  int remote_port_;
-  bool searched_ = false;
-  int fd_ = -1;
-};
-
-// Events of one request, from the loop's thread to the HTTP worker.
-struct Channel {
-  std::mutex mu;
-  std::condition_variable cv;
-  std::deque<GenerationEvent> events;
-};
-
-enum class Wait { events, timeout, client_gone, stopping };
-
-void set_error(httplib::Response& res, int status, std::string_view message, std::string_view type,
-               const std::optional<std::string>& param = std::nullopt,
-               const std::optional<std::string>& code = std::nullopt) {
-  res.status = status;
-  res.set_content(error_body(message, type, param, code), kJson);
+std::chrono::steady_clock::duration seconds(double s) {
+  return std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(s));
 }
 
-}  // namespace
+// Closed (under mu) before the io_context goes away; the loop's sinks post only while it is open.
+struct SinkGate {
+  std::mutex mu;
+  bool open = true;
+};
 
-struct HttpServer::Impl {
-  Impl(inference::ServingLoop& loop, const data::BpeTokenizer* tokenizer, ServerOptions options)
+// A completion request, parsed and tokenized on the parse pool: either an error response or what to submit.
+struct Prepared {
+  int error_status = 0;  // 0: no error
+  std::string error_body;
+  bool count_invalid = false;
+  std::vector<int32_t> prompt;
+  inference::SamplingParams sampling;
+  bool stream = false, include_usage = false, with_ids = false;
+};
+
+class Session;
+
+// The server's state, shared by the sessions (HttpServer::Impl is this under its public name).
+struct Server {
+  Server(inference::ServingLoop& loop, const data::BpeTokenizer* tokenizer, ServerOptions options)
       : loop(loop), tokenizer(tokenizer), options(std::move(options)) {
     std::random_device rd;
     id_prefix = fmt::format("{:08x}", rd());
@@ -136,360 +104,682 @@ struct HttpServer::Impl {
 
   inference::ServingLoop& loop;
   const data::BpeTokenizer* tokenizer;
-  ServerOptions options;
+  const ServerOptions options;
   std::string id_prefix;  // per server, so completion ids differ across restarts
   int64_t created = 0;
 
-  std::unique_ptr<httplib::Server> svr;
-  std::thread thread;
-  int bound_port = -1;
-  std::atomic<bool> stopping{false};
-  std::mutex state_mu;
-  std::condition_variable state_cv;
-  bool listening = false;
-
   std::atomic<int64_t> rejected_queue_full{0};
   std::atomic<int64_t> rejected_invalid{0};
+  std::atomic<int64_t> connections_refused{0};
+  std::atomic<bool> draining{false};
+  std::shared_ptr<SinkGate> gate = std::make_shared<SinkGate>();
 
-  // Tokenizer copies for the workers (encode() is not const; copies share the tables).
+  // Sessions and requests in flight, for shutdown; guarded by mu.
+  std::mutex mu;
+  std::condition_variable cv;
+  std::unordered_map<Session*, std::weak_ptr<Session>> sessions;
+  int answering = 0;
+  bool hurry = false;
+
+  std::mutex shutdown_mu;  // one shutdown at a time
+  bool started = false, stopped = false;
+
+  // Tokenizer copies for the parse pool (encode() is not const; copies share the tables).
   std::mutex tok_mu;
   std::vector<std::unique_ptr<data::BpeTokenizer>> tok_free;
 
-  std::vector<int32_t> encode(const std::string& text) {
-    std::unique_ptr<data::BpeTokenizer> tok;
-    {
-      const std::lock_guard<std::mutex> lock(tok_mu);
-      if (!tok_free.empty()) {
-        tok = std::move(tok_free.back());
-        tok_free.pop_back();
-      }
-    }
-    if (!tok) tok = std::make_unique<data::BpeTokenizer>(*tokenizer);
-    std::vector<int32_t> ids = tok->encode(text);
-    const std::lock_guard<std::mutex> lock(tok_mu);
-    tok_free.push_back(std::move(tok));
-    return ids;
-  }
+  // Destroyed in reverse: the threads are joined first, then pending handlers (which hold sessions, whose
+  // destructors use `mu` above) go with the io_context.
+  asio::io_context ioc;
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
+  tcp::acceptor acceptor{asio::make_strand(ioc)};
+  asio::steady_timer accept_retry{acceptor.get_executor()};
+  std::optional<asio::thread_pool> parse_pool;
+  std::vector<std::thread> threads;
+  int bound_port = -1;
 
-  // Takes whatever events have arrived, waiting one slice at most for the first. The client is probed every
-  // time (one poll() call), also when events came: a whole request never writes before it ends, so this is its
-  // only way to notice a client that left while tokens were flowing.
-  Wait wait(Channel& ch, std::deque<GenerationEvent>& out, ConnectionProbe& probe) {
-    bool got = false;
-    {
-      std::unique_lock<std::mutex> lock(ch.mu);
-      ch.cv.wait_for(lock, kWaitSlice, [&] { return !ch.events.empty() || stopping.load(); });
-      if (!ch.events.empty()) {
-        out.swap(ch.events);
-        ch.events.clear();
-        got = true;
-      }
-    }
-    if (got && stopping) return Wait::events;  // hand over what arrived before the shutdown
-    if (stopping) return Wait::stopping;
-    if (probe.client_gone()) return Wait::client_gone;
-    return got ? Wait::events : Wait::timeout;
-  }
+  std::vector<int32_t> encode(const std::string& text);
+  Prepared prepare(const std::string& body);
+  std::string metrics_text();
+  nlohmann::ordered_json model_object() const;
 
-  void routes();
-  void completions(const httplib::Request& req, httplib::Response& res);
-  void respond_whole(const httplib::Request& req, httplib::Response& res, std::shared_ptr<Channel> ch,
-                     uint64_t uid, const CompletionHeader& header, bool with_ids);
-  void respond_stream(const httplib::Request& req, httplib::Response& res, std::shared_ptr<Channel> ch,
-                      uint64_t uid, CompletionHeader header, bool with_ids, bool include_usage);
+  void accept();
+  void refuse(tcp::socket socket);
+  void remember(const std::shared_ptr<Session>& s);
+  void forget(Session* s);
+  void begin_answer();
+  void end_answer();
+  std::vector<std::shared_ptr<Session>> live_sessions();
+  template <typename Pred>
+  bool wait_until(Pred pred, std::chrono::steady_clock::time_point deadline);
+  void finish();  // stops the threads; see Note [Shutting down]
 };
 
-namespace {
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(Server& server, tcp::socket socket) : srv_(server), stream_(std::move(socket)) {}
+  ~Session() { srv_.forget(this); }
 
-// Every handler's errors become OpenAI error bodies: ApiError as it says, other ds::Error 400, the rest 500.
-template <typename F>
-httplib::Server::Handler guarded(F f, std::atomic<int64_t>* invalid_counter = nullptr) {
-  return [f = std::move(f), invalid_counter](const httplib::Request& req, httplib::Response& res) {
-    try {
-      f(req, res);
-    } catch (const ApiError& e) {
-      if (invalid_counter) ++*invalid_counter;
-      res.status = e.status();
-      res.set_content(error_body(e), kJson);
-    } catch (const Error& e) {
-      if (invalid_counter) ++*invalid_counter;
-      set_error(res, 400, e.what(), "invalid_request_error");
-    } catch (const std::exception& e) {
-      set_error(res, 500, fmt::format("[serve] internal error: {}", e.what()), "server_error");
-    }
-  };
-}
-
-// Cancels a submitted request unless disarmed (the response, or the stream's releaser, took it over).
-struct CancelGuard {
-  inference::ServingLoop& loop;
-  uint64_t uid;
-  bool armed = true;
-  ~CancelGuard() {
-    if (armed) loop.cancel(uid);
+  void start() {
+    srv_.remember(shared_from_this());
+    asio::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->wait_for_request(); });
   }
+  // The rest run on the session's strand (abandon: after the I/O threads stopped).
+  void drain() {
+    if (state_ == State::idle || state_ == State::reading) close();
+  }
+  void expire();
+  void abandon() {
+    abort_request();
+    self_keep_.reset();
+  }
+  beast::tcp_stream::executor_type executor() { return stream_.get_executor(); }
+
+ private:
+  enum class State { idle, reading, preparing, answering, closed };
+
+  void wait_for_request();
+  void read_header();
+  void read_body();
+  void read_failed(error_code ec);
+  void route();
+  void respond(http::status status, std::string body, const char* content_type = kJson, bool retry_after = false);
+  void respond_error(int status, std::string_view message, std::string_view type = "invalid_request_error",
+                     const std::optional<std::string>& param = std::nullopt,
+                     const std::optional<std::string>& code = std::nullopt) {
+    respond(static_cast<http::status>(status), error_body(message, type, param, code), kJson,
+            status == 429 || status == 503);
+  }
+  void on_written(error_code ec);
+  void start_completion();
+  void on_prepared(Prepared p);
+  void on_event(const GenerationEvent& ev);
+  void stream_event(const GenerationEvent& ev);
+  void whole_event(const GenerationEvent& ev);
+
+  // Streams: bytes are queued in out_ and written one batch at a time.
+  void stream_head();
+  void stream_send(std::string_view event);
+  void stream_end();
+  void flush();
+
+  void watch_client();
+  void end_answer();
+  void abort_request();
+  void close();
+  void linger_close();
+  void linger_read();
+
+  Server& srv_;
+  beast::tcp_stream stream_;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  http::request<http::string_body> request_;
+  State state_ = State::idle;
+  bool keep_alive_ = false;
+  bool counted_ = false;  // counted in srv_.answering
+  bool expired_ = false;  // the shutdown deadline passed
+  uint64_t watch_gen_ = 0;
+  std::shared_ptr<Session> self_keep_;  // alive while the loop runs our request (its sink holds a weak pointer)
+
+  // The request in flight.
+  uint64_t uid_ = 0;  // the loop's uids start at 1
+  bool request_done_ = false;
+  bool streaming_ = false, include_usage_ = false, with_ids_ = false, chunked_ = false;
+  CompletionHeader header_;
+  std::string text_;
+  std::vector<int32_t> ids_;
+
+  std::string out_, inflight_;
+  bool writing_ = false, stream_done_ = false;
 };
 
-}  // namespace
-
-void HttpServer::Impl::routes() {
-  svr->Get("/health", guarded([](const httplib::Request&, httplib::Response& res) {
-             res.set_content(R"({"status":"ok"})", kJson);
-           }));
-  auto model_object = [this] {
-    nlohmann::ordered_json model;
-    model["id"] = options.model_name;
-    model["object"] = "model";
-    model["created"] = created;
-    model["owned_by"] = "dspeed";
-    model["max_model_len"] = loop.engine().max_context();
-    return model;
-  };
-  svr->Get("/v1/models", guarded([model_object](const httplib::Request&, httplib::Response& res) {
-             nlohmann::ordered_json list;
-             list["object"] = "list";
-             list["data"] = nlohmann::ordered_json::array({model_object()});
-             res.set_content(list.dump(), kJson);
-           }));
-  svr->Get(R"(/v1/models/(.+))", guarded([this, model_object](const httplib::Request& req, httplib::Response& res) {
-             const std::string id = req.matches[1];
-             if (id != options.model_name) {
-               throw ApiError(404, fmt::format("[serve] the model '{}' does not exist; this server serves '{}'",
-                                               id.substr(0, 200), options.model_name),
-                              std::string("model"), "invalid_request_error", std::string("model_not_found"));
-             }
-             res.set_content(model_object().dump(), kJson);
-           }));
-  svr->Get("/metrics", guarded([this](const httplib::Request&, httplib::Response& res) {
-             HttpCounters http;
-             http.rejected_queue_full = rejected_queue_full.load();
-             http.rejected_invalid = rejected_invalid.load();
-             res.set_content(render_metrics(loop.stats(), http), "text/plain; version=0.0.4");
-           }));
-  svr->Post("/v1/completions",
-            guarded([this](const httplib::Request& req, httplib::Response& res) { completions(req, res); },
-                    &rejected_invalid));
-
-  // Unknown paths and methods (httplib answers 404 with an empty body), and httplib's own 4xx (bad request line,
-  // payload too large): give them an OpenAI error body. Bodies our handlers wrote are left alone.
-  svr->set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
-    if (!res.body.empty() || res.is_chunked_content_provider_) return httplib::Server::HandlerResponse::Unhandled;
-    if (res.status == 404) {
-      set_error(res, 404,
-                fmt::format("[serve] no route for {} {}; this server answers POST /v1/completions, GET /v1/models, "
-                            "GET /v1/models/{{id}}, GET /health and GET /metrics",
-                            req.method, req.path),
-                "invalid_request_error");
-    } else if (res.status == 413) {
-      // cpp-httplib parses a form-encoded body (what `curl -d` sends without a Content-Type) and caps it at 8 KiB.
-      const bool form = req.get_header_value("Content-Type").find("x-www-form-urlencoded") != std::string::npos;
-      set_error(res, 413,
-                form ? std::string("[serve] the request body was sent as a form (Content-Type "
-                                   "application/x-www-form-urlencoded, what curl -d sends by default), and form "
-                                   "bodies are limited to 8 KiB; send it as JSON: -H 'Content-Type: application/json'")
-                     : std::string("[serve] the request body is larger than the server's limit of 16 MiB; send a "
-                                   "shorter prompt (token ids are about a third of the text's size)"),
-                "invalid_request_error");
-    } else {
-      set_error(res, res.status,
-                fmt::format("[serve] the HTTP request was refused with status {} ({} {})", res.status, req.method,
-                            req.path),
-                res.status >= 500 ? "server_error" : "invalid_request_error");
-    }
-    return httplib::Server::HandlerResponse::Handled;
-  }));
-  svr->set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
-    std::string what = "unknown exception";
-    try {
-      std::rethrow_exception(ep);
-    } catch (const std::exception& e) {
-      what = e.what();
-    } catch (...) {
-    }
-    set_error(res, 500, fmt::format("[serve] internal error: {}", what), "server_error");
+void Session::wait_for_request() {
+  if (state_ == State::closed) return;
+  if (srv_.draining) return close();
+  state_ = State::idle;
+  parser_.emplace();
+  parser_->body_limit(kMaxBody);
+  parser_->header_limit(kMaxHeader);
+  if (buffer_.size() > 0) return read_header();  // a pipelined request is already here
+  stream_.expires_after(seconds(srv_.options.idle_timeout_s));
+  stream_.async_read_some(buffer_.prepare(4096), [self = shared_from_this()](error_code ec, size_t n) {
+    if (ec) return self->close();
+    self->buffer_.commit(n);
+    self->read_header();
   });
 }
 
-void HttpServer::Impl::completions(const httplib::Request& req, httplib::Response& res) {
-  CompletionRequest cr = parse_completion_request(req.body, options.model_name);
-  std::vector<int32_t> prompt;
-  if (cr.prompt_text) {
-    if (!tokenizer) {
-      throw ApiError(400, "[serve] this server has no tokenizer, so it cannot take a text prompt; send the prompt "
-                          "as an array of token ids",
-                     std::string("prompt"));
+void Session::read_header() {
+  if (state_ == State::closed) return;
+  state_ = State::reading;
+  stream_.expires_after(seconds(srv_.options.read_timeout_s));
+  http::async_read_header(stream_, buffer_, *parser_, [self = shared_from_this()](error_code ec, size_t) {
+    if (ec) return self->read_failed(ec);
+    if (self->parser_->is_done()) return self->route();
+    const auto expect = self->parser_->get()[http::field::expect];
+    if (beast::iequals(expect, "100-continue")) {
+      // curl waits a second for this before it sends a body over 1 KiB.
+      asio::async_write(self->stream_, asio::buffer(kContinue.data(), kContinue.size()),
+                        [self](error_code wec, size_t) {
+                          if (wec) return self->close();
+                          self->read_body();
+                        });
+      return;
     }
-    // An empty text prompt is conditioned on the end-of-text token, as OpenAI does.
-    prompt = cr.prompt_text->empty() ? std::vector<int32_t>{tokenizer->eot_token()} : encode(*cr.prompt_text);
-  } else {
-    prompt = std::move(cr.prompt_ids);
-  }
-  if (!tokenizer && !cr.sampling.stop.empty()) {
-    throw ApiError(400, "[serve] this server has no tokenizer, so it cannot match stop strings; use "
-                        "'stop_token_ids' instead",
-                   std::string("stop"));
-  }
-
-  auto ch = std::make_shared<Channel>();
-  inference::GenerationRequest gr;
-  gr.prompt = std::move(prompt);
-  gr.sampling = std::move(cr.sampling);
-  gr.sink = [ch](const GenerationEvent& ev) {
-    {
-      const std::lock_guard<std::mutex> lock(ch->mu);
-      ch->events.push_back(ev);
-    }
-    ch->cv.notify_one();
-  };
-  const inference::SubmitResult sr = loop.submit(std::move(gr));
-  if (sr.status == inference::SubmitStatus::queue_full) {
-    ++rejected_queue_full;
-    res.set_header("Retry-After", "1");
-    set_error(res, 429, sr.error, "rate_limit_exceeded", std::nullopt, std::string("rate_limit_exceeded"));
-    return;
-  }
-  if (sr.status == inference::SubmitStatus::invalid) throw ApiError(400, sr.error);
-  if (sr.status == inference::SubmitStatus::stopping) {
-    set_error(res, 503, sr.error, "server_error");
-    return;
-  }
-
-  CompletionHeader header;
-  header.id = fmt::format("cmpl-{}{:08x}", id_prefix, sr.uid);
-  header.created = static_cast<int64_t>(std::time(nullptr));
-  header.model = options.model_name;
-  const bool with_ids = cr.prompt_is_ids();
-  if (cr.stream) {
-    respond_stream(req, res, std::move(ch), sr.uid, std::move(header), with_ids, cr.include_usage);
-  } else {
-    respond_whole(req, res, std::move(ch), sr.uid, header, with_ids);
-  }
+    self->read_body();
+  });
 }
 
-void HttpServer::Impl::respond_whole(const httplib::Request& req, httplib::Response& res,
-                                     std::shared_ptr<Channel> ch, uint64_t uid, const CompletionHeader& header,
-                                     bool with_ids) {
-  CancelGuard guard{loop, uid};
-  ConnectionProbe probe(req);
-  std::string text;
-  std::vector<int32_t> ids;
-  std::deque<GenerationEvent> batch;
-  while (true) {
-    batch.clear();
-    const Wait w = wait(*ch, batch, probe);
-    if (w == Wait::timeout) continue;
-    if (w == Wait::client_gone) {
-      // Nobody will read this; the guard cancels the request so its KV blocks go back at once.
-      set_error(res, 400, "[serve] the client closed the connection before the completion was ready",
-                "invalid_request_error");
-      return;
+void Session::read_body() {
+  // The deadline set before the header covers the body too.
+  http::async_read(stream_, buffer_, *parser_, [self = shared_from_this()](error_code ec, size_t) {
+    if (ec) return self->read_failed(ec);
+    self->route();
+  });
+}
+
+void Session::read_failed(error_code ec) {
+  if (state_ == State::closed) return;
+  keep_alive_ = false;
+  if (ec == http::error::body_limit) {
+    return respond_error(413, "[serve] the request body is larger than the server's limit of 16 MiB; send a "
+                              "shorter prompt (token ids are about a third of the text's size)");
+  }
+  if (ec == http::error::header_limit) {
+    return respond_error(431, "[serve] the request's headers are larger than the server's limit of 64 KiB");
+  }
+  if (ec.category() == http::make_error_code(http::error::bad_method).category() &&
+      ec != http::error::end_of_stream && ec != http::error::partial_message) {
+    return respond_error(400, fmt::format("[serve] malformed HTTP request: {}", ec.message()));
+  }
+  close();  // the client left, or sent too slowly (timeout): nobody to answer
+}
+
+void Session::route() {
+  request_ = parser_->release();
+  parser_.reset();
+  keep_alive_ = request_.keep_alive();
+  state_ = State::answering;
+  srv_.begin_answer();
+  counted_ = true;
+  const std::string_view target(request_.target().data(), request_.target().size());
+  const std::string_view path = target.substr(0, target.find('?'));
+  const http::verb method = request_.method();
+  constexpr std::string_view kModels = "/v1/models/";
+  try {
+    if (method == http::verb::post && path == "/v1/completions") return start_completion();
+    if (method == http::verb::get && path == "/health") {
+      if (srv_.draining) return respond(http::status::service_unavailable, R"({"status":"shutting_down"})");
+      return respond(http::status::ok, R"({"status":"ok"})");
     }
-    if (w == Wait::stopping) {
-      set_error(res, 503, "[serve] the server is shutting down; retry on another instance", "server_error");
-      return;
+    if (method == http::verb::get && path == "/metrics") {
+      return respond(http::status::ok, srv_.metrics_text(), "text/plain; version=0.0.4");
     }
-    for (const GenerationEvent& ev : batch) {
-      text += ev.text;
-      ids.insert(ids.end(), ev.tokens.begin(), ev.tokens.end());
-      if (ev.finish == FinishReason::none) continue;
-      guard.armed = false;
-      if (ev.finish == FinishReason::error) {
-        set_error(res, 500, ev.error, "server_error");
-      } else if (ev.finish == FinishReason::cancelled) {
-        set_error(res, 503, "[serve] the request was cancelled: the server is stopping", "server_error");
-      } else {
-        const CompletionUsage usage{ev.prompt_tokens, ev.completion_tokens};
-        res.set_content(completion_response(header, text, inference::finish_reason_name(ev.finish), usage,
-                                            with_ids ? &ids : nullptr),
-                        kJson);
+    if (method == http::verb::get && path == "/v1/models") {
+      nlohmann::ordered_json list;
+      list["object"] = "list";
+      list["data"] = nlohmann::ordered_json::array({srv_.model_object()});
+      return respond(http::status::ok, list.dump());
+    }
+    if (method == http::verb::get && path.substr(0, kModels.size()) == kModels && path.size() > kModels.size()) {
+      const std::string id(path.substr(kModels.size()));
+      if (id != srv_.options.model_name) {
+        return respond_error(404,
+                             fmt::format("[serve] the model '{}' does not exist; this server serves '{}'",
+                                         id.substr(0, 200), srv_.options.model_name),
+                             "invalid_request_error", std::string("model"), std::string("model_not_found"));
       }
-      return;
+      return respond(http::status::ok, srv_.model_object().dump());
     }
+    respond_error(404, fmt::format("[serve] no route for {} {}; this server answers POST /v1/completions, GET "
+                                   "/v1/models, GET /v1/models/{{id}}, GET /health and GET /metrics",
+                                   std::string_view(request_.method_string().data(), request_.method_string().size()),
+                                   path.substr(0, 200)));
+  } catch (const std::exception& e) {
+    respond_error(500, fmt::format("[serve] internal error: {}", e.what()), "server_error");
   }
 }
 
-void HttpServer::Impl::respond_stream(const httplib::Request& req, httplib::Response& res,
-                                      std::shared_ptr<Channel> ch, uint64_t uid, CompletionHeader header,
-                                      bool with_ids, bool include_usage) {
-  struct State {
-    std::shared_ptr<Channel> ch;
-    uint64_t uid;
-    CompletionHeader header;
-    bool with_ids, include_usage;
-    ConnectionProbe probe;
-    std::deque<GenerationEvent> batch;
-    bool finished = false;  // the loop has ended the request (or we have cancelled it)
-  };
-  auto st = std::make_shared<State>(State{std::move(ch), uid, std::move(header), with_ids, include_usage,
-                                          ConnectionProbe(req), {}, false});
-  res.set_header("Cache-Control", "no-cache");
-  res.set_header("X-Accel-Buffering", "no");
-  res.set_chunked_content_provider(
-      "text/event-stream",
-      [this, st](size_t, httplib::DataSink& sink) -> bool {
-        auto cancel = [&] {
-          if (!st->finished) loop.cancel(st->uid);
-          st->finished = true;
-        };
-        auto write = [&](const std::string& s) { return sink.write(s.data(), s.size()); };
-        st->batch.clear();
-        const Wait w = wait(*st->ch, st->batch, st->probe);
-        if (w == Wait::timeout) return true;  // httplib calls again
-        if (w == Wait::client_gone) {
-          cancel();
-          return false;
-        }
-        if (w == Wait::stopping) {
-          cancel();
-          write(stream_error_event("[serve] the server is shutting down", "server_error"));
-          sink.done();
-          return true;
-        }
-        for (const GenerationEvent& ev : st->batch) {
-          if (ev.finish == FinishReason::error || ev.finish == FinishReason::cancelled) {
-            st->finished = true;
-            write(stream_error_event(ev.finish == FinishReason::error
-                                         ? ev.error
-                                         : std::string("[serve] the request was cancelled: the server is stopping"),
-                                     "server_error"));
-            sink.done();
-            return true;
-          }
-          const bool last = ev.finish != FinishReason::none;
-          if (!ev.text.empty() || (st->with_ids && !ev.tokens.empty()) || last) {
-            std::optional<std::string_view> reason;
-            if (last) reason = inference::finish_reason_name(ev.finish);
-            const std::string chunk = stream_chunk(st->header, ev.text, reason,
-                                                   st->with_ids ? &ev.tokens : nullptr, st->include_usage);
-            if (!write(chunk)) {
-              cancel();
-              return false;
-            }
-          }
-          if (last) {
-            st->finished = true;
-            if (st->include_usage) {
-              write(stream_usage_chunk(st->header, {ev.prompt_tokens, ev.completion_tokens}));
-            }
-            write(std::string(kStreamDone));
-            sink.done();
-            return true;
-          }
-        }
-        return true;
-      },
-      [this, st](bool) {
-        // The stream ended early (write failure, server stop) without the loop finishing the request.
-        if (!st->finished) loop.cancel(st->uid);
-      });
+void Session::respond(http::status status, std::string body, const char* content_type, bool retry_after) {
+  if (state_ == State::closed) return;
+  auto res = std::make_shared<http::response<http::string_body>>(status, request_.version() ? request_.version() : 11);
+  res->set(http::field::content_type, content_type);
+  if (retry_after) res->set(http::field::retry_after, "1");
+  res->keep_alive(keep_alive_ && !srv_.draining);
+  keep_alive_ = res->keep_alive();
+  res->body() = std::move(body);
+  res->prepare_payload();
+  stream_.expires_after(seconds(srv_.options.write_timeout_s));
+  http::async_write(stream_, *res, [self = shared_from_this(), res](error_code ec, size_t) { self->on_written(ec); });
 }
+
+void Session::on_written(error_code ec) {
+  end_answer();
+  if (ec) return close();
+  if (!keep_alive_ || srv_.draining) return linger_close();
+  wait_for_request();
+}
+
+void Session::start_completion() {
+  state_ = State::preparing;
+  watch_client();
+  auto self = shared_from_this();
+  asio::post(*srv_.parse_pool, [self, body = std::move(request_.body())] {
+    Prepared p = self->srv_.prepare(body);
+    asio::post(self->stream_.get_executor(), [self, p = std::move(p)]() mutable { self->on_prepared(std::move(p)); });
+  });
+}
+
+void Session::on_prepared(Prepared p) {
+  if (state_ != State::preparing) return;  // closed meanwhile
+  state_ = State::answering;
+  if (p.error_status != 0) {
+    if (p.count_invalid) ++srv_.rejected_invalid;
+    return respond(static_cast<http::status>(p.error_status), std::move(p.error_body));
+  }
+  if (expired_ || srv_.draining) return respond_error(503, kShuttingDown, "server_error");
+
+  inference::GenerationRequest gr;
+  gr.prompt = std::move(p.prompt);
+  gr.sampling = std::move(p.sampling);
+  gr.sink = [weak = std::weak_ptr<Session>(shared_from_this()), gate = srv_.gate](const GenerationEvent& ev) {
+    const std::lock_guard<std::mutex> lock(gate->mu);
+    if (!gate->open) return;
+    if (auto s = weak.lock()) asio::post(s->stream_.get_executor(), [s, ev] { s->on_event(ev); });
+  };
+  const inference::SubmitResult sr = srv_.loop.submit(std::move(gr));
+  switch (sr.status) {
+    case inference::SubmitStatus::queue_full:
+      ++srv_.rejected_queue_full;
+      return respond_error(429, sr.error, "rate_limit_exceeded", std::nullopt, std::string("rate_limit_exceeded"));
+    case inference::SubmitStatus::invalid:
+      ++srv_.rejected_invalid;
+      return respond_error(400, sr.error);
+    case inference::SubmitStatus::stopping:
+      return respond_error(503, sr.error, "server_error");
+    case inference::SubmitStatus::accepted:
+      break;
+  }
+  uid_ = sr.uid;
+  request_done_ = false;
+  self_keep_ = shared_from_this();
+  header_ = CompletionHeader{fmt::format("cmpl-{}{:08x}", srv_.id_prefix, sr.uid),
+                             static_cast<int64_t>(std::time(nullptr)), srv_.options.model_name};
+  streaming_ = p.stream;
+  include_usage_ = p.include_usage;
+  with_ids_ = p.with_ids;
+  text_.clear();
+  ids_.clear();
+  if (streaming_) stream_head();
+}
+
+void Session::on_event(const GenerationEvent& ev) {
+  if (state_ != State::answering || ev.uid != uid_ || request_done_) return;
+  if (ev.finish != FinishReason::none) request_done_ = true;
+  if (streaming_) {
+    stream_event(ev);
+  } else {
+    whole_event(ev);
+  }
+}
+
+void Session::whole_event(const GenerationEvent& ev) {
+  text_ += ev.text;
+  ids_.insert(ids_.end(), ev.tokens.begin(), ev.tokens.end());
+  if (ev.finish == FinishReason::none) return;
+  self_keep_.reset();
+  if (ev.finish == FinishReason::error) return respond_error(500, ev.error, "server_error");
+  if (ev.finish == FinishReason::cancelled) {
+    return respond_error(503, "[serve] the request was cancelled: the server is stopping", "server_error");
+  }
+  respond(http::status::ok,
+          completion_response(header_, text_, inference::finish_reason_name(ev.finish),
+                              CompletionUsage{ev.prompt_tokens, ev.completion_tokens}, with_ids_ ? &ids_ : nullptr));
+}
+
+void Session::stream_event(const GenerationEvent& ev) {
+  if (ev.finish == FinishReason::error || ev.finish == FinishReason::cancelled) {
+    stream_send(stream_error_event(ev.finish == FinishReason::error
+                                       ? ev.error
+                                       : std::string("[serve] the request was cancelled: the server is stopping"),
+                                   "server_error"));
+    return stream_end();
+  }
+  const bool last = ev.finish != FinishReason::none;
+  if (!ev.text.empty() || (with_ids_ && !ev.tokens.empty()) || last) {
+    std::optional<std::string_view> reason;
+    if (last) reason = inference::finish_reason_name(ev.finish);
+    stream_send(stream_chunk(header_, ev.text, reason, with_ids_ ? &ev.tokens : nullptr, include_usage_));
+  }
+  if (!last) return;
+  if (include_usage_) stream_send(stream_usage_chunk(header_, {ev.prompt_tokens, ev.completion_tokens}));
+  stream_send(kStreamDone);
+  stream_end();
+}
+
+void Session::stream_head() {
+  // HTTP/1.0 has no chunked encoding: the end of the stream is the end of the connection.
+  chunked_ = request_.version() >= 11;
+  if (!chunked_) keep_alive_ = false;
+  out_ = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n";
+  out_ += chunked_ ? "Transfer-Encoding: chunked\r\n" : "";
+  out_ += keep_alive_ ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n";
+  stream_done_ = false;
+  flush();
+}
+
+void Session::stream_send(std::string_view event) {
+  if (chunked_) out_ += fmt::format("{:x}\r\n", event.size());
+  out_.append(event);
+  if (chunked_) out_ += "\r\n";
+  flush();
+}
+
+void Session::stream_end() {
+  self_keep_.reset();
+  if (chunked_) out_ += "0\r\n\r\n";
+  stream_done_ = true;
+  flush();
+}
+
+void Session::flush() {
+  if (writing_ || state_ != State::answering) return;
+  if (out_.empty()) {
+    if (!stream_done_) return;
+    end_answer();
+    if (!keep_alive_ || srv_.draining) return linger_close();
+    return wait_for_request();
+  }
+  writing_ = true;
+  inflight_.swap(out_);
+  out_.clear();
+  stream_.expires_after(seconds(srv_.options.write_timeout_s));
+  asio::async_write(stream_, asio::buffer(inflight_), [self = shared_from_this()](error_code ec, size_t) {
+    self->writing_ = false;
+    self->inflight_.clear();
+    if (ec) return self->close();  // the client left or stopped reading; close() cancels its request
+    self->flush();
+  });
+}
+
+void Session::watch_client() {
+  const uint64_t gen = ++watch_gen_;
+  stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this(), gen](error_code ec) {
+    if (ec || gen != self->watch_gen_ || self->state_ == State::closed || !self->counted_) return;
+    char c = 0;
+    const ssize_t n = ::recv(self->stream_.socket().native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0) return;  // a pipelined request: the client is there; it is read once this response ends
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return self->watch_client();
+    self->close();  // hang-up or reset: the request is cancelled
+  });
+}
+
+void Session::end_answer() {
+  if (counted_) {
+    counted_ = false;
+    srv_.end_answer();
+  }
+  ++watch_gen_;
+  error_code ignored;
+  stream_.socket().cancel(ignored);  // the client watch; no read or write is pending here
+  uid_ = 0;
+  request_done_ = false;
+  stream_done_ = false;
+  self_keep_.reset();
+}
+
+void Session::abort_request() {
+  if (uid_ != 0 && !request_done_) srv_.loop.cancel(uid_);
+  request_done_ = true;
+}
+
+void Session::expire() {
+  expired_ = true;
+  if (state_ != State::answering || uid_ == 0 || request_done_) return;
+  abort_request();
+  self_keep_.reset();
+  if (streaming_) {
+    stream_send(stream_error_event(kShuttingDown, "server_error"));
+    return stream_end();
+  }
+  respond_error(503, kShuttingDown, "server_error");
+}
+
+void Session::close() {
+  if (state_ == State::closed) return;
+  abort_request();
+  if (counted_) {
+    counted_ = false;
+    srv_.end_answer();
+  }
+  state_ = State::closed;
+  self_keep_.reset();
+  error_code ignored;
+  stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
+  stream_.close();
+}
+
+// After a response that ends the connection: half-close, then read (and drop) whatever the client still sends
+// for a moment before closing. Closing with unread bytes in the receive buffer sends a reset, which can destroy
+// the response before the client has read it.
+void Session::linger_close() {
+  if (state_ == State::closed) return;
+  state_ = State::closed;
+  self_keep_.reset();
+  error_code ignored;
+  stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+  stream_.expires_after(std::chrono::seconds(1));
+  linger_read();
+}
+
+void Session::linger_read() {
+  buffer_.clear();
+  stream_.async_read_some(buffer_.prepare(4096), [self = shared_from_this()](error_code ec, size_t) {
+    if (ec) return self->stream_.close();
+    self->linger_read();
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+std::vector<int32_t> Server::encode(const std::string& text) {
+  std::unique_ptr<data::BpeTokenizer> tok;
+  {
+    const std::lock_guard<std::mutex> lock(tok_mu);
+    if (!tok_free.empty()) {
+      tok = std::move(tok_free.back());
+      tok_free.pop_back();
+    }
+  }
+  if (!tok) tok = std::make_unique<data::BpeTokenizer>(*tokenizer);
+  std::vector<int32_t> ids = tok->encode(text);
+  const std::lock_guard<std::mutex> lock(tok_mu);
+  tok_free.push_back(std::move(tok));
+  return ids;
+}
+
+Prepared Server::prepare(const std::string& body) {
+  Prepared p;
+  try {
+    CompletionRequest cr = parse_completion_request(body, options.model_name);
+    if (cr.prompt_text) {
+      if (!tokenizer) {
+        throw ApiError(400, "[serve] this server has no tokenizer, so it cannot take a text prompt; send the "
+                            "prompt as an array of token ids",
+                       std::string("prompt"));
+      }
+      // An empty text prompt is conditioned on the end-of-text token, as OpenAI does.
+      p.prompt = cr.prompt_text->empty() ? std::vector<int32_t>{tokenizer->eot_token()} : encode(*cr.prompt_text);
+    } else {
+      p.prompt = std::move(cr.prompt_ids);
+    }
+    if (!tokenizer && !cr.sampling.stop.empty()) {
+      throw ApiError(400, "[serve] this server has no tokenizer, so it cannot match stop strings; use "
+                          "'stop_token_ids' instead",
+                     std::string("stop"));
+    }
+    p.sampling = std::move(cr.sampling);
+    p.stream = cr.stream;
+    p.include_usage = cr.include_usage;
+    p.with_ids = cr.prompt_is_ids();
+  } catch (const ApiError& e) {
+    p.error_status = e.status();
+    p.error_body = error_body(e);
+    p.count_invalid = true;
+  } catch (const Error& e) {
+    p.error_status = 400;
+    p.error_body = error_body(e.what(), "invalid_request_error");
+    p.count_invalid = true;
+  } catch (const std::exception& e) {
+    p.error_status = 500;
+    p.error_body = error_body(fmt::format("[serve] internal error: {}", e.what()), "server_error");
+  }
+  return p;
+}
+
+std::string Server::metrics_text() {
+  HttpCounters http;
+  http.rejected_queue_full = rejected_queue_full.load();
+  http.rejected_invalid = rejected_invalid.load();
+  http.connections_refused = connections_refused.load();
+  {
+    const std::lock_guard<std::mutex> lock(mu);
+    http.connections_open = static_cast<int64_t>(sessions.size());
+  }
+  return render_metrics(loop.stats(), http);
+}
+
+nlohmann::ordered_json Server::model_object() const {
+  nlohmann::ordered_json model;
+  model["id"] = options.model_name;
+  model["object"] = "model";
+  model["created"] = created;
+  model["owned_by"] = "dspeed";
+  model["max_model_len"] = loop.engine().max_context();
+  return model;
+}
+
+void Server::accept() {
+  acceptor.async_accept(asio::make_strand(ioc), [this](error_code ec, tcp::socket socket) {
+    if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
+    if (ec) {
+      // Out of file descriptors, most likely: try again shortly rather than spin.
+      log_warning("[serve] accepting a connection failed: {}", ec.message());
+      accept_retry.expires_after(std::chrono::milliseconds(50));
+      accept_retry.async_wait([this](error_code wec) {
+        if (!wec) accept();
+      });
+      return;
+    }
+    size_t open = 0;
+    {
+      const std::lock_guard<std::mutex> lock(mu);
+      open = sessions.size();
+    }
+    if (open >= static_cast<size_t>(options.max_connections)) {
+      refuse(std::move(socket));
+    } else {
+      std::make_shared<Session>(*this, std::move(socket))->start();
+    }
+    accept();
+  });
+}
+
+void Server::refuse(tcp::socket socket) {
+  ++connections_refused;
+  const std::string body = error_body(
+      fmt::format("[serve] the server has {} connections open, its limit; retry later", options.max_connections),
+      "server_error");
+  auto msg = std::make_shared<std::string>(fmt::format(
+      "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: "
+      "close\r\nContent-Length: {}\r\n\r\n{}",
+      body.size(), body));
+  auto sock = std::make_shared<tcp::socket>(std::move(socket));
+  asio::async_write(*sock, asio::buffer(*msg), [sock, msg](error_code, size_t) {
+    error_code ignored;
+    sock->shutdown(tcp::socket::shutdown_both, ignored);
+    sock->close(ignored);
+  });
+}
+
+void Server::remember(const std::shared_ptr<Session>& s) {
+  const std::lock_guard<std::mutex> lock(mu);
+  sessions.emplace(s.get(), s);
+}
+
+void Server::forget(Session* s) {
+  {
+    const std::lock_guard<std::mutex> lock(mu);
+    sessions.erase(s);
+  }
+  cv.notify_all();
+}
+
+void Server::begin_answer() {
+  const std::lock_guard<std::mutex> lock(mu);
+  ++answering;
+}
+
+void Server::end_answer() {
+  {
+    const std::lock_guard<std::mutex> lock(mu);
+    --answering;
+  }
+  cv.notify_all();
+}
+
+std::vector<std::shared_ptr<Session>> Server::live_sessions() {
+  std::vector<std::shared_ptr<Session>> out;
+  const std::lock_guard<std::mutex> lock(mu);
+  for (const auto& [ptr, weak] : sessions) {
+    if (auto s = weak.lock()) out.push_back(std::move(s));
+  }
+  return out;
+}
+
+template <typename Pred>
+bool Server::wait_until(Pred pred, std::chrono::steady_clock::time_point deadline) {
+  std::unique_lock<std::mutex> lock(mu);
+  return cv.wait_until(lock, deadline, [&] { return pred() || hurry; }) && pred();
+}
+
+void Server::finish() {
+  work.reset();
+  ioc.stop();
+  for (std::thread& t : threads) t.join();
+  threads.clear();
+  parse_pool->join();  // its last tasks post to strands that no longer run: nothing is submitted after this
+  {
+    const std::lock_guard<std::mutex> lock(gate->mu);
+    gate->open = false;
+  }
+  for (const auto& s : live_sessions()) s->abandon();
+}
+
+}  // namespace
+
+struct HttpServer::Impl : Server {
+  using Server::Server;
+};
+
+// ---------------------------------------------------------------------------------------------------------------
 
 HttpServer::HttpServer(inference::ServingLoop& loop, const data::BpeTokenizer* tokenizer, ServerOptions options)
     : impl_(std::make_unique<Impl>(loop, tokenizer, std::move(options))) {
-  DS_CHECK_AS(ConfigError, impl_->options.http_threads > 0, "[serve] http_threads must be at least 1, got {}",
-              impl_->options.http_threads);
-  DS_CHECK_AS(ConfigError, impl_->options.port >= 0 && impl_->options.port <= 65535,
-              "[serve] the port must be in [0, 65535] (0: any free port), got {}", impl_->options.port);
+  const ServerOptions& o = impl_->options;
+  DS_CHECK_AS(ConfigError, o.io_threads > 0 && o.parse_threads > 0,
+              "[serve] io_threads and parse_threads must be at least 1, got {} and {}", o.io_threads,
+              o.parse_threads);
+  DS_CHECK_AS(ConfigError, o.max_connections > 0, "[serve] max_connections must be at least 1, got {}",
+              o.max_connections);
+  DS_CHECK_AS(ConfigError, o.port >= 0 && o.port <= 65535,
+              "[serve] the port must be in [0, 65535] (0: any free port), got {}", o.port);
+  DS_CHECK_AS(ConfigError,
+              o.idle_timeout_s > 0 && o.read_timeout_s > 0 && o.write_timeout_s > 0 && o.shutdown_timeout_s >= 0,
+              "[serve] the idle, read and write timeouts must be positive and the shutdown timeout not negative, "
+              "got {}, {}, {} and {} s",
+              o.idle_timeout_s, o.read_timeout_s, o.write_timeout_s, o.shutdown_timeout_s);
 }
 
 HttpServer::~HttpServer() {
@@ -502,75 +792,90 @@ HttpServer::~HttpServer() {
 
 void HttpServer::start() {
   Impl& im = *impl_;
-  DS_CHECK(!im.svr, "[serve] the HTTP server was started twice; create a new HttpServer to serve again");
-  im.svr = std::make_unique<httplib::Server>();
-  const size_t threads = static_cast<size_t>(im.options.http_threads);
-  im.svr->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-  im.svr->set_payload_max_length(size_t(16) << 20);
-  // httplib's default is SO_REUSEPORT, which lets a second server bind a port in use and silently share its
-  // connections. SO_REUSEADDR alone still allows a restart while old connections sit in TIME_WAIT.
-  // The listening socket is remembered so its backlog can be raised after httplib's listen(fd, 5): with a backlog
-  // of 5, a burst of new connections overflows it and the dropped SYNs are retried by the client a second later,
-  // which showed up as one-second time-to-first-token outliers with 16 clients.
-  socket_t listen_fd = INVALID_SOCKET;
-  im.svr->set_socket_options([&listen_fd](socket_t sock) {
-    int yes = 1;
-    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
-    listen_fd = sock;
-  });
-  im.routes();
-
+  DS_CHECK(!im.started, "[serve] the HTTP server was started twice; create a new HttpServer to serve again");
   const std::string& host = im.options.host;
-  if (im.options.port == 0) {
-    im.bound_port = im.svr->bind_to_any_port(host);
-  } else {
-    im.bound_port = im.svr->bind_to_port(host, im.options.port) ? im.options.port : -1;
+  auto cannot_listen = [&](const error_code& ec) {
+    return IoError(fmt::format("[serve] cannot listen on {}:{} ({}): the port is in use or the address is not one "
+                               "of this machine's; choose another --port (or --host)",
+                               host, im.options.port, ec.message()));
+  };
+  error_code ec;
+  tcp::resolver resolver(im.ioc);
+  const auto endpoints = resolver.resolve(host, std::to_string(im.options.port),
+                                          tcp::resolver::numeric_service | tcp::resolver::passive, ec);
+  if (ec || endpoints.empty()) throw cannot_listen(ec);
+  const tcp::endpoint endpoint = endpoints.begin()->endpoint();
+  // SO_REUSEADDR allows a restart while old connections sit in TIME_WAIT; unlike SO_REUSEPORT it does not let a
+  // second server bind a port in use.
+  if (im.acceptor.open(endpoint.protocol(), ec) || im.acceptor.set_option(tcp::acceptor::reuse_address(true), ec) ||
+      im.acceptor.bind(endpoint, ec) || im.acceptor.listen(SOMAXCONN, ec)) {
+    error_code ignored;
+    im.acceptor.close(ignored);
+    throw cannot_listen(ec);
   }
-  if (im.bound_port <= 0) {
-    im.svr.reset();
-    DS_THROW(IoError,
-             "[serve] cannot listen on {}:{}: the port is in use or the address is not one of this machine's; "
-             "choose another --port (or --host)",
-             host, im.options.port);
+  im.bound_port = im.acceptor.local_endpoint().port();
+  im.started = true;
+  im.work.emplace(im.ioc.get_executor());
+  im.parse_pool.emplace(static_cast<size_t>(im.options.parse_threads));
+  asio::post(im.acceptor.get_executor(), [&im] { im.accept(); });
+  for (int i = 0; i < im.options.io_threads; ++i) {
+    im.threads.emplace_back([&im] {
+      while (true) {
+        try {
+          im.ioc.run();
+          return;
+        } catch (const std::exception& e) {
+          log_warning("[serve] an HTTP handler failed: {}", e.what());
+        }
+      }
+    });
   }
-  if (listen_fd != INVALID_SOCKET) ::listen(listen_fd, SOMAXCONN);  // Linux updates the backlog of a listening socket
-  im.stopping = false;
+}
+
+void HttpServer::shutdown() {
+  Impl& im = *impl_;
   {
-    const std::lock_guard<std::mutex> lock(im.state_mu);
-    im.listening = true;
+    const std::lock_guard<std::mutex> lock(im.mu);
+    if (im.draining) im.hurry = true;  // a second call: no more waiting
   }
-  im.thread = std::thread([&im] {
-    im.svr->listen_after_bind();
-    const std::lock_guard<std::mutex> lock(im.state_mu);
-    im.listening = false;
-    im.state_cv.notify_all();
+  im.cv.notify_all();
+  const std::lock_guard<std::mutex> once(im.shutdown_mu);
+  if (!im.started || im.stopped) return;
+  const auto deadline = std::chrono::steady_clock::now() + seconds(im.options.shutdown_timeout_s);
+  im.draining = true;
+  asio::post(im.acceptor.get_executor(), [&im] {
+    error_code ignored;
+    im.acceptor.close(ignored);
+    im.accept_retry.cancel();
   });
-  // stop() before the accept loop runs would be lost (httplib's stop() does nothing until then).
-  while (!im.svr->is_running()) {
-    {
-      const std::lock_guard<std::mutex> lock(im.state_mu);
-      if (!im.listening) break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  for (const auto& s : im.live_sessions()) asio::post(s->executor(), [s] { s->drain(); });
+  if (!im.wait_until([&] { return im.answering == 0; }, deadline)) {
+    for (const auto& s : im.live_sessions()) asio::post(s->executor(), [s] { s->expire(); });
   }
+  // The last bytes (an error event, a 503) and the lingering closes take a moment; a client that reads nothing
+  // does not hold the shutdown up for longer than this.
+  {
+    std::unique_lock<std::mutex> lock(im.mu);
+    im.cv.wait_for(lock, std::chrono::seconds(2), [&] { return im.sessions.empty(); });
+  }
+  im.finish();
+  im.stopped = true;
+}
+
+void HttpServer::hurry() {
+  Impl& im = *impl_;
+  {
+    const std::lock_guard<std::mutex> lock(im.mu);
+    im.hurry = true;
+  }
+  im.cv.notify_all();
 }
 
 void HttpServer::stop() {
-  Impl& im = *impl_;
-  if (!im.thread.joinable()) return;
-  // Waiting workers see `stopping` within a slice, cancel their requests and end their responses; httplib's
-  // stop() closes the listening socket, and its thread pool joins the workers before listen returns.
-  im.stopping = true;
-  im.svr->stop();
-  im.thread.join();
+  hurry();
+  shutdown();
 }
 
 int HttpServer::port() const { return impl_->bound_port; }
-
-void HttpServer::wait() {
-  Impl& im = *impl_;
-  std::unique_lock<std::mutex> lock(im.state_mu);
-  im.state_cv.wait(lock, [&] { return !im.listening; });
-}
 
 }  // namespace ds::serve

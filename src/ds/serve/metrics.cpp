@@ -55,6 +55,9 @@ std::string render_metrics(const inference::LoopStats& s, const HttpCounters& ht
          "counter");
   sample(out, "dspeed_forward_passes_total", s.passes, "Ragged forward passes run.", "counter");
   sample(out, "dspeed_forward_pass_tokens_total", s.pass_tokens, "Tokens run through forward passes.", "counter");
+  sample(out, "dspeed_http_connections", http.connections_open, "HTTP connections open.", "gauge");
+  sample(out, "dspeed_http_connections_refused_total", http.connections_refused,
+         "HTTP connections refused with 503 because the connection limit was reached.", "counter");
   histogram(out, "dspeed_time_to_first_token_seconds", s.time_to_first_token_s,
             "Seconds from a request's arrival to its first generated token.");
   histogram(out, "dspeed_time_per_output_token_seconds", s.time_per_output_token_s,

@@ -15,6 +15,8 @@ namespace ds::serve {
 struct HttpCounters {
   int64_t rejected_queue_full = 0;  // answered 429
   int64_t rejected_invalid = 0;     // answered 400/404 on /v1/completions (bad body, or the loop refused it)
+  int64_t connections_open = 0;     // HTTP connections held now
+  int64_t connections_refused = 0;  // connections answered 503 at once: max_connections were open
 };
 
 std::string render_metrics(const inference::LoopStats& stats, const HttpCounters& http);

@@ -162,9 +162,8 @@ ServingStackOptions stack_options(const ServeBenchOptions& o, const std::string&
 
 // A server with its own engine and loop for one policy.
 struct Served {
-  Served(std::shared_ptr<const inference::InferenceModel> model, const ServeBenchOptions& o, const std::string& policy,
-         int clients)
-      : stack(stack_options(o, policy), std::move(model)), server(stack.loop(), nullptr, server_options(clients)) {
+  Served(std::shared_ptr<const inference::InferenceModel> model, const ServeBenchOptions& o, const std::string& policy)
+      : stack(stack_options(o, policy), std::move(model)), server(stack.loop(), nullptr, server_options()) {
     stack.loop().start();
     server.start();
   }
@@ -172,10 +171,9 @@ struct Served {
     server.stop();
     stack.loop().stop();
   }
-  static ServerOptions server_options(int clients) {
+  static ServerOptions server_options() {
     ServerOptions s;
     s.port = 0;
-    s.http_threads = std::max(s.http_threads, clients + 8);  // every client holds a connection
     return s;
   }
   ServingStack stack;
@@ -265,7 +263,7 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
 
   // The engine's own single-request speed: mean-length requests one at a time.
   {
-    Served s(model, o, "splitfuse", 1);
+    Served s(model, o, "splitfuse");
     httplib::Client cli("127.0.0.1", s.server.port());
     cli.set_read_timeout(600);
     const std::vector<BenchRequest> one = make_requests(6, prompt_mean, gen_mean, 0.0, mc.block_size, mc.vocab_size,
@@ -304,7 +302,7 @@ ServeBenchResult run_serve_bench(const ServeBenchOptions& o) {
   for (const int clients : o.clients) {
     DS_CHECK_AS(ConfigError, clients >= 1 && clients <= 256, "[bench] client counts must be 1..256, got {}", clients);
     for (const std::string& policy : o.policies) {
-      Served s(model, o, policy, clients);
+      Served s(model, o, policy);
       {  // warm-up: fault in the cache and the scratch buffers
         httplib::Client cli("127.0.0.1", s.server.port());
         cli.set_read_timeout(600);
