@@ -378,7 +378,8 @@ void Session::on_prepared(Prepared p) {
     if (p.count_invalid) ++srv_.rejected_invalid;
     return respond(static_cast<http::status>(p.error_status), std::move(p.error_body));
   }
-  if (expired_ || srv_.draining) return respond_error(503, kShuttingDown, "server_error");
+  // A request read before a shutdown began still runs (until the deadline); only one past it is refused.
+  if (expired_) return respond_error(503, kShuttingDown, "server_error");
 
   inference::GenerationRequest gr;
   gr.prompt = std::move(p.prompt);
@@ -677,6 +678,10 @@ void Server::accept() {
       const std::lock_guard<std::mutex> lock(mu);
       open = sessions.size();
     }
+    // Token events are small writes in quick succession: Nagle's algorithm would hold each behind the previous
+    // one's acknowledgement.
+    error_code ignored;
+    socket.set_option(tcp::no_delay(true), ignored);
     if (open >= static_cast<size_t>(options.max_connections)) {
       refuse(std::move(socket));
     } else {
