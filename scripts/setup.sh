@@ -25,7 +25,8 @@ packages=(build-essential cmake ninja-build ccache lld pkg-config
           libprotobuf-dev protobuf-compiler  # TensorBoard event files (the tensorboard monitor)
           librsvg2-bin  # rsvg-convert: tests/cli check that the loss.svg charts render
           curl   # curl: the HTTP checks of tests/cli/serve.sh
-          clang libomp-dev)  # CI's second compiler (Debian 12: clang 14); libomp-dev is its OpenMP (libomp-14-dev)
+          clang libomp-dev   # CI's second compiler (Debian 12: clang 14); libomp-dev is its OpenMP (libomp-14-dev)
+          libclang-rt-dev)   # libFuzzer and the sanitizers' runtimes (the fuzz build, tests/fuzz)
 [ "$with_torch" = 1 ] && packages+=(python3-torch python3-numpy)
 
 sudo_cmd=()

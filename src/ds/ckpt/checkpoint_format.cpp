@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include <fmt/ranges.h>
@@ -30,13 +31,40 @@ uint32_t checkpoint_crc32(const uint8_t* data, size_t n) {
 
 namespace {
 template <typename T>
+struct IsVector : std::false_type {};
+template <typename T>
+struct IsVector<std::vector<T>> : std::true_type {};
+
+template <typename T>
 T get_field(const nlohmann::json& j, const char* key, const std::string& where) {
   DS_CHECK_AS(IoError, j.is_object() && j.contains(key), "[checkpoint] {}: the field '{}' is missing; the manifest "
               "is damaged or was not written by dspeed", where, key);
-  try {
-    return j.at(key).get<T>();
-  } catch (const nlohmann::json::exception&) {
-    DS_THROW(IoError, "[checkpoint] {}: the field '{}' has the wrong type ({})", where, key, json_excerpt(j.at(key)));
+  const nlohmann::json& v = j.at(key);
+  auto wrong = [&](std::string_view expected) {
+    return IoError(fmt::format("[checkpoint] {}: the field '{}' should be {}, found {}; the manifest is damaged or "
+                               "was not written by dspeed", where, key, expected, json_excerpt(v)));
+  };
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+    const std::optional<T> i = json_integer<T>(v);
+    if (!i) throw wrong(fmt::format("an integer in [{}, {}]", std::numeric_limits<T>::min(),
+                                    std::numeric_limits<T>::max()));
+    return *i;
+  } else if constexpr (IsVector<T>::value) {
+    using E = typename T::value_type;
+    if (!v.is_array()) throw wrong("a list of integers");
+    T out;
+    for (const auto& e : v) {
+      const std::optional<E> i = json_integer<E>(e);
+      if (!i) throw wrong("a list of integers");
+      out.push_back(*i);
+    }
+    return out;
+  } else {
+    try {
+      return v.get<T>();
+    } catch (const nlohmann::json::exception&) {
+      throw wrong(std::is_same_v<T, std::string> ? "a string" : "an object or list");
+    }
   }
 }
 
@@ -102,6 +130,34 @@ CheckpointManifest CheckpointManifest::from_json(const nlohmann::json& j, const 
   DS_CHECK_AS(IoError, m.world >= 1 && m.zero_stage >= 0 && m.zero_stage <= 3 && !m.units.empty(),
               "[checkpoint] {}: world {} / stage {} / {} units is not a valid layout", where, m.world, m.zero_stage,
               m.units.size());
+  // The flat layout as the writer makes it: units back to back from 0, each padded, parameters inside it.
+  int64_t total = 0;
+  for (const CheckpointUnit& u : m.units) {
+    DS_CHECK_AS(IoError, u.offset == total && u.numel >= 0 && u.padded_numel >= u.numel &&
+                             u.padded_numel <= std::numeric_limits<int64_t>::max() - total,
+                "[checkpoint] {}: unit '{}' (offset {}, {} elements padded to {}) does not follow the previous "
+                "units (which end at {}); the manifest is damaged", where, u.name, u.offset, u.numel, u.padded_numel,
+                total);
+    total += u.padded_numel;
+  }
+  for (const CheckpointParam& p : m.params) {
+    int64_t n = 1;
+    for (const int64_t d : p.shape) {
+      DS_CHECK_AS(IoError, d >= 0 && (d == 0 || n <= total / d), "[checkpoint] {}: parameter '{}' has shape {}, "
+                  "larger than the {} elements the units hold; the manifest is damaged", where, p.name,
+                  checkpoint_shape_str(p.shape), total);
+      n *= d;
+    }
+    DS_CHECK_AS(IoError, p.offset >= 0 && p.offset <= total - n, "[checkpoint] {}: parameter '{}' ({} elements at "
+                "offset {}) lies outside the {} elements the units hold; the manifest is damaged", where, p.name, n,
+                p.offset, total);
+  }
+  for (const CheckpointShard& s : m.shards) {
+    // A shard is a file in the checkpoint's own directory: a manifest must not point the reader anywhere else.
+    DS_CHECK_AS(IoError, !s.file.empty() && s.file.find('/') == std::string::npos && s.file != "." && s.file != "..",
+                "[checkpoint] {}: shard file '{}' is not a file name in the checkpoint's directory; the manifest is "
+                "damaged", where, s.file.substr(0, 200));
+  }
   const size_t want_shards = m.zero_stage == 0 ? 1 : static_cast<size_t>(m.world);
   DS_CHECK_AS(IoError, m.shards.size() == want_shards, "[checkpoint] {}: a stage-{} checkpoint of world {} has {} "
               "shard(s), but the manifest lists {}", where, m.zero_stage, m.world, want_shards, m.shards.size());

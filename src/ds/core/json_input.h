@@ -9,8 +9,12 @@
 #include <nlohmann/json.hpp>
 
 #include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 namespace ds {
 
@@ -46,6 +50,26 @@ void scan_outside_json_strings(const Text& text, F&& f) {
       f(i);
     }
   }
+}
+
+// The value as a T when it is an integer (not a float, not a bool) that T can hold; nullopt otherwise. nlohmann's
+// get<int>() converts a float or wraps a large integer silently (9.2e19 into int64 is undefined behaviour).
+template <typename T>
+std::optional<T> json_integer(const nlohmann::json& v) {
+  static_assert(std::is_integral_v<T> && !std::is_same_v<T, bool>);
+  if (v.is_number_unsigned()) {
+    const auto u = v.get<uint64_t>();
+    if (u > static_cast<uint64_t>(std::numeric_limits<T>::max())) return std::nullopt;
+    return static_cast<T>(u);
+  }
+  if (!v.is_number_integer()) return std::nullopt;
+  const auto i = v.get<int64_t>();
+  if constexpr (std::is_signed_v<T>) {
+    if (i < int64_t{std::numeric_limits<T>::min()} || i > int64_t{std::numeric_limits<T>::max()}) return std::nullopt;
+  } else {
+    if (i < 0 || static_cast<uint64_t>(i) > uint64_t{std::numeric_limits<T>::max()}) return std::nullopt;
+  }
+  return static_cast<T>(i);
 }
 
 // A short excerpt of a value for messages, never recursing into nested containers: a scalar as JSON, a list of at

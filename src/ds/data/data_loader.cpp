@@ -179,19 +179,26 @@ void to_json(nlohmann::json& j, const LoaderState& s) {
 }
 
 void from_json(const nlohmann::json& j, LoaderState& s) {
-  try {
-    s.seed = j.at("seed").get<uint64_t>();
-    s.epoch = j.at("epoch").get<int64_t>();
-    s.batch_in_epoch = j.at("batch_in_epoch").get<int64_t>();
-    s.B = j.at("B").get<int64_t>();
-    s.T = j.at("T").get<int64_t>();
-    s.world = j.at("world").get<int64_t>();
-    s.num_windows = j.at("num_windows").get<int64_t>();
-    s.shuffle = j.at("shuffle").get<bool>();
-  } catch (const nlohmann::json::exception& e) {
-    DS_THROW(ConfigError, "[data_loader] loader state {} is incomplete ({}); expected keys seed, epoch, "
-             "batch_in_epoch, B, T, world, num_windows, shuffle", j.dump(), e.what());
-  }
+  auto fail = [&](const char* key) {
+    return ConfigError(fmt::format("[data_loader] loader state {} has no valid '{}'; expected the integers seed, "
+                                   "epoch, batch_in_epoch, B, T, world, num_windows and the boolean shuffle",
+                                   json_excerpt(j), key));
+  };
+  auto integer = [&](const char* key, auto& dst) {
+    using T = std::remove_reference_t<decltype(dst)>;
+    const std::optional<T> v = j.is_object() && j.contains(key) ? json_integer<T>(j[key]) : std::nullopt;
+    if (!v) throw fail(key);
+    dst = *v;
+  };
+  integer("seed", s.seed);
+  integer("epoch", s.epoch);
+  integer("batch_in_epoch", s.batch_in_epoch);
+  integer("B", s.B);
+  integer("T", s.T);
+  integer("world", s.world);
+  integer("num_windows", s.num_windows);
+  if (!j.contains("shuffle") || !j["shuffle"].is_boolean()) throw fail("shuffle");
+  s.shuffle = j["shuffle"].get<bool>();
 }
 
 }  // namespace ds::data

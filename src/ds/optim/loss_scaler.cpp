@@ -2,10 +2,12 @@
 #include "ds/optim/loss_scaler.h"
 
 #include <algorithm>
+#include <limits>
 
 #include <fmt/format.h>
 
 #include "ds/core/error.h"
+#include "ds/core/json_input.h"
 
 namespace ds::optim {
 
@@ -61,14 +63,22 @@ nlohmann::json LossScaler::state() const {
 }
 
 void LossScaler::restore(const nlohmann::json& s) {
-  try {
-    scale_ = s.at("scale").get<double>();
-    hysteresis_left_ = s.at("hysteresis_left").get<int>();
-    iter_ = s.at("iter").get<int64_t>();
-    last_overflow_iter_ = s.at("last_overflow_iter").get<int64_t>();
-  } catch (const nlohmann::json::exception& e) {
-    DS_THROW(IoError, "[fp16] the saved loss-scaler state {} is incomplete ({})", s.dump(), e.what());
-  }
+  auto integer = [&](const char* key) -> int64_t {
+    const std::optional<int64_t> v = s.is_object() && s.contains(key) ? json_integer<int64_t>(s[key]) : std::nullopt;
+    DS_CHECK_AS(IoError, v.has_value(), "[fp16] the saved loss-scaler state {} has no integer '{}'; the checkpoint "
+                "is damaged", json_excerpt(s), key);
+    return *v;
+  };
+  DS_CHECK_AS(IoError, s.is_object() && s.contains("scale") && s["scale"].is_number() && s["scale"].get<double>() > 0,
+              "[fp16] the saved loss-scaler state {} has no positive 'scale'; the checkpoint is damaged",
+              json_excerpt(s));
+  const int64_t hysteresis = integer("hysteresis_left");
+  DS_CHECK_AS(IoError, hysteresis >= 0 && hysteresis <= std::numeric_limits<int>::max(),
+              "[fp16] the saved loss-scaler state has hysteresis_left {}; the checkpoint is damaged", hysteresis);
+  scale_ = s["scale"].get<double>();
+  hysteresis_left_ = static_cast<int>(hysteresis);
+  iter_ = integer("iter");
+  last_overflow_iter_ = integer("last_overflow_iter");
 }
 
 }  // namespace ds::optim

@@ -77,9 +77,10 @@ Gpt2Config Gpt2Config::from_json(const nlohmann::json& j, const std::string& spe
   }
   auto get_int = [&](const char* key, int& dst) {
     if (!j.contains(key)) return;
-    DS_CHECK_AS(ConfigError, j[key].is_number_integer(), "[model] '{}': '{}' must be an integer, found {}", spec, key,
-                j[key].dump());
-    dst = j[key].get<int>();
+    const std::optional<int> v = json_integer<int>(j[key]);
+    DS_CHECK_AS(ConfigError, v.has_value(), "[model] '{}': '{}' must be an integer (of at most 31 bits), found {}",
+                spec, key, json_excerpt(j[key]));
+    dst = *v;
   };
   get_int("n_layer", c.n_layer);
   get_int("n_head", c.n_head);
