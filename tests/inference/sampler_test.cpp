@@ -392,6 +392,18 @@ TEST(Sampler, ValidateRejectsEachBadField) {
     edit(p);
     return p;
   };
+  expect_rejected(with([](SamplingParams& p) { p.presence_penalty = 2.5f; }), "presence_penalty");
+  expect_rejected(with([](SamplingParams& p) { p.frequency_penalty = -2.5f; }), "frequency_penalty");
+  expect_rejected(with([](SamplingParams& p) { p.logit_bias = {{5, 101.0f}}; }), "logit_bias");
+  expect_rejected(with([](SamplingParams& p) { p.logit_bias = {{1000, 1.0f}}; }), "logit_bias");
+  expect_rejected(with([](SamplingParams& p) { p.logprobs = 21; }), "logprobs");
+  expect_rejected(with([](SamplingParams& p) { p.prompt_logprobs = true; }), "logprobs");
+  expect_rejected(with([](SamplingParams& p) { p.max_tokens = 0; p.logprobs = 0; }), "max_tokens");
+  EXPECT_NO_THROW(with([](SamplingParams& p) {
+                    p.max_tokens = 0;
+                    p.logprobs = 0;
+                    p.prompt_logprobs = true;
+                  }).validate(100));
   expect_rejected(with([](SamplingParams& p) { p.max_tokens = 0; }), "max_tokens");
   expect_rejected(with([](SamplingParams& p) { p.max_tokens = -5; }), "max_tokens");
   expect_rejected(with([](SamplingParams& p) { p.temperature = -0.1f; }), "temperature");
@@ -402,7 +414,7 @@ TEST(Sampler, ValidateRejectsEachBadField) {
   expect_rejected(with([](SamplingParams& p) { p.top_p = -0.5f; }), "top_p");
   expect_rejected(with([](SamplingParams& p) { p.top_p = 1.01f; }), "top_p");
   expect_rejected(with([](SamplingParams& p) { p.top_p = std::nanf(""); }), "top_p");
-  expect_rejected(with([](SamplingParams& p) { p.stop = {"a", "b", "c", "d", "e"}; }), "stop");
+  expect_rejected(with([](SamplingParams& p) { p.stop = {"a", "b", "c", "d", "e", "f"}; }), "stop");
   expect_rejected(with([](SamplingParams& p) { p.stop = {"a", ""}; }), "stop");
   expect_rejected(with([](SamplingParams& p) { p.stop_token_ids = {3, -1}; }), "stop_token_ids");
   expect_rejected(with([](SamplingParams& p) { p.stop_token_ids = {100}; }), "stop_token_ids");
@@ -465,6 +477,73 @@ const std::string kMixed =
     "Hello, world! Caf\xC3\xA9 na\xC3\xAFve r\xC3\xA9sum\xC3\xA9. \xE4\xBD\xA0\xE5\xA5\xBD\xE4\xB8\x96\xE7\x95\x8C "
     "\xE6\x97\xA5\xE6\x9C\xAC\xE8\xAA\x9E\xE3\x81\xAE\xE3\x83\x86\xE3\x82\xAD\xE3\x82\xB9\xE3\x83\x88 "
     "\xF0\x9F\xA4\x97 \xF0\x9F\x8E\x89\xF0\x9F\x9A\x80 \xF0\x9F\x91\x8D\xF0\x9F\x8F\xBD ok \xE2\x9C\x93 end";
+
+TEST(Sampler, LogitBiasMovesTheGreedyChoice) {
+  const std::vector<float> logits = {0.0f, 3.0f, 2.5f, -1.0f};
+  SamplingParams p;
+  p.temperature = 0;
+  EXPECT_EQ(Sampler(p, 1).sample(logits), 1);
+  p.logit_bias = {{1, -100.0f}};
+  EXPECT_EQ(Sampler(p, 1).sample(logits), 2);  // the argmax banned: the runner-up
+  p.logit_bias = {{3, 4.5f}};
+  EXPECT_EQ(Sampler(p, 1).sample(logits), 3);  // -1 + 4.5 beats 3
+  p.logit_bias = {{3, 4.0f}};
+  EXPECT_EQ(Sampler(p, 1).sample(logits), 1);  // 3 against 3: the lower id
+}
+
+// OpenAI's formula on the tokens chosen so far: logit - count * frequency_penalty - (count > 0) * presence_penalty.
+TEST(Sampler, PenaltiesFollowOpenAisFormulaOverTheChosenTokens) {
+  const std::vector<float> logits = {2.03f, 1.51f, 1.17f, 0.07f};  // no two penalised logits tie below
+  auto run = [&](float presence, float frequency, int n) {
+    SamplingParams p;
+    p.temperature = 0;
+    p.presence_penalty = presence;
+    p.frequency_penalty = frequency;
+    Sampler s(p, 1);
+    std::vector<int32_t> out;
+    for (int i = 0; i < n; ++i) out.push_back(s.sample(logits));
+    return out;
+  };
+  // Reference: greedy over the penalised logits, counts kept here.
+  auto reference = [&](float presence, float frequency, int n) {
+    std::vector<int> count(logits.size(), 0);
+    std::vector<int32_t> out;
+    for (int i = 0; i < n; ++i) {
+      std::vector<double> l(logits.begin(), logits.end());
+      for (size_t t = 0; t < l.size(); ++t) l[t] -= count[t] * frequency + (count[t] > 0 ? presence : 0.0);
+      const auto best = static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
+      ++count[static_cast<size_t>(best)];
+      out.push_back(best);
+    }
+    return out;
+  };
+  EXPECT_EQ(run(0, 0, 4), (std::vector<int32_t>{0, 0, 0, 0}));
+  for (const auto& [presence, frequency] : std::vector<std::pair<float, float>>{{0.61f, 0}, {0, 0.43f}, {0.29f, 0.31f},
+                                                                               {1.03f, 1.97f}, {-0.47f, 0.71f}}) {
+    SCOPED_TRACE(::testing::Message() << "presence " << presence << ", frequency " << frequency);
+    EXPECT_EQ(run(presence, frequency, 8), reference(presence, frequency, 8));
+  }
+  EXPECT_EQ(run(0.61f, 0, 2), (std::vector<int32_t>{0, 1})) << "2.03 - 0.61 falls below 1.51";
+}
+
+TEST(Sampler, TokenLogprobIsTheLogSoftmaxWithTheMostLikelyTokens) {
+  Rng rng(5);
+  std::vector<float> logits(1000);
+  for (auto& l : logits) l = 4.0f * rng.normal();
+  logits[17] = logits[18] = 30.0f;  // a tie at the top: the lower id first
+  const std::vector<double> p = softmax(logits, 1.0);
+  const TokenLogprob lp = token_logprob(logits, 500, 5);
+  EXPECT_EQ(lp.token, 500);
+  EXPECT_NEAR(lp.logprob, std::log(p[500]), 1e-4);
+  const std::vector<int> order = by_probability(p);
+  ASSERT_EQ(lp.top.size(), 5u);
+  for (size_t i = 0; i < 5; ++i) {
+    EXPECT_EQ(lp.top[i].first, order[i]);
+    EXPECT_NEAR(lp.top[i].second, std::log(p[static_cast<size_t>(order[i])]), 1e-4);
+  }
+  EXPECT_EQ(lp.top[0].first, 17);
+  EXPECT_TRUE(token_logprob(logits, 3, 0).top.empty());
+}
 
 TEST(TextStream, ConcatenationEqualsDecodeWithoutStop) {
   ASSERT_TRUE(valid_utf8(kMixed));

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <memory>
 #include <vector>
@@ -195,6 +196,91 @@ TEST(Loop, SeededSamplingRepeatsWhateverRunsBesideIt) {
   for (int k = 0; k < kRequests; ++k) loop.submit(request(k, together[static_cast<size_t>(k)]));
   loop.run_until_idle();
   for (int k = 0; k < kRequests; ++k) EXPECT_EQ(together[static_cast<size_t>(k)], alone[static_cast<size_t>(k)]) << k;
+}
+
+}  // namespace
+}  // namespace ds::inference
+
+namespace ds::inference {
+namespace {
+
+// log_softmax of a row, in double.
+std::vector<double> log_softmax(const std::vector<float>& row) {
+  const double m = *std::max_element(row.begin(), row.end());
+  double z = 0.0;
+  for (const float l : row) z += std::exp(double(l) - m);
+  std::vector<double> out(row.size());
+  for (size_t i = 0; i < row.size(); ++i) out[i] = double(row[i]) - m - std::log(z);
+  return out;
+}
+
+// The prompt's log-probabilities (echo with logprobs) and the generated tokens' equal the full recompute's
+// log_softmax at each position, whether the prompt runs in one pass or is split across passes, and also when
+// the request only scores its prompt (max_tokens 0).
+TEST(Loop, PromptAndTokenLogprobsEqualFullRecompute) {
+  nn::Gpt2 model(small_config(), 1, /*with_grads=*/false);
+  model.init_weights(9);
+  auto runner = std::make_shared<InferenceModel>(model);
+  EngineConfig ec;
+  ec.kv_block_size = 4;
+  ec.kv_block_count = 64;
+  InferenceEngine engine(runner, ec);
+  SchedulerLimits limits;
+  limits.token_budget = 8;  // a 19-token prompt takes three passes
+  ServingLoop loop(engine, make_scheduler(Policy::splitfuse, limits), nullptr);
+
+  Rng rng(23);
+  const std::vector<int32_t> prompt = testing::random_tokens(rng, 19, 256);
+  for (const int max_tokens : {0, 5}) {
+    SCOPED_TRACE(::testing::Message() << "max_tokens " << max_tokens);
+    GenerationRequest r;
+    r.prompt = prompt;
+    r.sampling.temperature = 0;
+    r.sampling.max_tokens = max_tokens;
+    r.sampling.logprobs = 3;
+    r.sampling.prompt_logprobs = true;
+    std::vector<TokenLogprob> prompt_lp, lp;
+    std::vector<int32_t> tokens;
+    FinishReason finish = FinishReason::none;
+    int prompt_lists = 0;
+    r.sink = [&](const GenerationEvent& ev) {
+      if (!ev.prompt_logprobs.empty()) ++prompt_lists;
+      prompt_lp.insert(prompt_lp.end(), ev.prompt_logprobs.begin(), ev.prompt_logprobs.end());
+      lp.insert(lp.end(), ev.logprobs.begin(), ev.logprobs.end());
+      tokens.insert(tokens.end(), ev.tokens.begin(), ev.tokens.end());
+      finish = ev.finish;
+    };
+    ASSERT_EQ(loop.submit(std::move(r)).status, SubmitStatus::accepted);
+    loop.run_until_idle();
+    EXPECT_EQ(finish, FinishReason::length);
+    EXPECT_EQ(prompt_lists, 1) << "the prompt's listing comes once";
+    ASSERT_EQ(tokens.size(), static_cast<size_t>(max_tokens));
+    ASSERT_EQ(lp.size(), tokens.size());
+    ASSERT_EQ(prompt_lp.size(), prompt.size() - 1);
+
+    // Reference: the model's logits at every position of prompt + generated, in one full forward.
+    std::vector<int32_t> all = prompt;
+    all.insert(all.end(), tokens.begin(), tokens.end());
+    const int T = static_cast<int>(all.size()), V = model.config().vocab_size;
+    std::vector<float> logits(static_cast<size_t>(T) * V);
+    nn::Ctx ctx;
+    model.forward_logits(ctx, all.data(), 1, T, logits.data());
+    auto expect_entry = [&](const TokenLogprob& e, int position, int32_t token) {
+      const std::vector<float> row(logits.begin() + int64_t(position) * V, logits.begin() + int64_t(position + 1) * V);
+      const std::vector<double> ref = log_softmax(row);
+      EXPECT_EQ(e.token, token);
+      EXPECT_NEAR(e.logprob, ref[static_cast<size_t>(token)], 2e-4) << "position " << position;
+      ASSERT_EQ(e.top.size(), 3u);
+      EXPECT_EQ(e.top[0].first, testing::argmax(row));
+      EXPECT_NEAR(e.top[0].second, *std::max_element(ref.begin(), ref.end()), 2e-4);
+    };
+    for (size_t k = 0; k < prompt_lp.size(); ++k) expect_entry(prompt_lp[k], static_cast<int>(k), prompt[k + 1]);
+    for (size_t k = 0; k < lp.size(); ++k) {
+      expect_entry(lp[k], static_cast<int>(prompt.size() + k) - 1, tokens[k]);
+      EXPECT_EQ(tokens[k], lp[k].top[0].first) << "greedy takes the most likely token";
+    }
+  }
+  EXPECT_EQ(engine.kv_state().used_blocks(), 0);
 }
 
 }  // namespace

@@ -73,6 +73,114 @@ TEST(OpenAiProtocol, EveryFieldParses) {
   EXPECT_EQ(r.sampling.stop_token_ids, (std::vector<int32_t>{50256}));
 }
 
+struct BadCase {
+  const char* body;
+  int status;
+  const char* param;  // nullptr: null
+  const char* message_part;
+};
+
+TEST(OpenAiProtocol, PenaltiesBiasesLogprobsAndEcho) {
+  const CompletionRequest r = parse(R"({"prompt": "x", "presence_penalty": 0.5, "frequency_penalty": -1,
+      "logit_bias": {"50256": -100, "13": 2.5}, "logprobs": 3, "echo": true, "max_tokens": 0})");
+  EXPECT_FLOAT_EQ(r.sampling.presence_penalty, 0.5f);
+  EXPECT_FLOAT_EQ(r.sampling.frequency_penalty, -1.0f);
+  ASSERT_EQ(r.sampling.logit_bias.size(), 2u);
+  EXPECT_EQ(r.sampling.logit_bias[0], (std::pair<int32_t, float>{13, 2.5f}));  // nlohmann orders keys
+  EXPECT_EQ(r.sampling.logit_bias[1], (std::pair<int32_t, float>{50256, -100.0f}));
+  EXPECT_EQ(r.sampling.logprobs, 3);
+  EXPECT_TRUE(r.echo);
+  EXPECT_TRUE(r.sampling.prompt_logprobs);
+  EXPECT_EQ(r.sampling.max_tokens, 0);  // scoring the prompt only
+  const CompletionRequest plain = parse(R"({"prompt": "x", "echo": true})");
+  EXPECT_FALSE(plain.sampling.prompt_logprobs);  // echo alone repeats the text, scores nothing
+  EXPECT_EQ(plain.sampling.logprobs, -1);
+}
+
+ChatRequest parse_chat(const std::string& body) { return parse_chat_request(body, "tiny"); }
+
+TEST(OpenAiProtocol, ChatRequestsAndTheChatMlTemplate) {
+  const ChatRequest r = parse_chat(R"({"model": "tiny", "messages": [
+      {"role": "system", "content": "Be brief."},
+      {"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]},
+      {"role": "assistant", "content": null}, {"role": "user", "content": "And?", "name": "bob"}],
+      "max_completion_tokens": 7, "logprobs": true, "top_logprobs": 2, "temperature": 0, "stream": true,
+      "stream_options": {"include_usage": true}, "response_format": {"type": "text"}, "tools": []})");
+  ASSERT_EQ(r.messages.size(), 4u);
+  EXPECT_EQ(r.messages[1].content, "Hi there");
+  EXPECT_EQ(r.messages[2].content, "");
+  EXPECT_EQ(r.sampling.max_tokens, 7);
+  EXPECT_EQ(r.sampling.logprobs, 2);
+  EXPECT_TRUE(r.stream);
+  EXPECT_TRUE(r.include_usage);
+  EXPECT_EQ(chatml_prompt(r.messages),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n"
+            "<|im_start|>assistant\n<|im_end|>\n<|im_start|>user\nAnd?<|im_end|>\n<|im_start|>assistant\n");
+  EXPECT_EQ(parse_chat(R"({"messages": [{"role": "user", "content": "a"}], "max_tokens": 3})").sampling.max_tokens, 3);
+  EXPECT_EQ(parse_chat(R"({"messages": [{"role": "user", "content": "a"}]})").sampling.max_tokens, -1)
+      << "no limit given: the server fills in the rest of the context";
+  EXPECT_EQ(parse_chat(R"({"messages": [{"role": "user", "content": "a"}], "logprobs": true})").sampling.logprobs, 0);
+
+  const BadCase cases[] = {
+      {R"({"messages": []})", 400, "messages", "empty"},
+      {R"({"messages": "hi"})", 400, "messages", "an array of messages"},
+      {R"({"messages": [{"role": "robot", "content": "a"}]})", 400, "messages", "'robot'"},
+      {R"({"messages": [{"role": "user"}]})", 400, "messages", "no 'content'"},
+      {R"({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]})", 400, "messages", "text only"},
+      {R"({"messages": [{"role": "user", "content": "a", "tool_calls": []}]})", 400, "tool_calls", "unknown field"},
+      {R"({"messages": [{"role": "user", "content": "a"}], "top_logprobs": 2})", 400, "top_logprobs",
+       "needs \"logprobs\": true"},
+      {R"({"messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function"}]})", 400, "tools",
+       "does not call tools"},
+      {R"({"messages": [{"role": "user", "content": "a"}], "response_format": {"type": "json_object"}})", 400,
+       "response_format", "only as"},
+      {R"({"messages": [{"role": "user", "content": "a"}], "max_completion_tokens": 0})", 400,
+       "max_completion_tokens", ">= 1"},
+      {R"({"messages": [{"role": "user", "content": "a"}], "prompt": "x"})", 400, "prompt", "unknown field"},
+      {R"({"prompt": "x"})", 400, "prompt", "unknown field"},
+  };
+  for (const BadCase& c : cases) {
+    SCOPED_TRACE(c.body);
+    try {
+      parse_chat(c.body);
+      ADD_FAILURE() << "accepted";
+    } catch (const ApiError& e) {
+      EXPECT_EQ(e.status(), c.status);
+      EXPECT_EQ(e.param().value_or("<null>"), c.param);
+      EXPECT_NE(std::string(e.what()).find(c.message_part), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(OpenAiProtocol, LogprobListingsAndChatResponses) {
+  const TokenNamer names(nullptr);  // no tokenizer: tokens are named by id, and have no bytes
+  const std::vector<inference::TokenLogprob> lps = {{7, -0.5f, {{7, -0.5f}, {9, -1.5f}}}, {9, -2.0f, {}}};
+  int64_t offset = 0;
+  const OJson c = completion_logprobs(lps, names, offset, 3);
+  EXPECT_EQ(json::parse(c.dump()), json::parse(R"({"tokens": ["token_id:3", "token_id:7", "token_id:9"],
+      "token_logprobs": [null, -0.5, -2.0], "top_logprobs": [null, {"token_id:7": -0.5, "token_id:9": -1.5}, {}],
+      "text_offset": [0, 0, 0]})"));
+  const OJson chat = chat_logprobs(lps, names);
+  EXPECT_EQ(json::parse(chat.dump()), json::parse(R"({"content": [
+      {"token": "token_id:7", "logprob": -0.5, "bytes": [], "top_logprobs": [
+          {"token": "token_id:7", "logprob": -0.5, "bytes": []}, {"token": "token_id:9", "logprob": -1.5, "bytes": []}]},
+      {"token": "token_id:9", "logprob": -2.0, "bytes": [], "top_logprobs": []}]})"));
+
+  const CompletionHeader h{"chatcmpl-1", 5, "tiny", true};
+  EXPECT_EQ(json::parse(chat_response(h, "Hi", "stop", {3, 1}, &chat))["choices"][0]["logprobs"],
+            json::parse(chat.dump()));
+  EXPECT_EQ(json::parse(chat_response(h, "Hi", "stop", {3, 1})), json::parse(R"({"id": "chatcmpl-1",
+      "object": "chat.completion", "created": 5, "model": "tiny", "choices": [{"index": 0,
+      "message": {"role": "assistant", "content": "Hi"}, "logprobs": null, "finish_reason": "stop"}],
+      "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})"));
+  EXPECT_EQ(chat_stream_chunk(h, "assistant", "", std::nullopt, false),
+            "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":5,\"model\":\"tiny\","
+            "\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,"
+            "\"finish_reason\":null}]}\n\n");
+  EXPECT_EQ(json::parse(chat_stream_chunk(h, std::nullopt, std::nullopt, "length", true).substr(6))["choices"][0],
+            json::parse(R"({"index": 0, "delta": {}, "logprobs": null, "finish_reason": "length"})"));
+}
+
 TEST(OpenAiProtocol, NullMeansDefaultAndSmallForms) {
   const CompletionRequest r =
       parse(R"({"prompt": "x", "max_tokens": null, "stop": "##", "top_k": -1, "seed": -3, "stream": null})");
@@ -82,13 +190,6 @@ TEST(OpenAiProtocol, NullMeansDefaultAndSmallForms) {
   EXPECT_EQ(*r.sampling.seed, static_cast<uint64_t>(int64_t{-3}));
   EXPECT_FALSE(r.stream);
 }
-
-struct BadCase {
-  const char* body;
-  int status;
-  const char* param;  // nullptr: null
-  const char* message_part;
-};
 
 TEST(OpenAiProtocol, EachBadFieldIsNamed) {
   const BadCase cases[] = {
@@ -114,11 +215,16 @@ TEST(OpenAiProtocol, EachBadFieldIsNamed) {
        "unknown field"},
       {R"({"prompt": "a", "n": 2})", 400, "n", "only as 1"},
       {R"({"prompt": "a", "best_of": 3})", 400, "best_of", "only as 1"},
-      {R"({"prompt": "a", "echo": true})", 400, "echo", "only as false"},
-      {R"({"prompt": "a", "logprobs": 2})", 400, "logprobs", "only as null"},
-      {R"({"prompt": "a", "presence_penalty": 0.5})", 400, "presence_penalty", "only as 0"},
+      {R"({"prompt": "a", "echo": 1})", 400, "echo", "must be a boolean"},
+      {R"({"prompt": "a", "logprobs": 21})", 400, "logprobs", "[0, 20]"},
+      {R"({"prompt": "a", "logprobs": true})", 400, "logprobs", "an integer in [0, 20]"},
+      {R"({"prompt": "a", "max_tokens": 0, "echo": true})", 400, "max_tokens", "only scoring a prompt"},
+      {R"({"prompt": "a", "presence_penalty": -2.5})", 400, "presence_penalty", "[-2, 2]"},
       {R"({"prompt": "a", "frequency_penalty": 3})", 400, "frequency_penalty", "[-2, 2]"},
-      {R"({"prompt": "a", "logit_bias": {"50256": -100}})", 400, "logit_bias", "only as {}"},
+      {R"({"prompt": "a", "logit_bias": {"50256": -101}})", 400, "logit_bias", "[-100, 100]"},
+      {R"({"prompt": "a", "logit_bias": {"x1": 1}})", 400, "logit_bias", "token ids written as strings"},
+      {R"({"prompt": "a", "logit_bias": {"-1": 1}})", 400, "logit_bias", "token ids written as strings"},
+      {R"({"prompt": "a", "logit_bias": [1]})", 400, "logit_bias", "an object of token id to bias"},
       {R"({"prompt": "a", "suffix": "tail"})", 400, "suffix", "only as null"},
       {R"({"prompt": "a", "user": 7})", 400, "user", "must be a string"},
       {R"({"prompt": "a", "ignore_eos": 1})", 400, "ignore_eos", "must be a boolean"},

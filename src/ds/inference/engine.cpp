@@ -3,6 +3,7 @@
 // KV state, then reserves, runs the model, and advances every sequence only after the forward has written it.
 #include "ds/inference/engine.h"
 
+#include <algorithm>
 #include <unordered_set>
 #include <utility>
 
@@ -78,7 +79,8 @@ ScheduleStatus InferenceEngine::can_schedule(std::span<const uint64_t> uids, std
 }
 
 std::span<const float> InferenceEngine::put(std::span<const uint64_t> uids,
-                                            std::span<const std::span<const int32_t>> tokens) {
+                                            std::span<const std::span<const int32_t>> tokens,
+                                            std::span<const uint8_t> all_logits) {
   DS_CHECK(!uids.empty() && uids.size() == tokens.size(), "[engine] put needs one token list per uid ({} uids, {} "
            "lists) and at least one uid", uids.size(), tokens.size());
   std::vector<int32_t> lengths(uids.size());
@@ -96,12 +98,21 @@ std::span<const float> InferenceEngine::put(std::span<const uint64_t> uids,
            "tokens, {} sequences per batch)", schedule_status_name(st), uids.size(), kv_.free_blocks(),
            config_.max_ragged_batch_size, config_.max_ragged_sequence_count);
 
+  DS_CHECK(all_logits.empty() || all_logits.size() == uids.size(), "[engine] put got {} all_logits flags for {} "
+           "sequences", all_logits.size(), uids.size());
+  const bool any_all = std::any_of(all_logits.begin(), all_logits.end(), [](uint8_t f) { return f != 0; });
+  DS_CHECK_AS(DeviceError, !any_all || !device_, "[serve] log-probabilities of prompt tokens (echo with logprobs) are "
+              "computed by the CPU engine only; serve with --device cpu for them");
+
   batch_.clear();
+  rows_.assign(1, 0);
   for (size_t i = 0; i < uids.size(); ++i) {
     const SequenceKv& s = kv_.reserve(uids[i], lengths[i]);
     batch_.add(tokens[i], s.seen_tokens, s.blocks);
+    rows_.push_back(rows_.back() + (any_all && all_logits[i] ? lengths[i] : 1));
   }
-  const size_t n_logits = uids.size() * static_cast<size_t>(vocab_size());
+  if (any_all) batch_.all_logits.assign(all_logits.begin(), all_logits.end());
+  const size_t n_logits = static_cast<size_t>(rows_.back()) * static_cast<size_t>(vocab_size());
   const float* logits = nullptr;
   if (device_) {
     logits = device_->forward(batch_);

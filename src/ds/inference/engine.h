@@ -43,9 +43,14 @@ class InferenceEngine {
   InferenceEngine(std::shared_ptr<const InferenceModel> model, const EngineConfig& config);
 
   // One forward: tokens[i] are the new tokens of uids[i] (uids distinct, each at least one token). Returns
-  // [uids.size(), vocab] logits, row i for the last token of uids[i], valid until the next put. Throws ds::Error
-  // naming the limit when can_schedule would not return ok.
-  std::span<const float> put(std::span<const uint64_t> uids, std::span<const std::span<const int32_t>> tokens);
+  // [uids.size(), vocab] logits, row i for the last token of uids[i], valid until the next put. With all_logits
+  // (one flag per uid, CPU engine only), a flagged uid gets a row for each of its new tokens instead: sequence i's
+  // rows are [rows()[i], rows()[i + 1]), its last new token's row last. Throws ds::Error naming the limit when
+  // can_schedule would not return ok.
+  std::span<const float> put(std::span<const uint64_t> uids, std::span<const std::span<const int32_t>> tokens,
+                             std::span<const uint8_t> all_logits = {});
+  // The first row of each sequence of the last put, and the number of rows at the end.
+  std::span<const int32_t> rows() const { return rows_; }
   KvQuery query(uint64_t uid, int32_t max_tokens, int32_t max_blocks) const { return kv_.query(uid, max_tokens, max_blocks); }
   ScheduleStatus can_schedule(std::span<const uint64_t> uids, std::span<const int32_t> lengths) const;
   // Frees uid's blocks; false for an untracked uid.
@@ -72,6 +77,7 @@ class InferenceEngine {
   RaggedBatch batch_;
   InferenceModel::Scratch scratch_;
   std::vector<float> logits_;
+  std::vector<int32_t> rows_;
 };
 
 }  // namespace ds::inference

@@ -129,6 +129,7 @@ struct InferenceModel::CpuSteps {
   Scratch& sc;
   float* logits;
   int N = 0, S = 0, C = 0, NH = 0;
+  int R = 0;  // rows of logits: one per sequence, or one per new token for those that want all
   int32_t max_pos = 1;
   float* buf[5] = {};  // by PassBuffer
   float *mean = nullptr, *rstd = nullptr, *scores = nullptr;
@@ -140,6 +141,8 @@ struct InferenceModel::CpuSteps {
     const nn::Gpt2Config& cfg = m.config();
     C = cfg.n_embd, NH = cfg.n_head, N = batch.n_tokens(), S = batch.n_seqs();
     DS_ASSERT(N > 0 && S > 0, "empty ragged batch");
+    R = 0;
+    for (int s = 0; s < S; ++s) R += batch.wants_all_logits(s) ? batch.seqs[static_cast<size_t>(s)].n_tokens : 1;
     auto grow = [](std::vector<float>& v, int64_t n) {
       if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
       return v.data();
@@ -211,15 +214,20 @@ struct InferenceModel::CpuSteps {
                                  cache.slot(l, 0, 0), cache.dtype(), bs, C, NH, scores, max_pos);
   }
   void final_norm(PassBuffer out, PassBuffer x) {
-    sc.last.resize(std::max(sc.last.size(), static_cast<size_t>(S) * C));
+    sc.last.resize(std::max(sc.last.size(), static_cast<size_t>(R) * C));
+    int row = 0;
     for (int s = 0; s < S; ++s) {
       const RaggedSequence& q = batch.seqs[static_cast<size_t>(s)];
-      std::memcpy(sc.last.data() + int64_t(s) * C, at(x) + int64_t(q.start + q.n_tokens - 1) * C, sizeof(float) * C);
+      const int first = batch.wants_all_logits(s) ? 0 : q.n_tokens - 1;
+      const int rows = q.n_tokens - first;
+      std::memcpy(sc.last.data() + int64_t(row) * C, at(x) + int64_t(q.start + first) * C,
+                  sizeof(float) * C * static_cast<size_t>(rows));
+      row += rows;
     }
     cpu::layernorm_forward(at(out), mean, rstd, sc.last.data(), vec(-1, nn::Gpt2Role::lnf_w),
-                           vec(-1, nn::Gpt2Role::lnf_b), S, C);
+                           vec(-1, nn::Gpt2Role::lnf_b), R, C);
   }
-  void head(PassBuffer in) { m.gemm(logits, at(in), m.at(nn::Gpt2Role::wte, -1), nullptr, S); }
+  void head(PassBuffer in) { m.gemm(logits, at(in), m.at(nn::Gpt2Role::wte, -1), nullptr, R); }
 };
 
 void InferenceModel::forward(const RaggedBatch& batch, KvCache& cache, Scratch& scratch, float* logits) const {

@@ -23,12 +23,17 @@ struct RaggedBatch {
   std::vector<int32_t> input_ids;
   std::vector<int32_t> token_to_seq;
   std::vector<RaggedSequence> seqs;
+  // Sequences whose every new token gets a row of logits (a prompt's log-probabilities, echo), not only the last;
+  // empty when none does. The CPU forward honours it; a device forward refuses it.
+  std::vector<uint8_t> all_logits;
 
   void clear() {
     input_ids.clear();
     token_to_seq.clear();
     seqs.clear();
+    all_logits.clear();
   }
+  bool wants_all_logits(int32_t s) const { return !all_logits.empty() && all_logits[static_cast<size_t>(s)] != 0; }
   // Appends a sequence's new tokens; block_table must stay valid until the pass is done.
   void add(std::span<const int32_t> tokens, int32_t seen_tokens, std::span<const int32_t> block_table) {
     const int32_t s = static_cast<int32_t>(seqs.size());

@@ -12,8 +12,9 @@
 //                                       x += in @ W + b (tmp: an [N, C] buffer it may overwrite)
 //   attention(out, qkv, layer)          writes each token's K and V into its cache slot, then each token attends
 //                                       over positions 0 .. its own of its sequence, through the block table
-//   final_norm(out, x)                  ln_f of each sequence's last new token: out[s] for sequence s
-//   head(out)                           logits[s] = out[s] @ wte^T
+//   final_norm(out, x)                  ln_f of each sequence's last new token (every new token of a sequence in
+//                                       batch.all_logits), in sequence order
+//   head(out)                           one row of logits per row of out: out @ wte^T
 // where `layer` is the layer index and the roles are gpt2_spec.h's. This header is C++17.
 #pragma once
 

@@ -21,7 +21,7 @@ namespace ds::inference {
 namespace {
 
 constexpr float kGreedyTemperature = 1e-5f;  // below this, sampling is argmax
-constexpr size_t kMaxStopStrings = 4;        // OpenAI's limit
+constexpr size_t kMaxStopStrings = 5;        // OpenAI's 4, and a chat template's end marker
 constexpr float kAllTokensCut = 88.0f;       // nats: e^-88 is below every nonzero weight (exp_weights zeroes < -87)
 
 // Draws from candidates whose .first are unnormalised weights summing to total.
@@ -88,7 +88,20 @@ size_t utf8_safe_end(const std::string& s, size_t end) {
 // ------------------------------------------------------------------------------------------------ SamplingParams
 
 void SamplingParams::validate(int32_t vocab_size) const {
-  DS_CHECK(max_tokens >= 1, "[request] 'max_tokens' must be at least 1, got {}", max_tokens);
+  DS_CHECK(max_tokens >= (prompt_logprobs ? 0 : 1), "[request] 'max_tokens' must be at least 1 (0 only to score a "
+           "prompt with echo and logprobs), got {}", max_tokens);
+  DS_CHECK(presence_penalty >= -2.0f && presence_penalty <= 2.0f,
+           "[request] 'presence_penalty' must be between -2 and 2, got {}", presence_penalty);
+  DS_CHECK(frequency_penalty >= -2.0f && frequency_penalty <= 2.0f,
+           "[request] 'frequency_penalty' must be between -2 and 2, got {}", frequency_penalty);
+  for (const auto& [id, bias] : logit_bias) {
+    DS_CHECK(id >= 0 && id < vocab_size, "[request] 'logit_bias' keys must be token ids in [0, {}), got {}",
+             vocab_size, id);
+    DS_CHECK(bias >= -100.0f && bias <= 100.0f, "[request] 'logit_bias' values must be between -100 and 100, got {} "
+             "for token {}", bias, id);
+  }
+  DS_CHECK(logprobs >= -1 && logprobs <= 20, "[request] 'logprobs' must be between 0 and 20, got {}", logprobs);
+  DS_CHECK(!prompt_logprobs || logprobs >= 0, "[request] the prompt's log-probabilities need 'logprobs' set");
   DS_CHECK(temperature >= 0.0f && temperature <= 2.0f, "[request] 'temperature' must be between 0 and 2, got {}",
            temperature);
   DS_CHECK(top_k >= 0, "[request] 'top_k' must be 0 (no limit) or positive, got {}", top_k);
@@ -110,6 +123,9 @@ Sampler::Sampler(const SamplingParams& params, uint64_t default_seed)
     : temperature_(params.temperature),
       top_k_(params.top_k),
       top_p_(params.top_p),
+      presence_(params.presence_penalty),
+      frequency_(params.frequency_penalty),
+      bias_(params.logit_bias),
       rng_(params.seed.value_or(default_seed)) {}
 
 namespace {
@@ -117,6 +133,7 @@ namespace {
 // The work space of Sampler::sample: nothing in it outlives a call, so it is per thread, not per request (a
 // request holds no vocabulary-sized buffer between its tokens, and the loop samples its sequences in parallel).
 struct SampleScratch {
+  std::vector<float> adjusted;                                  // logits after biases and penalties
   std::vector<std::pair<float, int32_t>> candidates, bucketed;  // (logit or weight, id)
   std::vector<float> weights;                                   // one per token of the vocabulary
   std::vector<int32_t> bucket_start;
@@ -218,6 +235,47 @@ int32_t draw_nucleus(SampleScratch& s, Rng& rng, std::span<const float> logits, 
 }  // namespace
 
 int32_t Sampler::sample(std::span<const float> logits) {
+  const bool penalize = presence_ != 0.0f || frequency_ != 0.0f;
+  if (bias_.empty() && !penalize) return draw_token(logits);
+  std::vector<float>& adjusted = sample_scratch().adjusted;
+  adjusted.assign(logits.begin(), logits.end());
+  const auto V = static_cast<int32_t>(logits.size());
+  for (const auto& [id, bias] : bias_) {
+    if (id < V) adjusted[static_cast<size_t>(id)] += bias;
+  }
+  for (const auto& [id, n] : counts_) {
+    adjusted[static_cast<size_t>(id)] -= frequency_ * static_cast<float>(n) + presence_;
+  }
+  const int32_t t = draw_token(adjusted);
+  if (penalize) {
+    auto it = std::find_if(counts_.begin(), counts_.end(), [t](const auto& c) { return c.first == t; });
+    if (it == counts_.end()) counts_.emplace_back(t, 1);
+    else ++it->second;
+  }
+  return t;
+}
+
+TokenLogprob token_logprob(std::span<const float> logits, int32_t token, int32_t top) {
+  DS_ASSERT(!logits.empty() && token >= 0 && token < static_cast<int32_t>(logits.size()),
+            "token {} outside the {} logits", token, logits.size());
+  const auto V = static_cast<int32_t>(logits.size());
+  const float max_logit = logits[cpu::argmax(logits.data(), V)];
+  double sum = 0.0;
+  for (const float l : logits) sum += std::exp(static_cast<double>(l - max_logit));
+  const double lse = static_cast<double>(max_logit) + std::log(sum);
+  TokenLogprob out;
+  out.token = token;
+  out.logprob = static_cast<float>(static_cast<double>(logits[static_cast<size_t>(token)]) - lse);
+  if (top > 0) {
+    std::vector<std::pair<float, int32_t>>& cand = sample_scratch().candidates;
+    cpu::top_k_candidates(cand, logits.data(), V, std::min(top, V));
+    std::sort(cand.begin(), cand.end(), cpu::candidate_before);
+    for (const auto& [logit, id] : cand) out.top.emplace_back(id, static_cast<float>(static_cast<double>(logit) - lse));
+  }
+  return out;
+}
+
+int32_t Sampler::draw_token(std::span<const float> logits) {
   DS_ASSERT(!logits.empty(), "sampling from empty logits");
   const auto V = static_cast<int32_t>(logits.size());
   SampleScratch& s = sample_scratch();

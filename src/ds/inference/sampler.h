@@ -22,8 +22,18 @@ class BpeTokenizer;
 
 namespace ds::inference {
 
+// A token's log-probability under the model, and the most likely tokens at its position (OpenAI's logprobs).
+struct TokenLogprob {
+  int32_t token = 0;
+  float logprob = 0.0f;
+  std::vector<std::pair<int32_t, float>> top;  // (token, log-probability), most likely first, ties by lower id
+};
+// From one row of logits: log_softmax of the raw logits, the model's own distribution (before temperature,
+// penalties and biases; vLLM reports the same), with the `top` most likely tokens.
+TokenLogprob token_logprob(std::span<const float> logits, int32_t token, int32_t top);
+
 struct SamplingParams {
-  int32_t max_tokens = 16;      // OpenAI's default
+  int32_t max_tokens = 16;      // OpenAI's default; 0 only with prompt_logprobs (score the prompt, generate nothing)
   float temperature = 1.0f;     // 0: greedy
   int32_t top_k = 0;            // 0: no limit
   float top_p = 1.0f;
@@ -31,6 +41,13 @@ struct SamplingParams {
   std::vector<std::string> stop;       // stop strings (at most 4, as OpenAI)
   std::vector<int32_t> stop_token_ids; // generation ends after sampling one of these (it is counted, not shown)
   bool ignore_eos = false;             // otherwise the tokenizer's end-of-text token ends the generation
+  // OpenAI's penalties, on the tokens generated so far: a token's logit loses frequency_penalty per occurrence
+  // and presence_penalty once. Each in [-2, 2].
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  std::vector<std::pair<int32_t, float>> logit_bias;  // (token, bias in [-100, 100]) added before sampling
+  int32_t logprobs = -1;          // -1: none; k in [0, 20]: each token's log-probability and the k most likely
+  bool prompt_logprobs = false;   // also the prompt's tokens' (the first has none); needs logprobs >= 0
 
   // Throws ds::Error naming the field, the allowed range and the value found.
   void validate(int32_t vocab_size) const;
@@ -40,12 +57,19 @@ class Sampler {
  public:
   // default_seed is used when params.seed is empty.
   Sampler(const SamplingParams& params, uint64_t default_seed);
+  // The next token from this position's logits, after the biases and penalties. The sampler remembers the tokens
+  // it chose, for the penalties.
   int32_t sample(std::span<const float> logits);
 
  private:
+  int32_t draw_token(std::span<const float> logits);
+
   float temperature_;
   int32_t top_k_;
   float top_p_;
+  float presence_, frequency_;
+  std::vector<std::pair<int32_t, float>> bias_;
+  std::vector<std::pair<int32_t, int32_t>> counts_;  // (token, times chosen), for the penalties only
   Rng rng_;
 };
 

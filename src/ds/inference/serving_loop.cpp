@@ -42,6 +42,13 @@ struct ServingLoop::Active {
   TextStream text;
   EventSink sink;
   Clock::time_point arrival, last_token;
+  // With sampling.prompt_logprobs: entry k is prompt token k + 1's, filled as the prompt's passes run (a
+  // recompute after preemption finds them filled); handed over once, with the first event.
+  std::vector<TokenLogprob> prompt_lp;
+  bool prompt_lp_sent = false;
+  bool wants_prompt_rows() const {
+    return sampling.prompt_logprobs && prompt_lp.size() + 1 < prompt.size();
+  }
 };
 
 ServingLoop::ServingLoop(InferenceEngine& engine, std::unique_ptr<Scheduler> scheduler,
@@ -220,6 +227,9 @@ bool ServingLoop::step() {
   std::vector<Active*> chosen;
   std::vector<uint64_t> uids;
   std::vector<std::span<const int32_t>> tokens;
+  std::vector<int32_t> seen;        // each sequence's position before this pass
+  std::vector<uint8_t> all_logits;  // a row for every token: the prompt's log-probabilities
+  bool any_all = false;
   int64_t pass_tokens = 0;
   for (const Chunk& c : plan.chunks) {
     const auto it = std::find_if(active_.begin(), active_.end(), [&](const auto& a) { return a->uid == c.uid; });
@@ -228,12 +238,45 @@ bool ServingLoop::step() {
     chosen.push_back(it->get());
     uids.push_back(c.uid);
     tokens.emplace_back((*it)->pending.data(), static_cast<size_t>(c.tokens));
+    const SequenceKv* kv = engine_.kv_state().find(c.uid);
+    seen.push_back(kv ? kv->seen_tokens : 0);
+    all_logits.push_back((*it)->wants_prompt_rows() ? 1 : 0);
+    any_all |= all_logits.back() != 0;
     pass_tokens += c.tokens;
   }
   const auto put_start = Clock::now();
-  const std::span<const float> logits = engine_.put(uids, tokens);
+  std::span<const float> logits;
+  try {
+    logits = engine_.put(uids, tokens, any_all ? std::span<const uint8_t>(all_logits) : std::span<const uint8_t>());
+  } catch (const DeviceError& e) {
+    // Only the requests that asked for prompt rows are refused; the rest run in the next pass.
+    for (size_t i = 0; i < chosen.size(); ++i) {
+      if (!all_logits[i]) continue;
+      GenerationEvent ev;
+      ev.error = e.what();
+      finish(*chosen[i], FinishReason::error, ev);
+    }
+    std::erase_if(active_, [](const std::unique_ptr<Active>& a) { return !a; });
+    return true;
+  }
   const auto now = Clock::now();
   const auto V = static_cast<size_t>(engine_.vocab_size());
+  const std::span<const int32_t> rows = engine_.rows();
+  auto row = [&](int32_t r) { return logits.subspan(static_cast<size_t>(r) * V, static_cast<size_t>(sample_vocab_)); };
+
+  // The prompt's log-probabilities: the row of position p scores the prompt token at p + 1.
+  for (size_t i = 0; i < chosen.size(); ++i) {
+    if (!all_logits[i]) continue;
+    Active& a = *chosen[i];
+    for (int32_t j = 0; j < static_cast<int32_t>(tokens[i].size()); ++j) {
+      const auto target = static_cast<size_t>(seen[i] + j + 1);
+      if (target != a.prompt_lp.size() + 1 || target >= a.prompt.size()) continue;
+      const int32_t t = a.prompt[target];
+      const std::span<const float> r = t < sample_vocab_ ? row(rows[i] + j)
+                                                          : logits.subspan(static_cast<size_t>(rows[i] + j) * V, V);
+      a.prompt_lp.push_back(token_logprob(r, t, a.sampling.logprobs));
+    }
+  }
 
   // Every sequence whose pending tokens are all in the cache now gets its next token. The samplers are independent
   // (each request has its own state and random stream), so they run in parallel over the model's threads: a pass
@@ -242,20 +285,28 @@ bool ServingLoop::step() {
   struct Draw {
     int32_t token = -1;  // -1: nothing to sample (a split prompt)
     std::string error;   // this request's failure only (e.g. non-finite logits)
+    TokenLogprob logprob;
   };
   std::vector<Draw> draws(chosen.size());
   std::vector<int> to_sample;
+  std::vector<Active*> scored;  // max_tokens 0: the prompt is scored, nothing is generated
   for (size_t i = 0; i < chosen.size(); ++i) {
     Active& a = *chosen[i];
     a.pending.erase(a.pending.begin(), a.pending.begin() + plan.chunks[i].tokens);
-    if (a.pending.empty()) to_sample.push_back(static_cast<int>(i));
+    if (!a.pending.empty()) continue;
+    if (a.sampling.max_tokens == 0) scored.push_back(&a);
+    else to_sample.push_back(static_cast<int>(i));
   }
   const int n_sample = static_cast<int>(to_sample.size());
 #pragma omp parallel for schedule(dynamic, 1) if (n_sample > 1)
   for (int k = 0; k < n_sample; ++k) {
     const auto i = static_cast<size_t>(to_sample[static_cast<size_t>(k)]);
     try {
-      draws[i].token = chosen[i]->sampler.sample(logits.subspan(i * V, static_cast<size_t>(sample_vocab_)));
+      const std::span<const float> r = row(rows[i + 1] - 1);
+      draws[i].token = chosen[i]->sampler.sample(r);
+      if (chosen[i]->sampling.logprobs >= 0) {
+        draws[i].logprob = token_logprob(r, draws[i].token, chosen[i]->sampling.logprobs);
+      }
     } catch (const std::exception& e) {  // nothing may leave an OpenMP region
       draws[i].error = e.what();
       if (draws[i].error.empty()) draws[i].error = "[serve] sampling failed";
@@ -294,6 +345,11 @@ bool ServingLoop::step() {
     GenerationEvent ev;
     ev.uid = a.uid;
     ev.tokens.push_back(t);
+    if (a.sampling.logprobs >= 0) ev.logprobs.push_back(std::move(draws[i].logprob));
+    if (a.sampling.prompt_logprobs && !a.prompt_lp_sent) {
+      ev.prompt_logprobs = a.prompt_lp;
+      a.prompt_lp_sent = true;
+    }
     ev.prompt_tokens = static_cast<int32_t>(a.prompt.size());
     ev.completion_tokens = static_cast<int32_t>(a.generated.size());
     FinishReason reason = FinishReason::none;
@@ -313,6 +369,11 @@ bool ServingLoop::step() {
     } else if (a.sink) {
       a.sink(ev);
     }
+  }
+  for (Active* a : scored) {
+    GenerationEvent ev;
+    ev.prompt_logprobs = std::move(a->prompt_lp);
+    finish(*a, FinishReason::length, ev);
   }
   std::erase_if(active_, [](const std::unique_ptr<Active>& a) { return !a; });
   {

@@ -42,6 +42,8 @@ struct GenerationEvent {
   int32_t prompt_tokens = 0;
   int32_t completion_tokens = 0;  // so far
   std::string error;              // with FinishReason::error
+  std::vector<TokenLogprob> logprobs;         // one per entry of tokens, when the request asked (logprobs >= 0)
+  std::vector<TokenLogprob> prompt_logprobs;  // prompt tokens 1.. (prompt_logprobs), once, with the first event
 };
 // Called once per pass that brings news, last with finish != none; on the loop's thread, except for the
 // cancellations that stop() and the destructor deliver on theirs. Must not block.

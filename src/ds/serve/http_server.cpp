@@ -82,13 +82,18 @@ struct SinkGate {
 };
 
 // A completion request, parsed and tokenized on the parse pool: either an error response or what to submit.
+enum class Endpoint { completions, chat };
+
 struct Prepared {
   int error_status = 0;  // 0: no error
   std::string error_body;
   bool count_invalid = false;
+  Endpoint endpoint = Endpoint::completions;
   std::vector<int32_t> prompt;
   inference::SamplingParams sampling;
   bool stream = false, include_usage = false, with_ids = false;
+  bool echo = false;
+  std::string echo_text;  // the prompt as the response repeats it
 };
 
 class Session;
@@ -96,7 +101,7 @@ class Session;
 // The server's state, shared by the sessions (HttpServer::Impl is this under its public name).
 struct Server {
   Server(inference::ServingLoop& loop, const data::BpeTokenizer* tokenizer, ServerOptions options)
-      : loop(loop), tokenizer(tokenizer), options(std::move(options)) {
+      : loop(loop), tokenizer(tokenizer), options(std::move(options)), names(tokenizer) {
     std::random_device rd;
     id_prefix = fmt::format("{:08x}", rd());
     created = static_cast<int64_t>(std::time(nullptr));
@@ -105,6 +110,7 @@ struct Server {
   inference::ServingLoop& loop;
   const data::BpeTokenizer* tokenizer;
   const ServerOptions options;
+  const TokenNamer names;
   std::string id_prefix;  // per server, so completion ids differ across restarts
   int64_t created = 0;
 
@@ -139,7 +145,7 @@ struct Server {
   int bound_port = -1;
 
   std::vector<int32_t> encode(const std::string& text);
-  Prepared prepare(const std::string& body);
+  Prepared prepare(const std::string& body, Endpoint endpoint);
   std::string metrics_text();
   nlohmann::ordered_json model_object() const;
 
@@ -191,7 +197,7 @@ class Session : public std::enable_shared_from_this<Session> {
             status == 429 || status == 503);
   }
   void on_written(error_code ec);
-  void start_completion();
+  void start_completion(Endpoint endpoint);
   void on_prepared(Prepared p);
   void on_event(const GenerationEvent& ev);
   void stream_event(const GenerationEvent& ev);
@@ -226,9 +232,16 @@ class Session : public std::enable_shared_from_this<Session> {
   uint64_t uid_ = 0;  // the loop's uids start at 1
   bool request_done_ = false;
   bool streaming_ = false, include_usage_ = false, with_ids_ = false, chunked_ = false;
+  Endpoint endpoint_ = Endpoint::completions;
   CompletionHeader header_;
   std::string text_;
   std::vector<int32_t> ids_;
+  int32_t logprobs_ = -1;  // the request's sampling.logprobs
+  bool echo_ = false, echo_sent_ = false;
+  std::string echo_text_;
+  int32_t first_prompt_token_ = 0;
+  std::vector<inference::TokenLogprob> prompt_lp_, lp_;  // a whole response's listings
+  int64_t text_offset_ = 0;                              // completions' logprobs.text_offset, across a stream
 
   std::string out_, inflight_;
   bool writing_ = false, stream_done_ = false;
@@ -308,7 +321,8 @@ void Session::route() {
   const http::verb method = request_.method();
   constexpr std::string_view kModels = "/v1/models/";
   try {
-    if (method == http::verb::post && path == "/v1/completions") return start_completion();
+    if (method == http::verb::post && path == "/v1/completions") return start_completion(Endpoint::completions);
+    if (method == http::verb::post && path == "/v1/chat/completions") return start_completion(Endpoint::chat);
     if (method == http::verb::get && path == "/health") {
       if (srv_.draining) return respond(http::status::service_unavailable, R"({"status":"shutting_down"})");
       return respond(http::status::ok, R"({"status":"ok"})");
@@ -332,8 +346,8 @@ void Session::route() {
       }
       return respond(http::status::ok, srv_.model_object().dump());
     }
-    respond_error(404, fmt::format("[serve] no route for {} {}; this server answers POST /v1/completions, GET "
-                                   "/v1/models, GET /v1/models/{{id}}, GET /health and GET /metrics",
+    respond_error(404, fmt::format("[serve] no route for {} {}; this server answers POST /v1/completions, POST "
+                                   "/v1/chat/completions, GET /v1/models, GET /v1/models/{{id}}, GET /health and GET /metrics",
                                    std::string_view(request_.method_string().data(), request_.method_string().size()),
                                    path.substr(0, 200)));
   } catch (const std::exception& e) {
@@ -361,12 +375,12 @@ void Session::on_written(error_code ec) {
   wait_for_request();
 }
 
-void Session::start_completion() {
+void Session::start_completion(Endpoint endpoint) {
   state_ = State::preparing;
   watch_client();
   auto self = shared_from_this();
-  asio::post(*srv_.parse_pool, [self, body = std::move(request_.body())] {
-    Prepared p = self->srv_.prepare(body);
+  asio::post(*srv_.parse_pool, [self, endpoint, body = std::move(request_.body())] {
+    Prepared p = self->srv_.prepare(body, endpoint);
     asio::post(self->stream_.get_executor(), [self, p = std::move(p)]() mutable { self->on_prepared(std::move(p)); });
   });
 }
@@ -382,7 +396,7 @@ void Session::on_prepared(Prepared p) {
   if (expired_) return respond_error(503, kShuttingDown, "server_error");
 
   inference::GenerationRequest gr;
-  gr.prompt = std::move(p.prompt);
+  gr.prompt = p.prompt;
   gr.sampling = std::move(p.sampling);
   gr.sink = [weak = std::weak_ptr<Session>(shared_from_this()), gate = srv_.gate](const GenerationEvent& ev) {
     const std::lock_guard<std::mutex> lock(gate->mu);
@@ -405,14 +419,26 @@ void Session::on_prepared(Prepared p) {
   uid_ = sr.uid;
   request_done_ = false;
   self_keep_ = shared_from_this();
-  header_ = CompletionHeader{fmt::format("cmpl-{}{:08x}", srv_.id_prefix, sr.uid),
-                             static_cast<int64_t>(std::time(nullptr)), srv_.options.model_name};
+  endpoint_ = p.endpoint;
+  const bool chat = endpoint_ == Endpoint::chat;
+  header_ = CompletionHeader{fmt::format("{}-{}{:08x}", chat ? "chatcmpl" : "cmpl", srv_.id_prefix, sr.uid),
+                             static_cast<int64_t>(std::time(nullptr)), srv_.options.model_name, chat};
   streaming_ = p.stream;
   include_usage_ = p.include_usage;
   with_ids_ = p.with_ids;
+  logprobs_ = p.sampling.logprobs;
+  echo_ = p.echo;
+  echo_sent_ = false;
+  echo_text_ = std::move(p.echo_text);
+  first_prompt_token_ = p.prompt.front();
   text_.clear();
   ids_.clear();
-  if (streaming_) stream_head();
+  prompt_lp_.clear();
+  lp_.clear();
+  text_offset_ = 0;
+  if (!streaming_) return;
+  stream_head();
+  if (chat) stream_send(chat_stream_chunk(header_, "assistant", "", std::nullopt, include_usage_));
 }
 
 void Session::on_event(const GenerationEvent& ev) {
@@ -428,15 +454,29 @@ void Session::on_event(const GenerationEvent& ev) {
 void Session::whole_event(const GenerationEvent& ev) {
   text_ += ev.text;
   ids_.insert(ids_.end(), ev.tokens.begin(), ev.tokens.end());
+  prompt_lp_.insert(prompt_lp_.end(), ev.prompt_logprobs.begin(), ev.prompt_logprobs.end());
+  lp_.insert(lp_.end(), ev.logprobs.begin(), ev.logprobs.end());
   if (ev.finish == FinishReason::none) return;
   self_keep_.reset();
   if (ev.finish == FinishReason::error) return respond_error(500, ev.error, "server_error");
   if (ev.finish == FinishReason::cancelled) {
     return respond_error(503, "[serve] the request was cancelled: the server is stopping", "server_error");
   }
-  respond(http::status::ok,
-          completion_response(header_, text_, inference::finish_reason_name(ev.finish),
-                              CompletionUsage{ev.prompt_tokens, ev.completion_tokens}, with_ids_ ? &ids_ : nullptr));
+  const std::string_view reason = inference::finish_reason_name(ev.finish);
+  const CompletionUsage usage{ev.prompt_tokens, ev.completion_tokens};
+  if (endpoint_ == Endpoint::chat) {
+    const OJson lp = chat_logprobs(lp_, srv_.names);
+    return respond(http::status::ok, chat_response(header_, text_, reason, usage, logprobs_ >= 0 ? &lp : nullptr));
+  }
+  OJson lp;
+  if (logprobs_ >= 0) {
+    std::vector<inference::TokenLogprob> all = echo_ ? prompt_lp_ : std::vector<inference::TokenLogprob>();
+    all.insert(all.end(), lp_.begin(), lp_.end());
+    lp = completion_logprobs(all, srv_.names, text_offset_,
+                             echo_ ? std::optional<int32_t>(first_prompt_token_) : std::nullopt);
+  }
+  respond(http::status::ok, completion_response(header_, echo_ ? echo_text_ + text_ : text_, reason, usage,
+                                                with_ids_ ? &ids_ : nullptr, logprobs_ >= 0 ? &lp : nullptr));
 }
 
 void Session::stream_event(const GenerationEvent& ev) {
@@ -448,10 +488,30 @@ void Session::stream_event(const GenerationEvent& ev) {
     return stream_end();
   }
   const bool last = ev.finish != FinishReason::none;
-  if (!ev.text.empty() || (with_ids_ && !ev.tokens.empty()) || last) {
-    std::optional<std::string_view> reason;
-    if (last) reason = inference::finish_reason_name(ev.finish);
-    stream_send(stream_chunk(header_, ev.text, reason, with_ids_ ? &ev.tokens : nullptr, include_usage_));
+  std::optional<std::string_view> reason;
+  if (last) reason = inference::finish_reason_name(ev.finish);
+  const bool listed = logprobs_ >= 0 && !ev.logprobs.empty();
+  if (endpoint_ == Endpoint::chat) {
+    if (!ev.text.empty() || listed) {
+      const OJson lp = chat_logprobs(ev.logprobs, srv_.names);
+      stream_send(chat_stream_chunk(header_, std::nullopt, ev.text, std::nullopt, include_usage_,
+                                    listed ? &lp : nullptr));
+    }
+    if (last) stream_send(chat_stream_chunk(header_, std::nullopt, std::nullopt, reason, include_usage_));
+  } else {
+    if (echo_ && !echo_sent_) {  // the prompt first, scored when asked (its first token has no log-probability)
+      echo_sent_ = true;
+      const OJson lp = logprobs_ >= 0 ? completion_logprobs(ev.prompt_logprobs, srv_.names, text_offset_,
+                                                            first_prompt_token_)
+                                      : OJson();
+      stream_send(stream_chunk(header_, echo_text_, std::nullopt, nullptr, include_usage_,
+                               logprobs_ >= 0 ? &lp : nullptr));
+    }
+    if (!ev.text.empty() || (with_ids_ && !ev.tokens.empty()) || last || listed) {
+      const OJson lp = listed ? completion_logprobs(ev.logprobs, srv_.names, text_offset_) : OJson();
+      stream_send(stream_chunk(header_, ev.text, reason, with_ids_ ? &ev.tokens : nullptr, include_usage_,
+                               listed ? &lp : nullptr));
+    }
   }
   if (!last) return;
   if (include_usage_) stream_send(stream_usage_chunk(header_, {ev.prompt_tokens, ev.completion_tokens}));
@@ -600,9 +660,34 @@ std::vector<int32_t> Server::encode(const std::string& text) {
   return ids;
 }
 
-Prepared Server::prepare(const std::string& body) {
+Prepared Server::prepare(const std::string& body, Endpoint endpoint) {
   Prepared p;
+  p.endpoint = endpoint;
   try {
+    if (endpoint == Endpoint::chat) {
+      ChatRequest cr = parse_chat_request(body, options.model_name);
+      if (!tokenizer) {
+        throw ApiError(400, "[serve] this server has no tokenizer, so it cannot read chat messages; use "
+                            "/v1/completions with token ids",
+                       std::string("messages"));
+      }
+      p.prompt = encode(chatml_prompt(cr.messages));
+      p.sampling = std::move(cr.sampling);
+      p.sampling.stop.emplace_back(kChatEnd);
+      if (p.sampling.max_tokens < 0) {  // not given: the rest of the context, as OpenAI
+        const int64_t room = int64_t{loop.engine().max_context()} - static_cast<int64_t>(p.prompt.size());
+        if (room < 1) {
+          throw ApiError(400, fmt::format("[serve] the messages take {} tokens, the whole context of {} tokens, and "
+                                          "leave no room for a reply; send shorter messages",
+                                          p.prompt.size(), loop.engine().max_context()),
+                         std::string("messages"));
+        }
+        p.sampling.max_tokens = static_cast<int32_t>(room);
+      }
+      p.stream = cr.stream;
+      p.include_usage = cr.include_usage;
+      return p;
+    }
     CompletionRequest cr = parse_completion_request(body, options.model_name);
     if (cr.prompt_text) {
       if (!tokenizer) {
@@ -612,8 +697,10 @@ Prepared Server::prepare(const std::string& body) {
       }
       // An empty text prompt is conditioned on the end-of-text token, as OpenAI does.
       p.prompt = cr.prompt_text->empty() ? std::vector<int32_t>{tokenizer->eot_token()} : encode(*cr.prompt_text);
+      p.echo_text = *cr.prompt_text;
     } else {
       p.prompt = std::move(cr.prompt_ids);
+      if (tokenizer && cr.echo) p.echo_text = tokenizer->decode(p.prompt);
     }
     if (!tokenizer && !cr.sampling.stop.empty()) {
       throw ApiError(400, "[serve] this server has no tokenizer, so it cannot match stop strings; use "
@@ -624,6 +711,8 @@ Prepared Server::prepare(const std::string& body) {
     p.stream = cr.stream;
     p.include_usage = cr.include_usage;
     p.with_ids = cr.prompt_is_ids();
+    p.echo = cr.echo;
+    if (!p.echo) p.echo_text.clear();
   } catch (const ApiError& e) {
     p.error_status = e.status();
     p.error_body = error_body(e);

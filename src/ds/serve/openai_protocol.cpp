@@ -1,5 +1,5 @@
-// Parsing and writing OpenAI completion bodies. Checks run in a fixed order (unknown fields, model, prompt, then
-// the sampling fields), so a body with several faults always names the same one. Text goes out through
+// Parsing and writing OpenAI completion and chat completion bodies. Checks run in a fixed order (unknown fields,
+// model, prompt or messages, then the sampling fields), so a body with several faults always names the same one. Text goes out through
 // dump(..., replace): a model can emit a byte sequence that is not UTF-8, and that must cost a U+FFFD in the
 // response, not a 500.
 #include "ds/serve/openai_protocol.h"
@@ -7,16 +7,19 @@
 #include <fmt/core.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdlib>
 #include <limits>
 #include <nlohmann/json.hpp>
 
 #include "ds/core/json_input.h"
 #include "ds/core/strings.h"
+#include "ds/data/bpe_tokenizer.h"
 
 namespace ds::serve {
 
 using json = nlohmann::json;
-using ojson = nlohmann::ordered_json;
+using ojson = OJson;
 
 ApiError::ApiError(int status, std::string message, std::optional<std::string> param, std::string type,
                    std::optional<std::string> code)
@@ -114,11 +117,26 @@ std::vector<int32_t> get_token_ids(const json& arr, const std::string& field, co
   return ids;
 }
 
-const std::vector<std::string>& known_fields() {
-  static const std::vector<std::string> names = {
-      "model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "stream",
-      "stream_options", "n", "best_of", "echo", "logprobs", "presence_penalty", "frequency_penalty",
-      "logit_bias", "suffix", "user", "ignore_eos", "stop_token_ids"};
+// The fields both endpoints take, then each one's own.
+const std::vector<std::string> kSharedFields = {
+    "model", "max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "stream", "stream_options", "n",
+    "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "user", "ignore_eos", "stop_token_ids"};
+
+std::vector<std::string> with_shared(std::initializer_list<const char*> own) {
+  std::vector<std::string> names = kSharedFields;
+  names.insert(names.end(), own.begin(), own.end());
+  return names;
+}
+
+const std::vector<std::string>& completion_fields() {
+  static const std::vector<std::string> names = with_shared({"prompt", "best_of", "echo", "suffix"});
+  return names;
+}
+
+const std::vector<std::string>& chat_fields() {
+  static const std::vector<std::string> names =
+      with_shared({"messages", "max_completion_tokens", "top_logprobs", "response_format", "tools", "tool_choice",
+                   "parallel_tool_calls"});
   return names;
 }
 
@@ -212,89 +230,136 @@ std::string error_body(std::string_view message, std::string_view type, const st
 
 std::string error_body(const ApiError& e) { return error_body(e.what(), e.type(), e.param(), e.code()); }
 
-CompletionRequest parse_completion_request(std::string_view body, std::string_view served_model) {
-  json j;
-  JsonLimits limits;
-  limits.max_depth = 16;  // a completion request is flat: a prompt list of token lists is 2 deep
-  const std::string problem = parse_json_bounded(body, limits, j);
-  if (!problem.empty()) {
-    throw ApiError(400, fmt::format("[serve] the request body is not valid JSON ({}); send a JSON object such as "
-                                    "{{\"prompt\": \"Hello\", \"max_tokens\": 16}}",
-                                    problem));
-  }
-  if (!j.is_object()) {
-    throw ApiError(400, fmt::format("[serve] the request body must be a JSON object, found {}; send for example "
-                                    "{{\"prompt\": \"Hello\", \"max_tokens\": 16}}",
-                                    describe_type(j)));
-  }
-  for (const auto& [key, value] : j.items()) {
-    if (std::find(known_fields().begin(), known_fields().end(), key) == known_fields().end()) {
-      unknown_field(key, known_fields(), "a completion request");
+namespace {
+
+// A request body: a JSON object of known fields. A field that is absent or null takes its default, as in OpenAI's
+// API.
+class Body {
+ public:
+  Body(std::string_view body, const std::vector<std::string>& known, const char* what, const char* example) {
+    JsonLimits limits;
+    limits.max_depth = 16;  // requests are flat: a prompt list of token lists is 2 deep, chat content parts 4
+    const std::string problem = parse_json_bounded(body, limits, j_);
+    if (!problem.empty()) {
+      throw ApiError(400, fmt::format("[serve] the request body is not valid JSON ({}); send a JSON object such as "
+                                      "{}",
+                                      problem, example));
+    }
+    if (!j_.is_object()) {
+      throw ApiError(400, fmt::format("[serve] the request body must be a JSON object, found {}; send for example {}",
+                                      describe_type(j_), example));
+    }
+    for (const auto& [key, value] : j_.items()) {
+      if (std::find(known.begin(), known.end(), key) == known.end()) unknown_field(key, known, what);
     }
   }
+  const json* given(const char* name) const {
+    auto it = j_.find(name);
+    return it == j_.end() || it->is_null() ? nullptr : &*it;
+  }
 
-  CompletionRequest out;
-  out.model = std::string(served_model);
-  // A field that is absent or null takes its default, as in OpenAI's API.
-  auto given = [&](const char* name) -> const json* {
-    auto it = j.find(name);
-    return it == j.end() || it->is_null() ? nullptr : &*it;
-  };
+ private:
+  json j_;
+};
 
-  if (const json* v = given("model")) {
+void check_model(const Body& b, std::string_view served_model) {
+  if (const json* v = b.given("model")) {
     if (!v->is_string()) type_error("model", "a string", *v, "\"dspeed\"");
     if (v->get<std::string>() != served_model) {
       throw ApiError(404,
                      fmt::format("[serve] the model '{}' does not exist; this server serves '{}' (GET /v1/models "
                                  "lists it)",
-                                 v->get<std::string>(), served_model),
+                                 v->get<std::string>().substr(0, 200), served_model),
                      std::string("model"), "invalid_request_error", std::string("model_not_found"));
     }
   }
+}
 
-  const json* prompt = given("prompt");
-  if (!prompt) {
-    throw ApiError(400, "[serve] the request has no 'prompt'; send the prompt as text or as an array of token ids",
-                   std::string("prompt"));
+int32_t parse_max_tokens(const json& v, const char* field, int32_t least) {
+  const int64_t n = get_int(v, field, "16");
+  if (n < least || n > std::numeric_limits<int32_t>::max()) {
+    range_error(field, least == 0 ? "an integer >= 0 (0 only with echo, to score the prompt)" : "an integer >= 1", v);
   }
-  parse_prompt(*prompt, out);
+  return static_cast<int32_t>(n);
+}
 
-  auto& s = out.sampling;
-  if (const json* v = given("max_tokens")) {
-    const int64_t n = get_int(*v, "max_tokens", "16");
-    if (n < 1 || n > std::numeric_limits<int32_t>::max()) range_error("max_tokens", "an integer >= 1", *v);
-    s.max_tokens = static_cast<int32_t>(n);
+std::vector<std::pair<int32_t, float>> parse_logit_bias(const json& v) {
+  if (!v.is_object()) type_error("logit_bias", "an object of token id to bias", v, "{\"50256\": -100}");
+  constexpr size_t kMaxBiases = 1024;
+  if (v.size() > kMaxBiases) {
+    throw ApiError(400, fmt::format("[serve] 'logit_bias' holds {} entries; at most {} are allowed", v.size(),
+                                    kMaxBiases),
+                   std::string("logit_bias"));
   }
-  if (const json* v = given("temperature")) {
+  std::vector<std::pair<int32_t, float>> out;
+  for (const auto& [key, bias] : v.items()) {
+    char* end = nullptr;
+    errno = 0;
+    const long long id = key.empty() ? -1 : std::strtoll(key.c_str(), &end, 10);
+    if (key.empty() || *end != '\0' || errno != 0 || id < 0 || id > std::numeric_limits<int32_t>::max()) {
+      throw ApiError(400, fmt::format("[serve] 'logit_bias' keys must be token ids written as strings (\"50256\"), "
+                                      "found \"{}\"",
+                                      key.substr(0, 40)),
+                     std::string("logit_bias"));
+    }
+    const double b = get_number(bias, "logit_bias", "-100");
+    if (!(b >= -100 && b <= 100)) range_error("logit_bias", "a map to numbers in [-100, 100]", bias);
+    out.emplace_back(static_cast<int32_t>(id), static_cast<float>(b));
+  }
+  return out;
+}
+
+int32_t parse_top_logprobs(const json& v, const char* field) {
+  const int64_t k = get_int(v, field, "5");
+  if (k < 0 || k > 20) range_error(field, "an integer in [0, 20]", v);
+  return static_cast<int32_t>(k);
+}
+
+// The fields both endpoints share, but max_tokens and logprobs (their meanings differ).
+void parse_shared(const Body& b, inference::SamplingParams& s, bool& stream, bool& include_usage) {
+  if (const json* v = b.given("temperature")) {
     const double t = get_number(*v, "temperature", "0.7");
     if (!(t >= 0 && t <= 2)) range_error("temperature", "a number in [0, 2] (0: greedy)", *v);
     s.temperature = static_cast<float>(t);
   }
-  if (const json* v = given("top_p")) {
+  if (const json* v = b.given("top_p")) {
     const double p = get_number(*v, "top_p", "0.9");
     if (!(p > 0 && p <= 1)) range_error("top_p", "a number in (0, 1]", *v);
     s.top_p = static_cast<float>(p);
   }
-  if (const json* v = given("top_k")) {
+  if (const json* v = b.given("top_k")) {
     const int64_t k = get_int(*v, "top_k", "40");
-    if (k < -1 || k > std::numeric_limits<int32_t>::max()) range_error("top_k", "an integer >= -1 (-1 or 0: all tokens)", *v);
+    if (k < -1 || k > std::numeric_limits<int32_t>::max()) {
+      range_error("top_k", "an integer >= -1 (-1 or 0: all tokens)", *v);
+    }
     s.top_k = k < 0 ? 0 : static_cast<int32_t>(k);
   }
-  if (const json* v = given("stop")) s.stop = parse_stop(*v);
-  if (const json* v = given("seed")) {
+  if (const json* v = b.given("stop")) s.stop = parse_stop(*v);
+  if (const json* v = b.given("seed")) {
     if (!is_integer(*v)) type_error("seed", "an integer", *v, "42");
     s.seed = v->is_number_unsigned() ? v->get<uint64_t>() : static_cast<uint64_t>(v->get<int64_t>());
   }
-  if (const json* v = given("ignore_eos")) s.ignore_eos = get_bool(*v, "ignore_eos");
-  if (const json* v = given("stop_token_ids")) {
+  if (const json* v = b.given("ignore_eos")) s.ignore_eos = get_bool(*v, "ignore_eos");
+  if (const json* v = b.given("stop_token_ids")) {
     if (!v->is_array()) type_error("stop_token_ids", "an array of token ids", *v, "[50256]");
     s.stop_token_ids = get_token_ids(*v, "stop_token_ids", "stop_token_ids");
   }
+  if (const json* v = b.given("presence_penalty")) {
+    const double x = get_number(*v, "presence_penalty", "0.5");
+    if (!(x >= -2 && x <= 2)) range_error("presence_penalty", "a number in [-2, 2]", *v);
+    s.presence_penalty = static_cast<float>(x);
+  }
+  if (const json* v = b.given("frequency_penalty")) {
+    const double x = get_number(*v, "frequency_penalty", "0.5");
+    if (!(x >= -2 && x <= 2)) range_error("frequency_penalty", "a number in [-2, 2]", *v);
+    s.frequency_penalty = static_cast<float>(x);
+  }
+  if (const json* v = b.given("logit_bias")) s.logit_bias = parse_logit_bias(*v);
 
-  if (const json* v = given("stream")) out.stream = get_bool(*v, "stream");
-  if (const json* v = given("stream_options")) {
+  if (const json* v = b.given("stream")) stream = get_bool(*v, "stream");
+  if (const json* v = b.given("stream_options")) {
     if (!v->is_object()) type_error("stream_options", "an object", *v, "{\"include_usage\": true}");
-    if (!out.stream) {
+    if (!stream) {
       throw ApiError(400, "[serve] 'stream_options' is allowed only when 'stream' is true; set \"stream\": true or "
                           "leave 'stream_options' out",
                      std::string("stream_options"));
@@ -304,62 +369,193 @@ CompletionRequest parse_completion_request(std::string_view body, std::string_vi
                                                 "'stream_options'");
     }
     if (auto it = v->find("include_usage"); it != v->end() && !it->is_null()) {
-      out.include_usage = get_bool(*it, "stream_options.include_usage");
+      include_usage = get_bool(*it, "stream_options.include_usage");
     }
   }
-
   // Accepted at their defaults only: refused by name rather than silently ignored.
-  if (const json* v = given("n")) {
-    if (get_int(*v, "n", "1") != 1) unsupported("n", "1 (one completion per request)", *v);
+  if (const json* v = b.given("n")) {
+    if (get_int(*v, "n", "1") != 1) unsupported("n", "1 (one choice per request)", *v);
   }
-  if (const json* v = given("best_of")) {
+  if (const json* v = b.given("user")) {
+    if (!v->is_string()) type_error("user", "a string", *v, "\"user-1234\"");
+  }
+}
+
+constexpr const char* kCompletionExample = "{\"prompt\": \"Hello\", \"max_tokens\": 16}";
+constexpr const char* kChatExample = "{\"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}]}";
+
+// A message's content: a string, or an array of {"type": "text", "text": ...} parts, joined.
+std::string message_content(const json& c, size_t i) {
+  const std::string field = fmt::format("messages[{}].content", i);
+  if (c.is_string()) return c.get<std::string>();
+  if (!c.is_array()) type_error(field, "a string or an array of text parts", c, "\"Hello\"");
+  std::string out;
+  for (size_t k = 0; k < c.size(); ++k) {
+    const json& part = c[k];
+    const std::string name = fmt::format("{}[{}]", field, k);
+    if (!part.is_object()) type_error(name, "an object such as {\"type\": \"text\", \"text\": \"Hello\"}", part, "{}");
+    const auto type = part.find("type");
+    if (type == part.end() || !type->is_string() || type->get<std::string>() != "text") {
+      throw ApiError(400, fmt::format("[serve] '{}' is a {} part; this model reads text only, so send parts of "
+                                      "type \"text\"",
+                                      name, type != part.end() && type->is_string() ? type->get<std::string>()
+                                                                                   : std::string("typeless")),
+                     std::string("messages"));
+    }
+    const auto text = part.find("text");
+    if (text == part.end() || !text->is_string()) type_error(name + ".text", "a string", part, "\"Hello\"");
+    out += text->get<std::string>();
+  }
+  return out;
+}
+
+std::vector<ChatMessage> parse_messages(const json& v) {
+  if (!v.is_array()) type_error("messages", "an array of messages", v, "[{\"role\": \"user\", \"content\": \"Hi\"}]");
+  if (v.empty()) throw ApiError(400, "[serve] 'messages' is empty; send at least one message", std::string("messages"));
+  static const std::vector<std::string> kRoles = {"system", "developer", "user", "assistant", "tool"};
+  static const std::vector<std::string> kKeys = {"role", "content", "name", "tool_call_id"};
+  std::vector<ChatMessage> out;
+  for (size_t i = 0; i < v.size(); ++i) {
+    const json& m = v[i];
+    const std::string where = fmt::format("messages[{}]", i);
+    if (!m.is_object()) type_error(where, "an object with 'role' and 'content'", m, "{\"role\": \"user\"}");
+    for (const auto& [key, value] : m.items()) {
+      if (std::find(kKeys.begin(), kKeys.end(), key) == kKeys.end()) unknown_field(key, kKeys, "'" + where + "'");
+    }
+    const auto role = m.find("role");
+    if (role == m.end() || !role->is_string()) type_error(where + ".role", "a string", m.value("role", json()), "\"user\"");
+    const std::string r = role->get<std::string>();
+    if (std::find(kRoles.begin(), kRoles.end(), r) == kRoles.end()) {
+      throw ApiError(400, fmt::format("[serve] '{}.role' is '{}'; it must be one of {}", where, r.substr(0, 40),
+                                      quoted_list(kRoles)),
+                     std::string("messages"));
+    }
+    const auto content = m.find("content");
+    ChatMessage msg;
+    msg.role = r;
+    if (content != m.end() && !content->is_null()) msg.content = message_content(*content, i);
+    else if (r != "assistant") {
+      throw ApiError(400, fmt::format("[serve] '{}' has no 'content'; only an assistant message may leave it out",
+                                      where),
+                     std::string("messages"));
+    }
+    out.push_back(std::move(msg));
+  }
+  return out;
+}
+
+}  // namespace
+
+CompletionRequest parse_completion_request(std::string_view body, std::string_view served_model) {
+  const Body b(body, completion_fields(), "a completion request", kCompletionExample);
+  CompletionRequest out;
+  out.model = std::string(served_model);
+  check_model(b, served_model);
+
+  const json* prompt = b.given("prompt");
+  if (!prompt) {
+    throw ApiError(400, "[serve] the request has no 'prompt'; send the prompt as text or as an array of token ids",
+                   std::string("prompt"));
+  }
+  parse_prompt(*prompt, out);
+
+  auto& s = out.sampling;
+  if (const json* v = b.given("echo")) out.echo = get_bool(*v, "echo");
+  if (const json* v = b.given("max_tokens")) s.max_tokens = parse_max_tokens(*v, "max_tokens", out.echo ? 0 : 1);
+  if (const json* v = b.given("logprobs")) {
+    if (v->is_boolean()) type_error("logprobs", "an integer in [0, 20] (alternatives per token) or null", *v, "5");
+    s.logprobs = parse_top_logprobs(*v, "logprobs");
+  }
+  s.prompt_logprobs = out.echo && s.logprobs >= 0;
+  if (s.max_tokens == 0 && !s.prompt_logprobs) {
+    throw ApiError(400, "[serve] 'max_tokens' is 0, which only scoring a prompt allows; set \"echo\": true and "
+                        "\"logprobs\": 0 or more, or ask for at least one token",
+                   std::string("max_tokens"));
+  }
+  parse_shared(b, s, out.stream, out.include_usage);
+  if (const json* v = b.given("best_of")) {
     if (get_int(*v, "best_of", "1") != 1) unsupported("best_of", "1", *v);
   }
-  if (const json* v = given("echo")) {
-    if (get_bool(*v, "echo")) unsupported("echo", "false (the prompt is not repeated)", *v);
-  }
-  if (const json* v = given("logprobs")) {
-    if (!is_integer(*v)) type_error("logprobs", "an integer or null", *v, "null");
-    unsupported("logprobs", "null (log probabilities are not returned)", *v);
-  }
-  for (const char* name : {"presence_penalty", "frequency_penalty"}) {
-    if (const json* v = given(name)) {
-      const double x = get_number(*v, name, "0");
-      if (!(x >= -2 && x <= 2)) range_error(name, "a number in [-2, 2]", *v);
-      if (x != 0) unsupported(name, "0 (no penalties)", *v);
-    }
-  }
-  if (const json* v = given("logit_bias")) {
-    if (!v->is_object()) type_error("logit_bias", "an object", *v, "{}");
-    if (!v->empty()) unsupported("logit_bias", "{} (no biases)", *v);
-  }
-  if (const json* v = given("suffix")) {
+  if (const json* v = b.given("suffix")) {
     if (!v->is_string()) type_error("suffix", "a string", *v, "null");
     if (!v->get<std::string>().empty()) unsupported("suffix", "null (no insertion)", *v);
   }
-  if (const json* v = given("user")) {
-    if (!v->is_string()) type_error("user", "a string", *v, "\"user-1234\"");
+  return out;
+}
+
+ChatRequest parse_chat_request(std::string_view body, std::string_view served_model) {
+  const Body b(body, chat_fields(), "a chat completion request", kChatExample);
+  ChatRequest out;
+  out.model = std::string(served_model);
+  check_model(b, served_model);
+  const json* messages = b.given("messages");
+  if (!messages) {
+    throw ApiError(400, fmt::format("[serve] the request has no 'messages'; send for example {}", kChatExample),
+                   std::string("messages"));
   }
+  out.messages = parse_messages(*messages);
+
+  auto& s = out.sampling;
+  if (const json* v = b.given("max_completion_tokens")) {
+    s.max_tokens = parse_max_tokens(*v, "max_completion_tokens", 1);
+  } else if (const json* v2 = b.given("max_tokens")) {
+    s.max_tokens = parse_max_tokens(*v2, "max_tokens", 1);
+  } else {
+    s.max_tokens = -1;  // the rest of the context (the server fills it in once the prompt's length is known)
+  }
+  const json* logprobs = b.given("logprobs");
+  const bool want_logprobs = logprobs && get_bool(*logprobs, "logprobs");
+  if (const json* v = b.given("top_logprobs")) {
+    const int32_t k = parse_top_logprobs(*v, "top_logprobs");
+    if (!want_logprobs) {
+      throw ApiError(400, "[serve] 'top_logprobs' needs \"logprobs\": true", std::string("top_logprobs"));
+    }
+    s.logprobs = k;
+  } else if (want_logprobs) {
+    s.logprobs = 0;
+  }
+  parse_shared(b, s, out.stream, out.include_usage);
+  if (const json* v = b.given("response_format")) {
+    if (!v->is_object() || v->value("type", std::string()) != "text" || v->size() != 1) {
+      unsupported("response_format", "{\"type\": \"text\"}", *v);
+    }
+  }
+  for (const char* name : {"tools", "tool_choice"}) {
+    if (const json* v = b.given(name)) {
+      const bool empty = (v->is_array() && v->empty()) || (v->is_string() && v->get<std::string>() == "none");
+      if (!empty) unsupported(name, "empty (this server does not call tools)", *v);
+    }
+  }
+  if (const json* v = b.given("parallel_tool_calls")) get_bool(*v, "parallel_tool_calls");
+  return out;
+}
+
+std::string chatml_prompt(const std::vector<ChatMessage>& messages) {
+  std::string out;
+  for (const ChatMessage& m : messages) {
+    out.append("<|im_start|>").append(m.role).append("\n").append(m.content).append(kChatEnd).append("\n");
+  }
+  out.append("<|im_start|>assistant\n");
   return out;
 }
 
 namespace {
 
 ojson choice(std::string_view text, std::optional<std::string_view> finish_reason,
-             const std::vector<int32_t>* token_ids) {
+             const std::vector<int32_t>* token_ids, const OJson* logprobs) {
   ojson c;
   c["text"] = std::string(text);
   c["index"] = 0;
-  c["logprobs"] = nullptr;
+  c["logprobs"] = logprobs ? *logprobs : ojson(nullptr);
   c["finish_reason"] = finish_reason ? ojson(std::string(*finish_reason)) : ojson(nullptr);
   if (token_ids) c["token_ids"] = *token_ids;
   return c;
 }
 
-ojson head(const CompletionHeader& h) {
+ojson head(const CompletionHeader& h, bool chunk) {
   ojson j;
   j["id"] = h.id;
-  j["object"] = "text_completion";
+  j["object"] = !h.chat ? "text_completion" : chunk ? "chat.completion.chunk" : "chat.completion";
   j["created"] = h.created;
   j["model"] = h.model;
   return j;
@@ -375,28 +571,148 @@ ojson usage_json(const CompletionUsage& u) {
 
 std::string sse(const ojson& j) { return "data: " + dump(j) + "\n\n"; }
 
+// Whether bytes are whole, well-formed UTF-8 (no cut character, no overlong form, no surrogate).
+bool is_utf8(std::string_view b) {
+  for (size_t i = 0; i < b.size();) {
+    const auto c = static_cast<unsigned char>(b[i]);
+    size_t n = c < 0x80 ? 1 : c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+    if (n == 0 || i + n > b.size()) return false;
+    for (size_t k = 1; k < n; ++k) {
+      const auto d = static_cast<unsigned char>(b[i + k]);
+      if ((d & 0xC0) != 0x80) return false;
+    }
+    const auto d = n > 1 ? static_cast<unsigned char>(b[i + 1]) : 0;
+    if ((c == 0xE0 && d < 0xA0) || (c == 0xED && d > 0x9F) || (c == 0xF0 && d < 0x90) || (c == 0xF4 && d > 0x8F)) {
+      return false;
+    }
+    i += n;
+  }
+  return true;
+}
+
+ojson byte_list(std::string_view b) {
+  ojson out = ojson::array();
+  for (const char ch : b) out.push_back(static_cast<unsigned char>(ch));
+  return out;
+}
+
 }  // namespace
+
+std::string TokenNamer::name(int32_t token) const {
+  if (!tokenizer_) return fmt::format("token_id:{}", token);
+  const std::string_view b = tokenizer_->token_bytes(token);
+  if (is_utf8(b)) return std::string(b);
+  std::string out = "bytes:";
+  for (const char ch : b) out += fmt::format("\\x{:02x}", static_cast<unsigned char>(ch));
+  return out;
+}
+
+std::string_view TokenNamer::bytes(int32_t token) const {
+  return tokenizer_ ? tokenizer_->token_bytes(token) : std::string_view();
+}
+
+OJson completion_logprobs(std::span<const inference::TokenLogprob> entries, const TokenNamer& names,
+                          int64_t& text_offset, std::optional<int32_t> unscored_first) {
+  ojson tokens = ojson::array(), token_logprobs = ojson::array(), top = ojson::array(), offsets = ojson::array();
+  auto add = [&](int32_t token, const inference::TokenLogprob* lp) {
+    tokens.push_back(names.name(token));
+    token_logprobs.push_back(lp ? ojson(lp->logprob) : ojson(nullptr));
+    if (lp) {
+      ojson alternatives = ojson::object();
+      for (const auto& [id, logprob] : lp->top) alternatives[names.name(id)] = logprob;
+      top.push_back(std::move(alternatives));
+    } else {
+      top.push_back(nullptr);
+    }
+    offsets.push_back(text_offset);
+    text_offset += static_cast<int64_t>(names.bytes(token).size());
+  };
+  if (unscored_first) add(*unscored_first, nullptr);
+  for (const auto& e : entries) add(e.token, &e);
+  ojson out;
+  out["tokens"] = std::move(tokens);
+  out["token_logprobs"] = std::move(token_logprobs);
+  out["top_logprobs"] = std::move(top);
+  out["text_offset"] = std::move(offsets);
+  return out;
+}
+
+OJson chat_logprobs(std::span<const inference::TokenLogprob> entries, const TokenNamer& names) {
+  ojson content = ojson::array();
+  for (const auto& e : entries) {
+    ojson item;
+    item["token"] = names.name(e.token);
+    item["logprob"] = e.logprob;
+    item["bytes"] = byte_list(names.bytes(e.token));
+    ojson top = ojson::array();
+    for (const auto& [id, logprob] : e.top) {
+      ojson alt;
+      alt["token"] = names.name(id);
+      alt["logprob"] = logprob;
+      alt["bytes"] = byte_list(names.bytes(id));
+      top.push_back(std::move(alt));
+    }
+    item["top_logprobs"] = std::move(top);
+    content.push_back(std::move(item));
+  }
+  ojson out;
+  out["content"] = std::move(content);
+  return out;
+}
 
 std::string completion_response(const CompletionHeader& header, std::string_view text,
                                 std::string_view finish_reason, const CompletionUsage& usage,
-                                const std::vector<int32_t>* token_ids) {
-  ojson j = head(header);
-  j["choices"] = ojson::array({choice(text, finish_reason, token_ids)});
+                                const std::vector<int32_t>* token_ids, const OJson* logprobs) {
+  ojson j = head(header, false);
+  j["choices"] = ojson::array({choice(text, finish_reason, token_ids, logprobs)});
+  j["usage"] = usage_json(usage);
+  return dump(j);
+}
+
+std::string chat_response(const CompletionHeader& header, std::string_view content, std::string_view finish_reason,
+                          const CompletionUsage& usage, const OJson* logprobs) {
+  ojson message;
+  message["role"] = "assistant";
+  message["content"] = std::string(content);
+  ojson c;
+  c["index"] = 0;
+  c["message"] = std::move(message);
+  c["logprobs"] = logprobs ? *logprobs : ojson(nullptr);
+  c["finish_reason"] = std::string(finish_reason);
+  ojson j = head(header, false);
+  j["choices"] = ojson::array({std::move(c)});
   j["usage"] = usage_json(usage);
   return dump(j);
 }
 
 std::string stream_chunk(const CompletionHeader& header, std::string_view text_delta,
                          std::optional<std::string_view> finish_reason, const std::vector<int32_t>* token_ids,
-                         bool with_usage_field) {
-  ojson j = head(header);
-  j["choices"] = ojson::array({choice(text_delta, finish_reason, token_ids)});
+                         bool with_usage_field, const OJson* logprobs) {
+  ojson j = head(header, true);
+  j["choices"] = ojson::array({choice(text_delta, finish_reason, token_ids, logprobs)});
+  if (with_usage_field) j["usage"] = nullptr;
+  return sse(j);
+}
+
+std::string chat_stream_chunk(const CompletionHeader& header, std::optional<std::string_view> role,
+                              std::optional<std::string_view> content, std::optional<std::string_view> finish_reason,
+                              bool with_usage_field, const OJson* logprobs) {
+  ojson delta = ojson::object();
+  if (role) delta["role"] = std::string(*role);
+  if (content) delta["content"] = std::string(*content);
+  ojson c;
+  c["index"] = 0;
+  c["delta"] = std::move(delta);
+  c["logprobs"] = logprobs ? *logprobs : ojson(nullptr);
+  c["finish_reason"] = finish_reason ? ojson(std::string(*finish_reason)) : ojson(nullptr);
+  ojson j = head(header, true);
+  j["choices"] = ojson::array({std::move(c)});
   if (with_usage_field) j["usage"] = nullptr;
   return sse(j);
 }
 
 std::string stream_usage_chunk(const CompletionHeader& header, const CompletionUsage& usage) {
-  ojson j = head(header);
+  ojson j = head(header, true);
   j["choices"] = ojson::array();
   j["usage"] = usage_json(usage);
   return sse(j);
