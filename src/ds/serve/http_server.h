@@ -1,6 +1,7 @@
 // The OpenAI-compatible HTTP front end of a ServingLoop (DESIGN decision 11), event-driven on Boost.Beast/Asio:
-//   POST /v1/completions  prompt as text or token ids; max_tokens, temperature, top_p, top_k, stop, seed, stream
-//                         (server-sent events in OpenAI's chunk format, ending with "data: [DONE]"); usage counts
+//   POST /v1/completions       prompt as text or token ids; sampling, penalties, logit_bias, logprobs, echo, stream
+//                              (server-sent events in OpenAI's chunk format, ending with "data: [DONE]"); usage
+//   POST /v1/chat/completions  messages through the ChatML template; the same fields, chat's formats
 //   GET  /v1/models, GET /v1/models/{id}, GET /health, GET /metrics (Prometheus text)
 // No connection holds a thread: a few I/O threads serve every connection, and a stream costs a buffer, not a
 // worker, so /health answers at once beside hundreds of open streams or stalled clients. A malformed request gets
