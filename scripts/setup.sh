@@ -25,6 +25,7 @@ packages=(build-essential cmake ninja-build ccache lld pkg-config
           libprotobuf-dev protobuf-compiler  # TensorBoard event files (the tensorboard monitor)
           librsvg2-bin  # rsvg-convert: tests/cli check that the loss.svg charts render
           curl   # curl: the HTTP checks of tests/cli/serve.sh
+          nodejs # node: the official openai client test (tests/cli/openai_client)
           clang libomp-dev   # CI's second compiler (Debian 12: clang 14); libomp-dev is its OpenMP (libomp-14-dev)
           libclang-rt-dev)   # libFuzzer and the sanitizers' runtimes (the fuzz build, tests/fuzz)
 [ "$with_torch" = 1 ] && packages+=(python3-torch python3-numpy)
@@ -56,6 +57,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt_retry update -q
   apt_retry install -y -q --no-install-recommends "${missing[@]}"
 fi
+
+# npm comes with nodejs from some repositories and separately from Debian's.
+if ! command -v npm > /dev/null; then
+  apt_retry update -q
+  apt_retry install -y -q --no-install-recommends npm
+fi
+# The openai client the CLI test drives, at the version package-lock.json pins.
+npm ci --prefix tests/cli/openai_client --no-audit --no-fund --loglevel=error
 
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DDS_CUDA="$cuda" -DDS_WERROR="$werror"
 cmake --build build -j "$(nproc)"
