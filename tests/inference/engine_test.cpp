@@ -358,3 +358,76 @@ TEST(EngineKvBf16, NamesAndDevices) {
 
 }  // namespace
 }  // namespace ds::inference
+
+namespace ds::inference {
+namespace {
+
+// Forked sequences share the prompt's blocks and copy the shared last block on their first write: each one's
+// logits stay those of the full recompute of its own tokens, the prompt's blocks are held once, and every block
+// comes back when all are flushed. Covers a prompt that ends mid-block and one that fills its last block.
+TEST(EngineFork, ChildrenShareThePromptAndCopyOnWrite) {
+  Fixture f;
+  for (const int prompt_len : {10, 12}) {
+    SCOPED_TRACE(::testing::Message() << "prompt of " << prompt_len << " tokens, blocks of 4");
+    InferenceEngine engine(f.runner, engine_config(4, 40));
+    Rng rng(static_cast<uint64_t>(prompt_len));
+    const std::vector<int32_t> prompt = random_tokens(rng, prompt_len, 512);
+    const uint64_t parent = 1;
+    const std::span<const int32_t> p[] = {prompt};
+    engine.put(std::span(&parent, 1), p);
+    const int32_t prompt_blocks = engine.kv_state().used_blocks();
+    EXPECT_EQ(prompt_blocks, (prompt_len + 3) / 4);
+    const std::vector<uint64_t> uids = {1, 2, 3};
+    engine.fork(1, 2);
+    engine.fork(1, 3);
+    EXPECT_EQ(engine.kv_state().used_blocks(), prompt_blocks) << "a fork copies nothing";
+
+    // Five decode steps, each sequence fed its own random token.
+    std::vector<std::vector<int32_t>> seqs(3, prompt);
+    for (int step = 0; step < 5; ++step) {
+      std::vector<int32_t> next(3);
+      std::vector<std::span<const int32_t>> toks;
+      for (size_t i = 0; i < 3; ++i) {
+        next[i] = static_cast<int32_t>(rng.next_u64() % 512);
+        seqs[i].push_back(next[i]);
+      }
+      for (size_t i = 0; i < 3; ++i) toks.emplace_back(&next[i], 1);
+      const std::span<const float> logits = engine.put(uids, toks);
+      for (size_t i = 0; i < 3; ++i) {
+        const std::vector<float> ref = f.naive_last_logits(seqs[i]);
+        EXPECT_LT(max_abs_diff(logits.subspan(i * 512, 512), ref), 1e-5) << "sequence " << i << " step " << step;
+      }
+      if (step == 0) {
+        // Mid-block: two of the three writers copied the shared last block; a full last block needs no copy,
+        // and each sequence took a new block of its own.
+        const int32_t expected = prompt_len % 4 != 0 ? prompt_blocks + 2 : prompt_blocks + 3;
+        EXPECT_EQ(engine.kv_state().used_blocks(), expected);
+      }
+    }
+    for (const uint64_t u : uids) {
+      engine.flush(u);
+      if (u == 1) EXPECT_GT(engine.kv_state().used_blocks(), 0) << "the children still hold the prompt";
+    }
+    EXPECT_EQ(engine.kv_state().used_blocks(), 0);
+    EXPECT_EQ(engine.free_blocks(), 40);
+  }
+}
+
+TEST(EngineFork, QueryCountsTheCopyOfASharedBlock) {
+  KvStateManager kv(8, 4, 8, 64);
+  kv.reserve(1, 6);
+  kv.advance(1, 6);  // blocks: one full, one with 2 of 4 slots
+  kv.fork(1, 2);
+  EXPECT_EQ(kv.remaining_block_capacity(1), 0) << "a shared last block takes no more tokens in place";
+  EXPECT_EQ(kv.query(1, 1, 8).blocks, 1);  // the copy
+  EXPECT_EQ(kv.query(1, 3, 8).blocks, 2);  // the copy and one more
+  EXPECT_EQ(kv.query(1, 2, 0).tokens, 0);  // no free block: not even the copy
+  kv.reserve(1, 1);
+  EXPECT_EQ(kv.take_copies().size(), 1u);
+  EXPECT_EQ(kv.remaining_block_capacity(2), 2) << "the child now holds the old block alone";
+  EXPECT_THROW(kv.fork(7, 8), Error);
+  EXPECT_THROW(kv.fork(1, 2), Error);
+}
+
+}  // namespace
+}  // namespace ds::inference

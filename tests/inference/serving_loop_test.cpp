@@ -204,6 +204,54 @@ TEST(Loop, SeededSamplingRepeatsWhateverRunsBesideIt) {
 namespace ds::inference {
 namespace {
 
+// A request for n sequences gives sequence i exactly the tokens of a lone request seeded seed + i: the siblings
+// share the prompt's KV blocks (the cache holds the prompt once; copy-on-write does the rest), and each samples
+// with its own stream. Every sequence reports its index, the last one request_done, and the blocks all come back.
+TEST(Loop, SequencesOfOneRequestEqualLoneRequestsWithTheirSeeds) {
+  nn::Gpt2 model(small_config(), 1, false);
+  model.init_weights(4);
+  EngineConfig ec;
+  ec.kv_block_size = 4;
+  ec.kv_block_count = 64;
+  InferenceEngine engine(std::make_shared<InferenceModel>(model), ec);
+  ServingLoop loop(engine, make_scheduler(Policy::splitfuse, {}), nullptr);
+  const std::vector<int32_t> prompt = {5, 9, 200, 31, 77, 8, 140, 3, 61, 12, 99};  // ends mid-block
+  auto request = [&](uint64_t seed, int n, std::vector<std::vector<int32_t>>& out, std::vector<int>& done) {
+    GenerationRequest r;
+    r.prompt = prompt;
+    r.sampling.max_tokens = 10;
+    r.sampling.temperature = 1.0f;
+    r.sampling.seed = seed;
+    r.sampling.n = n;
+    out.assign(static_cast<size_t>(n), {});
+    r.sink = [&out, &done](const GenerationEvent& ev) {
+      out[static_cast<size_t>(ev.index)].insert(out[static_cast<size_t>(ev.index)].end(), ev.tokens.begin(),
+                                                ev.tokens.end());
+      if (ev.finish != FinishReason::none) done.push_back(ev.request_done ? 1 : 0);
+    };
+    return r;
+  };
+  std::vector<std::vector<int32_t>> together;
+  std::vector<int> done;
+  ASSERT_EQ(loop.submit(request(500, 3, together, done)).status, SubmitStatus::accepted);
+  loop.step();  // the prompt, then the fork: the cache holds the prompt's blocks once
+  EXPECT_EQ(engine.kv_state().tracked_sequences(), 3);
+  EXPECT_EQ(engine.kv_state().used_blocks(), 3) << "11 prompt tokens in blocks of 4, shared by three sequences";
+  loop.run_until_idle();
+  EXPECT_EQ(done, (std::vector<int>{0, 0, 1})) << "request_done on the last sequence's finish only";
+  EXPECT_EQ(engine.kv_state().used_blocks(), 0);
+  EXPECT_EQ(loop.stats().requests_finished, 1);
+  for (int i = 0; i < 3; ++i) {
+    std::vector<std::vector<int32_t>> alone;
+    std::vector<int> alone_done;
+    ASSERT_EQ(loop.submit(request(500 + static_cast<uint64_t>(i), 1, alone, alone_done)).status,
+              SubmitStatus::accepted);
+    loop.run_until_idle();
+    EXPECT_EQ(together[static_cast<size_t>(i)], alone[0]) << "sequence " << i;
+  }
+  EXPECT_NE(together[0], together[1]) << "the sequences must not all be the same draw";
+}
+
 // log_softmax of a row, in double.
 std::vector<double> log_softmax(const std::vector<float>& row) {
   const double m = *std::max_element(row.begin(), row.end());

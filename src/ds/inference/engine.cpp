@@ -78,6 +78,12 @@ ScheduleStatus InferenceEngine::can_schedule(std::span<const uint64_t> uids, std
   return ScheduleStatus::ok;
 }
 
+void InferenceEngine::fork(uint64_t parent, uint64_t child) {
+  DS_CHECK_AS(DeviceError, can_fork(), "[engine] forking a sequence (n or best_of above 1 sharing the prompt's KV "
+              "blocks) is done by the CPU engine only");
+  kv_.fork(parent, child);
+}
+
 std::span<const float> InferenceEngine::put(std::span<const uint64_t> uids,
                                             std::span<const std::span<const int32_t>> tokens,
                                             std::span<const uint8_t> all_logits) {
@@ -112,6 +118,10 @@ std::span<const float> InferenceEngine::put(std::span<const uint64_t> uids,
     rows_.push_back(rows_.back() + (any_all && all_logits[i] ? lengths[i] : 1));
   }
   if (any_all) batch_.all_logits.assign(all_logits.begin(), all_logits.end());
+  for (const auto& [src, dst] : kv_.take_copies()) {
+    DS_ASSERT(host_cache_, "a copy-on-write in a device engine");
+    host_cache_->copy_block(src, dst);
+  }
   const size_t n_logits = static_cast<size_t>(rows_.back()) * static_cast<size_t>(vocab_size());
   const float* logits = nullptr;
   if (device_) {

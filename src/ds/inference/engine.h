@@ -55,6 +55,10 @@ class InferenceEngine {
   ScheduleStatus can_schedule(std::span<const uint64_t> uids, std::span<const int32_t> lengths) const;
   // Frees uid's blocks; false for an untracked uid.
   bool flush(uint64_t uid) { return kv_.flush(uid); }
+  // Whether fork works here: the CPU engine copies shared blocks on write; a device engine does not (yet).
+  bool can_fork() const { return !device_; }
+  // child continues from parent's tokens, sharing its KV blocks (KvStateManager::fork); CPU engine only.
+  void fork(uint64_t parent, uint64_t child);
   int32_t free_blocks() const { return kv_.free_blocks(); }
   int32_t remaining_block_capacity(uint64_t uid) const { return kv_.remaining_block_capacity(uid); }
 

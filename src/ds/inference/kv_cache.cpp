@@ -4,6 +4,7 @@
 #include "ds/inference/kv_cache.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "ds/core/error.h"
 
@@ -55,7 +56,7 @@ void BlockedAllocator::free(std::span<const int32_t> blocks) {
 KvStateManager::KvStateManager(int32_t kv_block_count, int32_t kv_block_size, int32_t max_tracked_sequences,
                                int32_t max_context)
     : block_size_(kv_block_size), max_tracked_(max_tracked_sequences), max_context_(max_context),
-      allocator_(kv_block_count) {
+      allocator_(kv_block_count), refs_(static_cast<size_t>(std::max(kv_block_count, 0)), 0) {
   DS_CHECK_AS(ConfigError, kv_block_size > 0, "[kv] kv_block_size must be positive, got {}", kv_block_size);
   DS_CHECK_AS(ConfigError, max_tracked_sequences > 0, "[kv] max_tracked_sequences must be positive, got {}",
               max_tracked_sequences);
@@ -69,20 +70,34 @@ const SequenceKv* KvStateManager::find(uint64_t uid) const {
 
 static int32_t ceil_div(int64_t a, int64_t b) { return static_cast<int32_t>((a + b - 1) / b); }
 
+bool KvStateManager::shared_tail(const SequenceKv& s) const {
+  return s.seen_tokens % block_size_ != 0 && !s.blocks.empty() && refs_[static_cast<size_t>(s.blocks.back())] > 1;
+}
+
 KvQuery KvStateManager::query(uint64_t uid, int32_t max_tokens, int32_t max_blocks) const {
   const SequenceKv* s = find(uid);
   const int32_t seen = s ? s->seen_tokens : 0;
   const int32_t allocated = s ? static_cast<int32_t>(s->blocks.size()) : 0;
+  const int32_t cow = s && shared_tail(*s) ? 1 : 0;
   int32_t tokens = std::max(0, std::min(max_tokens, max_context_ - seen));
-  const int32_t req = std::max(0, ceil_div(int64_t(seen) + tokens, block_size_) - allocated);
-  if (req <= max_blocks) return {tokens, req};
-  tokens = std::max(0, std::min(tokens, (max_blocks + allocated) * block_size_ - seen));
-  return {tokens, std::max(0, ceil_div(int64_t(seen) + tokens, block_size_) - allocated)};
+  auto blocks_for = [&](int32_t t) {
+    return t == 0 ? 0 : std::max(0, ceil_div(int64_t(seen) + t, block_size_) - allocated) + cow;
+  };
+  if (blocks_for(tokens) <= max_blocks) return {tokens, blocks_for(tokens)};
+  tokens = max_blocks < cow ? 0 : std::max(0, std::min(tokens, (max_blocks - cow + allocated) * block_size_ - seen));
+  return {tokens, blocks_for(tokens)};
 }
 
 int32_t KvStateManager::remaining_block_capacity(uint64_t uid) const {
   const SequenceKv* s = find(uid);
-  return s ? static_cast<int32_t>(s->blocks.size()) * block_size_ - s->seen_tokens : 0;
+  if (!s || shared_tail(*s)) return 0;
+  return static_cast<int32_t>(s->blocks.size()) * block_size_ - s->seen_tokens;
+}
+
+void KvStateManager::take_blocks(int32_t n, std::vector<int32_t>& out) {
+  const size_t first = out.size();
+  allocator_.allocate(n, out);
+  for (size_t i = first; i < out.size(); ++i) refs_[static_cast<size_t>(out[i])] = 1;
 }
 
 const SequenceKv& KvStateManager::reserve(uint64_t uid, int32_t n_tokens) {
@@ -95,10 +110,19 @@ const SequenceKv& KvStateManager::reserve(uint64_t uid, int32_t n_tokens) {
            "the limit is {}", uid, tracked_sequences(), max_tracked_);
   DS_CHECK(n_tokens >= 0 && seen + n_tokens <= max_context_, "[kv] sequence {} would reach {} tokens; the model's "
            "context is {}", uid, seen + n_tokens, max_context_);
-  const int32_t need = std::max(0, ceil_div(int64_t(seen) + n_tokens, block_size_) - held);
+  const bool cow = !is_new && n_tokens > 0 && shared_tail(it->second);
+  const int32_t need = std::max(0, ceil_div(int64_t(seen) + n_tokens, block_size_) - held) + (cow ? 1 : 0);
   DS_CHECK(need <= free_blocks(), "[kv] sequence {} needs {} more KV blocks but {} are free", uid, need, free_blocks());
   if (is_new) it = seqs_.emplace(uid, SequenceKv{}).first;
-  allocator_.allocate(need, it->second.blocks);
+  std::vector<int32_t>& blocks = it->second.blocks;
+  if (cow) {  // the new tokens go into the shared last block: this sequence gets its own copy
+    std::vector<int32_t> fresh;
+    take_blocks(1, fresh);
+    --refs_[static_cast<size_t>(blocks.back())];
+    copies_.emplace_back(blocks.back(), fresh[0]);
+    blocks.back() = fresh[0];
+  }
+  take_blocks(need - (cow ? 1 : 0), blocks);
   return it->second;
 }
 
@@ -114,9 +138,31 @@ void KvStateManager::advance(uint64_t uid, int32_t n_tokens) {
 bool KvStateManager::flush(uint64_t uid) {
   const auto it = seqs_.find(uid);
   if (it == seqs_.end()) return false;
-  allocator_.free(it->second.blocks);
+  std::vector<int32_t> last_holder;
+  for (const int32_t b : it->second.blocks) {
+    DS_ASSERT(refs_[static_cast<size_t>(b)] > 0, "KV block {} of sequence {} has no holder", b, uid);
+    if (--refs_[static_cast<size_t>(b)] == 0) last_holder.push_back(b);
+  }
+  allocator_.free(last_holder);
   seqs_.erase(it);
   return true;
+}
+
+void KvStateManager::fork(uint64_t parent, uint64_t child) {
+  const auto it = seqs_.find(parent);
+  DS_CHECK(it != seqs_.end(), "[kv] cannot fork sequence {}: it is not tracked", parent);
+  DS_CHECK(!seqs_.contains(child), "[kv] cannot fork into sequence {}: it is already tracked", child);
+  DS_CHECK(tracked_sequences() < max_tracked_, "[kv] cannot fork sequence {}: {} sequences are tracked, the limit "
+           "is {}", parent, tracked_sequences(), max_tracked_);
+  SequenceKv copy = it->second;
+  for (const int32_t b : copy.blocks) ++refs_[static_cast<size_t>(b)];
+  seqs_.emplace(child, std::move(copy));
+}
+
+std::vector<std::pair<int32_t, int32_t>> KvStateManager::take_copies() {
+  std::vector<std::pair<int32_t, int32_t>> out;
+  out.swap(copies_);
+  return out;
 }
 
 // ---- KvCache ----
@@ -152,6 +198,13 @@ KvCache::KvCache(int n_layer, int NH, int HS, int32_t kv_block_count, int32_t kv
   check_kv_dtype_on_device(dtype, Device::cpu());
   storage_ = Tensor::zeros({int64_t(n_layer) * kv_block_count * kv_block_size * slot_elements_}, dtype,
                            Category::kv_cache);
+}
+
+void KvCache::copy_block(int32_t src, int32_t dst) {
+  const size_t bytes = static_cast<size_t>(block_size_) * static_cast<size_t>(slot_elements_) *
+                       dtype_size(storage_.dtype());
+  const int layers = static_cast<int>(storage_.numel() / (int64_t(block_count_) * block_size_ * slot_elements_));
+  for (int l = 0; l < layers; ++l) std::memcpy(slot(l, dst, 0), slot(l, src, 0), bytes);
 }
 
 }  // namespace ds::inference

@@ -5,6 +5,9 @@
 //   BlockedAllocator  a free list held as an int32 next-array plus a head index (O(1) pop and push); a block id
 //                     freed twice, or never allocated, is an error, not a silent corruption of the list.
 //   KvStateManager    the tracked sequences (seen tokens, block table) and DeepSpeed's KV arithmetic (query).
+//                     A sequence can be forked: the child shares the parent's blocks (reference counts), and the
+//                     first write into a shared, partly filled last block copies it first (copy-on-write), so n
+//                     choices of one prompt hold its blocks once.
 //   KvCache           the storage: per layer [kv_block_count, kv_block_size, 2 (K, V), NH, HS] elements, fp32 or
 //                     bf16 (half the bytes, so twice the blocks for a budget; keys and values are rounded to
 //                     nearest even as they are written and widened exactly as attention reads them), accounted as
@@ -15,6 +18,7 @@
 #include <span>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "ds/core/device.h"
@@ -68,10 +72,11 @@ class KvStateManager {
   const SequenceKv* find(uint64_t uid) const;
 
   // For max_tokens new tokens of uid (a new uid has seen 0 and holds no blocks): req = ceil((seen + max_tokens) /
-  // block) - allocated. If req <= max_blocks, all max_tokens fit with req new blocks; otherwise the tokens that
-  // fit in (allocated + max_blocks) blocks, and max_blocks. Tokens are also capped at max_context - seen.
+  // block) - allocated, plus one when the last block is shared and partly filled (it is copied before the write).
+  // If req <= max_blocks, all max_tokens fit with req new blocks; otherwise the tokens that fit in max_blocks new
+  // blocks, and the blocks they need. Tokens are also capped at max_context - seen.
   KvQuery query(uint64_t uid, int32_t max_tokens, int32_t max_blocks) const;
-  // Token slots left in the blocks uid already holds (0 for an untracked uid).
+  // Token slots left in the blocks uid already holds (0 for an untracked uid, and for a shared last block).
   int32_t remaining_block_capacity(uint64_t uid) const;
 
   // Tracks uid if new and allocates the blocks n_tokens more tokens need; seen_tokens is not advanced (advance does
@@ -79,15 +84,27 @@ class KvStateManager {
   // max_context would be exceeded.
   const SequenceKv& reserve(uint64_t uid, int32_t n_tokens);
   void advance(uint64_t uid, int32_t n_tokens);
-  // Frees uid's blocks and stops tracking it; returns false (and does nothing) for an untracked uid.
+  // Frees uid's blocks (those no other sequence shares) and stops tracking it; false for an untracked uid.
   bool flush(uint64_t uid);
+  // Tracks child as a copy of parent (its tokens and blocks, shared). Throws ds::Error when parent is untracked,
+  // child is tracked, or the tracked-sequence limit is reached.
+  void fork(uint64_t parent, uint64_t child);
+  // The copies reserve made for copy-on-write since the last call, as (source, destination) blocks: the storage
+  // must copy them before the forward writes the new tokens.
+  std::vector<std::pair<int32_t, int32_t>> take_copies();
+  int32_t block_refs(int32_t block) const { return refs_[static_cast<size_t>(block)]; }
 
  private:
+  bool shared_tail(const SequenceKv& s) const;
+  void take_blocks(int32_t n, std::vector<int32_t>& out);
+
   int32_t block_size_;
   int32_t max_tracked_;
   int32_t max_context_;
   BlockedAllocator allocator_;
   std::unordered_map<uint64_t, SequenceKv> seqs_;
+  std::vector<int32_t> refs_;  // per block: the sequences holding it (0: free)
+  std::vector<std::pair<int32_t, int32_t>> copies_;
 };
 
 // "fp32" or "bf16", the element type of a KV cache; ConfigError otherwise.
@@ -117,6 +134,8 @@ class KvCache {
     return const_cast<KvCache*>(this)->slot(layer, block, offset);
   }
   int64_t bytes() const { return storage_.nbytes(); }
+  // Every slot of block src, in every layer, into block dst (copy-on-write).
+  void copy_block(int32_t src, int32_t dst);
 
  private:
   int32_t block_count_, block_size_;

@@ -102,6 +102,7 @@ void SamplingParams::validate(int32_t vocab_size) const {
   }
   DS_CHECK(logprobs >= -1 && logprobs <= 20, "[request] 'logprobs' must be between 0 and 20, got {}", logprobs);
   DS_CHECK(!prompt_logprobs || logprobs >= 0, "[request] the prompt's log-probabilities need 'logprobs' set");
+  DS_CHECK(n >= 1 && n <= 64, "[request] 'n' (sequences per prompt) must be between 1 and 64, got {}", n);
   DS_CHECK(temperature >= 0.0f && temperature <= 2.0f, "[request] 'temperature' must be between 0 and 2, got {}",
            temperature);
   DS_CHECK(top_k >= 0, "[request] 'top_k' must be 0 (no limit) or positive, got {}", top_k);

@@ -48,6 +48,7 @@ struct SamplingParams {
   std::vector<std::pair<int32_t, float>> logit_bias;  // (token, bias in [-100, 100]) added before sampling
   int32_t logprobs = -1;          // -1: none; k in [0, 20]: each token's log-probability and the k most likely
   bool prompt_logprobs = false;   // also the prompt's tokens' (the first has none); needs logprobs >= 0
+  int32_t n = 1;                  // sequences generated from the prompt, each with its own random stream
 
   // Throws ds::Error naming the field, the allowed range and the value found.
   void validate(int32_t vocab_size) const;

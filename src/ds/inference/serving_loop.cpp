@@ -28,11 +28,34 @@ const char* finish_reason_name(FinishReason r) {
   return "";
 }
 
+// One request: its sink, and how many of its sequences are still open.
+struct ServingLoop::Group {
+  EventSink sink;
+  uint64_t request = 0;  // the uid submit returned (its first sequence's)
+  int32_t open = 1;
+};
+
+// The sampling of a request's sequence `index`: a client's seed moves along by the index, so a seeded request
+// repeats and its sequences differ (without one, each sequence has the server's stream for its own uid).
+static SamplingParams sequence_sampling(const SamplingParams& s, int32_t index) {
+  SamplingParams out = s;
+  if (out.seed) *out.seed += static_cast<uint64_t>(index);
+  return out;
+}
+
 struct ServingLoop::Active {
   Active(uint64_t uid, GenerationRequest r, uint64_t seed, const data::BpeTokenizer* tok)
       : uid(uid), prompt(std::move(r.prompt)), pending(prompt), sampling(std::move(r.sampling)),
-        sampler(sampling, seed), text(tok, sampling.stop), sink(std::move(r.sink)), arrival(Clock::now()) {}
+        sampler(sampling, seed), text(tok, sampling.stop),
+        group(std::make_shared<Group>(Group{std::move(r.sink), uid, 1})), arrival(Clock::now()) {}
+  // Sequence `index` of first's request.
+  Active(uint64_t uid, const Active& first, int32_t index, uint64_t seed, const data::BpeTokenizer* tok)
+      : uid(uid), index(index), prompt(first.prompt), pending(prompt), sampling(sequence_sampling(first.sampling, index)),
+        sampler(sampling, seed), text(tok, sampling.stop), group(first.group),
+        arrival(first.arrival) {}
   uint64_t uid;
+  int32_t index = 0;
+  bool forked = false;  // the first sequence has made its siblings
   std::vector<int32_t> prompt;
   std::vector<int32_t> generated;
   std::vector<int32_t> pending;  // to run next: the (rest of the) prompt, or the last sampled token
@@ -40,14 +63,14 @@ struct ServingLoop::Active {
   SamplingParams sampling;
   Sampler sampler;
   TextStream text;
-  EventSink sink;
+  std::shared_ptr<Group> group;
   Clock::time_point arrival, last_token;
   // With sampling.prompt_logprobs: entry k is prompt token k + 1's, filled as the prompt's passes run (a
   // recompute after preemption finds them filled); handed over once, with the first event.
   std::vector<TokenLogprob> prompt_lp;
   bool prompt_lp_sent = false;
   bool wants_prompt_rows() const {
-    return sampling.prompt_logprobs && prompt_lp.size() + 1 < prompt.size();
+    return index == 0 && sampling.prompt_logprobs && prompt_lp.size() + 1 < prompt.size();
   }
 };
 
@@ -144,7 +167,7 @@ void ServingLoop::admit_new() {
   }
   if (cancels.empty()) return;
   for (auto& a : active_) {
-    if (!cancels.contains(a->uid)) continue;
+    if (!a || !cancels.contains(a->group->request)) continue;
     GenerationEvent ev;
     finish(*a, FinishReason::cancelled, ev);
   }
@@ -157,24 +180,58 @@ void ServingLoop::admit_new() {
 // Ends a request: frees its KV, tells its sink, and releases the entry (active_ is compacted by the caller).
 void ServingLoop::finish(Active& a, FinishReason reason, GenerationEvent& ev) {
   engine_.flush(a.uid);
-  ev.uid = a.uid;
+  ev.uid = a.group->request;
+  ev.index = a.index;
   ev.finish = reason;
   ev.prompt_tokens = static_cast<int32_t>(a.prompt.size());
   ev.completion_tokens = static_cast<int32_t>(a.generated.size());
   if (reason == FinishReason::length) ev.text += a.text.finish();
+  const std::shared_ptr<Group> group = a.group;
+  ev.request_done = --group->open == 0;
   {
     const std::lock_guard<std::mutex> lock(mu_);
-    --pending_count_;
     if (a.generated.empty()) --stats_.waiting; else --stats_.running;
-    if (reason == FinishReason::cancelled) ++stats_.requests_cancelled;
-    else ++stats_.requests_finished;
+    if (ev.request_done) {
+      --pending_count_;
+      if (reason == FinishReason::cancelled) ++stats_.requests_cancelled;
+      else ++stats_.requests_finished;
+    }
     stats_.kv_blocks_used = engine_.kv_state().used_blocks();
     stats_.kv_blocks_free = engine_.free_blocks();
   }
-  EventSink sink = std::move(a.sink);
   for (auto& p : active_)
     if (p.get() == &a) p.reset();  // `a` is gone from here on
-  if (sink) sink(ev);
+  if (group->sink) group->sink(ev);
+  if (ev.request_done) group->sink = nullptr;
+}
+
+std::vector<ServingLoop::Active*> ServingLoop::fork_siblings(Active& first) {
+  first.forked = true;
+  std::vector<Active*> out;
+  for (int32_t i = 1; i < first.sampling.n; ++i) {
+    uint64_t uid = 0;
+    {
+      const std::lock_guard<std::mutex> lock(mu_);
+      uid = next_uid_++;
+    }
+    auto sib = std::make_unique<Active>(uid, first, i, seed_base_ ^ (uid * 0x9E3779B97F4A7C15ull), tokenizer_);
+    ++first.group->open;
+    // Sharing the prompt's blocks needs the engine's copy-on-write and a free sequence slot; otherwise the sibling
+    // runs the prompt itself.
+    const KvStateManager& kv = engine_.kv_state();
+    const bool share = engine_.can_fork() && kv.tracked_sequences() < kv.max_tracked_sequences();
+    if (share) {
+      engine_.fork(first.uid, uid);
+      sib->pending.clear();
+      out.push_back(sib.get());
+    }
+    {
+      const std::lock_guard<std::mutex> lock(mu_);
+      ++stats_.waiting;  // until its first token, like any sequence
+    }
+    active_.push_back(std::move(sib));
+  }
+  return out;
 }
 
 void ServingLoop::preempt(uint64_t uid) {
@@ -189,6 +246,54 @@ void ServingLoop::preempt(uint64_t uid) {
     return;
   }
   DS_ASSERT(false, "the scheduler preempted unknown request {}", uid);
+}
+
+void ServingLoop::deliver(Active& a, int32_t t, TokenLogprob logprob, Clock::time_point now) {
+  const bool first = a.generated.empty();
+  a.generated.push_back(t);
+  a.pending.assign(1, t);
+  a.decoding = true;
+  {
+    const std::lock_guard<std::mutex> lock(mu_);
+    ++stats_.completion_tokens;  // counted before the sink hears of it
+    if (first) {
+      stats_.time_to_first_token_s.observe(std::chrono::duration<double>(now - a.arrival).count());
+      --stats_.waiting;
+      ++stats_.running;
+    } else {
+      stats_.time_per_output_token_s.observe(std::chrono::duration<double>(now - a.last_token).count());
+    }
+  }
+  a.last_token = now;
+
+  GenerationEvent ev;
+  ev.uid = a.group->request;
+  ev.index = a.index;
+  ev.tokens.push_back(t);
+  if (a.sampling.logprobs >= 0) ev.logprobs.push_back(std::move(logprob));
+  if (a.index == 0 && a.sampling.prompt_logprobs && !a.prompt_lp_sent) {
+    ev.prompt_logprobs = a.prompt_lp;
+    a.prompt_lp_sent = true;
+  }
+  ev.prompt_tokens = static_cast<int32_t>(a.prompt.size());
+  ev.completion_tokens = static_cast<int32_t>(a.generated.size());
+  FinishReason reason = FinishReason::none;
+  const auto& ids = a.sampling.stop_token_ids;
+  if (std::find(ids.begin(), ids.end(), t) != ids.end() ||
+      (!a.sampling.ignore_eos && tokenizer_ && t == tokenizer_->eot_token())) {
+    reason = FinishReason::stop;
+    ev.text = a.text.finish();
+  } else {
+    TextStream::Delta d = a.text.push(t);
+    ev.text = std::move(d.text);
+    if (d.stopped) reason = FinishReason::stop;
+    else if (static_cast<int32_t>(a.generated.size()) >= a.sampling.max_tokens) reason = FinishReason::length;
+  }
+  if (reason != FinishReason::none) {
+    finish(a, reason, ev);
+  } else if (a.group->sink) {
+    a.group->sink(ev);
+  }
 }
 
 bool ServingLoop::step() {
@@ -324,50 +429,21 @@ bool ServingLoop::step() {
       continue;
     }
     if (draws[i].token < 0) continue;
-    const int32_t t = draws[i].token;
-    const bool first = a.generated.empty();
-    a.generated.push_back(t);
-    a.pending.assign(1, t);
-    a.decoding = true;
-    {
-      const std::lock_guard<std::mutex> lock(mu_);
-      ++stats_.completion_tokens;  // counted before the sink hears of it
-      if (first) {
-        stats_.time_to_first_token_s.observe(std::chrono::duration<double>(now - a.arrival).count());
-        --stats_.waiting;
-        ++stats_.running;
-      } else {
-        stats_.time_per_output_token_s.observe(std::chrono::duration<double>(now - a.last_token).count());
+    // The request's other sequences branch off here: each samples its first token from the same row.
+    std::vector<Active*> siblings;
+    if (a.index == 0 && !a.forked && a.sampling.n > 1) siblings = fork_siblings(a);
+    const std::span<const float> r = row(rows[i + 1] - 1);
+    deliver(a, draws[i].token, std::move(draws[i].logprob), now);
+    for (Active* sib : siblings) {
+      try {
+        const int32_t t = sib->sampler.sample(r);
+        deliver(*sib, t, sib->sampling.logprobs >= 0 ? token_logprob(r, t, sib->sampling.logprobs) : TokenLogprob{},
+                now);
+      } catch (const Error& e) {
+        GenerationEvent ev;
+        ev.error = e.what();
+        finish(*sib, FinishReason::error, ev);
       }
-    }
-    a.last_token = now;
-
-    GenerationEvent ev;
-    ev.uid = a.uid;
-    ev.tokens.push_back(t);
-    if (a.sampling.logprobs >= 0) ev.logprobs.push_back(std::move(draws[i].logprob));
-    if (a.sampling.prompt_logprobs && !a.prompt_lp_sent) {
-      ev.prompt_logprobs = a.prompt_lp;
-      a.prompt_lp_sent = true;
-    }
-    ev.prompt_tokens = static_cast<int32_t>(a.prompt.size());
-    ev.completion_tokens = static_cast<int32_t>(a.generated.size());
-    FinishReason reason = FinishReason::none;
-    const auto& ids = a.sampling.stop_token_ids;
-    if (std::find(ids.begin(), ids.end(), t) != ids.end() ||
-        (!a.sampling.ignore_eos && tokenizer_ && t == tokenizer_->eot_token())) {
-      reason = FinishReason::stop;
-      ev.text = a.text.finish();
-    } else {
-      TextStream::Delta d = a.text.push(t);
-      ev.text = std::move(d.text);
-      if (d.stopped) reason = FinishReason::stop;
-      else if (static_cast<int32_t>(a.generated.size()) >= a.sampling.max_tokens) reason = FinishReason::length;
-    }
-    if (reason != FinishReason::none) {
-      finish(a, reason, ev);
-    } else if (a.sink) {
-      a.sink(ev);
     }
   }
   for (Active* a : scored) {

@@ -44,9 +44,12 @@ struct GenerationEvent {
   std::string error;              // with FinishReason::error
   std::vector<TokenLogprob> logprobs;         // one per entry of tokens, when the request asked (logprobs >= 0)
   std::vector<TokenLogprob> prompt_logprobs;  // prompt tokens 1.. (prompt_logprobs), once, with the first event
+  int32_t index = 0;          // which of the request's sequences (sampling.n of them) this is about
+  bool request_done = false;  // with the finish of its last open sequence: nothing more comes for the request
 };
-// Called once per pass that brings news, last with finish != none; on the loop's thread, except for the
-// cancellations that stop() and the destructor deliver on theirs. Must not block.
+// Called once per pass that brings news for a sequence of the request, each sequence's last with finish != none,
+// the request's very last with request_done; on the loop's thread, except for the cancellations that stop() and
+// the destructor deliver on theirs. Must not block.
 using EventSink = std::function<void(const GenerationEvent&)>;
 
 struct GenerationRequest {
@@ -109,9 +112,13 @@ class ServingLoop {
 
  private:
   struct Active;
+  struct Group;
   void admit_new();
   void finish(Active& a, FinishReason reason, GenerationEvent& ev);
   void preempt(uint64_t uid);
+  // The request's other sequences, once its first has run the prompt (sharing its KV when the engine can fork).
+  std::vector<Active*> fork_siblings(Active& first);
+  void deliver(Active& a, int32_t token, TokenLogprob logprob, std::chrono::steady_clock::time_point now);
 
   InferenceEngine& engine_;
   std::unique_ptr<Scheduler> scheduler_;
