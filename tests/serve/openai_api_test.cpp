@@ -228,5 +228,86 @@ TEST(OpenAiApi, LogitBiasAndPenaltiesChangeWhatGreedyPicks) {
   expect_idle(h);
 }
 
+// n choices share the prompt: choice i is exactly what a lone request seeded seed + i gives (whole and streamed,
+// completions and chat); best_of returns the candidate with the highest mean log-probability per token, checked
+// against the candidates fetched one by one with their log-probabilities.
+TEST(OpenAiApi, SeveralChoicesAndBestOf) {
+  Harness h;
+  const json base = {{"prompt", "It was a dark and stormy night"}, {"max_tokens", 6}, {"temperature", 1.0},
+                     {"seed", 77}, {"ignore_eos", true}};
+  auto lone = [&](int i) {
+    json b = base;
+    b["seed"] = 77 + i;
+    b["logprobs"] = 0;
+    const Reply r = post_to(h, "/v1/completions", b);
+    EXPECT_EQ(r.status, 200) << r.body.dump();
+    return r.body["choices"][0];
+  };
+  std::vector<json> lones;
+  for (int i = 0; i < 3; ++i) lones.push_back(lone(i));
+
+  json nb = base;
+  nb["n"] = 3;
+  const Reply several = post_to(h, "/v1/completions", nb);
+  ASSERT_EQ(several.status, 200) << several.body.dump();
+  ASSERT_EQ(several.body["choices"].size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(several.body["choices"][i]["index"], i);
+    EXPECT_EQ(several.body["choices"][i]["text"], lones[static_cast<size_t>(i)]["text"]) << "choice " << i;
+  }
+  EXPECT_EQ(several.body["usage"]["completion_tokens"], 18);
+  EXPECT_NE(several.body["choices"][0]["text"], several.body["choices"][1]["text"]);
+
+  // Streamed: chunks of every index, joined per index to the same texts.
+  nb["stream"] = true;
+  const auto [events, done] = stream_events(h, "/v1/completions", nb);
+  EXPECT_TRUE(done);
+  std::vector<std::string> joined(3);
+  for (const json& e : events) {
+    const json& c = e["choices"][0];
+    joined[c["index"].get<size_t>()] += c["text"].get<std::string>();
+  }
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(joined[static_cast<size_t>(i)], lones[static_cast<size_t>(i)]["text"]);
+
+  // best_of 3, n 1: the candidate with the best mean log-probability.
+  size_t best = 0;
+  auto mean = [&](size_t i) {
+    double sum = 0;
+    for (const auto& x : lones[i]["logprobs"]["token_logprobs"]) sum += x.get<double>();
+    return sum / 6.0;
+  };
+  for (size_t i = 1; i < 3; ++i) {
+    if (mean(i) > mean(best)) best = i;
+  }
+  json bb = base;
+  bb["best_of"] = 3;
+  const Reply b = post_to(h, "/v1/completions", bb);
+  ASSERT_EQ(b.status, 200) << b.body.dump();
+  ASSERT_EQ(b.body["choices"].size(), 1u);
+  EXPECT_EQ(b.body["choices"][0]["index"], 0);
+  EXPECT_EQ(b.body["choices"][0]["text"], lones[best]["text"]) << "best candidate " << best;
+  EXPECT_TRUE(b.body["choices"][0]["logprobs"].is_null()) << "not asked for, so not listed";
+  EXPECT_EQ(b.body["usage"]["completion_tokens"], 18) << "every candidate's tokens count";
+
+  // Chat with n: the same rule, and a role chunk for each index when streamed.
+  const json chat = {{"messages", {{{"role", "user"}, {"content", "Hi"}}}}, {"max_tokens", 4}, {"temperature", 1.0},
+                     {"seed", 5}, {"n", 2}};
+  const Reply c = post_to(h, "/v1/chat/completions", chat);
+  ASSERT_EQ(c.status, 200) << c.body.dump();
+  ASSERT_EQ(c.body["choices"].size(), 2u);
+  json single = chat;
+  single.erase("n");
+  single["seed"] = 6;
+  EXPECT_EQ(post_to(h, "/v1/chat/completions", single).body["choices"][0]["message"], c.body["choices"][1]["message"]);
+  json cs = chat;
+  cs["stream"] = true;
+  const auto [chat_events, chat_done] = stream_events(h, "/v1/chat/completions", cs);
+  EXPECT_TRUE(chat_done);
+  int roles = 0;
+  for (const json& e : chat_events) roles += e["choices"][0]["delta"].contains("role") ? 1 : 0;
+  EXPECT_EQ(roles, 2);
+  expect_idle(h);
+}
+
 }  // namespace
 }  // namespace ds::serve

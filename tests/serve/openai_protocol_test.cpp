@@ -92,6 +92,10 @@ TEST(OpenAiProtocol, PenaltiesBiasesLogprobsAndEcho) {
   EXPECT_TRUE(r.echo);
   EXPECT_TRUE(r.sampling.prompt_logprobs);
   EXPECT_EQ(r.sampling.max_tokens, 0);  // scoring the prompt only
+  const CompletionRequest several = parse(R"({"prompt": "x", "n": 2, "best_of": 5})");
+  EXPECT_EQ(several.n, 2);
+  EXPECT_EQ(several.sampling.n, 5);  // the sequences generated
+  EXPECT_EQ(parse(R"({"prompt": "x", "n": 3, "stream": true})").sampling.n, 3);
   const CompletionRequest plain = parse(R"({"prompt": "x", "echo": true})");
   EXPECT_FALSE(plain.sampling.prompt_logprobs);  // echo alone repeats the text, scores nothing
   EXPECT_EQ(plain.sampling.logprobs, -1);
@@ -120,6 +124,7 @@ TEST(OpenAiProtocol, ChatRequestsAndTheChatMlTemplate) {
   EXPECT_EQ(parse_chat(R"({"messages": [{"role": "user", "content": "a"}]})").sampling.max_tokens, -1)
       << "no limit given: the server fills in the rest of the context";
   EXPECT_EQ(parse_chat(R"({"messages": [{"role": "user", "content": "a"}], "logprobs": true})").sampling.logprobs, 0);
+  EXPECT_EQ(parse_chat(R"({"messages": [{"role": "user", "content": "a"}], "n": 4})").sampling.n, 4);
 
   const BadCase cases[] = {
       {R"({"messages": []})", 400, "messages", "empty"},
@@ -167,18 +172,20 @@ TEST(OpenAiProtocol, LogprobListingsAndChatResponses) {
       {"token": "token_id:9", "logprob": -2.0, "bytes": [], "top_logprobs": []}]})"));
 
   const CompletionHeader h{"chatcmpl-1", 5, "tiny", true};
-  EXPECT_EQ(json::parse(chat_response(h, "Hi", "stop", {3, 1}, &chat))["choices"][0]["logprobs"],
-            json::parse(chat.dump()));
-  EXPECT_EQ(json::parse(chat_response(h, "Hi", "stop", {3, 1})), json::parse(R"({"id": "chatcmpl-1",
+  const std::vector<CompletionChoice> listed = {{"Hi", "stop", nullptr, &chat}};
+  EXPECT_EQ(json::parse(chat_response(h, listed, {3, 1}))["choices"][0]["logprobs"], json::parse(chat.dump()));
+  const std::vector<CompletionChoice> two = {{"Hi", "stop"}, {"Yo", "length"}};
+  EXPECT_EQ(json::parse(chat_response(h, two, {3, 3})), json::parse(R"({"id": "chatcmpl-1",
       "object": "chat.completion", "created": 5, "model": "tiny", "choices": [{"index": 0,
-      "message": {"role": "assistant", "content": "Hi"}, "logprobs": null, "finish_reason": "stop"}],
-      "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})"));
-  EXPECT_EQ(chat_stream_chunk(h, "assistant", "", std::nullopt, false),
+      "message": {"role": "assistant", "content": "Hi"}, "logprobs": null, "finish_reason": "stop"}, {"index": 1,
+      "message": {"role": "assistant", "content": "Yo"}, "logprobs": null, "finish_reason": "length"}],
+      "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}})"));
+  EXPECT_EQ(chat_stream_chunk(h, 0, "assistant", "", std::nullopt, false),
             "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":5,\"model\":\"tiny\","
             "\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,"
             "\"finish_reason\":null}]}\n\n");
-  EXPECT_EQ(json::parse(chat_stream_chunk(h, std::nullopt, std::nullopt, "length", true).substr(6))["choices"][0],
-            json::parse(R"({"index": 0, "delta": {}, "logprobs": null, "finish_reason": "length"})"));
+  EXPECT_EQ(json::parse(chat_stream_chunk(h, 2, std::nullopt, std::nullopt, "length", true).substr(6))["choices"][0],
+            json::parse(R"({"index": 2, "delta": {}, "logprobs": null, "finish_reason": "length"})"));
 }
 
 TEST(OpenAiProtocol, NullMeansDefaultAndSmallForms) {
@@ -213,8 +220,10 @@ TEST(OpenAiProtocol, EachBadFieldIsNamed) {
        "stream_options.include_usage", "must be a boolean"},
       {R"({"prompt": "a", "stream": true, "stream_options": {"usage": true}})", 400, "stream_options.usage",
        "unknown field"},
-      {R"({"prompt": "a", "n": 2})", 400, "n", "only as 1"},
-      {R"({"prompt": "a", "best_of": 3})", 400, "best_of", "only as 1"},
+      {R"({"prompt": "a", "n": 0})", 400, "n", "[1, 64]"},
+      {R"({"prompt": "a", "n": 65})", 400, "n", "[1, 64]"},
+      {R"({"prompt": "a", "n": 3, "best_of": 2})", 400, "best_of", "at least 'n'"},
+      {R"({"prompt": "a", "best_of": 3, "stream": true})", 400, "best_of", "cannot stream"},
       {R"({"prompt": "a", "echo": 1})", 400, "echo", "must be a boolean"},
       {R"({"prompt": "a", "logprobs": 21})", 400, "logprobs", "[0, 20]"},
       {R"({"prompt": "a", "logprobs": true})", 400, "logprobs", "an integer in [0, 20]"},
@@ -292,33 +301,38 @@ TEST(OpenAiProtocol, ErrorBodyIsOpenAiShaped) {
 
 TEST(OpenAiProtocol, CompletionResponse) {
   const CompletionHeader h{"cmpl-1", 1700000000, "tiny"};
-  EXPECT_EQ(json::parse(completion_response(h, "Hi there", "length", {3, 2})), json::parse(R"({
+  const std::vector<CompletionChoice> one = {{"Hi there", "length"}};
+  EXPECT_EQ(json::parse(completion_response(h, one, {3, 2})), json::parse(R"({
       "id": "cmpl-1", "object": "text_completion", "created": 1700000000, "model": "tiny",
       "choices": [{"text": "Hi there", "index": 0, "logprobs": null, "finish_reason": "length"}],
       "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})"));
   const std::vector<int32_t> ids = {17, 18};
-  const json with_ids = json::parse(completion_response(h, "ab", "stop", {1, 2}, &ids));
-  EXPECT_EQ(with_ids["choices"][0]["token_ids"], json::parse("[17, 18]"));
-  EXPECT_EQ(with_ids["choices"][0]["finish_reason"], "stop");
+  const std::vector<CompletionChoice> two = {{"x", "length"}, {"ab", "stop", &ids}};
+  const json with_ids = json::parse(completion_response(h, two, {1, 3}))["choices"][1];
+  EXPECT_EQ(with_ids["index"], 1);
+  EXPECT_EQ(with_ids["token_ids"], json::parse("[17, 18]"));
+  EXPECT_EQ(with_ids["finish_reason"], "stop");
 }
 
 TEST(OpenAiProtocol, InvalidUtf8BecomesReplacementCharacter) {
   const CompletionHeader h{"cmpl-1", 1, "tiny"};
   const std::string text = std::string("a") + char(0xE2) + char(0x82) + "b";  // a cut 3-byte character
-  const json j = json::parse(completion_response(h, text, "length", {1, 1}));
+  const std::vector<CompletionChoice> one = {{text, "length"}};
+  const json j = json::parse(completion_response(h, one, {1, 1}));
   EXPECT_EQ(j["choices"][0]["text"], "a\xEF\xBF\xBD" "b");
 }
 
 TEST(OpenAiProtocol, StreamChunks) {
   const CompletionHeader h{"cmpl-9", 5, "tiny"};
-  const std::string c = stream_chunk(h, "He", std::nullopt, nullptr, false);
+  const std::string c = stream_chunk(h, 0, "He", std::nullopt, nullptr, false);
   ASSERT_EQ(c.rfind("data: ", 0), 0u);
   ASSERT_EQ(c.substr(c.size() - 2), "\n\n");
   EXPECT_EQ(json::parse(c.substr(6)), json::parse(R"({"id": "cmpl-9", "object": "text_completion", "created": 5,
       "model": "tiny", "choices": [{"text": "He", "index": 0, "logprobs": null, "finish_reason": null}]})"));
 
   const std::vector<int32_t> ids = {4};
-  const json last = json::parse(stream_chunk(h, "", "length", &ids, true).substr(6));
+  const json last = json::parse(stream_chunk(h, 3, "", "length", &ids, true).substr(6));
+  EXPECT_EQ(last["choices"][0]["index"], 3);
   EXPECT_EQ(last["choices"][0]["finish_reason"], "length");
   EXPECT_EQ(last["choices"][0]["token_ids"], json::parse("[4]"));
   EXPECT_TRUE(last.contains("usage") && last["usage"].is_null());

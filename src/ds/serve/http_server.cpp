@@ -21,6 +21,7 @@
 #include <deque>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <numeric>
 #include <optional>
 #include <random>
 #include <thread>
@@ -93,7 +94,9 @@ struct Prepared {
   inference::SamplingParams sampling;
   bool stream = false, include_usage = false, with_ids = false;
   bool echo = false;
-  std::string echo_text;  // the prompt as the response repeats it
+  std::string echo_text;    // the prompt as the response repeats it
+  int32_t choices = 1;      // returned: of sampling.n sequences, the best by mean log-probability (best_of)
+  int32_t logprobs = -1;    // the listing the client asked for (sampling.logprobs may be raised to rank best_of)
 };
 
 class Session;
@@ -200,8 +203,9 @@ class Session : public std::enable_shared_from_this<Session> {
   void start_completion(Endpoint endpoint);
   void on_prepared(Prepared p);
   void on_event(const GenerationEvent& ev);
-  void stream_event(const GenerationEvent& ev);
-  void whole_event(const GenerationEvent& ev);
+  struct Choice;
+  void stream_event(const GenerationEvent& ev, Choice& c);
+  void respond_whole();
 
   // Streams: bytes are queued in out_ and written one batch at a time.
   void stream_head();
@@ -234,14 +238,23 @@ class Session : public std::enable_shared_from_this<Session> {
   bool streaming_ = false, include_usage_ = false, with_ids_ = false, chunked_ = false;
   Endpoint endpoint_ = Endpoint::completions;
   CompletionHeader header_;
-  std::string text_;
-  std::vector<int32_t> ids_;
-  int32_t logprobs_ = -1;  // the request's sampling.logprobs
-  bool echo_ = false, echo_sent_ = false;
+  struct Choice {  // one sequence of the request
+    std::string text;
+    std::vector<int32_t> ids;
+    std::vector<inference::TokenLogprob> lp;
+    std::string finish;
+    int32_t tokens = 0;
+    double logprob_sum = 0;  // ranks best_of candidates
+    int64_t text_offset = 0;  // completions' logprobs.text_offset, across a stream
+    bool echoed = false;     // a stream has sent its echo of the prompt
+  };
+  std::vector<Choice> choices_;
+  int32_t returned_ = 1;   // choices in the response (fewer than choices_ with best_of)
+  int32_t logprobs_ = -1;  // the listing the client asked for
+  bool echo_ = false;
   std::string echo_text_;
-  int32_t first_prompt_token_ = 0;
-  std::vector<inference::TokenLogprob> prompt_lp_, lp_;  // a whole response's listings
-  int64_t text_offset_ = 0;                              // completions' logprobs.text_offset, across a stream
+  int32_t first_prompt_token_ = 0, prompt_tokens_ = 0;
+  std::vector<inference::TokenLogprob> prompt_lp_;
 
   std::string out_, inflight_;
   bool writing_ = false, stream_done_ = false;
@@ -395,6 +408,7 @@ void Session::on_prepared(Prepared p) {
   // A request read before a shutdown began still runs (until the deadline); only one past it is refused.
   if (expired_) return respond_error(503, kShuttingDown, "server_error");
 
+  const int32_t sequences = p.sampling.n;
   inference::GenerationRequest gr;
   gr.prompt = p.prompt;
   gr.sampling = std::move(p.sampling);
@@ -426,97 +440,126 @@ void Session::on_prepared(Prepared p) {
   streaming_ = p.stream;
   include_usage_ = p.include_usage;
   with_ids_ = p.with_ids;
-  logprobs_ = p.sampling.logprobs;
+  logprobs_ = p.logprobs;
   echo_ = p.echo;
-  echo_sent_ = false;
   echo_text_ = std::move(p.echo_text);
   first_prompt_token_ = p.prompt.front();
-  text_.clear();
-  ids_.clear();
+  prompt_tokens_ = static_cast<int32_t>(p.prompt.size());
+  choices_.assign(static_cast<size_t>(std::max(sequences, 1)), Choice{});
+  returned_ = p.choices;
   prompt_lp_.clear();
-  lp_.clear();
-  text_offset_ = 0;
   if (!streaming_) return;
   stream_head();
-  if (chat) stream_send(chat_stream_chunk(header_, "assistant", "", std::nullopt, include_usage_));
+  if (!chat) return;
+  for (int32_t i = 0; i < returned_; ++i) {
+    stream_send(chat_stream_chunk(header_, i, "assistant", "", std::nullopt, include_usage_));
+  }
 }
 
 void Session::on_event(const GenerationEvent& ev) {
   if (state_ != State::answering || ev.uid != uid_ || request_done_) return;
-  if (ev.finish != FinishReason::none) request_done_ = true;
-  if (streaming_) {
-    stream_event(ev);
-  } else {
-    whole_event(ev);
+  const bool failed = ev.finish == FinishReason::error || ev.finish == FinishReason::cancelled;
+  if (failed && !ev.request_done) srv_.loop.cancel(uid_);  // the request's other sequences end with this one
+  if (failed || ev.request_done) {
+    request_done_ = true;
+    self_keep_.reset();
   }
-}
-
-void Session::whole_event(const GenerationEvent& ev) {
-  text_ += ev.text;
-  ids_.insert(ids_.end(), ev.tokens.begin(), ev.tokens.end());
-  prompt_lp_.insert(prompt_lp_.end(), ev.prompt_logprobs.begin(), ev.prompt_logprobs.end());
-  lp_.insert(lp_.end(), ev.logprobs.begin(), ev.logprobs.end());
-  if (ev.finish == FinishReason::none) return;
-  self_keep_.reset();
-  if (ev.finish == FinishReason::error) return respond_error(500, ev.error, "server_error");
-  if (ev.finish == FinishReason::cancelled) {
-    return respond_error(503, "[serve] the request was cancelled: the server is stopping", "server_error");
-  }
-  const std::string_view reason = inference::finish_reason_name(ev.finish);
-  const CompletionUsage usage{ev.prompt_tokens, ev.completion_tokens};
-  if (endpoint_ == Endpoint::chat) {
-    const OJson lp = chat_logprobs(lp_, srv_.names);
-    return respond(http::status::ok, chat_response(header_, text_, reason, usage, logprobs_ >= 0 ? &lp : nullptr));
-  }
-  OJson lp;
-  if (logprobs_ >= 0) {
-    std::vector<inference::TokenLogprob> all = echo_ ? prompt_lp_ : std::vector<inference::TokenLogprob>();
-    all.insert(all.end(), lp_.begin(), lp_.end());
-    lp = completion_logprobs(all, srv_.names, text_offset_,
-                             echo_ ? std::optional<int32_t>(first_prompt_token_) : std::nullopt);
-  }
-  respond(http::status::ok, completion_response(header_, echo_ ? echo_text_ + text_ : text_, reason, usage,
-                                                with_ids_ ? &ids_ : nullptr, logprobs_ >= 0 ? &lp : nullptr));
-}
-
-void Session::stream_event(const GenerationEvent& ev) {
-  if (ev.finish == FinishReason::error || ev.finish == FinishReason::cancelled) {
-    stream_send(stream_error_event(ev.finish == FinishReason::error
-                                       ? ev.error
-                                       : std::string("[serve] the request was cancelled: the server is stopping"),
-                                   "server_error"));
+  if (failed) {
+    const std::string message = ev.finish == FinishReason::error
+                                    ? ev.error
+                                    : std::string("[serve] the request was cancelled: the server is stopping");
+    if (!streaming_) return respond_error(ev.finish == FinishReason::error ? 500 : 503, message, "server_error");
+    stream_send(stream_error_event(message, "server_error"));
     return stream_end();
   }
+  if (ev.index < 0 || ev.index >= static_cast<int32_t>(choices_.size())) return;
+  Choice& c = choices_[static_cast<size_t>(ev.index)];
+  if (!ev.prompt_logprobs.empty()) prompt_lp_ = ev.prompt_logprobs;
+  prompt_tokens_ = ev.prompt_tokens;
+  c.tokens = ev.completion_tokens;
+  for (const auto& e : ev.logprobs) c.logprob_sum += e.logprob;
+  if (ev.finish != FinishReason::none) c.finish = inference::finish_reason_name(ev.finish);
+  if (streaming_) {
+    stream_event(ev, c);
+  } else {
+    c.text += ev.text;
+    c.ids.insert(c.ids.end(), ev.tokens.begin(), ev.tokens.end());
+    c.lp.insert(c.lp.end(), ev.logprobs.begin(), ev.logprobs.end());
+  }
+  if (!request_done_) return;
+  int32_t generated = 0;
+  for (const Choice& ch : choices_) generated += ch.tokens;
+  if (!streaming_) return respond_whole();
+  if (include_usage_) stream_send(stream_usage_chunk(header_, {prompt_tokens_, generated}));
+  stream_send(kStreamDone);
+  stream_end();
+}
+
+// The response of a finished request: its choices in order, or with best_of the best `returned_` of them by mean
+// log-probability per token (OpenAI's rule), renumbered from 0. Usage counts every token generated.
+void Session::respond_whole() {
+  std::vector<size_t> order(choices_.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  if (static_cast<int32_t>(choices_.size()) > returned_) {
+    auto mean = [&](size_t i) { return choices_[i].logprob_sum / std::max(choices_[i].tokens, 1); };
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return mean(a) > mean(b); });
+    order.resize(static_cast<size_t>(returned_));
+  }
+  int32_t generated = 0;
+  for (const Choice& ch : choices_) generated += ch.tokens;
+  const CompletionUsage usage{prompt_tokens_, generated};
+  std::vector<OJson> listings(order.size());
+  std::vector<CompletionChoice> out(order.size());
+  for (size_t k = 0; k < order.size(); ++k) {
+    Choice& c = choices_[order[k]];
+    out[k].finish_reason = c.finish;
+    if (endpoint_ == Endpoint::chat) {
+      out[k].text = c.text;
+      if (logprobs_ >= 0) listings[k] = chat_logprobs(c.lp, srv_.names);
+    } else {
+      out[k].text = echo_ ? echo_text_ + c.text : c.text;
+      if (with_ids_) out[k].token_ids = &c.ids;
+      if (logprobs_ >= 0) {
+        std::vector<inference::TokenLogprob> all = echo_ ? prompt_lp_ : std::vector<inference::TokenLogprob>();
+        all.insert(all.end(), c.lp.begin(), c.lp.end());
+        int64_t offset = 0;
+        listings[k] = completion_logprobs(all, srv_.names, offset,
+                                          echo_ ? std::optional<int32_t>(first_prompt_token_) : std::nullopt);
+      }
+    }
+    if (logprobs_ >= 0) out[k].logprobs = &listings[k];
+  }
+  respond(http::status::ok, endpoint_ == Endpoint::chat ? chat_response(header_, out, usage)
+                                                        : completion_response(header_, out, usage));
+}
+
+void Session::stream_event(const GenerationEvent& ev, Choice& c) {
+  const int32_t i = ev.index;
   const bool last = ev.finish != FinishReason::none;
   std::optional<std::string_view> reason;
-  if (last) reason = inference::finish_reason_name(ev.finish);
+  if (last) reason = c.finish;
   const bool listed = logprobs_ >= 0 && !ev.logprobs.empty();
   if (endpoint_ == Endpoint::chat) {
     if (!ev.text.empty() || listed) {
       const OJson lp = chat_logprobs(ev.logprobs, srv_.names);
-      stream_send(chat_stream_chunk(header_, std::nullopt, ev.text, std::nullopt, include_usage_,
+      stream_send(chat_stream_chunk(header_, i, std::nullopt, ev.text, std::nullopt, include_usage_,
                                     listed ? &lp : nullptr));
     }
-    if (last) stream_send(chat_stream_chunk(header_, std::nullopt, std::nullopt, reason, include_usage_));
-  } else {
-    if (echo_ && !echo_sent_) {  // the prompt first, scored when asked (its first token has no log-probability)
-      echo_sent_ = true;
-      const OJson lp = logprobs_ >= 0 ? completion_logprobs(ev.prompt_logprobs, srv_.names, text_offset_,
-                                                            first_prompt_token_)
-                                      : OJson();
-      stream_send(stream_chunk(header_, echo_text_, std::nullopt, nullptr, include_usage_,
-                               logprobs_ >= 0 ? &lp : nullptr));
-    }
-    if (!ev.text.empty() || (with_ids_ && !ev.tokens.empty()) || last || listed) {
-      const OJson lp = listed ? completion_logprobs(ev.logprobs, srv_.names, text_offset_) : OJson();
-      stream_send(stream_chunk(header_, ev.text, reason, with_ids_ ? &ev.tokens : nullptr, include_usage_,
-                               listed ? &lp : nullptr));
-    }
+    if (last) stream_send(chat_stream_chunk(header_, i, std::nullopt, std::nullopt, reason, include_usage_));
+    return;
   }
-  if (!last) return;
-  if (include_usage_) stream_send(stream_usage_chunk(header_, {ev.prompt_tokens, ev.completion_tokens}));
-  stream_send(kStreamDone);
-  stream_end();
+  if (echo_ && !c.echoed) {  // the prompt first, scored when asked (its first token has no log-probability)
+    c.echoed = true;
+    const OJson lp = logprobs_ >= 0 ? completion_logprobs(prompt_lp_, srv_.names, c.text_offset, first_prompt_token_)
+                                    : OJson();
+    stream_send(stream_chunk(header_, i, echo_text_, std::nullopt, nullptr, include_usage_,
+                             logprobs_ >= 0 ? &lp : nullptr));
+  }
+  if (!ev.text.empty() || (with_ids_ && !ev.tokens.empty()) || last || listed) {
+    const OJson lp = listed ? completion_logprobs(ev.logprobs, srv_.names, c.text_offset) : OJson();
+    stream_send(stream_chunk(header_, i, ev.text, reason, with_ids_ ? &ev.tokens : nullptr, include_usage_,
+                             listed ? &lp : nullptr));
+  }
 }
 
 void Session::stream_head() {
@@ -686,6 +729,8 @@ Prepared Server::prepare(const std::string& body, Endpoint endpoint) {
       }
       p.stream = cr.stream;
       p.include_usage = cr.include_usage;
+      p.choices = p.sampling.n;
+      p.logprobs = p.sampling.logprobs;
       return p;
     }
     CompletionRequest cr = parse_completion_request(body, options.model_name);
@@ -711,6 +756,10 @@ Prepared Server::prepare(const std::string& body, Endpoint endpoint) {
     p.stream = cr.stream;
     p.include_usage = cr.include_usage;
     p.with_ids = cr.prompt_is_ids();
+    p.choices = cr.n;
+    p.logprobs = p.sampling.logprobs;
+    // best_of ranks its candidates by their log-probabilities, listed or not.
+    if (p.sampling.n > p.choices) p.sampling.logprobs = std::max(p.sampling.logprobs, 0);
     p.echo = cr.echo;
     if (!p.echo) p.echo_text.clear();
   } catch (const ApiError& e) {

@@ -309,6 +309,16 @@ std::vector<std::pair<int32_t, float>> parse_logit_bias(const json& v) {
   return out;
 }
 
+constexpr int64_t kMaxChoices = 64;  // sequences per request (OpenAI allows 128)
+
+int32_t parse_choices(const Body& b, const char* field) {
+  const json* v = b.given(field);
+  if (!v) return 1;
+  const int64_t n = get_int(*v, field, "2");
+  if (n < 1 || n > kMaxChoices) range_error(field, fmt::format("an integer in [1, {}]", kMaxChoices), *v);
+  return static_cast<int32_t>(n);
+}
+
 int32_t parse_top_logprobs(const json& v, const char* field) {
   const int64_t k = get_int(v, field, "5");
   if (k < 0 || k > 20) range_error(field, "an integer in [0, 20]", v);
@@ -371,10 +381,6 @@ void parse_shared(const Body& b, inference::SamplingParams& s, bool& stream, boo
     if (auto it = v->find("include_usage"); it != v->end() && !it->is_null()) {
       include_usage = get_bool(*it, "stream_options.include_usage");
     }
-  }
-  // Accepted at their defaults only: refused by name rather than silently ignored.
-  if (const json* v = b.given("n")) {
-    if (get_int(*v, "n", "1") != 1) unsupported("n", "1 (one choice per request)", *v);
   }
   if (const json* v = b.given("user")) {
     if (!v->is_string()) type_error("user", "a string", *v, "\"user-1234\"");
@@ -473,8 +479,17 @@ CompletionRequest parse_completion_request(std::string_view body, std::string_vi
                    std::string("max_tokens"));
   }
   parse_shared(b, s, out.stream, out.include_usage);
-  if (const json* v = b.given("best_of")) {
-    if (get_int(*v, "best_of", "1") != 1) unsupported("best_of", "1", *v);
+  out.n = parse_choices(b, "n");
+  s.n = b.given("best_of") ? parse_choices(b, "best_of") : out.n;
+  if (s.n < out.n) {
+    throw ApiError(400, fmt::format("[serve] 'best_of' ({}) must be at least 'n' ({}): the best n of best_of "
+                                    "completions are returned", s.n, out.n),
+                   std::string("best_of"));
+  }
+  if (s.n > out.n && out.stream) {
+    throw ApiError(400, "[serve] 'best_of' above 'n' cannot stream: the best completions are known only at the end; "
+                        "leave out 'stream' or 'best_of'",
+                   std::string("best_of"));
   }
   if (const json* v = b.given("suffix")) {
     if (!v->is_string()) type_error("suffix", "a string", *v, "null");
@@ -515,6 +530,7 @@ ChatRequest parse_chat_request(std::string_view body, std::string_view served_mo
     s.logprobs = 0;
   }
   parse_shared(b, s, out.stream, out.include_usage);
+  s.n = parse_choices(b, "n");
   if (const json* v = b.given("response_format")) {
     if (!v->is_object() || v->value("type", std::string()) != "text" || v->size() != 1) {
       unsupported("response_format", "{\"type\": \"text\"}", *v);
@@ -541,11 +557,11 @@ std::string chatml_prompt(const std::vector<ChatMessage>& messages) {
 
 namespace {
 
-ojson choice(std::string_view text, std::optional<std::string_view> finish_reason,
+ojson choice(int32_t index, std::string_view text, std::optional<std::string_view> finish_reason,
              const std::vector<int32_t>* token_ids, const OJson* logprobs) {
   ojson c;
   c["text"] = std::string(text);
-  c["index"] = 0;
+  c["index"] = index;
   c["logprobs"] = logprobs ? *logprobs : ojson(nullptr);
   c["finish_reason"] = finish_reason ? ojson(std::string(*finish_reason)) : ojson(nullptr);
   if (token_ids) c["token_ids"] = *token_ids;
@@ -660,48 +676,54 @@ OJson chat_logprobs(std::span<const inference::TokenLogprob> entries, const Toke
   return out;
 }
 
-std::string completion_response(const CompletionHeader& header, std::string_view text,
-                                std::string_view finish_reason, const CompletionUsage& usage,
-                                const std::vector<int32_t>* token_ids, const OJson* logprobs) {
+std::string completion_response(const CompletionHeader& header, std::span<const CompletionChoice> choices,
+                                const CompletionUsage& usage) {
   ojson j = head(header, false);
-  j["choices"] = ojson::array({choice(text, finish_reason, token_ids, logprobs)});
+  j["choices"] = ojson::array();
+  for (size_t i = 0; i < choices.size(); ++i) {
+    const CompletionChoice& c = choices[i];
+    j["choices"].push_back(choice(static_cast<int32_t>(i), c.text, c.finish_reason, c.token_ids, c.logprobs));
+  }
   j["usage"] = usage_json(usage);
   return dump(j);
 }
 
-std::string chat_response(const CompletionHeader& header, std::string_view content, std::string_view finish_reason,
-                          const CompletionUsage& usage, const OJson* logprobs) {
-  ojson message;
-  message["role"] = "assistant";
-  message["content"] = std::string(content);
-  ojson c;
-  c["index"] = 0;
-  c["message"] = std::move(message);
-  c["logprobs"] = logprobs ? *logprobs : ojson(nullptr);
-  c["finish_reason"] = std::string(finish_reason);
+std::string chat_response(const CompletionHeader& header, std::span<const CompletionChoice> choices,
+                          const CompletionUsage& usage) {
   ojson j = head(header, false);
-  j["choices"] = ojson::array({std::move(c)});
+  j["choices"] = ojson::array();
+  for (size_t i = 0; i < choices.size(); ++i) {
+    ojson message;
+    message["role"] = "assistant";
+    message["content"] = choices[i].text;
+    ojson c;
+    c["index"] = static_cast<int32_t>(i);
+    c["message"] = std::move(message);
+    c["logprobs"] = choices[i].logprobs ? *choices[i].logprobs : ojson(nullptr);
+    c["finish_reason"] = choices[i].finish_reason;
+    j["choices"].push_back(std::move(c));
+  }
   j["usage"] = usage_json(usage);
   return dump(j);
 }
 
-std::string stream_chunk(const CompletionHeader& header, std::string_view text_delta,
+std::string stream_chunk(const CompletionHeader& header, int32_t index, std::string_view text_delta,
                          std::optional<std::string_view> finish_reason, const std::vector<int32_t>* token_ids,
                          bool with_usage_field, const OJson* logprobs) {
   ojson j = head(header, true);
-  j["choices"] = ojson::array({choice(text_delta, finish_reason, token_ids, logprobs)});
+  j["choices"] = ojson::array({choice(index, text_delta, finish_reason, token_ids, logprobs)});
   if (with_usage_field) j["usage"] = nullptr;
   return sse(j);
 }
 
-std::string chat_stream_chunk(const CompletionHeader& header, std::optional<std::string_view> role,
+std::string chat_stream_chunk(const CompletionHeader& header, int32_t index, std::optional<std::string_view> role,
                               std::optional<std::string_view> content, std::optional<std::string_view> finish_reason,
                               bool with_usage_field, const OJson* logprobs) {
   ojson delta = ojson::object();
   if (role) delta["role"] = std::string(*role);
   if (content) delta["content"] = std::string(*content);
   ojson c;
-  c["index"] = 0;
+  c["index"] = index;
   c["delta"] = std::move(delta);
   c["logprobs"] = logprobs ? *logprobs : ojson(nullptr);
   c["finish_reason"] = finish_reason ? ojson(std::string(*finish_reason)) : ojson(nullptr);

@@ -2,8 +2,8 @@
 // from any socket: request bodies parsed and checked into a CompletionRequest or a ChatRequest, the chat template
 // that turns messages into a prompt, and the JSON texts sent back (whole responses, server-sent-event chunks,
 // log-probability listings, error bodies). A bad request throws ApiError carrying the HTTP status and OpenAI's
-// error fields, so the server can answer it exactly; fields we accept only at their default (n, best_of, suffix,
-// tools) are refused by name rather than silently ignored. Pure functions: the unit tests drive them without a
+// error fields, so the server can answer it exactly; fields we accept only at their default (suffix, tools) are
+// refused by name rather than silently ignored. Pure functions: the unit tests drive them without a
 // server.
 #pragma once
 
@@ -56,6 +56,8 @@ struct CompletionRequest {
   bool prompt_is_ids() const { return !prompt_text.has_value(); }
 
   inference::SamplingParams sampling;  // max_tokens, temperature, top_p, top_k, stop, seed, penalties, logprobs...
+                                       // sampling.n: the sequences to generate, best_of
+  int32_t n = 1;               // choices returned: the best n of best_of by mean log-probability per token
   bool echo = false;           // the response's text starts with the prompt (with logprobs: scored, first null)
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
@@ -69,7 +71,8 @@ struct ChatMessage {
 
 struct ChatRequest {
   std::vector<ChatMessage> messages;
-  inference::SamplingParams sampling;  // "logprobs": true sets sampling.logprobs to top_logprobs (default 0)
+  inference::SamplingParams sampling;  // "logprobs": true sets sampling.logprobs to top_logprobs (default 0);
+                                       // sampling.n: the choices
   bool stream = false;
   bool include_usage = false;
   std::string model;
@@ -122,21 +125,28 @@ struct CompletionUsage {
   int32_t completion_tokens = 0;
 };
 
-// A whole (non-streamed) response. token_ids (an extension) is written only when given: for token-id prompts.
-// logprobs: the choice's listing (null when not given).
-std::string completion_response(const CompletionHeader& header, std::string_view text,
-                                 std::string_view finish_reason, const CompletionUsage& usage,
-                                 const std::vector<int32_t>* token_ids = nullptr, const OJson* logprobs = nullptr);
-std::string chat_response(const CompletionHeader& header, std::string_view content, std::string_view finish_reason,
-                          const CompletionUsage& usage, const OJson* logprobs = nullptr);
+// One choice of a whole response: its text (chat: the message content), why it ended, and the optional parts:
+// token_ids (an extension, for token-id prompts) and the log-probability listing (null when not given).
+struct CompletionChoice {
+  std::string text;
+  std::string finish_reason;
+  const std::vector<int32_t>* token_ids = nullptr;
+  const OJson* logprobs = nullptr;
+};
 
-// One server-sent event "data: {...}\n\n" with choices[0].text = text_delta and finish_reason null unless given.
-// with_usage_field writes "usage": null, as OpenAI does in every chunk when include_usage is set.
-std::string stream_chunk(const CompletionHeader& header, std::string_view text_delta,
+// A whole (non-streamed) response; choice i gets "index": i.
+std::string completion_response(const CompletionHeader& header, std::span<const CompletionChoice> choices,
+                                const CompletionUsage& usage);
+std::string chat_response(const CompletionHeader& header, std::span<const CompletionChoice> choices,
+                          const CompletionUsage& usage);
+
+// One server-sent event "data: {...}\n\n" with choices[0] = {index, text_delta, finish_reason (null unless
+// given)}. with_usage_field writes "usage": null, as OpenAI does in every chunk when include_usage is set.
+std::string stream_chunk(const CompletionHeader& header, int32_t index, std::string_view text_delta,
                          std::optional<std::string_view> finish_reason, const std::vector<int32_t>* token_ids,
                          bool with_usage_field, const OJson* logprobs = nullptr);
 // A chat chunk: choices[0].delta holds role and content when given ({} when neither is: the closing chunk).
-std::string chat_stream_chunk(const CompletionHeader& header, std::optional<std::string_view> role,
+std::string chat_stream_chunk(const CompletionHeader& header, int32_t index, std::optional<std::string_view> role,
                               std::optional<std::string_view> content, std::optional<std::string_view> finish_reason,
                               bool with_usage_field, const OJson* logprobs = nullptr);
 // The closing usage event: "choices": [] and the counts.

@@ -64,6 +64,13 @@ const s = scored.choices[0];
 check(s.text === prompt && s.logprobs.token_logprobs[0] === null &&
       s.logprobs.token_logprobs.slice(1).every((x) => x < 0), "echo with logprobs scores the prompt", s);
 
+const two = await client.chat.completions.create(
+    { model, messages, max_tokens: 4, temperature: 1, seed: 3, n: 2 });
+check(two.choices.length === 2 && two.choices.map((c) => c.index).join() === "0,1", "chat n: 2 choices",
+      two.choices);
+const best = await client.completions.create({ model, prompt, max_tokens: 4, temperature: 1, best_of: 3 });
+check(best.choices.length === 1 && best.usage.completion_tokens <= 12, "best_of 3: one choice, all counted", best);
+
 try {
   await client.completions.create({ model: "gpt-4", prompt, max_tokens: 2 });
   check(false, "another model is refused");
