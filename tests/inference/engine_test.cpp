@@ -406,7 +406,9 @@ TEST(EngineFork, ChildrenShareThePromptAndCopyOnWrite) {
     }
     for (const uint64_t u : uids) {
       engine.flush(u);
-      if (u == 1) EXPECT_GT(engine.kv_state().used_blocks(), 0) << "the children still hold the prompt";
+      if (u == 1) {
+        EXPECT_GT(engine.kv_state().used_blocks(), 0) << "the children still hold the prompt";
+      }
     }
     EXPECT_EQ(engine.kv_state().used_blocks(), 0);
     EXPECT_EQ(engine.free_blocks(), 40);
