@@ -2,8 +2,10 @@
 # tests/fuzz/fuzz_target.h). With DS_FUZZ=ON (Clang): fuzz_<name>, libFuzzer executables built from the parser's own
 # sources and ds_core only, so the sanitized build stays small (`cmake --build B --target fuzz`). In the test
 # build: fuzz_<name>_replay, and a ctest per target replaying the fixed inputs of tests/fuzz/corpus/<name>/.
-set(DS_FUZZ_TARGETS completion config safetensors manifest)
-set(DS_FUZZ_completion_SOURCES src/ds/serve/openai_protocol.cpp)
+set(DS_FUZZ_TARGETS completion config safetensors manifest chat_template)
+set(DS_FUZZ_completion_SOURCES src/ds/serve/openai_protocol.cpp src/ds/data/bpe_tokenizer.cpp)
+set(DS_FUZZ_chat_template_SOURCES src/ds/serve/chat_template.cpp src/ds/serve/openai_protocol.cpp
+                                  src/ds/data/bpe_tokenizer.cpp)
 file(GLOB DS_FUZZ_config_SOURCES RELATIVE ${CMAKE_SOURCE_DIR} ${CMAKE_SOURCE_DIR}/src/ds/config/*.cpp)
 set(DS_FUZZ_safetensors_SOURCES src/ds/ckpt/safetensors.cpp)
 set(DS_FUZZ_manifest_SOURCES src/ds/ckpt/checkpoint_format.cpp src/ds/ckpt/safetensors.cpp)
@@ -13,7 +15,7 @@ if(DS_FUZZ)
   foreach(t ${DS_FUZZ_TARGETS})
     list(TRANSFORM DS_FUZZ_${t}_SOURCES PREPEND ${CMAKE_SOURCE_DIR}/)
     add_executable(fuzz_${t} ${CMAKE_SOURCE_DIR}/tests/fuzz/${t}_fuzz.cpp ${DS_FUZZ_${t}_SOURCES})
-    target_link_libraries(fuzz_${t} PRIVATE ds_core ZLIB::ZLIB)
+    target_link_libraries(fuzz_${t} PRIVATE ds_core ZLIB::ZLIB PkgConfig::PCRE2)
     target_include_directories(fuzz_${t} PRIVATE ${CMAKE_SOURCE_DIR}/src ${CMAKE_SOURCE_DIR}/tests)
     target_link_options(fuzz_${t} PRIVATE -fsanitize=fuzzer)
     set_target_properties(fuzz_${t} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/fuzz)

@@ -252,6 +252,11 @@ expect_error "serve: no such model" "no_such_model.*give a checkpoint directory"
   timeout 30 "$dspeed" serve --model "$tmp/no_such_model" --port 0
 expect_error "generate: no such model" "no_such_model.*give a checkpoint directory" \
   timeout 30 "$dspeed" generate --model "$tmp/no_such_model" --prompt "The"
+printf '{%% for m in messages %%}{{ m.content | shout }}{%% endfor %%}' > "$tmp/bad.jinja"
+expect_error "unsupported chat template filter" "bad.jinja., line 1, column .*the filter 'shout'" \
+  timeout 30 "$dspeed" serve --model "$model" --port 0 --chat-template "$tmp/bad.jinja"
+expect_error "missing chat template" "cannot read the chat template .*no_such.jinja" \
+  timeout 30 "$dspeed" serve --model "$model" --port 0 --chat-template "$tmp/no_such.jinja"
 expect_error "unknown policy" "'bogus'.*splitfuse, prefill-first, static" \
   timeout 30 "$dspeed" serve --model "$model" --port 0 --policy bogus
 # A safetensors file without "ds_model" metadata: the key renamed in place (same length, so the header length and

@@ -148,3 +148,20 @@ with open(os.path.join(HERE, "corpus", "manifest", "steps_1e400.json"), "w") as 
 write("manifest", "deep.json", '{"format": "dspeed-checkpoint", "model": ' + "[" * DEEP + "]" * DEEP + "}")
 write("manifest", "not_object.json", "[]")
 write("manifest", "empty.json", "")
+
+# -- chat templates (the fixture templates of tests/fixtures/chat_templates are copied in as well)
+write("chat_template", "deep_parens.jinja", "{{ " + "(" * DEEP + "1" + ")" * DEEP + " }}")
+write("chat_template", "deep_ifs.jinja", "{% if true %}" * 5000 + "x" + "{% endif %}" * 5000)
+write("chat_template", "deep_list.jinja", "{{ " + "[" * DEEP + "]" * DEEP + " }}")
+write("chat_template", "runaway_range.jinja", "{% for i in range(1000000000) %}{{ i }}{% endfor %}")
+write("chat_template", "nested_ranges.jinja",
+      "{% for a in range(1000) %}{% for b in range(1000) %}{% for c in range(1000) %}x{% endfor %}{% endfor %}"
+      "{% endfor %}")
+write("chat_template", "string_times_huge.jinja", "{{ 'x' * 9223372036854775807 }}")
+write("chat_template", "int_overflow.jinja", "{{ 9223372036854775807 + 1 }}{{ -9223372036854775807 - 2 }}")
+write("chat_template", "int_literal_too_big.jinja", "{{ 99999999999999999999999 }}")
+write("chat_template", "div_zero.jinja", "{{ 1 // 0 }}{{ 1 % 0 }}{{ 1 / 0 }}")
+write("chat_template", "unterminated.jinja", "{% for m in messages %}{{ m.content ")
+write("chat_template", "slices.jinja", "{{ messages[-100:100] }}{{ 'abc'[5:-9] }}{{ messages[9223372036854775807] }}")
+write("chat_template", "namespace_abuse.jinja", "{% set ns = 5 %}{% set ns.x = 1 %}")
+write("chat_template", "lone_surrogate_and_bytes.jinja", b"{{ '\xff\xfe' ~ '\ud800' }}")

@@ -6,6 +6,7 @@
 #include <map>
 
 #include "common/full_recompute.h"
+#include "ds/serve/chat_template.h"
 #include "serve/server_harness.h"
 
 namespace ds::serve {
@@ -134,6 +135,32 @@ TEST(OpenAiApi, ChatCompletionIsTheGreedyContinuationOfTheChatMlPrompt) {
     for (const auto& b : content[k]["bytes"]) bytes += static_cast<char>(b.get<int>());
     EXPECT_EQ(bytes, token);
   }
+  expect_idle(h);
+}
+
+// A model's own chat template (Jinja) replaces ChatML: the reply is the greedy continuation of the prompt that
+// template makes, computed here independently of the server, and its eos_token text ends the reply.
+TEST(OpenAiApi, ChatUsesTheModelsJinjaTemplate) {
+  ServerOptions o = Harness::options();
+  auto format = std::make_shared<ChatFormat>();
+  format->jinja = std::make_shared<const ChatTemplate>(ChatTemplate::parse(
+      "{% for m in messages %}{{ '<|' + m.role + '|>\n' + m.content | trim + eos_token }}\n{% endfor %}"
+      "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}",
+      "test template"));
+  format->eos_token = "</s>";
+  format->origin = "test template";
+  o.chat = format;
+  Harness h(256, true, &server_tokenizer(), o);
+  const std::string prompt_text = "<|system|>\nBe kind.</s>\n<|user|>\nHi there</s>\n<|assistant|>\n";
+  const std::vector<int32_t> prompt = test_tokenizer().encode(prompt_text);
+  const std::string ref = test_tokenizer().decode(ds::testing::full_recompute_greedy(tiny_model(), prompt, 10));
+  const Reply r = post_to(h, "/v1/chat/completions",
+                          {{"messages", {{{"role", "system"}, {"content", "Be kind."}},
+                                         {{"role", "user"}, {"content", "  Hi there "}}}},
+                           {"max_tokens", 10}, {"temperature", 0}});
+  ASSERT_EQ(r.status, 200) << r.body.dump();
+  EXPECT_EQ(r.body["usage"]["prompt_tokens"], prompt.size());
+  EXPECT_EQ(r.body["choices"][0]["message"]["content"], ref.substr(0, ref.find("</s>")));
   expect_idle(h);
 }
 

@@ -44,6 +44,7 @@ void run_serve(ServeArgs a) {
   if (a.server.model_name.empty()) a.server.model_name = serve::default_served_name(a.stack.model_path);
 
   serve::ServingStack stack(a.stack);
+  a.server.chat = std::make_shared<const serve::ChatFormat>(stack.chat_format());
   stack.loop().start();
   serve::HttpServer server(stack.loop(), stack.tokenizer(), a.server);
   server.start();
@@ -127,6 +128,9 @@ void add_serve_command(CLI::App& root) {
   cmd->add_option("--tokenizer", a->stack.tokenizer_dir,
                   "folder with encoder.json and vocab.bpe (\"\": none; prompts must then be token ids)")
       ->capture_default_str();
+  cmd->add_option("--chat-template", a->stack.chat_template,
+                  "Jinja chat template for /v1/chat/completions (default: the tokenizer folder's "
+                  "tokenizer_config.json chat_template, else ChatML)");
   cmd->add_option("--seed", a->stack.seed, "base seed for requests that give none (default: drawn at start)");
   cmd->callback([a] { run_serve(*a); });
 }

@@ -42,7 +42,15 @@ class ChatTemplate {
 
  private:
   std::shared_ptr<const Node> root_;
+  std::shared_ptr<const std::string> source_;  // for the line and column of errors found while rendering
   std::string origin_;
+};
+
+// The chat format a server applies: a template and the tokens it is given, or the built-in ChatML.
+struct ChatFormat {
+  std::shared_ptr<const ChatTemplate> jinja;  // null: ChatML (chatml_prompt)
+  std::string bos_token, eos_token;
+  std::string origin = "ChatML (built in)";  // for the banner and messages
 };
 
 }  // namespace ds::serve

@@ -31,6 +31,7 @@
 #include "ds/core/log.h"
 #include "ds/data/bpe_tokenizer.h"
 #include "ds/inference/serving_loop.h"
+#include "ds/serve/chat_template.h"
 #include "ds/serve/metrics.h"
 #include "ds/serve/openai_protocol.h"
 
@@ -714,9 +715,24 @@ Prepared Server::prepare(const std::string& body, Endpoint endpoint) {
                             "/v1/completions with token ids",
                        std::string("messages"));
       }
-      p.prompt = encode(chatml_prompt(cr.messages));
       p.sampling = std::move(cr.sampling);
-      p.sampling.stop.emplace_back(kChatEnd);
+      const ChatFormat* chat = options.chat.get();
+      if (chat && chat->jinja) {
+        ChatTemplateInput in{std::move(cr.messages), true, chat->bos_token, chat->eos_token};
+        std::string text;
+        try {
+          text = chat->jinja->render(in);
+        } catch (const ConfigError& e) {  // the template's own fault, not the request's
+          throw ApiError(500, fmt::format("[serve] the chat template ({}) failed on these messages: {}", chat->origin,
+                                          e.what()),
+                         std::nullopt, "server_error");
+        }
+        p.prompt = text.empty() ? std::vector<int32_t>{tokenizer->eot_token()} : encode(text);
+        if (!chat->eos_token.empty()) p.sampling.stop.push_back(chat->eos_token);
+      } else {
+        p.prompt = encode(chatml_prompt(cr.messages));
+        p.sampling.stop.emplace_back(kChatEnd);
+      }
       if (p.sampling.max_tokens < 0) {  // not given: the rest of the context, as OpenAI
         const int64_t room = int64_t{loop.engine().max_context()} - static_cast<int64_t>(p.prompt.size());
         if (room < 1) {

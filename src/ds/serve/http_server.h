@@ -22,6 +22,8 @@ class ServingLoop;
 
 namespace ds::serve {
 
+struct ChatFormat;
+
 struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 8000;                    // 0: any free port (see HttpServer::port)
@@ -33,6 +35,7 @@ struct ServerOptions {
   double read_timeout_s = 30;         // a request must arrive whole (headers and body) within this of its first byte
   double write_timeout_s = 30;        // a client that takes nothing of a response for this long is dropped
   double shutdown_timeout_s = 30;     // shutdown(): how long running requests may take to finish
+  std::shared_ptr<const ChatFormat> chat;  // how chat messages become a prompt (null: the built-in ChatML)
 };
 
 class HttpServer {

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 
 #include "ds/core/error.h"
 #include "ds/inference/model_runner.h"
@@ -56,6 +58,30 @@ ServingStack::ServingStack(const ServingStackOptions& o, std::shared_ptr<const i
                 o.tokenizer_dir, tokenizer_->vocab_size(), model_->config().vocab_size);
   }
 
+  if (!o.chat_template.empty()) {
+    std::ifstream in(o.chat_template, std::ios::binary);
+    DS_CHECK_AS(IoError, in.good(), "[serve] cannot read the chat template '{}' (--chat-template); give a Jinja file",
+                o.chat_template);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    chat_.jinja = std::make_shared<const ChatTemplate>(ChatTemplate::parse(ss.str(), "'" + o.chat_template + "'"));
+    chat_.origin = o.chat_template;
+    const std::string config = (std::filesystem::path(o.tokenizer_dir) / "tokenizer_config.json").string();
+    if (!o.tokenizer_dir.empty() && std::filesystem::exists(config)) {
+      ChatTemplate::from_tokenizer_config(config, &chat_.bos_token, &chat_.eos_token);  // its tokens only
+    }
+  } else if (!o.tokenizer_dir.empty()) {
+    const std::string config = (std::filesystem::path(o.tokenizer_dir) / "tokenizer_config.json").string();
+    if (std::filesystem::exists(config)) {
+      std::unique_ptr<ChatTemplate> t = ChatTemplate::from_tokenizer_config(config, &chat_.bos_token,
+                                                                            &chat_.eos_token);
+      if (t) {
+        chat_.jinja = std::move(t);
+        chat_.origin = config;
+      }
+    }
+  }
+
   engine_ = std::make_unique<inference::InferenceEngine>(model_, engine_config(o, model_->config().block_size));
 
   inference::LoopOptions lo;
@@ -72,11 +98,12 @@ std::string ServingStack::describe() const {
   const nn::Gpt2Config& c = model_->config();
   const auto& kv = engine_->kv_state();
   return fmt::format("GPT-2 L{} H{} C{} V{} context {} on {}, {} weights; policy {}, {} tokens per pass; KV cache "
-                     "{} blocks of {} tokens, {}; queue {}",
+                     "{} blocks of {} tokens, {}; queue {}; chat template {}",
                      c.n_layer, c.n_head, c.n_embd, c.vocab_size, c.block_size, engine_->device_description(),
                      inference::weight_format_name(model_->weight_format()),
                      inference::policy_name(loop_->policy()), options_.token_budget, kv.kv_block_count(),
-                     kv.kv_block_size(), inference::kv_dtype_name(engine_->config().kv_dtype), options_.max_queue);
+                     kv.kv_block_size(), inference::kv_dtype_name(engine_->config().kv_dtype), options_.max_queue,
+                     chat_.origin);
 }
 
 std::string default_served_name(const std::string& model_path) {

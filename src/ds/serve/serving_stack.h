@@ -12,6 +12,7 @@
 #include "ds/data/bpe_tokenizer.h"
 #include "ds/inference/engine.h"
 #include "ds/inference/serving_loop.h"
+#include "ds/serve/chat_template.h"
 
 namespace ds::serve {
 
@@ -32,7 +33,11 @@ struct ServingStackOptions {
   std::string device = "cpu";                // where the model runs: cpu, cuda or cuda:N
   std::string weights = "fp32";              // weight format on the CPU: fp32 or bf16
   std::string kv_dtype = "fp32";             // KV cache elements on the CPU: fp32 or bf16
+  // The chat template: a Jinja file; empty: the tokenizer folder's tokenizer_config.json "chat_template" when it
+  // has one, else the built-in ChatML.
+  std::string chat_template;
 };
+
 
 class ServingStack {
  public:
@@ -48,6 +53,7 @@ class ServingStack {
   const inference::InferenceEngine& engine() const { return *engine_; }
   const data::BpeTokenizer* tokenizer() const { return tokenizer_.get(); }
   const inference::InferenceModel& model() const { return *model_; }
+  const ChatFormat& chat_format() const { return chat_; }
   // One line: the model's shape, the policy and the KV cache, for the command's banner.
   std::string describe() const;
   // The engine these options give for a model with this context.
@@ -61,6 +67,7 @@ class ServingStack {
   std::unique_ptr<data::BpeTokenizer> tokenizer_;
   std::unique_ptr<inference::InferenceEngine> engine_;
   std::unique_ptr<inference::ServingLoop> loop_;
+  ChatFormat chat_;
 };
 
 // The name a model file is served under by default: its file name without extension, or its directory's name.
