@@ -12,14 +12,7 @@ set -u
 dspeed="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
 source "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/../.." || exit 1
-servers=()  # ids of the servers started here, killed if the script ends early
-trap 'for p in ${servers[@]+"${servers[@]}"}; do kill -KILL "$p" 2> /dev/null; done; rm -rf "$tmp"' EXIT
-
-prepare_tokens 20
-printf '{"train_micro_batch_size_per_gpu": 2}' > "$tmp/c.json"
-timeout 120 "$dspeed" train --config "$tmp/c.json" --data "$tmp/tokens" --model gpt2-tiny --seq-len 16 --steps 3 \
-  --eval-interval 0 --eval-batches 1 -q --save "$tmp/ck" --out "$tmp/run" > "$tmp/train.log" 2>&1 || {
-  echo "FAIL: train: $(tail -n 5 "$tmp/train.log")"; exit 1; }
+train_tiny
 timeout 60 "$dspeed" ckpt consolidate "$tmp/ck" "$tmp/tiny.safetensors" > /dev/null 2>&1 || {
   echo "FAIL: ckpt consolidate"; exit 1; }
 model="$tmp/tiny.safetensors"  # served as "tiny" (the file's stem)
@@ -65,41 +58,9 @@ gen_ids=$(tr -s ' \n' '  ' < "$tmp/gi.txt" | sed 's/^ //; s/ $//')
 if ! printf '%s' "$gen_ids" | grep -Eq '^([0-9]+ ){7}[0-9]+$'; then fail "generate --prompt-ids printed '$gen_ids'"
 else ok; fi
 
-# start_server LOG ARGS...: dspeed serve on a free port (--port 0, read back from its banner); sets pid and port.
-# Returns non-zero if no banner came within 30 s.
-start_server() {
-  local log="$1"
-  shift
-  "$dspeed" serve --model "$model" --port 0 "$@" > "$tmp/$log.out" 2> "$tmp/$log.err" &
-  pid=$!
-  servers+=("$pid")
-  port=""
-  local deadline=$((SECONDS + 30))
-  while [ -z "$port" ] && [ "$SECONDS" -lt "$deadline" ] && kill -0 "$pid" 2> /dev/null; do
-    port=$(sed -n 's|^serving .* at http://127\.0\.0\.1:\([0-9][0-9]*\)/v1 .*|\1|p' "$tmp/$log.out" 2> /dev/null)
-    [ -n "$port" ] || sleep 0.1
-  done
-  [ -n "$port" ]
-}
-# stop_server PID: SIGTERM, then the exit status must be 0 within 5 s; prints the milliseconds it took.
-stop_server() {
-  local p="$1" t0 rc
-  t0=$(date +%s%N)
-  kill -TERM "$p"
-  for _ in $(seq 1 50); do kill -0 "$p" 2> /dev/null || break; sleep 0.1; done
-  if kill -0 "$p" 2> /dev/null; then
-    kill -KILL "$p"; wait "$p" 2> /dev/null
-    fail "the server was still running 5 s after SIGTERM"; return
-  fi
-  wait "$p"
-  rc=$?
-  echo "server stopped $(( ($(date +%s%N) - t0) / 1000000 )) ms after SIGTERM"
-  if [ "$rc" -ne 0 ]; then fail "exit status $rc after SIGTERM"; else ok; fi
-}
-
 # 2. The server, through curl.
 http_checks() {
-  start_server s1 || { fail "dspeed serve gave no banner in 30 s: $(cat "$tmp/s1.err")"; return; }
+  start_server s1 --model "$model" || { fail "dspeed serve gave no banner in 30 s: $(cat "$tmp/s1.err")"; return; }
   local base="http://127.0.0.1:$port" deadline=$((SECONDS + 30)) code body
   until curl -sf --max-time 2 "$base/health" > "$tmp/health" 2> /dev/null; do
     if [ "$SECONDS" -ge "$deadline" ] || ! kill -0 "$pid" 2> /dev/null; then
@@ -208,7 +169,8 @@ http_checks() {
   # With --shutdown-timeout 0 and one sequence at a time, SIGTERM finds streams queued or running: each one ends
   # with [DONE] (it finished first) or with the shutdown error event, and always with a clean end of the response
   # (curl exits 0; a cut chunked body is its error 18).
-  start_server s2 --shutdown-timeout 0 --max-sequences 1 || { fail "second server: $(cat "$tmp/s2.err")"; return; }
+  start_server s2 --model "$model" --shutdown-timeout 0 --max-sequences 1 ||
+    { fail "second server: $(cat "$tmp/s2.err")"; return; }
   base="http://127.0.0.1:$port"
   local clients=()
   for i in 1 2 3 4 5 6; do
@@ -240,7 +202,7 @@ if command -v curl > /dev/null; then
 else
   echo "curl not found (scripts/setup.sh installs it); the HTTP part is skipped"
   # Without curl, still: a second server on a port in use is refused, and SIGTERM stops the first cleanly.
-  if start_server s1; then
+  if start_server s1 --model "$model"; then
     expect_error "port in use" "cannot listen on 127.0.0.1:$port" \
       timeout 30 "$dspeed" serve --model "$model" --port "$port"
     stop_server "$pid"

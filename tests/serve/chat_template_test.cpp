@@ -8,6 +8,7 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -112,25 +113,26 @@ TEST(ChatTemplate, RenderingIsBounded) {
 }
 
 TEST(ChatTemplate, FromTokenizerConfig) {
-  const std::string dir = ::testing::TempDir();
+  const std::string dir = ::testing::TempDir() + "/chat_format";
+  std::filesystem::create_directories(dir);
   const std::string path = dir + "/tokenizer_config.json";
   {
     std::ofstream(path) << R"({"bos_token": {"content": "<s>"}, "eos_token": "</s>",
         "chat_template": [{"name": "tool_use", "template": "x"}, {"name": "default",
         "template": "{{ bos_token }}{% for m in messages %}{{ m.content }}{{ eos_token }}{% endfor %}"}]})";
   }
-  std::string bos, eos;
-  const auto t = ChatTemplate::from_tokenizer_config(path, &bos, &eos);
-  ASSERT_TRUE(t);
-  EXPECT_EQ(bos, "<s>");
-  EXPECT_EQ(eos, "</s>");
+  const ChatFormat f = load_chat_format(dir, "");
+  ASSERT_TRUE(f.jinja);
+  EXPECT_EQ(f.bos_token, "<s>");
+  EXPECT_EQ(f.eos_token, "</s>");
+  EXPECT_EQ(f.origin, path);
   ChatTemplateInput in;
   in.messages = {{"user", "a"}, {"assistant", "b"}};
-  in.bos_token = bos;
-  in.eos_token = eos;
-  EXPECT_EQ(t->render(in), "<s>a</s>b</s>");
+  in.bos_token = f.bos_token;
+  in.eos_token = f.eos_token;
+  EXPECT_EQ(f.jinja->render(in), "<s>a</s>b</s>");
   { std::ofstream(path) << R"({"eos_token": "</s>"})"; }
-  EXPECT_FALSE(ChatTemplate::from_tokenizer_config(path, &bos, &eos));
+  EXPECT_FALSE(load_chat_format(dir, "").jinja);
 }
 
 }  // namespace

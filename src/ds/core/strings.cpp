@@ -68,4 +68,36 @@ std::string shell_quote(const std::string& s) {
   return out + "'";
 }
 
+int utf8_length(unsigned char lead) {
+  if (lead < 0x80) return 1;
+  if (lead >= 0xC2 && lead <= 0xDF) return 2;
+  if (lead >= 0xE0 && lead <= 0xEF) return 3;
+  if (lead >= 0xF0 && lead <= 0xF4) return 4;
+  return 0;
+}
+
+bool utf8_valid_second(unsigned char lead, unsigned char b) {
+  switch (lead) {
+    case 0xE0: return b >= 0xA0 && b <= 0xBF;
+    case 0xED: return b >= 0x80 && b <= 0x9F;
+    case 0xF0: return b >= 0x90 && b <= 0xBF;
+    case 0xF4: return b >= 0x80 && b <= 0x8F;
+    default: return b >= 0x80 && b <= 0xBF;
+  }
+}
+
+bool is_utf8(std::string_view s) {
+  for (size_t i = 0; i < s.size();) {
+    const auto lead = static_cast<unsigned char>(s[i]);
+    const auto n = static_cast<size_t>(utf8_length(lead));
+    if (n == 0 || i + n > s.size()) return false;
+    if (n > 1 && !utf8_valid_second(lead, static_cast<unsigned char>(s[i + 1]))) return false;
+    for (size_t k = 2; k < n; ++k) {
+      if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return false;
+    }
+    i += n;
+  }
+  return true;
+}
+
 }  // namespace ds

@@ -1,5 +1,5 @@
 // Name matching for "did you mean" error messages: edit distance, the closest names among candidates, and the
-// quoted list those messages print. Distances are plain Levenshtein (one edit per inserted, deleted or replaced
+// quoted list those messages print; shell quoting; UTF-8 well-formedness. Distances are plain Levenshtein (one edit per inserted, deleted or replaced
 // byte; a transposition costs two), so the ranking is predictable and easy to test by hand.
 #pragma once
 
@@ -28,5 +28,14 @@ std::string quoted_list(const std::vector<std::string>& names);
 
 // s as one word for /bin/sh: as it is when it holds only safe characters, otherwise in single quotes.
 std::string shell_quote(const std::string& s);
+
+// UTF-8, by the Unicode standard's table of well-formed sequences. The length of a character from its lead byte
+// (0 for a byte that cannot start one: a continuation, C0, C1, F5 and above).
+int utf8_length(unsigned char lead);
+// Whether b may follow lead as the first continuation byte (excludes overlong forms, surrogates and code points
+// above U+10FFFF).
+bool utf8_valid_second(unsigned char lead, unsigned char b);
+// Whether s is whole, well-formed UTF-8.
+bool is_utf8(std::string_view s);
 
 }  // namespace ds

@@ -13,6 +13,7 @@
 #include <cmath>
 
 #include "ds/core/error.h"
+#include "ds/core/strings.h"
 #include "ds/data/bpe_tokenizer.h"
 #include "ds/kernels/cpu/kernels.h"
 
@@ -41,27 +42,6 @@ int32_t draw(std::span<const std::pair<float, int32_t>> cand, double total, Rng&
   return cand.front().second;
 }
 
-// Length of a UTF-8 character from its lead byte; 0 for a byte that cannot start one (continuation, C0, C1, F5+).
-int utf8_length(unsigned char lead) {
-  if (lead < 0x80) return 1;
-  if (lead >= 0xC2 && lead <= 0xDF) return 2;
-  if (lead >= 0xE0 && lead <= 0xEF) return 3;
-  if (lead >= 0xF0 && lead <= 0xF4) return 4;
-  return 0;
-}
-
-// Whether byte `b` may follow `lead` as the first continuation byte (excludes overlong forms, surrogates and code
-// points above U+10FFFF, as the Unicode standard's table of well-formed sequences).
-bool valid_second(unsigned char lead, unsigned char b) {
-  switch (lead) {
-    case 0xE0: return b >= 0xA0 && b <= 0xBF;
-    case 0xED: return b >= 0x80 && b <= 0x9F;
-    case 0xF0: return b >= 0x90 && b <= 0xBF;
-    case 0xF4: return b >= 0x80 && b <= 0x8F;
-    default: return b >= 0x80 && b <= 0xBF;
-  }
-}
-
 // Where s[0, end) must be cut so it does not end inside a UTF-8 character that later bytes could still complete:
 // end itself, or the start of that unfinished character. Sequences that can never become valid are not held.
 size_t utf8_safe_end(const std::string& s, size_t end) {
@@ -79,7 +59,7 @@ size_t utf8_safe_end(const std::string& s, size_t end) {
   const size_t need = static_cast<size_t>(utf8_length(lead));
   const size_t have = end - start;
   if (need <= have) return end;  // complete (or not a lead byte at all: need == 0)
-  if (have >= 2 && !valid_second(lead, static_cast<unsigned char>(s[start + 1]))) return end;  // never valid
+  if (have >= 2 && !utf8_valid_second(lead, static_cast<unsigned char>(s[start + 1]))) return end;  // never valid
   return start;
 }
 

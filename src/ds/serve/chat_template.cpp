@@ -1456,37 +1456,62 @@ std::string ChatTemplate::render(const ChatTemplateInput& input) const {
   return r.take();
 }
 
-std::unique_ptr<ChatTemplate> ChatTemplate::from_tokenizer_config(const std::string& path, std::string* bos_token,
-                                                                  std::string* eos_token) {
+namespace {
+
+std::string read_text(const std::string& path, std::string_view what) {
   std::ifstream in(path, std::ios::binary);
-  DS_CHECK_AS(IoError, in.good(), "[chat template] cannot read '{}'", path);
+  DS_CHECK_AS(IoError, in.good(), "[serve] cannot read {} '{}'", what, path);
   std::stringstream ss;
   ss << in.rdbuf();
-  nlohmann::json j;
-  const std::string problem = parse_json_bounded(ss.str(), JsonLimits{}, j);
-  DS_CHECK_AS(ConfigError, problem.empty() && j.is_object(), "[chat template] '{}' is not a JSON object ({}); it "
-              "should be a tokenizer_config.json", path, problem.empty() ? "not an object" : problem);
-  auto token = [&](const char* key) -> std::string {
-    if (!j.contains(key)) return "";
-    const nlohmann::json& v = j[key];
-    if (v.is_string()) return v.get<std::string>();
-    if (v.is_object() && v.contains("content") && v["content"].is_string()) return v["content"].get<std::string>();
-    return "";
-  };
-  if (bos_token) *bos_token = token("bos_token");
-  if (eos_token) *eos_token = token("eos_token");
-  if (!j.contains("chat_template") || j["chat_template"].is_null()) return nullptr;
-  const nlohmann::json& t = j["chat_template"];
-  if (t.is_string()) return std::make_unique<ChatTemplate>(parse(t.get<std::string>(), "'" + path + "'"));
-  DS_CHECK_AS(ConfigError, t.is_array(), "[chat template] '{}': chat_template should be a string or a list of "
-              "{{\"name\", \"template\"}}, found {}", path, json_excerpt(t));
-  for (const auto& named : t) {
-    if (named.is_object() && named.value("name", "") == "default" && named.contains("template") &&
-        named["template"].is_string()) {
-      return std::make_unique<ChatTemplate>(parse(named["template"].get<std::string>(), "'" + path + "' (default)"));
+  return ss.str();
+}
+
+}  // namespace
+
+ChatFormat load_chat_format(const std::string& tokenizer_dir, const std::string& template_file) {
+  ChatFormat f;
+  std::optional<std::string> tokenizer_template;  // and where in the file it came from
+  std::string config_path;
+  if (!tokenizer_dir.empty()) config_path = (std::filesystem::path(tokenizer_dir) / "tokenizer_config.json").string();
+  if (!config_path.empty() && std::filesystem::exists(config_path)) {
+    nlohmann::json j;
+    const std::string problem = parse_json_bounded(read_text(config_path, "the tokenizer config"), JsonLimits{}, j);
+    DS_CHECK_AS(ConfigError, problem.empty() && j.is_object(), "[chat template] '{}' is not a JSON object ({}); it "
+                "should be a tokenizer_config.json", config_path, problem.empty() ? "not an object" : problem);
+    auto token = [&](const char* key) -> std::string {
+      if (!j.contains(key)) return "";
+      const nlohmann::json& v = j[key];
+      if (v.is_string()) return v.get<std::string>();
+      if (v.is_object() && v.contains("content") && v["content"].is_string()) return v["content"].get<std::string>();
+      return "";
+    };
+    f.bos_token = token("bos_token");
+    f.eos_token = token("eos_token");
+    const nlohmann::json t = j.value("chat_template", nlohmann::json());
+    if (t.is_string()) {
+      tokenizer_template = t.get<std::string>();
+    } else if (!t.is_null()) {
+      DS_CHECK_AS(ConfigError, t.is_array(), "[chat template] '{}': chat_template should be a string or a list of "
+                  "{{\"name\", \"template\"}}, found {}", config_path, json_excerpt(t));
+      for (const auto& named : t) {
+        if (named.is_object() && named.value("name", "") == "default" && named.contains("template") &&
+            named["template"].is_string()) {
+          tokenizer_template = named["template"].get<std::string>();
+        }
+      }
+      DS_CHECK_AS(ConfigError, tokenizer_template.has_value(), "[chat template] '{}' lists chat templates but none "
+                  "named \"default\"", config_path);
     }
   }
-  DS_THROW(ConfigError, "[chat template] '{}' lists chat templates but none named \"default\"", path);
+  if (!template_file.empty()) {  // the file given wins; the tokenizer config's template is not even read
+    f.jinja = std::make_shared<const ChatTemplate>(
+        ChatTemplate::parse(read_text(template_file, "the chat template (--chat-template)"), "'" + template_file + "'"));
+    f.origin = template_file;
+  } else if (tokenizer_template) {
+    f.jinja = std::make_shared<const ChatTemplate>(ChatTemplate::parse(*tokenizer_template, "'" + config_path + "'"));
+    f.origin = config_path;
+  }
+  return f;
 }
 
 }  // namespace ds::serve

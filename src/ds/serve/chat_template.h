@@ -28,10 +28,6 @@ class ChatTemplate {
  public:
   // Reads a template. Throws ConfigError naming `origin`, the line and column, and what is not understood.
   static ChatTemplate parse(std::string_view source, std::string origin);
-  // The template of a Hugging Face tokenizer_config.json ("chat_template": a string, or a list of {name, template}
-  // where "default" is taken), with its bos_token and eos_token; nullptr when the file has no template.
-  static std::unique_ptr<ChatTemplate> from_tokenizer_config(const std::string& path, std::string* bos_token,
-                                                             std::string* eos_token);
 
   // The prompt for `input`. A template's raise_exception(message), and a render past the limits, throw ApiError
   // (400) with the message, since it is the request that the template refuses.
@@ -52,5 +48,11 @@ struct ChatFormat {
   std::string bos_token, eos_token;
   std::string origin = "ChatML (built in)";  // for the banner and messages
 };
+
+// A server's chat format: template_file (a Jinja file) when given; else the "chat_template" of
+// tokenizer_dir/tokenizer_config.json (Hugging Face's: a string, or a list of {name, template} where "default" is
+// taken) when it has one; else ChatML. bos_token and eos_token come from tokenizer_config.json when it exists.
+// Throws IoError for a file that cannot be read, ConfigError for one that is not understood.
+ChatFormat load_chat_format(const std::string& tokenizer_dir, const std::string& template_file);
 
 }  // namespace ds::serve

@@ -410,8 +410,10 @@ void Session::on_prepared(Prepared p) {
   if (expired_) return respond_error(503, kShuttingDown, "server_error");
 
   const int32_t sequences = p.sampling.n;
+  const int32_t first_prompt_token = p.prompt.front();
+  const auto prompt_tokens = static_cast<int32_t>(p.prompt.size());
   inference::GenerationRequest gr;
-  gr.prompt = p.prompt;
+  gr.prompt = std::move(p.prompt);
   gr.sampling = std::move(p.sampling);
   gr.sink = [weak = std::weak_ptr<Session>(shared_from_this()), gate = srv_.gate](const GenerationEvent& ev) {
     const std::lock_guard<std::mutex> lock(gate->mu);
@@ -444,8 +446,8 @@ void Session::on_prepared(Prepared p) {
   logprobs_ = p.logprobs;
   echo_ = p.echo;
   echo_text_ = std::move(p.echo_text);
-  first_prompt_token_ = p.prompt.front();
-  prompt_tokens_ = static_cast<int32_t>(p.prompt.size());
+  first_prompt_token_ = first_prompt_token;
+  prompt_tokens_ = prompt_tokens;
   choices_.assign(static_cast<size_t>(std::max(sequences, 1)), Choice{});
   returned_ = p.choices;
   prompt_lp_.clear();

@@ -587,25 +587,6 @@ ojson usage_json(const CompletionUsage& u) {
 
 std::string sse(const ojson& j) { return "data: " + dump(j) + "\n\n"; }
 
-// Whether bytes are whole, well-formed UTF-8 (no cut character, no overlong form, no surrogate).
-bool is_utf8(std::string_view b) {
-  for (size_t i = 0; i < b.size();) {
-    const auto c = static_cast<unsigned char>(b[i]);
-    size_t n = c < 0x80 ? 1 : c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
-    if (n == 0 || i + n > b.size()) return false;
-    for (size_t k = 1; k < n; ++k) {
-      const auto d = static_cast<unsigned char>(b[i + k]);
-      if ((d & 0xC0) != 0x80) return false;
-    }
-    const auto d = n > 1 ? static_cast<unsigned char>(b[i + 1]) : 0;
-    if ((c == 0xE0 && d < 0xA0) || (c == 0xED && d > 0x9F) || (c == 0xF0 && d < 0x90) || (c == 0xF4 && d > 0x8F)) {
-      return false;
-    }
-    i += n;
-  }
-  return true;
-}
-
 ojson byte_list(std::string_view b) {
   ojson out = ojson::array();
   for (const char ch : b) out.push_back(static_cast<unsigned char>(ch));

@@ -6,8 +6,6 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "ds/core/error.h"
 #include "ds/inference/model_runner.h"
@@ -58,29 +56,7 @@ ServingStack::ServingStack(const ServingStackOptions& o, std::shared_ptr<const i
                 o.tokenizer_dir, tokenizer_->vocab_size(), model_->config().vocab_size);
   }
 
-  if (!o.chat_template.empty()) {
-    std::ifstream in(o.chat_template, std::ios::binary);
-    DS_CHECK_AS(IoError, in.good(), "[serve] cannot read the chat template '{}' (--chat-template); give a Jinja file",
-                o.chat_template);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    chat_.jinja = std::make_shared<const ChatTemplate>(ChatTemplate::parse(ss.str(), "'" + o.chat_template + "'"));
-    chat_.origin = o.chat_template;
-    const std::string config = (std::filesystem::path(o.tokenizer_dir) / "tokenizer_config.json").string();
-    if (!o.tokenizer_dir.empty() && std::filesystem::exists(config)) {
-      ChatTemplate::from_tokenizer_config(config, &chat_.bos_token, &chat_.eos_token);  // its tokens only
-    }
-  } else if (!o.tokenizer_dir.empty()) {
-    const std::string config = (std::filesystem::path(o.tokenizer_dir) / "tokenizer_config.json").string();
-    if (std::filesystem::exists(config)) {
-      std::unique_ptr<ChatTemplate> t = ChatTemplate::from_tokenizer_config(config, &chat_.bos_token,
-                                                                            &chat_.eos_token);
-      if (t) {
-        chat_.jinja = std::move(t);
-        chat_.origin = config;
-      }
-    }
-  }
+  chat_ = load_chat_format(o.tokenizer_dir, o.chat_template);
 
   engine_ = std::make_unique<inference::InferenceEngine>(model_, engine_config(o, model_->config().block_size));
 
