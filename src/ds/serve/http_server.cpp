@@ -18,7 +18,6 @@
 #include <chrono>
 #include <condition_variable>
 #include <ctime>
-#include <deque>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <numeric>
