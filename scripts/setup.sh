@@ -22,6 +22,8 @@ done
 packages=(build-essential cmake ninja-build ccache lld pkg-config
           libopenblas-dev libopenblas0-openmp libpcre2-dev nlohmann-json3-dev libcli11-dev libfmt-dev
           libgtest-dev libgmock-dev libbenchmark-dev openmpi-bin libopenmpi-dev zlib1g-dev libcpp-httplib-dev libboost-dev
+          liburing-dev  # io_uring: NVMe offload
+          fio    # the reference disk bandwidth of dspeed bench offload
           libprotobuf-dev protobuf-compiler  # TensorBoard event files (the tensorboard monitor)
           librsvg2-bin  # rsvg-convert: tests/cli check that the loss.svg charts render
           curl   # curl: the HTTP checks of tests/cli/serve.sh

@@ -324,24 +324,24 @@ void parse_bf16(BlockReader r, Bf16Config& out) {
   r.finish();
 }
 
-// ---- aio and friends: accepted, not implemented yet -------------------------------------------------------------
+// ---- aio: the offload tiers' I/O engine (offload/aio.h) -----------------------------------------------------
 
 void parse_aio(BlockReader r, AioConfig& out) {
   if (!r.present()) return;
-  r.read("block_size", out.block_size, Support::not_yet, 1);
-  r.read("queue_depth", out.queue_depth, Support::not_yet, 1);
+  r.read("block_size", out.block_size, Support::implemented, 1);
+  r.read("queue_depth", out.queue_depth, Support::implemented, 1);
   const bool old_given = r.has("thread_count");
   const bool new_given = r.has("intra_op_parallelism");
   DS_CHECK_AS(ConfigError, !(old_given && new_given),
               "[config] 'aio.thread_count' and 'aio.intra_op_parallelism' are both set in {}; thread_count is the "
               "deprecated name of intra_op_parallelism: keep only intra_op_parallelism", r.ctx().source);
-  r.read("intra_op_parallelism", out.intra_op_parallelism, Support::not_yet, 1);
-  if (r.read("thread_count", out.intra_op_parallelism, Support::not_yet, 1)) {
+  r.read("intra_op_parallelism", out.intra_op_parallelism, Support::implemented, 1);
+  if (r.read("thread_count", out.intra_op_parallelism, Support::implemented, 1)) {
     r.ctx().warn(fmt::format("[config] 'aio.thread_count' in {} is deprecated; use 'aio.intra_op_parallelism'",
                              r.ctx().source));
   }
-  r.read("single_submit", out.single_submit, Support::not_yet);
-  r.read("overlap_events", out.overlap_events, Support::not_yet);
+  r.read("single_submit", out.single_submit);
+  r.read("overlap_events", out.overlap_events);
   r.read("use_gds", out.use_gds, Support::not_yet);
   r.finish();
 }

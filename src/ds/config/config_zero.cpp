@@ -192,10 +192,12 @@ void parse_zero(BlockReader r, ZeroConfig& out) {
                 "[config] 'zero_optimization.offload_optimizer' (device '{}') in {} needs ZeRO stage 1, 2 or 3, found "
                 "stage 0; set \"stage\" or remove offload_optimizer",
                 offload_device_name(out.offload_optimizer->device), src);
-    if (out.offload_optimizer->device == OffloadDevice::nvme && out.stage < 3) {
-      r.ctx().warn(fmt::format("[config] 'zero_optimization.offload_optimizer.device' = 'nvme' in {} with stage {} "
-                               "behaves as 'cpu' (as in DeepSpeed: NVMe optimizer swapping exists only in stage 3)",
-                               src, out.stage));
+    // DeepSpeed treats 'nvme' as 'cpu' below stage 3 (stage_1_and_2.py); here the state is swapped at every stage.
+    if (out.offload_optimizer->ratio < 1.0) {
+      r.ctx().warn(fmt::format("[config] 'zero_optimization.offload_optimizer.ratio' = {} in {} keeps a share of the "
+                               "optimizer on the accelerator (Twin-Flow); this build steps every sub-group where the "
+                               "offloaded state lives, as with ratio 1",
+                               out.offload_optimizer->ratio, src));
     }
   }
   if (out.stage == 1 || out.stage == 2) {
@@ -203,14 +205,9 @@ void parse_zero(BlockReader r, ZeroConfig& out) {
                 "[config] 'zero_optimization.allgather_bucket_size' ({}) in {} must be a multiple of 2 for stages 1 "
                 "and 2 (NCCL start alignment)", out.allgather_bucket_size, src);
   }
-  if (out.offload_param_active()) {
-    r.ctx().not_implemented.push_back(fmt::format("'zero_optimization.offload_param' (device '{}': parameters stay "
-                                                  "in memory)", offload_device_name(out.offload_param->device)));
-  }
-  if (out.offload_optimizer_active()) {
-    r.ctx().not_implemented.push_back(fmt::format("'zero_optimization.offload_optimizer' (device '{}': the "
-                                                  "optimizer state stays in memory)",
-                                                  offload_device_name(out.offload_optimizer->device)));
+  if (out.offload_param_active() && out.offload_param->device == OffloadDevice::nvme) {
+    r.ctx().not_implemented.push_back("'zero_optimization.offload_param' device 'nvme' (the parameter partition is "
+                                      "kept in host memory, as with device 'cpu')");
   }
 }
 

@@ -3,6 +3,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 
@@ -170,8 +171,11 @@ Storage::~Storage() {
   if (tracker_) tracker_->on_free(tier_, category_, bytes_);
 }
 
-std::shared_ptr<Storage> allocate_storage(int64_t bytes, Category cat, Tier tier, Device device) {
+std::shared_ptr<Storage> allocate_storage(int64_t bytes, Category cat, Tier tier, Device device, size_t alignment) {
   DS_ASSERT(bytes >= 0, "negative allocation {}", bytes);
+  alignment = std::max<size_t>(alignment, 64);
+  DS_ASSERT((alignment & (alignment - 1)) == 0 && alignment <= static_cast<size_t>(kHugePage),
+            "allocation alignment {} is not a power of two up to 2 MiB", alignment);
   MemoryTracker& tracker = current_tracker();
   tracker.on_alloc(tier, cat, bytes);  // throws before anything is allocated
   void* p = nullptr;
@@ -179,8 +183,8 @@ std::shared_ptr<Storage> allocate_storage(int64_t bytes, Category cat, Tier tier
     if (bytes >= kHugePage) {
       p = map_block(bytes);  // Note [Large host blocks]
     } else {
-      const size_t rounded = (static_cast<size_t>(bytes) + 63) / 64 * 64;
-      p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+      const size_t rounded = (static_cast<size_t>(bytes) + alignment - 1) / alignment * alignment;
+      p = std::aligned_alloc(alignment, rounded == 0 ? alignment : rounded);
     }
     if (!p) {
       tracker.on_free(tier, cat, bytes);

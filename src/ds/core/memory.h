@@ -93,10 +93,11 @@ class Storage {
   bool owned_ = true;
 };
 
-// Allocates `bytes` (64-byte aligned; 2 MiB aligned with transparent huge pages for blocks of 2 MiB or more,
-// since first-touch page faults are expensive here). Memory is not initialised.
+// Allocates `bytes` (`alignment`-byte aligned, at least 64; 2 MiB aligned with transparent huge pages for blocks of
+// 2 MiB or more, since first-touch page faults are expensive here). Memory is not initialised. A host block for
+// O_DIRECT I/O asks for the page size (offload/aio.h).
 std::shared_ptr<Storage> allocate_storage(int64_t bytes, Category cat, Tier tier = Tier::device,
-                                          Device device = Device::cpu());
+                                          Device device = Device::cpu(), size_t alignment = 64);
 
 // "1.50 GiB", "12.0 MiB", "512 B"
 std::string format_bytes(int64_t bytes);

@@ -58,6 +58,7 @@ class GradientReducer {
                                         // reducers without it leave them in the store's fp32 flat buffer
     bool overlap = false;               // overlap_comm
     int64_t bucket_numel = 500000000;   // reduce_bucket_size
+    Tier partition_tier = Tier::device;  // the owned gradient partition's (host with offload_optimizer)
   };
   virtual ~GradientReducer() = default;
   GradientReducer(const GradientReducer&) = delete;

@@ -5,7 +5,12 @@
 #include <algorithm>
 #include <cstring>
 
+#include <unistd.h>
+
 #include "ds/core/error.h"
+#include "ds/zero/swapped_state.h"
+
+#include <fmt/format.h>
 
 namespace ds::zero {
 
@@ -33,10 +38,10 @@ void OptimizerStateStore::check_tile(int64_t t, StateMask which) const {
   DS_ASSERT((which & ~kinds()) == 0, "state kinds {:#x} requested from a store holding {:#x}", which, kinds());
 }
 
-ResidentStateStore::ResidentStateStore(int64_t numel, int64_t tile_numel, bool has_master)
+ResidentStateStore::ResidentStateStore(int64_t numel, int64_t tile_numel, bool has_master, Tier tier)
     : OptimizerStateStore(numel, tile_numel, has_master) {
   for (int k = 0; k < kStateKinds; ++k) {
-    if (kinds() & (1u << k)) state_[k] = Tensor::zeros({numel}, DType::f32, Category::optimizer);
+    if (kinds() & (1u << k)) state_[k] = Tensor::zeros({numel}, DType::f32, Category::optimizer, tier);
   }
 }
 
@@ -56,6 +61,37 @@ StateTile ResidentStateStore::acquire(int64_t t, StateMask which, TileAccess acc
 
 std::unique_ptr<OptimizerStateStore> make_resident_state_store(int64_t numel, int64_t tile_numel, bool has_master) {
   return std::make_unique<ResidentStateStore>(numel, tile_numel, has_master);
+}
+
+offload::AioOptions aio_options(const config::AioConfig& aio) {
+  offload::AioOptions o;
+  o.block_size = aio.block_size;
+  o.queue_depth = static_cast<int>(std::min<int64_t>(aio.queue_depth, 1 << 16));
+  o.intra_op_parallelism = static_cast<int>(std::min<int64_t>(aio.intra_op_parallelism, 1 << 16));
+  o.single_submit = aio.single_submit;
+  o.overlap_events = aio.overlap_events;
+  return o;
+}
+
+StateStoreFactory state_store_factory(const config::ZeroConfig& zero, const config::AioConfig& aio, int rank) {
+  if (!zero.offload_optimizer_active()) return make_resident_state_store;
+  const config::OffloadOptimizerConfig& o = *zero.offload_optimizer;
+  if (o.device == config::OffloadDevice::cpu) {
+    return [](int64_t numel, int64_t tile_numel, bool has_master) -> std::unique_ptr<OptimizerStateStore> {
+      return std::make_unique<ResidentStateStore>(numel, tile_numel, has_master, Tier::host);
+    };
+  }
+  SwapOptions s;
+  s.dir = o.nvme_path;
+  s.file_name = fmt::format("ds_optimizer_rank{}_pid{}.swp", rank, ::getpid());
+  s.buffer_count = o.buffer_count;
+  s.pin_memory = o.pin_memory;
+  s.pipeline_read = o.pipeline_read;
+  s.pipeline_write = o.pipeline_write;
+  s.aio = aio_options(aio);
+  return [s](int64_t numel, int64_t tile_numel, bool has_master) -> std::unique_ptr<OptimizerStateStore> {
+    return std::make_unique<SwappedStateStore>(numel, tile_numel, has_master, s);
+  };
 }
 
 namespace {

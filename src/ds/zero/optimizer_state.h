@@ -13,7 +13,9 @@
 #include <functional>
 #include <memory>
 
+#include "ds/config/config.h"
 #include "ds/core/tensor.h"
+#include "ds/offload/aio.h"
 
 namespace ds::zero {
 
@@ -66,6 +68,16 @@ class OptimizerStateStore {
   virtual void release(const StateTile& tile) = 0;
   // A hint that tile t will be acquired next for `which`; a swapped store may start reading it.
   virtual void prefetch(int64_t t, StateMask which) {}
+  // Waits until everything released so far is stored; a swapped store reports a failed write here at the latest.
+  virtual void sync() {}
+  // What a swapped store moved and waited for (zeros for a store in memory).
+  struct SwapStats {
+    int64_t bytes_read = 0, bytes_written = 0;
+    double io_busy_seconds = 0;  // time with at least one transfer in flight
+    double stall_seconds = 0;    // time the optimizer waited for a transfer: the part the pipeline did not hide
+    int64_t prefetch_hits = 0;   // tiles acquired after a prefetch had started reading them
+  };
+  virtual SwapStats swap_stats() const { return {}; }
 
  protected:
   void check_tile(int64_t t, StateMask which) const;
@@ -75,10 +87,11 @@ class OptimizerStateStore {
   bool has_master_;
 };
 
-// Everything in memory, allocated zeroed at construction (category `optimizer`).
+// Everything in memory, allocated zeroed at construction (category `optimizer`) in `tier`: the device tier, or
+// the host tier for offload_optimizer device 'cpu' (ZeRO-Offload: the CPU steps the state where it lives).
 class ResidentStateStore final : public OptimizerStateStore {
  public:
-  ResidentStateStore(int64_t numel, int64_t tile_numel, bool has_master);
+  ResidentStateStore(int64_t numel, int64_t tile_numel, bool has_master, Tier tier = Tier::device);
   StateTile acquire(int64_t t, StateMask which, TileAccess access) override;
   void release(const StateTile&) override {}
 
@@ -90,6 +103,11 @@ class ResidentStateStore final : public OptimizerStateStore {
 using StateStoreFactory =
     std::function<std::unique_ptr<OptimizerStateStore>(int64_t numel, int64_t tile_numel, bool has_master)>;
 std::unique_ptr<OptimizerStateStore> make_resident_state_store(int64_t numel, int64_t tile_numel, bool has_master);
+// The optimizer-state store zero_optimization.offload_optimizer asks for: resident in the device tier (no offload),
+// in the host tier ('cpu'), or swapped to a file under nvme_path ('nvme', swapped_state.h); rank names the file.
+StateStoreFactory state_store_factory(const config::ZeroConfig& zero, const config::AioConfig& aio, int rank);
+// The aio block as the I/O engine's options.
+offload::AioOptions aio_options(const config::AioConfig& aio);
 
 // Elements [begin, begin + n) of one kind, tile by tile through acquire/release.
 void read_state(OptimizerStateStore& store, StateKind kind, int64_t begin, int64_t n, float* out);

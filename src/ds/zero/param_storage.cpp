@@ -7,13 +7,14 @@
 
 namespace ds::zero {
 
-ParamStorage::ParamStorage(nn::ParameterStore& store, const PartitionLayout& layout, DType dtype, bool holds_all)
+ParamStorage::ParamStorage(nn::ParameterStore& store, const PartitionLayout& layout, DType dtype, bool holds_all,
+                           Tier tier)
     : store_(store), layout_(layout), dtype_(dtype), holds_all_(holds_all) {
   if (holds_all_) {
     DS_ASSERT(store.flat_params().defined() && store.flat_params().dtype() == dtype,
               "the store must hold the parameters in {}", dtype_name(dtype));
   } else {
-    own_ = Tensor::zeros({layout.partition_numel()}, dtype, Category::param);
+    own_ = Tensor::zeros({layout.partition_numel()}, dtype, Category::param, tier);
   }
 }
 

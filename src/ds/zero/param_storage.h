@@ -17,8 +17,10 @@ namespace ds::zero {
 
 class ParamStorage {
  public:
-  // holds_all: the store's flat parameter buffer (materialized in `dtype`); otherwise a partition is allocated.
-  ParamStorage(nn::ParameterStore& store, const PartitionLayout& layout, DType dtype, bool holds_all);
+  // holds_all: the store's flat parameter buffer (materialized in `dtype`); otherwise a partition is allocated in
+  // `tier` (the host tier with offload_param device 'cpu').
+  ParamStorage(nn::ParameterStore& store, const PartitionLayout& layout, DType dtype, bool holds_all,
+               Tier tier = Tier::device);
 
   DType dtype() const { return dtype_; }
   bool holds_all() const { return holds_all_; }

@@ -24,7 +24,7 @@ class PartitionedGradientReducer final : public GradientReducer {
         direct_(options.grads == DType::f32),
         bound_(layout.size()) {
     DS_ASSERT(options.lands && !layout.replicated(), "partitioned gradients land in buckets of a partitioned layout");
-    part_grads_ = Tensor::zeros({layout.partition_numel()}, options.grads, Category::grad);
+    part_grads_ = Tensor::zeros({layout.partition_numel()}, options.grads, Category::grad, options.partition_tier);
     const int count = options.overlap && bucket_numel_ < layout.padded_numel() ? 2 : 1;
     buckets_ = Tensor::zeros({count * bucket_numel_}, options.grads, Category::comm_buffer);
     state_.resize(static_cast<size_t>(count));

@@ -23,7 +23,8 @@ ZeroOptimizer::ZeroOptimizer(nn::ParameterStore& store, comm::Communicator& comm
       stage_(checked_stage(zero.stage)),
       precision_(precision),
       layout_(store.units(), comm.rank(), comm.size(), /*replicated=*/stage_ == 0),
-      params_(store, layout_, precision.params, keeps_full_parameters(stage_)),
+      params_(store, layout_, precision.params, keeps_full_parameters(stage_),
+              zero.offload_param_active() ? Tier::host : Tier::device),
       state_((make_state ? make_state : zero::make_resident_state_store)(layout_.partition_numel(),
                                                                          zero.sub_group_size, precision.mixed())),
       step_(layout_, *state_, hyper, precision),
@@ -47,6 +48,7 @@ ZeroOptimizer::ZeroOptimizer(nn::ParameterStore& store, comm::Communicator& comm
   reduce.lands = !keeps_full_gradients(stage_) || precision.mixed();
   reduce.overlap = zero.overlap_comm;
   reduce.bucket_numel = zero.reduce_bucket_size;
+  reduce.partition_tier = zero.offload_optimizer_active() ? Tier::host : Tier::device;
   reducer_ = keeps_full_gradients(stage_) ? zero::make_full_gradient_reducer(layout_, store, comm, rows_, reduce)
                                           : zero::make_partitioned_gradient_reducer(layout_, comm, rows_, reduce);
 }
