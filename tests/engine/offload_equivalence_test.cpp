@@ -6,11 +6,13 @@
 // swap buffers in host memory).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 
 #include "common/local_ranks.h"
 #include "common/scratch_dir.h"
 #include "common/zero_case.h"
+#include "ds/offload/aio.h"
 
 using namespace ds;
 
@@ -68,9 +70,10 @@ TEST_F(Offload, OptimizerOffloadIsBitIdenticalToTheResidentRun) {
             EXPECT_EQ(t.host_optimizer, resident[static_cast<size_t>(r)].device_optimizer) << what;
             EXPECT_EQ(t.nvme_optimizer, 0) << what;
           } else {
-            // The swap file holds the moments in 4 KiB-aligned tiles; host memory holds only the buffers.
+            // The swap file holds the state in 4 KiB-aligned tiles; host memory only the swap buffers (comm_buffer).
             EXPECT_GE(t.nvme_optimizer, resident[static_cast<size_t>(r)].device_optimizer) << what;
-            EXPECT_LT(t.host_optimizer, t.nvme_optimizer) << what;
+            EXPECT_LT(t.nvme_optimizer, resident[static_cast<size_t>(r)].device_optimizer + 4 * 4096) << what;
+            EXPECT_EQ(t.host_optimizer, 0) << what;
           }
         }
       }
@@ -95,6 +98,83 @@ TEST_F(Offload, Stage3ParameterAndOptimizerOffloadInBf16) {
       }
     }
   }
+}
+
+// A checkpoint written through the swap file resumes without offload, and one written without offload resumes with
+// it: both continue on the uninterrupted run's curve, bit for bit.
+TEST_F(Offload, CheckpointsMoveBetweenOffloadedAndResidentRuns) {
+  const std::string swap_dir = path("swap");
+  std::filesystem::create_directory(swap_dir);
+  auto config = [&](bool offload) {
+    const std::string extra =
+        offload ? fmt::format(R"(, "offload_optimizer": {{"device": "nvme", "nvme_path": "{}"}}, "sub_group_size": 30000)",
+                              swap_dir)
+                : "";
+    return config::parse_config(config_json(2, kGlobalRows, 1, false, extra), 1, "offload checkpoint");
+  };
+  auto train = [&](engine::Engine& e, int from, int to, std::vector<double>& losses) {
+    for (int step = from; step < to; ++step) {
+      losses.push_back(e.train_batch([&](int32_t* in, int32_t* tg) {
+        table().fill(kGlobalRows * step, kGlobalRows, in, tg);
+      }).loss);
+    }
+  };
+  std::vector<double> whole_losses;
+  engine::Engine whole(tiny(), config(true), kT, nullptr, 42);
+  train(whole, 0, 5, whole_losses);
+  const std::vector<float> want = whole.optimizer().full_parameters();
+  for (const bool saved_offloaded : {true, false}) {
+    const std::string dir = path(saved_offloaded ? "from_nvme" : "from_resident");
+    std::vector<double> losses;
+    {
+      engine::Engine first(tiny(), config(saved_offloaded), kT, nullptr, 42);
+      train(first, 0, 3, losses);
+      first.save_checkpoint(dir);
+    }
+    engine::Engine second(tiny(), config(!saved_offloaded), kT, nullptr, 7);
+    second.load_checkpoint(dir);
+    train(second, 3, 5, losses);
+    EXPECT_EQ(losses, whole_losses) << (saved_offloaded ? "nvme -> resident" : "resident -> nvme");
+    EXPECT_EQ(second.optimizer().full_parameters(), want) << (saved_offloaded ? "nvme -> resident" : "resident -> nvme");
+  }
+}
+
+TEST_F(Offload, AnIoErrorMidStepStopsTheRunAndKeepsTheLastCheckpoint) {
+  const std::string swap_dir = path("swap"), ckpt_dir = path("ckpt");
+  std::filesystem::create_directory(swap_dir);
+  auto config = [&](bool offload) {
+    const std::string extra =
+        offload ? fmt::format(R"(, "offload_optimizer": {{"device": "nvme", "nvme_path": "{}", "pipeline_read": true,
+                                 "pipeline_write": true}}, "sub_group_size": 20000)", swap_dir)
+                : "";
+    return config::parse_config(config_json(2, kGlobalRows, 1, false, extra), 1, "offload fault");
+  };
+  int step = 0;
+  auto next = [&](int32_t* in, int32_t* tg) { table().fill(kGlobalRows * step, kGlobalRows, in, tg); };
+  engine::Engine run(tiny(), config(true), kT, nullptr, 42);
+  for (step = 0; step < 2; ++step) run.train_batch(next);
+  const std::string saved = run.save_checkpoint(ckpt_dir);
+  const std::vector<float> saved_params = run.optimizer().full_parameters();
+  offload::inject_io_fault({/*on_write=*/true, /*after_bytes=*/100000, /*error=*/EIO, false});
+  try {
+    for (; step < 5; ++step) run.train_batch(next);
+    run.save_checkpoint(ckpt_dir);
+    ADD_FAILURE() << "the run went on after an I/O error";
+  } catch (const IoError& e) {
+    EXPECT_NE(std::string(e.what()).find(swap_dir), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("Input/output error"), std::string::npos) << e.what();
+  }
+  offload::clear_io_fault();
+  EXPECT_THROW(run.save_checkpoint(ckpt_dir), IoError);  // the state is lost: no checkpoint from it
+  std::vector<std::string> tags;
+  for (const auto& e : std::filesystem::directory_iterator(ckpt_dir)) tags.push_back(e.path().filename().string());
+  std::sort(tags.begin(), tags.end());
+  EXPECT_EQ(tags, (std::vector<std::string>{saved, "latest"}));
+  // The last checkpoint loads, without offload, and holds the state it was saved with.
+  engine::Engine resumed(tiny(), config(false), kT, nullptr, 7);
+  resumed.load_checkpoint(ckpt_dir);
+  EXPECT_EQ(resumed.global_steps(), 2);
+  EXPECT_EQ(resumed.optimizer().full_parameters(), saved_params);
 }
 
 }  // namespace

@@ -13,6 +13,7 @@ namespace ds::tool {
 void add_train_command(CLI::App& root) {
   auto opts = std::make_shared<app::TrainOptions>();
   auto memory_limit = std::make_shared<std::string>();
+  auto host_limit = std::make_shared<std::string>();
   auto steps = std::make_shared<int64_t>(0);
   auto eval_batches = std::make_shared<int64_t>(16);
   config::AutoValues& a = opts->autos;
@@ -70,6 +71,9 @@ void add_train_command(CLI::App& root) {
   cmd->add_option("--time-limit", opts->time_limit_s, "stop training after this many seconds");
   cmd->add_option("--device-memory-limit", *memory_limit,
                   "fail clearly if the model needs more than this (e.g. 512MiB), as on a smaller accelerator");
+  cmd->add_option("--host-memory-limit", *host_limit,
+                  "fail clearly if what is offloaded to host memory (offload_optimizer/offload_param 'cpu', swap "
+                  "buffers) needs more than this (e.g. 4GiB)");
   cmd->add_flag("-q,--quiet", opts->quiet,
                 "no progress bar and no summary (warnings, errors and the ZeRO report remain)");
   cmd->add_flag("--checkpoint-activations", opts->checkpoint_activations,
@@ -84,13 +88,14 @@ void add_train_command(CLI::App& root) {
   cmd->add_option("--load-tag", opts->load_tag, "resume from this tag instead of the latest");
   cmd->add_option("--init-from", opts->init_from,
                   "start from the weights of a .safetensors file (Hugging Face GPT-2 names, as consolidate writes)");
-  cmd->callback([opts, memory_limit, flags, data, steps, steps_opt, eval_batches, eval_opt] {
+  cmd->callback([opts, memory_limit, host_limit, flags, data, steps, steps_opt, eval_batches, eval_opt] {
     for (const AutoFlag& f : *flags) *f.given = f.option->count() > 0;
     app::TrainOptions o = *opts;
     o.data_given = data->count() > 0;
     if (steps_opt->count() > 0) o.steps = *steps;
     if (eval_opt->count() > 0) o.eval_batches = *eval_batches;
     if (!memory_limit->empty()) o.device_memory_limit = app::parse_byte_size(*memory_limit);
+    if (!host_limit->empty()) o.host_memory_limit = app::parse_byte_size(*host_limit);
     app::run_training(o);
   });
 }

@@ -124,9 +124,11 @@ void print_zero_report(comm::Communicator& comm, const engine::Engine& engine, c
   const MemoryTracker& t = current_tracker();
   auto mib = [](double b) { return b / (1 << 20); };
   constexpr int kFields = 6;
-  std::vector<float> mine = {static_cast<float>(mib(t.peak(Tier::device, Category::param))),
-                             static_cast<float>(mib(t.peak(Tier::device, Category::grad))),
-                             static_cast<float>(mib(t.peak(Tier::device, Category::optimizer))),
+  // Model states wherever they live: offload moves them to the host or nvme tier, the formula counts them all.
+  auto states = [&](Category c) {
+    return static_cast<float>(mib(double(t.peak(Tier::device, c) + t.peak(Tier::host, c) + t.peak(Tier::nvme, c))));
+  };
+  std::vector<float> mine = {states(Category::param), states(Category::grad), states(Category::optimizer),
                              static_cast<float>(mib(t.peak(Tier::device, Category::comm_buffer) +
                                                     t.peak(Tier::host, Category::comm_buffer))),
                              static_cast<float>(mib(static_cast<double>(per_step.total_bytes()))),
@@ -201,6 +203,7 @@ TrainSummary run_training_on(const TrainOptions& o, comm::Communicator& comm) {
   const bool show = lead && !o.quiet;
   if (o.threads > 0) omp_set_num_threads(o.threads);
   if (o.device_memory_limit) current_tracker().set_limit(Tier::device, *o.device_memory_limit);
+  if (o.host_memory_limit) current_tracker().set_limit(Tier::host, *o.host_memory_limit);
 
   const nn::Gpt2Config model_config = nn::Gpt2Config::from_spec(o.model);
   DS_CHECK_AS(ConfigError, !o.steps || *o.steps > 0,
@@ -400,6 +403,15 @@ TrainSummary run_training_on(const TrainOptions& o, comm::Communicator& comm) {
                sum.initial_val_loss, sum.final_val_loss,
                sum.final_val_batches == val_loader.num_batches() ? "all" : "the first", sum.final_val_batches);
     fmt::print(stderr, "memory  {}peak RSS {:.0f} MiB\n", current_tracker().report(), peak_rss_mib());
+    const zero::OptimizerStateStore::SwapStats swap = engine.optimizer().state_store().swap_stats();
+    if (swap.bytes_read + swap.bytes_written > 0) {
+      const double moved = static_cast<double>(swap.bytes_read + swap.bytes_written);
+      fmt::print(stderr, "offload NVMe swap: read {}, wrote {}, {:.2f} GB/s while transferring ({:.1f} s); the step "
+                 "waited {:.1f} s for it ({:.1f}% of training time)\n",
+                 format_bytes(swap.bytes_read), format_bytes(swap.bytes_written),
+                 swap.io_busy_seconds > 0 ? moved / swap.io_busy_seconds / 1e9 : 0.0, swap.io_busy_seconds,
+                 swap.stall_seconds, 100.0 * swap.stall_seconds / std::max(train_seconds, 1e-9));
+    }
     fmt::print(stderr, "metrics {}\nchart   {}\n", metrics_path, sum.chart_path);
   }
   if (world > 1 || config.zero.stage > 0) print_zero_report(comm, engine, per_step, model_config.num_params());

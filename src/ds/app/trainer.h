@@ -30,6 +30,7 @@ struct TrainOptions {
   int threads = 0;                         // 0: all cores
   double time_limit_s = 0;                 // stop after this many seconds of training (0: no limit)
   std::optional<int64_t> device_memory_limit;  // bytes
+  std::optional<int64_t> host_memory_limit;    // bytes: the host tier (offloaded state, swap buffers)
   bool quiet = false;                      // no progress bar or summary (warnings, errors, the ZeRO report)
   std::string backend = "auto";            // communicator: auto (MPI when launched by mpirun/srun), mpi, self
   std::string save_dir;                    // checkpoints go here (Note [Checkpoint layout]); empty: none

@@ -82,6 +82,7 @@ void publish(const fs::path& saving, const fs::path& final_dir, const std::strin
 // once). The tensors are in the order write_safetensors would give them (by name), so the bytes are the same.
 void write_shard(const std::string& path, zero::ZeroOptimizer& optimizer) {
   zero::OptimizerStateStore& state = optimizer.state_store();
+  state.sync();  // a swapped store's failed write shows here, before anything is written
   const int64_t n = optimizer.partition_numel();
   const size_t bytes = static_cast<size_t>(n) * sizeof(float);
   const std::vector<int64_t> shape = {n};
@@ -143,6 +144,12 @@ void write_checkpoint(comm::Communicator& comm, const std::string& dir, const st
   }
   std::vector<int32_t> all(static_cast<size_t>(5 * world));
   comm.all_gather(info, all.data(), 5, DType::i32);
+  bool all_wrote = true;
+  for (int r = 0; r < world; ++r) all_wrote = all_wrote && all[static_cast<size_t>(5 * r + 4)] == 1;
+  if (!all_wrote && rank == 0) {
+    std::error_code ec;
+    fs::remove_all(saving, ec);  // nothing half-written stays beside the checkpoints
+  }
   if (!failure.empty()) throw IoError(failure);
   for (int r = 0; r < world; ++r) {
     DS_CHECK_AS(IoError, all[static_cast<size_t>(5 * r + 4)] == 1, "[checkpoint] rank {} could not write its shard "

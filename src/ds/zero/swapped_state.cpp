@@ -60,7 +60,7 @@ SwappedStateStore::SwappedStateStore(int64_t numel, int64_t tile_numel, bool has
   const int64_t slots = std::max(stages, (options.buffer_count + kinds_held_ - 1) / kinds_held_);
   slots_.resize(static_cast<size_t>(std::min(slots, std::max<int64_t>(tile_count(), 1))));
   for (Slot& s : slots_) {
-    s.buffer = offload::io_buffer(kinds_held_ * segment_bytes_, Category::optimizer, options.pin_memory);
+    s.buffer = offload::io_buffer(kinds_held_ * segment_bytes_, Category::comm_buffer, options.pin_memory);
   }
 }
 

@@ -1,7 +1,8 @@
 // The optimizer state swapped to NVMe (ZeRO-Infinity; DESIGN decision 7; DeepSpeed's partitioned and pipelined
 // optimizer swappers, brief §3.3). The state lives in one preallocated swap file per rank under nvme_path, tile
 // after tile (DeepSpeed's sub-groups), each tile's kinds back to back in aligned segments; a few host buffers, each
-// holding one tile's kinds, are all the memory it takes. Note [Swap pipeline] in the .cpp says how reads, the
+// holding one tile's kinds, are all the memory it takes (category comm_buffer, host tier: staging, as the
+// communication buckets are). Note [Swap pipeline] in the .cpp says how reads, the
 // step and writes overlap.
 #pragma once
 
