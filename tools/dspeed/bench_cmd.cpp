@@ -15,6 +15,7 @@
 
 #include "commands.h"
 #include "bench/decode_bench.h"
+#include "bench/offload_bench.h"
 #include "bench/train_bench.h"
 #include "ds/app/trainer.h"
 #include "bench/serve_bench.h"
@@ -177,6 +178,37 @@ void add_bench_command(CLI::App& root) {
     serve::ServeBenchOptions opts = *sv;
     opts.kv_memory_bytes = app::parse_byte_size(*kv_memory);
     serve::run_serve_bench(opts);
+  });
+
+  auto of = std::make_shared<OffloadBenchOptions>();
+  auto limit = std::make_shared<std::string>("512MiB");
+  CLI::App* off = cmd->add_subcommand(
+      "offload", "ZeRO-Offload/Infinity: fio vs our swap, NVMe-swapped and memory-limited training vs resident, CPU "
+                 "Adam vs torch.optim.AdamW");
+  off->add_option("--dir", of->dir, "directory for the swap files and fio's file (on the NVMe drive)")
+      ->capture_default_str();
+  off->add_option("--model", of->model, "model preset or JSON")->capture_default_str();
+  off->add_option("--steps", of->steps, "timed steps per training run")->capture_default_str();
+  off->add_option("--warmup", of->warmup, "untimed steps first")->capture_default_str();
+  off->add_option("--seq-len", of->seq_len)->capture_default_str();
+  off->add_option("--micro", of->micro, "sequences per step")->capture_default_str();
+  off->add_option("--threads", of->threads)->capture_default_str();
+  off->add_option("--sub-group-size", of->sub_group_size, "elements per swapped tile")->capture_default_str();
+  off->add_option("--device-memory-limit", *limit, "the memory-limited runs' device tier")->capture_default_str();
+  off->add_option("--fio-mib", of->fio_mib, "MiB moved each way by the disk measurements")->capture_default_str();
+  off->add_option("--adam-numel", of->adam_numel, "parameters of the Adam comparison")->capture_default_str();
+  off->add_option("--python", of->python, "Python with torch")->capture_default_str();
+  off->add_option("--torch-script", of->torch_script)->capture_default_str();
+  off->add_flag("--skip-fio", of->skip_fio, "no disk measurements");
+  off->add_flag("--skip-train", of->skip_train, "no NVMe-swapped training");
+  off->add_flag("--skip-limit", of->skip_limit, "no memory-limited training");
+  off->add_flag("--skip-adam", of->skip_adam, "no CPU Adam comparison");
+  off->add_flag("--skip-torch", of->skip_torch, "no PyTorch");
+  off->add_option("--json", of->json_out, "append the figures as one JSON line");
+  off->callback([of, limit] {
+    OffloadBenchOptions opts = *of;
+    opts.device_limit = app::parse_byte_size(*limit);
+    run_offload_bench(opts);
   });
 }
 

@@ -45,7 +45,7 @@ void add_train_command(CLI::App& root) {
                      &a.warmup_steps.given});
   auto_flag("--precision", a.precision, "fp32, fp16 or bf16: fp16.enabled and bf16.enabled");
   flags->back().option->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
-  cmd->add_option("-m,--model", opts->model, "model preset (gpt2-tiny, gpt2-mini, gpt2) or model JSON file")
+  cmd->add_option("-m,--model", opts->model, "model preset (gpt2-tiny, gpt2-mini, gpt2, gpt2-medium, gpt2-large, gpt2-xl) or model JSON file")
       ->capture_default_str();
   auto* data = cmd->add_option("--data", opts->data_dir,
                                "folder with train.bin and val.bin token shards (the default is prepared from the "

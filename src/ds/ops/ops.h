@@ -73,6 +73,10 @@ void classifier_rows_backward(const Tensor& dh, const Tensor& dw, const Tensor& 
 // least grad's elements; may be undefined for an fp32 grad).
 void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
                 const cpu::AdamParams& hyper, float grad_scale, const Tensor& wide = Tensor());
+// Mixed precision's step in one pass (kernels/cpu/kernels.h: adamw_step_mixed): fp32 master, m and v updated from a
+// gradient in f32, bf16 or f16, and the new master rounded into the 16-bit `param`. CPU only.
+void adamw_step_mixed(const Tensor& master, const Tensor& grad, const Tensor& m, const Tensor& v, const Tensor& param,
+                      const cpu::AdamParams& hyper, float grad_scale);
 // Sum of the squares of x's elements (f32, bf16 or f16) in double precision.
 double sum_squares(const Tensor& x);
 // LAMB's three passes over one parameter tensor (DeepSpeed's FusedLamb, kernels/cpu/kernels.h): the moments from

@@ -47,6 +47,28 @@ void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const 
   cpu::adamw_step(param.data<float>(), g.data<float>(), m.data<float>(), v.data<float>(), count, hyper, grad_scale);
 }
 
+void adamw_step_mixed(const Tensor& master, const Tensor& grad, const Tensor& m, const Tensor& v, const Tensor& param,
+                      const cpu::AdamParams& hyper, float grad_scale) {
+  const char* op = "adamw_step_mixed";
+  const Device dev =
+      detail::common_device(op, {{"master", master}, {"grad", grad}, {"m", m}, {"v", v}, {"param", param}});
+  DS_CHECK_AS(DeviceError, dev.is_cpu(), "[ops] adamw_step_mixed runs on the CPU only, found {}; on a GPU use "
+              "adamw_step on fp32 tensors and convert the master", dev.str());
+  const int64_t n = master.numel();
+  for (const Arg& a : {Arg{"master", master}, Arg{"m", m}, Arg{"v", v}}) {
+    detail::expect_dtype(op, a, DType::f32);
+    detail::expect_numel(op, a, n);
+  }
+  detail::expect_numel(op, {"grad", grad}, n);
+  detail::expect_numel(op, {"param", param}, n);
+  DS_CHECK_AS(ShapeError, is_float(grad.dtype()), "[ops] adamw_step_mixed: grad must be f32, bf16 or f16, found {}",
+              grad.str());
+  DS_CHECK_AS(ShapeError, param.dtype() == DType::bf16 || param.dtype() == DType::f16,
+              "[ops] adamw_step_mixed: param must be bf16 or f16, found {}", param.str());
+  cpu::adamw_step_mixed(master.data<float>(), grad.raw(), grad.dtype(), m.data<float>(), v.data<float>(), param.raw(),
+                        param.dtype(), static_cast<size_t>(n), hyper, grad_scale);
+}
+
 double sum_squares(const Tensor& x) {
   const char* op = "sum_squares";
   const Device dev = detail::common_device(op, {{"x", x}});

@@ -124,8 +124,12 @@ void OptimizerStep::step(float lr, float grad_scale, const OwnedFn& params, cons
         return;
       }
       const Tensor master = tile.view(StateKind::master).narrow(in_tile, count);
+      if (master.device().is_cpu() && param.device().is_cpu() && grad.device().is_cpu()) {
+        ops::adamw_step_mixed(master, grad, m, v, param, p, scale);  // rounded into the 16-bit parameters
+        return;
+      }
       ops::adamw_step(master, grad, m, v, p, scale, wide_grads_);
-      param.copy_from(master);  // rounded into the 16-bit parameters
+      param.copy_from(master);
     });
     state_.release(tile);
   }

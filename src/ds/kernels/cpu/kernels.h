@@ -156,6 +156,13 @@ struct AdamParams {
 // AVX2 body with a scalar tail; parallel over OpenMP.
 void adamw_step(float* param, const float* grad, float* m, float* v, size_t n, const AdamParams& p,
                 float grad_scale = 1.0f);
+// Mixed precision's step in one pass (DeepSpeed's CPU Adam with its 16-bit parameter copy): fp32 master, m and v
+// updated as adamw_step does from a gradient stored in `grad_dtype` (f32, bf16 or f16; widened in registers), and
+// the new master rounded to `param_dtype` (bf16 or f16, round to nearest even) into `param`. Reads 12 bytes plus
+// the gradient's and writes 12 plus the parameter's per element; the same bits as widening the gradient, calling
+// adamw_step and converting the master. AVX-512 body where the CPU has it (DS_CPU_ISA=avx2 forces AVX2).
+void adamw_step_mixed(float* master, const void* grad, DType grad_dtype, float* m, float* v, void* param,
+                      DType param_dtype, size_t n, const AdamParams& p, float grad_scale = 1.0f);
 // The step's per-call scalars (kernels/adam_coeffs.h), which every backend's Adam kernel uses.
 using kernels::AdamCoeffs;
 AdamCoeffs adam_coeffs(const AdamParams& p, float grad_scale);

@@ -27,6 +27,12 @@ Gpt2Config Gpt2Config::preset(const std::string& name) {
     c.n_layer = 6, c.n_head = 6, c.n_embd = 384, c.block_size = 512;
   } else if (name == "gpt2") {
     c.n_layer = 12, c.n_head = 12, c.n_embd = 768, c.block_size = 1024;
+  } else if (name == "gpt2-medium") {  // Hugging Face's GPT-2 sizes: 355M, 774M, 1.56B
+    c.n_layer = 24, c.n_head = 16, c.n_embd = 1024, c.block_size = 1024;
+  } else if (name == "gpt2-large") {
+    c.n_layer = 36, c.n_head = 20, c.n_embd = 1280, c.block_size = 1024;
+  } else if (name == "gpt2-xl") {
+    c.n_layer = 48, c.n_head = 25, c.n_embd = 1600, c.block_size = 1024;
   } else {
     std::string names;
     for (const auto& n : preset_names()) names += (names.empty() ? "" : ", ") + n;
@@ -36,7 +42,9 @@ Gpt2Config Gpt2Config::preset(const std::string& name) {
   return c;
 }
 
-std::vector<std::string> Gpt2Config::preset_names() { return {"gpt2-tiny", "gpt2-mini", "gpt2"}; }
+std::vector<std::string> Gpt2Config::preset_names() {
+  return {"gpt2-tiny", "gpt2-mini", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"};
+}
 
 Gpt2Config Gpt2Config::from_spec(const std::string& spec) {
   const bool is_file = spec.size() > 5 && spec.substr(spec.size() - 5) == ".json";
@@ -51,7 +59,7 @@ Gpt2Config Gpt2Config::from_spec(const std::string& spec) {
   limits.comments = true;
   const std::string problem = parse_json_bounded(ss.str(), limits, j);
   DS_CHECK_AS(ConfigError, problem.empty(), "[model] '{}' is not a valid model JSON file: {}; fix it or give a "
-              "preset (gpt2-tiny, gpt2-mini, gpt2)", spec, problem);
+              "preset (gpt2-tiny, gpt2-mini, gpt2, gpt2-medium, gpt2-large, gpt2-xl)", spec, problem);
   return from_json(j, spec);
 }
 
