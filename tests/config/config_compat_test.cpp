@@ -270,8 +270,8 @@ TEST_F(ConfigCompat, FeaturesNotImplementedAreListedOnceAndTheRunGoesOn) {
       "compression_training": {"weight_quantization": {}}, "pipeline": {"stages": 2},
       "wandb": {"enabled": true}, "comet": {"enabled": true}})");
   ASSERT_EQ(c.warnings.size(), 1u);
-  EXPECT_EQ(c.warnings[0].find("offload_optimizer"), std::string::npos) << c.warnings[0];  // implemented
-  for (const char* key : {"offload_param' device 'nvme'", "OneBitAdam", "flops_profiler.enabled",
+  EXPECT_EQ(c.warnings[0].find("offload_"), std::string::npos) << c.warnings[0];  // implemented
+  for (const char* key : {"OneBitAdam", "flops_profiler.enabled",
                           "comms_logger.enabled", "compression_training", "pipeline.stages", "wandb", "comet"})
     EXPECT_NE(c.warnings[0].find(key), std::string::npos) << key << " in " << c.warnings[0];
   EXPECT_EQ(c.optimizer.type, "adamw");  // 1-bit Adam's exact stage: decoupled decay, no bias correction

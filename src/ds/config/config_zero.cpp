@@ -205,10 +205,6 @@ void parse_zero(BlockReader r, ZeroConfig& out) {
                 "[config] 'zero_optimization.allgather_bucket_size' ({}) in {} must be a multiple of 2 for stages 1 "
                 "and 2 (NCCL start alignment)", out.allgather_bucket_size, src);
   }
-  if (out.offload_param_active() && out.offload_param->device == OffloadDevice::nvme) {
-    r.ctx().not_implemented.push_back("'zero_optimization.offload_param' device 'nvme' (the parameter partition is "
-                                      "kept in host memory, as with device 'cpu')");
-  }
 }
 
 }  // namespace ds::config::detail

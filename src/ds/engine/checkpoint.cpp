@@ -82,7 +82,7 @@ void publish(const fs::path& saving, const fs::path& final_dir, const std::strin
 // once). The tensors are in the order write_safetensors would give them (by name), so the bytes are the same.
 void write_shard(const std::string& path, zero::ZeroOptimizer& optimizer) {
   zero::OptimizerStateStore& state = optimizer.state_store();
-  state.sync();  // a swapped store's failed write shows here, before anything is written
+  optimizer.sync_offload();  // a failed swap write shows here, before anything is written
   const int64_t n = optimizer.partition_numel();
   const size_t bytes = static_cast<size_t>(n) * sizeof(float);
   const std::vector<int64_t> shape = {n};

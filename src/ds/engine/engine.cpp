@@ -51,7 +51,8 @@ Engine::Engine(const nn::Gpt2Config& model_config, const config::DeepSpeedConfig
   hyper.adam_w_mode = config.optimizer.adam_w_mode;
   hyper.bias_correction = config.optimizer.bias_correction;
   optimizer_ = std::make_unique<zero::ZeroOptimizer>(model_->params(), *comm_, config.zero, hyper, precision,
-                                                    zero::state_store_factory(config.zero, config.aio, comm_->rank()));
+                                                    zero::state_store_factory(config.zero, config.aio, comm_->rank()),
+                                                    zero::param_swap_options(config.zero, config.aio, comm_->rank()));
   if (config.optimizer.type == "lamb") {
     cpu::LambParams lamb;
     lamb.lr = hyper.lr;

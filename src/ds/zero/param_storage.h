@@ -7,32 +7,42 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 #include "ds/comm/communicator.h"
 #include "ds/core/tensor.h"
 #include "ds/nn/parameter.h"
 #include "ds/zero/partition_layout.h"
+#include "ds/zero/swapped_params.h"
 
 namespace ds::zero {
 
 class ParamStorage {
  public:
   // holds_all: the store's flat parameter buffer (materialized in `dtype`); otherwise a partition is allocated in
-  // `tier` (the host tier with offload_param device 'cpu').
+  // `tier` (the host tier with offload_param device 'cpu'), or swapped to NVMe when `swap` is given
+  // (offload_param device 'nvme', swapped_params.h).
   ParamStorage(nn::ParameterStore& store, const PartitionLayout& layout, DType dtype, bool holds_all,
-               Tier tier = Tier::device);
+               Tier tier = Tier::device, const ParamSwapOptions* swap = nullptr);
+  ~ParamStorage();
 
   DType dtype() const { return dtype_; }
   bool holds_all() const { return holds_all_; }
-  // This rank's chunk of unit i: its bytes, and a [chunk] view of them.
-  std::byte* owned(size_t unit) const;
-  Tensor owned_chunk(size_t unit) const;
+  // This rank's chunk of unit i as a [chunk] view; `write` when the caller changes it. A swapped partition reads
+  // the chunk in and keeps it until every copy of the view is gone (writing it back after `write`), so hold the
+  // view, not a pointer into it, for as long as the bytes are used.
+  Tensor owned_chunk(size_t unit, bool write = false) const;
+  // Starts reading unit i's chunk ahead (a swapped partition; nothing otherwise), and how far ahead that helps.
+  void prefetch(size_t unit) const;
+  int prefetch_depth() const;
+  bool swapped() const { return swapped_ != nullptr; }
+  // A swapped partition's transfers (zeros otherwise), and a wait for its write-backs.
+  OptimizerStateStore::SwapStats swap_stats() const;
+  void sync() const;
   // All of unit i (holds_all only).
   std::byte* full(size_t unit) const;
   // Flat element `flat` (holds_all only).
   std::byte* at_flat(int64_t flat) const;
-  // Partition element `part` (a partition of its own only: !holds_all).
-  std::byte* at_part(int64_t part) const;
   // Sets flat elements [offset, offset + n) from fp32 values: all of them when holding all, else the owned pieces.
   void set(int64_t flat_offset, const float* values, int64_t n);
   // Partition elements [begin, begin + n) widened to fp32.
@@ -45,7 +55,8 @@ class ParamStorage {
   const PartitionLayout& layout_;
   DType dtype_;
   bool holds_all_;
-  Tensor own_;  // !holds_all: the owned partition
+  Tensor own_;  // !holds_all and not swapped: the owned partition
+  std::unique_ptr<SwappedPartition> swapped_;
 };
 
 }  // namespace ds::zero

@@ -16,6 +16,8 @@
 // all-gather fills a 16-bit buffer from the same pool, widened into the fp32 one when the unit is used.
 #include "ds/zero/parameter_coordinator.h"
 
+#include <algorithm>
+#include <climits>
 #include <cstring>
 
 #include "ds/core/convert.h"
@@ -45,7 +47,8 @@ ParameterCoordinator::ParameterCoordinator(const PartitionLayout& layout, ParamS
       options_(options),
       gathered_(layout.size()),
       inflight_buf_(layout.size()),
-      inflight_(layout.size()) {
+      inflight_(layout.size()),
+      inflight_src_(layout.size()) {
   DS_ASSERT(options.gathers != storage.holds_all(), "gathering needs partitioned parameters, widening whole ones");
   DS_ASSERT(options.gathers || storage.dtype() != DType::f32, "fp32 parameters held whole need no coordinator");
   for (const UnitLayout& u : layout.units()) persistent_.push_back(u.unit->numel <= options.persistence);
@@ -81,12 +84,14 @@ void ParameterCoordinator::gather(size_t unit) {
   if (inflight_[unit]) {
     inflight_[unit]->wait();
     inflight_[unit].reset();
+    inflight_src_[unit] = Tensor();
     full = inflight_buf_[unit];
     inflight_buf_[unit] = Tensor();
     ++prefetch_hits_;
   } else if (options_.gathers) {
     full = take_buffer(unit, pd);
-    comm_.all_gather(storage_.owned(unit), full.raw(), static_cast<size_t>(u.chunk), pd);
+    const Tensor own = storage_.owned_chunk(unit);  // held while the all-gather reads it
+    comm_.all_gather(own.raw(), full.raw(), static_cast<size_t>(u.chunk), pd);
     live_numel_ += u.padded;
   } else {
     live_numel_ += u.padded;
@@ -103,16 +108,29 @@ void ParameterCoordinator::gather(size_t unit) {
 }
 
 void ParameterCoordinator::prefetch() {
+  // A swapped partition reads the chunks of the next units from disk first, further ahead than the all-gathers.
+  for (size_t pos = trace_pos_, ahead = 0; pos < trace_.size() && int(ahead) < storage_.prefetch_depth(); ++pos) {
+    if (gathered_[trace_[pos]].defined() || inflight_[trace_[pos]]) continue;
+    storage_.prefetch(trace_[pos]);
+    ++ahead;
+  }
   int64_t in_flight = 0;
-  for (size_t i = 0; i < layout_.size(); ++i)
-    if (inflight_[i]) in_flight += layout_[i].padded;
+  int pinned = 0;  // a swapped partition pins a buffer per all-gather in flight: leave one for the unit in use
+  const int pin_limit = storage_.swapped() ? std::max(1, storage_.prefetch_depth()) : INT_MAX;
+  for (size_t i = 0; i < layout_.size(); ++i) {
+    if (!inflight_[i]) continue;
+    in_flight += layout_[i].padded;
+    ++pinned;
+  }
   for (size_t pos = trace_pos_; pos < trace_.size(); ++pos) {
     const size_t k = trace_[pos];
     if (gathered_[k].defined() || inflight_[k]) continue;
     const int64_t n = layout_[k].padded;
-    if (in_flight + n > options_.prefetch_bucket || live_numel_ + n > options_.max_live) break;
+    if (in_flight + n > options_.prefetch_bucket || live_numel_ + n > options_.max_live || pinned >= pin_limit) break;
+    ++pinned;
     inflight_buf_[k] = take_buffer(k, storage_.dtype());
-    inflight_[k] = comm_.all_gather_async(storage_.owned(k), inflight_buf_[k].raw(),
+    inflight_src_[k] = storage_.owned_chunk(k);  // held until the all-gather is waited for
+    inflight_[k] = comm_.all_gather_async(inflight_src_[k].raw(), inflight_buf_[k].raw(),
                                           static_cast<size_t>(layout_[k].chunk), storage_.dtype());
     in_flight += n;
     live_numel_ += n;
@@ -206,7 +224,7 @@ void ParameterCoordinator::lookup_rows(const nn::Parameter& p, const int32_t* id
   for (int64_t j = 0; j < world * n; ++j) {
     const int64_t begin = p.offset + int64_t(all[j]) * C;
     layout_.for_owned(begin, begin + C, [&](int64_t flat, int64_t part, int64_t count) {
-      to_f32(contrib + j * C + (flat - begin), storage_.at_part(part), pd, static_cast<size_t>(count));
+      storage_.read_owned(part, count, contrib + j * C + (flat - begin));
     });
   }
   comm_.reduce_scatter(contrib, out, static_cast<size_t>(n * C), DType::f32);

@@ -76,6 +76,7 @@ class ParameterCoordinator {
   std::vector<Tensor> free_buffers_;  // released buffers (fp32, and 16-bit staging), reused
   std::vector<Tensor> inflight_buf_;  // per unit: the buffer an in-flight prefetch fills (storage dtype)
   std::vector<comm::WorkPtr> inflight_;     // per unit: that prefetch
+  std::vector<Tensor> inflight_src_;        // per unit: the owned chunk it sends (pinned while swapped)
   std::vector<size_t> trace_;         // unit fetch order of one training step
   bool in_step_ = false, recording_ = true, trace_complete_ = false;
   size_t trace_pos_ = 0;

@@ -2,9 +2,11 @@
 //
 // Note [Swap pipeline]
 // The optimizer walks the tiles in order: prefetch(t+1), acquire(t), step, release(t). With pipeline_read the
-// prefetch starts reading tile t+1 into a free buffer slot at once, so the read runs while tile t is stepped; with
-// pipeline_write release(t) starts the write-back and returns, so the write runs while t+1 and t+2 are stepped.
-// Without them (DeepSpeed's defaults) each read and write is waited for where it is issued. A slot is reused only
+// prefetch starts reading tile t+1 into a free buffer slot at once, so the read runs while tile t is stepped. A
+// released tile stays dirty in its slot until another tile is released (or its slot is needed, or sync()): then its
+// write-back starts, so callers that write one tile in many small pieces (loading a checkpoint, initialising the
+// master weights parameter by parameter) write it once, not once per piece. With pipeline_write the write-back
+// runs while the next tiles are stepped; without it (DeepSpeed's default) it is waited for where it is issued. A slot is reused only
 // after its transfers finished, least recently used first, so a tile read back soon after it was written (the
 // checkpoint after a step, the first tiles of the next step with slots to spare) comes from the buffer and is
 // never read over data still being written. The buffer slots: buffer_count buffers of one kind each, grouped into
@@ -132,6 +134,7 @@ SwappedStateStore::Slot& SwappedStateStore::take_slot(int64_t t, Slot* victim) {
   }
   DS_ASSERT(victim != nullptr, "no free swap buffer: {} slots, all in use", slots_.size());
   wait_reads(*victim);
+  if (victim->dirty) write_back(*victim);
   wait_writes(*victim);
   victim->tile = t;
   victim->valid = 0;
@@ -218,22 +221,31 @@ void SwappedStateStore::release(const StateTile& tile) {
   DS_ASSERT(s && s->in_use, "tile {} released without being acquired", tile.index);
   s->in_use = false;
   if (tile.access == TileAccess::read) return;
+  s->dirty |= tile.which;
+  for (Slot& other : slots_) {  // Note [Swap pipeline]: the tiles released before this one go out now
+    if (&other != s && !other.in_use && other.dirty) write_back(other);
+  }
+}
+
+void SwappedStateStore::write_back(Slot& s) {
   uint32_t segments = 0;
   for (int k = 0; k < kStateKinds; ++k) {
-    if (tile.which & (1u << k)) segments |= 1u << segment(static_cast<StateKind>(k));
+    if (s.dirty & (1u << k)) segments |= 1u << segment(static_cast<StateKind>(k));
   }
-  std::byte* base = static_cast<std::byte*>(s->buffer.raw());
+  s.dirty = 0;
+  std::byte* base = static_cast<std::byte*>(s.buffer.raw());
   for_runs(segments, [&](int first, int count) {
-    s->writes.push_back(aio_->write(*file_, offset(tile.index, first), base + first * segment_bytes_,
-                                    count * segment_bytes_));
+    s.writes.push_back(aio_->write(*file_, offset(s.tile, first), base + first * segment_bytes_,
+                                   count * segment_bytes_));
   });
-  if (!options_.pipeline_write) wait_writes(*s);
+  if (!options_.pipeline_write) wait_writes(s);
 }
 
 void SwappedStateStore::sync() {
   check_healthy();
   for (Slot& s : slots_) {
     wait_reads(s);
+    if (s.dirty && !s.in_use) write_back(s);
     wait_writes(s);
   }
 }

@@ -50,6 +50,7 @@ class SwappedStateStore final : public OptimizerStateStore {
     std::vector<offload::IoTicket> reads, writes;
     bool in_use = false;
     bool prefetched = false;  // read ahead, not acquired since
+    StateMask dirty = 0;      // kinds released after writing, not yet written back
     uint64_t last_used = 0;
     Tensor buffer;  // u8, kinds() segments of segment_bytes_
   };
@@ -63,6 +64,8 @@ class SwappedStateStore final : public OptimizerStateStore {
   // Starts reading `which` of the slot's tile where not already valid or coming.
   void start_reads(Slot& s, StateMask which);
   void wait_reads(Slot& s);
+  // Starts writing the slot's dirty kinds (and waits for them without pipeline_write).
+  void write_back(Slot& s);
   void wait_writes(Slot& s);
   void wait(std::vector<offload::IoTicket>& tickets);
   void check_healthy() const;

@@ -17,14 +17,15 @@ int ZeroOptimizer::checked_stage(int stage) {
 
 ZeroOptimizer::ZeroOptimizer(nn::ParameterStore& store, comm::Communicator& comm, const config::ZeroConfig& zero,
                              const cpu::AdamParams& hyper, const ZeroPrecision& precision,
-                             const zero::StateStoreFactory& make_state)
+                             const zero::StateStoreFactory& make_state,
+                             const std::optional<zero::ParamSwapOptions>& param_swap)
     : store_(store),
       comm_(comm),
       stage_(checked_stage(zero.stage)),
       precision_(precision),
       layout_(store.units(), comm.rank(), comm.size(), /*replicated=*/stage_ == 0),
       params_(store, layout_, precision.params, keeps_full_parameters(stage_),
-              zero.offload_param_active() ? Tier::host : Tier::device),
+              zero.offload_param_active() ? Tier::host : Tier::device, param_swap ? &*param_swap : nullptr),
       state_((make_state ? make_state : zero::make_resident_state_store)(layout_.partition_numel(),
                                                                          zero.sub_group_size, precision.mixed())),
       step_(layout_, *state_, hyper, precision),
@@ -89,7 +90,7 @@ void ZeroOptimizer::skip_step() {
 
 void ZeroOptimizer::step(float lr, float grad_scale) {
   reducer_->drain();
-  step_.step(lr, grad_scale, [&](size_t unit) { return params_.owned_chunk(unit); },
+  step_.step(lr, grad_scale, [&](size_t unit) { return params_.owned_chunk(unit, /*write=*/true); },
              [&](size_t unit) { return reducer_->owned_chunk(unit); });
   if (coordinator_) coordinator_->end_step();  // gathered copies are stale now
   if (params_.holds_all() && !layout_.replicated()) params_.all_gather_owned(comm_);

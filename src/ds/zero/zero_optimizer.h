@@ -23,6 +23,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "ds/comm/communicator.h"
@@ -45,9 +46,11 @@ class ZeroOptimizer : public nn::ModuleHooks {
   // The store must be materialized with unit alignment ZeroOptimizer::alignment(N), without gradients from stage 2
   // on and without parameters at stage 3, in the precision's dtypes. `make_state` makes the optimizer-state store
   // (default: a ResidentStateStore), in tiles of zero.sub_group_size elements.
+  // `param_swap` puts the stage-3 parameter partition on NVMe (offload_param device 'nvme').
   ZeroOptimizer(nn::ParameterStore& store, comm::Communicator& comm, const config::ZeroConfig& zero,
                 const cpu::AdamParams& hyper, const ZeroPrecision& precision = {},
-                const zero::StateStoreFactory& make_state = {});
+                const zero::StateStoreFactory& make_state = {},
+                const std::optional<zero::ParamSwapOptions>& param_swap = std::nullopt);
   ~ZeroOptimizer() override;
   static int64_t alignment(int world) { return zero::PartitionLayout::alignment(world); }
   static bool keeps_full_gradients(int stage) { return stage < 2; }
@@ -112,6 +115,13 @@ class ZeroOptimizer : public nn::ModuleHooks {
   const zero::PartitionLayout& layout() const { return layout_; }
   // The master weights and Adam moments of the owned partition (checkpoints read and write them here).
   zero::OptimizerStateStore& state_store() { return *state_; }
+  // The parameter partition's NVMe transfers (zeros unless offload_param is 'nvme').
+  zero::OptimizerStateStore::SwapStats param_swap_stats() const { return params_.swap_stats(); }
+  // Waits until everything swapped out so far is written (a failed write shows here at the latest).
+  void sync_offload() {
+    params_.sync();
+    state_->sync();
+  }
   const zero::GradientReducer& reducer() const { return *reducer_; }
 
  private:
