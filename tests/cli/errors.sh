@@ -16,6 +16,9 @@ printf '{"train_batch_size": 8,, }' > "$tmp/malformed.json"
 printf '{"train_batch_size": 8, "gradient_clippin": 1.0}' > "$tmp/typo.json"
 printf '{"n_layer": 2, "n_head": 3, "n_embd": 128}' > "$tmp/bad_model.json"
 printf '{"train_micro_batch_size_per_gpu": 2}' > "$tmp/ok.json"
+printf '{"train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "nvme", "nvme_path": "%s"}}}' "$tmp/no_nvme" > "$tmp/nvme_missing.json"
+printf '{"train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "nvme", "nvme_path": "%s"}}}' "$tmp/ok.json" > "$tmp/nvme_file.json"
+printf '{"train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}' > "$tmp/offload_cpu.json"
 
 common=(--data "$tmp/tokens" --seq-len 8 --steps 2 -q --out "$tmp/run")
 expect_error "missing config file" "no_such_config.json" "$dspeed" train --config "$tmp/no_such_config.json" "${common[@]}"
@@ -28,6 +31,9 @@ expect_error "missing data" "data prepare" "$dspeed" train --data "$tmp/nowhere"
 expect_error "memory limit" "out of device memory" "$dspeed" train --config "$tmp/ok.json" --device-memory-limit 8MiB "${common[@]}"
 expect_error "sequence longer than the model" "block_size" "$dspeed" train --config "$tmp/ok.json" --data "$tmp/tokens" --seq-len 4096 --steps 1 -q --out "$tmp/run"
 expect_error "bad memory size" "memory size" "$dspeed" train --config "$tmp/ok.json" --device-memory-limit lots "${common[@]}"
+expect_error "missing nvme_path" "does not exist" "$dspeed" train --config "$tmp/nvme_missing.json" "${common[@]}"
+expect_error "nvme_path is a file" "is not a directory" "$dspeed" train --config "$tmp/nvme_file.json" "${common[@]}"
+expect_error "host memory limit" "out of host memory" "$dspeed" train --config "$tmp/offload_cpu.json" --host-memory-limit 1MiB "${common[@]}"
 
 # And a good run on the same data works.
 if "$dspeed" train --config "$tmp/ok.json" "${common[@]}" > /dev/null 2>&1 && [ -s "$tmp/run/metrics.csv" ]; then

@@ -2,7 +2,8 @@
 // deepspeed.cpp implements), selects its stage with the bucket and overlap settings written in the file, keeps the
 // rest of examples/ds_config_gpt2_tiny.json, and trains a step of gpt2-tiny as it is. Expected values are the
 // literals of the files, not the parser's defaults. The mixed-precision examples (ds_config_bf16_zero2.json,
-// ds_config_fp16.json) load without warnings in their precision and train steps as they are.
+// ds_config_fp16.json) load without warnings in their precision and train steps as they are; so do the offload
+// examples (ds_config_offload_cpu.json, ds_config_offload_nvme.json), with the state where they put it.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -120,6 +121,26 @@ TEST(MixedPrecisionExamples, LoadWithoutWarningsAndTrain) {
     EXPECT_GT(applied, 0) << k.file;
   }
   set_log_level(LogLevel::info);
+}
+
+TEST(OffloadExamples, LoadWithoutWarningsAndTrainWithTheStateOffloaded) {
+  for (const char* file : {"ds_config_offload_cpu.json", "ds_config_offload_nvme.json"}) {
+    const config::DeepSpeedConfig c = config::load_config_file(example(file), 1);
+    EXPECT_TRUE(c.warnings.empty()) << file << ": " << (c.warnings.empty() ? "" : c.warnings.front());
+    ASSERT_TRUE(c.zero.offload_optimizer_active()) << file;
+    const bool nvme = c.zero.offload_optimizer->device == config::OffloadDevice::nvme;
+    EXPECT_EQ(c.zero.offload_param_active(), nvme) << file;
+    MemoryTracker tracker;
+    TrackerScope scope(tracker);
+    constexpr int kT = 16;
+    engine::Engine engine(nn::Gpt2Config::preset("gpt2-tiny"), c, kT, nullptr, 7);
+    Rng rng(3);
+    const engine::Engine::BatchFn next = random_tokens(rng, engine.micro_batch_size(), kT);
+    for (int step = 0; step < 2; ++step) EXPECT_TRUE(std::isfinite(engine.train_batch(next).loss)) << file;
+    EXPECT_EQ(tracker.peak(Tier::device, Category::optimizer), 0) << file;
+    EXPECT_GT(tracker.peak(nvme ? Tier::nvme : Tier::host, Category::optimizer), 0) << file;
+    EXPECT_GT(tracker.peak(nvme ? Tier::nvme : Tier::device, Category::param), 0) << file;
+  }
 }
 
 }  // namespace

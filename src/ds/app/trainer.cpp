@@ -313,6 +313,8 @@ TrainSummary run_training_on(const TrainOptions& o, comm::Communicator& comm) {
   double last_val = std::nan("");
   comm::CommStats stats_after_first;
   if (show && first_step > 1) fmt::print(stderr, "resumed at step {} from '{}'\n", first_step - 1, o.load_dir);
+  const zero::OptimizerStateStore::SwapStats state_swap0 = engine.optimizer().state_store().swap_stats();
+  const zero::OptimizerStateStore::SwapStats param_swap0 = engine.optimizer().param_swap_stats();
   auto save = [&] {
     const std::string tag = engine.save_checkpoint(o.save_dir, "", {{"train_loader", train_loader.state()}});
     if (show) bar.message(fmt::format("step {}: checkpoint {}/{}", engine.global_steps(), o.save_dir, tag));
@@ -403,15 +405,18 @@ TrainSummary run_training_on(const TrainOptions& o, comm::Communicator& comm) {
                sum.initial_val_loss, sum.final_val_loss,
                sum.final_val_batches == val_loader.num_batches() ? "all" : "the first", sum.final_val_batches);
     fmt::print(stderr, "memory  {}peak RSS {:.0f} MiB\n", current_tracker().report(), peak_rss_mib());
-    const zero::OptimizerStateStore::SwapStats swap = engine.optimizer().state_store().swap_stats();
-    if (swap.bytes_read + swap.bytes_written > 0) {
+    auto swap_line = [&](const char* what, const zero::OptimizerStateStore::SwapStats& swap) {
+      if (swap.bytes_read + swap.bytes_written == 0) return;
       const double moved = static_cast<double>(swap.bytes_read + swap.bytes_written);
-      fmt::print(stderr, "offload NVMe swap: read {}, wrote {}, {:.2f} GB/s while transferring ({:.1f} s); the step "
-                 "waited {:.1f} s for it ({:.1f}% of training time)\n",
-                 format_bytes(swap.bytes_read), format_bytes(swap.bytes_written),
+      fmt::print(stderr, "offload {} on NVMe: read {}, wrote {}, {:.2f} GB/s while transferring ({:.1f} s); "
+                 "waited for {:.1f} s ({:.1f}% of training time)\n",
+                 what, format_bytes(swap.bytes_read), format_bytes(swap.bytes_written),
                  swap.io_busy_seconds > 0 ? moved / swap.io_busy_seconds / 1e9 : 0.0, swap.io_busy_seconds,
                  swap.stall_seconds, 100.0 * swap.stall_seconds / std::max(train_seconds, 1e-9));
-    }
+    };
+    // Over the training steps (with the validation passes between them), not the initialisation.
+    swap_line("optimizer state", engine.optimizer().state_store().swap_stats().since(state_swap0));
+    swap_line("parameters", engine.optimizer().param_swap_stats().since(param_swap0));
     fmt::print(stderr, "metrics {}\nchart   {}\n", metrics_path, sum.chart_path);
   }
   if (world > 1 || config.zero.stage > 0) print_zero_report(comm, engine, per_step, model_config.num_params());

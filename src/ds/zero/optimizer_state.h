@@ -76,6 +76,12 @@ class OptimizerStateStore {
     double io_busy_seconds = 0;  // time with at least one transfer in flight
     double stall_seconds = 0;    // time the optimizer waited for a transfer: the part the pipeline did not hide
     int64_t prefetch_hits = 0;   // tiles acquired after a prefetch had started reading them
+    // What happened between `earlier` and this.
+    SwapStats since(const SwapStats& earlier) const {
+      return {bytes_read - earlier.bytes_read, bytes_written - earlier.bytes_written,
+              io_busy_seconds - earlier.io_busy_seconds, stall_seconds - earlier.stall_seconds,
+              prefetch_hits - earlier.prefetch_hits};
+    }
   };
   virtual SwapStats swap_stats() const { return {}; }
 

@@ -135,11 +135,7 @@ TrainRun train(const OffloadBenchOptions& o, const std::string& name, const std:
     if (s >= o.warmup) times.push_back(seconds_since(t0));
   }
   store.sync();
-  const auto after = store.swap_stats();
-  r.swap.bytes_read = after.bytes_read - before.bytes_read;
-  r.swap.bytes_written = after.bytes_written - before.bytes_written;
-  r.swap.io_busy_seconds = after.io_busy_seconds - before.io_busy_seconds;
-  r.swap.stall_seconds = after.stall_seconds - before.stall_seconds;
+  r.swap = store.swap_stats().since(before);
   r.step_s = median(times);
   r.device_peak = tracker.peak(Tier::device);
   r.host_peak = tracker.peak(Tier::host);
