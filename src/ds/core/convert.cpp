@@ -10,6 +10,7 @@
 
 #include <cstring>
 
+#include "ds/core/convert_lanes.h"
 #include "ds/core/error.h"
 
 namespace ds {
@@ -26,30 +27,19 @@ inline uint16_t f32_to_bf16_one(float x) {
 }
 
 inline void f32_to_bf16_8(uint16_t* out, const float* in) {
-  const __m256 x = _mm256_loadu_ps(in);
-  const __m256i b = _mm256_castps_si256(x);
-  const __m256i hi = _mm256_srli_epi32(b, 16);
-  const __m256i lsb = _mm256_and_si256(hi, _mm256_set1_epi32(1));
-  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(b, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
-  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
-  r = _mm256_blendv_epi8(r, _mm256_or_si256(hi, _mm256_set1_epi32(0x40)), nan);
-  // Values are 0..0xFFFF, so the signed-saturating pack is exact.
-  const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), packed);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), lanes::f32_to_bf16(_mm256_loadu_ps(in)));
 }
 
 inline void bf16_to_f32_8(float* out, const uint16_t* in) {
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in));
-  _mm256_storeu_ps(out, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+  _mm256_storeu_ps(out, lanes::bf16_to_f32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in))));
 }
 
 inline void f32_to_f16_8(uint16_t* out, const float* in) {
-  const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(in), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), h);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), lanes::f32_to_f16(_mm256_loadu_ps(in)));
 }
 
 inline void f16_to_f32_8(float* out, const uint16_t* in) {
-  _mm256_storeu_ps(out, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in))));
+  _mm256_storeu_ps(out, lanes::f16_to_f32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in))));
 }
 
 // Runs body8 over whole groups of 8 (in parallel when n is large) and tail(i0) for the rest.

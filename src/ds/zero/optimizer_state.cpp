@@ -33,6 +33,21 @@ StateMask OptimizerStateStore::kinds() const {
   return has_master_ ? static_cast<StateMask>(kMoments | mask_of(StateKind::master)) : kMoments;
 }
 
+StateTile OptimizerStateStore::tile_header(int64_t t, StateMask which, TileAccess access) const {
+  StateTile tile;
+  tile.index = t;
+  tile.begin = tile_begin(t);
+  tile.count = tile_size(t);
+  tile.which = which;
+  tile.access = access;
+  return tile;
+}
+
+OptimizerStateStore::SwapStats OptimizerStateStore::SwapStats::of(const offload::AioEngine& aio, double stall_seconds,
+                                                                  int64_t prefetch_hits) {
+  return {aio.bytes_read(), aio.bytes_written(), aio.busy_seconds(), stall_seconds, prefetch_hits};
+}
+
 void OptimizerStateStore::check_tile(int64_t t, StateMask which) const {
   DS_ASSERT(t >= 0 && t < tile_count(), "tile {} of a store of {} tiles", t, tile_count());
   DS_ASSERT((which & ~kinds()) == 0, "state kinds {:#x} requested from a store holding {:#x}", which, kinds());
@@ -47,12 +62,7 @@ ResidentStateStore::ResidentStateStore(int64_t numel, int64_t tile_numel, bool h
 
 StateTile ResidentStateStore::acquire(int64_t t, StateMask which, TileAccess access) {
   check_tile(t, which);
-  StateTile tile;
-  tile.index = t;
-  tile.begin = tile_begin(t);
-  tile.count = tile_size(t);
-  tile.which = which;
-  tile.access = access;
+  StateTile tile = tile_header(t, which, access);
   for (int k = 0; k < kStateKinds; ++k) {
     if (which & (1u << k)) tile.state[k] = state_[k].narrow(tile.begin, tile.count);
   }

@@ -76,6 +76,8 @@ class OptimizerStateStore {
     double io_busy_seconds = 0;  // time with at least one transfer in flight
     double stall_seconds = 0;    // time the optimizer waited for a transfer: the part the pipeline did not hide
     int64_t prefetch_hits = 0;   // tiles acquired after a prefetch had started reading them
+    // An I/O engine's transfers, with the waits and read-ahead hits its store counted.
+    static SwapStats of(const offload::AioEngine& aio, double stall_seconds, int64_t prefetch_hits);
     // What happened between `earlier` and this.
     SwapStats since(const SwapStats& earlier) const {
       return {bytes_read - earlier.bytes_read, bytes_written - earlier.bytes_written,
@@ -87,6 +89,8 @@ class OptimizerStateStore {
 
  protected:
   void check_tile(int64_t t, StateMask which) const;
+  // A tile of t with the requested kinds' views still to fill.
+  StateTile tile_header(int64_t t, StateMask which, TileAccess access) const;
 
  private:
   int64_t numel_, tile_numel_;

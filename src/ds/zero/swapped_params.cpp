@@ -81,18 +81,7 @@ void SwappedPartition::check_healthy() const {
 }
 
 void SwappedPartition::wait(offload::IoTicket& t) {
-  if (t.done()) {
-    try {
-      offload::AioEngine::wait(t);
-    } catch (const IoError& e) {
-      failure_ = e.what();
-      t = {};
-      throw IoError(fmt::format("{}; the parameters in '{}' are lost from this point on: resume from the last "
-                                "checkpoint", e.what(), file_->path()));
-    }
-    t = {};
-    return;
-  }
+  const bool already = t.done();
   const auto t0 = std::chrono::steady_clock::now();
   try {
     offload::AioEngine::wait(t);
@@ -103,7 +92,7 @@ void SwappedPartition::wait(offload::IoTicket& t) {
                               "checkpoint", e.what(), file_->path()));
   }
   t = {};
-  stall_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (!already) stall_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 SwappedPartition::Slot* SwappedPartition::find(size_t unit) {
@@ -201,13 +190,7 @@ void SwappedPartition::sync() {
 }
 
 OptimizerStateStore::SwapStats SwappedPartition::stats() const {
-  OptimizerStateStore::SwapStats out;
-  out.bytes_read = aio_->bytes_read();
-  out.bytes_written = aio_->bytes_written();
-  out.io_busy_seconds = aio_->busy_seconds();
-  out.stall_seconds = stall_seconds_;
-  out.prefetch_hits = prefetch_hits_;
-  return out;
+  return OptimizerStateStore::SwapStats::of(*aio_, stall_seconds_, prefetch_hits_);
 }
 
 }  // namespace ds::zero

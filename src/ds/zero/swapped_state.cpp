@@ -201,12 +201,7 @@ StateTile SwappedStateStore::acquire(int64_t t, StateMask which, TileAccess acce
   }
   s.in_use = true;
   s.last_used = ++clock_;
-  StateTile tile;
-  tile.index = t;
-  tile.begin = tile_begin(t);
-  tile.count = tile_size(t);
-  tile.which = which;
-  tile.access = access;
+  StateTile tile = tile_header(t, which, access);
   for (int k = 0; k < kStateKinds; ++k) {
     if (which & (1u << k)) {
       tile.state[k] = Tensor::from_storage(s.buffer.storage(), segment(static_cast<StateKind>(k)) * segment_bytes_,
@@ -251,13 +246,7 @@ void SwappedStateStore::sync() {
 }
 
 OptimizerStateStore::SwapStats SwappedStateStore::swap_stats() const {
-  SwapStats out;
-  out.bytes_read = aio_->bytes_read();
-  out.bytes_written = aio_->bytes_written();
-  out.io_busy_seconds = aio_->busy_seconds();
-  out.stall_seconds = stall_seconds_;
-  out.prefetch_hits = prefetch_hits_;
-  return out;
+  return SwapStats::of(*aio_, stall_seconds_, prefetch_hits_);
 }
 
 }  // namespace ds::zero

@@ -1,6 +1,8 @@
-// One Adam/AdamW step with DeepSpeed CPU-Adam semantics (see kernels.h): AVX2 body of 8 lanes and a scalar tail
-// that performs the same operations in the same order (std::fma where the body fuses), so an element's result
-// does not depend on whether it lands in the body or the tail, or on the thread count.
+// One Adam/AdamW step with DeepSpeed CPU-Adam semantics (see kernels.h): an AVX-512 body of 16 lanes or an AVX2
+// body of 8, and a scalar tail, all performing the same operations in the same order (std::fma where the bodies
+// fuse), so an element's result does not depend on the path it takes, or on the thread count. One template serves
+// the fp32 step and the mixed-precision step (a 16-bit gradient widened in registers, the 16-bit parameter written
+// in the same pass).
 // Division and sqrt are exact IEEE ops (no rcp/rsqrt approximations): the optimizer is memory bound anyway.
 // Napkin: reads param, grad, m, v and writes param, m, v = 28 B/element, ~12 flops → memory bound; GPT-2 124M
 // moves 3.5 GB per step: ~60 ms at the ~60 GB/s measured on one core (16 M elements in 8 ms).
@@ -9,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "ds/core/convert_lanes.h"
 #include "ds/core/error.h"
 #include "ds/kernels/cpu/kernels.h"
 #include "ds/kernels/cpu/simd.h"
@@ -32,32 +35,9 @@ inline void step_scalar(float& param, float grad, float& m, float& v, const Coef
   param = p;
 }
 
-void step_range(float* param, const float* grad, float* m, float* v, size_t i0, size_t i1, const Coeffs& k) {
-  const __m256 b1 = _mm256_set1_ps(k.b1), omb1 = _mm256_set1_ps(k.one_minus_b1);
-  const __m256 b2 = _mm256_set1_ps(k.b2), omb2 = _mm256_set1_ps(k.one_minus_b2);
-  const __m256 eps = _mm256_set1_ps(k.eps), gs = _mm256_set1_ps(k.grad_scale);
-  const __m256 neg_step = _mm256_set1_ps(-k.step_size), ibc2 = _mm256_set1_ps(k.inv_sqrt_bc2);
-  const __m256 neg_decay = _mm256_set1_ps(-k.decay), l2 = _mm256_set1_ps(k.l2);
-  size_t i = i0;
-  for (; i + 8 <= i1; i += 8) {
-    const __m256 p0 = _mm256_loadu_ps(param + i);
-    __m256 g = _mm256_mul_ps(_mm256_loadu_ps(grad + i), gs);
-    g = _mm256_fmadd_ps(l2, p0, g);
-    const __m256 mm = _mm256_fmadd_ps(b1, _mm256_loadu_ps(m + i), _mm256_mul_ps(omb1, g));
-    const __m256 vv = _mm256_fmadd_ps(b2, _mm256_loadu_ps(v + i), _mm256_mul_ps(_mm256_mul_ps(omb2, g), g));
-    const __m256 denom = _mm256_fmadd_ps(_mm256_sqrt_ps(vv), ibc2, eps);
-    __m256 p = _mm256_fmadd_ps(neg_decay, p0, p0);
-    p = _mm256_fmadd_ps(neg_step, _mm256_div_ps(mm, denom), p);
-    _mm256_storeu_ps(m + i, mm);
-    _mm256_storeu_ps(v + i, vv);
-    _mm256_storeu_ps(param + i, p);
-  }
-  for (; i < i1; ++i) step_scalar(param[i], grad[i], m[i], v[i], k);
-}
-
-// ---- mixed precision: 16-bit (or fp32) gradient in, fp32 master, m, v updated, 16-bit parameter out ----
-// The lanes do what step_scalar does, in the same order; the widening is exact and the rounding is
-// convert.cpp's (round to nearest even, NaN kept quiet), so every path gives the same bits.
+// ---- the bodies: gradient in G (f32, bf16, f16), fp32 master (the parameter), m, v updated; with P bf16 or f16
+// the master is also rounded into the 16-bit parameter (P f32: there is none). The widening is exact and the
+// rounding is convert.cpp's (round to nearest even, NaN kept quiet), so every path gives the same bits.
 
 template <DType G>
 inline __m256 load_grad8(const void* g, size_t i) {
@@ -65,40 +45,30 @@ inline __m256 load_grad8(const void* g, size_t i) {
     return _mm256_loadu_ps(static_cast<const float*>(g) + i);
   } else {
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(g) + i));
-    if constexpr (G == DType::bf16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-    return _mm256_cvtph_ps(h);
+    if constexpr (G == DType::bf16) return lanes::bf16_to_f32(h);
+    return lanes::f16_to_f32(h);
   }
 }
 
 template <DType P>
 inline void store_param8(void* out, size_t i, __m256 x) {
   auto* dst = reinterpret_cast<__m128i*>(static_cast<uint16_t*>(out) + i);
-  if constexpr (P == DType::bf16) {
-    const __m256i b = _mm256_castps_si256(x);
-    const __m256i hi = _mm256_srli_epi32(b, 16);
-    const __m256i lsb = _mm256_and_si256(hi, _mm256_set1_epi32(1));
-    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(b, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
-    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
-    r = _mm256_blendv_epi8(r, _mm256_or_si256(hi, _mm256_set1_epi32(0x40)), nan);
-    _mm_storeu_si128(dst, _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
-  } else {
-    _mm_storeu_si128(dst, _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  }
+  _mm_storeu_si128(dst, P == DType::bf16 ? lanes::f32_to_bf16(x) : lanes::f32_to_f16(x));
 }
 
 template <DType G, DType P>
-void mixed_scalar(float* master, const void* grad, float* m, float* v, void* param, size_t i0, size_t i1,
+void step_tail(float* master, const void* grad, float* m, float* v, void* param, size_t i0, size_t i1,
                   const Coeffs& k) {
   for (size_t i = i0; i < i1; ++i) {
     float g = 0;
     to_f32(&g, static_cast<const std::byte*>(grad) + i * dtype_size(G), G, 1);
     step_scalar(master[i], g, m[i], v[i], k);
-    from_f32(static_cast<std::byte*>(param) + i * dtype_size(P), master + i, P, 1);
+    if constexpr (P != DType::f32) from_f32(static_cast<std::byte*>(param) + i * dtype_size(P), master + i, P, 1);
   }
 }
 
 template <DType G, DType P>
-void mixed_range8(float* master, const void* grad, float* m, float* v, void* param, size_t i0, size_t i1,
+void step_lanes8(float* master, const void* grad, float* m, float* v, void* param, size_t i0, size_t i1,
                   const Coeffs& k) {
   const __m256 b1 = _mm256_set1_ps(k.b1), omb1 = _mm256_set1_ps(k.one_minus_b1);
   const __m256 b2 = _mm256_set1_ps(k.b2), omb2 = _mm256_set1_ps(k.one_minus_b2);
@@ -118,9 +88,9 @@ void mixed_range8(float* master, const void* grad, float* m, float* v, void* par
     _mm256_storeu_ps(m + i, mm);
     _mm256_storeu_ps(v + i, vv);
     _mm256_storeu_ps(master + i, p);
-    store_param8<P>(param, i, p);
+    if constexpr (P != DType::f32) store_param8<P>(param, i, p);
   }
-  mixed_scalar<G, P>(master, grad, m, v, param, i, i1, k);
+  step_tail<G, P>(master, grad, m, v, param, i, i1, k);
 }
 
 DS_AVX512_BEGIN
@@ -152,7 +122,7 @@ DS_TARGET_AVX512 inline void store_param16(void* out, size_t i, __m512 x) {
 }
 
 template <DType G, DType P>
-DS_TARGET_AVX512 void mixed_range16(float* master, const void* grad, float* m, float* v, void* param, size_t i0,
+DS_TARGET_AVX512 void step_lanes16(float* master, const void* grad, float* m, float* v, void* param, size_t i0,
                                     size_t i1, const Coeffs& k) {
   const __m512 b1 = _mm512_set1_ps(k.b1), omb1 = _mm512_set1_ps(k.one_minus_b1);
   const __m512 b2 = _mm512_set1_ps(k.b2), omb2 = _mm512_set1_ps(k.one_minus_b2);
@@ -172,21 +142,21 @@ DS_TARGET_AVX512 void mixed_range16(float* master, const void* grad, float* m, f
     _mm512_storeu_ps(m + i, mm);
     _mm512_storeu_ps(v + i, vv);
     _mm512_storeu_ps(master + i, p);
-    store_param16<P>(param, i, p);
+    if constexpr (P != DType::f32) store_param16<P>(param, i, p);
   }
-  mixed_scalar<G, P>(master, grad, m, v, param, i, i1, k);
+  step_tail<G, P>(master, grad, m, v, param, i, i1, k);
 }
 
 DS_AVX512_END
 
 template <DType G, DType P>
-void mixed_step(float* master, const void* grad, float* m, float* v, void* param, size_t n, const Coeffs& k) {
+void step_all(float* master, const void* grad, float* m, float* v, void* param, size_t n, const Coeffs& k) {
   const bool wide = simd::use_avx512();
   auto range = [&](size_t i0, size_t i1) {
     if (wide) {
-      mixed_range16<G, P>(master, grad, m, v, param, i0, i1, k);
+      step_lanes16<G, P>(master, grad, m, v, param, i0, i1, k);
     } else {
-      mixed_range8<G, P>(master, grad, m, v, param, i0, i1, k);
+      step_lanes8<G, P>(master, grad, m, v, param, i0, i1, k);
     }
   };
   if (n < kParallelMin) {
@@ -202,12 +172,12 @@ void mixed_step(float* master, const void* grad, float* m, float* v, void* param
 }
 
 template <DType G>
-void mixed_step_grad(float* master, const void* grad, float* m, float* v, void* param, DType param_dtype, size_t n,
+void step_by_param_dtype(float* master, const void* grad, float* m, float* v, void* param, DType param_dtype, size_t n,
                      const Coeffs& k) {
   if (param_dtype == DType::bf16) {
-    mixed_step<G, DType::bf16>(master, grad, m, v, param, n, k);
+    step_all<G, DType::bf16>(master, grad, m, v, param, n, k);
   } else {
-    mixed_step<G, DType::f16>(master, grad, m, v, param, n, k);
+    step_all<G, DType::f16>(master, grad, m, v, param, n, k);
   }
 }
 
@@ -218,9 +188,9 @@ void adamw_step_mixed(float* master, const void* grad, DType grad_dtype, float* 
   DS_ASSERT(param_dtype == DType::bf16 || param_dtype == DType::f16, "adamw_step_mixed writes 16-bit parameters");
   const Coeffs k = adam_coeffs(p, grad_scale);
   switch (grad_dtype) {
-    case DType::f32: return mixed_step_grad<DType::f32>(master, grad, m, v, param, param_dtype, n, k);
-    case DType::bf16: return mixed_step_grad<DType::bf16>(master, grad, m, v, param, param_dtype, n, k);
-    case DType::f16: return mixed_step_grad<DType::f16>(master, grad, m, v, param, param_dtype, n, k);
+    case DType::f32: return step_by_param_dtype<DType::f32>(master, grad, m, v, param, param_dtype, n, k);
+    case DType::bf16: return step_by_param_dtype<DType::bf16>(master, grad, m, v, param, param_dtype, n, k);
+    case DType::f16: return step_by_param_dtype<DType::f16>(master, grad, m, v, param, param_dtype, n, k);
     default: DS_ASSERT(false, "adamw_step_mixed: gradient dtype {}", dtype_name(grad_dtype));
   }
 }
@@ -248,18 +218,7 @@ AdamCoeffs adam_coeffs(const AdamParams& p, float grad_scale) {
 
 void adamw_step(float* param, const float* grad, float* m, float* v, size_t n, const AdamParams& p,
                 float grad_scale) {
-  const Coeffs k = adam_coeffs(p, grad_scale);
-
-  if (n < kParallelMin) {
-    step_range(param, grad, m, v, 0, n, k);
-    return;
-  }
-  const size_t nblocks = (n + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static)
-  for (size_t blk = 0; blk < nblocks; ++blk) {
-    const size_t i0 = blk * kBlock;
-    step_range(param, grad, m, v, i0, std::min(n, i0 + kBlock), k);
-  }
+  step_all<DType::f32, DType::f32>(param, grad, m, v, nullptr, n, adam_coeffs(p, grad_scale));
 }
 
 }  // namespace ds::cpu
