@@ -23,6 +23,7 @@ std::optional<ParamSwapOptions> param_swap_options(const config::ZeroConfig& zer
   s.file_name = fmt::format("ds_params_rank{}_pid{}.swp", rank, ::getpid());
   s.buffer_count = o.buffer_count;
   s.buffer_size = o.buffer_size;
+  s.max_in_cpu = o.max_in_cpu;
   s.pin_memory = o.pin_memory;
   s.aio = aio_options(aio);
   return s;
@@ -55,9 +56,13 @@ SwappedPartition::SwappedPartition(const PartitionLayout& layout, DType dtype, c
   file_ = std::make_unique<offload::SwapFile>(options.dir, options.file_name, std::max<int64_t>(bytes, 1),
                                               Category::param);
   aio_ = std::make_unique<offload::AioEngine>(options.aio);
-  const int64_t slots = std::min<int64_t>(options.buffer_count, std::max<int64_t>(1, int64_t(layout.size())));
-  slots_.resize(static_cast<size_t>(std::max<int64_t>(slots, std::min<int64_t>(3, int64_t(layout.size())))));
-  const int64_t buffer_bytes = offload::io_aligned(std::min(options.buffer_size, layout.max_chunk()) * es);
+  // buffer_count buffers, fewer when max_in_cpu elements cannot hold them all (never fewer than 3), and never more
+  // than there are units.
+  const int64_t buffer_numel = std::max<int64_t>(1, std::min(options.buffer_size, layout.max_chunk()));
+  int64_t slots = std::min(options.buffer_count, std::max<int64_t>(3, options.max_in_cpu / buffer_numel));
+  slots = std::min(slots, std::max<int64_t>(1, int64_t(layout.size())));
+  slots_.resize(static_cast<size_t>(slots));
+  const int64_t buffer_bytes = offload::io_aligned(buffer_numel * es);
   for (Slot& s : slots_) s.buffer = offload::io_buffer(buffer_bytes, Category::comm_buffer, options.pin_memory);
 }
 

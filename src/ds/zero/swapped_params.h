@@ -24,6 +24,7 @@ struct ParamSwapOptions {
   std::string file_name;  // the rank's swap file in it
   int64_t buffer_count = 5;
   int64_t buffer_size = 100000000;  // elements per buffer: at least the largest owned chunk
+  int64_t max_in_cpu = 1000000000;  // elements the buffers may hold in all (fewer buffers when it is smaller)
   bool pin_memory = false;
   offload::AioOptions aio;
 };
