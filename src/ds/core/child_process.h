@@ -10,5 +10,8 @@ namespace ds {
 // Runs `cmd` through /bin/sh with stderr joined to stdout and returns the JSON of its last "RESULT " line. Throws
 // IoError with the command, its exit status and the last lines it printed when it fails or prints no result.
 nlohmann::json run_child_result(const std::string& cmd);
+// Runs `cmd` the same way and returns everything it printed; IoError with its exit status and last lines when it
+// fails. For tools that print their own formats (fio's JSON).
+std::string run_child_output(const std::string& cmd);
 
 }  // namespace ds

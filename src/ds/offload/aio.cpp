@@ -388,12 +388,14 @@ IoTicket AioEngine::submit(const SwapFile& file, int64_t offset, void* buffer, i
   return IoTicket(std::move(op));
 }
 
-void AioEngine::wait(const IoTicket& ticket) {
-  if (!ticket.op_) return;
+double AioEngine::wait(const IoTicket& ticket) {
+  if (!ticket.op_) return 0.0;
   detail::Op& op = *ticket.op_;
   std::unique_lock<std::mutex> lock(op.mutex);
+  const int64_t t0 = op.done ? 0 : now_ns();
   op.cv.wait(lock, [&] { return op.done; });
   if (!op.error.empty()) throw IoError(op.error);
+  return t0 == 0 ? 0.0 : static_cast<double>(now_ns() - t0) * 1e-9;
 }
 
 void AioEngine::op_started() {

@@ -103,8 +103,9 @@ class AioEngine {
   // InternalError otherwise). The buffer must stay alive and untouched until the ticket is waited for.
   IoTicket read(const SwapFile& file, int64_t offset, void* buffer, int64_t bytes);
   IoTicket write(const SwapFile& file, int64_t offset, const void* buffer, int64_t bytes);
-  // Blocks until the request is done; IoError if it failed. Waiting again on a failed ticket throws again.
-  static void wait(const IoTicket& ticket);
+  // Blocks until the request is done and returns the seconds it blocked (0 when it was done already); IoError if it
+  // failed. Waiting again on a failed ticket throws again.
+  static double wait(const IoTicket& ticket);
 
   const AioOptions& options() const { return options_; }
   // Bytes moved so far, and the seconds during which at least one request was in flight.

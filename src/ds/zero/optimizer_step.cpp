@@ -31,10 +31,14 @@ OptimizerStep::OptimizerStep(const PartitionLayout& layout, OptimizerStateStore&
             state.numel(), layout.partition_numel());
   DS_ASSERT(state.has_master() == precision.mixed(), "the master weights exist exactly in mixed precision");
   DS_ASSERT(precision.mixed() || precision.grads == DType::f32, "fp32 parameters need fp32 gradients");
-  if (precision.mixed()) {
-    const int64_t piece = std::min(layout.max_chunk(), state.tile_numel());
+}
+
+const Tensor& OptimizerStep::wide_grads() {
+  if (!wide_grads_.defined() && precision_.mixed()) {
+    const int64_t piece = std::min(layout_.max_chunk(), state_.tile_numel());
     wide_grads_ = Tensor::zeros({std::max<int64_t>(piece, 1)}, DType::f32, Category::comm_buffer);
   }
+  return wide_grads_;
 }
 
 void OptimizerStep::use_lamb(const cpu::LambParams& hyper, std::vector<std::pair<int64_t, int64_t>> spans) {
@@ -88,7 +92,7 @@ void OptimizerStep::step_lamb(float lr, float grad_scale, const OwnedFn& params,
     }
   };
   for_pieces([&](size_t span, const Tensor&, const Tensor& w, const Tensor& g, const Tensor& m, const Tensor& v) {
-    ops::lamb_moments(g, m, v, p, scale, wide_grads_);
+    ops::lamb_moments(g, m, v, p, scale, wide_grads());
     w_sq[span] += ops::sum_squares(w);
     u_sq[span] += ops::lamb_update_sum_squares(w, m, v, p);
   });
@@ -128,7 +132,7 @@ void OptimizerStep::step(float lr, float grad_scale, const OwnedFn& params, cons
         ops::adamw_step_mixed(master, grad, m, v, param, p, scale);  // rounded into the 16-bit parameters
         return;
       }
-      ops::adamw_step(master, grad, m, v, p, scale, wide_grads_);
+      ops::adamw_step(master, grad, m, v, p, scale, wide_grads());
       param.copy_from(master);
     });
     state_.release(tile);

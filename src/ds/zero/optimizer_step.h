@@ -59,7 +59,10 @@ class OptimizerStep {
   bool lamb_ = false;
   cpu::LambParams lamb_hyper_;
   std::vector<std::pair<int64_t, int64_t>> spans_;
-  Tensor wide_grads_;  // mixed precision: gradients widened to fp32, one piece at a time (allocated once)
+  // Mixed precision's gradients widened to fp32, one piece at a time, for LAMB and the unfused Adam (the CPU Adam
+  // widens in registers): allocated at first use.
+  const Tensor& wide_grads();
+  Tensor wide_grads_;
 };
 
 }  // namespace ds::zero

@@ -6,7 +6,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 
 #include "ds/core/error.h"
 #include "ds/core/log.h"
@@ -86,10 +85,8 @@ void SwappedPartition::check_healthy() const {
 }
 
 void SwappedPartition::wait(offload::IoTicket& t) {
-  const bool already = t.done();
-  const auto t0 = std::chrono::steady_clock::now();
   try {
-    offload::AioEngine::wait(t);
+    stall_seconds_ += offload::AioEngine::wait(t);
   } catch (const IoError& e) {
     failure_ = e.what();
     t = {};
@@ -97,7 +94,6 @@ void SwappedPartition::wait(offload::IoTicket& t) {
                               "checkpoint", e.what(), file_->path()));
   }
   t = {};
-  if (!already) stall_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 SwappedPartition::Slot* SwappedPartition::find(size_t unit) {

@@ -17,7 +17,6 @@
 #include "ds/zero/swapped_state.h"
 
 #include <algorithm>
-#include <chrono>
 
 #include "ds/core/error.h"
 #include "ds/core/log.h"
@@ -25,10 +24,6 @@
 namespace ds::zero {
 
 namespace {
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 // f(first segment, segment count) for each run of consecutive set bits of `segments`.
 template <typename F>
@@ -94,12 +89,9 @@ void SwappedStateStore::check_healthy() const {
 }
 
 void SwappedStateStore::wait(std::vector<offload::IoTicket>& tickets) {
-  const auto t0 = std::chrono::steady_clock::now();
-  bool waited = false;
   for (const offload::IoTicket& t : tickets) {
-    if (!t.done()) waited = true;
     try {
-      offload::AioEngine::wait(t);
+      stall_seconds_ += offload::AioEngine::wait(t);
     } catch (const IoError& e) {
       failure_ = e.what();
       tickets.clear();
@@ -108,7 +100,6 @@ void SwappedStateStore::wait(std::vector<offload::IoTicket>& tickets) {
     }
   }
   tickets.clear();
-  if (waited) stall_seconds_ += seconds_since(t0);
 }
 
 void SwappedStateStore::wait_reads(Slot& s) {

@@ -6,15 +6,14 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <memory>
 #include <nlohmann/json.hpp>
 #include <vector>
 
 #include "ds/core/child_process.h"
 #include "ds/core/error.h"
+#include "ds/core/json_input.h"
 #include "ds/core/rng.h"
 #include "ds/core/stats.h"
 #include "ds/engine/engine.h"
@@ -26,22 +25,7 @@ namespace ds {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 double gbs(double bytes, double seconds) { return seconds > 0 ? bytes / seconds / 1e9 : 0.0; }
-
-// stdout of `cmd` (through /bin/sh); IoError when it fails.
-std::string capture(const std::string& cmd) {
-  std::unique_ptr<FILE, int (*)(FILE*)> pipe(::popen((cmd + " 2>&1").c_str(), "r"), ::pclose);
-  DS_CHECK_AS(IoError, pipe != nullptr, "[bench] cannot run '{}'", cmd);
-  std::string out;
-  char buf[4096];
-  size_t n = 0;
-  while ((n = std::fread(buf, 1, sizeof buf, pipe.get())) > 0) out.append(buf, n);
-  const int status = ::pclose(pipe.release());
-  DS_CHECK_AS(IoError, status == 0, "[bench] '{}' failed (status {}): {}", cmd, status,
-              out.substr(out.size() > 2000 ? out.size() - 2000 : 0));
-  return out;
-}
 
 // ---- disk: fio and our engine --------------------------------------------------------------------------------
 
@@ -51,13 +35,16 @@ struct Disk {
 };
 
 double fio_bandwidth(const OffloadBenchOptions& o, const std::string& rw) {
-  const std::string out = capture(fmt::format(
+  const std::string out = run_child_output(fmt::format(
       "fio --name=ds_bench --directory='{}' --filename=ds_bench_fio.dat --rw={} --bs=1M --size={}M --direct=1 "
       "--ioengine=io_uring --iodepth=8 --numjobs=1 --output-format=json",
       o.dir, rw, o.fio_mib));
-  const size_t at = out.find('{');
-  DS_CHECK_AS(IoError, at != std::string::npos, "[bench] fio printed no JSON: {}", out.substr(0, 500));
-  const nlohmann::json j = nlohmann::json::parse(out.substr(at));
+  const size_t at = out.find('{');  // fio may print notes before its JSON
+  nlohmann::json j;
+  const std::string problem =
+      at == std::string::npos ? std::string("no JSON") : parse_json_bounded(out.substr(at), JsonLimits{}, j);
+  DS_CHECK_AS(IoError, problem.empty(), "[bench] fio's output is not its JSON report ({}): {}", problem,
+              out.substr(0, 500));
   return j.at("jobs").at(0).at(rw == "write" ? "write" : "read").at("bw_bytes").get<double>();
 }
 
