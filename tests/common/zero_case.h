@@ -54,39 +54,44 @@ struct RunResult {
 // into full-size updates. A larger eps keeps the comparison about the partitioning, not Adam's conditioning.
 // stage3_max_reuse_distance 0 releases every unit after use, so stage 3 moves the paper's 3Ψ (the default keeps
 // units gathered when the trace reuses them soon, which saves traffic; tested separately below).
-inline std::string config_json(int stage, int micro, int gas, bool overlap, const std::string& extra = "") {
-  return fmt::format(R"({{"train_micro_batch_size_per_gpu": {}, "gradient_accumulation_steps": {},
+// `top` adds top-level keys (", \"tensor_parallel\": ...").
+inline std::string config_json(int stage, int micro, int gas, bool overlap, const std::string& extra = "",
+                               const std::string& top = "") {
+  return fmt::format(R"({{"train_micro_batch_size_per_gpu": {}, "gradient_accumulation_steps": {} {},
       "optimizer": {{"type": "AdamW", "params": {{"lr": 3e-3, "betas": [0.9, 0.95], "eps": 1e-3,
                                                  "weight_decay": 0.1}}}},
       "gradient_clipping": 1.0,
       "zero_optimization": {{"stage": {}, "overlap_comm": {} {}}}}})",
-                     micro, gas, stage, overlap ? "true" : "false",
+                     micro, gas, top, stage, overlap ? "true" : "false",
                      extra.find("stage3_max_reuse_distance") == std::string::npos
                          ? ", \"stage3_max_reuse_distance\": 0" + extra
                          : extra);
 }
 
-// One rank's run under the current memory tracker: rows of global step s are [4s, 4s+4); rank r's micro-step k
-// reads rows 4s + r*micro*gas + k*micro.
+// One rank's run under the current memory tracker: rows of global step s are [4s, 4s+4); data-parallel rank r's
+// micro-step k reads rows 4s + r*micro*gas + k*micro (the ranks of one model group read the same rows).
+// bytes_per_step counts the traffic of every group the rank belongs to.
 inline RunResult run_case(comm::Communicator& comm, int stage, int micro, int gas, bool overlap,
-                          const std::string& extra = "") {
+                          const std::string& extra = "", const std::string& top = "") {
   RunResult out;
   MemoryTracker& tracker = current_tracker();
   config::DeepSpeedConfig cfg =
-      config::parse_config(config_json(stage, micro, gas, overlap, extra), comm.size(), "zero_case");
+      config::parse_config(config_json(stage, micro, gas, overlap, extra, top), comm.size(), "zero_case");
   engine::Engine engine(tiny(), cfg, kT, &comm, 42);
+  const int dp_rank = engine.topology().coords().data;
   int step = 0, k = 0;
   auto next = [&](int32_t* in, int32_t* tg) {
-    table().fill(kGlobalRows * step + comm.rank() * micro * gas + k * micro, micro, in, tg);
+    table().fill(kGlobalRows * step + dp_rank * micro * gas + k * micro, micro, in, tg);
     k = (k + 1) % gas;
   };
+  auto bytes = [&] { return engine.topology().stats().total_bytes(); };
   int64_t bytes_before = 0;
   for (step = 0; step < kSteps; ++step) {
-    if (step == 1) bytes_before = comm.stats().total_bytes();
+    if (step == 1) bytes_before = bytes();
     out.losses.push_back(engine.train_batch(next).loss);
   }
-  out.bytes_per_step = (comm.stats().total_bytes() - bytes_before) / (kSteps - 1);
-  out.params = engine.optimizer().full_parameters();  // a collective at stage 3
+  out.bytes_per_step = (bytes() - bytes_before) / (kSteps - 1);
+  out.params = engine.full_parameters();  // a collective at stage 3 and under tensor parallelism
   out.prefetches = engine.optimizer().prefetches_issued();
   out.prefetch_hits = engine.optimizer().prefetch_hits();
   out.peak_comm_buffer = tracker.peak(Tier::device, Category::comm_buffer);

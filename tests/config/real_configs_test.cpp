@@ -11,6 +11,7 @@
 #include <sstream>
 #include <string>
 
+#include "ds/comm/local/local_comm.h"
 #include "ds/config/config.h"
 #include "ds/core/error.h"
 #include "ds/core/log.h"
@@ -77,22 +78,31 @@ TEST(RealConfigs, EachRunsOrIsRefusedForAListedReason) {
     autos.hidden_size = small_model().n_embd;
     const auto expected = kExpectedRefusals.find(name);
     try {
-      const config::DeepSpeedConfig c = config::parse_config(read_file(path), 1, name, &autos);
+      // A tensor-parallel config runs on as many ranks (threads) as it splits the model across.
+      const std::string text = read_file(path);
+      const nlohmann::json j = nlohmann::json::parse(text, nullptr, false, true);
+      const int world = j.is_object() && j.contains("tensor_parallel") && j["tensor_parallel"].is_object()
+                            ? j["tensor_parallel"].value("autotp_size", 1)
+                            : 1;
+      const config::DeepSpeedConfig c = config::parse_config(text, world, name, &autos);
       if (expected != kExpectedRefusals.end()) {
         ADD_FAILURE() << "expected a refusal: " << expected->second.reason;
         continue;
       }
       constexpr int T = 8;
-      engine::Engine engine(small_model(), c, T, nullptr, 7);
-      Rng rng(3);
-      const engine::StepResult r = engine.train_batch([&](int32_t* in, int32_t* tg) {
-        for (int64_t i = 0; i < c.train_micro_batch_size_per_gpu * T; ++i) {
-          in[i] = static_cast<int32_t>(rng.next_u64() % 128);
-          tg[i] = static_cast<int32_t>(rng.next_u64() % 128);
-        }
+      std::vector<engine::StepResult> results(static_cast<size_t>(world));
+      comm::run_local_world(world, [&](comm::Communicator& comm) {
+        engine::Engine engine(small_model(), c, T, &comm, 7);
+        Rng rng(3);
+        results[comm.rank()] = engine.train_batch([&](int32_t* in, int32_t* tg) {
+          for (int64_t i = 0; i < c.train_micro_batch_size_per_gpu * T; ++i) {
+            in[i] = static_cast<int32_t>(rng.next_u64() % 128);
+            tg[i] = static_cast<int32_t>(rng.next_u64() % 128);
+          }
+        });
+        EXPECT_EQ(engine.global_steps(), 1);
       });
-      EXPECT_TRUE(std::isfinite(r.loss));
-      EXPECT_EQ(engine.global_steps(), 1);
+      for (const engine::StepResult& r : results) EXPECT_TRUE(std::isfinite(r.loss));
       ++ran;
     } catch (const ConfigError& e) {
       if (expected == kExpectedRefusals.end()) {

@@ -82,18 +82,24 @@ void add_train_command(CLI::App& root) {
   cmd->add_option("--backend", opts->backend,
                   "communicator: auto (MPI when started by mpirun/srun/dspeed launch), mpi, self")
       ->capture_default_str();
+  auto tp_size = std::make_shared<int>(1);
+  auto* tp_opt = cmd->add_option("--tensor-parallel-size", *tp_size,
+                                 "ranks each layer is split across (Megatron tensor parallelism; the config's "
+                                 "tensor_parallel.autotp_size); the world size must be a multiple of it");
   cmd->add_option("--save", opts->save_dir, "save checkpoints in this folder (DIR/<tag>, DIR/latest)");
   cmd->add_option("--save-interval", opts->save_interval, "steps between checkpoints (default: only at the end)");
   cmd->add_option("--load", opts->load_dir, "resume from the latest checkpoint in this folder");
   cmd->add_option("--load-tag", opts->load_tag, "resume from this tag instead of the latest");
   cmd->add_option("--init-from", opts->init_from,
                   "start from the weights of a .safetensors file (Hugging Face GPT-2 names, as consolidate writes)");
-  cmd->callback([opts, memory_limit, host_limit, flags, data, steps, steps_opt, eval_batches, eval_opt] {
+  cmd->callback([opts, memory_limit, host_limit, flags, data, steps, steps_opt, eval_batches, eval_opt, tp_size,
+                 tp_opt] {
     for (const AutoFlag& f : *flags) *f.given = f.option->count() > 0;
     app::TrainOptions o = *opts;
     o.data_given = data->count() > 0;
     if (steps_opt->count() > 0) o.steps = *steps;
     if (eval_opt->count() > 0) o.eval_batches = *eval_batches;
+    if (tp_opt->count() > 0) o.tensor_parallel_size = *tp_size;
     if (!memory_limit->empty()) o.device_memory_limit = app::parse_byte_size(*memory_limit);
     if (!host_limit->empty()) o.host_memory_limit = app::parse_byte_size(*host_limit);
     app::run_training(o);

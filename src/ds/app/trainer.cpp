@@ -15,6 +15,7 @@
 #include <regex>
 
 #include "ds/comm/comm_factory.h"
+#include "ds/comm/topology.h"
 #include "ds/core/log.h"
 #include "ds/core/stats.h"
 #include "ds/data/data_loader.h"
@@ -215,9 +216,11 @@ TrainSummary run_training_on(const TrainOptions& o, comm::Communicator& comm) {
   // so an explicit total_num_steps is no conflict.
   if (o.steps) autos.total_steps.value = *o.steps;
   autos.total_steps.given = false;
+  const config::JobShape job{world, o.tensor_parallel_size};
   config::DeepSpeedConfig config =
-      o.config_path.empty() ? config::parse_config(kDefaultTrainConfig, world, "built-in default config", &autos)
-                            : config::load_config_file(o.config_path, world, &autos);
+      o.config_path.empty()
+          ? config::parse_config(kDefaultTrainConfig, job, "built-in default config", &autos)
+          : config::load_config_file(o.config_path, job, &autos);
   config.activation_checkpointing.enabled = o.checkpoint_activations;
   DS_CHECK_AS(ConfigError, config.train_micro_batch_size_per_gpu <= (int64_t(1) << 24),
               "[train] train_micro_batch_size_per_gpu is {} in {}; one pass holds at most 2^24 tokens: lower it and "
@@ -237,8 +240,11 @@ TrainSummary run_training_on(const TrainOptions& o, comm::Communicator& comm) {
   const int B = static_cast<int>(config.train_micro_batch_size_per_gpu);
   const int T = o.seq_len;
   const fs::path dir(o.data_dir);
-  data::DataLoader train_loader({(dir / "train.bin").string()}, B, T, rank, world, o.seed, true);
-  data::DataLoader val_loader({(dir / "val.bin").string()}, B, T, rank, world, o.seed, false);
+  // Each data-parallel rank reads its own batches; the ranks of one model group read the same ones.
+  const comm::TopologyShape layout{config.pipeline_parallel_size, config.dp_world_size, config.tensor_parallel_size};
+  const int dp_rank = layout.coords_of(rank).data;
+  data::DataLoader train_loader({(dir / "train.bin").string()}, B, T, dp_rank, layout.data, o.seed, true);
+  data::DataLoader val_loader({(dir / "val.bin").string()}, B, T, dp_rank, layout.data, o.seed, false);
   DS_CHECK_AS(ConfigError, model_config.vocab_size >= 50257,
               "[train] the GPT-2 tokenizer produces ids up to 50256, but the model's vocab_size is {}; use "
               "vocab_size >= 50257",
@@ -283,8 +289,9 @@ TrainSummary run_training_on(const TrainOptions& o, comm::Communicator& comm) {
     fmt::print(stderr, "data    {} train tokens, {} validation tokens ({}); sequence length {}\n",
                format_count(static_cast<double>(train_loader.num_tokens())),
                format_count(static_cast<double>(val_loader.num_tokens())), o.data_dir, T);
-    fmt::print(stderr, "run     {} steps x {} tokens, {} rank(s) ({}) x {} threads, metrics in {}\n", steps,
+    fmt::print(stderr, "run     {} steps x {} tokens, {} rank(s) ({}{}) x {} threads, metrics in {}\n", steps,
                config.train_batch_size * T, world, comm.backend(),
+               layout.world() > layout.data ? fmt::format(", {}", layout.str()) : "",
                o.threads > 0 ? o.threads : omp_get_max_threads(), metrics_path);
   }
 
@@ -332,7 +339,7 @@ TrainSummary run_training_on(const TrainOptions& o, comm::Communicator& comm) {
     recent.push_back(r.loss);
     if (recent.size() > 20) recent.erase(recent.begin());
     double val = std::nan("");
-    if (step == first_step) stats_after_first = comm.stats();
+    if (step == first_step) stats_after_first = engine.topology().stats();
     int32_t out_of_time = o.time_limit_s > 0 && seconds_since(t_train) >= o.time_limit_s;
     if (o.time_limit_s > 0 && world > 1) comm.broadcast(&out_of_time, 1, DType::i32, 0);  // rank 0 decides
     const bool last = step == steps || out_of_time;
@@ -369,7 +376,7 @@ TrainSummary run_training_on(const TrainOptions& o, comm::Communicator& comm) {
   comm::CommStats per_step;
   if (sum.steps > 1) {
     for (int c = 0; c < comm::kCollectiveCount; ++c)
-      per_step.bytes[c] = (comm.stats().bytes[c] - stats_after_first.bytes[c]) / (sum.steps - 1);
+      per_step.bytes[c] = (engine.topology().stats().bytes[c] - stats_after_first.bytes[c]) / (sum.steps - 1);
   }
   sum.seconds = train_seconds;
   sum.tokens_per_s = tps;

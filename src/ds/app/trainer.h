@@ -32,6 +32,7 @@ struct TrainOptions {
   std::optional<int64_t> device_memory_limit;  // bytes
   std::optional<int64_t> host_memory_limit;    // bytes: the host tier (offloaded state, swap buffers)
   bool quiet = false;                      // no progress bar or summary (warnings, errors, the ZeRO report)
+  std::optional<int> tensor_parallel_size;  // --tensor-parallel-size (else the config's tensor_parallel.autotp_size)
   std::string backend = "auto";            // communicator: auto (MPI when launched by mpirun/srun), mpi, self
   std::string save_dir;                    // checkpoints go here (Note [Checkpoint layout]); empty: none
   int64_t save_interval = 0;               // steps between checkpoints (0: only at the end)

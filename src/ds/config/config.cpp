@@ -303,7 +303,7 @@ void resolve_batch(std::optional<int64_t> train, std::optional<int64_t> micro, s
 constexpr std::string_view kUnmodelledTopLevel[] = {
     "amp", "torch_autocast", "compression_training", "autotuning", "eigenvalue", "progressive_layer_drop",
     "curriculum_learning", "data_efficiency", "elasticity", "nebula", "weight_quantization", "compile", "timers",
-    "tensor_parallel", "hybrid_engine", "sparse_attention", "graph_harvesting",
+    "hybrid_engine", "sparse_attention", "graph_harvesting",
     "use_data_before_expert_parallel_", "disable_allgather", "vocabulary_size", "quantize_training", "moe",
     "expert_parallel"};
 
@@ -311,14 +311,33 @@ constexpr std::string_view kUnmodelledTopLevel[] = {
 
 // ---- top level --------------------------------------------------------------------------------------------------
 
-DeepSpeedConfig parse_config(const std::string& json_text, int dp_world_size, const std::string& source_name,
+DeepSpeedConfig parse_config(const std::string& json_text, const JobShape& job, const std::string& source_name,
                              const AutoValues* autos) {
-  DS_CHECK_AS(ConfigError, dp_world_size >= 1, "[config] data-parallel world size must be at least 1; found {}",
-              dp_world_size);
+  DS_CHECK_AS(ConfigError, job.world >= 1, "[config] the world size must be at least 1; found {}", job.world);
   json root = parse_json_text(json_text, source_name);
   ParseContext ctx{source_name, {}, {}, {}, {}};
   DeepSpeedConfig c;
   c.source = source_name;
+  c.world_size = job.world;
+  // The degrees come first: the batch triple (and its "auto" values) are per data-parallel rank.
+  config::detail::parse_tensor_parallel(BlockReader(&root, "", ctx, Keys::lenient).child("tensor_parallel",
+                                                                                        Keys::lenient),
+                                        c.tensor_parallel);
+  c.tensor_parallel_size = static_cast<int>(std::max<int64_t>(1, c.tensor_parallel.autotp_size));
+  if (job.tensor_parallel) {
+    DS_CHECK_AS(ConfigError, c.tensor_parallel.autotp_size <= 1 || *job.tensor_parallel == c.tensor_parallel_size,
+                "[config] --tensor-parallel-size {} disagrees with 'tensor_parallel.autotp_size' = {} in {}; give the "
+                "size in one place", *job.tensor_parallel, c.tensor_parallel.autotp_size, source_name);
+    DS_CHECK_AS(ConfigError, *job.tensor_parallel >= 1, "[config] --tensor-parallel-size must be at least 1; found "
+                "{}", *job.tensor_parallel);
+    c.tensor_parallel_size = *job.tensor_parallel;
+  }
+  const int model_ranks = c.tensor_parallel_size * c.pipeline_parallel_size;
+  DS_CHECK_AS(ConfigError, job.world % model_ranks == 0,
+              "[config] {} rank(s) cannot be split into {} pipeline stage(s) x {} tensor-parallel rank(s) ({}): the "
+              "world size must be a multiple of {}; launch a multiple of {} ranks or change the degrees",
+              job.world, c.pipeline_parallel_size, c.tensor_parallel_size, source_name, model_ranks, model_ranks);
+  const int dp_world_size = job.world / model_ranks;
   c.dp_world_size = dp_world_size;
   if (autos != nullptr) {
     config::detail::resolve_auto(root, dp_world_size, *autos, source_name, c.auto_resolved, ctx.warnings);
@@ -373,6 +392,7 @@ DeepSpeedConfig parse_config(const std::string& json_text, int dp_world_size, co
   config::detail::parse_activation_checkpointing(top.child("activation_checkpointing", Keys::lenient),
                                                  c.activation_checkpointing);
   config::detail::parse_pipeline(top.child("pipeline", Keys::lenient), c.pipeline);
+  top.raw("tensor_parallel");  // read above
   config::detail::parse_checkpoint(top.child("checkpoint", Keys::lenient), c.checkpoint);
   config::detail::parse_flops_profiler(top.child("flops_profiler", Keys::lenient), c.flops_profiler);
   config::detail::parse_monitor(top.child("tensorboard"), c.tensorboard);
@@ -417,7 +437,7 @@ DeepSpeedConfig parse_config(const std::string& json_text, int dp_world_size, co
   return c;
 }
 
-DeepSpeedConfig load_config_file(const std::string& path, int dp_world_size, const AutoValues* autos) {
+DeepSpeedConfig load_config_file(const std::string& path, const JobShape& job, const AutoValues* autos) {
   std::error_code ec;
   DS_CHECK_AS(IoError, !std::filesystem::is_directory(path, ec),
               "[config] '{}' is a folder; --config takes a DeepSpeed ds_config.json file", path);
@@ -432,7 +452,7 @@ DeepSpeedConfig load_config_file(const std::string& path, int dp_world_size, con
   in.read(text.data(), static_cast<std::streamsize>(text.size()));
   DS_CHECK_AS(IoError, !in.bad(), "[config] failed while reading DeepSpeed config file '{}'", path);
   text.resize(static_cast<size_t>(in.gcount()));
-  return parse_config(text, dp_world_size, path, autos);
+  return parse_config(text, job, path, autos);
 }
 
 // ---- summary ----------------------------------------------------------------------------------------------------

@@ -273,11 +273,26 @@ struct AutoValues {
   int64_t hidden_size = 0;  // the model's width, for the ZeRO bucket sizes (0: leave those "auto" to the defaults)
 };
 
+// DeepSpeed's training AutoTP block ("tensor_parallel": {"autotp_size": N}); 0 and 1 mean no tensor parallelism.
+struct TensorParallelConfig {
+  int64_t autotp_size = 0;
+};
+
+// The job a config is read for: its world size, and the parallel degrees the command line gives (which must agree
+// with the config's where both do).
+struct JobShape {
+  int world = 1;
+  std::optional<int> tensor_parallel;  // --tensor-parallel-size
+};
+
 // ---- the whole config -------------------------------------------------------------------------------------------
 struct DeepSpeedConfig {
   std::string source;     // file path or the name given to parse_config, used in messages
   nlohmann::json json;    // the config as given (checkpoints record it)
+  int world_size = 1;     // ranks of the job: dp_world_size x tensor_parallel_size x pipeline_parallel_size
   int dp_world_size = 1;  // data-parallel world size the batch triple was resolved for
+  int tensor_parallel_size = 1;    // tensor_parallel.autotp_size or --tensor-parallel-size
+  int pipeline_parallel_size = 1;
 
   // Batch triple, always filled and consistent: train = micro * gas * dp_world_size.
   int64_t train_batch_size = 0;
@@ -307,6 +322,7 @@ struct DeepSpeedConfig {
   AioConfig aio;
   ActivationCheckpointingConfig activation_checkpointing;
   PipelineConfig pipeline;
+  TensorParallelConfig tensor_parallel;
   CheckpointConfig checkpoint;
   FlopsProfilerConfig flops_profiler;
   MonitorConfig tensorboard;
@@ -328,10 +344,20 @@ struct DeepSpeedConfig {
 // Reads a ds_config.json file (at most 16 MiB). Throws IoError when it cannot be read, ConfigError when it is
 // invalid. With `autos`, "auto" values are filled from it; without, they keep DeepSpeed's defaults (and "auto" batch
 // sizes are an error, since nothing could choose them).
-DeepSpeedConfig load_config_file(const std::string& path, int dp_world_size, const AutoValues* autos = nullptr);
+// The batch triple is resolved for the data-parallel size: the job's world size divided by the tensor- and
+// pipeline-parallel degrees (a ConfigError when they do not divide it). An int job is a world of that many ranks.
+DeepSpeedConfig load_config_file(const std::string& path, const JobShape& job, const AutoValues* autos = nullptr);
 // Parses the text of a config (JSON with hjson's comments and trailing commas); source_name names it in messages.
-DeepSpeedConfig parse_config(const std::string& json_text, int dp_world_size,
+DeepSpeedConfig parse_config(const std::string& json_text, const JobShape& job,
                              const std::string& source_name = "ds_config.json", const AutoValues* autos = nullptr);
+inline DeepSpeedConfig load_config_file(const std::string& path, int world, const AutoValues* autos = nullptr) {
+  return load_config_file(path, JobShape{world, std::nullopt}, autos);
+}
+inline DeepSpeedConfig parse_config(const std::string& json_text, int world,
+                                    const std::string& source_name = "ds_config.json",
+                                    const AutoValues* autos = nullptr) {
+  return parse_config(json_text, JobShape{world, std::nullopt}, source_name, autos);
+}
 
 std::string_view scheduler_type_name(SchedulerType t);
 std::string_view offload_device_name(OffloadDevice d);

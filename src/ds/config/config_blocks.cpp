@@ -377,6 +377,23 @@ void parse_pipeline(BlockReader r, PipelineConfig& out) {
   r.finish();
 }
 
+// DeepSpeed's training AutoTP: "tensor_parallel": {"autotp_size": N, "tp": {"tp_size": N, ...}}. The model's
+// layers are split by the model definition (nn/tensor_parallel.h), so only the size matters here.
+void parse_tensor_parallel(BlockReader r, TensorParallelConfig& out) {
+  if (!r.present()) return;
+  r.read("autotp_size", out.autotp_size, Support::implemented, 0, 4096);
+  BlockReader tp = r.child("tp", Keys::lenient);
+  int64_t tp_size = 0;
+  if (tp.read("tp_size", tp_size, Support::implemented, 1, 4096)) {
+    DS_CHECK_AS(ConfigError, out.autotp_size <= 1 || tp_size == out.autotp_size, "[config] 'tensor_parallel.tp.tp_size' "
+                "= {} disagrees with 'tensor_parallel.autotp_size' = {} in {}; give one size", tp_size,
+                out.autotp_size, r.ctx().source);
+    out.autotp_size = tp_size;
+  }
+  tp.finish();
+  r.finish();
+}
+
 void parse_checkpoint(BlockReader r, CheckpointConfig& out) {
   if (!r.present()) return;
   std::string mode;

@@ -16,6 +16,7 @@ void parse_zero(BlockReader r, ZeroConfig& out);  // config_zero.cpp
 void parse_aio(BlockReader r, AioConfig& out);
 void parse_activation_checkpointing(BlockReader r, ActivationCheckpointingConfig& out);
 void parse_pipeline(BlockReader r, PipelineConfig& out);
+void parse_tensor_parallel(BlockReader r, TensorParallelConfig& out);
 void parse_checkpoint(BlockReader r, CheckpointConfig& out);
 void parse_flops_profiler(BlockReader r, FlopsProfilerConfig& out);
 void parse_monitor(BlockReader r, MonitorConfig& out);

@@ -15,6 +15,26 @@
 
 namespace ds::engine {
 
+namespace {
+// The model's tensor-parallel group over the topology's model communicator (which counts the traffic).
+class CommTensorParallel final : public nn::TensorParallelGroup {
+ public:
+  explicit CommTensorParallel(comm::Communicator& comm) : comm_(comm) {}
+  int rank() const override { return comm_.rank(); }
+  int size() const override { return comm_.size(); }
+  void all_reduce_sum(float* data, int64_t n) override {
+    comm_.all_reduce(data, static_cast<size_t>(n), DType::f32, comm::ReduceOp::sum);
+  }
+  void all_reduce_max(float* data, int64_t n) override {
+    comm_.all_reduce(data, static_cast<size_t>(n), DType::f32, comm::ReduceOp::max);
+  }
+  using nn::TensorParallelGroup::all_reduce_sum;
+
+ private:
+  comm::Communicator& comm_;
+};
+}  // namespace
+
 Engine::Engine(const nn::Gpt2Config& model_config, const config::DeepSpeedConfig& config, int seq_len,
                comm::Communicator* comm, uint64_t seed)
     : config_(config),
@@ -24,10 +44,17 @@ Engine::Engine(const nn::Gpt2Config& model_config, const config::DeepSpeedConfig
       seq_len_(seq_len),
       schedule_(config.scheduler, config.optimizer.lr),
       seed_(seed) {
-  DS_CHECK_AS(ConfigError, config.dp_world_size == comm_->size(),
-              "[engine] the config's batch sizes were resolved for {} data-parallel ranks but the job has {}; "
-              "load the config with the job's world size",
-              config.dp_world_size, comm_->size());
+  DS_CHECK_AS(ConfigError, config.world_size == comm_->size() &&
+              config.dp_world_size * config.tensor_parallel_size * config.pipeline_parallel_size == comm_->size(),
+              "[engine] the config was read for {} rank(s) ({} data-parallel) but the job has {}; load the config with "
+              "the job's world size",
+              config.world_size, config.dp_world_size, comm_->size());
+  DS_CHECK_AS(ConfigError, config.pipeline_parallel_size == 1, "[engine] pipeline parallelism ({} stages) is not "
+              "available yet; use tensor and data parallelism", config.pipeline_parallel_size);
+  topology_ = std::make_unique<comm::Topology>(
+      *comm_, comm::TopologyShape{config.pipeline_parallel_size, config.dp_world_size, config.tensor_parallel_size});
+  comm::Communicator& dp = topology_->data();
+  if (config.tensor_parallel_size > 1) tp_group_ = std::make_unique<CommTensorParallel>(topology_->model());
   DS_CHECK_AS(ConfigError, seq_len > 0 && seq_len <= model_config.block_size,
               "[engine] sequence length {} must be between 1 and the model's block_size {}", seq_len,
               model_config.block_size);
@@ -39,9 +66,10 @@ Engine::Engine(const nn::Gpt2Config& model_config, const config::DeepSpeedConfig
   DS_CHECK_AS(ConfigError, stage >= 0 && stage <= 3, "[engine] zero_optimization.stage must be 0-3, found {}",
               stage);
   const zero::ZeroPrecision precision = precision_for(config);
-  model_ = std::make_unique<nn::Gpt2>(model_config, zero::ZeroOptimizer::alignment(comm_->size()),
-                                  zero::ZeroOptimizer::keeps_full_gradients(stage),
-                                  zero::ZeroOptimizer::keeps_full_parameters(stage), precision.params, precision.grads);
+  model_ = std::make_unique<nn::Gpt2>(model_config, zero::ZeroOptimizer::alignment(dp.size()),
+                                      zero::ZeroOptimizer::keeps_full_gradients(stage),
+                                      zero::ZeroOptimizer::keeps_full_parameters(stage), precision.params,
+                                      precision.grads, tp_group_.get());
   cpu::AdamParams hyper;
   hyper.lr = static_cast<float>(config.optimizer.lr);
   hyper.beta1 = static_cast<float>(config.optimizer.beta1);
@@ -50,9 +78,17 @@ Engine::Engine(const nn::Gpt2Config& model_config, const config::DeepSpeedConfig
   hyper.weight_decay = static_cast<float>(config.optimizer.weight_decay);
   hyper.adam_w_mode = config.optimizer.adam_w_mode;
   hyper.bias_correction = config.optimizer.bias_correction;
-  optimizer_ = std::make_unique<zero::ZeroOptimizer>(model_->params(), *comm_, config.zero, hyper, precision,
+  optimizer_ = std::make_unique<zero::ZeroOptimizer>(model_->params(), dp, config.zero, hyper, precision,
                                                     zero::state_store_factory(config.zero, config.aio, comm_->rank()),
                                                     zero::param_swap_options(config.zero, config.aio, comm_->rank()));
+  if (tp_group_) {
+    // The replicated parameters' gradients are the same on every rank of the model group: rank 0 counts them.
+    std::vector<std::pair<int64_t, int64_t>> skip;
+    if (topology_->coords().model != 0)
+      for (const nn::Parameter& p : model_->params().all())
+        if (!p.tp.split()) skip.emplace_back(p.offset, p.offset + p.numel());
+    optimizer_->set_norm_group(&topology_->model(), std::move(skip));
+  }
   if (config.optimizer.type == "lamb") {
     cpu::LambParams lamb;
     lamb.lr = hyper.lr;
@@ -139,11 +175,12 @@ Engine::~Engine() {
 
 double Engine::current_lr() const { return schedule_.lr(global_steps_ - skipped_steps_); }
 
-double Engine::average_over_ranks(double value) {
-  if (comm_->size() == 1) return value;
+double Engine::average_over_ranks(double value) {  // the model group's ranks hold the same loss
+  comm::Communicator& dp = topology_->data();
+  if (dp.size() == 1) return value;
   float v = static_cast<float>(value);
-  comm_->all_reduce(&v, 1, DType::f32);
-  return static_cast<double>(v) / comm_->size();
+  dp.all_reduce(&v, 1, DType::f32);
+  return static_cast<double>(v) / dp.size();
 }
 
 zero::ZeroPrecision Engine::precision_for(const config::DeepSpeedConfig& c) {
@@ -218,7 +255,13 @@ double Engine::eval_loss(const BatchFn& next, int64_t num_batches, int batch_siz
   return average_over_ranks(sum / static_cast<double>(num_batches));
 }
 
+void Engine::check_checkpoint_layout(const char* what) const {
+  DS_CHECK_AS(ConfigError, !tp_group_, "[engine] {} of a tensor-parallel run ({}) is not available yet; train with "
+              "--tensor-parallel-size 1 to checkpoint", what, topology_->shape().str());
+}
+
 std::string Engine::save_checkpoint(const std::string& dir, const std::string& tag, const nlohmann::json& client_state) {
+  check_checkpoint_layout("saving a checkpoint");
   const std::string t = tag.empty() ? fmt::format("global_step{}", global_steps_) : tag;
   ckpt::CheckpointManifest meta;
   meta.global_steps = global_steps_;
@@ -238,6 +281,7 @@ std::string Engine::save_checkpoint(const std::string& dir, const std::string& t
 }
 
 nlohmann::json Engine::load_checkpoint(const std::string& dir, const std::string& tag) {
+  check_checkpoint_layout("loading a checkpoint");
   const ckpt::CheckpointManifest m = engine::load_checkpoint(dir, tag, model_->params(), *optimizer_);
   global_steps_ = m.global_steps;
   skipped_steps_ = m.engine_state.value("skipped_steps", int64_t{0});
@@ -257,8 +301,37 @@ void Engine::load_weights(const std::string& path) {
         file, p.name, std::vector<int64_t>(p.shape.begin(), p.shape.end()),
         "give a file with every parameter of this model under its Hugging Face GPT-2 name (dspeed ckpt consolidate "
         "writes one), for the model --model names");
-    optimizer_->set_parameters(p.offset, values.data(), p.numel());
+    if (!p.tp.split()) {
+      optimizer_->set_parameters(p.offset, values.data(), p.numel());
+      continue;
+    }
+    std::vector<float> mine(static_cast<size_t>(p.numel()));
+    p.tp.shard(values.data(), mine.data());
+    optimizer_->set_parameters(p.offset, mine.data(), p.numel());
   }
+}
+
+std::vector<float> Engine::full_parameters() {
+  std::vector<float> local = optimizer_->full_parameters();  // this rank's shapes, in declaration order
+  if (!tp_group_) return local;
+  // Each rank writes its share into the whole layout (replicated parameters on model rank 0 only) and the model
+  // group sums: every element comes from exactly one rank.
+  int64_t whole_numel = 0;
+  for (const nn::Parameter& p : model_->params().all()) whole_numel += p.full_shape().numel();
+  std::vector<float> whole(static_cast<size_t>(whole_numel), 0.0f);
+  const bool lead = topology_->coords().model == 0;
+  int64_t at_local = 0, at_whole = 0;
+  for (const nn::Parameter& p : model_->params().all()) {
+    if (p.tp.split()) {
+      p.tp.unshard(local.data() + at_local, whole.data() + at_whole);
+    } else if (lead) {
+      std::copy_n(local.data() + at_local, p.numel(), whole.data() + at_whole);
+    }
+    at_local += p.numel();
+    at_whole += p.full_shape().numel();
+  }
+  tp_group_->all_reduce_sum(whole.data(), whole_numel);
+  return whole;
 }
 
 }  // namespace ds::engine

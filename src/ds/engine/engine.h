@@ -12,7 +12,9 @@
 #include <nlohmann/json.hpp>
 
 #include "ds/comm/communicator.h"
+#include "ds/comm/topology.h"
 #include "ds/nn/models/gpt2.h"
+#include "ds/nn/tensor_parallel.h"
 #include "ds/optim/loss_scaler.h"
 #include "ds/optim/lr_schedule.h"
 #include "ds/config/config.h"
@@ -58,12 +60,16 @@ class Engine {
   std::string save_checkpoint(const std::string& dir, const std::string& tag = "",
                               const nlohmann::json& client_state = nlohmann::json::object());
   nlohmann::json load_checkpoint(const std::string& dir, const std::string& tag = "");
+  // Every parameter of the whole model, unpadded, in declaration order (a collective: every rank calls it; under
+  // tensor parallelism the ranks' shares are put together).
+  std::vector<float> full_parameters();
   // Replaces the parameters (not the optimizer state) with those of a safetensors file holding every parameter
   // under its Hugging Face GPT-2 name, as `dspeed ckpt consolidate` writes; F32, BF16 or F16.
   void load_weights(const std::string& path);
   double current_lr() const;
   nn::Gpt2& model() { return *model_; }
   comm::Communicator& comm() { return *comm_; }
+  comm::Topology& topology() { return *topology_; }
   zero::ZeroOptimizer& optimizer() { return *optimizer_; }
   const zero::ZeroOptimizer& optimizer_const() const { return *optimizer_; }
   const config::DeepSpeedConfig& config() const { return config_; }
@@ -72,12 +78,16 @@ class Engine {
 
  private:
   double average_over_ranks(double value);
+  // Checkpoints of a tensor-parallel layout are not written or read yet: a ConfigError naming `what`.
+  void check_checkpoint_layout(const char* what) const;
   // Switches the runner's activation checkpointing on as config_.activation_checkpointing asks.
   void configure_checkpointing();
 
   config::DeepSpeedConfig config_;
   std::unique_ptr<comm::Communicator> own_comm_;
   comm::Communicator* comm_;
+  std::unique_ptr<comm::Topology> topology_;
+  std::unique_ptr<nn::TensorParallelGroup> tp_group_;  // null without tensor parallelism
   int micro_;
   int seq_len_;
   std::unique_ptr<nn::Gpt2> model_;

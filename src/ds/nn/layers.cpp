@@ -43,7 +43,7 @@ void Linear::collect_parameters(std::vector<Parameter*>& out) const {
 
 const LinearFactory& dense_linear() {
   static const LinearFactory factory = [](ParameterStore& store, const std::string& name, int in, int out, bool bias,
-                                          LinearKind) { return std::make_unique<Linear>(store, name, in, out, bias); };
+                                          LinearKind, int) { return std::make_unique<Linear>(store, name, in, out, bias); };
   return factory;
 }
 
@@ -81,12 +81,13 @@ void LayerNorm::collect_parameters(std::vector<Parameter*>& out) const {
 CausalSelfAttention::CausalSelfAttention(ParameterStore& store, const std::string& name, int C, int n_head,
                                          const LinearFactory& linear)
     : Module(name),
-      C_(C),
-      NH_(n_head),
-      c_attn_(linear(store, name + ".c_attn", C, 3 * C, true, LinearKind::column)),
-      c_proj_(linear(store, name + ".c_proj", C, C, true, LinearKind::row)) {
+      c_attn_(linear(store, name + ".c_attn", C, 3 * C, true, LinearKind::column, 3)),
+      c_proj_(linear(store, name + ".c_proj", C, C, true, LinearKind::row, 1)) {
   DS_CHECK_AS(ConfigError, n_head > 0 && C % n_head == 0,
               "[model] n_embd ({}) must be divisible by n_head ({})", C, n_head);
+  C_ = c_attn_->out_features() / 3;
+  DS_ASSERT(C_ * n_head % C == 0, "{}: {} of {} columns do not hold whole heads", name, C_, C);
+  NH_ = C_ * n_head / C;
 }
 
 Tensor CausalSelfAttention::forward(Ctx& ctx, const Tensor& x, int B, int T) {
@@ -115,8 +116,8 @@ void CausalSelfAttention::collect_parameters(std::vector<Parameter*>& out) const
 // ---- Mlp ----
 Mlp::Mlp(ParameterStore& store, const std::string& name, int C, const LinearFactory& linear)
     : Module(name),
-      c_fc_(linear(store, name + ".c_fc", C, 4 * C, true, LinearKind::column)),
-      c_proj_(linear(store, name + ".c_proj", 4 * C, C, true, LinearKind::row)) {}
+      c_fc_(linear(store, name + ".c_fc", C, 4 * C, true, LinearKind::column, 1)),
+      c_proj_(linear(store, name + ".c_proj", 4 * C, C, true, LinearKind::row, 1)) {}
 
 Tensor Mlp::forward(Ctx& ctx, const Tensor& x) {
   Tensor h = c_fc_->forward(ctx, x);

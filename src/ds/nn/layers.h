@@ -30,11 +30,12 @@ class Linear : public Module {
   Parameter* bias_ = nullptr;
 };
 
-// How a tensor-parallel layer would split a linear layer (Megatron): by output columns (its output stays split,
-// the next layer is row-parallel) or by input rows (its partial outputs are summed).
+// How a tensor-parallel layer splits a linear layer (Megatron, tensor_parallel.h): by output columns (its output
+// stays split, the next layer is row-parallel) or by input rows (its partial outputs are summed). `out_blocks`:
+// the output is that many equal blocks (the fused QKV: 3), and a column split takes its share of each.
 enum class LinearKind : uint8_t { column, row };
 using LinearFactory = std::function<std::unique_ptr<Linear>(ParameterStore& store, const std::string& name, int in,
-                                                            int out, bool bias, LinearKind kind)>;
+                                                            int out, bool bias, LinearKind kind, int out_blocks)>;
 // The dense (unsplit) layer, whatever the kind.
 const LinearFactory& dense_linear();
 
@@ -53,6 +54,7 @@ class LayerNorm : public Module {
 
 class CausalSelfAttention : public Module {
  public:
+  // With a column-parallel c_attn, the heads are split too: this rank attends with the heads of its columns.
   CausalSelfAttention(ParameterStore& store, const std::string& name, int C, int n_head,
                       const LinearFactory& linear = dense_linear());
   // x [B*T, C]; B and T are needed to split rows into sequences.
@@ -61,7 +63,7 @@ class CausalSelfAttention : public Module {
   void collect_parameters(std::vector<Parameter*>& out) const override;
 
  private:
-  int C_, NH_;
+  int C_, NH_;  // this rank's width and heads (C / tp, n_head / tp under tensor parallelism)
   std::unique_ptr<Linear> c_attn_;  // column-parallel
   std::unique_ptr<Linear> c_proj_;  // row-parallel
 };

@@ -112,4 +112,44 @@ void classifier_rows_backward(const Tensor& dh, const Tensor& dw, const Tensor& 
                                 w.data<float>(), i(N), i(C), i(V), i(row_begin), i(w.size(0)));
 }
 
+namespace {
+// logits [N, Vl] f32, stats [3, N] f32, targets [N] i32 (when given); returns {N, Vl}.
+std::pair<int64_t, int64_t> check_vocab_xent(const char* op, const Tensor& logits, const Tensor& stats,
+                                             const Tensor* targets) {
+  const Device dev = detail::common_device(op, {{"logits", logits}, {"stats", stats}});
+  for (const Arg& a : {Arg{"logits", logits}, Arg{"stats", stats}}) {
+    detail::expect_defined(op, a);
+    detail::expect_dtype(op, a, DType::f32);
+  }
+  DS_CHECK_AS(ShapeError, logits.ndim() == 2, "[ops] {}: logits must be [N, V], found {}", op, logits.str());
+  const int64_t N = logits.size(0);
+  detail::expect_numel(op, {"stats", stats}, 3 * N);
+  if (targets) {
+    detail::expect_defined(op, {"targets", *targets});
+    detail::expect_dtype(op, {"targets", *targets}, DType::i32);
+    detail::expect_numel(op, {"targets", *targets}, N);
+    detail::common_device(op, {{"logits", logits}, {"targets", *targets}});
+  }
+  if (!dev.is_cpu()) detail::no_kernel(op, dev);
+  return {N, logits.size(1)};
+}
+}  // namespace
+
+void vocab_xent_max(const Tensor& logits, const Tensor& stats) {
+  const auto [N, V] = check_vocab_xent("vocab_xent_max", logits, stats, nullptr);
+  cpu::vocab_xent_max(logits.data<float>(), stats.data<float>(), i(N), i(V));
+}
+
+void vocab_xent_sums(const Tensor& logits, const Tensor& stats, const Tensor& targets, int64_t begin) {
+  const auto [N, V] = check_vocab_xent("vocab_xent_sums", logits, stats, &targets);
+  cpu::vocab_xent_sums(logits.data<float>(), stats.data<float>(), targets.data<int32_t>(), i(N), i(V), i(begin));
+}
+
+double vocab_xent_finish(const Tensor& logits, const Tensor& stats, const Tensor& targets, int64_t begin,
+                         bool want_grad, float grad_scale) {
+  const auto [N, V] = check_vocab_xent("vocab_xent_finish", logits, stats, &targets);
+  return cpu::vocab_xent_finish(logits.data<float>(), stats.data<float>(), targets.data<int32_t>(), want_grad,
+                                grad_scale, i(N), i(V), i(begin));
+}
+
 }  // namespace ds::ops

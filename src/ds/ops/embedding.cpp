@@ -62,4 +62,33 @@ void embedding_backward(const Tensor& dwte, const Tensor& dwpe, const Tensor& dx
                         ids.data<int32_t>(), B, T, static_cast<int>(C));
 }
 
+namespace {
+// rows/dx [N, C], table [Vl, C], ids [N] i32; returns {N, C}.
+std::pair<int64_t, int64_t> check_vocab_rows(const char* op, const Arg& rows, const Arg& table, const Tensor& ids) {
+  const Device dev = detail::common_device(op, {rows, table, {"ids", ids}});
+  for (const Arg& a : {rows, table, Arg{"ids", ids}}) detail::expect_defined(op, a);
+  for (const Arg& a : {rows, table}) detail::expect_dtype(op, a, DType::f32);
+  detail::expect_dtype(op, {"ids", ids}, DType::i32);
+  DS_CHECK_AS(ShapeError, rows.t.ndim() == 2 && table.t.ndim() == 2 && rows.t.size(1) == table.t.size(1),
+              "[ops] {}: '{}' must be [N, C] and '{}' [rows, C], found {} and {}", op, rows.name, table.name,
+              rows.t.str(), table.t.str());
+  detail::expect_numel(op, {"ids", ids}, rows.t.size(0));
+  if (!dev.is_cpu()) detail::no_kernel(op, dev);
+  return {rows.t.size(0), rows.t.size(1)};
+}
+int i32(int64_t v) { return static_cast<int>(v); }
+}  // namespace
+
+void vocab_rows_forward(const Tensor& rows, const Tensor& table, const Tensor& ids, int64_t begin) {
+  const auto [N, C] = check_vocab_rows("vocab_rows_forward", {"rows", rows}, {"table", table}, ids);
+  cpu::vocab_rows_forward(rows.data<float>(), table.data<float>(), ids.data<int32_t>(), i32(N), i32(C), i32(begin),
+                          i32(table.size(0)));
+}
+
+void vocab_rows_backward(const Tensor& dtable, const Tensor& dx, const Tensor& ids, int64_t begin) {
+  const auto [N, C] = check_vocab_rows("vocab_rows_backward", {"dx", dx}, {"dtable", dtable}, ids);
+  cpu::vocab_rows_backward(dtable.data<float>(), dx.data<float>(), ids.data<int32_t>(), i32(N), i32(C), i32(begin),
+                           i32(dtable.size(0)));
+}
+
 }  // namespace ds::ops

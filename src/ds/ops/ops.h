@@ -67,6 +67,18 @@ double softmax_xent(const Tensor& logits, const Tensor& targets, bool want_grad,
 void classifier_rows_backward(const Tensor& dh, const Tensor& dw, const Tensor& dlogits, const Tensor& h,
                               const Tensor& w, int64_t row_begin);
 
+// ---- vocabulary parallelism (Megatron): this rank holds rows [begin, begin + Vl) of wte ----
+// The cross-entropy over logits [N, Vl] in three passes, the caller all-reducing stats [3, N] between them
+// (kernels/cpu/kernels.h: vocab_xent_*): the row maxima (max-reduce), then the sums of exps and the targets'
+// logits (sum-reduce), then the loss sum, with want_grad turning the logits into grad_scale * (softmax - onehot).
+void vocab_xent_max(const Tensor& logits, const Tensor& stats);
+void vocab_xent_sums(const Tensor& logits, const Tensor& stats, const Tensor& targets, int64_t begin);
+double vocab_xent_finish(const Tensor& logits, const Tensor& stats, const Tensor& targets, int64_t begin,
+                         bool want_grad, float grad_scale);
+// rows [N, C]: table's row ids[i] - begin when this rank holds it, else zeros; and dtable[ids[i] - begin] += dx[i].
+void vocab_rows_forward(const Tensor& rows, const Tensor& table, const Tensor& ids, int64_t begin);
+void vocab_rows_backward(const Tensor& dtable, const Tensor& dx, const Tensor& ids, int64_t begin);
+
 // ---- the optimizer's step over one chunk of the partition ----
 // Adam/AdamW (DeepSpeed's CPU-Adam semantics, kernels/cpu/kernels.h: adamw_step) on fp32 param, m and v with the
 // gradient multiplied by grad_scale first. grad is fp32, or bf16/f16 widened through `wide` (an fp32 tensor of at

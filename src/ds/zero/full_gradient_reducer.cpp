@@ -101,7 +101,8 @@ class FullGradientReducer final : public GradientReducer {
  protected:
   // Stage 0 sums the whole flat buffer at once (the fixed blocks of the sum of squares then match a single process).
   double local_sum_squares() override {
-    if (layout_.replicated()) return ops::sum_squares(store_.flat_grads().slice_flat(0, {layout_.padded_numel()}));
+    if (layout_.replicated() && !skips())
+      return ops::sum_squares(store_.flat_grads().slice_flat(0, {layout_.padded_numel()}));
     return GradientReducer::local_sum_squares();
   }
 

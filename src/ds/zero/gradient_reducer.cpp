@@ -106,19 +106,51 @@ void GradientReducer::accumulate_f32(void* dst, const float* src, int64_t n) con
   });
 }
 
+void GradientReducer::set_norm_group(comm::Communicator* group, std::vector<std::pair<int64_t, int64_t>> skip) {
+  norm_group_ = group && group->size() > 1 ? group : nullptr;
+  std::sort(skip.begin(), skip.end());
+  norm_skip_ = std::move(skip);
+}
+
 double GradientReducer::local_sum_squares() {
   double local = 0;
-  for (size_t i = 0; i < layout_.size(); ++i) local += ops::sum_squares(owned_chunk(i));
+  for (size_t i = 0; i < layout_.size(); ++i) {
+    const Tensor chunk = owned_chunk(i);
+    if (norm_skip_.empty()) {
+      local += ops::sum_squares(chunk);
+      continue;
+    }
+    // The pieces of the chunk's flat range [own, own + chunk) outside every skipped range.
+    const int64_t begin = layout_[i].own, end = begin + layout_[i].chunk;
+    int64_t at = begin;
+    auto piece = [&](int64_t lo, int64_t hi) {
+      if (lo < hi) local += ops::sum_squares(chunk.slice_flat(lo - begin, {hi - lo}));
+    };
+    for (const auto& [skip_lo, skip_hi] : norm_skip_) {
+      if (skip_hi <= at) continue;
+      if (skip_lo >= end) break;
+      piece(at, std::min(skip_lo, end));
+      at = std::max(at, skip_hi);
+    }
+    piece(at, end);
+  }
   return local;
 }
 
 double GradientReducer::grad_norm() {
   drain();
-  const double local = local_sum_squares();
-  if (layout_.replicated()) return std::sqrt(local) / layout_.world();  // every rank holds the whole sum
-  float total = static_cast<float>(local);
-  comm_.all_reduce(&total, 1, DType::f32);
-  return std::sqrt(static_cast<double>(total)) / layout_.world();
+  double total = local_sum_squares();
+  if (!layout_.replicated()) {  // else every rank holds the whole sum
+    float t = static_cast<float>(total);
+    comm_.all_reduce(&t, 1, DType::f32);
+    total = t;
+  }
+  if (norm_group_) {
+    float t = static_cast<float>(total);
+    norm_group_->all_reduce(&t, 1, DType::f32);
+    total = t;
+  }
+  return std::sqrt(total) / layout_.world();
 }
 
 }  // namespace ds::zero

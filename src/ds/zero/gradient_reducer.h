@@ -90,13 +90,18 @@ class GradientReducer {
   // This rank's reduced gradient chunk of unit i, a [chunk] view in the gradient dtype (valid after the boundary).
   virtual Tensor owned_chunk(size_t unit) = 0;
   // Global L2 norm of the averaged gradient (valid after the boundary); inf or NaN when a gradient overflowed. A
-  // collective unless the layout is replicated.
+  // collective unless the layout is replicated (and the norm group is of one).
   double grad_norm();
+  // Model parallelism: this rank's gradients are one part of the model's, so the norm also sums over `group` (the
+  // ranks holding the other parts), with the flat ranges `skip` [begin, end) left out on this rank (parameters
+  // another rank of the group holds too and counts: the replicated ones of tensor parallelism).
+  void set_norm_group(comm::Communicator* group, std::vector<std::pair<int64_t, int64_t>> skip);
 
  protected:
   GradientReducer(const PartitionLayout& layout, comm::Communicator& comm, RowExchange& rows, const Options& options);
-  // Sum of squares of what this rank owns, unit chunk by unit chunk.
+  // Sum of squares of what this rank owns, unit chunk by unit chunk, less the skipped ranges.
   virtual double local_sum_squares();
+  bool skips() const { return !norm_skip_.empty(); }
   // Waits for a reduction still in flight at destruction (its buffers are ours); its error no longer matters.
   static void wait_quietly(const comm::WorkPtr& work);
 
@@ -120,6 +125,8 @@ class GradientReducer {
   bool last_micro_ = true;
 
  private:
+  comm::Communicator* norm_group_ = nullptr;
+  std::vector<std::pair<int64_t, int64_t>> norm_skip_;  // sorted flat ranges
   int64_t landing_numel_ = 0;
   std::vector<Tensor> landing_pool_;
   std::vector<bool> landing_busy_;

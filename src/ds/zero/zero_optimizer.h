@@ -89,6 +89,10 @@ class ZeroOptimizer : public nn::ModuleHooks {
   void end_micro_batch(bool last) { reducer_->end_micro_batch(last); }
   // Global L2 norm of the averaged gradient (valid after the boundary); inf or NaN when a gradient overflowed.
   double grad_norm() { return reducer_->grad_norm(); }
+  // The norm sums over the model-parallel group too (GradientReducer::set_norm_group).
+  void set_norm_group(comm::Communicator* group, std::vector<std::pair<int64_t, int64_t>> skip) {
+    reducer_->set_norm_group(group, std::move(skip));
+  }
   // Adam step on this rank's share with gradients multiplied by grad_scale (on top of the 1/N averaging), then
   // the updated parameters are all-gathered.
   void step(float lr, float grad_scale);

@@ -163,4 +163,72 @@ void classifier_rows_backward(float* dx, float* dw, const float* dlogits, const 
   cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, C, N, 1.0f, d, V, x, C, 1.0f, dw, C);
 }
 
+// The vocabulary-parallel passes: plain loops (the exps are a few percent of the head's GEMMs).
+void vocab_xent_max(const float* logits, float* stats, int N, int V) {
+#pragma omp parallel for schedule(static) if (size_t(N) * V >= (size_t{1} << 15))
+  for (int r = 0; r < N; ++r) {
+    const float* row = logits + size_t(r) * V;
+    float mx = -INFINITY;
+    for (int j = 0; j < V; ++j) mx = std::max(mx, row[j]);
+    stats[r] = mx;
+  }
+}
+
+void vocab_xent_sums(const float* logits, float* stats, const int32_t* targets, int N, int V, int begin) {
+#pragma omp parallel for schedule(static) if (size_t(N) * V >= (size_t{1} << 15))
+  for (int r = 0; r < N; ++r) {
+    const float* row = logits + size_t(r) * V;
+    const float mx = stats[r];
+    double sum = 0.0;
+    for (int j = 0; j < V; ++j) sum += std::exp(row[j] - mx);
+    stats[N + r] = static_cast<float>(sum);
+    const int t = targets[r] - begin;
+    stats[2 * N + r] = targets[r] >= 0 && t >= 0 && t < V ? row[t] : 0.0f;
+  }
+}
+
+double vocab_xent_finish(float* logits, const float* stats, const int32_t* targets, bool want_grad,
+                         float grad_scale, int N, int V, int begin) {
+  double total = 0.0;
+#pragma omp parallel for schedule(static) reduction(+ : total) if (size_t(N) * V >= (size_t{1} << 15))
+  for (int r = 0; r < N; ++r) {
+    float* row = logits + size_t(r) * V;
+    const float mx = stats[r], sum = stats[N + r];
+    if (targets[r] >= 0) total += std::log(static_cast<double>(sum)) + mx - stats[2 * N + r];
+    if (!want_grad) continue;
+    if (targets[r] < 0) {
+      std::memset(row, 0, sizeof(float) * size_t(V));
+      continue;
+    }
+    const float inv = 1.0f / sum;
+    for (int j = 0; j < V; ++j) row[j] = grad_scale * std::exp(row[j] - mx) * inv;
+    const int t = targets[r] - begin;
+    if (t >= 0 && t < V) row[t] -= grad_scale;
+  }
+  return total;
+}
+
+void vocab_rows_forward(float* out, const float* table, const int32_t* ids, int N, int C, int begin, int rows) {
+#pragma omp parallel for schedule(static) if (size_t(N) * C >= (size_t{1} << 15))
+  for (int i = 0; i < N; ++i) {
+    const int r = ids[i] - begin;
+    float* o = out + size_t(i) * C;
+    if (r >= 0 && r < rows) {
+      std::memcpy(o, table + size_t(r) * C, sizeof(float) * size_t(C));
+    } else {
+      std::memset(o, 0, sizeof(float) * size_t(C));
+    }
+  }
+}
+
+void vocab_rows_backward(float* dtable, const float* dx, const int32_t* ids, int N, int C, int begin, int rows) {
+  for (int i = 0; i < N; ++i) {  // serial: two ids may share a row
+    const int r = ids[i] - begin;
+    if (r < 0 || r >= rows) continue;
+    float* d = dtable + size_t(r) * C;
+    const float* g = dx + size_t(i) * C;
+    for (int c = 0; c < C; ++c) d[c] += g[c];
+  }
+}
+
 }  // namespace ds::cpu

@@ -136,6 +136,20 @@ double softmax_xent_rows(float* logits, float* losses, const int32_t* targets, b
                          int N, int V);
 void classifier_rows_backward(float* dx, float* dw, const float* dlogits, const float* x, const float* w, int N,
                               int C, int V, int row_begin, int rows);
+// The vocabulary-parallel cross-entropy (Megatron) over logits[N,Vl], columns [begin, begin + Vl) of the whole
+// logits, in the passes between which the caller all-reduces stats[3,N] over the group: vocab_xent_max writes
+// row 0 (the local row maximum: max-reduce it); vocab_xent_sums writes rows 1 and 2 (the sum of exp(logit - max)
+// and the target's logit where this rank holds it, else 0: sum-reduce them); vocab_xent_finish returns the loss
+// sum over rows whose target is >= 0 and, with want_grad, turns the logits into grad_scale * (softmax - onehot)
+// in place (rows with target -1 become 0).
+void vocab_xent_max(const float* logits, float* stats, int N, int V);
+void vocab_xent_sums(const float* logits, float* stats, const int32_t* targets, int N, int V, int begin);
+double vocab_xent_finish(float* logits, const float* stats, const int32_t* targets, bool want_grad,
+                         float grad_scale, int N, int V, int begin);
+// The vocabulary-parallel embedding's rows: out[i] = table[ids[i] - begin] when that row is this rank's, else 0;
+// and backward, dtable[ids[i] - begin] += dx[i] for those rows.
+void vocab_rows_forward(float* out, const float* table, const int32_t* ids, int N, int C, int begin, int rows);
+void vocab_rows_backward(float* dtable, const float* dx, const int32_t* ids, int N, int C, int begin, int rows);
 
 // ---- optimizer ----
 struct AdamParams {

@@ -136,8 +136,9 @@ Tensor targets_of(const Pass& pass) {
 }
 }  // namespace
 
-Gpt2Embedding::Gpt2Embedding(ParameterStore& store, const Gpt2Config& config, Parameter* wte)
-    : Block("transformer.wpe"), C_(config.n_embd), wte_(wte) {
+Gpt2Embedding::Gpt2Embedding(ParameterStore& store, const Gpt2Config& config, Parameter* wte,
+                             TensorParallelGroup* tp)
+    : Block("transformer.wpe"), C_(config.n_embd), wte_(wte), tp_(tp) {
   store.begin_unit("transformer.wpe", this);
   wpe_ = store.add("transformer.wpe.weight", {config.block_size, C_});
 }
@@ -153,7 +154,9 @@ Tensor Gpt2Embedding::forward(Ctx& ctx, const Tensor&, Pass& pass) {
   Tensor x = ctx.act().alloc({N, C_});
   Tensor ids = ctx.act().alloc({N}, DType::i32);  // a copy: backward needs the ids after the caller's buffer moved on
   std::copy(pass.inputs, pass.inputs + N, ids.data<int32_t>());
-  if (wte_->data.defined()) {
+  if (tp_) {
+    forward_parallel(ctx, x, ids, pass);
+  } else if (wte_->data.defined()) {
     ops::embedding_forward(x, ids, wte_->data, wpe_->data, B, T);
   } else {
     const size_t mark = ctx.scratch().mark();
@@ -168,11 +171,75 @@ Tensor Gpt2Embedding::forward(Ctx& ctx, const Tensor&, Pass& pass) {
 
 Tensor Gpt2Embedding::backward(Ctx& ctx, const Tensor& dy, Pass& pass, Tensor) {
   const Tensor& ids = ctx.saved(this).at(0);
+  if (tp_) {
+    backward_parallel(ctx, dy, ids, pass);
+    return Tensor();
+  }
   const bool whole_wte = wte_->data.defined() && wte_->grad.defined();  // Note [Gather units]
   ops::embedding_backward(whole_wte ? wte_->grad : Tensor(), wpe_->grad, dy, ids, pass.B, pass.T);
   if (!whole_wte)
     pass.rows->accumulate_row_grads(*wte_, ids.data<int32_t>(), dy.data<float>(), pass.rows_count());
   return Tensor();
+}
+
+namespace {
+// Ids as rows of this rank's vocabulary piece [begin, begin + rows): the row, or 0 with `outside` set. Every id
+// maps to a row, so a row collective (ZeRO's lookup_rows) sees the same count on every data-parallel rank.
+std::vector<int32_t> local_rows(const Tensor& ids, int64_t begin, int64_t rows, std::vector<uint8_t>& outside) {
+  const int64_t n = ids.numel();
+  std::vector<int32_t> local(static_cast<size_t>(n));
+  outside.assign(static_cast<size_t>(n), 0);
+  const int32_t* id = ids.data<int32_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t r = id[i] - begin;
+    outside[i] = r < 0 || r >= rows;
+    local[i] = outside[i] ? 0 : static_cast<int32_t>(r);
+  }
+  return local;
+}
+
+void zero_rows(const Tensor& t, const std::vector<uint8_t>& which) {
+  const int64_t C = t.size(1);
+  float* d = t.data<float>();
+  for (size_t i = 0; i < which.size(); ++i)
+    if (which[i]) std::fill(d + i * C, d + (i + 1) * C, 0.0f);
+}
+
+int64_t vocab_begin(const Parameter& wte) { return TpSplit::piece(wte.tp.full[0], wte.tp.rank, wte.tp.size).first; }
+}  // namespace
+
+void Gpt2Embedding::forward_parallel(Ctx& ctx, const Tensor& x, const Tensor& ids, Pass& pass) {
+  const int64_t N = pass.rows_count(), begin = vocab_begin(*wte_);
+  const size_t mark = ctx.scratch().mark();
+  Tensor rows = ctx.scratch().alloc({N, C_});
+  if (wte_->data.defined()) {
+    ops::vocab_rows_forward(rows, wte_->data, ids, begin);
+  } else {
+    std::vector<uint8_t> outside;
+    const std::vector<int32_t> local = local_rows(ids, begin, wte_->shape[0], outside);
+    pass.rows->lookup_rows(*wte_, local.data(), N, rows.data<float>());
+    zero_rows(rows, outside);
+  }
+  tp_->all_reduce_sum(rows);
+  ops::embedding_forward_rows(x, rows, wpe_->data, pass.B, pass.T);
+  ctx.scratch().release(mark);
+}
+
+void Gpt2Embedding::backward_parallel(Ctx& ctx, const Tensor& dy, const Tensor& ids, Pass& pass) {
+  const int64_t N = pass.rows_count(), begin = vocab_begin(*wte_);
+  ops::embedding_backward(Tensor(), wpe_->grad, dy, ids, pass.B, pass.T);
+  if (wte_->data.defined() && wte_->grad.defined()) {
+    ops::vocab_rows_backward(wte_->grad, dy, ids, begin);
+    return;
+  }
+  const size_t mark = ctx.scratch().mark();
+  std::vector<uint8_t> outside;
+  const std::vector<int32_t> local = local_rows(ids, begin, wte_->shape[0], outside);
+  Tensor masked = ctx.scratch().alloc({N, C_});
+  masked.copy_from(dy);
+  zero_rows(masked, outside);
+  pass.rows->accumulate_row_grads(*wte_, local.data(), masked.data<float>(), N);
+  ctx.scratch().release(mark);
 }
 
 Tensor Gpt2FinalNorm::backward(Ctx& ctx, const Tensor& dy, Pass&, Tensor dx) {
@@ -185,6 +252,8 @@ Tensor Gpt2FinalNorm::backward(Ctx& ctx, const Tensor& dy, Pass&, Tensor dx) {
 Tensor Gpt2Head::forward(Ctx& ctx, const Tensor& h, Pass& pass) {
   const int64_t N = pass.rows_count();
   if (pass.logits) {
+    DS_CHECK_AS(ConfigError, !tp_, "[model] full logits of a tensor-parallel model are not gathered; compute them "
+                "with the serving engine or at tensor-parallel size 1");
     const Tensor logits = Tensor::borrow(pass.logits, {N, V_}, DType::f32);
     if (wte_->data.defined()) {
       ops::logits(logits, h, wte_->data);
@@ -208,6 +277,7 @@ Tensor Gpt2Head::forward(Ctx& ctx, const Tensor& h, Pass& pass) {
 Tensor Gpt2Head::backward(Ctx& ctx, const Tensor&, Pass&, Tensor) { return ctx.saved(this).at(0); }
 
 double Gpt2Head::classifier(Ctx& ctx, const Tensor& h, Pass& pass, Tensor* dh) {
+  if (tp_) return classifier_parallel(ctx, h, pass, dh);
   if (!wte_->data.defined() || (dh && !wte_->grad.defined())) return classifier_sliced(ctx, h, pass, dh);
   const int64_t N = pass.rows_count();
   const size_t mark = ctx.scratch().mark();
@@ -245,34 +315,87 @@ double Gpt2Head::classifier_sliced(Ctx& ctx, const Tensor& h, Pass& pass, Tensor
   return loss_sum;
 }
 
+// Note [Vocabulary-parallel head]
+// Under tensor parallelism each rank holds rows [begin, begin + Vl) of wte, so it computes only those columns of
+// the logits, and the softmax's normalisers come from the group (Megatron's vocabulary-parallel cross-entropy):
+// the row maxima are max-reduced, then the sums of exp(logit - max) and the targets' logits (0 on every rank but
+// the one holding the target) are sum-reduced, 3N floats in all; the full [N, V] logits never exist. Each rank
+// then has its columns of grad_scale * (softmax - onehot), adds its share dlogits · wte_r to dh, and the group sums
+// dh (the backward of the head's replicated input, Megatron's "f"). wte's gradient stays with its rows. Where wte
+// is not resident (ZeRO-2/3), the slices of this rank's rows are visited as in Note [Sliced head].
+double Gpt2Head::classifier_parallel(Ctx& ctx, const Tensor& h, Pass& pass, Tensor* dh) {
+  const int64_t N = pass.rows_count(), Vl = wte_->shape[0], begin = vocab_begin(*wte_);
+  const bool whole = wte_->data.defined() && (!dh || wte_->grad.defined());
+  const size_t mark = ctx.scratch().mark();
+  Tensor logits = ctx.scratch().alloc({N, Vl});
+  Tensor stats = ctx.scratch().alloc({3, N});
+  if (whole) {
+    ops::logits(logits, h, wte_->data);
+  } else {
+    pass.rows->for_each_slice(*wte_, false, [&](int64_t row, const Tensor& w, const Tensor&) {
+      ops::logits_rows(logits, h, w, row);
+    });
+  }
+  const Tensor targets = targets_of(pass);
+  ops::vocab_xent_max(logits, stats);
+  tp_->all_reduce_max(stats.data<float>(), N);
+  ops::vocab_xent_sums(logits, stats, targets, begin);
+  tp_->all_reduce_sum(stats.data<float>() + N, 2 * N);
+  const double loss_sum = ops::vocab_xent_finish(logits, stats, targets, begin, dh != nullptr,
+                                                 dh ? pass.grad_scale : 1.0f);
+  if (dh) {
+    dh->zero_();
+    if (whole) {
+      ops::classifier_rows_backward(*dh, wte_->grad, logits, h, wte_->data, 0);
+    } else {
+      pass.rows->for_each_slice(*wte_, true, [&](int64_t row, const Tensor& w, const Tensor& grad) {
+        ops::classifier_rows_backward(*dh, grad, logits, h, w, row);
+      });
+    }
+    tp_->all_reduce_sum(*dh);
+  }
+  ctx.scratch().release(mark);
+  return loss_sum;
+}
+
 // ---- model ----
 // Note [Gather units]
 // Parameters are grouped into units that ZeRO gathers, releases and reduces as one: the slices of wte (RowSlice
 // owners), the position embedding (owned by the embedding block), each transformer block, and ln_f. The head has
 // no unit of its own: it uses wte, tied to the embedding (Note [Tied parameters] in module_runner.cpp).
 Gpt2::Gpt2(const Gpt2Config& config, int64_t unit_alignment, bool with_grads, bool with_params, DType param_dtype,
-           DType grad_dtype)
-    : Module("transformer"), config_(config) {
+           DType grad_dtype, TensorParallelGroup* tp)
+    : Module("transformer"), config_(config), tp_(tp && tp->size() > 1 ? tp : nullptr) {
   config_.validate();
   const int C = config_.n_embd;
-  // wte is gathered by the head a slice at a time: slices of about a transformer block's size (12 C^2).
-  const int64_t rows = ParameterStore::slice_rows(config_.vocab_size, C, int64_t(12) * C * C, unit_alignment);
-  wte_ = store_.add_sliced("transformer.wte.weight", {config_.vocab_size, C}, rows);
+  if (tp_)
+    DS_CHECK_AS(ConfigError, config_.n_head % tp_->size() == 0, "[model] tensor-parallel size {} does not divide "
+                "n_head {}: each rank must hold whole attention heads; choose a size that divides {}", tp_->size(),
+                config_.n_head, config_.n_head);
+  // wte is gathered by the head a slice at a time: slices of about a transformer block's size (12 C^2). Under
+  // tensor parallelism this rank holds a piece of the vocabulary's rows.
+  TpSplit vocab;
+  if (tp_) vocab = TpSplit{0, 1, tp_->rank(), tp_->size(), Shape{config_.vocab_size, C}};
+  const Shape wte_shape = vocab.local_shape(Shape{config_.vocab_size, C});
+  const int64_t rows = ParameterStore::slice_rows(wte_shape[0], C, int64_t(12) * C * C, unit_alignment);
+  wte_ = store_.add_sliced("transformer.wte.weight", wte_shape, rows);
+  wte_->tp = vocab;
   for (size_t u = 0; u < store_.units().size(); ++u) {
     wte_slices_.push_back(std::make_unique<RowSlice>(store_.units()[u].name));
     store_.set_unit_owner(u, wte_slices_.back().get());
   }
-  embedding_ = std::make_unique<Gpt2Embedding>(store_, config_, wte_);
+  embedding_ = std::make_unique<Gpt2Embedding>(store_, config_, wte_, tp_);
+  const LinearFactory linear = tp_ ? tensor_parallel_linear(*tp_) : dense_linear();
   for (int i = 0; i < config_.n_layer; ++i) {
     const std::string name = fmt::format("transformer.h.{}", i);
     const size_t unit = store_.begin_unit(name);
-    blocks_.push_back(std::make_unique<TransformerBlock>(store_, name, C, config_.n_head));
+    blocks_.push_back(std::make_unique<TransformerBlock>(store_, name, C, config_.n_head, linear));
     store_.set_unit_owner(unit, blocks_.back().get());
   }
   const size_t unit = store_.begin_unit("transformer.ln_f");
   ln_f_ = std::make_unique<Gpt2FinalNorm>(store_, "transformer.ln_f", C);
   store_.set_unit_owner(unit, ln_f_.get());
-  head_ = std::make_unique<Gpt2Head>(config_, wte_);
+  head_ = std::make_unique<Gpt2Head>(config_, wte_, tp_);
   store_.materialize(unit_alignment, with_grads, with_params, param_dtype, grad_dtype);
   check_against_spec();
 
@@ -305,9 +428,9 @@ void Gpt2::check_against_spec() const {
             spec.size());
   for (size_t i = 0; i < spec.size(); ++i) {
     DS_ASSERT(params[i].name == spec[i].name &&
-              params[i].shape == Shape(spec[i].shape.begin(), spec[i].shape.end()), "GPT-2 parameter {} is '{}' {}, "
-              "its weight spec says '{}' {}", i, params[i].name, fmt::join(params[i].shape, "x"), spec[i].name,
-              fmt::join(spec[i].shape, "x"));
+              params[i].full_shape() == Shape(spec[i].shape.begin(), spec[i].shape.end()), "GPT-2 parameter {} is "
+              "'{}' {}, its weight spec says '{}' {}", i, params[i].name, fmt::join(params[i].full_shape(), "x"),
+              spec[i].name, fmt::join(spec[i].shape, "x"));
   }
 }
 
@@ -326,9 +449,19 @@ void Gpt2::init_weights(uint64_t seed, const ParamSink& sink) {
       case Gpt2Role::proj_w: case Gpt2Role::fc2_w: stdv = proj_std; break;  // the residual projections
       case Gpt2Role::wte: case Gpt2Role::wpe: case Gpt2Role::qkv_w: case Gpt2Role::fc_w: stdv = 0.02f; break;
     }
+    auto draw = [&](float* out, int64_t n) {
+      for (int64_t i = 0; i < n; ++i) out[i] = stdv > 0.0f ? stdv * rng.normal() : fill;
+    };
+    if (p.tp.split()) {  // draw the whole parameter, as the unsplit model does, and keep this rank's share
+      std::vector<float> whole(static_cast<size_t>(p.full_shape().numel())), mine(static_cast<size_t>(p.numel()));
+      draw(whole.data(), static_cast<int64_t>(whole.size()));
+      p.tp.shard(whole.data(), mine.data());
+      sink(p.offset, mine.data(), p.numel());
+      continue;
+    }
     for (int64_t first = 0; first < p.numel();) {
       const int64_t n = std::min<int64_t>(static_cast<int64_t>(piece.size()), p.numel() - first);
-      for (int64_t i = 0; i < n; ++i) piece[i] = stdv > 0.0f ? stdv * rng.normal() : fill;
+      draw(piece.data(), n);
       sink(p.offset + first, piece.data(), n);
       first += n;
     }

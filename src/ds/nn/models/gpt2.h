@@ -15,6 +15,7 @@
 #include "ds/nn/layers.h"
 #include "ds/nn/models/gpt2_spec.h"
 #include "ds/nn/module_runner.h"
+#include "ds/nn/tensor_parallel.h"
 
 namespace ds::nn {
 
@@ -49,18 +50,23 @@ class RowSlice final : public Module {
   void collect_parameters(std::vector<Parameter*>&) const override {}
 };
 
-// Token ids -> token + position embeddings [B*T, C]. Owns the wpe unit; reads rows of the tied wte.
+// Token ids -> token + position embeddings [B*T, C]. Owns the wpe unit; reads rows of the tied wte. Under tensor
+// parallelism wte is split by vocabulary rows (Megatron's vocabulary-parallel embedding): each rank looks up the
+// ids in its rows, zeros for the others, and the group sums the rows.
 class Gpt2Embedding final : public Block {
  public:
-  Gpt2Embedding(ParameterStore& store, const Gpt2Config& config, Parameter* wte);
+  Gpt2Embedding(ParameterStore& store, const Gpt2Config& config, Parameter* wte, TensorParallelGroup* tp);
   Tensor forward(Ctx& ctx, const Tensor& x, Pass& pass) override;
   Tensor backward(Ctx& ctx, const Tensor& dy, Pass& pass, Tensor dx) override;
   void collect_parameters(std::vector<Parameter*>& out) const override;
 
  private:
+  void forward_parallel(Ctx& ctx, const Tensor& x, const Tensor& ids, Pass& pass);
+  void backward_parallel(Ctx& ctx, const Tensor& dy, const Tensor& ids, Pass& pass);
   int C_;
   Parameter* wte_;
   Parameter* wpe_;
+  TensorParallelGroup* tp_;
 };
 
 // The final LayerNorm as a block of its own (its own gather unit).
@@ -76,11 +82,12 @@ class Gpt2FinalNorm final : public Block {
 };
 
 // The language-model head tied to wte, with the cross-entropy loss (or, with Pass::logits, the full logits). In
-// training its forward also runs its backward (Note [Sliced head] in gpt2.cpp); it has no unit of its own.
+// training its forward also runs its backward (Note [Sliced head] in gpt2.cpp); it has no unit of its own. Under
+// tensor parallelism it is vocabulary-parallel (Note [Vocabulary-parallel head] in gpt2.cpp).
 class Gpt2Head final : public Block {
  public:
-  Gpt2Head(const Gpt2Config& config, Parameter* wte) : Block("lm_head"), C_(config.n_embd), V_(config.vocab_size),
-                                                        wte_(wte) {}
+  Gpt2Head(const Gpt2Config& config, Parameter* wte, TensorParallelGroup* tp)
+      : Block("lm_head"), C_(config.n_embd), V_(config.vocab_size), wte_(wte), tp_(tp) {}
   Tensor forward(Ctx& ctx, const Tensor& h, Pass& pass) override;
   Tensor backward(Ctx& ctx, const Tensor& dy, Pass& pass, Tensor dx) override;
   std::vector<const Module*> units() const override { return {}; }
@@ -90,8 +97,10 @@ class Gpt2Head final : public Block {
  private:
   double classifier(Ctx& ctx, const Tensor& h, Pass& pass, Tensor* dh);
   double classifier_sliced(Ctx& ctx, const Tensor& h, Pass& pass, Tensor* dh);
+  double classifier_parallel(Ctx& ctx, const Tensor& h, Pass& pass, Tensor* dh);
   int C_, V_;
   Parameter* wte_;
+  TensorParallelGroup* tp_;
 };
 
 // Receives initial values for elements [flat_offset, flat_offset + n) of the flat parameter buffer.
@@ -102,9 +111,11 @@ using ParamSink = std::function<void(int64_t flat_offset, const float* values, i
 class Gpt2 : public Module {
  public:
   // unit_alignment, with_grads, with_params and the dtypes are passed to ParameterStore::materialize (ZeRO sets
-  // them).
+  // them). With `tp` (which must outlive the model), this rank holds its tensor-parallel share of the model: QKV and
+  // FC column-parallel, the output projections row-parallel, wte split by vocabulary rows (tensor_parallel.h).
   explicit Gpt2(const Gpt2Config& config, int64_t unit_alignment = 1, bool with_grads = true,
-                bool with_params = true, DType param_dtype = DType::f32, DType grad_dtype = DType::f32);
+                bool with_params = true, DType param_dtype = DType::f32, DType grad_dtype = DType::f32,
+                TensorParallelGroup* tp = nullptr);
   const Gpt2Config& config() const { return config_; }
   ParameterStore& params() { return store_; }
   void collect_parameters(std::vector<Parameter*>& out) const override;
@@ -125,7 +136,7 @@ class Gpt2 : public Module {
   float forward_backward(Ctx& ctx, const int32_t* inputs, const int32_t* targets, int B, int T, float grad_scale);
   // Mean loss without gradients.
   float forward_loss(Ctx& ctx, const int32_t* inputs, const int32_t* targets, int B, int T);
-  // Full logits [B, T, V] (inference, tests).
+  // Full logits [B, T, V] (inference, tests; not under tensor parallelism).
   void forward_logits(Ctx& ctx, const int32_t* inputs, int B, int T, float* logits);
   // Checks token ids and the batch shape against the model (targets may be -1); returns the number of targets
   // that count (with are_targets).
@@ -135,6 +146,7 @@ class Gpt2 : public Module {
   void check_against_spec() const;
 
   Gpt2Config config_;
+  TensorParallelGroup* tp_;
   ParameterStore store_;
   Parameter* wte_;
   std::vector<std::unique_ptr<RowSlice>> wte_slices_;
