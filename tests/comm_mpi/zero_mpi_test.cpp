@@ -36,11 +36,11 @@ MemoryTracker& process_tracker() {
 
 // This rank's run: rows of global step s are [4s, 4s+4); rank r reads rows 4s + r*micro .. 4s + (r+1)*micro.
 // Every rank makes the same collectives whatever the outcome (no ASSERT between them), so a failure cannot hang.
-RunResult run_rank(comm::Communicator& comm, int stage, int micro) {
+RunResult run_rank(comm::Communicator& comm, int stage, int micro, const std::string& top = "") {
   MemoryTracker& tracker = process_tracker();
   TrackerScope scope(tracker);
   tracker.reset_peaks();  // the previous run's engine is gone: peaks start from what is still held
-  return run_case(comm, stage, micro, 1, false);
+  return run_case(comm, stage, micro, 1, false, "", top);
 }
 
 // The single-process stage-0 run, computed once per process (by every rank, identically).
@@ -98,5 +98,20 @@ TEST_P(ZeroMpi, MatchesSingleProcessStage0AndTheFormulas) {
 
 INSTANTIATE_TEST_SUITE_P(Stages, ZeroMpi, ::testing::Values(0, 1, 2, 3),
                          [](const auto& info) { return fmt::format("stage{}", info.param); });
+
+// Tensor parallelism over 2 ranks (processes) and ZeRO-1 over the rest: (tp, dp) = (2, 1) under -np 2, (2, 2)
+// under -np 4, against the same single-process run.
+TEST_P(ZeroMpi, TensorParallelOverTwoRanksFollowsTheSingleProcessRun) {
+  const int stage = GetParam();
+  comm::Communicator& comm = zero_world();
+  const int world = comm.size();
+  if (world % 2 != 0) GTEST_SKIP() << "tensor parallelism over 2 ranks needs an even world";
+  const std::string what = fmt::format("tp 2 stage {} on rank {}/{}", stage, comm.rank(), world);
+  omp_set_num_threads(std::max(1, omp_get_num_procs() / world));
+  reference();
+  const RunResult got = run_rank(comm, stage, kGlobalRows / (world / 2), R"(, "tensor_parallel": {"autotp_size": 2})");
+  expect_same_trajectory(got, what);
+  expect_same_on_every_rank(comm, got.params, what);
+}
 
 }  // namespace ds

@@ -45,7 +45,9 @@ struct RunResult {
   std::vector<double> losses;
   std::vector<float> params;  // unpadded, in parameter order
   int64_t peak_param = 0, peak_grad = 0, peak_optimizer = 0;
-  int64_t bytes_per_step = 0;
+  int64_t bytes_per_step = 0;        // over the world and every group
+  int64_t model_bytes_per_step = 0;  // over the tensor-parallel (model) group alone
+  int64_t psi_local = 0;             // parameters this rank's model share holds
   int64_t prefetches = 0, prefetch_hits = 0, peak_comm_buffer = 0;
 };
 
@@ -72,11 +74,13 @@ inline std::string config_json(int stage, int micro, int gas, bool overlap, cons
 // micro-step k reads rows 4s + r*micro*gas + k*micro (the ranks of one model group read the same rows).
 // bytes_per_step counts the traffic of every group the rank belongs to.
 inline RunResult run_case(comm::Communicator& comm, int stage, int micro, int gas, bool overlap,
-                          const std::string& extra = "", const std::string& top = "") {
+                          const std::string& extra = "", const std::string& top = "",
+                          bool checkpoint_activations = false) {
   RunResult out;
   MemoryTracker& tracker = current_tracker();
   config::DeepSpeedConfig cfg =
       config::parse_config(config_json(stage, micro, gas, overlap, extra, top), comm.size(), "zero_case");
+  cfg.activation_checkpointing.enabled = checkpoint_activations;
   engine::Engine engine(tiny(), cfg, kT, &comm, 42);
   const int dp_rank = engine.topology().coords().data;
   int step = 0, k = 0;
@@ -84,13 +88,17 @@ inline RunResult run_case(comm::Communicator& comm, int stage, int micro, int ga
     table().fill(kGlobalRows * step + dp_rank * micro * gas + k * micro, micro, in, tg);
     k = (k + 1) % gas;
   };
-  auto bytes = [&] { return engine.topology().stats().total_bytes(); };
-  int64_t bytes_before = 0;
+  comm::Topology& topo = engine.topology();
+  auto bytes = [&] { return topo.stats().total_bytes(); };
+  auto model_bytes = [&] { return topo.model().size() > 1 ? topo.model().stats().total_bytes() : 0; };
+  int64_t bytes_before = 0, model_bytes_before = 0;
   for (step = 0; step < kSteps; ++step) {
-    if (step == 1) bytes_before = bytes();
+    if (step == 1) bytes_before = bytes(), model_bytes_before = model_bytes();
     out.losses.push_back(engine.train_batch(next).loss);
   }
   out.bytes_per_step = (bytes() - bytes_before) / (kSteps - 1);
+  out.model_bytes_per_step = (model_bytes() - model_bytes_before) / (kSteps - 1);
+  out.psi_local = engine.model().params().numel();
   out.params = engine.full_parameters();  // a collective at stage 3 and under tensor parallelism
   out.prefetches = engine.optimizer().prefetches_issued();
   out.prefetch_hits = engine.optimizer().prefetch_hits();

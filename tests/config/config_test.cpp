@@ -621,3 +621,40 @@ TEST_F(ConfigTest, SourceNameAppearsInMessages) {
 
 }  // namespace
 }  // namespace ds
+
+namespace ds {
+namespace {
+
+// ---- parallel degrees -------------------------------------------------------------------------------------------
+
+TEST_F(ConfigTest, TensorParallelSizeSplitsTheWorldAndTheBatchIsPerDataParallelRank) {
+  // 8 ranks, 2-way tensor parallelism: 4 data-parallel ranks, so 64 = 4 (micro) * 4 (gas) * 4 (dp).
+  const config::DeepSpeedConfig c = parse(R"({"train_batch_size": 64, "train_micro_batch_size_per_gpu": 4,
+      "tensor_parallel": {"autotp_size": 2}})", 8);
+  EXPECT_EQ(c.world_size, 8);
+  EXPECT_EQ(c.tensor_parallel_size, 2);
+  EXPECT_EQ(c.dp_world_size, 4);
+  expect_batch(c, 64, 4, 4);
+  EXPECT_FALSE(has_warning(c, {"tensor_parallel"}));
+  // autotp_size 0 (DeepSpeed's default) and 1 mean no tensor parallelism.
+  EXPECT_EQ(parse(R"({"train_batch_size": 8, "tensor_parallel": {"autotp_size": 0}})", 2).tensor_parallel_size, 1);
+  // The command line's size applies when the config gives none, and must agree when it does.
+  const config::DeepSpeedConfig cli = config::parse_config(R"({"train_batch_size": 8})", config::JobShape{4, 2});
+  EXPECT_EQ(cli.tensor_parallel_size, 2);
+  EXPECT_EQ(cli.dp_world_size, 2);
+  EXPECT_THROW(config::parse_config(R"({"train_batch_size": 8, "tensor_parallel": {"autotp_size": 4}})",
+                                    config::JobShape{4, 2}),
+               ConfigError);
+}
+
+TEST_F(ConfigTest, AWorldTheDegreesDoNotDivideIsRefused) {
+  expect_error(R"({"train_batch_size": 8, "tensor_parallel": {"autotp_size": 4}})",
+               {"6 rank(s) cannot be split", "4 tensor-parallel", "multiple of 4"}, 6);
+  expect_error(R"({"train_batch_size": 8, "tensor_parallel": {"autotp_size": 2, "tp": {"tp_size": 4}}})",
+               {"'tensor_parallel.tp.tp_size' = 4 disagrees", "autotp_size' = 2"}, 4);
+  expect_error(R"({"train_batch_size": 8, "tensor_parallel": {"autotp_sise": 2}})", {"did you mean 'autotp_size'"},
+               2);
+}
+
+}  // namespace
+}  // namespace ds

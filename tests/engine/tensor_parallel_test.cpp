@@ -4,6 +4,8 @@
 // the tensor-parallel traffic against Megatron's formula.
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "common/local_ranks.h"
 #include "common/zero_case.h"
 
@@ -31,11 +33,53 @@ class TensorParallel : public ::testing::TestWithParam<std::tuple<int, int, int>
 
 }  // namespace
 
-TEST_P(TensorParallel, FollowsTheSingleProcessRun) {
+// Megatron's tensor-parallel traffic per micro-batch, in bytes sent by one rank: each of L blocks all-reduces b·s·h
+// fp32 elements twice in forward and twice in backward (three times in forward when checkpointed: the recomputation
+// all-reduces again); the vocabulary-parallel embedding once and the head's input gradient once; and the
+// cross-entropy 3 floats per token. A ring all-reduce of n bytes sends 2n(t-1)/t (Note [Traffic accounting]).
+double megatron_bytes(int tp, int micro, bool checkpointed) {
+  const nn::Gpt2Config c = tiny();
+  const double bs = double(micro) * kT, bsh = bs * c.n_embd;
+  const double elements = ((checkpointed ? 6 : 4) * c.n_layer + 2) * bsh + 3 * bs;
+  return elements * 4 * 2.0 * (tp - 1) / tp;
+}
+
+// Model-state bytes of one rank: its share Ψ_r of the model (split parameters 1/t of the whole, replicated ones
+// whole) under ZeRO's formula over the data-parallel size N, fp32 Adam.
+double state_formula(double psi_r, int stage, int n) {
+  return stage == 0   ? 16 * psi_r
+         : stage == 1 ? 8 * psi_r + 8 * psi_r / n
+         : stage == 2 ? 4 * psi_r + 12 * psi_r / n
+                      : 16 * psi_r / n;
+}
+
+TEST_P(TensorParallel, FollowsTheSingleProcessRunAtTheFormulasMemoryAndTraffic) {
   const auto [tp, dp, stage] = GetParam();
   const auto results = run_layout(tp, dp, stage);
-  for (size_t r = 0; r < results.size(); ++r)
-    expect_same_trajectory(results[r], reference(), fmt::format("tp {} dp {} stage {} rank {}", tp, dp, stage, r));
+  const nn::Gpt2Config c = tiny();
+  // The share: the blocks' matrices and split biases over t, the vocabulary rows over t (rounded up), the rest whole.
+  const double C = c.n_embd, L = c.n_layer;
+  // Per block: QKV and FC weights and biases split (12C² + 7C), the LayerNorms and output-projection biases not (6C).
+  const double split = L * (12 * C * C + 7 * C), replicated = L * 6 * C + 2 * C + double(c.block_size) * C;
+  for (size_t r = 0; r < results.size(); ++r) {
+    const std::string what = fmt::format("tp {} dp {} stage {} rank {}", tp, dp, stage, r);
+    expect_same_trajectory(results[r], reference(), what);
+    const int model_rank = static_cast<int>(r) % tp;
+    const double vocab_rows = std::min<double>(c.vocab_size, (model_rank + 1) * std::ceil(double(c.vocab_size) / tp)) -
+                              std::min<double>(c.vocab_size, model_rank * std::ceil(double(c.vocab_size) / tp));
+    const double psi_r = split / tp + replicated + vocab_rows * C;
+    EXPECT_EQ(results[r].psi_local, static_cast<int64_t>(psi_r)) << what;
+    const double states = double(results[r].peak_param + results[r].peak_grad + results[r].peak_optimizer);
+    const double want = state_formula(psi_r, stage, dp);
+    EXPECT_NEAR(states, want, 0.05 * want) << what;
+    const double tp_want = megatron_bytes(tp, kGlobalRows / dp, false);
+    EXPECT_NEAR(double(results[r].model_bytes_per_step), tp_want, 1e-3 * tp_want) << what;
+    if (dp > 1) {  // ZeRO's 2Ψ (3Ψ at stage 3) over the data group, of this rank's share
+      const double dp_want = (stage == 3 ? 3.0 : 2.0) * psi_r * 4 * (dp - 1) / dp;
+      EXPECT_NEAR(double(results[r].bytes_per_step - results[r].model_bytes_per_step), dp_want, 0.05 * dp_want)
+          << what;
+    }
+  }
   for (const RunResult& r : results) EXPECT_EQ(r.params, results[0].params);  // every rank sees the same model
 }
 
@@ -48,3 +92,19 @@ INSTANTIATE_TEST_SUITE_P(Layouts, TensorParallel,
                            return fmt::format("tp{}_dp{}_stage{}", std::get<0>(info.param), std::get<1>(info.param),
                                               std::get<2>(info.param));
                          });
+
+// Checkpointed blocks recompute their forward in backward (two more all-reduces each) and the run is unchanged;
+// gradient accumulation runs the micro-batches through the same splits.
+TEST(TensorParallelRun, ActivationCheckpointingAndAccumulationKeepTheTrajectory) {
+  const auto checkpointed = ds::testing::on_local_ranks<RunResult>(2, [&](comm::Communicator& comm) {
+    return run_case(comm, 1, kGlobalRows, 1, false, "", tp_block(2) + R"(, "activation_checkpointing": {})",
+                    /*checkpoint_activations=*/true);
+  });
+  expect_same_trajectory(checkpointed[0], reference(), "tp 2 with activation checkpointing");
+  EXPECT_NEAR(double(checkpointed[0].model_bytes_per_step), megatron_bytes(2, kGlobalRows, true),
+              1e-3 * megatron_bytes(2, kGlobalRows, true));
+  const auto accumulated = run_layout(2, 2, 2, /*gas=*/2);
+  expect_same_trajectory(accumulated[3], reference(), "tp 2 dp 2 stage 2 with 2 micro-batches");
+  EXPECT_NEAR(double(accumulated[3].model_bytes_per_step), 2 * megatron_bytes(2, 1, false),
+              2e-3 * megatron_bytes(2, 1, false));
+}

@@ -117,38 +117,57 @@ class MetricsCsv {
 
 namespace {
 
+// Traffic per step of one rank: everything, by collective; and the bytes over its data and model groups.
+struct StepTraffic {
+  comm::CommStats all;
+  double data = 0, model = 0;
+};
+
 // Per-rank ZeRO report: measured model-state peaks and traffic beside the paper's formulas, with p bytes per
 // parameter, g per gradient and k of optimizer state (fp32 Adam: 4 + 4 + 8; mixed precision: 2 + 2 + 12, or
-// 2 + 4 + 12 with fp32 gradient accumulation).
-void print_zero_report(comm::Communicator& comm, const engine::Engine& engine, const comm::CommStats& per_step,
-                       int64_t psi) {
+// 2 + 4 + 12 with fp32 gradient accumulation). Ψ is what the rank's model group share holds (under tensor
+// parallelism its split parameters are 1/t of the whole ones) and N the data-parallel size. Under tensor
+// parallelism the model group's traffic is printed beside Megatron's formula.
+void print_zero_report(comm::Communicator& comm, engine::Engine& engine, const StepTraffic& per_step, int seq_len) {
   const MemoryTracker& t = current_tracker();
   auto mib = [](double b) { return b / (1 << 20); };
-  constexpr int kFields = 6;
+  constexpr int kFields = 8;
   // Model states wherever they live: offload moves them to the host or nvme tier, the formula counts them all.
   auto states = [&](Category c) {
     return static_cast<float>(mib(double(t.peak(Tier::device, c) + t.peak(Tier::host, c) + t.peak(Tier::nvme, c))));
   };
+  const int64_t psi_local = engine.model().params().numel();
   std::vector<float> mine = {states(Category::param), states(Category::grad), states(Category::optimizer),
                              static_cast<float>(mib(t.peak(Tier::device, Category::comm_buffer) +
                                                     t.peak(Tier::host, Category::comm_buffer))),
-                             static_cast<float>(mib(static_cast<double>(per_step.total_bytes()))),
-                             static_cast<float>(peak_rss_mib())};
+                             static_cast<float>(mib(per_step.data)),
+                             static_cast<float>(peak_rss_mib()),
+                             static_cast<float>(psi_local),
+                             static_cast<float>(mib(per_step.model))};
   const int world = comm.size();
   std::vector<float> all(static_cast<size_t>(kFields * world));
   comm.all_gather(mine.data(), all.data(), kFields, DType::f32);
   if (comm.rank() != 0) return;
-  const int stage = engine.config().zero.stage;
-  const double n = world, P = static_cast<double>(psi);
+  const config::DeepSpeedConfig& config = engine.config();
+  const int stage = config.zero.stage;
+  const int tp = config.tensor_parallel_size;
+  const double n = config.dp_world_size;
   const zero::ZeroPrecision& prec = engine.optimizer_const().precision();
   const double pb = double(dtype_size(prec.params)), gb = double(dtype_size(prec.grads)), kb = prec.mixed() ? 12 : 8;
-  const double formula = stage == 0   ? (pb + gb + kb) * P
-                         : stage == 1 ? (pb + gb) * P + kb * P / n
-                         : stage == 2 ? pb * P + (gb + kb) * P / n
-                                      : (pb + gb + kb) * P / n;
+  auto formula = [&](double P) {
+    return stage == 0   ? (pb + gb + kb) * P
+           : stage == 1 ? (pb + gb) * P + kb * P / n
+           : stage == 2 ? pb * P + (gb + kb) * P / n
+                        : (pb + gb + kb) * P / n;
+  };
   // Gradients reduced once (all-reduce: twice), parameters all-gathered once (stage 3: twice), in their dtypes.
-  const double traffic = stage == 0 ? 2 * gb * P : stage < 3 ? (gb + pb) * P : (gb + 2 * pb) * P;
-  fmt::print(stderr, "ZeRO stage {} over {} rank(s), Ψ = {} parameters ({}):\n", stage, world, format_count(P),
+  auto traffic = [&](double P) {
+    return (stage == 0 ? 2 * gb * P : stage < 3 ? (gb + pb) * P : (gb + 2 * pb) * P) * (n - 1) / n;
+  };
+  const int64_t psi = engine.model().config().num_params();
+  fmt::print(stderr, "ZeRO stage {} over {} data-parallel rank(s){}, Ψ = {} parameters{} ({}):\n", stage,
+             config.dp_world_size, tp > 1 ? fmt::format(" x {} tensor-parallel", tp) : "",
+             format_count(static_cast<double>(psi)), tp > 1 ? ", each rank holding its tensor-parallel share" : "",
              prec.mixed() ? fmt::format("{} parameters, {} gradients, fp32 master + Adam", dtype_name(prec.params),
                                         dtype_name(prec.grads))
                           : std::string("fp32 Adam"));
@@ -157,22 +176,38 @@ void print_zero_report(comm::Communicator& comm, const engine::Engine& engine, c
   for (int r = 0; r < world; ++r) {
     const float* f = all.data() + r * kFields;
     const double states = double(f[0]) + f[1] + f[2];
+    const double P = f[6];
     fmt::print(stderr, "  {:>4}  {:>10.1f} {:>10.1f} {:>10.1f} {:>11.1f} {:>12.1f} {:>6.3f} {:>12.1f} {:>14.1f} "
                "{:>17.1f} {:>8.0f}\n",
-               r, f[0], f[1], f[2], states, mib(formula), states / mib(formula), f[3], f[4],
-               mib(traffic * (n - 1) / n), f[5]);
+               r, f[0], f[1], f[2], states, mib(formula(P)), states / mib(formula(P)), f[3], f[4], mib(traffic(P)),
+               f[5]);
   }
-  fmt::print(stderr, "  (formula in bytes: {}; traffic per step {}Ψ elements, counted as sent by a ring: x (N-1)/N)\n",
+  fmt::print(stderr, "  (formula in bytes: {}; traffic per step {}Ψ elements over the data group, counted as sent by "
+             "a ring: x (N-1)/N)\n",
              stage == 0   ? fmt::format("{}Ψ", pb + gb + kb)
              : stage == 1 ? fmt::format("{}Ψ + {}Ψ + {}Ψ/N", pb, gb, kb)
              : stage == 2 ? fmt::format("{}Ψ + {}Ψ/N", pb, gb + kb)
                           : fmt::format("{}Ψ/N", pb + gb + kb),
              stage == 3 ? 3 : 2);
+  if (tp > 1) {
+    // Megatron: per micro-batch, 2 all-reduces of b·s·h in each block's forward and 2 in its backward (one more
+    // forward's 2 when the block is checkpointed), one for the embedding's rows, one for the head's input gradient,
+    // and the cross-entropy's 3 floats per token. fp32 activations; a ring all-reduce sends 2(t-1)/t of them.
+    const double bsh = double(config.train_micro_batch_size_per_gpu) * seq_len * engine.model().config().n_embd;
+    const double bs = double(config.train_micro_batch_size_per_gpu) * seq_len;
+    const int per_block = engine.model().runner().checkpointing() ? 6 : 4;
+    const double elements =
+        (per_block * engine.model().config().n_layer + 2) * bsh + 3 * bs;
+    const double want = elements * 4 * 2.0 * (tp - 1) / tp * double(config.gradient_accumulation_steps);
+    fmt::print(stderr, "  tensor parallelism over {} ranks: sent/step {:.1f} MiB on rank 0, Megatron's formula "
+               "{:.1f} MiB (({}L + 2)·b·s·h + 3·b·s fp32 elements all-reduced per micro-batch, x 2(t-1)/t)\n",
+               tp, all[7], mib(want), per_block);
+  }
   fmt::print(stderr, "  traffic by collective per step (rank 0):");
   for (int c = 0; c < comm::kCollectiveCount; ++c)
-    if (per_step.bytes[c] > 0)
+    if (per_step.all.bytes[c] > 0)
       fmt::print(stderr, " {} {:.1f} MiB", comm::collective_name(static_cast<comm::Collective>(c)),
-                 mib(double(per_step.bytes[c])));
+                 mib(double(per_step.all.bytes[c])));
   fmt::print(stderr, "\n");
 }
 
@@ -318,7 +353,13 @@ TrainSummary run_training_on(const TrainOptions& o, comm::Communicator& comm) {
   double tps = 0;
   int64_t step = 0;
   double last_val = std::nan("");
-  comm::CommStats stats_after_first;
+  StepTraffic after_first;  // totals after the first step
+  auto traffic_now = [&] {
+    comm::Topology& topo = engine.topology();
+    StepTraffic now{topo.stats(), double(topo.data().stats().total_bytes()), 0.0};
+    if (&topo.model() != &topo.data()) now.model = double(topo.model().stats().total_bytes());
+    return now;
+  };
   if (show && first_step > 1) fmt::print(stderr, "resumed at step {} from '{}'\n", first_step - 1, o.load_dir);
   const zero::OptimizerStateStore::SwapStats state_swap0 = engine.optimizer().state_store().swap_stats();
   const zero::OptimizerStateStore::SwapStats param_swap0 = engine.optimizer().param_swap_stats();
@@ -339,7 +380,7 @@ TrainSummary run_training_on(const TrainOptions& o, comm::Communicator& comm) {
     recent.push_back(r.loss);
     if (recent.size() > 20) recent.erase(recent.begin());
     double val = std::nan("");
-    if (step == first_step) stats_after_first = engine.topology().stats();
+    if (step == first_step) after_first = traffic_now();
     int32_t out_of_time = o.time_limit_s > 0 && seconds_since(t_train) >= o.time_limit_s;
     if (o.time_limit_s > 0 && world > 1) comm.broadcast(&out_of_time, 1, DType::i32, 0);  // rank 0 decides
     const bool last = step == steps || out_of_time;
@@ -373,10 +414,14 @@ TrainSummary run_training_on(const TrainOptions& o, comm::Communicator& comm) {
   }
   if (show) bar.finish();
   sum.steps = std::min(step, steps) - first_step + 1;
-  comm::CommStats per_step;
+  StepTraffic per_step;
   if (sum.steps > 1) {
+    const StepTraffic now = traffic_now();
+    const double steps_after = static_cast<double>(sum.steps - 1);
     for (int c = 0; c < comm::kCollectiveCount; ++c)
-      per_step.bytes[c] = (engine.topology().stats().bytes[c] - stats_after_first.bytes[c]) / (sum.steps - 1);
+      per_step.all.bytes[c] = (now.all.bytes[c] - after_first.all.bytes[c]) / (sum.steps - 1);
+    per_step.data = (now.data - after_first.data) / steps_after;
+    per_step.model = (now.model - after_first.model) / steps_after;
   }
   sum.seconds = train_seconds;
   sum.tokens_per_s = tps;
@@ -426,7 +471,7 @@ TrainSummary run_training_on(const TrainOptions& o, comm::Communicator& comm) {
     swap_line("parameters", engine.optimizer().param_swap_stats().since(param_swap0));
     fmt::print(stderr, "metrics {}\nchart   {}\n", metrics_path, sum.chart_path);
   }
-  if (world > 1 || config.zero.stage > 0) print_zero_report(comm, engine, per_step, model_config.num_params());
+  if (world > 1 || config.zero.stage > 0) print_zero_report(comm, engine, per_step, T);
   return sum;
 }
 

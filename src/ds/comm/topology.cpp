@@ -20,16 +20,6 @@ int TopologyShape::rank_of(const Coords& c) const {
 
 std::string TopologyShape::str() const { return fmt::format("pp {} × tp {} × dp {}", pipe, model, data); }
 
-TopologyShape TopologyShape::for_world(int world, int pipe, int model) {
-  DS_CHECK_AS(ConfigError, pipe >= 1 && model >= 1, "[topology] the pipeline and tensor-parallel degrees must be at "
-              "least 1; found pipeline {} and tensor {}", pipe, model);
-  DS_CHECK_AS(ConfigError, world % (pipe * model) == 0,
-              "[topology] {} ranks cannot be split into {} pipeline stage(s) × {} tensor-parallel rank(s): the world "
-              "size must be a multiple of {}; launch a multiple of {} ranks or change the degrees",
-              world, pipe, model, pipe * model, pipe * model);
-  return TopologyShape{pipe, world / (pipe * model), model};
-}
-
 Topology::Topology(Communicator& world, const TopologyShape& shape) : world_(world), shape_(shape) {
   DS_CHECK_AS(ConfigError, world.size() == shape.world(), "[topology] the layout {} needs {} ranks but the job has {}",
               shape.str(), shape.world(), world.size());
@@ -38,7 +28,7 @@ Topology::Topology(Communicator& world, const TopologyShape& shape) : world_(wor
   data_ = group(shape.data, c.pipe * shape.model + c.model, c.data);
   model_ = group(shape.model, c.pipe * shape.data + c.data, c.model);
   pipe_ = group(shape.pipe, c.data * shape.model + c.model, c.pipe);
-  model_parallel_ = group(shape.pipe * shape.model, c.data, c.pipe * shape.model + c.model);
+  model_parallel_ = shape.pipe == 1 ? model_ : group(shape.pipe * shape.model, c.data, c.pipe * shape.model + c.model);
 }
 
 Communicator* Topology::group(int size, int color, int key) {

@@ -27,8 +27,6 @@ struct TopologyShape {
   int rank_of(const Coords& c) const;
   // "pp 2 × tp 2 × dp 2"
   std::string str() const;
-  // The shape for `world` ranks with the given pipe and model degrees; ConfigError when they do not divide it.
-  static TopologyShape for_world(int world, int pipe, int model);
 };
 
 class Topology {

@@ -25,6 +25,7 @@ class ModuleRunner final : public RowAccess {
   void set_hooks(ModuleHooks* hooks) { hooks_ = hooks; }
   // Activation checkpointing of every checkpointable block (Block::checkpointable()).
   void set_checkpointing(bool on) { checkpointing_ = on; }
+  bool checkpointing() const { return checkpointing_; }
   size_t size() const { return blocks_.size(); }
 
   // Blocks [first, last) forward: x is block `first`'s input (undefined when it is the first block of the model);
