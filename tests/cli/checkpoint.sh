@@ -67,7 +67,7 @@ else
 fi
 
 # 3. inspect names the layout; consolidate + --init-from starts from the same weights as --load.
-if ! grep -q "ZeRO stage 0, 1 data-parallel rank" "$tmp/inspect.txt" || ! grep -q "step 6 (12 samples)" "$tmp/inspect.txt"; then
+if ! grep -q "ZeRO stage 0, 1 data-parallel x 1 tensor-parallel x 1 pipeline" "$tmp/inspect.txt" || ! grep -q "step 6 (12 samples)" "$tmp/inspect.txt"; then
   fail "inspect output: $(head -5 "$tmp/inspect.txt")"
 else ok; fi
 "$dspeed" ckpt consolidate "$tmp/ck" "$tmp/model.safetensors" > /dev/null 2>&1 || fail "consolidate"
@@ -93,7 +93,7 @@ if command -v mpirun > /dev/null; then
   "${launch[@]}" --steps 6 --load "$tmp/z3ck" --out "$tmp/z3c" > /dev/null 2>&1 || fail "stage 3 resume"
   if [ -z "$(rows "$tmp/z3a/metrics.csv" 4 6)" ] || [ "$(rows "$tmp/z3a/metrics.csv" 4 6)" != "$(rows "$tmp/z3c/metrics.csv" 4 6)" ]; then
     fail "stage 3 resume rows differ"; diff <(rows "$tmp/z3a/metrics.csv" 4 6) <(rows "$tmp/z3c/metrics.csv" 4 6)
-  elif ! "$dspeed" ckpt inspect "$tmp/z3ck" 2>&1 | grep -q "ZeRO stage 3, 2 data-parallel rank"; then fail "stage 3 inspect"
+  elif ! "$dspeed" ckpt inspect "$tmp/z3ck" 2>&1 | grep -q "ZeRO stage 3, 2 data-parallel x 1 tensor-parallel"; then fail "stage 3 inspect"
   else ok; fi
 else
   echo "mpirun not found; the stage-3 part is skipped"

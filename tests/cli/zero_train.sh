@@ -14,7 +14,7 @@ for stage in 1 2 3; do
         --model gpt2-tiny --seq-len 16 --steps 4 --eval-interval 0 --eval-batches 1 -q --out "$tmp/run$stage" 2>&1)
   rc=$?
   if [ "$rc" -ne 0 ]; then fail "stage $stage: exit $rc: $(printf '%s' "$out" | tail -n 5)"; continue; fi
-  if ! printf '%s' "$out" | grep -q "ZeRO stage $stage over 2 rank(s)"; then fail "stage $stage: no report"; continue; fi
+  if ! printf '%s' "$out" | grep -q "ZeRO stage $stage over 2 data-parallel rank(s)"; then fail "stage $stage: no report"; continue; fi
   # Both ranks' model-state ratios to the formula within 5%.
   ratios=$(printf '%s\n' "$out" | awk '/^ +[01] +[0-9.]+ +[0-9.]+/ { print $7 }')
   n=$(printf '%s\n' "$ratios" | grep -c .)

@@ -145,6 +145,32 @@ variant("version_string.json", version="1")
 variant("steps_1e400.json")
 with open(os.path.join(HERE, "corpus", "manifest", "steps_1e400.json"), "w") as f:
     f.write(json.dumps(manifest).replace('"global_steps": 3', '"global_steps": 1e400'))
+# version 2: one flat layout per tensor-parallel rank and pipeline stage, split parameters with their whole shape
+layout = {"units": manifest["units"], "shards": manifest["shards"]}
+manifest_v2 = {k: v for k, v in manifest.items() if k not in ("units", "params", "shards")}
+manifest_v2.update(version=2, parallel={"data": 2, "tensor": 2, "pipeline": 1},
+                   layouts=[dict(layout, tp_rank=r, pp_stage=0,
+                                 params=[{"name": "wte", "shape": [1, 3], "offset": 0,
+                                          "split": {"dim": 0, "blocks": 1, "full_shape": [2, 3]}}])
+                            for r in (0, 1)])
+write("manifest", "valid_v2.json", json.dumps(manifest_v2, indent=1))
+
+
+def variant_v2(name, edit):
+    m = json.loads(json.dumps(manifest_v2))
+    edit(m)
+    write("manifest", name, json.dumps(m))
+
+
+variant_v2("v2_share_not_its_split.json", lambda m: m["layouts"][1]["params"][0].update(shape=[2, 3]))
+variant_v2("v2_split_dim_past_shape.json", lambda m: m["layouts"][0]["params"][0]["split"].update(dim=7))
+variant_v2("v2_split_blocks_zero.json", lambda m: m["layouts"][0]["params"][0]["split"].update(blocks=0))
+variant_v2("v2_full_shape_huge.json",
+           lambda m: m["layouts"][0]["params"][0]["split"].update(full_shape=[2 ** 62, 2 ** 62]))
+variant_v2("v2_layout_twice.json", lambda m: m["layouts"][1].update(tp_rank=0))
+variant_v2("v2_layout_rank_past_tp.json", lambda m: m["layouts"][1].update(tp_rank=5))
+variant_v2("v2_too_few_layouts.json", lambda m: m["layouts"].pop())
+variant_v2("v2_tensor_past_int.json", lambda m: m["parallel"].update(tensor=2 ** 40))
 write("manifest", "deep.json", '{"format": "dspeed-checkpoint", "model": ' + "[" * DEEP + "]" * DEEP + "}")
 write("manifest", "not_object.json", "[]")
 write("manifest", "empty.json", "")

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/scratch_dir.h"
+#include "ds/comm/topology.h"
 #include "ds/engine/checkpoint.h"
 #include "ds/zero/zero_optimizer.h"
 
@@ -160,7 +161,8 @@ TEST_F(OptimizerStateCheckpoint, SaveAndLoadGoThroughTheStore) {
     saved.state->reset();
     ckpt::CheckpointManifest meta;
     meta.model = {{"test", what}};
-    engine::write_checkpoint(*saved.comm, dir_.string(), what, saved.store, *saved.opt, meta);
+    comm::Topology topology(*saved.comm, comm::TopologyShape{1, 1, 1});
+    engine::write_checkpoint(topology, dir_.string(), what, saved.store, *saved.opt, meta);
     EXPECT_EQ(saved.state->count(StateKind::exp_avg, TileAccess::read), 4) << what;
     EXPECT_EQ(saved.state->count(StateKind::exp_avg_sq, TileAccess::read), 4) << what;
     EXPECT_EQ(saved.state->count(StateKind::master, TileAccess::read), precision.mixed() ? 4 : 0) << what;

@@ -17,23 +17,25 @@ void inspect(const std::string& dir, const std::string& tag) {
   const ckpt::CheckpointManifest& m = reader.manifest();
   fmt::print("checkpoint {}\n", reader.tag_dir());
   fmt::print("  step {} ({} samples), Adam step {}\n", m.global_steps, m.global_samples, m.optimizer_steps);
-  fmt::print("  layout: ZeRO stage {}, {} data-parallel rank(s), {} gather units\n", m.zero_stage, m.world,
-             m.units.size());
+  fmt::print("  layout: ZeRO stage {}, {} data-parallel x {} tensor-parallel x {} pipeline rank(s), {} flat "
+             "layout(s) of {} gather units\n", m.zero_stage, m.world, m.tp, m.pp, m.layouts.size(),
+             m.layouts.front().units.size());
   fmt::print("  model: {}\n", m.model.dump());
   int64_t numel = 0;
-  for (const ckpt::CheckpointParam& p : m.params) numel += p.numel();
-  fmt::print("  {} parameters, {} elements ({} per tensor in fp32)\n", m.params.size(), numel,
+  for (const ckpt::CheckpointParam& p : reader.params()) numel += p.numel();
+  fmt::print("  {} parameters, {} elements ({} per tensor in fp32)\n", reader.params().size(), numel,
              format_bytes(numel * 4));
-  for (const ckpt::CheckpointParam& p : m.params) {
+  for (const ckpt::CheckpointParam& p : reader.params()) {
     const std::vector<float> v = reader.read_param(p, "fp32");
     double sq = 0;
     for (float x : v) sq += double(x) * x;
     fmt::print("    {:<45} [{}]  rms {:.6f}\n", p.name, fmt::join(p.shape, ", "),
                v.empty() ? 0.0 : std::sqrt(sq / static_cast<double>(v.size())));
   }
-  for (const ckpt::CheckpointShard& s : m.shards)
-    fmt::print("  shard {}: rank {}, {} elements, {}, crc32 {:08x} (verified)\n", s.file, s.rank, s.partition_numel,
-               format_bytes(s.bytes), s.crc32);
+  for (const ckpt::CheckpointLayout& l : m.layouts)
+    for (const ckpt::CheckpointShard& s : l.shards)
+      fmt::print("  shard {}: rank {} (tensor rank {}, stage {}), {} elements, {}, crc32 {:08x} (verified)\n", s.file,
+                 s.rank, l.tp_rank, l.pp_stage, s.partition_numel, format_bytes(s.bytes), s.crc32);
   if (!m.client_state.empty()) fmt::print("  client state: {}\n", m.client_state.dump());
 }
 
@@ -64,7 +66,7 @@ void add_ckpt_command(CLI::App& root) {
   con->callback([cdir, ctag, out, dtype] {
     const ckpt::CheckpointReader reader(*cdir, *ctag);
     ckpt::consolidate_checkpoint(reader, *out, *dtype);
-    fmt::print("wrote {} ({} parameters, {}) from {}\n", *out, reader.manifest().params.size(), *dtype,
+    fmt::print("wrote {} ({} parameters, {}) from {}\n", *out, reader.params().size(), *dtype,
                reader.tag_dir());
   });
 }

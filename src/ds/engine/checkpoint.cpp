@@ -16,6 +16,7 @@
 #include <fmt/ranges.h>
 
 #include "ds/comm/communicator.h"
+#include "ds/comm/topology.h"
 #include "ds/core/error.h"
 #include "ds/core/file_io.h"
 #include "ds/core/log.h"
@@ -108,8 +109,43 @@ void write_shard(const std::string& path, zero::ZeroOptimizer& optimizer) {
 
 }  // namespace
 
-void write_checkpoint(comm::Communicator& comm, const std::string& dir, const std::string& tag,
+namespace {
+// This rank's flat layout: its units and parameters (with their tensor-parallel splits).
+ckpt::CheckpointLayout layout_of(const nn::ParameterStore& store, const comm::Coords& at) {
+  ckpt::CheckpointLayout l;
+  l.tp_rank = at.model;
+  l.pp_stage = at.pipe;
+  for (const nn::ParamUnit& u : store.units()) l.units.push_back({u.name, u.offset, u.numel, u.padded_numel});
+  for (const nn::Parameter& p : store.all()) {
+    ckpt::CheckpointParam q{p.name, std::vector<int64_t>(p.shape.begin(), p.shape.end()), p.offset};
+    q.full_shape.assign(p.full_shape().begin(), p.full_shape().end());
+    if (p.tp.split()) q.split_dim = p.tp.dim, q.split_blocks = p.tp.blocks;
+    l.params.push_back(std::move(q));
+  }
+  return l;
+}
+
+// Every rank's text, gathered on every rank (texts of any length: lengths first, then the padded bytes).
+std::vector<std::string> all_gather_text(comm::Communicator& comm, const std::string& text) {
+  const int world = comm.size();
+  const int32_t len = static_cast<int32_t>(text.size());
+  std::vector<int32_t> lens(static_cast<size_t>(world));
+  comm.all_gather(&len, lens.data(), 1, DType::i32);
+  const int32_t words = (*std::max_element(lens.begin(), lens.end()) + 3) / 4;
+  std::vector<int32_t> mine(static_cast<size_t>(words), 0), all(static_cast<size_t>(words) * world);
+  std::memcpy(mine.data(), text.data(), text.size());
+  comm.all_gather(mine.data(), all.data(), static_cast<size_t>(words), DType::i32);
+  std::vector<std::string> out;
+  for (int r = 0; r < world; ++r)
+    out.emplace_back(reinterpret_cast<const char*>(all.data() + static_cast<size_t>(r) * words),
+                     static_cast<size_t>(lens[r]));
+  return out;
+}
+}  // namespace
+
+void write_checkpoint(comm::Topology& topology, const std::string& dir, const std::string& tag,
                       const nn::ParameterStore& store, zero::ZeroOptimizer& optimizer, ckpt::CheckpointManifest meta) {
+  comm::Communicator& comm = topology.world();
   const int rank = comm.rank(), world = comm.size();
   DS_CHECK_AS(IoError, !tag.empty() && tag.find('/') == std::string::npos && tag[0] != '.',
               "[checkpoint] tag '{}' must be a plain name (no '/', not starting with '.')", tag);
@@ -126,7 +162,9 @@ void write_checkpoint(comm::Communicator& comm, const std::string& dir, const st
   comm.barrier();
 
   const int stage = optimizer.stage();
-  const bool writes = stage > 0 || rank == 0;  // stage 0: every rank holds the same state
+  const comm::Coords at = topology.coords();
+  // Stage 0: the data-parallel ranks of a layout hold the same state, so its first one writes it.
+  const bool writes = stage > 0 || at.data == 0;
   int32_t info[5] = {0, 0, 0, 0, 1};          // bytes (lo, hi), crc, written, ok
   std::string failure;                        // this rank's error, raised once every rank knows
   if (writes) try {
@@ -144,6 +182,9 @@ void write_checkpoint(comm::Communicator& comm, const std::string& dir, const st
   }
   std::vector<int32_t> all(static_cast<size_t>(5 * world));
   comm.all_gather(info, all.data(), 5, DType::i32);
+  // Each model-parallel rank's layout, from its first data-parallel rank (rank 0 writes the manifest).
+  const std::vector<std::string> layouts =
+      all_gather_text(comm, at.data == 0 ? ckpt::checkpoint_layout_text(layout_of(store, at)) : std::string());
   bool all_wrote = true;
   for (int r = 0; r < world; ++r) all_wrote = all_wrote && all[static_cast<size_t>(5 * r + 4)] == 1;
   if (!all_wrote && rank == 0) {
@@ -160,22 +201,29 @@ void write_checkpoint(comm::Communicator& comm, const std::string& dir, const st
 
   int32_t published = 1;
   if (rank == 0) try {
+    const comm::TopologyShape& shape = topology.shape();
     meta.tag = tag;
     meta.zero_stage = stage;
-    meta.world = world;
+    meta.world = shape.data;
+    meta.tp = shape.model;
+    meta.pp = shape.pipe;
     meta.optimizer_steps = optimizer.step_count();
-    meta.units.clear();
-    for (const nn::ParamUnit& u : store.units()) meta.units.push_back({u.name, u.offset, u.numel, u.padded_numel});
-    meta.params.clear();
-    for (const nn::Parameter& p : store.all())
-      meta.params.push_back({p.name, std::vector<int64_t>(p.shape.begin(), p.shape.end()), p.offset});
-    meta.shards.clear();
+    meta.layouts.clear();
     for (int r = 0; r < world; ++r) {
-      const int32_t* x = all.data() + 5 * r;
-      if (!x[3]) continue;
-      const uint64_t size = static_cast<uint32_t>(x[0]) | (static_cast<uint64_t>(static_cast<uint32_t>(x[1])) << 32);
-      meta.shards.push_back({ckpt::checkpoint_shard_name(r), r, optimizer.partition_numel(), static_cast<int64_t>(size),
-                             static_cast<uint32_t>(x[2])});
+      const comm::Coords c = shape.coords_of(r);
+      if (c.data != 0) continue;
+      ckpt::CheckpointLayout l = ckpt::parse_checkpoint_layout(layouts[static_cast<size_t>(r)]);
+      for (int d = 0; d < (stage == 0 ? 1 : shape.data); ++d) {  // the shards of its data-parallel ranks, in order
+        const int g = shape.rank_of({c.pipe, d, c.model});
+        const int32_t* x = all.data() + 5 * g;
+        const uint64_t size =
+            static_cast<uint32_t>(x[0]) | (static_cast<uint64_t>(static_cast<uint32_t>(x[1])) << 32);
+        int64_t part = 0;
+        for (const ckpt::CheckpointUnit& u : l.units) part += stage == 0 ? u.padded_numel : u.padded_numel / shape.data;
+        l.shards.push_back({ckpt::checkpoint_shard_name(g), g, part, static_cast<int64_t>(size),
+                            static_cast<uint32_t>(x[2])});
+      }
+      meta.layouts.push_back(std::move(l));
     }
     write_text_atomically((saving / "manifest.json").string(), meta.to_json().dump(1) + "\n");
     publish(saving, final_dir, dir);
@@ -194,30 +242,44 @@ void write_checkpoint(comm::Communicator& comm, const std::string& dir, const st
 
 namespace {
 
+// This rank's share of a whole parameter read from a checkpoint.
+std::vector<float> share_of(const nn::Parameter& p, std::vector<float> whole) {
+  if (!p.tp.split()) return whole;
+  std::vector<float> mine(static_cast<size_t>(p.numel()));
+  p.tp.shard(whole.data(), mine.data());
+  return mine;
+}
+
 // The Adam moments of this rank's partition, one state tile at a time through the optimizer-state store: each
-// partition element is found in this run's flat layout, then in the checkpoint's through the parameter holding it
-// (padding, held by no parameter, is zero).
+// partition element is found in this run's flat layout, then in its parameter's share, read whole from the
+// checkpoint once per parameter and moment (padding, held by no parameter, is zero).
 void load_moments(const ckpt::CheckpointReader& reader, const nn::ParameterStore& store,
                   zero::ZeroOptimizer& optimizer) {
-  std::vector<std::pair<const nn::Parameter*, const ckpt::CheckpointParam*>> by_offset;
-  for (const nn::Parameter& p : store.all()) by_offset.emplace_back(&p, &reader.param(p.name));
-  std::sort(by_offset.begin(), by_offset.end(),
-            [](const auto& a, const auto& b) { return a.first->offset < b.first->offset; });
+  std::vector<const nn::Parameter*> by_offset;
+  for (const nn::Parameter& p : store.all()) by_offset.push_back(&p);
+  std::sort(by_offset.begin(), by_offset.end(), [](const auto* a, const auto* b) { return a->offset < b->offset; });
+  const nn::Parameter* cached = nullptr;  // the parameter whose share of the moment is in `values`
+  std::vector<float> values;
   // Flat elements [flat, flat + n) of this run's layout from the checkpoint's tensor `name`.
   auto read_flat = [&](const char* name, int64_t flat, int64_t n, float* out) {
     std::fill(out, out + n, 0.0f);
-    auto it = std::upper_bound(by_offset.begin(), by_offset.end(), flat, [](int64_t x, const auto& e) {
-      return x < e.first->offset + e.first->numel();
-    });
-    for (; it != by_offset.end() && it->first->offset < flat + n; ++it) {
-      const nn::Parameter& p = *it->first;
+    auto it = std::upper_bound(by_offset.begin(), by_offset.end(), flat,
+                               [](int64_t x, const nn::Parameter* p) { return x < p->offset + p->numel(); });
+    for (; it != by_offset.end() && (*it)->offset < flat + n; ++it) {
+      const nn::Parameter& p = **it;
       const int64_t lo = std::max(flat, p.offset), hi = std::min(flat + n, p.offset + p.numel());
-      if (lo < hi) reader.read(name, it->second->offset + (lo - p.offset), hi - lo, out + (lo - flat));
+      if (lo >= hi) continue;
+      if (cached != &p) {
+        values = share_of(p, reader.read_param(reader.param(p.name), name));
+        cached = &p;
+      }
+      std::copy(values.begin() + (lo - p.offset), values.begin() + (hi - p.offset), out + (lo - flat));
     }
   };
   zero::OptimizerStateStore& state = optimizer.state_store();
   const zero::PartitionLayout& layout = optimizer.layout();
   for (const zero::StateKind kind : {zero::StateKind::exp_avg, zero::StateKind::exp_avg_sq}) {
+    cached = nullptr;
     for (int64_t t = 0; t < state.tile_count(); ++t) {
       const zero::StateTile tile = state.acquire(t, zero::mask_of(kind), zero::TileAccess::write);
       layout.for_partition(tile.begin, tile.begin + tile.count, [&](size_t unit, int64_t part, int64_t count) {
@@ -239,28 +301,24 @@ ckpt::CheckpointManifest load_checkpoint(const std::string& dir, const std::stri
   std::vector<std::string> problems;
   for (const nn::Parameter& p : store.all()) {
     const ckpt::CheckpointParam* saved = nullptr;
-    for (const ckpt::CheckpointParam& q : m.params)
+    for (const ckpt::CheckpointParam& q : reader.params())
       if (q.name == p.name) saved = &q;
+    const std::vector<int64_t> shape(p.full_shape().begin(), p.full_shape().end());
     if (!saved) {
       problems.push_back(fmt::format("'{}' is missing", p.name));
-    } else if (saved->shape != std::vector<int64_t>(p.shape.begin(), p.shape.end())) {
+    } else if (saved->shape != shape) {
       problems.push_back(fmt::format("'{}' is {} in the checkpoint but {} here", p.name,
-                                     ckpt::checkpoint_shape_str(saved->shape),
-                                     ckpt::checkpoint_shape_str(std::vector<int64_t>(p.shape.begin(), p.shape.end()))));
+                                     ckpt::checkpoint_shape_str(saved->shape), ckpt::checkpoint_shape_str(shape)));
     }
     if (problems.size() >= 3) break;
   }
-  if (m.params.size() != store.all().size() && problems.empty())
-    problems.push_back(fmt::format("it holds {} parameters, this model {}", m.params.size(), store.all().size()));
+  if (reader.params().size() != store.all().size() && problems.empty())
+    problems.push_back(fmt::format("it holds {} parameters, this model {}", reader.params().size(), store.all().size()));
   DS_CHECK_AS(IoError, problems.empty(), "[checkpoint] '{}' is from another model ({}): {}. Load it with the model "
               "it was saved with (--model)", reader.tag_dir(), m.model.dump(), fmt::join(problems, "; "));
-  if (optimizer.rank() == 0 && (m.world != optimizer.world() || m.zero_stage != optimizer.stage())) {
-    log_info("[checkpoint] '{}' was saved at world {} stage {}; loading it at world {} stage {}", reader.tag_dir(),
-             m.world, m.zero_stage, optimizer.world(), optimizer.stage());
-  }
-  // The parameters, parameter by parameter (every rank keeps all of them below stage 3).
+  // The parameters, parameter by parameter (every rank keeps all of its share below stage 3).
   for (const nn::Parameter& p : store.all()) {
-    const std::vector<float> values = reader.read_param(reader.param(p.name), "fp32");
+    const std::vector<float> values = share_of(p, reader.read_param(reader.param(p.name), "fp32"));
     optimizer.set_parameters(p.offset, values.data(), p.numel());
   }
   load_moments(reader, store, optimizer);

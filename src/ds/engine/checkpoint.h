@@ -6,19 +6,20 @@
 
 #include "ds/ckpt/checkpoint_format.h"
 
-namespace ds::comm { class Communicator; }
+namespace ds::comm { class Topology; }
 namespace ds::nn { class ParameterStore; }
 namespace ds::zero { class ZeroOptimizer; }
 
 namespace ds::engine {
 
-// Writes a checkpoint (a collective: every rank calls it with the same arguments). `meta` carries the scalar
-// state, the model and the client state; the layout, shards and checksums are filled in here.
-void write_checkpoint(comm::Communicator& comm, const std::string& dir, const std::string& tag,
+// Writes a checkpoint (a collective: every rank of the topology calls it with the same arguments). `meta` carries
+// the scalar state, the model and the client state; the layouts, shards and checksums are filled in here.
+void write_checkpoint(comm::Topology& topology, const std::string& dir, const std::string& tag,
                       const nn::ParameterStore& store, zero::ZeroOptimizer& optimizer, ckpt::CheckpointManifest meta);
 
 // Loads a checkpoint into the optimizer's parameters and moments (the moments and master weights through its
-// optimizer-state store, a tile at a time), at this run's world size and stage; checks that the model matches.
+// optimizer-state store, a tile at a time), at this run's layout and stage, whatever layout wrote it: this rank's
+// share of each whole parameter; checks that the model matches.
 // Returns the manifest (for the steps and the client state).
 ckpt::CheckpointManifest load_checkpoint(const std::string& dir, const std::string& tag,
                                          const nn::ParameterStore& store, zero::ZeroOptimizer& optimizer);

@@ -255,13 +255,7 @@ double Engine::eval_loss(const BatchFn& next, int64_t num_batches, int batch_siz
   return average_over_ranks(sum / static_cast<double>(num_batches));
 }
 
-void Engine::check_checkpoint_layout(const char* what) const {
-  DS_CHECK_AS(ConfigError, !tp_group_, "[engine] {} of a tensor-parallel run ({}) is not available yet; train with "
-              "--tensor-parallel-size 1 to checkpoint", what, topology_->shape().str());
-}
-
 std::string Engine::save_checkpoint(const std::string& dir, const std::string& tag, const nlohmann::json& client_state) {
-  check_checkpoint_layout("saving a checkpoint");
   const std::string t = tag.empty() ? fmt::format("global_step{}", global_steps_) : tag;
   ckpt::CheckpointManifest meta;
   meta.global_steps = global_steps_;
@@ -276,13 +270,18 @@ std::string Engine::save_checkpoint(const std::string& dir, const std::string& t
                        {"params_dtype", dtype_name(optimizer_->precision().params)},
                        {"grads_dtype", dtype_name(optimizer_->precision().grads)}};
   meta.client_state = client_state;
-  write_checkpoint(*comm_, dir, t, model_->params(), *optimizer_, std::move(meta));
+  write_checkpoint(*topology_, dir, t, model_->params(), *optimizer_, std::move(meta));
   return t;
 }
 
 nlohmann::json Engine::load_checkpoint(const std::string& dir, const std::string& tag) {
-  check_checkpoint_layout("loading a checkpoint");
   const ckpt::CheckpointManifest m = engine::load_checkpoint(dir, tag, model_->params(), *optimizer_);
+  const comm::TopologyShape& here = topology_->shape();
+  if (comm_->rank() == 0 && (m.world != here.data || m.tp != here.model || m.pp != here.pipe ||
+                             m.zero_stage != optimizer_->stage()))
+    log_info("[checkpoint] '{}' was saved at data-parallel {} x tensor-parallel {} x pipeline {}, ZeRO stage {}; "
+             "loaded at data-parallel {} x tensor-parallel {} x pipeline {}, stage {}", ckpt::checkpoint_tag_dir(dir, tag),
+             m.world, m.tp, m.pp, m.zero_stage, here.data, here.model, here.pipe, optimizer_->stage());
   global_steps_ = m.global_steps;
   skipped_steps_ = m.engine_state.value("skipped_steps", int64_t{0});
   // The scaler goes on where it was when both runs scale the loss; a run that did not (bf16, fp32) starts fp16

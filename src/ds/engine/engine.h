@@ -78,8 +78,6 @@ class Engine {
 
  private:
   double average_over_ranks(double value);
-  // Checkpoints of a tensor-parallel layout are not written or read yet: a ConfigError naming `what`.
-  void check_checkpoint_layout(const char* what) const;
   // Switches the runner's activation checkpointing on as config_.activation_checkpointing asks.
   void configure_checkpointing();
 

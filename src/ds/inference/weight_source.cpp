@@ -28,7 +28,7 @@ class CheckpointSource final : public WeightSource {
     const ckpt::CheckpointParam& p = reader_.param(w.name);
     DS_CHECK_AS(IoError, p.shape == w.shape, "[serve] '{}': '{}' has shape {} but the model needs {}; check --arch",
                 reader_.tag_dir(), w.name, ckpt::checkpoint_shape_str(p.shape), ckpt::checkpoint_shape_str(w.shape));
-    reader_.read("fp32", p.offset, p.numel(), dst);
+    reader_.read_param(p, "fp32", dst);
   }
   std::string describe() const override { return reader_.tag_dir(); }
 

@@ -10,29 +10,9 @@
 #include <vector>
 
 #include "ds/core/tensor.h"
+#include "ds/core/tp_split.h"
 
 namespace ds::nn {
-
-// How a parameter is split across the ranks of a tensor-parallel group (Megatron; Note [Tensor-parallel shards] in
-// tensor_parallel.cpp). Dimension `dim` of the whole parameter is made of `blocks` equal blocks (3 for the fused
-// QKV weight, else 1), and each block is cut into `size` contiguous pieces, rank r holding piece r of every block.
-// Pieces are ceil(extent / size) long, the last ones shorter or empty, so an uneven extent (the vocabulary) splits
-// too. dim -1: replicated, every rank holds the whole parameter.
-struct TpSplit {
-  int dim = -1;
-  int blocks = 1;
-  int rank = 0, size = 1;
-  Shape full;  // the whole parameter's shape (empty while replicated)
-
-  bool split() const { return dim >= 0; }
-  // Rank r's range [begin, end) of one block of `extent` elements.
-  static std::pair<int64_t, int64_t> piece(int64_t extent, int rank, int size);
-  // This rank's shape of a parameter shaped `full` (full itself when replicated).
-  Shape local_shape(const Shape& whole) const;
-  // Copies this rank's elements of the whole parameter into `local` (row-major), or back.
-  void shard(const float* whole, float* local) const;
-  void unshard(const float* local, float* whole) const;
-};
 
 struct Parameter {
   std::string name;      // Hugging Face name, e.g. "transformer.h.0.attn.c_attn.weight"
