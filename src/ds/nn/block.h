@@ -61,6 +61,8 @@ class Block : public Module {
   // Whether activation checkpointing may drop this block's saved activations and recompute them in backward.
   virtual bool checkpointable() const { return false; }
   virtual bool is_loss() const { return false; }
+  // The block's class name, as a pipeline's "type:REGEX" partitioning matches it (DeepSpeed matches layer classes).
+  virtual const char* type_name() const = 0;
 };
 
 }  // namespace ds::nn

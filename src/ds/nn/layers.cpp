@@ -28,11 +28,19 @@ Tensor Linear::forward(Ctx& ctx, const Tensor& x) {
 }
 
 Tensor Linear::backward(Ctx& ctx, const Tensor& dy) {
-  const Tensor& x = ctx.saved(this).at(0);
   const int N = rows_of(dy, out_, "linear");
+  const Tensor x = ctx.saved(this).at(0).view({N, in_});
   Tensor dx = ctx.scratch().alloc({N, in_});
-  ops::linear_backward(dx, weight_->grad, bias_ ? bias_->grad : Tensor(), dy.view({N, out_}), x.view({N, in_}),
-                       weight_->data);
+  if (!ctx.defer_weight_grads) {
+    ops::linear_backward(dx, weight_->grad, bias_ ? bias_->grad : Tensor(), dy.view({N, out_}), x, weight_->data);
+    return dx;
+  }
+  ops::linear_backward(dx, Tensor(), Tensor(), dy.view({N, out_}), x, weight_->data);
+  Tensor kept = ctx.act().alloc({N, out_});
+  kept.copy_from(dy.view({N, out_}));
+  ctx.defer([this, x, kept] {
+    ops::linear_backward(Tensor(), weight_->grad, bias_ ? bias_->grad : Tensor(), kept, x, weight_->data);
+  });
   return dx;
 }
 
@@ -64,11 +72,20 @@ Tensor LayerNorm::forward(Ctx& ctx, const Tensor& x) {
 
 Tensor LayerNorm::backward(Ctx& ctx, const Tensor& dy) {
   auto& s = ctx.saved(this);
-  const Tensor& x = s.at(0);
-  const Tensor& stats = s.at(1);
   const int N = rows_of(dy, C_, "layernorm");
+  const Tensor x = s.at(0).view({N, C_});
+  const Tensor stats = s.at(1);
   Tensor dx = ctx.scratch().alloc({N, C_});
-  ops::layernorm_backward(dx, weight_->grad, bias_->grad, dy.view({N, C_}), x.view({N, C_}), weight_->data, stats);
+  if (!ctx.defer_weight_grads) {
+    ops::layernorm_backward(dx, weight_->grad, bias_->grad, dy.view({N, C_}), x, weight_->data, stats);
+    return dx;
+  }
+  ops::layernorm_backward(dx, Tensor(), Tensor(), dy.view({N, C_}), x, weight_->data, stats);
+  Tensor kept = ctx.act().alloc({N, C_});
+  kept.copy_from(dy.view({N, C_}));
+  ctx.defer([this, x, stats, kept] {
+    ops::layernorm_backward(Tensor(), weight_->grad, bias_->grad, kept, x, weight_->data, stats);
+  });
   return dx;
 }
 

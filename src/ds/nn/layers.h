@@ -90,6 +90,7 @@ class TransformerBlock : public Block {
   // temporary of the block's backward is released before returning, so callers can ping-pong two buffers.
   Tensor backward(Ctx& ctx, const Tensor& dy, Pass& pass, Tensor dx) override;
   bool checkpointable() const override { return true; }
+  const char* type_name() const override { return "TransformerBlock"; }
   void collect_parameters(std::vector<Parameter*>& out) const override;
 
  private:

@@ -85,7 +85,14 @@ void Ctx::drop_saved(size_t mark) {
   saved_order_.resize(mark);
 }
 
+void Ctx::defer(std::function<void()> work) {
+  DS_ASSERT(defer_weight_grads && !deferred_.empty(), "weight-gradient work deferred outside a split backward");
+  deferred_.back().work.push_back(std::move(work));
+}
+
 void Ctx::reset() {
+  DS_ASSERT(deferred_.empty(), "a micro-batch was reset with {} block(s) of weight gradients not yet computed",
+            deferred_.size());
   saved_.clear();
   saved_order_.clear();
   act_.reset();

@@ -6,6 +6,7 @@
 // and reduces there.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -63,12 +64,25 @@ class Ctx {
   void reset();
   bool training = true;
 
+  // Zero-bubble pipeline schedules split a block's backward in two (Note [Split backward] in module_runner.cpp):
+  // while defer_weight_grads is on, layers compute their input gradients at once and hand the work of their weight
+  // gradients to defer(), which the runner runs later, block by block, between the block's hooks. What that work
+  // needs must outlive the block's backward: it lives in the activation arena (act()).
+  bool defer_weight_grads = false;
+  void defer(std::function<void()> work);
+  struct DeferredBlock {
+    size_t block;  // the runner's index
+    std::vector<std::function<void()>> work;
+  };
+  std::vector<DeferredBlock>& deferred() { return deferred_; }
+
  private:
   Arena act_;
   Arena scratch_;
   bool act_in_scratch_ = false;
   std::unordered_map<const Module*, std::vector<Tensor>> saved_;
   std::vector<const Module*> saved_order_;  // keys of saved_ in the order they were made
+  std::vector<DeferredBlock> deferred_;
 };
 
 class ModuleHooks {

@@ -119,15 +119,40 @@ Tensor ModuleRunner::backward(Ctx& ctx, Pass& pass, size_t first, size_t last, T
       const size_t saved_mark = ctx.saved_mark();
       b.forward(ctx, input, pass);
       recompute_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      const bool split = ctx.defer_weight_grads;  // the recomputed activations go now: no split here
+      ctx.defer_weight_grads = false;
       dy = b.backward(ctx, dy, pass, dx);
+      ctx.defer_weight_grads = split;
       ctx.drop_saved(saved_mark);  // the recomputed activations' last holders
       ctx.act().release(mark);
+    } else if (ctx.defer_weight_grads) {
+      ctx.deferred().push_back({i, {}});
+      dy = b.backward(ctx, dy, pass, dx);
+      if (ctx.deferred().back().work.empty()) ctx.deferred().pop_back();
     } else {
       dy = b.backward(ctx, dy, pass, dx);
     }
     post_backward(i);
   }
   return dy;
+}
+
+// Note [Split backward]
+// A zero-bubble schedule (pipe/schedule.h) runs a block's backward as two passes: B, the input gradients, which the
+// previous stage waits for, and W, the weight gradients, which nobody waits for and which fill the pipeline's
+// bubbles. In B (ctx.defer_weight_grads) the layers compute dx and queue their dW and db work with the inputs it
+// needs (the saved activation and a copy of the output gradient); W runs that work. Each pass is bracketed by the
+// block's backward hooks: ZeRO fetches the parameters for B's dx, and binds and commits gradient memory around W's
+// dW (the B pass commits nothing but zeros). The arithmetic is the same as the unsplit backward's, done in the same
+// order per parameter, so the gradients are bit-identical. A checkpointed block is not split: its recomputed
+// activations are released as soon as its backward is done.
+void ModuleRunner::backward_weights(Ctx& ctx) {
+  for (Ctx::DeferredBlock& d : ctx.deferred()) {
+    pre_backward(d.block);
+    for (auto& work : d.work) work();
+    post_backward(d.block);
+  }
+  ctx.deferred().clear();
 }
 
 void ModuleRunner::train(Ctx& ctx, Pass& pass) {

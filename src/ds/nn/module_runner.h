@@ -27,6 +27,7 @@ class ModuleRunner final : public RowAccess {
   void set_checkpointing(bool on) { checkpointing_ = on; }
   bool checkpointing() const { return checkpointing_; }
   size_t size() const { return blocks_.size(); }
+  const Block& block(size_t i) const { return *blocks_.at(i); }
 
   // Blocks [first, last) forward: x is block `first`'s input (undefined when it is the first block of the model);
   // returns block last-1's output (undefined when it is the loss block). ctx.training selects saving for backward.
@@ -35,6 +36,9 @@ class ModuleRunner final : public RowAccess {
   // output (undefined when it is the loss block); returns the gradient of block `first`'s input (undefined for the
   // model's first block), in the ctx's scratch arena.
   Tensor backward(Ctx& ctx, Pass& pass, size_t first, size_t last, Tensor dy);
+  // The weight gradients a split backward (ctx.defer_weight_grads, Note [Split backward]) left in the ctx, block by
+  // block between the block's backward hooks; afterwards the ctx holds none.
+  void backward_weights(Ctx& ctx);
   // One training micro-batch over the whole chain (forward, then backward), or one forward without saving.
   void train(Ctx& ctx, Pass& pass);
   void evaluate(Ctx& ctx, Pass& pass);

@@ -32,7 +32,9 @@ void linear_backward(const Tensor& dx, const Tensor& dw, const Tensor& db, const
   constexpr const char* op = "linear_backward";
   const Device dev =
       detail::common_device(op, {{"dx", dx}, {"dw", dw}, {"db", db}, {"dy", dy}, {"x", x}, {"w", w}});
-  for (const Arg& a : {Arg{"dw", dw}, Arg{"dy", dy}, Arg{"x", x}, Arg{"w", w}}) detail::expect_defined(op, a);
+  for (const Arg& a : {Arg{"dy", dy}, Arg{"x", x}, Arg{"w", w}}) detail::expect_defined(op, a);
+  DS_CHECK_AS(ShapeError, dx.defined() || dw.defined(), "[ops] {}: give dx, dw or both", op);
+  DS_CHECK_AS(ShapeError, !db.defined() || dw.defined(), "[ops] {}: db comes with dw", op);
   for (const Arg& a : {Arg{"dx", dx}, Arg{"dw", dw}, Arg{"db", db}, Arg{"dy", dy}, Arg{"x", x}, Arg{"w", w}})
     detail::expect_dtype(op, a, DType::f32);
   DS_CHECK_AS(ShapeError, x.ndim() == 2 && w.ndim() == 2, "[ops] {}: x and w must be 2-D, found {} and {}", op,
@@ -44,7 +46,7 @@ void linear_backward(const Tensor& dx, const Tensor& dw, const Tensor& db, const
   detail::expect_shape(op, {"dx", dx}, {N, IC});
   detail::expect_shape(op, {"db", db}, {OC});
   if (!dev.is_cpu()) detail::no_kernel(op, dev);
-  cpu::matmul_backward(dx.defined() ? dx.data<float>() : nullptr, dw.data<float>(),
+  cpu::matmul_backward(dx.defined() ? dx.data<float>() : nullptr, dw.defined() ? dw.data<float>() : nullptr,
                        db.defined() ? db.data<float>() : nullptr, dy.data<float>(), x.data<float>(), w.data<float>(),
                        dim(x, 0), dim(x, 1), dim(w, 1));
 }

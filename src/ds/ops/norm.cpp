@@ -31,11 +31,12 @@ void layernorm_backward(const Tensor& dx, const Tensor& dw, const Tensor& db, co
   constexpr const char* op = "layernorm_backward";
   const Device dev = detail::common_device(
       op, {{"dx", dx}, {"dw", dw}, {"db", db}, {"dy", dy}, {"x", x}, {"w", w}, {"stats", stats}});
+  for (const Arg& a : {Arg{"dy", dy}, Arg{"x", x}, Arg{"w", w}, Arg{"stats", stats}}) detail::expect_defined(op, a);
   for (const Arg& a : {Arg{"dx", dx}, Arg{"dw", dw}, Arg{"db", db}, Arg{"dy", dy}, Arg{"x", x}, Arg{"w", w},
-                       Arg{"stats", stats}}) {
-    detail::expect_defined(op, a);
+                       Arg{"stats", stats}})
     detail::expect_dtype(op, a, DType::f32);
-  }
+  DS_CHECK_AS(ShapeError, dw.defined() == db.defined() && (dx.defined() || dw.defined()), "[ops] {}: give dx, or "
+              "dw and db, or all three", op);
   DS_CHECK_AS(ShapeError, x.ndim() == 2, "[ops] {}: x must be [N, C], found {}", op, x.str());
   const int64_t N = x.size(0), C = x.size(1);
   for (const Arg& a : {Arg{"dx", dx}, Arg{"dy", dy}}) detail::expect_shape(op, a, x.shape());
@@ -43,7 +44,8 @@ void layernorm_backward(const Tensor& dx, const Tensor& dw, const Tensor& db, co
   detail::expect_shape(op, {"stats", stats}, {2, N});
   if (!dev.is_cpu()) detail::no_kernel(op, dev);
   const float* s = stats.data<float>();
-  cpu::layernorm_backward(dx.data<float>(), dw.data<float>(), db.data<float>(), dy.data<float>(), x.data<float>(),
+  cpu::layernorm_backward(dx.defined() ? dx.data<float>() : nullptr, dw.defined() ? dw.data<float>() : nullptr,
+                          db.defined() ? db.data<float>() : nullptr, dy.data<float>(), x.data<float>(),
                           w.data<float>(), s, s + N, static_cast<int>(N), static_cast<int>(C));
 }
 

@@ -20,12 +20,14 @@ namespace ds::ops {
 
 // ---- linear: y[N, OC] = x[N, IC] @ w[IC, OC] + b[OC] (b may be undefined) ----
 void linear_forward(const Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b);
-// dx = dy @ w^T (skipped when dx is undefined); dw += x^T @ dy; db += column sums of dy (when defined).
+// dx = dy @ w^T (skipped when dx is undefined); dw += x^T @ dy (skipped when dw is undefined, as then db);
+// db += column sums of dy (when defined). A zero-bubble schedule runs the dx part and the dw part apart.
 void linear_backward(const Tensor& dx, const Tensor& dw, const Tensor& db, const Tensor& dy, const Tensor& x,
                      const Tensor& w);
 
 // ---- layer norm over the last dimension C (eps 1e-5); stats [2, N] keeps mean and 1/std for backward ----
 void layernorm_forward(const Tensor& y, const Tensor& stats, const Tensor& x, const Tensor& w, const Tensor& b);
+// dx written, dw and db accumulated; either dx or the pair (dw, db) may be undefined and is then skipped.
 void layernorm_backward(const Tensor& dx, const Tensor& dw, const Tensor& db, const Tensor& dy, const Tensor& x,
                         const Tensor& w, const Tensor& stats);
 

@@ -29,6 +29,8 @@ void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
                        const float* bias, int N, int C);
 // dinp = ..., dweight += ..., dbias += ...
+// dinp (written) may be null: only the parameter gradients; dweight and dbias (accumulated) may both be null: only
+// the input gradient.
 void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                         const float* weight, const float* mean, const float* rstd, int N, int C);
 

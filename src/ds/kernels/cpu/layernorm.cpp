@@ -67,8 +67,10 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
                         const float* weight, const float* mean, const float* rstd, int N, int C) {
   const bool parallel = size_t(N) * C >= kParallelMin;
 
-  // Parameter grads: dweight[c] += sum_i dout[i,c] * norm[i,c], dbias[c] += sum_i dout[i,c].
-  const int ncb = (C + kColBlock - 1) / kColBlock;
+  // Parameter grads: dweight[c] += sum_i dout[i,c] * norm[i,c], dbias[c] += sum_i dout[i,c]. Skipped without
+  // dweight (a zero-bubble schedule's input-gradient pass), as the input gradient is without dinp (its
+  // weight-gradient pass).
+  const int ncb = dweight ? (C + kColBlock - 1) / kColBlock : 0;
 #pragma omp parallel for schedule(static) if (parallel)
   for (int cb = 0; cb < ncb; ++cb) {
     const int c0 = cb * kColBlock;
@@ -109,8 +111,9 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
   }
 
   // dinp = rstd * (w*dout - mean(w*dout) - norm * mean(w*dout*norm)), row by row.
+  const int rows = dinp ? N : 0;
 #pragma omp parallel for schedule(static) if (parallel)
-  for (int i = 0; i < N; ++i) {
+  for (int i = 0; i < rows; ++i) {
     const float* x = inp + size_t(i) * C;
     const float* g = dout + size_t(i) * C;
     float* dx = dinp + size_t(i) * C;

@@ -58,6 +58,7 @@ class Gpt2Embedding final : public Block {
   Gpt2Embedding(ParameterStore& store, const Gpt2Config& config, Parameter* wte, TensorParallelGroup* tp);
   Tensor forward(Ctx& ctx, const Tensor& x, Pass& pass) override;
   Tensor backward(Ctx& ctx, const Tensor& dy, Pass& pass, Tensor dx) override;
+  const char* type_name() const override { return "Gpt2Embedding"; }
   void collect_parameters(std::vector<Parameter*>& out) const override;
 
  private:
@@ -75,6 +76,7 @@ class Gpt2FinalNorm final : public Block {
   Gpt2FinalNorm(ParameterStore& store, const std::string& name, int C) : Block(name), ln_(store, name, C) {}
   Tensor forward(Ctx& ctx, const Tensor& x, Pass&) override { return ln_.forward(ctx, x); }
   Tensor backward(Ctx& ctx, const Tensor& dy, Pass&, Tensor dx) override;
+  const char* type_name() const override { return "Gpt2FinalNorm"; }
   void collect_parameters(std::vector<Parameter*>& out) const override { ln_.collect_parameters(out); }
 
  private:
@@ -92,6 +94,7 @@ class Gpt2Head final : public Block {
   Tensor backward(Ctx& ctx, const Tensor& dy, Pass& pass, Tensor dx) override;
   std::vector<const Module*> units() const override { return {}; }
   bool is_loss() const override { return true; }
+  const char* type_name() const override { return "Gpt2Head"; }
   void collect_parameters(std::vector<Parameter*>&) const override {}
 
  private:
