@@ -639,11 +639,11 @@ TEST_F(ConfigTest, TensorParallelSizeSplitsTheWorldAndTheBatchIsPerDataParallelR
   // autotp_size 0 (DeepSpeed's default) and 1 mean no tensor parallelism.
   EXPECT_EQ(parse(R"({"train_batch_size": 8, "tensor_parallel": {"autotp_size": 0}})", 2).tensor_parallel_size, 1);
   // The command line's size applies when the config gives none, and must agree when it does.
-  const config::DeepSpeedConfig cli = config::parse_config(R"({"train_batch_size": 8})", config::JobShape{4, 2});
+  const config::DeepSpeedConfig cli = config::parse_config(R"({"train_batch_size": 8})", config::JobShape{4, 2, std::nullopt});
   EXPECT_EQ(cli.tensor_parallel_size, 2);
   EXPECT_EQ(cli.dp_world_size, 2);
   EXPECT_THROW(config::parse_config(R"({"train_batch_size": 8, "tensor_parallel": {"autotp_size": 4}})",
-                                    config::JobShape{4, 2}),
+                                    config::JobShape{4, 2, std::nullopt}),
                ConfigError);
 }
 

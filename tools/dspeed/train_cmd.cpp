@@ -86,6 +86,15 @@ void add_train_command(CLI::App& root) {
   auto* tp_opt = cmd->add_option("--tensor-parallel-size", *tp_size,
                                  "ranks each layer is split across (Megatron tensor parallelism; the config's "
                                  "tensor_parallel.autotp_size); the world size must be a multiple of it");
+  auto pp_size = std::make_shared<int>(1);
+  auto* pp_opt = cmd->add_option("--pipe-parallel-size", *pp_size,
+                                 "pipeline stages the layers are split into (the config's pipeline.stages; "
+                                 "partitioned by pipeline.partition); the world size must be a multiple of "
+                                 "stages x tensor-parallel size");
+  cmd->add_option("--pipe-schedule", opts->pipe_schedule,
+                  "pipeline schedule: 1f1b (DeepSpeed's) or zb-h1 (zero bubble: backward split into input- and "
+                  "weight-gradient passes); default the config's pipeline.schedule, else 1f1b")
+      ->check(CLI::IsMember({"1f1b", "zb-h1"}));
   cmd->add_option("--save", opts->save_dir, "save checkpoints in this folder (DIR/<tag>, DIR/latest)");
   cmd->add_option("--save-interval", opts->save_interval, "steps between checkpoints (default: only at the end)");
   cmd->add_option("--load", opts->load_dir, "resume from the latest checkpoint in this folder");
@@ -93,13 +102,14 @@ void add_train_command(CLI::App& root) {
   cmd->add_option("--init-from", opts->init_from,
                   "start from the weights of a .safetensors file (Hugging Face GPT-2 names, as consolidate writes)");
   cmd->callback([opts, memory_limit, host_limit, flags, data, steps, steps_opt, eval_batches, eval_opt, tp_size,
-                 tp_opt] {
+                 tp_opt, pp_size, pp_opt] {
     for (const AutoFlag& f : *flags) *f.given = f.option->count() > 0;
     app::TrainOptions o = *opts;
     o.data_given = data->count() > 0;
     if (steps_opt->count() > 0) o.steps = *steps;
     if (eval_opt->count() > 0) o.eval_batches = *eval_batches;
     if (tp_opt->count() > 0) o.tensor_parallel_size = *tp_size;
+    if (pp_opt->count() > 0) o.pipe_parallel_size = *pp_size;
     if (!memory_limit->empty()) o.device_memory_limit = app::parse_byte_size(*memory_limit);
     if (!host_limit->empty()) o.host_memory_limit = app::parse_byte_size(*host_limit);
     app::run_training(o);

@@ -123,6 +123,10 @@ struct StepTraffic {
   double data = 0, model = 0;
 };
 
+std::string topology_str(const config::DeepSpeedConfig& c) {
+  return comm::TopologyShape{c.pipeline_parallel_size, c.dp_world_size, c.tensor_parallel_size}.str();
+}
+
 // Per-rank ZeRO report: measured model-state peaks and traffic beside the paper's formulas, with p bytes per
 // parameter, g per gradient and k of optimizer state (fp32 Adam: 4 + 4 + 8; mixed precision: 2 + 2 + 12, or
 // 2 + 4 + 12 with fp32 gradient accumulation). Ψ is what the rank's model group share holds (under tensor
@@ -131,26 +135,43 @@ struct StepTraffic {
 void print_zero_report(comm::Communicator& comm, engine::Engine& engine, const StepTraffic& per_step, int seq_len) {
   const MemoryTracker& t = current_tracker();
   auto mib = [](double b) { return b / (1 << 20); };
-  constexpr int kFields = 8;
+  constexpr int kFields = 11;
   // Model states wherever they live: offload moves them to the host or nvme tier, the formula counts them all.
   auto states = [&](Category c) {
     return static_cast<float>(mib(double(t.peak(Tier::device, c) + t.peak(Tier::host, c) + t.peak(Tier::nvme, c))));
   };
   const int64_t psi_local = engine.model().params().numel();
+  const config::DeepSpeedConfig& config = engine.config();
+  nn::Gpt2& model = engine.model();
+  const int tp = config.tensor_parallel_size;
+  // This rank's formulas for its layers. Megatron: per micro-batch, 2 all-reduces of b·s·h in each block's forward
+  // and 2 in its backward (one more forward's 2 when the block is checkpointed), one for the embedding's rows, one
+  // for the head's input gradient and the cross-entropy's 3 floats per token; fp32, a ring all-reduce sends
+  // 2(t-1)/t. A pipeline stage sends each micro-batch's b·s·h activation on and its input gradient back.
+  const double bs = double(config.train_micro_batch_size_per_gpu) * seq_len, bsh = bs * model.config().n_embd;
+  const double m = double(config.gradient_accumulation_steps);
+  const int per_block = model.runner().checkpointing() ? 6 : 4;
+  const double tp_elements = per_block * double(model.blocks().size()) * bsh +
+                             (model.has_embedding() ? bsh : 0.0) + (model.has_head() ? bsh + 3 * bs : 0.0);
+  const double tp_formula = tp > 1 ? tp_elements * 4 * 2.0 * (tp - 1) / tp * m : 0.0;
+  const int pp = config.pipeline_parallel_size;
+  const double pp_formula = pp > 1 ? ((model.has_embedding() ? 0 : 1) + (model.has_head() ? 0 : 1)) * bsh * 4 * m : 0.0;
+  const auto sent = static_cast<double>(per_step.all.bytes[static_cast<int>(comm::Collective::send)]);
   std::vector<float> mine = {states(Category::param), states(Category::grad), states(Category::optimizer),
                              static_cast<float>(mib(t.peak(Tier::device, Category::comm_buffer) +
                                                     t.peak(Tier::host, Category::comm_buffer))),
                              static_cast<float>(mib(per_step.data)),
                              static_cast<float>(peak_rss_mib()),
                              static_cast<float>(psi_local),
-                             static_cast<float>(mib(per_step.model))};
+                             static_cast<float>(mib(per_step.model)),
+                             static_cast<float>(mib(tp_formula)),
+                             static_cast<float>(mib(sent)),
+                             static_cast<float>(mib(pp_formula))};
   const int world = comm.size();
   std::vector<float> all(static_cast<size_t>(kFields * world));
   comm.all_gather(mine.data(), all.data(), kFields, DType::f32);
   if (comm.rank() != 0) return;
-  const config::DeepSpeedConfig& config = engine.config();
   const int stage = config.zero.stage;
-  const int tp = config.tensor_parallel_size;
   const double n = config.dp_world_size;
   const zero::ZeroPrecision& prec = engine.optimizer_const().precision();
   const double pb = double(dtype_size(prec.params)), gb = double(dtype_size(prec.grads)), kb = prec.mixed() ? 12 : 8;
@@ -166,8 +187,9 @@ void print_zero_report(comm::Communicator& comm, engine::Engine& engine, const S
   };
   const int64_t psi = engine.model().config().num_params();
   fmt::print(stderr, "ZeRO stage {} over {} data-parallel rank(s){}, Ψ = {} parameters{} ({}):\n", stage,
-             config.dp_world_size, tp > 1 ? fmt::format(" x {} tensor-parallel", tp) : "",
-             format_count(static_cast<double>(psi)), tp > 1 ? ", each rank holding its tensor-parallel share" : "",
+             config.dp_world_size, tp > 1 || pp > 1 ? fmt::format(" ({})", topology_str(config)) : "",
+             format_count(static_cast<double>(psi)),
+             tp > 1 || pp > 1 ? ", each rank holding its stage's tensor-parallel share" : "",
              prec.mixed() ? fmt::format("{} parameters, {} gradients, fp32 master + Adam", dtype_name(prec.params),
                                         dtype_name(prec.grads))
                           : std::string("fp32 Adam"));
@@ -189,19 +211,17 @@ void print_zero_report(comm::Communicator& comm, engine::Engine& engine, const S
              : stage == 2 ? fmt::format("{}Ψ + {}Ψ/N", pb, gb + kb)
                           : fmt::format("{}Ψ/N", pb + gb + kb),
              stage == 3 ? 3 : 2);
-  if (tp > 1) {
-    // Megatron: per micro-batch, 2 all-reduces of b·s·h in each block's forward and 2 in its backward (one more
-    // forward's 2 when the block is checkpointed), one for the embedding's rows, one for the head's input gradient,
-    // and the cross-entropy's 3 floats per token. fp32 activations; a ring all-reduce sends 2(t-1)/t of them.
-    const double bsh = double(config.train_micro_batch_size_per_gpu) * seq_len * engine.model().config().n_embd;
-    const double bs = double(config.train_micro_batch_size_per_gpu) * seq_len;
-    const int per_block = engine.model().runner().checkpointing() ? 6 : 4;
-    const double elements =
-        (per_block * engine.model().config().n_layer + 2) * bsh + 3 * bs;
-    const double want = elements * 4 * 2.0 * (tp - 1) / tp * double(config.gradient_accumulation_steps);
-    fmt::print(stderr, "  tensor parallelism over {} ranks: sent/step {:.1f} MiB on rank 0, Megatron's formula "
-               "{:.1f} MiB (({}L + 2)·b·s·h + 3·b·s fp32 elements all-reduced per micro-batch, x 2(t-1)/t)\n",
-               tp, all[7], mib(want), per_block);
+  if (tp > 1 || pp > 1) {
+    fmt::print(stderr, "  model parallelism ({}): traffic per step and rank beside the formulas\n",
+               topology_str(config));
+    fmt::print(stderr, "  rank  tensor-parallel MiB  Megatron formula MiB  pipeline sent MiB  activations formula MiB\n");
+    for (int r = 0; r < world; ++r) {
+      const float* f = all.data() + r * kFields;
+      fmt::print(stderr, "  {:>4}  {:>19.2f} {:>21.2f} {:>18.2f} {:>24.2f}\n", r, f[7], f[8], f[9], f[10]);
+    }
+    fmt::print(stderr, "  (Megatron: ({}L + 2)·b·s·h + 3·b·s fp32 elements all-reduced per micro-batch over a stage's L "
+               "blocks, embedding and head, x 2(t-1)/t; pipeline: b·s·h fp32 per micro-batch to each neighbouring "
+               "stage)\n", per_block);
   }
   fmt::print(stderr, "  traffic by collective per step (rank 0):");
   for (int c = 0; c < comm::kCollectiveCount; ++c)
@@ -251,12 +271,13 @@ TrainSummary run_training_on(const TrainOptions& o, comm::Communicator& comm) {
   // so an explicit total_num_steps is no conflict.
   if (o.steps) autos.total_steps.value = *o.steps;
   autos.total_steps.given = false;
-  const config::JobShape job{world, o.tensor_parallel_size};
+  const config::JobShape job{world, o.tensor_parallel_size, o.pipe_parallel_size};
   config::DeepSpeedConfig config =
       o.config_path.empty()
           ? config::parse_config(kDefaultTrainConfig, job, "built-in default config", &autos)
           : config::load_config_file(o.config_path, job, &autos);
   config.activation_checkpointing.enabled = o.checkpoint_activations;
+  if (!o.pipe_schedule.empty()) config.pipeline.schedule = o.pipe_schedule;
   DS_CHECK_AS(ConfigError, config.train_micro_batch_size_per_gpu <= (int64_t(1) << 24),
               "[train] train_micro_batch_size_per_gpu is {} in {}; one pass holds at most 2^24 tokens: lower it and "
               "raise gradient_accumulation_steps", config.train_micro_batch_size_per_gpu, config.source);

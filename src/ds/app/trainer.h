@@ -33,6 +33,8 @@ struct TrainOptions {
   std::optional<int64_t> host_memory_limit;    // bytes: the host tier (offloaded state, swap buffers)
   bool quiet = false;                      // no progress bar or summary (warnings, errors, the ZeRO report)
   std::optional<int> tensor_parallel_size;  // --tensor-parallel-size (else the config's tensor_parallel.autotp_size)
+  std::optional<int> pipe_parallel_size;    // --pipe-parallel-size (else the config's pipeline.stages)
+  std::string pipe_schedule;                // --pipe-schedule (else the config's pipeline.schedule)
   std::string backend = "auto";            // communicator: auto (MPI when launched by mpirun/srun), mpi, self
   std::string save_dir;                    // checkpoints go here (Note [Checkpoint layout]); empty: none
   int64_t save_interval = 0;               // steps between checkpoints (0: only at the end)

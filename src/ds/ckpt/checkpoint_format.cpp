@@ -102,8 +102,10 @@ CheckpointLayout parse_layout(const nlohmann::json& j, const std::string& where)
     l.units.push_back({get_field<std::string>(u, "name", where), get_field<int64_t>(u, "offset", where),
                        get_field<int64_t>(u, "numel", where), get_field<int64_t>(u, "padded_numel", where)});
   for (const auto& p : get_field<nlohmann::json>(j, "params", where)) {
-    CheckpointParam q{get_field<std::string>(p, "name", where), get_field<std::vector<int64_t>>(p, "shape", where),
-                      get_field<int64_t>(p, "offset", where)};
+    CheckpointParam q;
+    q.name = get_field<std::string>(p, "name", where);
+    q.shape = get_field<std::vector<int64_t>>(p, "shape", where);
+    q.offset = get_field<int64_t>(p, "offset", where);
     if (p.is_object() && p.contains("split")) {
       const nlohmann::json& sp = p["split"];
       q.split_dim = get_field<int>(sp, "dim", where);

@@ -324,6 +324,19 @@ DeepSpeedConfig parse_config(const std::string& json_text, const JobShape& job, 
                                                                                         Keys::lenient),
                                         c.tensor_parallel);
   c.tensor_parallel_size = static_cast<int>(std::max<int64_t>(1, c.tensor_parallel.autotp_size));
+  config::detail::parse_pipeline(BlockReader(&root, "", ctx, Keys::lenient).child("pipeline", Keys::lenient),
+                                 c.pipeline);
+  DS_CHECK_AS(ConfigError, c.pipeline.stages.value_or(1) <= 4096, "[config] 'pipeline.stages' in {} is {}; at most "
+              "4096 stages", source_name, c.pipeline.stages.value_or(1));
+  c.pipeline_parallel_size = static_cast<int>(c.pipeline.stages.value_or(1));
+  if (job.pipeline_parallel) {
+    DS_CHECK_AS(ConfigError, !c.pipeline.stages || *job.pipeline_parallel == c.pipeline_parallel_size,
+                "[config] --pipe-parallel-size {} disagrees with 'pipeline.stages' = {} in {}; give the number of "
+                "stages in one place", *job.pipeline_parallel, c.pipeline_parallel_size, source_name);
+    DS_CHECK_AS(ConfigError, *job.pipeline_parallel >= 1, "[config] --pipe-parallel-size must be at least 1; found "
+                "{}", *job.pipeline_parallel);
+    c.pipeline_parallel_size = *job.pipeline_parallel;
+  }
   if (job.tensor_parallel) {
     DS_CHECK_AS(ConfigError, c.tensor_parallel.autotp_size <= 1 || *job.tensor_parallel == c.tensor_parallel_size,
                 "[config] --tensor-parallel-size {} disagrees with 'tensor_parallel.autotp_size' = {} in {}; give the "
@@ -391,7 +404,7 @@ DeepSpeedConfig parse_config(const std::string& json_text, const JobShape& job, 
   config::detail::parse_aio(top.child("aio", Keys::lenient), c.aio);
   config::detail::parse_activation_checkpointing(top.child("activation_checkpointing", Keys::lenient),
                                                  c.activation_checkpointing);
-  config::detail::parse_pipeline(top.child("pipeline", Keys::lenient), c.pipeline);
+  top.raw("pipeline");         // read above
   top.raw("tensor_parallel");  // read above
   config::detail::parse_checkpoint(top.child("checkpoint", Keys::lenient), c.checkpoint);
   config::detail::parse_flops_profiler(top.child("flops_profiler", Keys::lenient), c.flops_profiler);

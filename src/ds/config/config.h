@@ -199,8 +199,9 @@ struct ActivationCheckpointingConfig {
 };
 
 struct PipelineConfig {
-  std::optional<int64_t> stages;  // nullopt = "auto"
-  std::string partition = "best";
+  std::optional<int64_t> stages;  // nullopt = "auto" (one stage unless --pipe-parallel-size says otherwise)
+  std::string partition = "best";  // PipelineModule's partition_method: "parameters" ("best"), "uniform", "type:RE"
+  std::string schedule = "1f1b";   // ours: "1f1b" (DeepSpeed's TrainSchedule) or "zb-h1" (zero bubble)
   bool seed_layers = false;
   int64_t activation_checkpoint_interval = 0;
   bool pipe_partitioned = true;
@@ -282,7 +283,8 @@ struct TensorParallelConfig {
 // with the config's where both do).
 struct JobShape {
   int world = 1;
-  std::optional<int> tensor_parallel;  // --tensor-parallel-size
+  std::optional<int> tensor_parallel;    // --tensor-parallel-size
+  std::optional<int> pipeline_parallel;  // --pipe-parallel-size
 };
 
 // ---- the whole config -------------------------------------------------------------------------------------------
@@ -292,7 +294,7 @@ struct DeepSpeedConfig {
   int world_size = 1;     // ranks of the job: dp_world_size x tensor_parallel_size x pipeline_parallel_size
   int dp_world_size = 1;  // data-parallel world size the batch triple was resolved for
   int tensor_parallel_size = 1;    // tensor_parallel.autotp_size or --tensor-parallel-size
-  int pipeline_parallel_size = 1;
+  int pipeline_parallel_size = 1;  // pipeline.stages or --pipe-parallel-size
 
   // Batch triple, always filled and consistent: train = micro * gas * dp_world_size.
   int64_t train_batch_size = 0;
@@ -351,12 +353,12 @@ DeepSpeedConfig load_config_file(const std::string& path, const JobShape& job, c
 DeepSpeedConfig parse_config(const std::string& json_text, const JobShape& job,
                              const std::string& source_name = "ds_config.json", const AutoValues* autos = nullptr);
 inline DeepSpeedConfig load_config_file(const std::string& path, int world, const AutoValues* autos = nullptr) {
-  return load_config_file(path, JobShape{world, std::nullopt}, autos);
+  return load_config_file(path, JobShape{world, std::nullopt, std::nullopt}, autos);
 }
 inline DeepSpeedConfig parse_config(const std::string& json_text, int world,
                                     const std::string& source_name = "ds_config.json",
                                     const AutoValues* autos = nullptr) {
-  return parse_config(json_text, JobShape{world, std::nullopt}, source_name, autos);
+  return parse_config(json_text, JobShape{world, std::nullopt, std::nullopt}, source_name, autos);
 }
 
 std::string_view scheduler_type_name(SchedulerType t);

@@ -365,12 +365,25 @@ void parse_activation_checkpointing(BlockReader r, ActivationCheckpointingConfig
   // when it is used: Engine::configure_checkpointing checks them then.
 }
 
+// DeepSpeed's engine reads only pipe_partitioned, grad_partitioned, activation_checkpoint_interval and
+// use_reentrant from this block, taking the stages and the partition method from PipelineModule's arguments;
+// here the block carries them too (brief §1.7), and "schedule" picks ours.
 void parse_pipeline(BlockReader r, PipelineConfig& out) {
   if (!r.present()) return;
-  r.read("stages", out.stages, Support::not_yet, 1);  // "auto" is the default
-  r.read("partition", out.partition, Support::not_yet);
+  r.read("stages", out.stages, Support::implemented, 1);  // "auto" is the default
+  if (r.read("partition", out.partition)) {
+    const std::string& m = out.partition;
+    DS_CHECK_AS(ConfigError, m == "best" || m == "parameters" || m == "uniform" || m.rfind("type:", 0) == 0,
+                "[config] 'pipeline.partition' in {} is '{}'; choose 'parameters' (or 'best'), 'uniform' or "
+                "'type:REGEX' (e.g. 'type:transformer'){}", r.ctx().source, m,
+                m == "profile" ? " ('profile' is not implemented in DeepSpeed either)" : "");
+  }
+  if (r.read("schedule", out.schedule))
+    DS_CHECK_AS(ConfigError, out.schedule == "1f1b" || out.schedule == "zb-h1", "[config] 'pipeline.schedule' in {} "
+                "is '{}'; choose '1f1b' (DeepSpeed's TrainSchedule) or 'zb-h1' (zero bubble)", r.ctx().source,
+                out.schedule);
   r.read("seed_layers", out.seed_layers, Support::not_yet);
-  r.read("activation_checkpoint_interval", out.activation_checkpoint_interval, Support::not_yet, 0);
+  r.read("activation_checkpoint_interval", out.activation_checkpoint_interval, Support::implemented, 0);
   r.read("pipe_partitioned", out.pipe_partitioned, Support::not_yet);
   r.read("grad_partitioned", out.grad_partitioned, Support::not_yet);
   r.read("use_reentrant", out.use_reentrant, Support::not_yet);

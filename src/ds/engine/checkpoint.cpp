@@ -117,7 +117,10 @@ ckpt::CheckpointLayout layout_of(const nn::ParameterStore& store, const comm::Co
   l.pp_stage = at.pipe;
   for (const nn::ParamUnit& u : store.units()) l.units.push_back({u.name, u.offset, u.numel, u.padded_numel});
   for (const nn::Parameter& p : store.all()) {
-    ckpt::CheckpointParam q{p.name, std::vector<int64_t>(p.shape.begin(), p.shape.end()), p.offset};
+    ckpt::CheckpointParam q;
+    q.name = p.name;
+    q.shape.assign(p.shape.begin(), p.shape.end());
+    q.offset = p.offset;
     q.full_shape.assign(p.full_shape().begin(), p.full_shape().end());
     if (p.tp.split()) q.split_dim = p.tp.dim, q.split_blocks = p.tp.blocks;
     l.params.push_back(std::move(q));

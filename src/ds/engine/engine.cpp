@@ -12,6 +12,7 @@
 #include "ds/core/log.h"
 #include "ds/optim/adamw.h"
 #include "ds/engine/checkpoint.h"
+#include "ds/pipe/partition.h"
 
 namespace ds::engine {
 
@@ -49,8 +50,12 @@ Engine::Engine(const nn::Gpt2Config& model_config, const config::DeepSpeedConfig
               "[engine] the config was read for {} rank(s) ({} data-parallel) but the job has {}; load the config with "
               "the job's world size",
               config.world_size, config.dp_world_size, comm_->size());
-  DS_CHECK_AS(ConfigError, config.pipeline_parallel_size == 1, "[engine] pipeline parallelism ({} stages) is not "
-              "available yet; use tensor and data parallelism", config.pipeline_parallel_size);
+  const int pp = config.pipeline_parallel_size;
+  // DeepSpeed's PipelineEngine asserts it: ZeRO-2 and -3 partition gradients during backward, which a pipeline's
+  // interleaved micro-batches do not allow.
+  DS_CHECK_AS(ConfigError, pp == 1 || config.zero.stage < 2, "[engine] ZeRO-2 and ZeRO-3 are incompatible with "
+              "pipeline parallelism (as in DeepSpeed); {} asks for stage {} with {} pipeline stages: use ZeRO stage 0 "
+              "or 1, or no pipeline", config.source, config.zero.stage, pp);
   topology_ = std::make_unique<comm::Topology>(
       *comm_, comm::TopologyShape{config.pipeline_parallel_size, config.dp_world_size, config.tensor_parallel_size});
   comm::Communicator& dp = topology_->data();
@@ -66,10 +71,22 @@ Engine::Engine(const nn::Gpt2Config& model_config, const config::DeepSpeedConfig
   DS_CHECK_AS(ConfigError, stage >= 0 && stage <= 3, "[engine] zero_optimization.stage must be 0-3, found {}",
               stage);
   const zero::ZeroPrecision precision = precision_for(config);
+  // This rank's pipeline stage holds a contiguous range of the model's layers (pipe/partition.h).
+  nn::LayerRange range;
+  if (pp > 1) {
+    std::vector<pipe::Layer> layers;
+    for (const nn::Gpt2Config::Layer& l : model_config.layers()) layers.push_back({l.type, l.params});
+    const std::vector<int> bounds = pipe::partition_layers(layers, config.pipeline.partition, pp);
+    range = {bounds[static_cast<size_t>(topology_->coords().pipe)],
+             bounds[static_cast<size_t>(topology_->coords().pipe) + 1]};
+  }
   model_ = std::make_unique<nn::Gpt2>(model_config, zero::ZeroOptimizer::alignment(dp.size()),
                                       zero::ZeroOptimizer::keeps_full_gradients(stage),
                                       zero::ZeroOptimizer::keeps_full_parameters(stage), precision.params,
-                                      precision.grads, tp_group_.get());
+                                      precision.grads, tp_group_.get(), range);
+  // A pipeline reduces the gradients once the schedule has drained (DeepSpeed's ReduceGrads), not during backward.
+  config::ZeroConfig zero_config = config.zero;
+  if (pp > 1) zero_config.overlap_comm = false;
   cpu::AdamParams hyper;
   hyper.lr = static_cast<float>(config.optimizer.lr);
   hyper.beta1 = static_cast<float>(config.optimizer.beta1);
@@ -78,16 +95,30 @@ Engine::Engine(const nn::Gpt2Config& model_config, const config::DeepSpeedConfig
   hyper.weight_decay = static_cast<float>(config.optimizer.weight_decay);
   hyper.adam_w_mode = config.optimizer.adam_w_mode;
   hyper.bias_correction = config.optimizer.bias_correction;
-  optimizer_ = std::make_unique<zero::ZeroOptimizer>(model_->params(), dp, config.zero, hyper, precision,
+  optimizer_ = std::make_unique<zero::ZeroOptimizer>(model_->params(), dp, zero_config, hyper, precision,
                                                     zero::state_store_factory(config.zero, config.aio, comm_->rank()),
                                                     zero::param_swap_options(config.zero, config.aio, comm_->rank()));
-  if (tp_group_) {
-    // The replicated parameters' gradients are the same on every rank of the model group: rank 0 counts them.
+  if (tp_group_ || pp > 1) {
+    // The norm sums over the ranks of one replica, each parameter once: the replicated parameters' gradients are
+    // the same on every rank of the model group, so its rank 0 counts them; wte's, summed over the first and the
+    // last stage, is counted by the first.
     std::vector<std::pair<int64_t, int64_t>> skip;
-    if (topology_->coords().model != 0)
-      for (const nn::Parameter& p : model_->params().all())
-        if (!p.tp.split()) skip.emplace_back(p.offset, p.offset + p.numel());
-    optimizer_->set_norm_group(&topology_->model(), std::move(skip));
+    for (const nn::Parameter& p : model_->params().all()) {
+      const bool replicated_copy = topology_->coords().model != 0 && !p.tp.split();
+      const bool tied_copy = pp > 1 && !model_->has_embedding() && p.name == "transformer.wte.weight";
+      if (replicated_copy || tied_copy) skip.emplace_back(p.offset, p.offset + p.numel());
+    }
+    optimizer_->set_norm_group(&topology_->model_parallel(), std::move(skip));
+  }
+  if (pp > 1) {
+    // wte's tied group: the first and the last stage of each (data, model) coordinate; a collective on the world.
+    const comm::Coords at = topology_->coords();
+    const bool holds = at.pipe == 0 || at.pipe == pp - 1;
+    tied_ = comm_->split(holds ? at.data * config.tensor_parallel_size + at.model : -1, at.pipe);
+    pipeline_ = std::make_unique<PipelineExecutor>(*model_, *optimizer_, topology_->pipe(),
+                                                   pipe::schedule_from_name(config.pipeline.schedule),
+                                                   static_cast<int>(config.gradient_accumulation_steps), micro_,
+                                                   seq_len_);
   }
   if (config.optimizer.type == "lamb") {
     cpu::LambParams lamb;
@@ -143,6 +174,12 @@ Engine::Engine(const nn::Gpt2Config& model_config, const config::DeepSpeedConfig
 
 void Engine::configure_checkpointing() {
   const config::ActivationCheckpointingConfig& a = config_.activation_checkpointing;
+  // PipelineModule's activation_checkpoint_interval checkpoints the transformer blocks too; here each block is its
+  // own checkpoint whatever the interval (the same gradients; memory of one block's activations at a time).
+  if (!a.enabled && config_.pipeline.activation_checkpoint_interval > 0) {
+    model_->runner().set_checkpointing(true);
+    return;
+  }
   if (!a.enabled) {
     if (a.present && comm_->rank() == 0)
       log_warning("[engine] the 'activation_checkpointing' block in {} configures checkpointing but does not switch "
@@ -174,6 +211,15 @@ Engine::~Engine() {
 }
 
 double Engine::current_lr() const { return schedule_.lr(global_steps_ - skipped_steps_); }
+
+double Engine::from_last_stage(double value) {
+  comm::Communicator& stages = topology_->pipe();
+  if (stages.size() == 1) return value;
+  double v = value;  // its 8 bytes as two 32-bit words: the value travels unchanged
+  static_assert(sizeof(double) == 2 * sizeof(int32_t));
+  stages.broadcast(&v, 2, DType::i32, stages.size() - 1);
+  return v;
+}
 
 double Engine::average_over_ranks(double value) {  // the model group's ranks hold the same loss
   comm::Communicator& dp = topology_->data();
@@ -209,13 +255,21 @@ StepResult Engine::train_batch(const BatchFn& next_micro_batch) {
   r.loss_scale = scale;
   optimizer_->begin_batch();
   double loss_sum = 0;
-  for (int64_t m = 0; m < gas; ++m) {
-    next_micro_batch(inputs_.data(), targets_.data());
-    ctx_.reset();
-    optimizer_->begin_micro_batch(m + 1 == gas);
-    loss_sum += model_->forward_backward(ctx_, inputs_.data(), targets_.data(), micro_, seq_len_,
-                                         static_cast<float>(scale / static_cast<double>(gas)));
-    optimizer_->end_micro_batch(m + 1 == gas);
+  if (pipeline_) {
+    loss_sum = pipeline_->train(next_micro_batch, static_cast<float>(scale / static_cast<double>(gas)));
+    optimizer_->begin_micro_batch(true);  // the boundary: the gradients of every micro-batch are in
+    optimizer_->end_micro_batch(true);
+    if (tied_) optimizer_->sum_tied_gradient(model_->params().get("transformer.wte.weight"), *tied_);
+    loss_sum = from_last_stage(loss_sum);  // the last stage computed it
+  } else {
+    for (int64_t m = 0; m < gas; ++m) {
+      next_micro_batch(inputs_.data(), targets_.data());
+      ctx_.reset();
+      optimizer_->begin_micro_batch(m + 1 == gas);
+      loss_sum += model_->forward_backward(ctx_, inputs_.data(), targets_.data(), micro_, seq_len_,
+                                           static_cast<float>(scale / static_cast<double>(gas)));
+      optimizer_->end_micro_batch(m + 1 == gas);
+    }
   }
   r.loss = average_over_ranks(loss_sum / static_cast<double>(gas));
   r.recompute_seconds = model_->runner().take_recompute_seconds();
@@ -249,9 +303,14 @@ double Engine::eval_loss(const BatchFn& next, int64_t num_batches, int batch_siz
   double sum = 0;
   for (int64_t i = 0; i < num_batches; ++i) {
     next(in.data(), tg.data());
+    if (pipeline_) {
+      sum += pipeline_->evaluate(in.data(), tg.data(), batch_size);
+      continue;
+    }
     eval_ctx_.reset();
     sum += model_->forward_loss(eval_ctx_, in.data(), tg.data(), batch_size, seq_len_);
   }
+  if (pipeline_) sum = from_last_stage(sum);
   return average_over_ranks(sum / static_cast<double>(num_batches));
 }
 
@@ -312,24 +371,32 @@ void Engine::load_weights(const std::string& path) {
 
 std::vector<float> Engine::full_parameters() {
   std::vector<float> local = optimizer_->full_parameters();  // this rank's shapes, in declaration order
-  if (!tp_group_) return local;
-  // Each rank writes its share into the whole layout (replicated parameters on model rank 0 only) and the model
-  // group sums: every element comes from exactly one rank.
+  if (topology_->model_parallel().size() == 1) return local;
+  // Each rank writes its share into the whole model's layout and the ranks of one replica sum: every element
+  // comes from exactly one rank (a replicated parameter from model rank 0, the tied wte from the first stage).
+  std::vector<int64_t> at_whole;
   int64_t whole_numel = 0;
-  for (const nn::Parameter& p : model_->params().all()) whole_numel += p.full_shape().numel();
+  const std::vector<nn::Gpt2Weight> spec = model_->config().weight_spec();
+  for (const nn::Gpt2Weight& w : spec) {
+    at_whole.push_back(whole_numel);
+    whole_numel += w.numel();
+  }
   std::vector<float> whole(static_cast<size_t>(whole_numel), 0.0f);
-  const bool lead = topology_->coords().model == 0;
-  int64_t at_local = 0, at_whole = 0;
+  const bool model_lead = topology_->coords().model == 0;
+  int64_t at_local = 0;
   for (const nn::Parameter& p : model_->params().all()) {
-    if (p.tp.split()) {
-      p.tp.unshard(local.data() + at_local, whole.data() + at_whole);
-    } else if (lead) {
-      std::copy_n(local.data() + at_local, p.numel(), whole.data() + at_whole);
+    const auto k = static_cast<size_t>(
+        std::find_if(spec.begin(), spec.end(), [&](const nn::Gpt2Weight& w) { return w.name == p.name; }) -
+        spec.begin());
+    const bool tied_copy = !model_->has_embedding() && p.name == "transformer.wte.weight";
+    if (!tied_copy && p.tp.split()) {
+      p.tp.unshard(local.data() + at_local, whole.data() + at_whole[k]);
+    } else if (!tied_copy && model_lead) {
+      std::copy_n(local.data() + at_local, p.numel(), whole.data() + at_whole[k]);
     }
     at_local += p.numel();
-    at_whole += p.full_shape().numel();
   }
-  tp_group_->all_reduce_sum(whole.data(), whole_numel);
+  topology_->model_parallel().all_reduce(whole.data(), whole.size(), DType::f32);
   return whole;
 }
 

@@ -13,6 +13,7 @@
 
 #include "ds/comm/communicator.h"
 #include "ds/comm/topology.h"
+#include "ds/engine/pipeline_executor.h"
 #include "ds/nn/models/gpt2.h"
 #include "ds/nn/tensor_parallel.h"
 #include "ds/optim/loss_scaler.h"
@@ -78,6 +79,8 @@ class Engine {
 
  private:
   double average_over_ranks(double value);
+  // The last pipeline stage's value (the loss, which it computes), on every stage.
+  double from_last_stage(double value);
   // Switches the runner's activation checkpointing on as config_.activation_checkpointing asks.
   void configure_checkpointing();
 
@@ -86,10 +89,12 @@ class Engine {
   comm::Communicator* comm_;
   std::unique_ptr<comm::Topology> topology_;
   std::unique_ptr<nn::TensorParallelGroup> tp_group_;  // null without tensor parallelism
+  std::unique_ptr<comm::Communicator> tied_;           // wte's first and last stage (null: not one of them)
   int micro_;
   int seq_len_;
   std::unique_ptr<nn::Gpt2> model_;
   std::unique_ptr<zero::ZeroOptimizer> optimizer_;
+  std::unique_ptr<PipelineExecutor> pipeline_;  // with pipeline parallelism
   optim::LrSchedule schedule_;
   uint64_t seed_;
   nn::Ctx ctx_;

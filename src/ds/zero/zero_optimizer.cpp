@@ -181,4 +181,14 @@ void ZeroOptimizer::use_lamb(const cpu::LambParams& hyper) {
   step_.use_lamb(hyper, std::move(spans));
 }
 
+void ZeroOptimizer::sum_tied_gradient(const nn::Parameter& p, comm::Communicator& group) {
+  if (group.size() == 1) return;
+  reducer_->drain();
+  for (size_t i = 0; i < layout_.size(); ++i) {
+    if (layout_[i].unit->sliced != &p) continue;
+    const Tensor chunk = reducer_->owned_chunk(i);
+    group.all_reduce(chunk.raw(), static_cast<size_t>(chunk.numel()), chunk.dtype());
+  }
+}
+
 }  // namespace ds::zero

@@ -89,6 +89,10 @@ class ZeroOptimizer : public nn::ModuleHooks {
   void end_micro_batch(bool last) { reducer_->end_micro_batch(last); }
   // Global L2 norm of the averaged gradient (valid after the boundary); inf or NaN when a gradient overflowed.
   double grad_norm() { return reducer_->grad_norm(); }
+  // Sums the reduced gradient of the row-sliced parameter `p` over `group`: the ranks of the pipeline stages that
+  // hold it too (DeepSpeed's tied layers: the embedding and the head), each with the same units and partition.
+  // After the boundary, before the norm.
+  void sum_tied_gradient(const nn::Parameter& p, comm::Communicator& group);
   // The norm sums over the model-parallel group too (GradientReducer::set_norm_group).
   void set_norm_group(comm::Communicator* group, std::vector<std::pair<int64_t, int64_t>> skip) {
     reducer_->set_norm_group(group, std::move(skip));

@@ -123,6 +123,15 @@ int64_t Gpt2Config::num_params() const {
   return n;
 }
 
+std::vector<Gpt2Config::Layer> Gpt2Config::layers() const {
+  const int64_t C = n_embd, wte = int64_t(vocab_size) * C;
+  std::vector<Layer> out{{"Gpt2Embedding", wte + int64_t(block_size) * C}};
+  for (int i = 0; i < n_layer; ++i) out.push_back({"TransformerBlock", 12 * C * C + 13 * C});
+  out.push_back({"Gpt2FinalNorm", 2 * C});
+  out.push_back({"Gpt2Head", wte});
+  return out;
+}
+
 std::string Gpt2Config::str() const {
   return fmt::format("{} (n_layer {}, n_head {}, n_embd {}, vocab {}, block {}; {:.2f}M parameters)", name, n_layer,
                      n_head, n_embd, vocab_size, block_size, num_params() / 1e6);
@@ -364,53 +373,70 @@ double Gpt2Head::classifier_parallel(Ctx& ctx, const Tensor& h, Pass& pass, Tens
 // owners), the position embedding (owned by the embedding block), each transformer block, and ln_f. The head has
 // no unit of its own: it uses wte, tied to the embedding (Note [Tied parameters] in module_runner.cpp).
 Gpt2::Gpt2(const Gpt2Config& config, int64_t unit_alignment, bool with_grads, bool with_params, DType param_dtype,
-           DType grad_dtype, TensorParallelGroup* tp)
-    : Module("transformer"), config_(config), tp_(tp && tp->size() > 1 ? tp : nullptr) {
+           DType grad_dtype, TensorParallelGroup* tp, LayerRange range)
+    : Module("transformer"), config_(config), tp_(tp && tp->size() > 1 ? tp : nullptr), range_(range) {
   config_.validate();
-  const int C = config_.n_embd;
+  const int C = config_.n_embd, L = config_.n_layer;
+  if (range_.last < 0) range_.last = L + 3;
+  DS_ASSERT(range_.first >= 0 && range_.first < range_.last && range_.last <= L + 3, "layers [{}, {}) of {}",
+            range_.first, range_.last, L + 3);
+  auto holds = [&](int layer) { return layer >= range_.first && layer < range_.last; };
   if (tp_)
     DS_CHECK_AS(ConfigError, config_.n_head % tp_->size() == 0, "[model] tensor-parallel size {} does not divide "
                 "n_head {}: each rank must hold whole attention heads; choose a size that divides {}", tp_->size(),
                 config_.n_head, config_.n_head);
-  // wte is gathered by the head a slice at a time: slices of about a transformer block's size (12 C^2). Under
-  // tensor parallelism this rank holds a piece of the vocabulary's rows.
-  TpSplit vocab;
-  if (tp_) vocab = TpSplit{0, 1, tp_->rank(), tp_->size(), Shape{config_.vocab_size, C}};
-  const Shape wte_shape = vocab.local_shape(Shape{config_.vocab_size, C});
-  const int64_t rows = ParameterStore::slice_rows(wte_shape[0], C, int64_t(12) * C * C, unit_alignment);
-  wte_ = store_.add_sliced("transformer.wte.weight", wte_shape, rows);
-  wte_->tp = vocab;
-  for (size_t u = 0; u < store_.units().size(); ++u) {
-    wte_slices_.push_back(std::make_unique<RowSlice>(store_.units()[u].name));
-    store_.set_unit_owner(u, wte_slices_.back().get());
+  if (holds(0) || holds(L + 2)) {
+    // wte is gathered by the head a slice at a time: slices of about a transformer block's size (12 C^2). Under
+    // tensor parallelism this rank holds a piece of the vocabulary's rows.
+    TpSplit vocab;
+    if (tp_) vocab = TpSplit{0, 1, tp_->rank(), tp_->size(), Shape{config_.vocab_size, C}};
+    const Shape wte_shape = vocab.local_shape(Shape{config_.vocab_size, C});
+    const int64_t rows = ParameterStore::slice_rows(wte_shape[0], C, int64_t(12) * C * C, unit_alignment);
+    wte_ = store_.add_sliced("transformer.wte.weight", wte_shape, rows);
+    wte_->tp = vocab;
+    for (size_t u = 0; u < store_.units().size(); ++u) {
+      wte_slices_.push_back(std::make_unique<RowSlice>(store_.units()[u].name));
+      store_.set_unit_owner(u, wte_slices_.back().get());
+    }
   }
-  embedding_ = std::make_unique<Gpt2Embedding>(store_, config_, wte_, tp_);
+  std::vector<Block*> chain;
+  if (holds(0)) {
+    embedding_ = std::make_unique<Gpt2Embedding>(store_, config_, wte_, tp_);
+    chain.push_back(embedding_.get());
+  }
   const LinearFactory linear = tp_ ? tensor_parallel_linear(*tp_) : dense_linear();
-  for (int i = 0; i < config_.n_layer; ++i) {
+  for (int i = 0; i < L; ++i) {
+    if (!holds(i + 1)) continue;
     const std::string name = fmt::format("transformer.h.{}", i);
     const size_t unit = store_.begin_unit(name);
     blocks_.push_back(std::make_unique<TransformerBlock>(store_, name, C, config_.n_head, linear));
     store_.set_unit_owner(unit, blocks_.back().get());
+    chain.push_back(blocks_.back().get());
   }
-  const size_t unit = store_.begin_unit("transformer.ln_f");
-  ln_f_ = std::make_unique<Gpt2FinalNorm>(store_, "transformer.ln_f", C);
-  store_.set_unit_owner(unit, ln_f_.get());
-  head_ = std::make_unique<Gpt2Head>(config_, wte_, tp_);
+  if (holds(L + 1)) {
+    const size_t unit = store_.begin_unit("transformer.ln_f");
+    ln_f_ = std::make_unique<Gpt2FinalNorm>(store_, "transformer.ln_f", C);
+    store_.set_unit_owner(unit, ln_f_.get());
+    chain.push_back(ln_f_.get());
+  }
+  if (holds(L + 2)) {
+    head_ = std::make_unique<Gpt2Head>(config_, wte_, tp_);
+    chain.push_back(head_.get());
+  }
   store_.materialize(unit_alignment, with_grads, with_params, param_dtype, grad_dtype);
   check_against_spec();
-
-  std::vector<Block*> chain{embedding_.get()};
-  for (auto& b : blocks_) chain.push_back(b.get());
-  chain.push_back(ln_f_.get());
-  chain.push_back(head_.get());
   runner_ = std::make_unique<ModuleRunner>(store_, chain);
-  runner_->tie(*wte_, {0, chain.size() - 1});
+  if (embedding_ && head_) runner_->tie(*wte_, {0, chain.size() - 1});
 }
 
 void Gpt2::collect_parameters(std::vector<Parameter*>& out) const {
-  embedding_->collect_parameters(out);
+  if (embedding_) {
+    embedding_->collect_parameters(out);
+  } else if (wte_) {
+    out.push_back(wte_);
+  }
   for (const auto& b : blocks_) b->collect_parameters(out);
-  ln_f_->collect_parameters(out);
+  if (ln_f_) ln_f_->collect_parameters(out);
 }
 
 void Gpt2::init_weights(uint64_t seed) {
@@ -422,7 +448,10 @@ void Gpt2::init_weights(uint64_t seed) {
 }
 
 void Gpt2::check_against_spec() const {
-  const std::vector<Gpt2Weight> spec = config_.weight_spec();
+  std::vector<Gpt2Weight> spec;  // the weights this model's layers use, in the spec's order
+  for (const Gpt2Weight& w : config_.weight_spec())
+    if (std::any_of(store_.all().begin(), store_.all().end(), [&](const Parameter& p) { return p.name == w.name; }))
+      spec.push_back(w);
   const auto& params = store_.all();
   DS_ASSERT(params.size() == spec.size(), "GPT-2 declares {} parameters, its weight spec {}", params.size(),
             spec.size());
@@ -437,10 +466,12 @@ void Gpt2::check_against_spec() const {
 void Gpt2::init_weights(uint64_t seed, const ParamSink& sink) {
   Rng rng(seed);
   const float proj_std = 0.02f / std::sqrt(2.0f * config_.n_layer);
-  const std::vector<Gpt2Weight> spec = config_.weight_spec();  // the parameters' roles, in store order
+  // Values are drawn for every weight of the spec in its order, so each stage and tensor-parallel rank keeps the
+  // values the whole model would have.
+  const std::vector<Gpt2Weight> spec = config_.weight_spec();
   std::vector<float> piece(size_t{1} << 16);
   for (size_t k = 0; k < spec.size(); ++k) {
-    const Parameter& p = store_.all()[k];
+    const Parameter* held = store_.find(spec[k].name);
     float fill = 0.0f, stdv = 0.0f;  // a constant, or N(0, stdv) when stdv > 0
     switch (spec[k].role) {
       case Gpt2Role::lnf_w: case Gpt2Role::ln1_w: case Gpt2Role::ln2_w: fill = 1.0f; break;
@@ -452,17 +483,19 @@ void Gpt2::init_weights(uint64_t seed, const ParamSink& sink) {
     auto draw = [&](float* out, int64_t n) {
       for (int64_t i = 0; i < n; ++i) out[i] = stdv > 0.0f ? stdv * rng.normal() : fill;
     };
-    if (p.tp.split()) {  // draw the whole parameter, as the unsplit model does, and keep this rank's share
+    if (held && held->tp.split()) {  // draw the whole parameter and keep this rank's share
+      const Parameter& p = *held;
       std::vector<float> whole(static_cast<size_t>(p.full_shape().numel())), mine(static_cast<size_t>(p.numel()));
       draw(whole.data(), static_cast<int64_t>(whole.size()));
       p.tp.shard(whole.data(), mine.data());
       sink(p.offset, mine.data(), p.numel());
       continue;
     }
-    for (int64_t first = 0; first < p.numel();) {
-      const int64_t n = std::min<int64_t>(static_cast<int64_t>(piece.size()), p.numel() - first);
+    const int64_t numel = spec[k].numel();
+    for (int64_t first = 0; first < numel;) {
+      const int64_t n = std::min<int64_t>(static_cast<int64_t>(piece.size()), numel - first);
       draw(piece.data(), n);
-      sink(p.offset + first, piece.data(), n);
+      if (held) sink(held->offset + first, piece.data(), n);
       first += n;
     }
   }

@@ -40,6 +40,13 @@ struct Gpt2Config {
   // The model's weights (gpt2_spec.h), and how many values they hold.
   std::vector<Gpt2Weight> weight_spec() const;
   int64_t num_params() const;
+  // The chain of layers a pipeline splits: embedding, n_layer transformer blocks, ln_f, head; each with its class
+  // name and the parameters it uses (the tied wte counted in the embedding and the head).
+  struct Layer {
+    const char* type;
+    int64_t params;
+  };
+  std::vector<Layer> layers() const;
   std::string str() const;
 };
 
@@ -106,11 +113,19 @@ class Gpt2Head final : public Block {
   TensorParallelGroup* tp_;
 };
 
+// The layers of the chain (Gpt2Config::layers) this model holds: [first, last); a pipeline stage holds a range,
+// a whole model all of them.
+struct LayerRange {
+  int first = 0, last = -1;  // last -1: to the end
+};
+
 // Receives initial values for elements [flat_offset, flat_offset + n) of the flat parameter buffer.
 using ParamSink = std::function<void(int64_t flat_offset, const float* values, int64_t n)>;
 
 // GPT-2 as a chain of blocks run by a ModuleRunner: embedding, n_layer transformer blocks, ln_f, head; wte is
 // tied between the embedding and the head. Its parameters are the weight spec's, in its order (checked when built).
+// A pipeline stage builds the layers of its range only, with the parameters they use: the first and the last
+// stage both hold wte (the engine sums its gradient over them, as DeepSpeed's tied layers do).
 class Gpt2 : public Module {
  public:
   // unit_alignment, with_grads, with_params and the dtypes are passed to ParameterStore::materialize (ZeRO sets
@@ -118,7 +133,10 @@ class Gpt2 : public Module {
   // FC column-parallel, the output projections row-parallel, wte split by vocabulary rows (tensor_parallel.h).
   explicit Gpt2(const Gpt2Config& config, int64_t unit_alignment = 1, bool with_grads = true,
                 bool with_params = true, DType param_dtype = DType::f32, DType grad_dtype = DType::f32,
-                TensorParallelGroup* tp = nullptr);
+                TensorParallelGroup* tp = nullptr, LayerRange range = {});
+  const LayerRange& range() const { return range_; }
+  bool has_embedding() const { return range_.first == 0; }
+  bool has_head() const { return range_.last == config_.n_layer + 3; }
   const Gpt2Config& config() const { return config_; }
   ParameterStore& params() { return store_; }
   void collect_parameters(std::vector<Parameter*>& out) const override;
@@ -150,8 +168,9 @@ class Gpt2 : public Module {
 
   Gpt2Config config_;
   TensorParallelGroup* tp_;
+  LayerRange range_;
   ParameterStore store_;
-  Parameter* wte_;
+  Parameter* wte_ = nullptr;  // held by the stages with the embedding or the head
   std::vector<std::unique_ptr<RowSlice>> wte_slices_;
   std::unique_ptr<Gpt2Embedding> embedding_;
   std::vector<std::unique_ptr<TransformerBlock>> blocks_;
