@@ -115,3 +115,37 @@ TEST_P(ZeroMpi, TensorParallelOverTwoRanksFollowsTheSingleProcessRun) {
 }
 
 }  // namespace ds
+
+namespace ds {
+namespace {
+class PipelineMpi : public ::testing::TestWithParam<std::string> {};
+}  // namespace
+
+// Pipeline parallelism over processes: (pp, tp, dp) = (2, 1, 1) under -np 2 and (2, 2, 1) under -np 4, each
+// schedule, against the same single-process run; stages exchange activations and gradients by MPI send/recv.
+TEST_P(PipelineMpi, TwoStagesFollowTheSingleProcessRun) {
+#ifndef DS_WITH_MPI
+  GTEST_SKIP() << "built without MPI";
+#else
+  comm::Communicator& comm = zero_world();
+  const int world = comm.size();
+  if (world != 2 && world != 4) GTEST_SKIP() << "runs at 2 or 4 ranks";
+  const std::string schedule = GetParam();
+  const std::string what = fmt::format("pp 2 tp {} {} on rank {}/{}", world / 2, schedule, comm.rank(), world);
+  omp_set_num_threads(std::max(1, omp_get_num_procs() / world));
+  reference();
+  MemoryTracker& tracker = process_tracker();
+  TrackerScope scope(tracker);
+  const RunResult got = run_case(
+      comm, 0, 1, zero_case::kGlobalRows, false, "",
+      fmt::format(R"(, "pipeline": {{"stages": 2, "schedule": "{}"}}, "tensor_parallel": {{"autotp_size": {}}})",
+                  schedule, world / 2));
+  expect_same_trajectory(got, what);
+  expect_same_on_every_rank(comm, got.params, what);
+#endif
+}
+
+INSTANTIATE_TEST_SUITE_P(Schedules, PipelineMpi, ::testing::Values("1f1b", "zb-h1"),
+                         [](const auto& info) { return info.param == "1f1b" ? "one_f_one_b" : "zb_h1"; });
+
+}  // namespace ds

@@ -48,6 +48,8 @@ struct RunResult {
   int64_t bytes_per_step = 0;        // over the world and every group
   int64_t model_bytes_per_step = 0;  // over the tensor-parallel (model) group alone
   int64_t psi_local = 0;             // parameters this rank's model share holds
+  int64_t send_bytes_per_step = 0;   // point-to-point (pipeline stages)
+  int layer_first = 0, layer_last = 0, blocks_local = 0;  // the stage's layers and its transformer blocks
   int64_t prefetches = 0, prefetch_hits = 0, peak_comm_buffer = 0;
 };
 
@@ -91,14 +93,19 @@ inline RunResult run_case(comm::Communicator& comm, int stage, int micro, int ga
   comm::Topology& topo = engine.topology();
   auto bytes = [&] { return topo.stats().total_bytes(); };
   auto model_bytes = [&] { return topo.model().size() > 1 ? topo.model().stats().total_bytes() : 0; };
-  int64_t bytes_before = 0, model_bytes_before = 0;
+  auto send_bytes = [&] { return topo.stats().bytes[static_cast<int>(comm::Collective::send)]; };
+  int64_t bytes_before = 0, model_bytes_before = 0, send_before = 0;
   for (step = 0; step < kSteps; ++step) {
-    if (step == 1) bytes_before = bytes(), model_bytes_before = model_bytes();
+    if (step == 1) bytes_before = bytes(), model_bytes_before = model_bytes(), send_before = send_bytes();
     out.losses.push_back(engine.train_batch(next).loss);
   }
+  out.send_bytes_per_step = (send_bytes() - send_before) / (kSteps - 1);
   out.bytes_per_step = (bytes() - bytes_before) / (kSteps - 1);
   out.model_bytes_per_step = (model_bytes() - model_bytes_before) / (kSteps - 1);
   out.psi_local = engine.model().params().numel();
+  out.layer_first = engine.model().range().first;
+  out.layer_last = engine.model().range().last;
+  out.blocks_local = static_cast<int>(engine.model().blocks().size());
   out.params = engine.full_parameters();  // a collective at stage 3 and under tensor parallelism
   out.prefetches = engine.optimizer().prefetches_issued();
   out.prefetch_hits = engine.optimizer().prefetch_hits();

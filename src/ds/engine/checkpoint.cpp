@@ -297,7 +297,8 @@ void load_moments(const ckpt::CheckpointReader& reader, const nn::ParameterStore
 }  // namespace
 
 ckpt::CheckpointManifest load_checkpoint(const std::string& dir, const std::string& tag,
-                                         const nn::ParameterStore& store, zero::ZeroOptimizer& optimizer) {
+                                         const nn::ParameterStore& store, zero::ZeroOptimizer& optimizer,
+                                         size_t model_params) {
   const ckpt::CheckpointReader reader(dir, tag);
   const ckpt::CheckpointManifest& m = reader.manifest();
   // The same parameters, in any layout.
@@ -315,8 +316,9 @@ ckpt::CheckpointManifest load_checkpoint(const std::string& dir, const std::stri
     }
     if (problems.size() >= 3) break;
   }
-  if (reader.params().size() != store.all().size() && problems.empty())
-    problems.push_back(fmt::format("it holds {} parameters, this model {}", reader.params().size(), store.all().size()));
+  if (model_params == 0) model_params = store.all().size();
+  if (reader.params().size() != model_params && problems.empty())
+    problems.push_back(fmt::format("it holds {} parameters, this model {}", reader.params().size(), model_params));
   DS_CHECK_AS(IoError, problems.empty(), "[checkpoint] '{}' is from another model ({}): {}. Load it with the model "
               "it was saved with (--model)", reader.tag_dir(), m.model.dump(), fmt::join(problems, "; "));
   // The parameters, parameter by parameter (every rank keeps all of its share below stage 3).

@@ -21,7 +21,10 @@ void write_checkpoint(comm::Topology& topology, const std::string& dir, const st
 // optimizer-state store, a tile at a time), at this run's layout and stage, whatever layout wrote it: this rank's
 // share of each whole parameter; checks that the model matches.
 // Returns the manifest (for the steps and the client state).
+// `model_params`: how many parameters the whole model has (a pipeline stage's store holds some of them; 0: all of
+// the store's).
 ckpt::CheckpointManifest load_checkpoint(const std::string& dir, const std::string& tag,
-                                         const nn::ParameterStore& store, zero::ZeroOptimizer& optimizer);
+                                         const nn::ParameterStore& store, zero::ZeroOptimizer& optimizer,
+                                         size_t model_params = 0);
 
 }  // namespace ds::engine

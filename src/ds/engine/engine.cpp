@@ -334,7 +334,8 @@ std::string Engine::save_checkpoint(const std::string& dir, const std::string& t
 }
 
 nlohmann::json Engine::load_checkpoint(const std::string& dir, const std::string& tag) {
-  const ckpt::CheckpointManifest m = engine::load_checkpoint(dir, tag, model_->params(), *optimizer_);
+  const ckpt::CheckpointManifest m = engine::load_checkpoint(dir, tag, model_->params(), *optimizer_,
+                                                             model_->config().weight_spec().size());
   const comm::TopologyShape& here = topology_->shape();
   if (comm_->rank() == 0 && (m.world != here.data || m.tp != here.model || m.pp != here.pipe ||
                              m.zero_stage != optimizer_->stage()))
