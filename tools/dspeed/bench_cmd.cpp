@@ -16,6 +16,7 @@
 #include "commands.h"
 #include "bench/decode_bench.h"
 #include "bench/offload_bench.h"
+#include "bench/pipeline_bench.h"
 #include "bench/train_bench.h"
 #include "ds/app/trainer.h"
 #include "bench/serve_bench.h"
@@ -209,6 +210,42 @@ void add_bench_command(CLI::App& root) {
     OffloadBenchOptions opts = *of;
     opts.device_limit = app::parse_byte_size(*limit);
     run_offload_bench(opts);
+  });
+
+  auto pb = std::make_shared<PipelineBenchOptions>();
+  CLI::App* pipe = cmd->add_subcommand(
+      "pipeline", "pipeline schedules (1F1B, ZB-H1): each stage's busy and idle time, the bubble vs its formula");
+  pipe->add_option("--stages", pb->stages, "numbers of stages (processes), comma-separated")
+      ->delimiter(',')
+      ->expected(1, 16);
+  pipe->add_option("--micro-batches", pb->micro_batches, "micro-batches per step, comma-separated")
+      ->delimiter(',')
+      ->expected(1, 16);
+  pipe->add_option("--schedules", pb->schedules, "1f1b, zb-h1")->delimiter(',')->expected(1, 2);
+  pipe->add_option("--pass-ms", pb->pass_ms, "length of each F, B and W pass")->capture_default_str();
+  pipe->add_option("--steps", pb->steps, "steps per run")->capture_default_str();
+  pipe->add_option("--warmup", pb->warmup, "steps not measured")->capture_default_str();
+  pipe->add_option("--mpirun", pb->mpirun)->capture_default_str();
+  pipe->add_option("--child-timeout", pb->child_timeout_s, "seconds allowed per run")->capture_default_str();
+  pipe->add_option("--json", pb->json_out, "append the result as a JSON line");
+  pipe->callback([pb] {
+    PipelineBenchOptions opts = *pb;
+    opts.self_exe = self_exe();
+    run_pipeline_bench(opts);
+  });
+
+  auto po = std::make_shared<PipelineBenchOnceOptions>();
+  CLI::App* pone = cmd->add_subcommand("pipeline-once", "one run of `bench pipeline` (prints RESULT json per rank)");
+  pone->group("");  // hidden: started by `bench pipeline`
+  pone->add_option("--schedule", po->schedule);
+  pone->add_option("--micro-batches", po->micro_batches);
+  pone->add_option("--pass-ms", po->pass_ms);
+  pone->add_option("--steps", po->steps);
+  pone->add_option("--warmup", po->warmup);
+  pone->callback([po] {
+    const std::string r = run_pipeline_bench_once(*po);
+    std::printf("RESULT %s\n", r.c_str());
+    std::fflush(stdout);
   });
 }
 

@@ -115,7 +115,7 @@ Engine::Engine(const nn::Gpt2Config& model_config, const config::DeepSpeedConfig
     const comm::Coords at = topology_->coords();
     const bool holds = at.pipe == 0 || at.pipe == pp - 1;
     tied_ = comm_->split(holds ? at.data * config.tensor_parallel_size + at.model : -1, at.pipe);
-    pipeline_ = std::make_unique<PipelineExecutor>(*model_, *optimizer_, topology_->pipe(),
+    pipeline_ = std::make_unique<PipelineExecutor>(StageLayers::of(*model_), optimizer_.get(), topology_->pipe(),
                                                    pipe::schedule_from_name(config.pipeline.schedule),
                                                    static_cast<int>(config.gradient_accumulation_steps), micro_,
                                                    seq_len_);

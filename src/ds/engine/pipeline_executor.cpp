@@ -12,23 +12,32 @@ using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 }  // namespace
 
-PipelineExecutor::PipelineExecutor(nn::Gpt2& model, zero::ZeroOptimizer& optimizer, comm::Communicator& stages,
-                                   pipe::Schedule kind, int micro_batches, int micro_batch_size, int seq_len)
-    : model_(model),
+StageLayers StageLayers::of(nn::Gpt2& model) {
+  StageLayers l;
+  l.runner = &model.runner();
+  l.width = model.config().n_embd;
+  l.check_tokens = [&model](const int32_t* inputs, const int32_t* targets, int B, int T) {
+    model.check_tokens(inputs, B, T, false);
+    return model.check_tokens(targets, B, T, true);
+  };
+  return l;
+}
+
+PipelineExecutor::PipelineExecutor(const StageLayers& layers, zero::ZeroOptimizer* optimizer,
+                                   comm::Communicator& stages, pipe::Schedule kind, int micro_batches,
+                                   int micro_batch_size, int seq_len)
+    : layers_(layers),
       optimizer_(optimizer),
       stages_(stages),
       kind_(kind),
       micro_batches_(micro_batches),
       B_(micro_batch_size),
       T_(seq_len),
-      C_(model.config().n_embd),
+      C_(layers.width),
       stage_(stages.rank()),
       last_(stages.size() - 1),
       schedule_(pipe::make_schedule(kind, stages.size(), micro_batches)),
-      slot_of_(static_cast<size_t>(micro_batches), -1) {
-  DS_ASSERT(model.has_embedding() == (stage_ == 0) && model.has_head() == (stage_ == last_),
-            "stage {} of {} holds layers [{}, {})", stage_, last_ + 1, model.range().first, model.range().last);
-}
+      slot_of_(static_cast<size_t>(micro_batches), -1) {}
 
 PipelineExecutor::Timing PipelineExecutor::take_timing() {
   const Timing t = timing_;
@@ -64,8 +73,7 @@ void PipelineExecutor::forward(int micro, const BatchFn& next, float grad_scale,
   slot.inputs.resize(static_cast<size_t>(n));
   slot.targets.resize(static_cast<size_t>(n));
   next(slot.inputs.data(), slot.targets.data());
-  model_.check_tokens(slot.inputs.data(), B_, T_, false);
-  slot.count = model_.check_tokens(slot.targets.data(), B_, T_, true);
+  slot.count = layers_.check_tokens(slot.inputs.data(), slot.targets.data(), B_, T_);
   slot.pass = nn::Pass{.inputs = slot.inputs.data(), .targets = slot.targets.data(), .B = B_, .T = T_,
                        .grad_scale = grad_scale / static_cast<float>(slot.count)};
   slot.ctx.training = true;
@@ -77,7 +85,7 @@ void PipelineExecutor::forward(int micro, const BatchFn& next, float grad_scale,
     timing_.waiting += since(t0);
   }
   const auto t0 = Clock::now();
-  nn::ModuleRunner& runner = model_.runner();
+  nn::ModuleRunner& runner = *layers_.runner;
   const Tensor y = runner.forward(slot.ctx, slot.pass, 0, runner.size(), x);
   timing_.busy += since(t0);
   if (stage_ < last_) {
@@ -98,7 +106,7 @@ void PipelineExecutor::backward(int micro, bool split) {
     timing_.waiting += since(t0);
   }
   const auto t0 = Clock::now();
-  nn::ModuleRunner& runner = model_.runner();
+  nn::ModuleRunner& runner = *layers_.runner;
   slot.ctx.defer_weight_grads = split;
   const Tensor dx = runner.backward(slot.ctx, slot.pass, 0, runner.size(), dy);
   slot.ctx.defer_weight_grads = false;
@@ -114,7 +122,7 @@ void PipelineExecutor::backward(int micro, bool split) {
 void PipelineExecutor::weights(int micro) {
   const int s = slot_of_[static_cast<size_t>(micro)];
   const auto t0 = Clock::now();
-  model_.runner().backward_weights(slots_[static_cast<size_t>(s)]->ctx);
+  layers_.runner->backward_weights(slots_[static_cast<size_t>(s)]->ctx);
   timing_.busy += since(t0);
   slot_busy_[static_cast<size_t>(s)] = false;
 }
@@ -122,14 +130,14 @@ void PipelineExecutor::weights(int micro) {
 double PipelineExecutor::train(const BatchFn& next, float grad_scale) {
   double loss_sum = 0;
   for (const pipe::Instr& in : schedule_[static_cast<size_t>(stage_)]) {
-    optimizer_.begin_micro_batch(false);  // the boundary's reduction comes after the whole schedule
+    if (optimizer_) optimizer_->begin_micro_batch(false);  // the boundary's reduction comes after the schedule
     switch (in.op) {
       case pipe::Op::forward: forward(in.micro, next, grad_scale, loss_sum); break;
       case pipe::Op::backward: backward(in.micro, false); break;
       case pipe::Op::backward_input: backward(in.micro, true); break;
       case pipe::Op::backward_weight: weights(in.micro); break;
     }
-    optimizer_.end_micro_batch(false);
+    if (optimizer_) optimizer_->end_micro_batch(false);
   }
   for (auto& slot : slots_) finish_sends(*slot);
   return loss_sum;
@@ -137,8 +145,7 @@ double PipelineExecutor::train(const BatchFn& next, float grad_scale) {
 
 double PipelineExecutor::evaluate(const int32_t* inputs, const int32_t* targets, int rows) {
   const int64_t n = int64_t(rows) * T_;
-  const int64_t count = model_.check_tokens(targets, rows, T_, true);
-  model_.check_tokens(inputs, rows, T_, false);
+  const int64_t count = layers_.check_tokens(inputs, targets, rows, T_);
   eval_ctx_.reset();
   eval_ctx_.training = false;
   nn::Pass pass{.inputs = inputs, .targets = targets, .B = rows, .T = T_};
@@ -147,7 +154,7 @@ double PipelineExecutor::evaluate(const int32_t* inputs, const int32_t* targets,
     x = eval_ctx_.act().alloc({n, C_});
     stages_.recv(x.raw(), static_cast<size_t>(n * C_), DType::f32, stage_ - 1, 0);
   }
-  nn::ModuleRunner& runner = model_.runner();
+  nn::ModuleRunner& runner = *layers_.runner;
   const Tensor y = runner.forward(eval_ctx_, pass, 0, runner.size(), x);
   if (stage_ < last_) {
     stages_.send(y.raw(), static_cast<size_t>(n * C_), DType::f32, stage_ + 1, 0);

@@ -19,12 +19,23 @@
 
 namespace ds::engine {
 
+// What the executor needs of a stage: its layers, the width of the activations between stages, and a check of a
+// micro-batch's tokens that returns how many targets count.
+struct StageLayers {
+  nn::ModuleRunner* runner = nullptr;
+  int width = 0;
+  std::function<int64_t(const int32_t* inputs, const int32_t* targets, int B, int T)> check_tokens;
+  // This stage's GPT-2 layers.
+  static StageLayers of(nn::Gpt2& model);
+};
+
 class PipelineExecutor {
  public:
   using BatchFn = std::function<void(int32_t* inputs, int32_t* targets)>;
-  // `stages`: the communicator of this rank's pipeline, whose rank r is stage r. `model` is this stage's layers.
-  PipelineExecutor(nn::Gpt2& model, zero::ZeroOptimizer& optimizer, comm::Communicator& stages, pipe::Schedule kind,
-                   int micro_batches, int micro_batch_size, int seq_len);
+  // `stages`: the communicator of this rank's pipeline, whose rank r is stage r. `optimizer` (may be null) hears of
+  // each pass as a micro-batch that is not the last, so it reduces nothing before the whole schedule is done.
+  PipelineExecutor(const StageLayers& layers, zero::ZeroOptimizer* optimizer, comm::Communicator& stages,
+                   pipe::Schedule kind, int micro_batches, int micro_batch_size, int seq_len);
 
   // One step's passes over `micro_batches` micro-batches from `next` (every stage reads each micro-batch: the
   // first uses its tokens, the last its targets). Parameter gradients are those of grad_scale * the mean loss of
@@ -55,8 +66,8 @@ class PipelineExecutor {
   void backward(int micro, bool split);
   void weights(int micro);
 
-  nn::Gpt2& model_;
-  zero::ZeroOptimizer& optimizer_;
+  StageLayers layers_;
+  zero::ZeroOptimizer* optimizer_;
   comm::Communicator& stages_;
   pipe::Schedule kind_;
   int micro_batches_, B_, T_, C_;

@@ -5,6 +5,8 @@
 // world 1 included, so that every cell runs under the same allocator settings.
 #include "bench/zero_bench.h"
 
+#include "bench/bench_child.h"
+
 #include <omp.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -116,87 +118,6 @@ ZeroBenchRankResult measure(comm::Communicator& comm, const ZeroBenchOnceOptions
   return r;
 }
 
-struct ChildOutcome {
-  bool ok = false;
-  std::string failure;  // what went wrong, with the tail of stderr
-  std::vector<ZeroBenchRankResult> ranks;
-  double wall_s = 0;
-};
-
-std::string tail_lines(const std::deque<std::string>& lines) {
-  std::string out;
-  for (const auto& l : lines) out += "    " + l + (l.empty() || l.back() != '\n' ? "\n" : "");
-  return out;
-}
-
-// Runs `cmd` with stderr in a temporary file; collects the RESULT lines of stdout.
-ChildOutcome run_child(const std::string& cmd, int expected_ranks, int timeout_s) {
-  ChildOutcome out;
-  char err_path[] = "/tmp/dspeed-zero-bench-XXXXXX";
-  const int fd = mkstemp(err_path);
-  DS_CHECK_AS(IoError, fd >= 0, "[bench] cannot create a temporary file for a child's stderr in /tmp");
-  ::close(fd);
-  const auto t0 = std::chrono::steady_clock::now();
-  std::FILE* p = popen((cmd + " 2>" + shell_quote(err_path)).c_str(), "r");
-  if (p == nullptr) {
-    ::unlink(err_path);
-    DS_THROW(IoError, "[bench] cannot run '{}'", cmd);
-  }
-  std::deque<std::string> other;  // non-RESULT stdout, last lines
-  std::string line;
-  std::array<char, 4096> buf{};
-  std::vector<std::string> parse_errors;
-  while (std::fgets(buf.data(), buf.size(), p)) {
-    line += buf.data();
-    if (line.empty() || line.back() != '\n') continue;
-    const size_t at = line.find("RESULT {");
-    if (at != std::string::npos) {
-      try {
-        out.ranks.push_back(ZeroBenchRankResult::from_json(line.substr(at + 7)));
-      } catch (const std::exception& e) {
-        parse_errors.push_back(fmt::format("unreadable RESULT line ({}): {}", e.what(), line));
-      }
-    } else {
-      other.push_back(line);
-      if (other.size() > 10) other.pop_front();
-    }
-    line.clear();
-  }
-  const int status = pclose(p);
-  out.wall_s = seconds_since(t0);
-
-  std::deque<std::string> err;
-  {
-    std::ifstream in(err_path);
-    std::string l;
-    while (std::getline(in, l)) {
-      err.push_back(l);
-      if (err.size() > 30) err.pop_front();
-    }
-  }
-  ::unlink(err_path);
-
-  std::string why;
-  const int code = (status != -1 && WIFEXITED(status)) ? WEXITSTATUS(status) : -1;
-  if (code == 124) {
-    why = fmt::format("timed out after {} s (raise --child-timeout)", timeout_s);
-  } else if (code != 0) {
-    why = status != -1 && WIFSIGNALED(status) ? fmt::format("killed by signal {}", WTERMSIG(status))
-                                              : fmt::format("exit status {}", code);
-  } else if (!parse_errors.empty()) {
-    why = parse_errors.front();
-  } else if (static_cast<int>(out.ranks.size()) != expected_ranks) {
-    why = fmt::format("{} RESULT lines from {} ranks", out.ranks.size(), expected_ranks);
-  }
-  if (why.empty()) {
-    out.ok = true;
-    return out;
-  }
-  out.failure = fmt::format("{}\n  command: {}\n", why, cmd);
-  if (!err.empty()) out.failure += "  last lines of its stderr:\n" + tail_lines(err);
-  if (!other.empty()) out.failure += "  last lines of its stdout:\n" + tail_lines(other);
-  return out;
-}
 
 std::string join(const std::vector<int>& v) { return fmt::format("{}", fmt::join(v, ",")); }
 
@@ -345,10 +266,12 @@ std::string run_zero_bench(const ZeroBenchOptions& o) {
                  threads == 1 ? "" : "s");
       std::fflush(stderr);
       const ChildOutcome c = run_child(cmd, world, o.child_timeout_s);
+      std::vector<ZeroBenchRankResult> ranks;
+      for (const std::string& r : c.results) ranks.push_back(ZeroBenchRankResult::from_json(r));
       cell.wall_s += c.wall_s;
       if (c.ok) {
         double rss = 0;
-        for (const auto& r : c.ranks) {
+        for (const auto& r : ranks) {
           if (r.rank == 0) cell.r0 = r;
           rss = std::max(rss, r.peak_rss_mib);
         }
