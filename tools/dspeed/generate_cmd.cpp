@@ -10,7 +10,9 @@
 #include <optional>
 
 #include "commands.h"
+#include "ds/comm/comm_factory.h"
 #include "ds/core/error.h"
+#include "ds/engine/comm_tensor_parallel.h"
 #include "ds/app/trainer.h"
 #include "ds/serve/serving_stack.h"
 
@@ -26,6 +28,7 @@ struct GenerateArgs {
   std::optional<uint64_t> seed;
   std::string kv_memory;
   int threads = 0;
+  bool tensor_parallel = false;  // split the model over the ranks of the job (dspeed launch -n N)
 };
 
 void run_generate(GenerateArgs a) {
@@ -35,6 +38,18 @@ void run_generate(GenerateArgs a) {
   // The sink's state outlives the stack: the loop's destructor may still deliver a last event.
   inference::GenerationEvent last;
   std::optional<std::chrono::steady_clock::time_point> first_token;
+  // Tensor parallelism: every rank of the job runs this same generation on its share of the model; rank 0 prints.
+  std::unique_ptr<comm::Communicator> world;
+  std::unique_ptr<engine::CommTensorParallel> group;
+  bool lead = true;
+  if (a.tensor_parallel) {
+    world = comm::make_world_communicator("auto");
+    DS_CHECK_AS(ConfigError, a.sampling.temperature == 0.0f || a.seed, "[generate] sampling over {} tensor-parallel "
+                "ranks needs the same draws on every rank: give --seed, or --temperature 0", world->size());
+    group = std::make_unique<engine::CommTensorParallel>(*world);
+    a.stack.tensor_parallel = group.get();
+    lead = world->rank() == 0;
+  }
   serve::ServingStack stack(a.stack);
 
   inference::GenerationRequest req;
@@ -52,13 +67,14 @@ void run_generate(GenerateArgs a) {
   const bool text_out = stack.tokenizer() != nullptr;
   req.sink = [&](const inference::GenerationEvent& ev) {
     if (!first_token && !ev.tokens.empty()) first_token = std::chrono::steady_clock::now();
+    if (ev.finish != inference::FinishReason::none) last = ev;
+    if (!lead) return;
     if (text_out) {
       std::fwrite(ev.text.data(), 1, ev.text.size(), stdout);
     } else {
       for (const int32_t t : ev.tokens) std::fprintf(stdout, "%d ", t);
     }
     std::fflush(stdout);
-    if (ev.finish != inference::FinishReason::none) last = ev;
   };
 
   const auto t0 = std::chrono::steady_clock::now();
@@ -66,9 +82,10 @@ void run_generate(GenerateArgs a) {
   DS_CHECK_AS(ConfigError, sr.status == inference::SubmitStatus::accepted, "{}", sr.error);
   stack.loop().run_until_idle();
   const auto t1 = std::chrono::steady_clock::now();
+  DS_CHECK(last.finish != inference::FinishReason::error, "[generate] generation failed: {}", last.error);
+  if (!lead) return;
   std::fputc('\n', stdout);
   std::fflush(stdout);
-  DS_CHECK(last.finish != inference::FinishReason::error, "[generate] generation failed: {}", last.error);
 
   const double seconds = std::chrono::duration<double>(t1 - t0).count();
   const double ttft = first_token ? std::chrono::duration<double>(*first_token - t0).count() : 0.0;
@@ -119,6 +136,9 @@ void add_generate_command(CLI::App& root) {
   cmd->add_option("--kv-dtype", a->stack.kv_dtype,
                   "KV cache elements on the CPU: fp32, or bf16 (half the memory per token: twice the tokens held)")
       ->capture_default_str();
+  cmd->add_flag("--tensor-parallel", a->tensor_parallel,
+                "split each layer over the ranks of the job, as DeepSpeed-Inference's AutoTP (run it under dspeed "
+                "launch -n N; CPU)");
   cmd->callback([a] {
     DS_CHECK_AS(ConfigError, !a->prompt.empty() || !a->prompt_ids.empty(),
                 "[generate] give a prompt: --prompt TEXT or --prompt-ids 1,2,3");

@@ -12,29 +12,11 @@
 #include "ds/core/log.h"
 #include "ds/optim/adamw.h"
 #include "ds/engine/checkpoint.h"
+#include "ds/engine/comm_tensor_parallel.h"
 #include "ds/pipe/partition.h"
 
 namespace ds::engine {
 
-namespace {
-// The model's tensor-parallel group over the topology's model communicator (which counts the traffic).
-class CommTensorParallel final : public nn::TensorParallelGroup {
- public:
-  explicit CommTensorParallel(comm::Communicator& comm) : comm_(comm) {}
-  int rank() const override { return comm_.rank(); }
-  int size() const override { return comm_.size(); }
-  void all_reduce_sum(float* data, int64_t n) override {
-    comm_.all_reduce(data, static_cast<size_t>(n), DType::f32, comm::ReduceOp::sum);
-  }
-  void all_reduce_max(float* data, int64_t n) override {
-    comm_.all_reduce(data, static_cast<size_t>(n), DType::f32, comm::ReduceOp::max);
-  }
-  using nn::TensorParallelGroup::all_reduce_sum;
-
- private:
-  comm::Communicator& comm_;
-};
-}  // namespace
 
 Engine::Engine(const nn::Gpt2Config& model_config, const config::DeepSpeedConfig& config, int seq_len,
                comm::Communicator* comm, uint64_t seed)

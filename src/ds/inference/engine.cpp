@@ -23,19 +23,20 @@ const char* schedule_status_name(ScheduleStatus s) {
 }
 
 // The cache's geometry, checked before anything is allocated (the first thing an engine computes).
-static int32_t kv_blocks(const nn::Gpt2Config& m, const EngineConfig& c) {
+static int32_t kv_blocks(const InferenceModel& model, const EngineConfig& c) {
+  const nn::Gpt2Config& m = model.config();
   DS_CHECK_AS(ConfigError, c.kv_block_size > 0, "[engine] kv_block_size must be positive, got {}", c.kv_block_size);
   check_kv_dtype_on_device(c.kv_dtype, c.device);
   if (c.kv_block_count > 0) return c.kv_block_count;
   DS_CHECK_AS(ConfigError, c.kv_memory_bytes > 0, "[engine] give a KV block count or a positive KV memory budget");
-  return KvCache::blocks_for_budget(c.kv_memory_bytes, m.n_layer, m.n_head, m.n_embd / m.n_head, c.kv_block_size,
-                                    c.kv_dtype);
+  return KvCache::blocks_for_budget(c.kv_memory_bytes, m.n_layer, model.local_heads(), m.n_embd / m.n_head,
+                                    c.kv_block_size, c.kv_dtype);
 }
 
 InferenceEngine::InferenceEngine(std::shared_ptr<const InferenceModel> model, const EngineConfig& config)
     : model_(std::move(model)),
       config_(config),
-      kv_(kv_blocks(model_->config(), config), config.kv_block_size, config.max_tracked_sequences,
+      kv_(kv_blocks(*model_, config), config.kv_block_size, config.max_tracked_sequences,
           model_->config().block_size) {
   DS_CHECK_AS(ConfigError, config.max_ragged_batch_size > 0 && config.max_ragged_sequence_count > 0 &&
               config.max_ragged_sequence_count <= config.max_ragged_batch_size &&
@@ -49,8 +50,8 @@ InferenceEngine::InferenceEngine(std::shared_ptr<const InferenceModel> model, co
               "placed on {} but the engine runs on {}; load the model for the engine's device",
               model_->device().str(), config.device.str());
   if (config.device.is_cpu()) {
-    host_cache_ = std::make_unique<KvCache>(m.n_layer, m.n_head, m.n_embd / m.n_head, kv_.kv_block_count(),
-                                            config.kv_block_size, config.kv_dtype);
+    host_cache_ = std::make_unique<KvCache>(m.n_layer, model_->local_heads(), m.n_embd / m.n_head,
+                                            kv_.kv_block_count(), config.kv_block_size, config.kv_dtype);
   } else {
     device_ = make_device_forward(*model_, config.device,
                                   {kv_.kv_block_count(), config.kv_block_size, config.max_ragged_batch_size,

@@ -41,8 +41,15 @@ class InferenceModel::PanelSource final : public WeightSource {
   const InferenceModel& m_;
 };
 
-InferenceModel::InferenceModel(std::shared_ptr<const WeightSource> source, WeightFormat weights, Device device)
-    : config_(source->config()), weights_(weights), device_(device) {
+InferenceModel::InferenceModel(std::shared_ptr<const WeightSource> source, WeightFormat weights, Device device,
+                               nn::TensorParallelGroup* tp)
+    : config_(source->config()), weights_(weights), device_(device), tp_(tp && tp->size() > 1 ? tp : nullptr) {
+  if (tp_) {
+    DS_CHECK_AS(ConfigError, device.is_cpu(), "[serve] tensor-parallel inference runs on the CPU forward; use "
+                "--device cpu or one rank");
+    DS_CHECK_AS(ConfigError, config_.n_head % tp_->size() == 0, "[serve] tensor-parallel size {} does not divide "
+                "n_head {}: each rank must hold whole attention heads", tp_->size(), config_.n_head);
+  }
   if (device.is_cpu()) {
     place(*source);
     source_ = std::make_shared<PanelSource>(*this);
@@ -52,12 +59,19 @@ InferenceModel::InferenceModel(std::shared_ptr<const WeightSource> source, Weigh
   }
 }
 
-InferenceModel::InferenceModel(nn::Gpt2& model, WeightFormat weights)
-    : InferenceModel(model_weight_source(model), weights) {}
+InferenceModel::InferenceModel(nn::Gpt2& model, WeightFormat weights, nn::TensorParallelGroup* tp)
+    : InferenceModel(model_weight_source(model), weights, Device::cpu(), tp) {}
+
+const WeightSource& InferenceModel::weights() const {
+  DS_CHECK_AS(ConfigError, !tp_, "[serve] a tensor-parallel model holds shares of its weights; they cannot be read "
+              "back whole");
+  return *source_;
+}
 
 std::shared_ptr<InferenceModel> InferenceModel::load(const std::string& path, const std::string& arch,
-                                                     WeightFormat weights, Device device) {
-  return std::make_shared<InferenceModel>(open_weight_source(path, arch), weights, device);
+                                                     WeightFormat weights, Device device,
+                                                     nn::TensorParallelGroup* tp) {
+  return std::make_shared<InferenceModel>(open_weight_source(path, arch), weights, device, tp);
 }
 
 WeightFormat parse_weight_format(const std::string& name) {
@@ -89,6 +103,28 @@ bool is_matrix(nn::Gpt2Role r) {
 }
 }  // namespace
 
+// Note [Tensor-parallel inference]
+// Under tensor parallelism each rank holds the QKV and FC weights' columns of its heads (column-parallel, with
+// their biases) and the rows of the two output projections that multiply them (row-parallel), as in training
+// (nn/tensor_parallel.h); LayerNorms, the output projections' biases, wpe and wte (embedding and head) are whole on
+// every rank. A pass runs each layer on this rank's n_head / t heads, its KV cache holding only theirs, and sums the
+// output projections' partial products over the group (two all-reduces of [N, C] per layer, the bias added on
+// rank 0's part). The residual stream, and so the head's logits, are then the same on every rank, and so are the
+// greedy tokens.
+TpSplit InferenceModel::tp_split_of(const nn::Gpt2Weight& w) const {
+  if (!tp_) return {};
+  const int r = tp_->rank(), t = tp_->size();
+  const Shape whole(w.shape.begin(), w.shape.end());
+  switch (w.role) {
+    case nn::Gpt2Role::qkv_w: return {1, 3, r, t, whole};
+    case nn::Gpt2Role::qkv_b: return {0, 3, r, t, whole};
+    case nn::Gpt2Role::fc_w: return {1, 1, r, t, whole};
+    case nn::Gpt2Role::fc_b: return {0, 1, r, t, whole};
+    case nn::Gpt2Role::proj_w: case nn::Gpt2Role::fc2_w: return {0, 1, r, t, whole};
+    default: return {};
+  }
+}
+
 const InferenceModel::Placed& InferenceModel::at(nn::Gpt2Role role, int layer) const {
   return placed_[static_cast<size_t>(nn::gpt2_weight_slot(role, layer))];
 }
@@ -96,10 +132,17 @@ const InferenceModel::Placed& InferenceModel::at(nn::Gpt2Role role, int layer) c
 void InferenceModel::place(const WeightSource& source) {
   const std::vector<nn::Gpt2Weight> spec = config_.weight_spec();
   placed_.assign(static_cast<size_t>(nn::gpt2_weight_slots(config_.n_layer)), Placed{});
-  std::vector<float> values;  // one weight at a time
-  for (const nn::Gpt2Weight& w : spec) {
+  std::vector<float> values, share;  // one weight at a time
+  for (nn::Gpt2Weight w : spec) {
     values.resize(static_cast<size_t>(w.numel()));
     source.read(w, values.data());
+    if (const TpSplit split = tp_split_of(w); split.split()) {  // keep this rank's share
+      share.resize(static_cast<size_t>(split.local_shape(split.full).numel()));
+      split.shard(values.data(), share.data());
+      values.swap(share);
+      const Shape local = split.local_shape(split.full);
+      w.shape.assign(local.begin(), local.end());
+    }
     Placed& p = placed_[static_cast<size_t>(nn::gpt2_weight_slot(w.role, w.layer))];
     if (!is_matrix(w.role)) {
       p.values = Tensor::empty({w.numel()}, DType::f32, Category::param);
@@ -129,6 +172,7 @@ struct InferenceModel::CpuSteps {
   Scratch& sc;
   float* logits;
   int N = 0, S = 0, C = 0, NH = 0;
+  int Cl = 0, NHl = 0;  // this rank's width and heads of the attention and the MLP (tensor parallelism)
   int R = 0;  // rows of logits: one per sequence, or one per new token for those that want all
   int32_t max_pos = 1;
   float* buf[5] = {};  // by PassBuffer
@@ -140,6 +184,7 @@ struct InferenceModel::CpuSteps {
   void prepare() {
     const nn::Gpt2Config& cfg = m.config();
     C = cfg.n_embd, NH = cfg.n_head, N = batch.n_tokens(), S = batch.n_seqs();
+    Cl = C / m.tp_size(), NHl = NH / m.tp_size();
     DS_ASSERT(N > 0 && S > 0, "empty ragged batch");
     R = 0;
     for (int s = 0; s < S; ++s) R += batch.wants_all_logits(s) ? batch.seqs[static_cast<size_t>(s)].n_tokens : 1;
@@ -149,9 +194,9 @@ struct InferenceModel::CpuSteps {
     };
     buf[static_cast<int>(PassBuffer::x)] = grow(sc.x, int64_t(N) * C);
     buf[static_cast<int>(PassBuffer::h)] = grow(sc.h, int64_t(N) * C);
-    buf[static_cast<int>(PassBuffer::qkv)] = grow(sc.qkv, int64_t(N) * 3 * C);
-    buf[static_cast<int>(PassBuffer::att)] = grow(sc.att, int64_t(N) * C);
-    buf[static_cast<int>(PassBuffer::mlp)] = grow(sc.mlp, int64_t(N) * 4 * C);
+    buf[static_cast<int>(PassBuffer::qkv)] = grow(sc.qkv, int64_t(N) * 3 * Cl);
+    buf[static_cast<int>(PassBuffer::att)] = grow(sc.att, int64_t(N) * Cl);
+    buf[static_cast<int>(PassBuffer::mlp)] = grow(sc.mlp, int64_t(N) * 4 * Cl);
     mean = grow(sc.stats, 2 * int64_t(N));
     rstd = mean + N;
     // Each token's position, and each sequence's block table, as the attention kernel takes them.
@@ -163,7 +208,7 @@ struct InferenceModel::CpuSteps {
       for (int j = 0; j < q.n_tokens; ++j) sc.pos[static_cast<size_t>(q.start + j)] = q.seen_tokens + j;
       max_pos = std::max(max_pos, q.seen_tokens + q.n_tokens);
     }
-    scores = grow(sc.scores, static_cast<int64_t>(cpu::paged_attention_scratch_floats(max_pos, C, NH)));
+    scores = grow(sc.scores, static_cast<int64_t>(cpu::paged_attention_scratch_floats(max_pos, Cl, NHl)));
   }
 
   void embed(PassBuffer out) {
@@ -198,7 +243,12 @@ struct InferenceModel::CpuSteps {
     cpu::gelu_forward(at(out), at(out), static_cast<size_t>(N) * W.M);
   }
   void linear_residual(PassBuffer x, PassBuffer in, PassBuffer tmp, int l, nn::Gpt2Role w, nn::Gpt2Role b) {
-    m.gemm(at(tmp), at(in), m.at(w, l), vec(l, b), N);
+    if (!m.tp_) {
+      m.gemm(at(tmp), at(in), m.at(w, l), vec(l, b), N);
+    } else {  // row-parallel: the partial products summed over the group, the bias once
+      m.gemm(at(tmp), at(in), m.at(w, l), m.tp_->rank() == 0 ? vec(l, b) : nullptr, N);
+      m.tp_->all_reduce_sum(at(tmp), int64_t(N) * C);
+    }
     cpu::add_inplace(at(x), at(tmp), static_cast<size_t>(N) * C);
   }
   void attention(PassBuffer out, PassBuffer qkv_buf, int l) {
@@ -207,11 +257,11 @@ struct InferenceModel::CpuSteps {
     for (int i = 0; i < N; ++i) {  // K and V of the new tokens into their slots
       const int32_t pos = sc.pos[static_cast<size_t>(i)];
       const int32_t* table = sc.tables[static_cast<size_t>(batch.token_to_seq[static_cast<size_t>(i)])];
-      cpu::from_f32(cache.slot(l, table[pos / bs], pos % bs), qkv + int64_t(i) * 3 * C + C, cache.dtype(),
-                    2 * static_cast<size_t>(C));
+      cpu::from_f32(cache.slot(l, table[pos / bs], pos % bs), qkv + int64_t(i) * 3 * Cl + Cl, cache.dtype(),
+                    2 * static_cast<size_t>(Cl));
     }
     cpu::paged_attention_forward(at(out), qkv, N, batch.token_to_seq.data(), sc.pos.data(), sc.tables.data(),
-                                 cache.slot(l, 0, 0), cache.dtype(), bs, C, NH, scores, max_pos);
+                                 cache.slot(l, 0, 0), cache.dtype(), bs, Cl, NHl, scores, max_pos);
   }
   void final_norm(PassBuffer out, PassBuffer x) {
     sc.last.resize(std::max(sc.last.size(), static_cast<size_t>(R) * C));

@@ -18,6 +18,7 @@
 #include "ds/inference/ragged_batch.h"
 #include "ds/inference/weight_source.h"
 #include "ds/nn/models/gpt2.h"
+#include "ds/nn/tensor_parallel.h"
 
 namespace ds::inference {
 
@@ -35,23 +36,29 @@ class InferenceModel {
   // Places the source's weights for `device`: on the CPU, read one at a time into the panels of the CPU forward
   // (the source may go away afterwards); for any other device the source is kept, and an engine's device forward
   // (device_forward.h) copies from it, so no host copy of the model is made.
+  // With `tp` (CPU only; it must outlive the model), this rank holds its tensor-parallel share of each layer
+  // (Note [Tensor-parallel inference] in model_runner.cpp), as DeepSpeed-Inference's AutoTP splits a model.
   InferenceModel(std::shared_ptr<const WeightSource> source, WeightFormat weights = WeightFormat::fp32,
-                 Device device = Device::cpu());
+                 Device device = Device::cpu(), nn::TensorParallelGroup* tp = nullptr);
   // Copies the parameters of a trained (or initialised) model, for the CPU; the model may go away afterwards.
-  explicit InferenceModel(nn::Gpt2& model, WeightFormat weights = WeightFormat::fp32);
+  explicit InferenceModel(nn::Gpt2& model, WeightFormat weights = WeightFormat::fp32,
+                          nn::TensorParallelGroup* tp = nullptr);
   InferenceModel(const InferenceModel&) = delete;
   InferenceModel& operator=(const InferenceModel&) = delete;
   // open_weight_source(path, arch) placed for `device` (weight_source.h: what the path may be, and the errors).
   static std::shared_ptr<InferenceModel> load(const std::string& path, const std::string& arch = "",
                                               WeightFormat weights = WeightFormat::fp32,
-                                              Device device = Device::cpu());
+                                              Device device = Device::cpu(), nn::TensorParallelGroup* tp = nullptr);
+  // Ranks the layers are split across, and the attention heads this rank holds (its KV cache's).
+  int tp_size() const { return tp_ ? tp_->size() : 1; }
+  int local_heads() const { return config_.n_head / tp_size(); }
 
   const nn::Gpt2Config& config() const { return config_; }
   WeightFormat weight_format() const { return weights_; }
   // Where the weights were placed: the CPU, or the device whose forward reads them.
   Device device() const { return device_; }
   // The weights as a source again, for a device copy: the kept source, or the CPU panels unpacked (fp32 only).
-  const WeightSource& weights() const { return *source_; }
+  const WeightSource& weights() const;
 
   // Activations of one pass, kept between passes so steady-state serving allocates nothing.
   struct Scratch {
@@ -76,6 +83,8 @@ class InferenceModel {
     const uint32_t* words() const { return static_cast<const uint32_t*>(values.raw()); }
   };
   void place(const WeightSource& source);
+  // How this rank's share of weight w is cut from it (whole: not split).
+  TpSplit tp_split_of(const nn::Gpt2Weight& w) const;
   const Placed& at(nn::Gpt2Role role, int layer) const;
   // out[rows, M] = in @ m + bias (bias may be null), in the model's weight format.
   void gemm(float* out, const float* in, const Placed& m, const float* bias, int rows) const;
@@ -85,6 +94,7 @@ class InferenceModel {
   Device device_ = Device::cpu();
   std::vector<Placed> placed_;  // by gpt2_weight_slot
   std::shared_ptr<const WeightSource> source_;
+  nn::TensorParallelGroup* tp_ = nullptr;
 };
 
 }  // namespace ds::inference

@@ -47,7 +47,8 @@ ServingStack::ServingStack(const ServingStackOptions& o, std::shared_ptr<const i
   inference::check_weights_on_device(weights, device);
   inference::check_kv_dtype_on_device(inference::parse_kv_dtype(o.kv_dtype), device);
 
-  model_ = model ? std::move(model) : inference::InferenceModel::load(o.model_path, o.arch, weights, device);
+  model_ = model ? std::move(model)
+                 : inference::InferenceModel::load(o.model_path, o.arch, weights, device, o.tensor_parallel);
   if (!o.tokenizer_dir.empty()) {
     tokenizer_ = std::make_unique<data::BpeTokenizer>(data::BpeTokenizer::from_directory(o.tokenizer_dir));
     DS_CHECK_AS(ConfigError, tokenizer_->vocab_size() <= model_->config().vocab_size,

@@ -36,6 +36,9 @@ struct ServingStackOptions {
   // The chat template: a Jinja file; empty: the tokenizer folder's tokenizer_config.json "chat_template" when it
   // has one, else the built-in ChatML.
   std::string chat_template;
+  // Tensor parallelism (CPU): this rank's group; every rank of it runs the same stack on the same requests and
+  // holds its share of each layer (inference/model_runner.h). Null: one rank.
+  nn::TensorParallelGroup* tensor_parallel = nullptr;
 };
 
 
