@@ -267,12 +267,12 @@ TEST_F(ConfigCompat, FeaturesNotImplementedAreListedOnceAndTheRunGoesOn) {
                             "offload_param": {"device": "nvme", "nvme_path": "/nvme"}},
       "optimizer": {"type": "OneBitAdam", "params": {"lr": 1e-4, "freeze_step": 100, "cuda_aware": false}},
       "flops_profiler": {"enabled": true}, "comms_logger": {"enabled": true},
-      "compression_training": {"weight_quantization": {}}, "pipeline": {"stages": 2},
+      "compression_training": {"weight_quantization": {}}, "pipeline": {"seed_layers": true},
       "wandb": {"enabled": true}, "comet": {"enabled": true}})");
   ASSERT_EQ(c.warnings.size(), 1u);
   EXPECT_EQ(c.warnings[0].find("offload_"), std::string::npos) << c.warnings[0];  // implemented
   for (const char* key : {"OneBitAdam", "flops_profiler.enabled",
-                          "comms_logger.enabled", "compression_training", "pipeline.stages", "wandb", "comet"})
+                          "comms_logger.enabled", "compression_training", "pipeline.seed_layers", "wandb", "comet"})
     EXPECT_NE(c.warnings[0].find(key), std::string::npos) << key << " in " << c.warnings[0];
   EXPECT_EQ(c.optimizer.type, "adamw");  // 1-bit Adam's exact stage: decoupled decay, no bias correction
   EXPECT_FALSE(c.optimizer.bias_correction);

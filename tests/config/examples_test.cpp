@@ -3,12 +3,15 @@
 // rest of examples/ds_config_gpt2_tiny.json, and trains a step of gpt2-tiny as it is. Expected values are the
 // literals of the files, not the parser's defaults. The mixed-precision examples (ds_config_bf16_zero2.json,
 // ds_config_fp16.json) load without warnings in their precision and train steps as they are; so do the offload
-// examples (ds_config_offload_cpu.json, ds_config_offload_nvme.json), with the state where they put it.
+// examples (ds_config_offload_cpu.json, ds_config_offload_nvme.json), with the state where they put it. Each parallel
+// layout's example (ds_config_pp*.json, ds_config_tp*.json, ds_config_3d.json) loads without warnings at the world
+// size docs/parallelism.md launches it with and trains a step there.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <string>
 
+#include "ds/comm/local/local_comm.h"
 #include "ds/core/log.h"
 #include "ds/core/rng.h"
 #include "ds/config/config.h"
@@ -144,4 +147,65 @@ TEST(OffloadExamples, LoadWithoutWarningsAndTrainWithTheStateOffloaded) {
 }
 
 }  // namespace
+}  // namespace ds
+
+// ---- the parallel layouts -----------------------------------------------------------------------------------------
+
+namespace ds {
+namespace {
+
+struct LayoutExample {
+  const char* file;
+  int world;           // the ranks `dspeed launch -n` gives it in docs/parallelism.md
+  int pp, tp, dp, stage;
+};
+
+class ParallelExamples : public ::testing::TestWithParam<LayoutExample> {
+ protected:
+  void SetUp() override { set_log_level(LogLevel::error); }
+  void TearDown() override { set_log_level(LogLevel::info); }
+};
+
+}  // namespace
+
+// Each layout's example loads without warnings at its world size, lays the ranks out as documented and trains a
+// step of gpt2-tiny as it is (ranks as threads).
+TEST_P(ParallelExamples, LoadsAndTrainsAStepAtItsLayout) {
+  const LayoutExample e = GetParam();
+  const config::DeepSpeedConfig c = config::load_config_file(example(e.file), e.world);
+  EXPECT_TRUE(c.warnings.empty()) << e.file << ": " << (c.warnings.empty() ? "" : c.warnings.front());
+  EXPECT_EQ(c.pipeline_parallel_size, e.pp) << e.file;
+  EXPECT_EQ(c.tensor_parallel_size, e.tp) << e.file;
+  EXPECT_EQ(c.dp_world_size, e.dp) << e.file;
+  EXPECT_EQ(c.zero.stage, e.stage) << e.file;
+  std::vector<double> losses(static_cast<size_t>(e.world));
+  comm::run_local_world(e.world, [&](comm::Communicator& comm) {
+    engine::Engine engine(nn::Gpt2Config::preset("gpt2-tiny"), c, 32, &comm, 3);
+    Rng rng(17 + engine.topology().coords().data);
+    losses[static_cast<size_t>(comm.rank())] =
+        engine.train_batch(random_tokens(rng, static_cast<int>(c.train_micro_batch_size_per_gpu), 32)).loss;
+  });
+  for (double l : losses) {
+    EXPECT_TRUE(std::isfinite(l)) << e.file;
+    EXPECT_EQ(l, losses[0]) << e.file << ": every rank reports the job's loss";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Layouts, ParallelExamples,
+    ::testing::Values(LayoutExample{"ds_config_pp2.json", 2, 2, 1, 1, 0},
+                      LayoutExample{"ds_config_pp4.json", 4, 4, 1, 1, 0},
+                      LayoutExample{"ds_config_pp2_zbh1.json", 2, 2, 1, 1, 0},
+                      LayoutExample{"ds_config_tp2.json", 2, 1, 2, 1, 0},
+                      LayoutExample{"ds_config_tp4.json", 4, 1, 4, 1, 0},
+                      LayoutExample{"ds_config_pp2_tp2.json", 4, 2, 2, 1, 0},
+                      LayoutExample{"ds_config_pp2_zero1.json", 4, 2, 1, 2, 1},
+                      LayoutExample{"ds_config_tp2_zero2.json", 4, 1, 2, 2, 2},
+                      LayoutExample{"ds_config_3d.json", 8, 2, 2, 2, 1}),
+    [](const auto& info) {
+      std::string name = info.param.file;
+      name = name.substr(10, name.size() - 15);  // ds_config_X.json -> X
+      return name;
+    });
+
 }  // namespace ds
