@@ -116,6 +116,42 @@ inline RunResult run_case(comm::Communicator& comm, int stage, int micro, int ga
   return out;
 }
 
+// A stretch of a run, for checkpoints moved between layouts: steps [first, last) on this rank with the config
+// `json` (micro-batches of `micro` sequences, `gas` per step, each data-parallel rank reading rows as run_case
+// does), resuming from `load` and saving to `save` at the end when given.
+struct Segment {
+  std::vector<double> losses;
+  std::vector<float> params;  // the whole model, unpadded
+};
+inline Segment run_segment(comm::Communicator& comm, const std::string& json, int micro, int gas, int first,
+                           int last, const std::string& load, const std::string& save) {
+  config::DeepSpeedConfig cfg = config::parse_config(json, comm.size(), "segment");
+  engine::Engine engine(tiny(), cfg, kT, &comm, 42);
+  if (!load.empty()) engine.load_checkpoint(load);
+  EXPECT_EQ(engine.global_steps(), first);
+  const int dp_rank = engine.topology().coords().data;
+  int step = first, k = 0;
+  auto next = [&](int32_t* in, int32_t* tg) {
+    table().fill(kGlobalRows * step + dp_rank * micro * gas + k * micro, micro, in, tg);
+    k = (k + 1) % gas;
+  };
+  Segment out;
+  for (; step < last; ++step) out.losses.push_back(engine.train_batch(next).loss);
+  if (!save.empty()) engine.save_checkpoint(save);
+  out.params = engine.full_parameters();
+  return out;
+}
+
+// Segments joined into one run's losses, with the last one's parameters.
+inline RunResult joined(std::initializer_list<const Segment*> segments) {
+  RunResult r;
+  for (const Segment* s : segments) {
+    r.losses.insert(r.losses.end(), s->losses.begin(), s->losses.end());
+    r.params = s->params;
+  }
+  return r;
+}
+
 // Per-step losses and final parameters within 1e-5 (relative) of the reference run.
 inline void expect_same_trajectory(const RunResult& got, const RunResult& ref, const std::string& what) {
   EXPECT_EQ(got.losses.size(), ref.losses.size()) << what;

@@ -126,33 +126,14 @@ TEST(PipelineParallelRun, ActivationCheckpointingAndMixedPrecisionInBothSchedule
 
 namespace {
 
-struct Segment {
-  std::vector<double> losses;
-  std::vector<float> params;  // the whole model, unpadded
-};
-
 // Steps [first, last) at (pp, tp, dp) and `stage` (micro-batches of one sequence), resuming from `load` and saving
-// to `save` at the end when given.
+// to `save` when given.
 std::vector<Segment> run_segment(int pp, int tp, int dp, int stage, int first, int last, const std::string& load,
                                  const std::string& save) {
   const int gas = kGlobalRows / dp;
   return ds::testing::on_local_ranks<Segment>(pp * tp * dp, [&](comm::Communicator& comm) {
-    config::DeepSpeedConfig cfg = config::parse_config(
-        config_json(stage, 1, gas, false, "", layout_json(pp, tp, "1f1b")), comm.size(), "pipeline checkpoint");
-    engine::Engine engine(tiny(), cfg, kT, &comm, 42);
-    if (!load.empty()) engine.load_checkpoint(load);
-    EXPECT_EQ(engine.global_steps(), first);
-    const int dp_rank = engine.topology().coords().data;
-    int step = first, k = 0;
-    auto next = [&](int32_t* in, int32_t* tg) {
-      table().fill(kGlobalRows * step + dp_rank * gas + k, 1, in, tg);
-      k = (k + 1) % gas;
-    };
-    Segment out;
-    for (; step < last; ++step) out.losses.push_back(engine.train_batch(next).loss);
-    if (!save.empty()) engine.save_checkpoint(save);
-    out.params = engine.full_parameters();
-    return out;
+    return zero_case::run_segment(comm, config_json(stage, 1, gas, false, "", layout_json(pp, tp, "1f1b")), 1, gas,
+                                  first, last, load, save);
   });
 }
 
@@ -168,11 +149,8 @@ TEST_F(PipelineCheckpoint, MovesBetween3DLayoutsOnTheUninterruptedCurve) {
   const Segment first = run_segment(2, 2, 2, 1, 0, 7, "", a)[0];
   const Segment second = run_segment(1, 1, 1, 0, 7, 14, a, b)[0];
   const Segment third = run_segment(4, 1, 2, 1, 14, kSteps, b, "")[5];
-  RunResult joined;
-  for (const Segment* s : {&first, &second, &third})
-    joined.losses.insert(joined.losses.end(), s->losses.begin(), s->losses.end());
-  joined.params = third.params;
-  expect_same_trajectory(joined, reference(), "(2,2,2) stage 1 -> (1,1,1) stage 0 -> (4,1,2) stage 1");
+  expect_same_trajectory(joined({&first, &second, &third}), reference(),
+                         "(2,2,2) stage 1 -> (1,1,1) stage 0 -> (4,1,2) stage 1");
 
   const ckpt::CheckpointReader reader(a, "");
   EXPECT_EQ(reader.manifest().pp, 2);

@@ -113,30 +113,13 @@ TEST(TensorParallelRun, ActivationCheckpointingAndAccumulationKeepTheTrajectory)
 
 namespace {
 
-struct Segment {
-  std::vector<double> losses;
-  std::vector<float> params;  // the whole model, unpadded
-};
-
-// Steps [first, last) of the 20-step run at (tp, dp = world / tp) and `stage`, resuming from `load` when given and
-// saving to `save` at the end when given.
+// Steps [first, last) at (tp, dp = world / tp) and `stage`, resuming from `load` and saving to `save` when given.
 std::vector<Segment> run_segment(int world, int tp, int stage, int first, int last, const std::string& load,
                                  const std::string& save) {
-  const int dp = world / tp, micro = kGlobalRows / dp;
+  const int micro = kGlobalRows / (world / tp);
   return ds::testing::on_local_ranks<Segment>(world, [&](comm::Communicator& comm) {
-    config::DeepSpeedConfig cfg =
-        config::parse_config(config_json(stage, micro, 1, false, "", tp_block(tp)), comm.size(), "tp checkpoint");
-    engine::Engine engine(tiny(), cfg, kT, &comm, 42);
-    if (!load.empty()) engine.load_checkpoint(load);
-    EXPECT_EQ(engine.global_steps(), first);
-    const int dp_rank = engine.topology().coords().data;
-    int step = first;
-    auto next = [&](int32_t* in, int32_t* tg) { table().fill(kGlobalRows * step + dp_rank * micro, micro, in, tg); };
-    Segment out;
-    for (; step < last; ++step) out.losses.push_back(engine.train_batch(next).loss);
-    if (!save.empty()) engine.save_checkpoint(save);
-    out.params = engine.full_parameters();
-    return out;
+    return zero_case::run_segment(comm, config_json(stage, micro, 1, false, "", tp_block(tp)), micro, 1, first,
+                                  last, load, save);
   });
 }
 
@@ -152,11 +135,8 @@ TEST_F(TensorParallelCheckpoint, MovesBetweenLayoutsOnTheUninterruptedCurve) {
   const Segment first = run_segment(4, 2, 1, 0, 7, "", a)[0];
   const Segment second = run_segment(1, 1, 0, 7, 14, a, b)[0];
   const Segment third = run_segment(4, 4, 2, 14, kSteps, b, "")[2];
-  RunResult joined;
-  for (const Segment* s : {&first, &second, &third})
-    joined.losses.insert(joined.losses.end(), s->losses.begin(), s->losses.end());
-  joined.params = third.params;
-  expect_same_trajectory(joined, reference(), "(tp 2, dp 2, stage 1) -> (1, 1, stage 0) -> (tp 4, dp 1, stage 2)");
+  expect_same_trajectory(joined({&first, &second, &third}), reference(),
+                         "(tp 2, dp 2, stage 1) -> (1, 1, stage 0) -> (tp 4, dp 1, stage 2)");
 
   // The tensor-parallel checkpoint consolidates to the weights the run held, in declaration order.
   const ckpt::CheckpointReader reader(a, "");
