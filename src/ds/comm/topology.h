@@ -42,8 +42,6 @@ class Topology {
   Communicator& model() { return *model_; }
   Communicator& pipe() { return *pipe_; }
   Communicator& model_parallel() { return *model_parallel_; }
-  // The global rank at `c` (for point-to-point between stages over the world communicator).
-  int rank_of(const Coords& c) const { return shape_.rank_of(c); }
   // This rank's traffic over the world and all its groups, each collective once (Note [Traffic accounting]).
   CommStats stats() const;
 

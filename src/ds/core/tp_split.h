@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <utility>
 
-#include "ds/core/tensor.h"
+#include "ds/core/shape.h"
 
 namespace ds {
 

@@ -29,8 +29,6 @@ PipelineExecutor::PipelineExecutor(const StageLayers& layers, zero::ZeroOptimize
     : layers_(layers),
       optimizer_(optimizer),
       stages_(stages),
-      kind_(kind),
-      micro_batches_(micro_batches),
       B_(micro_batch_size),
       T_(seq_len),
       C_(layers.width),

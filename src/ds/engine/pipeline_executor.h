@@ -50,7 +50,6 @@ class PipelineExecutor {
     double busy = 0, waiting = 0;
   };
   Timing take_timing();
-  const std::vector<pipe::Instr>& instructions() const { return schedule_[stage_]; }
 
  private:
   struct Slot {
@@ -69,8 +68,7 @@ class PipelineExecutor {
   StageLayers layers_;
   zero::ZeroOptimizer* optimizer_;
   comm::Communicator& stages_;
-  pipe::Schedule kind_;
-  int micro_batches_, B_, T_, C_;
+  int B_, T_, C_;
   int stage_, last_;
   std::vector<std::vector<pipe::Instr>> schedule_;
   std::vector<std::unique_ptr<Slot>> slots_;

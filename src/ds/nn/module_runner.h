@@ -27,7 +27,6 @@ class ModuleRunner final : public RowAccess {
   void set_checkpointing(bool on) { checkpointing_ = on; }
   bool checkpointing() const { return checkpointing_; }
   size_t size() const { return blocks_.size(); }
-  const Block& block(size_t i) const { return *blocks_.at(i); }
 
   // Blocks [first, last) forward: x is block `first`'s input (undefined when it is the first block of the model);
   // returns block last-1's output (undefined when it is the loss block). ctx.training selects saving for backward.
