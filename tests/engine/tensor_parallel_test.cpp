@@ -176,3 +176,18 @@ TEST_F(TensorParallelCheckpoint, AVersionOneManifestStillLoads) {
   const Segment loaded = run_segment(1, 1, 0, 3, 3, a, "")[0];
   EXPECT_EQ(loaded.params, saved.params);
 }
+
+// LAMB's trust ratio is one per whole parameter, which a tensor-parallel rank does not hold: refused by name.
+TEST(TensorParallelRun, LambIsAClearError) {
+  const std::string json = R"({"train_micro_batch_size_per_gpu": 2, "optimizer": {"type": "Lamb", "params": {"lr": 1e-3}},
+                               "tensor_parallel": {"autotp_size": 2}})";
+  comm::run_local_world(2, [&](comm::Communicator& comm) {
+    const config::DeepSpeedConfig cfg = config::parse_config(json, comm.size(), "lamb_tp");
+    try {
+      engine::Engine engine(tiny(), cfg, kT, &comm, 1);
+      ADD_FAILURE() << "LAMB with tensor parallelism was accepted";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("LAMB"), std::string::npos) << e.what();
+    }
+  });
+}

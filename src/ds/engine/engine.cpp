@@ -17,7 +17,6 @@
 
 namespace ds::engine {
 
-
 Engine::Engine(const nn::Gpt2Config& model_config, const config::DeepSpeedConfig& config, int seq_len,
                comm::Communicator* comm, uint64_t seed)
     : config_(config),
@@ -103,6 +102,9 @@ Engine::Engine(const nn::Gpt2Config& model_config, const config::DeepSpeedConfig
                                                    seq_len_);
   }
   if (config.optimizer.type == "lamb") {
+    // FusedLamb's trust ratio is one per whole parameter; a tensor-parallel rank holds shares of most of them.
+    DS_CHECK_AS(ConfigError, !tp_group_, "[engine] LAMB ({}) with tensor parallelism is not supported: its trust "
+                "ratios need whole parameters; use Adam/AdamW, or tensor-parallel size 1", config.source);
     cpu::LambParams lamb;
     lamb.lr = hyper.lr;
     lamb.beta1 = hyper.beta1;
