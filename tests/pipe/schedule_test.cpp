@@ -6,6 +6,8 @@
 
 #include <algorithm>
 
+#include <fmt/format.h>
+
 #include "ds/core/error.h"
 #include "ds/pipe/partition.h"
 #include "ds/pipe/schedule.h"
@@ -16,7 +18,7 @@ using namespace ds::pipe;
 namespace {
 std::string text(const std::vector<Instr>& stage) {
   std::string s;
-  for (const Instr& in : stage) s += (s.empty() ? "" : " ") + std::string(op_name(in.op)) + std::to_string(in.micro);
+  for (const Instr& in : stage) s += fmt::format("{}{}{}", s.empty() ? "" : " ", op_name(in.op), in.micro);
   return s;
 }
 }  // namespace
@@ -54,12 +56,16 @@ TEST(PipeSchedule, EveryStageRunsEveryPassOnceAndTheBubbleIsTheFormulas) {
         const double measured = double(idle) / (double(p) * tl.makespan);
         bubble[zb] = measured;
         const std::string what = fmt::format("{} p {} m {}", schedule_name(kind), p, m);
-        if (m >= p) EXPECT_NEAR(measured, bubble_formula(kind, p, m), 1e-12) << what;
+        if (m >= p) {
+          EXPECT_NEAR(measured, bubble_formula(kind, p, m), 1e-12) << what;
+        }
         // 1F1B's memory bound: stage s holds at most p - s micro-batches.
         for (int s = 0; s < p; ++s)
           EXPECT_LE(tl.peak_in_flight[s], zb ? (p - s) + (p - 1) : std::min(p - s, m)) << what << " stage " << s;
       }
-      if (p > 1) EXPECT_LT(bubble[1], bubble[0]) << "p " << p << " m " << m;
+      if (p > 1) {
+        EXPECT_LT(bubble[1], bubble[0]) << "p " << p << " m " << m;
+      }
     }
   }
 }
