@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "ds/ckpt/checkpoint_format.h"
 #include "ds/core/rng.h"
 #include "ds/engine/engine.h"
 
@@ -150,6 +151,19 @@ inline RunResult joined(std::initializer_list<const Segment*> segments) {
     r.params = s->params;
   }
   return r;
+}
+
+// Consolidates a checkpoint into `out` (dspeed ckpt consolidate) and reads every parameter back, in declaration
+// order: what full_parameters() gives for the run that saved it.
+inline std::vector<float> consolidated_values(const ckpt::CheckpointReader& reader, const std::string& out) {
+  ckpt::consolidate_checkpoint(reader, out, "fp32");
+  const ckpt::SafetensorsFile file = ckpt::SafetensorsFile::open(out);
+  std::vector<float> values;
+  for (const ckpt::CheckpointParam& p : reader.params()) {
+    const std::vector<float> v = ckpt::read_safetensors_f32(file, p.name);
+    values.insert(values.end(), v.begin(), v.end());
+  }
+  return values;
 }
 
 // Per-step losses and final parameters within 1e-5 (relative) of the reference run.

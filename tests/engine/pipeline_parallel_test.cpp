@@ -156,12 +156,5 @@ TEST_F(PipelineCheckpoint, MovesBetween3DLayoutsOnTheUninterruptedCurve) {
   EXPECT_EQ(reader.manifest().pp, 2);
   EXPECT_EQ(reader.manifest().tp, 2);
   EXPECT_EQ(reader.manifest().layouts.size(), 4u);
-  ckpt::consolidate_checkpoint(reader, path("a.safetensors"), "fp32");
-  const ckpt::SafetensorsFile file = ckpt::SafetensorsFile::open(path("a.safetensors"));
-  std::vector<float> consolidated;
-  for (const ckpt::CheckpointParam& p : reader.params()) {
-    const std::vector<float> v = ckpt::read_safetensors_f32(file, p.name);
-    consolidated.insert(consolidated.end(), v.begin(), v.end());
-  }
-  EXPECT_EQ(consolidated, first.params);
+  EXPECT_EQ(consolidated_values(reader, path("a.safetensors")), first.params);
 }

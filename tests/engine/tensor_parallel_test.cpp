@@ -143,15 +143,7 @@ TEST_F(TensorParallelCheckpoint, MovesBetweenLayoutsOnTheUninterruptedCurve) {
   EXPECT_EQ(reader.manifest().tp, 2);
   EXPECT_EQ(reader.manifest().world, 2);
   EXPECT_EQ(reader.manifest().layouts.size(), 2u);
-  ckpt::consolidate_checkpoint(reader, path("a.safetensors"), "fp32");
-  ckpt::consolidate_checkpoint(ckpt::CheckpointReader(b, ""), path("b.safetensors"), "fp32");
-  const ckpt::SafetensorsFile file = ckpt::SafetensorsFile::open(path("a.safetensors"));
-  std::vector<float> consolidated;
-  for (const ckpt::CheckpointParam& p : reader.params()) {
-    const std::vector<float> v = ckpt::read_safetensors_f32(file, p.name);
-    consolidated.insert(consolidated.end(), v.begin(), v.end());
-  }
-  EXPECT_EQ(consolidated, first.params);
+  EXPECT_EQ(consolidated_values(reader, path("a.safetensors")), first.params);
   // Resuming a checkpoint and saving it again at another layout, untrained, gives the same consolidated file.
   const std::string c = path("c");
   run_segment(2, 2, 3, 7, 7, a, c);
