@@ -223,7 +223,8 @@ nlohmann::json CheckpointManifest::to_json() const {
 }
 
 CheckpointManifest CheckpointManifest::from_json(const nlohmann::json& j, const std::string& where) {
-  DS_CHECK_AS(IoError, j.is_object() && j.value("format", std::string()) == "dspeed-checkpoint",
+  const auto format = j.is_object() ? j.find("format") : j.end();
+  DS_CHECK_AS(IoError, format != j.end() && format->is_string() && *format == "dspeed-checkpoint",
               "[checkpoint] {}: not a dspeed checkpoint manifest (no \"format\": \"dspeed-checkpoint\")", where);
   const int version = get_field<int>(j, "version", where);
   DS_CHECK_AS(IoError, version == 1 || version == kVersion, "[checkpoint] {}: manifest version {} is not supported "
@@ -256,6 +257,9 @@ CheckpointManifest CheckpointManifest::from_json(const nlohmann::json& j, const 
   m.config = j.value("config", nlohmann::json::object());
   m.engine_state = j.value("engine_state", nlohmann::json::object());
   m.client_state = j.value("client_state", nlohmann::json::object());
+  for (const nlohmann::json* v : {&m.config, &m.engine_state, &m.client_state})
+    DS_CHECK_AS(IoError, v->is_object(), "[checkpoint] {}: 'config', 'engine_state' and 'client_state' should be "
+                "objects, found {}; the manifest is damaged", where, json_excerpt(*v));
   DS_CHECK_AS(IoError, m.world >= 1 && m.zero_stage >= 0 && m.zero_stage <= 3 && m.tp >= 1 && m.pp >= 1 &&
                            int64_t(m.tp) * m.pp == static_cast<int64_t>(m.layouts.size()),
               "[checkpoint] {}: data-parallel {} / stage {} / tensor-parallel {} x pipeline {} with {} layout(s) is "
