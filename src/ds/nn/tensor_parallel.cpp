@@ -40,6 +40,8 @@ RowParallelLinear::RowParallelLinear(ParameterStore& store, const std::string& n
 }
 
 Tensor RowParallelLinear::forward(Ctx& ctx, const Tensor& x) {
+  DS_CHECK_AS(ShapeError, x.numel() % in_features() == 0, "[linear] {}: expected activations with {} columns, got {}",
+              name(), in_features(), x.str());
   const int64_t N = x.numel() / in_features();
   Tensor y = ctx.act().alloc({N, out_features()});
   // The bias joins the sum once, on rank 0's partial product.

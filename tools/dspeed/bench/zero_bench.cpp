@@ -8,15 +8,12 @@
 #include "bench/bench_child.h"
 
 #include <omp.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <array>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <deque>
 #include <fstream>
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
