@@ -44,6 +44,8 @@ class InferenceModel::PanelSource final : public WeightSource {
 InferenceModel::InferenceModel(std::shared_ptr<const WeightSource> source, WeightFormat weights, Device device,
                                nn::TensorParallelGroup* tp)
     : config_(source->config()), weights_(weights), device_(device), tp_(tp && tp->size() > 1 ? tp : nullptr) {
+  DS_CHECK_AS(ConfigError, !config_.moe.enabled(), "[serve] {} is a Mixture-of-Experts model; the serving engine "
+              "runs dense GPT-2 models only for now: evaluate it with 'dspeed eval'", config_.name);
   if (tp_) {
     DS_CHECK_AS(ConfigError, device.is_cpu(), "[serve] tensor-parallel inference runs on the CPU forward; use "
                 "--device cpu or one rank");

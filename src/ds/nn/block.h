@@ -31,12 +31,20 @@ class RowAccess {
   virtual void for_each_slice(const Parameter& p, bool backward, const SliceFn& fn) = 0;
 };
 
+struct MoeStats;
+
 // One micro-batch as the blocks see it: the token ids at both ends of the chain, and what the last block returns.
 struct Pass {
   const int32_t* inputs = nullptr;   // [B*T] token ids (the first block reads them)
   const int32_t* targets = nullptr;  // [B*T] target ids, -1 = ignored (the loss block reads them); null: no loss
   int B = 0, T = 0;
   float grad_scale = 1.0f;   // training: gradients are those of grad_scale * loss_sum
+  // Training: the scale of loss terms that are means already (MoE's auxiliary losses): grad_scale times the
+  // number of target tokens, i.e. the loss scale over the accumulation steps.
+  float loss_term_scale = 1.0f;
+  uint64_t noise_seed = 0;    // seeds the pass's random routing noise (MoE); the engine varies it per step
+  bool recomputing = false;   // set by the runner while it recomputes a checkpointed block's forward
+  MoeStats* moe = nullptr;    // where MoE layers add their routing statistics (optional)
   float* logits = nullptr;   // when set, the loss block writes full logits [B*T, V] here instead of a loss
   double loss_sum = 0;       // written by the loss block: the sum of the per-token losses
   RowAccess* rows = nullptr;  // set by the runner

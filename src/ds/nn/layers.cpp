@@ -1,6 +1,7 @@
 // Forward/backward glue from modules to the ops layer (ops/ops.h). Activations are [rows, C] fp32 tensors.
 #include "ds/nn/layers.h"
 
+#include "ds/nn/moe.h"
 #include "ds/ops/ops.h"
 
 namespace ds::nn {
@@ -158,19 +159,33 @@ void Mlp::collect_parameters(std::vector<Parameter*>& out) const {
 
 // ---- TransformerBlock ----
 TransformerBlock::TransformerBlock(ParameterStore& store, const std::string& name, int C, int n_head,
-                                   const LinearFactory& linear)
+                                   const LinearFactory& linear, const MoeBlockArgs* moe)
     : Block(name),
       ln_1_(store, name + ".ln_1", C),
       attn_(store, name + ".attn", C, n_head, linear),
-      ln_2_(store, name + ".ln_2", C),
-      mlp_(store, name + ".mlp", C, linear) {}
+      ln_2_(store, name + ".ln_2", C) {
+  if (moe) {
+    moe_ = std::make_unique<MoeLayer>(store, *moe->experts_store, name + ".mlp", C, moe->options, moe->ep,
+                                      moe->index);
+  } else {
+    mlp_ = std::make_unique<Mlp>(store, name + ".mlp", C, linear);
+  }
+}
+
+TransformerBlock::~TransformerBlock() = default;
+
+std::vector<const Module*> TransformerBlock::units() const {
+  if (moe_) return {this, moe_->experts_unit()};
+  return {this};
+}
 
 Tensor TransformerBlock::forward(Ctx& ctx, const Tensor& x, Pass& pass) {
   const int B = pass.B, T = pass.T;
   Tensor a = attn_.forward(ctx, ln_1_.forward(ctx, x), B, T);
   Tensor r1 = ctx.act().alloc(x.shape());
   ops::add(r1, x, a);
-  Tensor m = mlp_.forward(ctx, ln_2_.forward(ctx, r1));
+  const Tensor h = ln_2_.forward(ctx, r1);
+  Tensor m = moe_ ? moe_->forward(ctx, h, pass) : mlp_->forward(ctx, h);
   Tensor out = ctx.act().alloc(x.shape());
   ops::add(out, r1, m);
   return out;
@@ -181,7 +196,7 @@ Tensor TransformerBlock::backward(Ctx& ctx, const Tensor& dy, Pass& pass, Tensor
   DS_ASSERT(dx.numel() == dy.numel() && dx.raw() != dy.raw());
   const size_t mark = ctx.scratch().mark();
   // out = r1 + mlp(ln_2(r1))  =>  dr1 = dy + ln_2'(mlp'(dy))
-  Tensor dr1 = ln_2_.backward(ctx, mlp_.backward(ctx, dy));
+  Tensor dr1 = ln_2_.backward(ctx, moe_ ? moe_->backward(ctx, dy, pass) : mlp_->backward(ctx, dy));
   ops::add_inplace(dr1, dy);
   // r1 = x + attn(ln_1(x))  =>  dx = dr1 + ln_1'(attn'(dr1))
   Tensor dxa = ln_1_.backward(ctx, attn_.backward(ctx, dr1, B, T));
@@ -194,7 +209,11 @@ void TransformerBlock::collect_parameters(std::vector<Parameter*>& out) const {
   ln_1_.collect_parameters(out);
   attn_.collect_parameters(out);
   ln_2_.collect_parameters(out);
-  mlp_.collect_parameters(out);
+  if (moe_) {
+    moe_->collect_parameters(out);
+  } else {
+    mlp_->collect_parameters(out);
+  }
 }
 
 }  // namespace ds::nn

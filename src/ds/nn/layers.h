@@ -80,24 +80,32 @@ class Mlp : public Module {
   std::unique_ptr<Linear> c_proj_;  // row-parallel
 };
 
-// Pre-LN transformer block: x + attn(ln_1(x)), then + mlp(ln_2(.)). One gather unit; checkpointable.
+class MoeLayer;
+struct MoeBlockArgs;  // moe.h
+
+// Pre-LN transformer block: x + attn(ln_1(x)), then + mlp(ln_2(.)). One gather unit; checkpointable. With `moe`, an
+// MoE layer (moe.h) takes the MLP's place, and its experts are a second unit.
 class TransformerBlock : public Block {
  public:
   TransformerBlock(ParameterStore& store, const std::string& name, int C, int n_head,
-                   const LinearFactory& linear = dense_linear());
+                   const LinearFactory& linear = dense_linear(), const MoeBlockArgs* moe = nullptr);
+  ~TransformerBlock() override;
   Tensor forward(Ctx& ctx, const Tensor& x, Pass& pass) override;
   // Writes the input gradient into `dx` (allocated by the caller, distinct from dy) and returns it; every
   // temporary of the block's backward is released before returning, so callers can ping-pong two buffers.
   Tensor backward(Ctx& ctx, const Tensor& dy, Pass& pass, Tensor dx) override;
+  std::vector<const Module*> units() const override;
   bool checkpointable() const override { return true; }
   const char* type_name() const override { return "TransformerBlock"; }
   void collect_parameters(std::vector<Parameter*>& out) const override;
+  const MoeLayer* moe() const { return moe_.get(); }
 
  private:
   LayerNorm ln_1_;
   CausalSelfAttention attn_;
   LayerNorm ln_2_;
-  Mlp mlp_;
+  std::unique_ptr<Mlp> mlp_;       // a dense block's
+  std::unique_ptr<MoeLayer> moe_;  // an MoE block's
 };
 
 }  // namespace ds::nn

@@ -95,6 +95,7 @@ void Ctx::reset() {
             deferred_.size());
   saved_.clear();
   saved_order_.clear();
+  stash_.clear();
   act_.reset();
   scratch_.reset();
 }

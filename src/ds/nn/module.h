@@ -7,6 +7,7 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -60,6 +61,14 @@ class Ctx {
   // recomputed activations once its backward is done.
   size_t saved_mark() const { return saved_order_.size(); }
   void drop_saved(size_t mark);
+  // State a module keeps for its backward that is not tensors (MoE routing), under its key: made on first use,
+  // kept until reset(). Tensors it holds must come from the arenas like any saved tensor.
+  template <class T>
+  T& stash(const Module* m) {
+    std::shared_ptr<void>& p = stash_[m];
+    if (!p) p = std::make_shared<T>();
+    return *static_cast<T*>(p.get());
+  }
   // Called at the start of each micro-batch: forgets the stash and recycles both arenas.
   void reset();
   bool training = true;
@@ -82,6 +91,7 @@ class Ctx {
   bool act_in_scratch_ = false;
   std::unordered_map<const Module*, std::vector<Tensor>> saved_;
   std::vector<const Module*> saved_order_;  // keys of saved_ in the order they were made
+  std::unordered_map<const Module*, std::shared_ptr<void>> stash_;
   std::vector<DeferredBlock> deferred_;
 };
 

@@ -117,7 +117,9 @@ Tensor ModuleRunner::backward(Ctx& ctx, Pass& pass, size_t first, size_t last, T
       const Tensor input = ctx.saved(&b).at(0);
       const size_t mark = ctx.act().mark();
       const size_t saved_mark = ctx.saved_mark();
+      pass.recomputing = true;
       b.forward(ctx, input, pass);
+      pass.recomputing = false;
       recompute_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       const bool split = ctx.defer_weight_grads;  // the recomputed activations go now: no split here
       ctx.defer_weight_grads = false;

@@ -27,6 +27,15 @@ Gpt2Config Gpt2Config::preset(const std::string& name) {
     c.n_layer = 6, c.n_head = 6, c.n_embd = 384, c.block_size = 512;
   } else if (name == "gpt2") {
     c.n_layer = 12, c.n_head = 12, c.n_embd = 768, c.block_size = 1024;
+  } else if (name == "gpt2-moe" || name == "gpt2-mixtral") {
+    c.n_layer = 6, c.n_head = 6, c.n_embd = 384, c.block_size = 512;
+    c.moe.num_experts = {8};
+    if (name == "gpt2-moe") {  // DeepSpeed-MoE's recipe at gpt2-mini's size: top-1 in every other block
+      c.moe.layer_interval = 2;
+    } else {  // Mixtral's routing: top-2 of 8 in every block, no token dropped
+      c.moe.options.gate.k = 2;
+      c.moe.options.gate.drop_tokens = false;
+    }
   } else if (name == "gpt2-medium") {  // Hugging Face's GPT-2 sizes: 355M, 774M, 1.56B
     c.n_layer = 24, c.n_head = 16, c.n_embd = 1024, c.block_size = 1024;
   } else if (name == "gpt2-large") {
@@ -43,7 +52,7 @@ Gpt2Config Gpt2Config::preset(const std::string& name) {
 }
 
 std::vector<std::string> Gpt2Config::preset_names() {
-  return {"gpt2-tiny", "gpt2-mini", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"};
+  return {"gpt2-tiny", "gpt2-mini", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt2-moe", "gpt2-mixtral"};
 }
 
 Gpt2Config Gpt2Config::from_spec(const std::string& spec) {
@@ -72,8 +81,8 @@ Gpt2Config Gpt2Config::from_json(const nlohmann::json& j, const std::string& spe
     c = preset(j["preset"].get<std::string>());
     c.name = spec;
   }
-  static const std::vector<std::string> kKeys = {"preset",     "n_layer",    "n_head",    "n_embd",
-                                                  "vocab_size", "block_size", "model_type"};
+  static const std::vector<std::string> kKeys = {"preset",     "n_layer",    "n_head",     "n_embd",
+                                                  "vocab_size", "block_size", "model_type", "moe"};
   for (auto it = j.begin(); it != j.end(); ++it) {
     if (std::find(kKeys.begin(), kKeys.end(), it.key()) != kKeys.end()) continue;
     const std::vector<std::string> guess = closest_names(it.key(), kKeys, 1, typo_distance_limit(it.key()));
@@ -95,13 +104,16 @@ Gpt2Config Gpt2Config::from_json(const nlohmann::json& j, const std::string& spe
   get_int("n_embd", c.n_embd);
   get_int("vocab_size", c.vocab_size);
   get_int("block_size", c.block_size);
+  if (j.contains("moe")) c.moe.apply_json(j["moe"], spec);
   c.validate();
   return c;
 }
 
 nlohmann::json Gpt2Config::to_json() const {
-  return {{"n_layer", n_layer}, {"n_head", n_head}, {"n_embd", n_embd}, {"vocab_size", vocab_size},
-          {"block_size", block_size}};
+  nlohmann::json j = {{"n_layer", n_layer}, {"n_head", n_head}, {"n_embd", n_embd}, {"vocab_size", vocab_size},
+                      {"block_size", block_size}};
+  if (moe.enabled()) j["moe"] = moe.to_json();
+  return j;
 }
 
 void Gpt2Config::validate() const {
@@ -111,10 +123,11 @@ void Gpt2Config::validate() const {
               n_layer, n_head, n_embd, vocab_size, block_size);
   DS_CHECK_AS(ConfigError, n_embd % n_head == 0, "[model] n_embd ({}) must be divisible by n_head ({})", n_embd,
               n_head);
+  moe.validate(n_layer);
 }
 
 std::vector<Gpt2Weight> Gpt2Config::weight_spec() const {
-  return gpt2_weight_spec(n_layer, n_embd, vocab_size, block_size);
+  return gpt2_weight_spec(n_layer, n_embd, vocab_size, block_size, experts_per_block(), moe.options.use_residual);
 }
 
 int64_t Gpt2Config::num_params() const {
@@ -126,13 +139,19 @@ int64_t Gpt2Config::num_params() const {
 std::vector<Gpt2Config::Layer> Gpt2Config::layers() const {
   const int64_t C = n_embd, wte = int64_t(vocab_size) * C;
   std::vector<Layer> out{{"Gpt2Embedding", wte + int64_t(block_size) * C}};
-  for (int i = 0; i < n_layer; ++i) out.push_back({"TransformerBlock", 12 * C * C + 13 * C});
+  for (int i = 0; i < n_layer; ++i) out.push_back({"TransformerBlock", 0});
+  for (const Gpt2Weight& w : weight_spec())
+    if (w.layer >= 0) out[static_cast<size_t>(w.layer) + 1].params += w.numel();
   out.push_back({"Gpt2FinalNorm", 2 * C});
   out.push_back({"Gpt2Head", wte});
   return out;
 }
 
 std::string Gpt2Config::str() const {
+  if (moe.enabled())
+    return fmt::format("{} (n_layer {}, n_head {}, n_embd {}, vocab {}, block {}; {}; {:.2f}M parameters, {:.2f}M "
+                       "active per token)", name, n_layer, n_head, n_embd, vocab_size, block_size, moe.str(),
+                       num_params() / 1e6, active_params() / 1e6);
   return fmt::format("{} (n_layer {}, n_head {}, n_embd {}, vocab {}, block {}; {:.2f}M parameters)", name, n_layer,
                      n_head, n_embd, vocab_size, block_size, num_params() / 1e6);
 }
@@ -373,7 +392,7 @@ double Gpt2Head::classifier_parallel(Ctx& ctx, const Tensor& h, Pass& pass, Tens
 // owners), the position embedding (owned by the embedding block), each transformer block, and ln_f. The head has
 // no unit of its own: it uses wte, tied to the embedding (Note [Tied parameters] in module_runner.cpp).
 Gpt2::Gpt2(const Gpt2Config& config, int64_t unit_alignment, bool with_grads, bool with_params, DType param_dtype,
-           DType grad_dtype, TensorParallelGroup* tp, LayerRange range)
+           DType grad_dtype, TensorParallelGroup* tp, LayerRange range, ExpertPlacement experts)
     : Module("transformer"), config_(config), tp_(tp && tp->size() > 1 ? tp : nullptr), range_(range) {
   config_.validate();
   const int C = config_.n_embd, L = config_.n_layer;
@@ -385,6 +404,11 @@ Gpt2::Gpt2(const Gpt2Config& config, int64_t unit_alignment, bool with_grads, bo
     DS_CHECK_AS(ConfigError, config_.n_head % tp_->size() == 0, "[model] tensor-parallel size {} does not divide "
                 "n_head {}: each rank must hold whole attention heads; choose a size that divides {}", tp_->size(),
                 config_.n_head, config_.n_head);
+  DS_CHECK_AS(ConfigError, !tp_ || !config_.moe.enabled(), "[model] MoE models with tensor parallelism are not "
+              "supported yet; train them with expert and data parallelism (tensor-parallel size 1)");
+  const int ep_size = experts.group ? experts.group->size() : 1;
+  DS_CHECK_AS(ConfigError, !config_.moe.enabled() || ep_size == config_.moe.ep_size, "[model] the model's "
+              "moe.ep_size is {} but its experts are placed over {} rank(s)", config_.moe.ep_size, ep_size);
   if (holds(0) || holds(L + 2)) {
     // wte is gathered by the head a slice at a time: slices of about a transformer block's size (12 C^2). Under
     // tensor parallelism this rank holds a piece of the vocabulary's rows.
@@ -405,11 +429,18 @@ Gpt2::Gpt2(const Gpt2Config& config, int64_t unit_alignment, bool with_grads, bo
     chain.push_back(embedding_.get());
   }
   const LinearFactory linear = tp_ ? tensor_parallel_linear(*tp_) : dense_linear();
+  int moe_index = 0;
   for (int i = 0; i < L; ++i) {
     if (!holds(i + 1)) continue;
     const std::string name = fmt::format("transformer.h.{}", i);
     const size_t unit = store_.begin_unit(name);
-    blocks_.push_back(std::make_unique<TransformerBlock>(store_, name, C, config_.n_head, linear));
+    MoeBlockArgs moe{&expert_store_, config_.moe.options, experts.group, moe_index};
+    if (config_.moe.experts_of(i) > 0) {
+      moe.options.gate.num_experts = config_.moe.experts_of(i);
+      ++moe_index;
+    }
+    blocks_.push_back(std::make_unique<TransformerBlock>(store_, name, C, config_.n_head, linear,
+                                                         config_.moe.experts_of(i) > 0 ? &moe : nullptr));
     store_.set_unit_owner(unit, blocks_.back().get());
     chain.push_back(blocks_.back().get());
   }
@@ -424,6 +455,8 @@ Gpt2::Gpt2(const Gpt2Config& config, int64_t unit_alignment, bool with_grads, bo
     chain.push_back(head_.get());
   }
   store_.materialize(unit_alignment, with_grads, with_params, param_dtype, grad_dtype);
+  if (!expert_store_.all().empty())
+    expert_store_.materialize(experts.unit_alignment, with_grads, with_params, param_dtype, grad_dtype);
   check_against_spec();
   runner_ = std::make_unique<ModuleRunner>(store_, chain);
   if (embedding_ && head_) runner_->tie(*wte_, {0, chain.size() - 1});
@@ -440,30 +473,40 @@ void Gpt2::collect_parameters(std::vector<Parameter*>& out) const {
 }
 
 void Gpt2::init_weights(uint64_t seed) {
-  Tensor& flat = store_.flat_params();
-  DS_ASSERT(flat.defined(), "init_weights(seed) needs resident parameters; pass a sink");
-  init_weights(seed, [&](int64_t offset, const float* values, int64_t n) {
-    std::copy(values, values + n, flat.data<float>() + offset);
-  });
+  auto into = [](ParameterStore& store) -> ParamSink {
+    if (store.all().empty()) return {};
+    Tensor& flat = store.flat_params();
+    DS_ASSERT(flat.defined(), "init_weights(seed) needs resident parameters; pass a sink");
+    return [&flat](int64_t offset, const float* values, int64_t n) {
+      std::copy(values, values + n, flat.data<float>() + offset);
+    };
+  };
+  init_weights(seed, into(store_), into(expert_store_));
 }
 
 void Gpt2::check_against_spec() const {
-  std::vector<Gpt2Weight> spec;  // the weights this model's layers use, in the spec's order
-  for (const Gpt2Weight& w : config_.weight_spec())
-    if (std::any_of(store_.all().begin(), store_.all().end(), [&](const Parameter& p) { return p.name == w.name; }))
-      spec.push_back(w);
-  const auto& params = store_.all();
-  DS_ASSERT(params.size() == spec.size(), "GPT-2 declares {} parameters, its weight spec {}", params.size(),
-            spec.size());
-  for (size_t i = 0; i < spec.size(); ++i) {
-    DS_ASSERT(params[i].name == spec[i].name &&
-              params[i].full_shape() == Shape(spec[i].shape.begin(), spec[i].shape.end()), "GPT-2 parameter {} is "
-              "'{}' {}, its weight spec says '{}' {}", i, params[i].name, fmt::join(params[i].full_shape(), "x"),
-              spec[i].name, fmt::join(spec[i].shape, "x"));
-  }
+  // Each store holds its weights in the spec's order: the dense ones, and the experts this rank holds.
+  auto check = [&](const ParameterStore& store, bool experts) {
+    std::vector<Gpt2Weight> spec;  // the weights this store's layers use, in the spec's order
+    for (const Gpt2Weight& w : config_.weight_spec())
+      if ((w.expert >= 0) == experts &&
+          std::any_of(store.all().begin(), store.all().end(), [&](const Parameter& p) { return p.name == w.name; }))
+        spec.push_back(w);
+    const auto& params = store.all();
+    DS_ASSERT(params.size() == spec.size(), "GPT-2 declares {} parameters, its weight spec {}", params.size(),
+              spec.size());
+    for (size_t i = 0; i < spec.size(); ++i) {
+      DS_ASSERT(params[i].name == spec[i].name &&
+                params[i].full_shape() == Shape(spec[i].shape.begin(), spec[i].shape.end()), "GPT-2 parameter {} is "
+                "'{}' {}, its weight spec says '{}' {}", i, params[i].name, fmt::join(params[i].full_shape(), "x"),
+                spec[i].name, fmt::join(spec[i].shape, "x"));
+    }
+  };
+  check(store_, false);
+  check(expert_store_, true);
 }
 
-void Gpt2::init_weights(uint64_t seed, const ParamSink& sink) {
+void Gpt2::init_weights(uint64_t seed, const ParamSink& sink, const ParamSink& expert_sink) {
   Rng rng(seed);
   const float proj_std = 0.02f / std::sqrt(2.0f * config_.n_layer);
   // Values are drawn for every weight of the spec in its order, so each stage and tensor-parallel rank keeps the
@@ -471,14 +514,19 @@ void Gpt2::init_weights(uint64_t seed, const ParamSink& sink) {
   const std::vector<Gpt2Weight> spec = config_.weight_spec();
   std::vector<float> piece(size_t{1} << 16);
   for (size_t k = 0; k < spec.size(); ++k) {
-    const Parameter* held = store_.find(spec[k].name);
+    const bool is_expert = spec[k].expert >= 0;
+    const Parameter* held = (is_expert ? expert_store_ : store_).find(spec[k].name);
+    const ParamSink& to = is_expert && expert_sink ? expert_sink : sink;
     float fill = 0.0f, stdv = 0.0f;  // a constant, or N(0, stdv) when stdv > 0
     switch (spec[k].role) {
       case Gpt2Role::lnf_w: case Gpt2Role::ln1_w: case Gpt2Role::ln2_w: fill = 1.0f; break;
       case Gpt2Role::lnf_b: case Gpt2Role::ln1_b: case Gpt2Role::ln2_b: case Gpt2Role::qkv_b: case Gpt2Role::proj_b:
-      case Gpt2Role::fc_b: case Gpt2Role::fc2_b: break;
-      case Gpt2Role::proj_w: case Gpt2Role::fc2_w: stdv = proj_std; break;  // the residual projections
-      case Gpt2Role::wte: case Gpt2Role::wpe: case Gpt2Role::qkv_w: case Gpt2Role::fc_w: stdv = 0.02f; break;
+      case Gpt2Role::fc_b: case Gpt2Role::fc2_b: case Gpt2Role::moe_coef_b: case Gpt2Role::expert_fc_b:
+      case Gpt2Role::expert_fc2_b: break;
+      // the residual projections
+      case Gpt2Role::proj_w: case Gpt2Role::fc2_w: case Gpt2Role::expert_fc2_w: stdv = proj_std; break;
+      case Gpt2Role::wte: case Gpt2Role::wpe: case Gpt2Role::qkv_w: case Gpt2Role::fc_w: case Gpt2Role::expert_fc_w:
+      case Gpt2Role::moe_gate_w: case Gpt2Role::moe_coef_w: stdv = 0.02f; break;
     }
     auto draw = [&](float* out, int64_t n) {
       for (int64_t i = 0; i < n; ++i) out[i] = stdv > 0.0f ? stdv * rng.normal() : fill;
@@ -488,14 +536,14 @@ void Gpt2::init_weights(uint64_t seed, const ParamSink& sink) {
       std::vector<float> whole(static_cast<size_t>(p.full_shape().numel())), mine(static_cast<size_t>(p.numel()));
       draw(whole.data(), static_cast<int64_t>(whole.size()));
       p.tp.shard(whole.data(), mine.data());
-      sink(p.offset, mine.data(), p.numel());
+      to(p.offset, mine.data(), p.numel());
       continue;
     }
     const int64_t numel = spec[k].numel();
     for (int64_t first = 0; first < numel;) {
       const int64_t n = std::min<int64_t>(static_cast<int64_t>(piece.size()), numel - first);
       draw(piece.data(), n);
-      if (held) sink(held->offset + first, piece.data(), n);
+      if (held) to(held->offset + first, piece.data(), n);
       first += n;
     }
   }
@@ -526,11 +574,12 @@ int64_t Gpt2::check_tokens(const int32_t* tokens, int B, int T, bool are_targets
 }
 
 float Gpt2::forward_backward(Ctx& ctx, const int32_t* inputs, const int32_t* targets, int B, int T,
-                             float grad_scale) {
+                             float grad_scale, uint64_t noise_seed, MoeStats* moe) {
   const int64_t count = check_tokens(targets, B, T, true);
   check_tokens(inputs, B, T, false);
   Pass pass{.inputs = inputs, .targets = targets, .B = B, .T = T,
-            .grad_scale = grad_scale / static_cast<float>(count)};
+            .grad_scale = grad_scale / static_cast<float>(count), .loss_term_scale = grad_scale,
+            .noise_seed = noise_seed, .moe = moe};
   runner_->train(ctx, pass);
   return static_cast<float>(pass.loss_sum / static_cast<double>(count));
 }

@@ -12,9 +12,13 @@
 namespace ds::nn {
 
 // Model-level roles first, then the twelve of each transformer layer in the order a layer declares them.
+// An MoE block (moe.h) has, in place of its MLP, the gate, with use_residual the MLP (fc, fc2) and the coefficient,
+// then each expert's four weights; these roles have no slot in a forward's table (the serving forwards hold dense
+// blocks).
 enum class Gpt2Role : int8_t {
   wte, wpe, lnf_w, lnf_b,
   ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fc2_w, fc2_b,
+  moe_gate_w, moe_coef_w, moe_coef_b, expert_fc_w, expert_fc_b, expert_fc2_w, expert_fc2_b,
 };
 inline constexpr int kGpt2ModelRoles = 4;
 inline constexpr int kGpt2LayerRoles = 12;
@@ -32,6 +36,7 @@ struct Gpt2Weight {
   int layer = -1;  // -1 for wte, wpe and ln_f
   std::string name;
   std::vector<int64_t> shape;
+  int expert = -1;  // an expert's weight: its index in the layer
   int64_t numel() const {
     int64_t n = 1;
     for (const int64_t d : shape) n *= d;
@@ -39,7 +44,9 @@ struct Gpt2Weight {
   }
 };
 
-// In declaration order: wte, wpe, the layers' twelve each, ln_f's two.
-std::vector<Gpt2Weight> gpt2_weight_spec(int n_layer, int n_embd, int vocab_size, int block_size);
+// In declaration order: wte, wpe, the layers' twelve each, ln_f's two. With `experts` (one count per layer, 0 for a
+// dense one), a layer with experts has the MoE weights in place of its MLP's.
+std::vector<Gpt2Weight> gpt2_weight_spec(int n_layer, int n_embd, int vocab_size, int block_size,
+                                         const std::vector<int>& experts = {}, bool use_residual = false);
 
 }  // namespace ds::nn
