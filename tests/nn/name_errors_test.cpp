@@ -51,7 +51,7 @@ TEST_F(ModelFileTest, UnknownKeySuggestsTheNearestKnownKey) {
   const std::string p = model_file(R"({"preset": "gpt2-tiny", "n_layers": 2})");
   const std::string msg = error_of([&] { nn::Gpt2Config::from_spec(p); });
   EXPECT_EQ(msg, "[model] unknown key 'n_layers' in '" + p + "'; the known keys are preset, n_layer, n_head, n_embd, "
-                 "vocab_size, block_size, model_type. Did you mean 'n_layer'?");
+                 "vocab_size, block_size, model_type, moe. Did you mean 'n_layer'?");
 }
 
 TEST_F(ModelFileTest, UnknownKeyFarFromAllKnownKeysGetsNoSuggestion) {
