@@ -162,14 +162,14 @@ TEST_F(OptimizerStateCheckpoint, SaveAndLoadGoThroughTheStore) {
     ckpt::CheckpointManifest meta;
     meta.model = {{"test", what}};
     comm::Topology topology(*saved.comm, comm::TopologyShape{1, 1, 1});
-    engine::write_checkpoint(topology, dir_.string(), what, saved.store, *saved.opt, meta);
+    engine::write_checkpoint(topology, dir_.string(), what, {{&saved.store, saved.opt.get(), false}}, meta);
     EXPECT_EQ(saved.state->count(StateKind::exp_avg, TileAccess::read), 4) << what;
     EXPECT_EQ(saved.state->count(StateKind::exp_avg_sq, TileAccess::read), 4) << what;
     EXPECT_EQ(saved.state->count(StateKind::master, TileAccess::read), precision.mixed() ? 4 : 0) << what;
 
     Model loaded(precision);
     loaded.state->reset();
-    engine::load_checkpoint(dir_.string(), what, loaded.store, *loaded.opt);
+    engine::load_checkpoint(dir_.string(), what, {{&loaded.store, loaded.opt.get(), false}});
     EXPECT_EQ(loaded.state->count(StateKind::exp_avg, TileAccess::write), 4) << what;
     EXPECT_EQ(loaded.state->count(StateKind::exp_avg_sq, TileAccess::write), 4) << what;
     EXPECT_EQ(loaded.state->writes(StateKind::master) > 0, precision.mixed()) << what;

@@ -24,7 +24,9 @@ std::string checkpoint_shape_str(const std::vector<int64_t>& shape) {
   return fmt::format("[{}]", fmt::join(shape, ", "));
 }
 
-std::string checkpoint_shard_name(int rank) { return fmt::format("rank_{:05d}.safetensors", rank); }
+std::string checkpoint_shard_name(int rank, bool experts) {
+  return fmt::format("{}rank_{:05d}.safetensors", experts ? "experts_" : "", rank);
+}
 
 uint32_t checkpoint_crc32(const uint8_t* data, size_t n) {
   return static_cast<uint32_t>(crc32_z(crc32_z(0L, Z_NULL, 0), data, n));
@@ -81,6 +83,7 @@ int64_t product(const std::vector<int64_t>& shape) {
 nlohmann::json layout_json(const CheckpointLayout& l) {
   nlohmann::json j = {{"tp_rank", l.tp_rank}, {"pp_stage", l.pp_stage}, {"units", nlohmann::json::array()},
                       {"params", nlohmann::json::array()}, {"shards", nlohmann::json::array()}};
+  if (l.ep_rank >= 0) j["ep_rank"] = l.ep_rank;
   for (const auto& u : l.units)
     j["units"].push_back(
         {{"name", u.name}, {"offset", u.offset}, {"numel", u.numel}, {"padded_numel", u.padded_numel}});
@@ -182,10 +185,10 @@ void check_layout(const CheckpointLayout& l, const CheckpointManifest& m, const 
                 "[checkpoint] {}: shard file '{}' is not a file name in the checkpoint's directory; the manifest is "
                 "damaged", where, s.file.substr(0, 200));
   }
-  const size_t want_shards = m.zero_stage == 0 ? 1 : static_cast<size_t>(m.world);
+  const size_t want_shards = m.zero_stage == 0 ? 1 : static_cast<size_t>(l.ep_rank >= 0 ? m.world / m.ep : m.world);
   DS_CHECK_AS(IoError, l.shards.size() == want_shards, "[checkpoint] {}: a stage-{} checkpoint of {} data-parallel "
-              "rank(s) has {} shard(s) per layout, but the manifest lists {}", where, m.zero_stage, m.world,
-              want_shards, l.shards.size());
+              "rank(s) has {} shard(s) per {}layout, but the manifest lists {}", where, m.zero_stage, m.world,
+              want_shards, l.ep_rank >= 0 ? "expert " : "", l.shards.size());
 }
 }  // namespace
 
@@ -196,6 +199,7 @@ CheckpointLayout parse_checkpoint_layout(const std::string& text) {
   CheckpointLayout l = parse_layout(j, "a rank's layout");
   l.tp_rank = get_field<int>(j, "tp_rank", "a rank's layout");
   l.pp_stage = get_field<int>(j, "pp_stage", "a rank's layout");
+  l.ep_rank = j.value("ep_rank", -1);
   return l;
 }
 
@@ -213,7 +217,7 @@ nlohmann::json CheckpointManifest::to_json() const {
   j["model"] = model;
   j["zero_stage"] = zero_stage;
   j["world"] = world;
-  j["parallel"] = {{"data", world}, {"tensor", tp}, {"pipeline", pp}};
+  j["parallel"] = {{"data", world}, {"tensor", tp}, {"pipeline", pp}, {"expert", ep}};
   j["layouts"] = nlohmann::json::array();
   for (const CheckpointLayout& l : layouts) j["layouts"].push_back(layout_json(l));
   j["config"] = config;
@@ -251,8 +255,10 @@ CheckpointManifest CheckpointManifest::from_json(const nlohmann::json& j, const 
       CheckpointLayout layout = parse_layout(l, where);
       layout.tp_rank = get_field<int>(l, "tp_rank", where);
       layout.pp_stage = get_field<int>(l, "pp_stage", where);
+      if (l.is_object() && l.contains("ep_rank")) layout.ep_rank = get_field<int>(l, "ep_rank", where);
       m.layouts.push_back(std::move(layout));
     }
+    if (parallel.is_object() && parallel.contains("expert")) m.ep = get_field<int>(parallel, "expert", where);
   }
   m.config = j.value("config", nlohmann::json::object());
   m.engine_state = j.value("engine_state", nlohmann::json::object());
@@ -260,12 +266,25 @@ CheckpointManifest CheckpointManifest::from_json(const nlohmann::json& j, const 
   for (const nlohmann::json* v : {&m.config, &m.engine_state, &m.client_state})
     DS_CHECK_AS(IoError, v->is_object(), "[checkpoint] {}: 'config', 'engine_state' and 'client_state' should be "
                 "objects, found {}; the manifest is damaged", where, json_excerpt(*v));
+  const auto expert_layouts = static_cast<int64_t>(
+      std::count_if(m.layouts.begin(), m.layouts.end(), [](const CheckpointLayout& l) { return l.ep_rank >= 0; }));
   DS_CHECK_AS(IoError, m.world >= 1 && m.zero_stage >= 0 && m.zero_stage <= 3 && m.tp >= 1 && m.pp >= 1 &&
-                           int64_t(m.tp) * m.pp == static_cast<int64_t>(m.layouts.size()),
-              "[checkpoint] {}: data-parallel {} / stage {} / tensor-parallel {} x pipeline {} with {} layout(s) is "
-              "not a valid layout", where, m.world, m.zero_stage, m.tp, m.pp, m.layouts.size());
-  std::vector<bool> seen(m.layouts.size(), false);
+                           m.ep >= 1 && m.world % m.ep == 0 && (expert_layouts == 0 || expert_layouts == m.ep) &&
+                           int64_t(m.tp) * m.pp + expert_layouts == static_cast<int64_t>(m.layouts.size()),
+              "[checkpoint] {}: data-parallel {} / stage {} / tensor-parallel {} x pipeline {} / expert-parallel {} "
+              "with {} layout(s) is not a valid layout", where, m.world, m.zero_stage, m.tp, m.pp, m.ep,
+              m.layouts.size());
+  std::vector<bool> seen(m.layouts.size(), false), seen_expert(static_cast<size_t>(m.ep), false);
   for (const CheckpointLayout& l : m.layouts) {
+    if (l.ep_rank >= 0) {
+      DS_CHECK_AS(IoError, l.ep_rank < m.ep && l.tp_rank == 0 && l.pp_stage == 0 &&
+                               !seen_expert[static_cast<size_t>(l.ep_rank)],
+                  "[checkpoint] {}: expert layout {} is out of range or listed twice; the manifest is damaged", where,
+                  l.ep_rank);
+      seen_expert[static_cast<size_t>(l.ep_rank)] = true;
+      check_layout(l, m, where);
+      continue;
+    }
     DS_CHECK_AS(IoError, l.tp_rank >= 0 && l.tp_rank < m.tp && l.pp_stage >= 0 && l.pp_stage < m.pp &&
                              !seen[static_cast<size_t>(l.pp_stage) * m.tp + l.tp_rank],
                 "[checkpoint] {}: layout (tensor rank {}, stage {}) is out of range or listed twice; the manifest is "
@@ -315,11 +334,12 @@ CheckpointReader::CheckpointReader(const std::string& dir, const std::string& ta
   for (const CheckpointLayout& desc : m.layouts) {
     Layout& l = layouts_.emplace_back();
     int64_t part = 0;
+    const auto ranks = static_cast<int64_t>(desc.shards.size());  // checked: the layout's partitions
     for (const CheckpointUnit& u : desc.units) {
-      const int64_t chunk = m.zero_stage == 0 ? u.padded_numel : u.padded_numel / m.world;
-      DS_CHECK_AS(IoError, m.zero_stage == 0 || u.padded_numel % m.world == 0,
+      const int64_t chunk = m.zero_stage == 0 ? u.padded_numel : u.padded_numel / ranks;
+      DS_CHECK_AS(IoError, m.zero_stage == 0 || u.padded_numel % ranks == 0,
                   "[checkpoint] '{}': unit {} of {} elements does not split over {} ranks", manifest_path, u.name,
-                  u.padded_numel, m.world);
+                  u.padded_numel, ranks);
       l.chunk.push_back(chunk);
       l.part_offset.push_back(part);
       part += chunk;

@@ -58,8 +58,11 @@ struct CheckpointShard {
 };
 
 // The flat layout of one model-parallel rank, and the shards of its data-parallel ranks (stage 0: one).
+// An MoE model's experts have layouts of their own, one per expert-parallel rank (ep_rank >= 0), each with the
+// shards of its expert-data-parallel ranks (world / ep of them; stage 0: one); their parameters are named by expert.
 struct CheckpointLayout {
   int tp_rank = 0, pp_stage = 0;
+  int ep_rank = -1;  // -1: a dense layout
   std::vector<CheckpointUnit> units;
   std::vector<CheckpointParam> params;
   std::vector<CheckpointShard> shards;  // by data-parallel rank
@@ -75,6 +78,7 @@ struct CheckpointManifest {
   int zero_stage = 0;
   int world = 1;                // data-parallel ranks (the partitions of each layout)
   int tp = 1, pp = 1;           // tensor-parallel ranks and pipeline stages: tp x pp layouts
+  int ep = 1;                   // expert-parallel ranks: ep expert layouts, when the model has experts
   std::vector<CheckpointLayout> layouts;
   nlohmann::json config = nlohmann::json::object();        // the DeepSpeed config the run was given
   nlohmann::json engine_state = nlohmann::json::object();  // skipped steps, loss scaler, dtypes, seed
@@ -93,7 +97,8 @@ CheckpointLayout parse_checkpoint_layout(const std::string& text);
 inline constexpr const char* kCkptTensors[] = {"fp32", "exp_avg", "exp_avg_sq"};
 
 // The shard file of a rank ("rank_00003.safetensors"), the CRC-32 the manifest records, a shape as "[2, 3]".
-std::string checkpoint_shard_name(int rank);
+// A rank's shard file: its dense partition, or (experts) its experts' partition.
+std::string checkpoint_shard_name(int rank, bool experts = false);
 uint32_t checkpoint_crc32(const uint8_t* data, size_t n);
 std::string checkpoint_shape_str(const std::vector<int64_t>& shape);
 

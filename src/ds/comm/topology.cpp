@@ -18,17 +18,25 @@ int TopologyShape::rank_of(const Coords& c) const {
   return (c.pipe * data + c.data) * model + c.model;
 }
 
-std::string TopologyShape::str() const { return fmt::format("pp {} × tp {} × dp {}", pipe, model, data); }
+std::string TopologyShape::str() const {
+  return fmt::format("pp {} × tp {} × dp {}{}", pipe, model, data, expert > 1 ? fmt::format(" (ep {})", expert) : "");
+}
 
 Topology::Topology(Communicator& world, const TopologyShape& shape) : world_(world), shape_(shape) {
   DS_CHECK_AS(ConfigError, world.size() == shape.world(), "[topology] the layout {} needs {} ranks but the job has {}",
               shape.str(), shape.world(), world.size());
+  DS_CHECK_AS(ConfigError, shape.expert >= 1 && shape.data % shape.expert == 0, "[topology] the expert-parallel size "
+              "{} must divide the data-parallel size {} (DeepSpeed asserts the same); choose an ep_size that divides "
+              "{}", shape.expert, shape.data, shape.data);
   coords_ = shape.coords_of(world.rank());
   const Coords& c = coords_;
   data_ = group(shape.data, c.pipe * shape.model + c.model, c.data);
   model_ = group(shape.model, c.pipe * shape.data + c.data, c.model);
   pipe_ = group(shape.pipe, c.data * shape.model + c.model, c.pipe);
   model_parallel_ = shape.pipe == 1 ? model_ : group(shape.pipe * shape.model, c.data, c.pipe * shape.model + c.model);
+  const int ep = shape.expert, replicas = shape.data / ep, rest = c.pipe * shape.model + c.model;
+  expert_ = ep == shape.data ? data_ : group(ep, rest * replicas + c.data / ep, c.data % ep);
+  expert_data_ = ep == 1 ? data_ : group(replicas, rest * ep + c.data % ep, c.data / ep);
 }
 
 Communicator* Topology::group(int size, int color, int key) {

@@ -4,6 +4,10 @@
 // Each rank gets the communicators of its groups: data (ZeRO and gradient averaging: same pipe and model
 // coordinates), model (tensor parallelism: same pipe and data), pipe (the stages of one replica: same data and
 // model) and model-parallel (every rank of one replica: same data coordinate; the gradient norm sums over it).
+// Mixture of Experts splits the data axis once more (DeepSpeed's _create_expert_and_data_parallel): consecutive
+// data ranks in groups of `expert` share one set of experts (expert-parallel: the all-to-all), and the ranks
+// holding the same experts form the expert-data-parallel group (the experts' gradients are reduced over it).
+// For data 4 and expert 2: expert groups {0,1} {2,3}, expert-data groups {0,2} {1,3}.
 #pragma once
 
 #include <memory>
@@ -22,6 +26,7 @@ struct Coords {
 // The arithmetic of a layout, without communicators.
 struct TopologyShape {
   int pipe = 1, data = 1, model = 1;
+  int expert = 1;  // the expert-parallel size, a divisor of data
   int world() const { return pipe * data * model; }
   Coords coords_of(int rank) const;
   int rank_of(const Coords& c) const;
@@ -42,6 +47,8 @@ class Topology {
   Communicator& model() { return *model_; }
   Communicator& pipe() { return *pipe_; }
   Communicator& model_parallel() { return *model_parallel_; }
+  Communicator& expert() { return *expert_; }
+  Communicator& expert_data() { return *expert_data_; }
   // This rank's traffic over the world and all its groups, each collective once (Note [Traffic accounting]).
   CommStats stats() const;
 
@@ -54,7 +61,7 @@ class Topology {
   TopologyShape shape_;
   Coords coords_;
   std::vector<std::unique_ptr<Communicator>> owned_;
-  Communicator *data_, *model_, *pipe_, *model_parallel_;
+  Communicator *data_, *model_, *pipe_, *model_parallel_, *expert_, *expert_data_;
 };
 
 }  // namespace ds::comm

@@ -147,7 +147,7 @@ std::vector<std::string> all_gather_text(comm::Communicator& comm, const std::st
 }  // namespace
 
 void write_checkpoint(comm::Topology& topology, const std::string& dir, const std::string& tag,
-                      const nn::ParameterStore& store, zero::ZeroOptimizer& optimizer, ckpt::CheckpointManifest meta) {
+                      const std::vector<CheckpointPart>& parts, ckpt::CheckpointManifest meta) {
   comm::Communicator& comm = topology.world();
   const int rank = comm.rank(), world = comm.size();
   DS_CHECK_AS(IoError, !tag.empty() && tag.find('/') == std::string::npos && tag[0] != '.',
@@ -164,69 +164,92 @@ void write_checkpoint(comm::Topology& topology, const std::string& dir, const st
   }
   comm.barrier();
 
-  const int stage = optimizer.stage();
+  const int stage = parts.at(0).optimizer->stage();
+  const comm::TopologyShape& shape = topology.shape();
   const comm::Coords at = topology.coords();
-  // Stage 0: the data-parallel ranks of a layout hold the same state, so its first one writes it.
-  const bool writes = stage > 0 || at.data == 0;
-  int32_t info[5] = {0, 0, 0, 0, 1};          // bytes (lo, hi), crc, written, ok
-  std::string failure;                        // this rank's error, raised once every rank knows
-  if (writes) try {
-    const std::string path = (saving / ckpt::checkpoint_shard_name(rank)).string();
-    write_shard(path, optimizer);
-    const MappedFile raw = MappedFile::open(path, "checkpoint", "a checkpoint shard");
-    const auto size = static_cast<uint64_t>(raw.size());
-    info[0] = static_cast<int32_t>(size & 0xffffffffu);
-    info[1] = static_cast<int32_t>(size >> 32);
-    info[2] = static_cast<int32_t>(ckpt::checkpoint_crc32(raw.data(), raw.size()));
-    info[3] = 1;
-  } catch (const std::exception& e) {
-    failure = e.what();
-    info[4] = 0;
-  }
-  std::vector<int32_t> all(static_cast<size_t>(5 * world));
-  comm.all_gather(info, all.data(), 5, DType::i32);
-  // Each model-parallel rank's layout, from its first data-parallel rank (rank 0 writes the manifest).
-  const std::vector<std::string> layouts =
-      all_gather_text(comm, at.data == 0 ? ckpt::checkpoint_layout_text(layout_of(store, at)) : std::string());
+  const int ep = shape.expert;
+  // Per part: every rank's shard record (bytes lo, hi, crc, written, ok) and layout text.
+  struct Written {
+    std::vector<int32_t> info;
+    std::vector<std::string> layouts;
+  };
+  std::vector<Written> written;
+  std::string failure;  // this rank's error, raised once every rank knows
   bool all_wrote = true;
-  for (int r = 0; r < world; ++r) all_wrote = all_wrote && all[static_cast<size_t>(5 * r + 4)] == 1;
+  for (const CheckpointPart& part : parts) {
+    // A layout's ranks hold the same state at stage 0, so its first one writes it. Dense layouts are per (pipe,
+    // model) over the data ranks; expert layouts per expert-parallel rank over the expert-data ranks.
+    const bool first = part.experts ? at.data / ep == 0 : at.data == 0;
+    const bool writes = stage > 0 || first;
+    int32_t info[5] = {0, 0, 0, 0, 1};
+    if (writes && failure.empty()) try {
+      const std::string path = (saving / ckpt::checkpoint_shard_name(rank, part.experts)).string();
+      write_shard(path, *part.optimizer);
+      const MappedFile raw = MappedFile::open(path, "checkpoint", "a checkpoint shard");
+      const auto size = static_cast<uint64_t>(raw.size());
+      info[0] = static_cast<int32_t>(size & 0xffffffffu);
+      info[1] = static_cast<int32_t>(size >> 32);
+      info[2] = static_cast<int32_t>(ckpt::checkpoint_crc32(raw.data(), raw.size()));
+      info[3] = 1;
+    } catch (const std::exception& e) {
+      failure = e.what();
+      info[4] = 0;
+    }
+    Written& w = written.emplace_back();
+    w.info.resize(static_cast<size_t>(5 * world));
+    comm.all_gather(info, w.info.data(), 5, DType::i32);
+    std::string text;
+    if (first) {
+      ckpt::CheckpointLayout l = layout_of(*part.store, at);
+      if (part.experts) l.ep_rank = at.data % ep;
+      text = ckpt::checkpoint_layout_text(l);
+    }
+    w.layouts = all_gather_text(comm, text);
+    for (int r = 0; r < world; ++r) all_wrote = all_wrote && w.info[static_cast<size_t>(5 * r + 4)] == 1;
+  }
   if (!all_wrote && rank == 0) {
     std::error_code ec;
     fs::remove_all(saving, ec);  // nothing half-written stays beside the checkpoints
   }
   if (!failure.empty()) throw IoError(failure);
-  for (int r = 0; r < world; ++r) {
-    DS_CHECK_AS(IoError, all[static_cast<size_t>(5 * r + 4)] == 1, "[checkpoint] rank {} could not write its shard "
-                "of '{}' (its error is in its log); the previous checkpoint and 'latest' are unchanged", r,
-                final_dir.string());
-  }
+  for (const Written& w : written)
+    for (int r = 0; r < world; ++r) {
+      DS_CHECK_AS(IoError, w.info[static_cast<size_t>(5 * r + 4)] == 1, "[checkpoint] rank {} could not write its "
+                  "shard of '{}' (its error is in its log); the previous checkpoint and 'latest' are unchanged", r,
+                  final_dir.string());
+    }
   maybe_die_mid_save(rank);
 
   int32_t published = 1;
   if (rank == 0) try {
-    const comm::TopologyShape& shape = topology.shape();
     meta.tag = tag;
     meta.zero_stage = stage;
     meta.world = shape.data;
     meta.tp = shape.model;
     meta.pp = shape.pipe;
-    meta.optimizer_steps = optimizer.step_count();
+    meta.ep = ep;
+    meta.optimizer_steps = parts[0].optimizer->step_count();
     meta.layouts.clear();
-    for (int r = 0; r < world; ++r) {
-      const comm::Coords c = shape.coords_of(r);
-      if (c.data != 0) continue;
-      ckpt::CheckpointLayout l = ckpt::parse_checkpoint_layout(layouts[static_cast<size_t>(r)]);
-      for (int d = 0; d < (stage == 0 ? 1 : shape.data); ++d) {  // the shards of its data-parallel ranks, in order
-        const int g = shape.rank_of({c.pipe, d, c.model});
-        const int32_t* x = all.data() + 5 * g;
-        const uint64_t size =
-            static_cast<uint32_t>(x[0]) | (static_cast<uint64_t>(static_cast<uint32_t>(x[1])) << 32);
-        int64_t part = 0;
-        for (const ckpt::CheckpointUnit& u : l.units) part += stage == 0 ? u.padded_numel : u.padded_numel / shape.data;
-        l.shards.push_back({ckpt::checkpoint_shard_name(g), g, part, static_cast<int64_t>(size),
-                            static_cast<uint32_t>(x[2])});
+    for (size_t k = 0; k < parts.size(); ++k) {
+      const bool experts = parts[k].experts;
+      const Written& w = written[k];
+      for (int r = 0; r < world; ++r) {
+        const comm::Coords c = shape.coords_of(r);
+        if (experts ? c.data / ep != 0 : c.data != 0) continue;
+        ckpt::CheckpointLayout l = ckpt::parse_checkpoint_layout(w.layouts[static_cast<size_t>(r)]);
+        const int ranks = experts ? shape.data / ep : shape.data;  // the layout's partitions
+        for (int d = 0; d < (stage == 0 ? 1 : ranks); ++d) {  // the shards of its ranks, in partition order
+          const int g = shape.rank_of({c.pipe, experts ? d * ep + c.data : d, c.model});
+          const int32_t* x = w.info.data() + 5 * g;
+          const uint64_t size =
+              static_cast<uint32_t>(x[0]) | (static_cast<uint64_t>(static_cast<uint32_t>(x[1])) << 32);
+          int64_t part = 0;
+          for (const ckpt::CheckpointUnit& u : l.units) part += stage == 0 ? u.padded_numel : u.padded_numel / ranks;
+          l.shards.push_back({ckpt::checkpoint_shard_name(g, experts), g, part, static_cast<int64_t>(size),
+                              static_cast<uint32_t>(x[2])});
+        }
+        meta.layouts.push_back(std::move(l));
       }
-      meta.layouts.push_back(std::move(l));
     }
     write_text_atomically((saving / "manifest.json").string(), meta.to_json().dump(1) + "\n");
     publish(saving, final_dir, dir);
@@ -297,37 +320,42 @@ void load_moments(const ckpt::CheckpointReader& reader, const nn::ParameterStore
 }  // namespace
 
 ckpt::CheckpointManifest load_checkpoint(const std::string& dir, const std::string& tag,
-                                         const nn::ParameterStore& store, zero::ZeroOptimizer& optimizer,
-                                         size_t model_params) {
+                                         const std::vector<CheckpointPart>& parts, size_t model_params) {
   const ckpt::CheckpointReader reader(dir, tag);
   const ckpt::CheckpointManifest& m = reader.manifest();
   // The same parameters, in any layout.
   std::vector<std::string> problems;
-  for (const nn::Parameter& p : store.all()) {
-    const ckpt::CheckpointParam* saved = nullptr;
-    for (const ckpt::CheckpointParam& q : reader.params())
-      if (q.name == p.name) saved = &q;
-    const std::vector<int64_t> shape(p.full_shape().begin(), p.full_shape().end());
-    if (!saved) {
-      problems.push_back(fmt::format("'{}' is missing", p.name));
-    } else if (saved->shape != shape) {
-      problems.push_back(fmt::format("'{}' is {} in the checkpoint but {} here", p.name,
-                                     ckpt::checkpoint_shape_str(saved->shape), ckpt::checkpoint_shape_str(shape)));
+  size_t held = 0;
+  for (const CheckpointPart& part : parts) {
+    held += part.store->all().size();
+    for (const nn::Parameter& p : part.store->all()) {
+      const ckpt::CheckpointParam* saved = nullptr;
+      for (const ckpt::CheckpointParam& q : reader.params())
+        if (q.name == p.name) saved = &q;
+      const std::vector<int64_t> shape(p.full_shape().begin(), p.full_shape().end());
+      if (!saved) {
+        problems.push_back(fmt::format("'{}' is missing", p.name));
+      } else if (saved->shape != shape) {
+        problems.push_back(fmt::format("'{}' is {} in the checkpoint but {} here", p.name,
+                                       ckpt::checkpoint_shape_str(saved->shape), ckpt::checkpoint_shape_str(shape)));
+      }
+      if (problems.size() >= 3) break;
     }
-    if (problems.size() >= 3) break;
   }
-  if (model_params == 0) model_params = store.all().size();
+  if (model_params == 0) model_params = held;
   if (reader.params().size() != model_params && problems.empty())
     problems.push_back(fmt::format("it holds {} parameters, this model {}", reader.params().size(), model_params));
   DS_CHECK_AS(IoError, problems.empty(), "[checkpoint] '{}' is from another model ({}): {}. Load it with the model "
               "it was saved with (--model)", reader.tag_dir(), m.model.dump(), fmt::join(problems, "; "));
-  // The parameters, parameter by parameter (every rank keeps all of its share below stage 3).
-  for (const nn::Parameter& p : store.all()) {
-    const std::vector<float> values = share_of(p, reader.read_param(reader.param(p.name), "fp32"));
-    optimizer.set_parameters(p.offset, values.data(), p.numel());
+  for (const CheckpointPart& part : parts) {
+    // The parameters, parameter by parameter (every rank keeps all of its share below stage 3).
+    for (const nn::Parameter& p : part.store->all()) {
+      const std::vector<float> values = share_of(p, reader.read_param(reader.param(p.name), "fp32"));
+      part.optimizer->set_parameters(p.offset, values.data(), p.numel());
+    }
+    load_moments(reader, *part.store, *part.optimizer);
+    part.optimizer->set_step_count(m.optimizer_steps);
   }
-  load_moments(reader, store, optimizer);
-  optimizer.set_step_count(m.optimizer_steps);
   return m;
 }
 

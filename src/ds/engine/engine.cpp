@@ -5,17 +5,56 @@
 
 #include <algorithm>
 #include <climits>
+#include <unordered_map>
 #include <cmath>
 
 
 #include "ds/ckpt/safetensors.h"
 #include "ds/core/log.h"
+#include "ds/core/rng.h"
 #include "ds/optim/adamw.h"
 #include "ds/engine/checkpoint.h"
+#include "ds/engine/comm_expert_parallel.h"
 #include "ds/engine/comm_tensor_parallel.h"
 #include "ds/pipe/partition.h"
 
 namespace ds::engine {
+
+// Note [Expert gradients]
+// An MoE model's experts live in a store of their own with a ZeRO optimizer over the expert-data-parallel group
+// (DeepSpeed's expert groups, comm/topology.h); the rest of the model is reduced over the whole data-parallel
+// group as usual. Expert e on rank r sees the tokens of every rank of its expert-parallel group, so its gradient
+// there is already the sum over those ep ranks' losses; the expert optimizer sums over its dp/ep ranks and divides
+// by dp/ep, so one more 1/ep gives the mean over all dp ranks, as every dense gradient is. The global norm is
+// sqrt(dense^2 + experts^2): the experts' partial sums go over the expert-data group and then the expert group,
+// covering every expert once. Clipping and the loss scale's overflow check use that norm, and both optimizers step
+// (or skip) together.
+namespace {
+// The runner's hooks for a model with experts: each unit's calls go to the optimizer that holds it.
+class ExpertHooks final : public nn::ModuleHooks {
+ public:
+  ExpertHooks(zero::ZeroOptimizer& dense, zero::ZeroOptimizer& experts, const nn::ParameterStore& expert_store)
+      : dense_(dense), experts_(experts), expert_store_(expert_store) {}
+  void pre_forward(const nn::Module& m) override { of(m).pre_forward(m); }
+  void post_forward(const nn::Module& m) override { of(m).post_forward(m); }
+  void pre_backward(const nn::Module& m) override { of(m).pre_backward(m); }
+  void post_backward(const nn::Module& m) override { of(m).post_backward(m); }
+  const float* slice_data(const nn::Module& slice) override { return dense_.slice_data(slice); }
+  float* slice_grads(const nn::Module& slice) override { return dense_.slice_grads(slice); }
+  void lookup_rows(const nn::Parameter& p, const int32_t* ids, int64_t n, float* out) override {
+    dense_.lookup_rows(p, ids, n, out);
+  }
+  void accumulate_row_grads(const nn::Parameter& p, const int32_t* ids, const float* rows, int64_t n) override {
+    dense_.accumulate_row_grads(p, ids, rows, n);
+  }
+
+ private:
+  zero::ZeroOptimizer& of(const nn::Module& m) { return expert_store_.unit_of(&m) ? experts_ : dense_; }
+  zero::ZeroOptimizer& dense_;
+  zero::ZeroOptimizer& experts_;
+  const nn::ParameterStore& expert_store_;
+};
+}  // namespace
 
 Engine::Engine(const nn::Gpt2Config& model_config, const config::DeepSpeedConfig& config, int seq_len,
                comm::Communicator* comm, uint64_t seed)
@@ -37,9 +76,23 @@ Engine::Engine(const nn::Gpt2Config& model_config, const config::DeepSpeedConfig
   DS_CHECK_AS(ConfigError, pp == 1 || config.zero.stage < 2, "[engine] ZeRO-2 and ZeRO-3 are incompatible with "
               "pipeline parallelism (as in DeepSpeed); {} asks for stage {} with {} pipeline stages: use ZeRO stage 0 "
               "or 1, or no pipeline", config.source, config.zero.stage, pp);
+  const bool moe = model_config.moe.enabled();
+  const int ep = moe ? model_config.moe.ep_size : 1;
+  if (moe) {
+    DS_CHECK_AS(ConfigError, pp == 1, "[engine] MoE models with pipeline parallelism are not supported yet; train "
+                "{} with data and expert parallelism (pipeline size 1)", model_config.name);
+    // DeepSpeed's engine asserts the same: its stage 3 does not partition expert parameters.
+    DS_CHECK_AS(ConfigError, config.zero.stage < 3, "[engine] ZeRO-3 does not support MoE models (as in DeepSpeed); "
+                "{} asks for stage 3: use ZeRO stage 0, 1 or 2", config.source);
+    DS_CHECK_AS(ConfigError, config.dp_world_size % ep == 0, "[engine] the expert-parallel size {} must divide the "
+                "data-parallel size {} (DeepSpeed asserts the same); choose an ep_size that divides {}", ep,
+                config.dp_world_size, config.dp_world_size);
+  }
   topology_ = std::make_unique<comm::Topology>(
-      *comm_, comm::TopologyShape{config.pipeline_parallel_size, config.dp_world_size, config.tensor_parallel_size});
+      *comm_, comm::TopologyShape{config.pipeline_parallel_size, config.dp_world_size, config.tensor_parallel_size,
+                                  ep});
   comm::Communicator& dp = topology_->data();
+  if (ep > 1) ep_group_ = std::make_unique<CommExpertParallel>(topology_->expert());
   if (config.tensor_parallel_size > 1) tp_group_ = std::make_unique<CommTensorParallel>(topology_->model());
   DS_CHECK_AS(ConfigError, seq_len > 0 && seq_len <= model_config.block_size,
               "[engine] sequence length {} must be between 1 and the model's block_size {}", seq_len,
@@ -64,7 +117,9 @@ Engine::Engine(const nn::Gpt2Config& model_config, const config::DeepSpeedConfig
   model_ = std::make_unique<nn::Gpt2>(model_config, zero::ZeroOptimizer::alignment(dp.size()),
                                       zero::ZeroOptimizer::keeps_full_gradients(stage),
                                       zero::ZeroOptimizer::keeps_full_parameters(stage), precision.params,
-                                      precision.grads, tp_group_.get(), range);
+                                      precision.grads, tp_group_.get(), range,
+                                      nn::ExpertPlacement{ep_group_.get(), zero::ZeroOptimizer::alignment(
+                                                                               topology_->expert_data().size())});
   // A pipeline reduces the gradients once the schedule has drained (DeepSpeed's ReduceGrads), not during backward.
   config::ZeroConfig zero_config = config.zero;
   if (pp > 1) zero_config.overlap_comm = false;
@@ -79,6 +134,13 @@ Engine::Engine(const nn::Gpt2Config& model_config, const config::DeepSpeedConfig
   optimizer_ = std::make_unique<zero::ZeroOptimizer>(model_->params(), dp, zero_config, hyper, precision,
                                                     zero::state_store_factory(config.zero, config.aio, comm_->rank()),
                                                     zero::param_swap_options(config.zero, config.aio, comm_->rank()));
+  if (model_->has_experts()) {  // Note [Expert gradients]
+    expert_optimizer_ = std::make_unique<zero::ZeroOptimizer>(
+        model_->expert_params(), topology_->expert_data(), zero_config, hyper, precision,
+        zero::state_store_factory(config.zero, config.aio, comm_->rank(), "expert_optimizer"));
+    if (ep > 1) expert_optimizer_->set_norm_group(&topology_->expert(), {});
+    expert_hooks_ = std::make_unique<ExpertHooks>(*optimizer_, *expert_optimizer_, model_->expert_params());
+  }
   if (tp_group_ || pp > 1) {
     // The norm sums over the ranks of one replica, each parameter once: the replicated parameters' gradients are
     // the same on every rank of the model group, so its rank 0 counts them; wte's, summed over the first and the
@@ -115,7 +177,7 @@ Engine::Engine(const nn::Gpt2Config& model_config, const config::DeepSpeedConfig
     lamb.eps_inside_sqrt = config.optimizer.eps_inside_sqrt;
     lamb.max_coeff = static_cast<float>(config.optimizer.max_coeff);
     lamb.min_coeff = static_cast<float>(config.optimizer.min_coeff);
-    optimizer_->use_lamb(lamb);
+    for (zero::ZeroOptimizer* o : optimizers()) o->use_lamb(lamb);
   }
   if (config.fp16.enabled) {
     const config::Fp16Config& f = config.fp16;
@@ -147,10 +209,10 @@ Engine::Engine(const nn::Gpt2Config& model_config, const config::DeepSpeedConfig
     scaler_ = optim::LossScaler(p);
   }
   // The same seed on every rank gives identical replicas (at stage 3, each rank keeps its partition of them).
-  model_->init_weights(seed, [this](int64_t offset, const float* values, int64_t n) {
-    optimizer_->set_parameters(offset, values, n);
-  });
-  model_->set_hooks(optimizer_.get());
+  model_->init_weights(
+      seed, [this](int64_t offset, const float* values, int64_t n) { optimizer_->set_parameters(offset, values, n); },
+      [this](int64_t offset, const float* values, int64_t n) { expert_optimizer_->set_parameters(offset, values, n); });
+  model_->set_hooks(expert_hooks_ ? expert_hooks_.get() : static_cast<nn::ModuleHooks*>(optimizer_.get()));
   configure_checkpointing();
   inputs_.resize(size_t(micro_) * seq_len_);
   targets_.resize(size_t(micro_) * seq_len_);
@@ -237,7 +299,8 @@ StepResult Engine::train_batch(const BatchFn& next_micro_batch) {
   const int64_t gas = config_.gradient_accumulation_steps;
   const double scale = scaler_.scale();
   r.loss_scale = scale;
-  optimizer_->begin_batch();
+  for (zero::ZeroOptimizer* o : optimizers()) o->begin_batch();
+  moe_stats_.clear();
   double loss_sum = 0;
   if (pipeline_) {
     loss_sum = pipeline_->train(next_micro_batch, static_cast<float>(scale / static_cast<double>(gas)));
@@ -249,21 +312,26 @@ StepResult Engine::train_batch(const BatchFn& next_micro_batch) {
     for (int64_t m = 0; m < gas; ++m) {
       next_micro_batch(inputs_.data(), targets_.data());
       ctx_.reset();
-      optimizer_->begin_micro_batch(m + 1 == gas);
+      for (zero::ZeroOptimizer* o : optimizers()) o->begin_micro_batch(m + 1 == gas);
+      // MoE routing noise: its own for every micro-batch of every rank and step, the same again after a resume.
+      Rng noise(seed_ ^ (static_cast<uint64_t>(global_steps_) << 20) ^ (static_cast<uint64_t>(m) << 8) ^
+                static_cast<uint64_t>(topology_->coords().data) << 40);
       loss_sum += model_->forward_backward(ctx_, inputs_.data(), targets_.data(), micro_, seq_len_,
-                                           static_cast<float>(scale / static_cast<double>(gas)));
-      optimizer_->end_micro_batch(m + 1 == gas);
+                                           static_cast<float>(scale / static_cast<double>(gas)), noise.next_u64(),
+                                           model_->has_experts() ? &moe_stats_ : nullptr);
+      for (zero::ZeroOptimizer* o : optimizers()) o->end_micro_batch(m + 1 == gas);
     }
   }
   r.loss = average_over_ranks(loss_sum / static_cast<double>(gas));
   r.recompute_seconds = model_->runner().take_recompute_seconds();
-  const double scaled_norm = optimizer_->grad_norm();
+  if (model_->has_experts()) report_moe(r);
+  const double scaled_norm = grad_norm();
   std::string message;
   r.skipped = scaler_.update(!std::isfinite(scaled_norm), message);  // throws at the minimum scale
   if (!message.empty() && comm_->rank() == 0) log_warning("{} (step {})", message, global_steps_ + 1);
   r.lr = schedule_.lr(global_steps_ - skipped_steps_);
   if (r.skipped) {
-    optimizer_->skip_step();
+    for (zero::ZeroOptimizer* o : optimizers()) o->skip_step();
     ++skipped_steps_;
     r.grad_norm = scaled_norm;
   } else {
@@ -272,13 +340,81 @@ StepResult Engine::train_batch(const BatchFn& next_micro_batch) {
     r.clipped = factor < 1.0f;
     // OneCycle cycles Adam's betas with the rate (Note [LR schedule step convention]).
     if (const auto betas = schedule_.betas(global_steps_ - skipped_steps_))
-      optimizer_->set_betas(static_cast<float>(betas->first), static_cast<float>(betas->second));
+      for (zero::ZeroOptimizer* o : optimizers())
+        o->set_betas(static_cast<float>(betas->first), static_cast<float>(betas->second));
     // Unscales and clips in one pass over the owned gradients (DeepSpeed's unscale_and_clip_grads).
     optimizer_->step(static_cast<float>(r.lr), static_cast<float>(factor / scale));
+    if (expert_optimizer_)  // Note [Expert gradients]
+      expert_optimizer_->step(static_cast<float>(r.lr),
+                              static_cast<float>(factor / scale / topology_->expert().size()));
   }
   ++global_steps_;
   r.tokens = config_.train_batch_size * static_cast<int64_t>(seq_len_);
   return r;
+}
+
+std::vector<CheckpointPart> Engine::checkpoint_parts() {
+  std::vector<CheckpointPart> parts = {{&model_->params(), optimizer_.get(), false}};
+  if (expert_optimizer_) parts.push_back({&model_->expert_params(), expert_optimizer_.get(), true});
+  return parts;
+}
+
+std::vector<zero::ZeroOptimizer*> Engine::optimizers() {
+  if (expert_optimizer_) return {optimizer_.get(), expert_optimizer_.get()};
+  return {optimizer_.get()};
+}
+
+double Engine::grad_norm() {
+  const double dense = optimizer_->grad_norm();
+  if (!expert_optimizer_) return dense;
+  const double experts = expert_optimizer_->grad_norm() / topology_->expert().size();  // Note [Expert gradients]
+  return std::sqrt(dense * dense + experts * experts);
+}
+
+void Engine::report_moe(StepResult& r) {
+  // One reduction over the data-parallel ranks: assignments, drops, the two losses, then every layer's counts.
+  std::vector<float> v = {static_cast<float>(moe_stats_.assignments), static_cast<float>(moe_stats_.dropped),
+                          static_cast<float>(moe_stats_.aux_loss), static_cast<float>(moe_stats_.z_loss)};
+  for (const std::vector<int64_t>& layer : moe_stats_.routed)
+    for (const int64_t n : layer) v.push_back(static_cast<float>(n));
+  comm::Communicator& dp = topology_->data();
+  if (dp.size() > 1) dp.all_reduce(v.data(), v.size(), DType::f32);
+  const double passes = static_cast<double>(config_.gradient_accumulation_steps) * dp.size();
+  r.moe_dropped = v[0] > 0 ? v[1] / v[0] : 0.0;
+  r.moe_aux_loss = v[2] / passes;
+  r.moe_z_loss = v[3] / passes;
+  if (v.size() == 4) return;
+  const auto counts = std::vector<float>(v.begin() + 4, v.end());
+  r.moe_tokens_min = *std::min_element(counts.begin(), counts.end());
+  r.moe_tokens_max = *std::max_element(counts.begin(), counts.end());
+  double sum = 0;
+  for (const float c : counts) sum += c;
+  r.moe_tokens_mean = sum / static_cast<double>(counts.size());
+}
+
+std::vector<float> Engine::with_experts(const std::vector<float>& dense) {
+  // Every weight of the spec at its place: the dense ones from expert-parallel rank 0, each expert from the rank
+  // that holds it; the expert group sums (MoE models have no tensor or pipeline parallelism).
+  const std::vector<float> experts = expert_optimizer_->full_parameters();
+  std::unordered_map<std::string, int64_t> at_whole;
+  int64_t whole_numel = 0;
+  for (const nn::Gpt2Weight& w : model_->config().weight_spec()) {
+    at_whole[w.name] = whole_numel;
+    whole_numel += w.numel();
+  }
+  std::vector<float> whole(static_cast<size_t>(whole_numel), 0.0f);
+  auto place = [&](const nn::ParameterStore& store, const std::vector<float>& values) {
+    int64_t at = 0;
+    for (const nn::Parameter& p : store.all()) {
+      std::copy_n(values.begin() + at, p.numel(), whole.begin() + at_whole.at(p.name));
+      at += p.numel();
+    }
+  };
+  comm::Communicator& group = topology_->expert();
+  if (group.rank() == 0) place(model_->params(), dense);
+  place(model_->expert_params(), experts);
+  if (group.size() > 1) group.all_reduce(whole.data(), whole.size(), DType::f32);
+  return whole;
 }
 
 double Engine::eval_loss(const BatchFn& next, int64_t num_batches, int batch_size) {
@@ -313,13 +449,13 @@ std::string Engine::save_checkpoint(const std::string& dir, const std::string& t
                        {"params_dtype", dtype_name(optimizer_->precision().params)},
                        {"grads_dtype", dtype_name(optimizer_->precision().grads)}};
   meta.client_state = client_state;
-  write_checkpoint(*topology_, dir, t, model_->params(), *optimizer_, std::move(meta));
+  write_checkpoint(*topology_, dir, t, checkpoint_parts(), std::move(meta));
   return t;
 }
 
 nlohmann::json Engine::load_checkpoint(const std::string& dir, const std::string& tag) {
-  const ckpt::CheckpointManifest m = engine::load_checkpoint(dir, tag, model_->params(), *optimizer_,
-                                                             model_->config().weight_spec().size());
+  const ckpt::CheckpointManifest m =
+      engine::load_checkpoint(dir, tag, checkpoint_parts(), model_->config().weight_spec().size());
   const comm::TopologyShape& here = topology_->shape();
   if (comm_->rank() == 0 && (m.world != here.data || m.tp != here.model || m.pp != here.pipe ||
                              m.zero_stage != optimizer_->stage()))
@@ -356,6 +492,7 @@ void Engine::load_weights(const std::string& path) {
 
 std::vector<float> Engine::full_parameters() {
   std::vector<float> local = optimizer_->full_parameters();  // this rank's shapes, in declaration order
+  if (expert_optimizer_) return with_experts(local);
   if (topology_->model_parallel().size() == 1) return local;
   // Each rank writes its share into the whole model's layout and the ranks of one replica sum: every element
   // comes from exactly one rank (a replicated parameter from model rank 0, the tied wte from the first stage).

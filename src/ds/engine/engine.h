@@ -13,6 +13,7 @@
 
 #include "ds/comm/communicator.h"
 #include "ds/comm/topology.h"
+#include "ds/engine/checkpoint.h"
 #include "ds/engine/pipeline_executor.h"
 #include "ds/nn/models/gpt2.h"
 #include "ds/nn/tensor_parallel.h"
@@ -32,6 +33,12 @@ struct StepResult {
   double loss_scale = 1;  // the scale this step's backward used
   int64_t tokens = 0;    // tokens of the global batch
   double recompute_seconds = 0;  // activation checkpointing: time this rank spent recomputing forwards
+  // MoE routing over the global batch (all zero without MoE): the auxiliary losses (sums over the MoE layers, as
+  // they enter the loss before their coefficients; means over micro-batches and ranks), the fraction of
+  // assignments dropped for capacity, and the assignments each expert was routed (min, mean and max over every
+  // expert of every MoE layer).
+  double moe_aux_loss = 0, moe_z_loss = 0, moe_dropped = 0;
+  double moe_tokens_min = 0, moe_tokens_mean = 0, moe_tokens_max = 0;
 };
 
 class Engine {
@@ -72,9 +79,13 @@ class Engine {
   comm::Communicator& comm() { return *comm_; }
   comm::Topology& topology() { return *topology_; }
   zero::ZeroOptimizer& optimizer() { return *optimizer_; }
+  // An MoE model's experts' optimizer, over the expert-data-parallel group (null without experts).
+  zero::ZeroOptimizer* expert_optimizer() { return expert_optimizer_.get(); }
   const zero::ZeroOptimizer& optimizer_const() const { return *optimizer_; }
   const config::DeepSpeedConfig& config() const { return config_; }
   int micro_batch_size() const { return micro_; }
+  // This rank's MoE routing statistics of the last step (empty without MoE).
+  const nn::MoeStats& moe_stats() const { return moe_stats_; }
   int seq_len() const { return seq_len_; }
 
  private:
@@ -83,6 +94,15 @@ class Engine {
   double from_last_stage(double value);
   // Switches the runner's activation checkpointing on as config_.activation_checkpointing asks.
   void configure_checkpointing();
+  // The dense optimizer, and the experts' when the model has some.
+  std::vector<zero::ZeroOptimizer*> optimizers();
+  std::vector<CheckpointPart> checkpoint_parts();
+  // full_parameters() of an MoE model: `dense` is this rank's dense parameters.
+  std::vector<float> with_experts(const std::vector<float>& dense);
+  // The gradient norm over both optimizers' gradients (Note [Expert gradients] in engine.cpp).
+  double grad_norm();
+  // The step's MoE statistics, summed over the data-parallel ranks, into r.
+  void report_moe(StepResult& r);
 
   config::DeepSpeedConfig config_;
   std::unique_ptr<comm::Communicator> own_comm_;
@@ -94,6 +114,10 @@ class Engine {
   int seq_len_;
   std::unique_ptr<nn::Gpt2> model_;
   std::unique_ptr<zero::ZeroOptimizer> optimizer_;
+  std::unique_ptr<nn::ExpertParallelGroup> ep_group_;         // null unless ep_size > 1
+  std::unique_ptr<zero::ZeroOptimizer> expert_optimizer_;     // null without experts
+  std::unique_ptr<nn::ModuleHooks> expert_hooks_;             // routes each unit's hooks to its optimizer
+  nn::MoeStats moe_stats_;
   std::unique_ptr<PipelineExecutor> pipeline_;  // with pipeline parallelism
   optim::LrSchedule schedule_;
   uint64_t seed_;

@@ -83,7 +83,8 @@ offload::AioOptions aio_options(const config::AioConfig& aio) {
   return o;
 }
 
-StateStoreFactory state_store_factory(const config::ZeroConfig& zero, const config::AioConfig& aio, int rank) {
+StateStoreFactory state_store_factory(const config::ZeroConfig& zero, const config::AioConfig& aio, int rank,
+                                      const std::string& what) {
   if (!zero.offload_optimizer_active()) return make_resident_state_store;
   const config::OffloadOptimizerConfig& o = *zero.offload_optimizer;
   if (o.device == config::OffloadDevice::cpu) {
@@ -93,7 +94,7 @@ StateStoreFactory state_store_factory(const config::ZeroConfig& zero, const conf
   }
   SwapOptions s;
   s.dir = o.nvme_path;
-  s.file_name = fmt::format("ds_optimizer_rank{}_pid{}.swp", rank, ::getpid());
+  s.file_name = fmt::format("ds_{}_rank{}_pid{}.swp", what, rank, ::getpid());
   s.buffer_count = o.buffer_count;
   s.pin_memory = o.pin_memory;
   s.pipeline_read = o.pipeline_read;

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 
 #include "ds/config/config.h"
 #include "ds/core/tensor.h"
@@ -114,8 +115,10 @@ using StateStoreFactory =
     std::function<std::unique_ptr<OptimizerStateStore>(int64_t numel, int64_t tile_numel, bool has_master)>;
 std::unique_ptr<OptimizerStateStore> make_resident_state_store(int64_t numel, int64_t tile_numel, bool has_master);
 // The optimizer-state store zero_optimization.offload_optimizer asks for: resident in the device tier (no offload),
-// in the host tier ('cpu'), or swapped to a file under nvme_path ('nvme', swapped_state.h); rank names the file.
-StateStoreFactory state_store_factory(const config::ZeroConfig& zero, const config::AioConfig& aio, int rank);
+// in the host tier ('cpu'), or swapped to a file under nvme_path ('nvme', swapped_state.h); `what` and rank name
+// the file (an MoE model's experts have an optimizer of their own).
+StateStoreFactory state_store_factory(const config::ZeroConfig& zero, const config::AioConfig& aio, int rank,
+                                      const std::string& what = "optimizer");
 // The aio block as the I/O engine's options.
 offload::AioOptions aio_options(const config::AioConfig& aio);
 
