@@ -41,13 +41,17 @@ struct MoeRun {
 
 // One rank's run: one sequence per micro-batch, `gas` micro-batches per step; data-parallel rank r reads rows
 // 4s + r*gas + k in step s (the single-process run with gas 4 reads them all, in the same order).
+// Steps [first, last), resuming from the checkpoint directory `load` and saving to `save` when given.
 inline MoeRun run_moe(comm::Communicator& comm, const nn::Gpt2Config& model, int stage, int gas,
-                      const std::string& extra = "") {
+                      const std::string& extra = "", int first = 0, int last = zero_case::kSteps,
+                      const std::string& load = "", const std::string& save = "") {
   config::DeepSpeedConfig cfg =
       config::parse_config(zero_case::config_json(stage, 1, gas, false, extra), comm.size(), "moe_case");
   engine::Engine engine(model, cfg, kT, &comm, 42);
+  if (!load.empty()) engine.load_checkpoint(load);
+  EXPECT_EQ(engine.global_steps(), first);
   const int dp_rank = engine.topology().coords().data;
-  int step = 0, k = 0;
+  int step = first, k = 0;
   auto next = [&](int32_t* in, int32_t* tg) {
     zero_case::table().fill(zero_case::kGlobalRows * step + dp_rank * gas + k, 1, in, tg);
     k = (k + 1) % gas;
@@ -55,7 +59,7 @@ inline MoeRun run_moe(comm::Communicator& comm, const nn::Gpt2Config& model, int
   MoeRun out;
   comm::Communicator& group = engine.topology().expert();
   auto a2a = [&] { return group.stats().bytes[static_cast<int>(comm::Collective::all_to_all)]; };
-  for (step = 0; step < zero_case::kSteps; ++step) {
+  for (; step < last; ++step) {
     const int64_t before = a2a();
     out.steps.push_back(engine.train_batch(next));
     out.run.losses.push_back(out.steps.back().loss);
@@ -80,6 +84,7 @@ inline MoeRun run_moe(comm::Communicator& comm, const nn::Gpt2Config& model, int
     }
   }
   out.expert_param_numel = engine.model().expert_params().numel();
+  if (!save.empty()) engine.save_checkpoint(save);
   out.run.params = engine.full_parameters();
   return out;
 }

@@ -101,6 +101,52 @@ TEST(Moe, TopOneDropsTokensAtCapacityFactorOne) {
   EXPECT_LE(r.steps.back().moe_tokens_min, r.steps.back().moe_tokens_mean);
 }
 
+class MoeCheckpoint : public ds::test::ScratchDirTest {};
+
+TEST_F(MoeCheckpoint, MovesBetweenExpertParallelSizesAndConsolidatesByExpert) {
+  // 7 steps at dp 4 / ep 2 / ZeRO-2, 7 at dp 4 / ep 4 / ZeRO-1, the last 6 in one process: the uninterrupted
+  // single-process run's losses and parameters.
+  const nn::Gpt2Config model = tiny_moe(1, false, 1);
+  const std::string a = path("a"), b = path("b");
+  auto part = [&](int dp, int ep, int stage, int first, int last, const std::string& load, const std::string& save) {
+    return ds::testing::on_local_ranks<MoeRun>(dp, [&](comm::Communicator& comm) {
+      return run_moe(comm, with_ep(model, ep), stage, zero_case::kGlobalRows / dp, "", first, last, load, save);
+    })[0];
+  };
+  const MoeRun one = part(4, 2, 2, 0, 7, "", a);
+  const MoeRun two = part(4, 4, 1, 7, 14, a, b);
+  const MoeRun three = part(1, 1, 0, 14, zero_case::kSteps, b, "");
+  zero_case::RunResult joined;
+  for (const MoeRun* r : {&one, &two, &three}) joined.losses.insert(joined.losses.end(), r->run.losses.begin(),
+                                                                    r->run.losses.end());
+  joined.params = three.run.params;
+  zero_case::expect_same_trajectory(joined, reference(model).run, "ep 2 -> ep 4 -> one process");
+  // The manifest has one expert layout per expert-parallel rank; consolidation names every expert.
+  const ckpt::CheckpointReader reader(b, "");
+  EXPECT_EQ(reader.manifest().ep, 4);
+  int expert_layouts = 0;
+  for (const ckpt::CheckpointLayout& l : reader.manifest().layouts) expert_layouts += l.ep_rank >= 0;
+  EXPECT_EQ(expert_layouts, 4);
+  // The consolidated file holds every parameter by name (the reader lists the experts layout by layout; the
+  // engine's full_parameters() in the weight spec's order).
+  const std::vector<float> values = zero_case::consolidated_values(reader, path("model.safetensors"));
+  std::map<std::string, std::vector<float>> saved, trained;
+  size_t at = 0;
+  for (const ckpt::CheckpointParam& p : reader.params()) {
+    saved[p.name].assign(values.begin() + long(at), values.begin() + long(at + p.full_numel()));
+    at += p.full_numel();
+  }
+  at = 0;
+  for (const nn::Gpt2Weight& w : model.weight_spec()) {
+    trained[w.name].assign(two.run.params.begin() + long(at), two.run.params.begin() + long(at + w.numel()));
+    at += w.numel();
+  }
+  EXPECT_EQ(saved.size(), model.weight_spec().size());
+  EXPECT_TRUE(saved == trained);
+  EXPECT_NO_THROW(reader.param("transformer.h.3.mlp.experts.3.c_proj.bias"));
+  EXPECT_NO_THROW(reader.param("transformer.h.1.mlp.gate.weight"));
+}
+
 TEST(Moe, ZeroThreeAndPipelinesAreClearErrors) {
   const nn::Gpt2Config model = tiny_moe(1, false, 1);
   auto build = [&](const std::string& json, int world) {
