@@ -209,3 +209,38 @@ INSTANTIATE_TEST_SUITE_P(
     });
 
 }  // namespace ds
+
+// ---- Mixture of Experts -------------------------------------------------------------------------------------------
+
+namespace ds {
+
+// Each MoE model file loads and trains a step with ds_config_moe.json as they are, on 2 ranks with the experts
+// spread over both (ep 2) and on one; every rank reports the job's loss and the routing statistics.
+TEST(MoeExamples, ModelFilesTrainAStepWithTheMoeConfig) {
+  set_log_level(LogLevel::error);
+  for (const char* file : {"model_gpt2_tiny_moe.json", "model_gpt2_tiny_pr_moe.json", "model_gpt2_tiny_mixtral.json"}) {
+    nn::Gpt2Config model = nn::Gpt2Config::from_spec(example(file));
+    ASSERT_TRUE(model.moe.enabled()) << file;
+    for (const int world : {1, 2}) {
+      const config::DeepSpeedConfig c = config::load_config_file(example("ds_config_moe.json"), world);
+      EXPECT_TRUE(c.warnings.empty()) << file;
+      model.moe.ep_size = world;
+      std::vector<engine::StepResult> results(static_cast<size_t>(world));
+      comm::run_local_world(world, [&](comm::Communicator& comm) {
+        engine::Engine engine(model, c, 32, &comm, 3);
+        Rng rng(17 + comm.rank());
+        results[static_cast<size_t>(comm.rank())] =
+            engine.train_batch(random_tokens(rng, static_cast<int>(c.train_micro_batch_size_per_gpu), 32));
+      });
+      for (const engine::StepResult& r : results) {
+        EXPECT_TRUE(std::isfinite(r.loss)) << file;
+        EXPECT_EQ(r.loss, results[0].loss) << file;
+        EXPECT_EQ(r.moe_tokens_mean, results[0].moe_tokens_mean) << file;
+        EXPECT_GT(r.moe_aux_loss, 0.0) << file;
+      }
+    }
+  }
+  set_log_level(LogLevel::info);
+}
+
+}  // namespace ds

@@ -91,6 +91,10 @@ void add_train_command(CLI::App& root) {
                                  "pipeline stages the layers are split into (the config's pipeline.stages; "
                                  "partitioned by pipeline.partition); the world size must be a multiple of "
                                  "stages x tensor-parallel size");
+  auto ep_size = std::make_shared<int>(1);
+  auto* ep_opt = cmd->add_option("--expert-parallel-size", *ep_size,
+                                 "ranks one set of experts is spread over (an MoE model's moe.ep_size, DeepSpeed's "
+                                 "MoE ep_size); must divide the data-parallel size and every MoE block's experts");
   cmd->add_option("--pipe-schedule", opts->pipe_schedule,
                   "pipeline schedule: 1f1b (DeepSpeed's) or zb-h1 (zero bubble: backward split into input- and "
                   "weight-gradient passes); default the config's pipeline.schedule, else 1f1b")
@@ -102,7 +106,7 @@ void add_train_command(CLI::App& root) {
   cmd->add_option("--init-from", opts->init_from,
                   "start from the weights of a .safetensors file (Hugging Face GPT-2 names, as consolidate writes)");
   cmd->callback([opts, memory_limit, host_limit, flags, data, steps, steps_opt, eval_batches, eval_opt, tp_size,
-                 tp_opt, pp_size, pp_opt] {
+                 tp_opt, pp_size, pp_opt, ep_size, ep_opt] {
     for (const AutoFlag& f : *flags) *f.given = f.option->count() > 0;
     app::TrainOptions o = *opts;
     o.data_given = data->count() > 0;
@@ -110,6 +114,7 @@ void add_train_command(CLI::App& root) {
     if (eval_opt->count() > 0) o.eval_batches = *eval_batches;
     if (tp_opt->count() > 0) o.tensor_parallel_size = *tp_size;
     if (pp_opt->count() > 0) o.pipe_parallel_size = *pp_size;
+    if (ep_opt->count() > 0) o.expert_parallel_size = *ep_size;
     if (!memory_limit->empty()) o.device_memory_limit = app::parse_byte_size(*memory_limit);
     if (!host_limit->empty()) o.host_memory_limit = app::parse_byte_size(*host_limit);
     app::run_training(o);

@@ -91,26 +91,39 @@ void ensure_data(const TrainOptions& o) {
            s.train_documents, s.train_tokens, s.val_documents, s.val_tokens, s.seconds);
 }
 
+// One row per step. An MoE model's rows add the step's routing (engine::StepResult): the auxiliary loss, the
+// dropped fraction and the tokens per expert.
 class MetricsCsv {
  public:
-  explicit MetricsCsv(const std::string& path) : out_(path) {
+  MetricsCsv(const std::string& path, bool moe) : out_(path), moe_(moe) {
     DS_CHECK_AS(IoError, out_.good(), "[train] cannot write metrics file '{}'; check --out", path);
     out_ << "step,loss,val_loss,lr,grad_norm,tokens_per_s,peak_param_mib,peak_grad_mib,peak_optimizer_mib,"
-            "peak_activation_mib,peak_workspace_mib,peak_device_mib,peak_rss_mib\n";
+            "peak_activation_mib,peak_workspace_mib,peak_device_mib,peak_rss_mib"
+         << (moe ? ",moe_aux_loss,moe_z_loss,moe_dropped_fraction,moe_tokens_min,moe_tokens_mean,moe_tokens_max" : "")
+         << "\n";
   }
-  void row(int64_t step, double loss, double val_loss, double lr, double gnorm, double tps) {
+  void row(int64_t step, double loss, double val_loss, double lr, double gnorm, double tps,
+           const engine::StepResult* moe = nullptr) {
     const MemoryTracker& t = current_tracker();
     auto mib = [&](Category c) { return static_cast<double>(t.peak(Tier::device, c)) / (1 << 20); };
-    out_ << fmt::format("{},{:.6f},{},{:.6e},{:.6f},{:.1f},{:.1f},{:.1f},{:.1f},{:.1f},{:.1f},{:.1f},{:.1f}\n", step,
+    out_ << fmt::format("{},{:.6f},{},{:.6e},{:.6f},{:.1f},{:.1f},{:.1f},{:.1f},{:.1f},{:.1f},{:.1f},{:.1f}", step,
                         loss, std::isnan(val_loss) ? std::string() : fmt::format("{:.6f}", val_loss), lr, gnorm, tps,
                         mib(Category::param), mib(Category::grad), mib(Category::optimizer),
                         mib(Category::activation), mib(Category::workspace),
                         static_cast<double>(t.peak(Tier::device)) / (1 << 20), peak_rss_mib());
+    if (moe_ && moe) {
+      out_ << fmt::format(",{:.6f},{:.6f},{:.6f},{:.0f},{:.1f},{:.0f}", moe->moe_aux_loss, moe->moe_z_loss,
+                          moe->moe_dropped, moe->moe_tokens_min, moe->moe_tokens_mean, moe->moe_tokens_max);
+    } else if (moe_) {
+      out_ << ",,,,,,";
+    }
+    out_ << "\n";
     out_.flush();
   }
 
  private:
   std::ofstream out_;
+  bool moe_;
 };
 
 }  // namespace
@@ -135,7 +148,7 @@ std::string topology_str(const config::DeepSpeedConfig& c) {
 void print_zero_report(comm::Communicator& comm, engine::Engine& engine, const StepTraffic& per_step, int seq_len) {
   const MemoryTracker& t = current_tracker();
   auto mib = [](double b) { return b / (1 << 20); };
-  constexpr int kFields = 11;
+  constexpr int kFields = 13;
   // Model states wherever they live: offload moves them to the host or nvme tier, the formula counts them all.
   auto states = [&](Category c) {
     return static_cast<float>(mib(double(t.peak(Tier::device, c) + t.peak(Tier::host, c) + t.peak(Tier::nvme, c))));
@@ -166,7 +179,10 @@ void print_zero_report(comm::Communicator& comm, engine::Engine& engine, const S
                              static_cast<float>(mib(per_step.model)),
                              static_cast<float>(mib(tp_formula)),
                              static_cast<float>(mib(sent)),
-                             static_cast<float>(mib(pp_formula))};
+                             static_cast<float>(mib(pp_formula)),
+                             static_cast<float>(model.expert_params().numel()),
+                             static_cast<float>(mib(double(per_step.all.bytes[static_cast<int>(
+                                 comm::Collective::all_to_all)])))};
   const int world = comm.size();
   std::vector<float> all(static_cast<size_t>(kFields * world));
   comm.all_gather(mine.data(), all.data(), kFields, DType::f32);
@@ -175,16 +191,20 @@ void print_zero_report(comm::Communicator& comm, engine::Engine& engine, const S
   const double n = config.dp_world_size;
   const zero::ZeroPrecision& prec = engine.optimizer_const().precision();
   const double pb = double(dtype_size(prec.params)), gb = double(dtype_size(prec.grads)), kb = prec.mixed() ? 12 : 8;
-  auto formula = [&](double P) {
+  auto formula_over = [&](double P, double n) {
     return stage == 0   ? (pb + gb + kb) * P
            : stage == 1 ? (pb + gb) * P + kb * P / n
            : stage == 2 ? pb * P + (gb + kb) * P / n
                         : (pb + gb + kb) * P / n;
   };
   // Gradients reduced once (all-reduce: twice), parameters all-gathered once (stage 3: twice), in their dtypes.
-  auto traffic = [&](double P) {
+  auto traffic_over = [&](double P, double n) {
     return (stage == 0 ? 2 * gb * P : stage < 3 ? (gb + pb) * P : (gb + 2 * pb) * P) * (n - 1) / n;
   };
+  // An MoE model's experts (Pe on a rank) have their states over the expert-data-parallel group of N / ep ranks.
+  const double ne = n / engine.topology().expert().size();
+  auto formula = [&](double P, double Pe) { return formula_over(P, n) + formula_over(Pe, ne); };
+  auto traffic = [&](double P, double Pe) { return traffic_over(P, n) + traffic_over(Pe, ne); };
   const int64_t psi = engine.model().config().num_params();
   fmt::print(stderr, "ZeRO stage {} over {} data-parallel rank(s){}, Ψ = {} parameters{} ({}):\n", stage,
              config.dp_world_size, tp > 1 || pp > 1 ? fmt::format(" ({})", topology_str(config)) : "",
@@ -198,11 +218,11 @@ void print_zero_report(comm::Communicator& comm, engine::Engine& engine, const S
   for (int r = 0; r < world; ++r) {
     const float* f = all.data() + r * kFields;
     const double states = double(f[0]) + f[1] + f[2];
-    const double P = f[6];
+    const double P = f[6], Pe = f[11];
     fmt::print(stderr, "  {:>4}  {:>10.1f} {:>10.1f} {:>10.1f} {:>11.1f} {:>12.1f} {:>6.3f} {:>12.1f} {:>14.1f} "
                "{:>17.1f} {:>8.0f}\n",
-               r, f[0], f[1], f[2], states, mib(formula(P)), states / mib(formula(P)), f[3], f[4], mib(traffic(P)),
-               f[5]);
+               r, f[0], f[1], f[2], states, mib(formula(P, Pe)), states / mib(formula(P, Pe)), f[3], f[4],
+               mib(traffic(P, Pe)), f[5]);
   }
   fmt::print(stderr, "  (formula in bytes: {}; traffic per step {}Ψ elements over the data group, counted as sent by "
              "a ring: x (N-1)/N)\n",
@@ -211,6 +231,15 @@ void print_zero_report(comm::Communicator& comm, engine::Engine& engine, const S
              : stage == 2 ? fmt::format("{}Ψ + {}Ψ/N", pb, gb + kb)
                           : fmt::format("{}Ψ/N", pb + gb + kb),
              stage == 3 ? 3 : 2);
+  if (model.has_experts()) {
+    fmt::print(stderr, "  experts ({} per rank, ep {}): their states over the expert-data group of N/ep = {:g} "
+               "rank(s) (the formula's Ψ_e/(N/ep) terms); all-to-all sent per step: ", "Ψ_e",
+               engine.topology().expert().size(), ne);
+    for (int r = 0; r < world; ++r)
+      fmt::print(stderr, "{}rank {} Ψ_e {} {:.1f} MiB", r ? ", " : "", r,
+                 format_count(double(all[size_t(r * kFields + 11)])), all[size_t(r * kFields + 12)]);
+    fmt::print(stderr, "\n");
+  }
   if (tp > 1 || pp > 1) {
     fmt::print(stderr, "  model parallelism ({}): traffic per step and rank beside the formulas\n",
                topology_str(config));
@@ -261,7 +290,14 @@ TrainSummary run_training_on(const TrainOptions& o, comm::Communicator& comm) {
   if (o.device_memory_limit) current_tracker().set_limit(Tier::device, *o.device_memory_limit);
   if (o.host_memory_limit) current_tracker().set_limit(Tier::host, *o.host_memory_limit);
 
-  const nn::Gpt2Config model_config = nn::Gpt2Config::from_spec(o.model);
+  nn::Gpt2Config model_config = nn::Gpt2Config::from_spec(o.model);
+  if (o.expert_parallel_size) {
+    DS_CHECK_AS(ConfigError, model_config.moe.enabled(), "[train] --expert-parallel-size {} needs a Mixture-of-Experts "
+                "model, but {} has no experts; use --model gpt2-moe or a model file with a \"moe\" object",
+                *o.expert_parallel_size, model_config.name);
+    model_config.moe.ep_size = *o.expert_parallel_size;
+    model_config.validate();
+  }
   DS_CHECK_AS(ConfigError, !o.steps || *o.steps > 0,
               "[train] --steps {} trains nothing; give the run's last step (at least 1). To measure a model without "
               "training it, use `dspeed eval --model CKPT --data DIR`", o.steps.value_or(0));
@@ -329,7 +365,7 @@ TrainSummary run_training_on(const TrainOptions& o, comm::Communicator& comm) {
   std::optional<MetricsCsv> metrics;
   if (lead) {
     fs::create_directories(o.out_dir);
-    metrics.emplace(metrics_path);
+    metrics.emplace(metrics_path, model_config.moe.enabled());
   }
 
   const int64_t print_every = config.steps_per_print > 0 ? config.steps_per_print : 50;
@@ -378,6 +414,7 @@ TrainSummary run_training_on(const TrainOptions& o, comm::Communicator& comm) {
   auto traffic_now = [&] {
     comm::Topology& topo = engine.topology();
     StepTraffic now{topo.stats(), double(topo.data().stats().total_bytes()), 0.0};
+    if (&topo.expert_data() != &topo.data()) now.data += double(topo.expert_data().stats().total_bytes());
     if (&topo.model() != &topo.data()) now.model = double(topo.model().stats().total_bytes());
     return now;
   };
@@ -410,7 +447,11 @@ TrainSummary run_training_on(const TrainOptions& o, comm::Communicator& comm) {
       last_val = val;
       if (show) bar.message(fmt::format("step {}: validation loss {:.4f}", step, val));
     }
-    if (metrics) metrics->row(step, r.loss, val, r.lr, r.grad_norm, tps);
+    if (metrics) metrics->row(step, r.loss, val, r.lr, r.grad_norm, tps, &r);
+    if (show && model_config.moe.enabled() && (step % print_every == 0 || last))
+      bar.message(fmt::format("step {}: MoE aux loss {:.4f}, {:.1f}% of assignments dropped, tokens per expert "
+                              "{:.0f} / {:.1f} / {:.0f} (min / mean / max)", step, r.moe_aux_loss,
+                              100 * r.moe_dropped, r.moe_tokens_min, r.moe_tokens_mean, r.moe_tokens_max));
     if (monitors.enabled()) {
       // DeepSpeed's engine events: backward writes the loss at the samples seen before the step; step() then writes
       // the rate and loss scale it leaves for the next step, at the samples seen after it. val_loss is ours.

@@ -34,6 +34,7 @@ struct TrainOptions {
   bool quiet = false;                      // no progress bar or summary (warnings, errors, the ZeRO report)
   std::optional<int> tensor_parallel_size;  // --tensor-parallel-size (else the config's tensor_parallel.autotp_size)
   std::optional<int> pipe_parallel_size;    // --pipe-parallel-size (else the config's pipeline.stages)
+  std::optional<int> expert_parallel_size;  // --expert-parallel-size (else the model's moe.ep_size)
   std::string pipe_schedule;                // --pipe-schedule (else the config's pipeline.schedule)
   std::string backend = "auto";            // communicator: auto (MPI when launched by mpirun/srun), mpi, self
   std::string save_dir;                    // checkpoints go here (Note [Checkpoint layout]); empty: none
