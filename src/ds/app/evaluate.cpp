@@ -43,14 +43,13 @@ EvalResult run_evaluation(const EvalOptions& o) {
   const config::DeepSpeedConfig config = config::parse_config(
       fmt::format(R"({{"train_micro_batch_size_per_gpu": {}}})", o.micro_batch), 1, "dspeed eval");
   engine::Engine engine(model_config, config, o.seq_len);
-  const std::vector<nn::Gpt2Weight> spec = model_config.weight_spec();
-  const auto& params = engine.model().params().all();
-  DS_ASSERT(spec.size() == params.size(), "the model's parameters follow its weight spec");
   std::vector<float> values;
-  for (size_t i = 0; i < spec.size(); ++i) {
-    values.resize(static_cast<size_t>(params[i].numel()));
-    source->read(spec[i], values.data());
-    engine.optimizer().set_parameters(params[i].offset, values.data(), params[i].numel());
+  for (const nn::Gpt2Weight& w : model_config.weight_spec()) {  // an MoE model's experts have their own store
+    const bool expert = w.expert >= 0;
+    const nn::Parameter& p = (expert ? engine.model().expert_params() : engine.model().params()).get(w.name);
+    values.resize(static_cast<size_t>(p.numel()));
+    source->read(w, values.data());
+    (expert ? *engine.expert_optimizer() : engine.optimizer()).set_parameters(p.offset, values.data(), p.numel());
   }
 
   data::DataLoader loader({shard}, o.micro_batch, o.seq_len, 0, 1, 0, /*shuffle=*/false);

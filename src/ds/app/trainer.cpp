@@ -414,7 +414,11 @@ TrainSummary run_training_on(const TrainOptions& o, comm::Communicator& comm) {
   auto traffic_now = [&] {
     comm::Topology& topo = engine.topology();
     StepTraffic now{topo.stats(), double(topo.data().stats().total_bytes()), 0.0};
+    // ZeRO's traffic: the dense gradients over the data group and the experts' over the expert-data group, without
+    // the MoE all-to-all (reported apart) where the expert group is the data group.
     if (&topo.expert_data() != &topo.data()) now.data += double(topo.expert_data().stats().total_bytes());
+    if (&topo.expert() == &topo.data())
+      now.data -= double(topo.expert().stats().bytes[static_cast<int>(comm::Collective::all_to_all)]);
     if (&topo.model() != &topo.data()) now.model = double(topo.model().stats().total_bytes());
     return now;
   };

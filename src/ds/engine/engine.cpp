@@ -458,10 +458,13 @@ nlohmann::json Engine::load_checkpoint(const std::string& dir, const std::string
       engine::load_checkpoint(dir, tag, checkpoint_parts(), model_->config().weight_spec().size());
   const comm::TopologyShape& here = topology_->shape();
   if (comm_->rank() == 0 && (m.world != here.data || m.tp != here.model || m.pp != here.pipe ||
-                             m.zero_stage != optimizer_->stage()))
-    log_info("[checkpoint] '{}' was saved at data-parallel {} x tensor-parallel {} x pipeline {}, ZeRO stage {}; "
-             "loaded at data-parallel {} x tensor-parallel {} x pipeline {}, stage {}", ckpt::checkpoint_tag_dir(dir, tag),
-             m.world, m.tp, m.pp, m.zero_stage, here.data, here.model, here.pipe, optimizer_->stage());
+                             m.ep != here.expert || m.zero_stage != optimizer_->stage()))
+    log_info("[checkpoint] '{}' was saved at data-parallel {} x tensor-parallel {} x pipeline {}{}, ZeRO stage {}; "
+             "loaded at data-parallel {} x tensor-parallel {} x pipeline {}{}, stage {}",
+             ckpt::checkpoint_tag_dir(dir, tag), m.world, m.tp, m.pp,
+             m.ep > 1 ? fmt::format(" (expert-parallel {})", m.ep) : "", m.zero_stage, here.data, here.model,
+             here.pipe, here.expert > 1 ? fmt::format(" (expert-parallel {})", here.expert) : "",
+             optimizer_->stage());
   global_steps_ = m.global_steps;
   skipped_steps_ = m.engine_state.value("skipped_steps", int64_t{0});
   // The scaler goes on where it was when both runs scale the loss; a run that did not (bf16, fp32) starts fp16
@@ -475,18 +478,20 @@ nlohmann::json Engine::load_checkpoint(const std::string& dir, const std::string
 
 void Engine::load_weights(const std::string& path) {
   const ckpt::SafetensorsFile file = ckpt::SafetensorsFile::open(path);
-  for (const nn::Parameter& p : model_->params().all()) {
-    const std::vector<float> values = ckpt::read_safetensors_f32(
-        file, p.name, std::vector<int64_t>(p.shape.begin(), p.shape.end()),
-        "give a file with every parameter of this model under its Hugging Face GPT-2 name (dspeed ckpt consolidate "
-        "writes one), for the model --model names");
-    if (!p.tp.split()) {
-      optimizer_->set_parameters(p.offset, values.data(), p.numel());
-      continue;
+  for (const CheckpointPart& part : checkpoint_parts()) {
+    for (const nn::Parameter& p : part.store->all()) {
+      const std::vector<float> values = ckpt::read_safetensors_f32(
+          file, p.name, std::vector<int64_t>(p.full_shape().begin(), p.full_shape().end()),
+          "give a file with every parameter of this model under its Hugging Face GPT-2 name (dspeed ckpt consolidate "
+          "writes one), for the model --model names");
+      if (!p.tp.split()) {
+        part.optimizer->set_parameters(p.offset, values.data(), p.numel());
+        continue;
+      }
+      std::vector<float> mine(static_cast<size_t>(p.numel()));
+      p.tp.shard(values.data(), mine.data());
+      part.optimizer->set_parameters(p.offset, mine.data(), p.numel());
     }
-    std::vector<float> mine(static_cast<size_t>(p.numel()));
-    p.tp.shard(values.data(), mine.data());
-    optimizer_->set_parameters(p.offset, mine.data(), p.numel());
   }
 }
 
