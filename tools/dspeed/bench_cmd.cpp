@@ -16,6 +16,7 @@
 #include "commands.h"
 #include "bench/decode_bench.h"
 #include "bench/offload_bench.h"
+#include "bench/moe_bench.h"
 #include "bench/pipeline_bench.h"
 #include "bench/train_bench.h"
 #include "ds/app/trainer.h"
@@ -233,6 +234,17 @@ void add_bench_command(CLI::App& root) {
     opts.self_exe = self_exe();
     run_pipeline_bench(opts);
   });
+
+  auto mb = std::make_shared<MoeBenchOptions>();
+  CLI::App* moe = cmd->add_subcommand(
+      "moe", "MoE layer (top-1, top-2; capacity-based and dropless) against a dense MLP on the same tokens");
+  moe->add_option("--tokens", mb->tokens, "tokens per pass")->capture_default_str()->check(CLI::Range(16, 1 << 16));
+  moe->add_option("--width", mb->width, "model width C")->capture_default_str()->check(CLI::Range(8, 8192));
+  moe->add_option("--experts", mb->experts, "experts")->capture_default_str()->check(CLI::Range(2, 256));
+  moe->add_option("--repeats", mb->repeats, "interleaved rounds")->capture_default_str()->check(CLI::Range(1, 1000));
+  moe->add_option("--threads", mb->threads, "OpenMP threads (0: default)")->capture_default_str();
+  moe->add_option("--json", mb->json_out, "append the result as a JSON line");
+  moe->callback([mb] { run_moe_bench(*mb); });
 
   auto po = std::make_shared<PipelineBenchOnceOptions>();
   CLI::App* pone = cmd->add_subcommand("pipeline-once", "one run of `bench pipeline` (prints RESULT json per rank)");

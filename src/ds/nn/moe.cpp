@@ -59,6 +59,8 @@ struct MoeLayer::Saved {
   std::vector<size_t> send_counts;    // [ep] floats to each rank (token side)
   std::vector<size_t> recv_counts;    // [ep] floats from each rank (expert side)
   std::vector<int32_t> recv_rows;     // [ep * El] rows from rank src for local expert le
+  Tensor row;                         // [S*k] i32: each assignment's token-side row, -1 when dropped
+  Tensor weight;                      // [S*k] its combine weight
   Tensor noise;                       // [S, C] the gate input's jitter (Jitter policy, training)
   Tensor y_tok;                       // [rows, C] the experts' outputs, token side
   Tensor moe_out, mlp_out, coef;      // Residual-MoE: the two outputs and softmax(coefficient) [S, 2]
@@ -69,9 +71,9 @@ uint64_t mix(uint64_t a, uint64_t b) {
   Rng r(a ^ (b * 0x9E3779B97F4A7C15ull));
   return r.next_u64();
 }
-float dot(const float* a, const float* b, int n) {
+float dot(const float* a, const float* b, int64_t n) {
   float s = 0;
-  for (int i = 0; i < n; ++i) s += a[i] * b[i];
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
   return s;
 }
 }  // namespace
@@ -141,15 +143,21 @@ Tensor MoeLayer::run_experts(Ctx& ctx, Saved& s, const Tensor& recv, bool backwa
     for (int src = 0; src < ranks; ++src) R += s.recv_rows[size_t(src * El + le)];
     if (R == 0) continue;  // an expert no token reached this pass: nothing to compute, no gradient
     const size_t mark = ctx.scratch().mark();
-    Tensor in = backward ? ctx.scratch().alloc({R, C_}) : ctx.act().alloc({R, C_});
-    int64_t row = 0;
-    for (int src = 0; src < ranks; ++src) {
-      const size_t b = size_t(src * El + le);
-      std::memcpy(in.data<float>() + row * C_, recv.data<float>() + start[b] * C_, row_bytes * size_t(s.recv_rows[b]));
-      row += s.recv_rows[b];
+    // The expert's rows in one block: on one rank they already are; over several, the ranks' blocks are joined.
+    Tensor in;
+    if (ranks == 1) {
+      in = recv.slice_flat(start[size_t(le)] * C_, {R, C_});
+    } else {
+      in = backward ? ctx.scratch().alloc({R, C_}) : ctx.act().alloc({R, C_});
+      int64_t row = 0;
+      for (int src = 0; src < ranks; ++src) {
+        const size_t b = size_t(src * El + le);
+        std::memcpy(in.data<float>() + row * C_, recv.data<float>() + start[b] * C_, row_bytes * size_t(s.recv_rows[b]));
+        row += s.recv_rows[b];
+      }
     }
     const Tensor res = backward ? experts_[size_t(le)]->backward(ctx, in) : experts_[size_t(le)]->forward(ctx, in);
-    row = 0;
+    int64_t row = 0;
     for (int src = 0; src < ranks; ++src) {
       const size_t b = size_t(src * El + le);
       std::memcpy(out.data<float>() + start[b] * C_, res.data<float>() + row * C_, row_bytes * size_t(s.recv_rows[b]));
@@ -205,29 +213,30 @@ Tensor MoeLayer::forward(Ctx& ctx, const Tensor& x, Pass& pass) {
       s.recv_counts[size_t(rank)] += static_cast<size_t>(s.recv_rows[size_t(rank * El + le)]) * size_t(C_);
     }
 
-  const int64_t rows = s.offset.back();
-  Tensor send = ctx.act().alloc({rows, C_});
-  send.zero_();
+  // Each assignment's token-side row, and each row's token (padding: -1, a zero row).
+  const int64_t rows = s.offset.back(), assignments = r.assignments();
   const int k = r.k;
-  const size_t row_bytes = sizeof(float) * static_cast<size_t>(C_);
-  for (int64_t a = 0; a < S * k; ++a) {
-    if (r.slot[size_t(a)] < 0) continue;
-    const int64_t row = s.offset[size_t(r.expert[size_t(a)])] + r.slot[size_t(a)];
-    std::memcpy(send.data<float>() + row * C_, x.data<float>() + (a / k) * C_, row_bytes);
+  s.row = ctx.act().alloc({assignments}, DType::i32);
+  s.weight = ctx.act().alloc({assignments});
+  const size_t mark = ctx.scratch().mark();
+  Tensor token = ctx.scratch().alloc({rows}, DType::i32);
+  std::fill_n(token.data<int32_t>(), rows, -1);
+  for (int64_t a = 0; a < assignments; ++a) {
+    const bool kept = r.slot[size_t(a)] >= 0;
+    const int64_t row = kept ? s.offset[size_t(r.expert[size_t(a)])] + r.slot[size_t(a)] : -1;
+    s.row.data<int32_t>()[a] = static_cast<int32_t>(row);
+    s.weight.data<float>()[a] = r.weight[size_t(a)];
+    if (kept) token.data<int32_t>()[row] = static_cast<int32_t>(a / k);
   }
+  Tensor send = ctx.act().alloc({rows, C_});
+  ops::gather_rows(send, x.view({S, C_}), token);
+  ctx.scratch().release(mark);
   const Tensor recv = exchange(ctx, s, send, true, false);
   const Tensor y_exp = run_experts(ctx, s, recv, false);
   s.y_tok = exchange(ctx, s, y_exp, false, false);
 
   Tensor out = ctx.act().alloc({S, C_});
-  out.zero_();
-  for (int64_t a = 0; a < S * k; ++a) {
-    if (r.slot[size_t(a)] < 0) continue;
-    const float w = r.weight[size_t(a)];
-    const float* y = s.y_tok.data<float>() + (s.offset[size_t(r.expert[size_t(a)])] + r.slot[size_t(a)]) * C_;
-    float* o = out.data<float>() + (a / k) * C_;
-    for (int c = 0; c < C_; ++c) o[c] += w * y[c];
-  }
+  ops::combine_rows(out, s.y_tok, s.row, s.weight);
   if (!residual_) return out;
   // Residual-MoE: out = moe(x) * p0 + mlp(x) * p1, p = softmax(coefficient(x)) per token.
   s.moe_out = out;
@@ -251,7 +260,6 @@ Tensor MoeLayer::backward(Ctx& ctx, const Tensor& dy, Pass& pass) {
   Saved& s = ctx.stash<Saved>(this);
   const Routing& r = s.r;
   const int64_t S = r.S;
-  const int k = r.k;
   Tensor dmoe = dy;
   Tensor dx_residual;
   if (residual_) {
@@ -274,34 +282,21 @@ Tensor MoeLayer::backward(Ctx& ctx, const Tensor& dy, Pass& pass) {
     ops::add_inplace(dx_residual, coefficient_->backward(ctx, dcoef));
   }
 
-  // The combine's backward: each kept assignment's weight gradient, and its row's gradient w * dout.
-  std::vector<float> dweight(static_cast<size_t>(S * k), 0.0f);
+  // The combine's backward: each kept assignment's weight gradient, and its row's gradient w * dout (padding
+  // rows: zero).
+  Tensor dweight = ctx.scratch().alloc({r.assignments()});
   Tensor dy_tok = ctx.scratch().alloc(s.y_tok.shape());
-  dy_tok.zero_();
-  for (int64_t a = 0; a < S * k; ++a) {
-    if (r.slot[size_t(a)] < 0) continue;
-    const int64_t row = s.offset[size_t(r.expert[size_t(a)])] + r.slot[size_t(a)];
-    const float* g = dmoe.data<float>() + (a / k) * C_;
-    dweight[size_t(a)] = dot(g, s.y_tok.data<float>() + row * C_, C_);
-    float* d = dy_tok.data<float>() + row * C_;
-    const float w = r.weight[size_t(a)];
-    for (int c = 0; c < C_; ++c) d[c] = w * g[c];
-  }
+  if (r.capacity >= 0) dy_tok.zero_();  // dropless: every row is an assignment's
+  ops::combine_rows_backward(dy_tok, dweight, dmoe.view({S, C_}), s.y_tok, s.row, s.weight);
   const Tensor dy_exp = exchange(ctx, s, dy_tok, true, true);
   const Tensor dx_exp = run_experts(ctx, s, dy_exp, true);
   const Tensor dx_tok = exchange(ctx, s, dx_exp, false, true);
   Tensor dx = ctx.scratch().alloc({S, C_});
-  dx.zero_();
-  for (int64_t a = 0; a < S * k; ++a) {
-    if (r.slot[size_t(a)] < 0) continue;
-    const float* d = dx_tok.data<float>() + (s.offset[size_t(r.expert[size_t(a)])] + r.slot[size_t(a)]) * C_;
-    float* o = dx.data<float>() + (a / k) * C_;
-    for (int c = 0; c < C_; ++c) o[c] += d[c];
-  }
+  ops::combine_rows(dx, dx_tok, s.row, Tensor());
 
   // The gate: the weights' gradients plus the auxiliary losses' (each a mean already: scaled like the loss).
   Tensor dlogits = ctx.scratch().alloc({S, r.E});
-  route_tokens_backward(r, dweight.data(), static_cast<float>(pass.loss_term_scale * options_.aux_loss_coef),
+  route_tokens_backward(r, dweight.data<float>(), static_cast<float>(pass.loss_term_scale * options_.aux_loss_coef),
                         static_cast<float>(pass.loss_term_scale * options_.z_loss_coef), dlogits.data<float>());
   Tensor dgate_in = gate_.backward(ctx, dlogits);
   if (s.noise.defined()) {

@@ -37,6 +37,15 @@ void gelu_backward(const Tensor& dx, const Tensor& x, const Tensor& dy);  // dx 
 void add(const Tensor& out, const Tensor& a, const Tensor& b);           // out may alias a or b
 void add_inplace(const Tensor& y, const Tensor& x);                      // y += x
 
+// ---- rows: MoE dispatch and combine (nn/moe.cpp); f32 rows of C, i32 row indices, one per row or assignment ----
+// out[i] = x[index[i]], zeros where index[i] < 0. out [n, C], x [m, C], index [n].
+void gather_rows(const Tensor& out, const Tensor& x, const Tensor& index);
+// out[s] = sum_j weight[s*k + j] * y[row[s*k + j]] over k = row.numel() / S (rows < 0 skipped; weight undefined:
+// 1). out [S, C], y [R, C], row and weight [S*k].
+void combine_rows(const Tensor& out, const Tensor& y, const Tensor& row, const Tensor& weight);
+// Its backward: dweight[a] = dout[s] . y[row[a]]; dy[row[a]] = weight[a] * dout[s] (other rows of dy untouched).
+void combine_rows_backward(const Tensor& dy, const Tensor& dweight, const Tensor& dout, const Tensor& y,
+                           const Tensor& row, const Tensor& weight);
 // ---- causal self-attention: qkv [B*T, 3C] -> y [B*T, C]; att [B, NH, T, T] saved for backward ----
 void attention_forward(const Tensor& y, const Tensor& att, const Tensor& qkv, int B, int T, int NH);
 // Floats of scratch attention_backward needs.

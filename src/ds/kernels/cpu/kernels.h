@@ -111,6 +111,16 @@ void candidates_at_least(std::vector<std::pair<float, int32_t>>& out, const floa
 // when fewer values are not NaN).
 void top_k_candidates(std::vector<std::pair<float, int32_t>>& out, const float* x, int32_t n, int32_t k);
 
+// ---- rows (MoE dispatch and combine, kernels/cpu/rows.cpp); rows are C floats ----
+// out[i] = x[index[i]], or zeros where index[i] < 0.
+void gather_rows(float* out, const float* x, const int32_t* index, int64_t n, int64_t C);
+// out[s] = sum over j < k of weight[s*k + j] * y[row[s*k + j]] (rows < 0 skipped; weight null: 1).
+void combine_rows(float* out, const float* y, const int32_t* row, const float* weight, int64_t S, int k, int64_t C);
+// combine_rows' backward: dweight[a] = dout[s] . y[row[a]] and dy[row[a]] = weight[a] * dout[s] for a = s*k + j
+// (row < 0: dweight 0); the rows of dy no assignment names are left as they are. Each row is named at most once.
+void combine_rows_backward(float* dy, float* dweight, const float* dout, const float* y, const int32_t* row,
+                           const float* weight, int64_t S, int k, int64_t C);
+
 // ---- element-wise ----
 void add(float* out, const float* a, const float* b, size_t n);      // out = a + b (out may alias a or b)
 void add_inplace(float* y, const float* x, size_t n);                // y += x
