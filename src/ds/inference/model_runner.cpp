@@ -31,7 +31,8 @@ class InferenceModel::PanelSource final : public WeightSource {
   void read(const nn::Gpt2Weight& w, float* dst) const override {
     DS_ASSERT(m_.weights_ == WeightFormat::fp32, "a device copy of {} weights (check_weights_on_device refuses "
               "them)", weight_format_name(m_.weights_));
-    const Placed& p = m_.at(w.role, w.layer);
+    const bool moe = static_cast<int>(w.role) >= static_cast<int>(nn::Gpt2Role::moe_gate_w);
+    const Placed& p = moe ? m_.at_moe(w.role, w.layer, w.expert) : m_.at(w.role, w.layer);
     if (p.K == 0) std::memcpy(dst, p.values.data<float>(), sizeof(float) * static_cast<size_t>(p.values.numel()));
     else cpu::unpack_panels(dst, p.values.data<float>(), p.K, p.M, w.role != nn::Gpt2Role::wte);
   }
@@ -44,8 +45,9 @@ class InferenceModel::PanelSource final : public WeightSource {
 InferenceModel::InferenceModel(std::shared_ptr<const WeightSource> source, WeightFormat weights, Device device,
                                nn::TensorParallelGroup* tp)
     : config_(source->config()), weights_(weights), device_(device), tp_(tp && tp->size() > 1 ? tp : nullptr) {
-  DS_CHECK_AS(ConfigError, !config_.moe.enabled(), "[serve] {} is a Mixture-of-Experts model; the serving engine "
-              "runs dense GPT-2 models only for now: evaluate it with 'dspeed eval'", config_.name);
+  DS_CHECK_AS(ConfigError, !config_.moe.enabled() || (device.is_cpu() && !tp_), "[serve] {} is a "
+              "Mixture-of-Experts model: it is served by the CPU forward on one rank (no --device cuda, no "
+              "--tensor-parallel)", config_.name);
   if (tp_) {
     DS_CHECK_AS(ConfigError, device.is_cpu(), "[serve] tensor-parallel inference runs on the CPU forward; use "
                 "--device cpu or one rank");
@@ -100,9 +102,11 @@ namespace {
 // The matrices of the spec and how they are packed: wte as the head's [C, V] (the transpose of its [V, C] rows),
 // the Conv1D weights as they are ([in, out], rows of K).
 bool is_matrix(nn::Gpt2Role r) {
-  return r == nn::Gpt2Role::wte || r == nn::Gpt2Role::qkv_w || r == nn::Gpt2Role::proj_w || r == nn::Gpt2Role::fc_w ||
-         r == nn::Gpt2Role::fc2_w;
+  using R = nn::Gpt2Role;
+  return r == R::wte || r == R::qkv_w || r == R::proj_w || r == R::fc_w || r == R::fc2_w || r == R::moe_gate_w ||
+         r == R::moe_coef_w || r == R::expert_fc_w || r == R::expert_fc2_w;
 }
+bool is_moe_role(nn::Gpt2Role r) { return static_cast<int>(r) >= static_cast<int>(nn::Gpt2Role::moe_gate_w); }
 }  // namespace
 
 // Note [Tensor-parallel inference]
@@ -131,6 +135,10 @@ const InferenceModel::Placed& InferenceModel::at(nn::Gpt2Role role, int layer) c
   return placed_[static_cast<size_t>(nn::gpt2_weight_slot(role, layer))];
 }
 
+const InferenceModel::Placed& InferenceModel::at_moe(nn::Gpt2Role role, int layer, int expert) const {
+  return moe_placed_.at({layer, static_cast<int>(role), expert});
+}
+
 void InferenceModel::place(const WeightSource& source) {
   const std::vector<nn::Gpt2Weight> spec = config_.weight_spec();
   placed_.assign(static_cast<size_t>(nn::gpt2_weight_slots(config_.n_layer)), Placed{});
@@ -145,7 +153,8 @@ void InferenceModel::place(const WeightSource& source) {
       const Shape local = split.local_shape(split.full);
       w.shape.assign(local.begin(), local.end());
     }
-    Placed& p = placed_[static_cast<size_t>(nn::gpt2_weight_slot(w.role, w.layer))];
+    Placed& p = is_moe_role(w.role) ? moe_placed_[{w.layer, static_cast<int>(w.role), w.expert}]
+                                    : placed_[static_cast<size_t>(nn::gpt2_weight_slot(w.role, w.layer))];
     if (!is_matrix(w.role)) {
       p.values = Tensor::empty({w.numel()}, DType::f32, Category::param);
       std::memcpy(p.values.data<float>(), values.data(), values.size() * sizeof(float));
@@ -264,6 +273,69 @@ struct InferenceModel::CpuSteps {
     }
     cpu::paged_attention_forward(at(out), qkv, N, batch.token_to_seq.data(), sc.pos.data(), sc.tables.data(),
                                  cache.slot(l, 0, 0), cache.dtype(), bs, Cl, NHl, scores, max_pos);
+  }
+  int experts(int l) const { return m.config().moe.experts_of(l); }
+  // Note [MoE serving]
+  // A token's output must not depend on the other requests of its batch, so serving routes without dropping:
+  // every token goes to its top-k experts (moe_gating.h, dropless, no noise), which is the training model's eval
+  // forward whenever that forward drops nothing. The batch's rows are grouped by expert (one gather), each expert
+  // runs its two GEMMs over its rows (the grouped GEMM), and the weighted rows are summed back per token.
+  void moe_residual(PassBuffer x, PassBuffer in, int l) {
+    using R = nn::Gpt2Role;
+    const nn::Gpt2MoeConfig& moe = m.config().moe;
+    nn::GateOptions gate = moe.options.gate;
+    gate.num_experts = experts(l);
+    gate.drop_tokens = false;
+    const int E = gate.num_experts, k = gate.k;
+    auto grow = [](auto& v, int64_t n) {
+      if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+      return v.data();
+    };
+    float* logits = grow(sc.moe_logits, int64_t(N) * E);
+    m.gemm(logits, at(in), m.at_moe(R::moe_gate_w, l), nullptr, N);
+    const nn::Routing r = nn::route_tokens(logits, N, gate, false, 0);
+    std::vector<int64_t> offset(static_cast<size_t>(E) + 1, 0);
+    for (int e = 0; e < E; ++e) offset[size_t(e) + 1] = offset[size_t(e)] + r.rows[size_t(e)];
+    const int64_t rows = offset.back(), A = r.assignments();
+    int32_t* token = grow(sc.moe_token, rows);
+    int32_t* row = grow(sc.moe_row, A);
+    for (int64_t a = 0; a < A; ++a) {
+      row[a] = static_cast<int32_t>(offset[size_t(r.expert[size_t(a)])] + r.slot[size_t(a)]);
+      token[row[a]] = static_cast<int32_t>(a / k);
+    }
+    float* grouped = grow(sc.moe_rows, 2 * rows * C);  // the experts' inputs, then their outputs
+    float* outputs = grouped + rows * C;
+    cpu::gather_rows(grouped, at(in), token, rows, C);
+    float* hidden = grow(sc.moe_hidden, *std::max_element(r.rows.begin(), r.rows.end()) * 4 * int64_t(C));
+    for (int e = 0; e < E; ++e) {
+      const int R_e = static_cast<int>(r.rows[size_t(e)]);
+      if (R_e == 0) continue;
+      m.gemm(hidden, grouped + offset[size_t(e)] * C, m.at_moe(R::expert_fc_w, l, e),
+             m.at_moe(R::expert_fc_b, l, e).values.data<float>(), R_e);
+      cpu::gelu_forward(hidden, hidden, static_cast<size_t>(R_e) * 4 * C);
+      m.gemm(outputs + offset[size_t(e)] * C, hidden, m.at_moe(R::expert_fc2_w, l, e),
+             m.at_moe(R::expert_fc2_b, l, e).values.data<float>(), R_e);
+    }
+    float* out = grow(sc.moe_out, int64_t(N) * C);
+    cpu::combine_rows(out, outputs, row, r.weight.data(), N, k, C);
+    if (moe.options.use_residual) {  // out = moe * p0 + mlp * p1, p = softmax(coefficient(in))
+      float* mlp_hidden = grow(sc.moe_hidden, int64_t(N) * 4 * C);
+      float* mlp = outputs;  // free again: [N, C] fits in the grouped rows' space (rows >= N)
+      m.gemm(mlp_hidden, at(in), m.at(R::fc_w, l), vec(l, R::fc_b), N);
+      cpu::gelu_forward(mlp_hidden, mlp_hidden, static_cast<size_t>(N) * 4 * C);
+      m.gemm(mlp, mlp_hidden, m.at(R::fc2_w, l), vec(l, R::fc2_b), N);
+      float* coefs = logits;  // [N, 2] fits where the [N, E] logits were (E >= 2)
+      m.gemm(coefs, at(in), m.at_moe(R::moe_coef_w, l), m.at_moe(R::moe_coef_b, l).values.data<float>(), N);
+      for (int i = 0; i < N; ++i) {
+        const float* coef = coefs + 2 * i;
+        const float mx = std::max(coef[0], coef[1]), e0 = std::exp(coef[0] - mx), e1 = std::exp(coef[1] - mx);
+        const float p0 = e0 / (e0 + e1), p1 = e1 / (e0 + e1);
+        float* o = out + int64_t(i) * C;
+        const float* d = mlp + int64_t(i) * C;
+        for (int c = 0; c < C; ++c) o[c] = o[c] * p0 + d[c] * p1;
+      }
+    }
+    cpu::add_inplace(at(x), out, static_cast<size_t>(N) * C);
   }
   void final_norm(PassBuffer out, PassBuffer x) {
     sc.last.resize(std::max(sc.last.size(), static_cast<size_t>(R) * C));

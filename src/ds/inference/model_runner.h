@@ -9,7 +9,9 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <tuple>
 #include <string>
 #include <vector>
 
@@ -63,6 +65,8 @@ class InferenceModel {
   // Activations of one pass, kept between passes so steady-state serving allocates nothing.
   struct Scratch {
     std::vector<float> x, h, qkv, att, mlp, last, stats, scores;
+    std::vector<float> moe_logits, moe_rows, moe_hidden, moe_out;  // MoE layers
+    std::vector<int32_t> moe_token, moe_row;
     std::vector<int32_t> pos;                   // of each token
     std::vector<const int32_t*> tables;         // block table of each sequence
   };
@@ -86,6 +90,8 @@ class InferenceModel {
   // How this rank's share of weight w is cut from it (whole: not split).
   TpSplit tp_split_of(const nn::Gpt2Weight& w) const;
   const Placed& at(nn::Gpt2Role role, int layer) const;
+  // An MoE layer's weights: the gate and coefficient (expert -1) and each expert's.
+  const Placed& at_moe(nn::Gpt2Role role, int layer, int expert = -1) const;
   // out[rows, M] = in @ m + bias (bias may be null), in the model's weight format.
   void gemm(float* out, const float* in, const Placed& m, const float* bias, int rows) const;
 
@@ -93,6 +99,7 @@ class InferenceModel {
   WeightFormat weights_ = WeightFormat::fp32;
   Device device_ = Device::cpu();
   std::vector<Placed> placed_;  // by gpt2_weight_slot
+  std::map<std::tuple<int, int, int>, Placed> moe_placed_;  // by (layer, role, expert)
   std::shared_ptr<const WeightSource> source_;
   nn::TensorParallelGroup* tp_ = nullptr;
 };

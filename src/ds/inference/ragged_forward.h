@@ -12,6 +12,9 @@
 //                                       x += in @ W + b (tmp: an [N, C] buffer it may overwrite)
 //   attention(out, qkv, layer)          writes each token's K and V into its cache slot, then each token attends
 //                                       over positions 0 .. its own of its sequence, through the block table
+//   experts(layer)                      the layer's experts (0: a dense MLP)
+//   moe_residual(x, in, layer)          x += the MoE layer of `in` (nn/moe.h): each token through its top-k
+//                                       experts, none dropped (Residual-MoE: mixed with the layer's MLP)
 //   final_norm(out, x)                  ln_f of each sequence's last new token (every new token of a sequence in
 //                                       batch.all_logits), in sequence order
 //   head(out)                           one row of logits per row of out: out @ wte^T
@@ -35,6 +38,10 @@ void gpt2_ragged_forward(Steps& s, int n_layer) {
     s.attention(B::att, B::qkv, l);
     s.linear_residual(B::x, B::att, B::h, l, R::proj_w, R::proj_b);
     s.layernorm(B::h, B::x, l, R::ln2_w, R::ln2_b);
+    if (s.experts(l) > 0) {
+      s.moe_residual(B::x, B::h, l);
+      continue;
+    }
     s.linear_gelu(B::mlp, B::h, l, R::fc_w, R::fc_b);
     s.linear_residual(B::x, B::mlp, B::h, l, R::fc2_w, R::fc2_b);
   }

@@ -75,7 +75,7 @@ class ModelSource final : public WeightSource {
   }
   const nn::Gpt2Config& config() const override { return model_.config(); }
   void read(const nn::Gpt2Weight& w, float* dst) const override {
-    const nn::Parameter& p = model_.params().get(w.name);
+    const nn::Parameter& p = (w.expert >= 0 ? model_.expert_params() : model_.params()).get(w.name);
     DS_ASSERT(p.data.dtype() == DType::f32, "inference weights must be fp32 ({})", w.name);
     DS_ASSERT(p.numel() == w.numel(), "{} has {} values, the spec {}", w.name, p.numel(), w.numel());
     std::memcpy(dst, p.data.data<float>(), sizeof(float) * static_cast<size_t>(p.numel()));

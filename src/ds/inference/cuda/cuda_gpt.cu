@@ -284,6 +284,9 @@ struct CudaSteps {
     ds::cuda::paged_attention(at(out), at(qkv), kv, pos, seq, toff, tables, N, g.n_head, g.kv_block_size, C,
                               m.max_pos, scale, smem, s.stream);
   }
+  // MoE models are served by the CPU forward (InferenceModel refuses to place them on a GPU).
+  int experts(int) const { return 0; }
+  void moe_residual(PassBuffer, PassBuffer, int) {}
   void final_norm(PassBuffer out, PassBuffer x) {
     ds::cuda::layernorm_rows(at(out), at(x), last, w(nn::Gpt2Role::lnf_w), w(nn::Gpt2Role::lnf_b), S, C, s.stream);
   }
