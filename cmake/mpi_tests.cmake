@@ -13,7 +13,7 @@ if(MPI_CXX_FOUND AND TARGET comm_mpi_test)
       add_test(NAME mpi.comm.np${np}
                COMMAND ${MPIEXEC_EXECUTABLE} --allow-run-as-root --oversubscribe -np ${np}
                        $<TARGET_FILE:comm_mpi_test>)
-      set_tests_properties(mpi.comm.np${np} PROPERTIES LABELS mpi TIMEOUT 120 ENVIRONMENT "${DS_MPI_TEST_ENV}")
+      set_tests_properties(mpi.comm.np${np} PROPERTIES LABELS mpi TIMEOUT 240 ENVIRONMENT "${DS_MPI_TEST_ENV}")
     endforeach()
     add_test(NAME mpi.comm.abort
              COMMAND ${MPIEXEC_EXECUTABLE} --allow-run-as-root --oversubscribe -np 2 $<TARGET_FILE:comm_mpi_test>
