@@ -42,11 +42,14 @@ struct MoeRun {
 // One rank's run: one sequence per micro-batch, `gas` micro-batches per step; data-parallel rank r reads rows
 // 4s + r*gas + k in step s (the single-process run with gas 4 reads them all, in the same order).
 // Steps [first, last), resuming from the checkpoint directory `load` and saving to `save` when given.
+// `top` adds top-level config keys (", \"bf16\": ..."); `checkpointed` turns activation checkpointing on.
 inline MoeRun run_moe(comm::Communicator& comm, const nn::Gpt2Config& model, int stage, int gas,
                       const std::string& extra = "", int first = 0, int last = zero_case::kSteps,
-                      const std::string& load = "", const std::string& save = "") {
+                      const std::string& load = "", const std::string& save = "", const std::string& top = "",
+                      bool checkpointed = false) {
   config::DeepSpeedConfig cfg =
-      config::parse_config(zero_case::config_json(stage, 1, gas, false, extra), comm.size(), "moe_case");
+      config::parse_config(zero_case::config_json(stage, 1, gas, false, extra, top), comm.size(), "moe_case");
+  cfg.activation_checkpointing.enabled = checkpointed;
   engine::Engine engine(model, cfg, kT, &comm, 42);
   if (!load.empty()) engine.load_checkpoint(load);
   EXPECT_EQ(engine.global_steps(), first);

@@ -5,6 +5,7 @@
 // expert-parallel sizes.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <map>
 
 #include "common/local_ranks.h"
@@ -87,6 +88,37 @@ TEST(Moe, ResidualMoeAndTopTwoWithDropsFollowTheSingleProcessRun) {
     const nn::Gpt2Config model = tiny_moe(k, false, 1, residual);
     for (const MoeRun& r : run_layout(with_ep(model, 2), 2, 1))
       zero_case::expect_same_trajectory(r.run, reference(model).run, fmt::format("k {} residual {}", k, residual));
+  }
+}
+
+TEST(Moe, ActivationCheckpointingRecomputesTheSameRoutingAndCountsItOnce) {
+  // A checkpointed block's forward runs again in backward (its all-to-alls too): the same gradients, and the
+  // routing statistics of the first forward only.
+  const nn::Gpt2Config model = tiny_moe(1, false, 1);
+  const auto results = ds::testing::on_local_ranks<MoeRun>(2, [&](comm::Communicator& comm) {
+    return run_moe(comm, with_ep(model, 2), 2, 2, "", 0, zero_case::kSteps, "", "", "", true);
+  });
+  for (const MoeRun& r : results) {
+    zero_case::expect_same_trajectory(r.run, reference(model).run, "ep 2, checkpointed");
+    EXPECT_EQ(r.steps.back().moe_tokens_mean, reference(model).steps.back().moe_tokens_mean);
+    // The recomputed forward's two all-to-alls per MoE block and pass come on top of the formula's four.
+    EXPECT_EQ(r.a2a_bytes_last_step, a2a_formula(model, r, 2) * 6 / 4);
+  }
+}
+
+TEST(Moe, MixedPrecisionTrainsAtExpertParallelSizeTwo) {
+  // bf16 parameters and gradients for the dense model and the experts (ZeRO-2 over their groups): the run stays
+  // finite, learns as the fp32 one does to bf16's precision, and both optimizers hold 16-bit parameters.
+  const nn::Gpt2Config model = tiny_moe(2, true, 2);
+  const auto results = ds::testing::on_local_ranks<MoeRun>(2, [&](comm::Communicator& comm) {
+    return run_moe(comm, model, 2, 2, "", 0, zero_case::kSteps, "", "", R"(, "bf16": {"enabled": true})");
+  });
+  const MoeRun& fp32 = reference(tiny_moe(2, true, 1));
+  for (const MoeRun& r : results) {
+    for (size_t i = 0; i < r.run.losses.size(); ++i) {
+      EXPECT_TRUE(std::isfinite(r.run.losses[i]));
+      EXPECT_NEAR(r.run.losses[i], fp32.run.losses[i], 0.02 * fp32.run.losses[i]) << "step " << i;
+    }
   }
 }
 
