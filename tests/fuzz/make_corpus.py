@@ -171,6 +171,33 @@ variant_v2("v2_layout_twice.json", lambda m: m["layouts"][1].update(tp_rank=0))
 variant_v2("v2_layout_rank_past_tp.json", lambda m: m["layouts"][1].update(tp_rank=5))
 variant_v2("v2_too_few_layouts.json", lambda m: m["layouts"].pop())
 variant_v2("v2_tensor_past_int.json", lambda m: m["parallel"].update(tensor=2 ** 40))
+# an MoE model's: one expert layout per expert-parallel rank, with the shards of its expert-data-parallel ranks
+expert_layout = {"units": [{"name": "h.1.mlp.experts", "offset": 0, "numel": 3, "padded_numel": 4}],
+                 "params": [{"name": "h.1.mlp.experts.0.c_fc.bias", "shape": [3], "offset": 0}],
+                 "shards": [{"file": "experts_rank_00000.safetensors", "rank": 0, "partition_numel": 4,
+                             "bytes": 100, "crc32": 0}]}
+manifest_moe = json.loads(json.dumps(manifest_v2))
+manifest_moe["parallel"].update(tensor=1, expert=2)
+manifest_moe["layouts"] = [dict(layout, tp_rank=0, pp_stage=0, params=manifest["params"])] + [
+    dict(expert_layout, tp_rank=0, pp_stage=0, ep_rank=r) for r in (0, 1)]
+write("manifest", "valid_moe.json", json.dumps(manifest_moe, indent=1))
+
+
+def variant_moe(name, edit):
+    m = json.loads(json.dumps(manifest_moe))
+    edit(m)
+    write("manifest", name, json.dumps(m))
+
+
+variant_moe("moe_ep_rank_twice.json", lambda m: m["layouts"][2].update(ep_rank=0))
+variant_moe("moe_ep_rank_past_ep.json", lambda m: m["layouts"][2].update(ep_rank=9))
+variant_moe("moe_ep_not_dividing_world.json", lambda m: m["parallel"].update(expert=3))
+variant_moe("moe_ep_zero.json", lambda m: m["parallel"].update(expert=0))
+variant_moe("moe_expert_layout_tp_rank.json", lambda m: m["layouts"][1].update(tp_rank=1))
+variant_moe("moe_expert_too_many_shards.json", lambda m: m["layouts"][1]["shards"].append(
+    dict(m["layouts"][1]["shards"][0], rank=1)))
+variant_moe("moe_one_expert_layout_missing.json", lambda m: m["layouts"].pop())
+variant_moe("moe_ep_rank_string.json", lambda m: m["layouts"][1].update(ep_rank="0"))
 write("manifest", "deep.json", '{"format": "dspeed-checkpoint", "model": ' + "[" * DEEP + "]" * DEEP + "}")
 write("manifest", "not_object.json", "[]")
 write("manifest", "empty.json", "")

@@ -4,6 +4,8 @@
 
 #include <cmath>
 
+#include <algorithm>
+
 #include "commands.h"
 #include "ds/core/memory.h"
 #include "ds/ckpt/checkpoint_format.h"
@@ -17,9 +19,13 @@ void inspect(const std::string& dir, const std::string& tag) {
   const ckpt::CheckpointManifest& m = reader.manifest();
   fmt::print("checkpoint {}\n", reader.tag_dir());
   fmt::print("  step {} ({} samples), Adam step {}\n", m.global_steps, m.global_samples, m.optimizer_steps);
-  fmt::print("  layout: ZeRO stage {}, {} data-parallel x {} tensor-parallel x {} pipeline rank(s), {} flat "
-             "layout(s) of {} gather units\n", m.zero_stage, m.world, m.tp, m.pp, m.layouts.size(),
-             m.layouts.front().units.size());
+  const auto expert_layouts =
+      std::count_if(m.layouts.begin(), m.layouts.end(), [](const ckpt::CheckpointLayout& l) { return l.ep_rank >= 0; });
+  fmt::print("  layout: ZeRO stage {}, {} data-parallel x {} tensor-parallel x {} pipeline rank(s){}, {} flat "
+             "layout(s) of {} gather units{}\n", m.zero_stage, m.world, m.tp, m.pp,
+             expert_layouts ? fmt::format(", experts over {} expert-parallel rank(s)", m.ep) : "",
+             m.layouts.size() - static_cast<size_t>(expert_layouts), m.layouts.front().units.size(),
+             expert_layouts ? fmt::format(" and {} expert layout(s)", expert_layouts) : "");
   fmt::print("  model: {}\n", m.model.dump());
   int64_t numel = 0;
   for (const ckpt::CheckpointParam& p : reader.params()) numel += p.numel();
