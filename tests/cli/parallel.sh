@@ -2,7 +2,8 @@
 # End to end, 3D parallelism through `dspeed launch`: a (pp 2, tp 2) job with the ZB-H1 schedule trains, prints the
 # per-rank traffic beside the formulas and saves a checkpoint that resumes at one rank on the same curve as the
 # 4-rank run continued; `dspeed generate --tensor-parallel` over 2 ranks prints what one rank prints; layouts the
-# world or DeepSpeed refuse are one clear error each.
+# world or DeepSpeed refuse are one clear error each. An MoE model trains with its experts over 2 ranks, its
+# checkpoint resumes with them all on each rank on the same curve, evaluates and generates.
 # Usage: parallel.sh PATH/TO/dspeed   (exit 77 = skipped: no mpirun)
 set -u
 dspeed="$1"
@@ -57,5 +58,47 @@ expect_refusal "world not a multiple" "cannot be split into 1 pipeline stage(s) 
   '{"train_micro_batch_size_per_gpu": 1, "tensor_parallel": {"autotp_size": 3}}' 2
 expect_refusal "ZeRO-2 with a pipeline" "ZeRO-2 and ZeRO-3 are incompatible with pipeline parallelism" \
   '{"train_micro_batch_size_per_gpu": 1, "pipeline": {"stages": 2}, "zero_optimization": {"stage": 2}}' 2
+
+# MoE: top-2 of 8 experts, dropless (examples/model_gpt2_tiny_mixtral.json): ep 2 over dp 2, saved after 3 steps,
+# resumed at ep 1 (every rank holds every expert): steps 4-6 equal the uninterrupted ep-2 run's.
+moe_model="$(dirname "$0")/../../examples/model_gpt2_tiny_mixtral.json"
+printf '{"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 2, "zero_optimization": {"stage": 2}}' \
+  > "$tmp/moe.json"
+moe_args=(--data "$tmp/tokens" --model "$moe_model" --seq-len 16 --eval-interval 0 --eval-batches 1 -q)
+moe=(--config "$tmp/moe.json" "${moe_args[@]}")
+out=$(timeout 180 "$dspeed" launch -n 2 -- "$dspeed" train "${moe[@]}" --expert-parallel-size 2 --steps 6 \
+      --out "$tmp/m1" 2>&1)
+if [ $? -ne 0 ]; then fail "MoE at ep 2: $(printf '%s' "$out" | tail -n 5)"
+elif ! head -n 1 "$tmp/m1/metrics.csv" | grep -q "moe_dropped_fraction"; then fail "no MoE columns in metrics.csv"
+elif ! printf '%s' "$out" | grep -q "experts (Ψ_e per rank, ep 2)"; then fail "no experts in the ZeRO report"
+else ok; fi
+timeout 180 "$dspeed" launch -n 2 -- "$dspeed" train "${moe[@]}" --expert-parallel-size 2 --steps 3 \
+  --save "$tmp/mck" --out "$tmp/m2" > "$tmp/m2.log" 2>&1 || fail "MoE save: $(tail -n 5 "$tmp/m2.log")"
+timeout 180 "$dspeed" launch -n 2 -- "$dspeed" train "${moe[@]}" --steps 6 --load "$tmp/mck" --out "$tmp/m3" \
+  > "$tmp/m3.log" 2>&1 || fail "MoE resume at ep 1: $(tail -n 5 "$tmp/m3.log")"
+want=$(rows "$tmp/m1/metrics.csv" 4 6 | head -n 3 | cut -c1-9)
+got=$(rows "$tmp/m3/metrics.csv" 4 6 | head -n 3 | cut -c1-9)
+if [ -z "$want" ] || [ "$want" != "$got" ]; then fail "MoE resumed losses differ: want '$want' got '$got'"; else ok; fi
+if ! timeout 60 "$dspeed" eval --model "$tmp/mck" --data "$tmp/tokens" --seq-len 16 2>&1 | grep -q "validation loss"; then
+  fail "eval of an MoE checkpoint"; else ok; fi
+gen=$(timeout 60 "$dspeed" generate -m "$tmp/mck" --prompt-ids 464,3290,286 --max-tokens 8 --tokenizer "" 2>/dev/null)
+if [ -z "$gen" ]; then fail "generate from an MoE checkpoint printed nothing"; else ok; fi
+expect_moe_refusal() {  # NAME FRAGMENT RANKS CONFIG EXTRA-ARGS...
+  local name="$1" fragment="$2" ranks="$3" config="$4"
+  shift 4
+  local o
+  o=$(timeout 60 "$dspeed" launch -n "$ranks" -- "$dspeed" train --config "$config" "${moe_args[@]}" --steps 2 \
+      --out "$tmp/bad" "$@" 2>&1)
+  local r=$?
+  if [ "$r" -eq 0 ] || [ "$r" -eq 124 ]; then fail "$name: exit $r"
+  elif ! printf '%s' "$o" | grep -q "$fragment"; then fail "$name: no '$fragment' in: $(printf '%s' "$o" | tail -n 3)"
+  else ok; fi
+}
+expect_moe_refusal "ep not dividing dp" "must divide the data-parallel size 2" 2 "$tmp/moe.json" \
+  --expert-parallel-size 4
+expect_moe_refusal "ep not dividing the experts" "the expert-parallel size 3 does not divide" 2 "$tmp/moe.json" \
+  --expert-parallel-size 3
+printf '{"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}}' > "$tmp/moe3.json"
+expect_moe_refusal "MoE with ZeRO-3" "ZeRO-3 does not support MoE" 1 "$tmp/moe3.json"
 
 finish
