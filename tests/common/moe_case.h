@@ -107,7 +107,8 @@ inline int64_t a2a_formula(const nn::Gpt2Config& model, const MoeRun& r, int pas
     for (int e = 0; e < E; ++e) {
       if (e / El == r.ep_rank) {  // its own experts: back to every peer what the peer routed here
         for (int peer = 0; peer < r.ep; ++peer)
-          if (peer != r.ep_rank) rows += 2 * (g.drop_tokens ? cap * passes : r.group_routed[size_t(peer)][layer][size_t(e)]);
+          if (peer != r.ep_rank)
+            rows += 2 * (g.drop_tokens ? cap * passes : r.group_routed[size_t(peer)][layer][size_t(e)]);
       } else {  // a peer's expert: out what this rank routed there
         rows += 2 * (g.drop_tokens ? cap * passes : r.last_stats.routed[layer][size_t(e)]);
       }

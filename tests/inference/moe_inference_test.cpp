@@ -59,7 +59,8 @@ TEST(MoeInference, GreedyTokensEqualTheTrainingModelsForward) {
         if (step == 0) {
           const std::vector<float> want = testing::full_recompute_last_logits(model, prompts[i]);
           double diff = 0;
-          for (size_t v = 0; v < want.size(); ++v) diff = std::max(diff, double(std::fabs(want[v] - logits[i * 512 + v])));
+          for (size_t v = 0; v < want.size(); ++v)
+            diff = std::max(diff, double(std::fabs(want[v] - logits[i * 512 + v])));
           EXPECT_LT(diff, 1e-4) << "k " << k << " residual " << residual << " prompt " << i;
         }
         const int32_t tok = testing::argmax(logits.subspan(i * 512, 512));

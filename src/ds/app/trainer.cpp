@@ -292,8 +292,9 @@ TrainSummary run_training_on(const TrainOptions& o, comm::Communicator& comm) {
 
   nn::Gpt2Config model_config = nn::Gpt2Config::from_spec(o.model);
   if (o.expert_parallel_size) {
-    DS_CHECK_AS(ConfigError, model_config.moe.enabled(), "[train] --expert-parallel-size {} needs a Mixture-of-Experts "
-                "model, but {} has no experts; use --model gpt2-moe or a model file with a \"moe\" object",
+    DS_CHECK_AS(ConfigError, model_config.moe.enabled(), "[train] --expert-parallel-size {} needs a "
+                "Mixture-of-Experts model, but {} has no experts; use --model gpt2-moe or a model file with a \"moe\" "
+                "object",
                 *o.expert_parallel_size, model_config.name);
     model_config.moe.ep_size = *o.expert_parallel_size;
     model_config.validate();

@@ -152,7 +152,8 @@ Tensor MoeLayer::run_experts(Ctx& ctx, Saved& s, const Tensor& recv, bool backwa
       int64_t row = 0;
       for (int src = 0; src < ranks; ++src) {
         const size_t b = size_t(src * El + le);
-        std::memcpy(in.data<float>() + row * C_, recv.data<float>() + start[b] * C_, row_bytes * size_t(s.recv_rows[b]));
+        std::memcpy(in.data<float>() + row * C_, recv.data<float>() + start[b] * C_,
+                    row_bytes * size_t(s.recv_rows[b]));
         row += s.recv_rows[b];
       }
     }
@@ -160,7 +161,8 @@ Tensor MoeLayer::run_experts(Ctx& ctx, Saved& s, const Tensor& recv, bool backwa
     int64_t row = 0;
     for (int src = 0; src < ranks; ++src) {
       const size_t b = size_t(src * El + le);
-      std::memcpy(out.data<float>() + start[b] * C_, res.data<float>() + row * C_, row_bytes * size_t(s.recv_rows[b]));
+      std::memcpy(out.data<float>() + start[b] * C_, res.data<float>() + row * C_,
+                  row_bytes * size_t(s.recv_rows[b]));
       row += s.recv_rows[b];
     }
     if (backward) ctx.scratch().release(mark);
