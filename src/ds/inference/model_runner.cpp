@@ -294,18 +294,12 @@ struct InferenceModel::CpuSteps {
     float* logits = grow(sc.moe_logits, int64_t(N) * E);
     m.gemm(logits, at(in), m.at_moe(R::moe_gate_w, l), nullptr, N);
     const nn::Routing r = nn::route_tokens(logits, N, gate, false, 0);
-    std::vector<int64_t> offset(static_cast<size_t>(E) + 1, 0);
-    for (int e = 0; e < E; ++e) offset[size_t(e) + 1] = offset[size_t(e)] + r.rows[size_t(e)];
-    const int64_t rows = offset.back(), A = r.assignments();
-    int32_t* token = grow(sc.moe_token, rows);
-    int32_t* row = grow(sc.moe_row, A);
-    for (int64_t a = 0; a < A; ++a) {
-      row[a] = static_cast<int32_t>(offset[size_t(r.expert[size_t(a)])] + r.slot[size_t(a)]);
-      token[row[a]] = static_cast<int32_t>(a / k);
-    }
+    const nn::ExpertGroups groups = nn::group_by_expert(r);
+    const std::vector<int64_t>& offset = groups.offset;
+    const int64_t rows = offset.back();
     float* grouped = grow(sc.moe_rows, 2 * rows * C);  // the experts' inputs, then their outputs
     float* outputs = grouped + rows * C;
-    cpu::gather_rows(grouped, at(in), token, rows, C);
+    cpu::gather_rows(grouped, at(in), groups.token.data(), rows, C);
     float* hidden = grow(sc.moe_hidden, *std::max_element(r.rows.begin(), r.rows.end()) * 4 * int64_t(C));
     for (int e = 0; e < E; ++e) {
       const int R_e = static_cast<int>(r.rows[size_t(e)]);
@@ -317,7 +311,7 @@ struct InferenceModel::CpuSteps {
              m.at_moe(R::expert_fc2_b, l, e).values.data<float>(), R_e);
     }
     float* out = grow(sc.moe_out, int64_t(N) * C);
-    cpu::combine_rows(out, outputs, row, r.weight.data(), N, k, C);
+    cpu::combine_rows(out, outputs, groups.row.data(), r.weight.data(), N, k, C);
     if (moe.options.use_residual) {  // out = moe * p0 + mlp * p1, p = softmax(coefficient(in))
       float* mlp_hidden = grow(sc.moe_hidden, int64_t(N) * 4 * C);
       float* mlp = outputs;  // free again: [N, C] fits in the grouped rows' space (rows >= N)

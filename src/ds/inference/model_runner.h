@@ -66,7 +66,6 @@ class InferenceModel {
   struct Scratch {
     std::vector<float> x, h, qkv, att, mlp, last, stats, scores;
     std::vector<float> moe_logits, moe_rows, moe_hidden, moe_out;  // MoE layers
-    std::vector<int32_t> moe_token, moe_row;
     std::vector<int32_t> pos;                   // of each token
     std::vector<const int32_t*> tables;         // block table of each sequence
   };

@@ -201,6 +201,20 @@ void route_tokens_backward(const Routing& r, const float* dweight, float aux_gra
   }
 }
 
+ExpertGroups group_by_expert(const Routing& r) {
+  ExpertGroups g;
+  g.offset.assign(static_cast<size_t>(r.E) + 1, 0);
+  for (int e = 0; e < r.E; ++e) g.offset[size_t(e) + 1] = g.offset[size_t(e)] + r.rows[size_t(e)];
+  g.token.assign(static_cast<size_t>(g.offset.back()), -1);
+  g.row.assign(r.expert.size(), -1);
+  for (size_t a = 0; a < r.expert.size(); ++a) {
+    if (r.slot[a] < 0) continue;
+    g.row[a] = static_cast<int32_t>(g.offset[size_t(r.expert[a])] + r.slot[a]);
+    g.token[size_t(g.row[a])] = static_cast<int32_t>(a / size_t(r.k));
+  }
+  return g;
+}
+
 const char* noisy_gate_name(NoisyGate g) {
   switch (g) {
     case NoisyGate::none: return "None";

@@ -58,6 +58,16 @@ struct Routing {
 // Capacity uses capacity_factor in training and eval_capacity_factor otherwise.
 Routing route_tokens(const float* logits, int64_t S, const GateOptions& options, bool training, uint64_t noise_seed);
 
+// A routing's kept assignments grouped by expert, as a serving forward runs them: expert e's rows are
+// [offset[e], offset[e+1]) in slot order, grouped row i holds token token[i], and assignment a's row is row[a]
+// (-1 when dropped).
+struct ExpertGroups {
+  std::vector<int64_t> offset;  // [E + 1]
+  std::vector<int32_t> token;   // [kept assignments]
+  std::vector<int32_t> row;     // [S*k]
+};
+ExpertGroups group_by_expert(const Routing& r);
+
 // dlogits [S, E] (written) from dweight [S*k], the gradient of each assignment's combine weight, aux_grad = dLoss /
 // d l_aux and z_grad = dLoss / d z_loss. Dropped assignments' dweight is ignored.
 void route_tokens_backward(const Routing& r, const float* dweight, float aux_grad, float z_grad, float* dlogits);
