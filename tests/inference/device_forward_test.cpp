@@ -83,8 +83,9 @@ TEST(DeviceForward, CudaWithoutAGpuIsAClearError) {
 }
 
 // The same passes on both engines; every pass's logits must agree.
-void compare_passes(int n_embd, int n_head, int32_t block_size) {
-  const Model m(config_of(n_embd, n_head));
+void compare_passes(const nn::Gpt2Config& config, int32_t block_size) {
+  const int n_embd = config.n_embd, n_head = config.n_head;
+  const Model m(config);
   InferenceEngine cpu(m.runner, engine_config(block_size, Device::cpu()));
   InferenceEngine gpu(m.runner, engine_config(block_size, Device::cuda(0)));
   const int V = m.gpt.config().vocab_size;
@@ -136,6 +137,10 @@ void compare_passes(int n_embd, int n_head, int32_t block_size) {
   EXPECT_GE(passes, 8);
 }
 
+void compare_passes(int n_embd, int n_head, int32_t block_size) {
+  compare_passes(config_of(n_embd, n_head), block_size);
+}
+
 TEST(DeviceForward, CudaMatchesCpuPassByPass) {
   if (!have_gpu()) GTEST_SKIP() << "no GPU (or a build without CUDA)";
   for (const int32_t bs : {1, 16, 64}) {
@@ -143,6 +148,21 @@ TEST(DeviceForward, CudaMatchesCpuPassByPass) {
     compare_passes(96, 2, bs);   // head size 48: a lane's second channel only on some lanes
     compare_passes(256, 1, bs);  // head size 256: 8 channels a lane, the most the kernel takes
     compare_passes(60, 4, bs);   // head size 15: no 16-byte loads
+  }
+}
+
+// MoE blocks (Note [MoE serving]): routed on the host, expert groups on the GPU; top-1 and top-2 over 4 experts in
+// both layers, and Residual-MoE.
+TEST(DeviceForward, CudaMoeMatchesCpuPassByPass) {
+  if (!have_gpu()) GTEST_SKIP() << "no GPU (or a build without CUDA)";
+  for (const auto& [k, residual] : {std::pair{1, false}, std::pair{2, false}, std::pair{2, true}}) {
+    nn::Gpt2Config c = config_of(64, 4);
+    c.moe.num_experts = {4};
+    c.moe.options.gate.k = k;
+    c.moe.options.gate.drop_tokens = false;
+    c.moe.options.use_residual = residual;
+    SCOPED_TRACE(::testing::Message() << "top-" << k << (residual ? " residual" : ""));
+    compare_passes(c, 16);
   }
 }
 

@@ -45,9 +45,8 @@ class InferenceModel::PanelSource final : public WeightSource {
 InferenceModel::InferenceModel(std::shared_ptr<const WeightSource> source, WeightFormat weights, Device device,
                                nn::TensorParallelGroup* tp)
     : config_(source->config()), weights_(weights), device_(device), tp_(tp && tp->size() > 1 ? tp : nullptr) {
-  DS_CHECK_AS(ConfigError, !config_.moe.enabled() || (device.is_cpu() && !tp_), "[serve] {} is a "
-              "Mixture-of-Experts model: it is served by the CPU forward on one rank (no --device cuda, no "
-              "--tensor-parallel)", config_.name);
+  DS_CHECK_AS(ConfigError, !config_.moe.enabled() || !tp_, "[serve] {} is a Mixture-of-Experts model: it is "
+              "served on one rank (no --tensor-parallel)", config_.name);
   if (tp_) {
     DS_CHECK_AS(ConfigError, device.is_cpu(), "[serve] tensor-parallel inference runs on the CPU forward; use "
                 "--device cpu or one rank");

@@ -9,6 +9,7 @@
 #include "ds/inference/cuda/cuda_gpt.h"
 #include "ds/inference/device_forward.h"
 #include "ds/inference/model_runner.h"
+#include "ds/nn/moe_gating.h"
 
 namespace ds::inference {
 namespace {
@@ -28,6 +29,22 @@ class CudaForward final : public DeviceForward {
     gs.kv_block_size = shape.kv_block_size;
     gs.max_tokens = shape.max_tokens;
     gs.max_seqs = shape.max_seqs;
+    if (config_.moe.enabled()) {  // routed on the host as the CPU forward routes (Note [MoE serving])
+      gs.experts = config_.experts_per_block();
+      gs.moe_k = config_.moe.options.gate.k;
+      gs.moe_residual = config_.moe.options.use_residual;
+      gs.route = [this](int layer, const float* logits, int n, cuda_impl::MoeRoute& out) {
+        nn::GateOptions gate = config_.moe.options.gate;
+        gate.num_experts = config_.moe.experts_of(layer);
+        gate.drop_tokens = false;
+        const nn::Routing r = nn::route_tokens(logits, n, gate, false, 0);
+        nn::ExpertGroups groups = nn::group_by_expert(r);
+        out.offset = std::move(groups.offset);
+        out.token = std::move(groups.token);
+        out.row = std::move(groups.row);
+        out.weight = r.weight;
+      };
+    }
     const WeightSource& weights = model.weights();
     gpt_ = std::make_unique<cuda_impl::CudaGpt>(
         gs, config_.weight_spec(), [&weights](const nn::Gpt2Weight& w, float* dst) { weights.read(w, dst); });

@@ -13,7 +13,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <string>
+#include <tuple>
 
 #include "ds/core/error.h"
 #include "ds/core/memory.h"
@@ -38,6 +40,18 @@ struct CudaGpt::State {
   // The weights by gpt2_weight_slot, in the spec's layouts, with each matrix's [K, M] (wte: [V, C]).
   std::vector<float*> weights;
   std::vector<int> rows, cols;
+  // An MoE model's gate, coefficient and expert weights by (layer, role, expert), with their [K, M].
+  struct MoeWeight {
+    float* data = nullptr;
+    int K = 0, M = 0;
+  };
+  std::map<std::tuple<int, int, int>, MoeWeight> moe;
+  // MoE passes: the gate logits (device, and pinned for the host's router), the route (pinned and device: the
+  // grouped rows' tokens, the assignments' rows, then their weights), the grouped inputs and the experts' outputs.
+  float *moe_logits = nullptr, *moe_logits_host = nullptr, *moe_in = nullptr, *moe_out = nullptr;
+  int32_t *route_host = nullptr, *route_dev = nullptr;
+  size_t route_capacity = 0, moe_logits_capacity = 0;  // route entries (int32 or float), logits floats
+  MoeRoute route;
   float* kv = nullptr;  // [n_layer, kv_blocks, kv_block_size, 2, C]
   float *x = nullptr, *h = nullptr, *qkv = nullptr, *att = nullptr, *mlp = nullptr, *logits = nullptr;
   // Metadata: a pinned host buffer and its device twin, grown on demand.
@@ -132,16 +146,28 @@ CudaGpt::CudaGpt(const GptShape& shape, const std::vector<nn::Gpt2Weight>& spec,
     s.rows.assign(s.weights.size(), 0);
     s.cols.assign(s.weights.size(), 0);
     std::vector<float> staging;  // one weight at a time
+    size_t slotted = 0;
     for (const nn::Gpt2Weight& w : spec) {
       DS_ASSERT(w.layer < L, "weight {} of layer {} in a model of {} layers", w.name, w.layer, L);
       staging.resize(static_cast<size_t>(w.numel()));
       read(w, staging.data());
+      float* data = s.upload(staging.data(), w.numel(), w.name.c_str());
+      const int K = static_cast<int>(w.shape[0]), M = w.shape.size() > 1 ? static_cast<int>(w.shape[1]) : 1;
+      if (static_cast<int>(w.role) >= static_cast<int>(nn::Gpt2Role::moe_gate_w)) {
+        s.moe[{w.layer, static_cast<int>(w.role), w.expert}] = {data, K, M};
+        continue;
+      }
       const auto k = static_cast<size_t>(nn::gpt2_weight_slot(w.role, w.layer));
-      s.weights[k] = s.upload(staging.data(), w.numel(), w.name.c_str());
-      s.rows[k] = static_cast<int>(w.shape[0]);
-      s.cols[k] = w.shape.size() > 1 ? static_cast<int>(w.shape[1]) : 1;
+      s.weights[k] = data;
+      s.rows[k] = K;
+      s.cols[k] = M;
+      ++slotted;
     }
-    for (const float* p : s.weights) DS_ASSERT(p != nullptr, "the weight spec left a slot of the CUDA model empty");
+    // Every slot is filled, but the MLP's of an MoE layer without Residual-MoE.
+    size_t empty = 0;
+    for (const float* p : s.weights) empty += p == nullptr;
+    DS_ASSERT(slotted + empty == s.weights.size() && (shape.experts.empty() ? empty == 0 : true),
+              "the weight spec left {} slot(s) of the CUDA model empty", empty);
     const int64_t kv_floats = int64_t(L) * shape.kv_blocks * shape.kv_block_size * 2 * C;
     s.kv = s.alloc(kv_floats, Category::kv_cache, "the KV cache");
     s.kv_bytes = kv_floats * int64_t(sizeof(float));
@@ -153,6 +179,19 @@ CudaGpt::CudaGpt(const GptShape& shape, const std::vector<nn::Gpt2Weight>& spec,
     s.mlp = s.alloc(N * 4 * C, Category::activation, "activations");
     s.logits = s.alloc(int64_t(shape.max_seqs) * V, Category::activation, "logits");
     s.logits_host = s.alloc_pinned<float>(size_t(shape.max_seqs) * size_t(V));
+    if (!shape.experts.empty()) {
+      // A token goes to an expert once, so a group holds at most N rows and all groups N·k.
+      const int E = *std::max_element(shape.experts.begin(), shape.experts.end());
+      const int64_t rows = N * shape.moe_k;
+      s.moe_logits_capacity = size_t(N) * size_t(std::max(E, 2));
+      s.moe_logits = s.alloc(int64_t(s.moe_logits_capacity), Category::activation, "MoE gate logits");
+      s.moe_logits_host = s.alloc_pinned<float>(s.moe_logits_capacity);
+      s.moe_in = s.alloc(rows * C, Category::activation, "MoE expert inputs");
+      s.moe_out = s.alloc(rows * C, Category::activation, "MoE expert outputs");
+      s.route_capacity = size_t(3 * rows);  // tokens, rows, weights
+      s.route_host = s.alloc_pinned<int32_t>(s.route_capacity);
+      s.route_dev = reinterpret_cast<int32_t*>(s.alloc(int64_t(s.route_capacity), Category::activation, "MoE route"));
+    }
 
     // Attention's shared memory grows with the context; above 48 KiB in all a kernel must opt in.
     const int HS = C / shape.n_head;
@@ -180,6 +219,8 @@ void CudaGpt::release(State* s) noexcept {
   s->meta_storage.reset();
   s->free_pinned(s->meta_host, int64_t(s->meta_capacity * sizeof(int32_t)));
   s->free_pinned(s->logits_host, int64_t(sizeof(float)) * s->shape.max_seqs * s->shape.vocab);
+  s->free_pinned(s->moe_logits_host, int64_t(sizeof(float) * s->moe_logits_capacity));
+  s->free_pinned(s->route_host, int64_t(sizeof(int32_t) * s->route_capacity));
   if (s->blas) cublasDestroy(s->blas);
   if (s->stream) cudaStreamDestroy(s->stream);
   delete s;
@@ -284,9 +325,61 @@ struct CudaSteps {
     ds::cuda::paged_attention(at(out), at(qkv), kv, pos, seq, toff, tables, N, g.n_head, g.kv_block_size, C,
                               m.max_pos, scale, smem, s.stream);
   }
-  // MoE models are served by the CPU forward (InferenceModel refuses to place them on a GPU).
-  int experts(int) const { return 0; }
-  void moe_residual(PassBuffer, PassBuffer, int) {}
+  int experts(int l) const { return s.shape.experts.empty() ? 0 : s.shape.experts[static_cast<size_t>(l)]; }
+  const CudaGpt::State::MoeWeight& mw(nn::Gpt2Role r, int l, int e = -1) const {
+    return s.moe.at({l, static_cast<int>(r), e});
+  }
+  // The MoE layer as the CPU forward runs it (Note [MoE serving] in model_runner.cpp): the gate's logits go to the
+  // host, which routes (the stream waits), the route comes back, then a gather into expert groups, each expert's
+  // two GEMMs over its rows, and the weighted sum into the residual stream (Residual-MoE: the mix with the MLP).
+  void moe_residual(PassBuffer x, PassBuffer in, int l) {
+    using R = nn::Gpt2Role;
+    const int E = experts(l), k = s.shape.moe_k;
+    const CudaGpt::State::MoeWeight& gate = mw(R::moe_gate_w, l);
+    s.gemm(s.moe_logits, at(in), gate.data, N, gate.K, gate.M);
+    DS_CUDA_CHECK(cudaMemcpyAsync(s.moe_logits_host, s.moe_logits, sizeof(float) * size_t(N) * E,
+                                  cudaMemcpyDeviceToHost, s.stream));
+    DS_CUDA_CHECK(cudaStreamSynchronize(s.stream));  // also: the previous layer's route has been copied
+    s.shape.route(l, s.moe_logits_host, N, s.route);
+    const MoeRoute& r = s.route;
+    const int64_t rows = r.offset.back(), A = int64_t(N) * k;
+    DS_ASSERT(size_t(rows + 2 * A) <= s.route_capacity && r.row.size() == size_t(A), "MoE route of {} rows, {} "
+              "assignments", rows, A);
+    int32_t* host = s.route_host;
+    std::memcpy(host, r.token.data(), sizeof(int32_t) * size_t(rows));
+    std::memcpy(host + rows, r.row.data(), sizeof(int32_t) * size_t(A));
+    std::memcpy(host + rows + A, r.weight.data(), sizeof(float) * size_t(A));
+    DS_CUDA_CHECK(cudaMemcpyAsync(s.route_dev, host, sizeof(int32_t) * size_t(rows + 2 * A), cudaMemcpyHostToDevice,
+                                  s.stream));
+    const int32_t* token = s.route_dev;
+    const int32_t* row = token + rows;
+    const float* weight = reinterpret_cast<const float*>(row + A);
+    ds::cuda::gather_rows(s.moe_in, at(in), token, rows, C, s.stream);
+    for (int e = 0; e < E; ++e) {
+      const int64_t first = r.offset[size_t(e)], n = r.offset[size_t(e) + 1] - first;
+      if (n == 0) continue;
+      const CudaGpt::State::MoeWeight &fc = mw(R::expert_fc_w, l, e), &fc2 = mw(R::expert_fc2_w, l, e);
+      s.gemm(s.mlp, s.moe_in + first * C, fc.data, static_cast<int>(n), fc.K, fc.M);
+      ds::cuda::add_bias_gelu(s.mlp, mw(R::expert_fc_b, l, e).data, n * fc.M, fc.M, s.stream);
+      s.gemm(s.moe_out + first * C, s.mlp, fc2.data, static_cast<int>(n), fc2.K, fc2.M);
+      ds::cuda::add_bias(s.moe_out + first * C, mw(R::expert_fc2_b, l, e).data, n * C, C, s.stream);
+    }
+    if (!s.shape.moe_residual) {
+      ds::cuda::combine_rows_add(at(x), s.moe_out, row, weight, N, k, C, s.stream);
+      return;
+    }
+    // Residual-MoE: the MoE output in att, the MLP's in qkv (both free at this point of the layer).
+    DS_CUDA_CHECK(cudaMemsetAsync(s.att, 0, sizeof(float) * size_t(N) * C, s.stream));
+    ds::cuda::combine_rows_add(s.att, s.moe_out, row, weight, N, k, C, s.stream);
+    const int M = matmul(PassBuffer::mlp, in, l, R::fc_w);
+    ds::cuda::add_bias_gelu(s.mlp, w(R::fc_b, l), int64_t(N) * M, M, s.stream);
+    matmul(PassBuffer::qkv, PassBuffer::mlp, l, R::fc2_w);
+    ds::cuda::add_bias(s.qkv, w(R::fc2_b, l), int64_t(N) * C, C, s.stream);
+    const CudaGpt::State::MoeWeight& coef = mw(R::moe_coef_w, l);
+    s.gemm(s.moe_logits, at(in), coef.data, N, coef.K, coef.M);
+    ds::cuda::add_bias(s.moe_logits, mw(R::moe_coef_b, l).data, int64_t(N) * 2, 2, s.stream);
+    ds::cuda::moe_mix_residual(at(x), s.att, s.qkv, s.moe_logits, N, C, s.stream);
+  }
   void final_norm(PassBuffer out, PassBuffer x) {
     ds::cuda::layernorm_rows(at(out), at(x), last, w(nn::Gpt2Role::lnf_w), w(nn::Gpt2Role::lnf_b), S, C, s.stream);
   }

@@ -15,11 +15,26 @@
 
 namespace ds::inference::cuda_impl {
 
+// One MoE layer's routing of a pass's n tokens, made on the host (nn/moe_gating.h): expert e's grouped rows are
+// [offset[e], offset[e+1]), grouped row i is token token[i]; assignment a = t*k + j goes to row[a] with weight[a].
+struct MoeRoute {
+  std::vector<int64_t> offset;
+  std::vector<int32_t> token, row;
+  std::vector<float> weight;
+};
+// Routes a layer's pass: gate logits [n, E] (host memory) in, the route out.
+using MoeRouter = std::function<void(int layer, const float* logits, int n, MoeRoute& out)>;
+
 struct GptShape {
   int device = 0;  // CUDA device index
   int n_layer = 0, n_head = 0, n_embd = 0, vocab = 0, context = 0;
   int32_t kv_blocks = 0, kv_block_size = 0;
   int32_t max_tokens = 0, max_seqs = 0;  // per pass
+  // MoE (nn/moe.h): each layer's experts (0: a dense MLP; empty: no MoE), top-k, Residual-MoE, and the router.
+  std::vector<int> experts;
+  int moe_k = 1;
+  bool moe_residual = false;
+  MoeRouter route;
 };
 
 // Fills dst with one weight of the spec (gpt2_spec.h), fp32 in its Hugging Face layout.

@@ -24,6 +24,15 @@ void add_bias(float* y, const float* b, int64_t n, int M, cudaStream_t stream);
 void add_bias_gelu(float* y, const float* b, int64_t n, int M, cudaStream_t stream);
 void add_bias_residual(float* x, const float* y, const float* b, int64_t n, int M, cudaStream_t stream);
 
+// MoE serving (moe_rows.cu), rows of C floats: out[i] = x[index[i]] for n rows; x[s] += sum over j < k of
+// weight[s*k + j] * rows[row[s*k + j]] (rows < 0 skipped); Residual-MoE's x[s] += moe[s] p0 + mlp[s] p1 with
+// p = softmax(coef[s, 0:2]).
+void gather_rows(float* out, const float* x, const int32_t* index, int64_t n, int C, cudaStream_t stream);
+void combine_rows_add(float* x, const float* rows, const int32_t* row, const float* weight, int S, int k, int C,
+                      cudaStream_t stream);
+void moe_mix_residual(float* x, const float* moe, const float* mlp, const float* coef, int S, int C,
+                      cudaStream_t stream);
+
 // Paged attention over a blocked KV cache (the layout of inference/kv_cache.h: a slot is [2C] floats, K then V;
 // slot t of a sequence is slot t % block_size of block tables[table_offset[seq]][t / block_size]).
 inline constexpr int kMaxHeadSize = 256;  // a lane holds at most 8 channels of a head
