@@ -23,18 +23,6 @@ void MoeStats::add(int layer, const Routing& r) {
   z_loss += r.z_loss;
 }
 
-void MoeStats::merge(const MoeStats& o) {
-  if (routed.size() < o.routed.size()) routed.resize(o.routed.size());
-  for (size_t l = 0; l < o.routed.size(); ++l) {
-    if (routed[l].size() < o.routed[l].size()) routed[l].resize(o.routed[l].size(), 0);
-    for (size_t e = 0; e < o.routed[l].size(); ++e) routed[l][e] += o.routed[l][e];
-  }
-  assignments += o.assignments;
-  dropped += o.dropped;
-  aux_loss += o.aux_loss;
-  z_loss += o.z_loss;
-}
-
 void MoeStats::clear() { *this = MoeStats{}; }
 
 // Note [MoE dispatch]
@@ -55,7 +43,6 @@ void MoeStats::clear() { *this = MoeStats{}; }
 // sent to other ranks, C·El·(ep-1) rows per exchange capacity-based.
 struct MoeLayer::Saved {
   Routing r;
-  std::vector<int64_t> offset;        // [E + 1] token-side row offsets per expert
   std::vector<size_t> send_counts;    // [ep] floats to each rank (token side)
   std::vector<size_t> recv_counts;    // [ep] floats from each rank (expert side)
   std::vector<int32_t> recv_rows;     // [ep * El] rows from rank src for local expert le
@@ -197,8 +184,8 @@ Tensor MoeLayer::forward(Ctx& ctx, const Tensor& x, Pass& pass) {
   std::vector<int32_t> block_rows(static_cast<size_t>(E));
   for (int e = 0; e < E; ++e)
     block_rows[size_t(e)] = static_cast<int32_t>(r.capacity >= 0 ? r.capacity : r.rows[size_t(e)]);
-  s.offset.assign(static_cast<size_t>(E) + 1, 0);
-  for (int e = 0; e < E; ++e) s.offset[size_t(e) + 1] = s.offset[size_t(e)] + block_rows[size_t(e)];
+  std::vector<int64_t> offset(static_cast<size_t>(E) + 1, 0);  // token-side rows of each expert
+  for (int e = 0; e < E; ++e) offset[size_t(e) + 1] = offset[size_t(e)] + block_rows[size_t(e)];
   s.recv_rows.assign(static_cast<size_t>(ranks * El), static_cast<int32_t>(r.capacity));
   if (r.capacity < 0) {
     if (ep_) {
@@ -216,7 +203,7 @@ Tensor MoeLayer::forward(Ctx& ctx, const Tensor& x, Pass& pass) {
     }
 
   // Each assignment's token-side row, and each row's token (padding: -1, a zero row).
-  const int64_t rows = s.offset.back(), assignments = r.assignments();
+  const int64_t rows = offset.back(), assignments = r.assignments();
   const int k = r.k;
   s.row = ctx.act().alloc({assignments}, DType::i32);
   s.weight = ctx.act().alloc({assignments});
@@ -225,7 +212,7 @@ Tensor MoeLayer::forward(Ctx& ctx, const Tensor& x, Pass& pass) {
   std::fill_n(token.data<int32_t>(), rows, -1);
   for (int64_t a = 0; a < assignments; ++a) {
     const bool kept = r.slot[size_t(a)] >= 0;
-    const int64_t row = kept ? s.offset[size_t(r.expert[size_t(a)])] + r.slot[size_t(a)] : -1;
+    const int64_t row = kept ? offset[size_t(r.expert[size_t(a)])] + r.slot[size_t(a)] : -1;
     s.row.data<int32_t>()[a] = static_cast<int32_t>(row);
     s.weight.data<float>()[a] = r.weight[size_t(a)];
     if (kept) token.data<int32_t>()[row] = static_cast<int32_t>(a / k);

@@ -48,7 +48,6 @@ struct MoeStats {
   double aux_loss = 0, z_loss = 0;
   int64_t passes = 0;  // forward passes counted (a layer counts its pass once per micro-batch)
   void add(int layer, const Routing& r);
-  void merge(const MoeStats& other);
   void clear();
 };
 
@@ -73,7 +72,6 @@ class MoeLayer : public Module {
   const Module* experts_unit() const { return &experts_owner_; }
   int num_experts() const { return options_.gate.num_experts; }
   int local_experts() const { return static_cast<int>(experts_.size()); }
-  int first_expert() const { return first_expert_; }
 
  private:
   struct Saved;  // what backward needs beyond the sub-modules' own stashes
