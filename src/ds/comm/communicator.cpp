@@ -66,6 +66,12 @@ void check_buffer(const char* what, const char* name, const void* p, int64_t byt
               "that size", what, name, bytes, dtype_name(dtype));
 }
 
+// Reductions take numbers: u8 buffers (packed signs, quantized blocks) are moved, never summed.
+void check_reducible(const char* what, DType dtype) {
+  DS_CHECK_AS(CommError, dtype != DType::u8, "[comm] {}: u8 buffers hold raw bytes and cannot be reduced; reduce "
+              "f32, i32, f16 or bf16 data (move bytes with all_gather or all_to_all)", what);
+}
+
 void check_rank(const char* what, const char* role, int r, int world) {
   DS_CHECK_AS(CommError, r >= 0 && r < world, "[comm] {}: {} {} is outside the world of {} (ranks 0..{})", what,
               role, r, world, world - 1);
@@ -79,6 +85,7 @@ void Communicator::record(Collective c, int64_t ring_bytes, int64_t payload_byte
 
 WorkPtr Communicator::all_reduce_async(void* data, size_t count, DType dtype, ReduceOp op) {
   const int64_t n = checked_bytes("all_reduce", count, dtype);
+  check_reducible("all_reduce", dtype);
   check_buffer("all_reduce", "data", data, n, dtype);
   WorkPtr w = do_all_reduce(data, count, dtype, op);
   record(Collective::all_reduce, 2 * n * (size() - 1) / size(), n);
@@ -87,6 +94,7 @@ WorkPtr Communicator::all_reduce_async(void* data, size_t count, DType dtype, Re
 
 WorkPtr Communicator::reduce_scatter_async(const void* send, void* recv, size_t count, DType dtype, ReduceOp op) {
   const int64_t n = checked_bytes("reduce_scatter", count, dtype, static_cast<size_t>(size()));
+  check_reducible("reduce_scatter", dtype);
   check_buffer("reduce_scatter", "send", send, n, dtype);
   check_buffer("reduce_scatter", "recv", recv, n / size(), dtype);
   WorkPtr w = do_reduce_scatter(send, recv, count, dtype, op);

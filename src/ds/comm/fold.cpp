@@ -80,6 +80,7 @@ void fold(void* out, const void* const* srcs, size_t k, size_t n, DType dtype, R
     case DType::i32: fold_native<int32_t>(out, srcs, k, n, op); return;
     case DType::f16:
     case DType::bf16: fold_half(out, srcs, k, n, dtype, op); return;
+    case DType::u8: break;  // bytes are not numbers (the communicator refuses to reduce them)
   }
   DS_ASSERT(false, "fold of an unknown dtype");
 }
@@ -89,7 +90,8 @@ void fold_into(void* acc, const void* x, size_t n, DType dtype, ReduceOp op) {
     case DType::f32: combine_tile(static_cast<float*>(acc), static_cast<const float*>(x), n, op); return;
     case DType::i32: combine_tile(static_cast<int32_t*>(acc), static_cast<const int32_t*>(x), n, op); return;
     case DType::f16:
-    case DType::bf16: break;
+    case DType::bf16:
+    case DType::u8: break;
   }
   const void* srcs[2] = {acc, x};
   fold(acc, srcs, 2, n, dtype, op);

@@ -220,6 +220,7 @@ MPI_Datatype mpi_type(DType t) {
     case DType::i32: return MPI_INT32_T;
     case DType::bf16:
     case DType::f16: return MPI_UINT16_T;  // moved as bits; sums go through our ring (combine_half)
+    case DType::u8: return MPI_UINT8_T;
   }
   return MPI_BYTE;
 }

@@ -219,6 +219,16 @@ float lamb_step_size(const LambParams& p);
 // param -= step * u, with step = lamb_step_size * lamb_coefficient.
 void lamb_apply(float* param, const float* m, const float* v, size_t n, const LambParams& p, float step);
 
+// ---- communication compression (compress.cpp) ----
+// 1-bit compression with error feedback, as DeepSpeed's compressed_allreduce does it for one tensor of n elements
+// (n a multiple of 8): the signs packed 8 to a byte (element i is bit i % 8 of byte i / 8, set when the element is
+// >= 0, so 0 counts as +1 and NaN as -1) and one scale, ||x||_2 / sqrt(n), that makes scale * sign(x) keep x's
+// L2 norm. onebit_compress first adds the carried error into x (x += error), then packs x and leaves in error what
+// the compressed form misses (error = x - scale * sign(x)); returns the scale. AVX2; parallel over OpenMP.
+float onebit_compress(float* x, float* error, size_t n, uint8_t* bits);
+// out[i] = scale * sign_i (accumulate: out[i] += scale * sign_i) for the n elements packed in bits.
+void onebit_decompress(const uint8_t* bits, size_t n, float scale, float* out, bool accumulate);
+
 // ---- 16-bit storage conversion: core/convert.h (Tensor::copy_from uses them), here under their kernel names ----
 using ds::bf16_to_f32;
 using ds::f16_to_f32;

@@ -1,0 +1,58 @@
+// 1-bit compression kernels (kernels.h): sign packing with one scale and error feedback, and the unpacking that
+// the server side sums and the receiver restores from. The sign test is a compare and _mm256_movemask_ps, which
+// gives exactly the byte of eight signs in element order (lane k -> bit k); unpacking broadcasts a byte, tests
+// one bit per lane and blends +scale / -scale. The norm is cpu::sum_squares (double, fixed blocks), so the scale
+// does not depend on the thread count.
+// Napkin: compress reads x and error twice and writes both once (16 + 8 B per element, memory bound); decompress
+// writes 4 B per element from 1/8 B.
+#include <immintrin.h>
+
+#include <cmath>
+
+#include "ds/kernels/cpu/kernels.h"
+
+namespace ds::cpu {
+namespace {
+
+constexpr size_t kParallelMin = size_t{1} << 15;
+
+// The +1/-1 of the eight elements of one byte, as lane masks.
+inline __m256 lanes_set(uint8_t byte) {
+  const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  const __m256i b = _mm256_set1_epi32(byte);
+  return _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(b, bit), bit));
+}
+
+}  // namespace
+
+float onebit_compress(float* x, float* error, size_t n, uint8_t* bits) {
+  const auto groups = static_cast<int64_t>(n / 8);
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t g = 0; g < groups; ++g) {
+    float* p = x + g * 8;
+    _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(error + g * 8)));
+  }
+  const auto scale = static_cast<float>(std::sqrt(sum_squares(x, n) / static_cast<double>(n > 0 ? n : 1)));
+  const __m256 zero = _mm256_setzero_ps(), pos = _mm256_set1_ps(scale), neg = _mm256_set1_ps(-scale);
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t g = 0; g < groups; ++g) {
+    const __m256 v = _mm256_loadu_ps(x + g * 8);
+    const __m256 ge = _mm256_cmp_ps(v, zero, _CMP_GE_OQ);
+    bits[g] = static_cast<uint8_t>(_mm256_movemask_ps(ge));
+    _mm256_storeu_ps(error + g * 8, _mm256_sub_ps(v, _mm256_blendv_ps(neg, pos, ge)));
+  }
+  return scale;
+}
+
+void onebit_decompress(const uint8_t* bits, size_t n, float scale, float* out, bool accumulate) {
+  const auto groups = static_cast<int64_t>(n / 8);
+  const __m256 pos = _mm256_set1_ps(scale), neg = _mm256_set1_ps(-scale);
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t g = 0; g < groups; ++g) {
+    const __m256 v = _mm256_blendv_ps(neg, pos, lanes_set(bits[g]));
+    float* o = out + g * 8;
+    _mm256_storeu_ps(o, accumulate ? _mm256_add_ps(_mm256_loadu_ps(o), v) : v);
+  }
+}
+
+}  // namespace ds::cpu
