@@ -270,12 +270,15 @@ TEST_F(ConfigCompat, FeaturesNotImplementedAreListedOnceAndTheRunGoesOn) {
       "compression_training": {"weight_quantization": {}}, "pipeline": {"seed_layers": true},
       "wandb": {"enabled": true}, "comet": {"enabled": true}})");
   ASSERT_EQ(c.warnings.size(), 1u);
-  EXPECT_EQ(c.warnings[0].find("offload_"), std::string::npos) << c.warnings[0];  // implemented
-  for (const char* key : {"OneBitAdam", "flops_profiler.enabled",
+  for (const char* implemented : {"offload_", "OneBitAdam"})
+    EXPECT_EQ(c.warnings[0].find(implemented), std::string::npos) << c.warnings[0];
+  for (const char* key : {"flops_profiler.enabled",
                           "comms_logger.enabled", "compression_training", "pipeline.seed_layers", "wandb", "comet"})
     EXPECT_NE(c.warnings[0].find(key), std::string::npos) << key << " in " << c.warnings[0];
   EXPECT_EQ(c.optimizer.type, "adamw");  // 1-bit Adam's exact stage: decoupled decay, no bias correction
   EXPECT_FALSE(c.optimizer.bias_correction);
+  EXPECT_EQ(c.optimizer.compression, config::OptimizerConfig::Compression::onebit_adam);
+  EXPECT_EQ(c.optimizer.freeze_step, 100);
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include "commands.h"
 #include "bench/decode_bench.h"
 #include "bench/offload_bench.h"
+#include "bench/compression_bench.h"
 #include "bench/moe_bench.h"
 #include "bench/pipeline_bench.h"
 #include "bench/train_bench.h"
@@ -245,6 +246,21 @@ void add_bench_command(CLI::App& root) {
   moe->add_option("--threads", mb->threads, "OpenMP threads (0: default)")->capture_default_str();
   moe->add_option("--json", mb->json_out, "append the result as a JSON line");
   moe->callback([mb] { run_moe_bench(*mb); });
+
+  auto cb = std::make_shared<CompressionBenchOptions>();
+  CLI::App* comp = cmd->add_subcommand(
+      "compression", "1-bit Adam and 0/1 Adam against Adam, step time on a throttled network (ranks as threads)");
+  comp->add_option("--model", cb->model, "model preset or model JSON file")->capture_default_str();
+  comp->add_option("--world", cb->world, "ranks")->capture_default_str()->check(CLI::Range(2, 64));
+  comp->add_option("--network", cb->network, "each rank's link: '<bandwidth>[,<latency>]', e.g. 1gbit,100us")
+      ->capture_default_str();
+  comp->add_option("--seq-len", cb->seq_len, "tokens per sequence")->capture_default_str()->check(CLI::Range(1, 1 << 16));
+  comp->add_option("--micro", cb->micro, "sequences per micro-batch")->capture_default_str()->check(CLI::Range(1, 1024));
+  comp->add_option("--warmup", cb->warmup, "exact steps before the timed ones (freeze_step)")
+      ->capture_default_str()->check(CLI::Range(1, 1000));
+  comp->add_option("--steps", cb->steps, "timed steps")->capture_default_str()->check(CLI::Range(1, 1000));
+  comp->add_option("--json", cb->json_out, "append the result as a JSON line");
+  comp->callback([cb] { run_compression_bench(*cb); });
 
   auto po = std::make_shared<PipelineBenchOnceOptions>();
   CLI::App* pone = cmd->add_subcommand("pipeline-once", "one run of `bench pipeline` (prints RESULT json per rank)");

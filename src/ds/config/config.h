@@ -26,7 +26,7 @@ namespace ds::config {
 // (FusedLamb: its defaults are the same for lr, betas, eps, weight decay and bias correction).
 struct OptimizerConfig {
   bool from_config = false;  // false: ds_config.json had no "optimizer" block and the defaults below apply
-  std::string type = "adamw";  // lower-cased DeepSpeed name: "adam", "adamw" or "lamb"
+  std::string type = "adamw";  // lower-cased DeepSpeed name: "adam", "adamw" or "lamb" (the compressed Adams: "adamw")
   double lr = 1e-3;
   double beta1 = 0.9;
   double beta2 = 0.999;
@@ -39,6 +39,16 @@ struct OptimizerConfig {
   double max_coeff = 10.0;
   double min_coeff = 0.01;
   bool eps_inside_sqrt = false;
+  // 1-bit Adam and 0/1 Adam (runtime/fp16/onebit/, docs/compression.md): Adam with compressed communication.
+  enum class Compression : uint8_t { none, onebit_adam, zero_one_adam };
+  Compression compression = Compression::none;
+  int64_t freeze_step = 100000;          // OneBitAdam: exact Adam for this many steps, then 1-bit momentum
+  int64_t var_freeze_step = 100000;      // ZeroOneAdam: the variance's last update
+  int64_t var_update_scaler = 16;        //   variance updates before their interval doubles
+  int64_t local_step_scaler = 32678;     //   steps before the local-step interval doubles
+  int64_t local_step_clipper = 16;       //   the local-step interval's cap
+  bool cuda_aware = false;               // accepted: which buffers MPI may touch (host buffers here)
+  std::string comm_backend_name = "nccl";  // accepted: the job's communicator carries the compressed messages
 };
 
 // ---- scheduler (runtime/lr_schedules.py) ------------------------------------------------------------------------

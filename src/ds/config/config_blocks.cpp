@@ -86,10 +86,11 @@ void parse_optimizer(BlockReader r, OptimizerConfig& out) {
                                                            "OneBitLamb", "Lion", "Adagrad", "MuAdam", "MuAdamW",
                                                            "MuSGD"};
   const std::string lower = to_lower(type);
-  // 1-bit Adam and 0/1 Adam are Adam with compressed communication. Their warm-up stage is exact Adam with
-  // decoupled weight decay and no bias correction (onebit/adam.py, onebit/zoadam.py), and that is what runs here,
-  // for the whole run: the same optimizer with exact gradients instead of compressed momentum.
-  const bool compressed_adam = lower == "onebitadam" || lower == "zerooneadam";
+  // 1-bit Adam and 0/1 Adam are Adam with compressed communication: their exact stages are Adam with decoupled
+  // weight decay and no bias correction (onebit/adam.py, onebit/zoadam.py), and the compressed stages run as
+  // DeepSpeed's (zero/compressed_adam.h).
+  const bool onebit_adam = lower == "onebitadam", zero_one_adam = lower == "zerooneadam";
+  const bool compressed_adam = onebit_adam || zero_one_adam;
   const bool compressed_lamb = lower == "onebitlamb";  // likewise: its warm-up stage is exact LAMB
   const bool lamb = lower == "lamb" || compressed_lamb;
   if (lower != "adam" && lower != "adamw" && !compressed_adam && !lamb) {
@@ -97,7 +98,7 @@ void parse_optimizer(BlockReader r, OptimizerConfig& out) {
       if (to_lower(n) == lower) {
         DS_THROW(ConfigError, "[config] optimizer.type '{}' in {} is a DeepSpeed optimizer that deepspeed.cpp does "
                  "not implement yet, and running Adam instead would train differently than asked; supported: Adam, "
-                 "AdamW, Lamb (and OneBitAdam / ZeroOneAdam / OneBitLamb, run uncompressed)", type, r.ctx().source);
+                 "AdamW, Lamb, OneBitAdam, ZeroOneAdam (and OneBitLamb, run uncompressed)", type, r.ctx().source);
       }
     }
     DS_THROW(ConfigError, "[config] unknown optimizer.type '{}' in {} (deepspeed.cpp supports Adam, AdamW and Lamb; "
@@ -119,14 +120,40 @@ void parse_optimizer(BlockReader r, OptimizerConfig& out) {
     out.bias_correction = false;
   }
   if (compressed_adam) {
-    r.ctx().not_implemented.push_back(fmt::format("'optimizer.type' = '{}' (runs as uncompressed Adam: decoupled "
-                                                  "weight decay, no bias correction, exact gradients)", type));
     out.bias_correction = false;
+    out.compression = onebit_adam ? OptimizerConfig::Compression::onebit_adam
+                                  : OptimizerConfig::Compression::zero_one_adam;
+    // Each takes only its own arguments (DeepSpeed's constructors would raise a TypeError for the other's).
+    const std::vector<std::string> other = onebit_adam ? std::vector<std::string>{"var_freeze_step", "var_update_scaler",
+                                                                                  "local_step_scaler",
+                                                                                  "local_step_clipper"}
+                                                       : std::vector<std::string>{"freeze_step"};
+    for (const std::string& key : other) {
+      DS_CHECK_AS(ConfigError, !p.contains(key), "[config] 'optimizer.params.{}' in {} is an argument of {}, not of "
+                  "{}; remove it (or change the optimizer type)", key, r.ctx().source,
+                  onebit_adam ? "ZeroOneAdam" : "OneBitAdam", type);
+    }
+    auto read_steps = [&](const char* key, int64_t& value, int64_t min) {
+      p.read(key, value, Support::implemented, min);
+    };
+    if (onebit_adam) {
+      read_steps("freeze_step", out.freeze_step, 0);
+    } else {
+      read_steps("var_freeze_step", out.var_freeze_step, 0);
+      read_steps("var_update_scaler", out.var_update_scaler, 1);
+      read_steps("local_step_scaler", out.local_step_scaler, 1);
+      read_steps("local_step_clipper", out.local_step_clipper, 1);
+    }
+    p.read("cuda_aware", out.cuda_aware);
+    p.read("comm_backend_name", out.comm_backend_name);
+    static const std::vector<std::string> kBackends = {"nccl", "mpi", "compressed", "hccl"};
+    DS_CHECK_AS(ConfigError, std::find(kBackends.begin(), kBackends.end(), out.comm_backend_name) != kBackends.end(),
+                "[config] 'optimizer.params.comm_backend_name' in {} must be one of nccl, mpi, compressed, hccl; "
+                "found '{}'{}", r.ctx().source, out.comm_backend_name, suggestion(out.comm_backend_name, kBackends));
   }
-  if (compressed_adam || compressed_lamb) {  // their compression settings: accepted, and unused by an exact run
-    for (const char* key : {"freeze_step", "cuda_aware", "comm_backend_name", "var_freeze_step", "var_update_scaler",
-                            "local_step_scaler", "local_step_clipper", "coeff_beta", "factor_max", "factor_min",
-                            "factor_threshold"})
+  if (compressed_lamb) {  // its compression settings: accepted, and unused by the exact run
+    for (const char* key : {"freeze_step", "cuda_aware", "comm_backend_name", "coeff_beta", "factor_max",
+                            "factor_min", "factor_threshold"})
       p.raw(key);
   }
 

@@ -179,6 +179,12 @@ Engine::Engine(const nn::Gpt2Config& model_config, const config::DeepSpeedConfig
     lamb.min_coeff = static_cast<float>(config.optimizer.min_coeff);
     for (zero::ZeroOptimizer* o : optimizers()) o->use_lamb(lamb);
   }
+  if (config.optimizer.compression != config::OptimizerConfig::Compression::none) {
+    DS_CHECK_AS(ConfigError, !tp_group_ && pp == 1 && !moe, "[engine] 1-bit Adam and 0/1 Adam ({}) run with data "
+                "parallelism only here; tensor, pipeline and expert parallelism with them are not supported yet: use "
+                "Adam/AdamW for this layout", config.source);
+    optimizer_->use_compression(config.optimizer);
+  }
   if (config.fp16.enabled) {
     const config::Fp16Config& f = config.fp16;
     optim::LossScalerParams p;

@@ -110,4 +110,13 @@ void lamb_moments(const Tensor& grad, const Tensor& m, const Tensor& v, const cp
 double lamb_update_sum_squares(const Tensor& param, const Tensor& m, const Tensor& v, const cpu::LambParams& hyper);
 void lamb_apply(const Tensor& param, const Tensor& m, const Tensor& v, const cpu::LambParams& hyper, float step);
 
+// The compressed optimizers' passes (1-bit Adam, 0/1 Adam; kernels/cpu/kernels.h), fp32 tensors of one size on the
+// CPU: the momentum from a gradient (f32, or 16-bit widened through `wide`); the frozen-variance step; 0/1 Adam's
+// local steps since `base` as momentum, and the averaged ones applied from `base`.
+void momentum_update(const Tensor& m, const Tensor& grad, float beta1, float grad_scale, const Tensor& wide = Tensor());
+void frozen_adam_apply(const Tensor& param, const Tensor& m, const Tensor& v, float lr, float eps, float weight_decay);
+void local_steps_delta(const Tensor& delta, const Tensor& param, const Tensor& base, const Tensor& v, float eps);
+void local_steps_apply(const Tensor& param, const Tensor& m, const Tensor& v, const Tensor& base, const Tensor& avg,
+                       float eps, float lrs);
+
 }  // namespace ds::ops

@@ -95,7 +95,8 @@ double sum_squares(const Tensor& x) {
 
 namespace {
 
-// The checks every LAMB pass shares: fp32 param-sized tensors on the CPU (no GPU kernel yet).
+// The checks every LAMB pass (and every compressed optimizer's pass) shares: fp32 param-sized tensors on the CPU
+// (no GPU kernel yet).
 int64_t lamb_args(const char* op, std::initializer_list<Arg> state) {
   const Device dev = detail::common_device(op, state);
   if (!dev.is_cpu()) detail::no_kernel(op, dev);
@@ -137,6 +138,44 @@ double lamb_update_sum_squares(const Tensor& param, const Tensor& m, const Tenso
 void lamb_apply(const Tensor& param, const Tensor& m, const Tensor& v, const cpu::LambParams& hyper, float step) {
   const int64_t n = lamb_args("lamb_apply", {{"param", param}, {"m", m}, {"v", v}});
   cpu::lamb_apply(param.data<float>(), m.data<float>(), v.data<float>(), static_cast<size_t>(n), hyper, step);
+}
+
+void momentum_update(const Tensor& m, const Tensor& grad, float beta1, float grad_scale, const Tensor& wide) {
+  const char* op = "momentum_update";
+  const int64_t n = lamb_args(op, {{"m", m}});
+  detail::common_device(op, {{"grad", grad}, {"m", m}});
+  detail::expect_numel(op, {"grad", grad}, n);
+  DS_CHECK_AS(ShapeError, is_float(grad.dtype()), "[ops] momentum_update: grad must be f32, bf16 or f16, found {}",
+              grad.str());
+  Tensor g = grad;
+  if (grad.dtype() != DType::f32) {
+    detail::expect_defined(op, {"wide", wide});
+    detail::expect_dtype(op, {"wide", wide}, DType::f32);
+    DS_ASSERT(wide.numel() >= n, "momentum_update: wide holds {} elements, grad {}", wide.numel(), n);
+    g = wide.narrow(0, n);
+    g.copy_from(grad);
+  }
+  cpu::momentum_update(m.data<float>(), g.data<float>(), static_cast<size_t>(n), beta1, grad_scale);
+}
+
+void frozen_adam_apply(const Tensor& param, const Tensor& m, const Tensor& v, float lr, float eps, float weight_decay) {
+  const int64_t n = lamb_args("frozen_adam_apply", {{"param", param}, {"m", m}, {"v", v}});
+  cpu::frozen_adam_apply(param.data<float>(), m.data<float>(), v.data<float>(), static_cast<size_t>(n), lr, eps,
+                         weight_decay);
+}
+
+void local_steps_delta(const Tensor& delta, const Tensor& param, const Tensor& base, const Tensor& v, float eps) {
+  const int64_t n = lamb_args("local_steps_delta", {{"delta", delta}, {"param", param}, {"base", base}, {"v", v}});
+  cpu::local_steps_delta(delta.data<float>(), param.data<float>(), base.data<float>(), v.data<float>(),
+                         static_cast<size_t>(n), eps);
+}
+
+void local_steps_apply(const Tensor& param, const Tensor& m, const Tensor& v, const Tensor& base, const Tensor& avg,
+                       float eps, float lrs) {
+  const int64_t n =
+      lamb_args("local_steps_apply", {{"param", param}, {"m", m}, {"v", v}, {"base", base}, {"avg", avg}});
+  cpu::local_steps_apply(param.data<float>(), m.data<float>(), v.data<float>(), base.data<float>(), avg.data<float>(),
+                         static_cast<size_t>(n), eps, lrs);
 }
 
 }  // namespace ds::ops

@@ -43,7 +43,7 @@ class FullGradientReducer final : public GradientReducer {
   }
 
   void end_micro_batch(bool last) override {
-    if (!last) return;
+    if (!last || local_) return;
     if (options_.overlap) {  // the other units were scheduled as their backward ended
       for (size_t unit : deferred_) schedule(unit);
       deferred_.clear();
@@ -68,7 +68,7 @@ class FullGradientReducer final : public GradientReducer {
       return_landing(landed_[unit]);
       landed_[unit] = Tensor();
     }
-    if (!options_.overlap || !last_micro_) return;
+    if (!options_.overlap || !last_micro_ || local_) return;
     if (layout_[unit].unit->sliced) {
       deferred_.push_back(unit);
     } else {

@@ -137,9 +137,19 @@ double GradientReducer::local_sum_squares() {
   return local;
 }
 
+void GradientReducer::set_local(bool local) {
+  DS_ASSERT(!local || (layout_.replicated() && !norm_group_), "local gradients need the replicated layout");
+  local_ = local;
+}
+
 double GradientReducer::grad_norm() {
   drain();
   double total = local_sum_squares();
+  if (local_) {  // each rank's own gradient: the root mean square of the ranks' norms
+    float t = static_cast<float>(total);
+    comm_.all_reduce(&t, 1, DType::f32);
+    return std::sqrt(static_cast<double>(t) / layout_.world());
+  }
   if (!layout_.replicated()) {  // else every rank holds the whole sum
     float t = static_cast<float>(total);
     comm_.all_reduce(&t, 1, DType::f32);

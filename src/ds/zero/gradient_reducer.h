@@ -92,6 +92,12 @@ class GradientReducer {
   // Global L2 norm of the averaged gradient (valid after the boundary); inf or NaN when a gradient overflowed. A
   // collective unless the layout is replicated (and the norm group is of one).
   double grad_norm();
+  // Local gradients (the compressed optimizers' compressed steps, zero/compressed_adam.h): the boundary reduces
+  // nothing and each rank keeps the sum of its own micro-batches; grad_norm() is then the root mean square of the
+  // ranks' own norms (one all-reduce of a float), so every rank clips and detects overflow alike. Replicated layout
+  // only; set before the batch's first micro-batch.
+  void set_local(bool local);
+  bool local() const { return local_; }
   // Model parallelism: this rank's gradients are one part of the model's, so the norm also sums over `group` (the
   // ranks holding the other parts), with the flat ranges `skip` [begin, end) left out on this rank (parameters
   // another rank of the group holds too and counts: the replicated ones of tensor parallelism).
@@ -123,6 +129,7 @@ class GradientReducer {
   const Options options_;
   const int64_t bucket_numel_;  // capacity of one bucket, or of one packed piece (N x s)
   bool last_micro_ = true;
+  bool local_ = false;
 
  private:
   comm::Communicator* norm_group_ = nullptr;

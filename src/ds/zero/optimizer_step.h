@@ -40,6 +40,7 @@ class OptimizerStep {
   }
   int64_t step_count() const { return step_; }
   void set_step_count(int64_t step) { step_ = step; }
+  const cpu::AdamParams& hyper() const { return hyper_; }
 
   // Mixed precision: the fp32 master weights of partition elements [begin, begin + n), read or set.
   void read_master(int64_t begin, int64_t n, float* out);

@@ -78,7 +78,13 @@ void ZeroOptimizer::read_owned_params(int64_t begin, int64_t n, float* out) {
   }
 }
 
+void ZeroOptimizer::set_step_count(int64_t step) {
+  step_.set_step_count(step);
+  if (compressed_) compressed_->restore(step);
+}
+
 void ZeroOptimizer::begin_batch() {
+  if (compressed_) reducer_->set_local(!compressed_->exact(step_.step_count() + 1));
   reducer_->begin_batch();
   if (coordinator_) coordinator_->begin_step();
 }
@@ -90,8 +96,16 @@ void ZeroOptimizer::skip_step() {
 
 void ZeroOptimizer::step(float lr, float grad_scale) {
   reducer_->drain();
-  step_.step(lr, grad_scale, [&](size_t unit) { return params_.owned_chunk(unit, /*write=*/true); },
-             [&](size_t unit) { return reducer_->owned_chunk(unit); });
+  const auto params = [&](size_t unit) { return params_.owned_chunk(unit, /*write=*/true); };
+  const auto grads = [&](size_t unit) { return reducer_->owned_chunk(unit); };
+  const int64_t number = step_.step_count() + 1;
+  if (compressed_ && !compressed_->exact(number)) {
+    compressed_->step(number, lr, grad_scale, step_.hyper(), params, grads);
+    step_.set_step_count(number);
+  } else {
+    step_.step(lr, grad_scale, params, grads);
+  }
+  if (compressed_) compressed_->after_step(number);
   if (coordinator_) coordinator_->end_step();  // gathered copies are stale now
   if (params_.holds_all() && !layout_.replicated()) params_.all_gather_owned(comm_);
 }
@@ -179,6 +193,17 @@ void ZeroOptimizer::use_lamb(const cpu::LambParams& hyper) {
   for (const zero::UnitLayout& u : layout_.units())
     DS_ASSERT(u.part_offset == u.offset, "a replicated partition follows the flat layout");
   step_.use_lamb(hyper, std::move(spans));
+}
+
+void ZeroOptimizer::use_compression(const config::OptimizerConfig& options) {
+  DS_CHECK_AS(ConfigError, layout_.replicated(), "[zero] 1-bit Adam and 0/1 Adam are not compatible with ZeRO (as in "
+              "DeepSpeed), found stage {}: use \"stage\": 0 with them, or Adam/AdamW with ZeRO", stage_);
+  std::vector<std::pair<int64_t, int64_t>> tensors;
+  for (const nn::Parameter& p : store_.all())  // replicated: partition element == flat element
+    tensors.emplace_back(p.offset, p.offset + p.numel());
+  std::sort(tensors.begin(), tensors.end());
+  compressed_ = std::make_unique<zero::CompressedAdam>(layout_, *state_, precision_, comm_, options, tensors);
+  compressed_->restore(step_.step_count());
 }
 
 void ZeroOptimizer::sum_tied_gradient(const nn::Parameter& p, comm::Communicator& group) {

@@ -30,6 +30,7 @@
 #include "ds/kernels/cpu/kernels.h"
 #include "ds/nn/module.h"
 #include "ds/config/config.h"
+#include "ds/zero/compressed_adam.h"
 #include "ds/zero/gradient_reducer.h"
 #include "ds/zero/optimizer_state.h"
 #include "ds/zero/optimizer_step.h"
@@ -68,10 +69,14 @@ class ZeroOptimizer : public nn::ModuleHooks {
   // read through the state store); copy_owned_params reads the whole partition (partition_numel() elements).
   void read_owned_params(int64_t begin, int64_t n, float* out);
   void copy_owned_params(float* out) { read_owned_params(0, partition_numel(), out); }
-  void set_step_count(int64_t step) { step_.set_step_count(step); }
+  void set_step_count(int64_t step);
   // Steps with LAMB instead of Adam (DeepSpeed's FusedLamb: one trust ratio per parameter tensor). Needs the
   // replicated layout of stage 0, where every rank holds every parameter whole; ConfigError otherwise.
   void use_lamb(const cpu::LambParams& hyper);
+  // Steps with 1-bit Adam or 0/1 Adam (zero/compressed_adam.h): their compressed steps exchange 1-bit messages
+  // instead of all-reducing gradients. Stage 0 only (as in DeepSpeed); ConfigError otherwise.
+  void use_compression(const config::OptimizerConfig& options);
+  const zero::CompressedAdam* compression() const { return compressed_.get(); }
   // The betas of the next steps (a schedule that cycles momentum sets them before each step).
   void set_betas(float beta1, float beta2) { step_.set_betas(beta1, beta2); }
 
@@ -146,6 +151,7 @@ class ZeroOptimizer : public nn::ModuleHooks {
   zero::RowExchange rows_;
   std::unique_ptr<zero::ParameterCoordinator> coordinator_;  // null: fp32 parameters resident in the store
   std::unique_ptr<zero::GradientReducer> reducer_;
+  std::unique_ptr<zero::CompressedAdam> compressed_;  // null unless 1-bit Adam or 0/1 Adam
 };
 
 }  // namespace ds::zero

@@ -8,6 +8,7 @@
 #include <immintrin.h>
 
 #include <cmath>
+#include <cstdint>
 
 #include "ds/kernels/cpu/kernels.h"
 
@@ -52,6 +53,35 @@ void onebit_decompress(const uint8_t* bits, size_t n, float scale, float* out, b
     const __m256 v = _mm256_blendv_ps(neg, pos, lanes_set(bits[g]));
     float* o = out + g * 8;
     _mm256_storeu_ps(o, accumulate ? _mm256_add_ps(_mm256_loadu_ps(o), v) : v);
+  }
+}
+
+// The compressed optimizers' passes: simple loops the auto-vectoriser turns into 8-wide code.
+void momentum_update(float* m, const float* grad, size_t n, float beta1, float grad_scale) {
+  const float a = (1.0f - beta1) * grad_scale;
+#pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < static_cast<int64_t>(n); ++i) m[i] = beta1 * m[i] + a * grad[i];
+}
+
+void frozen_adam_apply(float* param, const float* m, const float* v, size_t n, float lr, float eps,
+                       float weight_decay) {
+#pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < static_cast<int64_t>(n); ++i)
+    param[i] -= lr * (m[i] / (std::sqrt(v[i]) + eps) + weight_decay * param[i]);
+}
+
+void local_steps_delta(float* delta, const float* param, const float* base, const float* v, size_t n, float eps) {
+#pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < static_cast<int64_t>(n); ++i) delta[i] = (param[i] - base[i]) * (std::sqrt(v[i]) + eps);
+}
+
+void local_steps_apply(float* param, float* m, const float* v, float* base, const float* avg, size_t n, float eps,
+                       float lrs) {
+#pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < static_cast<int64_t>(n); ++i) {
+    m[i] = -avg[i] / lrs;
+    param[i] = base[i] + avg[i] / (std::sqrt(v[i]) + eps);
+    base[i] = param[i];
   }
 }
 

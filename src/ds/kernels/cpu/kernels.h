@@ -229,6 +229,18 @@ float onebit_compress(float* x, float* error, size_t n, uint8_t* bits);
 // out[i] = scale * sign_i (accumulate: out[i] += scale * sign_i) for the n elements packed in bits.
 void onebit_decompress(const uint8_t* bits, size_t n, float scale, float* out, bool accumulate);
 
+// The compressed optimizers' elementwise passes (1-bit Adam, 0/1 Adam; compress.cpp), fp32, n elements:
+//   momentum_update:   m = b1 * m + (1 - b1) * grad * grad_scale
+//   frozen_adam_apply: param -= lr * (m / (sqrt(v) + eps) + weight_decay * param)
+//   local_steps_delta: delta = (param - base) * (sqrt(v) + eps)   (0/1 Adam's local steps since `base`, as momentum)
+//   local_steps_apply: m = -avg / lrs; param = base + avg / (sqrt(v) + eps); base = param   (the averaged steps)
+void momentum_update(float* m, const float* grad, size_t n, float beta1, float grad_scale);
+void frozen_adam_apply(float* param, const float* m, const float* v, size_t n, float lr, float eps,
+                       float weight_decay);
+void local_steps_delta(float* delta, const float* param, const float* base, const float* v, size_t n, float eps);
+void local_steps_apply(float* param, float* m, const float* v, float* base, const float* avg, size_t n, float eps,
+                       float lrs);
+
 // ---- 16-bit storage conversion: core/convert.h (Tensor::copy_from uses them), here under their kernel names ----
 using ds::bf16_to_f32;
 using ds::f16_to_f32;

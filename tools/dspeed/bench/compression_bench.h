@@ -1,0 +1,30 @@
+// `dspeed bench compression`: the step time of each compressed optimizer against its uncompressed baseline on a
+// throttled network (comm/throttle.h): `--world` ranks as threads of this process, each rank's link limited to
+// `--network` (default 1 Gbit/s, 100 us). Variants: Adam (AdamW without bias correction, the exact stage of both
+// compressed optimizers), OneBitAdam with freeze_step = --warmup, and ZeroOneAdam with var_freeze_step = --warmup
+// (DeepSpeed's other defaults). The first --warmup steps of each are not timed, so the timed steps are
+// compressed ones. Reported per variant: median step time, bytes sent per step, modelled link seconds per step, and
+// the speed-up over Adam (target: OneBitAdam >= 2x on GPT-2 124M at 1 Gbit/s).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace ds {
+
+struct CompressionBenchOptions {
+  std::string model = "gpt2";
+  int world = 4;
+  std::string network = "1gbit,100us";
+  int seq_len = 64;
+  int micro = 1;
+  int warmup = 2;
+  int steps = 3;
+  uint64_t seed = 1234;
+  std::string json_out;
+};
+
+// Prints the table and the target, and a final RESULT line; returns the result JSON.
+std::string run_compression_bench(const CompressionBenchOptions& options);
+
+}  // namespace ds
