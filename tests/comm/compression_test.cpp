@@ -8,6 +8,7 @@
 #include <numeric>
 #include <vector>
 
+#include "comm/onebit_reference.h"
 #include "ds/comm/local/local_comm.h"
 #include "ds/comm/onebit.h"
 #include "ds/comm/throttle.h"
@@ -18,14 +19,9 @@
 namespace ds {
 namespace {
 
-float sgn(float x) { return x >= 0 ? 1.0f : -1.0f; }  // DeepSpeed's sign().add_(1).bool(): 0 counts as +1
-
-std::vector<float> random_vector(size_t n, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<float> v(n);
-  for (float& x : v) x = rng.normal();
-  return v;
-}
+using test::random_vector;
+using test::ReferenceOneBit;
+using test::sgn;
 
 TEST(OneBitKernels, CompressAndDecompressMatchAScalarReference) {
   for (const size_t n : {size_t{8}, size_t{64}, size_t{40000}}) {
@@ -54,67 +50,6 @@ TEST(OneBitKernels, CompressAndDecompressMatchAScalarReference) {
     for (size_t i = 0; i < n; ++i) ASSERT_EQ(out[i], 2.0f * sgn(ref_x[i])) << i;
   }
 }
-
-// DeepSpeed's compressed_allreduce for every rank at once, one tensor at a time, signs as floats.
-class ReferenceOneBit {
- public:
-  ReferenceOneBit(int world, std::vector<int64_t> sizes) : W_(world), sizes_(std::move(sizes)) {
-    const int64_t multiple = int64_t(W_) * std::lcm(int64_t(W_), int64_t(8));
-    for (const int64_t n : sizes_) {
-      const int64_t p = (n + multiple - 1) / multiple * multiple;
-      padded_.push_back(p);
-      worker_error_.emplace_back(static_cast<size_t>(W_), std::vector<float>(static_cast<size_t>(p)));
-      server_error_.emplace_back(static_cast<size_t>(W_), std::vector<float>(static_cast<size_t>(p / W_)));
-    }
-  }
-  // inputs[w]: rank w's buffer; returns the result every rank ends with.
-  std::vector<float> run(const std::vector<std::vector<float>>& inputs) {
-    std::vector<float> result;
-    int64_t offset = 0;
-    for (size_t t = 0; t < sizes_.size(); ++t) {
-      const int64_t n = sizes_[t], p = padded_[t], c = p / W_;
-      std::vector<std::vector<float>> q(static_cast<size_t>(W_));  // each worker's scale * sign
-      for (int w = 0; w < W_; ++w) {
-        std::vector<float> b(static_cast<size_t>(p), 0.0f);
-        for (int64_t i = 0; i < n; ++i) b[i] = inputs[w][offset + i];
-        auto& err = worker_error_[t][w];
-        for (int64_t i = 0; i < p; ++i) b[i] += err[i];
-        const float scale = norm_scale(b);
-        q[w].resize(static_cast<size_t>(p));
-        for (int64_t i = 0; i < p; ++i) {
-          q[w][i] = scale * sgn(b[i]);
-          err[i] = b[i] - q[w][i];
-        }
-      }
-      std::vector<float> out(static_cast<size_t>(p));
-      for (int r = 0; r < W_; ++r) {  // server r
-        std::vector<float> s(static_cast<size_t>(c), 0.0f);
-        for (int w = 0; w < W_; ++w)
-          for (int64_t i = 0; i < c; ++i) s[i] += sgn(q[w][r * c + i]) * (std::fabs(q[w][r * c + i]) / W_);
-        auto& err = server_error_[t][r];
-        for (int64_t i = 0; i < c; ++i) s[i] += err[i];
-        const float scale = norm_scale(s);
-        for (int64_t i = 0; i < c; ++i) {
-          out[r * c + i] = scale * sgn(s[i]);
-          err[i] = s[i] - out[r * c + i];
-        }
-      }
-      result.insert(result.end(), out.begin(), out.begin() + n);
-      offset += n;
-    }
-    return result;
-  }
-
- private:
-  static float norm_scale(const std::vector<float>& v) {
-    double sq = 0;
-    for (const float x : v) sq += double(x) * x;
-    return static_cast<float>(std::sqrt(sq / double(v.size())));
-  }
-  int W_;
-  std::vector<int64_t> sizes_, padded_;
-  std::vector<std::vector<std::vector<float>>> worker_error_, server_error_;  // [tensor][rank][element]
-};
 
 TEST(OneBitAllReduce, FollowsTheReferenceOverRoundsOfErrorFeedback) {
   const std::vector<int64_t> sizes = {5, 64, 1000, 0, 333};

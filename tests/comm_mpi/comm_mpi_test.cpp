@@ -8,11 +8,14 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <numeric>
 #include <thread>
 
 #include "comm/collective_checks.h"
+#include "comm/onebit_reference.h"
 #include "ds/comm/comm_factory.h"
 #include "ds/comm/mpi/mpi_comm.h"
+#include "ds/comm/onebit.h"
 
 namespace ds {
 namespace {
@@ -102,6 +105,30 @@ TEST_F(CommMpi, BroadcastFromEveryRoot) {
 TEST_F(CommMpi, AllToAllVWithUnevenCounts) {
   test::check_all_to_all_v<float>(world());
   test::check_all_to_all_v<int32_t>(world());
+}
+
+// The 1-bit all-reduce over MPI: the reference's result on every rank over rounds of error feedback, and its
+// packed signs as real bytes on the wire (u8 all_to_all and all_gather).
+TEST_F(CommMpi, OneBitAllReduceFollowsTheReference) {
+  comm::Communicator& c = world();
+  const int W = c.size();
+  const std::vector<int64_t> sizes = {5, 64, 1000, 333};
+  const int64_t total = std::accumulate(sizes.begin(), sizes.end(), int64_t{0});
+  test::ReferenceOneBit reference(W, sizes);
+  comm::OneBitAllReduce onebit(c, sizes);
+  const comm::CommStats before = c.stats();
+  for (int round = 0; round < 3; ++round) {
+    std::vector<std::vector<float>> inputs;
+    for (int w = 0; w < W; ++w) inputs.push_back(test::random_vector(static_cast<size_t>(total), 100 * round + w));
+    std::vector<float> expected = W == 1 ? inputs[0] : reference.run(inputs);
+    std::vector<float> buffer = inputs[static_cast<size_t>(c.rank())];
+    onebit.run(buffer.data());
+    for (size_t i = 0; i < buffer.size(); ++i)
+      ASSERT_NEAR(buffer[i], expected[i], 1e-5f * (1 + std::fabs(expected[i]))) << "round " << round << " at " << i;
+  }
+  const auto a2a = static_cast<size_t>(comm::Collective::all_to_all);
+  const int64_t P = onebit.padded_numel();
+  EXPECT_EQ(c.stats().bytes[a2a] - before.bytes[a2a], W == 1 ? 0 : 3 * (P / 8) * (W - 1) / W);
 }
 
 TEST_F(CommMpi, SendRecvRing) { test::check_send_recv(world()); }

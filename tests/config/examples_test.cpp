@@ -243,4 +243,21 @@ TEST(MoeExamples, ModelFilesTrainAStepWithTheMoeConfig) {
   set_log_level(LogLevel::info);
 }
 
+TEST(CompressionExamples, LoadWithoutWarningsAndTrainAtTwoRanks) {
+  for (const char* file : {"ds_config_onebit_adam.json", "ds_config_zero_one_adam.json"}) {
+    const config::DeepSpeedConfig c = config::load_config_file(example(file), 2);
+    EXPECT_TRUE(c.warnings.empty()) << file << ": " << (c.warnings.empty() ? "" : c.warnings.front());
+    EXPECT_NE(c.optimizer.compression, config::OptimizerConfig::Compression::none) << file;
+    std::vector<engine::StepResult> results(2);
+    comm::run_local_world(2, [&](comm::Communicator& comm) {
+      engine::Engine engine(nn::Gpt2Config::preset("gpt2-tiny"), c, 16, &comm, 3);
+      Rng rng(17 + comm.rank());
+      results[static_cast<size_t>(comm.rank())] =
+          engine.train_batch(random_tokens(rng, static_cast<int>(c.train_micro_batch_size_per_gpu), 16));
+      EXPECT_NE(engine.optimizer().compression(), nullptr) << file;
+    });
+    for (const engine::StepResult& r : results) EXPECT_TRUE(std::isfinite(r.loss)) << file;
+  }
+}
+
 }  // namespace ds
