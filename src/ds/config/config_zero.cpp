@@ -159,10 +159,10 @@ void parse_zero(BlockReader r, ZeroConfig& out) {
               "[config] 'zero_optimization.legacy_stage1' = true in {} is not supported (DeepSpeed removed the legacy "
               "stage 1 and raises too); remove it", r.ctx().source);
   r.read("round_robin_gradients", out.round_robin_gradients, Support::not_yet);
-  r.read("zero_hpz_partition_size", out.zero_hpz_partition_size, Support::not_yet, 0);
-  r.read("zero_quantized_weights", out.zero_quantized_weights, Support::not_yet);
+  r.read("zero_hpz_partition_size", out.zero_hpz_partition_size, Support::implemented, 0);  // ZeRO++ (stage 3)
+  r.read("zero_quantized_weights", out.zero_quantized_weights);
   r.read("zero_quantized_nontrainable_weights", out.zero_quantized_nontrainable_weights, Support::not_yet);
-  r.read("zero_quantized_gradients", out.zero_quantized_gradients, Support::not_yet);
+  r.read("zero_quantized_gradients", out.zero_quantized_gradients);
   r.accept_unmodelled("zeropp_loco_param");
   r.read("mics_shard_size", out.mics_shard_size, Support::not_yet, -1);
   r.read("mics_hierarchical_params_gather", out.mics_hierarchical_params_gather, Support::not_yet);

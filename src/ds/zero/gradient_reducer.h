@@ -59,6 +59,7 @@ class GradientReducer {
     bool overlap = false;               // overlap_comm
     int64_t bucket_numel = 500000000;   // reduce_bucket_size
     Tier partition_tier = Tier::device;  // the owned gradient partition's (host with offload_optimizer)
+    bool quantized = false;             // ZeRO++ qgZ: partitioned reductions as int4 all-to-alls (quantized_comm.h)
   };
   virtual ~GradientReducer() = default;
   GradientReducer(const GradientReducer&) = delete;

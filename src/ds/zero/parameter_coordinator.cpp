@@ -23,17 +23,21 @@
 #include "ds/core/convert.h"
 #include "ds/core/error.h"
 #include "ds/core/log.h"
+#include "ds/zero/quantized_comm.h"
 
 namespace ds::zero {
 
-ParameterCoordinator::Options ParameterCoordinator::options_for(const config::ZeroConfig& zero, bool gathers) {
+ParameterCoordinator::Options ParameterCoordinator::options_for(const config::ZeroConfig& zero, bool gathers,
+                                                               comm::Communicator* hpz) {
   Options o;
   o.gathers = gathers;
-  if (gathers) {  // prefetch, reuse and persistence are stage-3 knobs
+  if (gathers) {  // prefetch, reuse and persistence are stage-3 knobs, and so is ZeRO++
     o.prefetch_bucket = zero.stage3_prefetch_bucket_size;
     o.max_live = zero.stage3_max_live_parameters;
     o.max_reuse = zero.stage3_max_reuse_distance;
     o.persistence = zero.stage3_param_persistence_threshold;
+    o.quantized = zero.zero_quantized_weights;
+    o.hpz = hpz;
   }
   return o;
 }
@@ -48,7 +52,9 @@ ParameterCoordinator::ParameterCoordinator(const PartitionLayout& layout, ParamS
       gathered_(layout.size()),
       inflight_buf_(layout.size()),
       inflight_(layout.size()),
-      inflight_src_(layout.size()) {
+      inflight_src_(layout.size()),
+      secondary_(layout.size()),
+      secondary_valid_(layout.size(), false) {
   DS_ASSERT(options.gathers != storage.holds_all(), "gathering needs partitioned parameters, widening whole ones");
   DS_ASSERT(options.gathers || storage.dtype() != DType::f32, "fp32 parameters held whole need no coordinator");
   for (const UnitLayout& u : layout.units()) persistent_.push_back(u.unit->numel <= options.persistence);
@@ -91,11 +97,12 @@ void ParameterCoordinator::gather(size_t unit) {
   } else if (options_.gathers) {
     full = take_buffer(unit, pd);
     const Tensor own = storage_.owned_chunk(unit);  // held while the all-gather reads it
-    comm_.all_gather(own.raw(), full.raw(), static_cast<size_t>(u.chunk), pd);
+    start_gather(unit, own, full)->wait();
     live_numel_ += u.padded;
   } else {
     live_numel_ += u.padded;
   }
+  if (full.defined()) keep_secondary(unit, full);
   Tensor buf = full;
   if (pd != DType::f32) {  // widened for the model (Note [Mixed precision] in optimizer_step.cpp)
     buf = take_buffer(unit, DType::f32);
@@ -130,12 +137,32 @@ void ParameterCoordinator::prefetch() {
     ++pinned;
     inflight_buf_[k] = take_buffer(k, storage_.dtype());
     inflight_src_[k] = storage_.owned_chunk(k);  // held until the all-gather is waited for
-    inflight_[k] = comm_.all_gather_async(inflight_src_[k].raw(), inflight_buf_[k].raw(),
-                                          static_cast<size_t>(layout_[k].chunk), storage_.dtype());
+    inflight_[k] = start_gather(k, inflight_src_[k], inflight_buf_[k]);
     in_flight += n;
     live_numel_ += n;
     ++prefetches_issued_;
   }
+}
+
+comm::WorkPtr ParameterCoordinator::start_gather(size_t unit, const Tensor& own, const Tensor& full) {
+  const UnitLayout& u = layout_[unit];
+  const DType pd = storage_.dtype();
+  if (options_.hpz && secondary_valid_[unit]) {
+    const int64_t share = u.padded / options_.hpz->size();
+    return options_.hpz->all_gather_async(secondary_[unit].raw(), full.raw(), static_cast<size_t>(share), pd);
+  }
+  if (options_.quantized) return quantized_all_gather_async(comm_, own.raw(), full.raw(), static_cast<size_t>(u.chunk),
+                                                            pd, QuantizedFormat{8, 256});
+  return comm_.all_gather_async(own.raw(), full.raw(), static_cast<size_t>(u.chunk), pd);
+}
+
+void ParameterCoordinator::keep_secondary(size_t unit, const Tensor& full) {
+  if (!options_.hpz || secondary_valid_[unit]) return;
+  const int64_t share = layout_[unit].padded / options_.hpz->size();
+  if (!secondary_[unit].defined())
+    secondary_[unit] = Tensor::empty({share}, storage_.dtype(), Category::param);
+  secondary_[unit].copy_from(full.slice_flat(share * options_.hpz->rank(), {share}));
+  secondary_valid_[unit] = true;
 }
 
 void ParameterCoordinator::begin_step() {
@@ -192,6 +219,7 @@ void ParameterCoordinator::release_all() {
     if (inflight_[i]) gather(i);
     release(i, true);
   }
+  secondary_valid_.assign(layout_.size(), false);  // the parameters are about to change
 }
 
 const float* ParameterCoordinator::data(size_t unit) const {

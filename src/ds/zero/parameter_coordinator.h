@@ -28,9 +28,15 @@ class ParameterCoordinator {
     int64_t max_live = 0;          // elements gathered or in flight (stage3_max_live_parameters)
     int64_t max_reuse = 0;         // keep a unit the trace reuses within this many elements (..._max_reuse_distance)
     int64_t persistence = -1;      // units of at most this many elements stay gathered (..._persistence_threshold)
+    bool quantized = false;        // ZeRO++ qwZ: the all-gather over the data-parallel group moves int8 blocks
+    // ZeRO++ hpZ: the group of zero_hpz_partition_size ranks this rank belongs to (null: none). A unit's first
+    // gather in a step, over all ranks, leaves this rank its 1/h share as a secondary copy; the step's later
+    // gathers of that unit (backward) all-gather the copies within the group.
+    comm::Communicator* hpz = nullptr;
   };
   // The stage-3 knobs of `zero` when `gathers`; without gathering there is no trace, prefetch or persistence.
-  static Options options_for(const config::ZeroConfig& zero, bool gathers);
+  // `hpz`: the ZeRO++ secondary group, when zero_hpz_partition_size > 1.
+  static Options options_for(const config::ZeroConfig& zero, bool gathers, comm::Communicator* hpz = nullptr);
 
   ParameterCoordinator(const PartitionLayout& layout, ParamStorage& storage, comm::Communicator& comm,
                        RowExchange& rows, const Options& options);
@@ -63,6 +69,11 @@ class ParameterCoordinator {
  private:
   void gather(size_t unit);
   void prefetch();
+  // Starts unit i's all-gather into `full` (storage dtype): within the hpZ group from the secondary copies when
+  // they are valid, else over all ranks (quantized with qwZ).
+  comm::WorkPtr start_gather(size_t unit, const Tensor& own, const Tensor& full);
+  // Keeps this rank's hpZ share of a unit gathered over all ranks.
+  void keep_secondary(size_t unit, const Tensor& full);
   Tensor take_buffer(size_t unit, DType dtype);
   void return_buffer(Tensor buf) { free_buffers_.push_back(std::move(buf)); }
 
@@ -77,6 +88,8 @@ class ParameterCoordinator {
   std::vector<Tensor> inflight_buf_;  // per unit: the buffer an in-flight prefetch fills (storage dtype)
   std::vector<comm::WorkPtr> inflight_;     // per unit: that prefetch
   std::vector<Tensor> inflight_src_;        // per unit: the owned chunk it sends (pinned while swapped)
+  std::vector<Tensor> secondary_;     // hpZ: per unit, this rank's 1/h share (storage dtype)
+  std::vector<bool> secondary_valid_;  // ... holding the current parameters
   std::vector<size_t> trace_;         // unit fetch order of one training step
   bool in_step_ = false, recording_ = true, trace_complete_ = false;
   size_t trace_pos_ = 0;

@@ -12,6 +12,7 @@
 #include "ds/core/convert.h"
 #include "ds/core/error.h"
 #include "ds/zero/gradient_reducer.h"
+#include "ds/zero/quantized_comm.h"
 
 namespace ds::zero {
 namespace {
@@ -179,8 +180,11 @@ class PartitionedGradientReducer final : public GradientReducer {
   }
 
   void issue(int b, Segment& seg) {
-    seg.work = comm_.reduce_scatter_async(bucket_at(b, seg.offset), own_block(b, seg), static_cast<size_t>(seg.len),
-                                          options_.grads);
+    seg.work = options_.quantized
+                   ? quantized_reduce_scatter_async(comm_, bucket_at(b, seg.offset), static_cast<size_t>(seg.len),
+                                                    options_.grads, QuantizedFormat{4, 128})
+                   : comm_.reduce_scatter_async(bucket_at(b, seg.offset), own_block(b, seg),
+                                                static_cast<size_t>(seg.len), options_.grads);
     seg.issued = true;
     in_flight_.emplace_back(b, static_cast<size_t>(&seg - state_[static_cast<size_t>(b)].segments.data()));
   }

@@ -38,11 +38,19 @@ ZeroOptimizer::ZeroOptimizer(nn::ParameterStore& store, comm::Communicator& comm
             "stage {} needs a store materialized {} gradients", stage_,
             keeps_full_gradients(stage_) ? "with" : "without");
   DS_ASSERT(!store.flat_grads().defined() || store.flat_grads().dtype() == precision_.grads);
+  // ZeRO++ (stage 3): hpZ's groups are zero_hpz_partition_size consecutive ranks, as DeepSpeed's (one node each).
+  const int64_t hpz = zero.zero_hpz_partition_size;
+  if (stage_ == 3 && hpz > 1) {
+    DS_CHECK_AS(ConfigError, comm.size() % hpz == 0, "[zero] zero_hpz_partition_size {} must divide the "
+                "data-parallel size {} (it is the number of ranks per node); choose a divisor of {}", hpz, comm.size(),
+                comm.size());
+    hpz_ = comm.split(static_cast<int>(comm.rank() / hpz), comm.rank());
+  }
   // fp32 parameters held whole are the model's own (the store binds them); anything else is fetched per unit.
   if (precision.mixed() || !keeps_full_parameters(stage_)) {
     const bool gathers = !keeps_full_parameters(stage_);
     coordinator_ = std::make_unique<zero::ParameterCoordinator>(
-        layout_, params_, comm, rows_, zero::ParameterCoordinator::options_for(zero, gathers));
+        layout_, params_, comm, rows_, zero::ParameterCoordinator::options_for(zero, gathers, hpz_.get()));
   }
   zero::GradientReducer::Options reduce;
   reduce.grads = precision.grads;
@@ -50,6 +58,7 @@ ZeroOptimizer::ZeroOptimizer(nn::ParameterStore& store, comm::Communicator& comm
   reduce.overlap = zero.overlap_comm;
   reduce.bucket_numel = zero.reduce_bucket_size;
   reduce.partition_tier = zero.offload_optimizer_active() ? Tier::host : Tier::device;
+  reduce.quantized = stage_ == 3 && zero.zero_quantized_gradients;  // ZeRO++ qgZ
   reducer_ = keeps_full_gradients(stage_) ? zero::make_full_gradient_reducer(layout_, store, comm, rows_, reduce)
                                           : zero::make_partitioned_gradient_reducer(layout_, comm, rows_, reduce);
 }

@@ -136,6 +136,8 @@ class ZeroOptimizer : public nn::ModuleHooks {
     state_->sync();
   }
   const zero::GradientReducer& reducer() const { return *reducer_; }
+  // ZeRO++ hpZ's group (null without it): its traffic stays within a node.
+  comm::Communicator* hpz_group() { return hpz_.get(); }
 
  private:
   static int checked_stage(int stage);
@@ -149,6 +151,7 @@ class ZeroOptimizer : public nn::ModuleHooks {
   std::unique_ptr<zero::OptimizerStateStore> state_;
   zero::OptimizerStep step_;
   zero::RowExchange rows_;
+  std::unique_ptr<comm::Communicator> hpz_;  // ZeRO++ hpZ's group of zero_hpz_partition_size ranks (stage 3)
   std::unique_ptr<zero::ParameterCoordinator> coordinator_;  // null: fp32 parameters resident in the store
   std::unique_ptr<zero::GradientReducer> reducer_;
   std::unique_ptr<zero::CompressedAdam> compressed_;  // null unless 1-bit Adam or 0/1 Adam

@@ -7,6 +7,7 @@
 // writes 4 B per element from 1/8 B.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -82,6 +83,52 @@ void local_steps_apply(float* param, float* m, const float* v, float* base, cons
     m[i] = -avg[i] / lrs;
     param[i] = base[i] + avg[i] / (std::sqrt(v[i]) + eps);
     base[i] = param[i];
+  }
+}
+
+// Block quantization: a max pass and a scale-and-round pass per block, blocks in parallel.
+void quantize_blocks(const float* x, size_t n, int bits, size_t block, uint8_t* q, float* scales) {
+  const float qmax = bits == 8 ? 127.0f : 7.0f;
+  const auto blocks = static_cast<int64_t>((n + block - 1) / block);
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const size_t begin = static_cast<size_t>(b) * block, end = std::min(n, begin + block);
+    float amax = 0.0f;
+    for (size_t i = begin; i < end; ++i) amax = std::max(amax, std::fabs(x[i]));
+    const float scale = amax > 0.0f ? amax / qmax : 1.0f;
+    scales[b] = scale;
+    const float inv = 1.0f / scale;
+    if (bits == 8) {
+      for (size_t i = begin; i < end; ++i)
+        q[i] = static_cast<uint8_t>(static_cast<int8_t>(std::clamp(std::nearbyint(x[i] * inv), -qmax, qmax)));
+    } else {
+      for (size_t i = begin; i < end; i += 2) {
+        const auto lo = static_cast<int>(std::clamp(std::nearbyint(x[i] * inv), -qmax, qmax));
+        const auto hi = i + 1 < end ? static_cast<int>(std::clamp(std::nearbyint(x[i + 1] * inv), -qmax, qmax)) : 0;
+        q[i / 2] = static_cast<uint8_t>((lo & 0xF) | ((hi & 0xF) << 4));
+      }
+    }
+  }
+}
+
+void dequantize_blocks(const uint8_t* q, const float* scales, size_t n, int bits, size_t block, float* out,
+                       bool accumulate) {
+  const auto blocks = static_cast<int64_t>((n + block - 1) / block);
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const size_t begin = static_cast<size_t>(b) * block, end = std::min(n, begin + block);
+    const float scale = scales[b];
+    for (size_t i = begin; i < end; ++i) {
+      int v;
+      if (bits == 8) {
+        v = static_cast<int8_t>(q[i]);
+      } else {
+        const int nibble = (q[i / 2] >> (4 * (i % 2))) & 0xF;
+        v = nibble >= 8 ? nibble - 16 : nibble;
+      }
+      const float y = static_cast<float>(v) * scale;
+      out[i] = accumulate ? out[i] + y : y;
+    }
   }
 }
 
