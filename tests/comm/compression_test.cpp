@@ -164,5 +164,27 @@ TEST(ThrottledLink, KeepsResultsAndCountsAndChargesTheModelledTime) {
   EXPECT_NEAR(comm::link_seconds(comm::Collective::barrier, 5, 0, {1000.0, 0.5}), 3 * 0.5, 1e-12);
 }
 
+TEST(ThrottledLink, CommunicatorsWithinANodeCrossNoLink) {
+  comm::LinkModel link{1e9, 1e-6};
+  link.node_size = 2;
+  std::vector<double> after_node(4), after_cross(4);
+  comm::run_local_world(4, [&](comm::Communicator& inner) {
+    auto c = comm::make_throttled(inner, link);
+    auto node = c->split(c->rank() / 2, c->rank());   // {0, 1} and {2, 3}: one node each
+    auto cross = c->split(c->rank() % 2, c->rank());  // {0, 2} and {1, 3}: across nodes
+    std::vector<float> x(1000, 1.0f);
+    const double start = c->link_busy_seconds();
+    node->all_reduce(x.data(), x.size(), DType::f32);
+    after_node[c->rank()] = c->link_busy_seconds() - start;
+    cross->all_reduce(x.data(), x.size(), DType::f32);
+    after_cross[c->rank()] = c->link_busy_seconds() - start;
+  });
+  const double expected = comm::link_seconds(comm::Collective::all_reduce, 2, 2 * 4000 / 2, link);
+  for (int r = 0; r < 4; ++r) {
+    EXPECT_EQ(after_node[r], 0.0) << r;
+    EXPECT_NEAR(after_cross[r], expected, 1e-9) << r;
+  }
+}
+
 }  // namespace
 }  // namespace ds

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <thread>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -93,8 +94,10 @@ struct Link {
 
 class Throttled final : public ThrottledCommunicator {
  public:
-  Throttled(Communicator& inner, std::shared_ptr<Link> link, std::unique_ptr<Communicator> owned = nullptr)
-      : owned_(std::move(owned)), inner_(inner), link_(std::move(link)) {}
+  Throttled(Communicator& inner, std::shared_ptr<Link> link, int world_rank, bool intra_node,
+            std::unique_ptr<Communicator> owned = nullptr)
+      : owned_(std::move(owned)), inner_(inner), link_(std::move(link)), world_rank_(world_rank),
+        intra_node_(intra_node) {}
   ~Throttled() override { link_->queue.drain(); }  // no transfer may outlive its communicator
 
   int rank() const override { return inner_.rank(); }
@@ -105,8 +108,16 @@ class Throttled final : public ThrottledCommunicator {
   std::unique_ptr<Communicator> split(int color, int key) override {
     std::unique_ptr<Communicator> child = inner_.split(color, key);
     if (!child) return nullptr;
+    bool intra = intra_node_;
+    if (!intra && link_->model.node_size > 0) {  // one node when every member's world rank says so
+      std::vector<int32_t> ranks(static_cast<size_t>(child->size()));
+      const int32_t mine = world_rank_;
+      child->all_gather(&mine, ranks.data(), 1, DType::i32);
+      const int node = world_rank_ / link_->model.node_size;
+      intra = std::all_of(ranks.begin(), ranks.end(), [&](int32_t r) { return r / link_->model.node_size == node; });
+    }
     Communicator& ref = *child;
-    return std::make_unique<Throttled>(ref, link_, std::move(child));
+    return std::make_unique<Throttled>(ref, link_, world_rank_, intra, std::move(child));
   }
   void abort(const std::string& reason) noexcept override { inner_.abort(reason); }
 
@@ -153,7 +164,7 @@ class Throttled final : public ThrottledCommunicator {
 
   // Completes once `inner` has and the link has carried the collective's bytes.
   WorkPtr delayed(WorkPtr inner, Collective c, int64_t sent) {
-    const double seconds = link_seconds(c, size(), sent, link_->model);
+    const double seconds = intra_node_ ? 0.0 : link_seconds(c, size(), sent, link_->model);
     Link* link = link_.get();
     return link_->queue.submit([inner = std::move(inner), seconds, link] {
       inner->wait();
@@ -166,12 +177,15 @@ class Throttled final : public ThrottledCommunicator {
   std::unique_ptr<Communicator> owned_;  // a split's wrapped communicator; null for the root
   Communicator& inner_;
   std::shared_ptr<Link> link_;
+  int world_rank_;
+  bool intra_node_;  // every member on this rank's node: no link time
 };
 
 }  // namespace
 
 std::unique_ptr<ThrottledCommunicator> make_throttled(Communicator& inner, const LinkModel& link) {
-  return std::make_unique<Throttled>(inner, std::make_shared<Link>(link));
+  const bool one_node = link.node_size > 0 && inner.size() <= link.node_size;
+  return std::make_unique<Throttled>(inner, std::make_shared<Link>(link), inner.rank(), one_node);
 }
 
 }  // namespace ds::comm

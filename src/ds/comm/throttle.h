@@ -25,20 +25,24 @@ namespace ds::comm {
 struct LinkModel {
   double bandwidth = 0;  // bytes per second of each rank's link; 0: unlimited
   double latency = 0;    // seconds per message hop
+  // Ranks per node (consecutive world ranks): a communicator split within one node is not throttled, as a node's
+  // own links are far faster than the network. 0: every rank is a node of its own.
+  int node_size = 0;
   bool active() const { return bandwidth > 0 || latency > 0; }
 };
 
 // Parses "<bandwidth>[,<latency>]", e.g. "1gbit", "10gbit,100us", "100mbit,1ms", "1.5GB,20us": bandwidth in
 // bit/s (kbit, mbit, gbit) or bytes/s (kB, MB, GB), latency in s, ms or us. ConfigError naming the accepted forms
-// when the text is none of them.
+// when the text is none of them. node_size stays 0.
 LinkModel parse_link_model(const std::string& text);
 std::string describe(const LinkModel& link);  // "1 Gbit/s, 100 us"
 
 // The modelled seconds of one collective of `bytes` sent by this rank in a world of W.
 double link_seconds(Collective c, int world, int64_t bytes, const LinkModel& link);
 
-// Wraps `inner` (which must outlive the result). Its CommStats count as any communicator's; link_busy_seconds()
-// is the modelled link time of everything this rank sent so far, over every communicator split from it.
+// Wraps `inner` (which must outlive the result), whose ranks are the world's. Its CommStats count as any
+// communicator's; link_busy_seconds() is the modelled link time of everything this rank sent so far, over every
+// communicator split from it (those within one node, with link.node_size, take none).
 class ThrottledCommunicator;
 std::unique_ptr<ThrottledCommunicator> make_throttled(Communicator& inner, const LinkModel& link);
 
