@@ -13,6 +13,7 @@
 #include "common/local_ranks.h"
 #include "common/zero_case.h"
 #include "ds/comm/local/local_comm.h"
+#include "ds/core/error.h"
 #include "ds/kernels/cpu/kernels.h"
 #include "ds/zero/quantized_comm.h"
 
@@ -134,6 +135,30 @@ TEST(ZeroPlusPlus, FollowsStage3WithinTheQuantizationErrorAndCutsCrossGroupTraff
       }
       if (name == "qwZ + hpZ 2 + qgZ") { EXPECT_LE(r.bytes_per_step * 3, base.bytes_per_step); }
     }
+  }
+}
+
+TEST(ZeroPlusPlus, ItsKeysAreStage3sAndTheGroupMustDivideTheRanks) {
+  const std::string keys =
+      R"("zero_quantized_weights": true, "zero_hpz_partition_size": 2, "zero_quantized_gradients": true)";
+  const config::DeepSpeedConfig at3 = config::parse_config(
+      R"({"train_batch_size": 4, "zero_optimization": {"stage": 3, )" + keys + "}}", 2, "zeropp");
+  EXPECT_TRUE(at3.warnings.empty()) << at3.warnings.front();
+  EXPECT_TRUE(at3.zero.zero_quantized_weights && at3.zero.zero_quantized_gradients);
+  const config::DeepSpeedConfig at2 = config::parse_config(
+      R"({"train_batch_size": 4, "zero_optimization": {"stage": 2, )" + keys + "}}", 2, "zeropp");
+  ASSERT_EQ(at2.warnings.size(), 1u);
+  EXPECT_NE(at2.warnings[0].find("zero_hpz_partition_size' (stage 3 only)"), std::string::npos) << at2.warnings[0];
+  const config::DeepSpeedConfig odd = config::parse_config(
+      R"({"train_batch_size": 3, "zero_optimization": {"stage": 3, "zero_hpz_partition_size": 2}})", 3, "zeropp");
+  try {
+    testing::on_local_ranks<int>(3, [&](comm::Communicator& comm) {
+      engine::Engine e(zero_case::tiny(), odd, zero_case::kT, &comm, 1);
+      return 0;
+    });
+    ADD_FAILURE() << "hpZ groups of 2 over 3 ranks were accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("must divide the data-parallel size 3"), std::string::npos) << e.what();
   }
 }
 

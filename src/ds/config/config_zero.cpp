@@ -181,6 +181,14 @@ void parse_zero(BlockReader r, ZeroConfig& out) {
                                           offload_device_name(out.offload_param->device), out.stage));
     out.offload_param.reset();
   }
+  // ZeRO++ quantizes and places stage 3's collectives; the other stages have none of them.
+  if (out.stage != 3) {
+    if (out.zero_quantized_weights) r.ctx().ignored.push_back("'zero_optimization.zero_quantized_weights' (stage 3 only)");
+    if (out.zero_quantized_gradients)
+      r.ctx().ignored.push_back("'zero_optimization.zero_quantized_gradients' (stage 3 only)");
+    if (out.zero_hpz_partition_size > 1)
+      r.ctx().ignored.push_back("'zero_optimization.zero_hpz_partition_size' (stage 3 only)");
+  }
   if (out.offload_optimizer) {
     DS_CHECK_AS(ConfigError, out.offload_optimizer->ratio >= 1.0 || out.stage == 3,
                 "[config] 'zero_optimization.offload_optimizer.ratio' = {} in {} needs zero_optimization.stage 3, "
