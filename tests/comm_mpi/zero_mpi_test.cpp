@@ -180,3 +180,31 @@ TEST(MoeMpi, ExpertParallelOverTwoRanksFollowsTheSingleProcessRun) {
 }
 
 }  // namespace ds
+
+namespace ds {
+
+// ZeRO++ over processes (-np 2 or 4): qwZ, hpZ 2 and qgZ move their int8 weights and int4 gradients as MPI bytes;
+// the run follows stage 3's within the quantization error, and the data-parallel group sends a third or less.
+TEST(ZeroPlusPlusMpi, FollowsStage3AndSendsAThird) {
+#ifndef DS_WITH_MPI
+  GTEST_SKIP() << "built without MPI";
+#else
+  comm::Communicator& comm = zero_world();
+  const int world = comm.size();
+  if (world != 2 && world != 4) GTEST_SKIP() << "runs at 2 or 4 ranks";
+  omp_set_num_threads(std::max(1, omp_get_num_procs() / world));
+  const std::string what = fmt::format("ZeRO++ on rank {}/{}", comm.rank(), world);
+  const RunResult stage3 = run_case(comm, 3, zero_case::kGlobalRows / world, 1, false);
+  const RunResult zeropp = run_case(comm, 3, zero_case::kGlobalRows / world, 1, false,
+                                    ", \"zero_quantized_weights\": true, \"zero_hpz_partition_size\": 2, "
+                                    "\"zero_quantized_gradients\": true");
+  double max_loss = 0;
+  for (size_t s = 0; s < stage3.losses.size(); ++s)
+    max_loss = std::max(max_loss, std::fabs(zeropp.losses[s] - stage3.losses[s]));
+  EXPECT_LT(max_loss, 0.05) << what;
+  EXPECT_LE(zeropp.bytes_per_step * 3, stage3.bytes_per_step) << what;
+  expect_same_on_every_rank(comm, zeropp.params, what);
+#endif
+}
+
+}  // namespace ds
