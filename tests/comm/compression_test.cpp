@@ -4,6 +4,7 @@
 // results and counts, and link time equal to the model's sum (no wall time is asserted).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <numeric>
 #include <vector>
@@ -25,29 +26,34 @@ using test::sgn;
 
 TEST(OneBitKernels, CompressAndDecompressMatchAScalarReference) {
   for (const size_t n : {size_t{8}, size_t{64}, size_t{40000}}) {
-    std::vector<float> x = random_vector(n, 1 + n), err = random_vector(n, 2 + n);
-    x[0] = 0.0f;
-    x[1] = -0.0f;
-    std::vector<float> ref_x(n), ref_err(n);
-    double sq = 0;
-    for (size_t i = 0; i < n; ++i) {
-      ref_x[i] = x[i] + err[i];
-      sq += double(ref_x[i]) * ref_x[i];
+    for (const size_t block : {n, size_t{16}, size_t{256}}) {
+      std::vector<float> x = random_vector(n, 1 + n), err = random_vector(n, 2 + n);
+      x[0] = 0.0f;
+      x[1] = -0.0f;
+      std::vector<float> ref_x(n), ref_err(n), ref_scale((n + block - 1) / block);
+      for (size_t b = 0; b < n; b += block) {
+        double sq = 0;
+        for (size_t i = b; i < std::min(n, b + block); ++i) {
+          ref_x[i] = x[i] + err[i];
+          sq += double(ref_x[i]) * ref_x[i];
+        }
+        ref_scale[b / block] = static_cast<float>(std::sqrt(sq / double(std::min(n, b + block) - b)));
+      }
+      for (size_t i = 0; i < n; ++i) ref_err[i] = ref_x[i] - ref_scale[i / block] * sgn(ref_x[i]);
+      std::vector<uint8_t> bits(n / 8);
+      std::vector<float> scales(ref_scale.size());
+      cpu::onebit_compress(x.data(), err.data(), n, block, bits.data(), scales.data());
+      for (size_t b = 0; b < scales.size(); ++b) ASSERT_FLOAT_EQ(scales[b], ref_scale[b]) << b;
+      for (size_t i = 0; i < n; ++i) {
+        ASSERT_EQ((bits[i / 8] >> (i % 8)) & 1, ref_x[i] >= 0 ? 1 : 0) << i;
+        ASSERT_FLOAT_EQ(err[i], ref_err[i]) << i;
+      }
+      std::vector<float> out(n, 1.0f);
+      cpu::onebit_decompress(bits.data(), n, block, scales.data(), 0.5f, out.data(), /*accumulate=*/true);
+      for (size_t i = 0; i < n; ++i) ASSERT_EQ(out[i], 1.0f + 0.5f * scales[i / block] * sgn(ref_x[i])) << i;
+      cpu::onebit_decompress(bits.data(), n, block, scales.data(), 1.0f, out.data(), /*accumulate=*/false);
+      for (size_t i = 0; i < n; ++i) ASSERT_EQ(out[i], scales[i / block] * sgn(ref_x[i])) << i;
     }
-    const auto ref_scale = static_cast<float>(std::sqrt(sq / double(n)));
-    for (size_t i = 0; i < n; ++i) ref_err[i] = ref_x[i] - ref_scale * sgn(ref_x[i]);
-    std::vector<uint8_t> bits(n / 8);
-    const float scale = cpu::onebit_compress(x.data(), err.data(), n, bits.data());
-    EXPECT_FLOAT_EQ(scale, ref_scale);
-    for (size_t i = 0; i < n; ++i) {
-      ASSERT_EQ((bits[i / 8] >> (i % 8)) & 1, ref_x[i] >= 0 ? 1 : 0) << i;
-      ASSERT_FLOAT_EQ(err[i], ref_err[i]) << i;
-    }
-    std::vector<float> out(n, 1.0f);
-    cpu::onebit_decompress(bits.data(), n, 0.5f, out.data(), /*accumulate=*/true);
-    for (size_t i = 0; i < n; ++i) ASSERT_EQ(out[i], 1.0f + 0.5f * sgn(ref_x[i])) << i;
-    cpu::onebit_decompress(bits.data(), n, 2.0f, out.data(), /*accumulate=*/false);
-    for (size_t i = 0; i < n; ++i) ASSERT_EQ(out[i], 2.0f * sgn(ref_x[i])) << i;
   }
 }
 
@@ -55,46 +61,47 @@ TEST(OneBitAllReduce, FollowsTheReferenceOverRoundsOfErrorFeedback) {
   const std::vector<int64_t> sizes = {5, 64, 1000, 0, 333};
   const int64_t total = std::accumulate(sizes.begin(), sizes.end(), int64_t{0});
   constexpr int kRounds = 4;
-  for (const int W : {2, 3, 4}) {
-    SCOPED_TRACE(W);
-    std::vector<std::vector<std::vector<float>>> inputs(kRounds);  // [round][rank]
-    for (int k = 0; k < kRounds; ++k)
-      for (int w = 0; w < W; ++w) inputs[k].push_back(random_vector(static_cast<size_t>(total), 100 * k + w));
-    ReferenceOneBit reference(W, sizes);
-    std::vector<std::vector<float>> expected;
-    for (int k = 0; k < kRounds; ++k) expected.push_back(reference.run(inputs[k]));
-    std::vector<std::vector<std::vector<float>>> got(kRounds, std::vector<std::vector<float>>(size_t(W)));
-    std::vector<comm::CommStats> stats(static_cast<size_t>(W));
-    std::vector<int64_t> padded(static_cast<size_t>(W));
-    comm::run_local_world(W, [&](comm::Communicator& comm) {
-      comm::OneBitAllReduce onebit(comm, sizes);
-      padded[comm.rank()] = onebit.padded_numel();
+  for (const int64_t block : {int64_t{0}, int64_t{16}, int64_t{256}}) {  // DeepSpeed's scales, then blocks
+    for (const int W : {2, 3, 4}) {
+      SCOPED_TRACE(testing::Message() << "world " << W << ", scale block " << block);
+      std::vector<std::vector<std::vector<float>>> inputs(kRounds);  // [round][rank]
+      for (int k = 0; k < kRounds; ++k)
+        for (int w = 0; w < W; ++w) inputs[k].push_back(random_vector(static_cast<size_t>(total), 100 * k + w));
+      ReferenceOneBit reference(W, sizes, block);
+      std::vector<std::vector<float>> expected;
+      for (int k = 0; k < kRounds; ++k) expected.push_back(reference.run(inputs[k]));
+      std::vector<std::vector<std::vector<float>>> got(kRounds, std::vector<std::vector<float>>(size_t(W)));
+      std::vector<comm::CommStats> stats(static_cast<size_t>(W));
+      std::vector<int64_t> message(static_cast<size_t>(W));
+      comm::run_local_world(W, [&](comm::Communicator& comm) {
+        comm::OneBitAllReduce onebit(comm, sizes, block);
+        message[comm.rank()] = onebit.message_bytes();
+        for (int k = 0; k < kRounds; ++k) {
+          std::vector<float> buffer = inputs[k][comm.rank()];
+          onebit.run(buffer.data());
+          got[k][comm.rank()] = buffer;
+        }
+        stats[comm.rank()] = comm.stats();
+      });
       for (int k = 0; k < kRounds; ++k) {
-        std::vector<float> buffer = inputs[k][comm.rank()];
-        onebit.run(buffer.data());
-        got[k][comm.rank()] = buffer;
+        for (int w = 0; w < W; ++w) {
+          ASSERT_EQ(got[k][w].size(), expected[k].size());
+          for (size_t i = 0; i < expected[k].size(); ++i)
+            ASSERT_NEAR(got[k][w][i], expected[k][i], 1e-5f * (1 + std::fabs(expected[k][i])))
+                << "round " << k << " rank " << w << " element " << i;
+        }
       }
-      stats[comm.rank()] = comm.stats();
-    });
-    for (int k = 0; k < kRounds; ++k) {
-      for (int w = 0; w < W; ++w) {
-        ASSERT_EQ(got[k][w].size(), expected[k].size());
-        for (size_t i = 0; i < expected[k].size(); ++i)
-          ASSERT_NEAR(got[k][w][i], expected[k][i], 1e-5f * (1 + std::fabs(expected[k][i])))
-              << "round " << k << " rank " << w << " element " << i;
-      }
+      // Bytes on the wire per round: one message to every other rank, then every rank's message gathered.
+      const comm::CommStats& s = stats[0];
+      const auto a2a = static_cast<size_t>(comm::Collective::all_to_all);
+      const auto ag = static_cast<size_t>(comm::Collective::all_gather);
+      EXPECT_EQ(s.bytes[a2a], kRounds * message[0] * (W - 1));
+      EXPECT_EQ(s.bytes[ag], kRounds * message[0] * (W - 1));
+      const int64_t fp32_all_reduce = 2 * 4 * total * (W - 1) / W;
+      std::printf("world %d, scale block %3lld: 1-bit all-reduce sends %lld bytes per round, an fp32 all-reduce %lld "
+                  "(1/%.1f)\n", W, static_cast<long long>(block), static_cast<long long>(s.total_bytes() / kRounds),
+                  static_cast<long long>(fp32_all_reduce), double(fp32_all_reduce) / double(s.total_bytes() / kRounds));
     }
-    // Bytes on the wire per round: the signs twice, (P/8)(W-1)/W each, and T fp32 scales from every rank twice.
-    const int64_t P = padded[0], T = static_cast<int64_t>(sizes.size());
-    const comm::CommStats& s = stats[0];
-    const auto a2a = static_cast<size_t>(comm::Collective::all_to_all);
-    const auto ag = static_cast<size_t>(comm::Collective::all_gather);
-    EXPECT_EQ(s.bytes[a2a], kRounds * (P / 8) * (W - 1) / W);
-    EXPECT_EQ(s.bytes[ag], kRounds * ((P / 8) * (W - 1) / W + 2 * 4 * T * (W - 1)));
-    const int64_t fp32_all_reduce = 2 * 4 * total * (W - 1) / W;
-    std::printf("world %d: 1-bit all-reduce sends %lld bytes per round, an fp32 all-reduce %lld (1/%.1f)\n", W,
-                static_cast<long long>(s.total_bytes() / kRounds), static_cast<long long>(fp32_all_reduce),
-                double(fp32_all_reduce) / double(s.total_bytes() / kRounds));
   }
 }
 

@@ -2,6 +2,7 @@
 // compressed_allreduce for every rank at once, one tensor at a time, with signs as floats and no packing.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <numeric>
@@ -20,9 +21,13 @@ inline std::vector<float> random_vector(size_t n, uint64_t seed) {
   return v;
 }
 
+// DeepSpeed's compressed_allreduce for every rank at once, one tensor at a time, signs as floats: with
+// scale_block 0 its own scales (the worker's per tensor, the server's per chunk), else one scale per block of
+// scale_block elements of each chunk in both.
 class ReferenceOneBit {
  public:
-  ReferenceOneBit(int world, std::vector<int64_t> sizes) : W_(world), sizes_(std::move(sizes)) {
+  ReferenceOneBit(int world, std::vector<int64_t> sizes, int64_t scale_block = 0)
+      : W_(world), block_(scale_block), sizes_(std::move(sizes)) {
     const int64_t multiple = int64_t(W_) * std::lcm(int64_t(W_), int64_t(8));
     for (const int64_t n : sizes_) {
       const int64_t p = (n + multiple - 1) / multiple * multiple;
@@ -43,11 +48,11 @@ class ReferenceOneBit {
         for (int64_t i = 0; i < n; ++i) b[i] = inputs[w][offset + i];
         auto& err = worker_error_[t][w];
         for (int64_t i = 0; i < p; ++i) b[i] += err[i];
-        const float scale = norm_scale(b);
         q[w].resize(static_cast<size_t>(p));
-        for (int64_t i = 0; i < p; ++i) {
-          q[w][i] = scale * sgn(b[i]);
-          err[i] = b[i] - q[w][i];
+        if (block_ == 0) {
+          compress(b.data(), err.data(), q[w].data(), p, p);
+        } else {  // block by block within each chunk
+          for (int r = 0; r < W_; ++r) compress(b.data() + r * c, err.data() + r * c, q[w].data() + r * c, c, block_);
         }
       }
       std::vector<float> out(static_cast<size_t>(p));
@@ -57,11 +62,7 @@ class ReferenceOneBit {
           for (int64_t i = 0; i < c; ++i) s[i] += sgn(q[w][r * c + i]) * (std::fabs(q[w][r * c + i]) / W_);
         auto& err = server_error_[t][r];
         for (int64_t i = 0; i < c; ++i) s[i] += err[i];
-        const float scale = norm_scale(s);
-        for (int64_t i = 0; i < c; ++i) {
-          out[r * c + i] = scale * sgn(s[i]);
-          err[i] = s[i] - out[r * c + i];
-        }
+        compress(s.data(), err.data(), out.data() + r * c, c, block_ == 0 ? c : block_);
       }
       result.insert(result.end(), out.begin(), out.begin() + n);
       offset += n;
@@ -70,12 +71,21 @@ class ReferenceOneBit {
   }
 
  private:
-  static float norm_scale(const std::vector<float>& v) {
-    double sq = 0;
-    for (const float x : v) sq += double(x) * x;
-    return static_cast<float>(std::sqrt(sq / double(v.size())));
+  // q = scale * sign(x) per block of x's n elements; err = x - q.
+  static void compress(const float* x, float* err, float* q, int64_t n, int64_t block) {
+    for (int64_t b = 0; b < n; b += block) {
+      const int64_t e = std::min(n, b + block);
+      double sq = 0;
+      for (int64_t i = b; i < e; ++i) sq += double(x[i]) * x[i];
+      const auto scale = static_cast<float>(std::sqrt(sq / double(e - b)));
+      for (int64_t i = b; i < e; ++i) {
+        q[i] = scale * sgn(x[i]);
+        err[i] = x[i] - q[i];
+      }
+    }
   }
   int W_;
+  int64_t block_;
   std::vector<int64_t> sizes_, padded_;
   std::vector<std::vector<std::vector<float>>> worker_error_, server_error_;  // [tensor][rank][element]
 };

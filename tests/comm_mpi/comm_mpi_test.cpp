@@ -114,8 +114,8 @@ TEST_F(CommMpi, OneBitAllReduceFollowsTheReference) {
   const int W = c.size();
   const std::vector<int64_t> sizes = {5, 64, 1000, 333};
   const int64_t total = std::accumulate(sizes.begin(), sizes.end(), int64_t{0});
-  test::ReferenceOneBit reference(W, sizes);
-  comm::OneBitAllReduce onebit(c, sizes);
+  test::ReferenceOneBit reference(W, sizes, 256);
+  comm::OneBitAllReduce onebit(c, sizes, 256);
   const comm::CommStats before = c.stats();
   for (int round = 0; round < 3; ++round) {
     std::vector<std::vector<float>> inputs;
@@ -127,8 +127,7 @@ TEST_F(CommMpi, OneBitAllReduceFollowsTheReference) {
       ASSERT_NEAR(buffer[i], expected[i], 1e-5f * (1 + std::fabs(expected[i]))) << "round " << round << " at " << i;
   }
   const auto a2a = static_cast<size_t>(comm::Collective::all_to_all);
-  const int64_t P = onebit.padded_numel();
-  EXPECT_EQ(c.stats().bytes[a2a] - before.bytes[a2a], W == 1 ? 0 : 3 * (P / 8) * (W - 1) / W);
+  EXPECT_EQ(c.stats().bytes[a2a] - before.bytes[a2a], W == 1 ? 0 : 3 * onebit.message_bytes() * (W - 1));
 }
 
 TEST_F(CommMpi, SendRecvRing) { test::check_send_recv(world()); }

@@ -13,7 +13,10 @@ int64_t OneBitAllReduce::padding_multiple(int world) {
   return int64_t(world) * std::lcm(int64_t(world), int64_t(8));
 }
 
-OneBitAllReduce::OneBitAllReduce(Communicator& comm, const std::vector<int64_t>& sizes) : comm_(comm) {
+OneBitAllReduce::OneBitAllReduce(Communicator& comm, const std::vector<int64_t>& sizes, int64_t scale_block)
+    : comm_(comm), scale_block_(scale_block) {
+  DS_CHECK_AS(CommError, scale_block >= 0 && scale_block % 8 == 0,
+              "[comm] 1-bit all-reduce: scale blocks must be a multiple of 8 elements (or 0), found {}", scale_block);
   const int W = comm.size();
   const int64_t multiple = padding_multiple(W);
   for (const int64_t n : sizes) {
@@ -25,24 +28,24 @@ OneBitAllReduce::OneBitAllReduce(Communicator& comm, const std::vector<int64_t>&
     s.chunk = s.padded / W;
     s.padded_offset = padded_;
     s.chunk_offset = chunks_;
+    s.block = scale_block == 0 ? std::max<int64_t>(s.chunk, 8) : scale_block;
+    s.scales = s.chunk == 0 ? 0 : (s.chunk + s.block - 1) / s.block;
+    s.scale_offset = scale_count_;
     numel_ += n;
     padded_ += s.padded;
     chunks_ += s.chunk;
+    scale_count_ += s.scales;
     segments_.push_back(s);
   }
+  message_ = 4 * scale_count_ + (chunks_ / 8 + 3) / 4 * 4;  // whole floats: every message's scales stay aligned
   if (W == 1) return;  // nothing to exchange, nothing to keep
   worker_error_ = Tensor::zeros({padded_}, DType::f32, Category::optimizer);
   server_error_ = Tensor::zeros({chunks_}, DType::f32, Category::optimizer);
   work_ = Tensor::zeros({padded_}, DType::f32, Category::comm_buffer);
   server_sum_ = Tensor::zeros({chunks_}, DType::f32, Category::comm_buffer);
-  for (Tensor* bits : {&worker_bits_, &send_bits_, &recv_bits_, &gathered_bits_})
-    *bits = Tensor::zeros({padded_ / 8}, DType::u8, Category::comm_buffer);
-  server_bits_ = Tensor::zeros({chunks_ / 8}, DType::u8, Category::comm_buffer);
-  const size_t T = segments_.size();
-  scales_.assign(T, 0.0f);
-  server_scales_.assign(T, 0.0f);
-  all_scales_.assign(T * static_cast<size_t>(W), 0.0f);
-  all_server_scales_.assign(T * static_cast<size_t>(W), 0.0f);
+  if (scale_block == 0) worker_bits_ = Tensor::zeros({padded_ / 8}, DType::u8, Category::comm_buffer);
+  for (Tensor* t : {&send_, &recv_, &gathered_}) *t = Tensor::zeros({message_ * W}, DType::u8, Category::comm_buffer);
+  server_message_ = Tensor::zeros({message_}, DType::u8, Category::comm_buffer);
 }
 
 void OneBitAllReduce::reset_errors() {
@@ -53,55 +56,58 @@ void OneBitAllReduce::reset_errors() {
 void OneBitAllReduce::run(float* buffer) {
   const int W = comm_.size();
   if (W == 1 || padded_ == 0) return;
-  const size_t T = segments_.size();
   float* work = work_.data<float>();
   float* werr = worker_error_.data<float>();
-  uint8_t* wbits = worker_bits_.data<uint8_t>();
-  uint8_t* send = send_bits_.data<uint8_t>();
-  const int64_t block = chunks_ / 8;  // bytes each rank receives from each rank
-  // 1. worker: compress each padded tensor; chunk r of its signs goes to block r.
-  for (size_t t = 0; t < T; ++t) {
-    const Segment& s = segments_[t];
+  uint8_t* send = send_.data<uint8_t>();
+  auto message = [&](Tensor& t, int r) { return t.data<uint8_t>() + static_cast<size_t>(message_) * r; };
+  // 1. worker: compress each padded tensor; chunk r's scales and signs go into the message for rank r.
+  for (const Segment& s : segments_) {
     float* x = work + s.padded_offset;
     std::memcpy(x, buffer + s.offset, static_cast<size_t>(s.numel) * sizeof(float));
     std::memset(x + s.numel, 0, static_cast<size_t>(s.padded - s.numel) * sizeof(float));
-    scales_[t] = cpu::onebit_compress(x, werr + s.padded_offset, static_cast<size_t>(s.padded),
-                                      wbits + s.padded_offset / 8);
+    if (s.padded == 0) continue;
+    if (scale_block_ == 0) {  // DeepSpeed's: one scale over the whole tensor, in every chunk's message
+      uint8_t* bits = worker_bits_.data<uint8_t>() + s.padded_offset / 8;
+      float scale = 0;
+      cpu::onebit_compress(x, werr + s.padded_offset, static_cast<size_t>(s.padded), static_cast<size_t>(s.padded),
+                           bits, &scale);
+      for (int r = 0; r < W; ++r) {
+        scales_of(message(send_, r))[s.scale_offset] = scale;
+        std::memcpy(bits_of(message(send_, r)) + s.chunk_offset / 8, bits + r * s.chunk / 8,
+                    static_cast<size_t>(s.chunk / 8));
+      }
+      continue;
+    }
     for (int r = 0; r < W; ++r)
-      std::memcpy(send + r * block + s.chunk_offset / 8, wbits + (s.padded_offset + r * s.chunk) / 8,
-                  static_cast<size_t>(s.chunk / 8));
+      cpu::onebit_compress(x + r * s.chunk, werr + s.padded_offset + r * s.chunk, static_cast<size_t>(s.chunk),
+                           static_cast<size_t>(s.block), bits_of(message(send_, r)) + s.chunk_offset / 8,
+                           scales_of(message(send_, r)) + s.scale_offset);
   }
-  // 2. exchange: signs to their servers, every worker's scales to everyone.
-  uint8_t* recv = recv_bits_.data<uint8_t>();
-  WorkPtr signs = comm_.all_to_all_async(send, recv, static_cast<size_t>(block), DType::u8);
-  WorkPtr scales = comm_.all_gather_async(scales_.data(), all_scales_.data(), T, DType::f32);
-  signs->wait();
-  scales->wait();
+  // 2. every rank's messages to their servers.
+  comm_.all_to_all(send, recv_.data<uint8_t>(), static_cast<size_t>(message_), DType::u8);
   // 3. server: the average of the W decompressed chunks, compensated and compressed again.
   float* sum = server_sum_.data<float>();
   float* serr = server_error_.data<float>();
-  uint8_t* sbits = server_bits_.data<uint8_t>();
-  for (size_t t = 0; t < T; ++t) {
-    const Segment& s = segments_[t];
+  uint8_t* mine = server_message_.data<uint8_t>();
+  for (const Segment& s : segments_) {
+    if (s.chunk == 0) continue;
     float* acc = sum + s.chunk_offset;
+    const auto worker_block = static_cast<size_t>(scale_block_ == 0 ? s.chunk : s.block);
     for (int w = 0; w < W; ++w)
-      cpu::onebit_decompress(recv + w * block + s.chunk_offset / 8, static_cast<size_t>(s.chunk),
-                             all_scales_[static_cast<size_t>(w) * T + t] / static_cast<float>(W), acc, w > 0);
-    server_scales_[t] = cpu::onebit_compress(acc, serr + s.chunk_offset, static_cast<size_t>(s.chunk),
-                                             sbits + s.chunk_offset / 8);
+      cpu::onebit_decompress(bits_of(message(recv_, w)) + s.chunk_offset / 8, static_cast<size_t>(s.chunk),
+                             worker_block, scales_of(message(recv_, w)) + s.scale_offset, 1.0f / static_cast<float>(W),
+                             acc, w > 0);
+    cpu::onebit_compress(acc, serr + s.chunk_offset, static_cast<size_t>(s.chunk), static_cast<size_t>(s.block),
+                         bits_of(mine) + s.chunk_offset / 8, scales_of(mine) + s.scale_offset);
   }
-  // 4. every server's chunk to everyone, then decompressed into the caller's buffer.
-  uint8_t* gathered = gathered_bits_.data<uint8_t>();
-  signs = comm_.all_gather_async(sbits, gathered, static_cast<size_t>(block), DType::u8);
-  scales = comm_.all_gather_async(server_scales_.data(), all_server_scales_.data(), T, DType::f32);
-  signs->wait();
-  scales->wait();
-  for (size_t t = 0; t < T; ++t) {
-    const Segment& s = segments_[t];
+  // 4. every server's message to everyone, decompressed into the caller's buffer.
+  comm_.all_gather(mine, gathered_.data<uint8_t>(), static_cast<size_t>(message_), DType::u8);
+  for (const Segment& s : segments_) {
     float* x = work + s.padded_offset;
-    for (int w = 0; w < W; ++w)
-      cpu::onebit_decompress(gathered + w * block + s.chunk_offset / 8, static_cast<size_t>(s.chunk),
-                             all_server_scales_[static_cast<size_t>(w) * T + t], x + w * s.chunk, false);
+    for (int w = 0; w < W && s.chunk > 0; ++w)
+      cpu::onebit_decompress(bits_of(message(gathered_, w)) + s.chunk_offset / 8, static_cast<size_t>(s.chunk),
+                             static_cast<size_t>(s.block), scales_of(message(gathered_, w)) + s.scale_offset, 1.0f,
+                             x + w * s.chunk, false);
     std::memcpy(buffer + s.offset, x, static_cast<size_t>(s.numel) * sizeof(float));
   }
 }

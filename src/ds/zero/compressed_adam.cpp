@@ -12,6 +12,9 @@ namespace ds::zero {
 
 using Compression = config::OptimizerConfig::Compression;
 
+// One 1-bit scale per 256 elements of each chunk (Note [1-bit all-reduce] in comm/onebit.h says why).
+constexpr int64_t kScaleBlock = 256;
+
 namespace {
 std::vector<int64_t> sizes_of(const std::vector<std::pair<int64_t, int64_t>>& tensors) {
   std::vector<int64_t> sizes;
@@ -38,7 +41,7 @@ CompressedAdam::CompressedAdam(const PartitionLayout& layout, OptimizerStateStor
       precision_(precision),
       options_(options),
       tensors_(tensors),
-      onebit_(comm, sizes_of(tensors)) {
+      onebit_(comm, sizes_of(tensors), kScaleBlock) {
   DS_ASSERT(options.compression != Compression::none, "CompressedAdam without a compressed optimizer");
   DS_ASSERT(layout.replicated(), "the compressed optimizers run over the replicated layout of stage 0");
   int64_t at = 0;

@@ -27,17 +27,16 @@ inline __m256 lanes_set(uint8_t byte) {
 
 }  // namespace
 
-float onebit_compress(float* x, float* error, size_t n, uint8_t* bits) {
-  const auto groups = static_cast<int64_t>(n / 8);
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-  for (int64_t g = 0; g < groups; ++g) {
-    float* p = x + g * 8;
-    _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(error + g * 8)));
-  }
+namespace {
+
+// One block: x += error, its scale, the signs and the new error.
+float onebit_block(float* x, float* error, size_t n, uint8_t* bits) {
+  const auto groups = n / 8;
+  for (size_t g = 0; g < groups; ++g)
+    _mm256_storeu_ps(x + g * 8, _mm256_add_ps(_mm256_loadu_ps(x + g * 8), _mm256_loadu_ps(error + g * 8)));
   const auto scale = static_cast<float>(std::sqrt(sum_squares(x, n) / static_cast<double>(n > 0 ? n : 1)));
   const __m256 zero = _mm256_setzero_ps(), pos = _mm256_set1_ps(scale), neg = _mm256_set1_ps(-scale);
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-  for (int64_t g = 0; g < groups; ++g) {
+  for (size_t g = 0; g < groups; ++g) {
     const __m256 v = _mm256_loadu_ps(x + g * 8);
     const __m256 ge = _mm256_cmp_ps(v, zero, _CMP_GE_OQ);
     bits[g] = static_cast<uint8_t>(_mm256_movemask_ps(ge));
@@ -46,12 +45,28 @@ float onebit_compress(float* x, float* error, size_t n, uint8_t* bits) {
   return scale;
 }
 
-void onebit_decompress(const uint8_t* bits, size_t n, float scale, float* out, bool accumulate) {
+}  // namespace
+
+void onebit_compress(float* x, float* error, size_t n, size_t block, uint8_t* bits, float* scales) {
+  const auto blocks = static_cast<int64_t>((n + block - 1) / block);
+  if (blocks == 1) {  // one block: sum_squares and the passes split over the threads themselves
+    scales[0] = onebit_block(x, error, n, bits);
+    return;
+  }
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const size_t begin = static_cast<size_t>(b) * block, len = std::min(block, n - begin);
+    scales[b] = onebit_block(x + begin, error + begin, len, bits + begin / 8);
+  }
+}
+
+void onebit_decompress(const uint8_t* bits, size_t n, size_t block, const float* scales, float scale_mul, float* out,
+                       bool accumulate) {
   const auto groups = static_cast<int64_t>(n / 8);
-  const __m256 pos = _mm256_set1_ps(scale), neg = _mm256_set1_ps(-scale);
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
   for (int64_t g = 0; g < groups; ++g) {
-    const __m256 v = _mm256_blendv_ps(neg, pos, lanes_set(bits[g]));
+    const float scale = scale_mul * scales[static_cast<size_t>(g) * 8 / block];
+    const __m256 v = _mm256_blendv_ps(_mm256_set1_ps(-scale), _mm256_set1_ps(scale), lanes_set(bits[g]));
     float* o = out + g * 8;
     _mm256_storeu_ps(o, accumulate ? _mm256_add_ps(_mm256_loadu_ps(o), v) : v);
   }

@@ -220,14 +220,16 @@ float lamb_step_size(const LambParams& p);
 void lamb_apply(float* param, const float* m, const float* v, size_t n, const LambParams& p, float step);
 
 // ---- communication compression (compress.cpp) ----
-// 1-bit compression with error feedback, as DeepSpeed's compressed_allreduce does it for one tensor of n elements
-// (n a multiple of 8): the signs packed 8 to a byte (element i is bit i % 8 of byte i / 8, set when the element is
-// >= 0, so 0 counts as +1 and NaN as -1) and one scale, ||x||_2 / sqrt(n), that makes scale * sign(x) keep x's
-// L2 norm. onebit_compress first adds the carried error into x (x += error), then packs x and leaves in error what
-// the compressed form misses (error = x - scale * sign(x)); returns the scale. AVX2; parallel over OpenMP.
-float onebit_compress(float* x, float* error, size_t n, uint8_t* bits);
-// out[i] = scale * sign_i (accumulate: out[i] += scale * sign_i) for the n elements packed in bits.
-void onebit_decompress(const uint8_t* bits, size_t n, float scale, float* out, bool accumulate);
+// 1-bit compression with error feedback, as DeepSpeed's compressed_allreduce does it, over n elements (n a multiple
+// of 8) in blocks of `block` elements (a multiple of 8; the last block shorter): the signs packed 8 to a byte
+// (element i is bit i % 8 of byte i / 8, set when the element is >= 0, so 0 counts as +1 and NaN as -1) and one
+// scale per block, ||x_block||_2 / sqrt(block length), that makes scale * sign(x) keep the block's L2 norm.
+// onebit_compress first adds the carried error into x (x += error), then packs x, writes ceil(n / block) scales
+// and leaves in error what the compressed form misses (error = x - scale * sign(x)). AVX2; blocks in parallel.
+void onebit_compress(float* x, float* error, size_t n, size_t block, uint8_t* bits, float* scales);
+// out[i] = scale_mul * scales[i / block] * sign_i (accumulate: out[i] += ...) for the n elements packed in bits.
+void onebit_decompress(const uint8_t* bits, size_t n, size_t block, const float* scales, float scale_mul, float* out,
+                       bool accumulate);
 
 // The compressed optimizers' elementwise passes (1-bit Adam, 0/1 Adam; compress.cpp), fp32, n elements:
 //   momentum_update:   m = b1 * m + (1 - b1) * grad * grad_scale
