@@ -231,6 +231,24 @@ void print_zero_report(comm::Communicator& comm, engine::Engine& engine, const S
              : stage == 2 ? fmt::format("{}Ψ + {}Ψ/N", pb, gb + kb)
                           : fmt::format("{}Ψ/N", pb + gb + kb),
              stage == 3 ? 3 : 2);
+  const config::ZeroConfig& zc = config.zero;
+  if (stage == 3 && (zc.zero_quantized_weights || zc.zero_quantized_gradients || zc.zero_hpz_partition_size > 1)) {
+    fmt::print(stderr, "  ZeRO++: {}{}{}; the formulas are plain stage 3's: qwZ sends 1 + 4/256 bytes per gathered "
+               "element, qgZ 1/2 + 4/128, hpZ's secondary copy adds {}Ψ/{} of parameters and its group's gathers "
+               "are not in sent/step\n",
+               zc.zero_quantized_weights ? "int8 weight all-gather (qwZ)" : "weights gathered whole",
+               zc.zero_hpz_partition_size > 1
+                   ? fmt::format(", secondary copies over groups of {} (hpZ)", zc.zero_hpz_partition_size)
+                   : std::string(),
+               zc.zero_quantized_gradients ? ", int4 gradient all-to-all (qgZ)" : "", pb,
+               std::max<int64_t>(zc.zero_hpz_partition_size, 1));
+  }
+  if (engine.optimizer().compression() != nullptr) {
+    fmt::print(stderr, "  {}: the formula is for its exact steps; its compressed steps send a 1-bit message of each "
+               "parameter (1/8 byte, and a 4-byte scale per 256) twice instead (docs/compression.md)\n",
+               config.optimizer.compression == config::OptimizerConfig::Compression::onebit_adam ? "1-bit Adam"
+                                                                                                 : "0/1 Adam");
+  }
   if (model.has_experts()) {
     fmt::print(stderr, "  experts ({} per rank, ep {}): their states over the expert-data group of N/ep = {:g} "
                "rank(s) (the formula's Ψ_e/(N/ep) terms); all-to-all sent per step: ", "Ψ_e",
