@@ -116,7 +116,8 @@ TEST(ZeroPlusPlus, FollowsStage3WithinTheQuantizationErrorAndCutsCrossGroupTraff
       const RunResult& base = runs.front();
       const RunResult& r = runs.back();
       double max_loss = 0, max_param = 0;
-      for (size_t s = 0; s < r.losses.size(); ++s) max_loss = std::max(max_loss, std::fabs(r.losses[s] - base.losses[s]));
+      for (size_t s = 0; s < r.losses.size(); ++s)
+        max_loss = std::max(max_loss, std::fabs(r.losses[s] - base.losses[s]));
       for (size_t i = 0; i < r.params.size(); ++i)
         max_param = std::max(max_param, double(std::fabs(r.params[i] - base.params[i])));
       std::printf("world %d, %-18s: cross-group bytes/step %10lld (%.3f of stage 3), max |loss - stage 3| %.2e, "

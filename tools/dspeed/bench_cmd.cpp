@@ -249,15 +249,18 @@ void add_bench_command(CLI::App& root) {
 
   auto cb = std::make_shared<CompressionBenchOptions>();
   CLI::App* comp = cmd->add_subcommand(
-      "compression", "1-bit Adam, 0/1 Adam and ZeRO++ against their baselines on a throttled network (ranks as threads)");
+      "compression",
+      "1-bit Adam, 0/1 Adam and ZeRO++ against their baselines on a throttled network (ranks as threads)");
   comp->add_option("--model", cb->model, "model preset or model JSON file")->capture_default_str();
   comp->add_option("--world", cb->world, "ranks")->capture_default_str()->check(CLI::Range(2, 64));
   comp->add_option("--node-size", cb->node_size, "ranks per node (ZeRO++'s hpZ group; not throttled within)")
       ->capture_default_str()->check(CLI::Range(1, 64));
   comp->add_option("--network", cb->network, "each rank's link: '<bandwidth>[,<latency>]', e.g. 1gbit,100us")
       ->capture_default_str();
-  comp->add_option("--seq-len", cb->seq_len, "tokens per sequence")->capture_default_str()->check(CLI::Range(1, 1 << 16));
-  comp->add_option("--micro", cb->micro, "sequences per micro-batch")->capture_default_str()->check(CLI::Range(1, 1024));
+  comp->add_option("--seq-len", cb->seq_len, "tokens per sequence")
+      ->capture_default_str()->check(CLI::Range(1, 1 << 16));
+  comp->add_option("--micro", cb->micro, "sequences per micro-batch")
+      ->capture_default_str()->check(CLI::Range(1, 1024));
   comp->add_option("--warmup", cb->warmup, "exact steps before the timed ones (freeze_step)")
       ->capture_default_str()->check(CLI::Range(1, 1000));
   comp->add_option("--steps", cb->steps, "timed steps")->capture_default_str()->check(CLI::Range(1, 1000));

@@ -124,10 +124,10 @@ void parse_optimizer(BlockReader r, OptimizerConfig& out) {
     out.compression = onebit_adam ? OptimizerConfig::Compression::onebit_adam
                                   : OptimizerConfig::Compression::zero_one_adam;
     // Each takes only its own arguments (DeepSpeed's constructors would raise a TypeError for the other's).
-    const std::vector<std::string> other = onebit_adam ? std::vector<std::string>{"var_freeze_step", "var_update_scaler",
-                                                                                  "local_step_scaler",
-                                                                                  "local_step_clipper"}
-                                                       : std::vector<std::string>{"freeze_step"};
+    static const std::vector<std::string> kZeroOneOnly = {"var_freeze_step", "var_update_scaler", "local_step_scaler",
+                                                          "local_step_clipper"};
+    static const std::vector<std::string> kOneBitOnly = {"freeze_step"};
+    const std::vector<std::string>& other = onebit_adam ? kZeroOneOnly : kOneBitOnly;
     for (const std::string& key : other) {
       DS_CHECK_AS(ConfigError, !p.contains(key), "[config] 'optimizer.params.{}' in {} is an argument of {}, not of "
                   "{}; remove it (or change the optimizer type)", key, r.ctx().source,

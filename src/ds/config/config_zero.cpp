@@ -183,7 +183,8 @@ void parse_zero(BlockReader r, ZeroConfig& out) {
   }
   // ZeRO++ quantizes and places stage 3's collectives; the other stages have none of them.
   if (out.stage != 3) {
-    if (out.zero_quantized_weights) r.ctx().ignored.push_back("'zero_optimization.zero_quantized_weights' (stage 3 only)");
+    if (out.zero_quantized_weights)
+      r.ctx().ignored.push_back("'zero_optimization.zero_quantized_weights' (stage 3 only)");
     if (out.zero_quantized_gradients)
       r.ctx().ignored.push_back("'zero_optimization.zero_quantized_gradients' (stage 3 only)");
     if (out.zero_hpz_partition_size > 1)

@@ -7,11 +7,13 @@
 // decoupled weight decay and no bias correction: OptimizerStep runs it) or compressed, where each rank keeps its
 // own gradient (GradientReducer::set_local) and this class steps:
 //   1-bit Adam: steps 1..freeze_step are exact. After them the variance v is frozen and every step is
-//     m = b1 m + (1 - b1) g_local;  m = onebit_all_reduce(m);  p -= lr (m / (sqrt(v) + eps) + wd p).
+//     m = b1 m + (1 - b1) g_local;  m = onebit_all_reduce(m);  p -= lr (m / (sqrt(max(v, m^2)) + eps) + wd p)
+//     (the variance floor below).
 //   0/1 Adam, steps 1..var_freeze_step: step s is exact ("a variance step") when s % var_interval == 0, else
-//     m = b1 m + (1 - b1) onebit_all_reduce(g_local) with v unchanged; after each variance step a counter
-//     advances, and every var_update_scaler of them var_interval doubles (1, 2, 4, ...).
-//   0/1 Adam, later steps (local steps): m = b1 m + (1 - b1) g_local; p -= lr (m / (sqrt(v) + eps) + wd p);
+//     m = b1 m + (1 - b1) onebit_all_reduce(g_local) with v unchanged (and floored); after each variance step a
+//     counter advances, and every var_update_scaler of them var_interval doubles (1, 2, 4, ...).
+//   0/1 Adam, later steps (local steps): m = b1 m + (1 - b1) g_local; p -= lr (m / (sqrt(max(v, m^2)) + eps)
+//     + wd p);
 //     every local_step_interval steps the ranks synchronise: d = (p - p_sync)(sqrt(v) + eps) (the local steps since
 //     the last synchronisation, in momentum units), d = onebit_all_reduce(d), m = -d / lrs (lrs: the sum of the
 //     learning rates since), p = p_sync + d / (sqrt(v) + eps), p_sync = p. The interval doubles every
@@ -21,6 +23,13 @@
 // replica with its own rounding after every synchronisation, so replicas drift apart over a run; here the
 // weights at the last synchronisation are kept instead (the same memory: one fp32 copy), and every rank ends a
 // synchronisation with the same bits.
+// The variance floor: a frozen variance cannot follow the gradient, so an element whose variance was small when
+// it froze (an embedding row whose token the batches had not met lately, v having forgotten it) takes a step of
+// m / sqrt(v) as large as it likes when its gradient comes back; in gpt2-mini at 1,024 tokens per step that
+// diverged within three steps of the freeze. Adam's own v is never much below m^2 (the average of squares bounds
+// the square of the average), so the compressed steps use max(v, m^2): an unchanged step where the variance is
+// informed (steady gradients have m^2 <= v), a step of at most lr per element where it is not. DeepSpeed has no
+// such floor.
 // The 1-bit all-reduce works on each parameter tensor with its own scales (DeepSpeed's call per parameter), all
 // of them in one call. Unlike DeepSpeed, the first step is a training step (DeepSpeed's first call only allocates
 // its buffers), so its stage boundaries fall one step earlier in the data; and the schedules are functions of the
@@ -56,8 +65,8 @@ class CompressedAdam {
   bool exact(int64_t step) const;
   // The compressed step number `step` on this rank's own gradient multiplied by grad_scale (no 1/N: nothing was
   // summed). Call after_step(step) after every step, exact or not.
-  void step(int64_t step, float lr, float grad_scale, const cpu::AdamParams& hyper, const OptimizerStep::OwnedFn& params,
-            const OptimizerStep::OwnedFn& grads);
+  void step(int64_t step, float lr, float grad_scale, const cpu::AdamParams& hyper,
+            const OptimizerStep::OwnedFn& params, const OptimizerStep::OwnedFn& grads);
   void after_step(int64_t step);
   // Puts the schedules where they are after `steps` steps and resets what checkpoints do not keep.
   void restore(int64_t steps);

@@ -49,7 +49,10 @@ Measured measure(const CompressionBenchOptions& o, const nn::Gpt2Config& model, 
     std::vector<double> times;
     Measured& m = ranks[static_cast<size_t>(comm->rank())];
     for (int s = 0; s < o.warmup + o.steps; ++s) {
-      if (s == o.warmup) m.bytes = -static_cast<double>(comm->stats().total_bytes()), m.link_s = -comm->link_busy_seconds();
+      if (s == o.warmup) {
+        m.bytes = -static_cast<double>(comm->stats().total_bytes());
+        m.link_s = -comm->link_busy_seconds();
+      }
       const auto t0 = Clock::now();
       m.loss = engine.train_batch(next).loss;
       if (s >= o.warmup) times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
@@ -75,8 +78,8 @@ std::string run_compression_bench(const CompressionBenchOptions& o) {
   DS_CHECK_AS(ConfigError, o.node_size >= 1 && o.world % o.node_size == 0, "[bench] --node-size {} must divide "
               "--world {}", o.node_size, o.world);
   fmt::print("bench compression: {} ({:.1f} M parameters), {} ranks (threads) over a throttled network of {} per "
-             "rank ({} ranks per node, whose own links are not throttled), micro-batch {} x {} tokens, {} warm-up + {} timed "
-             "steps per variant\n",
+             "rank ({} ranks per node, whose own links are not throttled), micro-batch {} x {} tokens, {} warm-up + "
+             "{} timed steps per variant\n",
              o.model, model.num_params() / 1e6, o.world, comm::describe(link), o.node_size, o.micro, o.seq_len,
              o.warmup, o.steps);
   const std::string common = R"("lr": 1e-4, "weight_decay": 0.01)";

@@ -83,7 +83,7 @@ void frozen_adam_apply(float* param, const float* m, const float* v, size_t n, f
                        float weight_decay) {
 #pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
   for (int64_t i = 0; i < static_cast<int64_t>(n); ++i)
-    param[i] -= lr * (m[i] / (std::sqrt(v[i]) + eps) + weight_decay * param[i]);
+    param[i] -= lr * (m[i] / (std::sqrt(std::max(v[i], m[i] * m[i])) + eps) + weight_decay * param[i]);
 }
 
 void local_steps_delta(float* delta, const float* param, const float* base, const float* v, size_t n, float eps) {

@@ -233,7 +233,8 @@ void onebit_decompress(const uint8_t* bits, size_t n, size_t block, const float*
 
 // The compressed optimizers' elementwise passes (1-bit Adam, 0/1 Adam; compress.cpp), fp32, n elements:
 //   momentum_update:   m = b1 * m + (1 - b1) * grad * grad_scale
-//   frozen_adam_apply: param -= lr * (m / (sqrt(v) + eps) + weight_decay * param)
+//   frozen_adam_apply: param -= lr * (m / (sqrt(max(v, m^2)) + eps) + weight_decay * param)  (the variance floor:
+//                      zero/compressed_adam.h)
 //   local_steps_delta: delta = (param - base) * (sqrt(v) + eps)   (0/1 Adam's local steps since `base`, as momentum)
 //   local_steps_apply: m = -avg / lrs; param = base + avg / (sqrt(v) + eps); base = param   (the averaged steps)
 void momentum_update(float* m, const float* grad, size_t n, float beta1, float grad_scale);
