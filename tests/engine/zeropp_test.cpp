@@ -29,7 +29,7 @@ std::vector<float> round_trip(const std::vector<float>& x, int bits, size_t bloc
     float amax = 0;
     for (size_t i = b; i < e; ++i) amax = std::max(amax, std::fabs(x[i]));
     const float scale = amax > 0 ? amax / qmax : 1.0f;
-    for (size_t i = b; i < e; ++i) out[i] = std::clamp(std::nearbyint(x[i] / scale), -qmax, qmax) * scale;
+    for (size_t i = b; i < e; ++i) out[i] = std::clamp(std::round(x[i] * (1.0f / scale)), -qmax, qmax) * scale;
   }
   return out;
 }

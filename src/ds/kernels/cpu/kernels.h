@@ -246,9 +246,9 @@ void local_steps_apply(float* param, float* m, const float* v, float* base, cons
 
 // Symmetric block quantization (ZeRO++'s quantized collectives; compress.cpp): n elements in blocks of `block`
 // (the last one shorter), each block with one fp32 scale max|x| / qmax (qmax = 127 for 8 bits, 7 for 4 bits; 1 for a
-// block of zeros) and values round(x / scale), within [-qmax, qmax]. 8 bits: one int8 per element; 4 bits: two
-// per byte, element 2i in the low nibble (ceil(n/2) bytes; block must be even). dequantize_blocks writes (or,
-// accumulating, adds) q * scale.
+// block of zeros) and values x / scale rounded half away from zero, within [-qmax, qmax]. 8 bits: one int8 per
+// element; 4 bits: two per byte, element 2i in the low nibble (ceil(n/2) bytes; block must be even).
+// dequantize_blocks writes (or, accumulating, adds) q * scale.
 void quantize_blocks(const float* x, size_t n, int bits, size_t block, uint8_t* q, float* scales);
 void dequantize_blocks(const uint8_t* q, const float* scales, size_t n, int bits, size_t block, float* out,
                        bool accumulate);
