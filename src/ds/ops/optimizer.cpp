@@ -108,24 +108,28 @@ int64_t lamb_args(const char* op, std::initializer_list<Arg> state) {
   return n;
 }
 
+// A CPU step's gradient of n elements in fp32: grad itself, or a 16-bit grad widened into `wide` (checked).
+Tensor fp32_grad(const char* op, const Tensor& grad, const Tensor& m, const Tensor& wide, int64_t n) {
+  detail::common_device(op, {{"grad", grad}, {"m", m}});
+  detail::expect_numel(op, {"grad", grad}, n);
+  DS_CHECK_AS(ShapeError, is_float(grad.dtype()), "[ops] {}: grad must be f32, bf16 or f16, found {}", op,
+              grad.str());
+  if (grad.dtype() == DType::f32) return grad;
+  detail::expect_defined(op, {"wide", wide});
+  detail::expect_dtype(op, {"wide", wide}, DType::f32);
+  DS_ASSERT(wide.numel() >= n, "{}: wide holds {} elements, grad {}", op, wide.numel(), n);
+  Tensor g = wide.narrow(0, n);
+  g.copy_from(grad);
+  return g;
+}
+
 }  // namespace
 
 void lamb_moments(const Tensor& grad, const Tensor& m, const Tensor& v, const cpu::LambParams& hyper,
                   float grad_scale, const Tensor& wide) {
   const char* op = "lamb_moments";
   const int64_t n = lamb_args(op, {{"m", m}, {"v", v}});
-  detail::common_device(op, {{"grad", grad}, {"m", m}});
-  detail::expect_numel(op, {"grad", grad}, n);
-  DS_CHECK_AS(ShapeError, is_float(grad.dtype()), "[ops] lamb_moments: grad must be f32, bf16 or f16, found {}",
-              grad.str());
-  Tensor g = grad;
-  if (grad.dtype() != DType::f32) {
-    detail::expect_defined(op, {"wide", wide});
-    detail::expect_dtype(op, {"wide", wide}, DType::f32);
-    DS_ASSERT(wide.numel() >= n, "lamb_moments: wide holds {} elements, grad {}", wide.numel(), n);
-    g = wide.narrow(0, n);
-    g.copy_from(grad);
-  }
+  const Tensor g = fp32_grad(op, grad, m, wide, n);
   cpu::lamb_moments(g.data<float>(), m.data<float>(), v.data<float>(), static_cast<size_t>(n), hyper, grad_scale);
 }
 
@@ -143,18 +147,7 @@ void lamb_apply(const Tensor& param, const Tensor& m, const Tensor& v, const cpu
 void momentum_update(const Tensor& m, const Tensor& grad, float beta1, float grad_scale, const Tensor& wide) {
   const char* op = "momentum_update";
   const int64_t n = lamb_args(op, {{"m", m}});
-  detail::common_device(op, {{"grad", grad}, {"m", m}});
-  detail::expect_numel(op, {"grad", grad}, n);
-  DS_CHECK_AS(ShapeError, is_float(grad.dtype()), "[ops] momentum_update: grad must be f32, bf16 or f16, found {}",
-              grad.str());
-  Tensor g = grad;
-  if (grad.dtype() != DType::f32) {
-    detail::expect_defined(op, {"wide", wide});
-    detail::expect_dtype(op, {"wide", wide}, DType::f32);
-    DS_ASSERT(wide.numel() >= n, "momentum_update: wide holds {} elements, grad {}", wide.numel(), n);
-    g = wide.narrow(0, n);
-    g.copy_from(grad);
-  }
+  const Tensor g = fp32_grad(op, grad, m, wide, n);
   cpu::momentum_update(m.data<float>(), g.data<float>(), static_cast<size_t>(n), beta1, grad_scale);
 }
 
