@@ -64,6 +64,10 @@ bool CompressedAdam::exact(int64_t step) const {
   return step <= options_.var_freeze_step && step % var_interval_ == 0;
 }
 
+bool CompressedAdam::steps(int64_t step) const {
+  return options_.compression == Compression::zero_one_adam || !exact(step);
+}
+
 bool CompressedAdam::local_stage(int64_t step) const {
   return options_.compression == Compression::zero_one_adam && step > options_.var_freeze_step;
 }
@@ -106,7 +110,7 @@ void CompressedAdam::for_each_piece(StateMask which, const OptimizerStep::OwnedF
 
 void CompressedAdam::step(int64_t step, float lr, float grad_scale, const cpu::AdamParams& hyper,
                           const OptimizerStep::OwnedFn& params, const OptimizerStep::OwnedFn& grads) {
-  DS_ASSERT(!exact(step), "step {} is an exact Adam step", step);
+  DS_ASSERT(steps(step), "step {} is 1-bit Adam's warm-up, OptimizerStep's", step);
   const float b1 = hyper.beta1, eps = hyper.eps, wd = hyper.weight_decay;
   float* staging = staging_.data<float>();
   auto apply = [&](Piece& p) {
@@ -121,6 +125,17 @@ void CompressedAdam::step(int64_t step, float lr, float grad_scale, const cpu::A
     onebit_.run(staging);
     for_each_piece(kMoments, params, grads, [&](Piece& p) {
       p.m.copy_from(p.staged);
+      apply(p);
+    });
+    return;
+  }
+  if (exact(step)) {  // 0/1 Adam's variance step: both moments from the summed gradient, then the floored step
+    cpu::LambParams moments;
+    moments.beta1 = b1;
+    moments.beta2 = hyper.beta2;
+    const float mean = grad_scale / static_cast<float>(layout_.world());
+    for_each_piece(kMoments, params, grads, [&](Piece& p) {
+      ops::lamb_moments(p.grad, p.m, p.v, moments, mean, wide_);
       apply(p);
     });
     return;

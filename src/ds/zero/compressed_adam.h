@@ -3,33 +3,34 @@
 // 1-bit all-reduce per step (comm/onebit.h) in place of the gradient all-reduce (Note [Compressed Adam]).
 //
 // Note [Compressed Adam]
-// Steps are numbered from 1. A step is either exact (the gradients all-reduced in full precision, Adam with
-// decoupled weight decay and no bias correction: OptimizerStep runs it) or compressed, where each rank keeps its
-// own gradient (GradientReducer::set_local) and this class steps:
-//   1-bit Adam: steps 1..freeze_step are exact. After them the variance v is frozen and every step is
-//     m = b1 m + (1 - b1) g_local;  m = onebit_all_reduce(m);  p -= lr (m / (sqrt(max(v, m^2)) + eps) + wd p)
-//     (the variance floor below).
-//   0/1 Adam, steps 1..var_freeze_step: step s is exact ("a variance step") when s % var_interval == 0, else
-//     m = b1 m + (1 - b1) onebit_all_reduce(g_local) with v unchanged (and floored); after each variance step a
-//     counter advances, and every var_update_scaler of them var_interval doubles (1, 2, 4, ...).
-//   0/1 Adam, later steps (local steps): m = b1 m + (1 - b1) g_local; p -= lr (m / (sqrt(max(v, m^2)) + eps)
-//     + wd p);
-//     every local_step_interval steps the ranks synchronise: d = (p - p_sync)(sqrt(v) + eps) (the local steps since
-//     the last synchronisation, in momentum units), d = onebit_all_reduce(d), m = -d / lrs (lrs: the sum of the
-//     learning rates since), p = p_sync + d / (sqrt(v) + eps), p_sync = p. The interval doubles every
-//     local_step_scaler steps, up to local_step_clipper. The errors are zeroed on entering this stage (they held
-//     the gradients' errors).
+// Steps are numbered from 1. In an exact step the gradients are all-reduced in full precision; in a compressed
+// step each rank keeps its own gradient (GradientReducer::set_local) and a 1-bit all-reduce carries what the ranks
+// share. u = m / (sqrt(max(v, m^2)) + eps) + wd p is the step's direction (the variance floor below).
+//   1-bit Adam: steps 1..freeze_step are exact Adam with decoupled weight decay and no bias correction, run by
+//     OptimizerStep (bit for bit DeepSpeed's warm-up). After them the variance v is frozen and every step is
+//     compressed: m = b1 m + (1 - b1) g_local;  m = onebit_all_reduce(m);  p -= lr u.
+//   0/1 Adam, steps 1..var_freeze_step: step s is a variance step, exact, when s % var_interval == 0:
+//     m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2, p -= lr u; else compressed: m = b1 m + (1 - b1)
+//     onebit_all_reduce(g_local), v unchanged, p -= lr u. After each variance step a counter advances, and every
+//     var_update_scaler of them var_interval doubles (1, 2, 4, ...).
+//   0/1 Adam, later steps (local steps): m = b1 m + (1 - b1) g_local; p -= lr u; every local_step_interval
+//     steps the ranks synchronise: d = (p - p_sync)(sqrt(v) + eps) (the local steps since the last
+//     synchronisation, in momentum units), d = onebit_all_reduce(d), m = -d / lrs (lrs: the sum of the learning
+//     rates since), p = p_sync + d / (sqrt(v) + eps), p_sync = p. The interval doubles every local_step_scaler
+//     steps, up to local_step_clipper. The errors are zeroed on entering this stage (they held the gradients').
 // DeepSpeed records the local steps in a buffer (acc -= lr u) and takes them back as p - acc, which leaves each
 // replica with its own rounding after every synchronisation, so replicas drift apart over a run; here the
 // weights at the last synchronisation are kept instead (the same memory: one fp32 copy), and every rank ends a
 // synchronisation with the same bits.
-// The variance floor: a frozen variance cannot follow the gradient, so an element whose variance was small when
-// it froze (an embedding row whose token the batches had not met lately, v having forgotten it) takes a step of
-// m / sqrt(v) as large as it likes when its gradient comes back; in gpt2-mini at 1,024 tokens per step that
-// diverged within three steps of the freeze. Adam's own v is never much below m^2 (the average of squares bounds
-// the square of the average), so the compressed steps use max(v, m^2): an unchanged step where the variance is
-// informed (steady gradients have m^2 <= v), a step of at most lr per element where it is not. DeepSpeed has no
-// such floor.
+// The variance floor: a variance that is frozen, or updated only now and then, cannot follow the gradient, so an
+// element whose variance is small (an embedding row whose token the batches had not met lately, v having
+// forgotten it) takes a step of m / sqrt(v) as large as it likes when its gradient comes back. In gpt2-mini at
+// 1,024 tokens per step, 1-bit Adam diverged within three steps of its freeze, and 0/1 Adam at the variance step
+// after a compressed one that met such a row, even on one rank. Adam's own v is never much below m^2 (the average
+// of squares bounds the square of the average), so every step here uses max(v, m^2): the same step where the
+// variance is informed (steady gradients have m^2 <= v), a step of at most lr per element where it is not.
+// DeepSpeed has no such floor (its users freeze after tens of thousands of steps, on batches that meet the whole
+// vocabulary).
 // The 1-bit all-reduce works on each parameter tensor with its own scales (DeepSpeed's call per parameter), all
 // of them in one call. Unlike DeepSpeed, the first step is a training step (DeepSpeed's first call only allocates
 // its buffers), so its stage boundaries fall one step earlier in the data; and the schedules are functions of the
@@ -61,10 +62,12 @@ class CompressedAdam {
                  comm::Communicator& comm, const config::OptimizerConfig& options,
                  const std::vector<std::pair<int64_t, int64_t>>& tensors);
 
-  // Whether step `step` (1-based) is exact: its gradients all-reduced and OptimizerStep stepping.
+  // Whether step `step` (1-based) is exact: its gradients all-reduced in full precision.
   bool exact(int64_t step) const;
-  // The compressed step number `step` on this rank's own gradient multiplied by grad_scale (no 1/N: nothing was
-  // summed). Call after_step(step) after every step, exact or not.
+  // Whether this class takes step `step` (else OptimizerStep does: 1-bit Adam's warm-up).
+  bool steps(int64_t step) const;
+  // Step number `step` with gradients multiplied by grad_scale: the sum over the N ranks for an exact step (1/N is
+  // applied here), this rank's own for a compressed one. Call after_step(step) after every step.
   void step(int64_t step, float lr, float grad_scale, const cpu::AdamParams& hyper,
             const OptimizerStep::OwnedFn& params, const OptimizerStep::OwnedFn& grads);
   void after_step(int64_t step);

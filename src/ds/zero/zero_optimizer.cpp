@@ -108,7 +108,7 @@ void ZeroOptimizer::step(float lr, float grad_scale) {
   const auto params = [&](size_t unit) { return params_.owned_chunk(unit, /*write=*/true); };
   const auto grads = [&](size_t unit) { return reducer_->owned_chunk(unit); };
   const int64_t number = step_.step_count() + 1;
-  if (compressed_ && !compressed_->exact(number)) {
+  if (compressed_ && compressed_->steps(number)) {
     compressed_->step(number, lr, grad_scale, step_.hyper(), params, grads);
     step_.set_step_count(number);
   } else {
