@@ -174,6 +174,25 @@ TEST(ZeroOneAdam, ScheduleIsReplayedFromTheStepCount) {
   EXPECT_EQ(b.optimizer().compression()->local_step_interval(), a.optimizer().compression()->local_step_interval());
 }
 
+// Mixed precision: the compressed steps update the fp32 master and round it into the 16-bit parameters; bf16 keeps
+// fp32 gradients at stage 0, fp16 keeps 16-bit ones (widened for the momentum) and scales the loss.
+TEST(CompressedAdam, TrainInBf16AndFp16WithTheReplicasInStep) {
+  for (const char* precision :
+       {R"("bf16": {"enabled": true})", R"("fp16": {"enabled": true, "initial_scale_power": 8})"}) {
+    for (const char* optimizer : {kOneBit, R"({"type": "ZeroOneAdam", "params": {"lr": 3e-3, "var_freeze_step": 8,
+                                      "var_update_scaler": 2, "local_step_scaler": 2, "local_step_clipper": 2}})"}) {
+      const std::string json = fmt::format(R"({{"train_micro_batch_size_per_gpu": 2, "optimizer": {},
+          "gradient_clipping": 1.0, {}, "zero_optimization": {{"stage": 0}}}})", optimizer, precision);
+      const std::vector<Trace> runs = train_all(json, 24);
+      for (const double loss : runs[0].losses) ASSERT_TRUE(std::isfinite(loss)) << json;
+      EXPECT_LT(runs[0].losses.back(), runs[0].losses.front()) << json;
+      EXPECT_LT(runs[0].bytes.back(), runs[0].bytes.front() / 5) << json;  // the last step exchanged 1-bit messages
+      for (size_t i = 0; i < runs[0].params.size(); ++i)
+        ASSERT_NEAR(runs[0].params[i], runs[1].params[i], 1e-6 * (1 + std::fabs(runs[1].params[i]))) << json;
+    }
+  }
+}
+
 TEST(CompressedAdam, RefusesZeroAndTheOtherOptimizersArguments) {
   const std::string onebit = R"({"type": "OneBitAdam", "params": {"freeze_step": 2}})";
   try {
