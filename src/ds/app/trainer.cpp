@@ -21,6 +21,7 @@
 #include "ds/data/data_loader.h"
 #include "ds/data/prepare.h"
 #include "ds/engine/engine.h"
+#include "ds/zero/quantized_comm.h"
 #include "ds/app/plot.h"
 #include "ds/app/progress.h"
 #include "ds/monitor/monitor.h"
@@ -233,14 +234,15 @@ void print_zero_report(comm::Communicator& comm, engine::Engine& engine, const S
              stage == 3 ? 3 : 2);
   const config::ZeroConfig& zc = config.zero;
   if (stage == 3 && (zc.zero_quantized_weights || zc.zero_quantized_gradients || zc.zero_hpz_partition_size > 1)) {
-    fmt::print(stderr, "  ZeRO++: {}{}{}; the formulas are plain stage 3's: qwZ sends 1 + 4/256 bytes per gathered "
-               "element, qgZ 1/2 + 4/128, hpZ's secondary copy adds {}Ψ/{} of parameters and its group's gathers "
+    fmt::print(stderr, "  ZeRO++: {}{}{}; the formulas are plain stage 3's: qwZ sends 1 + 4/{} bytes per gathered "
+               "element, qgZ 1/2 + 4/{}, hpZ's secondary copy adds {}Ψ/{} of parameters and its group's gathers "
                "are not in sent/step\n",
                zc.zero_quantized_weights ? "int8 weight all-gather (qwZ)" : "weights gathered whole",
                zc.zero_hpz_partition_size > 1
                    ? fmt::format(", secondary copies over groups of {} (hpZ)", zc.zero_hpz_partition_size)
                    : std::string(),
-               zc.zero_quantized_gradients ? ", int4 gradient all-to-all (qgZ)" : "", pb,
+               zc.zero_quantized_gradients ? ", int4 gradient all-to-all (qgZ)" : "", zero::kQuantizedWeights.block,
+               zero::kQuantizedGradients.block, pb,
                std::max<int64_t>(zc.zero_hpz_partition_size, 1));
   }
   if (engine.optimizer().compression() != nullptr) {

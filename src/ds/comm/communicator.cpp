@@ -41,6 +41,15 @@ int64_t CommStats::total_payload() const {
 
 void CommStats::reset() { *this = CommStats{}; }
 
+int64_t ring_bytes(Collective c, int64_t n, int world) {
+  switch (c) {
+    case Collective::all_reduce: return 2 * n * (world - 1) / world;
+    case Collective::reduce_scatter:
+    case Collective::all_gather: return n * (world - 1) / world;
+    default: return n;
+  }
+}
+
 void CommStats::record(Collective c, int64_t ring_bytes, int64_t payload_bytes) {
   const auto i = static_cast<size_t>(c);
   calls[i] += 1;
@@ -88,7 +97,7 @@ WorkPtr Communicator::all_reduce_async(void* data, size_t count, DType dtype, Re
   check_reducible("all_reduce", dtype);
   check_buffer("all_reduce", "data", data, n, dtype);
   WorkPtr w = do_all_reduce(data, count, dtype, op);
-  record(Collective::all_reduce, 2 * n * (size() - 1) / size(), n);
+  record(Collective::all_reduce, ring_bytes(Collective::all_reduce, n, size()), n);
   return w;
 }
 
@@ -98,7 +107,7 @@ WorkPtr Communicator::reduce_scatter_async(const void* send, void* recv, size_t 
   check_buffer("reduce_scatter", "send", send, n, dtype);
   check_buffer("reduce_scatter", "recv", recv, n / size(), dtype);
   WorkPtr w = do_reduce_scatter(send, recv, count, dtype, op);
-  record(Collective::reduce_scatter, n * (size() - 1) / size(), n);
+  record(Collective::reduce_scatter, ring_bytes(Collective::reduce_scatter, n, size()), n);
   return w;
 }
 
@@ -107,7 +116,7 @@ WorkPtr Communicator::all_gather_async(const void* send, void* recv, size_t coun
   check_buffer("all_gather", "send", send, n / size(), dtype);
   check_buffer("all_gather", "recv", recv, n, dtype);
   WorkPtr w = do_all_gather(send, recv, count, dtype);
-  record(Collective::all_gather, n * (size() - 1) / size(), n);
+  record(Collective::all_gather, ring_bytes(Collective::all_gather, n, size()), n);
   return w;
 }
 

@@ -50,6 +50,10 @@ enum class Collective : uint8_t {
 };
 constexpr int kCollectiveCount = 8;
 std::string_view collective_name(Collective c);
+// The bytes a rank sends under the ring convention (Note [Traffic accounting]) for a collective naming n bytes:
+// 2n(W-1)/W for all_reduce (n: the buffer), n(W-1)/W for reduce_scatter (n: its input) and all_gather (n: its
+// output), n itself for the rest (the caller passes what this rank sends: 0 for a broadcast's receivers).
+int64_t ring_bytes(Collective c, int64_t n, int world);
 
 struct CommStats {
   int64_t calls[kCollectiveCount] = {};

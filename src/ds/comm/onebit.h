@@ -41,8 +41,6 @@ class OneBitAllReduce {
 
   // The W-multiple each tensor is padded to: W * lcm(W, 8).
   static int64_t padding_multiple(int world);
-  int64_t numel() const { return numel_; }         // the buffer's elements (sum of sizes)
-  int64_t padded_numel() const { return padded_; }  // sum of the padded sizes
   int64_t message_bytes() const { return message_; }  // what each rank sends each rank, in each exchange
 
   // Replaces buffer (numel() floats: the tensors one after another) with its compressed average over the ranks.
@@ -50,8 +48,6 @@ class OneBitAllReduce {
   void run(float* buffer);
   // Zeroes both errors (0/1 Adam does when it moves from compressing gradients to compressing momentum).
   void reset_errors();
-  const Tensor& worker_error() const { return worker_error_; }
-  const Tensor& server_error() const { return server_error_; }
 
  private:
   struct Segment {

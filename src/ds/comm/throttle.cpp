@@ -124,18 +124,15 @@ class Throttled final : public ThrottledCommunicator {
  protected:
   WorkPtr do_all_reduce(void* data, size_t count, DType dtype, ReduceOp op) override {
     const int64_t n = bytes(count, dtype);
-    return delayed(inner_.all_reduce_async(data, count, dtype, op), Collective::all_reduce,
-                   2 * n * (size() - 1) / size());
+    return delayed(inner_.all_reduce_async(data, count, dtype, op), Collective::all_reduce, n);
   }
   WorkPtr do_reduce_scatter(const void* send, void* recv, size_t count, DType dtype, ReduceOp op) override {
     const int64_t n = bytes(count, dtype) * size();
-    return delayed(inner_.reduce_scatter_async(send, recv, count, dtype, op), Collective::reduce_scatter,
-                   n * (size() - 1) / size());
+    return delayed(inner_.reduce_scatter_async(send, recv, count, dtype, op), Collective::reduce_scatter, n);
   }
   WorkPtr do_all_gather(const void* send, void* recv, size_t count, DType dtype) override {
     const int64_t n = bytes(count, dtype) * size();
-    return delayed(inner_.all_gather_async(send, recv, count, dtype), Collective::all_gather,
-                   n * (size() - 1) / size());
+    return delayed(inner_.all_gather_async(send, recv, count, dtype), Collective::all_gather, n);
   }
   WorkPtr do_broadcast(void* data, size_t count, DType dtype, int root) override {
     return delayed(inner_.broadcast_async(data, count, dtype, root), Collective::broadcast, bytes(count, dtype));
@@ -162,9 +159,9 @@ class Throttled final : public ThrottledCommunicator {
  private:
   static int64_t bytes(size_t count, DType dtype) { return static_cast<int64_t>(count * dtype_size(dtype)); }
 
-  // Completes once `inner` has and the link has carried the collective's bytes.
-  WorkPtr delayed(WorkPtr inner, Collective c, int64_t sent) {
-    const double seconds = intra_node_ ? 0.0 : link_seconds(c, size(), sent, link_->model);
+  // Completes once `inner` has and the link has carried the collective's ring bytes (n: the bytes it names).
+  WorkPtr delayed(WorkPtr inner, Collective c, int64_t n) {
+    const double seconds = intra_node_ ? 0.0 : link_seconds(c, size(), ring_bytes(c, n, size()), link_->model);
     Link* link = link_.get();
     return link_->queue.submit([inner = std::move(inner), seconds, link] {
       inner->wait();

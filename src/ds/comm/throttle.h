@@ -28,7 +28,6 @@ struct LinkModel {
   // Ranks per node (consecutive world ranks): a communicator split within one node is not throttled, as a node's
   // own links are far faster than the network. 0: every rank is a node of its own.
   int node_size = 0;
-  bool active() const { return bandwidth > 0 || latency > 0; }
 };
 
 // Parses "<bandwidth>[,<latency>]", e.g. "1gbit", "10gbit,100us", "100mbit,1ms", "1.5GB,20us": bandwidth in

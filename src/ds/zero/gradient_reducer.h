@@ -98,7 +98,6 @@ class GradientReducer {
   // ranks' own norms (one all-reduce of a float), so every rank clips and detects overflow alike. Replicated layout
   // only; set before the batch's first micro-batch.
   void set_local(bool local);
-  bool local() const { return local_; }
   // Model parallelism: this rank's gradients are one part of the model's, so the norm also sums over `group` (the
   // ranks holding the other parts), with the flat ranges `skip` [begin, end) left out on this rank (parameters
   // another rank of the group holds too and counts: the replicated ones of tensor parallelism).

@@ -152,7 +152,7 @@ comm::WorkPtr ParameterCoordinator::start_gather(size_t unit, const Tensor& own,
     return options_.hpz->all_gather_async(secondary_[unit].raw(), full.raw(), static_cast<size_t>(share), pd);
   }
   if (options_.quantized) return quantized_all_gather_async(comm_, own.raw(), full.raw(), static_cast<size_t>(u.chunk),
-                                                            pd, QuantizedFormat{8, 256});
+                                                            pd, kQuantizedWeights);
   return comm_.all_gather_async(own.raw(), full.raw(), static_cast<size_t>(u.chunk), pd);
 }
 

@@ -182,7 +182,7 @@ class PartitionedGradientReducer final : public GradientReducer {
   void issue(int b, Segment& seg) {
     seg.work = options_.quantized
                    ? quantized_reduce_scatter_async(comm_, bucket_at(b, seg.offset), static_cast<size_t>(seg.len),
-                                                    options_.grads, QuantizedFormat{4, 128})
+                                                    options_.grads, kQuantizedGradients)
                    : comm_.reduce_scatter_async(bucket_at(b, seg.offset), own_block(b, seg),
                                                 static_cast<size_t>(seg.len), options_.grads);
     seg.issued = true;

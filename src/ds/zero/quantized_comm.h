@@ -32,6 +32,10 @@ struct QuantizedFormat {
   int64_t message_bytes(int64_t n) const { return (4 * blocks(n) + value_bytes(n) + 3) / 4 * 4; }
 };
 
+// The formats ZeRO++ uses: int8 weights in blocks of 256 (qwZ), int4 gradients in blocks of 128 (qgZ).
+inline constexpr QuantizedFormat kQuantizedWeights{8, 256};
+inline constexpr QuantizedFormat kQuantizedGradients{4, 128};
+
 // `send` (count elements of dtype) from every rank into `recv` (size() x count, rank order).
 comm::WorkPtr quantized_all_gather_async(comm::Communicator& comm, const void* send, void* recv, size_t count,
                                          DType dtype, const QuantizedFormat& format);

@@ -136,8 +136,6 @@ class ZeroOptimizer : public nn::ModuleHooks {
     state_->sync();
   }
   const zero::GradientReducer& reducer() const { return *reducer_; }
-  // ZeRO++ hpZ's group (null without it): its traffic stays within a node.
-  comm::Communicator* hpz_group() { return hpz_.get(); }
 
  private:
   static int checked_stage(int stage);
